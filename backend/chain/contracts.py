@@ -1,0 +1,816 @@
+"""Typed handles on a GridPoints deployment, transaction sending and revert decoding.
+
+`GridPointsChain` wraps web3 contract objects for the token, the registry and the settlement of
+one `Deployment`. Transactions go through `TxSender`, which signs locally with explicit nonces
+(so that a worker can send without an unlocked node account) and turns every revert into a
+`ContractRevertError` carrying the custom error's name and decoded arguments, looked up in the
+ABIs of all three contracts: a revert raised by the token during a settlement call surfaces as
+`EnforcedPause` or `ERC20InsufficientBalance`, not as opaque bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils.abi import collapse_if_tuple
+from eth_utils.address import (
+    is_checksum_address,
+    is_hex_address,
+    to_checksum_address,
+)
+from eth_utils.crypto import keccak
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractConstructor, ContractFunction
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3.types import LogReceipt, TxParams, TxReceipt
+
+from backend.chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
+
+if TYPE_CHECKING:
+    from backend.chain.deploy import Deployment
+
+MAX_ENTRY_AMOUNT = 2**96 - 1
+_ADDRESS_BITS = 160
+
+ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")  # Error(string), from require/revert("...")
+PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256), from asserts and checked arithmetic
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+class ChainError(RuntimeError):
+    """A chain interaction failed."""
+
+
+class ContractRevertError(ChainError):
+    """A call or transaction reverted.
+
+    ``error_name`` is the custom error (``"EpochOutOfOrder"``), ``"Error"`` for a revert string,
+    ``"Panic"`` for a panic code, or None when the revert data matches nothing known (then
+    ``data`` holds the raw bytes). ``error_args`` are the decoded arguments in ABI order, with
+    addresses checksummed; ``named_args`` maps the ABI's parameter names to them.
+    """
+
+    def __init__(
+        self,
+        error_name: str | None,
+        error_args: tuple[Any, ...],
+        data: bytes,
+        *,
+        named_args: Mapping[str, Any] | None = None,
+        tx_hash: bytes | None = None,
+        receipt: TxReceipt | None = None,
+        context: str = "",
+    ) -> None:
+        self.error_name = error_name
+        self.error_args = error_args
+        self.named_args: dict[str, Any] = dict(named_args or {})
+        self.data = data
+        self.tx_hash = tx_hash
+        self.receipt = receipt
+        self.context = context
+        if error_name is None:
+            what = f"unknown revert data 0x{data.hex()}" if data else "revert without data"
+        else:
+            what = f"{error_name}({', '.join(_short(a) for a in error_args)})"
+        where = f" in {context}" if context else ""
+        mined = f" (mined in tx 0x{tx_hash.hex()})" if tx_hash else ""
+        super().__init__(f"reverted{where}: {what}{mined}")
+
+    @property
+    def error(self) -> tuple[str | None, tuple[Any, ...]]:
+        """``(error_name, error_args)``, convenient for a single equality assertion."""
+        return self.error_name, self.error_args
+
+
+class TransactionFailedError(ChainError):
+    """A transaction was mined with status 0 and replaying it gave no revert reason."""
+
+    def __init__(self, receipt: TxReceipt, context: str = "") -> None:
+        self.receipt = receipt
+        where = f" {context}" if context else ""
+        super().__init__(f"transaction{where} 0x{bytes(receipt['transactionHash']).hex()} failed")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+# ---- revert decoding ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """One custom error of an ABI."""
+
+    name: str
+    signature: str
+    types: tuple[str, ...]
+    arg_names: tuple[str, ...]
+
+    @property
+    def selector(self) -> bytes:
+        return keccak(text=self.signature)[:4]
+
+
+class ErrorDecoder:
+    """Maps revert data to the custom errors of a set of ABIs.
+
+    The same error declared in several ABIs (OpenZeppelin's AccessControl errors are in all
+    three) has one selector and one meaning, so duplicates collapse; two *different* errors
+    sharing a selector would make decoding ambiguous and are refused.
+    """
+
+    def __init__(self, abis: Iterable[Sequence[Mapping[str, Any]]]) -> None:
+        self._specs: dict[bytes, ErrorSpec] = {
+            ERROR_STRING_SELECTOR: ErrorSpec("Error", "Error(string)", ("string",), ("message",)),
+            PANIC_SELECTOR: ErrorSpec("Panic", "Panic(uint256)", ("uint256",), ("code",)),
+        }
+        for abi in abis:
+            for entry in abi:
+                if entry.get("type") != "error":
+                    continue
+                inputs = entry.get("inputs", [])
+                types = tuple(collapse_if_tuple(dict(i)) for i in inputs)
+                spec = ErrorSpec(
+                    name=entry["name"],
+                    signature=f"{entry['name']}({','.join(types)})",
+                    types=types,
+                    arg_names=tuple(i.get("name", "") for i in inputs),
+                )
+                known = self._specs.get(spec.selector)
+                if known is not None and known.signature != spec.signature:
+                    raise ValueError(f"selector clash: {known.signature} and {spec.signature}")
+                self._specs[spec.selector] = spec
+
+    @property
+    def names(self) -> set[str]:
+        return {spec.name for spec in self._specs.values()}
+
+    def spec(self, name: str) -> ErrorSpec:
+        for candidate in self._specs.values():
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+    def decode(self, data: bytes) -> tuple[str | None, tuple[Any, ...], dict[str, Any]]:
+        """``(name, args, named_args)``; name None when the data matches no known error."""
+        spec = self._specs.get(bytes(data[:4])) if len(data) >= 4 else None
+        if spec is None:
+            return None, (), {}
+        try:
+            raw = abi_decode(list(spec.types), bytes(data[4:]))
+        except (DecodingError, OverflowError, ValueError):
+            return None, (), {}
+        args = tuple(_normalize(t, v) for t, v in zip(spec.types, raw, strict=True))
+        named = {n: v for n, v in zip(spec.arg_names, args, strict=True) if n}
+        return spec.name, args, named
+
+    def revert_error(self, data: bytes, **kwargs: Any) -> ContractRevertError:
+        name, args, named = self.decode(data)
+        return ContractRevertError(name, args, bytes(data), named_args=named, **kwargs)
+
+
+def _normalize(abi_type: str, value: Any) -> Any:
+    if abi_type == "address":
+        return to_checksum_address(value)
+    return value
+
+
+def revert_data(exc: ContractLogicError) -> bytes:
+    """The raw revert bytes that web3 attached to `exc` (empty when there were none)."""
+    data = exc.data
+    if isinstance(data, str) and data.startswith("0x"):
+        try:
+            return bytes.fromhex(data[2:])
+        except ValueError:
+            return b""
+    if isinstance(data, bytes | bytearray):
+        return bytes(data)
+    return b""
+
+
+# ---- transactions ---------------------------------------------------------------------------
+
+
+class NonceManager:
+    """Hands out consecutive nonces per sender without asking the node each time.
+
+    The first nonce of an address comes from the node's pending count; after that the manager
+    counts locally, which is what lets one process send back-to-back transactions. `reset`
+    forgets what it counted (after an evm_revert, or when the node rejected a nonce).
+    """
+
+    def __init__(self, w3: Web3) -> None:
+        self._w3 = w3
+        self._next: dict[ChecksumAddress, int] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, address: str) -> int:
+        key = to_checksum_address(address)
+        with self._lock:
+            if key not in self._next:
+                self._next[key] = self._w3.eth.get_transaction_count(key, "pending")
+            nonce = self._next[key]
+            self._next[key] = nonce + 1
+            return nonce
+
+    def release(self, address: str, nonce: int) -> None:
+        """Gives `nonce` back when its transaction never reached the node."""
+        key = to_checksum_address(address)
+        with self._lock:
+            if self._next.get(key) == nonce + 1:
+                self._next[key] = nonce
+            else:
+                # A later nonce was handed out meanwhile; only the node knows the truth now.
+                self._next.pop(key, None)
+
+    def reset(self, address: str | None = None) -> None:
+        with self._lock:
+            if address is None:
+                self._next.clear()
+            else:
+                self._next.pop(to_checksum_address(address), None)
+
+
+Sendable: TypeAlias = ContractFunction | ContractConstructor
+
+
+class TxSender:
+    """Signs with a LocalAccount, sends, waits for the receipt and decodes reverts.
+
+    Gas is estimated first (a revert there is decoded without spending anything) and padded by
+    `gas_margin`, because the state may move between estimate and inclusion. Passing `gas`
+    skips the estimate: the transaction is then mined even if it reverts, and the revert is
+    decoded by replaying it with eth_call on the state before its block.
+    """
+
+    def __init__(
+        self,
+        w3: Web3,
+        decoder: ErrorDecoder,
+        *,
+        nonces: NonceManager | None = None,
+        receipt_timeout: float = 120.0,
+        gas_margin: float = 1.2,
+    ) -> None:
+        self.w3 = w3
+        self.decoder = decoder
+        self.nonces = nonces or NonceManager(w3)
+        self.receipt_timeout = receipt_timeout
+        self.gas_margin = gas_margin
+        self._chain_id: int | None = None
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = self.w3.eth.chain_id
+        return self._chain_id
+
+    def transact(
+        self,
+        account: LocalAccount,
+        call: Sendable,
+        *,
+        gas: int | None = None,
+        value: int = 0,
+        context: str = "",
+    ) -> TxReceipt:
+        """Sends `call` from `account` and returns its successful receipt.
+
+        Raises ContractRevertError (decoded) when it reverts, TransactionFailedError when it
+        was mined with status 0 and the replay gives no reason, ChainError on receipt timeout.
+        """
+        context = context or _describe(call)
+        base: TxParams = {"from": account.address, "value": value, "chainId": self.chain_id}
+        if gas is None:
+            try:
+                estimate = call.estimate_gas(base)
+            except ContractLogicError as exc:
+                raise self.decoder.revert_error(revert_data(exc), context=context) from exc
+            gas = int(estimate * self.gas_margin)
+        # One retry: a nonce the node rejects means someone else sent from this account.
+        for attempt in (1, 2):
+            nonce = self.nonces.reserve(account.address)
+            try:
+                tx = call.build_transaction({**base, "gas": gas, "nonce": nonce})
+                signed = account.sign_transaction(dict(tx))
+            except BaseException:
+                self.nonces.release(account.address, nonce)
+                raise
+            try:
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Web3RPCError as exc:
+                # After a failed send only the node knows which nonce is next.
+                self.nonces.reset(account.address)
+                if attempt == 1 and "nonce" in str(exc).lower():
+                    continue
+                raise
+            except BaseException:
+                # A timeout may hide a transaction the node did accept: do not hand its nonce
+                # out again, ask the node next time.
+                self.nonces.reset(account.address)
+                raise
+            break
+        return self.wait(tx_hash, context=context, replay=dict(tx))
+
+    def wait(
+        self, tx_hash: bytes, *, context: str = "", replay: Mapping[str, Any] | None = None
+    ) -> TxReceipt:
+        """Waits for the receipt of `tx_hash`; a failed one is decoded by replaying `replay`."""
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                HexBytes(tx_hash), timeout=self.receipt_timeout
+            )
+        except TimeExhausted as exc:
+            raise ChainError(
+                f"no receipt for {context or 'transaction'} 0x{bytes(tx_hash).hex()} "
+                f"after {self.receipt_timeout}s"
+            ) from exc
+        if receipt["status"] == 1:
+            return receipt
+        if replay is not None:
+            data = self._replay(replay, receipt)
+            if data is not None:
+                raise self.decoder.revert_error(
+                    data, tx_hash=bytes(tx_hash), receipt=receipt, context=context
+                )
+        raise TransactionFailedError(receipt, context)
+
+    def _replay(self, tx: Mapping[str, Any], receipt: TxReceipt) -> bytes | None:
+        call: TxParams = {
+            "from": tx["from"],
+            "value": tx.get("value", 0),
+            "data": tx.get("data", b""),
+            "gas": tx["gas"],
+        }
+        if tx.get("to"):
+            call["to"] = tx["to"]
+        # The parent block's state is exact when the transaction was alone in its block (Anvil's
+        # automine) and the best available approximation otherwise.
+        try:
+            self.w3.eth.call(call, block_identifier=max(0, receipt["blockNumber"] - 1))
+        except ContractLogicError as exc:
+            return revert_data(exc)
+        return None
+
+    def call(self, call: ContractFunction, *, sender: str | None = None) -> Any:
+        """A read-only call whose revert is decoded like a transaction's."""
+        params: TxParams = {"from": to_checksum_address(sender)} if sender else {}
+        try:
+            return call.call(params)
+        except ContractLogicError as exc:
+            raise self.decoder.revert_error(revert_data(exc), context=_describe(call)) from exc
+
+    def deploy(
+        self, account: LocalAccount, artifact: ContractArtifact, *args: Any
+    ) -> tuple[ChecksumAddress, TxReceipt]:
+        """Deploys `artifact` with constructor `args`; returns its address and receipt."""
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        receipt = self.transact(account, factory.constructor(*args), context=artifact.name)
+        address = receipt["contractAddress"]
+        if address is None:
+            raise ChainError(f"{artifact.name} deployment receipt has no contract address")
+        return to_checksum_address(address), receipt
+
+
+def _describe(call: Sendable) -> str:
+    if isinstance(call, ContractConstructor):
+        return "constructor"
+    return str(getattr(call, "fn_name", "call"))
+
+
+def role_id(name: str) -> bytes:
+    """The bytes32 id of AccessControl role `name`: keccak256 of the name, as every GridPoints
+    contract declares them, except DEFAULT_ADMIN_ROLE, which is zero."""
+    if name == "DEFAULT_ADMIN_ROLE":
+        return b"\x00" * 32
+    return keccak(text=name)
+
+
+# ---- packed settlement entries --------------------------------------------------------------
+
+
+class ChunkKind(IntEnum):
+    """Settlement.ChunkKind: what a chunk does with its entries."""
+
+    CREDIT = 0
+    DEBIT = 1
+
+
+def is_valid_address(value: object) -> bool:
+    """A 0x-hex address whose EIP-55 checksum, if it has mixed case, is right.
+
+    eth_utils' is_address stopped checking checksums; a mistyped address must not silently
+    become someone else's.
+    """
+    if not isinstance(value, str) or not is_hex_address(value):
+        return False
+    digits = value[2:]
+    return digits == digits.lower() or digits == digits.upper() or is_checksum_address(value)
+
+
+def _address_int(account: str | bytes) -> int:
+    if isinstance(account, bytes):
+        if len(account) != 20:
+            raise ValueError(f"an account is 20 bytes, got {len(account)}")
+        raw = account
+    else:
+        if not is_valid_address(account):
+            raise ValueError(f"not an address (or a wrong EIP-55 checksum): {account!r}")
+        raw = bytes.fromhex(account[2:])
+    value = int.from_bytes(raw, "big")
+    if value == 0:
+        raise ValueError("the zero address cannot hold points")
+    return value
+
+
+def pack_entry(account: str | bytes, amount: int) -> bytes:
+    """One settlement entry as the contracts read it: ``amount << 160 | account``, 32 bytes.
+
+    `amount` must be an int in ``[1, 2**96)``: the 96 high bits are all the room there is, and a
+    zero entry would only cost gas (and likely hide a bug upstream).
+    """
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise TypeError(f"amount must be an int, not {type(amount).__name__}")
+    if not 0 < amount <= MAX_ENTRY_AMOUNT:
+        raise ValueError(f"amount must be in [1, 2**96), got {amount}")
+    return ((amount << _ADDRESS_BITS) | _address_int(account)).to_bytes(32, "big")
+
+
+def unpack_entry(entry: bytes) -> tuple[ChecksumAddress, int]:
+    """Inverse of `pack_entry`: ``(account, amount)``."""
+    if len(entry) != 32:
+        raise ValueError(f"an entry is 32 bytes, got {len(entry)}")
+    value = int.from_bytes(entry, "big")
+    account = (value & ((1 << _ADDRESS_BITS) - 1)).to_bytes(20, "big")
+    return to_checksum_address(account), value >> _ADDRESS_BITS
+
+
+def pack_entries(entries: Iterable[tuple[str | bytes, int]]) -> list[bytes]:
+    return [pack_entry(account, amount) for account, amount in entries]
+
+
+# ---- station history from events ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogPosition:
+    """Where an event sits on chain; orders events the way the chain applied them."""
+
+    block_number: int
+    log_index: int
+    tx_hash: bytes
+    block_timestamp: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StationRegistered:
+    station_id: bytes
+    signer: ChecksumAddress
+    zone: int
+    max_power_w: int
+    active_from: int
+    position: LogPosition
+
+
+@dataclass(frozen=True, slots=True)
+class StationKeyRotated:
+    station_id: bytes
+    old_signer: ChecksumAddress
+    new_signer: ChecksumAddress
+    rotated_at: int
+    position: LogPosition
+
+
+@dataclass(frozen=True, slots=True)
+class StationRevoked:
+    station_id: bytes
+    signer: ChecksumAddress
+    revoked_at: int
+    position: LogPosition
+
+
+StationEvent: TypeAlias = StationRegistered | StationKeyRotated | StationRevoked
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPeriod:
+    """StationRegistry.KeyPeriod: the key covers record end times in [valid_from, valid_until).
+
+    As on chain, ``valid_until == 0`` means the key is still current.
+    """
+
+    signer: ChecksumAddress
+    valid_from: int
+    valid_until: int
+
+    @property
+    def is_current(self) -> bool:
+        return self.valid_until == 0
+
+
+@dataclass(slots=True)
+class StationHistory:
+    """A station's state rebuilt from its events alone, without calling any view."""
+
+    station_id: bytes
+    zone: int
+    max_power_w: int
+    active_from: int
+    keys: list[KeyPeriod] = field(default_factory=list)
+    revoked_at: int | None = None
+    events: list[StationEvent] = field(default_factory=list)
+
+    @property
+    def signer(self) -> ChecksumAddress:
+        return self.keys[-1].signer
+
+    def is_key_valid_at(self, signer: str, end_time: int) -> bool:
+        """Same rule as StationRegistry.isKeyValidAt, evaluated on the event history."""
+        if not is_valid_address(signer) or int(signer, 16) == 0:
+            return False
+        if end_time < self.active_from:
+            return False
+        if self.revoked_at is not None and end_time >= self.revoked_at:
+            return False
+        for period in reversed(self.keys):
+            if end_time >= period.valid_from and (
+                period.is_current or end_time < period.valid_until
+            ):
+                return period.signer == to_checksum_address(signer)
+        return False
+
+    def apply(self, event: StationEvent) -> None:
+        if event.station_id != self.station_id:
+            raise ValueError("event of another station")
+        match event:
+            case StationKeyRotated(new_signer=new_signer, rotated_at=rotated_at):
+                last = self.keys[-1]
+                self.keys[-1] = KeyPeriod(last.signer, last.valid_from, rotated_at)
+                self.keys.append(KeyPeriod(new_signer, rotated_at, 0))
+            case StationRevoked(revoked_at=revoked_at):
+                self.revoked_at = revoked_at
+            case StationRegistered():
+                raise ValueError("station registered twice")
+        self.events.append(event)
+
+    @classmethod
+    def from_events(cls, events: Sequence[StationEvent]) -> StationHistory:
+        """Replays one station's events, which must be in chain order and start with its
+        registration."""
+        if not events or not isinstance(events[0], StationRegistered):
+            raise ValueError("a station's history starts with its StationRegistered event")
+        first = events[0]
+        history = cls(
+            station_id=first.station_id,
+            zone=first.zone,
+            max_power_w=first.max_power_w,
+            active_from=first.active_from,
+            keys=[KeyPeriod(first.signer, first.active_from, 0)],
+            events=[first],
+        )
+        for event in events[1:]:
+            history.apply(event)
+        return history
+
+
+def station_id_bytes(station_id: bytes | str) -> bytes:
+    """A station id as the 32 bytes the registry stores (hex string or bytes)."""
+    raw = (
+        bytes.fromhex(station_id.removeprefix("0x")) if isinstance(station_id, str) else station_id
+    )
+    if len(raw) != 32:
+        raise ValueError(f"a station id is 32 bytes, got {len(raw)}")
+    return bytes(raw)
+
+
+def connect(rpc_url: str, *, timeout: float = 30.0) -> Web3:
+    """A Web3 on `rpc_url` that has answered once (ChainError otherwise)."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    try:
+        w3.eth.chain_id  # noqa: B018 - the probe is the point
+    except Exception as exc:
+        raise ChainError(f"no Ethereum JSON-RPC node answers at {rpc_url}: {exc}") from exc
+    return w3
+
+
+# ---- the deployment handle ------------------------------------------------------------------
+
+
+class GridPointsChain:
+    """Web3 contract objects and helpers for one deployment."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        deployment: Deployment,
+        *,
+        artifacts: Mapping[str, ContractArtifact] | None = None,
+        receipt_timeout: float = 120.0,
+    ) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        arts = dict(artifacts) if artifacts is not None else load_all()
+        self.artifacts = arts
+        self.token: Contract = w3.eth.contract(
+            address=deployment.token_address, abi=arts["PointsToken"].abi
+        )
+        self.registry: Contract = w3.eth.contract(
+            address=deployment.registry_address, abi=arts["StationRegistry"].abi
+        )
+        self.settlement: Contract = w3.eth.contract(
+            address=deployment.settlement_address, abi=arts["Settlement"].abi
+        )
+        self.decoder = ErrorDecoder(arts[name].abi for name in CONTRACT_NAMES)
+        self.sender = TxSender(w3, self.decoder, receipt_timeout=receipt_timeout)
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raises ChainError unless the node is on the deployment's chain and has its code."""
+        chain_id = self.w3.eth.chain_id
+        if chain_id != self.deployment.chain_id:
+            raise ChainError(
+                f"node is on chain {chain_id}, the deployment on chain {self.deployment.chain_id}"
+            )
+        for name, address in self.deployment.addresses.items():
+            if not self.w3.eth.get_code(address):
+                raise ChainError(f"no code for {name} at {address} on chain {chain_id}")
+
+    # -- roles ------------------------------------------------------------------------------
+
+    def has_role(self, contract: Contract, name: str, account: str) -> bool:
+        role = role_id(name)
+        return bool(contract.functions.hasRole(role, to_checksum_address(account)).call())
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def transact(
+        self,
+        account: LocalAccount,
+        call: ContractFunction,
+        *,
+        gas: int | None = None,
+        value: int = 0,
+    ) -> TxReceipt:
+        """Sends `call` from `account`; see TxSender.transact."""
+        return self.sender.transact(account, call, gas=gas, value=value)
+
+    def call(self, call: ContractFunction, *, sender: str | None = None) -> Any:
+        """A view call whose revert is decoded (e.g. getEpoch of an unknown epoch)."""
+        return self.sender.call(call, sender=sender)
+
+    def reset_nonces(self) -> None:
+        """Forget locally counted nonces (needed after evm_revert rewinds the chain)."""
+        self.sender.nonces.reset()
+
+    # -- settlement -------------------------------------------------------------------------
+
+    def commit_epoch(
+        self,
+        settler: LocalAccount,
+        epoch_id: int,
+        *,
+        records_root: bytes,
+        credits_root: bytes,
+        tariff_hash: bytes,
+        record_count: int,
+        total_credits: int,
+        total_debits: int,
+    ) -> TxReceipt:
+        fn = self.settlement.functions.commitEpoch(
+            epoch_id, records_root, credits_root, tariff_hash, record_count,
+            total_credits, total_debits,
+        )  # fmt: skip
+        return self.transact(settler, fn)
+
+    def apply_credits(
+        self, settler: LocalAccount, epoch_id: int, chunk_id: int, entries: Sequence[bytes]
+    ) -> TxReceipt:
+        fn = self.settlement.functions.applyCredits(epoch_id, chunk_id, list(entries))
+        return self.transact(settler, fn)
+
+    def apply_debits(
+        self, settler: LocalAccount, epoch_id: int, chunk_id: int, entries: Sequence[bytes]
+    ) -> TxReceipt:
+        fn = self.settlement.functions.applyDebits(epoch_id, chunk_id, list(entries))
+        return self.transact(settler, fn)
+
+    # -- station history --------------------------------------------------------------------
+
+    def station_events(
+        self,
+        station_id: bytes | str | None = None,
+        *,
+        from_block: int | None = None,
+        to_block: int | str = "latest",
+        block_range: int | None = None,
+        with_timestamps: bool = False,
+    ) -> list[StationEvent]:
+        """Registry events (of one station, or all), in chain order.
+
+        Reads from the deployment block by default: nothing of this registry predates it.
+        `block_range` splits the query for public RPC nodes that cap eth_getLogs ranges.
+        """
+        registry = self.registry
+        kinds = {
+            bytes(
+                HexBytes(registry.events.StationRegistered().topic)
+            ): registry.events.StationRegistered,
+            bytes(
+                HexBytes(registry.events.StationKeyRotated().topic)
+            ): registry.events.StationKeyRotated,
+            bytes(HexBytes(registry.events.StationRevoked().topic)): registry.events.StationRevoked,
+        }
+        topics: list[Any] = [["0x" + t.hex() for t in kinds]]
+        if station_id is not None:
+            topics.append("0x" + station_id_bytes(station_id).hex())
+        start = self.deployment.deployment_block if from_block is None else from_block
+        end = self.w3.eth.block_number if to_block == "latest" else int(to_block)
+        logs: list[LogReceipt] = []
+        step = block_range or (end - start + 1)
+        for lo in range(start, end + 1, max(1, step)):
+            hi = min(end, lo + step - 1)
+            logs.extend(
+                self.w3.eth.get_logs(
+                    {"address": registry.address, "fromBlock": lo, "toBlock": hi, "topics": topics}
+                )
+            )
+        logs.sort(key=lambda log: (log["blockNumber"], log["logIndex"]))
+        timestamps: dict[int, int] = {}
+        events: list[StationEvent] = []
+        for log in logs:
+            decoded = kinds[bytes(log["topics"][0])]().process_log(log)
+            block = log["blockNumber"]
+            if with_timestamps and block not in timestamps:
+                timestamps[block] = self.w3.eth.get_block(block)["timestamp"]
+            position = LogPosition(
+                block_number=block,
+                log_index=log["logIndex"],
+                tx_hash=bytes(log["transactionHash"]),
+                block_timestamp=timestamps.get(block),
+            )
+            events.append(_station_event(decoded["event"], decoded["args"], position))
+        return events
+
+    def station_history(self, station_id: bytes | str, **kwargs: Any) -> StationHistory:
+        """One station's state and key history, rebuilt from its events."""
+        events = self.station_events(station_id, **kwargs)
+        if not events:
+            raise ChainError(f"no events for station 0x{station_id_bytes(station_id).hex()}")
+        return StationHistory.from_events(events)
+
+    def station_histories(self, **kwargs: Any) -> dict[bytes, StationHistory]:
+        """Every station's history, keyed by station id, in registration order."""
+        grouped: dict[bytes, list[StationEvent]] = {}
+        for event in self.station_events(**kwargs):
+            grouped.setdefault(event.station_id, []).append(event)
+        return {sid: StationHistory.from_events(evs) for sid, evs in grouped.items()}
+
+    def key_history_view(self, station_id: bytes | str) -> list[KeyPeriod]:
+        """StationRegistry.keyHistory, as KeyPeriod dataclasses (for cross-checks)."""
+        raw = self.call(self.registry.functions.keyHistory(station_id_bytes(station_id)))
+        return [KeyPeriod(to_checksum_address(s), int(f), int(u)) for s, f, u in raw]
+
+
+def _station_event(name: str, args: Mapping[str, Any], position: LogPosition) -> StationEvent:
+    station_id = bytes(args["stationId"])
+    if name == "StationRegistered":
+        return StationRegistered(
+            station_id=station_id,
+            signer=to_checksum_address(args["signer"]),
+            zone=int(args["zone"]),
+            max_power_w=int(args["maxPowerW"]),
+            active_from=int(args["activeFrom"]),
+            position=position,
+        )
+    if name == "StationKeyRotated":
+        return StationKeyRotated(
+            station_id=station_id,
+            old_signer=to_checksum_address(args["oldSigner"]),
+            new_signer=to_checksum_address(args["newSigner"]),
+            rotated_at=int(args["rotatedAt"]),
+            position=position,
+        )
+    if name == "StationRevoked":
+        return StationRevoked(
+            station_id=station_id,
+            signer=to_checksum_address(args["signer"]),
+            revoked_at=int(args["revokedAt"]),
+            position=position,
+        )
+    raise ValueError(f"not a registry event: {name}")

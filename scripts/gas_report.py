@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Gas used by settlement on a fresh, throwaway Anvil chain (started and stopped here).
+
+    .venv/bin/python scripts/gas_report.py           # a table
+    .venv/bin/python scripts/gas_report.py --json    # the same figures as JSON
+
+Measures commitEpoch, applyCredits with 1 and 100 credits to fresh addresses and to addresses
+that already hold points, and a single PointsToken.mint to a fresh and to an existing holder.
+In a real deployment only the Settlement contract may mint; to measure a lone mint, this
+script grants SETTLEMENT_ROLE to a temporary dev account in its throwaway deployment.
+Figures are receipt gasUsed, so each includes the 21,000 intrinsic gas and the calldata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+import typer
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from rich.console import Console
+from rich.table import Table
+
+from backend.chain.anvil import AnvilNode
+from backend.chain.contracts import GridPointsChain, connect, pack_entry, role_id
+from backend.chain.deploy import deploy, dev_account
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+CHUNK = 100
+TEMP_MINTER_INDEX = 9  # an Anvil dev account that holds no role in the deployment
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    key: str
+    operation: str
+    entries: int
+    holders: str  # "fresh" (zero balance before) or "existing"
+    gas: int
+    note: str = ""
+
+
+def _addresses(label: str, count: int) -> list[ChecksumAddress]:
+    # Deterministic, so every run measures the same calldata (zero bytes are cheaper).
+    return [to_checksum_address(keccak(text=f"gas-report:{label}:{i}")[12:]) for i in range(count)]
+
+
+def _entries(addresses: list[ChecksumAddress]) -> list[bytes]:
+    return [pack_entry(address, 1_000 + i) for i, address in enumerate(addresses)]
+
+
+def measure() -> tuple[dict[str, object], list[Measurement]]:
+    rows: list[Measurement] = []
+    with AnvilNode() as node:
+        w3 = connect(node.rpc_url)
+        admin, settler = dev_account(0), dev_account(2)
+        deployment = deploy(w3, admin, registrar=dev_account(1).address, settler=settler.address)
+        chain = GridPointsChain(w3, deployment)
+
+        def commit(epoch_id: int) -> int:
+            receipt = chain.commit_epoch(
+                settler, epoch_id,
+                records_root=keccak(text=f"records {epoch_id}"),
+                credits_root=keccak(text=f"credits {epoch_id}"),
+                tariff_hash=keccak(text="tariff"),
+                record_count=1_000, total_credits=10**12, total_debits=0,
+            )  # fmt: skip
+            return int(receipt["gasUsed"])
+
+        def credits(chunk_id: int, addresses: list[ChecksumAddress]) -> int:
+            receipt = chain.apply_credits(settler, 1, chunk_id, _entries(addresses))
+            return int(receipt["gasUsed"])
+
+        rows.append(Measurement("commit_first", "commitEpoch", 0, "-", commit(1), "epoch 1"))
+        warmup = credits(0, _addresses("warm-up", 1))
+        rows.append(
+            Measurement(
+                "credits_first_chunk",
+                "applyCredits",
+                1,
+                "fresh",
+                warmup,
+                "1st chunk of epoch (a)",
+            )
+        )
+        holders = _addresses("holders", CHUNK + 1)
+        one, hundred = holders[:1], holders[1:]
+        for key, entries, kind, chunk_id, addresses in (
+            ("credits_1_fresh", 1, "fresh", 1, one),
+            ("credits_100_fresh", CHUNK, "fresh", 2, hundred),
+            ("credits_1_existing", 1, "existing", 3, one),
+            ("credits_100_existing", CHUNK, "existing", 4, hundred),
+        ):
+            rows.append(
+                Measurement(key, "applyCredits", entries, kind, credits(chunk_id, addresses))
+            )
+        rows.append(
+            Measurement("commit_later", "commitEpoch", 0, "-", commit(2), "epoch 2 and later")
+        )
+
+        # A lone mint, as a contract without packed batches would do it. Only possible here
+        # because this throwaway deployment grants the role to a temporary account.
+        minter: LocalAccount = dev_account(TEMP_MINTER_INDEX)
+        chain.transact(
+            admin, chain.token.functions.grantRole(role_id("SETTLEMENT_ROLE"), minter.address)
+        )
+        single_fresh = _addresses("single", 1)[0]
+        for key, holders, to in (
+            ("mint_fresh", "fresh", single_fresh),
+            ("mint_existing", "existing", one[0]),
+        ):
+            receipt = chain.transact(minter, chain.token.functions.mint(to, 1_000))
+            rows.append(
+                Measurement(
+                    key,
+                    "PointsToken.mint",
+                    1,
+                    holders,
+                    int(receipt["gasUsed"]),
+                    "temporary minter (b)",
+                )
+            )
+        info: dict[str, object] = {
+            "chain_id": deployment.chain_id,
+            "anvil": "fresh throwaway node, stopped after the run",
+            "temporary_minter": minter.address,
+        }
+    return info, rows
+
+
+def derive(rows: list[Measurement]) -> dict[str, float]:
+    gas = {row.key: row.gas for row in rows}
+    return {
+        "credit_avg_fresh": gas["credits_100_fresh"] / CHUNK,
+        "credit_avg_existing": gas["credits_100_existing"] / CHUNK,
+        "credit_marginal_fresh": (gas["credits_100_fresh"] - gas["credits_1_fresh"]) / (CHUNK - 1),
+        "credit_marginal_existing": (gas["credits_100_existing"] - gas["credits_1_existing"])
+        / (CHUNK - 1),
+        "batch_vs_single_mints_fresh": gas["credits_100_fresh"] / (CHUNK * gas["mint_fresh"]),
+        "batch_vs_single_mints_existing": gas["credits_100_existing"]
+        / (CHUNK * gas["mint_existing"]),
+    }
+
+
+@app.command()
+def main(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    info, rows = measure()
+    derived = derive(rows)
+    if as_json:
+        typer.echo(
+            json.dumps({**info, "rows": [asdict(r) for r in rows], "derived": derived}, indent=2)
+        )
+        return
+    # Wide enough for the table even when stdout is not a terminal (CI logs, files).
+    console = Console(width=max(Console().width, 100))
+    table = Table(title="GridPoints settlement gas (receipt gasUsed, Anvil, Prague)")
+    table.add_column("operation")
+    table.add_column("entries", justify="right")
+    table.add_column("holders")
+    table.add_column("gas", justify="right")
+    table.add_column("gas / entry", justify="right")
+    table.add_column("note")
+    for row in rows:
+        per = f"{row.gas / row.entries:,.0f}" if row.entries else ""
+        table.add_row(
+            row.operation, str(row.entries or ""), row.holders, f"{row.gas:,}", per, row.note
+        )
+    console.print(table)
+    summary = Table(title="Per-credit figures", show_header=False)
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
+    summary.add_row("average per credit, fresh holders", f"{derived['credit_avg_fresh']:,.0f}")
+    summary.add_row(
+        "average per credit, existing holders", f"{derived['credit_avg_existing']:,.0f}"
+    )
+    summary.add_row(
+        "marginal per credit, fresh ((100-chunk - 1-chunk) / 99)",
+        f"{derived['credit_marginal_fresh']:,.0f}",
+    )
+    summary.add_row("marginal per credit, existing", f"{derived['credit_marginal_existing']:,.0f}")
+    summary.add_row(
+        "100-credit chunk / 100 single mints, fresh",
+        f"{derived['batch_vs_single_mints_fresh']:.1%}",
+    )
+    summary.add_row(
+        "100-credit chunk / 100 single mints, existing",
+        f"{derived['batch_vs_single_mints_existing']:.1%}",
+    )
+    console.print(summary)
+    console.print(
+        "(a) The first chunk of an epoch also writes the epoch's chunk-bitmap word and applied "
+        "total for the first time (here also the token's total supply: the first mint ever); "
+        "the other applyCredits rows are measured after it (steady state).\n"
+        f"(b) Single mints were sent by {info['temporary_minter']}, a temporary account granted "
+        "SETTLEMENT_ROLE in this throwaway deployment only; in a real deployment only the "
+        "Settlement contract holds that role.\n"
+        "Fresh holders had a zero balance before; existing holders already held points. "
+        "All figures include the 21,000 intrinsic gas and the calldata."
+    )
+
+
+if __name__ == "__main__":
+    app()

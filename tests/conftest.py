@@ -1,0 +1,153 @@
+"""Shared fixtures: one real Anvil node per session with the contracts deployed on it.
+
+`chain_session` starts Anvil on a free port, deploys with backend.chain.deploy and yields typed
+handles; `chain_env` wraps each test in evm_snapshot / evm_revert so that every test starts
+from the freshly deployed state. Nothing here is mocked: every call is a JSON-RPC request to
+the Anvil process and every state change a mined transaction.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from backend.chain.anvil import AnvilNode
+from backend.chain.artifacts import BUILD_COMMAND, contracts_dir, missing_artifacts, repo_root
+from backend.chain.contracts import ContractRevertError, GridPointsChain, connect
+from backend.chain.deploy import Deployment, deploy, dev_account
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Dev-account indices of the standard mnemonic; Anvil funds the first ten.
+ADMIN, REGISTRAR, SETTLER = 0, 1, 2
+USERS = (3, 4, 5, 6, 7)
+OUTSIDER = 8
+SPARE = 9
+
+
+@dataclass(frozen=True, slots=True)
+class ChainAccounts:
+    """Funded dev accounts by role. `admin` is also the deployer."""
+
+    admin: LocalAccount
+    registrar: LocalAccount
+    settler: LocalAccount
+    users: tuple[LocalAccount, ...]
+    outsider: LocalAccount  # holds no role anywhere
+    spare: LocalAccount  # holds no role; for tests that need one more key
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEnv:
+    """What a chain test gets: the node, web3, the deployment and its handles."""
+
+    anvil: AnvilNode
+    w3: Web3
+    deployment: Deployment  # as loaded back from the deployment file
+    deployment_path: Path
+    deployed: Deployment  # as deploy() returned it, before the file round trip
+    chain: GridPointsChain
+    accounts: ChainAccounts
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        reply = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+        if "error" in reply:
+            raise RuntimeError(f"{method} failed: {reply['error']}")
+        return reply["result"]
+
+    def latest_timestamp(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def next_block_at(self, timestamp: int) -> None:
+        """The next mined block (the next transaction, under automine) gets `timestamp`."""
+        self.rpc("evm_setNextBlockTimestamp", timestamp)
+
+
+@pytest.fixture(scope="session")
+def contracts_built() -> Path:
+    """contracts/out with the three artifacts, built by forge if any is missing."""
+    missing = missing_artifacts()
+    if missing:
+        result = subprocess.run(
+            [str(repo_root() / "node_modules" / ".bin" / "forge"), "build"],
+            cwd=contracts_dir(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0 or missing_artifacts():
+            pytest.fail(
+                f"{BUILD_COMMAND} failed (artifacts missing: {missing}):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+    return contracts_dir() / "out"
+
+
+@pytest.fixture(scope="session")
+def anvil_node(
+    contracts_built: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AnvilNode]:
+    log = tmp_path_factory.mktemp("anvil") / "anvil.log"
+    with AnvilNode(log_path=log) as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def chain_session(anvil_node: AnvilNode, tmp_path_factory: pytest.TempPathFactory) -> ChainEnv:
+    """Anvil with the contracts deployed by backend.chain.deploy, loaded back from the file."""
+    w3 = connect(anvil_node.rpc_url)
+    accounts = ChainAccounts(
+        admin=dev_account(ADMIN),
+        registrar=dev_account(REGISTRAR),
+        settler=dev_account(SETTLER),
+        users=tuple(dev_account(i) for i in USERS),
+        outsider=dev_account(OUTSIDER),
+        spare=dev_account(SPARE),
+    )
+    deployed = deploy(
+        w3,
+        accounts.admin,
+        registrar=accounts.registrar.address,
+        settler=accounts.settler.address,
+    )
+    path = deployed.save(tmp_path_factory.mktemp("deployment") / "deployment.json")
+    deployment = Deployment.load(path)
+    return ChainEnv(
+        anvil=anvil_node,
+        w3=w3,
+        deployment=deployment,
+        deployment_path=path,
+        deployed=deployed,
+        chain=GridPointsChain(w3, deployment),
+        accounts=accounts,
+    )
+
+
+@pytest.fixture
+def chain_env(chain_session: ChainEnv) -> Iterator[ChainEnv]:
+    """The session chain, rewound to the fresh deployment after the test."""
+    snapshot = chain_session.rpc("evm_snapshot")
+    try:
+        yield chain_session
+    finally:
+        reverted = chain_session.rpc("evm_revert", snapshot)
+        # The rewind undid transactions whose nonces the sender counted locally.
+        chain_session.chain.reset_nonces()
+        assert reverted is True, f"evm_revert({snapshot}) failed: the next test is not isolated"
+
+
+@contextmanager
+def reverts_with(name: str, *args: Any) -> Iterator[pytest.ExceptionInfo[ContractRevertError]]:
+    """Asserts that the block raises ContractRevertError `name(*args)`, exactly."""
+    with pytest.raises(ContractRevertError) as info:
+        yield info
+    assert info.value.error == (name, tuple(args)), str(info.value)
