@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Writes tests/vectors/energy_transfer.json, the EnergyTransfer test vectors.
+
+Each vector is ``{"name", "typedData", "digest", "signer", "signature"}``: ``typedData`` is the
+eth_signTypedData_v4 JSON of a record (from station_signer.record), and ``digest`` and
+``signature`` come from eth_account (``encode_typed_data`` and ``Account.sign_typed_data``), an
+implementation independent of ours, so the vectors pin the protocol rather than our code. The
+generator refuses to write if our hand-written digest or recovery disagrees with eth_account.
+pytest (tests/test_record.py) and forge (contracts/test/EnergyTransferHash.t.sol) both check
+every vector, and a test checks that the file is exactly what this script writes.
+
+Deterministic: no clock, no randomness; every "random" value is derived from keccak of a label.
+The signing keys are development keys, keccak256("gridpoints-dev-station-key-<n>"): public
+by construction, never secrets, never registered anywhere real.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+from station_signer.record import (
+    UINT64_MAX,
+    ZERO_BYTES32,
+    Direction,
+    Domain,
+    EnergyTransfer,
+    keccak256,
+    parse_address,
+    recover_signer,
+)
+
+VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "energy_transfer.json"
+
+CHARGE, DISCHARGE = Direction.CHARGE, Direction.DISCHARGE
+T0 = 1_735_689_600  # 2025-01-01T00:00:00Z
+
+
+def _bytes(label: str, size: int) -> bytes:
+    """``size`` bytes derived from a label (deterministic, not secret)."""
+    return keccak256(f"gridpoints-vector:{label}".encode())[:size]
+
+
+def _u(label: str, bits: int) -> int:
+    """An unsigned integer of at most ``bits`` bits derived from a label."""
+    return int.from_bytes(keccak256(f"gridpoints-vector-int:{label}".encode())) >> (256 - bits)
+
+
+def dev_key(n: int) -> bytes:
+    """Development station key n: keccak256("gridpoints-dev-station-key-<n>")."""
+    return keccak256(f"gridpoints-dev-station-key-{n}".encode())
+
+
+DOMAINS: dict[str, Domain] = {
+    "mainnet": Domain(1, _bytes("registry-mainnet", 20)),
+    # Anvil's first contract address for its default deployer: what a local run looks like.
+    "anvil": Domain(31337, parse_address("0x5FbDB2315678afecb367f032d93F642f64180aa3")),
+    "anvil-redeployed": Domain(31337, _bytes("registry-anvil-2", 20)),
+    "chain-2^32": Domain(2**32, _bytes("registry-big-chain", 20)),
+}
+
+STATION_A = _bytes("station-a", 32)
+STATION_B = _bytes("station-b", 32)
+USER_1 = _bytes("user-1", 20)
+USER_2 = _bytes("user-2", 20)
+
+
+def _record(**changes: Any) -> EnergyTransfer:
+    """A plain 7.5 kWh charge of station A for user 1, with ``changes`` applied."""
+    fields: dict[str, Any] = {
+        "station_id": STATION_A,
+        "sequence": 1,
+        "user": USER_1,
+        "direction": CHARGE,
+        "energy_wh": 7_500,
+        "meter_before_wh": 1_000_000,
+        "meter_after_wh": 1_007_500,
+        "start_time": T0,
+        "end_time": T0 + 3_600,
+        "payment_authorization": ZERO_BYTES32,
+    }
+    fields.update(changes)
+    return EnergyTransfer(**fields)
+
+
+def _energy(before: int, energy: int) -> dict[str, int]:
+    return {"meter_before_wh": before, "meter_after_wh": before + energy, "energy_wh": energy}
+
+
+def cases() -> list[tuple[str, str, EnergyTransfer, int]]:
+    """(name, domain key, record, dev key number) of every vector, in file order."""
+    fixed: list[tuple[str, str, EnergyTransfer, int]] = [
+        ("charge, sequence 1", "anvil", _record(), 1),
+        (
+            "discharge, sequence 2",
+            "anvil",
+            _record(sequence=2, direction=DISCHARGE, **_energy(1_007_500, 5_000)),
+            1,
+        ),
+        ("charge on mainnet", "mainnet", _record(), 1),
+        ("same record, chain id 2^32", "chain-2^32", _record(), 1),
+        ("same record, same chain, other registry", "anvil-redeployed", _record(), 1),
+        ("sequence max uint64", "anvil", _record(sequence=UINT64_MAX), 1),
+        (
+            "energy max uint64 (meter 0 -> max, time 0 -> max)",
+            "anvil",
+            _record(**_energy(0, UINT64_MAX), start_time=0, end_time=UINT64_MAX),
+            1,
+        ),
+        (
+            "discharge of max energy",
+            "mainnet",
+            _record(direction=DISCHARGE, **_energy(0, UINT64_MAX)),
+            2,
+        ),
+        (
+            "zero energy, meters at 0, start == end",
+            "anvil",
+            _record(**_energy(0, 0), end_time=T0),
+            1,
+        ),
+        (
+            "zero energy, meters at max uint64",
+            "anvil",
+            _record(**_energy(UINT64_MAX, 0)),
+            1,
+        ),
+        (
+            "meter reaches max uint64",
+            "chain-2^32",
+            _record(direction=DISCHARGE, **_energy(UINT64_MAX - 22_000, 22_000)),
+            3,
+        ),
+        (
+            "start == end with energy (record-valid; the backend's physics check decides)",
+            "anvil",
+            _record(end_time=T0),
+            1,
+        ),
+        ("times at max uint64", "mainnet", _record(start_time=UINT64_MAX, end_time=UINT64_MAX), 2),
+        ("times at 0", "anvil", _record(start_time=0, end_time=0, **_energy(0, 0)), 2),
+        (
+            "nonzero payment authorization",
+            "anvil",
+            _record(payment_authorization=_bytes("payment-1", 32)),
+            1,
+        ),
+        (
+            "payment authorization all ones",
+            "mainnet",
+            _record(direction=DISCHARGE, payment_authorization=b"\xff" * 32),
+            2,
+        ),
+        ("station id all ones", "anvil", _record(station_id=b"\xff" * 32), 3),
+        ("station id 1", "anvil", _record(station_id=(1).to_bytes(32)), 3),
+        ("user 0x...01", "anvil", _record(user=(1).to_bytes(20)), 1),
+        ("user all ones", "chain-2^32", _record(user=b"\xff" * 20), 1),
+        ("user 2, station B", "anvil", _record(station_id=STATION_B, user=USER_2), 4),
+        (
+            "every field at max",
+            "chain-2^32",
+            _record(
+                station_id=b"\xff" * 32,
+                sequence=UINT64_MAX,
+                user=b"\xff" * 20,
+                direction=DISCHARGE,
+                **_energy(0, UINT64_MAX),
+                start_time=UINT64_MAX,
+                end_time=UINT64_MAX,
+                payment_authorization=b"\xff" * 32,
+            ),
+            4,
+        ),
+        (
+            "smallest valid values",
+            "mainnet",
+            _record(
+                station_id=(1).to_bytes(32),
+                sequence=1,
+                user=(1).to_bytes(20),
+                **_energy(0, 0),
+                start_time=0,
+                end_time=0,
+            ),
+            4,
+        ),
+    ]
+    # Varied values of realistic magnitude, derived from labels.
+    domain_keys = list(DOMAINS)
+    varied: list[tuple[str, str, EnergyTransfer, int]] = []
+    for i in range(13):
+        label = f"varied-{i}"
+        before = _u(label + "-meter", 40)
+        energy = _u(label + "-energy", 20)
+        start = T0 + _u(label + "-start", 25)
+        record = EnergyTransfer(
+            station_id=_bytes(label + "-station", 32),
+            sequence=1 + _u(label + "-sequence", 32),
+            user=_bytes(label + "-user", 20),
+            direction=CHARGE if i % 2 == 0 else DISCHARGE,
+            energy_wh=energy,
+            meter_before_wh=before,
+            meter_after_wh=before + energy,
+            start_time=start,
+            end_time=start + _u(label + "-duration", 16),
+            payment_authorization=_bytes(label + "-payment", 32) if i % 3 == 0 else ZERO_BYTES32,
+        )
+        varied.append((f"varied {i}", domain_keys[i % len(domain_keys)], record, 1 + i % 5))
+    return fixed + varied
+
+
+def _eth_account_digest(typed_data: dict[str, Any]) -> bytes:
+    signable = encode_typed_data(full_message=typed_data)
+    return keccak256(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def build() -> list[dict[str, Any]]:
+    vectors: list[dict[str, Any]] = []
+    for name, domain_key, record, key_number in cases():
+        domain = DOMAINS[domain_key]
+        typed_data = record.typed_data(domain)
+        account = Account.from_key(dev_key(key_number))
+        signed = Account.sign_typed_data(account.key, full_message=typed_data)
+        digest = _eth_account_digest(typed_data)
+        signature = signed.signature
+        if bytes(signed.message_hash) != digest or record.digest(domain) != digest:
+            raise SystemExit(f"digest mismatch in vector {name!r}: fix record.py first")
+        if recover_signer(digest, bytes(signature)) != account.address:
+            raise SystemExit(f"signer mismatch in vector {name!r}: fix record.py first")
+        vectors.append(
+            {
+                "name": name,
+                "typedData": typed_data,
+                "digest": "0x" + digest.hex(),
+                "signer": account.address,
+                "signature": "0x" + bytes(signature).hex(),
+            }
+        )
+    return vectors
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2) + "\n"
+
+
+def main() -> None:
+    VECTORS.parent.mkdir(parents=True, exist_ok=True)
+    VECTORS.write_text(render())
+    print(f"wrote {VECTORS}")
+
+
+if __name__ == "__main__":
+    main()

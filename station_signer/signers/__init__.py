@@ -1,0 +1,90 @@
+"""Station key backends behind one :class:`Signer` protocol.
+
+``Pkcs11Signer`` is the production backend (a non-extractable key in a PKCS#11 token);
+``DevKeySigner`` is a software key for development that warns on every signature. Importing
+this package loads no PKCS#11 module: that happens on the first ``Pkcs11Signer.open`` /
+``generate`` (or ``SoftHsmToken.activate``), which matters for SoftHSM2's ``SOFTHSM2_CONF``.
+"""
+
+from station_signer.signers.base import (
+    DIGEST_LENGTH,
+    SECP256K1_HALF_N,
+    SECP256K1_N,
+    SIGNATURE_LENGTH,
+    AmbiguousKeyError,
+    HsmError,
+    InsecureKeyError,
+    InvalidDigestError,
+    InvalidPublicKeyError,
+    InvalidSignatureError,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeystoreError,
+    ModuleLoadError,
+    PinUnavailableError,
+    RecoveryError,
+    Signer,
+    SignerError,
+    SoftHsmError,
+    StaleSessionError,
+    TokenLoginError,
+    TokenNotFoundError,
+    UnsupportedKeyError,
+    address_from_public_key,
+    recover_address,
+    require_digest,
+    split_signature,
+    to_low_s_with_recovery,
+)
+from station_signer.signers.devkey import DevelopmentKeyWarning, DevKeySigner
+from station_signer.signers.pkcs11 import (
+    Pkcs11Module,
+    Pkcs11Signer,
+    default_module_path,
+    open_session,
+    pin_from_env,
+    pin_from_file,
+    resolve_pin,
+)
+from station_signer.signers.softhsm import SoftHsmToken
+
+__all__ = [
+    "DIGEST_LENGTH",
+    "SECP256K1_HALF_N",
+    "SECP256K1_N",
+    "SIGNATURE_LENGTH",
+    "AmbiguousKeyError",
+    "DevKeySigner",
+    "DevelopmentKeyWarning",
+    "HsmError",
+    "InsecureKeyError",
+    "InvalidDigestError",
+    "InvalidPublicKeyError",
+    "InvalidSignatureError",
+    "KeyExistsError",
+    "KeyNotFoundError",
+    "KeystoreError",
+    "ModuleLoadError",
+    "PinUnavailableError",
+    "Pkcs11Module",
+    "Pkcs11Signer",
+    "RecoveryError",
+    "Signer",
+    "SignerError",
+    "SoftHsmError",
+    "SoftHsmToken",
+    "StaleSessionError",
+    "TokenLoginError",
+    "TokenNotFoundError",
+    "UnsupportedKeyError",
+    "address_from_public_key",
+    "default_module_path",
+    "open_session",
+    "pin_from_env",
+    "pin_from_file",
+    "recover_address",
+    "require_digest",
+    "resolve_pin",
+    "split_signature",
+    "to_low_s_with_recovery",
+]

@@ -1,0 +1,460 @@
+"""HTTP shapes shared by the station library and the backend (Pydantic v2 models).
+
+The record itself is validated by exactly one parser, :mod:`station_signer.record`; the models
+here delegate to it (``SignedRecordIn``) and add the request/response envelopes around it. Field
+errors from the record parser surface as Pydantic errors whose ``loc`` is the record field path,
+e.g. ``("record", "meterAfterWh")``, so FastAPI's 422 bodies name the field.
+
+Batches are deliberately *not* validated all-or-nothing. ``SignedRecordBatchIn`` accepts any
+JSON array and :meth:`SignedRecordBatchIn.parse_items` parses each element on its own, so that a
+malformed element becomes a ``rejected`` / ``malformed`` outcome at its position while the rest
+of the batch is processed. A 422 for the whole batch would wedge a station: its sync client
+(``station_signer/sync.py``) treats a 4xx answer as fatal for the batch and would resend the
+same poisoned batch forever.
+
+Wire names are camelCase (``logIndex``, ``receivedAt``); Python attributes are snake_case.
+Response models ignore unknown fields so that a station keeps parsing answers from a newer
+backend; request models forbid them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    NonNegativeInt,
+    PrivateAttr,
+    RootModel,
+    ValidationError,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from station_signer.record import (
+    REASON_END_BEFORE_START,
+    REASON_MALFORMED,
+    REASON_METER_DELTA_MISMATCH,
+    RECORD_FIELDS,
+    UINT64_MAX,
+    RecordValidationError,
+    SignedRecord,
+)
+
+# ---- reject reasons ----------------------------------------------------------------------------
+
+
+class RejectReason(StrEnum):
+    """Stable machine-readable codes of a rejected record (``RecordOutcome.reason``).
+
+    The values never change meaning; new codes may be added, so clients must treat an unknown
+    code as "rejected for a reason this client does not know" rather than fail.
+    """
+
+    description: str
+
+    def __new__(cls, value: str, description: str) -> Self:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+    MALFORMED = (
+        REASON_MALFORMED,
+        "Not a well-formed signed record: wrong JSON shape, unknown or missing field, wrong "
+        "type, value out of range, bad hex length or bad address checksum; message names fields.",
+    )
+    WRONG_DOMAIN = (
+        "wrong_domain",
+        "Signed for another EIP-712 domain (another chain id or StationRegistry deployment) than "
+        "this backend's, so it can never be valid here.",
+    )
+    BAD_SIGNATURE = (
+        "bad_signature",
+        "The signature is not canonical (v not 27/28, high s, r or s out of range) or no public "
+        "key can be recovered from it.",
+    )
+    UNKNOWN_STATION = (
+        "unknown_station",
+        "No station with this stationId is registered in the StationRegistry.",
+    )
+    KEY_NOT_VALID = (
+        "key_not_valid",
+        "The recovered signer was not a valid key of this station at the record's endTime "
+        "(another key, rotated out, revoked, or before the station's activeFrom).",
+    )
+    EQUIVOCATION = (
+        "equivocation",
+        "The station already has an accepted record with this sequence and different content; "
+        "the two signed records are kept as evidence.",
+    )
+    METER_BACKWARDS = (
+        "meter_backwards",
+        "The meter register would run backwards: meterBeforeWh is below the meterAfterWh of the "
+        "station's previous record, or meterAfterWh above its next record's meterBeforeWh.",
+    )
+    ENERGY_EXCEEDS_MAX_POWER = (
+        "energy_exceeds_max_power",
+        "energyWh is more than the station's registered maximum power can deliver between "
+        "startTime and endTime.",
+    )
+    METER_DELTA_MISMATCH = (
+        REASON_METER_DELTA_MISMATCH,
+        "meterAfterWh - meterBeforeWh differs from energyWh.",
+    )
+    END_BEFORE_START = (REASON_END_BEFORE_START, "endTime is before startTime.")
+    END_IN_FUTURE = (
+        "end_in_future",
+        "endTime is later than the backend's clock (plus its tolerance): a record of a transfer "
+        "that has not ended yet.",
+    )
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Code -> one-line description, in declaration order (for the OpenAPI docs)."""
+        return {member.value: member.description for member in cls}
+
+
+# ---- requests ----------------------------------------------------------------------------------
+
+_UINT64_TEXT = r"^(0|[1-9][0-9]{0,19})$"
+
+
+def _uint_schema(description: str, minimum: int = 0, maximum: int = UINT64_MAX) -> dict[str, Any]:
+    return {
+        "description": description,
+        "oneOf": [
+            {"type": "integer", "minimum": minimum, "maximum": maximum},
+            {
+                "type": "string",
+                "pattern": _UINT64_TEXT,
+                "description": "decimal string, for clients without 64-bit integers",
+            },
+        ],
+    }
+
+
+_FIELD_DOCS: dict[str, dict[str, Any]] = {
+    "stationId": {
+        "type": "string",
+        "pattern": "^0x[0-9a-fA-F]{64}$",
+        "description": "bytes32 station id as registered in the StationRegistry; never zero",
+    },
+    "sequence": _uint_schema("per-station sequence number, starting at 1", minimum=1),
+    "user": {
+        "type": "string",
+        "pattern": "^0x[0-9a-fA-F]{40}$",
+        "description": "user's wallet address (EIP-55 checksummed, or all one case); not zero",
+    },
+    "direction": {
+        "enum": [1, 2, "1", "2"],
+        "description": "1 = charge (station -> vehicle), 2 = discharge (vehicle -> station)",
+    },
+    "energyWh": _uint_schema("energy transferred, Wh; equals meterAfterWh - meterBeforeWh"),
+    "meterBeforeWh": _uint_schema("station meter register before the transfer, Wh"),
+    "meterAfterWh": _uint_schema("station meter register after the transfer, Wh"),
+    "startTime": _uint_schema("start of the transfer, unix seconds"),
+    "endTime": _uint_schema("end of the transfer, unix seconds; not before startTime"),
+    "paymentAuthorization": {
+        "type": "string",
+        "pattern": "^0x[0-9a-fA-F]{64}$",
+        "description": "bytes32 payment authorization; zero when the user pays otherwise",
+    },
+}
+
+
+def record_json_schema() -> dict[str, Any]:
+    """JSON Schema of the record's wire form (documentation; record.py does the validating)."""
+    return {
+        "type": "object",
+        "title": "EnergyTransfer",
+        "description": "The EIP-712 EnergyTransfer message, camelCase keys.",
+        "properties": {f.json_name: dict(_FIELD_DOCS[f.json_name]) for f in RECORD_FIELDS},
+        "required": [f.json_name for f in RECORD_FIELDS],
+        "additionalProperties": False,
+    }
+
+
+def _input_at(data: Any, path: tuple[str, ...]) -> Any:
+    """The submitted value at ``path`` (None where the path does not exist)."""
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _to_pydantic_error(exc: RecordValidationError, data: Any, title: str) -> ValidationError:
+    """One Pydantic line error per record field error, located at the field's JSON path.
+
+    The error type is ``gridpoints_record``; ``ctx.reason`` carries the RejectReason code.
+    """
+    line_errors: list[InitErrorDetails] = []
+    for error in exc.errors:
+        loc = tuple(error.field.split(".")) if error.field else ()
+        line_errors.append(
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "gridpoints_record",
+                    "{message}",
+                    {"message": error.message, "reason": exc.reason},
+                ),
+                loc=loc,
+                input=_input_at(data, loc),
+            )
+        )
+    return ValidationError.from_exception_data(title, line_errors)
+
+
+class SignedRecordIn(BaseModel):
+    """One signed record as submitted: ``{"record": {...}, "signature": "0x" + 130 hex}``.
+
+    Validation is delegated wholesale to :meth:`SignedRecord.from_json` (one validator for the
+    whole project); the model then holds the *canonical* wire form (checksummed address,
+    integers, lowercase hex) and the parsed :class:`SignedRecord` as :attr:`signed`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="SignedRecord")
+
+    record: Annotated[dict[str, Any], WithJsonSchema(record_json_schema())]
+    signature: Annotated[
+        str,
+        Field(
+            pattern="^0x[0-9a-fA-F]{130}$",
+            description="65 bytes r || s || v, v in {27, 28}, low s",
+        ),
+    ]
+    _signed: SignedRecord = PrivateAttr()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _delegate_to_record_parser(
+        cls, data: Any, handler: ModelWrapValidatorHandler[SignedRecordIn]
+    ) -> SignedRecordIn:
+        if isinstance(data, SignedRecordIn):
+            return data
+        try:
+            signed = SignedRecord.from_json(data)
+        except RecordValidationError as exc:
+            raise _to_pydantic_error(exc, data, cls.__name__) from None
+        model = handler(signed.to_json())
+        model._signed = signed
+        return model
+
+    @property
+    def signed(self) -> SignedRecord:
+        """The parsed record and signature."""
+        return self._signed
+
+    @classmethod
+    def from_signed(cls, signed: SignedRecord) -> SignedRecordIn:
+        """The request body for a signed record (station side)."""
+        return cls.model_validate(signed.to_json())
+
+
+def _batch_schema() -> dict[str, Any]:
+    return {
+        "type": "array",
+        "minItems": 1,
+        "items": SignedRecordIn.model_json_schema(),
+        "description": "Signed records; each is answered on its own, in request order.",
+    }
+
+
+class SignedRecordBatchIn(RootModel[list[Any]]):
+    """A batch of signed records: a non-empty JSON array of ``SignedRecordIn`` objects.
+
+    Elements are not validated here but by :meth:`parse_items`, one by one, so that one bad
+    element is one ``malformed`` outcome, not a 422 for the whole batch (see the module
+    docstring). The maximum length is a backend setting, enforced by the backend.
+    """
+
+    root: Annotated[list[Any], Field(min_length=1), WithJsonSchema(_batch_schema())]
+
+    @classmethod
+    def from_signed(cls, records: list[SignedRecord]) -> SignedRecordBatchIn:
+        """The request body for a batch of signed records (station side)."""
+        return cls([signed.to_json() for signed in records])
+
+    def parse_items(self) -> list[SignedRecord | RecordValidationError]:
+        """Each element parsed by the record parser: a SignedRecord or the reason it is not."""
+        results: list[SignedRecord | RecordValidationError] = []
+        for item in self.root:
+            try:
+                results.append(SignedRecord.from_json(item))
+            except RecordValidationError as exc:
+                results.append(exc)
+        return results
+
+
+# ---- responses ---------------------------------------------------------------------------------
+
+_RESPONSE_CONFIG = ConfigDict(
+    extra="ignore",
+    frozen=True,
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=True,
+)
+
+DigestHex = Annotated[str, Field(pattern="^0x[0-9a-f]{64}$", description="EIP-712 digest")]
+ReasonCode = Annotated[
+    str,
+    Field(
+        pattern="^[a-z][a-z0-9_]*$",
+        description="machine-readable reject code, one of RejectReason (new codes may appear)",
+    ),
+]
+
+
+class Receipt(BaseModel):
+    """The backend's acknowledgement of a stored record: its place in the record log."""
+
+    model_config = _RESPONSE_CONFIG
+
+    log_index: NonNegativeInt = Field(description="position in the backend's append-only log")
+    received_at: AwareDatetime = Field(description="when the backend stored it, ISO-8601 UTC")
+
+    @field_validator("received_at")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @field_serializer("received_at")
+    def _iso_utc(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class RecordOutcome(BaseModel):
+    """What happened to one submitted record.
+
+    * ``accepted``: stored now; ``digest`` and ``receipt`` are set.
+    * ``duplicate``: exactly this record was already stored; ``receipt`` is the stored one.
+    * ``rejected``: not stored; ``reason`` is a RejectReason code, ``message`` says why;
+      ``digest`` is set when the record could be parsed, ``receipt`` is null.
+    """
+
+    model_config = _RESPONSE_CONFIG
+
+    status: Literal["accepted", "duplicate", "rejected"]
+    digest: DigestHex | None = None
+    receipt: Receipt | None = None
+    reason: ReasonCode | None = None
+    message: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.status == "rejected":
+            if self.reason is None:
+                raise ValueError("a rejected outcome needs a reason")
+            if self.receipt is not None:
+                raise ValueError("a rejected outcome has no receipt")
+        else:
+            if self.digest is None or self.receipt is None:
+                raise ValueError(f"an {self.status} outcome needs a digest and a receipt")
+            if self.reason is not None:
+                raise ValueError(f"an {self.status} outcome has no reason")
+        return self
+
+    @classmethod
+    def accepted(cls, digest: bytes, log_index: int, received_at: datetime) -> RecordOutcome:
+        return cls(
+            status="accepted",
+            digest="0x" + digest.hex(),
+            receipt=Receipt(log_index=log_index, received_at=received_at),
+        )
+
+    @classmethod
+    def duplicate(cls, digest: bytes, log_index: int, received_at: datetime) -> RecordOutcome:
+        """``log_index`` and ``received_at`` are those of the record already stored."""
+        return cls(
+            status="duplicate",
+            digest="0x" + digest.hex(),
+            receipt=Receipt(log_index=log_index, received_at=received_at),
+        )
+
+    @classmethod
+    def rejected(
+        cls, reason: RejectReason | str, message: str, digest: bytes | None = None
+    ) -> RecordOutcome:
+        return cls(
+            status="rejected",
+            reason=str(reason),
+            message=message,
+            digest=None if digest is None else "0x" + digest.hex(),
+        )
+
+    @classmethod
+    def from_validation_error(cls, error: RecordValidationError) -> RecordOutcome:
+        """The outcome of an element the record parser refused (its fields in the message)."""
+        return cls.rejected(error.reason, error.summary())
+
+
+class BatchResponse(BaseModel):
+    """Answer to a batch: one outcome per submitted record, in request order, and the tallies."""
+
+    model_config = _RESPONSE_CONFIG
+
+    outcomes: list[RecordOutcome]
+    accepted: NonNegativeInt
+    duplicate: NonNegativeInt
+    rejected: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _counts_match(self) -> Self:
+        for status in ("accepted", "duplicate", "rejected"):
+            actual = sum(1 for o in self.outcomes if o.status == status)
+            if getattr(self, status) != actual:
+                raise ValueError(f"{status} is {getattr(self, status)} but {actual} outcomes are")
+        return self
+
+    @classmethod
+    def from_outcomes(cls, outcomes: list[RecordOutcome]) -> BatchResponse:
+        return cls(
+            outcomes=outcomes,
+            accepted=sum(1 for o in outcomes if o.status == "accepted"),
+            duplicate=sum(1 for o in outcomes if o.status == "duplicate"),
+            rejected=sum(1 for o in outcomes if o.status == "rejected"),
+        )
+
+
+class ErrorBody(BaseModel):
+    """A request-level error: ``code`` is machine-readable, ``message`` for humans."""
+
+    model_config = _RESPONSE_CONFIG
+
+    code: Annotated[str, Field(pattern="^[a-z][a-z0-9_]*$")]
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {"code", "message", "details"}}`` for any non-2xx answer."""
+
+    model_config = _RESPONSE_CONFIG
+
+    error: ErrorBody
+
+    @classmethod
+    def of(cls, code: str, message: str, details: Any = None) -> ErrorResponse:
+        return cls(error=ErrorBody(code=code, message=message, details=details))
+
+    @classmethod
+    def from_record_error(cls, error: RecordValidationError) -> ErrorResponse:
+        """A request refused by the record parser: details list every field and problem."""
+        return cls.of(
+            error.reason,
+            error.summary(),
+            {"fields": [{"field": e.field, "message": e.message} for e in error.errors]},
+        )
