@@ -1,0 +1,91 @@
+"""The FastAPI application: `create_app(settings)` wires routers, limits, errors and the
+lifespan that starts and stops the `BackendService`.
+
+Run it with ``gridpoints serve`` or ``uvicorn --factory backend.api:create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from backend.api import health, records, stations
+from backend.api.errors import ERROR_CODES, body_too_large, install_error_handlers
+from backend.api.limits import BodySizeLimitMiddleware
+from backend.service import BackendService
+from backend.settings import Settings
+from station_signer.wire import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+PARAMETER_ERROR: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ErrorResponse,
+        "description": "A path or query parameter is malformed (code `invalid_parameter`).",
+    }
+}
+
+
+def _description(settings: Settings) -> str:
+    errors = "\n".join(f"| `{code}` | {text} |" for code, text in ERROR_CODES.items())
+    return f"""
+GridPoints ingest API. Stations POST EIP-712 signed EnergyTransfer records; the backend
+verifies them against the StationRegistry (followed from chain events), checks them against the
+station's other records and appends the accepted ones to its append-only record log.
+
+**Limits**: at most {settings.max_body_bytes} bytes per request body (413) and
+{settings.max_batch} records per batch (422).
+
+**Errors**: every request-level error (anything that is not a per-record outcome) has the body
+`{{"error": {{"code", "message", "details"}}}}` (`ErrorResponse`) with one of these codes:
+
+| code | when |
+|---|---|
+{errors}
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = BackendService(settings)
+        try:
+            await run_in_threadpool(service.start)
+        except Exception as exc:
+            # uvicorn reports the failure and exits; the message says what to fix.
+            log.error("GridPoints backend cannot start: %s", exc)
+            service.stop()
+            raise
+        app.state.service = service
+        try:
+            yield
+        finally:
+            app.state.service = None
+            await run_in_threadpool(service.stop)
+
+    app = FastAPI(
+        title="GridPoints backend",
+        version=API_VERSION,
+        description=_description(settings),
+        lifespan=lifespan,
+    )
+    app.state.service = None
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        error_body=body_too_large,
+    )
+    app.include_router(records.router, responses=PARAMETER_ERROR)
+    app.include_router(stations.router, responses=PARAMETER_ERROR)
+    app.include_router(health.router)
+    return app

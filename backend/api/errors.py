@@ -1,0 +1,107 @@
+"""Every request-level error leaves the API in one shape, `station_signer.wire.ErrorResponse`:
+``{"error": {"code": "...", "message": "...", "details": ...}}``.
+
+Per-record rejections are not errors in this sense: they are `RecordOutcome`s (see records.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from station_signer.wire import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+# Request-level error codes and when they occur; listed in the OpenAPI description.
+ERROR_CODES: dict[str, str] = {
+    "invalid_json": "400: the body is not valid UTF-8 JSON (or repeats a key in an object).",
+    "invalid_domain_header": "400: a GridPoints-Chain-Id / GridPoints-Verifying-Contract header "
+    "is not a number / an address.",
+    "body_too_large": "413: the body exceeds the configured maximum (details.maxBodyBytes).",
+    "invalid_batch": "422: a batch body that is not a JSON array.",
+    "empty_batch": "422: a batch without records.",
+    "batch_too_long": "422: more records than the configured maximum (details.maxBatch).",
+    "invalid_parameter": "422: a path or query parameter is malformed (details list them).",
+    "not_found": "404: no such record, station or route.",
+    "method_not_allowed": "405: the route exists for other methods.",
+    "internal_error": "500: an unexpected failure; nothing of the request was committed.",
+}
+
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameter",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """Raised by handlers to answer with an ErrorResponse."""
+
+    def __init__(self, status_code: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return ErrorResponse.of(code, message, details).model_dump(mode="json", by_alias=True)
+
+
+def error_response(
+    status_code: int, code: str, message: str, details: Any = None, **kwargs: Any
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status_code, **kwargs)
+
+
+def body_too_large(max_body_bytes: int) -> dict[str, Any]:
+    return error_body(
+        "body_too_large",
+        f"request body larger than {max_body_bytes} bytes; send fewer records per request",
+        {"maxBodyBytes": max_body_bytes},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "location": ".".join(str(part) for part in error.get("loc", ())),
+                "message": error.get("msg", ""),
+            }
+            for error in exc.errors()
+        ]
+        summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
+        return error_response(422, "invalid_parameter", summary, {"errors": problems})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return error_response(
+            500, "internal_error", "internal error; nothing of this request was committed"
+        )

@@ -1,0 +1,394 @@
+"""Ingest and record read endpoints. Handlers are thin: parse, hand over, render."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from backend.api.deps import get_service, parse_address_param, parse_hex32
+from backend.api.errors import ApiError
+from backend.api.schemas import LogPage, StoredRecordView, UserRecordsPage
+from backend.db.models import Record
+from backend.ingest import ACCEPTED, DUPLICATE, Outcome
+from backend.queries import log_size, record_by_digest, records_by_user, records_in_log
+from backend.service import BackendService
+from station_signer.record import (
+    Direction,
+    Domain,
+    EnergyTransfer,
+    RecordValidationError,
+    parse_address,
+    to_checksum_address,
+)
+from station_signer.wire import (
+    BatchResponse,
+    ErrorResponse,
+    RecordOutcome,
+    RejectReason,
+    SignedRecordBatchIn,
+    SignedRecordIn,
+)
+
+router = APIRouter(prefix="/v1", tags=["records"])
+
+CHAIN_ID_HEADER = "GridPoints-Chain-Id"
+CONTRACT_HEADER = "GridPoints-Verifying-Contract"
+
+ServiceDep = Annotated[BackendService, Depends(get_service)]
+
+
+# ---- OpenAPI documentation of the outcomes --------------------------------------------------
+
+
+def _reason_table() -> str:
+    lines = ["| reason | meaning |", "|---|---|"]
+    lines += [f"| `{code}` | {text} |" for code, text in RejectReason.describe().items()]
+    return "\n".join(lines)
+
+
+OUTCOMES_DOC = f"""
+Every record gets its own outcome (`RecordOutcome`):
+
+* `accepted`: appended to the record log now; `receipt` holds the log index and the time.
+* `duplicate`: exactly this record (same station, sequence and content, i.e. same digest) is
+  already stored; idempotent, not an error; `receipt` is the stored one.
+* `rejected`: not stored in the record log (but kept in the rejections table with its body);
+  `reason` is one of these stable codes, `message` explains:
+
+{_reason_table()}
+
+A submitter may declare the EIP-712 domain it signed for with the headers `{CHAIN_ID_HEADER}`
+and `{CONTRACT_HEADER}` (either or both; the backend's own domain is at `GET /v1/domain`). A
+record declared for another domain is rejected as `wrong_domain`. Without the headers a record
+signed for another domain cannot be told from one signed by another key: its signature recovers
+to an address that is not the station's and it is rejected as `key_not_valid`.
+"""
+
+
+def _outcome_example(status: str, reason: str | None = None) -> dict[str, Any]:
+    digest = "0x" + "ab" * 32
+    if status == "rejected":
+        return {
+            "status": "rejected",
+            "digest": digest,
+            "receipt": None,
+            "reason": reason,
+            "message": "human-readable explanation",
+        }
+    return {
+        "status": status,
+        "digest": digest,
+        "receipt": {"logIndex": 41, "receivedAt": "2025-11-24T10:00:00.123456Z"},
+        "reason": None,
+        "message": None,
+    }
+
+
+def _error_doc(description: str, code: str) -> dict[str, Any]:
+    return {
+        "model": ErrorResponse,
+        "description": description,
+        "content": {
+            "application/json": {
+                "example": {"error": {"code": code, "message": "...", "details": None}}
+            }
+        },
+    }
+
+
+_REQUEST_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error_doc("Body is not JSON, or a domain header is malformed.", "invalid_json"),
+    413: _error_doc("Body larger than the configured maximum.", "body_too_large"),
+}
+
+SINGLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {
+        "model": RecordOutcome,
+        "description": "Accepted: the record was appended to the log.",
+        "content": {"application/json": {"example": _outcome_example("accepted")}},
+    },
+    200: {
+        "model": RecordOutcome,
+        "description": "Duplicate: exactly this record was already stored (idempotent).",
+        "content": {"application/json": {"example": _outcome_example("duplicate")}},
+    },
+    409: {
+        "model": RecordOutcome,
+        "description": "Rejected as `equivocation`: the station's sequence is taken by another "
+        "accepted record; both are kept as evidence.",
+        "content": {"application/json": {"example": _outcome_example("rejected", "equivocation")}},
+    },
+    422: {
+        "model": RecordOutcome,
+        "description": "Rejected for any other reason (see the reason codes above). The body is "
+        "a RecordOutcome, not an ErrorResponse.",
+        "content": {
+            "application/json": {
+                "examples": {
+                    code: {"summary": text, "value": _outcome_example("rejected", code)}
+                    for code, text in RejectReason.describe().items()
+                    if code != "equivocation"
+                }
+            }
+        },
+    },
+    **_REQUEST_ERRORS,
+}
+
+BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": BatchResponse,
+        "description": "One outcome per record, in request order, and the tallies. Always 200 "
+        "when the request itself is acceptable, whatever the outcomes (a 207-like answer).",
+    },
+    422: _error_doc(
+        "The batch is not a JSON array, is empty, or is longer than the maximum "
+        "(codes `invalid_batch`, `empty_batch`, `batch_too_long`).",
+        "batch_too_long",
+    ),
+    **_REQUEST_ERRORS,
+}
+
+
+def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # Two values for one field: which one was signed is ambiguous.
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def parse_json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+ChainIdHeader = Annotated[
+    str | None,
+    Header(
+        alias=CHAIN_ID_HEADER,
+        description="Chain id of the EIP-712 domain the records were signed for (optional).",
+    ),
+]
+ContractHeader = Annotated[
+    str | None,
+    Header(
+        alias=CONTRACT_HEADER,
+        description="StationRegistry address of the EIP-712 domain the records were signed for "
+        "(optional).",
+    ),
+]
+
+
+def claimed_domain(chain_text: str | None, contract_text: str | None, own: Domain) -> Domain | None:
+    if chain_text is None and contract_text is None:
+        return None
+    try:
+        chain_id = int(chain_text) if chain_text is not None else own.chain_id
+        contract = (
+            parse_address(contract_text) if contract_text is not None else own.verifying_contract
+        )
+        return Domain(chain_id, contract)
+    except (ValueError, RecordValidationError) as exc:
+        raise ApiError(
+            400,
+            "invalid_domain_header",
+            f"{CHAIN_ID_HEADER} must be a decimal chain id and {CONTRACT_HEADER} an address: {exc}",
+        ) from None
+
+
+def to_wire(outcome: Outcome) -> RecordOutcome:
+    if outcome.status in (ACCEPTED, DUPLICATE):
+        assert outcome.digest is not None and outcome.log_index is not None
+        assert outcome.received_at is not None
+        factory = RecordOutcome.accepted if outcome.status == ACCEPTED else RecordOutcome.duplicate
+        return factory(outcome.digest, outcome.log_index, outcome.received_at)
+    assert outcome.problem is not None
+    return RecordOutcome.rejected(outcome.problem.reason, outcome.problem.message, outcome.digest)
+
+
+def _single_status(outcome: Outcome) -> int:
+    if outcome.status == ACCEPTED:
+        return 201
+    if outcome.status == DUPLICATE:
+        return 200
+    return 409 if outcome.reason == RejectReason.EQUIVOCATION else 422
+
+
+# ---- ingest ---------------------------------------------------------------------------------
+
+
+@router.post(
+    "/records",
+    summary="Submit one signed record",
+    description="Verifies, checks and stores one signed EnergyTransfer.\n" + OUTCOMES_DOC,
+    responses=SINGLE_RESPONSES,
+    response_model=None,
+    status_code=201,
+    openapi_extra=_body_doc(SignedRecordIn.model_json_schema()),
+)
+async def submit_record(
+    request: Request,
+    service: ServiceDep,
+    chain_id: ChainIdHeader = None,
+    verifying_contract: ContractHeader = None,
+) -> JSONResponse:
+    started = time.perf_counter()
+    item = await run_in_threadpool(parse_json_body, await request.body())
+    claimed = claimed_domain(chain_id, verifying_contract, service.own_domain)
+    (outcome,) = await run_in_threadpool(service.submit, [item], claimed_domain=claimed)
+    status = _single_status(outcome)
+    service.metrics.requests.labels(endpoint="single", status=str(status)).inc()
+    service.metrics.ingest_seconds.labels(endpoint="single").observe(time.perf_counter() - started)
+    return JSONResponse(to_wire(outcome).model_dump(mode="json", by_alias=True), status)
+
+
+@router.post(
+    "/records/batch",
+    summary="Submit a batch of signed records",
+    description=(
+        "Up to the configured maximum (default 1,000) signed records as a JSON array. Each is "
+        "judged on its own and in order, as if posted one by one: one bad record never affects "
+        "the others.\n" + OUTCOMES_DOC
+    ),
+    responses=BATCH_RESPONSES,
+    response_model=None,
+    openapi_extra=_body_doc(SignedRecordBatchIn.model_json_schema()),
+)
+async def submit_batch(
+    request: Request,
+    service: ServiceDep,
+    chain_id: ChainIdHeader = None,
+    verifying_contract: ContractHeader = None,
+) -> JSONResponse:
+    started = time.perf_counter()
+    # Parsing up to MAX_BODY_BYTES of JSON is CPU work: keep it off the event loop.
+    items = await run_in_threadpool(parse_json_body, await request.body())
+    if not isinstance(items, list):
+        raise ApiError(422, "invalid_batch", "a batch body is a JSON array of signed records")
+    if not items:
+        raise ApiError(422, "empty_batch", "the batch holds no records")
+    maximum = service.settings.max_batch
+    if len(items) > maximum:
+        raise ApiError(
+            422,
+            "batch_too_long",
+            f"the batch holds {len(items)} records; at most {maximum} per request",
+            {"maxBatch": maximum, "received": len(items)},
+        )
+    claimed = claimed_domain(chain_id, verifying_contract, service.own_domain)
+    outcomes = await run_in_threadpool(service.submit, items, claimed_domain=claimed)
+    response = BatchResponse.from_outcomes([to_wire(o) for o in outcomes])
+    service.metrics.requests.labels(endpoint="batch", status="200").inc()
+    service.metrics.batch_size.observe(len(items))
+    service.metrics.ingest_seconds.labels(endpoint="batch").observe(time.perf_counter() - started)
+    return JSONResponse(response.model_dump(mode="json", by_alias=True), 200)
+
+
+# ---- reads ----------------------------------------------------------------------------------
+
+
+def record_view(row: Record) -> StoredRecordView:
+    record = EnergyTransfer(
+        station_id=row.station_id,
+        sequence=row.sequence,
+        user=row.user_address,
+        direction=Direction(row.direction),
+        energy_wh=row.energy_wh,
+        meter_before_wh=row.meter_before_wh,
+        meter_after_wh=row.meter_after_wh,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        payment_authorization=row.payment_authorization,
+    )
+    return StoredRecordView(
+        digest="0x" + row.digest.hex(),
+        logIndex=row.log_index,
+        receivedAt=row.received_at,
+        record=record.to_json(),
+        signature="0x" + row.signature.hex(),
+        signer=to_checksum_address(row.signer),
+    )
+
+
+Limit = Annotated[int, Query(ge=1, le=1_000, description="Page size.")]
+NOT_FOUND = {404: _error_doc("No such record.", "not_found")}
+
+
+@router.get(
+    "/records",
+    summary="The record log in order",
+    response_model=LogPage,
+    description="Records by ascending log index, after `afterLogIndex` (exclusive).",
+)
+def list_log(
+    service: ServiceDep,
+    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1)] = -1,
+    limit: Limit = 100,
+) -> LogPage:
+    with service.db.read() as session:
+        rows = records_in_log(session, after_log_index=after_log_index, limit=limit)
+        size = log_size(session)
+        views = [record_view(r) for r in rows]
+    return LogPage(
+        records=views,
+        nextAfterLogIndex=views[-1].logIndex if len(views) == limit else None,
+        logSize=size,
+    )
+
+
+@router.get(
+    "/records/{digest}",
+    summary="One record by its EIP-712 digest",
+    response_model=StoredRecordView,
+    responses=NOT_FOUND,
+)
+def get_record(
+    service: ServiceDep,
+    digest: Annotated[str, Path(description="0x + 64 hex digits")],
+) -> StoredRecordView:
+    raw = parse_hex32(digest, "digest")
+    with service.db.read() as session:
+        row = record_by_digest(session, raw)
+        if row is None:
+            raise ApiError(404, "not_found", f"no record with digest {digest}")
+        return record_view(row)
+
+
+@router.get(
+    "/users/{address}/records",
+    summary="A user's records",
+    response_model=UserRecordsPage,
+    tags=["users"],
+)
+def user_records(
+    service: ServiceDep,
+    address: Annotated[str, Path(description="The user's wallet address")],
+    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1)] = -1,
+    limit: Limit = 100,
+) -> UserRecordsPage:
+    user = parse_address_param(address, "address")
+    with service.db.read() as session:
+        rows = records_by_user(session, user, after_log_index=after_log_index, limit=limit)
+        views = [record_view(r) for r in rows]
+    return UserRecordsPage(
+        user=to_checksum_address(user),
+        records=views,
+        nextAfterLogIndex=views[-1].logIndex if len(views) == limit else None,
+    )

@@ -1,0 +1,245 @@
+"""SQLAlchemy 2.0 models of the backend's database.
+
+Three groups of tables:
+
+* the **registry mirror** (`RegistryCursor`, `RegistryEvent`, `Station`, `StationKey`): what
+  the follower learnt from StationRegistry events, with the last processed block, written in
+  one transaction per block range so that the mirror and its cursor never disagree;
+* the **record log** (`LogHead`, `Record`): append-only, one row per accepted record, with a
+  dense ``log_index`` handed out by the single-row `LogHead` counter; database triggers
+  (see the initial migration) refuse UPDATE and DELETE;
+* the **ingest bookkeeping** (`StationProgress`, `StationGap`, `Rejection`, `Equivocation`):
+  per-station progress and sequence gaps, every rejected submission with its raw body, and the
+  evidence of every equivocation.
+
+Identifiers, digests, addresses and signatures are stored as raw bytes; uint64 fields use the
+order-preserving `U64` type. The Alembic migrations in ``backend/migrations`` create exactly
+this schema (a test compares them on both databases).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from backend.db.types import U64, UTCDateTime
+
+# Deterministic constraint names: migrations and error handling refer to them by name, and both
+# databases must end up with the same ones.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not a BIGINT one.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+RECORD_STATION_SEQUENCE_UNIQUE = "uq_records_station_id_sequence"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# ---- registry mirror ------------------------------------------------------------------------
+
+
+class RegistryCursor(Base):
+    """The follower's position: every registry event up to ``last_block`` is applied."""
+
+    __tablename__ = "registry_cursor"
+    __table_args__ = (CheckConstraint("id = 1", name="singleton"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    registry_address: Mapped[bytes] = mapped_column(LargeBinary(20))
+    deployment_block: Mapped[int] = mapped_column(BigInteger)
+    # deployment_block - 1 before the first range is processed.
+    last_block: Mapped[int] = mapped_column(BigInteger)
+    # Hash of last_block as the follower saw it; a different hash on resume means a reorg
+    # deeper than the configured confirmations.
+    last_block_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RegistryEvent(Base):
+    """One StationRegistry event, kept verbatim so the mirror can be audited and rebuilt."""
+
+    __tablename__ = "registry_events"
+    __table_args__ = (Index(None, "station_id", "block_number", "log_index"),)
+
+    block_number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    log_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    station_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Station(Base):
+    """A registered station's current state, as rebuilt from its events."""
+
+    __tablename__ = "stations"
+
+    station_id: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    zone: Mapped[int] = mapped_column(BigInteger)
+    max_power_w: Mapped[int] = mapped_column(U64())
+    active_from: Mapped[int] = mapped_column(U64())
+    revoked_at: Mapped[int | None] = mapped_column(U64())
+    registered_block: Mapped[int] = mapped_column(BigInteger)
+    updated_block: Mapped[int] = mapped_column(BigInteger)
+
+
+class StationKey(Base):
+    """One key period of a station: valid for records that ended in [valid_from, valid_until).
+
+    ``valid_until`` is NULL while the key is current (the contract writes 0).
+    """
+
+    __tablename__ = "station_keys"
+
+    station_id: Mapped[bytes] = mapped_column(
+        LargeBinary(32), ForeignKey("stations.station_id"), primary_key=True
+    )
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)
+    signer: Mapped[bytes] = mapped_column(LargeBinary(20))
+    valid_from: Mapped[int] = mapped_column(U64())
+    valid_until: Mapped[int | None] = mapped_column(U64())
+
+
+# ---- record log -----------------------------------------------------------------------------
+
+
+class LogHead(Base):
+    """The next log index. Updating this single row in the inserting transaction serialises
+    writers on both databases, which is what keeps the log index dense (no holes from rolled
+    back transactions, no two records with one index)."""
+
+    __tablename__ = "log_head"
+    __table_args__ = (
+        CheckConstraint("id = 1", name="singleton"),
+        CheckConstraint("next_log_index >= 0", name="non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_log_index: Mapped[int] = mapped_column(BigInteger)
+
+
+class Record(Base):
+    """An accepted, signed EnergyTransfer. Append-only."""
+
+    __tablename__ = "records"
+    __table_args__ = (
+        # The database, not Python, guarantees one record per (station, sequence).
+        UniqueConstraint("station_id", "sequence"),
+        UniqueConstraint("digest"),
+        # Neighbouring records of the same meter register, for the meter-backwards check.
+        Index(None, "station_id", "direction", "sequence"),
+        Index(None, "user_address", "log_index"),
+        CheckConstraint("direction IN (1, 2)", name="direction"),
+    )
+
+    log_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    station_id: Mapped[bytes] = mapped_column(LargeBinary(32), ForeignKey("stations.station_id"))
+    sequence: Mapped[int] = mapped_column(U64())
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
+    direction: Mapped[int] = mapped_column(SmallInteger)
+    energy_wh: Mapped[int] = mapped_column(U64())
+    meter_before_wh: Mapped[int] = mapped_column(U64())
+    meter_after_wh: Mapped[int] = mapped_column(U64())
+    start_time: Mapped[int] = mapped_column(U64())
+    end_time: Mapped[int] = mapped_column(U64())
+    payment_authorization: Mapped[bytes] = mapped_column(LargeBinary(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(65))
+    signer: Mapped[bytes] = mapped_column(LargeBinary(20))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# ---- ingest bookkeeping ---------------------------------------------------------------------
+
+
+class StationProgress(Base):
+    """What the record log holds for one station, maintained with every accepted record."""
+
+    __tablename__ = "station_progress"
+
+    station_id: Mapped[bytes] = mapped_column(
+        LargeBinary(32), ForeignKey("stations.station_id"), primary_key=True
+    )
+    record_count: Mapped[int] = mapped_column(BigInteger)
+    last_sequence: Mapped[int] = mapped_column(U64())  # highest accepted sequence
+    missing_count: Mapped[int] = mapped_column(U64())  # sequences below it not in the log
+    gap_count: Mapped[int] = mapped_column(BigInteger)  # ranges of missing sequences
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StationGap(Base):
+    """A range [first, last] of sequences missing below the station's highest sequence."""
+
+    __tablename__ = "station_gaps"
+    __table_args__ = (CheckConstraint("first_sequence <= last_sequence", name="ordered"),)
+
+    station_id: Mapped[bytes] = mapped_column(
+        LargeBinary(32), ForeignKey("station_progress.station_id"), primary_key=True
+    )
+    first_sequence: Mapped[int] = mapped_column(U64(), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(U64())
+
+
+class Rejection(Base):
+    """A submission that did not enter the record log, with its reason and raw body."""
+
+    __tablename__ = "rejections"
+    __table_args__ = (Index(None, "station_id", "reason"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # As claimed by the submission (unauthenticated unless the reason says otherwise); NULL when
+    # the body did not even carry a readable one.
+    station_id: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    sequence: Mapped[int | None] = mapped_column(U64())
+    digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    reason: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class Equivocation(Base):
+    """Proof that a station signed two contents for one sequence: the accepted record (in the
+    log) and the validly signed conflicting submission (here, verbatim)."""
+
+    __tablename__ = "equivocations"
+    __table_args__ = (Index(None, "station_id", "sequence"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    station_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    sequence: Mapped[int] = mapped_column(U64())
+    accepted_log_index: Mapped[int] = mapped_column(BigInteger, ForeignKey("records.log_index"))
+    accepted_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    conflicting_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    conflicting_signature: Mapped[bytes] = mapped_column(LargeBinary(65))
+    conflicting_body: Mapped[str] = mapped_column(Text)
+    rejection_id: Mapped[int] = mapped_column(AutoId, ForeignKey("rejections.id"))

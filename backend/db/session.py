@@ -1,0 +1,128 @@
+"""Engine and sessions for SQLite (embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode (readers never block the writer), with foreign keys on, a busy timeout
+instead of instant "database is locked" errors, and ``synchronous=FULL`` because a receipt
+promises that the record survives a power cut. pysqlite's own transaction handling is switched
+off so that we issue ``BEGIN`` ourselves: write transactions use ``BEGIN IMMEDIATE``, which
+takes the write lock up front; a deferred transaction that later tries to write can fail with
+SQLITE_BUSY without waiting when another writer committed meanwhile.
+
+PostgreSQL is reached through psycopg 3; plain ``postgresql://`` URLs are rewritten to the
+psycopg driver since psycopg2 is not a dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+WRITE_OPTION = "gridpoints_write"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """`url` with the psycopg driver for PostgreSQL and an absolute-or-relative SQLite path."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def redact(url: str | URL) -> str:
+    """`url` for log lines and error messages: the password is replaced by ***."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_db_engine(
+    url: str | URL, *, busy_timeout_ms: int = 30_000, pool_size: int = 10, echo: bool = False
+) -> Engine:
+    parsed = normalize_url(url)
+    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            # Each pooled connection would see its own empty in-memory database.
+            raise ValueError("SQLite needs a file path (sqlite:///path/to/file.sqlite)")
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+        kwargs["pool_size"] = pool_size
+        engine = create_engine(parsed, **kwargs)
+        _configure_sqlite(engine, busy_timeout_ms)
+        return engine
+    if backend == "postgresql":
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_engine(parsed, **kwargs)
+    raise ValueError(f"unsupported database {redact(parsed)}: use sqlite:/// or postgresql://")
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver level: SQLAlchemy's "begin" hook below starts transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        immediate = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """One engine and the two kinds of session the backend uses."""
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        busy_timeout_ms: int = 30_000,
+        pool_size: int = 10,
+        echo: bool = False,
+    ) -> None:
+        self.engine = create_db_engine(
+            url, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size, echo=echo
+        )
+        self.url = self.engine.url
+        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(
+            self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        return redact(self.url)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading; rolled back at the end."""
+        with self._reader() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends normally, rolled back otherwise.
+
+        On SQLite the write lock is taken at BEGIN, so two writers queue instead of failing.
+        """
+        with self._writer() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

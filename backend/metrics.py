@@ -1,0 +1,90 @@
+"""Prometheus metrics of one backend instance.
+
+Each app owns its own CollectorRegistry rather than the process-global default one: tests (and
+a process embedding two apps) create several apps, and registering the same metric names twice
+in the global registry is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.records = Counter(
+            "gridpoints_ingest_records",
+            "Submitted records by outcome (accepted, duplicate, rejected) and rejection reason.",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "gridpoints_ingest_requests",
+            "Ingest HTTP requests by endpoint and status code.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "gridpoints_ingest_batch_size",
+            "Records per batch request.",
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000),
+            registry=r,
+        )
+        self.ingest_seconds = Histogram(
+            "gridpoints_ingest_duration_seconds",
+            "Time to verify and store one ingest request.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.log_size = Gauge(
+            "gridpoints_record_log_size", "Records in the append-only record log.", registry=r
+        )
+        self.registry_last_block = Gauge(
+            "gridpoints_registry_last_block",
+            "Last block whose StationRegistry events are applied.",
+            registry=r,
+        )
+        self.registry_head_block = Gauge(
+            "gridpoints_registry_head_block",
+            "Chain head seen by the registry follower.",
+            registry=r,
+        )
+        self.registry_lag_blocks = Gauge(
+            "gridpoints_registry_lag_blocks",
+            "Blocks between the chain head and the last applied block (includes confirmations).",
+            registry=r,
+        )
+        self.registry_events = Counter(
+            "gridpoints_registry_events",
+            "StationRegistry events applied, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.registry_errors = Counter(
+            "gridpoints_registry_sync_errors",
+            "Failed registry follower polls (RPC or database errors).",
+            registry=r,
+        )
+        self.stations_known = Gauge(
+            "gridpoints_registry_stations", "Stations known from the registry.", registry=r
+        )
+
+    def declare_outcomes(self, reasons: Iterable[str]) -> None:
+        """Exports every outcome/reason series at 0, so dashboards and alerts see them before
+        the first occurrence."""
+        self.records.labels(outcome="accepted", reason="")
+        self.records.labels(outcome="duplicate", reason="")
+        for reason in reasons:
+            self.records.labels(outcome="rejected", reason=reason)
+        for kind in ("StationRegistered", "StationKeyRotated", "StationRevoked"):
+            self.registry_events.labels(kind=kind)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,482 @@
+"""The registry follower: the backend's only source of station keys is StationRegistry events.
+
+`RegistryFollower` reads the registry's events from the deployment block up to
+``head - confirmations`` in bounded block ranges and, for each range, applies them to the
+mirror tables (`stations`, `station_keys`, `registry_events`) and advances the persisted cursor
+in the *same* transaction, so after a crash or restart it resumes exactly after the last range it
+committed. Several replicas sharing one PostgreSQL may all run a follower: a range is committed
+only if the cursor still stands where the range starts (checked under a row lock), so the loser
+of a race simply discards its work and reloads.
+
+`KeyDirectory` is the in-memory copy of the mirror that the ingest hot path reads: station id
+-> `StationHistory` (from backend.chain, which already implements the contract's key-validity
+rule over the event history). The follower swaps in a fresh copy whenever the mirror's newest
+event changed, so registrations, rotations and revocations take effect without a restart, at
+most one poll interval after they reach the confirmation depth.
+
+Reorgs deeper than the configured confirmations are not repaired: the follower keeps the hash
+of the last block it applied and reports a mismatch (health and logs) so an operator can act.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from eth_utils.address import to_canonical_address, to_checksum_address
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.chain.contracts import (
+    GridPointsChain,
+    KeyPeriod,
+    StationEvent,
+    StationHistory,
+    StationRegistered,
+)
+from backend.db.models import RegistryCursor, RegistryEvent, Station, StationKey
+from backend.db.session import Database
+from backend.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CURSOR_ID = 1
+
+
+class RegistryMismatchError(RuntimeError):
+    """The database mirrors another chain or another registry than the configured deployment."""
+
+
+class RegistryMirrorError(RuntimeError):
+    """The events do not form a consistent history (e.g. a rotation of an unknown station)."""
+
+
+# ---- the in-memory view ---------------------------------------------------------------------
+
+
+class KeyDirectory:
+    """Station id -> StationHistory, replaced wholesale so that readers need no lock.
+
+    Readers take one reference to the current mapping; the follower builds a new mapping and
+    rebinds the attribute, which is atomic in CPython.
+    """
+
+    def __init__(self, stations: Mapping[bytes, StationHistory] | None = None) -> None:
+        self._stations: Mapping[bytes, StationHistory] = dict(stations or {})
+        self._version: tuple[int, int] | None = None
+
+    @property
+    def version(self) -> tuple[int, int] | None:
+        """Position (block, log index) of the newest event included, None when empty."""
+        return self._version
+
+    def station(self, station_id: bytes) -> StationHistory | None:
+        return self._stations.get(bytes(station_id))
+
+    def stations(self) -> Mapping[bytes, StationHistory]:
+        return self._stations
+
+    def __len__(self) -> int:
+        return len(self._stations)
+
+    def is_key_valid_at(self, station_id: bytes, signer: str, end_time: int) -> bool:
+        """Whether `signer` was station `station_id`'s valid key for a record ending at
+        `end_time` (the StationRegistry.isKeyValidAt rule, on the mirrored events)."""
+        history = self.station(station_id)
+        return history is not None and history.is_key_valid_at(signer, end_time)
+
+    def replace(
+        self, stations: Mapping[bytes, StationHistory], version: tuple[int, int] | None
+    ) -> None:
+        self._stations = dict(stations)
+        self._version = version
+
+    def load(self, session: Session) -> None:
+        """Rebuilds the view from the mirror tables."""
+        self.replace(load_histories(session), newest_event(session))
+
+
+def newest_event(session: Session) -> tuple[int, int] | None:
+    row = session.execute(
+        select(RegistryEvent.block_number, RegistryEvent.log_index)
+        .order_by(RegistryEvent.block_number.desc(), RegistryEvent.log_index.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def load_histories(
+    session: Session, station_ids: Iterable[bytes] | None = None
+) -> dict[bytes, StationHistory]:
+    """StationHistory objects (without their event list) from the mirror tables."""
+    station_query = select(Station)
+    key_query = select(StationKey).order_by(StationKey.station_id, StationKey.ordinal)
+    if station_ids is not None:
+        ids = list(station_ids)
+        station_query = station_query.where(Station.station_id.in_(ids))
+        key_query = key_query.where(StationKey.station_id.in_(ids))
+    histories: dict[bytes, StationHistory] = {}
+    for station in session.scalars(station_query):
+        histories[station.station_id] = StationHistory(
+            station_id=station.station_id,
+            zone=station.zone,
+            max_power_w=station.max_power_w,
+            active_from=station.active_from,
+            keys=[],
+            revoked_at=station.revoked_at,
+        )
+    for key in session.scalars(key_query):
+        histories[key.station_id].keys.append(
+            KeyPeriod(to_checksum_address(key.signer), key.valid_from, key.valid_until or 0)
+        )
+    return histories
+
+
+# ---- applying events to the mirror ----------------------------------------------------------
+
+
+def _event_args(event: StationEvent) -> dict[str, Any]:
+    args = {k: v for k, v in asdict(event).items() if k not in ("position", "station_id")}
+    return {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in args.items()}
+
+
+def apply_events(session: Session, events: Sequence[StationEvent]) -> None:
+    """Applies `events` (chain order) to the mirror tables inside the caller's transaction."""
+    if not events:
+        return
+    affected = {e.station_id for e in events}
+    histories = load_histories(session, affected)
+    touched_block: dict[bytes, int] = {}
+    registered_block: dict[bytes, int] = {}
+    for event in events:
+        session.add(
+            RegistryEvent(
+                block_number=event.position.block_number,
+                log_index=event.position.log_index,
+                tx_hash=event.position.tx_hash,
+                kind=type(event).__name__,
+                station_id=event.station_id,
+                args=_event_args(event),
+            )
+        )
+        sid = event.station_id
+        if isinstance(event, StationRegistered):
+            if sid in histories:
+                raise RegistryMirrorError(f"station 0x{sid.hex()} registered twice")
+            histories[sid] = StationHistory.from_events([event])
+            registered_block[sid] = event.position.block_number
+        elif sid not in histories:
+            raise RegistryMirrorError(
+                f"{type(event).__name__} for unknown station 0x{sid.hex()} at block "
+                f"{event.position.block_number}"
+            )
+        else:
+            histories[sid].apply(event)
+        touched_block[sid] = event.position.block_number
+
+    existing_keys: dict[tuple[bytes, int], StationKey] = {
+        (k.station_id, k.ordinal): k
+        for k in session.scalars(select(StationKey).where(StationKey.station_id.in_(affected)))
+    }
+    existing_stations = {
+        s.station_id: s
+        for s in session.scalars(select(Station).where(Station.station_id.in_(affected)))
+    }
+    for sid, history in histories.items():
+        if sid not in touched_block:
+            continue
+        station = existing_stations.get(sid)
+        if station is None:
+            station = Station(
+                station_id=sid,
+                zone=history.zone,
+                max_power_w=history.max_power_w,
+                active_from=history.active_from,
+                revoked_at=history.revoked_at,
+                registered_block=registered_block[sid],
+                updated_block=touched_block[sid],
+            )
+            session.add(station)
+        else:
+            station.revoked_at = history.revoked_at
+            station.updated_block = touched_block[sid]
+        # Keys only change by closing the last period and appending new ones.
+        for ordinal, period in enumerate(history.keys):
+            valid_until = period.valid_until or None
+            row = existing_keys.get((sid, ordinal))
+            if row is None:
+                session.add(
+                    StationKey(
+                        station_id=sid,
+                        ordinal=ordinal,
+                        signer=to_canonical_address(period.signer),
+                        valid_from=period.valid_from,
+                        valid_until=valid_until,
+                    )
+                )
+            elif row.valid_until != valid_until:
+                row.valid_until = valid_until
+    session.flush()
+
+
+# ---- the follower ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerStatus:
+    """What /healthz, /v1/registry and the metrics report about the follower."""
+
+    chain_id: int
+    registry_address: str
+    deployment_block: int
+    confirmations: int
+    last_block: int | None  # last block applied (None before the first range)
+    head_block: int | None  # chain head at the last successful poll
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    reorg_detected: bool
+    stations: int
+
+    @property
+    def lag_blocks(self) -> int | None:
+        if self.last_block is None or self.head_block is None:
+            return None
+        return max(0, self.head_block - self.last_block)
+
+
+class RegistryFollower:
+    """Follows StationRegistry events into the database and keeps a KeyDirectory current."""
+
+    def __init__(
+        self,
+        db: Database,
+        chain: GridPointsChain,
+        *,
+        confirmations: int = 0,
+        block_range: int = 2_000,
+        poll_interval: float = 2.0,
+        directory: KeyDirectory | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if confirmations < 0:
+            raise ValueError("confirmations must be >= 0")
+        if block_range < 1:
+            raise ValueError("block_range must be >= 1")
+        self.db = db
+        self.chain = chain
+        self.deployment = chain.deployment
+        self.confirmations = confirmations
+        self.block_range = block_range
+        self.poll_interval = poll_interval
+        self.directory = directory if directory is not None else KeyDirectory()
+        self.metrics = metrics
+        self._clock = clock
+        self._last_block: int | None = None
+        self._head_block: int | None = None
+        self._last_success_at: datetime | None = None
+        self._last_error: str | None = None
+        self._last_error_at: datetime | None = None
+        self._reorg_detected = False
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> FollowerStatus:
+        return FollowerStatus(
+            chain_id=self.deployment.chain_id,
+            registry_address=self.deployment.registry_address,
+            deployment_block=self.deployment.deployment_block,
+            confirmations=self.confirmations,
+            last_block=self._last_block,
+            head_block=self._head_block,
+            last_success_at=self._last_success_at,
+            last_error=self._last_error,
+            last_error_at=self._last_error_at,
+            reorg_detected=self._reorg_detected,
+            stations=len(self.directory),
+        )
+
+    def open(self) -> None:
+        """Creates or checks the cursor and loads the directory from the database.
+
+        Raises RegistryMismatchError when the database follows another deployment: mixing two
+        registries' keys in one mirror would accept records signed for the wrong one.
+        """
+        dep = self.deployment
+        registry = to_canonical_address(dep.registry_address)
+        with self.db.write() as session:
+            cursor = session.get(RegistryCursor, CURSOR_ID)
+            if cursor is None:
+                cursor = RegistryCursor(
+                    id=CURSOR_ID,
+                    chain_id=dep.chain_id,
+                    registry_address=registry,
+                    deployment_block=dep.deployment_block,
+                    last_block=dep.deployment_block - 1,
+                    last_block_hash=None,
+                    updated_at=self._clock(),
+                )
+                session.add(cursor)
+            elif cursor.chain_id != dep.chain_id or cursor.registry_address != registry:
+                followed = to_checksum_address(cursor.registry_address)
+                raise RegistryMismatchError(
+                    f"the database follows StationRegistry {followed} "
+                    f"on chain {cursor.chain_id}, but the deployment file names "
+                    f"{dep.registry_address} on chain {dep.chain_id}; use another database"
+                )
+            self._last_block = cursor.last_block
+            self.directory.load(session)
+        self._update_gauges()
+
+    def sync_once(self) -> int:
+        """Applies every confirmed event not applied yet; returns how many were applied.
+
+        Raises on RPC or database errors (the background loop logs, counts and retries).
+        """
+        with self._sync_lock:
+            return self._sync_once()
+
+    def _sync_once(self) -> int:
+        w3 = self.chain.w3
+        head = int(w3.eth.block_number)
+        self._head_block = head
+        target = head - self.confirmations
+        with self.db.read() as session:
+            cursor = session.get(RegistryCursor, CURSOR_ID)
+            if cursor is None:
+                raise RuntimeError("registry cursor missing: call open() first")
+            last, last_hash = cursor.last_block, cursor.last_block_hash
+        self._check_reorg(last, last_hash)
+        applied = 0
+        changed_elsewhere = last != self._last_block
+        while last < target:
+            lo = last + 1
+            hi = min(target, last + self.block_range)
+            events = self.chain.station_events(from_block=lo, to_block=hi)
+            block_hash = bytes(w3.eth.get_block(hi)["hash"])
+            with self.db.write() as session:
+                cursor = session.execute(
+                    select(RegistryCursor).where(RegistryCursor.id == CURSOR_ID).with_for_update()
+                ).scalar_one()
+                if cursor.last_block != last:
+                    # Another replica committed this range first; its result is the same.
+                    changed_elsewhere = True
+                    last = cursor.last_block
+                    continue
+                apply_events(session, events)
+                cursor.last_block = hi
+                cursor.last_block_hash = block_hash
+                cursor.updated_at = self._clock()
+            if self.metrics is not None:
+                for event in events:
+                    self.metrics.registry_events.labels(kind=type(event).__name__).inc()
+            for event in events:
+                log.info(
+                    "registry %s station=0x%s block=%d",
+                    type(event).__name__,
+                    event.station_id.hex(),
+                    event.position.block_number,
+                )
+            applied += len(events)
+            last = hi
+        if applied or changed_elsewhere:
+            self._reload_if_changed()
+        # Published only after the directory holds its events: whoever sees this block
+        # applied (/v1/registry, wait_for_block) can rely on the keys being in effect.
+        self._last_block = last
+        self._last_success_at = self._clock()
+        self._last_error = None
+        self._update_gauges()
+        return applied
+
+    def _reload_if_changed(self) -> None:
+        with self.db.read() as session:
+            if newest_event(session) != self.directory.version:
+                self.directory.load(session)
+
+    def _check_reorg(self, last_block: int, last_hash: bytes | None) -> None:
+        if last_hash is None or self._reorg_detected:
+            return
+        block = self.chain.w3.eth.get_block(last_block)
+        if bytes(block["hash"]) != last_hash:
+            self._reorg_detected = True
+            log.error(
+                "block %d changed hash since the registry follower applied it: a reorg deeper "
+                "than %d confirmations; the mirror may hold events that are no longer on chain",
+                last_block,
+                self.confirmations,
+            )
+
+    def _update_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        if self._last_block is not None:
+            self.metrics.registry_last_block.set(self._last_block)
+        if self._head_block is not None:
+            self.metrics.registry_head_block.set(self._head_block)
+        lag = self.status.lag_blocks
+        if lag is not None:
+            self.metrics.registry_lag_blocks.set(lag)
+        self.metrics.stations_known.set(len(self.directory))
+
+    # -- background loop --------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("follower already started")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name="gridpoints-registry-follower", daemon=True
+        )
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Polls now instead of at the end of the current interval."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+                failures = 0
+                delay = self.poll_interval
+            except Exception as exc:  # the loop must outlive RPC and database outages
+                failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._last_error_at = self._clock()
+                if self.metrics is not None:
+                    self.metrics.registry_errors.inc()
+                log.warning("registry follower poll failed (%d in a row): %s", failures, exc)
+                # Back off up to 30 s so an outage does not turn into a request storm.
+                delay = min(30.0, self.poll_interval * 2 ** min(failures, 5))
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def wait_for_block(self, block: int, timeout: float = 10.0) -> bool:
+        """Blocks until the follower applied `block` (for tools and tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._last_block is not None and self._last_block >= block:
+                return True
+            self.wake()
+            time.sleep(min(0.05, self.poll_interval))
+        return self._last_block is not None and self._last_block >= block

@@ -1,0 +1,136 @@
+"""The backend's long-lived parts wired together: database, chain handle, registry follower,
+verifier, ingestor and metrics. The API's lifespan starts one `BackendService` and stops it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from web3 import Web3
+
+from backend.chain.contracts import GridPointsChain
+from backend.chain.deploy import Deployment
+from backend.db.session import Database
+from backend.ingest import Candidate, Ingestor, Outcome
+from backend.metrics import Metrics
+from backend.migrations import check_schema
+from backend.queries import log_size
+from backend.registry import KeyDirectory, RegistryFollower
+from backend.settings import Settings
+from backend.verify import RecordVerifier, deployment_domain
+from station_signer.record import Domain
+from station_signer.wire import RejectReason
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(RuntimeError):
+    """The settings, the deployment file and the chain do not fit together."""
+
+
+class BackendService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.metrics.declare_outcomes(reason.value for reason in RejectReason)
+        self.db = Database(
+            settings.effective_database_url,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            pool_size=settings.db_pool_size,
+        )
+        self.deployment: Deployment | None = None
+        self.chain: GridPointsChain | None = None
+        self.directory = KeyDirectory()
+        self.follower: RegistryFollower | None = None
+        self.verifier: RecordVerifier | None = None
+        self.ingestor = Ingestor(self.db)
+
+    @property
+    def own_domain(self) -> Domain:
+        """The EIP-712 domain this backend verifies records for."""
+        if self.verifier is None:
+            raise RuntimeError("the backend is not started")
+        return self.verifier.domain
+
+    def start(self) -> None:
+        """Checks the schema and the deployment, catches the registry up and starts following.
+
+        Raises DatabaseNotMigratedError, DeploymentFileError, RegistryMismatchError or
+        ConfigurationError: each means the operator must fix something before serving.
+        """
+        settings = self.settings
+        check_schema(self.db.engine, self.db.display_url)
+        deployment = Deployment.load(settings.deployment_file)
+        w3 = Web3(
+            Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": settings.rpc_timeout_s})
+        )
+        chain = GridPointsChain(w3, deployment)
+        try:
+            node_chain_id = int(w3.eth.chain_id)
+        except Exception as exc:  # any transport error: the follower retries in the background
+            log.warning(
+                "no Ethereum node answers at %s yet (%s); following later", settings.rpc_url, exc
+            )
+        else:
+            if node_chain_id != deployment.chain_id:
+                raise ConfigurationError(
+                    f"the node at {settings.rpc_url} is on chain {node_chain_id}, the deployment "
+                    f"file {settings.deployment_file} on chain {deployment.chain_id}"
+                )
+        self.deployment, self.chain = deployment, chain
+        self.follower = RegistryFollower(
+            self.db,
+            chain,
+            confirmations=settings.confirmations_for(deployment.chain_id),
+            block_range=settings.registry_block_range,
+            poll_interval=settings.registry_poll_interval_s,
+            directory=self.directory,
+            metrics=self.metrics,
+        )
+        self.follower.open()
+        try:
+            # Catch up before the first request, so known stations are not refused as unknown.
+            self.follower.sync_once()
+        except Exception as exc:  # the mirror in the database still serves
+            log.warning("registry catch-up failed at start-up (%s); retrying in background", exc)
+        self.follower.start()
+        self.verifier = RecordVerifier(
+            deployment_domain(deployment), self.directory, clock_skew_s=settings.clock_skew_s
+        )
+        with self.db.read() as session:
+            self.metrics.log_size.set(log_size(session))
+        log.info(
+            "GridPoints backend ready: database %s, chain %d, registry %s",
+            self.db.display_url,
+            deployment.chain_id,
+            deployment.registry_address,
+        )
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+        self.db.dispose()
+
+    def submit(
+        self, items: Sequence[Any], *, claimed_domain: Domain | None = None
+    ) -> list[Outcome]:
+        """Verifies and stores submitted JSON values; one outcome each, in order."""
+        verifier = self.verifier
+        if verifier is None:
+            raise RuntimeError("the backend is not started")
+        # One instant per request: the clock-skew check and the receipts agree.
+        received_at = datetime.now(UTC)
+        now = int(received_at.timestamp())
+        candidates = [
+            Candidate.of(item, verifier.verify_json(item, now=now, claimed_domain=claimed_domain))
+            for item in items
+        ]
+        outcomes = self.ingestor.ingest(candidates, received_at)
+        records = self.metrics.records
+        for outcome in outcomes:
+            records.labels(outcome=outcome.status, reason=outcome.reason or "").inc()
+        if self.ingestor.log_size is not None:
+            self.metrics.log_size.set(self.ingestor.log_size)
+        return outcomes

@@ -1,0 +1,82 @@
+"""The backend's configuration: one pydantic-settings class read from the environment.
+
+Every variable carries the ``GRIDPOINTS_`` prefix (``GRIDPOINTS_RPC_URL``,
+``GRIDPOINTS_MAX_BATCH``...). The database URL is also accepted as the conventional unprefixed
+``DATABASE_URL``, which is what container platforms and PostgreSQL operators set; the prefixed
+name wins when both are present. Unset, the backend uses an embedded SQLite file under
+``./var/`` so that a developer needs nothing but the checkout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Chain ids of local development nodes (Anvil / Hardhat, Ganache): blocks there are final at
+# once, so waiting for confirmations would only slow tests and the demo down.
+DEV_CHAIN_IDS = frozenset({31337, 1337})
+DEFAULT_CONFIRMATIONS_PUBLIC = 12
+DEFAULT_DATA_DIR = Path("var")
+SQLITE_FILE_NAME = "gridpoints.sqlite"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the backend can be told from outside. Defaults suit a local Anvil."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GRIDPOINTS_",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # -- chain ------------------------------------------------------------------------------
+    rpc_url: str = "http://127.0.0.1:8545"
+    deployment_file: Path = Path("deployment.json")
+    # None: 0 on a development chain (see DEV_CHAIN_IDS), DEFAULT_CONFIRMATIONS_PUBLIC elsewhere.
+    confirmations: int | None = Field(default=None, ge=0)
+    registry_poll_interval_s: float = Field(default=2.0, gt=0)
+    # Public RPC providers cap eth_getLogs ranges; 2,000 blocks is below every common cap.
+    registry_block_range: int = Field(default=2_000, ge=1)
+    rpc_timeout_s: float = Field(default=10.0, gt=0)
+
+    # -- storage ----------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GRIDPOINTS_DATABASE_URL", "DATABASE_URL", "database_url"),
+    )
+    data_dir: Path = DEFAULT_DATA_DIR
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    db_pool_size: int = Field(default=10, ge=1)
+
+    # -- ingest limits ----------------------------------------------------------------------
+    max_batch: int = Field(default=1_000, ge=1)
+    max_body_bytes: int = Field(default=4 * MiB, ge=1_024)
+    clock_skew_s: int = Field(default=300, ge=0)
+
+    # -- HTTP -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65_535)
+    log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        # `DATABASE_URL=` in a shell or a compose file means "not set", not "empty URL".
+        return value or None
+
+    @property
+    def effective_database_url(self) -> str:
+        """The URL the engine connects to: the configured one or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / SQLITE_FILE_NAME).as_posix()}"
+
+    def confirmations_for(self, chain_id: int) -> int:
+        """Blocks the registry follower stays behind the head on chain `chain_id`."""
+        if self.confirmations is not None:
+            return self.confirmations
+        return 0 if chain_id in DEV_CHAIN_IDS else DEFAULT_CONFIRMATIONS_PUBLIC

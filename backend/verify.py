@@ -1,0 +1,265 @@
+"""The stateless checks of a signed record: one pure class, no I/O, no clock.
+
+`RecordVerifier` decides everything about a signed record that does not depend on the other
+records: whether it parses (``malformed``, and the record parser's own ``meter_delta_mismatch``
+and ``end_before_start``), whether it was signed for this deployment's EIP-712 domain
+(``wrong_domain``), whether the signature is canonical and recoverable (``bad_signature``),
+whether the station is registered (``unknown_station``), whether its end time is plausible
+(``end_in_future``), whether the recovering key was the station's valid key at that end time
+(``key_not_valid``) and whether the energy fits the station's maximum power over the duration
+(``energy_exceeds_max_power``). The stateful checks (duplicate, equivocation, meter running
+backwards) are `backend.ingest`'s.
+
+The same class serves the ingest API and the auditor: both hand it the domain, a station
+lookup (the backend's `KeyDirectory`; an auditor may build one from chain events with
+``KeyDirectory(chain.station_histories())``) and, explicitly, the time to judge
+``end_in_future`` against (None skips that check, for re-verifying history). Nothing here
+reads a clock, a database or the chain.
+
+The order of the checks is part of the contract, because a record can fail several and gets one
+reason: parse, domain, signature, station, end time, key, power. Authenticity comes before
+content, so a content complaint is only ever made about a record the station really signed;
+the end time comes before the key because key validity at a future instant is not yet decided
+(a revocation may still land before it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from eth_utils.address import to_canonical_address
+
+from backend.chain.contracts import StationHistory
+from backend.chain.deploy import Deployment
+from station_signer.record import (
+    Domain,
+    RecordValidationError,
+    SignatureError,
+    SignedRecord,
+    recover_signer_bytes,
+    to_checksum_address,
+)
+from station_signer.wire import RejectReason
+
+SECONDS_PER_HOUR = 3_600
+
+
+class StationLookup(Protocol):
+    """Where the verifier learns a station's registry state (`backend.registry.KeyDirectory`)."""
+
+    def station(self, station_id: bytes) -> StationHistory | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a submission is rejected: a stable reason code, a message for humans, details for
+    the rejections table (JSON-serialisable)."""
+
+    reason: RejectReason
+    message: str
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The result of the stateless checks.
+
+    ``digest`` is the record's digest under the verifier's domain whenever the record parsed
+    (also when a later check failed), ``signer`` the recovered 20-byte address when the
+    signature was recoverable; ``problem`` is None when every check passed.
+    """
+
+    signed: SignedRecord | None
+    digest: bytes | None = None
+    signer: bytes | None = None
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def deployment_domain(deployment: Deployment) -> Domain:
+    """The EIP-712 domain of a deployment: its chain id and StationRegistry address."""
+    return Domain(deployment.chain_id, to_canonical_address(deployment.registry_address))
+
+
+def domain_json(domain: Domain) -> dict[str, Any]:
+    return {
+        "chainId": domain.chain_id,
+        "verifyingContract": to_checksum_address(domain.verifying_contract),
+    }
+
+
+class RecordVerifier:
+    """Stateless checks of signed records for one EIP-712 domain."""
+
+    def __init__(self, domain: Domain, stations: StationLookup, *, clock_skew_s: int = 300) -> None:
+        if clock_skew_s < 0:
+            raise ValueError("clock_skew_s must be >= 0")
+        self.domain = domain
+        self.stations = stations
+        self.clock_skew_s = clock_skew_s
+
+    def verify_json(
+        self, item: Any, *, now: int | None, claimed_domain: Domain | None = None
+    ) -> Verdict:
+        """Parses one submitted JSON value (``{"record", "signature"}``) and verifies it."""
+        try:
+            signed = SignedRecord.from_json(item)
+        except RecordValidationError as exc:
+            return Verdict(
+                None,
+                problem=Problem(
+                    RejectReason(exc.reason),
+                    exc.summary(),
+                    {"fields": [{"field": e.field, "message": e.message} for e in exc.errors]},
+                ),
+            )
+        return self.verify(signed, now=now, claimed_domain=claimed_domain)
+
+    def verify(
+        self, signed: SignedRecord, *, now: int | None, claimed_domain: Domain | None = None
+    ) -> Verdict:
+        """Checks a parsed signed record. `now` (unix seconds) judges ``end_in_future``;
+        `claimed_domain` is the domain the submitter says it signed for, if it said."""
+        record = signed.record
+        digest = record.digest(self.domain)
+        if claimed_domain is not None and (
+            claimed_domain.chain_id != self.domain.chain_id
+            or claimed_domain.verifying_contract != self.domain.verifying_contract
+        ):
+            claimed, expected = domain_json(claimed_domain), domain_json(self.domain)
+            return Verdict(
+                signed,
+                None,
+                problem=Problem(
+                    RejectReason.WRONG_DOMAIN,
+                    f"signed for chain {claimed['chainId']} / StationRegistry "
+                    f"{claimed['verifyingContract']}, but this backend verifies for chain "
+                    f"{expected['chainId']} / StationRegistry {expected['verifyingContract']}",
+                    {"claimed": claimed, "expected": expected},
+                ),
+            )
+        try:
+            signer = recover_signer_bytes(digest, signed.signature)
+        except SignatureError as exc:
+            return Verdict(
+                signed, digest, problem=Problem(RejectReason.BAD_SIGNATURE, f"signature: {exc}")
+            )
+
+        station = self.stations.station(record.station_id)
+        if station is None:
+            return Verdict(
+                signed,
+                digest,
+                signer,
+                Problem(
+                    RejectReason.UNKNOWN_STATION,
+                    f"station 0x{record.station_id.hex()} is not registered in the "
+                    "StationRegistry (or its registration is not confirmed yet)",
+                ),
+            )
+
+        if now is not None and record.end_time > now + self.clock_skew_s:
+            return Verdict(
+                signed,
+                digest,
+                signer,
+                Problem(
+                    RejectReason.END_IN_FUTURE,
+                    f"endTime {record.end_time} is {record.end_time - now} s ahead of the "
+                    f"backend's clock ({now}); at most {self.clock_skew_s} s are tolerated",
+                    {"endTime": record.end_time, "now": now, "clockSkewS": self.clock_skew_s},
+                ),
+            )
+
+        # Lower-case hex carries no checksum, so the rule does not re-verify one it would only
+        # have to compute first (half the cost of this check on the hot path).
+        if not station.is_key_valid_at("0x" + signer.hex(), record.end_time):
+            return Verdict(
+                signed,
+                digest,
+                signer,
+                key_problem(station, to_checksum_address(signer), record.end_time),
+            )
+
+        duration = record.end_time - record.start_time
+        # Wh * 3600 = W * s: exact integer arithmetic, no floating point anywhere.
+        if record.energy_wh * SECONDS_PER_HOUR > station.max_power_w * duration:
+            limit_wh = station.max_power_w * duration // SECONDS_PER_HOUR
+            return Verdict(
+                signed,
+                digest,
+                signer,
+                Problem(
+                    RejectReason.ENERGY_EXCEEDS_MAX_POWER,
+                    f"energyWh {record.energy_wh} exceeds what the station's maximum power of "
+                    f"{station.max_power_w} W delivers in {duration} s ({limit_wh} Wh)",
+                    {
+                        "energyWh": record.energy_wh,
+                        "maxPowerW": station.max_power_w,
+                        "durationS": duration,
+                        "maxEnergyWh": limit_wh,
+                    },
+                ),
+            )
+        return Verdict(signed, digest, signer)
+
+
+def key_problem(station: StationHistory, signer: str, end_time: int) -> Problem:
+    """A key_not_valid problem that says which rule the signer failed."""
+    sid = "0x" + station.station_id.hex()
+    details: dict[str, Any] = {"signer": signer, "endTime": end_time}
+    periods = [p for p in station.keys if p.signer == signer]
+    if end_time < station.active_from:
+        why = f"station {sid} is active only from {station.active_from}"
+    elif station.revoked_at is not None and end_time >= station.revoked_at:
+        why = f"station {sid} was revoked at {station.revoked_at}"
+        details["revokedAt"] = station.revoked_at
+    elif not periods:
+        why = (
+            f"{signer} is not a key of station {sid} (the content was altered after signing, "
+            "it was signed for another domain, or by another key)"
+        )
+    else:
+        first = min(p.valid_from for p in periods)
+        if end_time < first:
+            why = f"key {signer} of station {sid} is valid only for records ending from {first}"
+            details["validFrom"] = first
+        else:
+            ends = [p.valid_until for p in periods if p.valid_until and p.valid_until <= end_time]
+            until = max(ends) if ends else None
+            why = f"key {signer} of station {sid} was rotated out at {until}"
+            details["validUntil"] = until
+    return Problem(
+        RejectReason.KEY_NOT_VALID,
+        f"the signing key was not valid for a record ending at {end_time}: {why}",
+        details,
+    )
+
+
+def lenient_identity(item: Any) -> tuple[bytes | None, int | None]:
+    """(station id, sequence) read as leniently as possible from a body that failed to parse,
+    so that its rejection is still counted against the station it claims to come from."""
+    record = item.get("record") if isinstance(item, Mapping) else None
+    if not isinstance(record, Mapping):
+        return None, None
+    station_id: bytes | None = None
+    raw_id = record.get("stationId")
+    if isinstance(raw_id, str) and raw_id.startswith("0x") and len(raw_id) == 66:
+        try:
+            station_id = bytes.fromhex(raw_id[2:])
+        except ValueError:
+            station_id = None
+    sequence: int | None = None
+    raw_seq = record.get("sequence")
+    if isinstance(raw_seq, bool):
+        raw_seq = None
+    if isinstance(raw_seq, str) and raw_seq.isascii() and raw_seq.isdigit() and len(raw_seq) < 21:
+        raw_seq = int(raw_seq)
+    if isinstance(raw_seq, int) and 0 <= raw_seq < 2**64:
+        sequence = raw_seq
+    return station_id, sequence

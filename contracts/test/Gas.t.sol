@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {Test} from "forge-std/Test.sol";
+import {console2} from "forge-std/console2.sol";
+
+import {PointsToken} from "../src/PointsToken.sol";
+import {Settlement} from "../src/Settlement.sol";
+
+/// @title Gas measurements of the settlement hot paths
+/// @notice `forge test --match-contract Gas -vv` prints the gas of: committing one epoch;
+/// applying a chunk of 100 credits to fresh addresses and to addresses that already hold points
+/// (and, for comparison, a chunk of 100 debits); a single PointsToken.mint to a fresh address and
+/// to an existing holder.
+/// @dev Measured with gasleft() around the external call, so the figure is the execution gas of
+/// the call as seen by the caller (cold accesses included: every fixture is prepared in setUp,
+/// which runs in its own transaction, so nothing is warm when a test starts). It excludes the
+/// 21,000 intrinsic gas and the calldata gas of a real transaction; the log prints those
+/// separately (standard 4/16 per zero/non-zero byte pricing) as an estimate of the full
+/// transaction. vm.startSnapshotGas is not used because it writes files under snapshots/.
+contract GasTest is Test {
+    uint256 internal constant CHUNK = 100;
+
+    PointsToken internal token;
+    Settlement internal settlement;
+
+    address internal admin = makeAddr("admin");
+    address internal settler = makeAddr("settler");
+    address internal minter = makeAddr("minter");
+
+    bytes32[] internal existing; // credits to the holders funded in setUp
+    bytes32[] internal fresh; // credits to addresses that never held points
+    bytes32[] internal burns; // debits from the holders funded in setUp
+
+    function setUp() public {
+        vm.warp(1_700_000_000);
+        token = new PointsToken(admin);
+        settlement = new Settlement(token, admin, settler);
+        vm.startPrank(admin);
+        token.grantRole(token.SETTLEMENT_ROLE(), address(settlement));
+        token.grantRole(token.SETTLEMENT_ROLE(), minter); // only for the single-mint measurements
+        vm.stopPrank();
+
+        vm.prank(settler);
+        settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1000, type(uint128).max, 1e12);
+
+        for (uint256 i = 0; i < CHUNK; ++i) {
+            address holder = address(uint160(0x100000 + i));
+            address newcomer = address(uint160(0x200000 + i));
+            existing.push(_pack(holder, 1000 + i));
+            fresh.push(_pack(newcomer, 1000 + i));
+            burns.push(_pack(holder, 500 + i));
+        }
+        vm.prank(settler);
+        settlement.applyCredits(1, 0, existing);
+    }
+
+    function _pack(address account, uint256 amount) internal pure returns (bytes32) {
+        return bytes32((amount << 160) | uint256(uint160(account)));
+    }
+
+    function _calldataGas(bytes memory data) internal pure returns (uint256 gas) {
+        for (uint256 i = 0; i < data.length; ++i) {
+            gas += data[i] == 0 ? 4 : 16;
+        }
+    }
+
+    function _report(string memory what, uint256 gasUsed, bytes memory data) internal pure {
+        uint256 cd = _calldataGas(data);
+        console2.log(what);
+        console2.log("  execution gas:", gasUsed);
+        console2.log("  calldata bytes / gas:", data.length, cd);
+        console2.log("  ~ transaction gas (21000 + calldata + execution):", 21_000 + cd + gasUsed);
+    }
+
+    function _applyCredits(uint32 chunkId, bytes32[] memory entries) internal returns (uint256 used) {
+        vm.prank(settler);
+        uint256 before = gasleft();
+        settlement.applyCredits(1, chunkId, entries);
+        used = before - gasleft();
+    }
+
+    function test_gas_commitEpoch() public {
+        bytes32 r = keccak256("records 2");
+        bytes32 c = keccak256("credits 2");
+        bytes32 t = keccak256("tariff 2");
+        vm.prank(settler);
+        uint256 before = gasleft();
+        settlement.commitEpoch(2, r, c, t, 5000, 123_456, 7_890);
+        uint256 used = before - gasleft();
+        assertEq(settlement.lastEpochId(), 2);
+        _report(
+            "commitEpoch (one epoch)", used, abi.encodeCall(Settlement.commitEpoch, (2, r, c, t, 5000, 123_456, 7_890))
+        );
+    }
+
+    function test_gas_applyCredits_100FreshAddresses() public {
+        bytes32[] memory entries = fresh;
+        uint256 used = _applyCredits(1, entries);
+        assertEq(token.balanceOf(address(uint160(0x200000))), 1000);
+        _report(
+            "applyCredits, 100 credits to fresh addresses",
+            used,
+            abi.encodeCall(Settlement.applyCredits, (1, 1, entries))
+        );
+        console2.log("  per credit:", used / CHUNK);
+    }
+
+    function test_gas_applyCredits_100ExistingHolders() public {
+        bytes32[] memory entries = existing;
+        uint256 used = _applyCredits(1, entries);
+        assertEq(token.balanceOf(address(uint160(0x100000))), 2000);
+        _report(
+            "applyCredits, 100 credits to existing holders",
+            used,
+            abi.encodeCall(Settlement.applyCredits, (1, 1, entries))
+        );
+        console2.log("  per credit:", used / CHUNK);
+    }
+
+    function test_gas_applyDebits_100ExistingHolders() public {
+        bytes32[] memory entries = burns;
+        vm.prank(settler);
+        uint256 before = gasleft();
+        settlement.applyDebits(1, 1, entries);
+        uint256 used = before - gasleft();
+        assertEq(token.balanceOf(address(uint160(0x100000))), 500);
+        _report(
+            "applyDebits, 100 debits from existing holders",
+            used,
+            abi.encodeCall(Settlement.applyDebits, (1, 1, entries))
+        );
+        console2.log("  per debit:", used / CHUNK);
+    }
+
+    function test_gas_mint_freshAddress() public {
+        address to = address(uint160(0x300000));
+        vm.prank(minter);
+        uint256 before = gasleft();
+        token.mint(to, 1000);
+        uint256 used = before - gasleft();
+        assertEq(token.balanceOf(to), 1000);
+        _report("PointsToken.mint to a fresh address", used, abi.encodeCall(PointsToken.mint, (to, 1000)));
+    }
+
+    function test_gas_mint_existingHolder() public {
+        address to = address(uint160(0x100000));
+        vm.prank(minter);
+        uint256 before = gasleft();
+        token.mint(to, 1000);
+        uint256 used = before - gasleft();
+        assertEq(token.balanceOf(to), 2000);
+        _report("PointsToken.mint to an existing holder", used, abi.encodeCall(PointsToken.mint, (to, 1000)));
+    }
+}
