@@ -18,6 +18,7 @@ from conftest import ChainEnv
 
 from backend.api import create_app
 from backend.chain.anvil import free_port
+from backend.migrations import head_revision
 from backend.settings import Settings
 
 pytest.register_assert_rewrite("backend_fixtures")
@@ -60,9 +61,9 @@ def test_db_upgrade_and_current(database_url: tuple[str, str]) -> None:
     assert "(empty)" in current.stdout and "needs `gridpoints db upgrade`" in current.stdout
     upgraded = gridpoints("db", "upgrade", database_url=url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "migrated (empty) -> 0001_initial" in upgraded.stdout
+    assert f"migrated (empty) -> {head_revision()}" in upgraded.stdout
     again = gridpoints("db", "upgrade", database_url=url)
-    assert "already at 0001_initial" in again.stdout
+    assert f"already at {head_revision()}" in again.stdout
     assert "up to date" in gridpoints("db", "current", database_url=url).stdout
 
 

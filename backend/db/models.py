@@ -243,3 +243,121 @@ class Equivocation(Base):
     conflicting_signature: Mapped[bytes] = mapped_column(LargeBinary(65))
     conflicting_body: Mapped[str] = mapped_column(Text)
     rejection_id: Mapped[int] = mapped_column(AutoId, ForeignKey("rejections.id"))
+
+
+# ---- epochs and settlement ------------------------------------------------------------------
+
+
+class Epoch(Base):
+    """A sealed epoch: a contiguous range of the record log, its roots and its point totals.
+
+    Epoch ``n`` covers log indexes ``[first_log_index, first_log_index + record_count)`` and
+    epoch ``n + 1`` starts right after it, so the epochs tile the log without gaps or overlap.
+    Everything but ``state`` and ``settled_at`` is fixed at sealing and is what the chain gets.
+    """
+
+    __tablename__ = "epochs"
+    __table_args__ = (
+        UniqueConstraint("first_log_index"),
+        CheckConstraint("epoch_id >= 1", name="positive_id"),
+        CheckConstraint("record_count >= 1", name="not_empty"),
+        CheckConstraint("state IN ('sealed', 'settled')", name="state"),
+    )
+
+    epoch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    first_log_index: Mapped[int] = mapped_column(BigInteger)
+    record_count: Mapped[int] = mapped_column(BigInteger)
+    records_root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    credits_root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    tariff_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    tariff_version: Mapped[str] = mapped_column(String(64))
+    total_credits: Mapped[int] = mapped_column(BigInteger)
+    total_debits: Mapped[int] = mapped_column(BigInteger)
+    entry_count: Mapped[int] = mapped_column(Integer)  # leaves of the credits tree
+    payment_count: Mapped[int] = mapped_column(Integer)
+    sealed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16))
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class EpochEntry(Base):
+    """One leaf of an epoch's credits tree: a user's points earned and debits requested."""
+
+    __tablename__ = "epoch_entries"
+    __table_args__ = (Index(None, "user_address", "epoch_id"),)
+
+    epoch_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("epochs.epoch_id"), primary_key=True
+    )
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)  # position, by address
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
+    credit: Mapped[int] = mapped_column(BigInteger)
+    debit: Mapped[int] = mapped_column(BigInteger)
+
+
+class EpochPayment(Base):
+    """A debit of an epoch: a charge record paid with points under the user's authorisation."""
+
+    __tablename__ = "epoch_payments"
+
+    epoch_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("epochs.epoch_id"), primary_key=True
+    )
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)  # position, in log order
+    log_index: Mapped[int] = mapped_column(BigInteger, ForeignKey("records.log_index"))
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
+    authorization: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    requested: Mapped[int] = mapped_column(BigInteger)
+    # What the chain burned (PaymentApplied), once the payment's chunk is confirmed.
+    burned: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class SettlementStep(Base):
+    """One transaction the settlement of an epoch needs: the commit, or one chunk.
+
+    Planned when the epoch's settlement starts (the plan never changes: chunk ids are fixed) and
+    moved through ``planned -> sent -> confirmed``. ``sent`` means a signed transaction exists
+    in ``settlement_attempts`` and may or may not have reached the chain: only the chain says.
+    """
+
+    __tablename__ = "settlement_steps"
+    __table_args__ = (
+        CheckConstraint("kind IN ('commit', 'credits', 'payments')", name="kind"),
+        CheckConstraint("state IN ('planned', 'sent', 'confirmed')", name="state"),
+    )
+
+    epoch_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("epochs.epoch_id"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0 = commit
+    kind: Mapped[str] = mapped_column(String(16))
+    chunk_id: Mapped[int | None] = mapped_column(Integer)
+    first_entry: Mapped[int] = mapped_column(Integer)
+    entry_count: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))  # of the confirmed attempt
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    gas_used: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SettlementAttempt(Base):
+    """A signed settlement transaction, persisted before it is sent (the intent)."""
+
+    __tablename__ = "settlement_attempts"
+    __table_args__ = (
+        Index(None, "epoch_id", "step"),
+        UniqueConstraint("tx_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    epoch_id: Mapped[int] = mapped_column(BigInteger)
+    step: Mapped[int] = mapped_column(Integer)
+    sender: Mapped[bytes] = mapped_column(LargeBinary(20))
+    nonce: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    raw_tx: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # signed -> mined | replaced (another transaction took the nonce, or the chain was rewound)
+    outcome: Mapped[str] = mapped_column(String(16))
