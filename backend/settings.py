@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.tariff import TARIFFS_DIR
 
 # Chain ids of local development nodes (Anvil / Hardhat, Ganache): blocks there are final at
 # once, so waiting for confirmations would only slow tests and the demo down.
@@ -56,6 +58,29 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=1_000, ge=1)
     max_body_bytes: int = Field(default=4 * MiB, ge=1_024)
     clock_skew_s: int = Field(default=300, ge=0)
+
+    # -- epochs and settlement ---------------------------------------------------------------
+    # Tariff documents (one *.toml per version); the packaged folder by default.
+    tariffs_dir: Path = TARIFFS_DIR
+    # An epoch is sealed when its oldest record has waited this long, or when this many records
+    # are waiting, whichever comes first.
+    epoch_seconds: float = Field(default=60.0, gt=0)
+    epoch_max_records: int = Field(default=10_000, ge=1)
+    # `gridpoints serve` also runs the sealing and settlement worker when this is true (only
+    # one process per database does the work at a time: see backend.leader).
+    settlement_enabled: bool = False
+    # The settler's key: an encrypted JSON keystore (password in GRIDPOINTS_SETTLER_KEY_PASSWORD
+    # or the file GRIDPOINTS_SETTLER_KEY_PASSWORD_FILE), or a file holding a 0x-hex private key
+    # (development only; must not be readable by group or others).
+    settler_key_file: Path | None = None
+    settler_key_password: SecretStr | None = None
+    settler_key_password_file: Path | None = None
+    # Entries per settlement transaction: each credit costs ~30k gas, each payment ~40k; the
+    # defaults stay far below a 30M block gas limit.
+    credit_chunk_size: int = Field(default=200, ge=1, le=5_000)
+    payment_chunk_size: int = Field(default=50, ge=1, le=1_000)
+    receipt_timeout_s: float = Field(default=120.0, gt=0)
+    settlement_poll_interval_s: float = Field(default=1.0, gt=0)
 
     # -- HTTP -------------------------------------------------------------------------------
     host: str = "127.0.0.1"

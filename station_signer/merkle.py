@@ -40,6 +40,26 @@ def record_leaf_hash(record_digest: bytes, signature: bytes) -> bytes:
     return hash_leaf(record_digest + signature)
 
 
+CREDIT_AMOUNT_BYTES = 16  # uint128, as the Settlement contract's totals
+
+
+def credit_leaf_data(user: bytes, credit: int, debit: int) -> bytes:
+    """Leaf data of a user in an epoch's credits tree: user (20 bytes) || credit || debit,
+    both uint128 big-endian (Solidity ``abi.encodePacked(address, uint128, uint128)``)."""
+    if len(user) != 20:
+        raise ValueError(f"user address must be 20 bytes, got {len(user)}")
+    return (
+        bytes(user)
+        + credit.to_bytes(CREDIT_AMOUNT_BYTES, "big")
+        + debit.to_bytes(CREDIT_AMOUNT_BYTES, "big")
+    )
+
+
+def credit_leaf_hash(user: bytes, credit: int, debit: int) -> bytes:
+    """Leaf of a user in an epoch's credits tree (leaves sorted by address)."""
+    return hash_leaf(credit_leaf_data(user, credit, debit))
+
+
 class RootBuilder:
     """Computes the root of a growing tree in O(log n) memory (a compact range).
 

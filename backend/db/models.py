@@ -338,6 +338,7 @@ class SettlementStep(Base):
     state: Mapped[str] = mapped_column(String(16))
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))  # of the confirmed attempt
     block_number: Mapped[int | None] = mapped_column(BigInteger)
+    block_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     gas_used: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

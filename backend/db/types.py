@@ -10,7 +10,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 U64_MAX = 2**64 - 1
-_OFFSET = 2**63
+U64_OFFSET = 2**63  # what U64 subtracts on the way in
+_OFFSET = U64_OFFSET
 
 
 class U64(TypeDecorator[int]):

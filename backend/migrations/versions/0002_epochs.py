@@ -92,6 +92,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("tx_hash", sa.LargeBinary(32), nullable=True),
         sa.Column("block_number", sa.BigInteger(), nullable=True),
+        sa.Column("block_hash", sa.LargeBinary(32), nullable=True),
         sa.Column("gas_used", sa.BigInteger(), nullable=True),
         sa.Column("updated_at", UTC_TIME, nullable=False),
         sa.CheckConstraint(

@@ -1,0 +1,250 @@
+"""``gridpoints epoch …`` and ``gridpoints settle``: sealing, settlement and epoch inspection.
+
+    gridpoints epoch seal      seal the records waiting into epochs (all of them, or --max)
+    gridpoints epoch list      the sealed epochs with their roots, totals and state
+    gridpoints epoch show ID   one epoch with its settlement steps and transactions
+    gridpoints settle          seal when due and settle, in a loop (--once: one round)
+
+Registered on the `gridpoints` app by backend.cli.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from backend.cli import DatabaseOption, _fail, _settings, app
+from backend.settings import Settings
+
+epoch_app = typer.Typer(help="Sealed epochs: seal, list, show.", no_args_is_help=True)
+app.add_typer(epoch_app, name="epoch")
+out = Console()
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _open(settings: Settings) -> Any:
+    from backend.db import Database
+    from backend.migrations import DatabaseNotMigratedError, check_schema
+
+    db = Database(settings.effective_database_url)
+    try:
+        check_schema(db.engine, db.display_url)
+    except DatabaseNotMigratedError as exc:
+        db.dispose()
+        raise _fail(str(exc)) from None
+    return db
+
+
+def _worker(settings: Settings, db: Any, *, with_settler: bool) -> Any:
+    from web3 import Web3
+
+    from backend.chain.contracts import GridPointsChain
+    from backend.chain.deploy import Deployment, DeploymentFileError
+    from backend.worker import SealAndSettle, SettlerKeyError, load_settler_account
+
+    try:
+        deployment = Deployment.load(settings.deployment_file)
+    except (DeploymentFileError, OSError) as exc:
+        raise _fail(f"deployment file {settings.deployment_file}: {exc}") from None
+    w3 = Web3(
+        Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": settings.rpc_timeout_s})
+    )
+    chain = GridPointsChain(w3, deployment)
+    try:
+        account = load_settler_account(settings) if with_settler else None
+    except SettlerKeyError as exc:
+        raise _fail(str(exc)) from None
+    return SealAndSettle(db, chain, settings, account=account)
+
+
+def epoch_json(epoch: Any) -> dict[str, Any]:
+    return {
+        "epochId": epoch.epoch_id,
+        "firstLogIndex": epoch.first_log_index,
+        "recordCount": epoch.record_count,
+        "recordsRoot": "0x" + epoch.records_root.hex(),
+        "creditsRoot": "0x" + epoch.credits_root.hex(),
+        "tariffHash": "0x" + epoch.tariff_hash.hex(),
+        "tariffVersion": epoch.tariff_version,
+        "totalCredits": epoch.total_credits,
+        "totalDebits": epoch.total_debits,
+        "entries": epoch.entry_count,
+        "payments": epoch.payment_count,
+        "state": epoch.state,
+        "sealedAt": epoch.sealed_at.isoformat(),
+        "settledAt": epoch.settled_at.isoformat() if epoch.settled_at else None,
+    }
+
+
+@epoch_app.command("seal")
+def epoch_seal(
+    database_url: DatabaseOption = None,
+    max_records: Annotated[
+        int | None, typer.Option("--max", min=1, help="Records per epoch (default: setting).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Seal every record not yet in an epoch (several epochs if there are more than --max)."""
+    from backend.epochs import EpochSealer, SealingError
+    from backend.tariff import TariffBook, TariffError
+
+    settings = _settings(database_url=database_url)
+    db = _open(settings)
+    sealed = []
+    try:
+        sealer = EpochSealer(
+            db,
+            TariffBook.load(settings.tariffs_dir),
+            max_records=max_records or settings.epoch_max_records,
+        )
+        while (epoch := sealer.seal()) is not None:
+            sealed.append(epoch_json(epoch))
+    except (SealingError, TariffError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(sealed, indent=2))
+    elif not sealed:
+        typer.echo("nothing to seal: every record is already in an epoch")
+    else:
+        for e in sealed:
+            typer.echo(
+                f"sealed epoch {e['epochId']}: {e['recordCount']} records, credits "
+                f"{e['totalCredits']}, debits {e['totalDebits']}, records root {e['recordsRoot']}"
+            )
+
+
+@epoch_app.command("list")
+def epoch_list(database_url: DatabaseOption = None, as_json: JsonOption = False) -> None:
+    """The sealed epochs: records, totals, roots and settlement state."""
+    from sqlalchemy import select
+
+    from backend.db.models import Epoch
+
+    settings = _settings(database_url=database_url)
+    db = _open(settings)
+    try:
+        with db.read() as session:
+            epochs = [
+                epoch_json(e) for e in session.scalars(select(Epoch).order_by(Epoch.epoch_id))
+            ]
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(epochs, indent=2))
+        return
+    table = Table(title=f"Epochs ({len(epochs)}) — {db.display_url}")
+    for column in ("epoch", "records", "credits", "debits", "records root", "tariff", "state"):
+        table.add_column(column, justify="right" if column in ("records", "credits") else "left")
+    for e in epochs:
+        table.add_row(
+            str(e["epochId"]),
+            str(e["recordCount"]),
+            str(e["totalCredits"]),
+            str(e["totalDebits"]),
+            e["recordsRoot"][:18] + "…",
+            e["tariffVersion"],
+            e["state"],
+        )
+    out.print(table)
+
+
+@epoch_app.command("show")
+def epoch_show(
+    epoch_id: Annotated[int, typer.Argument(min=1)],
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One epoch with its settlement steps and their transactions."""
+    from backend.db.models import Epoch
+    from backend.settlement import steps_of
+
+    settings = _settings(database_url=database_url)
+    db = _open(settings)
+    try:
+        with db.read() as session:
+            epoch = session.get(Epoch, epoch_id)
+            if epoch is None:
+                raise _fail(f"epoch {epoch_id} is not sealed")
+            data = epoch_json(epoch)
+            data["steps"] = [
+                {
+                    "step": s.step,
+                    "kind": s.kind,
+                    "chunkId": s.chunk_id,
+                    "entries": s.entry_count,
+                    "amount": s.amount,
+                    "state": s.state,
+                    "txHash": "0x" + s.tx_hash.hex() if s.tx_hash else None,
+                    "blockNumber": s.block_number,
+                    "gasUsed": s.gas_used,
+                }
+                for s in steps_of(session, epoch_id)
+            ]
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for key in ("epochId", "state", "recordCount", "totalCredits", "totalDebits"):
+        typer.echo(f"{key:>14}: {data[key]}")
+    for key in ("recordsRoot", "creditsRoot", "tariffHash"):
+        typer.echo(f"{key:>14}: {data[key]}")
+    table = Table(title="settlement steps")
+    for column in ("step", "kind", "chunk", "entries", "amount", "state", "tx", "gas"):
+        table.add_column(column)
+    for s in data["steps"]:
+        table.add_row(
+            str(s["step"]),
+            s["kind"],
+            "-" if s["chunkId"] is None else str(s["chunkId"]),
+            str(s["entries"]),
+            str(s["amount"]),
+            s["state"],
+            (s["txHash"] or "-")[:18],
+            str(s["gasUsed"] or "-"),
+        )
+    out.print(table)
+
+
+@app.command()
+def settle(
+    database_url: DatabaseOption = None,
+    rpc_url: Annotated[str | None, typer.Option(help="Ethereum JSON-RPC URL.")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="One round: seal everything waiting, settle, exit.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Seal epochs when due and settle them on chain, exactly once (runs until Ctrl-C)."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _settings(database_url=database_url, rpc_url=rpc_url)
+    db = _open(settings)
+    worker = _worker(settings, db, with_settler=True)
+    try:
+        if once:
+            if not worker.lock.try_acquire():
+                raise _fail("another process holds the sealing/settlement lock")
+            report = worker.run_round(force_seal=True)
+            typer.echo(
+                f"sealed {len(report.sealed)} epoch(s) {report.sealed}, settled {report.settled}"
+            )
+            return
+        signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
+        try:
+            worker.run_forever()
+        except KeyboardInterrupt:
+            worker.stop_event.set()
+    finally:
+        worker.lock.release()
+        db.dispose()

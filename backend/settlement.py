@@ -1,0 +1,672 @@
+"""Settlement: each sealed epoch goes on chain exactly once — commit, then its chunks.
+
+The Settlement contract refuses a second commit of an epoch and a second application of a
+chunk, so a duplicate transaction can never double-mint. What the worker adds is that nothing
+is *missing* and nothing is sent blindly:
+
+* **Plan.** When an epoch's settlement starts, its steps are written down once: step 0 commits
+  the epoch, then one step per chunk of credits (mints) and per chunk of payments (burns), with
+  fixed chunk ids. The plan never changes, so a restarted worker resumes the same chunks.
+* **Intent before send.** A step's transaction is built, signed and stored
+  (``settlement_attempts``: nonce, hash, raw bytes) in a committed transaction *before* it
+  is broadcast. After a crash the worker knows every transaction it may have sent.
+* **The chain is the truth.** Before sending anything for a step the worker asks the contract
+  whether the step's effect is already there (``lastEpochId``/``getEpoch``,
+  ``isChunkApplied``). If it is, the step is confirmed from the receipt of the attempt that did
+  it; if not, a stored attempt whose nonce is still next is re-broadcast byte for byte, and
+  otherwise a new attempt is signed with the account's current nonce.
+* **Reconcile.** On start-up, after every error and whenever the chain's view moved backwards
+  (a confirmed step's block is no longer canonical: a reorg, an ``evm_revert``, a node that
+  lost its state), every recent confirmed step is re-checked against the chain and whatever
+  the chain lacks goes back to ``planned``.
+* **Confirmations.** A step is confirmed only once its block has ``confirmations`` blocks on
+  top and is still canonical.
+
+Crash points (``backend.faults``) sit exactly between persisting an intent, sending it,
+receiving its receipt and recording it, so the fault tests kill the real process there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import TxReceipt
+
+from backend.chain.contracts import (
+    ChainError,
+    ContractRevertError,
+    GridPointsChain,
+    pack_entries,
+    revert_data,
+)
+from backend.db.models import Epoch, EpochEntry, EpochPayment, SettlementAttempt, SettlementStep
+from backend.db.session import Database
+from backend.faults import crash_point
+
+log = logging.getLogger(__name__)
+
+# Blocks behind the head within which a confirmed step is still re-checked for reorgs; older
+# ones are final for this worker (public chains: far deeper than any reorg seen in practice).
+REORG_WINDOW = 256
+
+# Reverts that mean "the chain already has this step" (a race with our own earlier attempt).
+_ALREADY_DONE = {"EpochAlreadyCommitted", "ChunkAlreadyApplied"}
+
+
+class SettlementError(RuntimeError):
+    """Settlement cannot proceed without an operator (e.g. the chain holds another epoch n)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementConfig:
+    confirmations: int = 0
+    credit_chunk_size: int = 200
+    payment_chunk_size: int = 50
+    receipt_timeout_s: float = 60.0
+    poll_interval_s: float = 0.25
+    gas_margin: float = 1.25
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """A step as the worker handles it, detached from the session."""
+
+    epoch_id: int
+    step: int
+    kind: str
+    chunk_id: int | None
+    first_entry: int
+    entry_count: int
+    amount: int
+    state: str
+
+
+PaymentArgs = Callable[[Session, int, int, int], list[tuple[Any, ...]]]
+
+
+def no_payment_args(_s: Session, epoch_id: int, _first: int, _count: int) -> list[tuple[Any, ...]]:
+    raise SettlementError(
+        f"epoch {epoch_id} has payments but this worker was started without payment support"
+    )
+
+
+def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list[SettlementStep]:
+    """Writes the settlement plan of `epoch` (idempotent: an existing plan is returned)."""
+    existing = list(
+        session.scalars(
+            select(SettlementStep)
+            .where(SettlementStep.epoch_id == epoch.epoch_id)
+            .order_by(SettlementStep.step)
+        )
+    )
+    if existing:
+        return existing
+    now = datetime.now(UTC)
+    steps = [
+        SettlementStep(
+            epoch_id=epoch.epoch_id,
+            step=0,
+            kind="commit",
+            chunk_id=None,
+            first_entry=0,
+            entry_count=0,
+            amount=0,
+            state="planned",
+            updated_at=now,
+        )
+    ]
+    credits = session.execute(
+        select(EpochEntry.ordinal, EpochEntry.credit)
+        .where(EpochEntry.epoch_id == epoch.epoch_id, EpochEntry.credit > 0)
+        .order_by(EpochEntry.ordinal)
+    ).all()
+    chunk_id = 0
+    size = config.credit_chunk_size
+    for start in range(0, len(credits), size):
+        chunk = credits[start : start + size]
+        steps.append(
+            SettlementStep(
+                epoch_id=epoch.epoch_id,
+                step=len(steps),
+                kind="credits",
+                chunk_id=chunk_id,
+                first_entry=chunk[0][0],
+                entry_count=len(chunk),
+                amount=sum(c for _, c in chunk),
+                state="planned",
+                updated_at=now,
+            )
+        )
+        chunk_id += 1
+    payments = session.execute(
+        select(EpochPayment.ordinal, EpochPayment.requested)
+        .where(EpochPayment.epoch_id == epoch.epoch_id)
+        .order_by(EpochPayment.ordinal)
+    ).all()
+    size = config.payment_chunk_size
+    for start in range(0, len(payments), size):
+        chunk = payments[start : start + size]
+        steps.append(
+            SettlementStep(
+                epoch_id=epoch.epoch_id,
+                step=len(steps),
+                kind="payments",
+                chunk_id=chunk_id,
+                first_entry=chunk[0][0],
+                entry_count=len(chunk),
+                amount=sum(r for _, r in chunk),
+                state="planned",
+                updated_at=now,
+            )
+        )
+        chunk_id += 1
+    session.add_all(steps)
+    session.flush()
+    return steps
+
+
+def _view(step: SettlementStep) -> StepView:
+    return StepView(
+        step.epoch_id,
+        step.step,
+        step.kind,
+        step.chunk_id,
+        step.first_entry,
+        step.entry_count,
+        step.amount,
+        step.state,
+    )
+
+
+class Settler:
+    """Settles sealed epochs in order. One instance per process, one process per database
+    (hold `backend.leader.LeaderLock` around it)."""
+
+    def __init__(
+        self,
+        db: Database,
+        chain: GridPointsChain,
+        account: LocalAccount,
+        config: SettlementConfig | None = None,
+        *,
+        payment_args: PaymentArgs = no_payment_args,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.db = db
+        self.chain = chain
+        self.w3 = chain.w3
+        self.account = account
+        self.config = config or SettlementConfig()
+        self.payment_args = payment_args
+        self.stop_event = stop_event or threading.Event()
+        self._nonce: int | None = None
+        self._reconciled = False
+
+    # -- public -----------------------------------------------------------------------------
+
+    def settle_all(self) -> int:
+        """Settles every sealed epoch; returns how many epochs became settled."""
+        if not self._reconciled:
+            self.reconcile()
+        elif self._chain_moved_back():
+            log.warning("the chain no longer holds a confirmed settlement step; reconciling")
+            self.reconcile()
+        settled = 0
+        while not self.stop_event.is_set():
+            with self.db.read() as session:
+                epoch_id = session.scalar(
+                    select(func.min(Epoch.epoch_id)).where(Epoch.state == "sealed")
+                )
+            if epoch_id is None:
+                break
+            self.settle_epoch(int(epoch_id))
+            settled += 1
+        return settled
+
+    def settle_epoch(self, epoch_id: int) -> None:
+        with self.db.write() as session:
+            epoch = session.get(Epoch, epoch_id)
+            if epoch is None:
+                raise SettlementError(f"epoch {epoch_id} is not sealed")
+            steps = [_view(s) for s in plan_steps(session, epoch, self.config)]
+        for step in steps:
+            if self.stop_event.is_set():
+                return
+            if step.state != "confirmed":
+                self._execute(step)
+        with self.db.write() as session:
+            pending = session.scalar(
+                select(func.count())
+                .select_from(SettlementStep)
+                .where(SettlementStep.epoch_id == epoch_id, SettlementStep.state != "confirmed")
+            )
+            if pending:
+                return
+            epoch = session.get(Epoch, epoch_id)
+            assert epoch is not None
+            if epoch.state != "settled":
+                epoch.state = "settled"
+                epoch.settled_at = datetime.now(UTC)
+                log.info("epoch %d settled", epoch_id)
+
+    def request_reconcile(self) -> None:
+        """The next round starts with a full reconciliation (after any error)."""
+        self._reconciled = False
+        self._nonce = None
+
+    def reconcile(self) -> None:
+        """Aligns the database with the chain: confirmed steps the chain lacks are re-planned."""
+        self._nonce = None
+        head = self.w3.eth.block_number
+        last_on_chain = self._last_epoch_id()
+        changed = 0
+        with self.db.write() as session:
+            steps = session.scalars(
+                select(SettlementStep)
+                .where(SettlementStep.state == "confirmed")
+                .where(
+                    (SettlementStep.block_number > head - REORG_WINDOW)
+                    | (SettlementStep.epoch_id > last_on_chain)
+                )
+                .order_by(SettlementStep.epoch_id, SettlementStep.step)
+            ).all()
+            for step in steps:
+                if self._is_on_chain(_view(step), last_on_chain) and self._block_canonical(step):
+                    continue
+                if self._is_on_chain(_view(step), last_on_chain):
+                    # Re-included in another block: confirm again from its new receipt.
+                    log.warning("settlement step %d/%d moved blocks", step.epoch_id, step.step)
+                else:
+                    log.warning(
+                        "the chain lost settlement step %d/%d (%s); it will be sent again",
+                        step.epoch_id,
+                        step.step,
+                        step.kind,
+                    )
+                step.state = "planned"
+                step.tx_hash = step.block_hash = step.block_number = step.gas_used = None
+                step.updated_at = datetime.now(UTC)
+                session.execute(
+                    update(Epoch)
+                    .where(Epoch.epoch_id == step.epoch_id)
+                    .values(state="sealed", settled_at=None)
+                )
+                changed += 1
+        if changed:
+            log.warning("reconciliation re-opened %d settlement steps", changed)
+        self._reconciled = True
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def _execute(self, step: StepView) -> None:
+        label = f"epoch {step.epoch_id} step {step.step} ({step.kind})"
+        while not self.stop_event.is_set():
+            if self._is_on_chain(step, self._last_epoch_id()):
+                receipt = self._receipt_of_effect(step)
+                self._confirm(step, receipt)
+                return
+            attempt = self._latest_attempt(step)
+            if attempt is not None and self._still_pending(attempt):
+                tx_hash = attempt.tx_hash
+            else:
+                tx_hash = self._send_new(step)
+                if tx_hash is None:  # the estimate showed the chain already has it
+                    continue
+            receipt = self._wait_receipt(tx_hash, label)
+            if receipt is None:
+                continue
+            crash_point("settle.after_receipt")
+            if receipt["status"] != 1:
+                self._mark_attempt(tx_hash, "mined")
+                raise self._failed(step, receipt)
+            self._confirm(step, receipt)
+            return
+
+    def _send_new(self, step: StepView) -> bytes | None:
+        call = self._call(step)
+        sender = self.account.address
+        try:
+            gas = call.estimate_gas({"from": sender})
+        except ContractLogicError as exc:
+            error = self.chain.decoder.revert_error(revert_data(exc), context=str(step))
+            if error.error[0] in _ALREADY_DONE:
+                return None
+            raise error from exc
+        nonce = self._next_nonce()
+        tx = call.build_transaction(
+            {
+                "from": sender,
+                "nonce": nonce,
+                "gas": int(gas * self.config.gas_margin),
+                "chainId": self.chain.sender.chain_id,
+            }
+        )
+        signed = self.account.sign_transaction(dict(tx))
+        tx_hash = bytes(signed.hash)
+        with self.db.write() as session:
+            known = session.scalars(
+                select(SettlementAttempt).where(SettlementAttempt.tx_hash == tx_hash)
+            ).first()
+            if known is not None:
+                # The same bytes as an attempt the chain lost (same nonce after a rewind).
+                known.outcome = "signed"
+            else:
+                session.add(
+                    SettlementAttempt(
+                        epoch_id=step.epoch_id,
+                        step=step.step,
+                        sender=bytes.fromhex(sender[2:]),
+                        nonce=nonce,
+                        tx_hash=tx_hash,
+                        raw_tx=bytes(signed.raw_transaction),
+                        created_at=datetime.now(UTC),
+                        outcome="signed",
+                    )
+                )
+            session.execute(
+                update(SettlementStep)
+                .where(SettlementStep.epoch_id == step.epoch_id, SettlementStep.step == step.step)
+                .values(state="sent", updated_at=datetime.now(UTC))
+            )
+        crash_point("settle.after_intent")
+        self._broadcast(bytes(signed.raw_transaction), tx_hash)
+        crash_point("settle.after_send")
+        log.info("sent %s: tx 0x%s nonce %d", step.kind, tx_hash.hex(), nonce)
+        return tx_hash
+
+    def _broadcast(self, raw: bytes, tx_hash: bytes) -> None:
+        try:
+            self.w3.eth.send_raw_transaction(raw)
+        except Web3RPCError as exc:
+            text = str(exc).lower()
+            if "already known" in text or "already imported" in text:
+                return
+            # "nonce too low" and friends: the nonce is gone; reconcile picks the next one.
+            self._nonce = None
+            raise ChainError(f"node refused transaction 0x{tx_hash.hex()}: {exc}") from exc
+
+    def _next_nonce(self) -> int:
+        if self._nonce is None:
+            self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        nonce = self._nonce
+        self._nonce = nonce + 1
+        return nonce
+
+    def _latest_attempt(self, step: StepView) -> SettlementAttempt | None:
+        with self.db.read() as session:
+            return session.scalars(
+                select(SettlementAttempt)
+                .where(
+                    SettlementAttempt.epoch_id == step.epoch_id,
+                    SettlementAttempt.step == step.step,
+                    SettlementAttempt.outcome == "signed",
+                )
+                .order_by(SettlementAttempt.id.desc())
+                .limit(1)
+            ).first()
+
+    def _still_pending(self, attempt: SettlementAttempt) -> bool:
+        """Whether `attempt` can still be mined; re-broadcasts it when the node forgot it."""
+        try:
+            self.w3.eth.get_transaction(HexBytes(attempt.tx_hash))
+            return True  # the node has it (pending or mined): wait for its receipt
+        except TransactionNotFound:
+            pass
+        mined_nonce = self.w3.eth.get_transaction_count(self.account.address, "latest")
+        pending_nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        if attempt.nonce == mined_nonce and pending_nonce == mined_nonce:
+            # Never reached the node (crash before send, or a node restart lost its pool):
+            # the very same bytes are still valid — send them.
+            log.info("re-broadcasting stored transaction 0x%s", attempt.tx_hash.hex())
+            self._broadcast(attempt.raw_tx, attempt.tx_hash)
+            self._nonce = attempt.nonce + 1
+            return True
+        # Its nonce was used by another transaction, or the chain was rewound below it.
+        self._mark_attempt(attempt.tx_hash, "replaced")
+        self._nonce = None
+        return False
+
+    def _mark_attempt(self, tx_hash: bytes, outcome: str) -> None:
+        with self.db.write() as session:
+            session.execute(
+                update(SettlementAttempt)
+                .where(SettlementAttempt.tx_hash == tx_hash)
+                .values(outcome=outcome)
+            )
+
+    def _wait_receipt(self, tx_hash: bytes, label: str) -> TxReceipt | None:
+        deadline = time.monotonic() + self.config.receipt_timeout_s
+        while not self.stop_event.is_set():
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+            except TransactionNotFound:
+                receipt = None
+            if receipt is not None:
+                return receipt
+            if time.monotonic() > deadline:
+                log.warning("no receipt for %s after %.0fs", label, self.config.receipt_timeout_s)
+                return None
+            self.stop_event.wait(self.config.poll_interval_s)
+        return None
+
+    def _confirm(self, step: StepView, receipt: TxReceipt | None) -> None:
+        """Waits for the confirmations of `receipt`, then records the step as confirmed."""
+        if receipt is not None:
+            block = int(receipt["blockNumber"])
+            while self.w3.eth.block_number < block + self.config.confirmations:
+                if self.stop_event.wait(self.config.poll_interval_s):
+                    return
+            if not self._receipt_canonical(receipt):
+                return  # reorged away while waiting: the next round re-checks the chain
+        burned = self._burned(step, receipt) if step.kind == "payments" else None
+        with self.db.write() as session:
+            row = session.get(SettlementStep, (step.epoch_id, step.step))
+            assert row is not None
+            row.state = "confirmed"
+            row.updated_at = datetime.now(UTC)
+            if receipt is not None:
+                row.tx_hash = bytes(receipt["transactionHash"])
+                row.block_number = int(receipt["blockNumber"])
+                row.block_hash = bytes(receipt["blockHash"])
+                row.gas_used = int(receipt["gasUsed"])
+                session.execute(
+                    update(SettlementAttempt)
+                    .where(SettlementAttempt.tx_hash == row.tx_hash)
+                    .values(outcome="mined")
+                )
+            if burned:
+                for authorization, amount in burned.items():
+                    session.execute(
+                        update(EpochPayment)
+                        .where(EpochPayment.authorization == authorization)
+                        .values(burned=amount)
+                    )
+        log.info(
+            "confirmed epoch %d step %d (%s)%s",
+            step.epoch_id,
+            step.step,
+            step.kind,
+            f" in block {receipt['blockNumber']}" if receipt is not None else "",
+        )
+
+    def _burned(self, step: StepView, receipt: TxReceipt | None) -> dict[bytes, int]:
+        if receipt is None:
+            return {}
+        events = self.chain.settlement.events.PaymentApplied().process_receipt(receipt)
+        return {bytes(e["args"]["authorization"]): int(e["args"]["burned"]) for e in events}
+
+    def _failed(self, step: StepView, receipt: TxReceipt) -> Exception:
+        return SettlementError(
+            f"settlement transaction 0x{bytes(receipt['transactionHash']).hex()} for epoch "
+            f"{step.epoch_id} step {step.step} ({step.kind}) reverted"
+        )
+
+    # -- what the chain has -----------------------------------------------------------------
+
+    def _last_epoch_id(self) -> int:
+        return int(self.chain.settlement.functions.lastEpochId().call())
+
+    def _is_on_chain(self, step: StepView, last_epoch_id: int) -> bool:
+        if step.kind == "commit":
+            if step.epoch_id > last_epoch_id:
+                return False
+            self._check_same_epoch(step.epoch_id)
+            return True
+        if step.epoch_id > last_epoch_id:
+            return False
+        assert step.chunk_id is not None
+        return bool(
+            self.chain.settlement.functions.isChunkApplied(step.epoch_id, step.chunk_id).call()
+        )
+
+    def _check_same_epoch(self, epoch_id: int) -> None:
+        on_chain = self.chain.settlement.functions.getEpoch(epoch_id).call()
+        with self.db.read() as session:
+            epoch = session.get(Epoch, epoch_id)
+            assert epoch is not None
+            ours = (epoch.records_root, epoch.credits_root, epoch.tariff_hash, epoch.record_count)
+        theirs = (bytes(on_chain[0]), bytes(on_chain[1]), bytes(on_chain[2]), int(on_chain[3]))
+        if ours != theirs:
+            raise SettlementError(
+                f"the chain holds a different epoch {epoch_id} (records root "
+                f"0x{theirs[0].hex()}, ours 0x{ours[0].hex()}): the database and the chain "
+                "disagree; settlement stops until an operator investigates"
+            )
+
+    def _receipt_of_effect(self, step: StepView) -> TxReceipt | None:
+        """The receipt of our attempt that put `step` on chain (None if none of ours did)."""
+        with self.db.read() as session:
+            hashes = list(
+                session.scalars(
+                    select(SettlementAttempt.tx_hash)
+                    .where(
+                        SettlementAttempt.epoch_id == step.epoch_id,
+                        SettlementAttempt.step == step.step,
+                    )
+                    .order_by(SettlementAttempt.id.desc())
+                )
+            )
+        for tx_hash in hashes:
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+            except TransactionNotFound:
+                continue
+            if receipt is not None and receipt["status"] == 1:
+                return receipt
+        log.warning(
+            "epoch %d step %d is on chain but none of this worker's transactions did it",
+            step.epoch_id,
+            step.step,
+        )
+        return None
+
+    def _block_canonical(self, step: SettlementStep) -> bool:
+        if step.block_number is None or step.block_hash is None:
+            return True
+        try:
+            block = self.w3.eth.get_block(step.block_number)
+        except Exception:  # the block number is above the head: the chain was rewound
+            return False
+        return bytes(block["hash"]) == step.block_hash
+
+    def _receipt_canonical(self, receipt: TxReceipt) -> bool:
+        try:
+            block = self.w3.eth.get_block(int(receipt["blockNumber"]))
+        except Exception:
+            return False
+        return bytes(block["hash"]) == bytes(receipt["blockHash"])
+
+    def _chain_moved_back(self) -> bool:
+        """Cheap per-round check: is the newest confirmed step's block still canonical?"""
+        with self.db.read() as session:
+            newest = session.scalars(
+                select(SettlementStep)
+                .where(
+                    SettlementStep.state == "confirmed", SettlementStep.block_number.is_not(None)
+                )
+                .order_by(SettlementStep.block_number.desc())
+                .limit(1)
+            ).first()
+            max_epoch = session.scalar(
+                select(func.max(SettlementStep.epoch_id)).where(
+                    SettlementStep.step == 0, SettlementStep.state == "confirmed"
+                )
+            )
+        if max_epoch is not None and self._last_epoch_id() < max_epoch:
+            return True
+        return newest is not None and not self._block_canonical(newest)
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _call(self, step: StepView) -> Any:
+        settlement = self.chain.settlement.functions
+        with self.db.read() as session:
+            epoch = session.get(Epoch, step.epoch_id)
+            assert epoch is not None
+            if step.kind == "commit":
+                return settlement.commitEpoch(
+                    epoch.epoch_id,
+                    epoch.records_root,
+                    epoch.credits_root,
+                    epoch.tariff_hash,
+                    epoch.record_count,
+                    epoch.total_credits,
+                    epoch.total_debits,
+                )
+            assert step.chunk_id is not None
+            if step.kind == "credits":
+                rows = session.execute(
+                    select(EpochEntry.user_address, EpochEntry.credit)
+                    .where(
+                        EpochEntry.epoch_id == step.epoch_id,
+                        EpochEntry.ordinal >= step.first_entry,
+                        EpochEntry.credit > 0,
+                    )
+                    .order_by(EpochEntry.ordinal)
+                    .limit(step.entry_count)
+                ).all()
+                if len(rows) != step.entry_count or sum(c for _, c in rows) != step.amount:
+                    raise SettlementError(f"epoch {step.epoch_id}: credits chunk does not match")
+                return settlement.applyCredits(
+                    step.epoch_id, step.chunk_id, pack_entries((u, c) for u, c in rows)
+                )
+            payments = self.payment_args(session, step.epoch_id, step.first_entry, step.entry_count)
+            return settlement.applyPayments(step.epoch_id, step.chunk_id, payments)
+
+
+def settlement_status(session: Session) -> dict[str, int]:
+    """Counts of epochs by state (for /healthz and the CLI)."""
+    return {
+        state: int(count)
+        for state, count in session.execute(select(Epoch.state, func.count()).group_by(Epoch.state))
+    }
+
+
+def steps_of(session: Session, epoch_id: int) -> Sequence[SettlementStep]:
+    return session.scalars(
+        select(SettlementStep)
+        .where(SettlementStep.epoch_id == epoch_id)
+        .order_by(SettlementStep.step)
+    ).all()
+
+
+__all__ = [
+    "ContractRevertError",
+    "SettlementConfig",
+    "SettlementError",
+    "Settler",
+    "plan_steps",
+    "settlement_status",
+    "steps_of",
+]

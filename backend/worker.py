@@ -1,0 +1,213 @@
+"""The sealing and settlement loop (``gridpoints settle``, and inside ``gridpoints serve`` when
+``GRIDPOINTS_SETTLEMENT_ENABLED`` is true).
+
+Each round: seal an epoch when one is due — its oldest record has waited ``epoch_seconds`` or
+``epoch_max_records`` records are waiting — then settle every sealed epoch in order. Only the
+holder of the leader lock (backend.leader) does either; other replicas keep trying the lock
+and take over when the holder dies. Any error is logged, waited out with exponential backoff
+and followed by a full reconciliation with the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from backend.chain.contracts import GridPointsChain
+from backend.db.session import Database
+from backend.epochs import EpochSealer, PaymentCapsLoader, no_payment_caps
+from backend.leader import LeaderLock
+from backend.settings import Settings
+from backend.settlement import PaymentArgs, SettlementConfig, Settler, no_payment_args
+from backend.tariff import TariffBook
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "GRIDPOINTS_SETTLER_KEY_PASSWORD"
+MAX_BACKOFF_S = 60.0
+
+
+class SettlerKeyError(RuntimeError):
+    """The settler key is missing, unreadable, too readable or undecryptable."""
+
+
+def load_settler_account(settings: Settings) -> LocalAccount:
+    """The settler's key from `settings.settler_key_file` (keystore JSON or dev hex file)."""
+    path = settings.settler_key_file
+    if path is None:
+        raise SettlerKeyError(
+            "no settler key: set GRIDPOINTS_SETTLER_KEY_FILE to an encrypted keystore (or, for "
+            "development, a file holding a 0x-hex private key)"
+        )
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise SettlerKeyError(f"settler key file {path}: {exc.strerror or exc}") from None
+    if text.startswith("{"):
+        password = _keystore_password(settings)
+        try:
+            key = Account.decrypt(json.loads(text), password)
+        except (ValueError, KeyError) as exc:
+            raise SettlerKeyError(
+                f"settler keystore {path} could not be decrypted: {exc}"
+            ) from None
+        return Account.from_key(key)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettlerKeyError(
+            f"settler key file {path} holds a plain private key and is readable by others "
+            f"(mode {stat.filemode(mode)}): chmod 600 it, or use an encrypted keystore"
+        )
+    try:
+        return Account.from_key(text)
+    except ValueError:
+        raise SettlerKeyError(f"settler key file {path} holds no private key") from None
+
+
+def _keystore_password(settings: Settings) -> str:
+    if settings.settler_key_password is not None:
+        return settings.settler_key_password.get_secret_value()
+    if settings.settler_key_password_file is not None:
+        try:
+            return settings.settler_key_password_file.read_text().rstrip("\n")
+        except OSError as exc:
+            raise SettlerKeyError(f"settler key password file: {exc.strerror or exc}") from None
+    raise SettlerKeyError(
+        f"the settler key file is an encrypted keystore: set {PASSWORD_ENV} or {PASSWORD_ENV}_FILE"
+    )
+
+
+def write_dev_key_file(path: Path, private_key: bytes) -> Path:
+    """Writes a development settler key file with mode 600 (demo and tests)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("0x" + private_key.hex() + "\n")
+    return path
+
+
+@dataclass(slots=True)
+class RoundReport:
+    leader: bool = False
+    sealed: list[int] = field(default_factory=list)
+    settled: int = 0
+    error: str | None = None
+
+
+class SealAndSettle:
+    """One sealer-and-settler; `run_round` for one pass, `start`/`stop` for the background."""
+
+    def __init__(
+        self,
+        db: Database,
+        chain: GridPointsChain,
+        settings: Settings,
+        *,
+        account: LocalAccount | None,
+        tariffs: TariffBook | None = None,
+        payment_caps: PaymentCapsLoader = no_payment_caps,
+        payment_args: PaymentArgs = no_payment_args,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.sealer = EpochSealer(
+            db,
+            tariffs if tariffs is not None else TariffBook.load(settings.tariffs_dir),
+            max_records=settings.epoch_max_records,
+            payment_caps=payment_caps,
+            clock=clock,
+        )
+        self.settler = (
+            Settler(
+                db,
+                chain,
+                account,
+                SettlementConfig(
+                    confirmations=settings.confirmations_for(chain.deployment.chain_id),
+                    credit_chunk_size=settings.credit_chunk_size,
+                    payment_chunk_size=settings.payment_chunk_size,
+                    receipt_timeout_s=settings.receipt_timeout_s,
+                    poll_interval_s=min(0.25, settings.settlement_poll_interval_s),
+                ),
+                payment_args=payment_args,
+                stop_event=self.stop_event,
+            )
+            if account is not None
+            else None
+        )
+        self.lock = LeaderLock(db)
+        self.last_report = RoundReport()
+        self.last_error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def seal_due(self) -> bool:
+        count, oldest = self.sealer.pending()
+        if count == 0:
+            return False
+        if count >= self.settings.epoch_max_records:
+            return True
+        assert oldest is not None
+        return (self.clock() - oldest).total_seconds() >= self.settings.epoch_seconds
+
+    def run_round(self, *, force_seal: bool = False) -> RoundReport:
+        """Seals what is due (everything waiting, with `force_seal`) and settles it."""
+        report = RoundReport()
+        if not self.lock.try_acquire():
+            self.last_report = report
+            return report
+        report.leader = True
+        while not self.stop_event.is_set() and (force_seal or self.seal_due()):
+            epoch = self.sealer.seal()
+            if epoch is None:
+                break
+            report.sealed.append(epoch.epoch_id)
+        if self.settler is not None:
+            report.settled = self.settler.settle_all()
+        self.last_report = report
+        return report
+
+    def run_forever(self) -> None:
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                self.run_round()
+                failures = 0
+                self.last_error = None
+                delay = self.settings.settlement_poll_interval_s
+            except Exception as exc:  # logged, backed off and reconciled: the loop must live
+                failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                delay = min(MAX_BACKOFF_S, self.settings.settlement_poll_interval_s * 2**failures)
+                log.error("sealing/settlement round failed (%s); retrying in %.1fs", exc, delay)
+                if self.settler is not None:
+                    self.settler.request_reconcile()
+            self.stop_event.wait(delay)
+        self.lock.release()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self.run_forever, name="seal-and-settle", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        else:
+            self.lock.release()
