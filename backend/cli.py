@@ -57,22 +57,34 @@ def serve(
         Path | None, typer.Option(help="Deployment file written by scripts/deploy.py.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="uvicorn log level.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="uvicorn worker processes. Signature recovery is CPU-bound, so one worker per "
+            "core lets verification use every core; the database still serialises the ingest "
+            "transactions (each worker runs its own registry follower).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the ingest API (uvicorn). Refuses to start on an un-migrated database."""
+    import os
+
     import uvicorn
 
     from backend.api import create_app
     from backend.db import Database
     from backend.migrations import DatabaseNotMigratedError, check_schema
 
-    settings = _settings(
-        host=host,
-        port=port,
-        database_url=database_url,
-        rpc_url=rpc_url,
-        deployment_file=deployment_file,
-        log_level=log_level,
-    )
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "database_url": database_url,
+        "rpc_url": rpc_url,
+        "deployment_file": deployment_file,
+        "log_level": log_level,
+    }
+    settings = _settings(**overrides)
     db = Database(settings.effective_database_url)
     try:
         check_schema(db.engine, db.display_url)
@@ -80,8 +92,23 @@ def serve(
         raise _fail(str(exc)) from None
     finally:
         db.dispose()
+    if workers == 1:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+        )
+        return
+    # Worker processes build their app from the environment (uvicorn needs an import string
+    # to start several), so the options given here must travel there as variables.
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"GRIDPOINTS_{name.upper()}"] = str(value)
     uvicorn.run(
-        create_app(settings),
+        "backend.api.app:create_app",
+        factory=True,
+        workers=workers,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -204,3 +231,7 @@ def _iso(value: datetime | None) -> str | None:
 
 if __name__ == "__main__":
     app()
+
+
+# Sub-commands that live in their own modules register themselves on `app` when imported.
+from backend import cli_settlement  # noqa: E402, F401

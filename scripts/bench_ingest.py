@@ -1,0 +1,998 @@
+#!/usr/bin/env python3
+"""End-to-end ingest benchmark: accepted records/s of the real server, next to the bare limit.
+
+What runs, all for real and all started (and stopped) by this script:
+
+* an Anvil node (``backend.chain.anvil.AnvilNode``) with the contracts deployed by
+  ``backend.chain.deploy.deploy`` and ``--stations`` stations registered by real
+  ``registerStation`` transactions from the registrar account;
+* per database (``--databases``: a SQLite file, and/or a PostgreSQL database created on the
+  server of ``--postgres-url`` and dropped afterwards) and per worker count (``--workers``):
+  ``gridpoints db upgrade``, then ``gridpoints serve --workers W`` (uvicorn, its own process
+  group, loopback);
+* load generators in separate processes (``--client-processes``): a minimal HTTP/1.1
+  keep-alive client on asyncio + uvloop with pre-encoded requests and one request in flight
+  per connection; each process reports its own CPU time so the table shows what the client
+  costs next to what the server costs (on a 2-core box they share the cores).
+
+Measured, each the median of ``--repeat`` runs (every run posts ``--records`` records not seen
+before, so every one of them must come back ``accepted``):
+
+* (a) single-record ``POST /v1/records`` from ``--clients`` concurrent connections: accepted
+  requests/s (target >= 1,500/s);
+* (b) ``POST /v1/records/batch`` of ``--batch-size`` records from ``--batch-clients``
+  concurrent connections: accepted records/s (target >= 0.5 x the bare recovery rate);
+* in the same run, single-threaded and in-process: the bare secp256k1 public-key recovery
+  rate (``coincurve.PublicKey.from_signature_and_message`` on pre-computed digests), the naive
+  eth_account typed-data path (``encode_typed_data`` + ``Account.recover_message``) and the
+  backend's own stateless check (``RecordVerifier.verify_json``: parse, digest, recover, key
+  and power checks).
+
+Next to every rate: the CPU time per record of the server processes, of the client processes
+and (PostgreSQL) of the database's backend processes, and how busy the whole machine was.
+Other work on the machine makes the figures noisy; that is why every figure is a median.
+
+Usage:
+  .venv/bin/python scripts/bench_ingest.py [--records 10000] [--stations 200] [--repeat 3]
+      [--databases sqlite,postgresql] [--workers 1,2] [--json]
+
+Ctrl-C (or SIGTERM) stops the clients, the servers and Anvil and drops the databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import coincurve
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from backend.chain.anvil import AnvilNode, free_port  # noqa: E402
+from backend.chain.contracts import GridPointsChain, KeyPeriod, StationHistory  # noqa: E402
+from backend.chain.deploy import deploy, dev_account  # noqa: E402
+from backend.registry import KeyDirectory  # noqa: E402
+from backend.verify import RecordVerifier  # noqa: E402
+from station_signer.record import (  # noqa: E402
+    Direction,
+    Domain,
+    EnergyTransfer,
+    SignedRecord,
+    keccak256,
+    to_checksum_address,
+)
+
+BIN = Path(sys.executable).parent
+GRIDPOINTS = BIN / "gridpoints"
+DEFAULT_PG_URL = os.environ.get(
+    "GRIDPOINTS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+ZONE = 7
+MAX_POWER_W = 22_000
+DURATION_S = 600
+ENERGY_WH = 1_000  # 6 kW over 10 minutes: well inside MAX_POWER_W
+SINGLE_TARGET = 1_500
+BATCH_TARGET_RATIO = 0.5
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- signed records ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BenchStation:
+    station_id: bytes
+    key: coincurve.PrivateKey
+    address: bytes
+    direction: Direction
+
+    @property
+    def checksum_address(self) -> str:
+        return to_checksum_address(self.address)
+
+
+def make_stations(count: int, seed: bytes) -> list[BenchStation]:
+    """Deterministic development keys (never keys that hold value)."""
+    stations = []
+    for i in range(count):
+        secret = keccak256(seed + b"/key/" + i.to_bytes(4, "big"))
+        key = coincurve.PrivateKey(secret)
+        address = keccak256(key.public_key.format(compressed=False)[1:])[12:]
+        stations.append(
+            BenchStation(
+                station_id=keccak256(seed + b"/station/" + i.to_bytes(4, "big")),
+                key=key,
+                address=address,
+                direction=Direction.DISCHARGE if i % 2 else Direction.CHARGE,
+            )
+        )
+    return stations
+
+
+def sign_digest(key: coincurve.PrivateKey, digest: bytes) -> bytes:
+    """65 bytes r || s || v with v in {27, 28}; libsecp256k1 always produces low s."""
+    raw = key.sign_recoverable(digest, hasher=None)
+    return raw[:64] + bytes([27 + raw[64]])
+
+
+def make_record(
+    station: BenchStation, sequence: int, base_time: int, users: list[bytes]
+) -> EnergyTransfer:
+    before = 1_000_000 + (sequence - 1) * ENERGY_WH
+    start = base_time + (sequence - 1) * DURATION_S
+    return EnergyTransfer(
+        station_id=station.station_id,
+        sequence=sequence,
+        user=users[(sequence * 7 + station.station_id[0]) % len(users)],
+        direction=station.direction,
+        energy_wh=ENERGY_WH,
+        meter_before_wh=before,
+        meter_after_wh=before + ENERGY_WH,
+        start_time=start,
+        end_time=start + DURATION_S,
+    )
+
+
+def signed_body(record: EnergyTransfer, key: coincurve.PrivateKey, domain: Domain) -> bytes:
+    signature = sign_digest(key, record.digest(domain))
+    body = SignedRecord(record, signature).to_json()
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass
+class Chunk:
+    """Records of one run: `rounds` consecutive sequences of every station, interleaved
+    (sequence round by round), as JSON bodies; `station_of[i]` is body i's station index."""
+
+    bodies: list[bytes]
+    station_of: list[int]
+
+
+def make_chunks(
+    stations: list[BenchStation], domain: Domain, rounds: list[int], base_time: int
+) -> list[Chunk]:
+    users = [keccak256(b"bench-user" + i.to_bytes(4, "big"))[12:] for i in range(1_000)]
+    chunks, next_sequence = [], 1
+    for count in rounds:
+        bodies, station_of = [], []
+        for sequence in range(next_sequence, next_sequence + count):
+            for index, station in enumerate(stations):
+                record = make_record(station, sequence, base_time, users)
+                bodies.append(signed_body(record, station.key, domain))
+                station_of.append(index)
+        chunks.append(Chunk(bodies, station_of))
+        next_sequence += count
+    return chunks
+
+
+# ---- the bare limits (in-process, one thread) -------------------------------------------------
+
+
+def median_rate(
+    fn: Callable[[Any], object], items: Sequence[Any], repeat: int
+) -> tuple[float, list[float]]:
+    rates = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for item in items:
+            fn(item)
+        rates.append(len(items) / (time.perf_counter() - started))
+    return statistics.median(rates), rates
+
+
+def bare_limits(
+    stations: list[BenchStation], domain: Domain, samples: int, repeat: int
+) -> dict[str, Any]:
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
+    users = [keccak256(b"bare-user" + i.to_bytes(4, "big"))[12:] for i in range(100)]
+    base_time = int(time.time()) - 30 * 86_400
+    records = [
+        make_record(stations[i % len(stations)], 1 + i // len(stations), base_time, users)
+        for i in range(samples)
+    ]
+    digests = [r.digest(domain) for r in records]
+    signatures = [sign_digest(stations[i % len(stations)].key, d) for i, d in enumerate(digests)]
+    recoverable = [
+        (s[:64] + bytes([s[64] - 27]), d) for s, d in zip(signatures, digests, strict=True)
+    ]
+    typed = [(r.typed_data(domain), s) for r, s in zip(records, signatures, strict=True)]
+    bodies = [SignedRecord(r, s).to_json() for r, s in zip(records, signatures, strict=True)]
+
+    # Every implementation must agree before its speed means anything.
+    for (sig, digest), (data, signature), station_index in zip(
+        recoverable[:50], typed[:50], range(50), strict=True
+    ):
+        expected = stations[station_index % len(stations)]
+        pub = coincurve.PublicKey.from_signature_and_message(sig, digest, hasher=None)
+        assert keccak256(pub.format(compressed=False)[1:])[12:] == expected.address
+        signer = Account.recover_message(encode_typed_data(full_message=data), signature=signature)
+        assert signer == expected.checksum_address
+
+    def bare(pair: tuple[bytes, bytes]) -> object:
+        return coincurve.PublicKey.from_signature_and_message(pair[0], pair[1], hasher=None)
+
+    def naive(pair: tuple[dict[str, Any], bytes]) -> object:
+        return Account.recover_message(encode_typed_data(full_message=pair[0]), signature=pair[1])
+
+    directory = KeyDirectory(
+        {
+            s.station_id: StationHistory(
+                station_id=s.station_id,
+                zone=ZONE,
+                max_power_w=MAX_POWER_W,
+                active_from=0,
+                keys=[KeyPeriod(s.checksum_address, 0, 0)],  # type: ignore[arg-type]
+            )
+            for s in stations
+        }
+    )
+    verifier = RecordVerifier(domain, directory)
+    now = int(time.time())
+    for body in bodies[:50]:
+        verdict = verifier.verify_json(body, now=now)
+        assert verdict.ok, verdict.problem
+
+    def verify(body: dict[str, Any]) -> object:
+        return verifier.verify_json(body, now=now)
+
+    bare_rate, bare_runs = median_rate(bare, recoverable, repeat)
+    naive_rate, naive_runs = median_rate(naive, typed[: max(50, samples // 10)], repeat)
+    verify_rate, verify_runs = median_rate(verify, bodies, repeat)
+    return {
+        "coincurve_recover_per_s": bare_rate,
+        "coincurve_recover_runs": bare_runs,
+        "eth_account_typed_recover_per_s": naive_rate,
+        "eth_account_typed_recover_runs": naive_runs,
+        "verifier_per_s": verify_rate,
+        "verifier_runs": verify_runs,
+        "samples": samples,
+    }
+
+
+# ---- CPU accounting from /proc ------------------------------------------------------------------
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of one process (all its threads), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as file:
+            found += [int(p) for p in file.read().split()]
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += _children(current)
+    return tree
+
+
+def cpu_of(pids: Sequence[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        value = _proc_cpu(pid)
+        if value is not None:
+            out[pid] = value
+    return out
+
+
+def box_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as file:
+        values = [int(v) for v in file.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return total - idle, total
+
+
+# ---- the load generator (separate processes) ----------------------------------------------------
+
+
+def _http_request(host: str, port: int, path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    requests: list[bytes],
+    batch: bool,
+) -> tuple[Counter[str], list[str]]:
+    counts: Counter[str] = Counter()
+    samples: list[str] = []
+    for request in requests:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        at = lower.index(b"content-length:") + 15
+        length = int(lower[at : lower.index(b"\r\n", at)])
+        body = await reader.readexactly(length)
+        if batch and status == 200:
+            result = json.loads(body)
+            for outcome in ("accepted", "duplicate", "rejected"):
+                counts[outcome] += result[outcome]
+            if result["accepted"] != len(result["outcomes"]) and len(samples) < 3:
+                odd = [o for o in result["outcomes"] if o["status"] != "accepted"]
+                samples.append(json.dumps(odd[0]))
+        elif not batch and status == 201:
+            counts["accepted"] += 1
+        else:
+            counts[f"http_{status}"] += 1
+            if len(samples) < 3:
+                samples.append(f"{status} {body[:300]!r}")
+        if b"connection: close" in lower:
+            break
+    writer.close()
+    return counts, samples
+
+
+async def _client(
+    host: str, port: int, jobs: list[list[bytes]], batch: bool, barrier: Any
+) -> dict[str, Any]:
+    connections = [await asyncio.open_connection(host, port) for _ in jobs]
+    loop = asyncio.get_running_loop()
+    # Every client process connected: all start at the same instant.
+    await loop.run_in_executor(None, barrier.wait)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    results = await asyncio.gather(
+        *(
+            _connection(r, w, requests, batch)
+            for (r, w), requests in zip(connections, jobs, strict=True)
+        )
+    )
+    t1, cpu1 = time.monotonic(), time.process_time()
+    counts: Counter[str] = Counter()
+    samples: list[str] = []
+    for c, s in results:
+        counts.update(c)
+        samples += s
+    return {"t0": t0, "t1": t1, "cpu": cpu1 - cpu0, "counts": dict(counts), "samples": samples[:3]}
+
+
+def _client_process(
+    host: str, port: int, jobs: list[list[bytes]], batch: bool, barrier: Any, queue: Any
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent cleans up; just go
+    import uvloop
+
+    try:
+        result = uvloop.run(_client(host, port, jobs, batch, barrier))
+    except BaseException as exc:
+        barrier.abort()
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    queue.put(result)
+
+
+@dataclass
+class RunResult:
+    accepted: int
+    counts: dict[str, int]
+    seconds: float
+    client_cpu_s: float
+    server_cpu_s: float
+    db_cpu_s: float | None
+    box_busy: float
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds
+
+
+# ---- the server under test -------------------------------------------------------------------
+
+
+class Server:
+    """`gridpoints serve` in its own process group (a terminal's Ctrl-C reaches only us, and
+    we stop the whole group, workers included)."""
+
+    def __init__(self, env: dict[str, str], workers: int, log_path: Path) -> None:
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.log_path = log_path
+        self.workers = workers
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(GRIDPOINTS),
+                    "serve",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, stations: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gridpoints serve exited:\n{self.log_tail()}")
+            try:
+                # Several workers answer in turn: ask a few times, all must know every station.
+                if all(self.get("/v1/registry")["stations"] >= stations for _ in range(8)):
+                    return
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gridpoints serve not ready in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(15)
+        # Whatever is left of the group (a worker that ignored SIGTERM).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+
+# ---- databases ----------------------------------------------------------------------------------
+
+
+def _pg_conninfo(admin_url: str) -> str:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(admin_url)
+    return psycopg.conninfo.make_conninfo(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password or None,
+        dbname=url.database or "postgres",
+    )
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, tmp: Path, pg_admin_url: str) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{(tmp / f'bench-{uuid.uuid4().hex[:8]}.sqlite').as_posix()}"
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    conninfo = _pg_conninfo(pg_admin_url)
+    name = f"gridpoints_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield (
+            make_url(pg_admin_url)
+            .set(drivername="postgresql+psycopg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        say(f"  dropped PostgreSQL database {name}")
+
+
+def pg_backend_pids(pg_admin_url: str, database_url: str) -> list[int]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(database_url).database
+    with psycopg.connect(_pg_conninfo(pg_admin_url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+# ---- one measured run ---------------------------------------------------------------------------
+
+
+def run_load(
+    server: Server,
+    jobs_per_process: list[list[list[bytes]]],
+    batch: bool,
+    pg: tuple[str, str] | None,
+) -> RunResult:
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(len(jobs_per_process) + 1)
+    queue = ctx.Queue()
+    processes = [
+        ctx.Process(
+            target=_client_process,
+            args=(server.host, server.port, jobs, batch, barrier, queue),
+            daemon=True,
+        )
+        for jobs in jobs_per_process
+    ]
+    try:
+        for p in processes:
+            p.start()
+        server_pids = process_tree(server.process.pid)
+        db_pids = pg_backend_pids(*pg) if pg else []
+        barrier.wait(timeout=120)
+        server0, db0, box0 = cpu_of(server_pids), cpu_of(db_pids), box_jiffies()
+        results = [queue.get(timeout=3_600) for _ in processes]
+        box1 = box_jiffies()
+        server1 = cpu_of(server_pids)
+        db1 = cpu_of(pg_backend_pids(*pg) if pg else [])
+        for p in processes:
+            p.join(10)
+    finally:
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(f"client failed: {errors[0]}\nserver log:\n{server.log_tail()}")
+    counts: Counter[str] = Counter()
+    samples: list[str] = []
+    for r in results:
+        counts.update(r["counts"])
+        samples += r["samples"]
+    seconds = max(r["t1"] for r in results) - min(r["t0"] for r in results)
+    busy = (box1[0] - box0[0]) / max(1, box1[1] - box0[1])
+    return RunResult(
+        accepted=counts.get("accepted", 0),
+        counts=dict(counts),
+        seconds=seconds,
+        client_cpu_s=sum(r["cpu"] for r in results),
+        server_cpu_s=sum(server1.get(p, 0.0) - v for p, v in server0.items()),
+        db_cpu_s=sum(v - db0.get(p, 0.0) for p, v in db1.items()) if pg else None,
+        box_busy=busy,
+        samples=samples[:3],
+    )
+
+
+def single_jobs(
+    chunk: Chunk, server: Server, connections: int, processes: int
+) -> list[list[list[bytes]]]:
+    """One request list per connection; a station always uses the same connection, so its
+    records leave in sequence order (as from a real station), the connections interleaved."""
+    per_connection: list[list[bytes]] = [[] for _ in range(connections)]
+    for body, station in zip(chunk.bodies, chunk.station_of, strict=True):
+        per_connection[station % connections].append(
+            _http_request(server.host, server.port, "/v1/records", body)
+        )
+    return [per_connection[i::processes] for i in range(processes)]
+
+
+def batch_jobs(
+    chunk: Chunk, server: Server, batch_size: int, connections: int
+) -> list[list[list[bytes]]]:
+    """Batches in chunk order, dealt round-robin to the connections (one client process)."""
+    requests = [
+        _http_request(
+            server.host,
+            server.port,
+            "/v1/records/batch",
+            b"[" + b",".join(chunk.bodies[i : i + batch_size]) + b"]",
+        )
+        for i in range(0, len(chunk.bodies), batch_size)
+    ]
+    return [[requests[i::connections] for i in range(connections)]]
+
+
+# ---- orchestration ------------------------------------------------------------------------------
+
+
+def register_stations(chain: GridPointsChain, registrar: Any, stations: list[BenchStation]) -> None:
+    registry = chain.registry.functions
+    first = registry.registerStation(
+        stations[0].station_id, stations[0].checksum_address, ZONE, MAX_POWER_W, 0
+    )
+    gas = int(first.estimate_gas({"from": registrar.address}) * 1.5)
+    for station in stations:
+        call = registry.registerStation(
+            station.station_id, station.checksum_address, ZONE, MAX_POWER_W, 0
+        )
+        chain.transact(registrar, call, gas=gas)
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]:
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gridpoints-bench-")))
+    stations = make_stations(args.stations, uuid.uuid4().bytes)
+    rounds_per_run = max(1, -(-args.records // args.stations))
+    records_per_run = rounds_per_run * args.stations
+
+    say("anvil: starting, deploying, registering stations ...")
+    anvil = AnvilNode(log_path=tmp / "anvil.log")
+    anvil.start()
+    stack.callback(anvil.stop)
+    from backend.chain.contracts import connect
+
+    w3 = connect(anvil.rpc_url)
+    admin, registrar, settler = dev_account(0), dev_account(1), dev_account(2)
+    deployment = deploy(w3, admin, registrar=registrar.address, settler=settler.address)
+    deployment_file = deployment.save(tmp / "deployment.json")
+    chain = GridPointsChain(w3, deployment)
+    started = time.perf_counter()
+    register_stations(chain, registrar, stations)
+    say(f"  {len(stations)} stations registered in {time.perf_counter() - started:.1f} s")
+    domain = Domain(deployment.chain_id, bytes.fromhex(deployment.registry_address[2:]))
+
+    say(f"bare limits: {args.bare_samples} signatures, {args.repeat} runs each ...")
+    bare = bare_limits(stations, domain, args.bare_samples, args.repeat)
+    bare_rate = bare["coincurve_recover_per_s"]
+
+    warmup_rounds = max(1, -(-200 // args.stations))
+    runs_per_config = 2 * args.repeat
+    say(
+        f"signing {records_per_run:,} records x {runs_per_config} runs "
+        f"(+ {warmup_rounds * args.stations} warm-up) ..."
+    )
+    started = time.perf_counter()
+    # Records end within the last 30 days, at most an hour ago: plausible, never in the future.
+    total_rounds = warmup_rounds + runs_per_config * rounds_per_run
+    base_time = int(time.time()) - 3_600 - total_rounds * DURATION_S
+    chunks = make_chunks(
+        stations, domain, [warmup_rounds] + [rounds_per_run] * runs_per_config, base_time
+    )
+    say(f"  signed in {time.perf_counter() - started:.1f} s")
+
+    results: list[dict[str, Any]] = []
+    for kind in args.databases:
+        for workers in args.workers:
+            say(f"{kind}, {workers} worker(s): database, migration, server ...")
+            with contextlib.ExitStack() as config_stack:
+                url = config_stack.enter_context(fresh_database(kind, tmp, args.postgres_url))
+                env = {
+                    k: v
+                    for k, v in os.environ.items()
+                    if not k.startswith("GRIDPOINTS_") and k != "DATABASE_URL"
+                }
+                env.update(
+                    GRIDPOINTS_DATABASE_URL=url,
+                    GRIDPOINTS_RPC_URL=anvil.rpc_url,
+                    GRIDPOINTS_DEPLOYMENT_FILE=str(deployment_file),
+                    GRIDPOINTS_CONFIRMATIONS="0",
+                    GRIDPOINTS_DATA_DIR=str(tmp / "var"),
+                    GRIDPOINTS_MAX_BATCH=str(max(1_000, args.batch_size)),
+                )
+                subprocess.run(
+                    [str(GRIDPOINTS), "db", "upgrade"],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+                server = Server(env, workers, tmp / f"server-{kind}-{workers}.log")
+                config_stack.callback(server.stop)
+                server.wait_ready(len(stations))
+                pg = (args.postgres_url, url) if kind == "postgresql" else None
+
+                # Warm-up (not measured): connection pools, imports, caches of every worker.
+                warm = chunks[0]
+                half = len(warm.bodies) // 2
+                run_load(
+                    server,
+                    single_jobs(Chunk(warm.bodies[:half], warm.station_of[:half]), server, 8, 1),
+                    False,
+                    pg,
+                )
+                run_load(
+                    server,
+                    batch_jobs(
+                        Chunk(warm.bodies[half:], warm.station_of[half:]),
+                        server,
+                        args.batch_size,
+                        1,
+                    ),
+                    True,
+                    pg,
+                )
+
+                measured: dict[str, list[RunResult]] = {"single": [], "batch": []}
+                for rep in range(args.repeat):
+                    for mode in ("single", "batch"):
+                        chunk = chunks[1 + 2 * rep + (0 if mode == "single" else 1)]
+                        if mode == "single":
+                            jobs = single_jobs(chunk, server, args.clients, args.client_processes)
+                        else:
+                            jobs = batch_jobs(chunk, server, args.batch_size, args.batch_clients)
+                        result = run_load(server, jobs, mode == "batch", pg)
+                        measured[mode].append(result)
+                        bad = {k: v for k, v in result.counts.items() if k != "accepted" and v}
+                        say(
+                            f"  {mode:<6} run {rep + 1}/{args.repeat}: {result.rate:>9,.0f} "
+                            f"accepted/s ({result.accepted:,} in {result.seconds:.2f} s, "
+                            f"box {result.box_busy:.0%} busy)"
+                            + (f"  NOT ACCEPTED: {bad} {result.samples}" if bad else "")
+                        )
+                log_size = server.get("/healthz")["logSize"]
+                expected = len(chunks[0].bodies) + sum(
+                    r.accepted for rs in measured.values() for r in rs
+                )
+                for mode, runs in measured.items():
+                    n = [r.accepted for r in runs]
+                    results.append(
+                        {
+                            "database": kind,
+                            "workers": workers,
+                            "mode": mode,
+                            "connections": args.clients if mode == "single" else args.batch_clients,
+                            "client_processes": args.client_processes if mode == "single" else 1,
+                            "batch_size": args.batch_size if mode == "batch" else 1,
+                            "records_per_run": records_per_run,
+                            "rate": summarise([r.rate for r in runs]),
+                            "rates": [r.rate for r in runs],
+                            "not_accepted": sum(
+                                v for r in runs for k, v in r.counts.items() if k != "accepted"
+                            ),
+                            "accepted": sum(n),
+                            "server_cpu_us_per_record": statistics.median(
+                                1e6 * r.server_cpu_s / max(1, r.accepted) for r in runs
+                            ),
+                            "client_cpu_us_per_record": statistics.median(
+                                1e6 * r.client_cpu_s / max(1, r.accepted) for r in runs
+                            ),
+                            "db_cpu_us_per_record": None
+                            if pg is None
+                            else statistics.median(
+                                1e6 * (r.db_cpu_s or 0.0) / max(1, r.accepted) for r in runs
+                            ),
+                            "box_busy": statistics.median(r.box_busy for r in runs),
+                            "ratio_to_bare_recovery": statistics.median(r.rate for r in runs)
+                            / bare_rate,
+                        }
+                    )
+                say(
+                    f"  record log: {log_size:,} records (expected {expected:,} if every "
+                    "record was accepted)"
+                )
+                results[-1]["log_size"] = results[-2]["log_size"] = log_size
+                results[-1]["log_size_expected"] = results[-2]["log_size_expected"] = expected
+    return {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "loadavg_at_end": os.getloadavg(),
+        },
+        "settings": {
+            "records_per_run": records_per_run,
+            "stations": len(stations),
+            "repeat": args.repeat,
+            "clients": args.clients,
+            "client_processes": args.client_processes,
+            "batch_size": args.batch_size,
+            "batch_clients": args.batch_clients,
+            "client": "raw HTTP/1.1 keep-alive on asyncio+uvloop, one request in flight per "
+            "connection, separate processes",
+        },
+        "bare": bare,
+        "runs": results,
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    bare = report["bare"]
+    s = report["settings"]
+    m = report["machine"]
+    bare_rate = bare["coincurve_recover_per_s"]
+    print(
+        f"GridPoints ingest benchmark - {m['cpu_count']} cores, Python {m['python']}, "
+        f"{s['stations']} stations, {s['records_per_run']:,} records per run, medians of "
+        f"{s['repeat']} runs (min-max in brackets)"
+    )
+    print(f"client: {s['client']}")
+    print()
+    print("in-process, one thread:")
+    rows = [
+        ("bare secp256k1 recovery (coincurve)", bare_rate, "coincurve_recover_runs"),
+        (
+            "naive eth_account typed data (encode_typed_data + recover_message)",
+            bare["eth_account_typed_recover_per_s"],
+            "eth_account_typed_recover_runs",
+        ),
+        (
+            "backend stateless check (RecordVerifier.verify_json)",
+            bare["verifier_per_s"],
+            "verifier_runs",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, key in rows:
+        runs = bare[key]
+        print(
+            f"  {name:<{width}}  {value:>9,.0f} /s  [{min(runs):,.0f}-{max(runs):,.0f}]"
+            f"  {value / bare_rate:5.2f} x bare"
+        )
+    print(
+        f"  bare / naive = {bare_rate / bare['eth_account_typed_recover_per_s']:.1f}x; "
+        f"bare / verifier = {bare_rate / bare['verifier_per_s']:.2f}x"
+    )
+    print()
+    header = (
+        f"{'database':<10} {'workers':>7} {'mode':<7} {'conns':>5} {'accepted/s':>11} "
+        f"{'[min-max]':>17} {'x bare':>6} {'target':>14} {'met':>3} {'srv µs/rec':>10} "
+        f"{'cli µs/rec':>10} {'db µs/rec':>9} {'box busy':>8}"
+    )
+    print("end to end (real uvicorn over loopback):")
+    print(header)
+    print("-" * len(header))
+    for r in report["runs"]:
+        rate = r["rate"]
+        if r["mode"] == "single":
+            target, met = f">= {SINGLE_TARGET:,} req/s", rate["median"] >= SINGLE_TARGET
+        else:
+            goal = BATCH_TARGET_RATIO * bare_rate
+            target, met = f">= {goal:,.0f} rec/s", rate["median"] >= goal
+        mode = r["mode"] if r["mode"] == "single" else f"b{r['batch_size']}"
+        spread = f"[{rate['min']:,.0f}-{rate['max']:,.0f}]"
+        db_cpu = "-" if r["db_cpu_us_per_record"] is None else f"{r['db_cpu_us_per_record']:.0f}"
+        print(
+            f"{r['database']:<10} {r['workers']:>7} {mode:<7} {r['connections']:>5} "
+            f"{rate['median']:>11,.0f} {spread:>17} "
+            f"{r['ratio_to_bare_recovery']:>6.2f} {target:>14} {'yes' if met else 'NO':>3} "
+            f"{r['server_cpu_us_per_record']:>10.0f} {r['client_cpu_us_per_record']:>10.0f} "
+            f"{db_cpu:>9} {r['box_busy']:>8.0%}"
+        )
+        if r["not_accepted"]:
+            print(f"    !! {r['not_accepted']} records not accepted")
+    print()
+    print(
+        "srv/cli/db µs/rec: CPU time per accepted record of the server processes, the load "
+        "generator processes and (PostgreSQL) the database's backend processes; box busy: all "
+        "cores, including other work on the machine."
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="End-to-end ingest benchmark (real Anvil, real uvicorn, real databases).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--records", type=int, default=10_000, help="records per measured run")
+    parser.add_argument("--stations", type=int, default=200, help="registered stations")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument(
+        "--databases",
+        default="sqlite,postgresql",
+        help="comma list of sqlite, postgresql",
+    )
+    parser.add_argument(
+        "--workers",
+        default=str(os.cpu_count() or 1),
+        help="comma list of uvicorn worker counts to measure",
+    )
+    parser.add_argument("--clients", type=int, default=32, help="connections posting singles")
+    parser.add_argument(
+        "--client-processes", type=int, default=2, help="processes the single connections use"
+    )
+    parser.add_argument("--batch-size", type=int, default=1_000, help="records per batch")
+    parser.add_argument("--batch-clients", type=int, default=2, help="connections posting batches")
+    parser.add_argument(
+        "--bare-samples", type=int, default=3_000, help="signatures for the in-process rates"
+    )
+    parser.add_argument("--postgres-url", default=DEFAULT_PG_URL, help="PostgreSQL admin URL")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    args.databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    if not args.databases or set(args.databases) - {"sqlite", "postgresql"}:
+        parser.error("--databases: comma list of sqlite, postgresql")
+    args.workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    if not args.workers or min(args.workers) < 1:
+        parser.error("--workers: comma list of positive integers")
+    for name in (
+        "records",
+        "stations",
+        "repeat",
+        "clients",
+        "client_processes",
+        "batch_size",
+        "batch_clients",
+    ):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    args.client_processes = min(args.client_processes, args.clients)
+    return args
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not GRIDPOINTS.exists():
+        say(f"{GRIDPOINTS} not found: run from the project's virtualenv")
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    stack = contextlib.ExitStack()
+    code = 0
+    try:
+        report = run(args, stack)
+    except KeyboardInterrupt:
+        say("interrupted: stopping everything this benchmark started ...")
+        code = 130
+    finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.close()
+    if code:
+        return code
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
