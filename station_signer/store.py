@@ -3,18 +3,26 @@
 One SQLite file per station. The write-ahead rule that makes signing crash-safe:
 
 1. *reserve*: in one transaction, take the next sequence number, store the record's full
-   content under it (status ``reserved``) and advance the counter and the meter register;
-2. *sign* the stored content (in the HSM, outside any transaction);
+   content and EIP-712 digest under it (status ``reserved``) and advance the counter and the
+   meter register of the record's direction;
+2. *sign* the stored digest (in the HSM, outside any transaction);
 3. *attach*: store the signature (status ``queued``).
 
 A crash between 1 and 3 leaves a ``reserved`` row whose content is fixed; on the next start
 :meth:`StationStore.reserved` hands it back to be signed again — the same content under the
 same sequence, never other content. A sequence is therefore never reused for different
 content, and only records whose signature is on disk are ever sent, so nothing signed can be
-lost. The database runs with ``synchronous=FULL`` so that a committed step survives power loss.
+lost. A crash between 2 and 3 throws away a signature that nobody has seen; the re-signed row
+carries another (equally valid) signature over the same digest, and the backend identifies
+records by digest. The database runs with ``synchronous=FULL`` so that a committed step
+survives power loss, not only a killed process.
 
 Rows are kept after the backend acknowledges them (status ``acknowledged``, or ``rejected`` with
 the backend's reason) so that the operator can see what happened; nothing is ever deleted.
+
+The store knows the record type (:mod:`station_signer.record`) so that the invariants a station
+must keep are checked in the one transaction that could break them: the record is built for
+the sequence being reserved, belongs to this station, and does not run its meter backwards.
 """
 
 from __future__ import annotations
@@ -27,9 +35,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-SCHEMA_VERSION = 1
+from station_signer.record import Direction, Domain, EnergyTransfer
+
+SCHEMA_VERSION: Final = 1
+# SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter
+# gets there: 2^63 Wh is about 10^9 TWh).
+MAX_STORED_INT: Final = 2**63 - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS station (
@@ -60,6 +73,11 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_status ON records (status, sequence);
 """
 
+_METER_COLUMN: Final = {
+    Direction.CHARGE: "meter_charge_wh",
+    Direction.DISCHARGE: "meter_discharge_wh",
+}
+
 
 class RecordStatus(StrEnum):
     RESERVED = "reserved"  # content and sequence durable, signature not yet stored
@@ -69,25 +87,41 @@ class RecordStatus(StrEnum):
 
 
 class StoreError(Exception):
-    """The station state file is missing, foreign or inconsistent."""
+    """The station state file is missing, foreign or inconsistent, or a step is out of order.
+
+    ``code`` is machine-readable: ``not_initialised``, ``foreign_store``, ``meter_backwards``,
+    ``value_too_large``, ``wrong_record``, ``not_reserved``, ``not_queued``, ``not_found``,
+    ``corrupt`` or ``store_error``.
+    """
+
+    def __init__(self, message: str, code: str = "store_error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
     sequence: int
     status: RecordStatus
-    record: dict[str, Any]
+    record: dict[str, Any]  # the JSON wire form (EnergyTransfer.to_json)
     digest: bytes
     signature: bytes | None
+    receipt: dict[str, Any] | None = None
     reject_reason: str | None = None
     reject_message: str | None = None
+
+    def signed_json(self) -> dict[str, Any]:
+        """``{"record": ..., "signature": "0x..."}``, the wire body; only for signed rows."""
+        if self.signature is None:
+            raise StoreError(f"sequence {self.sequence} has no signature yet", "not_signed")
+        return {"record": self.record, "signature": "0x" + self.signature.hex()}
 
 
 @dataclass(frozen=True, slots=True)
 class StationState:
     station_id: bytes
     chain_id: int
-    registry: str
+    registry: str  # lower-case 0x-hex
     next_sequence: int
     meter_charge_wh: int
     meter_discharge_wh: int
@@ -102,11 +136,29 @@ class StationState:
 
     @property
     def queue_length(self) -> int:
+        """Records the backend has not answered yet (reserved ones included: they get signed
+        on the next start and then sent)."""
         return self.counts[RecordStatus.RESERVED] + self.counts[RecordStatus.QUEUED]
 
+    @property
+    def domain(self) -> Domain:
+        """The EIP-712 domain this station signs for."""
+        return Domain(self.chain_id, bytes.fromhex(self.registry[2:]))
 
-# Builds the record for a reserved sequence: returns its JSON form and its EIP-712 digest.
-RecordBuilder = Callable[[int, "StationState"], tuple[dict[str, Any], bytes]]
+    def meter_wh(self, direction: Direction) -> int:
+        """The register of ``direction`` after the last reserved record of that direction."""
+        if direction == Direction.CHARGE:
+            return self.meter_charge_wh
+        return self.meter_discharge_wh
+
+
+# Builds the record for a reserved sequence from the state inside the reserving transaction.
+RecordBuilder = Callable[[int, StationState], EnergyTransfer]
+
+
+def _check_storable(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_STORED_INT:
+        raise StoreError(f"{name} {value} is outside 0..2^63-1", "value_too_large")
 
 
 class StationStore:
@@ -142,24 +194,47 @@ class StationStore:
 
     # --- identity -------------------------------------------------------------------------
 
-    def initialise(self, station_id: bytes, chain_id: int, registry: str) -> None:
-        """Binds the file to one station and deployment; opening it again for another fails."""
-        if len(station_id) != 32:
-            raise StoreError("station id must be 32 bytes")
+    def is_initialised(self) -> bool:
+        return self._db.execute("SELECT 1 FROM station").fetchone() is not None
+
+    def initialise(
+        self,
+        station_id: bytes,
+        chain_id: int,
+        registry: str,
+        *,
+        meter_charge_wh: int = 0,
+        meter_discharge_wh: int = 0,
+    ) -> bool:
+        """Binds the file to one station and deployment; True if it was new.
+
+        Opening it again for the same station is a no-op (the meters are then the stored ones,
+        which only move forward); for another station or deployment it fails.
+        """
+        if len(station_id) != 32 or station_id == bytes(32):
+            raise StoreError("station id must be 32 bytes and not zero", "wrong_record")
+        _check_storable("charge meter register", meter_charge_wh)
+        _check_storable("discharge meter register", meter_discharge_wh)
+        wanted = ("0x" + station_id.hex(), chain_id, registry.lower())
+        # Validates the chain id and registry address before anything is written.
+        Domain(chain_id, bytes.fromhex(wanted[2].removeprefix("0x")))
         with self._transaction() as db:
             row = db.execute("SELECT station_id, chain_id, registry FROM station").fetchone()
-            wanted = ("0x" + station_id.hex(), chain_id, registry.lower())
             if row is None:
                 db.execute(
                     "INSERT INTO station (singleton, schema_version, station_id, chain_id,"
-                    " registry, next_sequence) VALUES (1, ?, ?, ?, ?, 1)",
-                    (SCHEMA_VERSION, *wanted),
+                    " registry, next_sequence, meter_charge_wh, meter_discharge_wh)"
+                    " VALUES (1, ?, ?, ?, ?, 1, ?, ?)",
+                    (SCHEMA_VERSION, *wanted, meter_charge_wh, meter_discharge_wh),
                 )
-            elif tuple(row) != wanted:
+                return True
+            if tuple(row) != wanted:
                 raise StoreError(
                     f"{self.path} belongs to station {row[0]} on chain {row[1]} registry {row[2]},"
-                    f" not to {wanted[0]} on chain {wanted[1]} registry {wanted[2]}"
+                    f" not to {wanted[0]} on chain {wanted[1]} registry {wanted[2]}",
+                    "foreign_store",
                 )
+            return False
 
     def state(self) -> StationState:
         row = self._db.execute(
@@ -167,7 +242,9 @@ class StationStore:
             " meter_discharge_wh, last_error, last_sync_at FROM station"
         ).fetchone()
         if row is None:
-            raise StoreError(f"{self.path} is not initialised: run `gridpoints-station init`")
+            raise StoreError(
+                f"{self.path} is not initialised: run `gridpoints-station init`", "not_initialised"
+            )
         counts = dict.fromkeys(RecordStatus, 0)
         for status, count in self._db.execute(
             "SELECT status, count(*) FROM records GROUP BY status"
@@ -187,34 +264,54 @@ class StationStore:
 
     # --- write-ahead signing --------------------------------------------------------------
 
-    def reserve(self, build: RecordBuilder, meter_field: str, meter_after_wh: int) -> StoredRecord:
+    def reserve(self, build: RecordBuilder) -> StoredRecord:
         """Step 1: durably binds the next sequence to the record ``build`` makes for it.
 
-        ``meter_field`` (``meter_charge_wh`` or ``meter_discharge_wh``) is advanced to
-        ``meter_after_wh`` in the same transaction, so the station's view of its meters and its
-        records cannot disagree after a crash.
+        ``build(sequence, state)`` runs inside the transaction (under SQLite's write lock), so
+        the state it sees — next sequence, meter registers — cannot change before the record is
+        stored. The meter register of the record's direction advances to its ``meterAfterWh`` in
+        the same transaction, so the station's meters and its records never disagree after a
+        crash. Raises StoreError (nothing is stored) if the record is for another sequence or
+        station or would run the meter backwards.
         """
-        if meter_field not in ("meter_charge_wh", "meter_discharge_wh"):
-            raise ValueError(f"unknown meter {meter_field}")
         with self._transaction() as db:
             state = self.state()
             sequence = state.next_sequence
-            record, digest = build(sequence, state)
+            record = build(sequence, state)
+            if record.sequence != sequence or record.station_id != state.station_id:
+                raise StoreError(
+                    f"the record is for station 0x{record.station_id.hex()} sequence "
+                    f"{record.sequence}, but this is station 0x{state.station_id.hex()} "
+                    f"reserving sequence {sequence}",
+                    "wrong_record",
+                )
+            column = _METER_COLUMN[record.direction]
+            previous = state.meter_wh(record.direction)
+            if record.meter_before_wh < previous:
+                raise StoreError(
+                    f"{record.direction.name.lower()} meter would run backwards: meterBeforeWh "
+                    f"{record.meter_before_wh} is below the register {previous} of the last "
+                    "record",
+                    "meter_backwards",
+                )
+            _check_storable("meterAfterWh", record.meter_after_wh)
+            digest = record.digest(state.domain)
+            record_json = record.to_json()
             db.execute(
                 "INSERT INTO records (sequence, status, record_json, digest, created_at)"
                 " VALUES (?, 'reserved', ?, ?, ?)",
-                (sequence, json.dumps(record, sort_keys=True), "0x" + digest.hex(), time.time()),
+                (sequence, json.dumps(record_json), "0x" + digest.hex(), time.time()),
             )
             db.execute(
-                f"UPDATE station SET next_sequence = ?, {meter_field} = ?",
-                (sequence + 1, meter_after_wh),
+                f"UPDATE station SET next_sequence = ?, {column} = ?",
+                (sequence + 1, record.meter_after_wh),
             )
-        return StoredRecord(sequence, RecordStatus.RESERVED, record, digest, None)
+        return StoredRecord(sequence, RecordStatus.RESERVED, record_json, digest, None)
 
     def attach_signature(self, sequence: int, signature: bytes) -> StoredRecord:
         """Step 3: stores the signature of a reserved record, which queues it for sync."""
         if len(signature) != 65:
-            raise ValueError("signature must be 65 bytes")
+            raise StoreError("signature must be 65 bytes", "wrong_record")
         with self._transaction() as db:
             updated = db.execute(
                 "UPDATE records SET status = 'queued', signature = ?, signed_at = ?"
@@ -222,7 +319,7 @@ class StationStore:
                 ("0x" + signature.hex(), time.time(), sequence),
             ).rowcount
             if updated != 1:
-                raise StoreError(f"sequence {sequence} is not a reserved record")
+                raise StoreError(f"sequence {sequence} is not a reserved record", "not_reserved")
         return self.get(sequence)
 
     def reserved(self) -> list[StoredRecord]:
@@ -233,10 +330,9 @@ class StationStore:
 
     def queued(self, limit: int | None = None) -> list[StoredRecord]:
         """Signed records the backend has not acknowledged yet, oldest first."""
-        sql = "WHERE status = 'queued' ORDER BY sequence"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self._select(sql)
+        if limit is None:
+            return self._select("WHERE status = 'queued' ORDER BY sequence")
+        return self._select("WHERE status = 'queued' ORDER BY sequence LIMIT ?", (int(limit),))
 
     def mark_acknowledged(self, sequence: int, receipt: dict[str, Any] | None) -> None:
         self._finish(sequence, "acknowledged", json.dumps(receipt), None, None)
@@ -253,7 +349,7 @@ class StationStore:
     def get(self, sequence: int) -> StoredRecord:
         found = self._select("WHERE sequence = ?", (sequence,))
         if not found:
-            raise StoreError(f"no record with sequence {sequence}")
+            raise StoreError(f"no record with sequence {sequence}", "not_found")
         return found[0]
 
     def records(self, status: RecordStatus | None = None) -> list[StoredRecord]:
@@ -276,12 +372,12 @@ class StationStore:
                 (status, time.time(), receipt_json, reason, message, sequence),
             ).rowcount
             if updated != 1:
-                raise StoreError(f"sequence {sequence} is not a queued record")
+                raise StoreError(f"sequence {sequence} is not a queued record", "not_queued")
 
     def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[StoredRecord]:
         rows = self._db.execute(
-            "SELECT sequence, status, record_json, digest, signature, reject_reason,"
-            f" reject_message FROM records {where}",
+            "SELECT sequence, status, record_json, digest, signature, receipt_json,"
+            f" reject_reason, reject_message FROM records {where}",
             params,
         ).fetchall()
         return [
@@ -291,8 +387,9 @@ class StationStore:
                 record=json.loads(row[2]),
                 digest=bytes.fromhex(row[3][2:]),
                 signature=bytes.fromhex(row[4][2:]) if row[4] else None,
-                reject_reason=row[5],
-                reject_message=row[6],
+                receipt=json.loads(row[5]) if row[5] else None,
+                reject_reason=row[6],
+                reject_message=row[7],
             )
             for row in rows
         ]

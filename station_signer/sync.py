@@ -1,11 +1,25 @@
 """Sending a station's queued records to the backend until each one has an answer.
 
-The backend answers every record of a batch on its own: ``accepted`` and ``duplicate`` (the
-backend already holds exactly this record) both mean the record is safe there and leave the
-queue; ``rejected`` leaves the queue too but stays in the station's file with the backend's
-reason for the operator. Transport failures and 5xx answers are retried with exponential backoff
-and full jitter; a 413 halves the batch. Any other whole-request 4xx stops the sync with the
-backend's error, because retrying an identical request cannot succeed.
+``POST /v1/records/batch`` takes a JSON array of ``{"record", "signature"}`` and answers every
+record on its own (:class:`station_signer.wire.BatchResponse`):
+
+* ``accepted`` and ``duplicate`` (the backend already holds exactly this record — typically
+  because an earlier answer was lost on the way back) both mean the record is safe there: it
+  becomes ``acknowledged`` with the backend's receipt;
+* ``rejected`` leaves the queue too but stays in the station's file, as ``rejected`` with the
+  backend's reason code and message, for the operator.
+
+Transport failures (connection refused or reset, timeouts, a lost answer), 5xx and 429 answers
+are retried with exponential backoff and full jitter (a ``Retry-After`` header raises the delay);
+re-sending is safe because the backend recognises a record it already holds. A 413 halves the
+batch, a 422 ``batch_too_long`` shrinks it to the backend's maximum. Any other whole-request 4xx
+stops the sync with the backend's error, because retrying an identical request cannot succeed.
+Outcomes are written to the store as each request is answered, so an interrupted sync loses
+nothing and the next one resumes.
+
+Every request declares the EIP-712 domain the records were signed for (headers
+``GridPoints-Chain-Id`` and ``GridPoints-Verifying-Contract``), so a station configured for
+another deployment gets ``wrong_domain`` rather than an unexplained ``key_not_valid``.
 """
 
 from __future__ import annotations
@@ -14,17 +28,31 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import httpx
+from pydantic import ValidationError
 
-from station_signer.store import StationStore, StoredRecord
+from station_signer.store import RecordStatus, StationStore, StoredRecord
+from station_signer.wire import BatchResponse, RecordOutcome
 
-DEFAULT_BATCH_SIZE = 200
+DEFAULT_BATCH_SIZE: Final = 200
+BATCH_PATH: Final = "/v1/records/batch"
+CHAIN_ID_HEADER: Final = "GridPoints-Chain-Id"
+CONTRACT_HEADER: Final = "GridPoints-Verifying-Contract"
 
 
 class SyncError(Exception):
-    """The backend could not be reached, or refused a whole request, after the retries."""
+    """The backend could not be reached, refused a whole request, or answered nonsense.
+
+    ``code``: ``unreachable`` (gave up after the retries), ``refused`` (a 4xx for the whole
+    request; ``backend_code`` then holds the backend's error code) or ``bad_answer``.
+    """
+
+    def __init__(self, message: str, code: str, backend_code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.backend_code = backend_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,32 +61,77 @@ class RetryPolicy:
     base_delay: float = 0.25
     max_delay: float = 30.0
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("attempts must be >= 1 and delays >= 0")
+
+    def ceiling(self, attempt: int) -> float:
+        """The largest delay before retry number ``attempt`` (1 = the first retry)."""
+        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+
     def delay(self, attempt: int, rng: random.Random) -> float:
-        # "Full jitter": spreads retries of many stations that lost the backend at once.
-        return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        # "Full jitter": spreads the retries of many stations that lost the backend at once.
+        return rng.uniform(0, self.ceiling(attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    sequence: int
+    reason: str
+    message: str
 
 
 @dataclass(slots=True)
 class SyncReport:
-    sent: int = 0
+    sent: int = 0  # records answered by the backend in this sync
     accepted: int = 0
     duplicate: int = 0
     rejected: int = 0
-    rejections: list[tuple[int, str, str]] = field(default_factory=list)
+    requests: int = 0  # HTTP requests made, retries included
+    retries: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
 
     @property
     def acknowledged(self) -> int:
         return self.accepted + self.duplicate
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "accepted": self.accepted,
+            "duplicate": self.duplicate,
+            "rejected": self.rejected,
+            "requests": self.requests,
+            "retries": self.retries,
+            "rejections": [
+                {"sequence": r.sequence, "reason": r.reason, "message": r.message}
+                for r in self.rejections
+            ],
+        }
 
-def wire_body(record: StoredRecord) -> dict[str, Any]:
-    """A queued record as the backend takes it: ``{"record": ..., "signature": "0x..."}``."""
-    if record.signature is None:
-        raise ValueError(f"sequence {record.sequence} has no signature yet")
-    return {"record": record.record, "signature": "0x" + record.signature.hex()}
+
+# (records answered so far, records queued when the sync started)
+Progress = Callable[[int, int], None]
+
+
+def _error_code(response: httpx.Response) -> tuple[str | None, str]:
+    """The backend's ``{"error": {"code", "message"}}``, or None and the start of the text."""
+    try:
+        body = response.json()
+        error = body["error"]
+        return str(error["code"]), str(error.get("message", ""))
+    except (ValueError, KeyError, TypeError):
+        return None, response.text[:300]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
 
 
 class SyncClient:
+    """Sends a store's queue to one backend. One client can sync several times."""
+
     def __init__(
         self,
         backend_url: str,
@@ -69,8 +142,10 @@ class SyncClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self._url = backend_url.rstrip("/") + "/v1/records/batch"
-        self._batch_size = batch_size
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.url = backend_url.rstrip("/") + BATCH_PATH
+        self.batch_size = batch_size
         self._retry = retry or RetryPolicy()
         self._http = httpx.Client(timeout=timeout)
         self._sleep = sleep
@@ -85,69 +160,140 @@ class SyncClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def sync(
-        self, store: StationStore, progress: Callable[[int], None] | None = None
-    ) -> SyncReport:
-        """Sends every queued record; returns what the backend said. Raises SyncError."""
+    def sync(self, store: StationStore, progress: Progress | None = None) -> SyncReport:
+        """Sends every queued record; returns what the backend said. Raises SyncError.
+
+        The outcome (None or the error) is remembered in the store for ``status``.
+        """
         report = SyncReport()
+        state = store.state()
+        headers = {CHAIN_ID_HEADER: str(state.chain_id), CONTRACT_HEADER: state.registry}
+        total = state.counts[RecordStatus.QUEUED]
         try:
-            while batch := store.queued(limit=self._batch_size):
-                outcomes = self._post(batch)
-                for stored, outcome in zip(batch, outcomes, strict=True):
-                    self._apply(store, stored, outcome, report)
-                report.sent += len(batch)
+            while batch := store.queued(limit=self.batch_size):
+                self._send(store, batch, headers, report)
                 if progress is not None:
-                    progress(len(batch))
+                    progress(report.sent, total)
         except SyncError as exc:
             store.record_sync(str(exc))
             raise
         store.record_sync(None)
         return report
 
-    def _post(self, batch: list[StoredRecord]) -> list[dict[str, Any]]:
-        body = [wire_body(r) for r in batch]
+    def _send(
+        self,
+        store: StationStore,
+        batch: list[StoredRecord],
+        headers: dict[str, str],
+        report: SyncReport,
+    ) -> None:
+        body = [r.signed_json() for r in batch]
         last_problem = "no attempt made"
+        last_retry_after: float | None = None
         for attempt in range(self._retry.attempts):
             if attempt:
-                self._sleep(self._retry.delay(attempt, self._rng))
+                report.retries += 1
+                self._sleep(self._wait(attempt, last_retry_after))
+            last_retry_after = None
+            report.requests += 1
             try:
-                response = self._http.post(self._url, json=body)
+                response = self._http.post(self.url, json=body, headers=headers)
             except httpx.TransportError as exc:
-                last_problem = f"cannot reach {self._url}: {exc}"
+                last_problem = f"cannot reach {self.url}: {type(exc).__name__}: {exc}"
                 continue
-            if response.status_code == 413 and len(batch) > 1:
+            status = response.status_code
+            if status == 413 and len(batch) > 1:
+                # Smaller requests from now on, not only for this batch.
                 half = len(batch) // 2
-                self._batch_size = max(1, half)
-                return self._post(batch[:half]) + self._post(batch[half:])
-            if response.status_code >= 500 or response.status_code == 429:
-                last_problem = f"backend answered {response.status_code}: {response.text[:200]}"
+                self.batch_size = max(1, min(self.batch_size, half))
+                self._send(store, batch[:half], headers, report)
+                self._send(store, batch[half:], headers, report)
+                return
+            code, message = _error_code(response)
+            if status == 422 and code == "batch_too_long" and len(batch) > 1:
+                maximum = self._backend_max_batch(response)
+                self.batch_size = max(1, min(maximum or len(batch) // 2, len(batch) - 1))
+                for start in range(0, len(batch), self.batch_size):
+                    self._send(store, batch[start : start + self.batch_size], headers, report)
+                return
+            if status >= 500 or status == 429:
+                last_problem = f"backend answered {status}: {message}"
+                last_retry_after = _retry_after(response)
                 continue
-            if response.status_code >= 400:
+            if status >= 400:
                 raise SyncError(
-                    f"backend refused the batch ({response.status_code}): {response.text[:500]}"
+                    f"backend refused the request ({status} {code or 'error'}): {message}",
+                    "refused",
+                    code,
                 )
-            outcomes = response.json().get("outcomes")
-            if not isinstance(outcomes, list) or len(outcomes) != len(batch):
-                raise SyncError("backend answer does not have one outcome per record")
-            return outcomes
-        raise SyncError(f"gave up after {self._retry.attempts} attempts: {last_problem}")
+            self._apply(store, batch, self._outcomes(response, len(batch)), report)
+            return
+        raise SyncError(
+            f"gave up after {self._retry.attempts} attempts: {last_problem}", "unreachable"
+        )
+
+    def _wait(self, attempt: int, retry_after: float | None) -> float:
+        delay = self._retry.delay(attempt, self._rng)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._retry.max_delay))
+        return delay
+
+    @staticmethod
+    def _backend_max_batch(response: httpx.Response) -> int | None:
+        try:
+            value = response.json()["error"]["details"]["maxBatch"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return value if type(value) is int and value >= 1 else None
+
+    @staticmethod
+    def _outcomes(response: httpx.Response, count: int) -> list[RecordOutcome]:
+        try:
+            answer = BatchResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise SyncError(
+                f"the backend's answer is not a batch response: {exc.error_count()} problem(s), "
+                f"first: {exc.errors()[0]['msg']}",
+                "bad_answer",
+            ) from None
+        if len(answer.outcomes) != count:
+            raise SyncError(
+                f"the backend answered {len(answer.outcomes)} outcomes for {count} records",
+                "bad_answer",
+            )
+        return answer.outcomes
 
     @staticmethod
     def _apply(
-        store: StationStore, stored: StoredRecord, outcome: dict[str, Any], report: SyncReport
+        store: StationStore,
+        batch: list[StoredRecord],
+        outcomes: list[RecordOutcome],
+        report: SyncReport,
     ) -> None:
-        status = outcome.get("status")
-        if status in ("accepted", "duplicate"):
-            store.mark_acknowledged(stored.sequence, outcome.get("receipt"))
-            if status == "accepted":
-                report.accepted += 1
+        for stored, outcome in zip(batch, outcomes, strict=True):
+            if outcome.digest is not None and outcome.digest != "0x" + stored.digest.hex():
+                # The backend hashed something else than what this station signed: a bug on one
+                # side; trusting the outcome could drop a record that is not on the backend.
+                raise SyncError(
+                    f"the backend answered digest {outcome.digest} for sequence "
+                    f"{stored.sequence}, whose digest is 0x{stored.digest.hex()}",
+                    "bad_answer",
+                )
+            if outcome.status == "rejected":
+                reason = outcome.reason or "unknown"
+                message = outcome.message or ""
+                store.mark_rejected(stored.sequence, reason, message)
+                report.rejected += 1
+                report.rejections.append(Rejection(stored.sequence, reason, message))
             else:
-                report.duplicate += 1
-        elif status == "rejected":
-            reason = str(outcome.get("reason") or "unknown")
-            message = str(outcome.get("message") or "")
-            store.mark_rejected(stored.sequence, reason, message)
-            report.rejected += 1
-            report.rejections.append((stored.sequence, reason, message))
-        else:
-            raise SyncError(f"unknown outcome {status!r} for sequence {stored.sequence}")
+                receipt = (
+                    outcome.receipt.model_dump(mode="json", by_alias=True)
+                    if outcome.receipt is not None
+                    else None
+                )
+                store.mark_acknowledged(stored.sequence, receipt)
+                if outcome.status == "accepted":
+                    report.accepted += 1
+                else:
+                    report.duplicate += 1
+            report.sent += 1

@@ -1,0 +1,1111 @@
+"""``gridpoints-station``: what a station operator runs.
+
+Commands: ``init``, ``address``, ``register``, ``record``, ``sync``, ``status``, ``verify``
+(see station_signer/README.md). Output is for humans by default; ``--json`` prints exactly one
+JSON document on stdout instead. Errors are one line on stderr (``error: ... [code]``), or
+``{"error": {"code", "message"}}`` on stdout with ``--json``, and a non-zero exit code:
+
+* 0 success; 1 an error; 2 bad usage (unknown option, bad value);
+* 3 ``sync`` finished but the backend rejected records (they are kept, see ``status``);
+* 4 ``verify`` found a signature that does not match.
+
+Secrets never go on the command line: the PKCS#11 PIN comes from ``GRIDPOINTS_PKCS11_PIN_FILE``
+or ``GRIDPOINTS_PKCS11_PIN`` (or ``--pin-file``), a development key's password from
+``GRIDPOINTS_DEVKEY_PASSWORD``, the registrar key from ``GRIDPOINTS_REGISTRAR_KEY`` or a key
+file. New commands register on :data:`app` like the ones here and raise :class:`CliError` (or
+any error :func:`classify` knows) to fail cleanly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
+
+import typer
+from typer.exceptions import TyperException
+
+from station_signer.record import (
+    RecordValidationError,
+    SignatureError,
+    SignedRecord,
+    parse_address,
+    parse_typed_data,
+    recover_signer,
+    to_checksum_address,
+)
+from station_signer.signers.base import PinUnavailableError, SignerError
+from station_signer.station import (
+    CONFIG_FILE,
+    DEFAULT_KEY_LABEL,
+    DEFAULT_TOKEN_LABEL,
+    DEV_KEY_FILE,
+    STORE_FILE,
+    DevKeyConfig,
+    KeyConfig,
+    Pkcs11KeyConfig,
+    StationConfig,
+    StationError,
+    Transfer,
+    init_station,
+    open_station,
+    parse_bytes32,
+    parse_direction,
+    parse_time,
+)
+from station_signer.store import RecordStatus, StationStore, StoreError
+from station_signer.sync import DEFAULT_BATCH_SIZE, RetryPolicy, SyncClient, SyncError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from station_signer.store import StationState, StoredRecord
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DIR_ENV: Final = "GRIDPOINTS_STATION_DIR"
+DEFAULT_DIR: Final = Path("var/station")
+REGISTRAR_KEY_ENV: Final = "GRIDPOINTS_REGISTRAR_KEY"
+REGISTRAR_KEY_FILE_ENV: Final = "GRIDPOINTS_REGISTRAR_KEY_FILE"
+REGISTRAR_PASSWORD_ENV: Final = "GRIDPOINTS_REGISTRAR_KEY_PASSWORD"
+DEBUG_ENV: Final = "GRIDPOINTS_DEBUG"
+REGISTER_SIGNATURE: Final = "registerStation(bytes32,address,uint32,uint64,uint64)"
+
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_REJECTED: Final = 3
+EXIT_MISMATCH: Final = 4
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class CliError(Exception):
+    """A failure to report as one line: ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.exit_code = exit_code
+
+
+def _signer_code(exc: SignerError) -> str:
+    # TokenLoginError -> token_login, KeyNotFoundError -> key_not_found, ...
+    name = type(exc).__name__.removesuffix("Error")
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_") or "signer"
+
+
+def classify(exc: BaseException) -> CliError | None:
+    """The CliError for an expected failure, None for a bug."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, StationError | StoreError | SyncError):
+        return CliError(exc.code, str(exc))
+    if isinstance(exc, PinUnavailableError):
+        return CliError("pin_unavailable", str(exc))
+    if isinstance(exc, SignerError):
+        return CliError(_signer_code(exc), str(exc))
+    if isinstance(exc, RecordValidationError):
+        return CliError("invalid_record" if exc.reason == "malformed" else exc.reason, str(exc))
+    if isinstance(exc, SignatureError):
+        return CliError("bad_signature", str(exc))
+    try:
+        from backend.chain.contracts import ChainError, ContractRevertError
+        from backend.chain.deploy import DeploymentFileError
+    except ImportError:  # a station install without the backend package
+        return None
+    if isinstance(exc, ContractRevertError):
+        return CliError("reverted", str(exc))
+    if isinstance(exc, ChainError):
+        return CliError("chain_error", str(exc))
+    if isinstance(exc, DeploymentFileError):
+        return CliError("deployment_file", str(exc))
+    return None
+
+
+def _emit_error(error: CliError, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"error": {"code": error.code, "message": error.message}}))
+    else:
+        typer.echo(f"error: {error.message} [{error.code}]", err=True)
+
+
+def _fail(error: CliError, as_json: bool) -> NoReturn:
+    _emit_error(error, as_json)
+    raise typer.Exit(error.exit_code)
+
+
+def handled(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turns expected exceptions of a command into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json", False))
+        try:
+            with _dev_key_warnings():
+                return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception as exc:
+            error = classify(exc)
+            if error is None:
+                if os.environ.get(DEBUG_ENV):
+                    traceback.print_exc()
+                error = CliError(
+                    "internal_error",
+                    f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)",
+                )
+            _fail(error, as_json)
+
+    return wrapper
+
+
+@contextmanager
+def _dev_key_warnings() -> Iterator[None]:
+    """Development-key warnings as one ``warning:`` line on stderr per signature."""
+    from station_signer.signers.devkey import DevelopmentKeyWarning
+
+    original = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DevelopmentKeyWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            original(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
+class StationApp(typer.Typer):
+    """Typer with usage errors as one line too (and as JSON with ``--json``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        argv = list(kwargs.pop("args", None) or (args[0] if args else sys.argv[1:]))
+        command = typer.main.get_command(self)
+        as_json = "--json" in argv
+        try:
+            result = command.main(
+                args=argv, prog_name="gridpoints-station", standalone_mode=False, **kwargs
+            )
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        except TyperException as exc:
+            # Typer's (vendored) click exceptions: usage errors, bad option values, no command.
+            exit_code = int(getattr(exc, "exit_code", EXIT_USAGE))
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                typer.echo(message)  # the help text
+                sys.exit(exit_code)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            _emit_error(CliError("usage", message + hint, exit_code), as_json)
+            sys.exit(exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = StationApp(
+    name="gridpoints-station",
+    help="Sign energy-transfer records with the station's HSM key, queue them, sync them.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+# ---- shared options ----------------------------------------------------------------------------
+
+DirOption = Annotated[
+    Path,
+    typer.Option(
+        "--dir",
+        "-d",
+        envvar=DIR_ENV,
+        help="Station directory (station.json, station.sqlite).",
+        file_okay=False,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document instead of human text.")
+]
+PinFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pin-file",
+        help="Read the PKCS#11 user PIN from this file (default: GRIDPOINTS_PKCS11_PIN_FILE or "
+        "GRIDPOINTS_PKCS11_PIN).",
+        dir_okay=False,
+    ),
+]
+
+
+def _pin(pin_file: Path | None) -> str | None:
+    if pin_file is None:
+        return None
+    from station_signer.signers.pkcs11 import pin_from_file
+
+    return pin_from_file(pin_file)
+
+
+def _emit(as_json: bool, data: Any, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+def _bad_argument(name: str, message: str) -> CliError:
+    return CliError("invalid_argument", f"{name}: {message}", EXIT_USAGE)
+
+
+def _address_argument(name: str, value: str) -> bytes:
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise _bad_argument(name, str(exc)) from None
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _load_deployment(path: Path) -> Any:
+    from backend.chain.deploy import Deployment
+
+    return Deployment.load(path)
+
+
+# ---- init --------------------------------------------------------------------------------------
+
+
+class SignerKind(StrEnum):
+    PKCS11 = "pkcs11"
+    DEVKEY = "devkey"
+
+
+@app.command()
+@handled
+def init(
+    directory: DirOption = DEFAULT_DIR,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GRIDPOINTS_DEPLOYMENT_FILE",
+            help="Deployment file (chain id and StationRegistry address).",
+            dir_okay=False,
+        ),
+    ] = None,
+    chain_id: Annotated[
+        int | None, typer.Option(help="Chain id, instead of --deployment.", min=1)
+    ] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="StationRegistry address, instead of --deployment.")
+    ] = None,
+    station_id: Annotated[
+        str | None, typer.Option(help="0x + 64 hex digits; default: a random id.")
+    ] = None,
+    signer: Annotated[
+        SignerKind, typer.Option(help="pkcs11 (an HSM key) or devkey (development only).")
+    ] = SignerKind.PKCS11,
+    module: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GRIDPOINTS_PKCS11_MODULE",
+            help="PKCS#11 module path (default: SoftHSM2 if installed).",
+        ),
+    ] = None,
+    token_label: Annotated[
+        str, typer.Option(envvar="GRIDPOINTS_PKCS11_TOKEN", help="PKCS#11 token label.")
+    ] = DEFAULT_TOKEN_LABEL,
+    key_label: Annotated[
+        str, typer.Option(envvar="GRIDPOINTS_PKCS11_KEY", help="Key label in the token.")
+    ] = DEFAULT_KEY_LABEL,
+    softhsm_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Create (or reuse) a SoftHSM2 token in this directory; SO PIN from "
+            "GRIDPOINTS_SOFTHSM_SO_PIN.",
+            file_okay=False,
+        ),
+    ] = None,
+    dev_key: Annotated[
+        str, typer.Option(help="Development key file, relative to the station directory.")
+    ] = DEV_KEY_FILE,
+    meter_charge_wh: Annotated[
+        int, typer.Option(min=0, help="Charge meter register now (Wh).")
+    ] = 0,
+    meter_discharge_wh: Annotated[
+        int, typer.Option(min=0, help="Discharge meter register now (Wh).")
+    ] = 0,
+    pin_file: PinFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create or open the station's key and state; print its station id and address."""
+    if deployment is not None:
+        if chain_id is not None or registry is not None:
+            raise _bad_argument("--deployment", "give either --deployment or --chain-id/--registry")
+        loaded = _load_deployment(deployment)
+        chain, registry_address = loaded.chain_id, loaded.registry_address
+    elif chain_id is not None and registry is not None:
+        chain = chain_id
+        registry_address = to_checksum_address(_address_argument("--registry", registry))
+    else:
+        raise _bad_argument(
+            "--deployment",
+            "the deployment is needed: --deployment FILE or --chain-id and --registry",
+        )
+    wanted_id = None
+    if station_id is not None:
+        try:
+            wanted_id = parse_bytes32(station_id, "--station-id")
+        except ValueError as exc:
+            raise _bad_argument("--station-id", str(exc)) from None
+    key: KeyConfig
+    if signer == SignerKind.PKCS11:
+        from station_signer.signers.pkcs11 import default_module_path
+
+        key = Pkcs11KeyConfig(
+            module=str(Path(module or default_module_path()).resolve()),
+            token_label=token_label,
+            key_label=key_label,
+        )
+    else:
+        if softhsm_dir is not None:
+            raise _bad_argument("--softhsm-dir", "only with --signer pkcs11")
+        key = DevKeyConfig(path=dev_key)
+    result = init_station(
+        directory,
+        chain_id=chain,
+        registry=registry_address,
+        key=key,
+        station_id=wanted_id,
+        softhsm_dir=softhsm_dir,
+        pin=_pin(pin_file),
+        meter_charge_wh=meter_charge_wh,
+        meter_discharge_wh=meter_discharge_wh,
+    )
+    config = result.config
+    data = {
+        "stationId": "0x" + config.station_id.hex(),
+        "address": config.address,
+        "chainId": config.chain_id,
+        "registry": config.registry,
+        "signer": config.to_json()["signer"],
+        "directory": str(directory.resolve()),
+        "created": result.created_station,
+        "keyGenerated": result.created_key,
+        "tokenCreated": result.created_token,
+    }
+    what = "initialised" if result.created_station else "already initialised"
+    lines = [
+        f"station {what} in {directory}",
+        f"station id: 0x{config.station_id.hex()}",
+        f"address:    {config.address}",
+        f"domain:     chain {config.chain_id}, registry {config.registry}",
+        "key:        "
+        + (
+            f"PKCS#11 token {config.key.token_label!r}, key {config.key.key_label!r}"
+            + (" (generated now)" if result.created_key else "")
+            if isinstance(config.key, Pkcs11KeyConfig)
+            else f"development key file {config.key.path} (NOT for production)"
+        ),
+    ]
+    if result.created_station:
+        lines.append("next: gridpoints-station register (or give the registrar the address)")
+    _emit(as_json, data, lines)
+
+
+# ---- address -----------------------------------------------------------------------------------
+
+
+@app.command()
+@handled
+def address(
+    directory: DirOption = DEFAULT_DIR, pin_file: PinFileOption = None, as_json: JsonOption = False
+) -> None:
+    """Open the station's key and print its address (and the station id)."""
+    station = open_station(directory, pin=_pin(pin_file))
+    try:
+        data = {"stationId": "0x" + station.station_id.hex(), "address": station.address}
+        _emit(as_json, data, [station.address])
+    finally:
+        station.store.close()
+
+
+# ---- register ----------------------------------------------------------------------------------
+
+
+def _registrar_account(key_file: Path | None) -> LocalAccount:
+    from eth_account import Account
+
+    if key_file is not None:
+        try:
+            text = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CliError(
+                "registrar_key", f"cannot read registrar key file {key_file}: {exc.strerror}"
+            ) from None
+        if text.startswith("{"):
+            password = os.environ.get(REGISTRAR_PASSWORD_ENV)
+            if not password:
+                raise CliError(
+                    "registrar_key",
+                    f"{key_file} is a keystore; its password goes in {REGISTRAR_PASSWORD_ENV}",
+                )
+            try:
+                secret = Account.decrypt(json.loads(text), password)
+            except (ValueError, KeyError, TypeError):
+                raise CliError(
+                    "registrar_key", f"cannot decrypt {key_file}: wrong password or bad file"
+                ) from None
+        else:
+            secret = text
+        source = str(key_file)
+    else:
+        secret = os.environ.get(REGISTRAR_KEY_ENV, "")
+        if not secret:
+            raise CliError(
+                "registrar_key",
+                f"no registrar key: set {REGISTRAR_KEY_ENV}, or {REGISTRAR_KEY_FILE_ENV} / "
+                "--registrar-key-file, or use --print-calldata for an offline registrar",
+            )
+        source = REGISTRAR_KEY_ENV
+    try:
+        account: LocalAccount = Account.from_key(secret)
+    except (ValueError, TypeError):
+        # Never echo the value: it is a private key, however malformed.
+        raise CliError("registrar_key", f"{source} does not hold a valid private key") from None
+    return account
+
+
+def register_calldata(
+    station_id: bytes, signer: str, zone: int, max_power_w: int, active_from: int
+) -> bytes:
+    """ABI call data of ``StationRegistry.registerStation`` (no node or artifact needed)."""
+    from eth_abi import encode
+    from eth_utils.crypto import keccak
+
+    selector = keccak(text=REGISTER_SIGNATURE)[:4]
+    return selector + encode(
+        ["bytes32", "address", "uint32", "uint64", "uint64"],
+        [station_id, signer, zone, max_power_w, active_from],
+    )
+
+
+def _parse_active_from(value: str) -> int:
+    if value == "now":
+        return int(time.time())
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise _bad_argument("--active-from", str(exc)) from None
+
+
+@app.command()
+@handled
+def register(
+    zone: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Tariff zone (uint32).")],
+    max_power_w: Annotated[int, typer.Option(min=1, max=2**64 - 1, help="Maximum power in watts.")],
+    directory: DirOption = DEFAULT_DIR,
+    active_from: Annotated[
+        str,
+        typer.Option(
+            help="First record end time the key is valid for: unix seconds, ISO 8601 or 'now'."
+        ),
+    ] = "0",
+    print_calldata: Annotated[
+        bool,
+        typer.Option(
+            "--print-calldata", help="Only print the transaction for an offline registrar."
+        ),
+    ] = False,
+    rpc_url: Annotated[
+        str, typer.Option(envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL.")
+    ] = "http://127.0.0.1:8545",
+    deployment: Annotated[
+        Path | None,
+        typer.Option(envvar="GRIDPOINTS_DEPLOYMENT_FILE", help="Deployment file.", dir_okay=False),
+    ] = None,
+    registrar_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=REGISTRAR_KEY_FILE_ENV,
+            help=f"Registrar key: a hex key or keystore file (default: ${REGISTRAR_KEY_ENV}).",
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register the station's key in the StationRegistry (REGISTRAR_ROLE needed)."""
+    config = StationConfig.load(directory)
+    start = _parse_active_from(active_from)
+    if start > 2**64 - 1:
+        raise _bad_argument("--active-from", "must fit in uint64")
+    args = {
+        "stationId": "0x" + config.station_id.hex(),
+        "signer": config.address,
+        "zone": zone,
+        "maxPowerW": max_power_w,
+        "activeFrom": start,
+    }
+    if print_calldata:
+        data = register_calldata(config.station_id, config.address, zone, max_power_w, start)
+        call = {
+            "chainId": config.chain_id,
+            "to": config.registry,
+            "value": 0,
+            "data": "0x" + data.hex(),
+            "function": REGISTER_SIGNATURE,
+            "args": args,
+        }
+        _emit(
+            as_json,
+            call,
+            [
+                f"send from an account with REGISTRAR_ROLE on chain {config.chain_id}:",
+                f"to:   {config.registry}",
+                f"data: 0x{data.hex()}",
+                f"      {REGISTER_SIGNATURE} with {json.dumps(args)}",
+            ],
+        )
+        return
+    if deployment is None:
+        raise _bad_argument("--deployment", "needed to send the transaction (or --print-calldata)")
+    from backend.chain.contracts import ContractRevertError, GridPointsChain, connect
+
+    loaded = _load_deployment(deployment)
+    if (loaded.chain_id, loaded.registry_address.lower()) != (
+        config.chain_id,
+        config.registry.lower(),
+    ):
+        raise CliError(
+            "deployment_mismatch",
+            f"{deployment} is chain {loaded.chain_id} registry {loaded.registry_address}, but "
+            f"this station signs for chain {config.chain_id} registry {config.registry}",
+        )
+    registrar = _registrar_account(registrar_key_file)
+    chain = GridPointsChain(connect(rpc_url), loaded)
+    chain.check()
+    registry = chain.registry
+    try:
+        current = chain.call(registry.functions.getStation(config.station_id))
+    except ContractRevertError as exc:
+        if exc.error_name != "UnknownStation":
+            raise
+        current = None
+    if current is not None:
+        signer = to_checksum_address(bytes.fromhex(str(current[0])[2:]))
+        if signer != config.address:
+            raise CliError(
+                "station_id_taken",
+                f"station 0x{config.station_id.hex()} is registered with key {signer}, "
+                f"not with this station's key {config.address}",
+            )
+        data = {**args, "registered": False, "alreadyRegistered": True}
+        data.update(zone=current[1], maxPowerW=current[2], activeFrom=current[3])
+        _emit(
+            as_json,
+            data,
+            [f"station 0x{config.station_id.hex()} is already registered with {signer}"],
+        )
+        return
+    if not chain.has_role(registry, "REGISTRAR_ROLE", registrar.address):
+        raise CliError(
+            "not_registrar",
+            f"{registrar.address} does not hold REGISTRAR_ROLE on {config.registry}",
+        )
+    receipt = chain.transact(
+        registrar,
+        registry.functions.registerStation(
+            config.station_id, config.address, zone, max_power_w, start
+        ),
+    )
+    tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+    data = {
+        **args,
+        "registered": True,
+        "alreadyRegistered": False,
+        "transactionHash": tx_hash,
+        "blockNumber": receipt["blockNumber"],
+        "registrar": registrar.address,
+    }
+    _emit(
+        as_json,
+        data,
+        [
+            f"registered station 0x{config.station_id.hex()} with key {config.address}",
+            f"zone {zone}, max power {max_power_w} W, active from {start}",
+            f"transaction {tx_hash} in block {receipt['blockNumber']}",
+        ],
+    )
+
+
+# ---- record ------------------------------------------------------------------------------------
+
+
+def _transfers_from_file(path: str) -> list[Transfer]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError("invalid_argument", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError("invalid_json", f"{path} is not JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise CliError("invalid_argument", f"{path} holds an empty list")
+    transfers = []
+    for index, item in enumerate(items):
+        try:
+            transfers.append(Transfer.from_json(item))
+        except RecordValidationError as exc:
+            where = f"{path}[{index}]" if isinstance(data, list) else path
+            raise CliError("invalid_transfer", f"{where}: {exc}") from None
+    return transfers
+
+
+def _transfer_from_options(
+    direction: str | None,
+    user: str | None,
+    energy_wh: int | None,
+    start: str | None,
+    end: str | None,
+    payment_authorization: str | None,
+    meter_before_wh: int | None,
+) -> Transfer:
+    missing = [
+        name
+        for name, value in (
+            ("--direction", direction),
+            ("--user", user),
+            ("--energy-wh", energy_wh),
+            ("--start", start),
+            ("--end", end),
+        )
+        if value is None
+    ]
+    if missing:
+        raise _bad_argument(
+            missing[0], f"missing {', '.join(missing)} (or give a transfer file with --from-file)"
+        )
+    assert direction is not None and user is not None and energy_wh is not None
+    assert start is not None and end is not None
+    try:
+        parsed_direction = parse_direction(direction)
+    except ValueError as exc:
+        raise _bad_argument("--direction", str(exc)) from None
+    times = []
+    for name, value in (("--start", start), ("--end", end)):
+        try:
+            times.append(parse_time(value))
+        except ValueError as exc:
+            raise _bad_argument(name, str(exc)) from None
+    payment = bytes(32)
+    if payment_authorization is not None:
+        try:
+            payment = parse_bytes32(payment_authorization, "--payment-authorization")
+        except ValueError as exc:
+            raise _bad_argument("--payment-authorization", str(exc)) from None
+    return Transfer(
+        direction=parsed_direction,
+        user=_address_argument("--user", user),
+        energy_wh=energy_wh,
+        start_time=times[0],
+        end_time=times[1],
+        payment_authorization=payment,
+        meter_before_wh=meter_before_wh,
+    )
+
+
+def _record_view(row: StoredRecord) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "sequence": row.sequence,
+        "status": row.status.value,
+        "digest": "0x" + row.digest.hex(),
+        "record": row.record,
+        "signature": None if row.signature is None else "0x" + row.signature.hex(),
+    }
+    if row.receipt is not None:
+        view["receipt"] = row.receipt
+    if row.reject_reason is not None:
+        view["rejectReason"] = row.reject_reason
+        view["rejectMessage"] = row.reject_message
+    return view
+
+
+@app.command()
+@handled
+def record(
+    directory: DirOption = DEFAULT_DIR,
+    direction: Annotated[
+        str | None, typer.Option(help="charge (station -> vehicle) or discharge.")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="The user's wallet address.")] = None,
+    energy_wh: Annotated[
+        int | None, typer.Option(min=0, max=2**64 - 1, help="Energy in Wh.")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="Unix seconds or ISO 8601 with offset.")] = None,
+    end: Annotated[str | None, typer.Option(help="Unix seconds or ISO 8601 with offset.")] = None,
+    payment_authorization: Annotated[
+        str | None, typer.Option(help="bytes32 payment authorisation (default zero).")
+    ] = None,
+    meter_before_wh: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=2**64 - 1, help="Meter reading before (default: the stored register)."
+        ),
+    ] = None,
+    from_file: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON transfer object or list ('-' for stdin) instead of the options above."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Also write the signed record(s) {record, signature} to this file."),
+    ] = None,
+    pin_file: PinFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Build, sign and queue a transfer record (from options or a JSON file)."""
+    given = [direction, user, energy_wh, start, end, payment_authorization, meter_before_wh]
+    if from_file is not None:
+        if any(v is not None for v in given):
+            raise _bad_argument("--from-file", "give either --from-file or the transfer options")
+        transfers = _transfers_from_file(from_file)
+    else:
+        transfers = [
+            _transfer_from_options(
+                direction, user, energy_wh, start, end, payment_authorization, meter_before_wh
+            )
+        ]
+    station = open_station(directory, pin=_pin(pin_file))
+    try:
+        for row in station.recovered:
+            typer.echo(
+                f"recovered: signed reserved record #{row.sequence} left by an interruption",
+                err=True,
+            )
+        rows = [station.record(t) for t in transfers]
+    finally:
+        station.store.close()
+    if out is not None:
+        signed = [row.signed_json() for row in rows]
+        out.write_text(json.dumps(signed if len(signed) > 1 else signed[0], indent=2) + "\n")
+    views = [_record_view(r) for r in rows]
+    lines = []
+    for row in rows:
+        rec = row.record
+        kind = "charge" if rec["direction"] == 1 else "discharge"
+        lines.append(
+            f"queued record #{row.sequence}: {kind} {rec['energyWh']} Wh for {rec['user']} "
+            f"(meter {rec['meterBeforeWh']} -> {rec['meterAfterWh']} Wh)"
+        )
+        lines.append(f"  digest 0x{row.digest.hex()}")
+    _emit(as_json, views if from_file is not None else views[0], lines)
+
+
+# ---- sync --------------------------------------------------------------------------------------
+
+
+@app.command()
+@handled
+def sync(
+    backend_url: Annotated[
+        str, typer.Option(envvar="GRIDPOINTS_BACKEND_URL", help="Backend base URL.")
+    ],
+    directory: DirOption = DEFAULT_DIR,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Records per request.")
+    ] = DEFAULT_BATCH_SIZE,
+    attempts: Annotated[int, typer.Option(min=1, help="Attempts per request.")] = 8,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 30.0,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar (default: on a terminal when more than one batch is queued).",
+        ),
+    ] = None,
+    pin_file: PinFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send queued records to the backend; rejected ones are kept with the backend's reason."""
+    config = StationConfig.load(directory)
+    with StationStore(directory / STORE_FILE) as store:
+        interrupted = bool(store.reserved())
+    recovered = 0
+    if interrupted:
+        # Signings cut short by a crash are finished first; only that needs the key.
+        station = open_station(directory, pin=_pin(pin_file))
+        recovered = len(station.recovered)
+        station.store.close()
+    with StationStore(directory / STORE_FILE) as store:
+        state = store.state()
+        if state.station_id != config.station_id:
+            raise CliError("config", f"{STORE_FILE} is not the store of this station")
+        queued = state.counts[RecordStatus.QUEUED]
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        console = Console(stderr=True, force_terminal=True if progress else None)
+        show = progress if progress is not None else (console.is_terminal and queued > batch_size)
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not show or as_json,
+        )
+        with (
+            bar,
+            SyncClient(
+                backend_url,
+                batch_size=batch_size,
+                retry=RetryPolicy(attempts=attempts),
+                timeout=timeout,
+            ) as client,
+        ):
+            task = bar.add_task("syncing records", total=queued)
+            report = client.sync(store, lambda done, _total: bar.update(task, completed=done))
+        after = store.state()
+    data = {
+        **report.to_json(),
+        "recovered": recovered,
+        "queueLength": after.queue_length,
+        "backendUrl": backend_url,
+    }
+    lines = [
+        f"sent {report.sent} record(s): {report.accepted} accepted, {report.duplicate} already "
+        f"there, {report.rejected} rejected ({report.requests} request(s), {report.retries} "
+        "retries)"
+    ]
+    for rejection in report.rejections:
+        lines.append(f"  rejected #{rejection.sequence}: {rejection.reason}: {rejection.message}")
+    lines.append(f"queue: {after.queue_length} record(s) left")
+    _emit(as_json, data, lines)
+    if report.rejected:
+        if not as_json:
+            typer.echo(
+                f"warning: the backend rejected {report.rejected} record(s); they are kept "
+                "(see `gridpoints-station status`)",
+                err=True,
+            )
+        raise typer.Exit(EXIT_REJECTED)
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+
+def _status_data(config: StationConfig, state: StationState, rejected: list[Any]) -> dict[str, Any]:
+    return {
+        "stationId": "0x" + config.station_id.hex(),
+        "address": config.address,
+        "chainId": config.chain_id,
+        "registry": config.registry,
+        "signer": config.key.kind,
+        "queueLength": state.queue_length,
+        "lastSequence": state.last_sequence,
+        "nextSequence": state.next_sequence,
+        "meters": {"chargeWh": state.meter_charge_wh, "dischargeWh": state.meter_discharge_wh},
+        "counts": {status.value: count for status, count in state.counts.items()},
+        "lastError": state.last_error,
+        "lastSyncAt": _iso(state.last_sync_at),
+        "rejected": [
+            {"sequence": r.sequence, "reason": r.reject_reason, "message": r.reject_message}
+            for r in rejected
+        ],
+    }
+
+
+@app.command()
+@handled
+def status(directory: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
+    """Queue length, last sequence, last sync error and counts by status (no PIN needed)."""
+    config = StationConfig.load(directory)
+    with StationStore(directory / STORE_FILE) as store:
+        state = store.state()
+        rejected = store.records(RecordStatus.REJECTED)
+    data = _status_data(config, state, rejected)
+    counts = ", ".join(f"{count} {status}" for status, count in data["counts"].items())
+    lines = [
+        f"station id:    {data['stationId']}",
+        f"address:       {config.address} ({config.key.kind})",
+        f"domain:        chain {config.chain_id}, registry {config.registry}",
+        f"queue length:  {state.queue_length}",
+        f"last sequence: {state.last_sequence}",
+        f"records:       {counts}",
+        f"meters:        charge {state.meter_charge_wh} Wh, "
+        f"discharge {state.meter_discharge_wh} Wh",
+        f"last sync:     {data['lastSyncAt'] or 'never'}",
+        f"last error:    {state.last_error or 'none'}",
+    ]
+    for item in data["rejected"]:
+        lines.append(f"  rejected #{item['sequence']}: {item['reason']}: {item['message']}")
+    _emit(as_json, data, lines)
+
+
+# ---- verify ------------------------------------------------------------------------------------
+
+
+def _verify_items(data: Any) -> list[tuple[SignedRecord, Any]]:
+    """(signed record, domain or None) for each object: {record, signature} or
+    {typedData, signature[, digest, signer]} (the published vector form)."""
+    from station_signer.record import Domain
+
+    items = data if isinstance(data, list) else [data]
+    parsed: list[tuple[SignedRecord, Domain | None]] = []
+    for index, item in enumerate(items):
+        where = f"[{index}] " if isinstance(data, list) else ""
+        try:
+            if isinstance(item, dict) and "typedData" in item:
+                unknown = set(item) - {"typedData", "signature", "digest", "signer"}
+                if unknown:
+                    raise CliError("invalid_record", f"{where}unknown field(s) {sorted(unknown)}")
+                rec, domain = parse_typed_data(item["typedData"])
+                signed = SignedRecord.from_json(
+                    {"record": rec.to_json(), "signature": item.get("signature")}
+                )
+                if "digest" in item and item["digest"] != "0x" + rec.digest(domain).hex():
+                    raise CliError(
+                        "digest_mismatch",
+                        f"{where}the file's digest {item['digest']} is not the record's",
+                        EXIT_MISMATCH,
+                    )
+                parsed.append((signed, domain))
+            else:
+                parsed.append((SignedRecord.from_json(item), None))
+        except RecordValidationError as exc:
+            raise CliError("invalid_record", f"{where}{exc}") from None
+    return parsed
+
+
+@app.command()
+@handled
+def verify(
+    file: Annotated[str, typer.Argument(help="Signed record JSON ('-' for stdin).")],
+    expected_address: Annotated[
+        str | None,
+        typer.Option("--address", help="Expected signer (default: this station's address)."),
+    ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(help="Deployment file giving the domain.", dir_okay=False),
+    ] = None,
+    chain_id: Annotated[int | None, typer.Option(min=1, help="Domain chain id.")] = None,
+    registry: Annotated[str | None, typer.Option(help="Domain StationRegistry address.")] = None,
+    directory: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
+    """Check that a record's signature was made by an address, for a domain."""
+    from station_signer.record import Domain
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except OSError as exc:
+        raise CliError("invalid_argument", f"cannot read {file}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CliError("invalid_json", f"{file} is not JSON: {exc}") from None
+    station: StationConfig | None = None
+    if (directory / CONFIG_FILE).exists():
+        station = StationConfig.load(directory)
+    given: Domain | None = None
+    if deployment is not None:
+        if chain_id is not None or registry is not None:
+            raise _bad_argument("--deployment", "give either --deployment or --chain-id/--registry")
+        loaded = _load_deployment(deployment)
+        given = Domain(loaded.chain_id, parse_address(loaded.registry_address))
+    elif chain_id is not None or registry is not None:
+        if chain_id is None or registry is None:
+            raise _bad_argument("--chain-id", "give both --chain-id and --registry")
+        given = Domain(chain_id, _address_argument("--registry", registry))
+    if expected_address is not None:
+        expected = to_checksum_address(_address_argument("--address", expected_address))
+    elif station is not None:
+        expected = station.address
+    else:
+        raise _bad_argument("--address", "no expected signer: give --address (or --dir)")
+    results = []
+    for signed, embedded in _verify_items(data):
+        if given is not None and embedded is not None and embedded != given:
+            raise CliError(
+                "wrong_domain",
+                f"the file's typed data is for chain {embedded.chain_id} registry "
+                f"{to_checksum_address(embedded.verifying_contract)}, not the domain given",
+                EXIT_MISMATCH,
+            )
+        # An explicit domain wins, then the one in the file, then the station's own.
+        domain = given or embedded or (station.domain if station is not None else None)
+        if domain is None:
+            raise _bad_argument(
+                "--deployment", "no domain: give --deployment, --chain-id/--registry or --dir"
+            )
+        digest = signed.digest(domain)
+        try:
+            signer: str | None = recover_signer(digest, signed.signature)
+            problem = None
+        except SignatureError as exc:
+            signer, problem = None, str(exc)
+        results.append(
+            {
+                "sequence": signed.record.sequence,
+                "stationId": "0x" + signed.record.station_id.hex(),
+                "digest": "0x" + digest.hex(),
+                "chainId": domain.chain_id,
+                "registry": to_checksum_address(domain.verifying_contract),
+                "signer": signer,
+                "valid": signer == expected,
+                "problem": problem,
+            }
+        )
+    valid = all(r["valid"] for r in results)
+    out = {
+        "valid": valid,
+        "expectedSigner": expected,
+        "records": results,
+    }
+    lines = []
+    for r in results:
+        if r["valid"]:
+            lines.append(f"OK  record #{r['sequence']} signed by {expected}")
+        elif r["signer"] is None:
+            lines.append(f"BAD record #{r['sequence']}: {r['problem']}")
+        else:
+            lines.append(f"BAD record #{r['sequence']}: signed by {r['signer']}, not {expected}")
+    _emit(as_json, out, lines)
+    if not valid:
+        raise typer.Exit(EXIT_MISMATCH)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
