@@ -1,0 +1,230 @@
+"""Settlement survives kill -9 at every step, a node that goes away, and external kills.
+
+The worker is the real `gridpoints settle` process. The crash points (backend.faults) make it
+SIGKILL itself exactly (a) after persisting an intent, before sending it, (b) after sending,
+before the receipt, (c) after the receipt, before the database update — each several times
+over one settlement. A process killed from outside at random moments, and an Anvil node
+stopped and restarted (from its state file) under a running worker, complete the picture.
+Afterwards the chain must hold exactly the recomputed totals, every chunk exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from backend_fixtures import (
+    DATABASES,
+    BackendHarness,
+    chain_checkpoint,
+    fresh_database,
+    running_backend,
+)
+from conftest import ADMIN, REGISTRAR, SETTLER, USERS, ChainAccounts, ChainEnv
+from sqlalchemy import func, select
+from test_settlement import assert_chain_matches, make_worker, random_traffic
+
+from backend.chain.anvil import AnvilNode, free_port
+from backend.chain.contracts import GridPointsChain, connect
+from backend.chain.deploy import Deployment, deploy, dev_account
+from backend.db import Database
+from backend.db.models import SettlementStep
+from backend.worker import write_dev_key_file
+
+GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
+
+
+@pytest.fixture(params=DATABASES)
+def harness(
+    request: pytest.FixtureRequest, chain_session: ChainEnv, tmp_path: Path
+) -> Iterator[BackendHarness]:
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database(request.param, tmp_path) as url,
+        running_backend(chain_session, url, request.param) as h,
+    ):
+        chain_session.chain.reset_nonces()
+        yield h
+
+
+def settle_env(h: BackendHarness, tmp_path: Path, **extra: str) -> dict[str, str]:
+    key_file = write_dev_key_file(tmp_path / "settler.key", bytes(h.env.accounts.settler.key))
+    env = {
+        **os.environ,
+        "GRIDPOINTS_DATABASE_URL": h.database_url,
+        "GRIDPOINTS_RPC_URL": h.env.anvil.rpc_url,
+        "GRIDPOINTS_DEPLOYMENT_FILE": str(h.env.deployment_path),
+        "GRIDPOINTS_SETTLER_KEY_FILE": str(key_file),
+        "GRIDPOINTS_CONFIRMATIONS": "0",
+        "GRIDPOINTS_EPOCH_MAX_RECORDS": "60",
+        "GRIDPOINTS_CREDIT_CHUNK_SIZE": "4",
+        "GRIDPOINTS_SETTLEMENT_POLL_INTERVAL_S": "0.05",
+    }
+    env.pop("GRIDPOINTS_CRASH_AT", None)
+    env.update(extra)
+    return env
+
+
+def run_settle(
+    env: dict[str, str], *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GRIDPOINTS, "settle", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def confirmed_steps(h: BackendHarness) -> int:
+    db = Database(h.database_url)
+    try:
+        with db.read() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(SettlementStep)
+                    .where(SettlementStep.state == "confirmed")
+                )
+                or 0
+            )
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(
+    "point", ["settle.after_intent", "settle.after_send", "settle.after_receipt"]
+)
+def test_kill_9_at_each_step_loses_nothing_and_applies_nothing_twice(
+    harness: BackendHarness, tmp_path: Path, point: str
+) -> None:
+    start_block = harness.env.w3.eth.block_number
+    traffic = random_traffic(harness, stations=2, users=30, records=200, seed=11)
+    traffic.post_all()
+    progress = []
+    for hit in (1, 2, 4, 1, 3):
+        result = run_settle(
+            settle_env(harness, tmp_path, GRIDPOINTS_CRASH_AT=f"{point}:{hit}"), "--once"
+        )
+        assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
+        assert "killing pid" in result.stderr
+        progress.append(confirmed_steps(harness))
+    # The crashes did not stop progress: steps got confirmed between them.
+    assert progress[-1] > 0
+    final = run_settle(settle_env(harness, tmp_path), "--once")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_chain_matches(harness, traffic, start_block)
+
+
+def test_kill_9_from_outside_at_random_moments(harness: BackendHarness, tmp_path: Path) -> None:
+    start_block = harness.env.w3.eth.block_number
+    traffic = random_traffic(harness, stations=2, users=40, records=240, seed=12)
+    traffic.post_all()
+    env = settle_env(harness, tmp_path, GRIDPOINTS_EPOCH_SECONDS="0.01")
+    delays = (0.9, 1.3, 0.7, 1.6, 1.1)
+    for delay in delays:
+        process = subprocess.Popen(
+            [GRIDPOINTS, "settle"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        assert process.returncode == -signal.SIGKILL
+    final = run_settle(env, "--once")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_chain_matches(harness, traffic, start_block)
+
+
+# ---- a node that goes away ------------------------------------------------------------------
+
+
+@pytest.fixture
+def restartable_chain(tmp_path: Path) -> Iterator[tuple[ChainEnv, Path]]:
+    """An Anvil of its own with a state file, so that it can be stopped and started again."""
+    state = tmp_path / "anvil-state.json"
+    port = free_port()
+    node = AnvilNode(port=port, state_path=state, log_path=tmp_path / "anvil.log").start()
+    try:
+        w3 = connect(node.rpc_url)
+        accounts = ChainAccounts(
+            admin=dev_account(ADMIN),
+            registrar=dev_account(REGISTRAR),
+            settler=dev_account(SETTLER),
+            users=tuple(dev_account(i) for i in USERS),
+            outsider=dev_account(8),
+            spare=dev_account(9),
+        )
+        deployed = deploy(
+            w3,
+            accounts.admin,
+            registrar=accounts.registrar.address,
+            settler=accounts.settler.address,
+        )
+        path = deployed.save(tmp_path / "deployment.json")
+        deployment = Deployment.load(path)
+        env = ChainEnv(
+            anvil=node,
+            w3=w3,
+            deployment=deployment,
+            deployment_path=path,
+            deployed=deployed,
+            chain=GridPointsChain(w3, deployment),
+            accounts=accounts,
+        )
+        yield env, state
+    finally:
+        node.stop()
+
+
+def test_node_stopped_and_restarted_mid_settlement(
+    restartable_chain: tuple[ChainEnv, Path], tmp_path: Path
+) -> None:
+    env, _state = restartable_chain
+    kind = DATABASES[0]
+    with fresh_database(kind, tmp_path) as url, running_backend(env, url, kind) as h:
+        start_block = env.w3.eth.block_number
+        traffic = random_traffic(h, stations=2, users=40, records=240, seed=13)
+        traffic.post_all()
+        worker = make_worker(
+            h, epoch_max_records=60, credit_chunk_size=3, settlement_poll_interval_s=0.05
+        )
+        worker.start()
+        try:
+            deadline = time.monotonic() + 60
+            while confirmed_steps(h) < 5:
+                assert time.monotonic() < deadline, "settlement did not start"
+                time.sleep(0.02)
+            env.anvil.stop()  # SIGTERM: Anvil writes its state file
+            stopped_at = confirmed_steps(h)
+            time.sleep(1.5)
+            # The worker cannot progress while the node is away.
+            assert confirmed_steps(h) <= stopped_at + 1
+            env.anvil.start()  # same port, state loaded
+            deadline = time.monotonic() + 120
+            while True:
+                with worker.db.read() as session:
+                    pending = session.scalar(
+                        select(func.count())
+                        .select_from(SettlementStep)
+                        .where(SettlementStep.state != "confirmed")
+                    )
+                sealed, _ = worker.sealer.pending()
+                if pending == 0 and sealed == 0 and worker.last_report.settled == 0:
+                    break
+                assert time.monotonic() < deadline, (
+                    f"settlement did not finish: {worker.last_error}"
+                )
+                time.sleep(0.1)
+        finally:
+            worker.stop()
+            worker.db.dispose()
+        env.chain.reset_nonces()
+        assert_chain_matches(h, traffic, start_block)
