@@ -145,6 +145,50 @@ def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+class MerkleTree:
+    """All levels of the tree over ``leaf_hashes``: proofs in O(log n) after O(n) hashing.
+
+    At every level an odd last node is carried up unchanged; for any n this builds exactly the
+    RFC 9162 tree (the carried node is the root of the unbalanced right edge), so `proof` gives
+    the same audit paths as :func:`inclusion_proof`, which recomputes subtrees per call.
+    """
+
+    __slots__ = ("_levels",)
+
+    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
+        level = list(leaf_hashes)
+        for leaf in level:
+            _check_hash(leaf, "leaf hash")
+        self._levels: list[list[bytes]] = [level]
+        while len(level) > 1:
+            nxt = [hash_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            self._levels.append(nxt)
+            level = nxt
+
+    @property
+    def size(self) -> int:
+        return len(self._levels[0])
+
+    def root(self) -> bytes:
+        return self._levels[-1][0] if self.size else EMPTY_ROOT
+
+    def leaf(self, index: int) -> bytes:
+        return self._levels[0][index]
+
+    def proof(self, index: int) -> list[bytes]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"leaf index {index} outside a tree of {self.size} leaves")
+        path = []
+        for level in self._levels[:-1]:
+            sibling = index ^ 1
+            if sibling < len(level):
+                path.append(level[sibling])
+            index >>= 1
+        return path
+
+
 def root_from_inclusion_proof(
     leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]
 ) -> bytes | None:

@@ -129,3 +129,15 @@ def test_malformed_inputs_are_rejected() -> None:
         merkle.root([b"short"])
     with pytest.raises(ValueError):
         merkle.record_leaf_hash(b"\x00" * 31, b"\x00" * 65)
+
+
+def test_merkle_tree_levels_give_the_rfc9162_root_and_paths() -> None:
+    for size in range(1, 70):
+        leaves = [merkle.hash_leaf(i.to_bytes(4, "big")) for i in range(size)]
+        tree = merkle.MerkleTree(leaves)
+        assert tree.root() == merkle.root(leaves)
+        for index in range(size):
+            proof = tree.proof(index)
+            assert proof == merkle.inclusion_proof(leaves, index), (size, index)
+            assert merkle.verify_inclusion(leaves[index], index, size, proof, tree.root())
+    assert merkle.MerkleTree([]).root() == merkle.EMPTY_ROOT
