@@ -1,0 +1,536 @@
+"""station_signer.sync against the real backend (uvicorn on loopback, session Anvil, SQLite and
+PostgreSQL), and against a small real HTTP server in front of it that misbehaves on purpose:
+fails with 5xx, is not listening yet, drops the answer after the backend stored the batch, or
+refuses large bodies with 413.
+
+Stations here sign with development keys (in-process SoftHSM2 would pin this pytest process to
+one SOFTHSM2_CONF); the CLI tests cover SoftHSM2 end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ChainEnv
+
+from station_signer.record import Direction, parse_address
+from station_signer.signers import DevKeySigner
+from station_signer.station import Station, Transfer
+from station_signer.store import RecordStatus, StationStore
+from station_signer.sync import RetryPolicy, SyncClient, SyncError
+
+pytest.register_assert_rewrite("backend_fixtures")
+from backend_fixtures import (  # noqa: E402
+    ZONE,
+    BackendHarness,
+    chain_checkpoint,
+    fresh_database,
+    running_backend,
+)
+
+pytest_plugins = ["backend_fixtures"]
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::station_signer.signers.devkey.DevelopmentKeyWarning"
+)
+
+USER = parse_address("0x" + "5a" * 20)
+FAST = RetryPolicy(attempts=6, base_delay=0.01, max_delay=0.05)
+
+
+# ---- stations --------------------------------------------------------------------------------
+
+
+def new_station(
+    env: ChainEnv,
+    tmp_path: Path,
+    *,
+    max_power_w: int = 22_000,
+    registry: str | None = None,
+    register: bool = True,
+) -> Station:
+    """A station with its own store and key; registered on chain unless told otherwise."""
+    key = DevKeySigner(secrets.token_bytes(32))
+    station_id = secrets.token_bytes(32)
+    store = StationStore(tmp_path / f"station-{uuid.uuid4().hex[:8]}.sqlite")
+    store.initialise(
+        station_id, env.deployment.chain_id, registry or env.deployment.registry_address
+    )
+    if register:
+        fn = env.chain.registry.functions.registerStation(
+            station_id, key.address, ZONE, max_power_w, 0
+        )
+        env.chain.transact(env.accounts.registrar, fn)
+    return Station(store, key)
+
+
+def record(station: Station, count: int = 1, energy_wh: int = 1_000) -> list[int]:
+    end = int(time.time()) - 120
+    return [
+        station.record(Transfer(Direction.DISCHARGE, USER, energy_wh, end - 3_600, end)).sequence
+        for _ in range(count)
+    ]
+
+
+def statuses(station: Station) -> list[RecordStatus]:
+    return [r.status for r in station.store.records()]
+
+
+def backend_records(h: BackendHarness, station: Station) -> list[int]:
+    page = h.client.get(f"/v1/stations/0x{station.station_id.hex()}/records").json()
+    return [r["record"]["sequence"] for r in page["records"]]
+
+
+# ---- a misbehaving server in front of the backend ------------------------------------------
+
+
+@dataclass
+class Seen:
+    records: int  # length of the JSON array posted
+    headers: dict[str, str]
+
+
+@dataclass
+class Reply:
+    """What the test server does with one request."""
+
+    status: int | None = None  # answer with this status and body instead of forwarding
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # forward to the backend, then close the connection without answering
+
+
+Script = Callable[[int, int], Reply | None]  # (request index, records in it) -> Reply / forward
+
+
+class ScriptedServer:
+    """ThreadingHTTPServer on loopback. ``script`` decides per request; ``None`` forwards the
+    request to ``backend_url`` and relays the backend's answer."""
+
+    def __init__(self, script: Script, backend_url: str | None = None, port: int = 0) -> None:
+        self.script = script
+        self.backend_url = backend_url
+        self.seen: list[Seen] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                count = len(json.loads(body))
+                index = len(outer.seen)
+                outer.seen.append(Seen(count, dict(self.headers.items())))
+                reply = outer.script(index, count) or Reply()
+                if reply.status is not None:
+                    payload = json.dumps(reply.body).encode()
+                    self.send_response(reply.status)
+                    for name, value in {
+                        "content-type": "application/json",
+                        **reply.headers,
+                    }.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                assert outer.backend_url is not None
+                forwarded = {
+                    k: v for k, v in self.headers.items() if k.lower().startswith("gridpoints-")
+                }
+                answer = httpx.post(
+                    outer.backend_url + self.path,
+                    content=body,
+                    headers={"content-type": "application/json", **forwarded},
+                    timeout=30,
+                )
+                if reply.drop:
+                    # The backend has stored the batch; its answer never reaches the station.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(answer.status_code)
+                self.send_header("content-type", answer.headers["content-type"])
+                self.send_header("content-length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def sizes(self) -> list[int]:
+        return [s.records for s in self.seen]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def serving(script: Script, backend_url: str | None = None) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(script, backend_url)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sleeps:
+    """Sleeps for real and remembers each delay (the backoff under test)."""
+
+    def __init__(self, hook: Callable[[int], None] | None = None) -> None:
+        self.delays: list[float] = []
+        self.hook = hook
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        if self.hook is not None:
+            self.hook(len(self.delays))
+        time.sleep(seconds)
+
+
+# ---- against the real backend ----------------------------------------------------------------
+
+
+def test_accepted_records_are_acknowledged_with_their_receipts(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    sequences = record(station, 5)
+    with SyncClient(backend.url, batch_size=2) as client:
+        report = client.sync(station.store)
+        assert (report.sent, report.accepted, report.duplicate, report.rejected) == (5, 5, 0, 0)
+        assert report.requests == 3 and report.retries == 0
+        rows = station.store.records()
+        assert [r.status for r in rows] == [RecordStatus.ACKNOWLEDGED] * 5
+        log_indexes = [r.receipt["logIndex"] for r in rows if r.receipt]
+        assert len(log_indexes) == 5 and log_indexes == sorted(log_indexes)
+        for row in rows:
+            stored = backend.client.get(f"/v1/records/0x{row.digest.hex()}").json()
+            assert stored["logIndex"] == row.receipt["logIndex"]  # type: ignore[index]
+            assert stored["signature"] == "0x" + row.signature.hex()  # type: ignore[union-attr]
+        assert backend_records(backend, station) == sequences
+        state = station.store.state()
+        assert state.queue_length == 0 and state.last_error is None
+        assert state.last_sync_at is not None
+        # Nothing left: a second sync sends nothing at all.
+        again = client.sync(station.store)
+        assert (again.sent, again.requests) == (0, 0)
+
+
+def test_an_answer_lost_after_the_backend_stored_the_batch_is_resent_as_duplicate(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 4)
+    drop_first = lambda index, _count: Reply(drop=True) if index == 0 else None  # noqa: E731
+    with (
+        serving(drop_first, backend.url) as server,
+        SyncClient(server.url, retry=FAST) as client,
+    ):
+        report = client.sync(station.store)
+    assert server.sizes() == [4, 4]
+    assert (report.accepted, report.duplicate, report.retries) == (0, 4, 1)
+    assert statuses(station) == [RecordStatus.ACKNOWLEDGED] * 4
+    # Stored once: the resend was recognised, not stored again.
+    assert backend_records(backend, station) == [1, 2, 3, 4]
+    assert all(r.receipt is not None for r in station.store.records())
+
+
+def test_a_restored_backup_resyncs_as_duplicates(backend: BackendHarness, tmp_path: Path) -> None:
+    """The station loses its acknowledgements (its disk is restored from a backup taken before
+    the sync): the backend recognises every record and nothing is stored twice."""
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 3)
+    backup = tmp_path / "backup.sqlite"
+    with (
+        contextlib.closing(sqlite3.connect(station.store.path)) as source,
+        contextlib.closing(sqlite3.connect(backup)) as target,
+    ):
+        source.backup(target)
+    with SyncClient(backend.url) as client:
+        assert client.sync(station.store).accepted == 3
+        with StationStore(backup) as restored:
+            assert restored.state().queue_length == 3
+            report = client.sync(restored)
+            assert (report.accepted, report.duplicate) == (0, 3)
+            assert [r.receipt for r in restored.records()] == [
+                r.receipt for r in station.store.records()
+            ]
+    assert backend_records(backend, station) == [1, 2, 3]
+
+
+def test_rejected_records_stay_with_the_backends_reason(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    station = new_station(backend.env, tmp_path, max_power_w=2_000)
+    backend.wait_for_registry()
+    record(station, 1, energy_wh=1_500)
+    record(station, 1, energy_wh=50_000)  # 50 kWh in one hour from a 2 kW station
+    record(station, 1, energy_wh=1_000)
+    with SyncClient(backend.url) as client:
+        report = client.sync(station.store)
+    assert (report.accepted, report.rejected) == (2, 1)
+    (rejection,) = report.rejections
+    assert (rejection.sequence, rejection.reason) == (2, "energy_exceeds_max_power")
+    rows = station.store.records()
+    assert [r.status for r in rows] == [
+        RecordStatus.ACKNOWLEDGED,
+        RecordStatus.REJECTED,
+        RecordStatus.ACKNOWLEDGED,
+    ]
+    assert rows[1].reject_reason == "energy_exceeds_max_power"
+    assert rows[1].reject_message == rejection.message and rejection.message
+    assert rows[1].signature is not None and rows[1].receipt is None  # kept, signed, for review
+    state = station.store.state()
+    assert state.queue_length == 0 and state.counts[RecordStatus.REJECTED] == 1
+    # The backend keeps its side of the story too.
+    reasons = backend.client.get(f"/v1/stations/0x{station.station_id.hex()}/rejections").json()
+    assert [r["reason"] for r in reasons["rejections"]] == ["energy_exceeds_max_power"]
+    assert backend_records(backend, station) == [1, 3]
+
+
+def test_a_station_of_another_deployment_is_told_wrong_domain(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    # Signed for a registry this backend does not follow; the sync declares that domain.
+    station = new_station(backend.env, tmp_path, registry="0x" + "42" * 20, register=False)
+    record(station, 2)
+    with SyncClient(backend.url) as client:
+        report = client.sync(station.store)
+    assert [r.reason for r in report.rejections] == ["wrong_domain", "wrong_domain"]
+    assert statuses(station) == [RecordStatus.REJECTED] * 2
+
+
+def test_batch_too_long_shrinks_to_the_backends_maximum(
+    chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database("sqlite", tmp_path) as url,
+        running_backend(chain_session, url, "sqlite", max_batch=3) as small,
+    ):
+        station = new_station(small.env, tmp_path)
+        small.wait_for_registry()
+        record(station, 7)
+        with serving(lambda _i, _n: None, small.url) as server, SyncClient(server.url) as client:
+            report = client.sync(station.store)
+            assert client.batch_size == 3
+        assert server.sizes() == [7, 3, 3, 1]
+        assert report.accepted == 7 and report.requests == 4
+        assert backend_records(small, station) == list(range(1, 8))
+
+
+# ---- retries, backoff and batch splitting ----------------------------------------------------
+
+
+def test_5xx_answers_are_retried_with_exponential_backoff_and_jitter(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 3)
+    failing = lambda index, _count: (  # noqa: E731
+        Reply(503, {"error": {"code": "unavailable", "message": "down"}}) if index < 3 else None
+    )
+    policy = RetryPolicy(attempts=5, base_delay=0.04, max_delay=0.1)
+    sleeps = Sleeps()
+    with (
+        serving(failing, backend.url) as server,
+        SyncClient(server.url, retry=policy, sleep=sleeps, rng=random.Random(7)) as client,
+    ):
+        report = client.sync(station.store)
+    assert server.sizes() == [3, 3, 3, 3]
+    assert (report.accepted, report.retries, report.requests) == (3, 3, 4)
+    # Full jitter: uniform in [0, min(max, base * 2^(n-1))], drawn from the injected rng.
+    twin = random.Random(7)
+    assert sleeps.delays == [twin.uniform(0, c) for c in (0.04, 0.08, 0.1)]
+    assert [policy.ceiling(n) for n in (1, 2, 3, 4)] == [0.04, 0.08, 0.1, 0.1]
+    # The domain headers reach the backend on every attempt.
+    assert {s.headers["GridPoints-Chain-Id"] for s in server.seen} == {
+        str(backend.env.deployment.chain_id)
+    }
+    assert statuses(station) == [RecordStatus.ACKNOWLEDGED] * 3
+
+
+def test_retry_after_raises_the_delay(backend: BackendHarness, tmp_path: Path) -> None:
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 1)
+    busy = lambda index, _count: (  # noqa: E731
+        Reply(429, {"error": {"code": "busy", "message": "slow down"}}, {"Retry-After": "9"})
+        if index == 0
+        else None
+    )
+    policy = RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.2)
+    sleeps = Sleeps()
+    with (
+        serving(busy, backend.url) as server,
+        SyncClient(server.url, retry=policy, sleep=sleeps) as client,
+    ):
+        assert client.sync(station.store).accepted == 1
+    # At least what the server asked for, capped by the policy's maximum.
+    assert sleeps.delays == [0.2]
+
+
+def test_connection_refused_is_retried_until_the_backend_listens(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 2)
+    port = free_port()
+    servers: list[ScriptedServer] = []
+
+    def come_up_after_two_refusals(sleeps_so_far: int) -> None:
+        if sleeps_so_far == 2:
+            servers.append(ScriptedServer(lambda _i, _n: None, backend.url, port=port))
+
+    sleeps = Sleeps(come_up_after_two_refusals)
+    try:
+        with SyncClient(f"http://127.0.0.1:{port}", retry=FAST, sleep=sleeps) as client:
+            report = client.sync(station.store)
+    finally:
+        for server in servers:
+            server.close()
+    assert (report.requests, report.retries, report.accepted) == (3, 2, 2)
+    assert servers[0].sizes() == [2]
+    assert station.store.state().last_error is None
+
+
+def test_giving_up_keeps_the_queue_and_the_error(tmp_path: Path) -> None:
+    store = StationStore(tmp_path / "s.sqlite")
+    store.initialise(secrets.token_bytes(32), 31337, "0x" + "42" * 20)
+    station = Station(store, DevKeySigner(secrets.token_bytes(32)))
+    end = int(time.time()) - 60
+    station.record(Transfer(Direction.CHARGE, USER, 10, end - 60, end))
+    sleeps = Sleeps()
+    policy = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01)
+    with (
+        SyncClient(f"http://127.0.0.1:{free_port()}", retry=policy, sleep=sleeps) as client,
+        pytest.raises(SyncError) as info,
+    ):
+        client.sync(store)
+    assert info.value.code == "unreachable"
+    assert "gave up after 3 attempts" in str(info.value) and "ConnectError" in str(info.value)
+    assert len(sleeps.delays) == 2
+    state = store.state()
+    assert state.counts[RecordStatus.QUEUED] == 1 and state.last_error == str(info.value)
+
+
+def test_413_halves_the_batch(backend: BackendHarness, tmp_path: Path) -> None:
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 8)
+    too_large = lambda _index, count: (  # noqa: E731
+        Reply(413, {"error": {"code": "body_too_large", "message": "too large"}})
+        if count > 2
+        else None
+    )
+    with serving(too_large, backend.url) as server, SyncClient(server.url) as client:
+        report = client.sync(station.store)
+        assert server.sizes() == [8, 4, 2, 2, 4, 2, 2]
+        assert report.accepted == 8 and client.batch_size == 2
+        # The smaller size sticks for later syncs.
+        record(station, 4)
+        client.sync(station.store)
+        assert server.sizes()[7:] == [2, 2]
+    assert backend_records(backend, station) == list(range(1, 13))
+
+
+def test_a_single_record_too_large_is_an_error_not_a_loop(tmp_path: Path) -> None:
+    store = StationStore(tmp_path / "s.sqlite")
+    store.initialise(secrets.token_bytes(32), 31337, "0x" + "42" * 20)
+    station = Station(store, DevKeySigner(secrets.token_bytes(32)))
+    end = int(time.time()) - 60
+    station.record(Transfer(Direction.CHARGE, USER, 10, end - 60, end))
+    never = lambda _i, _n: Reply(413, {"error": {"code": "body_too_large", "message": "no"}})  # noqa: E731
+    with serving(never) as server, SyncClient(server.url) as client:
+        with pytest.raises(SyncError) as info:
+            client.sync(store)
+        assert server.sizes() == [1]
+    assert (info.value.code, info.value.backend_code) == ("refused", "body_too_large")
+
+
+def test_other_4xx_stop_the_sync_without_retrying(tmp_path: Path) -> None:
+    store = StationStore(tmp_path / "s.sqlite")
+    store.initialise(secrets.token_bytes(32), 31337, "0x" + "42" * 20)
+    station = Station(store, DevKeySigner(secrets.token_bytes(32)))
+    end = int(time.time()) - 60
+    station.record(Transfer(Direction.CHARGE, USER, 10, end - 60, end))
+    bad = lambda _i, _n: Reply(400, {"error": {"code": "invalid_json", "message": "nope"}})  # noqa: E731
+    with serving(bad) as server, SyncClient(server.url, retry=FAST) as client:
+        with pytest.raises(SyncError) as info:
+            client.sync(store)
+        assert server.sizes() == [1]
+    assert (info.value.code, info.value.backend_code) == ("refused", "invalid_json")
+    assert store.state().counts[RecordStatus.QUEUED] == 1
+    assert "invalid_json" in (store.state().last_error or "")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"outcomes": [], "accepted": 0, "duplicate": 0, "rejected": 0},
+        {"outcomes": [{"status": "accepted"}], "accepted": 1, "duplicate": 0, "rejected": 0},
+        {
+            "outcomes": [
+                {
+                    "status": "accepted",
+                    "digest": "0x" + "00" * 32,
+                    "receipt": {"logIndex": 0, "receivedAt": "2025-01-01T00:00:00Z"},
+                }
+            ],
+            "accepted": 1,
+            "duplicate": 0,
+            "rejected": 0,
+        },
+        ["not", "an", "object"],
+    ],
+    ids=["no-outcomes", "accepted-without-receipt", "foreign-digest", "not-an-object"],
+)
+def test_an_answer_that_does_not_prove_storage_is_not_trusted(tmp_path: Path, answer: Any) -> None:
+    store = StationStore(tmp_path / "s.sqlite")
+    store.initialise(secrets.token_bytes(32), 31337, "0x" + "42" * 20)
+    station = Station(store, DevKeySigner(secrets.token_bytes(32)))
+    end = int(time.time()) - 60
+    station.record(Transfer(Direction.CHARGE, USER, 10, end - 60, end))
+    with (
+        serving(lambda _i, _n: Reply(200, answer)) as server,
+        SyncClient(server.url) as client,
+        pytest.raises(SyncError) as info,
+    ):
+        client.sync(store)
+    assert info.value.code == "bad_answer"
+    assert statuses(station) == [RecordStatus.QUEUED]
