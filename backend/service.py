@@ -14,12 +14,15 @@ from backend.chain.contracts import GridPointsChain
 from backend.chain.deploy import Deployment
 from backend.db.session import Database
 from backend.ingest import Candidate, Ingestor, Outcome
+from backend.ledger import TreeCache
 from backend.metrics import Metrics
 from backend.migrations import check_schema
 from backend.queries import log_size
 from backend.registry import KeyDirectory, RegistryFollower
 from backend.settings import Settings
+from backend.tariff import TariffBook, TariffError
 from backend.verify import RecordVerifier, deployment_domain
+from backend.worker import SealAndSettle, load_settler_account
 from station_signer.record import Domain
 from station_signer.wire import RejectReason
 
@@ -46,6 +49,13 @@ class BackendService:
         self.follower: RegistryFollower | None = None
         self.verifier: RecordVerifier | None = None
         self.ingestor = Ingestor(self.db)
+        try:
+            self.tariffs = TariffBook.load(settings.tariffs_dir)
+        except TariffError as exc:
+            raise ConfigurationError(f"tariffs in {settings.tariffs_dir}: {exc}") from exc
+        self.trees = TreeCache()
+        # The sealing and settlement loop, when this process is configured to run it.
+        self.worker: SealAndSettle | None = None
 
     @property
     def own_domain(self) -> Domain:
@@ -101,6 +111,15 @@ class BackendService:
         )
         with self.db.read() as session:
             self.metrics.log_size.set(log_size(session))
+        if settings.settlement_enabled:
+            self.worker = SealAndSettle(
+                self.db,
+                chain,
+                settings,
+                account=load_settler_account(settings),
+                tariffs=self.tariffs,
+            )
+            self.worker.start()
         log.info(
             "GridPoints backend ready: database %s, chain %d, registry %s",
             self.db.display_url,
@@ -109,9 +128,17 @@ class BackendService:
         )
 
     def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
         if self.follower is not None:
             self.follower.stop()
         self.db.dispose()
+
+    def balance_of(self, address: str) -> int:
+        """The user's PointsToken balance, read from the chain now."""
+        if self.chain is None:
+            raise RuntimeError("the backend is not started")
+        return int(self.chain.token.functions.balanceOf(address).call())
 
     def submit(
         self, items: Sequence[Any], *, claimed_domain: Domain | None = None

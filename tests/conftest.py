@@ -26,6 +26,9 @@ from backend.chain.deploy import Deployment, deploy, dev_account
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The helper modules' asserts are rewritten like the tests' own (they are imported by name).
+pytest.register_assert_rewrite("backend_fixtures", "settlement_fixtures")
+
 # Dev-account indices of the standard mnemonic; Anvil funds the first ten.
 ADMIN, REGISTRAR, SETTLER = 0, 1, 2
 USERS = (3, 4, 5, 6, 7)

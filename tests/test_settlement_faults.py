@@ -22,13 +22,12 @@ import pytest
 from backend_fixtures import (
     DATABASES,
     BackendHarness,
-    chain_checkpoint,
     fresh_database,
     running_backend,
 )
 from conftest import ADMIN, REGISTRAR, SETTLER, USERS, ChainAccounts, ChainEnv
+from settlement_fixtures import assert_chain_matches, make_worker, random_traffic
 from sqlalchemy import func, select
-from test_settlement import assert_chain_matches, make_worker, random_traffic
 
 from backend.chain.anvil import AnvilNode, free_port
 from backend.chain.contracts import GridPointsChain, connect
@@ -39,18 +38,7 @@ from backend.worker import write_dev_key_file
 
 GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
 
-
-@pytest.fixture(params=DATABASES)
-def harness(
-    request: pytest.FixtureRequest, chain_session: ChainEnv, tmp_path: Path
-) -> Iterator[BackendHarness]:
-    with (
-        chain_checkpoint(chain_session),
-        fresh_database(request.param, tmp_path) as url,
-        running_backend(chain_session, url, request.param) as h,
-    ):
-        chain_session.chain.reset_nonces()
-        yield h
+pytest_plugins = ["settlement_fixtures"]
 
 
 def settle_env(h: BackendHarness, tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from backend.api import health, records, stations
+from backend.api import epochs, health, records, stations
 from backend.api.errors import ERROR_CODES, body_too_large, install_error_handlers
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.service import BackendService
@@ -87,5 +87,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(records.router, responses=PARAMETER_ERROR)
     app.include_router(stations.router, responses=PARAMETER_ERROR)
+    app.include_router(epochs.router, responses=PARAMETER_ERROR)
     app.include_router(health.router)
     return app

@@ -1,0 +1,150 @@
+"""Helpers of the epoch and settlement tests (imported by tests/test_settlement*.py and
+tests/test_epochs_api.py): a fresh backend per test on a rewound chain, signed traffic whose
+expected points are recomputed from the records themselves, and the chain-side checks."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from backend_fixtures import (
+    DATABASES,
+    ZONE,
+    BackendHarness,
+    DevStation,
+    chain_checkpoint,
+    fresh_database,
+    running_backend,
+)
+from conftest import ChainEnv
+from eth_account import Account
+from sqlalchemy import select
+
+from backend.db import Database
+from backend.db.models import Epoch, SettlementStep
+from backend.tariff import TariffBook, value_record
+from backend.worker import SealAndSettle
+from station_signer.record import EnergyTransfer
+
+TARIFFS = TariffBook.load()
+
+
+@pytest.fixture(params=DATABASES)
+def harness(
+    request: pytest.FixtureRequest, chain_session: ChainEnv, tmp_path: Any
+) -> Iterator[BackendHarness]:
+    """A fresh backend and database per test, on a chain rewound after the test."""
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database(request.param, tmp_path) as url,
+        running_backend(chain_session, url, request.param) as h,
+    ):
+        chain_session.chain.reset_nonces()
+        yield h
+
+
+def make_worker(h: BackendHarness, **overrides: Any) -> SealAndSettle:
+    settings = h.settings.model_copy(update=overrides)
+    return SealAndSettle(
+        Database(h.database_url), h.env.chain, settings, account=h.env.accounts.settler
+    )
+
+
+class Traffic:
+    """Signed records the test posted, to recompute what the chain must hold."""
+
+    def __init__(self, h: BackendHarness) -> None:
+        self.h = h
+        self.bodies: list[dict[str, Any]] = []
+
+    def add(self, station: DevStation, **kwargs: Any) -> dict[str, Any]:
+        body = self.h.signed(station, **kwargs)
+        self.bodies.append(body)
+        return body
+
+    def post_all(self) -> None:
+        for start in range(0, len(self.bodies), 500):
+            response = self.h.post_batch(self.bodies[start : start + 500])
+            assert response.status_code == 200, response.text
+            assert response.json()["accepted"] == len(self.bodies[start : start + 500])
+
+    def expected_credits(self, at: int | None = None) -> dict[str, int]:
+        tariff = TARIFFS.in_force_at(at or int(time.time()))
+        credits: dict[str, int] = defaultdict(int)
+        for body in self.bodies:
+            record = EnergyTransfer.from_json(body["record"])
+            points = value_record(
+                tariff,
+                zone=ZONE,
+                direction=record.direction,
+                energy_wh=record.energy_wh,
+                start_time=record.start_time,
+                end_time=record.end_time,
+            )
+            if record.direction == 2:
+                credits[record.user_address] += points
+        return dict(credits)
+
+
+def random_traffic(
+    h: BackendHarness, *, stations: int, users: int, records: int, seed: int
+) -> Traffic:
+    rng = random.Random(seed)
+    fleet = [h.register_station() for _ in range(stations)]
+    wallets = [Account.create().address for _ in range(users)]
+    traffic = Traffic(h)
+    now = int(time.time())
+    for _ in range(records):
+        station = rng.choice(fleet)
+        duration = rng.randint(60, 4 * 3600)
+        traffic.add(
+            station,
+            user=rng.choice(wallets),
+            direction=rng.choice((1, 2, 2)),
+            energy_wh=rng.randint(0, duration * 22_000 // 3600),
+            duration_s=duration,
+            end_time=now - rng.randint(60, 3 * 86_400),
+        )
+    return traffic
+
+
+def balances(env: ChainEnv, users: list[str]) -> dict[str, int]:
+    token = env.chain.token.functions
+    return {u: int(token.balanceOf(u).call()) for u in users}
+
+
+def chunk_events(env: ChainEnv, from_block: int) -> Counter[tuple[int, int]]:
+    logs = env.chain.settlement.events.ChunkApplied().get_logs(from_block=from_block)
+    return Counter((int(e["args"]["epochId"]), int(e["args"]["chunkId"])) for e in logs)
+
+
+def assert_chain_matches(h: BackendHarness, traffic: Traffic, from_block: int) -> None:
+    """Balances equal the recomputed valuation; every planned chunk is on chain exactly once."""
+    env = h.env
+    expected = traffic.expected_credits()
+    assert balances(env, list(expected)) == expected
+    assert int(env.chain.token.functions.totalSupply().call()) == sum(expected.values())
+    db = Database(h.database_url)
+    try:
+        with db.read() as session:
+            epochs = session.scalars(select(Epoch).order_by(Epoch.epoch_id)).all()
+            steps = session.scalars(select(SettlementStep)).all()
+        assert [e.state for e in epochs] == ["settled"] * len(epochs)
+        assert int(env.chain.settlement.functions.lastEpochId().call()) == len(epochs)
+        for epoch in epochs:
+            on_chain = env.chain.settlement.functions.getEpoch(epoch.epoch_id).call()
+            assert bytes(on_chain[0]) == epoch.records_root
+            assert bytes(on_chain[1]) == epoch.credits_root
+            assert bytes(on_chain[2]) == epoch.tariff_hash
+            assert int(on_chain[3]) == epoch.record_count
+            assert int(on_chain[7]) == epoch.total_credits  # appliedCredits
+        events = chunk_events(env, from_block)
+        planned = {(s.epoch_id, s.chunk_id) for s in steps if s.chunk_id is not None}
+        assert set(events) == planned
+        assert set(events.values()) <= {1}, f"a chunk was applied twice: {events}"
+    finally:
+        db.dispose()
