@@ -696,48 +696,35 @@ def _transfer_from_options(
     payment_authorization: str | None,
     meter_before_wh: int | None,
 ) -> Transfer:
-    missing = [
-        name
-        for name, value in (
-            ("--direction", direction),
-            ("--user", user),
-            ("--energy-wh", energy_wh),
-            ("--start", start),
-            ("--end", end),
-        )
-        if value is None
+    """The transfer the options describe; every problem is reported at once."""
+    problems: list[str] = []
+    values: dict[str, Any] = {"energy_wh": energy_wh, "meter_before_wh": meter_before_wh}
+    parsers: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
+        ("--direction", "direction", direction, parse_direction),
+        ("--user", "user", user, parse_address),
+        ("--start", "start_time", start, parse_time),
+        ("--end", "end_time", end, parse_time),
+        (
+            "--payment-authorization",
+            "payment_authorization",
+            payment_authorization,
+            lambda v: parse_bytes32(v, "--payment-authorization"),
+        ),
     ]
+    for option, attribute, raw, parse in parsers:
+        if raw is None:
+            continue
+        try:
+            values[attribute] = parse(raw)
+        except ValueError as exc:
+            problems.append(f"{option}: {exc}")
+    required = (("--direction", direction), ("--user", user), ("--energy-wh", energy_wh))
+    missing = [n for n, v in (*required, ("--start", start), ("--end", end)) if v is None]
     if missing:
-        raise _bad_argument(
-            missing[0], f"missing {', '.join(missing)} (or give a transfer file with --from-file)"
-        )
-    assert direction is not None and user is not None and energy_wh is not None
-    assert start is not None and end is not None
-    try:
-        parsed_direction = parse_direction(direction)
-    except ValueError as exc:
-        raise _bad_argument("--direction", str(exc)) from None
-    times = []
-    for name, value in (("--start", start), ("--end", end)):
-        try:
-            times.append(parse_time(value))
-        except ValueError as exc:
-            raise _bad_argument(name, str(exc)) from None
-    payment = bytes(32)
-    if payment_authorization is not None:
-        try:
-            payment = parse_bytes32(payment_authorization, "--payment-authorization")
-        except ValueError as exc:
-            raise _bad_argument("--payment-authorization", str(exc)) from None
-    return Transfer(
-        direction=parsed_direction,
-        user=_address_argument("--user", user),
-        energy_wh=energy_wh,
-        start_time=times[0],
-        end_time=times[1],
-        payment_authorization=payment,
-        meter_before_wh=meter_before_wh,
-    )
+        problems.append(f"missing {', '.join(missing)} (or give a transfer file with --from-file)")
+    if problems:
+        raise CliError("invalid_argument", "; ".join(problems), EXIT_USAGE)
+    return Transfer(**values)
 
 
 def _record_view(row: StoredRecord) -> dict[str, Any]:
