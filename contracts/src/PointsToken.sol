@@ -12,8 +12,10 @@ import {ERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20P
 /// @dev Unit: one point is one base unit of the token and `decimals()` is 0, so balances, supply
 /// and every amount in the protocol are plain integers of points, never fractions.
 /// Points are created and destroyed only by the Settlement contract (`SETTLEMENT_ROLE`), which
-/// applies the credits and debits of epochs anchored on chain. A pauser can freeze every
-/// movement, including settlement. Supports EIP-2612 `permit`.
+/// mints the credits of epochs anchored on chain and burns points only for payments that the
+/// holder authorised with their own signature (Settlement.applyPayments); there is deliberately
+/// no batch burn here that an operator could drive without such an authorisation. A pauser can
+/// freeze every movement, including settlement. Supports EIP-2612 `permit`.
 contract PointsToken is ERC20, ERC20Pausable, ERC20Permit, AccessControl {
     /// @notice Role of the Settlement contract: the only holder allowed to mint and burn.
     bytes32 public constant SETTLEMENT_ROLE = keccak256("SETTLEMENT_ROLE");
@@ -42,7 +44,8 @@ contract PointsToken is ERC20, ERC20Pausable, ERC20Permit, AccessControl {
     }
 
     /// @notice Destroys `amount` points held by `account`.
-    /// @dev Only SETTLEMENT_ROLE; reverts while paused or if the balance is too low.
+    /// @dev Only SETTLEMENT_ROLE, which calls it only for a payment `account` signed for; reverts
+    /// while paused or if the balance is too low.
     /// @param account Holder whose points are destroyed.
     /// @param amount Number of points.
     function burn(address account, uint256 amount) external onlyRole(SETTLEMENT_ROLE) {
@@ -62,22 +65,6 @@ contract PointsToken is ERC20, ERC20Pausable, ERC20Permit, AccessControl {
         for (uint256 i = 0; i < credits.length; ++i) {
             (address account, uint256 amount) = _unpack(credits[i]);
             _mint(account, amount);
-            total += amount;
-        }
-    }
-
-    /// @notice Burns many debits in one call; each entry packs `amount << 160 | account`.
-    /// @dev Only SETTLEMENT_ROLE. Reverts as a whole if any holder's balance is too low.
-    /// @param debits Packed entries: low 160 bits the account, high 96 bits the amount.
-    /// @return total Sum of the burned amounts.
-    function burnPacked(bytes32[] calldata debits)
-        external
-        onlyRole(SETTLEMENT_ROLE)
-        returns (uint256 total)
-    {
-        for (uint256 i = 0; i < debits.length; ++i) {
-            (address account, uint256 amount) = _unpack(debits[i]);
-            _burn(account, amount);
             total += amount;
         }
     }

@@ -9,9 +9,10 @@ import {Settlement} from "../src/Settlement.sol";
 
 /// @title Gas measurements of the settlement hot paths
 /// @notice `forge test --match-contract Gas -vv` prints the gas of: committing one epoch;
-/// applying a chunk of 100 credits to fresh addresses and to addresses that already hold points
-/// (and, for comparison, a chunk of 100 debits); a single PointsToken.mint to a fresh address and
-/// to an existing holder.
+/// applying a chunk of 100 credits to fresh addresses and to addresses that already hold points;
+/// a chunk of 100 user-signed payments (each from another holder, with a nonce in a fresh and in
+/// an already used bitmap word); a single PointsToken.mint to a fresh address and to an existing
+/// holder.
 /// @dev Measured with gasleft() around the external call, so the figure is the execution gas of
 /// the call as seen by the caller (cold accesses included: every fixture is prepared in setUp,
 /// which runs in its own transaction, so nothing is warm when a test starts). It excludes the
@@ -30,7 +31,8 @@ contract GasTest is Test {
 
     bytes32[] internal existing; // credits to the holders funded in setUp
     bytes32[] internal fresh; // credits to addresses that never held points
-    bytes32[] internal burns; // debits from the holders funded in setUp
+    Settlement.Payment[] internal freshWordPayments; // nonce 256: the payer's bitmap word 1 is still zero
+    Settlement.Payment[] internal usedWordPayments; // nonce 1: word 0 already holds nonce 0 (canceled in setUp)
 
     function setUp() public {
         vm.warp(1_700_000_000);
@@ -44,15 +46,44 @@ contract GasTest is Test {
         vm.prank(settler);
         settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1000, type(uint128).max, 1e12);
 
+        bytes32[] memory payerCredits = new bytes32[](CHUNK);
         for (uint256 i = 0; i < CHUNK; ++i) {
             address holder = address(uint160(0x100000 + i));
             address newcomer = address(uint160(0x200000 + i));
             existing.push(_pack(holder, 1000 + i));
             fresh.push(_pack(newcomer, 1000 + i));
-            burns.push(_pack(holder, 500 + i));
+
+            uint256 key = uint256(keccak256(abi.encode("gas payer", i)));
+            address payer = vm.addr(key);
+            payerCredits[i] = _pack(payer, 1000 + i);
+            freshWordPayments.push(_signed(key, payer, 256, uint128(500 + i)));
+            usedWordPayments.push(_signed(key, payer, 1, uint128(500 + i)));
+            vm.prank(payer);
+            settlement.cancelAuthorization(0);
         }
         vm.prank(settler);
         settlement.applyCredits(1, 0, existing);
+        vm.prank(settler);
+        settlement.applyCredits(1, 100, payerCredits);
+    }
+
+    function _signed(uint256 key, address payer, uint256 nonce, uint128 amount)
+        internal
+        view
+        returns (Settlement.Payment memory p)
+    {
+        p = Settlement.Payment({
+            user: payer,
+            stationId: keccak256("station"),
+            maxPoints: 1000,
+            nonce: nonce,
+            deadline: uint64(block.timestamp + 1 days),
+            amount: amount,
+            signature: ""
+        });
+        bytes32 digest = settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline);
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        p.signature = abi.encodePacked(r, s, v);
     }
 
     function _pack(address account, uint256 amount) internal pure returns (bytes32) {
@@ -118,19 +149,22 @@ contract GasTest is Test {
         console2.log("  per credit:", used / CHUNK);
     }
 
-    function test_gas_applyDebits_100ExistingHolders() public {
-        bytes32[] memory entries = burns;
+    function _applyPayments(string memory what, Settlement.Payment[] memory payments) internal {
         vm.prank(settler);
         uint256 before = gasleft();
-        settlement.applyDebits(1, 1, entries);
+        settlement.applyPayments(1, 1, payments);
         uint256 used = before - gasleft();
-        assertEq(token.balanceOf(address(uint160(0x100000))), 500);
-        _report(
-            "applyDebits, 100 debits from existing holders",
-            used,
-            abi.encodeCall(Settlement.applyDebits, (1, 1, entries))
-        );
-        console2.log("  per debit:", used / CHUNK);
+        assertEq(token.balanceOf(payments[0].user), 500);
+        _report(what, used, abi.encodeCall(Settlement.applyPayments, (1, 1, payments)));
+        console2.log("  per payment:", used / CHUNK);
+    }
+
+    function test_gas_applyPayments_100_freshNonceWord() public {
+        _applyPayments("applyPayments, 100 signed payments, nonce in a fresh bitmap word", freshWordPayments);
+    }
+
+    function test_gas_applyPayments_100_usedNonceWord() public {
+        _applyPayments("applyPayments, 100 signed payments, nonce in a used bitmap word", usedWordPayments);
     }
 
     function test_gas_mint_freshAddress() public {

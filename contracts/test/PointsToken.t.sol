@@ -15,7 +15,8 @@ import {PointsToken} from "../src/PointsToken.sol";
 
 /// @title Unit and fuzz tests of PointsToken
 /// @notice Covers every external function of PointsToken and every revert path: metadata
-/// (decimals 0), role-gated mint/burn/mintPacked/burnPacked (exact AccessControl errors), the
+/// (decimals 0), role-gated mint/burn/mintPacked (exact AccessControl errors), the absence of any
+/// batch burn (burning is only for Settlement's user-authorised payments), the
 /// packed entry format `amount << 160 | account` up to the maximal uint96 amount, Transfer
 /// events, pause/unpause and what a pause blocks, balance errors, and EIP-2612 permit with
 /// signatures made by vm.sign (valid, replayed, expired, wrong signer).
@@ -218,7 +219,7 @@ contract PointsTokenTest is Test {
         token.burn(address(0), 0);
     }
 
-    // ------------------------------------------------------------------ mintPacked / burnPacked
+    // ------------------------------------------------------------------ mintPacked
 
     function test_MintPacked_DecodesEntriesAndEmitsEachTransfer() public {
         bytes32[] memory credits = new bytes32[](3);
@@ -296,63 +297,16 @@ contract PointsTokenTest is Test {
         assertEq(token.balanceOf(alice), 0, "whole call reverted");
     }
 
-    function test_BurnPacked() public {
-        _mint(alice, 50);
-        _mint(bob, 20);
-        bytes32[] memory debits = new bytes32[](3);
-        debits[0] = _pack(alice, 10);
-        debits[1] = _pack(bob, 20);
-        debits[2] = _pack(alice, 15);
-
-        vm.expectEmit(true, true, false, true, address(token));
-        emit Transfer(alice, address(0), 10);
-        vm.expectEmit(true, true, false, true, address(token));
-        emit Transfer(bob, address(0), 20);
-        vm.expectEmit(true, true, false, true, address(token));
-        emit Transfer(alice, address(0), 15);
-        vm.prank(settlement);
-        uint256 total = token.burnPacked(debits);
-
-        assertEq(total, 45);
-        assertEq(token.balanceOf(alice), 25);
-        assertEq(token.balanceOf(bob), 0);
-        assertEq(token.totalSupply(), 25);
-    }
-
-    function test_BurnPacked_MaxUint96Amount() public {
-        uint256 max96 = type(uint96).max;
-        _mint(alice, max96 + 1);
-        vm.prank(settlement);
-        uint256 total = token.burnPacked(_one(_pack(alice, max96)));
-        assertEq(total, max96);
-        assertEq(token.balanceOf(alice), 1);
-    }
-
-    function test_BurnPacked_Empty() public {
-        vm.prank(settlement);
-        assertEq(token.burnPacked(new bytes32[](0)), 0);
-    }
-
-    function test_RevertWhen_BurnPackedByNonSettlement() public {
-        _mint(alice, 5);
-        vm.expectRevert(_unauthorized(admin, settlementRole));
-        vm.prank(admin);
-        token.burnPacked(_one(_pack(alice, 1)));
-    }
-
-    function test_RevertWhen_BurnPackedExceedsBalance_RevertsWholeCall() public {
+    /// @dev The operator-driven batch burn is gone: the token has no function behind its old
+    /// selector (and no fallback), so even the settlement role's call fails without revert data.
+    function test_NoBatchBurn() public {
         _mint(alice, 10);
-        _mint(bob, 10);
-        bytes32[] memory debits = new bytes32[](3);
-        debits[0] = _pack(alice, 10);
-        debits[1] = _pack(bob, 6);
-        debits[2] = _pack(bob, 5); // bob has 4 left at this point
-        vm.expectRevert(abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, bob, 4, 5));
         vm.prank(settlement);
-        token.burnPacked(debits);
+        (bool ok, bytes memory data) =
+            address(token).call(abi.encodeWithSignature("burnPacked(bytes32[])", _one(_pack(alice, 1))));
+        assertFalse(ok);
+        assertEq(data.length, 0);
         assertEq(token.balanceOf(alice), 10);
-        assertEq(token.balanceOf(bob), 10);
-        assertEq(token.totalSupply(), 20);
     }
 
     // ------------------------------------------------------------------ transfers
@@ -492,15 +446,6 @@ contract PointsTokenTest is Test {
         token.mintPacked(_one(_pack(alice, 1)));
     }
 
-    function test_RevertWhen_Paused_BurnPacked() public {
-        _mint(alice, 10);
-        vm.prank(pauser);
-        token.pause();
-        vm.expectRevert(Pausable.EnforcedPause.selector);
-        vm.prank(settlement);
-        token.burnPacked(_one(_pack(alice, 1)));
-    }
-
     function test_Paused_RoleCheckComesFirst() public {
         vm.prank(pauser);
         token.pause();
@@ -637,11 +582,6 @@ contract PointsTokenTest is Test {
         assertEq(total, amount);
         assertEq(token.balanceOf(account), amount);
 
-        vm.expectEmit(true, true, false, true, address(token));
-        emit Transfer(account, address(0), amount);
-        vm.prank(settlement);
-        assertEq(token.burnPacked(_one(entry)), amount);
-        assertEq(token.balanceOf(account), 0);
     }
 
     /// @dev Arbitrary raw entries: whatever the 256 bits, the low 160 bits are the account and
@@ -701,10 +641,6 @@ contract PointsTokenTest is Test {
             sum += token.balanceOf(address(uint160(0x1000 + j)));
         }
         assertEq(sum, expected);
-
-        vm.prank(settlement);
-        assertEq(token.burnPacked(credits), expected);
-        assertEq(token.totalSupply(), 0);
     }
 
     function testFuzz_RevertWhen_UnauthorizedCaller(address caller, address to, uint256 amount) public {
@@ -720,10 +656,6 @@ contract PointsTokenTest is Test {
         vm.expectRevert(_unauthorized(caller, settlementRole));
         vm.prank(caller);
         token.burn(to, amount);
-
-        vm.expectRevert(_unauthorized(caller, settlementRole));
-        vm.prank(caller);
-        token.burnPacked(_one(bytes32(amount)));
     }
 
     function testFuzz_Permit(uint256 pk, address spender, uint256 value, uint256 deadline) public {

@@ -25,6 +25,10 @@ abstract contract SettlementFixture is Test {
     event ChunkApplied(
         uint64 indexed epochId, uint32 indexed chunkId, Settlement.ChunkKind kind, uint256 entries, uint256 amount
     );
+    event PaymentApplied(
+        uint64 indexed epochId, address indexed user, bytes32 indexed authorization, uint128 requested, uint128 burned
+    );
+    event AuthorizationCanceled(address indexed user, uint256 indexed nonce);
     event Transfer(address indexed from, address indexed to, uint256 value);
 
     PointsToken internal token;
@@ -32,20 +36,41 @@ abstract contract SettlementFixture is Test {
 
     address internal admin = makeAddr("admin");
     address internal settler = makeAddr("settler");
-    address internal mallory = makeAddr("mallory");
-    address internal alice = makeAddr("alice");
-    address internal bob = makeAddr("bob");
-    address internal carol = makeAddr("carol");
+    // Users hold keys: a payment needs the payer's own signature. makeAddrAndKey(name) gives the
+    // same address as makeAddr(name).
+    address internal mallory;
+    address internal alice;
+    address internal bob;
+    address internal carol;
+    uint256 internal malloryKey;
+    uint256 internal aliceKey;
+    uint256 internal bobKey;
+    uint256 internal carolKey;
 
     bytes32 internal constant RECORDS_ROOT = keccak256("records");
     bytes32 internal constant CREDITS_ROOT = keccak256("credits");
     bytes32 internal constant TARIFF_HASH = keccak256("tariff");
+    bytes32 internal constant STATION = keccak256("station B");
+
+    // Written out here rather than read from the contract, so that the tests check the
+    // contract's hashing instead of reusing it.
+    bytes32 internal constant AUTH_TYPEHASH = keccak256(
+        "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)"
+    );
+    bytes32 internal constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+
+    uint256 internal _nextNonce = 1;
 
     Settlement.ChunkKind internal constant CREDIT = Settlement.ChunkKind.Credit;
     Settlement.ChunkKind internal constant DEBIT = Settlement.ChunkKind.Debit;
 
     function setUp() public virtual {
         vm.warp(1_700_000_000);
+        (mallory, malloryKey) = makeAddrAndKey("mallory");
+        (alice, aliceKey) = makeAddrAndKey("alice");
+        (bob, bobKey) = makeAddrAndKey("bob");
+        (carol, carolKey) = makeAddrAndKey("carol");
         token = new PointsToken(admin);
         settlement = new Settlement(token, admin, settler);
         vm.startPrank(admin);
@@ -94,9 +119,81 @@ abstract contract SettlementFixture is Test {
         settlement.applyCredits(id, chunk, entries);
     }
 
-    function _debit(uint64 id, uint32 chunk, bytes32[] memory entries) internal {
+    /// @dev The EIP-712 digest of an authorisation for Settlement `target` on this chain,
+    /// computed independently of the contract (and without any external call, so that it can be
+    /// used between vm.expectRevert and the call it is about).
+    function _digest(address target, Settlement.Payment memory p) internal view returns (bytes32) {
+        bytes32 separator = keccak256(
+            abi.encode(
+                DOMAIN_TYPEHASH, keccak256("GridPoints Settlement"), keccak256("1"), block.chainid, target
+            )
+        );
+        bytes32 structHash =
+            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        return keccak256(abi.encodePacked("\x19\x01", separator, structHash));
+    }
+
+    /// @dev `p` with `signature` set to `key`'s signature r || s || v over its digest for `target`.
+    function _signFor(address target, Settlement.Payment memory p, uint256 key)
+        internal
+        view
+        returns (Settlement.Payment memory)
+    {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, _digest(target, p));
+        p.signature = abi.encodePacked(r, s, v);
+        return p;
+    }
+
+    function _sign(Settlement.Payment memory p, uint256 key) internal view returns (Settlement.Payment memory) {
+        return _signFor(address(settlement), p, key);
+    }
+
+    /// @dev An unsigned payment at STATION.
+    function _auth(address user, uint128 maxPoints, uint256 nonce, uint64 deadline, uint128 amount)
+        internal
+        pure
+        returns (Settlement.Payment memory p)
+    {
+        p = Settlement.Payment({
+            user: user,
+            stationId: STATION,
+            maxPoints: maxPoints,
+            nonce: nonce,
+            deadline: deadline,
+            amount: amount,
+            signature: ""
+        });
+    }
+
+    /// @dev A valid payment of `amount` (== maxPoints) by `user`, with a fresh nonce, due in a day.
+    function _payment(address user, uint256 key, uint128 amount) internal returns (Settlement.Payment memory) {
+        return _sign(_auth(user, amount, _nextNonce++, uint64(block.timestamp + 1 days), amount), key);
+    }
+
+    function _list1(Settlement.Payment memory a) internal pure returns (Settlement.Payment[] memory ps) {
+        ps = new Settlement.Payment[](1);
+        ps[0] = a;
+    }
+
+    function _list2(Settlement.Payment memory a, Settlement.Payment memory b)
+        internal
+        pure
+        returns (Settlement.Payment[] memory ps)
+    {
+        ps = new Settlement.Payment[](2);
+        ps[0] = a;
+        ps[1] = b;
+    }
+
+    function _pay(uint64 id, uint32 chunk, Settlement.Payment[] memory payments) internal {
         vm.prank(settler);
-        settlement.applyDebits(id, chunk, entries);
+        settlement.applyPayments(id, chunk, payments);
+    }
+
+    /// @dev One valid payment of `amount` by `user` in chunk `chunk` of epoch `id`.
+    function _payOne(uint64 id, uint32 chunk, address user, uint256 key, uint128 amount) internal {
+        Settlement.Payment[] memory payments = _list1(_payment(user, key, amount));
+        _pay(id, chunk, payments);
     }
 
     function _unauthorized(address account, bytes32 role) internal pure returns (bytes memory) {
@@ -115,12 +212,13 @@ abstract contract SettlementFixture is Test {
 /// @title Unit and fuzz tests of Settlement
 /// @notice Covers commitEpoch (SETTLER_ROLE only, strictly consecutive ids from 1, the exact
 /// EpochOutOfOrder / EpochAlreadyCommitted / EmptyEpoch errors, the EpochCommitted event),
-/// getEpoch, applyCredits / applyDebits (UnknownEpoch, EmptyChunk, ChunkAlreadyApplied across
-/// the shared credit/debit id space, ExceedsCommittedTotal with its arguments, ChunkApplied,
+/// getEpoch, applyCredits (UnknownEpoch, EmptyChunk, ChunkAlreadyApplied across the id space it
+/// shares with payment chunks, ExceedsCommittedTotal with its arguments, ChunkApplied,
 /// isChunkApplied, balances and applied totals, whole-chunk reverts, a paused token, a
 /// Settlement without the token's SETTLEMENT_ROLE) and the record proofs verifyRecord /
 /// verifyLeaf / recordLeafHash on trees built in the test by an independent RFC 9162 builder,
-/// with valid and tampered proofs.
+/// with valid and tampered proofs. Payments (applyPayments, cancelAuthorization and the
+/// authorisation views) are covered in SettlementPayments.t.sol.
 contract SettlementTest is SettlementFixture {
     // ------------------------------------------------------------------ constructor
 
@@ -395,23 +493,26 @@ contract SettlementTest is SettlementFixture {
         assertEq(settlement.getEpoch(1).appliedCredits, 10);
     }
 
-    function test_RevertWhen_CreditChunkIdReusedForDebits() public {
+    function test_RevertWhen_CreditChunkIdReusedForPayments() public {
         _commit(1, 100, 100);
         _credit(1, 7, _entries1(alice, 50));
+        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
         vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
-        _debit(1, 7, _entries1(alice, 10));
+        _pay(1, 7, payments);
         assertEq(token.balanceOf(alice), 50);
         assertEq(settlement.getEpoch(1).appliedDebits, 0);
+        assertFalse(settlement.isAuthorizationUsed(alice, payments[0].nonce), "the refused chunk used nothing");
     }
 
-    function test_RevertWhen_DebitChunkIdReusedForCredits() public {
+    function test_RevertWhen_PaymentChunkIdReusedForCredits() public {
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(alice, 50));
-        _debit(1, 1, _entries1(alice, 10));
+        _payOne(1, 1, alice, aliceKey, 10);
         vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
         _credit(1, 1, _entries1(alice, 10));
+        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
         vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
-        _debit(1, 1, _entries1(alice, 10));
+        _pay(1, 1, payments);
         assertEq(token.balanceOf(alice), 40);
     }
 
@@ -447,114 +548,6 @@ contract SettlementTest is SettlementFixture {
         assertEq(token.totalSupply(), 2 * max96);
     }
 
-    // ------------------------------------------------------------------ applyDebits
-
-    function test_ApplyDebits() public {
-        _commit(1, 100, 30);
-        _credit(1, 0, _entries2(alice, 60, bob, 40));
-
-        vm.expectEmit(true, true, false, true, address(token));
-        emit Transfer(alice, address(0), 20);
-        vm.expectEmit(true, true, false, true, address(token));
-        emit Transfer(bob, address(0), 10);
-        vm.expectEmit(true, true, false, true, address(settlement));
-        emit ChunkApplied(1, 1, DEBIT, 2, 30);
-        _debit(1, 1, _entries2(alice, 20, bob, 10));
-
-        assertEq(token.balanceOf(alice), 40);
-        assertEq(token.balanceOf(bob), 30);
-        assertEq(token.totalSupply(), 70);
-        Settlement.Epoch memory e = settlement.getEpoch(1);
-        assertEq(e.appliedCredits, 100);
-        assertEq(e.appliedDebits, 30);
-        assertTrue(settlement.isChunkApplied(1, 1));
-    }
-
-    function test_ApplyDebits_OfPointsFromAnEarlierEpoch() public {
-        _commit(1, 100, 0);
-        _credit(1, 0, _entries1(alice, 100));
-        _commit(2, 0, 70);
-        _debit(2, 0, _entries1(alice, 70));
-        assertEq(token.balanceOf(alice), 30);
-        assertEq(settlement.getEpoch(2).appliedDebits, 70);
-        assertEq(settlement.getEpoch(1).appliedDebits, 0);
-    }
-
-    function test_RevertWhen_ApplyDebitsByNonSettler() public {
-        _commit(1, 10, 10);
-        _credit(1, 0, _entries1(alice, 10));
-        vm.expectRevert(_unauthorized(alice, settlement.SETTLER_ROLE()));
-        vm.prank(alice);
-        settlement.applyDebits(1, 1, _entries1(alice, 10));
-    }
-
-    function test_RevertWhen_ApplyDebitsUnknownEpoch() public {
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(1)));
-        _debit(1, 0, _entries1(alice, 1));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(0)));
-        _debit(0, 0, new bytes32[](0));
-    }
-
-    function test_RevertWhen_ApplyDebitsEmptyChunk() public {
-        _commit(1, 0, 10);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EmptyChunk.selector));
-        _debit(1, 0, new bytes32[](0));
-    }
-
-    function test_RevertWhen_DebitChunkReplayed() public {
-        _commit(1, 100, 50);
-        _credit(1, 0, _entries1(alice, 100));
-        _debit(1, 1, _entries1(alice, 10));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
-        _debit(1, 1, _entries1(alice, 10));
-        assertEq(token.balanceOf(alice), 90);
-    }
-
-    function test_RevertWhen_DebitsExceedCommittedTotal() public {
-        _commit(1, 100, 30);
-        _credit(1, 0, _entries1(alice, 100));
-        _debit(1, 1, _entries1(alice, 20));
-        vm.expectRevert(_exceeds(1, DEBIT, 31, 30));
-        _debit(1, 2, _entries2(alice, 5, alice, 6));
-        assertEq(token.balanceOf(alice), 80);
-        assertEq(settlement.getEpoch(1).appliedDebits, 20);
-        assertFalse(settlement.isChunkApplied(1, 2));
-    }
-
-    function test_RevertWhen_DebitBurnExceedsBalance_RevertsWholeChunk() public {
-        _commit(1, 100, 100);
-        _credit(1, 0, _entries2(alice, 50, bob, 5));
-        // alice's burn succeeds inside the chunk, bob's does not: the whole chunk is undone.
-        vm.expectRevert(abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, bob, 5, 6));
-        _debit(1, 1, _entries2(alice, 50, bob, 6));
-        assertEq(token.balanceOf(alice), 50);
-        assertEq(token.balanceOf(bob), 5);
-        assertEq(token.totalSupply(), 55);
-        assertEq(settlement.getEpoch(1).appliedDebits, 0);
-        assertFalse(settlement.isChunkApplied(1, 1));
-        // Retrying the chunk id once the holder can pay works.
-        _credit(1, 2, _entries1(bob, 1));
-        _debit(1, 1, _entries2(alice, 50, bob, 6));
-        assertEq(token.totalSupply(), 0);
-    }
-
-    /// @dev Points are freely transferable, so a holder who moves its points away before its
-    /// debit is settled makes the whole chunk (everybody's debits in it) revert; the operator has
-    /// to re-chunk without that holder, and the epoch's debit total can then never be reached.
-    function test_RevertWhen_DebitedHolderMovedPointsAway() public {
-        _commit(1, 100, 60);
-        _credit(1, 0, _entries2(alice, 50, bob, 50));
-        vm.prank(bob);
-        token.transfer(carol, 50);
-        vm.expectRevert(abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, bob, 0, 30));
-        _debit(1, 1, _entries2(alice, 30, bob, 30));
-        assertEq(token.balanceOf(alice), 50, "alice's debit is undone with bob's");
-        _debit(1, 1, _entries1(alice, 30));
-        Settlement.Epoch memory e = settlement.getEpoch(1);
-        assertEq(e.appliedDebits, 30);
-        assertLt(e.appliedDebits, e.totalDebits);
-    }
-
     // ------------------------------------------------------------------ token interplay
 
     function test_RevertWhen_TokenPaused() public {
@@ -565,9 +558,11 @@ contract SettlementTest is SettlementFixture {
 
         vm.expectRevert(Pausable.EnforcedPause.selector);
         _credit(1, 1, _entries1(alice, 10));
+        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
         vm.expectRevert(Pausable.EnforcedPause.selector);
-        _debit(1, 1, _entries1(alice, 10));
+        _pay(1, 1, payments);
         assertFalse(settlement.isChunkApplied(1, 1));
+        assertFalse(settlement.isAuthorizationUsed(alice, payments[0].nonce));
 
         // Anchoring does not touch the token and still works while paused.
         _commit(2, 0, 0);
@@ -576,11 +571,13 @@ contract SettlementTest is SettlementFixture {
         vm.prank(admin);
         token.unpause();
         _credit(1, 1, _entries1(alice, 10));
-        _debit(1, 2, _entries1(alice, 10));
+        _pay(1, 2, payments);
         assertEq(token.balanceOf(alice), 50);
     }
 
     function test_RevertWhen_SettlementLacksTokenRole() public {
+        _commit(1, 5, 0);
+        _credit(1, 0, _entries1(alice, 5)); // through the real settlement, so alice has points
         Settlement other = new Settlement(token, admin, settler);
         bytes32 role = token.SETTLEMENT_ROLE();
         vm.prank(settler);
@@ -589,11 +586,16 @@ contract SettlementTest is SettlementFixture {
         vm.expectRevert(_unauthorized(address(other), role));
         vm.prank(settler);
         other.applyCredits(1, 0, _entries1(alice, 1));
+        // Alice's valid authorisation for `other` still cannot burn through it.
+        Settlement.Payment[] memory payments = _list1(
+            _signFor(address(other), _auth(alice, 1, 1, uint64(block.timestamp + 1), 1), aliceKey)
+        );
         vm.expectRevert(_unauthorized(address(other), role));
         vm.prank(settler);
-        other.applyDebits(1, 0, _entries1(alice, 1));
+        other.applyPayments(1, 0, payments);
         assertFalse(other.isChunkApplied(1, 0));
-        assertEq(token.totalSupply(), 0);
+        assertFalse(other.isAuthorizationUsed(alice, 1));
+        assertEq(token.totalSupply(), 5);
     }
 
     function test_RevertWhen_TokenRoleRevokedFromSettlement() public {
@@ -843,7 +845,7 @@ contract SettlementTest is SettlementFixture {
     struct Plan {
         bytes32[] first;
         bytes32[] second;
-        bytes32[] debits;
+        Settlement.Payment[] debits;
         uint256 total;
         uint256 firstSum;
         uint256 debitTotal;
@@ -856,6 +858,11 @@ contract SettlementTest is SettlementFixture {
         return users[i % 4];
     }
 
+    function _userKeys(uint256 i) internal view returns (uint256) {
+        uint256[4] memory keys = [aliceKey, bobKey, carolKey, malloryKey];
+        return keys[i % 4];
+    }
+
     function _plan(uint96[8] memory amounts, uint256 split, uint256 share, uint256 extra)
         internal
         view
@@ -864,7 +871,7 @@ contract SettlementTest is SettlementFixture {
         p.extra = extra;
         p.first = new bytes32[](split);
         p.second = new bytes32[](amounts.length - split);
-        p.debits = new bytes32[](split);
+        p.debits = new Settlement.Payment[](split);
         for (uint256 i = 0; i < amounts.length; ++i) {
             uint256 amount = amounts[i];
             p.total += amount;
@@ -872,7 +879,10 @@ contract SettlementTest is SettlementFixture {
             if (i < split) {
                 uint256 debit = (amount * share) / 100;
                 p.first[i] = _pack(_users(i), amount);
-                p.debits[i] = _pack(_users(i), debit);
+                p.debits[i] = _sign(
+                    _auth(_users(i), uint128(debit), 1000 + i, uint64(block.timestamp), uint128(debit)),
+                    _userKeys(i)
+                );
                 p.firstSum += amount;
                 p.debitTotal += debit;
                 p.expected[i % 4] -= debit;
@@ -882,8 +892,9 @@ contract SettlementTest is SettlementFixture {
         }
     }
 
-    /// @dev Credits split into two chunks at a random point, then debits of a share of the first
-    /// chunk: balances, supply and applied totals always add up, and the epoch totals are hard caps.
+    /// @dev Credits split into two chunks at a random point, then user-signed payments of a share
+    /// of the first chunk: balances, supply and applied totals always add up, and the epoch totals
+    /// are hard caps.
     function testFuzz_ApplyChunks(uint96[8] memory amounts, uint8 cut, uint8 debitShare, uint128 slack) public {
         for (uint256 i = 0; i < amounts.length; ++i) {
             amounts[i] = uint96(bound(amounts[i], 0, 1e24));
@@ -897,7 +908,7 @@ contract SettlementTest is SettlementFixture {
         assertEq(settlement.getEpoch(1).appliedCredits, p.total);
         assertEq(token.totalSupply(), p.total);
 
-        _debit(1, 12, p.debits);
+        _pay(1, 12, p.debits);
         assertEq(settlement.getEpoch(1).appliedDebits, p.debitTotal);
         assertEq(token.totalSupply(), p.total - p.debitTotal);
         uint256 sum;
@@ -912,8 +923,13 @@ contract SettlementTest is SettlementFixture {
         uint256 cap = p.total + p.extra;
         vm.expectRevert(_exceeds(1, CREDIT, cap + 1, cap));
         _credit(1, 14, _entries1(alice, 1));
+        // One more point of payment would exceed the debit total (alice still holds `extra` + 1
+        // or more points only when she was credited them, so credit one first).
+        _commit(2, 1, 0);
+        _credit(2, 0, _entries1(alice, 1));
+        Settlement.Payment[] memory more = _list1(_payment(alice, aliceKey, 1));
         vm.expectRevert(_exceeds(1, DEBIT, p.debitTotal + 1, p.debitTotal));
-        _debit(1, 14, _entries1(alice, 1));
+        _pay(1, 14, more);
     }
 
     function testFuzz_ChunkIdsAreIndependent(uint32 a, uint32 b, uint64 epochs) public {
@@ -927,9 +943,10 @@ contract SettlementTest is SettlementFixture {
         assertFalse(settlement.isChunkApplied(n, b));
         assertFalse(settlement.isChunkApplied(n + 1, a));
         if (n > 1) assertFalse(settlement.isChunkApplied(n - 1, a));
-        _debit(n, b, _entries1(alice, 1));
+        _payOne(n, b, alice, aliceKey, 1);
+        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
         vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, n, a));
-        _debit(n, a, _entries1(alice, 1));
+        _pay(n, a, payments);
         vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, n, b));
         _credit(n, b, _entries1(alice, 1));
     }
@@ -944,9 +961,10 @@ contract SettlementTest is SettlementFixture {
         vm.expectRevert(_unauthorized(caller, role));
         vm.prank(caller);
         settlement.applyCredits(1, 0, _entries1(caller, 1));
+        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
         vm.expectRevert(_unauthorized(caller, role));
         vm.prank(caller);
-        settlement.applyDebits(1, 0, _entries1(caller, 1));
+        settlement.applyPayments(1, 0, payments);
     }
 
     function testFuzz_RecordLeafHash(bytes32 digest, bytes calldata signature) public view {

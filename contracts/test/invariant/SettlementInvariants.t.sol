@@ -8,24 +8,40 @@ import {StdUtils} from "forge-std/StdUtils.sol";
 import {Test} from "forge-std/Test.sol";
 
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
-import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
 
 import {PointsToken} from "../../src/PointsToken.sol";
 import {Settlement} from "../../src/Settlement.sol";
+import {ERC1271Wallet} from "../utils/ERC1271Wallet.sol";
 
 /// @title Random operator and users driving Settlement and PointsToken
 /// @notice Every call either must succeed or is wrapped in try/catch with the exact revert it
 /// must produce (predicted from the ghost state before the call); anything else makes the
 /// handler revert, which fails the run (fail_on_revert = true).
+/// @dev Users are five EOAs (keys known to the handler) and one ERC-1271 contract wallet (whose
+/// owner key the handler knows). The handler keeps its own model of every balance: credits add,
+/// transfers move, and only payments the handler signed with the payer's own key subtract. Forged
+/// payments (signed by another key) are attempted too and must revert, so a balance that drifts
+/// from the model would be a burn nobody authorised.
 contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     PointsToken public immutable token;
     Settlement public immutable settlement;
     address public immutable admin;
     address public immutable settler;
 
-    address[] internal _actors;
+    bytes32 internal constant AUTH_TYPEHASH = keccak256(
+        "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)"
+    );
+    bytes32 internal immutable _domainSeparator;
+    uint256 internal constant ACTORS = 6; // five EOAs, then the contract wallet
 
-    // ---- ghost state
+    /// @dev Own clock, re-applied before every action, so time never goes backwards.
+    uint256 public clock = 1_700_000_000;
+
+    address[] internal _actors;
+    uint256[] internal _signingKeys; // the key whose signature the actor accepts
+    uint256 internal _nonceCursor;
+
+    // ---- ghost state: epochs and chunks
     uint256 public ghostCommits;
     mapping(uint64 epochId => uint256) public ghostCommitCount;
     mapping(uint64 epochId => bytes32) public ghostRecordsRoot;
@@ -40,12 +56,25 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     uint64[] internal _pairEpoch;
     uint32[] internal _pairChunk;
 
+    // ---- ghost state: balances and authorisations
+    mapping(address user => uint256) public ghostBalance;
+    mapping(address user => mapping(uint256 nonce => uint256)) public ghostNonceUses;
+    address[] internal _usedUser;
+    uint256[] internal _usedNonce;
+    uint256 public ghostPayments;
+    uint256 public ghostExpiredPayments;
+    uint256 public ghostCancels;
+
     // ---- expected reverts, counted
     uint256 public wrongIdRejected;
     uint256 public replayRejected;
     uint256 public exceedRejected;
-    uint256 public insufficientRejected;
     uint256 public transfers;
+    uint256 public forgedAttempts;
+    uint256 public forgedRejected;
+    uint256 public nonceReplayAttempts;
+    uint256 public nonceReplayRejected;
+    uint256 public overMaximumRejected;
     uint256 public unauthorisedAttempts;
     uint256 public unauthorisedRejected;
     uint256 public unauthorisedSucceeded;
@@ -55,9 +84,28 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         settlement = settlement_;
         admin = admin_;
         settler = settler_;
-        for (uint256 i = 0; i < 5; ++i) {
-            _actors.push(address(uint160(0xA11CE0 + i)));
+        for (uint256 i = 0; i < ACTORS - 1; ++i) {
+            uint256 key = uint256(keccak256(abi.encode("invariant actor", i)));
+            _actors.push(vm.addr(key));
+            _signingKeys.push(key);
         }
+        uint256 ownerKey = uint256(keccak256("invariant wallet owner"));
+        _actors.push(address(new ERC1271Wallet(vm.addr(ownerKey))));
+        _signingKeys.push(ownerKey);
+        _domainSeparator = keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256("GridPoints Settlement"),
+                keccak256("1"),
+                block.chainid,
+                address(settlement_)
+            )
+        );
+    }
+
+    modifier tick() {
+        vm.warp(clock);
+        _;
     }
 
     // ------------------------------------------------------------------ views for the invariants
@@ -74,10 +122,23 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         return (_pairEpoch[i], _pairChunk[i]);
     }
 
+    function usedCount() external view returns (uint256) {
+        return _usedUser.length;
+    }
+
+    function usedAt(uint256 i) external view returns (address, uint256) {
+        return (_usedUser[i], _usedNonce[i]);
+    }
+
     // ------------------------------------------------------------------ actions
 
+    /// @notice Lets up to three days pass, so that authorisations expire.
+    function warp(uint256 seconds_) external {
+        clock += bound(seconds_, 0, 3 days);
+    }
+
     /// @notice Commits the next epoch, or (when `wrongId`) tries an id that must be rejected.
-    function commitEpoch(uint256 idSeed, uint128 credits, uint128 debits, uint64 count, bool wrongId) external {
+    function commitEpoch(uint256 idSeed, uint128 credits, uint128 debits, uint64 count, bool wrongId) external tick {
         uint64 expected = settlement.lastEpochId() + 1;
         credits = uint128(bound(credits, 0, 1e12));
         debits = uint128(bound(debits, 0, 1e12));
@@ -112,12 +173,12 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
 
     /// @notice Applies a credit chunk: mode 0 replays a used chunk id, mode 1 exceeds the total,
     /// otherwise a fresh chunk within the remaining total.
-    function applyCredits(uint256 epochSeed, uint256 chunkSeed, uint256 amountSeed, uint8 mode) external {
+    function applyCredits(uint256 epochSeed, uint256 chunkSeed, uint256 amountSeed, uint8 mode) external tick {
         uint64 last = settlement.lastEpochId();
         if (last == 0) return;
         uint64 epochId = uint64(bound(epochSeed, 1, last));
         if (mode % 4 == 0 && _chunksOf[epochId].length > 0) {
-            _replay(epochId, chunkSeed, amountSeed, Settlement.ChunkKind.Credit);
+            _replayCredits(epochId, chunkSeed, amountSeed);
         } else if (mode % 4 == 1) {
             _creditsAboveTotal(epochId, _freshChunk(epochId, chunkSeed), amountSeed);
         } else {
@@ -125,159 +186,76 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         }
     }
 
-    /// @notice Applies a debit chunk: mode 0 replays a used chunk id, mode 1 exceeds the total,
-    /// mode 2 burns more than a holder has, otherwise a fresh chunk within total and balances.
-    function applyDebits(uint256 epochSeed, uint256 chunkSeed, uint256 amountSeed, uint8 mode) external {
+    /// @notice Applies a payment chunk: mode 0 replays a used chunk id, 1 slips in a payment
+    /// signed with the wrong key, 2 reuses a used nonce, 3 asks more than the signed maximum,
+    /// 4 burns more than the epoch's remaining debit total; otherwise 1 to 4 valid payments
+    /// (some expired) whose amounts fit the remaining total.
+    function applyPayments(uint256 epochSeed, uint256 chunkSeed, uint256 seed, uint8 mode) external tick {
         uint64 last = settlement.lastEpochId();
         if (last == 0) return;
         uint64 epochId = uint64(bound(epochSeed, 1, last));
-        if (mode % 4 == 0 && _chunksOf[epochId].length > 0) {
-            _replay(epochId, chunkSeed, amountSeed, Settlement.ChunkKind.Debit);
-        } else if (mode % 4 == 1 || mode % 4 == 2) {
-            _impossibleDebit(epochId, _freshChunk(epochId, chunkSeed), amountSeed, mode % 4 == 1);
+        uint256 m = mode % 7;
+        if (m == 0 && _chunksOf[epochId].length > 0) {
+            _replayPayments(epochId, chunkSeed, seed);
+        } else if (m == 1) {
+            _forgedPayment(epochId, _freshChunk(epochId, chunkSeed), seed);
+        } else if (m == 2 && _usedUser.length > 0) {
+            _nonceReplay(epochId, _freshChunk(epochId, chunkSeed), seed);
+        } else if (m == 3) {
+            _overMaximum(epochId, _freshChunk(epochId, chunkSeed), seed);
+        } else if (m == 4 && _paymentsAboveTotal(epochId, _freshChunk(epochId, chunkSeed), seed)) {
+            return;
         } else {
-            _debits(epochId, _freshChunk(epochId, chunkSeed), amountSeed);
+            _payments(epochId, _freshChunk(epochId, chunkSeed), seed);
         }
     }
 
-    function _replay(uint64 epochId, uint256 chunkSeed, uint256 amountSeed, Settlement.ChunkKind kind) internal {
-        // A used id of either kind: credit and debit chunks share one id space per epoch.
-        uint32 used = _chunksOf[epochId][chunkSeed % _chunksOf[epochId].length];
-        bytes32[] memory entries = _single(amountSeed, amountSeed % 3);
-        bool accepted;
-        bytes memory err;
-        vm.prank(settler);
-        if (kind == Settlement.ChunkKind.Credit) {
-            try settlement.applyCredits(epochId, used, entries) {
-                accepted = true;
-            } catch (bytes memory e) {
-                err = e;
+    /// @notice A user voids a fresh nonce, or (when `reuse`) tries to void a used one.
+    function cancel(uint256 actorSeed, uint256 nonceSeed, bool reuse) external tick {
+        if (reuse && _usedUser.length > 0) {
+            uint256 i = nonceSeed % _usedUser.length;
+            (address user, uint256 nonce) = (_usedUser[i], _usedNonce[i]);
+            vm.prank(user);
+            try settlement.cancelAuthorization(nonce) {
+                revert("used nonce canceled again");
+            } catch (bytes memory err) {
+                _expect(err, abi.encodeWithSelector(Settlement.AuthorizationAlreadyUsed.selector, user, nonce));
+                nonceReplayRejected++;
             }
-        } else {
-            try settlement.applyDebits(epochId, used, entries) {
-                accepted = true;
-            } catch (bytes memory e) {
-                err = e;
-            }
+            nonceReplayAttempts++;
+            return;
         }
-        require(!accepted, "chunk replay accepted");
-        _expect(err, abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, epochId, used));
-        replayRejected++;
-    }
-
-    function _creditsAboveTotal(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
-        uint256 amount = e.totalCredits - e.appliedCredits + 1 + (amountSeed % 1000);
-        bytes memory want = abi.encodeWithSelector(
-            Settlement.ExceedsCommittedTotal.selector,
-            epochId,
-            Settlement.ChunkKind.Credit,
-            e.appliedCredits + amount,
-            e.totalCredits
-        );
-        bytes32[] memory entries = _single(amountSeed, amount);
-        vm.prank(settler);
-        try settlement.applyCredits(epochId, chunkId, entries) {
-            revert("credits above the committed total accepted");
-        } catch (bytes memory err) {
-            _expect(err, want);
-            exceedRejected++;
-        }
-    }
-
-    function _credits(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
-        uint256 budget = bound(amountSeed >> 8, 0, e.totalCredits - e.appliedCredits);
-        uint256 n = 1 + (amountSeed % 4);
-        bytes32[] memory entries = new bytes32[](n);
-        uint256 sum;
-        for (uint256 i = 0; i < n; ++i) {
-            uint256 amount = budget - sum;
-            if (i < n - 1) amount = bound(uint256(keccak256(abi.encode(amountSeed, i))), 0, amount);
-            sum += amount;
-            entries[i] = _pack(_actors[(amountSeed % _actors.length + i) % _actors.length], amount);
-        }
-        vm.prank(settler);
-        settlement.applyCredits(epochId, chunkId, entries);
-        _recordChunk(epochId, chunkId);
-        ghostAppliedCredits[epochId] += sum;
-        ghostCredited += sum;
-    }
-
-    function _impossibleDebit(uint64 epochId, uint32 chunkId, uint256 amountSeed, bool aboveTotal) internal {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
-        address holder = _actors[amountSeed % _actors.length];
-        uint256 balance = token.balanceOf(holder);
-        uint256 amount = aboveTotal ? e.totalDebits - e.appliedDebits + 1 + (amountSeed >> 8) % 1000 : balance + 1;
-        // The burn happens before the total is checked: a short balance wins.
-        bytes memory want = amount > balance
-            ? abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, holder, balance, amount)
-            : abi.encodeWithSelector(
-                Settlement.ExceedsCommittedTotal.selector,
-                epochId,
-                Settlement.ChunkKind.Debit,
-                e.appliedDebits + amount,
-                e.totalDebits
-            );
-        bytes32[] memory entries = new bytes32[](1);
-        entries[0] = _pack(holder, amount);
-        vm.prank(settler);
-        try settlement.applyDebits(epochId, chunkId, entries) {
-            revert("impossible debit accepted");
-        } catch (bytes memory err) {
-            _expect(err, want);
-            if (amount > balance) insufficientRejected++;
-            else exceedRejected++;
-        }
-    }
-
-    function _debits(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
-        // Distinct holders, each burning at most what it holds, in total at most what remains.
-        uint256 n = 1 + (amountSeed % _actors.length);
-        bytes32[] memory entries = new bytes32[](n);
-        uint256 left = e.totalDebits - e.appliedDebits;
-        uint256 sum;
-        for (uint256 i = 0; i < n; ++i) {
-            address holder = _actors[(amountSeed % _actors.length + i) % _actors.length];
-            uint256 cap = token.balanceOf(holder);
-            if (cap > left) cap = left;
-            uint256 amount = bound(uint256(keccak256(abi.encode(amountSeed, i))), 0, cap);
-            left -= amount;
-            sum += amount;
-            entries[i] = _pack(holder, amount);
-        }
-        vm.prank(settler);
-        settlement.applyDebits(epochId, chunkId, entries);
-        _recordChunk(epochId, chunkId);
-        ghostAppliedDebits[epochId] += sum;
-        ghostDebited += sum;
+        address actor = _actors[actorSeed % ACTORS];
+        uint256 fresh = _freshNonce(actor, nonceSeed);
+        vm.prank(actor);
+        settlement.cancelAuthorization(fresh);
+        _recordNonce(actor, fresh);
+        ghostCancels++;
     }
 
     /// @notice A user moves points to another user (never fails: the amount is bounded).
-    function transfer(uint256 fromSeed, uint256 toSeed, uint256 amount) external {
-        address from = _actors[fromSeed % _actors.length];
-        address to = _actors[toSeed % _actors.length];
+    function transfer(uint256 fromSeed, uint256 toSeed, uint256 amount) external tick {
+        address from = _actors[fromSeed % ACTORS];
+        address to = _actors[toSeed % ACTORS];
         amount = bound(amount, 0, token.balanceOf(from));
         vm.prank(from);
         require(token.transfer(to, amount), "transfer returned false");
+        ghostBalance[from] -= amount;
+        ghostBalance[to] += amount;
         transfers++;
     }
 
     /// @notice Someone who is not the Settlement contract tries to create or destroy points, or
-    /// someone who is not the settler tries to apply a chunk. All must be rejected.
-    function unauthorisedMint(uint256 callerSeed, uint256 toSeed, uint96 amount, uint8 fn) external {
-        address[8] memory callers =
-            [_actors[0], _actors[1], _actors[2], _actors[3], _actors[4], settler, admin, address(this)];
+    /// someone who is not the settler tries to apply a chunk (even one carrying a payment validly
+    /// signed by its user). All must be rejected.
+    function unauthorisedMint(uint256 callerSeed, uint256 toSeed, uint96 amount, uint8 fn) external tick {
+        address[9] memory callers = [
+            _actors[0], _actors[1], _actors[2], _actors[3], _actors[4], _actors[5], settler, admin, address(this)
+        ];
         address caller = callers[callerSeed % callers.length];
-        address to = _actors[toSeed % _actors.length];
-        bytes32[] memory entries = new bytes32[](1);
-        entries[0] = _pack(to, amount);
-        unauthorisedAttempts++;
-
         uint256 which = fn % 5;
         bytes memory want;
-        if (which == 4) {
+        if (which >= 3) {
             // The settler itself is allowed here, so another caller stands in for it.
             if (caller == settler) caller = admin;
             want = abi.encodeWithSelector(
@@ -288,9 +266,27 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 IAccessControl.AccessControlUnauthorizedAccount.selector, caller, token.SETTLEMENT_ROLE()
             );
         }
+        unauthorisedAttempts++;
+        (bool succeeded, bytes memory err) = _attempt(which, caller, toSeed, amount);
+        if (succeeded) {
+            unauthorisedSucceeded++; // reported by invariant_OnlySettlementMints
+            return;
+        }
+        _expect(err, want);
+        unauthorisedRejected++;
+    }
+
+    function _attempt(uint256 which, address caller, uint256 toSeed, uint96 amount)
+        internal
+        returns (bool succeeded, bytes memory err)
+    {
+        uint256 who = toSeed % ACTORS;
+        address to = _actors[who];
         uint64 epochId = settlement.lastEpochId();
-        bool succeeded;
-        bytes memory err;
+        bytes32[] memory entries = new bytes32[](1);
+        entries[0] = _pack(to, amount);
+        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+        payments[0] = _signed(who, _freshNonce(to, toSeed), uint64(clock), amount, amount);
         vm.prank(caller);
         if (which == 0) {
             try token.mint(to, amount) {
@@ -311,27 +307,303 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 err = e;
             }
         } else if (which == 3) {
-            try token.burnPacked(entries) {
-                succeeded = true;
-            } catch (bytes memory e) {
-                err = e;
-            }
-        } else {
             try settlement.applyCredits(epochId, uint32(toSeed), entries) {
                 succeeded = true;
             } catch (bytes memory e) {
                 err = e;
             }
+        } else {
+            try settlement.applyPayments(epochId, uint32(toSeed), payments) {
+                succeeded = true;
+            } catch (bytes memory e) {
+                err = e;
+            }
         }
-        if (succeeded) {
-            unauthorisedSucceeded++; // reported by invariant_OnlySettlementMints
-            return;
+    }
+
+    // ------------------------------------------------------------------ credits
+
+    function _replayCredits(uint64 epochId, uint256 chunkSeed, uint256 amountSeed) internal {
+        // A used id of either kind: credit and payment chunks share one id space per epoch.
+        uint32 used = _chunksOf[epochId][chunkSeed % _chunksOf[epochId].length];
+        bytes32[] memory entries = new bytes32[](1);
+        entries[0] = _pack(_actors[amountSeed % ACTORS], amountSeed % 3);
+        vm.prank(settler);
+        try settlement.applyCredits(epochId, used, entries) {
+            revert("credit chunk replay accepted");
+        } catch (bytes memory err) {
+            _expect(err, abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, epochId, used));
+            replayRejected++;
         }
-        _expect(err, want);
-        unauthorisedRejected++;
+    }
+
+    function _creditsAboveTotal(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
+        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        uint256 amount = e.totalCredits - e.appliedCredits + 1 + (amountSeed % 1000);
+        bytes memory want = abi.encodeWithSelector(
+            Settlement.ExceedsCommittedTotal.selector,
+            epochId,
+            Settlement.ChunkKind.Credit,
+            e.appliedCredits + amount,
+            e.totalCredits
+        );
+        bytes32[] memory entries = new bytes32[](1);
+        entries[0] = _pack(_actors[amountSeed % ACTORS], amount);
+        vm.prank(settler);
+        try settlement.applyCredits(epochId, chunkId, entries) {
+            revert("credits above the committed total accepted");
+        } catch (bytes memory err) {
+            _expect(err, want);
+            exceedRejected++;
+        }
+    }
+
+    function _credits(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
+        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        uint256 budget = bound(amountSeed >> 8, 0, e.totalCredits - e.appliedCredits);
+        uint256 n = 1 + (amountSeed % 4);
+        bytes32[] memory entries = new bytes32[](n);
+        address[] memory receivers = new address[](n);
+        uint256[] memory amounts = new uint256[](n);
+        uint256 sum;
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 amount = budget - sum;
+            if (i < n - 1) amount = bound(uint256(keccak256(abi.encode(amountSeed, i))), 0, amount);
+            sum += amount;
+            receivers[i] = _actors[(amountSeed % ACTORS + i) % ACTORS];
+            amounts[i] = amount;
+            entries[i] = _pack(receivers[i], amount);
+        }
+        vm.prank(settler);
+        settlement.applyCredits(epochId, chunkId, entries);
+        _recordChunk(epochId, chunkId);
+        ghostAppliedCredits[epochId] += sum;
+        ghostCredited += sum;
+        for (uint256 i = 0; i < n; ++i) {
+            ghostBalance[receivers[i]] += amounts[i];
+        }
+    }
+
+    // ------------------------------------------------------------------ payments
+
+    function _replayPayments(uint64 epochId, uint256 chunkSeed, uint256 seed) internal {
+        uint32 used = _chunksOf[epochId][chunkSeed % _chunksOf[epochId].length];
+        uint256 who = seed % ACTORS;
+        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+        payments[0] = _signed(who, _freshNonce(_actors[who], seed), uint64(clock), 1, 1);
+        vm.prank(settler);
+        try settlement.applyPayments(epochId, used, payments) {
+            revert("payment chunk replay accepted");
+        } catch (bytes memory err) {
+            _expect(err, abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, epochId, used));
+            replayRejected++;
+        }
+    }
+
+    /// @dev A valid payment followed by one signed with a key that is not the payer's.
+    function _forgedPayment(uint64 epochId, uint32 chunkId, uint256 seed) internal {
+        uint256 who = seed % ACTORS;
+        address victim = _actors[who];
+        uint256 wrongKey = (seed >> 8) % 2 == 0
+            ? _signingKeys[(who + 1 + (seed >> 16) % (ACTORS - 1)) % ACTORS] // another user's key
+            : uint256(keccak256(abi.encode("forger", seed))); // anybody's
+        uint256 nonce = _freshNonce(victim, seed);
+        uint128 amount = uint128(bound(seed >> 24, 1, 1e12));
+        Settlement.Payment memory forged = _auth(victim, nonce, uint64(clock + 1 days), amount, amount);
+        forged.signature = _signature(wrongKey, forged);
+
+        Settlement.Payment[] memory payments = new Settlement.Payment[](2);
+        uint256 honest = (who + 1) % ACTORS;
+        payments[0] = _signed(honest, _freshNonce(_actors[honest], seed >> 1), uint64(clock), 0, 0);
+        payments[1] = forged;
+        forgedAttempts++;
+        vm.prank(settler);
+        try settlement.applyPayments(epochId, chunkId, payments) {
+            revert("forged payment accepted");
+        } catch (bytes memory err) {
+            _expect(err, abi.encodeWithSelector(Settlement.InvalidAuthorizationSignature.selector, victim, nonce));
+            forgedRejected++;
+        }
+    }
+
+    /// @dev A correctly signed authorisation whose nonce is already used (paid or canceled).
+    function _nonceReplay(uint64 epochId, uint32 chunkId, uint256 seed) internal {
+        uint256 i = seed % _usedUser.length;
+        (address user, uint256 nonce) = (_usedUser[i], _usedNonce[i]);
+        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+        payments[0] = _signed(_indexOf(user), nonce, uint64(clock + 1 days), 1, 1);
+        nonceReplayAttempts++;
+        vm.prank(settler);
+        try settlement.applyPayments(epochId, chunkId, payments) {
+            revert("used nonce accepted");
+        } catch (bytes memory err) {
+            _expect(err, abi.encodeWithSelector(Settlement.AuthorizationAlreadyUsed.selector, user, nonce));
+            nonceReplayRejected++;
+        }
+    }
+
+    function _overMaximum(uint64 epochId, uint32 chunkId, uint256 seed) internal {
+        uint256 who = seed % ACTORS;
+        address user = _actors[who];
+        uint256 nonce = _freshNonce(user, seed);
+        uint128 maxPoints = uint128(bound(seed >> 8, 0, 1e12));
+        uint128 amount = uint128(bound(seed >> 64, uint256(maxPoints) + 1, type(uint128).max));
+        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+        payments[0] = _signed(who, nonce, uint64(clock + 1 days), maxPoints, amount);
+        vm.prank(settler);
+        try settlement.applyPayments(epochId, chunkId, payments) {
+            revert("payment above the signed maximum accepted");
+        } catch (bytes memory err) {
+            _expect(
+                err,
+                abi.encodeWithSelector(Settlement.ExceedsAuthorizedMaximum.selector, user, nonce, amount, maxPoints)
+            );
+            overMaximumRejected++;
+        }
+    }
+
+    /// @dev A payment that burns one point more than the epoch has left, when some user holds
+    /// enough for that; returns false (nothing tried) otherwise.
+    function _paymentsAboveTotal(uint64 epochId, uint32 chunkId, uint256 seed) internal returns (bool) {
+        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        uint256 left = e.totalDebits - e.appliedDebits;
+        for (uint256 k = 0; k < ACTORS; ++k) {
+            uint256 who = (seed % ACTORS + k) % ACTORS;
+            address user = _actors[who];
+            if (ghostBalance[user] <= left) continue;
+            uint128 amount = uint128(left + 1);
+            Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+            payments[0] = _signed(who, _freshNonce(user, seed), uint64(clock), amount, amount);
+            vm.prank(settler);
+            try settlement.applyPayments(epochId, chunkId, payments) {
+                revert("payments above the committed total accepted");
+            } catch (bytes memory err) {
+                _expect(
+                    err,
+                    abi.encodeWithSelector(
+                        Settlement.ExceedsCommittedTotal.selector,
+                        epochId,
+                        Settlement.ChunkKind.Debit,
+                        e.appliedDebits + left + 1,
+                        e.totalDebits
+                    )
+                );
+                exceedRejected++;
+            }
+            return true;
+        }
+        return false;
+    }
+
+    /// @dev 1 to 4 valid payments (payers may repeat; some expired), amounts within what the
+    /// epoch has left; the expected burn of each is replayed on a copy of the balance model.
+    function _payments(uint64 epochId, uint32 chunkId, uint256 seed) internal {
+        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        uint256 left = e.totalDebits - e.appliedDebits;
+        uint256 n = 1 + (seed % 4);
+        Settlement.Payment[] memory payments = new Settlement.Payment[](n);
+        uint256[] memory balances = new uint256[](ACTORS);
+        for (uint256 k = 0; k < ACTORS; ++k) {
+            balances[k] = ghostBalance[_actors[k]];
+        }
+        uint256[] memory burnedBy = new uint256[](ACTORS);
+        uint256 burnedTotal;
+        uint256 expired;
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 r = uint256(keccak256(abi.encode(seed, i)));
+            uint256 who = r % ACTORS;
+            uint128 amount = uint128(bound(r >> 8, 0, left));
+            left -= amount;
+            uint128 maxPoints = uint128(bound(r >> 136, amount, type(uint128).max));
+            bool late = (r >> 200) % 4 == 0;
+            uint64 deadline = late ? uint64(clock - 1 - (r >> 210) % 1 days) : uint64(clock + (r >> 210) % 2 days);
+            payments[i] = _signed(who, _freshNonce(_actors[who], r), deadline, maxPoints, amount);
+            if (late) {
+                expired++;
+                continue;
+            }
+            uint256 burn = amount < balances[who] ? amount : balances[who];
+            balances[who] -= burn;
+            burnedBy[who] += burn;
+            burnedTotal += burn;
+        }
+        vm.prank(settler);
+        settlement.applyPayments(epochId, chunkId, payments);
+        _recordChunk(epochId, chunkId);
+        for (uint256 i = 0; i < n; ++i) {
+            _recordNonce(payments[i].user, payments[i].nonce);
+        }
+        for (uint256 k = 0; k < ACTORS; ++k) {
+            ghostBalance[_actors[k]] -= burnedBy[k];
+        }
+        ghostAppliedDebits[epochId] += burnedTotal;
+        ghostDebited += burnedTotal;
+        ghostPayments += n;
+        ghostExpiredPayments += expired;
     }
 
     // ------------------------------------------------------------------ internals
+
+    function _auth(address user, uint256 nonce, uint64 deadline, uint128 maxPoints, uint128 amount)
+        internal
+        pure
+        returns (Settlement.Payment memory)
+    {
+        return Settlement.Payment({
+            user: user,
+            stationId: keccak256(abi.encode("station", nonce % 7)),
+            maxPoints: maxPoints,
+            nonce: nonce,
+            deadline: deadline,
+            amount: amount,
+            signature: ""
+        });
+    }
+
+    function _signature(uint256 key, Settlement.Payment memory p) internal view returns (bytes memory) {
+        bytes32 structHash =
+            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        (uint8 v, bytes32 r, bytes32 s) =
+            vm.sign(key, keccak256(abi.encodePacked("\x19\x01", _domainSeparator, structHash)));
+        return abi.encodePacked(r, s, v);
+    }
+
+    /// @dev A payment by actor `who`, signed with the key that actor accepts.
+    function _signed(uint256 who, uint256 nonce, uint64 deadline, uint128 maxPoints, uint128 amount)
+        internal
+        view
+        returns (Settlement.Payment memory p)
+    {
+        p = _auth(_actors[who], nonce, deadline, maxPoints, amount);
+        p.signature = _signature(_signingKeys[who], p);
+    }
+
+    function _indexOf(address actor) internal view returns (uint256) {
+        for (uint256 k = 0; k < ACTORS; ++k) {
+            if (_actors[k] == actor) return k;
+        }
+        revert("not an actor");
+    }
+
+    /// @dev A nonce `user` never used: small and sequential or anywhere in uint256, like wallets do.
+    function _freshNonce(address user, uint256 seed) internal returns (uint256 nonce) {
+        unchecked {
+            ++_nonceCursor;
+        }
+        nonce = seed % 2 == 0 ? _nonceCursor : uint256(keccak256(abi.encode(seed, _nonceCursor)));
+        while (ghostNonceUses[user][nonce] != 0) {
+            unchecked {
+                ++nonce;
+            }
+        }
+    }
+
+    function _recordNonce(address user, uint256 nonce) internal {
+        if (ghostNonceUses[user][nonce]++ == 0) {
+            _usedUser.push(user);
+            _usedNonce.push(nonce);
+        }
+    }
 
     function _expect(bytes memory err, bytes memory want) internal pure {
         require(keccak256(err) == keccak256(want), "unexpected revert data");
@@ -340,11 +612,6 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     function _pack(address account, uint256 amount) internal pure returns (bytes32) {
         require(amount <= type(uint96).max, "amount does not fit");
         return bytes32((amount << 160) | uint256(uint160(account)));
-    }
-
-    function _single(uint256 seed, uint256 amount) internal view returns (bytes32[] memory entries) {
-        entries = new bytes32[](1);
-        entries[0] = _pack(_actors[seed % _actors.length], amount);
     }
 
     function _freshChunk(uint64 epochId, uint256 seed) internal view returns (uint32 chunkId) {
@@ -367,12 +634,15 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     }
 }
 
-/// @title Invariants of Settlement + PointsToken under a random operator
-/// @notice The handler is the only target. After every call: the supply is exactly the applied
-/// credits minus the applied debits (by ghost sums, by summing getEpoch over every epoch and by
-/// summing the holders' balances); applied totals never exceed committed totals; the epochs are
-/// exactly 1..lastEpochId, each committed once; no chunk was applied twice; and nobody but the
-/// Settlement contract ever created or destroyed points.
+/// @title Invariants of Settlement + PointsToken under a random operator and random users
+/// @notice The handler is the only target. After every call: the supply is exactly the minted
+/// minus the burned points (by ghost sums, by summing getEpoch over every epoch and by summing the
+/// holders' balances); every holder's balance is exactly what credits, transfers and the payments
+/// it signed itself leave (so no point was burned without its holder's signature); applied totals
+/// never exceed committed totals; the epochs are exactly 1..lastEpochId, each committed once; no
+/// chunk was applied twice; no authorisation nonce was used twice and every forged, replayed or
+/// over-the-maximum payment was refused; and nobody but the Settlement contract ever created or
+/// destroyed points.
 contract SettlementInvariantsTest is StdInvariant, Test {
     PointsToken internal token;
     Settlement internal settlement;
@@ -389,13 +659,16 @@ contract SettlementInvariantsTest is StdInvariant, Test {
         vm.stopPrank();
 
         handler = new SettlementHandler(token, settlement, admin, settler);
-        bytes4[] memory selectors = new bytes4[](6);
+        bytes4[] memory selectors = new bytes4[](9);
         selectors[0] = SettlementHandler.commitEpoch.selector;
         selectors[1] = SettlementHandler.applyCredits.selector;
-        selectors[2] = SettlementHandler.applyDebits.selector;
+        selectors[2] = SettlementHandler.applyPayments.selector;
         selectors[3] = SettlementHandler.transfer.selector;
         selectors[4] = SettlementHandler.unauthorisedMint.selector;
         selectors[5] = SettlementHandler.applyCredits.selector; // settlement work is the common case
+        selectors[6] = SettlementHandler.applyPayments.selector;
+        selectors[7] = SettlementHandler.cancel.selector;
+        selectors[8] = SettlementHandler.warp.selector;
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
         targetContract(address(handler));
     }
@@ -423,6 +696,28 @@ contract SettlementInvariantsTest is StdInvariant, Test {
             sum += token.balanceOf(users[i]);
         }
         assertEq(sum, token.totalSupply());
+    }
+
+    /// @dev The model subtracts only the burns of payments signed with the payer's own key; any
+    /// other burn would make a balance disagree with it.
+    function invariant_NoBurnWithoutTheHoldersSignature() public view {
+        address[] memory users = handler.actors();
+        for (uint256 i = 0; i < users.length; ++i) {
+            assertEq(token.balanceOf(users[i]), handler.ghostBalance(users[i]), "balance model");
+        }
+        assertEq(handler.forgedAttempts(), handler.forgedRejected(), "a forged payment went through");
+    }
+
+    function invariant_NoAuthorizationUsedTwice() public view {
+        uint256 n = handler.usedCount();
+        assertEq(n, handler.ghostPayments() + handler.ghostCancels(), "one nonce per payment or cancel");
+        for (uint256 i = 0; i < n; ++i) {
+            (address user, uint256 nonce) = handler.usedAt(i);
+            assertEq(handler.ghostNonceUses(user, nonce), 1, "nonce used exactly once");
+            assertTrue(settlement.isAuthorizationUsed(user, nonce));
+        }
+        assertEq(handler.nonceReplayAttempts(), handler.nonceReplayRejected(), "a used nonce was accepted");
+        assertLe(handler.ghostExpiredPayments(), handler.ghostPayments());
     }
 
     function invariant_AppliedWithinCommitted() public view {
@@ -465,7 +760,7 @@ contract SettlementInvariantsTest is StdInvariant, Test {
     }
 
     function invariant_OnlySettlementMints() public view {
-        assertEq(handler.unauthorisedSucceeded(), 0, "an unauthorised mint/burn went through");
+        assertEq(handler.unauthorisedSucceeded(), 0, "an unauthorised mint/burn/apply went through");
         assertEq(handler.unauthorisedAttempts(), handler.unauthorisedRejected());
         bytes32 role = token.SETTLEMENT_ROLE();
         assertTrue(token.hasRole(role, address(settlement)));

@@ -1,0 +1,564 @@
+"""The GridPoints payment authorisation: a user's signed permission to pay for a charge in points.
+
+This module is the single source of truth of the authorisation, as ``record.py`` is of the
+record: the wallet side builds and signs authorisations with it, the station attaches their
+digest to the charge record it signs, the backend parses and checks them and passes them to
+``Settlement.applyPayments``, and the auditor re-checks every burn with it.
+``contracts/src/Settlement.sol`` computes the same digest on chain; both are tested on
+``tests/vectors/payment_authorization.json`` (written by ``scripts/gen_authorization_vectors.py``).
+
+EIP-712 shape (fixed; changing it is a protocol change)::
+
+    EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)
+        name = "GridPoints Settlement", version = "1", verifyingContract = the Settlement contract
+    PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,
+        uint64 deadline)
+
+What it means, in the words a wallet shows: *user* agrees that up to *maxPoints* of their points
+are burned to pay for charging at *stationId*, once (*nonce*), if settled no later than
+*deadline* (unix seconds, compared with the settling block's time). The domain names the
+Settlement contract and the chain, so an authorisation is valid on one deployment only.
+
+Rules every valid authorisation obeys (the dataclass enforces them on construction):
+
+* ``user`` is not the zero address (nobody holds its key; it cannot hold points) and
+  ``stationId`` is not zero (the StationRegistry never registers station id 0).
+* ``maxPoints`` is at least 1 and fits uint128: an authorisation to pay nothing authorises nothing.
+* ``nonce`` is any uint256 the user has not used yet. Nonces are *unordered* (a bitmap per user
+  on chain, as in Permit2): any unused number works, in any order. Small consecutive numbers are
+  cheapest on chain (256 nonces share one storage word).
+* ``deadline`` fits uint64; 0 is valid but always expired.
+
+The charge record's ``paymentAuthorization`` field holds :meth:`PaymentAuthorization.digest`:
+the EIP-712 *digest*, not the struct hash, so that the record binds the chain and the
+Settlement contract as well as the authorisation's fields. ``PaymentApplied`` events carry the
+same 32 bytes, which is how an auditor joins a burn to its record.
+
+Representation and parsing follow ``record.py`` (whose error types and text helpers this module
+imports rather than copies): ``bytes`` for addresses (20) and bytes32 (32), ``int`` for integers,
+text only in JSON. JSON integers may also arrive as decimal strings (JavaScript clients cannot
+hold a uint256 in a Number); :meth:`PaymentAuthorization.to_json` always writes JSON integers.
+
+The module is pure: no I/O, no clock, no global state beyond constants. Signing with a
+development wallet (:func:`sign_authorization`) uses the account object it is given.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from station_signer.record import (
+    _DOMAIN_LAYOUT,
+    _EIP191_PREFIX,
+    _HEX_64,
+    _HEX_130,
+    DOMAIN_FIELDS,
+    EIP712_DOMAIN_TYPEHASH,
+    REASON_MALFORMED,
+    SIGNATURE_LENGTH,
+    UINT256_MAX,
+    ZERO_ADDRESS,
+    ZERO_BYTES32,
+    FieldError,
+    RecordField,
+    RecordValidationError,
+    SignatureError,
+    _int_text,
+    _parse_address_text,
+    _parse_hex_fixed,
+    _parse_uint_text,
+    _Problem,
+    _shape_errors,
+    _type_name,
+    encode_type,
+    keccak256,
+    recover_signer_bytes,
+    to_checksum_address,
+)
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+__all__ = [
+    "AUTHORIZATION_FIELDS",
+    "DOMAIN_NAME",
+    "DOMAIN_VERSION",
+    "PAYMENT_AUTHORIZATION_TYPE",
+    "PAYMENT_AUTHORIZATION_TYPEHASH",
+    "PRIMARY_TYPE",
+    "UINT128_MAX",
+    "PaymentAuthorization",
+    "SettlementDomain",
+    "SignedAuthorization",
+    "parse_typed_data",
+    "sign_authorization",
+    "typed_data_types",
+]
+
+# ---- constants ---------------------------------------------------------------------------------
+
+UINT128_MAX: Final = 2**128 - 1
+
+DOMAIN_NAME: Final = "GridPoints Settlement"
+DOMAIN_VERSION: Final = "1"
+PRIMARY_TYPE: Final = "PaymentAuthorization"
+
+# The order is the EIP-712 member order: it fixes the type string, the hash and the JSON.
+AUTHORIZATION_FIELDS: Final[tuple[RecordField, ...]] = (
+    RecordField("user", "user", "address"),
+    RecordField("stationId", "station_id", "bytes32"),
+    RecordField("maxPoints", "max_points", "uint128"),
+    RecordField("nonce", "nonce", "uint256"),
+    RecordField("deadline", "deadline", "uint64"),
+)
+
+PAYMENT_AUTHORIZATION_TYPE: Final = (
+    "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,"
+    "uint64 deadline)"
+)
+# A real check, not an assert: it must also hold under python -O.
+if (
+    encode_type(PRIMARY_TYPE, tuple((f.json_name, f.eip712_type) for f in AUTHORIZATION_FIELDS))
+    != PAYMENT_AUTHORIZATION_TYPE
+):
+    raise ImportError("authorization.py: field table disagrees with the EIP-712 type string")
+
+PAYMENT_AUTHORIZATION_TYPEHASH: Final = keccak256(PAYMENT_AUTHORIZATION_TYPE.encode("ascii"))
+_DOMAIN_NAME_HASH: Final = keccak256(DOMAIN_NAME.encode("ascii"))
+_DOMAIN_VERSION_HASH: Final = keccak256(DOMAIN_VERSION.encode("ascii"))
+
+# encodeData as one fixed 192-byte layout (6 words): typehash, user (left-padded 20 bytes),
+# stationId, maxPoints (uint128: 16 zero bytes, then 16 bytes), nonce (32 bytes), deadline
+# (uint64). struct has no 128- or 256-bit integer codes, so those two go in as bytes.
+_STRUCT_LAYOUT: Final = struct.Struct(">32s12x20s32s16x16s32s24xQ")
+if _STRUCT_LAYOUT.size != 6 * 32:
+    raise ImportError("authorization.py: encodeData layout has the wrong size")
+
+_BITS: Final = {"uint64": 64, "uint128": 128, "uint256": 256}
+_JSON_NAMES: Final = frozenset(f.json_name for f in AUTHORIZATION_FIELDS)
+_SIGNED_KEYS: Final = frozenset(("authorization", "signature"))
+
+
+# ---- the domain --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementDomain:
+    """The EIP-712 domain of payment authorisations: chain id and Settlement contract address.
+
+    Not the record's domain (``record.Domain``: name "GridPoints", the StationRegistry): an
+    authorisation is addressed to the contract that burns, and a signature for one domain is
+    worthless in the other. The separator is computed once at construction.
+    """
+
+    chain_id: int
+    verifying_contract: bytes
+    separator: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        errors: list[FieldError] = []
+        if type(self.chain_id) is not int:
+            errors.append(FieldError("chainId", f"must be an int, got {_type_name(self.chain_id)}"))
+        elif not 1 <= self.chain_id <= UINT256_MAX:
+            errors.append(
+                FieldError("chainId", f"must be in 1..2^256-1, got {_int_text(self.chain_id)}")
+            )
+        vc = self.verifying_contract
+        if not isinstance(vc, bytes) or len(vc) != 20:
+            errors.append(
+                FieldError("verifyingContract", "must be the 20-byte Settlement contract address")
+            )
+        elif vc == ZERO_ADDRESS:
+            errors.append(FieldError("verifyingContract", "must not be the zero address"))
+        if errors:
+            raise RecordValidationError(errors)
+        object.__setattr__(
+            self,
+            "separator",
+            keccak256(
+                _DOMAIN_LAYOUT.pack(
+                    EIP712_DOMAIN_TYPEHASH,
+                    _DOMAIN_NAME_HASH,
+                    _DOMAIN_VERSION_HASH,
+                    self.chain_id.to_bytes(32, "big"),
+                    vc,
+                )
+            ),
+        )
+
+    @classmethod
+    def from_json(cls, data: Any) -> SettlementDomain:
+        """Parses the ``domain`` object of eth_signTypedData_v4 typed data (strict).
+
+        ``name`` and ``version`` must be exactly "GridPoints Settlement" and "1".
+        """
+        if not isinstance(data, Mapping):
+            raise RecordValidationError(
+                [FieldError("", f"domain must be a JSON object, got {_type_name(data)}")]
+            )
+        errors = _shape_errors(data, [n for n, _ in DOMAIN_FIELDS])
+        if data.get("name", DOMAIN_NAME) != DOMAIN_NAME:
+            errors.append(FieldError("name", f"must be {DOMAIN_NAME!r}"))
+        if data.get("version", DOMAIN_VERSION) != DOMAIN_VERSION:
+            errors.append(FieldError("version", f"must be {DOMAIN_VERSION!r}"))
+        chain_id: int | None = None
+        contract: bytes | None = None
+        if "chainId" in data:
+            try:
+                chain_id = _parse_uint_text(data["chainId"])
+            except _Problem as exc:
+                errors.append(FieldError("chainId", str(exc)))
+        if "verifyingContract" in data:
+            try:
+                contract = _parse_address_text(data["verifyingContract"])
+            except _Problem as exc:
+                errors.append(FieldError("verifyingContract", str(exc)))
+        if errors:
+            raise RecordValidationError(errors)
+        assert chain_id is not None and contract is not None
+        return cls(chain_id, contract)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``domain`` object of eth_signTypedData_v4 (checksummed Settlement address)."""
+        return {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": to_checksum_address(self.verifying_contract),
+        }
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+
+def _errors(values: Mapping[str, Any]) -> list[FieldError]:
+    """Range checks on the fields present in ``values`` (attribute -> value, types already right).
+
+    Fields absent from ``values`` already failed; they are skipped, so one bad field does not
+    cascade into derived errors.
+    """
+    errors: list[FieldError] = []
+    for f in AUTHORIZATION_FIELDS:
+        if f.attribute not in values:
+            continue
+        value = values[f.attribute]
+        name = f.json_name
+        bits = _BITS.get(f.eip712_type)
+        if bits is None:
+            continue
+        if value < 0:
+            errors.append(
+                FieldError(name, f"must not be negative ({f.eip712_type}), got {_int_text(value)}")
+            )
+        elif value.bit_length() > bits:
+            errors.append(
+                FieldError(
+                    name, f"must be at most 2^{bits}-1 ({f.eip712_type}), got {_int_text(value)}"
+                )
+            )
+    if "user" in values and values["user"] == ZERO_ADDRESS:
+        errors.append(FieldError("user", "must not be the zero address (nobody can sign for it)"))
+    if "station_id" in values and values["station_id"] == ZERO_BYTES32:
+        errors.append(FieldError("stationId", "must not be zero (no station has id 0)"))
+    max_points = values.get("max_points")
+    if max_points is not None and max_points == 0:
+        errors.append(
+            FieldError(
+                "maxPoints", "must be at least 1 (an authorisation to pay 0 authorises nothing)"
+            )
+        )
+    return errors
+
+
+# ---- the authorisation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentAuthorization:
+    """One payment authorisation, exactly the EIP-712 ``PaymentAuthorization`` struct.
+
+    Construction validates every rule (see the module docstring) and raises
+    RecordValidationError listing every problem, so an instance is always a valid authorisation.
+    """
+
+    user: bytes
+    station_id: bytes
+    max_points: int
+    nonce: int
+    deadline: int
+
+    def __post_init__(self) -> None:
+        errors: list[FieldError] = []
+        present: dict[str, Any] = {}
+        for f in AUTHORIZATION_FIELDS:
+            value = getattr(self, f.attribute)
+            if f.eip712_type in ("bytes32", "address"):
+                size = 32 if f.eip712_type == "bytes32" else 20
+                if not isinstance(value, bytes) or len(value) != size:
+                    errors.append(
+                        FieldError(
+                            f.json_name,
+                            f"must be {size} bytes, got {_type_name(value)}"
+                            + (f" of length {len(value)}" if isinstance(value, bytes) else ""),
+                        )
+                    )
+                    continue
+            elif type(value) is not int:
+                errors.append(FieldError(f.json_name, f"must be an int, got {_type_name(value)}"))
+                continue
+            present[f.attribute] = value
+        errors += _errors(present)
+        if errors:
+            raise RecordValidationError(errors)
+
+    # -- JSON ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, data: Any) -> PaymentAuthorization:
+        """Parses the JSON wire form (the EIP-712 message) strictly.
+
+        Unknown and missing fields, wrong types (a bool or a float is not an integer),
+        out-of-range integers, bad hex lengths and bad address checksums are all rejected, every
+        problem reported (RecordValidationError, reason ``malformed``), each naming its field.
+        """
+        if not isinstance(data, Mapping):
+            raise RecordValidationError(
+                [FieldError("", f"authorization must be a JSON object, got {_type_name(data)}")]
+            )
+        errors: list[FieldError] = []
+        if data.keys() != _JSON_NAMES:
+            errors += _shape_errors(data, [f.json_name for f in AUTHORIZATION_FIELDS])
+        values: dict[str, Any] = {}
+        for f in AUTHORIZATION_FIELDS:
+            if f.json_name not in data:
+                continue
+            raw = data[f.json_name]
+            try:
+                if f.eip712_type == "bytes32":
+                    values[f.attribute] = _parse_hex_fixed(raw, 32, _HEX_64)
+                elif f.eip712_type == "address":
+                    values[f.attribute] = _parse_address_text(raw)
+                else:
+                    values[f.attribute] = _parse_uint_text(raw)
+            except _Problem as exc:
+                errors.append(FieldError(f.json_name, str(exc)))
+        errors += _errors(values)
+        if errors:
+            raise RecordValidationError(errors)
+        return cls._trusted(values)
+
+    @classmethod
+    def _trusted(cls, values: Mapping[str, Any]) -> PaymentAuthorization:
+        """Builds an instance from values that already passed every check."""
+        authorization = object.__new__(cls)
+        for f in AUTHORIZATION_FIELDS:
+            object.__setattr__(authorization, f.attribute, values[f.attribute])
+        return authorization
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON wire form: camelCase keys, stationId as lowercase 0x-hex, user EIP-55,
+        integers as JSON integers."""
+        return {
+            "user": to_checksum_address(self.user),
+            "stationId": "0x" + self.station_id.hex(),
+            "maxPoints": self.max_points,
+            "nonce": self.nonce,
+            "deadline": self.deadline,
+        }
+
+    @property
+    def user_address(self) -> str:
+        """The payer's wallet address, EIP-55 checksummed."""
+        return to_checksum_address(self.user)
+
+    def is_expired(self, at: int) -> bool:
+        """Whether the authorisation is void at unix time ``at`` (the contract's rule:
+        expired when ``at > deadline``; valid at the deadline itself)."""
+        return at > self.deadline
+
+    # -- EIP-712 ---------------------------------------------------------------------------------
+
+    def struct_hash(self) -> bytes:
+        """EIP-712 ``hashStruct(message)``: keccak256(typeHash || encodeData(message))."""
+        return keccak256(
+            _STRUCT_LAYOUT.pack(
+                PAYMENT_AUTHORIZATION_TYPEHASH,
+                self.user,
+                self.station_id,
+                self.max_points.to_bytes(16, "big"),
+                self.nonce.to_bytes(32, "big"),
+                self.deadline,
+            )
+        )
+
+    def digest(self, domain: SettlementDomain) -> bytes:
+        """The 32 bytes the user signs, and the value of the record's ``paymentAuthorization``:
+        keccak256(0x1901 || domainSeparator || hashStruct)."""
+        return keccak256(_EIP191_PREFIX + domain.separator + self.struct_hash())
+
+    def typed_data(self, domain: SettlementDomain) -> dict[str, Any]:
+        """The eth_signTypedData_v4 JSON of this authorisation (what a wallet is asked to sign)."""
+        return {
+            "types": typed_data_types(),
+            "primaryType": PRIMARY_TYPE,
+            "domain": domain.to_json(),
+            "message": self.to_json(),
+        }
+
+
+def typed_data_types() -> dict[str, list[dict[str, str]]]:
+    """The ``types`` member of the typed data (a fresh copy each call)."""
+    return {
+        "EIP712Domain": [{"name": n, "type": t} for n, t in DOMAIN_FIELDS],
+        PRIMARY_TYPE: [{"name": f.json_name, "type": f.eip712_type} for f in AUTHORIZATION_FIELDS],
+    }
+
+
+def parse_typed_data(data: Any) -> tuple[PaymentAuthorization, SettlementDomain]:
+    """Parses eth_signTypedData_v4 JSON of a GridPoints payment authorisation (strict).
+
+    ``types`` must be exactly the authorisation's types and ``primaryType`` PaymentAuthorization.
+    """
+    if not isinstance(data, Mapping):
+        raise RecordValidationError(
+            [FieldError("", f"typed data must be a JSON object, got {_type_name(data)}")]
+        )
+    errors = _shape_errors(data, ["types", "primaryType", "domain", "message"])
+    if "types" in data and data["types"] != typed_data_types():
+        errors.append(FieldError("types", "must be exactly the GridPoints payment types"))
+    if "primaryType" in data and data["primaryType"] != PRIMARY_TYPE:
+        errors.append(FieldError("primaryType", f"must be {PRIMARY_TYPE!r}"))
+    authorization: PaymentAuthorization | None = None
+    domain: SettlementDomain | None = None
+    if "domain" in data:
+        try:
+            domain = SettlementDomain.from_json(data["domain"])
+        except RecordValidationError as exc:
+            errors += exc.prefixed("domain").errors
+    if "message" in data:
+        try:
+            authorization = PaymentAuthorization.from_json(data["message"])
+        except RecordValidationError as exc:
+            errors += exc.prefixed("message").errors
+    if errors:
+        raise RecordValidationError(errors)
+    assert authorization is not None and domain is not None
+    return authorization, domain
+
+
+# ---- signed authorisations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAuthorization:
+    """An authorisation with the user's signature, as it travels: 65 bytes ``r || s || v``.
+
+    Construction checks only the signature's shape; :meth:`signer` decides whose it is (and
+    refuses non-canonical forms), so a caller can tell a malformed submission from a bad
+    signature. The contract also accepts ERC-1271 contract wallets, whose approval only the
+    chain can check; this type carries the 65-byte ECDSA signatures of ordinary wallets.
+    """
+
+    authorization: PaymentAuthorization
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        errors: list[FieldError] = []
+        if not isinstance(self.authorization, PaymentAuthorization):
+            errors.append(FieldError("authorization", "must be a PaymentAuthorization"))
+        if not isinstance(self.signature, bytes) or len(self.signature) != SIGNATURE_LENGTH:
+            errors.append(FieldError("signature", "must be 65 bytes (r || s || v)"))
+        if errors:
+            raise RecordValidationError(errors)
+
+    @classmethod
+    def from_json(cls, data: Any) -> SignedAuthorization:
+        """Parses ``{"authorization": {...}, "signature": "0x" + 130 hex digits}`` strictly.
+
+        Authorisation field errors are named ``authorization.<field>``; all problems together.
+        """
+        if not isinstance(data, Mapping):
+            raise RecordValidationError(
+                [
+                    FieldError(
+                        "", f"signed authorization must be a JSON object, got {_type_name(data)}"
+                    )
+                ]
+            )
+        errors: list[FieldError] = []
+        if data.keys() != _SIGNED_KEYS:
+            errors += _shape_errors(data, ["authorization", "signature"])
+        authorization: PaymentAuthorization | None = None
+        signature: bytes | None = None
+        if "authorization" in data:
+            try:
+                authorization = PaymentAuthorization.from_json(data["authorization"])
+            except RecordValidationError as exc:
+                errors += exc.prefixed("authorization").errors
+        if "signature" in data:
+            try:
+                signature = _parse_hex_fixed(data["signature"], SIGNATURE_LENGTH, _HEX_130)
+            except _Problem as exc:
+                errors.append(FieldError("signature", str(exc)))
+        if errors:
+            raise RecordValidationError(errors, REASON_MALFORMED)
+        assert authorization is not None and signature is not None
+        return cls(authorization, signature)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"authorization": <wire form>, "signature": "0x..."}``."""
+        return {
+            "authorization": self.authorization.to_json(),
+            "signature": "0x" + self.signature.hex(),
+        }
+
+    def digest(self, domain: SettlementDomain) -> bytes:
+        """The authorisation's EIP-712 digest under ``domain``."""
+        return self.authorization.digest(domain)
+
+    def signer_bytes(self, domain: SettlementDomain) -> bytes:
+        """The 20-byte address whose key made the signature (SignatureError if none can be
+        recovered or the signature is not canonical: v 27/28, low s, as on chain)."""
+        return recover_signer_bytes(self.authorization.digest(domain), self.signature)
+
+    def signer(self, domain: SettlementDomain) -> str:
+        """The checksummed address that signed under ``domain`` (SignatureError)."""
+        return to_checksum_address(self.signer_bytes(domain))
+
+    def is_signed_by_user(self, domain: SettlementDomain) -> bool:
+        """Whether the signature is the authorisation's own user's ECDSA signature under
+        ``domain`` (what the contract checks for a wallet without code). False, never an
+        exception, for a malformed or foreign signature."""
+        try:
+            return self.signer_bytes(domain) == self.authorization.user
+        except SignatureError:
+            return False
+
+
+def sign_authorization(
+    account: LocalAccount, authorization: PaymentAuthorization, domain: SettlementDomain
+) -> SignedAuthorization:
+    """Signs ``authorization`` with a local eth_account key, as a wallet would (for development,
+    demos and tests; a real user signs in their own wallet).
+
+    The account signs the eth_signTypedData_v4 JSON through eth_account's own EIP-712 encoder,
+    and the result is checked against this module's digest and recovery, so a disagreement
+    between the two implementations fails here instead of on chain. Raises ValueError when the
+    account is not the authorisation's user.
+    """
+    if bytes.fromhex(account.address[2:]) != authorization.user:
+        raise ValueError(
+            f"account {account.address} cannot sign for user {authorization.user_address}"
+        )
+    signed = account.sign_typed_data(full_message=authorization.typed_data(domain))
+    signature = bytes(signed.signature)
+    digest = authorization.digest(domain)
+    if bytes(signed.message_hash) != digest:
+        raise RuntimeError("eth_account's EIP-712 digest differs from authorization.py's")
+    result = SignedAuthorization(authorization, signature)
+    if result.signer_bytes(domain) != authorization.user:
+        raise RuntimeError("the signature does not recover to the signing account")
+    return result
