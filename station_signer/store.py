@@ -127,6 +127,8 @@ class StationState:
     meter_discharge_wh: int
     last_error: str | None
     last_sync_at: float | None
+    # Records by status; empty in the state a RecordBuilder sees (counting is O(records) and
+    # has no place on the per-record path), so counts-based properties fail loudly there.
     counts: dict[RecordStatus, int]
 
     @property
@@ -236,7 +238,7 @@ class StationStore:
                 )
             return False
 
-    def state(self) -> StationState:
+    def state(self, *, with_counts: bool = True) -> StationState:
         row = self._db.execute(
             "SELECT station_id, chain_id, registry, next_sequence, meter_charge_wh,"
             " meter_discharge_wh, last_error, last_sync_at FROM station"
@@ -245,11 +247,13 @@ class StationStore:
             raise StoreError(
                 f"{self.path} is not initialised: run `gridpoints-station init`", "not_initialised"
             )
-        counts = dict.fromkeys(RecordStatus, 0)
-        for status, count in self._db.execute(
-            "SELECT status, count(*) FROM records GROUP BY status"
-        ):
-            counts[RecordStatus(status)] = count
+        counts: dict[RecordStatus, int] = {}
+        if with_counts:
+            counts = dict.fromkeys(RecordStatus, 0)
+            for status, count in self._db.execute(
+                "SELECT status, count(*) FROM records GROUP BY status"
+            ):
+                counts[RecordStatus(status)] = count
         return StationState(
             station_id=bytes.fromhex(row[0][2:]),
             chain_id=row[1],
@@ -275,7 +279,7 @@ class StationStore:
         station or would run the meter backwards.
         """
         with self._transaction() as db:
-            state = self.state()
+            state = self.state(with_counts=False)
             sequence = state.next_sequence
             record = build(sequence, state)
             if record.sequence != sequence or record.station_id != state.station_id:
