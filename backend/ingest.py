@@ -31,8 +31,11 @@ Speed. A request costs a handful of statements whatever its length: after the lo
 checks can need (same digests, same (station, sequence), the stored records of each meter register
 around the request's sequences, station progress, the gaps the sequences fall into) are read in
 bulk; the records are then classified in memory, and the results written with one multi-row
-INSERT per table. A register whose sequences in the request span more than `_WINDOW` falls back
-to two indexed queries per record.
+INSERT (or one executemany) per table. The statements are built once, at import, and run on the
+transaction's Core connection: building and compiling a SQLAlchemy statement per request, or going
+through the ORM, costs more than the database's own work for a small request. The register and gap
+reads cover many (station, direction) groups in one UNION ALL each. A register whose sequences in
+the request span more than `_WINDOW` falls back to two indexed queries per record.
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -58,6 +63,7 @@ from backend.db.models import (
     StationProgress,
 )
 from backend.db.session import Database
+from backend.db.types import U64_OFFSET
 from backend.verify import Problem, Verdict, lenient_identity
 from station_signer.wire import RejectReason
 
@@ -101,28 +107,37 @@ class Candidate:
     resubmitted duplicate be recognised even when the stateless checks now fail).
     """
 
-    body: str
+    # The submission as stored with a rejection (`body_text`); None when it is rendered from
+    # `item` only if needed: most verified records are accepted and never need it.
+    body: str | None
     station_id: bytes | None = None
     sequence: int | None = None
     digest: bytes | None = None
     problem: Problem | None = None
     columns: RecordColumns | None = None
+    item: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.problem is None) == (self.columns is None):
             raise ValueError("a candidate has either a problem or verified columns")
 
+    @property
+    def body_json(self) -> str:
+        """The submission as compact JSON (`body_text`)."""
+        return self.body if self.body is not None else body_text(self.item)
+
     @classmethod
     def of(cls, item: Any, verdict: Verdict) -> Candidate:
         """The candidate for submitted JSON value `item` that the verifier judged `verdict`."""
-        body = body_text(item)
         signed = verdict.signed
         if signed is None:
             station_id, sequence = lenient_identity(item)
-            return cls(body, station_id, sequence, None, problem=verdict.problem)
+            return cls(body_text(item), station_id, sequence, None, problem=verdict.problem)
         r = signed.record
         if verdict.problem is not None:
-            return cls(body, r.station_id, r.sequence, verdict.digest, problem=verdict.problem)
+            return cls(
+                body_text(item), r.station_id, r.sequence, verdict.digest, problem=verdict.problem
+            )
         assert verdict.digest is not None and verdict.signer is not None
         columns = RecordColumns(
             digest=verdict.digest,
@@ -139,7 +154,7 @@ class Candidate:
             signature=signed.signature,
             signer=verdict.signer,
         )
-        return cls(body, r.station_id, r.sequence, verdict.digest, columns=columns)
+        return cls(None, r.station_id, r.sequence, verdict.digest, columns=columns, item=item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +206,7 @@ class _Register:
 @dataclass(slots=True)
 class _Batch:
     session: Session
+    conn: Connection
     received_at: datetime
     next_log_index: int
     by_digest: dict[bytes, tuple[int, datetime]] = field(default_factory=dict)
@@ -205,6 +221,87 @@ class _Batch:
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# ---- statements, built once ---------------------------------------------------------------------
+
+_records = Record.__table__
+_progress = StationProgress.__table__
+_gaps = StationGap.__table__
+
+# The no-op UPDATE takes the row lock (see `Ingestor._ingest`).
+_LOCK = (
+    update(LogHead)
+    .where(LogHead.id == 1)
+    .values(next_log_index=LogHead.next_log_index)
+    .returning(LogHead.next_log_index)
+)
+_SET_HEAD = update(LogHead).where(LogHead.id == 1).values(next_log_index=bindparam("head"))
+_BY_DIGEST = select(_records.c.digest, _records.c.log_index, _records.c.received_at).where(
+    _records.c.digest.in_(bindparam("digests", expanding=True))
+)
+_BY_SEQUENCE = select(
+    _records.c.station_id, _records.c.sequence, _records.c.log_index, _records.c.digest
+).where(tuple_(_records.c.station_id, _records.c.sequence).in_(bindparam("pairs", expanding=True)))
+_PROGRESS = select(
+    _progress.c.station_id,
+    _progress.c.record_count,
+    _progress.c.last_sequence,
+    _progress.c.missing_count,
+    _progress.c.gap_count,
+    _progress.c.first_seen_at,
+    _progress.c.last_seen_at,
+).where(_progress.c.station_id.in_(bindparam("stations", expanding=True)))
+_INSERT_RECORDS = insert(_records)
+_INSERT_PROGRESS = insert(_progress)
+_UPDATE_PROGRESS = (
+    update(_progress)
+    .where(_progress.c.station_id == bindparam("b_station_id"))
+    .values(
+        record_count=bindparam("record_count"),
+        last_sequence=bindparam("last_sequence"),
+        missing_count=bindparam("missing_count"),
+        gap_count=bindparam("gap_count"),
+        first_seen_at=bindparam("first_seen_at"),
+        last_seen_at=bindparam("last_seen_at"),
+    )
+)
+_DELETE_GAP = delete(_gaps).where(
+    _gaps.c.station_id == bindparam("b_station_id"),
+    _gaps.c.first_sequence == bindparam("b_first_sequence"),
+)
+_INSERT_GAPS = insert(_gaps)
+
+# Per (station, direction) group: every stored record from the nearest one below `lo` to the
+# nearest one above `hi` (each only if it exists), i.e. the records in [lo, hi] plus the two
+# neighbours -- one index range scan per group. Groups are joined with UNION ALL so that a
+# request reads all its registers in one statement per `_GROUPS` groups. Hand-written SQL
+# (valid on SQLite and PostgreSQL) with U64 values shifted here, because the statement's shape
+# depends on the number of groups; the texts are cached per size.
+_GROUPS = 64
+_REGISTER_MEMBER = (
+    "SELECT station_id, direction, sequence, meter_before_wh, meter_after_wh FROM records "
+    "WHERE station_id = :s{i} AND direction = :d{i} AND sequence BETWEEN "
+    "COALESCE((SELECT sequence FROM records WHERE station_id = :s{i} AND direction = :d{i} "
+    "AND sequence < :lo{i} ORDER BY sequence DESC LIMIT 1), :lo{i}) AND "
+    "COALESCE((SELECT sequence FROM records WHERE station_id = :s{i} AND direction = :d{i} "
+    "AND sequence > :hi{i} ORDER BY sequence LIMIT 1), :hi{i})"
+)
+# Per station: the gaps overlapping [lo, hi].
+_GAP_MEMBER = (
+    "SELECT station_id, first_sequence, last_sequence FROM station_gaps "
+    "WHERE station_id = :s{i} AND first_sequence <= :hi{i} AND last_sequence >= :lo{i}"
+)
+_union_cache: dict[tuple[str, int], Any] = {}
+
+
+def _union(member: str, size: int) -> Any:
+    key = (member, size)
+    statement = _union_cache.get(key)
+    if statement is None:
+        statement = text(" UNION ALL ".join(member.format(i=i) for i in range(size)))
+        _union_cache[key] = statement
+    return statement
 
 
 class Ingestor:
@@ -238,114 +335,109 @@ class Ingestor:
     def _ingest(
         self, session: Session, candidates: Sequence[Candidate], received_at: datetime
     ) -> tuple[list[Outcome], int]:
+        conn = session.connection()
         # The no-op UPDATE takes the row lock first thing: every ingest transaction queues here
         # and then sees all earlier commits (PostgreSQL READ COMMITTED takes a fresh snapshot
         # per statement; SQLite already holds the write lock since BEGIN IMMEDIATE).
-        start = session.execute(
-            update(LogHead)
-            .where(LogHead.id == 1)
-            .values(next_log_index=LogHead.next_log_index)
-            .returning(LogHead.next_log_index)
-        ).scalar_one()
-        batch = _Batch(session=session, received_at=received_at, next_log_index=start)
+        start = conn.execute(_LOCK).scalar_one()
+        batch = _Batch(session=session, conn=conn, received_at=received_at, next_log_index=start)
         self._prefetch(batch, candidates)
         outcomes = [self._one(batch, candidate) for candidate in candidates]
         self._write(batch)
         if batch.next_log_index != start:
-            session.execute(
-                update(LogHead).where(LogHead.id == 1).values(next_log_index=batch.next_log_index)
-            )
+            conn.execute(_SET_HEAD, {"head": batch.next_log_index})
         return outcomes, batch.next_log_index
 
     def _prefetch(self, batch: _Batch, candidates: Sequence[Candidate]) -> None:
-        session = batch.session
+        conn = batch.conn
         digests = list({c.digest for c in candidates if c.digest is not None})
         for chunk in _chunks(digests):
-            rows = session.execute(
-                select(Record.digest, Record.log_index, Record.received_at).where(
-                    Record.digest.in_(chunk)
-                )
-            )
-            for digest, log_index, received_at in rows:
+            for digest, log_index, received_at in conn.execute(_BY_DIGEST, {"digests": chunk}):
                 batch.by_digest[bytes(digest)] = (int(log_index), received_at)
 
         verified = [c.columns for c in candidates if c.columns is not None]
         pairs = list({(c.station_id, c.sequence) for c in verified})
         for chunk in _chunks(pairs):
-            rows = session.execute(
-                select(Record.station_id, Record.sequence, Record.log_index, Record.digest).where(
-                    tuple_(Record.station_id, Record.sequence).in_(chunk)
-                )
-            )
-            for station_id, sequence, log_index, digest in rows:
+            for station_id, sequence, log_index, digest in conn.execute(
+                _BY_SEQUENCE, {"pairs": chunk}
+            ):
                 batch.by_sequence[(bytes(station_id), int(sequence))] = (
                     int(log_index),
                     bytes(digest),
                 )
 
         groups: dict[tuple[bytes, int], list[int]] = {}
+        by_station: dict[bytes, list[int]] = {}
         for c in verified:
             groups.setdefault((c.station_id, c.direction), []).append(c.sequence)
-        for key, sequences in groups.items():
-            batch.registers[key] = self._load_register(session, key, min(sequences), max(sequences))
+            by_station.setdefault(c.station_id, []).append(c.sequence)
+        windows = {key: (min(seqs), max(seqs)) for key, seqs in groups.items()}
+        self._load_registers(batch, windows)
 
-        stations = list({c.station_id for c in verified})
-        for chunk in _chunks(stations):
-            for row in session.scalars(
-                select(StationProgress).where(StationProgress.station_id.in_(chunk))
-            ):
-                batch.progress[row.station_id] = _Progress(
-                    record_count=row.record_count,
-                    last_sequence=row.last_sequence,
-                    missing_count=row.missing_count,
-                    gap_count=row.gap_count,
-                    first_seen_at=row.first_seen_at,
-                    last_seen_at=row.last_seen_at,
+        for chunk in _chunks(list(by_station)):
+            for row in conn.execute(_PROGRESS, {"stations": chunk}):
+                batch.progress[bytes(row[0])] = _Progress(
+                    record_count=row[1],
+                    last_sequence=row[2],
+                    missing_count=row[3],
+                    gap_count=row[4],
+                    first_seen_at=row[5],
+                    last_seen_at=row[6],
                     stored=True,
                 )
+        # Only gaps that the request's sequences can fall into: those of stations with a
+        # sequence below their highest one, overlapping [lo, min(hi, highest)].
+        gap_windows: list[tuple[bytes, int, int]] = []
         for station_id, progress in batch.progress.items():
-            sequences = [c.sequence for c in verified if c.station_id == station_id]
+            sequences = by_station[station_id]
             lo = min(sequences)
             if lo < progress.last_sequence:
-                # Only gaps that the request's sequences can fall into.
-                hi = min(max(sequences), progress.last_sequence)
-                rows = session.execute(
-                    select(StationGap.first_sequence, StationGap.last_sequence).where(
-                        StationGap.station_id == station_id,
-                        StationGap.first_sequence <= hi,
-                        StationGap.last_sequence >= lo,
-                    )
-                ).all()
-                progress.gaps_loaded = {int(a): int(b) for a, b in rows}
-                progress.gaps = dict(progress.gaps_loaded)
+                gap_windows.append((station_id, lo, min(max(sequences), progress.last_sequence)))
+                progress.gaps_loaded = {}
+        for chunk in _chunks(gap_windows, _GROUPS):
+            params: dict[str, Any] = {}
+            for i, (station_id, lo, hi) in enumerate(chunk):
+                params[f"s{i}"] = station_id
+                params[f"lo{i}"] = lo - U64_OFFSET
+                params[f"hi{i}"] = hi - U64_OFFSET
+            for station_id, first, last in conn.execute(_union(_GAP_MEMBER, len(chunk)), params):
+                loaded = batch.progress[bytes(station_id)].gaps_loaded
+                assert loaded is not None
+                loaded[int(first) + U64_OFFSET] = int(last) + U64_OFFSET
+        for station_id, _lo, _hi in gap_windows:
+            progress = batch.progress[station_id]
+            assert progress.gaps_loaded is not None
+            progress.gaps = dict(progress.gaps_loaded)
 
     @staticmethod
-    def _load_register(
-        session: Session, key: tuple[bytes, int], lo: int, hi: int
-    ) -> _Register | None:
-        """The register around [lo, hi]; None when the window is too wide to load."""
-        if hi - lo > _WINDOW:
-            return None
-        station_id, direction = key
-        same = (Record.station_id == station_id, Record.direction == direction)
-        columns = (Record.sequence, Record.meter_before_wh, Record.meter_after_wh)
-        rows = list(
-            session.execute(
-                select(*columns).where(*same, Record.sequence >= lo, Record.sequence <= hi)
-            )
-        )
-        below = session.execute(
-            select(*columns)
-            .where(*same, Record.sequence < lo)
-            .order_by(Record.sequence.desc())
-            .limit(1)
-        ).first()
-        above = session.execute(
-            select(*columns).where(*same, Record.sequence > hi).order_by(Record.sequence).limit(1)
-        ).first()
-        rows += [r for r in (below, above) if r is not None]
-        meters = {int(s): (int(b), int(a)) for s, b, a in rows}
-        return _Register(sorted(meters), meters)
+    def _load_registers(batch: _Batch, windows: dict[tuple[bytes, int], tuple[int, int]]) -> None:
+        """The registers around each group's [lo, hi]; None for a window too wide to load."""
+        loadable = []
+        for key, (lo, hi) in windows.items():
+            if hi - lo > _WINDOW:
+                batch.registers[key] = None
+            else:
+                loadable.append((key, lo, hi))
+                batch.registers[key] = _Register([], {})
+        for chunk in _chunks(loadable, _GROUPS):
+            params: dict[str, Any] = {}
+            for i, ((station_id, direction), lo, hi) in enumerate(chunk):
+                params[f"s{i}"] = station_id
+                params[f"d{i}"] = direction
+                params[f"lo{i}"] = lo - U64_OFFSET
+                params[f"hi{i}"] = hi - U64_OFFSET
+            rows = batch.conn.execute(_union(_REGISTER_MEMBER, len(chunk)), params)
+            for station_id, direction, sequence, before, after in rows:
+                register = batch.registers[(bytes(station_id), int(direction))]
+                assert register is not None
+                register.meters[int(sequence) + U64_OFFSET] = (
+                    int(before) + U64_OFFSET,
+                    int(after) + U64_OFFSET,
+                )
+        for key, _lo, _hi in loadable:
+            register = batch.registers[key]
+            assert register is not None
+            register.sequences = sorted(register.meters)
 
     # -- classification (in memory) ---------------------------------------------------------
 
@@ -389,7 +481,7 @@ class Ingestor:
                         "accepted_digest": accepted_digest,
                         "conflicting_digest": c.digest,
                         "conflicting_signature": c.signature,
-                        "conflicting_body": candidate.body,
+                        "conflicting_body": candidate.body_json,
                     },
                 )
             )
@@ -415,16 +507,16 @@ class Ingestor:
                 None if below is None else (below, *register.meters[below]),
                 None if above is None else (above, *register.meters[above]),
             )
-        session = batch.session
+        conn = batch.conn
         same = (Record.station_id == c.station_id, Record.direction == c.direction)
         columns = (Record.sequence, Record.meter_before_wh, Record.meter_after_wh)
-        lower = session.execute(
+        lower = conn.execute(
             select(*columns)
             .where(*same, Record.sequence < c.sequence)
             .order_by(Record.sequence.desc())
             .limit(1)
         ).first()
-        higher = session.execute(
+        higher = conn.execute(
             select(*columns)
             .where(*same, Record.sequence > c.sequence)
             .order_by(Record.sequence)
@@ -473,7 +565,7 @@ class Ingestor:
             "reason": problem.reason.value,
             "message": problem.message,
             "details": problem.details,
-            "body": candidate.body,
+            "body": candidate.body_json,
         }
 
     def _reject(self, batch: _Batch, candidate: Candidate, problem: Problem) -> Outcome:
@@ -572,57 +664,173 @@ class Ingestor:
 
     def _write(self, batch: _Batch) -> None:
         """Everything the request decided, in foreign-key order."""
-        session = batch.session
+        conn = batch.conn
         if batch.records:
-            session.execute(insert(Record), batch.records)
+            conn.execute(_INSERT_RECORDS, batch.records)
         new_progress, changed_progress = [], []
         for station_id, p in batch.progress.items():
-            row = {
-                "station_id": station_id,
-                "record_count": p.record_count,
-                "last_sequence": p.last_sequence,
-                "missing_count": p.missing_count,
-                "gap_count": p.gap_count,
-                "first_seen_at": p.first_seen_at,
-                "last_seen_at": p.last_seen_at,
-            }
-            (changed_progress if p.stored else new_progress).append(row)
+            if p.stored:
+                changed_progress.append(
+                    {
+                        "b_station_id": station_id,
+                        "record_count": p.record_count,
+                        "last_sequence": p.last_sequence,
+                        "missing_count": p.missing_count,
+                        "gap_count": p.gap_count,
+                        "first_seen_at": p.first_seen_at,
+                        "last_seen_at": p.last_seen_at,
+                    }
+                )
+            else:
+                new_progress.append(
+                    {
+                        "station_id": station_id,
+                        "record_count": p.record_count,
+                        "last_sequence": p.last_sequence,
+                        "missing_count": p.missing_count,
+                        "gap_count": p.gap_count,
+                        "first_seen_at": p.first_seen_at,
+                        "last_seen_at": p.last_seen_at,
+                    }
+                )
         if new_progress:
-            session.execute(insert(StationProgress), new_progress)
-        for row in changed_progress:
-            station_id = row.pop("station_id")
-            session.execute(
-                update(StationProgress)
-                .where(StationProgress.station_id == station_id)
-                .values(**row)
-            )
+            conn.execute(_INSERT_PROGRESS, new_progress)
+        if changed_progress:
+            conn.execute(_UPDATE_PROGRESS, changed_progress)
+        gone: list[dict[str, Any]] = []
+        added: list[dict[str, Any]] = []
         for station_id, p in batch.progress.items():
             loaded = p.gaps_loaded or {}
-            gone = [f for f, last in loaded.items() if p.gaps.get(f) != last]
-            if gone:
-                session.execute(
-                    delete(StationGap).where(
-                        StationGap.station_id == station_id, StationGap.first_sequence.in_(gone)
-                    )
-                )
-            added = [
+            gone += [
+                {"b_station_id": station_id, "b_first_sequence": f}
+                for f, last in loaded.items()
+                if p.gaps.get(f) != last
+            ]
+            added += [
                 {"station_id": station_id, "first_sequence": f, "last_sequence": last}
                 for f, last in p.gaps.items()
                 if loaded.get(f) != last
             ]
-            if added:
-                session.execute(insert(StationGap), added)
+        if gone:
+            conn.execute(_DELETE_GAP, gone)
+        if added:
+            conn.execute(_INSERT_GAPS, added)
         if batch.rejections:
             # In submission order, ids back in the same order (for the evidence rows).
-            ids = session.scalars(
+            ids = conn.scalars(
                 insert(Rejection).returning(Rejection.id, sort_by_parameter_order=True),
                 batch.rejections,
             ).all()
             if batch.equivocations:
-                session.execute(
+                conn.execute(
                     insert(Equivocation),
                     [{**row, "rejection_id": ids[i]} for i, row in batch.equivocations],
                 )
+
+
+# ---- group commit -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Waiter:
+    candidates: Sequence[Candidate]
+    received_at: datetime
+    wake: threading.Event = field(default_factory=threading.Event)
+    outcomes: list[Outcome] | None = None
+    error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.outcomes is not None or self.error is not None
+
+
+class GroupCommitter:
+    """Runs the `Ingestor` for concurrent callers, several requests per transaction.
+
+    Every ingest transaction serialises on the log_head lock and, on SQLite, ends in an fsync;
+    one transaction per single-record request caps a server at one record per commit latency.
+    Callers that arrive while a transaction runs therefore queue, and the next transaction takes
+    all of them at once (group commit): the *leader* runs it, hands every caller its outcomes,
+    then passes leadership to the first caller still queued (so no caller waits for more than
+    the transactions ahead of it), or leaves when nobody is.
+
+    A group behaves exactly like its members submitted one after the other in arrival order:
+    `Ingestor.ingest` classifies candidates in order, each seeing those accepted before it. The
+    group's receipts carry the latest `received_at` of its members, which is never earlier than
+    the instant any member's end time was checked against. Should a group's transaction fail,
+    each member is retried alone, so an error reaches only the request that causes it.
+    """
+
+    def __init__(self, ingestor: Ingestor, *, max_records: int = 2_000) -> None:
+        if max_records < 1:
+            raise ValueError("max_records must be >= 1")
+        self.ingestor = ingestor
+        self.max_records = max_records
+        self._lock = threading.Lock()
+        self._queue: deque[_Waiter] = deque()
+        self._leading = False
+
+    def ingest(self, candidates: Sequence[Candidate], received_at: datetime) -> list[Outcome]:
+        """One outcome per candidate, in order, committed in a transaction shared with other
+        callers of this method; raises what `Ingestor.ingest` raised for these candidates."""
+        me = _Waiter(candidates, received_at)
+        with self._lock:
+            self._queue.append(me)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            me.wake.wait()
+        if not me.finished:  # leader now (first, or handed over)
+            self._lead()
+        if me.error is not None:
+            raise me.error
+        assert me.outcomes is not None
+        return me.outcomes
+
+    def _lead(self) -> None:
+        with self._lock:
+            group = [self._queue.popleft()]
+            size = len(group[0].candidates)
+            while self._queue and size + len(self._queue[0].candidates) <= self.max_records:
+                waiter = self._queue.popleft()
+                group.append(waiter)
+                size += len(waiter.candidates)
+        try:
+            self._run(group)
+        finally:
+            for waiter in group:
+                if not waiter.finished:  # only when interrupted (KeyboardInterrupt and the like)
+                    waiter.error = RuntimeError("the ingest transaction was interrupted")
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.set()  # its turn to lead
+                else:
+                    self._leading = False
+            for waiter in group[1:]:
+                waiter.wake.set()
+
+    def _run(self, group: list[_Waiter]) -> None:
+        if len(group) > 1:
+            candidates = [c for waiter in group for c in waiter.candidates]
+            try:
+                outcomes = self.ingestor.ingest(candidates, max(w.received_at for w in group))
+            except Exception:
+                log.warning(
+                    "a group of %d ingest requests failed together; retrying them one by one",
+                    len(group),
+                    exc_info=True,
+                )
+            else:
+                at = 0
+                for waiter in group:
+                    waiter.outcomes = outcomes[at : at + len(waiter.candidates)]
+                    at += len(waiter.candidates)
+                return
+        for waiter in group:
+            try:
+                waiter.outcomes = self.ingestor.ingest(waiter.candidates, waiter.received_at)
+            except BaseException as exc:
+                waiter.error = exc
 
 
 def body_text(item: Any) -> str:

@@ -13,7 +13,7 @@ from web3 import Web3
 from backend.chain.contracts import GridPointsChain
 from backend.chain.deploy import Deployment
 from backend.db.session import Database
-from backend.ingest import Candidate, Ingestor, Outcome
+from backend.ingest import Candidate, GroupCommitter, Ingestor, Outcome
 from backend.ledger import TreeCache
 from backend.metrics import Metrics
 from backend.migrations import check_schema
@@ -49,6 +49,8 @@ class BackendService:
         self.follower: RegistryFollower | None = None
         self.verifier: RecordVerifier | None = None
         self.ingestor = Ingestor(self.db)
+        # Concurrent requests share ingest transactions (see GroupCommitter).
+        self.committer = GroupCommitter(self.ingestor)
         try:
             self.tariffs = TariffBook.load(settings.tariffs_dir)
         except TariffError as exc:
@@ -154,7 +156,7 @@ class BackendService:
             Candidate.of(item, verifier.verify_json(item, now=now, claimed_domain=claimed_domain))
             for item in items
         ]
-        outcomes = self.ingestor.ingest(candidates, received_at)
+        outcomes = self.committer.ingest(candidates, received_at)
         records = self.metrics.records
         for outcome in outcomes:
             records.labels(outcome=outcome.status, reason=outcome.reason or "").inc()

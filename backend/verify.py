@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from eth_utils.address import to_canonical_address
@@ -34,6 +35,7 @@ from eth_utils.address import to_canonical_address
 from backend.chain.contracts import StationHistory
 from backend.chain.deploy import Deployment
 from station_signer.record import (
+    ZERO_ADDRESS,
     Domain,
     RecordValidationError,
     SignatureError,
@@ -176,9 +178,7 @@ class RecordVerifier:
                 ),
             )
 
-        # Lower-case hex carries no checksum, so the rule does not re-verify one it would only
-        # have to compute first (half the cost of this check on the hot path).
-        if not station.is_key_valid_at("0x" + signer.hex(), record.end_time):
+        if not key_valid_at(station, signer, record.end_time):
             return Verdict(
                 signed,
                 digest,
@@ -207,6 +207,38 @@ class RecordVerifier:
                 ),
             )
         return Verdict(signed, digest, signer)
+
+
+@lru_cache(maxsize=65_536)
+def _period_signer(text: str) -> bytes | None:
+    """The 20 bytes of a key period's signer if `text` is their EIP-55 form, else None.
+
+    Bounded by the registry's keys, not by submissions: only signers of key periods get here.
+    """
+    try:
+        raw = bytes.fromhex(text[2:]) if text.startswith("0x") and len(text) == 42 else None
+    except ValueError:
+        return None
+    return raw if raw is not None and to_checksum_address(raw) == text else None
+
+
+def key_valid_at(station: StationHistory, signer: bytes, end_time: int) -> bool:
+    """``station.is_key_valid_at("0x" + signer.hex(), end_time)`` for a recovered 20-byte
+    signer, without the two checksum computations per call that rule makes (a fifth of the
+    cost of a record's stateless checks). Same rule, same answers: a period's signer matches
+    when it is the EIP-55 form of exactly these bytes (see `_period_signer`)."""
+    if signer == ZERO_ADDRESS:
+        return False
+    if end_time < station.active_from:
+        return False
+    if station.revoked_at is not None and end_time >= station.revoked_at:
+        return False
+    for period in reversed(station.keys):
+        if end_time >= period.valid_from and (
+            period.valid_until == 0 or end_time < period.valid_until
+        ):
+            return _period_signer(period.signer) == signer
+    return False
 
 
 def key_problem(station: StationHistory, signer: str, end_time: int) -> Problem:

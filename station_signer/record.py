@@ -53,6 +53,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import coincurve
@@ -232,6 +233,11 @@ def to_checksum_address(address: bytes) -> str:
     )
 
 
+# Parsing a checksummed address costs a keccak; the same users and stations come back again and
+# again, so the parser remembers the last few thousand (a pure function: same answers).
+_checksum_memo: Final = lru_cache(maxsize=16_384)(to_checksum_address)
+
+
 def _describe(value: Any) -> str:
     """A short repr of an offending value for an error message (never echoes a huge input)."""
     text = repr(value)
@@ -258,7 +264,7 @@ def _parse_address_text(value: Any) -> bytes:
     if not _HEX_40.fullmatch(body):
         raise _Problem(f"must contain only hex digits after 0x, got {_describe(value)}")
     raw = bytes.fromhex(body)
-    if body != body.lower() and body != body.upper() and to_checksum_address(raw) != value:
+    if body != body.lower() and body != body.upper() and _checksum_memo(raw) != value:
         raise _Problem(
             "mixed-case address with a wrong EIP-55 checksum (a typo?); send it checksummed "
             "or all lower-case"
