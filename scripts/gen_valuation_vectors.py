@@ -18,7 +18,7 @@ Deterministic: no clock, no randomness; "random" records are derived from keccak
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ TARIFF_PATH = ROOT / "backend" / "tariffs" / TARIFF_FILE
 VECTORS = ROOT / "tests" / "vectors" / "valuation.json"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CHARGE, DISCHARGE = 1, 2
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def reference_exact(
@@ -78,7 +79,7 @@ def reference_value(canonical: dict[str, Any], tz: ZoneInfo, **record: int) -> i
 
 def at(text: str) -> int:
     """Unix seconds of an ISO 8601 date-time with an explicit offset (``...+01:00``)."""
-    return int(datetime.fromisoformat(text).timestamp())
+    return (datetime.fromisoformat(text) - UNIX_EPOCH) // timedelta(seconds=1)
 
 
 # (name, zone, direction, energy Wh, start, end); local Berlin times with their offsets.
