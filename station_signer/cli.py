@@ -847,10 +847,18 @@ def sync(
         interrupted = bool(store.reserved())
     recovered = 0
     if interrupted:
-        # Signings cut short by a crash are finished first; only that needs the key.
-        station = open_station(directory, pin=_pin(pin_file))
-        recovered = len(station.recovered)
-        station.store.close()
+        # Signings cut short by a crash are finished first; only that needs the key. Without
+        # the key the signed queue still goes out; the reserved rows wait.
+        try:
+            station = open_station(directory, pin=_pin(pin_file))
+        except (SignerError, StationError) as exc:
+            typer.echo(
+                f"warning: reserved records stay unsigned until the key is available: {exc}",
+                err=True,
+            )
+        else:
+            recovered = len(station.recovered)
+            station.store.close()
     with StationStore(directory / STORE_FILE) as store:
         state = store.state()
         if state.station_id != config.station_id:

@@ -67,6 +67,19 @@ class StationError(Exception):
         self.code = code
 
 
+class SigningFailedError(StationError):
+    """The record was reserved (its sequence and content are on disk) but not signed; the next
+    :meth:`Station.recover` signs it. ``__cause__`` is the signer's error."""
+
+    def __init__(self, sequence: int, cause: Exception) -> None:
+        super().__init__(
+            f"record #{sequence} is stored but could not be signed ({cause}); it will be signed "
+            "when the station next opens its key",
+            "signing_failed",
+        )
+        self.sequence = sequence
+
+
 # ---- the measured transfer ---------------------------------------------------------------------
 
 _TRANSFER_FIELDS: Final = (
@@ -294,7 +307,11 @@ class Station:
             )
 
         reserved = self.store.reserve(build)
-        return self.store.attach_signature(reserved.sequence, self._sign(reserved.digest))
+        try:
+            signature = self._sign(reserved.digest)
+        except Exception as exc:
+            raise SigningFailedError(reserved.sequence, exc) from exc
+        return self.store.attach_signature(reserved.sequence, signature)
 
     def _sign(self, digest: bytes) -> bytes:
         signature = self.signer.sign_digest(digest)
@@ -711,6 +728,7 @@ __all__ = [
     "InitResult",
     "KeyConfig",
     "Pkcs11KeyConfig",
+    "SigningFailedError",
     "Station",
     "StationConfig",
     "StationError",

@@ -25,7 +25,9 @@ from conftest import ChainEnv
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from station_signer.record import Domain, EnergyTransfer, parse_address
+from station_signer.record import Direction, Domain, EnergyTransfer, parse_address
+from station_signer.station import STORE_FILE
+from station_signer.store import StationState, StationStore
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import BackendHarness, fresh_database, running_backend  # noqa: E402
@@ -288,6 +290,32 @@ def test_offline_registrar_rejections_and_progress_with_a_dev_key(
     assert [(r["sequence"], r["reason"]) for r in status["rejected"]] == [
         (2, "energy_exceeds_max_power")
     ]
+
+    # A crash after reserving record #4 (stored, unsigned). sync without the key still sends
+    # what is signed and says why #4 waits; with the key it signs #4 first and sends it.
+    with StationStore(Path(cli.env["GRIDPOINTS_STATION_DIR"]) / STORE_FILE) as store:
+
+        def build(sequence: int, state: StationState) -> EnergyTransfer:
+            before = state.meter_wh(Direction.DISCHARGE)
+            return EnergyTransfer(
+                state.station_id, sequence, parse_address(USER), Direction.DISCHARGE,
+                100, before, before + 100, end - 600, end,
+            )  # fmt: skip
+
+        assert store.reserve(build).sequence == 4
+    waiting = cli("sync", "--backend-url", backend.url)
+    assert waiting.code == 0, waiting.stderr
+    assert "warning: reserved records stay unsigned" in waiting.stderr
+    assert "GRIDPOINTS_DEVKEY_PASSWORD" in waiting.stderr
+    assert cli.ok("status")["counts"]["reserved"] == 1
+    recovered = cli.ok("sync", "--backend-url", backend.url, env=env)
+    assert (recovered["recovered"], recovered["accepted"]) == (1, 1)
+    assert cli.ok("status")["counts"] == {
+        "reserved": 0,
+        "queued": 0,
+        "acknowledged": 3,
+        "rejected": 1,
+    }
 
 
 def test_errors_are_one_line_with_a_code_and_a_nonzero_exit(cli: Cli, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from station_signer.signers import DevKeySigner, HsmError
 from station_signer.station import (
     STORE_FILE,
     Pkcs11KeyConfig,
+    SigningFailedError,
     Station,
     StationConfig,
     StationError,
@@ -187,8 +188,10 @@ def test_a_signing_failure_leaves_the_row_reserved_and_recovery_signs_it(tmp_pat
     key = DevKeySigner(secrets.token_bytes(32))
     flaky = FailingSigner(key)
     station = Station(store, flaky)
-    with pytest.raises(HsmError):
+    with pytest.raises(SigningFailedError) as info:
         station.record(transfer(energy_wh=700))
+    assert info.value.code == "signing_failed" and info.value.sequence == 1
+    assert isinstance(info.value.__cause__, HsmError)
     (reserved,) = store.reserved()
     store.close()
 
