@@ -9,12 +9,21 @@ tariff module, never read back from the backend.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
-from backend_fixtures import BackendHarness
+from backend_fixtures import (
+    DATABASES,
+    BackendHarness,
+    chain_checkpoint,
+    fresh_database,
+    running_backend,
+)
+from conftest import ChainEnv
 from settlement_fixtures import (
     TARIFFS,
     assert_chain_matches,
+    balances,
     make_worker,
     random_traffic,
 )
@@ -22,6 +31,7 @@ from sqlalchemy import select
 
 from backend.db.models import Epoch, SettlementAttempt, SettlementStep
 from backend.epochs import summarize_range
+from backend.worker import write_dev_key_file
 from station_signer import merkle
 from station_signer.record import SignedRecord
 
@@ -32,9 +42,9 @@ pytest_plugins = ["settlement_fixtures"]
 
 def test_records_flow_from_post_to_wallets(harness: BackendHarness) -> None:
     start_block = harness.env.w3.eth.block_number
-    traffic = random_traffic(harness, stations=3, users=25, records=400, seed=1)
+    traffic = random_traffic(harness, stations=4, users=300, records=3_000, seed=1)
     traffic.post_all()
-    worker = make_worker(harness, epoch_max_records=150, credit_chunk_size=10)
+    worker = make_worker(harness, epoch_max_records=1_000, credit_chunk_size=60)
     try:
         report = worker.run_round(force_seal=True)
     finally:
@@ -185,3 +195,38 @@ def test_a_different_epoch_on_chain_stops_settlement(harness: BackendHarness) ->
             assert session.get(Epoch, 1).state == "sealed"  # type: ignore[union-attr]
     finally:
         worker.db.dispose()
+
+
+def test_serve_seals_and_settles_without_manual_steps(
+    chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    """`serve` with settlement enabled: POSTed records reach the wallets on its own."""
+    key_file = write_dev_key_file(
+        tmp_path / "settler.key", bytes(chain_session.accounts.settler.key)
+    )
+    kind = DATABASES[-1]
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database(kind, tmp_path) as url,
+        running_backend(
+            chain_session,
+            url,
+            kind,
+            settlement_enabled=True,
+            settler_key_file=key_file,
+            epoch_seconds=0.3,
+            settlement_poll_interval_s=0.05,
+        ) as h,
+    ):
+        chain_session.chain.reset_nonces()
+        start_block = chain_session.w3.eth.block_number
+        traffic = random_traffic(h, stations=2, users=10, records=60, seed=7)
+        traffic.post_all()
+        expected = traffic.expected_credits()
+        deadline = time.monotonic() + 60
+        while balances(chain_session, list(expected)) != expected:
+            assert time.monotonic() < deadline, "points did not reach the wallets"
+            time.sleep(0.1)
+        epochs = h.client.get("/v1/epochs").json()["epochs"]
+        assert sum(e["recordCount"] for e in epochs) == 60
+        assert_chain_matches(h, traffic, start_block)
