@@ -802,7 +802,14 @@ def record(
         station.store.close()
     if out is not None:
         signed = [row.signed_json() for row in rows]
-        out.write_text(json.dumps(signed if len(signed) > 1 else signed[0], indent=2) + "\n")
+        try:
+            out.write_text(json.dumps(signed if len(signed) > 1 else signed[0], indent=2) + "\n")
+        except OSError as exc:
+            raise CliError(
+                "output_file",
+                f"record(s) #{', #'.join(str(r.sequence) for r in rows)} are signed and queued, "
+                f"but {out} cannot be written: {exc.strerror}",
+            ) from None
     views = [_record_view(r) for r in rows]
     lines = []
     for row in rows:
@@ -968,18 +975,21 @@ def status(directory: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> N
 # ---- verify ------------------------------------------------------------------------------------
 
 
-def _verify_items(data: Any) -> list[tuple[SignedRecord, Any]]:
-    """(signed record, domain or None) for each object: {record, signature} or
-    {typedData, signature[, digest, signer]} (the published vector form)."""
+def _verify_items(data: Any) -> list[tuple[SignedRecord, Any, str | None]]:
+    """(signed record, domain or None, claimed signer or None) for each object:
+    {record, signature} or {typedData, signature[, digest, signer, name]} (the vector form of
+    tests/vectors/energy_transfer.json)."""
     from station_signer.record import Domain
 
     items = data if isinstance(data, list) else [data]
-    parsed: list[tuple[SignedRecord, Domain | None]] = []
+    if not items:
+        raise CliError("invalid_record", "the file holds an empty list")
+    parsed: list[tuple[SignedRecord, Domain | None, str | None]] = []
     for index, item in enumerate(items):
         where = f"[{index}] " if isinstance(data, list) else ""
         try:
             if isinstance(item, dict) and "typedData" in item:
-                unknown = set(item) - {"typedData", "signature", "digest", "signer"}
+                unknown = set(item) - {"typedData", "signature", "digest", "signer", "name"}
                 if unknown:
                     raise CliError("invalid_record", f"{where}unknown field(s) {sorted(unknown)}")
                 rec, domain = parse_typed_data(item["typedData"])
@@ -992,9 +1002,15 @@ def _verify_items(data: Any) -> list[tuple[SignedRecord, Any]]:
                         f"{where}the file's digest {item['digest']} is not the record's",
                         EXIT_MISMATCH,
                     )
-                parsed.append((signed, domain))
+                claimed = item.get("signer")
+                if claimed is not None:
+                    try:
+                        claimed = to_checksum_address(parse_address(claimed))
+                    except ValueError as exc:
+                        raise CliError("invalid_record", f"{where}signer: {exc}") from None
+                parsed.append((signed, domain, claimed))
             else:
-                parsed.append((SignedRecord.from_json(item), None))
+                parsed.append((SignedRecord.from_json(item), None, None))
         except RecordValidationError as exc:
             raise CliError("invalid_record", f"{where}{exc}") from None
     return parsed
@@ -1040,14 +1056,15 @@ def verify(
         if chain_id is None or registry is None:
             raise _bad_argument("--chain-id", "give both --chain-id and --registry")
         given = Domain(chain_id, _address_argument("--registry", registry))
+    wanted: str | None = None
     if expected_address is not None:
-        expected = to_checksum_address(_address_argument("--address", expected_address))
-    elif station is not None:
-        expected = station.address
-    else:
-        raise _bad_argument("--address", "no expected signer: give --address (or --dir)")
+        wanted = to_checksum_address(_address_argument("--address", expected_address))
     results = []
-    for signed, embedded in _verify_items(data):
+    for signed, embedded, claimed in _verify_items(data):
+        # The expected signer: --address, else the one the file names, else this station's.
+        expected = wanted or claimed or (station.address if station is not None else None)
+        if expected is None:
+            raise _bad_argument("--address", "no expected signer: give --address (or --dir)")
         if given is not None and embedded is not None and embedded != given:
             raise CliError(
                 "wrong_domain",
@@ -1074,25 +1091,24 @@ def verify(
                 "digest": "0x" + digest.hex(),
                 "chainId": domain.chain_id,
                 "registry": to_checksum_address(domain.verifying_contract),
+                "expectedSigner": expected,
                 "signer": signer,
                 "valid": signer == expected,
                 "problem": problem,
             }
         )
     valid = all(r["valid"] for r in results)
-    out = {
-        "valid": valid,
-        "expectedSigner": expected,
-        "records": results,
-    }
+    out = {"valid": valid, "records": results}
     lines = []
     for r in results:
         if r["valid"]:
-            lines.append(f"OK  record #{r['sequence']} signed by {expected}")
+            lines.append(f"OK  record #{r['sequence']} signed by {r['signer']}")
         elif r["signer"] is None:
             lines.append(f"BAD record #{r['sequence']}: {r['problem']}")
         else:
-            lines.append(f"BAD record #{r['sequence']}: signed by {r['signer']}, not {expected}")
+            lines.append(
+                f"BAD record #{r['sequence']}: signed by {r['signer']}, not {r['expectedSigner']}"
+            )
     _emit(as_json, out, lines)
     if not valid:
         raise typer.Exit(EXIT_MISMATCH)

@@ -128,6 +128,22 @@ def independent_signer(signed: dict[str, Any], domain: Domain) -> str:
     return str(Account.recover_message(message, signature=bytes.fromhex(signed["signature"][2:])))
 
 
+def test_verify_reproduces_every_published_vector(tmp_path: Path) -> None:
+    """verify on tests/vectors/energy_transfer.json: each vector's typed data, digest and
+    signer; a vector whose signer is changed fails with exit code 4."""
+    cli = Cli(clean_env() | {"GRIDPOINTS_STATION_DIR": str(tmp_path / "none")})
+    vectors_path = ROOT / "tests" / "vectors" / "energy_transfer.json"
+    vectors = json.loads(vectors_path.read_text())
+    report = cli.ok("verify", str(vectors_path))
+    assert report["valid"] and len(report["records"]) == len(vectors) >= 20
+    assert [r["signer"] for r in report["records"]] == [v["signer"] for v in vectors]
+    assert [r["digest"] for r in report["records"]] == [v["digest"] for v in vectors]
+    forged = vectors[0] | {"signer": USER}
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    result = cli.fails("verify", str(tmp_path / "forged.json"), code=4)
+    assert result.stdout.startswith(f"BAD record #{vectors[0]['typedData']['message']['sequence']}")
+
+
 def test_entry_point_is_the_typer_app() -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "gridpoints-station"]
     assert script.value == "station_signer.cli:app"
