@@ -1,6 +1,7 @@
-"""Settlement and PointsToken through real transactions: epochs, credit and debit chunks,
-balances, supply and events, and every exactly-once rule and role restriction, each revert
-decoded to its exact custom error."""
+"""Settlement and PointsToken through real transactions: epochs, credit chunks, payment chunks
+authorised by the users' own wallet signatures, balances, supply and events, and every
+exactly-once rule, authorisation rule and role restriction, each revert decoded to its exact
+custom error."""
 
 from __future__ import annotations
 
@@ -9,27 +10,40 @@ import os
 import pytest
 from conftest import ChainEnv, reverts_with
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 from web3.contract.contract import ContractFunction
 from web3.logs import DISCARD
+from web3.types import TxReceipt
 
 from backend.chain.contracts import (
     MAX_ENTRY_AMOUNT,
     ChunkKind,
     ContractRevertError,
+    Payment,
     pack_entries,
     pack_entry,
+    payment_tuple,
     role_id,
     unpack_entry,
 )
 from station_signer import merkle
+from station_signer import record as rec
+from station_signer.authorization import (
+    PaymentAuthorization,
+    SettlementDomain,
+    SignedAuthorization,
+    sign_authorization,
+)
 
 RECORDS_ROOT = b"\x11" * 32
 CREDITS_ROOT = b"\x22" * 32
 TARIFF_HASH = b"\x33" * 32
 ZERO = "0x" + "00" * 20
+STATION_B = b"\x5b" * 32
+DAY = 86_400
 
 
 def _commit(
@@ -61,6 +75,44 @@ def _balance(env: ChainEnv, address: str) -> int:
 
 def _supply(env: ChainEnv) -> int:
     return int(env.chain.token.functions.totalSupply().call())
+
+
+def _block_time(env: ChainEnv, receipt: TxReceipt) -> int:
+    return int(env.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
+
+
+def _authorize(
+    env: ChainEnv,
+    user: LocalAccount,
+    max_points: int,
+    nonce: int,
+    *,
+    deadline: int | None = None,
+    domain: SettlementDomain | None = None,
+) -> SignedAuthorization:
+    """`user`'s wallet signs: up to `max_points` points for a charge at station B, once."""
+    authorization = PaymentAuthorization(
+        user=bytes.fromhex(user.address[2:]),
+        station_id=STATION_B,
+        max_points=max_points,
+        nonce=nonce,
+        deadline=env.latest_timestamp() + DAY if deadline is None else deadline,
+    )
+    return sign_authorization(user, authorization, domain or env.chain.settlement_domain)
+
+
+def _pay(
+    env: ChainEnv, user: LocalAccount, amount: int, nonce: int, max_points: int | None = None
+) -> Payment:
+    return Payment(_authorize(env, user, max_points or amount, nonce), amount)
+
+
+def _fund(env: ChainEnv, credits: list[tuple[LocalAccount, int]], debits: int = 10**6) -> None:
+    """Epoch 1 mints `credits` (chunk 0) and may burn up to `debits` in payment chunks."""
+    _commit(env, 1, credits=sum(a for _, a in credits), debits=debits)
+    env.chain.apply_credits(
+        env.accounts.settler, 1, 0, pack_entries((u.address, a) for u, a in credits)
+    )
 
 
 # ---- packing (no chain) ---------------------------------------------------------------------
@@ -164,12 +216,12 @@ def test_unknown_epochs_cannot_be_read_or_applied(chain_env: ChainEnv) -> None:
     with reverts_with("UnknownEpoch", 1):
         c.apply_credits(settler, 1, 0, [pack_entry(user.address, 1)])
     with reverts_with("UnknownEpoch", 1):
-        c.apply_debits(settler, 1, 0, [pack_entry(user.address, 1)])
+        c.apply_payments(settler, 1, 0, [_pay(chain_env, user, 1, nonce=1)])
     with reverts_with("UnknownEpoch", 1):
         c.call(c.settlement.functions.verifyLeaf(1, b"\x00" * 32, 0, []))
 
 
-# ---- credits and debits ---------------------------------------------------------------------
+# ---- credits ---------------------------------------------------------------------------------
 
 
 def test_credit_chunk_mints_balances_supply_and_events(chain_env: ChainEnv) -> None:
@@ -197,38 +249,12 @@ def test_credit_chunk_mints_balances_supply_and_events(chain_env: ChainEnv) -> N
     assert not c.settlement.functions.isChunkApplied(1, 1).call()
 
 
-def test_debit_chunk_burns_balances_supply_and_events(chain_env: ChainEnv) -> None:
-    c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
-    _commit(chain_env, 1, credits=100)
-    c.apply_credits(settler, 1, 0, pack_entries([(users[0].address, 60), (users[1].address, 40)]))
-    _commit(chain_env, 2, credits=0, debits=25)
-    receipt = c.apply_debits(
-        settler, 2, 0, pack_entries([(users[0].address, 20), (users[1].address, 5)])
-    )
-
-    assert (_balance(chain_env, users[0].address), _balance(chain_env, users[1].address)) == (
-        40,
-        35,
-    )
-    assert _supply(chain_env) == 75
-    transfers = c.token.events.Transfer().process_receipt(receipt, errors=DISCARD)
-    assert [(t["args"]["from"], t["args"]["to"], t["args"]["value"]) for t in transfers] == [
-        (users[0].address, ZERO, 20), (users[1].address, ZERO, 5),
-    ]  # fmt: skip
-    (applied,) = c.settlement.events.ChunkApplied().process_receipt(receipt, errors=DISCARD)
-    assert dict(applied["args"]) == {
-        "epochId": 2, "chunkId": 0, "kind": ChunkKind.DEBIT, "entries": 2, "amount": 25,
-    }  # fmt: skip
-    epoch = c.settlement.functions.getEpoch(2).call()
-    assert (epoch[7], epoch[8]) == (0, 25)
-
-
 def test_an_epoch_settles_in_several_chunks_up_to_its_totals(chain_env: ChainEnv) -> None:
     c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
     _commit(chain_env, 1, credits=30, debits=10)
     c.apply_credits(settler, 1, 0, [pack_entry(users[0].address, 10)])
     c.apply_credits(settler, 1, 7, [pack_entry(users[1].address, 20)])  # ids need not be dense
-    c.apply_debits(settler, 1, 1, [pack_entry(users[1].address, 10)])
+    c.apply_payments(settler, 1, 1, [_pay(chain_env, users[1], 10, nonce=1)])
     epoch = c.settlement.functions.getEpoch(1).call()
     assert (epoch[5], epoch[6], epoch[7], epoch[8]) == (30, 10, 30, 10)
     assert _supply(chain_env) == 20
@@ -240,41 +266,39 @@ def test_a_chunk_is_applied_only_once(chain_env: ChainEnv) -> None:
     c.apply_credits(settler, 1, 3, [pack_entry(user.address, 10)])
     with reverts_with("ChunkAlreadyApplied", 1, 3):
         c.apply_credits(settler, 1, 3, [pack_entry(user.address, 10)])
-    # Credits and debits share one id space per epoch.
+    # Credit and payment chunks share one id space per epoch.
+    payment = _pay(chain_env, user, 1, nonce=1)
     with reverts_with("ChunkAlreadyApplied", 1, 3):
-        c.apply_debits(settler, 1, 3, [pack_entry(user.address, 1)])
-    assert _balance(chain_env, user.address) == 10
+        c.apply_payments(settler, 1, 3, [payment])
+    assert not c.is_authorization_used(user.address, 1)
+    c.apply_payments(settler, 1, 4, [payment])
+    with reverts_with("ChunkAlreadyApplied", 1, 4):
+        c.apply_payments(settler, 1, 4, [_pay(chain_env, user, 1, nonce=2)])
+    assert _balance(chain_env, user.address) == 9
     # The same chunk id is free again in the next epoch.
     _commit(chain_env, 2, credits=5)
     c.apply_credits(settler, 2, 3, [pack_entry(user.address, 5)])
-    assert _balance(chain_env, user.address) == 15
+    assert _balance(chain_env, user.address) == 14
 
 
-def test_credits_and_debits_never_exceed_the_committed_totals(chain_env: ChainEnv) -> None:
+def test_credits_and_payments_never_exceed_the_committed_totals(chain_env: ChainEnv) -> None:
     c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
     _commit(chain_env, 1, credits=100, debits=30)
     c.apply_credits(settler, 1, 0, [pack_entry(users[0].address, 60)])
     with reverts_with("ExceedsCommittedTotal", 1, ChunkKind.CREDIT, 110, 100):
         c.apply_credits(settler, 1, 1, [pack_entry(users[1].address, 50)])
-    c.apply_debits(settler, 1, 2, [pack_entry(users[0].address, 30)])
+    c.apply_payments(settler, 1, 2, [_pay(chain_env, users[0], 30, nonce=1)])
+    late = _pay(chain_env, users[0], 1, nonce=2)
     with reverts_with("ExceedsCommittedTotal", 1, ChunkKind.DEBIT, 31, 30):
-        c.apply_debits(settler, 1, 3, [pack_entry(users[0].address, 1)])
-    # A refused chunk leaves nothing behind: its id stays free, no point moved.
+        c.apply_payments(settler, 1, 3, [late])
+    # A refused chunk leaves nothing behind: its id stays free, no point moved, no nonce used.
     assert not c.settlement.functions.isChunkApplied(1, 1).call()
     assert not c.settlement.functions.isChunkApplied(1, 3).call()
+    assert not c.is_authorization_used(users[0].address, 2)
     assert (_balance(chain_env, users[0].address), _balance(chain_env, users[1].address)) == (30, 0)
     assert _supply(chain_env) == 30
     c.apply_credits(settler, 1, 1, [pack_entry(users[1].address, 40)])  # exactly up to the total
     assert c.settlement.functions.getEpoch(1).call()[7] == 100
-
-
-def test_a_debit_above_the_balance_reverts_with_the_token_error(chain_env: ChainEnv) -> None:
-    c, settler, user = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users[0]
-    _commit(chain_env, 1, credits=5, debits=100)
-    c.apply_credits(settler, 1, 0, [pack_entry(user.address, 5)])
-    with reverts_with("ERC20InsufficientBalance", user.address, 5, 6):
-        c.apply_debits(settler, 1, 1, [pack_entry(user.address, 6)])
-    assert _balance(chain_env, user.address) == 5
 
 
 def test_empty_chunks_and_zero_receivers_are_refused(chain_env: ChainEnv) -> None:
@@ -283,11 +307,255 @@ def test_empty_chunks_and_zero_receivers_are_refused(chain_env: ChainEnv) -> Non
     with reverts_with("EmptyChunk"):
         c.apply_credits(settler, 1, 0, [])
     with reverts_with("EmptyChunk"):
-        c.apply_debits(settler, 1, 0, [])
+        c.apply_payments(settler, 1, 0, [])
     # pack_entry refuses the zero address; raw bytes show the chain refuses it too.
     with reverts_with("ERC20InvalidReceiver", ZERO):
         c.apply_credits(settler, 1, 0, [(1 << 160).to_bytes(32, "big")])
     assert not c.settlement.functions.isChunkApplied(1, 0).call()
+
+
+# ---- payments: the user's signature authorises the burn ------------------------------------
+
+
+def test_a_signed_payment_burns_the_amount_and_reports_it(chain_env: ChainEnv) -> None:
+    c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
+    alice, bob = users[0], users[1]
+    _fund(chain_env, [(alice, 60), (bob, 40)])
+    a = Payment(_authorize(chain_env, alice, max_points=30, nonce=1), 25)
+    b = Payment(_authorize(chain_env, bob, max_points=40, nonce=1), 40)
+    receipt = c.apply_payments(settler, 1, 1, [a, b])
+
+    assert (_balance(chain_env, alice.address), _balance(chain_env, bob.address)) == (35, 0)
+    assert _supply(chain_env) == 35
+    domain = c.settlement_domain
+    events = c.payments_in(receipt)
+    assert [(e.epoch_id, e.user, e.authorization, e.requested, e.burned) for e in events] == [
+        (1, alice.address, a.authorization.digest(domain), 25, 25),
+        (1, bob.address, b.authorization.digest(domain), 40, 40),
+    ]
+    transfers = c.token.events.Transfer().process_receipt(receipt, errors=DISCARD)
+    assert [(t["args"]["from"], t["args"]["to"], t["args"]["value"]) for t in transfers] == [
+        (alice.address, ZERO, 25), (bob.address, ZERO, 40),
+    ]  # fmt: skip
+    (applied,) = c.settlement.events.ChunkApplied().process_receipt(receipt, errors=DISCARD)
+    assert dict(applied["args"]) == {
+        "epochId": 1, "chunkId": 1, "kind": ChunkKind.DEBIT, "entries": 2, "amount": 65,
+    }  # fmt: skip
+    assert c.settlement.functions.getEpoch(1).call()[8] == 65  # appliedDebits
+    assert c.is_authorization_used(alice.address, 1)
+    assert c.is_authorization_used(bytes.fromhex(bob.address[2:]), 1)
+    assert not c.is_authorization_used(alice.address, 2)
+
+
+def test_a_payment_burns_at_most_what_the_user_holds(chain_env: ChainEnv) -> None:
+    """min(amount, balance): a user who moved points away before settlement is debited only
+    what it still holds, and nobody else's payment in the chunk is affected."""
+    c, a = chain_env.chain, chain_env.accounts
+    alice, bob, carol = a.users[0], a.users[1], a.users[2]
+    _fund(chain_env, [(alice, 50), (bob, 50)])
+    c.transact(alice, c.token.functions.transfer(carol.address, 45))
+    receipt = c.apply_payments(
+        a.settler, 1, 1,
+        [_pay(chain_env, alice, 30, nonce=1), _pay(chain_env, bob, 30, nonce=1),
+         _pay(chain_env, carol, 100, nonce=1), _pay(chain_env, a.users[3], 7, nonce=1)],
+    )  # fmt: skip
+    assert [(e.requested, e.burned) for e in c.payments_in(receipt)] == [
+        (30, 5), (30, 30), (100, 45), (7, 0),
+    ]  # fmt: skip
+    assert [_balance(chain_env, u.address) for u in (alice, bob, carol, a.users[3])] == [
+        0, 20, 0, 0,
+    ]  # fmt: skip
+    assert _supply(chain_env) == 20
+    assert c.is_authorization_used(a.users[3].address, 1)  # used up although nothing was burned
+
+
+def test_a_replayed_authorisation_is_refused(chain_env: ChainEnv) -> None:
+    c, settler, alice = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users[0]
+    _fund(chain_env, [(alice, 100)])
+    payment = _pay(chain_env, alice, 10, nonce=77)
+    c.apply_payments(settler, 1, 1, [payment])
+    with reverts_with("AuthorizationAlreadyUsed", alice.address, 77):
+        c.apply_payments(settler, 1, 2, [payment])
+    # A fresh signature that reuses the nonce is refused too, in this epoch or a later one.
+    with reverts_with("AuthorizationAlreadyUsed", alice.address, 77):
+        c.apply_payments(settler, 1, 2, [_pay(chain_env, alice, 3, nonce=77)])
+    _commit(chain_env, 2, credits=0, debits=100)
+    with reverts_with("AuthorizationAlreadyUsed", alice.address, 77):
+        c.apply_payments(settler, 2, 0, [payment])
+    # Twice in one chunk: refused as a whole.
+    twice = _pay(chain_env, alice, 10, nonce=78)
+    with reverts_with("AuthorizationAlreadyUsed", alice.address, 78):
+        c.apply_payments(settler, 2, 0, [twice, twice])
+    assert _balance(chain_env, alice.address) == 90
+    assert not c.is_authorization_used(alice.address, 78)
+
+
+def test_a_signature_that_is_not_the_users_is_refused(chain_env: ChainEnv) -> None:
+    c, a = chain_env.chain, chain_env.accounts
+    alice, bob = a.users[0], a.users[1]
+    _fund(chain_env, [(alice, 100)])
+    authorization = _authorize(chain_env, alice, 50, nonce=1).authorization
+
+    def signed_by(account: LocalAccount, domain: SettlementDomain) -> Payment:
+        digest = authorization.digest(domain)
+        signature = bytes(Account.unsafe_sign_hash(digest, account.key).signature)
+        return Payment(SignedAuthorization(authorization, signature), 50)
+
+    here = c.settlement_domain
+    cases = {
+        "bob's key": signed_by(bob, here),
+        "the settler's key": signed_by(a.settler, here),
+        "alice's key, other chain": signed_by(alice, SettlementDomain(1, here.verifying_contract)),
+        "alice's key, other Settlement": signed_by(
+            alice, SettlementDomain(here.chain_id, b"\x01" * 20)
+        ),
+        "alice's key, the record domain": Payment(
+            SignedAuthorization(
+                authorization,
+                bytes(
+                    Account.unsafe_sign_hash(
+                        rec.keccak256(
+                            b"\x19\x01"
+                            + rec.Domain(here.chain_id, here.verifying_contract).separator
+                            + authorization.struct_hash()
+                        ),
+                        alice.key,
+                    ).signature
+                ),
+            ),
+            50,
+        ),
+    }
+    for name, payment in cases.items():
+        assert not payment.authorization.is_signed_by_user(here), name
+        with reverts_with("InvalidAuthorizationSignature", alice.address, 1):
+            c.apply_payments(a.settler, 1, 1, [payment])
+    # A field changed after signing breaks the signature as well.
+    good = _authorize(chain_env, alice, 50, nonce=1)
+    tampered = PaymentAuthorization(
+        user=authorization.user, station_id=b"\x5a" * 32, max_points=50, nonce=1,
+        deadline=authorization.deadline,
+    )  # fmt: skip
+    with reverts_with("InvalidAuthorizationSignature", alice.address, 1):
+        c.apply_payments(
+            a.settler, 1, 1, [Payment(SignedAuthorization(tampered, good.signature), 5)]
+        )
+    assert _balance(chain_env, alice.address) == 100
+    assert not c.is_authorization_used(alice.address, 1)
+    c.apply_payments(a.settler, 1, 1, [Payment(good, 50)])
+    assert _balance(chain_env, alice.address) == 50
+
+
+def test_an_expired_authorisation_burns_nothing_and_is_used_up(chain_env: ChainEnv) -> None:
+    c, settler, alice = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users[0]
+    _fund(chain_env, [(alice, 100)])
+    deadline = chain_env.latest_timestamp() + 100
+    at_deadline = Payment(_authorize(chain_env, alice, 20, nonce=1, deadline=deadline), 20)
+    chain_env.next_block_at(deadline)  # valid up to and including its deadline
+    c.apply_payments(settler, 1, 1, [at_deadline])
+    assert _balance(chain_env, alice.address) == 80
+
+    late = Payment(_authorize(chain_env, alice, 20, nonce=2, deadline=deadline), 20)
+    chain_env.next_block_at(deadline + 1)
+    receipt = c.apply_payments(settler, 1, 2, [late])
+    (event,) = c.payments_in(receipt)
+    assert (event.requested, event.burned) == (20, 0)
+    assert event.authorization == late.authorization.digest(c.settlement_domain)
+    assert late.authorization.authorization.is_expired(_block_time(chain_env, receipt))
+    assert len(c.token.events.Transfer().process_receipt(receipt, errors=DISCARD)) == 0
+    assert _balance(chain_env, alice.address) == 80
+    assert c.is_authorization_used(alice.address, 2)
+    with reverts_with("AuthorizationAlreadyUsed", alice.address, 2):
+        c.apply_payments(settler, 1, 3, [late])
+
+
+def test_an_amount_above_the_signed_maximum_is_refused(chain_env: ChainEnv) -> None:
+    c, settler, alice = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users[0]
+    _fund(chain_env, [(alice, 100)])
+    signed = _authorize(chain_env, alice, max_points=30, nonce=5)
+    with pytest.raises(ValueError, match=r"\[0, maxPoints=30\]"):
+        Payment(signed, 31)
+    # Past the Python check, the contract refuses it on its own.
+    raw = (*payment_tuple(Payment(signed, 30))[:5], 31, signed.signature)
+    with reverts_with("ExceedsAuthorizedMaximum", alice.address, 5, 31, 30):
+        c.transact(settler, c.settlement.functions.applyPayments(1, 1, [raw]))
+    assert not c.is_authorization_used(alice.address, 5)
+    assert _balance(chain_env, alice.address) == 100
+
+
+def test_a_canceled_authorisation_cannot_be_used(chain_env: ChainEnv) -> None:
+    c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
+    alice, bob = users[0], users[1]
+    _fund(chain_env, [(alice, 100), (bob, 100)])
+    payment = _pay(chain_env, alice, 10, nonce=9)
+    receipt = c.cancel_authorization(alice, 9)
+    (event,) = c.settlement.events.AuthorizationCanceled().process_receipt(receipt, errors=DISCARD)
+    assert dict(event["args"]) == {"user": alice.address, "nonce": 9}
+    assert c.is_authorization_used(alice.address, 9)
+    assert not c.is_authorization_used(bob.address, 9)
+    with reverts_with("AuthorizationAlreadyUsed", alice.address, 9):
+        c.apply_payments(settler, 1, 1, [payment])
+    with reverts_with("AuthorizationAlreadyUsed", alice.address, 9):
+        c.cancel_authorization(alice, 9)
+    # Bob's nonce 9 is his own.
+    c.apply_payments(settler, 1, 1, [_pay(chain_env, bob, 10, nonce=9)])
+    assert (_balance(chain_env, alice.address), _balance(chain_env, bob.address)) == (100, 90)
+    # Canceling an authorisation that was already paid is refused: the payment stands.
+    with reverts_with("AuthorizationAlreadyUsed", bob.address, 9):
+        c.cancel_authorization(bob, 9)
+
+
+def test_the_contract_digest_is_the_authorisation_digest(chain_env: ChainEnv) -> None:
+    c, alice = chain_env.chain, chain_env.accounts.users[0]
+    domain = c.settlement_domain
+    assert domain.chain_id == chain_env.w3.eth.chain_id
+    assert domain.verifying_contract == bytes.fromhex(c.deployment.settlement_address[2:])
+    for nonce, max_points, deadline in ((0, 1, 0), (2**256 - 1, 2**128 - 1, 2**64 - 1), (5, 30, 7)):
+        authorization = PaymentAuthorization(
+            user=bytes.fromhex(alice.address[2:]), station_id=STATION_B,
+            max_points=max_points, nonce=nonce, deadline=deadline,
+        )  # fmt: skip
+        assert c.hash_payment_authorization(authorization) == authorization.digest(domain)
+    assert bytes(c.settlement.functions.DOMAIN_SEPARATOR().call()) == domain.separator
+    _, name, version, chain_id, verifying, _, _ = c.settlement.functions.eip712Domain().call()
+    assert (name, version, chain_id, verifying) == (
+        "GridPoints Settlement", "1", domain.chain_id, c.deployment.settlement_address,
+    )  # fmt: skip
+
+
+def test_payment_events_are_read_back_by_epoch_user_and_authorisation(chain_env: ChainEnv) -> None:
+    """The auditor's join: a charge record carries the authorisation's digest, and the burn for
+    it is the PaymentApplied event with that digest."""
+    c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
+    alice, bob = users[0], users[1]
+    _fund(chain_env, [(alice, 100), (bob, 100)])
+    p1, p2 = _pay(chain_env, alice, 10, nonce=1), _pay(chain_env, bob, 20, nonce=1)
+    c.apply_payments(settler, 1, 1, [p1, p2])
+    _commit(chain_env, 2, credits=0, debits=100)
+    p3 = _pay(chain_env, alice, 30, nonce=2)
+    c.apply_payments(settler, 2, 0, [p3])
+
+    every = c.payment_events(with_timestamps=True)
+    assert [(e.epoch_id, e.user, e.burned) for e in every] == [
+        (1, alice.address, 10), (1, bob.address, 20), (2, alice.address, 30),
+    ]  # fmt: skip
+    positions = [(e.position.block_number, e.position.log_index) for e in every]
+    assert positions == sorted(positions)
+    assert all(e.position.block_timestamp for e in every)
+    assert [e.burned for e in c.payment_events(epoch_id=2)] == [30]
+    assert [e.burned for e in c.payment_events(user=alice.address)] == [10, 30]
+    assert [e.burned for e in c.payment_events(epoch_id=1, user=bob.address)] == [20]
+    assert c.payment_events(epoch_id=3) == []
+    assert c.payment_events(block_range=1) == c.payment_events()  # one block per query
+
+    domain = c.settlement_domain
+    record = rec.EnergyTransfer(
+        station_id=STATION_B, sequence=1, user=bytes.fromhex(alice.address[2:]),
+        direction=rec.Direction.CHARGE, energy_wh=7_500, meter_before_wh=0, meter_after_wh=7_500,
+        start_time=0, end_time=3_600, payment_authorization=p3.authorization.digest(domain),
+    )  # fmt: skip
+    (burn,) = c.payment_events(authorization=record.payment_authorization)
+    assert (burn.epoch_id, burn.user, burn.requested, burn.burned) == (2, alice.address, 30, 30)
 
 
 # ---- roles and pause ------------------------------------------------------------------------
@@ -301,11 +569,13 @@ def test_only_the_settler_may_commit_or_apply(chain_env: ChainEnv) -> None:
         with reverts_with("AccessControlUnauthorizedAccount", intruder.address, settler_role):
             c.transact(intruder, _commit_fn(chain_env, 1))
     _commit(chain_env, 1, credits=10, debits=10)
-    for intruder in (a.admin, a.registrar, a.outsider):
+    # Not even the payer may submit its own payment: settlement is the settler's job.
+    payment = [payment_tuple(_pay(chain_env, a.users[0], 1, nonce=1))]
+    for intruder in (a.admin, a.registrar, a.outsider, a.users[0]):
         with reverts_with("AccessControlUnauthorizedAccount", intruder.address, settler_role):
             c.transact(intruder, c.settlement.functions.applyCredits(1, 0, entry))
         with reverts_with("AccessControlUnauthorizedAccount", intruder.address, settler_role):
-            c.transact(intruder, c.settlement.functions.applyDebits(1, 0, entry))
+            c.transact(intruder, c.settlement.functions.applyPayments(1, 0, payment))
     assert _supply(chain_env) == 0
 
 
@@ -318,10 +588,20 @@ def test_nobody_but_the_settlement_contract_mints_or_burns(chain_env: ChainEnv) 
             c.token.functions.mint(who.address, 1),
             c.token.functions.burn(who.address, 0),
             c.token.functions.mintPacked(entry),
-            c.token.functions.burnPacked(entry),
         ):
             with reverts_with("AccessControlUnauthorizedAccount", who.address, settlement_role):
                 c.transact(who, fn)
+
+
+def test_there_is_no_operator_burn_path(chain_env: ChainEnv) -> None:
+    """Burning is reachable only through applyPayments, which needs the users' signatures: no
+    batch burn on the token, no operator debit on the settlement contract."""
+    c = chain_env.chain
+    token_functions = {e["name"] for e in c.token.abi if e.get("type") == "function"}
+    settlement_functions = {e["name"] for e in c.settlement.abi if e.get("type") == "function"}
+    assert "burnPacked" not in token_functions
+    assert "applyDebits" not in settlement_functions
+    assert {"applyPayments", "cancelAuthorization", "isAuthorizationUsed"} <= settlement_functions
 
 
 def test_a_paused_token_blocks_settlement(chain_env: ChainEnv) -> None:
@@ -333,8 +613,14 @@ def test_a_paused_token_blocks_settlement(chain_env: ChainEnv) -> None:
 
     with reverts_with("EnforcedPause"):
         c.apply_credits(a.settler, 1, 1, [pack_entry(user.address, 1)])
+    payment = _pay(chain_env, user, 1, nonce=1)
+    expired = Payment(_authorize(chain_env, user, 1, nonce=2, deadline=0), 1)
     with reverts_with("EnforcedPause"):
-        c.apply_debits(a.settler, 1, 2, [pack_entry(user.address, 1)])
+        c.apply_payments(a.settler, 1, 2, [payment])
+    with reverts_with("EnforcedPause"):  # even a chunk that would burn nothing
+        c.apply_payments(a.settler, 1, 2, [expired])
+    assert not c.is_authorization_used(user.address, 1)
+    assert not c.is_authorization_used(user.address, 2)
     with reverts_with("EnforcedPause"):
         c.transact(user, c.token.functions.transfer(a.users[1].address, 1))
     # Anchoring is not a token movement: epochs can still be committed while paused.
@@ -344,7 +630,8 @@ def test_a_paused_token_blocks_settlement(chain_env: ChainEnv) -> None:
 
     c.transact(a.admin, c.token.functions.unpause())
     c.apply_credits(a.settler, 1, 1, [pack_entry(user.address, 1)])
-    assert _balance(chain_env, user.address) == 11
+    c.apply_payments(a.settler, 1, 2, [payment, expired])
+    assert _balance(chain_env, user.address) == 10
 
 
 def test_only_the_pauser_may_pause(chain_env: ChainEnv) -> None:

@@ -35,6 +35,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 from web3.types import LogReceipt, TxParams, TxReceipt
 
 from backend.chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
+from station_signer.authorization import PaymentAuthorization, SettlementDomain, SignedAuthorization
 
 if TYPE_CHECKING:
     from backend.chain.deploy import Deployment
@@ -405,7 +406,7 @@ def role_id(name: str) -> bytes:
 
 
 class ChunkKind(IntEnum):
-    """Settlement.ChunkKind: what a chunk does with its entries."""
+    """Settlement.ChunkKind: what a chunk does with its entries (DEBIT: a payment chunk)."""
 
     CREDIT = 0
     DEBIT = 1
@@ -462,6 +463,69 @@ def unpack_entry(entry: bytes) -> tuple[ChecksumAddress, int]:
 
 def pack_entries(entries: Iterable[tuple[str | bytes, int]]) -> list[bytes]:
     return [pack_entry(account, amount) for account, amount in entries]
+
+
+# ---- payments ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """One entry of a payment chunk: the user's signed authorisation and the points requested.
+
+    `amount` is the operator's valuation of the charge, an int in ``[0, maxPoints]``; the
+    contract burns ``min(amount, balance)`` if the authorisation has not expired by the block
+    that settles it, and nothing otherwise. Checked here so that a bad amount fails before any
+    transaction; the contract checks it again (ExceedsAuthorizedMaximum).
+    """
+
+    authorization: SignedAuthorization
+    amount: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.authorization, SignedAuthorization):
+            raise TypeError("authorization must be a SignedAuthorization")
+        if not isinstance(self.amount, int) or isinstance(self.amount, bool):
+            raise TypeError(f"amount must be an int, not {type(self.amount).__name__}")
+        max_points = self.authorization.authorization.max_points
+        if not 0 <= self.amount <= max_points:
+            raise ValueError(f"amount must be in [0, maxPoints={max_points}], got {self.amount}")
+
+    @property
+    def user(self) -> ChecksumAddress:
+        return to_checksum_address(self.authorization.authorization.user)
+
+    @property
+    def nonce(self) -> int:
+        return self.authorization.authorization.nonce
+
+
+def payment_tuple(payment: Payment) -> tuple[Any, ...]:
+    """`payment` as the ABI tuple of Settlement.Payment:
+    ``(user, stationId, maxPoints, nonce, deadline, amount, signature)``."""
+    a = payment.authorization.authorization
+    return (
+        to_checksum_address(a.user),
+        a.station_id,
+        a.max_points,
+        a.nonce,
+        a.deadline,
+        payment.amount,
+        payment.authorization.signature,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentApplied:
+    """A Settlement.PaymentApplied event: `burned` of `requested` points were burned from `user`
+    under the authorisation whose EIP-712 digest is `authorization` (0 burned when it had
+    expired or the user held nothing)."""
+
+    epoch_id: int
+    user: ChecksumAddress
+    authorization: bytes
+    requested: int
+    burned: int
+    position: LogPosition
 
 
 # ---- station history from events ------------------------------------------------------------
@@ -704,11 +768,121 @@ class GridPointsChain:
         fn = self.settlement.functions.applyCredits(epoch_id, chunk_id, list(entries))
         return self.transact(settler, fn)
 
-    def apply_debits(
-        self, settler: LocalAccount, epoch_id: int, chunk_id: int, entries: Sequence[bytes]
+    def apply_payments(
+        self, settler: LocalAccount, epoch_id: int, chunk_id: int, payments: Sequence[Payment]
     ) -> TxReceipt:
-        fn = self.settlement.functions.applyDebits(epoch_id, chunk_id, list(entries))
+        """Settles one payment chunk: burns what each user authorised (see Payment)."""
+        fn = self.settlement.functions.applyPayments(
+            epoch_id, chunk_id, [payment_tuple(p) for p in payments]
+        )
         return self.transact(settler, fn)
+
+    def cancel_authorization(self, user: LocalAccount, nonce: int) -> TxReceipt:
+        """The user voids one of its own authorisation nonces (sent from the user's wallet)."""
+        return self.transact(user, self.settlement.functions.cancelAuthorization(nonce))
+
+    def is_authorization_used(self, user: str | bytes, nonce: int) -> bool:
+        """Whether `user`'s nonce is used up on chain (paid or canceled)."""
+        account = to_checksum_address(user if isinstance(user, str) else "0x" + user.hex())
+        return bool(self.call(self.settlement.functions.isAuthorizationUsed(account, nonce)))
+
+    @property
+    def settlement_domain(self) -> SettlementDomain:
+        """The EIP-712 domain users sign payment authorisations under for this deployment."""
+        return SettlementDomain(
+            self.deployment.chain_id, bytes.fromhex(self.deployment.settlement_address[2:])
+        )
+
+    def hash_payment_authorization(self, authorization: PaymentAuthorization) -> bytes:
+        """The contract's own digest of `authorization` (Settlement.hashPaymentAuthorization)."""
+        a = authorization
+        fn = self.settlement.functions.hashPaymentAuthorization(
+            to_checksum_address(a.user), a.station_id, a.max_points, a.nonce, a.deadline
+        )
+        return bytes(self.call(fn))
+
+    def payments_in(self, receipt: TxReceipt) -> list[PaymentApplied]:
+        """The PaymentApplied events of one transaction, in log order."""
+        topic = bytes(HexBytes(self.settlement.events.PaymentApplied().topic))
+        logs = [
+            log
+            for log in receipt["logs"]
+            if log["address"] == self.settlement.address
+            and log["topics"]
+            and bytes(log["topics"][0]) == topic
+        ]
+        return [self._payment_applied(log) for log in logs]
+
+    def payment_events(
+        self,
+        *,
+        epoch_id: int | None = None,
+        user: str | None = None,
+        authorization: bytes | None = None,
+        from_block: int | None = None,
+        to_block: int | str = "latest",
+        block_range: int | None = None,
+        with_timestamps: bool = False,
+    ) -> list[PaymentApplied]:
+        """PaymentApplied events, in chain order, optionally only those of one epoch, one user
+        or one authorisation digest (all three are indexed topics).
+
+        Reads from the deployment block by default; `block_range` splits the query for RPC
+        nodes that cap eth_getLogs ranges.
+        """
+        topics: list[Any] = [
+            "0x" + bytes(HexBytes(self.settlement.events.PaymentApplied().topic)).hex()
+        ]
+        topics.append(None if epoch_id is None else "0x" + epoch_id.to_bytes(32, "big").hex())
+        topics.append(
+            None
+            if user is None
+            else "0x" + bytes.fromhex(to_checksum_address(user)[2:]).rjust(32, b"\0").hex()
+        )
+        topics.append(None if authorization is None else "0x" + bytes(authorization).hex())
+        while topics[-1] is None:
+            topics.pop()
+        start = self.deployment.deployment_block if from_block is None else from_block
+        end = self.w3.eth.block_number if to_block == "latest" else int(to_block)
+        logs: list[LogReceipt] = []
+        step = block_range or (end - start + 1)
+        for lo in range(start, end + 1, max(1, step)):
+            hi = min(end, lo + step - 1)
+            logs.extend(
+                self.w3.eth.get_logs(
+                    {
+                        "address": self.settlement.address,
+                        "fromBlock": lo,
+                        "toBlock": hi,
+                        "topics": topics,
+                    }
+                )
+            )
+        logs.sort(key=lambda log: (log["blockNumber"], log["logIndex"]))
+        timestamps: dict[int, int] = {}
+        events: list[PaymentApplied] = []
+        for log in logs:
+            block = log["blockNumber"]
+            if with_timestamps and block not in timestamps:
+                timestamps[block] = self.w3.eth.get_block(block)["timestamp"]
+            events.append(self._payment_applied(log, timestamps.get(block)))
+        return events
+
+    def _payment_applied(self, log: LogReceipt, timestamp: int | None = None) -> PaymentApplied:
+        args = self.settlement.events.PaymentApplied().process_log(log)["args"]
+        return PaymentApplied(
+            epoch_id=int(args["epochId"]),
+            user=to_checksum_address(args["user"]),
+            authorization=bytes(args["authorization"]),
+            requested=int(args["requested"]),
+            burned=int(args["burned"]),
+            position=LogPosition(
+                block_number=log["blockNumber"],
+                log_index=log["logIndex"],
+                tx_hash=bytes(log["transactionHash"]),
+                block_timestamp=timestamp,
+            ),
+        )
 
     # -- station history --------------------------------------------------------------------
 

@@ -57,11 +57,7 @@ contract PointsToken is ERC20, ERC20Pausable, ERC20Permit, AccessControl {
     /// still emits its own Transfer event. Returns the sum so the caller need not loop again.
     /// @param credits Packed entries: low 160 bits the account, high 96 bits the amount.
     /// @return total Sum of the minted amounts.
-    function mintPacked(bytes32[] calldata credits)
-        external
-        onlyRole(SETTLEMENT_ROLE)
-        returns (uint256 total)
-    {
+    function mintPacked(bytes32[] calldata credits) external onlyRole(SETTLEMENT_ROLE) returns (uint256 total) {
         for (uint256 i = 0; i < credits.length; ++i) {
             (address account, uint256 amount) = _unpack(credits[i]);
             _mint(account, amount);
@@ -84,10 +80,7 @@ contract PointsToken is ERC20, ERC20Pausable, ERC20Permit, AccessControl {
         amount = uint256(entry) >> 160;
     }
 
-    function _update(address from, address to, uint256 value)
-        internal
-        override(ERC20, ERC20Pausable)
-    {
+    function _update(address from, address to, uint256 value) internal override(ERC20, ERC20Pausable) {
         super._update(from, to, value);
     }
 }

@@ -186,10 +186,7 @@ contract Settlement is AccessControl, EIP712 {
     /// @param epochId A committed epoch.
     /// @param chunkId Id of the chunk, unused so far in this epoch.
     /// @param credits Packed entries `amount << 160 | account` (see PointsToken.mintPacked).
-    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits)
-        external
-        onlyRole(SETTLER_ROLE)
-    {
+    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits) external onlyRole(SETTLER_ROLE) {
         Epoch storage epoch = _claimChunk(epochId, chunkId, credits.length);
         uint256 amount = token.mintPacked(credits);
         uint256 applied = epoch.appliedCredits + amount;

@@ -581,7 +581,6 @@ contract PointsTokenTest is Test {
         uint256 total = token.mintPacked(_one(entry));
         assertEq(total, amount);
         assertEq(token.balanceOf(account), amount);
-
     }
 
     /// @dev Arbitrary raw entries: whatever the 256 bits, the low 160 bits are the account and

@@ -124,12 +124,9 @@ abstract contract SettlementFixture is Test {
     /// used between vm.expectRevert and the call it is about).
     function _digest(address target, Settlement.Payment memory p) internal view returns (bytes32) {
         bytes32 separator = keccak256(
-            abi.encode(
-                DOMAIN_TYPEHASH, keccak256("GridPoints Settlement"), keccak256("1"), block.chainid, target
-            )
+            abi.encode(DOMAIN_TYPEHASH, keccak256("GridPoints Settlement"), keccak256("1"), block.chainid, target)
         );
-        bytes32 structHash =
-            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
         return keccak256(abi.encodePacked("\x19\x01", separator, structHash));
     }
 
@@ -587,9 +584,8 @@ contract SettlementTest is SettlementFixture {
         vm.prank(settler);
         other.applyCredits(1, 0, _entries1(alice, 1));
         // Alice's valid authorisation for `other` still cannot burn through it.
-        Settlement.Payment[] memory payments = _list1(
-            _signFor(address(other), _auth(alice, 1, 1, uint64(block.timestamp + 1), 1), aliceKey)
-        );
+        Settlement.Payment[] memory payments =
+            _list1(_signFor(address(other), _auth(alice, 1, 1, uint64(block.timestamp + 1), 1), aliceKey));
         vm.expectRevert(_unauthorized(address(other), role));
         vm.prank(settler);
         other.applyPayments(1, 0, payments);
@@ -880,8 +876,7 @@ contract SettlementTest is SettlementFixture {
                 uint256 debit = (amount * share) / 100;
                 p.first[i] = _pack(_users(i), amount);
                 p.debits[i] = _sign(
-                    _auth(_users(i), uint128(debit), 1000 + i, uint64(block.timestamp), uint128(debit)),
-                    _userKeys(i)
+                    _auth(_users(i), uint128(debit), 1000 + i, uint64(block.timestamp), uint128(debit)), _userKeys(i)
                 );
                 p.firstSum += amount;
                 p.debitTotal += debit;

@@ -420,8 +420,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         bytes32 recordDomain = keccak256(
             abi.encode(DOMAIN_TYPEHASH, keccak256("GridPoints"), keccak256("1"), block.chainid, address(settlement))
         );
-        bytes32 structHash =
-            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
         (uint8 v, bytes32 r, bytes32 s) =
             vm.sign(aliceKey, keccak256(abi.encodePacked("\x19\x01", recordDomain, structHash)));
         p.signature = abi.encodePacked(r, s, v);

@@ -249,9 +249,8 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     /// someone who is not the settler tries to apply a chunk (even one carrying a payment validly
     /// signed by its user). All must be rejected.
     function unauthorisedMint(uint256 callerSeed, uint256 toSeed, uint96 amount, uint8 fn) external tick {
-        address[9] memory callers = [
-            _actors[0], _actors[1], _actors[2], _actors[3], _actors[4], _actors[5], settler, admin, address(this)
-        ];
+        address[9] memory callers =
+            [_actors[0], _actors[1], _actors[2], _actors[3], _actors[4], _actors[5], settler, admin, address(this)];
         address caller = callers[callerSeed % callers.length];
         uint256 which = fn % 5;
         bytes memory want;
@@ -405,7 +404,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         uint256 who = seed % ACTORS;
         address victim = _actors[who];
         uint256 wrongKey = (seed >> 8) % 2 == 0
-            ? _signingKeys[(who + 1 + (seed >> 16) % (ACTORS - 1)) % ACTORS] // another user's key
+            ? _signingKeys[(who + 1 + (seed >> 16) % (ACTORS - 1)) % ACTORS]  // another user's key
             : uint256(keccak256(abi.encode("forger", seed))); // anybody's
         uint256 nonce = _freshNonce(victim, seed);
         uint128 amount = uint128(bound(seed >> 24, 1, 1e12));
@@ -561,8 +560,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     }
 
     function _signature(uint256 key, Settlement.Payment memory p) internal view returns (bytes memory) {
-        bytes32 structHash =
-            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
         (uint8 v, bytes32 r, bytes32 s) =
             vm.sign(key, keccak256(abi.encodePacked("\x19\x01", _domainSeparator, structHash)));
         return abi.encodePacked(r, s, v);
