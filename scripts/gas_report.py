@@ -5,7 +5,9 @@
     .venv/bin/python scripts/gas_report.py --json    # the same figures as JSON
 
 Measures commitEpoch, applyCredits with 1 and 100 credits to fresh addresses and to addresses
-that already hold points, and a single PointsToken.mint to a fresh and to an existing holder.
+that already hold points, applyPayments with 1 and 100 user-signed payments (each user's first
+authorisation, whose nonce opens a fresh bitmap word, and a later one in an already used word),
+and a single PointsToken.mint to a fresh and to an existing holder.
 In a real deployment only the Settlement contract may mint; to measure a lone mint, this
 script grants SETTLEMENT_ROLE to a temporary dev account in its throwaway deployment.
 Figures are receipt gasUsed, so each includes the 21,000 intrinsic gas and the calldata.
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Annotated
 
 import typer
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
@@ -26,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.chain.anvil import AnvilNode
-from backend.chain.contracts import GridPointsChain, connect, pack_entry, role_id
+from backend.chain.contracts import GridPointsChain, Payment, connect, pack_entry, role_id
 from backend.chain.deploy import deploy, dev_account
+from station_signer.authorization import PaymentAuthorization, sign_authorization
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -54,6 +58,11 @@ def _entries(addresses: list[ChecksumAddress]) -> list[bytes]:
     return [pack_entry(address, 1_000 + i) for i, address in enumerate(addresses)]
 
 
+def _payers(count: int) -> list[LocalAccount]:
+    # Throwaway wallets with keys derived from public labels: they exist only on this Anvil.
+    return [Account.from_key(keccak(text=f"gas-report:payer:{i}")) for i in range(count)]
+
+
 def measure() -> tuple[dict[str, object], list[Measurement]]:
     rows: list[Measurement] = []
     with AnvilNode() as node:
@@ -68,7 +77,7 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
                 records_root=keccak(text=f"records {epoch_id}"),
                 credits_root=keccak(text=f"credits {epoch_id}"),
                 tariff_hash=keccak(text="tariff"),
-                record_count=1_000, total_credits=10**12, total_debits=0,
+                record_count=1_000, total_credits=10**12, total_debits=10**12,
             )  # fmt: skip
             return int(receipt["gasUsed"])
 
@@ -102,6 +111,57 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
         rows.append(
             Measurement("commit_later", "commitEpoch", 0, "-", commit(2), "epoch 2 and later")
         )
+
+        # Payments: every payer holds points (credited here) and signs its own authorisations.
+        payers = _payers(CHUNK + 2)
+        warm, first, rest = payers[-1], payers[:1], payers[1 : CHUNK + 1]
+        chain.apply_credits(settler, 1, 5, _entries([p.address for p in payers]))
+        domain = chain.settlement_domain
+        deadline = int(w3.eth.get_block("latest")["timestamp"]) + 86_400
+
+        def payments(chunk_id: int, accounts: list[LocalAccount], nonce: int) -> int:
+            signed = [
+                Payment(
+                    sign_authorization(
+                        account,
+                        PaymentAuthorization(
+                            user=bytes.fromhex(account.address[2:]),
+                            station_id=keccak(text="gas-report:station"),
+                            max_points=1_000,
+                            nonce=nonce,
+                            deadline=deadline,
+                        ),
+                        domain,
+                    ),
+                    500,
+                )
+                for account in accounts
+            ]
+            receipt = chain.apply_payments(settler, 1, chunk_id, signed)
+            burned = [e.burned for e in chain.payments_in(receipt)]
+            if burned != [500] * len(accounts):
+                raise SystemExit(f"unexpected burns in payment chunk {chunk_id}: {burned}")
+            return int(receipt["gasUsed"])
+
+        warm_gas = payments(10, [warm], 0)
+        rows.append(
+            Measurement(
+                "payments_first_chunk", "applyPayments", 1, "existing", warm_gas,
+                "1st payment chunk of epoch (a)",
+            )
+        )  # fmt: skip
+        for key, accounts, nonce, chunk_id, note in (
+            ("payments_1_first", first, 0, 11, "first nonce of the user (c)"),
+            ("payments_100_first", rest, 0, 12, "first nonce of each user (c)"),
+            ("payments_1_later", first, 1, 13, "nonce in a used word (c)"),
+            ("payments_100_later", rest, 1, 14, "nonce in a used word (c)"),
+        ):
+            rows.append(
+                Measurement(
+                    key, "applyPayments", len(accounts), "existing",
+                    payments(chunk_id, accounts, nonce), note,
+                )
+            )  # fmt: skip
 
         # A lone mint, as a contract without packed batches would do it. Only possible here
         # because this throwaway deployment grants the role to a temporary account.
@@ -144,6 +204,12 @@ def derive(rows: list[Measurement]) -> dict[str, float]:
         "batch_vs_single_mints_fresh": gas["credits_100_fresh"] / (CHUNK * gas["mint_fresh"]),
         "batch_vs_single_mints_existing": gas["credits_100_existing"]
         / (CHUNK * gas["mint_existing"]),
+        "payment_avg_first": gas["payments_100_first"] / CHUNK,
+        "payment_avg_later": gas["payments_100_later"] / CHUNK,
+        "payment_marginal_first": (gas["payments_100_first"] - gas["payments_1_first"])
+        / (CHUNK - 1),
+        "payment_marginal_later": (gas["payments_100_later"] - gas["payments_1_later"])
+        / (CHUNK - 1),
     }
 
 
@@ -173,7 +239,7 @@ def main(
             row.operation, str(row.entries or ""), row.holders, f"{row.gas:,}", per, row.note
         )
     console.print(table)
-    summary = Table(title="Per-credit figures", show_header=False)
+    summary = Table(title="Per-entry figures", show_header=False)
     summary.add_column("figure")
     summary.add_column("value", justify="right")
     summary.add_row("average per credit, fresh holders", f"{derived['credit_avg_fresh']:,.0f}")
@@ -193,14 +259,29 @@ def main(
         "100-credit chunk / 100 single mints, existing",
         f"{derived['batch_vs_single_mints_existing']:.1%}",
     )
+    summary.add_row("average per payment, first nonce", f"{derived['payment_avg_first']:,.0f}")
+    summary.add_row(
+        "average per payment, nonce in a used word", f"{derived['payment_avg_later']:,.0f}"
+    )
+    summary.add_row(
+        "marginal per payment, first nonce", f"{derived['payment_marginal_first']:,.0f}"
+    )
+    summary.add_row(
+        "marginal per payment, nonce in a used word", f"{derived['payment_marginal_later']:,.0f}"
+    )
     console.print(summary)
     console.print(
         "(a) The first chunk of an epoch also writes the epoch's chunk-bitmap word and applied "
         "total for the first time (here also the token's total supply: the first mint ever); "
-        "the other applyCredits rows are measured after it (steady state).\n"
+        "the other applyCredits rows are measured after it (steady state). Likewise the first "
+        "payment chunk writes the epoch's applied debits for the first time.\n"
         f"(b) Single mints were sent by {info['temporary_minter']}, a temporary account granted "
         "SETTLEMENT_ROLE in this throwaway deployment only; in a real deployment only the "
         "Settlement contract holds that role.\n"
+        "(c) Each payment carries the user's EIP-712 authorisation and 65-byte signature; the "
+        "contract checks the signature (EXTCODESIZE + ecrecover), marks the nonce in the user's "
+        "bitmap (a fresh 256-nonce word costs a zero-to-nonzero store; later nonces in the same "
+        "word are cheaper), reads the balance, burns and emits PaymentApplied.\n"
         "Fresh holders had a zero balance before; existing holders already held points. "
         "All figures include the 21,000 intrinsic gas and the calldata."
     )
