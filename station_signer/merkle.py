@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from eth_hash.auto import keccak
+from station_signer.record import keccak256 as keccak
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
