@@ -337,8 +337,16 @@ def test_gas_report_runs_on_its_own_anvil_and_reports_every_figure(contracts_bui
     assert set(gas) == {
         "commit_first", "commit_later", "credits_first_chunk", "credits_1_fresh",
         "credits_100_fresh", "credits_1_existing", "credits_100_existing", "mint_fresh",
-        "mint_existing",
+        "mint_existing", "payments_first_chunk", "payments_1_first", "payments_100_first",
+        "payments_1_later", "payments_100_later",
     }  # fmt: skip
+    # A nonce in a bitmap word the user already touched is cheaper than opening a fresh word.
+    assert gas["payments_100_later"] < gas["payments_100_first"]
+    assert (
+        0
+        < report["derived"]["payment_marginal_later"]
+        < report["derived"]["payment_marginal_first"]
+    )
     # Writing a zero balance costs more than updating a non-zero one, chunk or single mint.
     assert gas["credits_100_existing"] < gas["credits_100_fresh"]
     assert gas["mint_existing"] < gas["mint_fresh"]

@@ -69,9 +69,9 @@ contract Settlement is AccessControl, EIP712 {
         uint64 recordCount; // number of record leaves
         uint64 committedAt; // block timestamp of the commit, 0 while not committed
         uint128 totalCredits; // points to mint in this epoch
-        uint128 totalDebits; // points to burn in this epoch
+        uint128 totalDebits; // the most the epoch's payments may burn (burns can fall short of it)
         uint128 appliedCredits; // points minted so far
-        uint128 appliedDebits; // points burned so far
+        uint128 appliedDebits; // points burned by payments so far
     }
 
     /// @notice The token this contract mints and burns.
@@ -150,7 +150,9 @@ contract Settlement is AccessControl, EIP712 {
     /// @param tariffHash Canonical hash of the tariff that valued the records.
     /// @param recordCount Number of records in the epoch (> 0).
     /// @param totalCredits Points the epoch's credit chunks will mint.
-    /// @param totalDebits Points the epoch's debit chunks will burn.
+    /// @param totalDebits The most the epoch's payment chunks may burn: the operator's valuation
+    /// of its charges paid with points. What is burned can be less (balances run short,
+    /// authorisations expire), never more.
     function commitEpoch(
         uint64 epochId,
         bytes32 recordsRoot,
@@ -294,7 +296,6 @@ contract Settlement is AccessControl, EIP712 {
 
     /// @notice The EIP-712 domain separator of payment authorisations on this deployment.
     /// @return The separator of ("GridPoints Settlement", "1", block.chainid, this contract).
-    // solhint-disable-next-line func-name-mixedcase
     function DOMAIN_SEPARATOR() external view returns (bytes32) {
         return _domainSeparatorV4();
     }
