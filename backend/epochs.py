@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record, Station
 from backend.db.session import Database
 from backend.db.types import U64_OFFSET
+from backend.payments import payment_caps
 from backend.tariff import Tariff, TariffBook, TariffError, value_record
 from station_signer.merkle import RootBuilder, credit_leaf_hash, record_leaf_hash
 from station_signer.record import ZERO_BYTES32, Direction
@@ -270,13 +271,6 @@ def station_zones(session: Session) -> dict[bytes, int]:
     }
 
 
-PaymentCapsLoader = Callable[[Session, int, int], Mapping[bytes, int]]
-
-
-def no_payment_caps(_session: Session, _first: int, _count: int) -> Mapping[bytes, int]:
-    return {}
-
-
 def summarize_range(
     session: Session,
     tariff: Tariff,
@@ -336,7 +330,6 @@ class EpochSealer:
         tariffs: TariffBook,
         *,
         max_records: int,
-        payment_caps: PaymentCapsLoader = no_payment_caps,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if max_records < 1:
@@ -344,7 +337,6 @@ class EpochSealer:
         self.db = db
         self.tariffs = tariffs
         self.max_records = max_records
-        self.payment_caps = payment_caps
         self.clock = clock
 
     def pending(self) -> tuple[int, datetime | None]:
@@ -373,7 +365,7 @@ class EpochSealer:
                 tariff,
                 plan.first_log_index,
                 plan.record_count,
-                payment_caps=self.payment_caps(session, plan.first_log_index, plan.record_count),
+                payment_caps=payment_caps(session, plan.first_log_index, plan.record_count),
             )
         with self.db.write() as session:
             # The write lock orders sealers; a sealer that lost the race finds its epoch taken.

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,12 +47,15 @@ from backend.chain.contracts import (
     ChainError,
     ContractRevertError,
     GridPointsChain,
+    Payment,
     pack_entries,
+    payment_tuple,
     revert_data,
 )
 from backend.db.models import Epoch, EpochEntry, EpochPayment, SettlementAttempt, SettlementStep
 from backend.db.session import Database
 from backend.faults import crash_point
+from backend.payments import payment_rows
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +93,6 @@ class StepView:
     entry_count: int
     amount: int
     state: str
-
-
-PaymentArgs = Callable[[Session, int, int, int], list[tuple[Any, ...]]]
-
-
-def no_payment_args(_s: Session, epoch_id: int, _first: int, _count: int) -> list[tuple[Any, ...]]:
-    raise SettlementError(
-        f"epoch {epoch_id} has payments but this worker was started without payment support"
-    )
 
 
 def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list[SettlementStep]:
@@ -200,7 +194,6 @@ class Settler:
         account: LocalAccount,
         config: SettlementConfig | None = None,
         *,
-        payment_args: PaymentArgs = no_payment_args,
         stop_event: threading.Event | None = None,
     ) -> None:
         self.db = db
@@ -208,7 +201,6 @@ class Settler:
         self.w3 = chain.w3
         self.account = account
         self.config = config or SettlementConfig()
-        self.payment_args = payment_args
         self.stop_event = stop_event or threading.Event()
         self._nonce: int | None = None
         self._reconciled = False
@@ -321,7 +313,9 @@ class Settler:
                 tx_hash = attempt.tx_hash
             else:
                 tx_hash = self._send_new(step)
-                if tx_hash is None:  # the estimate showed the chain already has it
+                if tx_hash is None:  # the chain has it already, or there is nothing to send
+                    if self._step_state(step) == "confirmed":
+                        return
                     continue
             receipt = self._wait_receipt(tx_hash, label)
             if receipt is None:
@@ -335,6 +329,10 @@ class Settler:
 
     def _send_new(self, step: StepView) -> bytes | None:
         call = self._call(step)
+        if call is None:
+            # Every payment of the chunk was used on chain meanwhile: nothing to burn.
+            self._confirm(step, None)
+            return None
         sender = self.account.address
         try:
             gas = call.estimate_gas({"from": sender})
@@ -395,6 +393,14 @@ class Settler:
             # "nonce too low" and friends: the nonce is gone; reconcile picks the next one.
             self._nonce = None
             raise ChainError(f"node refused transaction 0x{tx_hash.hex()}: {exc}") from exc
+
+    def _step_state(self, step: StepView) -> str | None:
+        with self.db.read() as session:
+            return session.scalar(
+                select(SettlementStep.state).where(
+                    SettlementStep.epoch_id == step.epoch_id, SettlementStep.step == step.step
+                )
+            )
 
     def _next_nonce(self) -> int:
         if self._nonce is None:
@@ -485,13 +491,20 @@ class Settler:
                     .where(SettlementAttempt.tx_hash == row.tx_hash)
                     .values(outcome="mined")
                 )
-            if burned:
-                for authorization, amount in burned.items():
-                    session.execute(
-                        update(EpochPayment)
-                        .where(EpochPayment.authorization == authorization)
-                        .values(burned=amount)
+            if step.kind == "payments":
+                # What the chain burned per authorisation; 0 for the ones left out (used or
+                # cancelled on chain before the chunk).
+                chunk = session.scalars(
+                    select(EpochPayment)
+                    .where(
+                        EpochPayment.epoch_id == step.epoch_id,
+                        EpochPayment.ordinal >= step.first_entry,
                     )
+                    .order_by(EpochPayment.ordinal)
+                    .limit(step.entry_count)
+                ).all()
+                for payment in chunk:
+                    payment.burned = (burned or {}).get(payment.authorization, 0)
         log.info(
             "confirmed epoch %d step %d (%s)%s",
             step.epoch_id,
@@ -641,7 +654,25 @@ class Settler:
                 return settlement.applyCredits(
                     step.epoch_id, step.chunk_id, pack_entries((u, c) for u, c in rows)
                 )
-            payments = self.payment_args(session, step.epoch_id, step.first_entry, step.entry_count)
+            rows = payment_rows(session, step.epoch_id, step.first_entry, step.entry_count)
+            if len(rows) != step.entry_count:
+                raise SettlementError(f"epoch {step.epoch_id}: payments chunk does not match")
+            payments = []
+            for payment, signed in rows:
+                a = signed.authorization
+                if self.chain.is_authorization_used(a.user, a.nonce):
+                    # The user cancelled it (or a contract wallet used it) after the record was
+                    # accepted: leave it out rather than have the whole chunk revert.
+                    log.warning(
+                        "epoch %d: authorisation 0x%s is already used on chain; the charge is "
+                        "paid otherwise",
+                        step.epoch_id,
+                        payment.authorization.hex(),
+                    )
+                    continue
+                payments.append(payment_tuple(Payment(signed, payment.requested)))
+            if not payments:
+                return None
             return settlement.applyPayments(step.epoch_id, step.chunk_id, payments)
 
 

@@ -25,10 +25,10 @@ from eth_account.signers.local import LocalAccount
 
 from backend.chain.contracts import GridPointsChain
 from backend.db.session import Database
-from backend.epochs import EpochSealer, PaymentCapsLoader, no_payment_caps
+from backend.epochs import EpochSealer
 from backend.leader import LeaderLock
 from backend.settings import Settings
-from backend.settlement import PaymentArgs, SettlementConfig, Settler, no_payment_args
+from backend.settlement import SettlementConfig, Settler
 from backend.tariff import TariffBook
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,6 @@ class SealAndSettle:
         *,
         account: LocalAccount | None,
         tariffs: TariffBook | None = None,
-        payment_caps: PaymentCapsLoader = no_payment_caps,
-        payment_args: PaymentArgs = no_payment_args,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
@@ -126,7 +124,6 @@ class SealAndSettle:
             db,
             tariffs if tariffs is not None else TariffBook.load(settings.tariffs_dir),
             max_records=settings.epoch_max_records,
-            payment_caps=payment_caps,
             clock=clock,
         )
         self.settler = (
@@ -141,7 +138,6 @@ class SealAndSettle:
                     receipt_timeout_s=settings.receipt_timeout_s,
                     poll_interval_s=min(0.25, settings.settlement_poll_interval_s),
                 ),
-                payment_args=payment_args,
                 stop_event=self.stop_event,
             )
             if account is not None

@@ -245,6 +245,33 @@ class Equivocation(Base):
     rejection_id: Mapped[int] = mapped_column(AutoId, ForeignKey("rejections.id"))
 
 
+# ---- payment authorisations --------------------------------------------------------------
+
+
+class PaymentAuthorizationRow(Base):
+    """A user's signed authorisation to pay for a charge record with points, kept verbatim.
+
+    Stored with the record that commits to it (``records.payment_authorization == digest``), in
+    the same transaction. One authorisation pays for one record: the digest is the primary key
+    and (user, nonce) is unique, as the Settlement contract burns each nonce once.
+    """
+
+    __tablename__ = "payment_authorizations"
+    __table_args__ = (UniqueConstraint("user_address", "nonce"), UniqueConstraint("log_index"))
+
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    log_index: Mapped[int] = mapped_column(BigInteger, ForeignKey("records.log_index"))
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
+    station_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(32))  # uint256, big-endian
+    deadline: Mapped[int] = mapped_column(U64())
+    # uint128 does not fit a BIGINT: the exact value is in `body`; this is min(max, 2**63 - 1),
+    # which is all valuation needs (a price never comes near it).
+    max_points_capped: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(65))
+    body: Mapped[str] = mapped_column(Text)  # SignedAuthorization JSON, as published
+
+
 # ---- epochs and settlement ------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Epochs and settlement: sealed epochs, their credits-tree leaves and payments, and the
+"""Payment authorisations, epochs and settlement: users' signed authorisations to pay with
+points (stored with their records), sealed epochs, their credits-tree leaves and payments, and the
 settlement plan with every signed transaction (persisted before it is sent).
 
 Revision ID: 0002_epochs
@@ -20,7 +21,32 @@ AutoId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 UTC_TIME = sa.DateTime(timezone=True)
 
 
+U64 = sa.BigInteger  # backend.db.types.U64: value - 2**63
+
+
 def upgrade() -> None:
+    op.create_table(
+        "payment_authorizations",
+        sa.Column("digest", sa.LargeBinary(32), nullable=False),
+        sa.Column("log_index", sa.BigInteger(), nullable=False),
+        sa.Column("user_address", sa.LargeBinary(20), nullable=False),
+        sa.Column("station_id", sa.LargeBinary(32), nullable=False),
+        sa.Column("nonce", sa.LargeBinary(32), nullable=False),
+        sa.Column("deadline", U64(), nullable=False),
+        sa.Column("max_points_capped", sa.BigInteger(), nullable=False),
+        sa.Column("signature", sa.LargeBinary(65), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["log_index"],
+            ["records.log_index"],
+            name=op.f("fk_payment_authorizations_log_index_records"),
+        ),
+        sa.PrimaryKeyConstraint("digest", name=op.f("pk_payment_authorizations")),
+        sa.UniqueConstraint(
+            "user_address", "nonce", name=op.f("uq_payment_authorizations_user_address_nonce")
+        ),
+        sa.UniqueConstraint("log_index", name=op.f("uq_payment_authorizations_log_index")),
+    )
     op.create_table(
         "epochs",
         sa.Column("epoch_id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -132,5 +158,6 @@ def downgrade() -> None:
         "epoch_payments",
         "epoch_entries",
         "epochs",
+        "payment_authorizations",
     ):
         op.drop_table(table)

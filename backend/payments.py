@@ -1,0 +1,198 @@
+"""Paying for a charge with points: the user's signed authorisation, checked and stored with the
+record, valued at sealing and burned at settlement only as far as the user allowed.
+
+A charge record that is paid with points carries, in its signed ``paymentAuthorization``
+field, the EIP-712 digest of the user's `PaymentAuthorization` (station_signer.authorization)
+for this deployment's Settlement contract; the submission carries the signed authorisation
+itself next to the record (``"payment": {"authorization": {...}, "signature": "0x..."}``).
+
+`check_payment` is pure (the ingest API and the auditor run it): the authorisation must be the
+one the record commits to, signed by its user, for the record's user and station, with a
+deadline not before the record's end, on a charge. The stateful rule — a nonce pays for one
+record only — is the database's unique (user, nonce) at ingest and the contract's nonce bitmap
+on chain.
+
+At sealing, each such charge requests ``min(price, maxPoints)``; at settlement the contract
+burns ``min(requested, balance)`` (nothing once the deadline has passed), so balances never go
+negative and the operator can never take more than the user signed for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.db.models import EpochPayment, PaymentAuthorizationRow
+from station_signer.authorization import SettlementDomain, SignedAuthorization
+from station_signer.record import (
+    ZERO_BYTES32,
+    Direction,
+    EnergyTransfer,
+    RecordValidationError,
+)
+
+PAYMENT_KEY = "payment"
+MAX_BIGINT = 2**63 - 1
+
+# Reason codes (also members of station_signer.wire.RejectReason).
+AUTHORIZATION_MISSING = "authorization_missing"
+AUTHORIZATION_UNEXPECTED = "authorization_unexpected"
+AUTHORIZATION_MALFORMED = "authorization_malformed"
+AUTHORIZATION_MISMATCH = "authorization_mismatch"
+AUTHORIZATION_BAD_SIGNATURE = "authorization_bad_signature"
+AUTHORIZATION_WRONG_USER = "authorization_wrong_user"
+AUTHORIZATION_WRONG_STATION = "authorization_wrong_station"
+AUTHORIZATION_EXPIRED = "authorization_expired"
+AUTHORIZATION_NOT_CHARGE = "authorization_not_charge"
+AUTHORIZATION_REPLAYED = "authorization_replayed"
+
+REASON_DESCRIPTIONS: dict[str, str] = {
+    AUTHORIZATION_MISSING: "The record commits to a payment authorisation but the submission "
+    "carries none (`payment`).",
+    AUTHORIZATION_UNEXPECTED: "The submission carries a `payment` but the record's "
+    "paymentAuthorization is zero.",
+    AUTHORIZATION_MALFORMED: "The `payment` is not a valid signed PaymentAuthorization.",
+    AUTHORIZATION_MISMATCH: "The authorisation's EIP-712 digest (for this deployment's "
+    "Settlement contract) is not the one the record commits to.",
+    AUTHORIZATION_BAD_SIGNATURE: "The authorisation is not signed by its user.",
+    AUTHORIZATION_WRONG_USER: "The authorisation's user is not the record's user.",
+    AUTHORIZATION_WRONG_STATION: "The authorisation names another station.",
+    AUTHORIZATION_EXPIRED: "The authorisation's deadline is before the record's end time.",
+    AUTHORIZATION_NOT_CHARGE: "Only a charge can be paid with points.",
+    AUTHORIZATION_REPLAYED: "The authorisation (its user and nonce) already pays for another "
+    "record.",
+}
+
+
+class PaymentProblem(Exception):
+    """Why a payment is refused: a reason code above and a message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def split_payment(item: Any) -> tuple[Any, Any]:
+    """(the submission without ``payment``, the ``payment`` value or None)."""
+    if isinstance(item, dict) and PAYMENT_KEY in item:
+        rest = {k: v for k, v in item.items() if k != PAYMENT_KEY}
+        return rest, item[PAYMENT_KEY]
+    return item, None
+
+
+def check_payment(
+    record: EnergyTransfer, payment: Any, domain: SettlementDomain
+) -> SignedAuthorization | None:
+    """The record's signed authorisation (None when it is paid otherwise), or PaymentProblem."""
+    commits = record.payment_authorization != ZERO_BYTES32
+    if payment is None:
+        if commits:
+            raise PaymentProblem(
+                AUTHORIZATION_MISSING,
+                f"record commits to authorisation 0x{record.payment_authorization.hex()}; "
+                "send it as `payment`",
+            )
+        return None
+    if not commits:
+        raise PaymentProblem(
+            AUTHORIZATION_UNEXPECTED, "`payment` given but the record's paymentAuthorization is 0"
+        )
+    try:
+        signed = SignedAuthorization.from_json(payment)
+    except RecordValidationError as exc:
+        raise PaymentProblem(AUTHORIZATION_MALFORMED, f"payment: {exc.summary()}") from None
+    authorization = signed.authorization
+    digest = signed.digest(domain)
+    if digest != record.payment_authorization:
+        raise PaymentProblem(
+            AUTHORIZATION_MISMATCH,
+            f"the authorisation's digest is 0x{digest.hex()}, the record commits to "
+            f"0x{record.payment_authorization.hex()}",
+        )
+    if not signed.is_signed_by_user(domain):
+        raise PaymentProblem(
+            AUTHORIZATION_BAD_SIGNATURE,
+            f"the authorisation is not signed by {authorization.user_address}",
+        )
+    if record.direction != Direction.CHARGE:
+        raise PaymentProblem(AUTHORIZATION_NOT_CHARGE, "a discharge cannot be paid with points")
+    if authorization.user != record.user:
+        raise PaymentProblem(
+            AUTHORIZATION_WRONG_USER,
+            f"authorised by {authorization.user_address}, the record's user is "
+            f"{record.user_address}",
+        )
+    if authorization.station_id != record.station_id:
+        raise PaymentProblem(
+            AUTHORIZATION_WRONG_STATION,
+            f"the authorisation is for station 0x{authorization.station_id.hex()}",
+        )
+    if authorization.deadline < record.end_time:
+        raise PaymentProblem(
+            AUTHORIZATION_EXPIRED,
+            f"deadline {authorization.deadline} is before the record's end {record.end_time}",
+        )
+    return signed
+
+
+def authorization_row(signed: SignedAuthorization, digest: bytes, log_index: int) -> dict[str, Any]:
+    """The payment_authorizations row of an accepted record's authorisation."""
+    a = signed.authorization
+    return {
+        "digest": digest,
+        "log_index": log_index,
+        "user_address": a.user,
+        "station_id": a.station_id,
+        "nonce": a.nonce.to_bytes(32, "big"),
+        "deadline": a.deadline,
+        "max_points_capped": min(a.max_points, MAX_BIGINT),
+        "signature": signed.signature,
+        "body": json.dumps(signed.to_json(), separators=(",", ":"), sort_keys=True),
+    }
+
+
+# ---- sealing and settlement ---------------------------------------------------------------
+
+
+def payment_caps(session: Session, first_log_index: int, record_count: int) -> Mapping[bytes, int]:
+    """Authorised maxima of the payments in a log range: authorisation digest -> max points."""
+    return dict(
+        session.execute(
+            select(PaymentAuthorizationRow.digest, PaymentAuthorizationRow.max_points_capped).where(
+                PaymentAuthorizationRow.log_index >= first_log_index,
+                PaymentAuthorizationRow.log_index < first_log_index + record_count,
+            )
+        ).all()
+    )
+
+
+def payment_rows(
+    session: Session, epoch_id: int, first_ordinal: int, count: int
+) -> list[tuple[EpochPayment, SignedAuthorization]]:
+    """The payments of a settlement chunk with their signed authorisations, in order."""
+    rows = session.execute(
+        select(EpochPayment, PaymentAuthorizationRow.body)
+        .join(
+            PaymentAuthorizationRow,
+            PaymentAuthorizationRow.digest == EpochPayment.authorization,
+        )
+        .where(EpochPayment.epoch_id == epoch_id, EpochPayment.ordinal >= first_ordinal)
+        .order_by(EpochPayment.ordinal)
+        .limit(count)
+    ).all()
+    return [(payment, SignedAuthorization.from_json(json.loads(body))) for payment, body in rows]
+
+
+def authorizations_of(session: Session, log_indexes: list[int]) -> dict[int, dict[str, Any]]:
+    """Published form (SignedAuthorization JSON) of the authorisations of some records."""
+    rows = session.execute(
+        select(PaymentAuthorizationRow.log_index, PaymentAuthorizationRow.body).where(
+            PaymentAuthorizationRow.log_index.in_(log_indexes)
+        )
+    ).all()
+    return {int(i): json.loads(body) for i, body in rows}
