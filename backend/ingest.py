@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session
 from backend.db.models import (
     Equivocation,
     LogHead,
+    PaymentAuthorizationRow,
     Record,
     Rejection,
     StationGap,
@@ -66,7 +67,9 @@ from backend.db.models import (
 )
 from backend.db.session import Database
 from backend.db.types import U64_OFFSET
+from backend.payments import authorization_row
 from backend.verify import Problem, Verdict, lenient_identity
+from station_signer.authorization import SignedAuthorization
 from station_signer.wire import RejectReason
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ REJECTED = "rejected"
 
 EQUIVOCATION = RejectReason.EQUIVOCATION
 METER_BACKWARDS = RejectReason.METER_BACKWARDS
+AUTHORIZATION_REPLAYED = RejectReason.AUTHORIZATION_REPLAYED
 
 _MAX_ATTEMPTS = 3
 
@@ -118,6 +122,8 @@ class Candidate:
     problem: Problem | None = None
     columns: RecordColumns | None = None
     item: Any = field(default=None, repr=False, compare=False)
+    # The user's signed payment authorisation of a verified record paid with points.
+    payment: SignedAuthorization | None = None
 
     def __post_init__(self) -> None:
         if (self.problem is None) == (self.columns is None):
@@ -156,7 +162,15 @@ class Candidate:
             signature=signed.signature,
             signer=verdict.signer,
         )
-        return cls(None, r.station_id, r.sequence, verdict.digest, columns=columns, item=item)
+        return cls(
+            None,
+            r.station_id,
+            r.sequence,
+            verdict.digest,
+            columns=columns,
+            item=item,
+            payment=verdict.payment,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +233,9 @@ class _Batch:
     rejections: list[dict[str, Any]] = field(default_factory=list)
     # Evidence rows with the position of their rejection in `rejections`.
     equivocations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # (user, nonce) of every payment authorisation already paying for a record.
+    used_authorizations: set[tuple[bytes, bytes]] = field(default_factory=set)
+    payments: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
@@ -255,6 +272,13 @@ _PROGRESS = select(
     _progress.c.last_seen_at,
 ).where(_progress.c.station_id.in_(bindparam("stations", expanding=True)))
 _INSERT_RECORDS = insert(_records)
+_authorizations = PaymentAuthorizationRow.__table__
+_USED_AUTHORIZATIONS = select(_authorizations.c.user_address, _authorizations.c.nonce).where(
+    tuple_(_authorizations.c.user_address, _authorizations.c.nonce).in_(
+        bindparam("pairs", expanding=True)
+    )
+)
+_INSERT_AUTHORIZATIONS = insert(_authorizations)
 _INSERT_PROGRESS = insert(_progress)
 _UPDATE_PROGRESS = (
     update(_progress)
@@ -367,6 +391,17 @@ class Ingestor:
                     int(log_index),
                     bytes(digest),
                 )
+
+        paid = list(
+            {
+                (c.payment.authorization.user, c.payment.authorization.nonce.to_bytes(32, "big"))
+                for c in candidates
+                if c.payment is not None
+            }
+        )
+        for chunk in _chunks(paid):
+            for user, nonce in conn.execute(_USED_AUTHORIZATIONS, {"pairs": chunk}):
+                batch.used_authorizations.add((bytes(user), bytes(nonce)))
 
         groups: dict[tuple[bytes, int], list[int]] = {}
         by_station: dict[bytes, list[int]] = {}
@@ -492,7 +527,24 @@ class Ingestor:
         problem = self._meter_problem(batch, c)
         if problem is not None:
             return self._reject(batch, candidate, problem)
-        return self._accept(batch, c)
+        payment = candidate.payment
+        if payment is not None:
+            key = (payment.authorization.user, payment.authorization.nonce.to_bytes(32, "big"))
+            if key in batch.used_authorizations:
+                problem = Problem(
+                    AUTHORIZATION_REPLAYED,
+                    f"authorisation nonce {payment.authorization.nonce} of user "
+                    f"{payment.authorization.user_address} already pays for another record",
+                )
+                return self._reject(batch, candidate, problem)
+            batch.used_authorizations.add(key)
+        outcome = self._accept(batch, c)
+        if payment is not None:
+            assert outcome.log_index is not None
+            batch.payments.append(
+                authorization_row(payment, c.payment_authorization, outcome.log_index)
+            )
+        return outcome
 
     def _neighbours(
         self, batch: _Batch, c: RecordColumns
@@ -669,6 +721,8 @@ class Ingestor:
         conn = batch.conn
         if batch.records:
             conn.execute(_INSERT_RECORDS, batch.records)
+        if batch.payments:
+            conn.execute(_INSERT_AUTHORIZATIONS, batch.payments)
         new_progress, changed_progress = [], []
         for station_id, p in batch.progress.items():
             if p.stored:

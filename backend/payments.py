@@ -34,44 +34,27 @@ from station_signer.record import (
     EnergyTransfer,
     RecordValidationError,
 )
+from station_signer.wire import RejectReason
 
 PAYMENT_KEY = "payment"
 MAX_BIGINT = 2**63 - 1
 
-# Reason codes (also members of station_signer.wire.RejectReason).
-AUTHORIZATION_MISSING = "authorization_missing"
-AUTHORIZATION_UNEXPECTED = "authorization_unexpected"
-AUTHORIZATION_MALFORMED = "authorization_malformed"
-AUTHORIZATION_MISMATCH = "authorization_mismatch"
-AUTHORIZATION_BAD_SIGNATURE = "authorization_bad_signature"
-AUTHORIZATION_WRONG_USER = "authorization_wrong_user"
-AUTHORIZATION_WRONG_STATION = "authorization_wrong_station"
-AUTHORIZATION_EXPIRED = "authorization_expired"
-AUTHORIZATION_NOT_CHARGE = "authorization_not_charge"
-AUTHORIZATION_REPLAYED = "authorization_replayed"
-
-REASON_DESCRIPTIONS: dict[str, str] = {
-    AUTHORIZATION_MISSING: "The record commits to a payment authorisation but the submission "
-    "carries none (`payment`).",
-    AUTHORIZATION_UNEXPECTED: "The submission carries a `payment` but the record's "
-    "paymentAuthorization is zero.",
-    AUTHORIZATION_MALFORMED: "The `payment` is not a valid signed PaymentAuthorization.",
-    AUTHORIZATION_MISMATCH: "The authorisation's EIP-712 digest (for this deployment's "
-    "Settlement contract) is not the one the record commits to.",
-    AUTHORIZATION_BAD_SIGNATURE: "The authorisation is not signed by its user.",
-    AUTHORIZATION_WRONG_USER: "The authorisation's user is not the record's user.",
-    AUTHORIZATION_WRONG_STATION: "The authorisation names another station.",
-    AUTHORIZATION_EXPIRED: "The authorisation's deadline is before the record's end time.",
-    AUTHORIZATION_NOT_CHARGE: "Only a charge can be paid with points.",
-    AUTHORIZATION_REPLAYED: "The authorisation (its user and nonce) already pays for another "
-    "record.",
-}
+AUTHORIZATION_MISSING = RejectReason.AUTHORIZATION_MISSING
+AUTHORIZATION_UNEXPECTED = RejectReason.AUTHORIZATION_UNEXPECTED
+AUTHORIZATION_MALFORMED = RejectReason.AUTHORIZATION_MALFORMED
+AUTHORIZATION_MISMATCH = RejectReason.AUTHORIZATION_MISMATCH
+AUTHORIZATION_BAD_SIGNATURE = RejectReason.AUTHORIZATION_BAD_SIGNATURE
+AUTHORIZATION_WRONG_USER = RejectReason.AUTHORIZATION_WRONG_USER
+AUTHORIZATION_WRONG_STATION = RejectReason.AUTHORIZATION_WRONG_STATION
+AUTHORIZATION_EXPIRED = RejectReason.AUTHORIZATION_EXPIRED
+AUTHORIZATION_NOT_CHARGE = RejectReason.AUTHORIZATION_NOT_CHARGE
+AUTHORIZATION_REPLAYED = RejectReason.AUTHORIZATION_REPLAYED
 
 
 class PaymentProblem(Exception):
     """Why a payment is refused: a reason code above and a message."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: RejectReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message

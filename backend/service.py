@@ -110,7 +110,10 @@ class BackendService:
             log.warning("registry catch-up failed at start-up (%s); retrying in background", exc)
         self.follower.start()
         self.verifier = RecordVerifier(
-            deployment_domain(deployment), self.directory, clock_skew_s=settings.clock_skew_s
+            deployment_domain(deployment),
+            self.directory,
+            settlement_domain=chain.settlement_domain,
+            clock_skew_s=settings.clock_skew_s,
         )
         with self.db.read() as session:
             self.metrics.log_size.set(log_size(session))

@@ -34,8 +34,11 @@ from eth_utils.address import to_canonical_address
 
 from backend.chain.contracts import StationHistory
 from backend.chain.deploy import Deployment
+from backend.payments import PaymentProblem, check_payment, split_payment
+from station_signer.authorization import SettlementDomain, SignedAuthorization
 from station_signer.record import (
     ZERO_ADDRESS,
+    ZERO_BYTES32,
     Domain,
     RecordValidationError,
     SignatureError,
@@ -77,6 +80,8 @@ class Verdict:
     digest: bytes | None = None
     signer: bytes | None = None
     problem: Problem | None = None
+    # The user's signed payment authorisation, when the record is paid with points.
+    payment: SignedAuthorization | None = None
 
     @property
     def ok(self) -> bool:
@@ -98,17 +103,29 @@ def domain_json(domain: Domain) -> dict[str, Any]:
 class RecordVerifier:
     """Stateless checks of signed records for one EIP-712 domain."""
 
-    def __init__(self, domain: Domain, stations: StationLookup, *, clock_skew_s: int = 300) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        stations: StationLookup,
+        *,
+        settlement_domain: SettlementDomain | None = None,
+        clock_skew_s: int = 300,
+    ) -> None:
         if clock_skew_s < 0:
             raise ValueError("clock_skew_s must be >= 0")
         self.domain = domain
+        # Payment authorisations are signed for the Settlement contract; without its domain a
+        # record paid with points cannot be checked and is refused.
+        self.settlement_domain = settlement_domain
         self.stations = stations
         self.clock_skew_s = clock_skew_s
 
     def verify_json(
         self, item: Any, *, now: int | None, claimed_domain: Domain | None = None
     ) -> Verdict:
-        """Parses one submitted JSON value (``{"record", "signature"}``) and verifies it."""
+        """Parses one submitted JSON value (``{"record", "signature"}``, with ``"payment"``
+        when the record is paid with points) and verifies it."""
+        item, payment = split_payment(item)
         try:
             signed = SignedRecord.from_json(item)
         except RecordValidationError as exc:
@@ -120,7 +137,33 @@ class RecordVerifier:
                     {"fields": [{"field": e.field, "message": e.message} for e in exc.errors]},
                 ),
             )
-        return self.verify(signed, now=now, claimed_domain=claimed_domain)
+        verdict = self.verify(signed, now=now, claimed_domain=claimed_domain)
+        if verdict.problem is not None or (
+            payment is None and signed.record.payment_authorization == ZERO_BYTES32
+        ):
+            return verdict
+        return self.verify_payment(verdict, payment)
+
+    def verify_payment(self, verdict: Verdict, payment: Any) -> Verdict:
+        """The payment checks (backend.payments.check_payment) of a record that passed the
+        record checks: after them, so that only a record the station really signed is judged."""
+        assert verdict.signed is not None
+        if self.settlement_domain is None:
+            problem = Problem(
+                RejectReason.AUTHORIZATION_MISMATCH,
+                "this verifier has no Settlement domain to check payment authorisations with",
+            )
+            return Verdict(verdict.signed, verdict.digest, verdict.signer, problem)
+        try:
+            authorization = check_payment(verdict.signed.record, payment, self.settlement_domain)
+        except PaymentProblem as exc:
+            return Verdict(
+                verdict.signed,
+                verdict.digest,
+                verdict.signer,
+                Problem(exc.reason, exc.message),
+            )
+        return Verdict(verdict.signed, verdict.digest, verdict.signer, payment=authorization)
 
     def verify(
         self, signed: SignedRecord, *, now: int | None, claimed_domain: Domain | None = None

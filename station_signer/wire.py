@@ -119,6 +119,50 @@ class RejectReason(StrEnum):
         "that has not ended yet.",
     )
 
+    AUTHORIZATION_MISSING = (
+        "authorization_missing",
+        "The record commits to a payment authorisation (paymentAuthorization is not zero) but "
+        "the submission carries none in `payment`.",
+    )
+    AUTHORIZATION_UNEXPECTED = (
+        "authorization_unexpected",
+        "The submission carries a `payment` but the record's paymentAuthorization is zero.",
+    )
+    AUTHORIZATION_MALFORMED = (
+        "authorization_malformed",
+        "`payment` is not a well-formed signed PaymentAuthorization; the message names fields.",
+    )
+    AUTHORIZATION_MISMATCH = (
+        "authorization_mismatch",
+        "The authorisation's EIP-712 digest (for this deployment's Settlement contract) is not "
+        "the one the record commits to.",
+    )
+    AUTHORIZATION_BAD_SIGNATURE = (
+        "authorization_bad_signature",
+        "The payment authorisation is not signed by the user it names.",
+    )
+    AUTHORIZATION_WRONG_USER = (
+        "authorization_wrong_user",
+        "The payment authorisation is for another user than the record's.",
+    )
+    AUTHORIZATION_WRONG_STATION = (
+        "authorization_wrong_station",
+        "The payment authorisation names another station than the record's.",
+    )
+    AUTHORIZATION_EXPIRED = (
+        "authorization_expired",
+        "The payment authorisation's deadline is before the record's endTime.",
+    )
+    AUTHORIZATION_NOT_CHARGE = (
+        "authorization_not_charge",
+        "A payment authorisation on a discharge record: only charging is paid with points.",
+    )
+    AUTHORIZATION_REPLAYED = (
+        "authorization_replayed",
+        "The payment authorisation (its user and nonce) already pays for another record; each "
+        "authorisation pays once.",
+    )
+
     @classmethod
     def describe(cls) -> dict[str, str]:
         """Code -> one-line description, in declaration order (for the OpenAPI docs)."""

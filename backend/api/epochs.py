@@ -18,10 +18,11 @@ from backend.api.records import NOT_FOUND, Limit, record_view
 from backend.api.schemas import StoredRecordView
 from backend.db.models import Epoch
 from backend.ledger import RecordProof, epoch_entries, epoch_records, record_proof, user_history
+from backend.payments import authorizations_of
 from backend.service import BackendService
 from backend.settlement import steps_of
 from backend.tariff import TariffError
-from station_signer.record import to_checksum_address
+from station_signer.record import ZERO_BYTES32, to_checksum_address
 
 router = APIRouter(prefix="/v1")
 ServiceDep = Annotated[BackendService, Depends(get_service)]
@@ -232,9 +233,14 @@ def get_epoch_records(
     with service.db.read() as session:
         epoch = _epoch(session, epoch_id)
         rows = epoch_records(session, epoch, offset, limit)
+        payments = authorizations_of(
+            session, [r.log_index for r in rows if r.payment_authorization != ZERO_BYTES32]
+        )
         views = [
             EpochRecordView(
-                **record_view(r).model_dump(), leafIndex=r.log_index - epoch.first_log_index
+                **record_view(r).model_dump(exclude={"payment"}),
+                payment=payments.get(r.log_index),
+                leafIndex=r.log_index - epoch.first_log_index,
             )
             for r in rows
         ]
@@ -322,7 +328,13 @@ def get_proof(
             recordsRoot="0x" + found.epoch.records_root.hex(),
             commitTxHash=_hex(found.commit_tx_hash),
             epochState=found.epoch.state,
-            record=record_view(found.record),
+            record=record_view(found.record).model_copy(
+                update={
+                    "payment": authorizations_of(session, [found.record.log_index]).get(
+                        found.record.log_index
+                    )
+                }
+            ),
         )
 
 
@@ -358,9 +370,15 @@ def get_user(
             limit=limit,
             now=int(time.time()),
         )
+        payments = authorizations_of(
+            session,
+            [i.record.log_index for i in items if i.record.payment_authorization != ZERO_BYTES32],
+        )
         history = [
             HistoryItemView(
-                record=record_view(i.record),
+                record=record_view(i.record).model_copy(
+                    update={"payment": payments.get(i.record.log_index)}
+                ),
                 epochId=i.epoch_id,
                 state=i.state,
                 tariffVersion=i.tariff_version,

@@ -36,6 +36,12 @@ class StoredRecordView(BaseModel):
     record: dict[str, Any] = Field(description="The EnergyTransfer in its JSON wire form.")
     signature: str = Field(description="65 bytes r || s || v, 0x-hex.")
     signer: str = Field(description="Address recovered from the signature.")
+    payment: dict[str, Any] | None = Field(
+        default=None,
+        description="The user's signed PaymentAuthorization when the charge is paid with points "
+        "(`{authorization, signature}`; its EIP-712 digest is record.paymentAuthorization). "
+        "Given in epoch, proof and user views.",
+    )
 
 
 class StationRecordsPage(BaseModel):
