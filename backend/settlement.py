@@ -41,6 +41,7 @@ from hexbytes import HexBytes
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from backend.chain.contracts import (
@@ -516,7 +517,10 @@ class Settler:
     def _burned(self, step: StepView, receipt: TxReceipt | None) -> dict[bytes, int]:
         if receipt is None:
             return {}
-        events = self.chain.settlement.events.PaymentApplied().process_receipt(receipt)
+        # DISCARD: the receipt also holds the token's Transfer logs, which are not ours.
+        events = self.chain.settlement.events.PaymentApplied().process_receipt(
+            receipt, errors=DISCARD
+        )
         return {bytes(e["args"]["authorization"]): int(e["args"]["burned"]) for e in events}
 
     def _failed(self, step: StepView, receipt: TxReceipt) -> Exception:
