@@ -1,26 +1,35 @@
 """``gridpoints-station``: what a station operator runs.
 
-Commands: ``init``, ``address``, ``register``, ``record``, ``sync``, ``status``, ``verify``
-(see station_signer/README.md). Output is for humans by default; ``--json`` prints exactly one
-JSON document on stdout instead. Errors are one line on stderr (``error: ... [code]``), or
-``{"error": {"code", "message"}}`` on stdout with ``--json``, and a non-zero exit code:
+Commands: ``init``, ``address``, ``register``, ``authorize``, ``record``, ``sync``, ``status``,
+``verify``, ``proof`` (see station_signer/README.md). Output is for humans by default;
+``--json`` prints exactly one JSON document on stdout instead. Errors are one line on stderr
+(``error: ... [code]``), or ``{"error": {"code", "message"}}`` on stdout with ``--json``, and a
+non-zero exit code:
 
 * 0 success; 1 an error; 2 bad usage (unknown option, bad value);
 * 3 ``sync`` finished but the backend rejected records (they are kept, see ``status``);
-* 4 ``verify`` found a signature that does not match.
+* 4 ``verify`` found a signature that does not match;
+* 5 ``proof``: a proof does not verify against the chain, or the backend's copy of a record is
+  not the station's;
+* 6 ``proof``: not provable yet (``not_sealed``: no epoch holds the record yet;
+  ``not_committed``: its epoch is not on chain yet).
 
 Secrets never go on the command line: the PKCS#11 PIN comes from ``GRIDPOINTS_PKCS11_PIN_FILE``
 or ``GRIDPOINTS_PKCS11_PIN`` (or ``--pin-file``), a development key's password from
 ``GRIDPOINTS_DEVKEY_PASSWORD``, the registrar key from ``GRIDPOINTS_REGISTRAR_KEY`` or a key
-file. New commands register on :data:`app` like the ones here and raise :class:`CliError` (or
-any error :func:`classify` knows) to fail cleanly.
+file, a development wallet key for ``authorize`` from an environment variable (named by
+``--user-key-env``) or a key file. New commands register on :data:`app` like the ones here and
+raise :class:`CliError` (or any error :func:`classify` knows) to fail cleanly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import re
+import secrets
 import sys
 import time
 import traceback
@@ -35,7 +44,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, ParamSpec, Ty
 import typer
 from typer.exceptions import TyperException
 
+from station_signer.authorization import (
+    UINT128_MAX,
+    PaymentAuthorization,
+    SettlementDomain,
+    SignedAuthorization,
+    sign_authorization,
+)
 from station_signer.record import (
+    UINT64_MAX,
+    UINT256_MAX,
     RecordValidationError,
     SignatureError,
     SignedRecord,
@@ -51,12 +69,18 @@ from station_signer.station import (
     DEFAULT_TOKEN_LABEL,
     DEV_KEY_FILE,
     STORE_FILE,
+    AuthorizationError,
+    ChainAnchors,
     DevKeyConfig,
     KeyConfig,
+    NotAnchoredError,
     Pkcs11KeyConfig,
+    ProofCheck,
     StationConfig,
     StationError,
     Transfer,
+    check_authorization,
+    check_proof,
     init_station,
     open_station,
     parse_bytes32,
@@ -64,7 +88,13 @@ from station_signer.station import (
     parse_time,
 )
 from station_signer.store import RecordStatus, StationStore, StoreError
-from station_signer.sync import DEFAULT_BATCH_SIZE, RetryPolicy, SyncClient, SyncError
+from station_signer.sync import (
+    DEFAULT_BATCH_SIZE,
+    ProofClient,
+    RetryPolicy,
+    SyncClient,
+    SyncError,
+)
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -79,6 +109,11 @@ DEFAULT_DIR: Final = Path("var/station")
 REGISTRAR_KEY_ENV: Final = "GRIDPOINTS_REGISTRAR_KEY"
 REGISTRAR_KEY_FILE_ENV: Final = "GRIDPOINTS_REGISTRAR_KEY_FILE"
 REGISTRAR_PASSWORD_ENV: Final = "GRIDPOINTS_REGISTRAR_KEY_PASSWORD"
+USER_KEY_ENV: Final = "GRIDPOINTS_USER_KEY"
+USER_KEY_FILE_ENV: Final = "GRIDPOINTS_USER_KEY_FILE"
+USER_PASSWORD_ENV: Final = "GRIDPOINTS_USER_KEY_PASSWORD"
+DEPLOYMENT_ENV: Final = "GRIDPOINTS_DEPLOYMENT_FILE"
+DEFAULT_VALIDITY_S: Final = 86_400
 DEBUG_ENV: Final = "GRIDPOINTS_DEBUG"
 REGISTER_SIGNATURE: Final = "registerStation(bytes32,address,uint32,uint64,uint64)"
 
@@ -86,6 +121,8 @@ EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_REJECTED: Final = 3
 EXIT_MISMATCH: Final = 4
+EXIT_NOT_VERIFIED: Final = 5
+EXIT_NOT_ANCHORED: Final = 6
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -297,6 +334,37 @@ def _load_deployment(path: Path) -> Any:
     return Deployment.load(path)
 
 
+def _station_deployment(path: Path, config: StationConfig) -> Any:
+    """The deployment file at ``path``, refused unless it is the one the station signs for."""
+    loaded = _load_deployment(path)
+    if (loaded.chain_id, loaded.registry_address.lower()) != (
+        config.chain_id,
+        config.registry.lower(),
+    ):
+        raise CliError(
+            "deployment_mismatch",
+            f"{path} is chain {loaded.chain_id} registry {loaded.registry_address}, but "
+            f"this station signs for chain {config.chain_id} registry {config.registry}",
+        )
+    return loaded
+
+
+def _settlement_domain(deployment: Any) -> SettlementDomain:
+    return SettlementDomain(deployment.chain_id, bytes.fromhex(deployment.settlement_address[2:]))
+
+
+def _read_json_argument(path: str, what: str) -> Any:
+    """JSON from a file, or from stdin for '-'."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError("invalid_argument", f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError("invalid_json", f"{path} is not JSON: {exc}") from None
+
+
 # ---- init --------------------------------------------------------------------------------------
 
 
@@ -457,47 +525,52 @@ def address(
 # ---- register ----------------------------------------------------------------------------------
 
 
-def _registrar_account(key_file: Path | None) -> LocalAccount:
+def _account_from_file(key_file: Path, password_env: str, code: str, what: str) -> LocalAccount:
+    """An account from a file holding a hex private key or an encrypted V3 keystore (its
+    password in ``password_env``). Never echoes the key, however malformed."""
     from eth_account import Account
 
-    if key_file is not None:
+    try:
+        text = key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CliError(code, f"cannot read {what} {key_file}: {exc.strerror}") from None
+    if text.startswith("{"):
+        password = os.environ.get(password_env)
+        if not password:
+            raise CliError(code, f"{key_file} is a keystore; its password goes in {password_env}")
         try:
-            text = key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CliError(
-                "registrar_key", f"cannot read registrar key file {key_file}: {exc.strerror}"
-            ) from None
-        if text.startswith("{"):
-            password = os.environ.get(REGISTRAR_PASSWORD_ENV)
-            if not password:
-                raise CliError(
-                    "registrar_key",
-                    f"{key_file} is a keystore; its password goes in {REGISTRAR_PASSWORD_ENV}",
-                )
-            try:
-                secret = Account.decrypt(json.loads(text), password)
-            except (ValueError, KeyError, TypeError):
-                raise CliError(
-                    "registrar_key", f"cannot decrypt {key_file}: wrong password or bad file"
-                ) from None
-        else:
-            secret = text
-        source = str(key_file)
+            secret = Account.decrypt(json.loads(text), password)
+        except (ValueError, KeyError, TypeError):
+            raise CliError(code, f"cannot decrypt {key_file}: wrong password or bad file") from None
     else:
-        secret = os.environ.get(REGISTRAR_KEY_ENV, "")
-        if not secret:
-            raise CliError(
-                "registrar_key",
-                f"no registrar key: set {REGISTRAR_KEY_ENV}, or {REGISTRAR_KEY_FILE_ENV} / "
-                "--registrar-key-file, or use --print-calldata for an offline registrar",
-            )
-        source = REGISTRAR_KEY_ENV
+        secret = text
+    return _account_from_secret(secret, str(key_file), code)
+
+
+def _account_from_secret(secret: Any, source: str, code: str) -> LocalAccount:
+    from eth_account import Account
+
     try:
         account: LocalAccount = Account.from_key(secret)
     except (ValueError, TypeError):
         # Never echo the value: it is a private key, however malformed.
-        raise CliError("registrar_key", f"{source} does not hold a valid private key") from None
+        raise CliError(code, f"{source} does not hold a valid private key") from None
     return account
+
+
+def _registrar_account(key_file: Path | None) -> LocalAccount:
+    if key_file is not None:
+        return _account_from_file(
+            key_file, REGISTRAR_PASSWORD_ENV, "registrar_key", "registrar key file"
+        )
+    secret = os.environ.get(REGISTRAR_KEY_ENV, "")
+    if not secret:
+        raise CliError(
+            "registrar_key",
+            f"no registrar key: set {REGISTRAR_KEY_ENV}, or {REGISTRAR_KEY_FILE_ENV} / "
+            "--registrar-key-file, or use --print-calldata for an offline registrar",
+        )
+    return _account_from_secret(secret, REGISTRAR_KEY_ENV, "registrar_key")
 
 
 def register_calldata(
@@ -595,16 +668,7 @@ def register(
         raise _bad_argument("--deployment", "needed to send the transaction (or --print-calldata)")
     from backend.chain.contracts import ContractRevertError, GridPointsChain, connect
 
-    loaded = _load_deployment(deployment)
-    if (loaded.chain_id, loaded.registry_address.lower()) != (
-        config.chain_id,
-        config.registry.lower(),
-    ):
-        raise CliError(
-            "deployment_mismatch",
-            f"{deployment} is chain {loaded.chain_id} registry {loaded.registry_address}, but "
-            f"this station signs for chain {config.chain_id} registry {config.registry}",
-        )
+    loaded = _station_deployment(deployment, config)
     registrar = _registrar_account(registrar_key_file)
     chain = GridPointsChain(connect(rpc_url), loaded)
     chain.check()
@@ -660,6 +724,201 @@ def register(
             f"transaction {tx_hash} in block {receipt['blockNumber']}",
         ],
     )
+
+
+# ---- authorize ---------------------------------------------------------------------------------
+
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LOOKS_LIKE_KEY: Final = re.compile(r"(0x)?[0-9a-fA-F]{64}")
+
+
+def _user_account(key_file: Path | None, key_env: str | None) -> LocalAccount:
+    """The development wallet: from a key file, else from the environment variable named by
+    ``--user-key-env`` (default GRIDPOINTS_USER_KEY). The key itself is never an argument."""
+    if key_file is not None:
+        if key_env is not None:
+            raise _bad_argument("--user-key-env", "give either --user-key-file or --user-key-env")
+        return _account_from_file(key_file, USER_PASSWORD_ENV, "user_key", "user key file")
+    name = key_env or USER_KEY_ENV
+    if _LOOKS_LIKE_KEY.fullmatch(name):
+        # Someone passed the key itself: refuse without repeating it anywhere.
+        raise _bad_argument(
+            "--user-key-env",
+            "takes the NAME of an environment variable holding the key, not the key itself "
+            "(a key on the command line ends up in shell history and process lists)",
+        )
+    if not _ENV_NAME.fullmatch(name):
+        raise _bad_argument("--user-key-env", f"{name!r} is not an environment variable name")
+    secret = os.environ.get(name, "")
+    if not secret:
+        raise CliError(
+            "user_key",
+            f"no development wallet key: set {name} (or --user-key-file / {USER_KEY_FILE_ENV})",
+        )
+    return _account_from_secret(secret, name, "user_key")
+
+
+def _parse_nonce(value: str | None) -> int:
+    if value is None:
+        # Nonces are unordered on chain (a bitmap per user): any unused number works, and a
+        # random one never collides with the user's other authorisations.
+        return secrets.randbits(256)
+    text = value.strip()
+    try:
+        nonce = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+    except ValueError:
+        raise _bad_argument(
+            "--nonce", f"must be a decimal or 0x-hex integer, got {value!r}"
+        ) from None
+    if not 0 <= nonce <= UINT256_MAX:
+        raise _bad_argument("--nonce", "must be in 0..2^256-1")
+    return nonce
+
+
+def _parse_deadline(value: str | None) -> int:
+    if value is None:
+        return int(time.time()) + DEFAULT_VALIDITY_S
+    try:
+        deadline = parse_time(value)
+    except ValueError as exc:
+        raise _bad_argument("--deadline", str(exc)) from None
+    if deadline > UINT64_MAX:
+        raise _bad_argument("--deadline", "must fit in uint64")
+    return deadline
+
+
+def _authorization_view(
+    signed: SignedAuthorization, domain: SettlementDomain, out: Path | None
+) -> dict[str, Any]:
+    a = signed.authorization
+    return {
+        "signed": signed.to_json(),
+        "digest": "0x" + signed.digest(domain).hex(),
+        "user": a.user_address,
+        "stationId": "0x" + a.station_id.hex(),
+        "maxPoints": a.max_points,
+        "nonce": a.nonce,
+        "deadline": a.deadline,
+        "deadlineIso": _iso(a.deadline),
+        "chainId": domain.chain_id,
+        "settlement": to_checksum_address(domain.verifying_contract),
+        "file": None if out is None else str(out),
+    }
+
+
+@app.command()
+@handled
+def authorize(
+    max_points: Annotated[
+        int,
+        typer.Option(
+            min=1, max=UINT128_MAX, help="The most points the user lets this charge burn."
+        ),
+    ],
+    directory: DirOption = DEFAULT_DIR,
+    user_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=USER_KEY_FILE_ENV,
+            help=f"Dev wallet key: a hex key or keystore file (password in {USER_PASSWORD_ENV}).",
+            dir_okay=False,
+        ),
+    ] = None,
+    user_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help=f"NAME of the environment variable holding the dev wallet key "
+            f"(default {USER_KEY_ENV})."
+        ),
+    ] = None,
+    station: Annotated[
+        str | None, typer.Option(help="Station id, 0x + 64 hex digits (default: this station).")
+    ] = None,
+    nonce: Annotated[
+        str | None, typer.Option(help="uint256, decimal or 0x-hex (default: random).")
+    ] = None,
+    deadline: Annotated[
+        str | None,
+        typer.Option(help="Unix seconds or ISO 8601 with offset (default: now + 1 day)."),
+    ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=DEPLOYMENT_ENV,
+            help="Deployment file (the Settlement contract and chain id).",
+            dir_okay=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the signed authorisation here (default: stdout).", dir_okay=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Sign a payment authorisation with a DEVELOPMENT wallet key (demos and tests).
+
+    A real user signs the same EIP-712 message in their own wallet."""
+    if deployment is None:
+        raise _bad_argument(
+            "--deployment", "the Settlement contract and chain id come from the deployment file"
+        )
+    if station is not None:
+        try:
+            station_id = parse_bytes32(station, "--station")
+        except ValueError as exc:
+            raise _bad_argument("--station", str(exc)) from None
+        loaded = _load_deployment(deployment)
+    else:
+        try:
+            config = StationConfig.load(directory)
+        except StationError as exc:
+            if exc.code != "not_initialised":
+                raise
+            raise _bad_argument(
+                "--station", f"no station in {directory}: give the station id with --station"
+            ) from None
+        station_id = config.station_id
+        loaded = _station_deployment(deployment, config)
+    chosen_nonce = _parse_nonce(nonce)
+    chosen_deadline = _parse_deadline(deadline)
+    account = _user_account(user_key_file, user_key_env)
+    authorization = PaymentAuthorization(
+        user=bytes.fromhex(account.address[2:]),
+        station_id=station_id,
+        max_points=max_points,
+        nonce=chosen_nonce,
+        deadline=chosen_deadline,
+    )
+    domain = _settlement_domain(loaded)
+    typer.echo(
+        "warning: development wallet key: a real user signs the authorisation in their own wallet",
+        err=True,
+    )
+    signed = sign_authorization(account, authorization, domain)
+    text = json.dumps(signed.to_json(), indent=2) + "\n"
+    if out is not None:
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CliError("output_file", f"cannot write {out}: {exc.strerror}") from None
+    view = _authorization_view(signed, domain, out)
+    lines = [
+        f"authorised: {view['user']} pays up to {max_points} points for a charge at station "
+        f"{view['stationId']}",
+        f"  nonce {authorization.nonce}, deadline {authorization.deadline} ({view['deadlineIso']})",
+        f"  digest {view['digest']} (the record's paymentAuthorization)",
+        f"  domain: Settlement {view['settlement']} on chain {domain.chain_id}",
+    ]
+    if out is not None:
+        lines.append(f"  written to {out}")
+        _emit(as_json, view, lines)
+    elif as_json:
+        _emit(True, view, [])
+    else:
+        # stdout carries only the signed authorisation, so that it can be piped or redirected.
+        typer.echo(text, nl=False)
+        for line in lines:
+            typer.echo(line, err=True)
 
 
 # ---- record ------------------------------------------------------------------------------------
@@ -740,6 +999,8 @@ def _record_view(row: StoredRecord) -> dict[str, Any]:
     if row.reject_reason is not None:
         view["rejectReason"] = row.reject_reason
         view["rejectMessage"] = row.reject_message
+    if row.payment is not None:
+        view["payment"] = row.payment
     return view
 
 
@@ -756,8 +1017,16 @@ def record(
     ] = None,
     start: Annotated[str | None, typer.Option(help="Unix seconds or ISO 8601 with offset.")] = None,
     end: Annotated[str | None, typer.Option(help="Unix seconds or ISO 8601 with offset.")] = None,
+    authorization: Annotated[
+        str | None,
+        typer.Option(
+            help="The user's signed payment authorisation (JSON file, '-' for stdin): the "
+            "charge is paid with points. Needs --deployment."
+        ),
+    ] = None,
     payment_authorization: Annotated[
-        str | None, typer.Option(help="bytes32 payment authorisation (default zero).")
+        str | None,
+        typer.Option(help="bytes32 digest of the authorisation (optional; checked if given)."),
     ] = None,
     meter_before_wh: Annotated[
         int | None,
@@ -771,26 +1040,53 @@ def record(
             help="JSON transfer object or list ('-' for stdin) instead of the options above."
         ),
     ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=DEPLOYMENT_ENV,
+            help="Deployment file: the Settlement contract of payment authorisations.",
+            dir_okay=False,
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Also write the signed record(s) {record, signature} to this file."),
+        typer.Option(
+            help="Also write the signed record(s) {record, signature[, payment]} to this file."
+        ),
     ] = None,
     pin_file: PinFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Build, sign and queue a transfer record (from options or a JSON file)."""
-    given = [direction, user, energy_wh, start, end, payment_authorization, meter_before_wh]
+    given = [
+        direction, user, energy_wh, start, end, authorization, payment_authorization,
+        meter_before_wh,
+    ]  # fmt: skip
     if from_file is not None:
         if any(v is not None for v in given):
             raise _bad_argument("--from-file", "give either --from-file or the transfer options")
         transfers = _transfers_from_file(from_file)
     else:
-        transfers = [
-            _transfer_from_options(
-                direction, user, energy_wh, start, end, payment_authorization, meter_before_wh
+        transfer = _transfer_from_options(
+            direction, user, energy_wh, start, end, payment_authorization, meter_before_wh
+        )
+        if authorization is not None:
+            transfer = dataclasses.replace(
+                transfer, authorization=_signed_authorization(authorization)
             )
-        ]
-    station = open_station(directory, pin=_pin(pin_file))
+        transfers = [transfer]
+    settlement: SettlementDomain | None = None
+    if any(t.authorization is not None for t in transfers):
+        if deployment is None:
+            raise _bad_argument(
+                "--deployment",
+                "a charge paid with points needs the deployment file (the Settlement "
+                "contract the authorisation is signed for)",
+            )
+        config = StationConfig.load(directory)
+        settlement = _settlement_domain(_station_deployment(deployment, config))
+        _check_authorizations(transfers, settlement, config.station_id)
+    station = open_station(directory, pin=_pin(pin_file), settlement=settlement)
     try:
         for row in station.recovered:
             typer.echo(
@@ -820,7 +1116,52 @@ def record(
             f"(meter {rec['meterBeforeWh']} -> {rec['meterAfterWh']} Wh)"
         )
         lines.append(f"  digest 0x{row.digest.hex()}")
+        if row.payment is not None:
+            paid = row.payment["authorization"]
+            lines.append(
+                f"  paid with points: up to {paid['maxPoints']} authorised by {paid['user']} "
+                f"(authorisation {rec['paymentAuthorization']})"
+            )
     _emit(as_json, views if from_file is not None else views[0], lines)
+
+
+def _signed_authorization(path: str) -> SignedAuthorization:
+    data = _read_json_argument(path, "authorisation")
+    try:
+        return SignedAuthorization.from_json(data)
+    except RecordValidationError as exc:
+        raise CliError(
+            "invalid_authorization", f"{path} is not a signed payment authorisation: {exc}"
+        ) from None
+
+
+def _check_authorizations(
+    transfers: list[Transfer], settlement: SettlementDomain, station_id: bytes
+) -> None:
+    """Every authorisation of a batch is checked before the first record is stored, so that a
+    refused one leaves nothing half-recorded."""
+    seen: dict[bytes, int] = {}
+    for index, transfer in enumerate(transfers):
+        if transfer.authorization is None:
+            continue
+        where = f"transfer [{index}]: " if len(transfers) > 1 else ""
+        try:
+            digest = check_authorization(
+                transfer.authorization,
+                settlement,
+                station_id=station_id,
+                user=transfer.user,
+                direction=transfer.direction,
+                end_time=transfer.end_time,
+            )
+        except AuthorizationError as exc:
+            raise CliError(exc.code, where + str(exc)) from None
+        if digest in seen:
+            raise CliError(
+                "authorization_reused",
+                f"{where}the authorisation of transfer [{seen[digest]}] cannot pay twice",
+            )
+        seen[digest] = index
 
 
 # ---- sync --------------------------------------------------------------------------------------
@@ -1112,6 +1453,250 @@ def verify(
     _emit(as_json, out, lines)
     if not valid:
         raise typer.Exit(EXIT_MISMATCH)
+
+
+# ---- proof -------------------------------------------------------------------------------------
+
+
+def _proof_lines(check: ProofCheck) -> list[str]:
+    chain = check.chain
+    if check.verified:
+        head = (
+            f"VERIFIED record #{check.sequence}: in epoch {check.epoch_id} at leaf "
+            f"{check.leaf_index} of {chain.record_count}, anchored on chain"
+        )
+    else:
+        head = f"NOT VERIFIED record #{check.sequence} (epoch {check.epoch_id}):"
+    lines = [head]
+    if not check.verified:
+        if check.differences:
+            lines.append("  the backend's copy of the record is not the station's:")
+            lines += [f"    {d}" for d in check.differences]
+        if not check.merkle_verified:
+            lines.append(
+                "  the audit path does not lead from the station's leaf to the chain's root"
+            )
+        if not check.contract_verified:
+            lines.append("  Settlement.verifyRecord answers false")
+    lines += [
+        f"  epoch:       {check.epoch_id} ({chain.record_count} records; backend says "
+        f"{check.epoch_state})",
+        f"  root:        0x{chain.records_root.hex()} (Settlement.getEpoch on chain)",
+        f"  commit tx:   {chain.commit_tx_hash or 'not found'}"
+        + (f" (block {chain.commit_block})" if chain.commit_block is not None else ""),
+        f"  leaf:        0x{check.leaf_hash.hex()} (from the station's own record and signature)",
+    ]
+    lines += [f"  warning: {problem}" for problem in check.problems]
+    return lines
+
+
+def _not_found_hint(row: StoredRecord) -> str:
+    if row.status in (RecordStatus.RESERVED, RecordStatus.QUEUED):
+        return "; it is still in this station's queue: run `gridpoints-station sync` first"
+    if row.status == RecordStatus.REJECTED:
+        return f"; the backend rejected it ({row.reject_reason}: {row.reject_message})"
+    return (
+        "; yet the backend acknowledged it"
+        + (f" (log index {row.receipt.get('logIndex')})" if row.receipt else "")
+        + ": the backend lost a record it accepted"
+    )
+
+
+@app.command()
+@handled
+def proof(
+    backend_url: Annotated[
+        str, typer.Option(envvar="GRIDPOINTS_BACKEND_URL", help="Backend base URL.")
+    ],
+    sequence: Annotated[
+        int | None, typer.Argument(min=1, max=2**64 - 1, help="The record's sequence number.")
+    ] = None,
+    all_records: Annotated[
+        bool, typer.Option("--all", help="Check every acknowledged record of the station.")
+    ] = False,
+    directory: DirOption = DEFAULT_DIR,
+    rpc_url: Annotated[
+        str, typer.Option(envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL.")
+    ] = "http://127.0.0.1:8545",
+    deployment: Annotated[
+        Path | None,
+        typer.Option(envvar=DEPLOYMENT_ENV, help="Deployment file.", dir_okay=False),
+    ] = None,
+    attempts: Annotated[int, typer.Option(min=1, help="Attempts per request.")] = 4,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 30.0,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar with --all (default: on a terminal).",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check a record's inclusion proof against the chain (not the backend's word).
+
+    The leaf is recomputed from the station's own record and signature; the root and record
+    count are read from the Settlement contract, which also checks the proof itself."""
+    if (sequence is None) == (not all_records):
+        raise _bad_argument("SEQUENCE", "give a record's sequence number or --all")
+    if deployment is None:
+        raise _bad_argument(
+            "--deployment", "the Settlement contract comes from the deployment file"
+        )
+    config = StationConfig.load(directory)
+    loaded = _station_deployment(deployment, config)
+    anchors: ChainAnchors | None = None
+
+    def chain_anchors() -> ChainAnchors:
+        # Connected on first use: a record without an epoch needs no node.
+        nonlocal anchors
+        if anchors is None:
+            from backend.chain.contracts import GridPointsChain, connect
+
+            chain = GridPointsChain(connect(rpc_url, timeout=timeout), loaded)
+            chain.check()
+            anchors = ChainAnchors(chain)
+        return anchors
+
+    with (
+        StationStore(directory / STORE_FILE) as store,
+        ProofClient(backend_url, retry=RetryPolicy(attempts=attempts), timeout=timeout) as client,
+    ):
+        state = store.state()
+        if state.station_id != config.station_id:
+            raise CliError("config", f"{STORE_FILE} is not the store of this station")
+        if sequence is not None:
+            try:
+                row = store.get(sequence)
+            except StoreError:
+                raise CliError(
+                    "no_such_record",
+                    f"this station has no record #{sequence} (last sequence {state.last_sequence})",
+                ) from None
+            _proof_one(row, config, client, chain_anchors, as_json)
+            return
+        rows = store.records(RecordStatus.ACKNOWLEDGED)
+        _proof_all(rows, config, client, chain_anchors, progress, as_json)
+
+
+def _proof_one(
+    row: StoredRecord,
+    config: StationConfig,
+    client: ProofClient,
+    chain_anchors: Callable[[], ChainAnchors],
+    as_json: bool,
+) -> None:
+    try:
+        answer = client.proof(config.station_id, row.sequence)
+    except SyncError as exc:
+        if exc.code == "not_sealed":
+            raise CliError("not_sealed", str(exc), EXIT_NOT_ANCHORED) from None
+        if exc.code == "not_found":
+            raise CliError("not_found", str(exc) + _not_found_hint(row)) from None
+        raise
+    try:
+        check = check_proof(row, config.domain, answer, chain_anchors())
+    except NotAnchoredError as exc:
+        raise CliError(exc.code, str(exc), EXIT_NOT_ANCHORED) from None
+    _emit(as_json, check.to_json(), _proof_lines(check))
+    if not check.verified:
+        raise typer.Exit(EXIT_NOT_VERIFIED)
+
+
+def _proof_all(
+    rows: list[StoredRecord],
+    config: StationConfig,
+    client: ProofClient,
+    chain_anchors: Callable[[], ChainAnchors],
+    progress: bool | None,
+    as_json: bool,
+) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    console = Console(stderr=True, force_terminal=True if progress else None)
+    show = progress if progress is not None else (console.is_terminal and len(rows) > 1)
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show or as_json,
+    )
+    verified: list[int] = []
+    failed: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    with bar:
+        task = bar.add_task("checking proofs", total=len(rows))
+        for row in rows:
+            try:
+                answer = client.proof(config.station_id, row.sequence)
+                check = check_proof(row, config.domain, answer, chain_anchors())
+            except SyncError as exc:
+                if exc.code == "not_sealed":
+                    pending.append({"sequence": row.sequence, "code": "not_sealed"})
+                elif exc.code == "not_found":
+                    failed.append(
+                        {
+                            "sequence": row.sequence,
+                            "code": "not_found",
+                            "message": str(exc) + _not_found_hint(row),
+                        }
+                    )
+                else:
+                    raise
+            except NotAnchoredError as exc:
+                pending.append({"sequence": row.sequence, "code": exc.code})
+            else:
+                if check.verified:
+                    verified.append(row.sequence)
+                else:
+                    failed.append(
+                        {
+                            "sequence": row.sequence,
+                            "code": "not_verified",
+                            "message": "; ".join(_proof_lines(check)[1:4]).strip(),
+                            "check": check.to_json(),
+                        }
+                    )
+            bar.update(task, advance=1)
+    data = {
+        "checked": len(rows),
+        "verified": len(verified),
+        "failed": failed,
+        "pending": pending,
+    }
+    lines = [
+        f"checked {len(rows)} acknowledged record(s): {len(verified)} verified against the "
+        f"chain, {len(failed)} failed, {len(pending)} not anchored yet"
+    ]
+    lines += [f"  FAILED #{f['sequence']}: {f['code']}: {f.get('message', '')}" for f in failed]
+    if pending:
+        by_code: dict[str, list[int]] = {}
+        for p in pending:
+            by_code.setdefault(p["code"], []).append(p["sequence"])
+        for code, sequences in by_code.items():
+            lines.append(f"  {code}: {_ranges(sequences)}")
+    _emit(as_json, data, lines)
+    if failed:
+        raise typer.Exit(EXIT_NOT_VERIFIED)
+    if pending:
+        raise typer.Exit(EXIT_NOT_ANCHORED)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1,2,3,5 -> "#1-#3, #5"."""
+    parts: list[str] = []
+    start = previous = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == previous + 1:
+            previous = n
+            continue
+        parts.append(f"#{start}" if start == previous else f"#{start}-#{previous}")
+        if n is not None:
+            start = previous = n
+    return ", ".join(parts)
 
 
 def main() -> None:

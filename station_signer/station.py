@@ -10,6 +10,18 @@ turns a measured :class:`Transfer` into a signed, queued ``EnergyTransfer``:
    that the signature recovers to the station's address before it is kept;
 3. *attach* the signature, which queues the record for :mod:`station_signer.sync`.
 
+A charge the user pays with points carries the user's signed payment authorisation
+(:class:`~station_signer.authorization.SignedAuthorization`, signed in the user's wallet for the
+Settlement contract's EIP-712 domain). :func:`check_authorization` refuses one that is not the
+user's own signature, is for another user or station, or expires before the charge ends; the
+record's ``paymentAuthorization`` becomes the authorisation's digest (so the signed record
+commits to it and neither can be swapped) and the authorisation is stored with the record and
+sent with it.
+
+:func:`check_proof` checks the backend's inclusion proof of one of the station's records
+against the station's own copy of the record and against the Settlement contract (through
+:class:`ChainAnchors`), never against the backend's word alone.
+
 Opening a station first re-signs every ``reserved`` row left by a crash between 1 and 3
 (:meth:`Station.recover`), after checking that the stored content still hashes to the stored
 digest. The record format lives in :mod:`station_signer.record` only; this module never
@@ -32,8 +44,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
+from station_signer import merkle
+from station_signer.authorization import SettlementDomain, SignedAuthorization
 from station_signer.record import (
     UINT64_MAX,
     ZERO_BYTES32,
@@ -49,6 +63,10 @@ from station_signer.record import (
 )
 from station_signer.signers.base import Signer
 from station_signer.store import StationState, StationStore, StoredRecord, StoreError
+
+if TYPE_CHECKING:
+    from backend.chain.contracts import GridPointsChain
+    from station_signer.sync import ProofAnswer
 
 CONFIG_FILE: Final = "station.json"
 STORE_FILE: Final = "station.sqlite"
@@ -90,6 +108,7 @@ _TRANSFER_FIELDS: Final = (
     "endTime",
     "paymentAuthorization",
     "meterBeforeWh",
+    "authorization",
 )
 _REQUIRED_TRANSFER_FIELDS: Final = ("direction", "user", "energyWh", "startTime", "endTime")
 _HEX32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -169,6 +188,11 @@ class Transfer:
     ``meter_before_wh`` is normally left out: the register then continues from the station's
     last record of the same direction. A station whose meter also counted energy outside any
     record passes the real reading; it must not be below the stored register.
+
+    ``authorization`` is the user's signed payment authorisation of a charge paid with points;
+    the record's ``paymentAuthorization`` is then its digest (``payment_authorization`` may be
+    left zero, or must equal that digest). A non-zero ``payment_authorization`` without the
+    signed authorisation is refused when recording: the backend needs the authorisation itself.
     """
 
     direction: Direction
@@ -178,12 +202,14 @@ class Transfer:
     end_time: int
     payment_authorization: bytes = ZERO_BYTES32
     meter_before_wh: int | None = None
+    authorization: SignedAuthorization | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Transfer:
         """Parses ``{"direction", "user", "energyWh", "startTime", "endTime"}`` plus optional
-        ``paymentAuthorization`` and ``meterBeforeWh``; unknown fields are refused and every
-        problem is reported (RecordValidationError naming the fields)."""
+        ``paymentAuthorization``, ``meterBeforeWh`` and ``authorization`` (a signed payment
+        authorisation, ``{"authorization": {...}, "signature": "0x..."}``); unknown fields are
+        refused and every problem is reported (RecordValidationError naming the fields)."""
         if not isinstance(data, Mapping):
             raise RecordValidationError(
                 [FieldError("", f"a transfer is a JSON object, got {type(data).__name__}")]
@@ -210,6 +236,11 @@ class Transfer:
                 values[attribute] = parse(data[name])
             except ValueError as exc:
                 errors.append(FieldError(name, str(exc)))
+        if "authorization" in data:
+            try:
+                values["authorization"] = SignedAuthorization.from_json(data["authorization"])
+            except RecordValidationError as exc:
+                errors += exc.prefixed("authorization").errors
         if errors:
             raise RecordValidationError(errors)
         return cls(**values)
@@ -225,7 +256,81 @@ class Transfer:
         }
         if self.meter_before_wh is not None:
             data["meterBeforeWh"] = self.meter_before_wh
+        if self.authorization is not None:
+            data["authorization"] = self.authorization.to_json()
         return data
+
+
+# ---- payment authorisations --------------------------------------------------------------------
+
+
+class AuthorizationError(StationError):
+    """A payment authorisation the station must not attach to a record; nothing was stored.
+
+    ``code``: ``authorization_not_charge``, ``authorization_bad_signature``,
+    ``authorization_wrong_user``, ``authorization_wrong_station``, ``authorization_expired``,
+    ``authorization_mismatch``, ``authorization_missing`` or ``authorization_domain``.
+    """
+
+
+def check_authorization(
+    signed: SignedAuthorization,
+    settlement: SettlementDomain,
+    *,
+    station_id: bytes,
+    user: bytes,
+    direction: Direction,
+    end_time: int,
+) -> bytes:
+    """The authorisation's EIP-712 digest, once it may pay for this charge; else
+    AuthorizationError.
+
+    The checks are the ones the backend and the Settlement contract make later, made before a
+    sequence is spent: a record committing to an authorisation they refuse could never be paid
+    with points. The signature must be the user's own ECDSA signature (a contract wallet's
+    ERC-1271 approval can only be checked on chain, and is not accepted here). Whether the
+    nonce is still unused is the chain's to say (the backend checks it).
+    """
+    authorization = signed.authorization
+    if direction != Direction.CHARGE:
+        raise AuthorizationError(
+            f"a payment authorisation pays for a charge; this record is a {direction.name.lower()}",
+            "authorization_not_charge",
+        )
+    digest = authorization.digest(settlement)
+    try:
+        signer = signed.signer_bytes(settlement)
+    except SignatureError as exc:
+        raise AuthorizationError(
+            f"the authorisation's signature is unusable: {exc}", "authorization_bad_signature"
+        ) from None
+    if signer != authorization.user:
+        raise AuthorizationError(
+            f"the authorisation is signed by {to_checksum_address(signer)}, not by its user "
+            f"{authorization.user_address} (or it was signed for another Settlement contract "
+            f"or chain than {to_checksum_address(settlement.verifying_contract)} on chain "
+            f"{settlement.chain_id}, or changed after signing)",
+            "authorization_bad_signature",
+        )
+    if authorization.user != user:
+        raise AuthorizationError(
+            f"the authorisation is {authorization.user_address}'s, but the record's user is "
+            f"{to_checksum_address(user)}",
+            "authorization_wrong_user",
+        )
+    if authorization.station_id != station_id:
+        raise AuthorizationError(
+            f"the authorisation is for station 0x{authorization.station_id.hex()}, not for "
+            f"this station 0x{station_id.hex()}",
+            "authorization_wrong_station",
+        )
+    if authorization.is_expired(end_time):
+        raise AuthorizationError(
+            f"the authorisation's deadline {authorization.deadline} is before the charge's end "
+            f"time {end_time}",
+            "authorization_expired",
+        )
+    return digest
 
 
 # ---- the station -------------------------------------------------------------------------------
@@ -236,7 +341,8 @@ class Station:
 
     Construction re-signs any ``reserved`` rows (:meth:`recover`) unless ``recover=False``.
     ``expected_address`` (the address registered for the station) makes a key mix-up fail at
-    once instead of producing records the backend rejects.
+    once instead of producing records the backend rejects. ``settlement`` (the Settlement
+    contract's EIP-712 domain) is needed only to record charges paid with points.
     """
 
     def __init__(
@@ -246,12 +352,20 @@ class Station:
         *,
         expected_address: str | None = None,
         recover: bool = True,
+        settlement: SettlementDomain | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
         state = store.state()
         self.station_id = state.station_id
         self.domain: Domain = state.domain
+        if settlement is not None and settlement.chain_id != self.domain.chain_id:
+            raise StationError(
+                f"the Settlement domain is on chain {settlement.chain_id}, this station signs "
+                f"for chain {self.domain.chain_id}",
+                "deployment_mismatch",
+            )
+        self.settlement = settlement
         self.address = signer.address
         if expected_address is not None and expected_address.lower() != self.address.lower():
             raise StationError(
@@ -284,8 +398,41 @@ class Station:
         """Builds, reserves, signs and queues one record; returns the queued row.
 
         If signing fails, the record stays ``reserved`` (its sequence is spent and its content
-        fixed) and is signed by the next :meth:`recover`.
+        fixed) and is signed by the next :meth:`recover`. A transfer with a payment
+        authorisation is checked first (:func:`check_authorization`, AuthorizationError);
+        nothing is stored when it is refused.
         """
+        payment_authorization = transfer.payment_authorization
+        payment: dict[str, Any] | None = None
+        if transfer.authorization is not None:
+            if self.settlement is None:
+                raise AuthorizationError(
+                    "recording a charge paid with points needs the Settlement contract's "
+                    "domain (the deployment file)",
+                    "authorization_domain",
+                )
+            digest = check_authorization(
+                transfer.authorization,
+                self.settlement,
+                station_id=self.station_id,
+                user=transfer.user,
+                direction=transfer.direction,
+                end_time=transfer.end_time,
+            )
+            if payment_authorization not in (ZERO_BYTES32, digest):
+                raise AuthorizationError(
+                    f"paymentAuthorization 0x{payment_authorization.hex()} is not the digest "
+                    f"0x{digest.hex()} of the authorisation given",
+                    "authorization_mismatch",
+                )
+            payment_authorization = digest
+            payment = transfer.authorization.to_json()
+        elif payment_authorization != ZERO_BYTES32:
+            raise AuthorizationError(
+                "a non-zero paymentAuthorization needs the user's signed authorisation with it "
+                "(the backend checks the authorisation itself, not only its digest)",
+                "authorization_missing",
+            )
 
         def build(sequence: int, state: StationState) -> EnergyTransfer:
             before = (
@@ -303,10 +450,10 @@ class Station:
                 meter_after_wh=before + transfer.energy_wh,
                 start_time=transfer.start_time,
                 end_time=transfer.end_time,
-                payment_authorization=transfer.payment_authorization,
+                payment_authorization=payment_authorization,
             )
 
-        reserved = self.store.reserve(build)
+        reserved = self.store.reserve(build, payment)
         try:
             signature = self._sign(reserved.digest)
         except Exception as exc:
@@ -527,9 +674,14 @@ def open_signer(config: StationConfig, directory: Path, *, pin: str | None = Non
 
 
 def open_station(
-    directory: Path, *, signer: Signer | None = None, pin: str | None = None
+    directory: Path,
+    *,
+    signer: Signer | None = None,
+    pin: str | None = None,
+    settlement: SettlementDomain | None = None,
 ) -> Station:
-    """The station of ``directory`` with its key opened, after crash recovery."""
+    """The station of ``directory`` with its key opened, after crash recovery. ``settlement``
+    is the Settlement contract's domain, needed to record charges paid with points."""
     config = StationConfig.load(directory)
     store = StationStore(directory / STORE_FILE)
     try:
@@ -540,7 +692,7 @@ def open_station(
                 "config",
             )
         key = signer if signer is not None else open_signer(config, directory, pin=pin)
-        return Station(store, key, expected_address=config.address)
+        return Station(store, key, expected_address=config.address, settlement=settlement)
     except BaseException:
         store.close()
         raise
@@ -721,18 +873,278 @@ def init_station(
     )
 
 
+# ---- inclusion proofs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnchoredEpoch:
+    """An epoch as the Settlement contract holds it: read from the chain, not from the backend."""
+
+    epoch_id: int
+    records_root: bytes
+    record_count: int
+    commit_tx_hash: str | None  # the transaction of its EpochCommitted event (None: no such log)
+    commit_block: int | None
+
+
+class ChainAnchors:
+    """The Settlement contract's view of epochs, through a ``backend.chain`` handle.
+
+    A committed epoch never changes (the contract refuses a second commit), so each one is read
+    once per instance; an epoch not committed yet is asked again every time.
+    """
+
+    def __init__(self, chain: GridPointsChain) -> None:
+        self.chain = chain
+        self._epochs: dict[int, AnchoredEpoch] = {}
+
+    def epoch(self, epoch_id: int) -> AnchoredEpoch | None:
+        """The committed epoch ``epoch_id``, or None while the contract does not have it."""
+        if epoch_id in self._epochs:
+            return self._epochs[epoch_id]
+        from backend.chain.contracts import ContractRevertError
+
+        settlement = self.chain.settlement
+        try:
+            raw = self.chain.call(settlement.functions.getEpoch(epoch_id))
+        except ContractRevertError as exc:
+            if exc.error_name == "UnknownEpoch":
+                return None
+            raise
+        tx_hash, block = self._commit_transaction(epoch_id)
+        epoch = AnchoredEpoch(
+            epoch_id=epoch_id,
+            records_root=bytes(raw[0]),
+            record_count=int(raw[3]),
+            commit_tx_hash=tx_hash,
+            commit_block=block,
+        )
+        self._epochs[epoch_id] = epoch
+        return epoch
+
+    def _commit_transaction(self, epoch_id: int) -> tuple[str | None, int | None]:
+        from hexbytes import HexBytes
+
+        settlement = self.chain.settlement
+        topic = bytes(HexBytes(settlement.events.EpochCommitted().topic))
+        logs = self.chain.w3.eth.get_logs(
+            {
+                "address": settlement.address,
+                "fromBlock": self.chain.deployment.deployment_block,
+                "toBlock": "latest",
+                "topics": ["0x" + topic.hex(), "0x" + epoch_id.to_bytes(32, "big").hex()],
+            }
+        )
+        if not logs:
+            return None, None
+        log = logs[-1]
+        return "0x" + bytes(log["transactionHash"]).hex(), int(log["blockNumber"])
+
+    def verify_record(
+        self, epoch_id: int, digest: bytes, signature: bytes, index: int, path: list[bytes]
+    ) -> bool:
+        """``Settlement.verifyRecord``: the contract's own inclusion check."""
+        call = self.chain.settlement.functions.verifyRecord(
+            epoch_id, digest, signature, index, path
+        )
+        return bool(self.chain.call(call))
+
+
+class NotAnchoredError(StationError):
+    """The record has no proof on chain yet: ``not_sealed`` (the backend has not sealed its
+    epoch) or ``not_committed`` (sealed, but the Settlement contract does not have the epoch
+    yet). Asking again later is the remedy."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProofCheck:
+    """The verdict on one record's inclusion proof, and what it rests on.
+
+    ``verified`` means: the record and signature this station holds hash (under this station's
+    EIP-712 domain) to a leaf that the audit path places at ``leaf_index`` in the records root
+    the Settlement contract holds for ``epoch_id`` — checked in Python with the chain's root and
+    record count, and by the contract's ``verifyRecord`` — and the backend's copy of the record
+    is the station's. The backend's root, tree size, leaf hash and commit transaction are
+    compared too; a disagreement there is reported in ``problems``.
+    """
+
+    sequence: int
+    epoch_id: int
+    leaf_index: int
+    digest: bytes  # recomputed from the station's stored record
+    leaf_hash: bytes  # recomputed from that digest and the station's stored signature
+    chain: AnchoredEpoch
+    backend_root: bytes
+    backend_tree_size: int
+    backend_commit_tx: str | None
+    epoch_state: str
+    differences: tuple[str, ...]  # where the backend's copy of the record differs
+    merkle_verified: bool
+    contract_verified: bool
+    problems: tuple[str, ...]
+
+    @property
+    def verified(self) -> bool:
+        return self.merkle_verified and self.contract_verified and not self.differences
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "verified": self.verified,
+            "epochId": self.epoch_id,
+            "leafIndex": self.leaf_index,
+            "digest": "0x" + self.digest.hex(),
+            "leafHash": "0x" + self.leaf_hash.hex(),
+            "onChain": {
+                "recordsRoot": "0x" + self.chain.records_root.hex(),
+                "recordCount": self.chain.record_count,
+                "commitTxHash": self.chain.commit_tx_hash,
+                "commitBlock": self.chain.commit_block,
+            },
+            "backend": {
+                "recordsRoot": "0x" + self.backend_root.hex(),
+                "treeSize": self.backend_tree_size,
+                "commitTxHash": self.backend_commit_tx,
+                "epochState": self.epoch_state,
+            },
+            "recordMatches": not self.differences,
+            "differences": list(self.differences),
+            "merkleVerified": self.merkle_verified,
+            "contractVerified": self.contract_verified,
+            "problems": list(self.problems),
+        }
+
+
+def check_proof(
+    row: StoredRecord, domain: Domain, answer: ProofAnswer, anchors: ChainAnchors
+) -> ProofCheck:
+    """Checks the backend's proof of ``row`` (one of this station's records) against the chain.
+
+    The leaf is recomputed from the station's own copy of the record and signature; the root and
+    tree size are the Settlement contract's; the backend contributes only the epoch id, the leaf
+    index and the audit path, which either lead to the chain's root or do not. Raises
+    NotAnchoredError ``not_committed`` while the contract does not have the epoch, StationError
+    ``not_signed`` for a row without a signature, StoreError ``corrupt`` for a stored record
+    that no longer parses.
+    """
+    if row.signature is None:
+        raise StationError(
+            f"record #{row.sequence} is not signed yet, so it has no leaf", "not_signed"
+        )
+    try:
+        record = EnergyTransfer.from_json(row.record)
+    except RecordValidationError as exc:
+        raise StoreError(f"stored record #{row.sequence} is invalid: {exc}", "corrupt") from exc
+    digest = record.digest(domain)
+    signature = row.signature
+    problems: list[str] = []
+    if digest != row.digest:
+        problems.append(
+            f"the stored digest 0x{row.digest.hex()} is not the stored record's digest "
+            f"0x{digest.hex()} (the station's file was changed)"
+        )
+    differences = _record_differences(record, signature, digest, answer)
+    epoch = anchors.epoch(answer.epoch_id)
+    if epoch is None:
+        raise NotAnchoredError(
+            f"the backend places record #{row.sequence} in epoch {answer.epoch_id}, which the "
+            "Settlement contract does not have yet (sealed, not committed on chain)",
+            "not_committed",
+        )
+    leaf = merkle.record_leaf_hash(digest, signature)
+    path = list(answer.path)
+    merkle_ok = merkle.verify_inclusion(
+        leaf, answer.leaf_index, epoch.record_count, path, epoch.records_root
+    )
+    contract_ok = answer.leaf_index <= 2**256 - 1 and anchors.verify_record(
+        answer.epoch_id, digest, signature, answer.leaf_index, path
+    )
+    if answer.records_root != epoch.records_root:
+        problems.append(
+            f"the backend's root 0x{answer.records_root.hex()} is not the chain's "
+            f"0x{epoch.records_root.hex()}"
+        )
+    if answer.tree_size != epoch.record_count:
+        problems.append(
+            f"the backend's tree size {answer.tree_size} is not the chain's record count "
+            f"{epoch.record_count}"
+        )
+    if answer.leaf_hash != leaf:
+        problems.append(
+            f"the backend's leaf 0x{answer.leaf_hash.hex()} is not the station's 0x{leaf.hex()}"
+        )
+    if epoch.commit_tx_hash is None:
+        problems.append(f"the node has no EpochCommitted log of epoch {answer.epoch_id}")
+    elif answer.commit_tx_hash is not None and answer.commit_tx_hash != epoch.commit_tx_hash:
+        problems.append(
+            f"the backend's commit transaction {answer.commit_tx_hash} is not the chain's "
+            f"{epoch.commit_tx_hash}"
+        )
+    return ProofCheck(
+        sequence=row.sequence,
+        epoch_id=answer.epoch_id,
+        leaf_index=answer.leaf_index,
+        digest=digest,
+        leaf_hash=leaf,
+        chain=epoch,
+        backend_root=answer.records_root,
+        backend_tree_size=answer.tree_size,
+        backend_commit_tx=answer.commit_tx_hash,
+        epoch_state=answer.epoch_state,
+        differences=tuple(differences),
+        merkle_verified=merkle_ok,
+        contract_verified=contract_ok,
+        problems=tuple(problems),
+    )
+
+
+def _record_differences(
+    record: EnergyTransfer, signature: bytes, digest: bytes, answer: ProofAnswer
+) -> list[str]:
+    """How the backend's copy of the record differs from the station's (empty: it does not)."""
+    differences: list[str] = []
+    if (answer.station_id, answer.sequence) != (record.station_id, record.sequence):
+        differences.append(
+            f"the proof is for station 0x{answer.station_id.hex()} record {answer.sequence}"
+        )
+    try:
+        theirs = EnergyTransfer.from_json(answer.record).to_json()
+    except RecordValidationError as exc:
+        differences.append(f"the backend's record is not a valid record: {exc}")
+    else:
+        ours = record.to_json()
+        for name, value in ours.items():
+            if theirs.get(name) != value:
+                differences.append(f"{name}: station {value!r}, backend {theirs.get(name)!r}")
+    if answer.signature != signature:
+        differences.append(
+            f"signature: station 0x{signature.hex()[:16]}..., "
+            f"backend 0x{answer.signature.hex()[:16]}..."
+        )
+    if answer.digest != digest:
+        differences.append(f"digest: station 0x{digest.hex()}, backend 0x{answer.digest.hex()}")
+    return differences
+
+
 __all__ = [
     "CONFIG_FILE",
     "STORE_FILE",
+    "AnchoredEpoch",
+    "AuthorizationError",
+    "ChainAnchors",
     "DevKeyConfig",
     "InitResult",
     "KeyConfig",
+    "NotAnchoredError",
     "Pkcs11KeyConfig",
+    "ProofCheck",
     "SigningFailedError",
     "Station",
     "StationConfig",
     "StationError",
     "Transfer",
+    "check_authorization",
+    "check_proof",
     "init_station",
     "open_signer",
     "open_station",

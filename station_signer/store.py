@@ -20,6 +20,18 @@ survives power loss, not only a killed process.
 Rows are kept after the backend acknowledges them (status ``acknowledged``, or ``rejected`` with
 the backend's reason) so that the operator can see what happened; nothing is ever deleted.
 
+A charge record paid with points carries the user's signed payment authorisation
+(``payment_json``, the ``SignedAuthorization`` JSON) in its row, so that it is sent with the
+record and survives a crash with it. The record's ``paymentAuthorization`` field is the
+authorisation's digest; a unique index on it keeps one authorisation from paying two records
+(a record the backend rejected no longer holds its authorisation: the user may use it again).
+
+Schema versions (``station.schema_version``; opening a file migrates it in place, inside one
+write transaction, and a file of a newer version is refused with ``newer_store``):
+
+1. the station row and the records table;
+2. ``records.payment_json`` and the unique index ``records_by_payment``.
+
 The store knows the record type (:mod:`station_signer.record`) so that the invariants a station
 must keep are checked in the one transaction that could break them: the record is built for
 the sequence being reserved, belongs to this station, and does not run its meter backwards.
@@ -37,9 +49,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from station_signer.record import Direction, Domain, EnergyTransfer
+from station_signer.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter
 # gets there: 2^63 Wh is about 10^9 TWh).
 MAX_STORED_INT: Final = 2**63 - 1
@@ -68,10 +80,18 @@ CREATE TABLE IF NOT EXISTS records (
     acknowledged_at REAL,
     receipt_json TEXT,
     reject_reason TEXT,
-    reject_message TEXT
+    reject_message TEXT,
+    payment_json TEXT
 );
-CREATE INDEX IF NOT EXISTS records_by_status ON records (status, sequence);
 """
+# After the migration: the payment index names a column that version-1 files do not have yet.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS records_by_status ON records (status, sequence);
+CREATE UNIQUE INDEX IF NOT EXISTS records_by_payment
+    ON records (json_extract(record_json, '$.paymentAuthorization'))
+    WHERE payment_json IS NOT NULL AND status != 'rejected';
+"""
+_PAYMENT_INDEX: Final = "records_by_payment"
 
 _METER_COLUMN: Final = {
     Direction.CHARGE: "meter_charge_wh",
@@ -91,7 +111,7 @@ class StoreError(Exception):
 
     ``code`` is machine-readable: ``not_initialised``, ``foreign_store``, ``meter_backwards``,
     ``value_too_large``, ``wrong_record``, ``not_reserved``, ``not_queued``, ``not_found``,
-    ``corrupt`` or ``store_error``.
+    ``authorization_reused``, ``newer_store``, ``corrupt`` or ``store_error``.
     """
 
     def __init__(self, message: str, code: str = "store_error") -> None:
@@ -109,12 +129,18 @@ class StoredRecord:
     receipt: dict[str, Any] | None = None
     reject_reason: str | None = None
     reject_message: str | None = None
+    # The SignedAuthorization JSON of a charge paid with points (None: paid otherwise).
+    payment: dict[str, Any] | None = None
 
     def signed_json(self) -> dict[str, Any]:
-        """``{"record": ..., "signature": "0x..."}``, the wire body; only for signed rows."""
+        """The wire body, only for signed rows: ``{"record", "signature"}``, plus ``"payment"``
+        (the signed payment authorisation) when the record commits to one."""
         if self.signature is None:
             raise StoreError(f"sequence {self.sequence} has no signature yet", "not_signed")
-        return {"record": self.record, "signature": "0x" + self.signature.hex()}
+        body: dict[str, Any] = {"record": self.record, "signature": "0x" + self.signature.hex()}
+        if self.payment is not None:
+            body["payment"] = self.payment
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +197,46 @@ class StationStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+            self._db.executescript(_INDEXES)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Brings a file of an older schema version to :data:`SCHEMA_VERSION`, in place."""
+        version = self._schema_version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema version {version}; this version of "
+                f"station_signer reads up to {SCHEMA_VERSION}",
+                "newer_store",
+            )
+        if "payment_json" in self._record_columns() and version in (None, SCHEMA_VERSION):
+            return
+        # Under the write lock, and checked again inside it: two processes may open an old
+        # file at the same moment, and only one of them may alter it.
+        with self._transaction() as db:
+            if "payment_json" not in self._record_columns():
+                db.execute("ALTER TABLE records ADD COLUMN payment_json TEXT")
+            db.execute(
+                "UPDATE station SET schema_version = ? WHERE schema_version < ?",
+                (SCHEMA_VERSION, SCHEMA_VERSION),
+            )
+
+    def _record_columns(self) -> set[str]:
+        return {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+
+    def _schema_version(self) -> int | None:
+        row = self._db.execute("SELECT schema_version FROM station").fetchone()
+        return None if row is None else int(row[0])
+
+    @property
+    def schema_version(self) -> int | None:
+        """The file's schema version (None before ``initialise``)."""
+        return self._schema_version()
 
     def close(self) -> None:
         self._db.close()
@@ -268,8 +333,16 @@ class StationStore:
 
     # --- write-ahead signing --------------------------------------------------------------
 
-    def reserve(self, build: RecordBuilder) -> StoredRecord:
+    def reserve(self, build: RecordBuilder, payment: dict[str, Any] | None = None) -> StoredRecord:
         """Step 1: durably binds the next sequence to the record ``build`` makes for it.
+
+        ``payment`` is the signed payment authorisation (its JSON) the record commits to; it is
+        stored in the same row and sent with the record. A record that commits to no
+        authorisation (zero ``paymentAuthorization``) cannot carry one, and an authorisation
+        already on another record of this station is refused (``authorization_reused``): the
+        backend and the contract would let it pay only once. Checking that ``payment`` hashes
+        to the record's ``paymentAuthorization`` needs the Settlement domain, which the caller
+        (:meth:`station_signer.station.Station.record`) has and the store does not.
 
         ``build(sequence, state)`` runs inside the transaction (under SQLite's write lock), so
         the state it sees — next sequence, meter registers — cannot change before the record is
@@ -299,18 +372,42 @@ class StationStore:
                     "meter_backwards",
                 )
             _check_storable("meterAfterWh", record.meter_after_wh)
+            if payment is not None and record.payment_authorization == ZERO_BYTES32:
+                raise StoreError(
+                    "a payment authorisation can only go with a record whose "
+                    "paymentAuthorization commits to it (it is zero)",
+                    "wrong_record",
+                )
             digest = record.digest(state.domain)
             record_json = record.to_json()
-            db.execute(
-                "INSERT INTO records (sequence, status, record_json, digest, created_at)"
-                " VALUES (?, 'reserved', ?, ?, ?)",
-                (sequence, json.dumps(record_json), "0x" + digest.hex(), time.time()),
-            )
+            payment_json = None if payment is None else json.dumps(payment)
+            try:
+                db.execute(
+                    "INSERT INTO records (sequence, status, record_json, digest, created_at,"
+                    " payment_json) VALUES (?, 'reserved', ?, ?, ?, ?)",
+                    (
+                        sequence,
+                        json.dumps(record_json),
+                        "0x" + digest.hex(),
+                        time.time(),
+                        payment_json,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _PAYMENT_INDEX not in str(exc):
+                    raise
+                raise StoreError(
+                    f"payment authorisation {record_json['paymentAuthorization']} already "
+                    "pays for another record of this station; an authorisation pays once",
+                    "authorization_reused",
+                ) from None
             db.execute(
                 f"UPDATE station SET next_sequence = ?, {column} = ?",
                 (sequence + 1, record.meter_after_wh),
             )
-        return StoredRecord(sequence, RecordStatus.RESERVED, record_json, digest, None)
+        return StoredRecord(
+            sequence, RecordStatus.RESERVED, record_json, digest, None, payment=payment
+        )
 
     def attach_signature(self, sequence: int, signature: bytes) -> StoredRecord:
         """Step 3: stores the signature of a reserved record, which queues it for sync."""
@@ -381,7 +478,7 @@ class StationStore:
     def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[StoredRecord]:
         rows = self._db.execute(
             "SELECT sequence, status, record_json, digest, signature, receipt_json,"
-            f" reject_reason, reject_message FROM records {where}",
+            f" reject_reason, reject_message, payment_json FROM records {where}",
             params,
         ).fetchall()
         return [
@@ -394,6 +491,7 @@ class StationStore:
                 receipt=json.loads(row[5]) if row[5] else None,
                 reject_reason=row[6],
                 reject_message=row[7],
+                payment=json.loads(row[8]) if row[8] else None,
             )
             for row in rows
         ]

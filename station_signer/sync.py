@@ -20,13 +20,21 @@ nothing and the next one resumes.
 Every request declares the EIP-712 domain the records were signed for (headers
 ``GridPoints-Chain-Id`` and ``GridPoints-Verifying-Contract``), so a station configured for
 another deployment gets ``wrong_domain`` rather than an unexplained ``key_not_valid``.
+
+A charge paid with points goes out as ``{"record", "signature", "payment"}``: ``payment`` is the
+user's signed payment authorisation the record commits to (see :mod:`station_signer.store`).
+
+:class:`ProofClient` reads ``GET /v1/records/{stationId}/{sequence}/proof``: the backend's
+inclusion proof of a record, parsed into a :class:`ProofAnswer` that nothing trusts until
+:func:`station_signer.station.check_proof` has checked it against the chain.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -38,6 +46,7 @@ from station_signer.wire import BatchResponse, RecordOutcome
 
 DEFAULT_BATCH_SIZE: Final = 200
 BATCH_PATH: Final = "/v1/records/batch"
+PROOF_PATH: Final = "/v1/records/{station_id}/{sequence}/proof"
 CHAIN_ID_HEADER: Final = "GridPoints-Chain-Id"
 CONTRACT_HEADER: Final = "GridPoints-Verifying-Contract"
 
@@ -46,7 +55,9 @@ class SyncError(Exception):
     """The backend could not be reached, refused a whole request, or answered nonsense.
 
     ``code``: ``unreachable`` (gave up after the retries), ``refused`` (a 4xx for the whole
-    request; ``backend_code`` then holds the backend's error code) or ``bad_answer``.
+    request; ``backend_code`` then holds the backend's error code) or ``bad_answer``; for a
+    proof also ``not_found`` (the backend has no such record) and ``not_sealed`` (the record
+    is not in a sealed epoch yet).
     """
 
     def __init__(self, message: str, code: str, backend_code: str | None = None) -> None:
@@ -297,3 +308,173 @@ class SyncClient:
                 else:
                     report.duplicate += 1
             report.sent += 1
+
+
+# ---- inclusion proofs --------------------------------------------------------------------------
+
+_HEX32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
+_HEX65: Final = re.compile(r"0x[0-9a-fA-F]{130}")
+
+
+@dataclass(frozen=True, slots=True)
+class ProofAnswer:
+    """The backend's answer to ``GET /v1/records/{stationId}/{sequence}/proof``
+    (``backend.api.epochs.ProofView``), parsed but not trusted: every value in it is the
+    backend's word until it has been checked against the chain."""
+
+    station_id: bytes
+    sequence: int
+    epoch_id: int
+    leaf_index: int
+    tree_size: int
+    leaf_hash: bytes
+    path: tuple[bytes, ...]
+    records_root: bytes
+    commit_tx_hash: str | None
+    epoch_state: str
+    record: dict[str, Any]  # the backend's copy of the record (JSON wire form)
+    signature: bytes  # the backend's copy of the station's signature
+    digest: bytes  # the backend's digest of its copy
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProofAnswer:
+        """Parses the answer; SyncError ``bad_answer`` naming the first field that is wrong."""
+
+        def fail(name: str, why: str) -> SyncError:
+            return SyncError(f"the backend's proof answer: {name} {why}", "bad_answer")
+
+        def get(obj: Any, name: str) -> Any:
+            if not isinstance(obj, Mapping) or name not in obj:
+                raise fail(name, "is missing")
+            return obj[name]
+
+        def uint(name: str) -> int:
+            value = get(data, name)
+            if type(value) is not int or value < 0:
+                raise fail(name, f"must be a non-negative integer, got {value!r}")
+            return value
+
+        def hex32(value: Any, name: str) -> bytes:
+            if not isinstance(value, str) or not _HEX32.fullmatch(value):
+                raise fail(name, f"must be 0x and 64 hex digits, got {value!r}")
+            return bytes.fromhex(value[2:])
+
+        path = get(data, "path")
+        if not isinstance(path, list):
+            raise fail("path", "must be a list")
+        stored = get(data, "record")
+        record = get(stored, "record")
+        if not isinstance(record, dict):
+            raise fail("record.record", "must be an object")
+        signature = get(stored, "signature")
+        if not isinstance(signature, str) or not _HEX65.fullmatch(signature):
+            raise fail("record.signature", "must be 0x and 130 hex digits")
+        commit = data.get("commitTxHash")
+        if commit is not None and (not isinstance(commit, str) or not _HEX32.fullmatch(commit)):
+            raise fail("commitTxHash", f"must be null or a transaction hash, got {commit!r}")
+        state = get(data, "epochState")
+        if not isinstance(state, str):
+            raise fail("epochState", "must be a string")
+        return cls(
+            station_id=hex32(get(data, "stationId"), "stationId"),
+            sequence=uint("sequence"),
+            epoch_id=uint("epochId"),
+            leaf_index=uint("leafIndex"),
+            tree_size=uint("treeSize"),
+            leaf_hash=hex32(get(data, "leafHash"), "leafHash"),
+            path=tuple(hex32(p, f"path[{i}]") for i, p in enumerate(path)),
+            records_root=hex32(get(data, "recordsRoot"), "recordsRoot"),
+            commit_tx_hash=None if commit is None else commit.lower(),
+            epoch_state=state,
+            record=record,
+            signature=bytes.fromhex(signature[2:]),
+            digest=hex32(get(stored, "digest"), "record.digest"),
+        )
+
+
+class ProofClient:
+    """Reads inclusion proofs from one backend (``GET``, retried like :class:`SyncClient`'s
+    requests on transport errors, 5xx and 429)."""
+
+    def __init__(
+        self,
+        backend_url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = backend_url.rstrip("/")
+        self._retry = retry or RetryPolicy()
+        self._http = httpx.Client(timeout=timeout)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ProofClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def proof(self, station_id: bytes, sequence: int) -> ProofAnswer:
+        """The backend's proof of record ``sequence`` of ``station_id``.
+
+        Raises SyncError: ``not_found`` (404: the backend has no such record), ``not_sealed``
+        (409: the record waits for its epoch), ``refused`` (another 4xx), ``unreachable``,
+        ``bad_answer``.
+        """
+        url = self.base_url + PROOF_PATH.format(
+            station_id="0x" + station_id.hex(), sequence=sequence
+        )
+        last_problem = "no attempt made"
+        retry_after: float | None = None
+        for attempt in range(self._retry.attempts):
+            if attempt:
+                delay = self._retry.delay(attempt, self._rng)
+                if retry_after is not None:
+                    delay = max(delay, min(retry_after, self._retry.max_delay))
+                self._sleep(delay)
+            retry_after = None
+            try:
+                response = self._http.get(url)
+            except httpx.TransportError as exc:
+                last_problem = f"cannot reach {url}: {type(exc).__name__}: {exc}"
+                continue
+            status = response.status_code
+            code, message = _error_code(response)
+            if status >= 500 or status == 429:
+                last_problem = f"backend answered {status}: {message}"
+                retry_after = _retry_after(response)
+                continue
+            if status == 404:
+                raise SyncError(
+                    f"the backend has no record {sequence} of station 0x{station_id.hex()}"
+                    + (f": {message}" if message else ""),
+                    "not_found",
+                    code,
+                )
+            if status == 409 and code == "not_sealed":
+                raise SyncError(
+                    f"record {sequence} is not in a sealed epoch yet; its proof exists once the "
+                    "backend seals the epoch that holds it",
+                    "not_sealed",
+                    code,
+                )
+            if status >= 400:
+                raise SyncError(
+                    f"backend refused the request ({status} {code or 'error'}): {message}",
+                    "refused",
+                    code,
+                )
+            try:
+                data = response.json()
+            except ValueError:
+                raise SyncError("the backend's proof answer is not JSON", "bad_answer") from None
+            return ProofAnswer.from_json(data)
+        raise SyncError(
+            f"gave up after {self._retry.attempts} attempts: {last_problem}", "unreachable"
+        )

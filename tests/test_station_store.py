@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_account.messages import _hash_eip191_message, encode_typed_data
+from eth_account.signers.local import LocalAccount
 
+from station_signer.authorization import (
+    PaymentAuthorization,
+    SettlementDomain,
+    SignedAuthorization,
+    sign_authorization,
+)
 from station_signer.record import (
     Direction,
     Domain,
@@ -37,17 +46,25 @@ from station_signer.record import (
 from station_signer.signers import DevKeySigner, HsmError
 from station_signer.station import (
     STORE_FILE,
+    AuthorizationError,
     Pkcs11KeyConfig,
     SigningFailedError,
     Station,
     StationConfig,
     StationError,
     Transfer,
+    check_authorization,
     init_station,
     open_signer,
     parse_time,
 )
-from station_signer.store import RecordStatus, StationState, StationStore, StoreError
+from station_signer.store import (
+    SCHEMA_VERSION,
+    RecordStatus,
+    StationState,
+    StationStore,
+    StoreError,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_ID = 31337
@@ -73,7 +90,7 @@ def transfer(
     end = kwargs.pop("end_time", 1_700_000_000)
     return Transfer(
         direction=direction,
-        user=USER,
+        user=kwargs.pop("user", USER),
         energy_wh=energy_wh,
         start_time=end - 3_600,
         end_time=end,
@@ -349,6 +366,332 @@ def test_transfer_json_is_parsed_strictly() -> None:
     assert "no UTC offset" in str(info.value)
     with pytest.raises(ValueError, match="whole"):
         parse_time("2023-11-14T22:13:20.5Z")
+
+
+# ---- payment authorisations ----------------------------------------------------------------
+
+SETTLEMENT = SettlementDomain(CHAIN_ID, parse_address("0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"))
+END = 1_700_000_000
+
+
+def authorised(
+    station_id: bytes,
+    wallet: LocalAccount | None = None,
+    *,
+    max_points: int = 500,
+    nonce: int = 7,
+    deadline: int = END + 3_600,
+    domain: SettlementDomain = SETTLEMENT,
+) -> tuple[LocalAccount, SignedAuthorization]:
+    """A user's wallet and its signed authorisation to pay at ``station_id`` (eth_account)."""
+    wallet = wallet or Account.create()
+    authorization = PaymentAuthorization(
+        user=parse_address(wallet.address),
+        station_id=station_id,
+        max_points=max_points,
+        nonce=nonce,
+        deadline=deadline,
+    )
+    return wallet, sign_authorization(wallet, authorization, domain)
+
+
+def charge(wallet: LocalAccount, signed: SignedAuthorization | None, **kwargs: Any) -> Transfer:
+    return transfer(
+        Direction.CHARGE, user=parse_address(wallet.address), authorization=signed, **kwargs
+    )
+
+
+def paying_station(tmp_path: Path) -> tuple[Station, bytes]:
+    store, station_id = new_store(tmp_path / "s.sqlite")
+    return Station(store, DevKeySigner(secrets.token_bytes(32)), settlement=SETTLEMENT), station_id
+
+
+def test_a_charge_paid_with_points_commits_to_the_authorisation_and_carries_it(
+    tmp_path: Path,
+) -> None:
+    station, station_id = paying_station(tmp_path)
+    wallet, signed = authorised(station_id)
+    row = station.record(charge(wallet, signed))
+    digest = signed.digest(SETTLEMENT)
+    # The record commits to the EIP-712 digest (as eth_account computes it, not only our code).
+    typed = encode_typed_data(full_message=signed.authorization.typed_data(SETTLEMENT))
+    assert digest == _hash_eip191_message(typed)
+    assert row.record["paymentAuthorization"] == "0x" + digest.hex()
+    assert row.record["user"] == wallet.address
+    # ... and the station's signature covers that record.
+    assert row.signature is not None
+    assert recover_signer(row.digest, row.signature) == station.address
+    assert EnergyTransfer.from_json(row.record).digest(DOMAIN) == row.digest
+    # The signed authorisation is stored with it and is the body's `payment`.
+    assert row.payment == signed.to_json()
+    body = station.store.queued()[0].signed_json()
+    assert body == {
+        "record": row.record,
+        "signature": "0x" + row.signature.hex(),
+        "payment": signed.to_json(),
+    }
+    assert SignedAuthorization.from_json(body["payment"]) == signed
+    # A charge paid otherwise has neither.
+    plain = station.record(transfer(Direction.CHARGE))
+    assert plain.payment is None and "payment" not in plain.signed_json()
+    assert plain.record["paymentAuthorization"] == "0x" + "00" * 32
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad_signature",
+        "other_domain",
+        "wrong_user",
+        "wrong_station",
+        "expired",
+        "not_charge",
+        "missing",
+        "mismatch",
+        "no_domain",
+    ],
+)
+def test_a_refused_authorisation_has_its_own_code_and_stores_nothing(
+    tmp_path: Path, case: str
+) -> None:
+    station, station_id = paying_station(tmp_path)
+    wallet, signed = authorised(station_id)
+    other = Account.create()
+    expected = f"authorization_{case}"
+    if case == "bad_signature":
+        # Another key's signature over the same digest.
+        forged = bytes(other.unsafe_sign_hash(signed.digest(SETTLEMENT)).signature)
+        attempt = charge(wallet, SignedAuthorization(signed.authorization, forged))
+    elif case == "other_domain":
+        # The user's own signature, but for another deployment's Settlement contract.
+        elsewhere = SettlementDomain(CHAIN_ID, parse_address("0x" + "42" * 20))
+        _, foreign = authorised(station_id, wallet, domain=elsewhere)
+        attempt = charge(wallet, foreign)
+        expected = "authorization_bad_signature"
+    elif case == "wrong_user":
+        attempt = charge(other, signed)
+    elif case == "wrong_station":
+        _, elsewhere = authorised(secrets.token_bytes(32), wallet)
+        attempt = charge(wallet, elsewhere)
+    elif case == "expired":
+        # Valid at the deadline itself; one second later the charge would outlive it.
+        _, short = authorised(station_id, wallet, deadline=END - 1)
+        attempt = charge(wallet, short, end_time=END)
+    elif case == "not_charge":
+        attempt = transfer(
+            Direction.DISCHARGE, user=parse_address(wallet.address), authorization=signed
+        )
+    elif case == "missing":
+        attempt = charge(wallet, None, payment_authorization=signed.digest(SETTLEMENT))
+    elif case == "mismatch":
+        attempt = charge(wallet, signed, payment_authorization=b"\x01" * 32)
+    else:
+        station = Station(station.store, station.signer)  # no Settlement domain
+        attempt = charge(wallet, signed)
+        expected = "authorization_domain"
+    with pytest.raises(AuthorizationError) as info:
+        station.record(attempt)
+    assert info.value.code == expected, str(info.value)
+    state = station.store.state()
+    assert state.next_sequence == 1 and station.store.records() == []
+    # The same station records the honest charge afterwards, as sequence 1.
+    good = Station(station.store, station.signer, settlement=SETTLEMENT)
+    assert good.record(charge(wallet, signed)).sequence == 1
+
+
+def test_the_deadline_may_equal_the_end_time() -> None:
+    _, signed = authorised(b"\x05" * 32, deadline=END)
+    digest = check_authorization(
+        signed,
+        SETTLEMENT,
+        station_id=b"\x05" * 32,
+        user=signed.authorization.user,
+        direction=Direction.CHARGE,
+        end_time=END,
+    )
+    assert digest == signed.digest(SETTLEMENT)
+
+
+def test_an_authorisation_pays_one_record_unless_the_backend_rejected_it(tmp_path: Path) -> None:
+    station, station_id = paying_station(tmp_path)
+    wallet, signed = authorised(station_id)
+    first = station.record(charge(wallet, signed))
+    with pytest.raises(StoreError) as info:
+        station.record(charge(wallet, signed, energy_wh=10))
+    assert info.value.code == "authorization_reused"
+    assert station.store.state().next_sequence == 2
+    # A record the backend refused no longer holds its authorisation: the user's signature
+    # may pay for the corrected record.
+    station.store.mark_rejected(first.sequence, "energy_exceeds_max_power", "too much")
+    again = station.record(charge(wallet, signed, energy_wh=10))
+    assert again.sequence == 2 and again.payment == signed.to_json()
+    # A second authorisation (another nonce) of the same user pays for another charge.
+    _, second = authorised(station_id, wallet, nonce=8)
+    assert station.record(charge(wallet, second)).sequence == 3
+
+
+def test_transfer_json_carries_a_signed_authorisation() -> None:
+    wallet, signed = authorised(b"\x05" * 32)
+    data = {
+        "direction": "charge",
+        "user": wallet.address,
+        "energyWh": 900,
+        "startTime": END - 600,
+        "endTime": END,
+        "authorization": signed.to_json(),
+    }
+    parsed = Transfer.from_json(data)
+    assert parsed.authorization == signed
+    assert Transfer.from_json(parsed.to_json()) == parsed
+    broken = {**data, "authorization": {**signed.to_json(), "signature": "0x12"}}
+    with pytest.raises(RecordValidationError) as info:
+        Transfer.from_json(broken)
+    assert info.value.fields == ["authorization.signature"]
+
+
+# ---- schema migration ----------------------------------------------------------------------
+
+# The store schema of version 1, verbatim as station_signer/store.py created it before the
+# payment column existed (commit f2bc259): files written by stations in the field look like this.
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS station (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    schema_version INTEGER NOT NULL,
+    station_id TEXT NOT NULL,
+    chain_id INTEGER NOT NULL,
+    registry TEXT NOT NULL,
+    next_sequence INTEGER NOT NULL CHECK (next_sequence >= 1),
+    meter_charge_wh INTEGER NOT NULL DEFAULT 0,
+    meter_discharge_wh INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    last_sync_at REAL
+);
+CREATE TABLE IF NOT EXISTS records (
+    sequence INTEGER PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('reserved', 'queued', 'acknowledged', 'rejected')),
+    record_json TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    signature TEXT,
+    created_at REAL NOT NULL,
+    signed_at REAL,
+    acknowledged_at REAL,
+    receipt_json TEXT,
+    reject_reason TEXT,
+    reject_message TEXT
+);
+CREATE INDEX IF NOT EXISTS records_by_status ON records (status, sequence);
+"""
+
+
+def version_1_station(path: Path, key: DevKeySigner) -> tuple[bytes, list[dict[str, Any]]]:
+    """A version-1 station file with one acknowledged, one queued and one reserved record,
+    written with the version-1 schema and statements."""
+    station_id = secrets.token_bytes(32)
+    rows = []
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_V1)
+        db.execute(
+            "INSERT INTO station (singleton, schema_version, station_id, chain_id, registry,"
+            " next_sequence, meter_charge_wh, meter_discharge_wh) VALUES (1, 1, ?, ?, ?, 4, 0, ?)",
+            ("0x" + station_id.hex(), CHAIN_ID, REGISTRY.lower(), 3_000),
+        )
+        for sequence, status in ((1, "acknowledged"), (2, "queued"), (3, "reserved")):
+            record = EnergyTransfer(
+                station_id, sequence, USER, Direction.DISCHARGE, 1_000,
+                (sequence - 1) * 1_000, sequence * 1_000, END - 3_600, END,
+            )  # fmt: skip
+            digest = record.digest(DOMAIN)
+            signature = None if status == "reserved" else "0x" + key.sign_digest(digest).hex()
+            receipt = '{"logIndex": 0}' if status == "acknowledged" else None
+            db.execute(
+                "INSERT INTO records (sequence, status, record_json, digest, signature,"
+                " created_at, receipt_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sequence, status, json.dumps(record.to_json()), "0x" + digest.hex(),
+                    signature, time.time(), receipt,
+                ),
+            )  # fmt: skip
+            rows.append({"sequence": sequence, "status": status, "record": record.to_json()})
+    return station_id, rows
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    key = DevKeySigner(secrets.token_bytes(32))
+    station_id, before = version_1_station(path, key)
+    with StationStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        # Everything the version-1 file held is still there, unchanged, without payments.
+        rows = store.records()
+        assert [(r.sequence, r.status.value, r.record) for r in rows] == [
+            (b["sequence"], b["status"], b["record"]) for b in before
+        ]
+        assert all(r.payment is None for r in rows)
+        assert store.get(2).signed_json().keys() == {"record", "signature"}
+        assert store.get(1).receipt == {"logIndex": 0}
+        state = store.state()
+        assert (state.station_id, state.next_sequence, state.meter_discharge_wh) == (
+            station_id,
+            4,
+            3_000,
+        )
+        # The station works on the migrated file: recovery signs the reserved row, and a
+        # charge paid with points goes in with its authorisation.
+        station = Station(store, key, settlement=SETTLEMENT)
+        assert [r.sequence for r in station.recovered] == [3]
+        wallet, signed = authorised(station_id)
+        paid = station.record(charge(wallet, signed))
+        assert paid.sequence == 4 and store.get(4).payment == signed.to_json()
+        with pytest.raises(StoreError) as info:
+            station.record(charge(wallet, signed))
+        assert info.value.code == "authorization_reused"
+    with sqlite3.connect(path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(records)")]
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(records)")}
+        assert db.execute("SELECT schema_version FROM station").fetchone() == (2,)
+    assert columns[-1] == "payment_json" and columns.count("payment_json") == 1
+    assert {"records_by_status", "records_by_payment"} <= indexes
+    # Opening again migrates nothing and changes nothing.
+    with StationStore(path) as again:
+        assert again.schema_version == 2 and len(again.records()) == 4
+
+
+def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    version_1_station(path, DevKeySigner(secrets.token_bytes(32)))
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_it() -> None:
+        try:
+            barrier.wait()
+            with StationStore(path) as store:
+                assert store.schema_version == 2
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with sqlite3.connect(path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(records)")]
+    assert columns.count("payment_json") == 1
+
+
+def test_a_store_of_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store, _ = new_store(path)
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE station SET schema_version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError) as info:
+        StationStore(path)
+    assert info.value.code == "newer_store"
+    with sqlite3.connect(path) as db:  # untouched
+        assert db.execute("SELECT schema_version FROM station").fetchone() == (SCHEMA_VERSION + 1,)
 
 
 # ---- kill -9 -------------------------------------------------------------------------------
