@@ -4,7 +4,9 @@ expected points are recomputed from the records themselves, and the chain-side c
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -19,15 +21,18 @@ from backend_fixtures import (
     chain_checkpoint,
     fresh_database,
     running_backend,
+    sign,
 )
 from conftest import ChainEnv
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from sqlalchemy import select
 
 from backend.db import Database
-from backend.db.models import Epoch, SettlementStep
+from backend.db.models import Epoch, EpochPayment, SettlementStep
 from backend.tariff import TariffBook, value_record
 from backend.worker import SealAndSettle
+from station_signer.authorization import PaymentAuthorization, sign_authorization
 from station_signer.record import EnergyTransfer
 
 TARIFFS = TariffBook.load()
@@ -72,6 +77,72 @@ class Traffic:
             assert response.status_code == 200, response.text
             assert response.json()["accepted"] == len(self.bodies[start : start + 500])
 
+    def add_paid(
+        self, station: DevStation, wallet: LocalAccount, max_points: int, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A charge paid with points under `wallet`'s signed authorisation."""
+        domain = self.h.env.chain.settlement_domain
+        authorization = PaymentAuthorization(
+            user=bytes.fromhex(wallet.address[2:]),
+            station_id=station.station_id,
+            max_points=max_points,
+            nonce=secrets.randbits(256),
+            deadline=int(time.time()) + 86_400,
+        )
+        payment = sign_authorization(wallet, authorization, domain)
+        record = station.record(user=wallet.address, direction=1, **kwargs)
+        record = dataclasses.replace(record, payment_authorization=payment.digest(domain))
+        body = sign(record, station.key, self.h.domain)
+        body["payment"] = payment.to_json()
+        self.bodies.append(body)
+        return body
+
+    def expected_balances(self) -> dict[str, int]:
+        """Every user's balance after all epochs settled, replayed from the records: per epoch
+        (boundaries from the backend's epoch list), credits first, then each payment burns
+        min(price, authorised maximum, balance) in log order."""
+        tariff = TARIFFS.in_force_at(int(time.time()))
+        epochs = self.h.client.get("/v1/epochs", params={"limit": 1000}).json()["epochs"]
+        log_of: dict[str, int] = {}
+        after = -1
+        while True:
+            page = self.h.client.get(
+                "/v1/records", params={"afterLogIndex": after, "limit": 1000}
+            ).json()
+            for item in page["records"]:
+                log_of[item["digest"]] = item["logIndex"]
+            if page["nextAfterLogIndex"] is None:
+                break
+            after = page["nextAfterLogIndex"]
+        domain = self.h.domain
+        by_log: dict[int, dict[str, Any]] = {}
+        for body in self.bodies:
+            record = EnergyTransfer.from_json(body["record"])
+            by_log[log_of["0x" + record.digest(domain).hex()]] = body
+        balance: dict[str, int] = defaultdict(int)
+        for epoch in epochs:
+            first, count = epoch["firstLogIndex"], epoch["recordCount"]
+            records = [by_log[i] for i in range(first, first + count)]
+            payments = []
+            for body in records:
+                record = EnergyTransfer.from_json(body["record"])
+                points = value_record(
+                    tariff,
+                    zone=ZONE,
+                    direction=record.direction,
+                    energy_wh=record.energy_wh,
+                    start_time=record.start_time,
+                    end_time=record.end_time,
+                )
+                if record.direction == 2:
+                    balance[record.user_address] += points
+                elif "payment" in body and points:
+                    cap = body["payment"]["authorization"]["maxPoints"]
+                    payments.append((record.user_address, min(points, int(cap))))
+            for user, requested in payments:
+                balance[user] -= min(requested, balance[user])
+        return dict(balance)
+
     def expected_credits(self, at: int | None = None) -> dict[str, int]:
         tariff = TARIFFS.in_force_at(at or int(time.time()))
         credits: dict[str, int] = defaultdict(int)
@@ -91,24 +162,34 @@ class Traffic:
 
 
 def random_traffic(
-    h: BackendHarness, *, stations: int, users: int, records: int, seed: int
+    h: BackendHarness,
+    *,
+    stations: int,
+    users: int,
+    records: int,
+    seed: int,
+    paid: float = 0.0,
 ) -> Traffic:
+    """Random discharges and charges; a `paid` fraction of the charges is paid with points."""
     rng = random.Random(seed)
     fleet = [h.register_station() for _ in range(stations)]
-    wallets = [Account.create().address for _ in range(users)]
+    wallets = [Account.from_key(rng.randbytes(32)) for _ in range(users)]
     traffic = Traffic(h)
     now = int(time.time())
     for _ in range(records):
         station = rng.choice(fleet)
         duration = rng.randint(60, 4 * 3600)
-        traffic.add(
-            station,
-            user=rng.choice(wallets),
-            direction=rng.choice((1, 2, 2)),
-            energy_wh=rng.randint(0, duration * 22_000 // 3600),
-            duration_s=duration,
-            end_time=now - rng.randint(60, 3 * 86_400),
-        )
+        wallet = rng.choice(wallets)
+        direction = rng.choice((1, 2, 2))
+        shape = {
+            "energy_wh": rng.randint(0, duration * 22_000 // 3600),
+            "duration_s": duration,
+            "end_time": now - rng.randint(60, 3 * 86_400),
+        }
+        if direction == 1 and rng.random() < paid:
+            traffic.add_paid(station, wallet, rng.randint(1, 2_000), **shape)
+        else:
+            traffic.add(station, user=wallet.address, direction=direction, **shape)
     return traffic
 
 
@@ -125,7 +206,7 @@ def chunk_events(env: ChainEnv, from_block: int) -> Counter[tuple[int, int]]:
 def assert_chain_matches(h: BackendHarness, traffic: Traffic, from_block: int) -> None:
     """Balances equal the recomputed valuation; every planned chunk is on chain exactly once."""
     env = h.env
-    expected = traffic.expected_credits()
+    expected = traffic.expected_balances()
     assert balances(env, list(expected)) == expected
     assert int(env.chain.token.functions.totalSupply().call()) == sum(expected.values())
     db = Database(h.database_url)
@@ -142,6 +223,18 @@ def assert_chain_matches(h: BackendHarness, traffic: Traffic, from_block: int) -
             assert bytes(on_chain[2]) == epoch.tariff_hash
             assert int(on_chain[3]) == epoch.record_count
             assert int(on_chain[7]) == epoch.total_credits  # appliedCredits
+        # Every payment's burn was recorded from the chain's PaymentApplied events.
+        with db.read() as session:
+            unsettled = session.scalars(
+                select(EpochPayment).where(EpochPayment.burned.is_(None))
+            ).all()
+        assert unsettled == []
+        if any("payment" in body for body in traffic.bodies):
+            with db.read() as session:
+                burns = session.scalars(
+                    select(EpochPayment.burned).where(EpochPayment.burned > 0)
+                ).all()
+            assert burns, "the traffic pays with points but nothing was burned"
         events = chunk_events(env, from_block)
         planned = {(s.epoch_id, s.chunk_id) for s in steps if s.chunk_id is not None}
         assert set(events) == planned

@@ -42,9 +42,11 @@ pytest_plugins = ["settlement_fixtures"]
 
 def test_records_flow_from_post_to_wallets(harness: BackendHarness) -> None:
     start_block = harness.env.w3.eth.block_number
-    traffic = random_traffic(harness, stations=4, users=300, records=3_000, seed=1)
+    traffic = random_traffic(harness, stations=4, users=300, records=3_000, seed=1, paid=0.5)
     traffic.post_all()
-    worker = make_worker(harness, epoch_max_records=1_000, credit_chunk_size=60)
+    worker = make_worker(
+        harness, epoch_max_records=1_000, credit_chunk_size=60, payment_chunk_size=40
+    )
     try:
         report = worker.run_round(force_seal=True)
     finally:

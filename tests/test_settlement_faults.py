@@ -52,6 +52,7 @@ def settle_env(h: BackendHarness, tmp_path: Path, **extra: str) -> dict[str, str
         "GRIDPOINTS_CONFIRMATIONS": "0",
         "GRIDPOINTS_EPOCH_MAX_RECORDS": "60",
         "GRIDPOINTS_CREDIT_CHUNK_SIZE": "4",
+        "GRIDPOINTS_PAYMENT_CHUNK_SIZE": "3",
         "GRIDPOINTS_SETTLEMENT_POLL_INTERVAL_S": "0.05",
     }
     env.pop("GRIDPOINTS_CRASH_AT", None)
@@ -95,7 +96,7 @@ def test_kill_9_at_each_step_loses_nothing_and_applies_nothing_twice(
     harness: BackendHarness, tmp_path: Path, point: str
 ) -> None:
     start_block = harness.env.w3.eth.block_number
-    traffic = random_traffic(harness, stations=2, users=30, records=200, seed=11)
+    traffic = random_traffic(harness, stations=2, users=30, records=200, seed=11, paid=0.7)
     traffic.post_all()
     progress = []
     for hit in (1, 2, 4, 1, 3):
@@ -114,7 +115,7 @@ def test_kill_9_at_each_step_loses_nothing_and_applies_nothing_twice(
 
 def test_kill_9_from_outside_at_random_moments(harness: BackendHarness, tmp_path: Path) -> None:
     start_block = harness.env.w3.eth.block_number
-    traffic = random_traffic(harness, stations=2, users=40, records=240, seed=12)
+    traffic = random_traffic(harness, stations=2, users=40, records=240, seed=12, paid=0.7)
     traffic.post_all()
     env = settle_env(harness, tmp_path, GRIDPOINTS_EPOCH_SECONDS="0.01")
     delays = (0.9, 1.3, 0.7, 1.6, 1.1)
