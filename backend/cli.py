@@ -93,12 +93,9 @@ def serve(
     finally:
         db.dispose()
     if workers == 1:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-        )
+        served = create_app(settings)
+        tune_gc()
+        uvicorn.run(served, host=settings.host, port=settings.port, log_level=settings.log_level)
         return
     # Worker processes build their app from the environment (uvicorn needs an import string
     # to start several), so the options given here must travel there as variables.
@@ -106,13 +103,41 @@ def serve(
         if value is not None:
             os.environ[f"GRIDPOINTS_{name.upper()}"] = str(value)
     uvicorn.run(
-        "backend.api.app:create_app",
+        "backend.cli:worker_app",
         factory=True,
         workers=workers,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
     )
+
+
+def tune_gc() -> None:
+    """Cyclic garbage collector settings for a serving process.
+
+    Ingesting allocates many short-lived objects per record; with the default thresholds the
+    collector runs every 700 net allocations and its older generations, which hold the
+    hundreds of thousands of objects that live as long as the process (the framework,
+    SQLAlchemy's caches), are walked again and again: measured in-process, a 1,000-record ingest
+    transaction spent about 30% of its CPU time there (66 -> 47 µs per record). The long-lived
+    objects are moved out of the collector's way (`gc.freeze`) and young ones are collected less
+    often; reference counting still frees almost everything at once.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+def worker_app() -> Any:
+    """The app of one ``serve --workers N`` process (uvicorn factory): settings from the
+    environment, collector tuned like the single-process server's."""
+    from backend.api import create_app
+
+    served = create_app()
+    tune_gc()
+    return served
 
 
 @db_app.command("upgrade")
