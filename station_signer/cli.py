@@ -79,13 +79,13 @@ from station_signer.station import (
     StationConfig,
     StationError,
     Transfer,
-    check_authorization,
     check_proof,
     init_station,
     open_station,
     parse_bytes32,
     parse_direction,
     parse_time,
+    transfer_payment,
 )
 from station_signer.store import RecordStatus, StationStore, StoreError
 from station_signer.sync import (
@@ -1075,6 +1075,7 @@ def record(
                 transfer, authorization=_signed_authorization(authorization)
             )
         transfers = [transfer]
+    config = StationConfig.load(directory)
     settlement: SettlementDomain | None = None
     if any(t.authorization is not None for t in transfers):
         if deployment is None:
@@ -1083,9 +1084,8 @@ def record(
                 "a charge paid with points needs the deployment file (the Settlement "
                 "contract the authorisation is signed for)",
             )
-        config = StationConfig.load(directory)
         settlement = _settlement_domain(_station_deployment(deployment, config))
-        _check_authorizations(transfers, settlement, config.station_id)
+    _check_payments(transfers, settlement, config.station_id)
     station = open_station(directory, pin=_pin(pin_file), settlement=settlement)
     try:
         for row in station.recovered:
@@ -1131,34 +1131,27 @@ def _signed_authorization(path: str) -> SignedAuthorization:
         return SignedAuthorization.from_json(data)
     except RecordValidationError as exc:
         raise CliError(
-            "invalid_authorization", f"{path} is not a signed payment authorisation: {exc}"
+            "authorization_malformed", f"{path} is not a signed payment authorisation: {exc}"
         ) from None
 
 
-def _check_authorizations(
-    transfers: list[Transfer], settlement: SettlementDomain, station_id: bytes
+def _check_payments(
+    transfers: list[Transfer], settlement: SettlementDomain | None, station_id: bytes
 ) -> None:
-    """Every authorisation of a batch is checked before the first record is stored, so that a
-    refused one leaves nothing half-recorded."""
+    """Every transfer's payment is checked before the key is opened and the first record is
+    stored, so that a refused one leaves nothing half-recorded."""
     seen: dict[bytes, int] = {}
     for index, transfer in enumerate(transfers):
-        if transfer.authorization is None:
-            continue
         where = f"transfer [{index}]: " if len(transfers) > 1 else ""
         try:
-            digest = check_authorization(
-                transfer.authorization,
-                settlement,
-                station_id=station_id,
-                user=transfer.user,
-                direction=transfer.direction,
-                end_time=transfer.end_time,
-            )
+            digest, payment = transfer_payment(transfer, settlement, station_id=station_id)
         except AuthorizationError as exc:
             raise CliError(exc.code, where + str(exc)) from None
+        if payment is None:
+            continue
         if digest in seen:
             raise CliError(
-                "authorization_reused",
+                "authorization_replayed",
                 f"{where}the authorisation of transfer [{seen[digest]}] cannot pay twice",
             )
         seen[digest] = index

@@ -269,7 +269,10 @@ class AuthorizationError(StationError):
 
     ``code``: ``authorization_not_charge``, ``authorization_bad_signature``,
     ``authorization_wrong_user``, ``authorization_wrong_station``, ``authorization_expired``,
-    ``authorization_mismatch``, ``authorization_missing`` or ``authorization_domain``.
+    ``authorization_mismatch``, ``authorization_missing`` (the backend's reject reasons of the
+    same names, ``station_signer.wire.RejectReason``) or ``authorization_domain`` (the station
+    does not know the Settlement contract). A replayed authorisation is the store's
+    ``authorization_replayed``.
     """
 
 
@@ -331,6 +334,47 @@ def check_authorization(
             "authorization_expired",
         )
     return digest
+
+
+def transfer_payment(
+    transfer: Transfer, settlement: SettlementDomain | None, *, station_id: bytes
+) -> tuple[bytes, dict[str, Any] | None]:
+    """The ``paymentAuthorization`` of the record of ``transfer`` and the signed authorisation
+    (JSON) that goes with it (None for a charge paid otherwise), or AuthorizationError.
+
+    A transfer with an authorisation is checked with :func:`check_authorization`; a non-zero
+    ``payment_authorization`` must be that authorisation's digest, and is refused without one
+    (``authorization_missing``).
+    """
+    if transfer.authorization is None:
+        if transfer.payment_authorization != ZERO_BYTES32:
+            raise AuthorizationError(
+                "a non-zero paymentAuthorization needs the user's signed authorisation with it "
+                "(the backend checks the authorisation itself, not only its digest)",
+                "authorization_missing",
+            )
+        return ZERO_BYTES32, None
+    if settlement is None:
+        raise AuthorizationError(
+            "recording a charge paid with points needs the Settlement contract's domain "
+            "(the deployment file)",
+            "authorization_domain",
+        )
+    digest = check_authorization(
+        transfer.authorization,
+        settlement,
+        station_id=station_id,
+        user=transfer.user,
+        direction=transfer.direction,
+        end_time=transfer.end_time,
+    )
+    if transfer.payment_authorization not in (ZERO_BYTES32, digest):
+        raise AuthorizationError(
+            f"paymentAuthorization 0x{transfer.payment_authorization.hex()} is not the digest "
+            f"0x{digest.hex()} of the authorisation given",
+            "authorization_mismatch",
+        )
+    return digest, transfer.authorization.to_json()
 
 
 # ---- the station -------------------------------------------------------------------------------
@@ -402,37 +446,9 @@ class Station:
         authorisation is checked first (:func:`check_authorization`, AuthorizationError);
         nothing is stored when it is refused.
         """
-        payment_authorization = transfer.payment_authorization
-        payment: dict[str, Any] | None = None
-        if transfer.authorization is not None:
-            if self.settlement is None:
-                raise AuthorizationError(
-                    "recording a charge paid with points needs the Settlement contract's "
-                    "domain (the deployment file)",
-                    "authorization_domain",
-                )
-            digest = check_authorization(
-                transfer.authorization,
-                self.settlement,
-                station_id=self.station_id,
-                user=transfer.user,
-                direction=transfer.direction,
-                end_time=transfer.end_time,
-            )
-            if payment_authorization not in (ZERO_BYTES32, digest):
-                raise AuthorizationError(
-                    f"paymentAuthorization 0x{payment_authorization.hex()} is not the digest "
-                    f"0x{digest.hex()} of the authorisation given",
-                    "authorization_mismatch",
-                )
-            payment_authorization = digest
-            payment = transfer.authorization.to_json()
-        elif payment_authorization != ZERO_BYTES32:
-            raise AuthorizationError(
-                "a non-zero paymentAuthorization needs the user's signed authorisation with it "
-                "(the backend checks the authorisation itself, not only its digest)",
-                "authorization_missing",
-            )
+        payment_authorization, payment = transfer_payment(
+            transfer, self.settlement, station_id=self.station_id
+        )
 
         def build(sequence: int, state: StationState) -> EnergyTransfer:
             before = (
@@ -1043,7 +1059,7 @@ def check_proof(
             f"the stored digest 0x{row.digest.hex()} is not the stored record's digest "
             f"0x{digest.hex()} (the station's file was changed)"
         )
-    differences = _record_differences(record, signature, digest, answer)
+    differences = _record_differences(record, signature, digest, row.payment, answer)
     epoch = anchors.epoch(answer.epoch_id)
     if epoch is None:
         raise NotAnchoredError(
@@ -1099,7 +1115,11 @@ def check_proof(
 
 
 def _record_differences(
-    record: EnergyTransfer, signature: bytes, digest: bytes, answer: ProofAnswer
+    record: EnergyTransfer,
+    signature: bytes,
+    digest: bytes,
+    payment: dict[str, Any] | None,
+    answer: ProofAnswer,
 ) -> list[str]:
     """How the backend's copy of the record differs from the station's (empty: it does not)."""
     differences: list[str] = []
@@ -1123,7 +1143,24 @@ def _record_differences(
         )
     if answer.digest != digest:
         differences.append(f"digest: station 0x{digest.hex()}, backend 0x{answer.digest.hex()}")
+    # The authorisation is not in the leaf (the record commits to its digest), but it is what
+    # an auditor reproduces a burn from: the backend must publish the one the user signed.
+    if _authorization_of(payment) != _authorization_of(answer.payment):
+        differences.append(
+            "payment: the backend publishes "
+            + ("no payment authorisation" if answer.payment is None else "another authorisation")
+            + (" than the station's" if payment is not None else " for a record paid otherwise")
+        )
     return differences
+
+
+def _authorization_of(payment: dict[str, Any] | None) -> SignedAuthorization | str | None:
+    if payment is None:
+        return None
+    try:
+        return SignedAuthorization.from_json(payment)
+    except RecordValidationError:
+        return "malformed"
 
 
 __all__ = [
@@ -1151,4 +1188,5 @@ __all__ = [
     "parse_bytes32",
     "parse_direction",
     "parse_time",
+    "transfer_payment",
 ]

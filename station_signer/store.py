@@ -111,7 +111,7 @@ class StoreError(Exception):
 
     ``code`` is machine-readable: ``not_initialised``, ``foreign_store``, ``meter_backwards``,
     ``value_too_large``, ``wrong_record``, ``not_reserved``, ``not_queued``, ``not_found``,
-    ``authorization_reused``, ``newer_store``, ``corrupt`` or ``store_error``.
+    ``authorization_replayed``, ``newer_store``, ``corrupt`` or ``store_error``.
     """
 
     def __init__(self, message: str, code: str = "store_error") -> None:
@@ -339,7 +339,7 @@ class StationStore:
         ``payment`` is the signed payment authorisation (its JSON) the record commits to; it is
         stored in the same row and sent with the record. A record that commits to no
         authorisation (zero ``paymentAuthorization``) cannot carry one, and an authorisation
-        already on another record of this station is refused (``authorization_reused``): the
+        already on another record of this station is refused (``authorization_replayed``): the
         backend and the contract would let it pay only once. Checking that ``payment`` hashes
         to the record's ``paymentAuthorization`` needs the Settlement domain, which the caller
         (:meth:`station_signer.station.Station.record`) has and the store does not.
@@ -399,7 +399,7 @@ class StationStore:
                 raise StoreError(
                     f"payment authorisation {record_json['paymentAuthorization']} already "
                     "pays for another record of this station; an authorisation pays once",
-                    "authorization_reused",
+                    "authorization_replayed",
                 ) from None
             db.execute(
                 f"UPDATE station SET next_sequence = ?, {column} = ?",

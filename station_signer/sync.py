@@ -335,6 +335,7 @@ class ProofAnswer:
     record: dict[str, Any]  # the backend's copy of the record (JSON wire form)
     signature: bytes  # the backend's copy of the station's signature
     digest: bytes  # the backend's digest of its copy
+    payment: dict[str, Any] | None = None  # the signed payment authorisation it publishes
 
     @classmethod
     def from_json(cls, data: Any) -> ProofAnswer:
@@ -375,6 +376,9 @@ class ProofAnswer:
         state = get(data, "epochState")
         if not isinstance(state, str):
             raise fail("epochState", "must be a string")
+        payment = stored.get("payment")
+        if payment is not None and not isinstance(payment, dict):
+            raise fail("record.payment", "must be null or an object")
         return cls(
             station_id=hex32(get(data, "stationId"), "stationId"),
             sequence=uint("sequence"),
@@ -389,6 +393,7 @@ class ProofAnswer:
             record=record,
             signature=bytes.fromhex(signature[2:]),
             digest=hex32(get(stored, "digest"), "record.digest"),
+            payment=payment,
         )
 
 

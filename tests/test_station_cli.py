@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,12 +26,18 @@ from conftest import ChainEnv
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from backend.db import Database
+from backend.tariff import TariffBook, value_record
+from backend.worker import SealAndSettle
+from station_signer import merkle
+from station_signer.authorization import SignedAuthorization
 from station_signer.record import Direction, Domain, EnergyTransfer, parse_address
 from station_signer.station import STORE_FILE
 from station_signer.store import StationState, StationStore
 
-pytest.register_assert_rewrite("backend_fixtures")
-from backend_fixtures import BackendHarness, fresh_database, running_backend  # noqa: E402
+pytest.register_assert_rewrite("backend_fixtures", "settlement_fixtures")
+from backend_fixtures import ZONE, BackendHarness, fresh_database, running_backend  # noqa: E402
+from settlement_fixtures import make_worker  # noqa: E402
 
 pytest_plugins = ["backend_fixtures"]
 
@@ -392,3 +399,311 @@ def test_errors_are_one_line_with_a_code_and_a_nonzero_exit(cli: Cli, tmp_path: 
         "register", "--zone", "1", "--max-power-w", "1", env={"GRIDPOINTS_REGISTRAR_KEY": outsider}
     )
     assert "[not_registrar]" in result.stderr and outsider not in result.stderr
+
+
+# ---- payment authorisations and proofs ------------------------------------------------------
+
+DEV_ENV = {"GRIDPOINTS_DEVKEY_PASSWORD": "dev-password"}
+
+
+def wallet_env(wallet: Any, name: str = "DEMO_WALLET_KEY") -> dict[str, str]:
+    return {name: "0x" + bytes(wallet.key).hex()}
+
+
+def dev_station(cli: Cli, *, register: bool = True) -> dict[str, Any]:
+    cli.env.update(DEV_ENV)
+    init = cli.ok("init", "--signer", "devkey")
+    if register:
+        cli.ok("register", "--zone", str(ZONE), "--max-power-w", "22000")
+    return dict(init)
+
+
+def charge_args(user: str, end: int, *extra: str, energy_wh: int = 1_200) -> list[str]:
+    return [
+        "record", "--direction", "charge", "--user", user, "--energy-wh", str(energy_wh),
+        "--start", str(end - 3_600), "--end", str(end), *extra,
+    ]  # fmt: skip
+
+
+def points_of(direction: int, energy_wh: int, end: int, duration_s: int = 3_600) -> int:
+    tariff = TariffBook.load().in_force_at(int(time.time()))
+    return value_record(
+        tariff,
+        zone=ZONE,
+        direction=direction,
+        energy_wh=energy_wh,
+        start_time=end - duration_s,
+        end_time=end,
+    )
+
+
+def settle(backend: BackendHarness) -> None:
+    worker = make_worker(backend)
+    try:
+        report = worker.run_round(force_seal=True)
+        assert report.leader and report.sealed, report
+    finally:
+        worker.lock.release()  # as a worker that stops does (run_forever)
+        worker.db.dispose()
+
+
+def test_authorize_record_sync_and_spend_points_with_a_charge(
+    cli: Cli, chain_env: ChainEnv, backend_for: Callable[[], BackendHarness], tmp_path: Path
+) -> None:
+    """Earn here, spend there from the station's side: a discharge earns the user points; the
+    user authorises (dev wallet) paying for a charge; the station records the charge with the
+    authorisation, syncs it, the backend settles it, and the wallet's balance drops by what the
+    tariff and the authorisation say."""
+    init = dev_station(cli)
+    station_id = init["stationId"]
+    wallet = Account.create()
+    env = wallet_env(wallet)
+    end = int(time.time()) - 7_200
+
+    # authorize: the signed authorisation in a file, its digest the contract's own.
+    auth_file = tmp_path / "auth.json"
+    view = cli.ok(
+        "authorize", "--max-points", "40", "--user-key-env", "DEMO_WALLET_KEY",
+        "--out", str(auth_file), env=env,
+    )  # fmt: skip
+    signed = SignedAuthorization.from_json(json.loads(auth_file.read_text()))
+    assert view["signed"] == signed.to_json() and view["file"] == str(auth_file)
+    assert (view["user"], view["stationId"], view["maxPoints"]) == (wallet.address, station_id, 40)
+    contract_digest = chain_env.chain.hash_payment_authorization(signed.authorization)
+    assert view["digest"] == "0x" + contract_digest.hex()
+    assert view["settlement"] == chain_env.deployment.settlement_address
+    assert abs(view["deadline"] - (int(time.time()) + 86_400)) < 120
+    assert signed.is_signed_by_user(chain_env.chain.settlement_domain)
+    # Without --out, stdout is the signed authorisation itself; the summary goes to stderr.
+    piped = cli("authorize", "--max-points", "40", "--user-key-env", "DEMO_WALLET_KEY", env=env)
+    assert piped.code == 0, piped.stderr
+    other = SignedAuthorization.from_json(json.loads(piped.stdout))
+    assert other.authorization.nonce != signed.authorization.nonce  # random 256-bit nonces
+    assert "development wallet key" in piped.stderr and "authorised:" in piped.stderr
+
+    # Points first: a discharge earns them once settled.
+    earn = cli.ok(
+        "record", "--direction", "discharge", "--user", wallet.address, "--energy-wh", "9000",
+        "--start", str(end - 3_600), "--end", str(end),
+    )  # fmt: skip
+    assert "payment" not in earn
+    backend = backend_for()
+    assert cli.ok("sync", "--backend-url", backend.url)["accepted"] == 1
+    settle(backend)
+    token = chain_env.chain.token.functions
+    earned = int(token.balanceOf(wallet.address).call())
+    assert earned == points_of(2, 9_000, end) > 0
+
+    # record with --authorization: the record commits to the digest, the row carries it.
+    signed_out = tmp_path / "signed.json"
+    paid = cli.ok(
+        *charge_args(wallet.address, end + 3_600, "--authorization", str(auth_file),
+                     "--out", str(signed_out), energy_wh=6_000),
+    )  # fmt: skip
+    assert paid["record"]["paymentAuthorization"] == view["digest"]
+    assert paid["payment"] == signed.to_json()
+    assert json.loads(signed_out.read_text())["payment"] == signed.to_json()
+    with StationStore(Path(cli.env["GRIDPOINTS_STATION_DIR"]) / STORE_FILE) as store:
+        (queued,) = store.queued()
+        assert queued.signed_json() == {
+            "record": paid["record"],
+            "signature": paid["signature"],
+            "payment": signed.to_json(),
+        }
+    human = cli(
+        *charge_args(wallet.address, end + 3_600, "--authorization", str(auth_file)), env={}
+    )
+    assert human.code == 1 and "[authorization_replayed]" in human.stderr
+
+    # sync: the backend accepts it and publishes the authorisation; settlement burns
+    # min(price, authorised maximum, balance).
+    assert cli.ok("sync", "--backend-url", backend.url)["accepted"] == 1
+    history = backend.client.get(f"/v1/users/{wallet.address}").json()["history"]
+    published = {h["record"]["record"]["sequence"]: h["record"].get("payment") for h in history}
+    assert published == {1: None, 2: signed.to_json()}
+    settle(backend)
+    price = points_of(1, 6_000, end + 3_600)
+    debit = min(price, 40, earned)
+    assert debit > 0
+    assert int(token.balanceOf(wallet.address).call()) == earned - debit
+    assert chain_env.chain.is_authorization_used(wallet.address, signed.authorization.nonce)
+
+    # The paid charge's proof verifies against the chain, authorisation included.
+    checked = cli.ok("proof", "2", "--backend-url", backend.url)
+    assert checked["verified"] and checked["recordMatches"]
+
+
+def test_refused_authorisations_each_have_their_code_and_record_nothing(
+    cli: Cli, chain_env: ChainEnv, tmp_path: Path
+) -> None:
+    init = dev_station(cli, register=False)
+    wallet, stranger = Account.create(), Account.create()
+    env = wallet_env(wallet)
+    end = int(time.time()) - 600
+
+    def authorize(name: str, *extra: str) -> Path:
+        path = tmp_path / f"{name}.json"
+        cli.ok("authorize", "--max-points", "50", "--out", str(path), "--user-key-env",
+               "DEMO_WALLET_KEY", *extra, env=env)  # fmt: skip
+        return path
+
+    good = authorize("good")
+    other_station = authorize("other-station", "--station", "0x" + "ab" * 32)
+    short = authorize("short", "--deadline", str(end - 1))
+    tampered = tmp_path / "tampered.json"
+    data = json.loads(good.read_text())
+    data["authorization"]["maxPoints"] = 5_000
+    tampered.write_text(json.dumps(data))
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text(json.dumps({"authorization": {"user": wallet.address}, "signature": "0x"}))
+    digest = (
+        "0x"
+        + SignedAuthorization.from_json(json.loads(good.read_text()))
+        .digest(chain_env.chain.settlement_domain)
+        .hex()
+    )
+
+    def paying(user: str, path: Path, *extra: str) -> list[str]:
+        return charge_args(user, end, "--authorization", str(path), *extra)
+
+    cases = [
+        ("authorization_wrong_user", paying(stranger.address, good)),
+        ("authorization_wrong_station", paying(wallet.address, other_station)),
+        ("authorization_expired", paying(wallet.address, short)),
+        ("authorization_bad_signature", paying(wallet.address, tampered)),
+        ("authorization_malformed", paying(wallet.address, malformed)),
+        ("authorization_not_charge",
+         ["record", "--direction", "discharge", "--user", wallet.address, "--energy-wh", "10",
+          "--start", str(end - 60), "--end", str(end), "--authorization", str(good)]),
+        ("authorization_mismatch",
+         paying(wallet.address, good, "--payment-authorization", "0x" + "11" * 32)),
+        ("authorization_missing",
+         charge_args(wallet.address, end, "--payment-authorization", digest)),
+    ]  # fmt: skip
+    for code, args in cases:
+        result = cli.fails(*args)
+        assert result.stderr.rstrip().endswith(f"[{code}]"), (code, result.stderr)
+        assert result.stderr.count("\n") == 1
+        assert cli.fails(*args, "--json").json()["error"]["code"] == code
+    assert cli.ok("status")["lastSequence"] == 0  # nothing was stored, no sequence spent
+
+    # Without the deployment file the Settlement contract is unknown: a usage error.
+    result = cli.fails(
+        *charge_args(wallet.address, end, "--authorization", str(good)),
+        env={"GRIDPOINTS_DEPLOYMENT_FILE": ""}, code=2,
+    )  # fmt: skip
+    assert "--deployment" in result.stderr
+    # The honest charge goes in, once.
+    assert cli.ok(*charge_args(wallet.address, end, "--authorization", str(good)))["sequence"] == 1
+    result = cli.fails(*charge_args(wallet.address, end, "--authorization", str(good)))
+    assert "[authorization_replayed]" in result.stderr
+    assert cli.ok("status")["lastSequence"] == 1
+
+    # authorize never takes the key itself as an argument, and never echoes it.
+    key = "0x" + bytes(wallet.key).hex()
+    result = cli.fails("authorize", "--max-points", "5", "--user-key-env", key, code=2)
+    assert key not in result.stderr and key[2:] not in result.stderr
+    assert "NAME of an environment variable" in result.stderr
+    result = cli.fails("authorize", "--max-points", "5", "--user-key-env", "NOT_SET_ANYWHERE")
+    assert "[user_key]" in result.stderr
+    result = cli.fails("authorize", "--max-points", "5")  # the default variable is not set
+    assert "[user_key]" in result.stderr and "GRIDPOINTS_USER_KEY" in result.stderr
+    result = cli.fails(
+        "authorize", "--max-points", "5", "--user-key-env", "DEMO_WALLET_KEY",
+        env={"DEMO_WALLET_KEY": "0x1234abcd"},
+    )  # fmt: skip
+    assert "[user_key]" in result.stderr and "not hold a valid private key" in result.stderr
+    assert "1234abcd" not in result.stderr
+    result = cli.fails("authorize", "--max-points", "0", "--user-key-env", "DEMO_WALLET_KEY",
+                       env=env, code=2)  # fmt: skip
+    assert "--max-points" in result.stderr
+    assert init["stationId"] in good.read_text()
+
+
+def test_proof_is_checked_against_the_chain_not_the_backend(
+    cli: Cli, chain_env: ChainEnv, backend_for: Callable[[], BackendHarness], tmp_path: Path
+) -> None:
+    dev_station(cli)
+    end = int(time.time()) - 600
+    transfers = [
+        {"direction": "discharge", "user": USER, "energyWh": wh,
+         "startTime": end - 3_600, "endTime": end}
+        for wh in (1_000, 2_000, 3_000)
+    ]  # fmt: skip
+    cli.ok("record", "--from-file", "-", stdin=json.dumps(transfers))
+    backend = backend_for()
+    url = ["--backend-url", backend.url]
+
+    # Not synced yet: the backend does not know the record; the station says why.
+    result = cli.fails("proof", "1", *url)
+    assert "[not_found]" in result.stderr and "gridpoints-station sync" in result.stderr
+    assert cli.fails("proof", "9", *url).stderr.rstrip().endswith("[no_such_record]")
+    assert cli.ok("sync", *url)["accepted"] == 3
+
+    # Accepted but in no epoch: not_sealed, exit 6.
+    result = cli.fails("proof", "2", *url, code=6)
+    assert "[not_sealed]" in result.stderr and "not in a sealed epoch" in result.stderr
+    assert cli.fails("proof", "2", *url, "--json", code=6).json()["error"]["code"] == "not_sealed"
+    # Sealed, but the Settlement contract does not have the epoch yet: not_committed, exit 6.
+    sealer = SealAndSettle(
+        Database(backend.database_url), chain_env.chain, backend.settings, account=None
+    )
+    try:
+        assert sealer.run_round(force_seal=True).sealed == [1]
+    finally:
+        sealer.lock.release()  # as a sealer that stops does (run_forever)
+        sealer.db.dispose()
+    result = cli.fails("proof", "2", *url, code=6)
+    assert "[not_committed]" in result.stderr
+
+    # Committed and settled: verified in Python and by Settlement.verifyRecord.
+    settle_worker = make_worker(backend)
+    try:
+        assert settle_worker.run_round().settled == 1
+    finally:
+        settle_worker.lock.release()
+        settle_worker.db.dispose()
+    human = cli("proof", "2", *url)
+    assert human.code == 0, human.stderr
+    assert human.stdout.startswith("VERIFIED record #2: in epoch 1 at leaf 1 of 3")
+    checked = cli.ok("proof", "2", *url)
+    assert checked["verified"] and checked["merkleVerified"] and checked["contractVerified"]
+    assert checked["recordMatches"] and checked["problems"] == []
+    on_chain = chain_env.chain.settlement.functions.getEpoch(1).call()
+    assert checked["onChain"]["recordsRoot"] == "0x" + bytes(on_chain[0]).hex()
+    assert checked["onChain"]["recordCount"] == 3
+    epoch = backend.client.get("/v1/epochs/1").json()
+    assert checked["onChain"]["commitTxHash"] == epoch["commitTxHash"]
+    receipt = chain_env.w3.eth.get_transaction_receipt(checked["onChain"]["commitTxHash"])
+    assert receipt["to"] == chain_env.deployment.settlement_address and receipt["status"] == 1
+    directory = Path(cli.env["GRIDPOINTS_STATION_DIR"])
+    with StationStore(directory / STORE_FILE) as store:
+        row = store.get(2)
+    assert row.signature is not None
+    assert checked["leafHash"] == "0x" + merkle.record_leaf_hash(row.digest, row.signature).hex()
+
+    # --all: every acknowledged record; one synced but unsealed record keeps the exit at 6.
+    everything = cli.ok("proof", "--all", *url)
+    assert (everything["checked"], everything["verified"], everything["failed"]) == (3, 3, [])
+    cli.ok("record", "--direction", "discharge", "--user", USER, "--energy-wh", "10",
+           "--start", str(end - 60), "--end", str(end))  # fmt: skip
+    cli.ok("sync", *url)
+    pending = cli.fails("proof", "--all", *url, "--progress", code=6)
+    assert "4 acknowledged record(s): 3 verified" in pending.stdout
+    assert "not_sealed: #4" in pending.stdout and "checking proofs" in pending.stderr
+
+    # The station's own copy is the reference: a changed signature in its file does not verify
+    # (the leaf is recomputed from it) and the backend's copy no longer matches.
+    signature = bytearray(row.signature)
+    signature[40] ^= 0x01
+    with sqlite3.connect(directory / STORE_FILE) as db:
+        db.execute("UPDATE records SET signature = ? WHERE sequence = 2", ("0x" + signature.hex(),))
+    result = cli.fails("proof", "2", *url, code=5)
+    assert result.stdout.startswith("NOT VERIFIED record #2 (epoch 1):")
+    assert "signature: station" in result.stdout
+    bad = cli.fails("proof", "2", *url, "--json", code=5).json()
+    assert not bad["verified"] and not bad["merkleVerified"] and not bad["contractVerified"]
+    assert any(d.startswith("signature:") for d in bad["differences"])
+    assert cli.fails("proof", "--all", *url, code=5).stdout.count("FAILED #2") == 1
+    # The other records still verify.
+    assert cli.ok("proof", "3", *url)["verified"]

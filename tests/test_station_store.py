@@ -518,7 +518,7 @@ def test_an_authorisation_pays_one_record_unless_the_backend_rejected_it(tmp_pat
     first = station.record(charge(wallet, signed))
     with pytest.raises(StoreError) as info:
         station.record(charge(wallet, signed, energy_wh=10))
-    assert info.value.code == "authorization_reused"
+    assert info.value.code == "authorization_replayed"
     assert station.store.state().next_sequence == 2
     # A record the backend refused no longer holds its authorisation: the user's signature
     # may pay for the corrected record.
@@ -644,7 +644,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
         assert paid.sequence == 4 and store.get(4).payment == signed.to_json()
         with pytest.raises(StoreError) as info:
             station.record(charge(wallet, signed))
-        assert info.value.code == "authorization_reused"
+        assert info.value.code == "authorization_replayed"
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(records)")]
         indexes = {row[1] for row in db.execute("PRAGMA index_list(records)")}

@@ -27,7 +27,14 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ChainEnv
+from eth_account import Account
 
+from station_signer.authorization import (
+    PaymentAuthorization,
+    SettlementDomain,
+    SignedAuthorization,
+    sign_authorization,
+)
 from station_signer.record import Direction, parse_address
 from station_signer.signers import DevKeySigner
 from station_signer.station import Station, Transfer
@@ -62,6 +69,7 @@ def new_station(
     max_power_w: int = 22_000,
     registry: str | None = None,
     register: bool = True,
+    settlement: SettlementDomain | None = None,
 ) -> Station:
     """A station with its own store and key; registered on chain unless told otherwise."""
     key = DevKeySigner(secrets.token_bytes(32))
@@ -75,7 +83,7 @@ def new_station(
             station_id, key.address, ZONE, max_power_w, 0
         )
         env.chain.transact(env.accounts.registrar, fn)
-    return Station(store, key)
+    return Station(store, key, settlement=settlement)
 
 
 def record(station: Station, count: int = 1, energy_wh: int = 1_000) -> list[int]:
@@ -102,6 +110,7 @@ def backend_records(h: BackendHarness, station: Station) -> list[int]:
 class Seen:
     records: int  # length of the JSON array posted
     headers: dict[str, str]
+    body: Any = None  # the JSON array itself, as the station sent it
 
 
 @dataclass
@@ -133,9 +142,10 @@ class ScriptedServer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
-                count = len(json.loads(body))
+                items = json.loads(body)
+                count = len(items)
                 index = len(outer.seen)
-                outer.seen.append(Seen(count, dict(self.headers.items())))
+                outer.seen.append(Seen(count, dict(self.headers.items()), items))
                 reply = outer.script(index, count) or Reply()
                 if reply.status is not None:
                     payload = json.dumps(reply.body).encode()
@@ -245,6 +255,57 @@ def test_accepted_records_are_acknowledged_with_their_receipts(
         # Nothing left: a second sync sends nothing at all.
         again = client.sync(station.store)
         assert (again.sent, again.requests) == (0, 0)
+
+
+def test_a_charge_paid_with_points_goes_out_with_its_authorisation(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    """The body on the wire (captured by a real HTTP server in front of the real backend) is
+    {record, signature, payment} for the charge paid with points and {record, signature} for
+    the others; the backend accepts both and publishes the authorisation with the record."""
+    domain = backend.env.chain.settlement_domain
+    station = new_station(backend.env, tmp_path, settlement=domain)
+    backend.wait_for_registry()
+    wallet = Account.create()
+    end = int(time.time()) - 120
+    signed = sign_authorization(
+        wallet,
+        PaymentAuthorization(
+            user=parse_address(wallet.address),
+            station_id=station.station_id,
+            max_points=1_000,
+            nonce=secrets.randbits(256),
+            deadline=end + 86_400,
+        ),
+        domain,
+    )
+    user = parse_address(wallet.address)
+    paid = station.record(
+        Transfer(Direction.CHARGE, user, 2_000, end - 3_600, end, authorization=signed)
+    )
+    plain = station.record(Transfer(Direction.DISCHARGE, user, 500, end - 600, end))
+    with serving(lambda _i, _n: None, backend.url) as server, SyncClient(server.url) as client:
+        report = client.sync(station.store)
+    assert (report.accepted, report.rejected) == (2, 0), report.rejections
+    assert paid.signature is not None and plain.signature is not None
+    (sent,) = [seen.body for seen in server.seen]
+    assert sent == [
+        {
+            "record": paid.record,
+            "signature": "0x" + paid.signature.hex(),
+            "payment": signed.to_json(),
+        },
+        {"record": plain.record, "signature": "0x" + plain.signature.hex()},
+    ]
+    assert paid.record["paymentAuthorization"] == "0x" + signed.digest(domain).hex()
+    # The backend's public view of the user publishes the authorisation with the record.
+    history = backend.client.get(f"/v1/users/{wallet.address}").json()["history"]
+    published = {item["record"]["digest"]: item["record"].get("payment") for item in history}
+    assert published == {
+        "0x" + paid.digest.hex(): signed.to_json(),
+        "0x" + plain.digest.hex(): None,
+    }
+    assert SignedAuthorization.from_json(published["0x" + paid.digest.hex()]) == signed
 
 
 def test_an_answer_lost_after_the_backend_stored_the_batch_is_resent_as_duplicate(
