@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, text, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -256,12 +256,20 @@ _LOCK = (
     .returning(LogHead.next_log_index)
 )
 _SET_HEAD = update(LogHead).where(LogHead.id == 1).values(next_log_index=bindparam("head"))
-_BY_DIGEST = select(_records.c.digest, _records.c.log_index, _records.c.received_at).where(
-    _records.c.digest.in_(bindparam("digests", expanding=True))
+# The stored records a request can collide with: same digest (duplicates) or same (station,
+# sequence) (equivocations), in one round trip.
+_KNOWN = select(
+    _records.c.digest,
+    _records.c.station_id,
+    _records.c.sequence,
+    _records.c.log_index,
+    _records.c.received_at,
+).where(
+    or_(
+        _records.c.digest.in_(bindparam("digests", expanding=True)),
+        tuple_(_records.c.station_id, _records.c.sequence).in_(bindparam("pairs", expanding=True)),
+    )
 )
-_BY_SEQUENCE = select(
-    _records.c.station_id, _records.c.sequence, _records.c.log_index, _records.c.digest
-).where(tuple_(_records.c.station_id, _records.c.sequence).in_(bindparam("pairs", expanding=True)))
 _PROGRESS = select(
     _progress.c.station_id,
     _progress.c.record_count,
@@ -377,20 +385,21 @@ class Ingestor:
     def _prefetch(self, batch: _Batch, candidates: Sequence[Candidate]) -> None:
         conn = batch.conn
         digests = list({c.digest for c in candidates if c.digest is not None})
-        for chunk in _chunks(digests):
-            for digest, log_index, received_at in conn.execute(_BY_DIGEST, {"digests": chunk}):
-                batch.by_digest[bytes(digest)] = (int(log_index), received_at)
-
         verified = [c.columns for c in candidates if c.columns is not None]
         pairs = list({(c.station_id, c.sequence) for c in verified})
-        for chunk in _chunks(pairs):
-            for station_id, sequence, log_index, digest in conn.execute(
-                _BY_SEQUENCE, {"pairs": chunk}
+        wanted_digests, wanted_pairs = set(digests), set(pairs)
+        for at in range(0, max(len(digests), len(pairs)), _CHUNK):
+            params = {"digests": digests[at : at + _CHUNK], "pairs": pairs[at : at + _CHUNK]}
+            for digest, station_id, sequence, log_index, received_at in conn.execute(
+                _KNOWN, params
             ):
-                batch.by_sequence[(bytes(station_id), int(sequence))] = (
-                    int(log_index),
-                    bytes(digest),
-                )
+                # A row may match a digest of another chunk or a pair only; keep exactly what
+                # each lookup asked for.
+                digest, station_id, sequence = bytes(digest), bytes(station_id), int(sequence)
+                if digest in wanted_digests:
+                    batch.by_digest[digest] = (int(log_index), received_at)
+                if (station_id, sequence) in wanted_pairs:
+                    batch.by_sequence[(station_id, sequence)] = (int(log_index), digest)
 
         paid = list(
             {
