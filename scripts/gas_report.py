@@ -271,10 +271,10 @@ def main(
     )
     console.print(summary)
     console.print(
-        "(a) The first chunk of an epoch also writes the epoch's chunk-bitmap word and applied "
-        "total for the first time (here also the token's total supply: the first mint ever); "
-        "the other applyCredits rows are measured after it (steady state). Likewise the first "
-        "payment chunk writes the epoch's applied debits for the first time.\n"
+        "(a) The first chunk of an epoch touches the epoch's slots cold (here also the token's "
+        "total supply, written for the first time: the first mint ever); the other applyCredits "
+        "rows are measured after it (steady state). The first payment chunk of an epoch also "
+        "writes its applied debits for the first time.\n"
         f"(b) Single mints were sent by {info['temporary_minter']}, a temporary account granted "
         "SETTLEMENT_ROLE in this throwaway deployment only; in a real deployment only the "
         "Settlement contract holds that role.\n"

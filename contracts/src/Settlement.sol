@@ -5,6 +5,7 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {BitMaps} from "@openzeppelin/contracts/utils/structs/BitMaps.sol";
 
 import {MerkleLog} from "./MerkleLog.sol";
@@ -61,7 +62,7 @@ contract Settlement is AccessControl, EIP712 {
         bytes signature; // the user's signature over the authorisation's digest
     }
 
-    /// @notice What the chain knows about one epoch.
+    /// @notice What the chain knows about one epoch (as `getEpoch` returns it).
     struct Epoch {
         bytes32 recordsRoot; // RFC 9162 root over the epoch's record leaves, in log order
         bytes32 creditsRoot; // RFC 9162 root over the per-user net deltas, sorted by address
@@ -80,7 +81,29 @@ contract Settlement is AccessControl, EIP712 {
     /// @notice Id of the last committed epoch (0 before the first).
     uint64 public lastEpochId;
 
-    mapping(uint64 epochId => Epoch) private _epochs;
+    /// @dev How an epoch is stored: the fields a chunk writes share slots that the commit has
+    /// already made non-zero, so no credit chunk pays for a zero-to-non-zero SSTORE (20,000 gas):
+    /// slot 3 holds the record count, the commit time, the applied-chunk bits of chunk ids below
+    /// `LOW_CHUNKS` and the applied credits; slot 4 the two totals; slot 5 the applied debits
+    /// (first written by an epoch's first payment chunk). Chunk ids from `LOW_CHUNKS` up use
+    /// `_appliedChunks`.
+    struct StoredEpoch {
+        bytes32 recordsRoot;
+        bytes32 creditsRoot;
+        bytes32 tariffHash;
+        uint64 recordCount;
+        uint40 committedAt;
+        uint24 lowChunks;
+        uint128 appliedCredits;
+        uint128 totalCredits;
+        uint128 totalDebits;
+        uint128 appliedDebits;
+    }
+
+    /// @dev Chunk ids below this are tracked in StoredEpoch.lowChunks.
+    uint32 private constant LOW_CHUNKS = 24;
+
+    mapping(uint64 epochId => StoredEpoch) private _epochs;
     mapping(uint64 epochId => BitMaps.BitMap) private _appliedChunks;
     mapping(address user => BitMaps.BitMap) private _usedAuthorizations;
 
@@ -170,15 +193,17 @@ contract Settlement is AccessControl, EIP712 {
         if (recordCount == 0) revert EmptyEpoch(epochId);
 
         lastEpochId = epochId;
-        _epochs[epochId] = Epoch({
+        _epochs[epochId] = StoredEpoch({
             recordsRoot: recordsRoot,
             creditsRoot: creditsRoot,
             tariffHash: tariffHash,
             recordCount: recordCount,
-            committedAt: uint64(block.timestamp),
+            // Reverts past the year 36812 rather than wrap.
+            committedAt: SafeCast.toUint40(block.timestamp),
+            lowChunks: 0,
+            appliedCredits: 0,
             totalCredits: totalCredits,
             totalDebits: totalDebits,
-            appliedCredits: 0,
             appliedDebits: 0
         });
         emit EpochCommitted(epochId, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits);
@@ -189,7 +214,7 @@ contract Settlement is AccessControl, EIP712 {
     /// @param chunkId Id of the chunk, unused so far in this epoch.
     /// @param credits Packed entries `amount << 160 | account` (see PointsToken.mintPacked).
     function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits) external onlyRole(SETTLER_ROLE) {
-        Epoch storage epoch = _claimChunk(epochId, chunkId, credits.length);
+        StoredEpoch storage epoch = _claimChunk(epochId, chunkId, credits.length);
         uint256 amount = token.mintPacked(credits);
         uint256 applied = epoch.appliedCredits + amount;
         if (applied > epoch.totalCredits) {
@@ -229,7 +254,7 @@ contract Settlement is AccessControl, EIP712 {
         external
         onlyRole(SETTLER_ROLE)
     {
-        Epoch storage epoch = _claimChunk(epochId, chunkId, payments.length);
+        StoredEpoch storage epoch = _claimChunk(epochId, chunkId, payments.length);
         // A pause freezes settlement as a whole; the burns would revert anyway, but a chunk whose
         // payments all burn nothing must not use up authorisations while the token is frozen.
         if (token.paused()) revert Pausable.EnforcedPause();
@@ -304,7 +329,18 @@ contract Settlement is AccessControl, EIP712 {
     /// @param epochId A committed epoch.
     /// @return The epoch (reverts with UnknownEpoch otherwise).
     function getEpoch(uint64 epochId) external view returns (Epoch memory) {
-        return _committed(epochId);
+        StoredEpoch storage e = _committed(epochId);
+        return Epoch({
+            recordsRoot: e.recordsRoot,
+            creditsRoot: e.creditsRoot,
+            tariffHash: e.tariffHash,
+            recordCount: e.recordCount,
+            committedAt: e.committedAt,
+            totalCredits: e.totalCredits,
+            totalDebits: e.totalDebits,
+            appliedCredits: e.appliedCredits,
+            appliedDebits: e.appliedDebits
+        });
     }
 
     /// @notice Whether chunk `chunkId` of epoch `epochId` has been applied.
@@ -312,6 +348,7 @@ contract Settlement is AccessControl, EIP712 {
     /// @param chunkId Any chunk id.
     /// @return True once the chunk was applied.
     function isChunkApplied(uint64 epochId, uint32 chunkId) external view returns (bool) {
+        if (chunkId < LOW_CHUNKS) return _epochs[epochId].lowChunks & (uint24(1) << chunkId) != 0;
         return _appliedChunks[epochId].get(chunkId);
     }
 
@@ -343,7 +380,7 @@ contract Settlement is AccessControl, EIP712 {
         view
         returns (bool)
     {
-        Epoch storage epoch = _committed(epochId);
+        StoredEpoch storage epoch = _committed(epochId);
         return MerkleLog.verifyInclusion(leafHash, index, epoch.recordCount, proof, epoch.recordsRoot);
     }
 
@@ -388,14 +425,20 @@ contract Settlement is AccessControl, EIP712 {
         return keccak256(abi.encode(PAYMENT_AUTHORIZATION_TYPEHASH, user, stationId, maxPoints, nonce, deadline));
     }
 
-    function _committed(uint64 epochId) private view returns (Epoch storage epoch) {
+    function _committed(uint64 epochId) private view returns (StoredEpoch storage epoch) {
         epoch = _epochs[epochId];
         if (epoch.committedAt == 0) revert UnknownEpoch(epochId);
     }
 
-    function _claimChunk(uint64 epochId, uint32 chunkId, uint256 entries) private returns (Epoch storage epoch) {
+    function _claimChunk(uint64 epochId, uint32 chunkId, uint256 entries) private returns (StoredEpoch storage epoch) {
         epoch = _committed(epochId);
         if (entries == 0) revert EmptyChunk();
+        if (chunkId < LOW_CHUNKS) {
+            uint24 bit = uint24(1) << chunkId;
+            if (epoch.lowChunks & bit != 0) revert ChunkAlreadyApplied(epochId, chunkId);
+            epoch.lowChunks |= bit;
+            return epoch;
+        }
         BitMaps.BitMap storage applied = _appliedChunks[epochId];
         if (applied.get(chunkId)) revert ChunkAlreadyApplied(epochId, chunkId);
         applied.set(chunkId);

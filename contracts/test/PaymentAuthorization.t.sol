@@ -169,7 +169,9 @@ contract PaymentAuthorizationVectorsTest is Test {
             // Several vectors share an address: each gets a fresh deployment there.
             uint256 snapshot = vm.snapshotState();
             vm.chainId(v.chainId);
-            vm.warp(v.deadline == 0 ? 1 : v.deadline); // the last valid second (or expired if 0)
+            // The last valid second (or expired if 0); block times stop at 2^40 - 1 (Settlement stores
+            // commit times in 40 bits), which is still before any later deadline.
+            vm.warp(v.deadline == 0 ? 1 : (v.deadline > type(uint40).max ? type(uint40).max : v.deadline));
             PointsToken token = new PointsToken(admin);
             deployCodeTo("Settlement.sol:Settlement", abi.encode(token, admin, settler), v.verifyingContract);
             Settlement settlement = Settlement(v.verifyingContract);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {Test} from "forge-std/Test.sol";
 
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
@@ -423,6 +424,36 @@ contract SettlementTest is SettlementFixture {
         assertEq(token.balanceOf(alice), 6);
     }
 
+    function test_ApplyCredits_LowChunkIdsAreIndependentAndOnce() public {
+        _commit(1, 1000, 0);
+        // Ids below 24 live in the epoch's own slot, from 24 in the bitmap: both sides of the seam.
+        uint32[5] memory ids = [uint32(0), 1, 22, 23, 24];
+        for (uint256 i = 0; i < ids.length; ++i) {
+            assertFalse(settlement.isChunkApplied(1, ids[i]));
+            _credit(1, ids[i], _entries1(alice, 1));
+            for (uint256 j = 0; j < ids.length; ++j) {
+                assertEq(settlement.isChunkApplied(1, ids[j]), j <= i);
+            }
+            vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), ids[i]));
+            _credit(1, ids[i], _entries1(alice, 1));
+        }
+        assertFalse(settlement.isChunkApplied(1, 2));
+        assertFalse(settlement.isChunkApplied(1, 25));
+        Settlement.Epoch memory e = settlement.getEpoch(1);
+        assertEq(e.appliedCredits, 5);
+        assertEq(e.recordCount, 10);
+        assertEq(e.totalCredits, 1000);
+    }
+
+    function test_RevertWhen_CommitAfterTimestampsOutgrow40Bits() public {
+        vm.warp(uint256(type(uint40).max) + 1);
+        vm.prank(settler);
+        vm.expectRevert(
+            abi.encodeWithSelector(SafeCast.SafeCastOverflowedUintDowncast.selector, 40, uint256(type(uint40).max) + 1)
+        );
+        settlement.commitEpoch(1, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 10, 0, 0);
+    }
+
     function test_ApplyCredits_SameChunkIdInAnotherEpoch() public {
         _commit(1, 10, 0);
         _commit(2, 10, 0);
@@ -817,7 +848,7 @@ contract SettlementTest is SettlementFixture {
         uint128 totalDebits,
         uint64 timestamp
     ) public {
-        timestamp = uint64(bound(timestamp, 1, type(uint64).max));
+        timestamp = uint64(bound(timestamp, 1, type(uint40).max));
         vm.warp(timestamp);
         vm.prank(settler);
         if (recordCount == 0) {
