@@ -76,6 +76,21 @@ class Metrics:
             "gridpoints_registry_stations", "Stations known from the registry.", registry=r
         )
 
+        self.epochs = Gauge(
+            "gridpoints_epochs",
+            "Sealed epochs by settlement state (sealed = waiting for or in settlement).",
+            ["state"],
+            registry=r,
+        )
+        self.unsealed_records = Gauge(
+            "gridpoints_unsealed_records", "Accepted records not yet in an epoch.", registry=r
+        )
+        self.settlement_errors = Counter(
+            "gridpoints_settlement_round_errors",
+            "Failed sealing/settlement rounds (each followed by backoff and reconciliation).",
+            registry=r,
+        )
+
     def declare_outcomes(self, reasons: Iterable[str]) -> None:
         """Exports every outcome/reason series at 0, so dashboards and alerts see them before
         the first occurrence."""
@@ -85,6 +100,8 @@ class Metrics:
             self.records.labels(outcome="rejected", reason=reason)
         for kind in ("StationRegistered", "StationKeyRotated", "StationRevoked"):
             self.registry_events.labels(kind=kind)
+        for state in ("sealed", "settled"):
+            self.epochs.labels(state=state)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -124,6 +124,7 @@ class BackendService:
                 settings,
                 account=load_settler_account(settings),
                 tariffs=self.tariffs,
+                metrics=self.metrics,
             )
             self.worker.start()
         log.info(

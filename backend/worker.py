@@ -27,6 +27,7 @@ from backend.chain.contracts import GridPointsChain
 from backend.db.session import Database
 from backend.epochs import EpochSealer
 from backend.leader import LeaderLock
+from backend.metrics import Metrics
 from backend.settings import Settings
 from backend.settlement import SettlementConfig, Settler
 from backend.tariff import TariffBook
@@ -114,11 +115,13 @@ class SealAndSettle:
         *,
         account: LocalAccount | None,
         tariffs: TariffBook | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
         self.stop_event = threading.Event()
         self.sealer = EpochSealer(
             db,
@@ -185,6 +188,8 @@ class SealAndSettle:
             except Exception as exc:  # logged, backed off and reconciled: the loop must live
                 failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.metrics is not None:
+                    self.metrics.settlement_errors.inc()
                 delay = min(MAX_BACKOFF_S, self.settings.settlement_poll_interval_s * 2**failures)
                 log.error("sealing/settlement round failed (%s); retrying in %.1fs", exc, delay)
                 if self.settler is not None:

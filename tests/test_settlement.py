@@ -232,3 +232,12 @@ def test_serve_seals_and_settles_without_manual_steps(
         epochs = h.client.get("/v1/epochs").json()["epochs"]
         assert sum(e["recordCount"] for e in epochs) == 60
         assert_chain_matches(h, traffic, start_block)
+        health = h.client.get("/healthz").json()
+        assert health["status"] == "ok"
+        settlement = health["settlement"]
+        assert settlement["enabled"] and settlement["leader"]
+        assert settlement["epochs"] == {"settled": len(epochs)}
+        assert settlement["unsealedRecords"] == 0 and settlement["lastError"] is None
+        metrics = h.client.get("/metrics").text
+        assert f'gridpoints_epochs{{state="settled"}} {float(len(epochs))}' in metrics
+        assert "gridpoints_unsealed_records 0.0" in metrics

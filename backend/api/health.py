@@ -9,10 +9,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from backend.api.deps import get_service
-from backend.api.schemas import HealthView, RegistryStatusView
+from backend.api.schemas import HealthView, RegistryStatusView, SettlementHealthView
+from backend.epochs import unsealed_range
 from backend.metrics import CONTENT_TYPE_LATEST
 from backend.queries import log_size
 from backend.service import BackendService
+from backend.settlement import settlement_status
 
 router = APIRouter(tags=["operations"])
 ServiceDep = Annotated[BackendService, Depends(get_service)]
@@ -24,19 +26,33 @@ ServiceDep = Annotated[BackendService, Depends(get_service)]
     description=(
         "`ok`: database reachable and the registry follower's last poll succeeded. `degraded` "
         "(still 200): the follower cannot reach the chain, ingestion goes on with the keys "
-        "already mirrored. `failing` (503): the database is unreachable."
+        "already mirrored; or the last sealing/settlement round failed (it is retried with "
+        "backoff). `failing` (503): the database is unreachable."
     ),
     response_model=HealthView,
     responses={503: {"model": HealthView, "description": "The database is unreachable."}},
 )
 def healthz(service: ServiceDep) -> JSONResponse:
     database, error, size = "ok", None, None
+    epochs: dict[str, int] = {}
+    unsealed = None
     try:
         with service.db.read() as session:
             session.execute(text("SELECT 1"))
             size = log_size(session)
+            epochs = settlement_status(session)
+            _, first, head = unsealed_range(session)
+            unsealed = head - first
     except Exception as exc:  # any database failure is reported, not raised
         database, error = "error", f"{type(exc).__name__}: {exc}"
+    worker = service.worker
+    settlement = SettlementHealthView(
+        enabled=worker is not None,
+        leader=worker.lock.held if worker is not None else None,
+        epochs=epochs,
+        unsealedRecords=unsealed,
+        lastError=worker.last_error if worker is not None else None,
+    )
     follower = service.follower
     assert follower is not None
     registry = follower.status
@@ -46,6 +62,7 @@ def healthz(service: ServiceDep) -> JSONResponse:
         registry.last_error is not None
         or registry.last_success_at is None
         or registry.reorg_detected
+        or settlement.lastError is not None
     ):
         status = "degraded"
     else:
@@ -56,6 +73,7 @@ def healthz(service: ServiceDep) -> JSONResponse:
         databaseError=error,
         logSize=size,
         registry=RegistryStatusView.of(registry),
+        settlement=settlement,
     )
     return JSONResponse(view.model_dump(mode="json"), 503 if status == "failing" else 200)
 
@@ -67,4 +85,12 @@ def healthz(service: ServiceDep) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."}},
 )
 def metrics(service: ServiceDep) -> Response:
+    try:
+        with service.db.read() as session:
+            for state, count in {"sealed": 0, "settled": 0, **settlement_status(session)}.items():
+                service.metrics.epochs.labels(state=state).set(count)
+            _, first, head = unsealed_range(session)
+            service.metrics.unsealed_records.set(head - first)
+    except Exception:  # the scrape still answers with what the process counted
+        pass
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -200,9 +200,18 @@ class RegistryStatusView(BaseModel):
         )
 
 
+class SettlementHealthView(BaseModel):
+    enabled: bool = Field(description="This process runs the sealing/settlement worker.")
+    leader: bool | None = Field(description="It holds the lock (one worker per database).")
+    epochs: dict[str, int] = Field(description="Sealed epochs by state: sealed, settled.")
+    unsealedRecords: int | None
+    lastError: str | None = Field(description="The last failed round's error, until one succeeds.")
+
+
 class HealthView(BaseModel):
     status: Literal["ok", "degraded", "failing"]
     database: Literal["ok", "error"]
     databaseError: str | None = None
     logSize: int | None
     registry: RegistryStatusView
+    settlement: SettlementHealthView | None = None
