@@ -1479,6 +1479,11 @@ def _proof_lines(check: ProofCheck) -> list[str]:
         + (f" (block {chain.commit_block})" if chain.commit_block is not None else ""),
         f"  leaf:        0x{check.leaf_hash.hex()} (from the station's own record and signature)",
     ]
+    if check.verified:
+        lines.append(
+            "  checked:     the audit path in Python and by Settlement.verifyRecord, against the "
+            "chain's root; the backend's copy of the record is the station's"
+        )
     lines += [f"  warning: {problem}" for problem in check.problems]
     return lines
 
