@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, text, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -66,7 +66,7 @@ from backend.db.models import (
     StationProgress,
 )
 from backend.db.session import Database
-from backend.db.types import U64_OFFSET
+from backend.db.types import U64_OFFSET, UTCDateTime
 from backend.payments import authorization_row
 from backend.verify import Problem, Verdict, lenient_identity
 from station_signer.authorization import SignedAuthorization
@@ -257,19 +257,48 @@ _LOCK = (
 )
 _SET_HEAD = update(LogHead).where(LogHead.id == 1).values(next_log_index=bindparam("head"))
 # The stored records a request can collide with: same digest (duplicates) or same (station,
-# sequence) (equivocations), in one round trip.
-_KNOWN = select(
-    _records.c.digest,
-    _records.c.station_id,
-    _records.c.sequence,
-    _records.c.log_index,
-    _records.c.received_at,
-).where(
-    or_(
-        _records.c.digest.in_(bindparam("digests", expanding=True)),
-        tuple_(_records.c.station_id, _records.c.sequence).in_(bindparam("pairs", expanding=True)),
-    )
+# sequence) (equivocations), in one round trip. The pairs are matched through a VALUES list:
+# SQLite uses no index for a row-value `IN ((?, ?), ...)` list and would scan the whole log.
+_KNOWN_BY_DIGEST = (
+    "SELECT digest, station_id, sequence, log_index, received_at FROM records "
+    "WHERE digest IN ({digests})"
 )
+_KNOWN_BY_PAIR = (
+    "SELECT digest, station_id, sequence, log_index, received_at FROM records "
+    "WHERE (station_id, sequence) IN (SELECT column1, column2 FROM (VALUES {pairs}) AS wanted)"
+)
+_known_cache: dict[tuple[int, int], Any] = {}
+
+
+def _known(digests: int, pairs: int) -> Any:
+    key = (digests, pairs)
+    statement = _known_cache.get(key)
+    if statement is None:
+        parts = []
+        if digests:
+            parts.append(
+                _KNOWN_BY_DIGEST.format(digests=", ".join(f":d{i}" for i in range(digests)))
+            )
+        if pairs:
+            parts.append(
+                _KNOWN_BY_PAIR.format(pairs=", ".join(f"(:s{i}, :q{i})" for i in range(pairs)))
+            )
+        statement = text(" UNION ALL ".join(parts)).columns(received_at=UTCDateTime())
+        _known_cache[key] = statement
+    return statement
+
+
+def _padded(items: Sequence[Any]) -> list[Any]:
+    """`items` (not empty) with its last element repeated up to the next power of two.
+
+    Statements whose text depends on a list's length then come in a handful of shapes, which
+    both databases (and psycopg's prepared statements) reuse; the repeats only repeat rows of
+    the result, which the readers below store idempotently.
+    """
+    size = 1 << (len(items) - 1).bit_length()
+    return [*items, *([items[-1]] * (size - len(items)))]
+
+
 _PROGRESS = select(
     _progress.c.station_id,
     _progress.c.record_count,
@@ -389,13 +418,20 @@ class Ingestor:
         pairs = list({(c.station_id, c.sequence) for c in verified})
         wanted_digests, wanted_pairs = set(digests), set(pairs)
         for at in range(0, max(len(digests), len(pairs)), _CHUNK):
-            params = {"digests": digests[at : at + _CHUNK], "pairs": pairs[at : at + _CHUNK]}
+            digest_chunk = _padded(digests[at : at + _CHUNK]) if at < len(digests) else []
+            pair_chunk = _padded(pairs[at : at + _CHUNK]) if at < len(pairs) else []
+            params: dict[str, Any] = {f"d{i}": d for i, d in enumerate(digest_chunk)}
+            for i, (station_id, sequence) in enumerate(pair_chunk):
+                params[f"s{i}"] = station_id
+                params[f"q{i}"] = sequence - U64_OFFSET
+            statement = _known(len(digest_chunk), len(pair_chunk))
             for digest, station_id, sequence, log_index, received_at in conn.execute(
-                _KNOWN, params
+                statement, params
             ):
-                # A row may match a digest of another chunk or a pair only; keep exactly what
-                # each lookup asked for.
-                digest, station_id, sequence = bytes(digest), bytes(station_id), int(sequence)
+                # A row found by its digest may not be a pair asked for, and the other way
+                # round: keep exactly what each lookup asked for.
+                digest, station_id = bytes(digest), bytes(station_id)
+                sequence = int(sequence) + U64_OFFSET
                 if digest in wanted_digests:
                     batch.by_digest[digest] = (int(log_index), received_at)
                 if (station_id, sequence) in wanted_pairs:
@@ -421,7 +457,7 @@ class Ingestor:
         self._load_registers(batch, windows)
 
         for chunk in _chunks(list(by_station)):
-            for row in conn.execute(_PROGRESS, {"stations": chunk}):
+            for row in conn.execute(_PROGRESS, {"stations": _padded(chunk)}):
                 batch.progress[bytes(row[0])] = _Progress(
                     record_count=row[1],
                     last_sequence=row[2],
@@ -441,7 +477,8 @@ class Ingestor:
                 gap_windows.append((station_id, lo, min(max(sequences), progress.last_sequence)))
                 progress.gaps_loaded = {}
         for chunk in _chunks(gap_windows, _GROUPS):
-            params: dict[str, Any] = {}
+            chunk = _padded(chunk)
+            params = {}
             for i, (station_id, lo, hi) in enumerate(chunk):
                 params[f"s{i}"] = station_id
                 params[f"lo{i}"] = lo - U64_OFFSET
@@ -466,6 +503,7 @@ class Ingestor:
                 loadable.append((key, lo, hi))
                 batch.registers[key] = _Register([], {})
         for chunk in _chunks(loadable, _GROUPS):
+            chunk = _padded(chunk)
             params: dict[str, Any] = {}
             for i, ((station_id, direction), lo, hi) in enumerate(chunk):
                 params[f"s{i}"] = station_id

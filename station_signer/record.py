@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
@@ -62,9 +63,74 @@ from Crypto.Hash import keccak as _pycryptodome_keccak
 _keccak_new = _pycryptodome_keccak.new
 
 
+def _keccak256_public(data: bytes) -> bytes:
+    return _keccak_new(digest_bits=256, data=data).digest()
+
+
+def _reusable_keccak() -> Callable[[bytes], bytes] | None:
+    """Keccak-256 on one reusable pycryptodome state per thread, or None.
+
+    ``keccak.new(...).digest()`` allocates, initialises and frees a state and two cffi buffers
+    for every hash: half the cost of hashing a record's 352 bytes. The same C functions
+    (pycryptodome's raw keccak library, which ``keccak.new`` drives) are called here on a state
+    kept per thread and reset before each use. That library is not public API, so this is
+    used only if it has the expected functions and agrees with ``keccak.new`` on test inputs;
+    otherwise (another pycryptodome, no cffi) ``keccak.new`` is used as before.
+    """
+    try:
+        from Crypto.Util._raw_api import ffi  # type: ignore[attr-defined]
+
+        lib = _pycryptodome_keccak._raw_keccak_lib  # type: ignore[attr-defined]
+        init, reset, absorb, digest, destroy = (
+            lib.keccak_init,
+            lib.keccak_reset,
+            lib.keccak_absorb,
+            lib.keccak_digest,
+            lib.keccak_destroy,
+        )
+        new_state = ffi.new
+        read = ffi.buffer
+    except (ImportError, AttributeError):
+        return None
+    local = threading.local()
+
+    def keccak(data: bytes) -> bytes:
+        state = getattr(local, "state", None)
+        if state is None:
+            handle = new_state("void **")
+            if init(handle, 64, 24) != 0:  # capacity 512 bits, 24 rounds: Keccak-256
+                raise MemoryError("keccak_init failed")
+            state = local.state = [ffi.gc(handle[0], destroy), new_state("uint8_t[32]"), False]
+        if state[2] or type(data) is not bytes:
+            # Re-entered on this thread (a signal handler hashing mid-hash) or not plain bytes.
+            return _keccak256_public(data)
+        state[2] = True
+        try:
+            pointer, out = state[0], state[1]
+            reset(pointer)
+            absorb(pointer, data, len(data))
+            digest(pointer, out, 32, 0x01)  # 0x01: original Keccak padding, not SHA-3's
+            return read(out)[:]
+        finally:
+            state[2] = False
+
+    try:
+        probes = [b"", b"\x00", bytes(range(200)), b"x" * 352, b"y" * 1000]
+        if all(keccak(p) == _keccak256_public(p) for p in probes * 2):
+            return keccak
+    except Exception:  # any failure of the private path: keep the public one
+        return None
+    return None
+
+
+_fast_keccak = _reusable_keccak()
+
+
 def keccak256(data: bytes) -> bytes:
     """Keccak-256 (Ethereum's hash, not SHA3-256) of ``data``."""
-    return _keccak_new(digest_bits=256, data=data).digest()
+    if _fast_keccak is not None:
+        return _fast_keccak(data)
+    return _keccak256_public(data)
 
 
 # ---- constants ---------------------------------------------------------------------------------
@@ -595,6 +661,9 @@ class EnergyTransfer:
         come as JSON integers or as decimal strings (for JavaScript clients holding uint64 in a
         BigInt); addresses in any case, but mixed case must be a valid EIP-55 checksum.
         """
+        record = _fast_record(data)
+        if record is not None:
+            return record
         if not isinstance(data, Mapping):
             raise RecordValidationError(
                 [FieldError("", f"record must be a JSON object, got {_type_name(data)}")]
@@ -687,6 +756,85 @@ class EnergyTransfer:
         }
 
 
+# ---- the parser's fast path ---------------------------------------------------------------------
+#
+# Nearly every submission is a well-formed record in canonical form. The functions below accept
+# exactly such a record, in one pass and without building error lists; anything else (a decimal
+# string, a missing field, a value out of range, ...) makes them return None, and the full parser
+# above then runs and reports every problem. They never accept what the full parser refuses,
+# and they produce the same values, so the fast path changes speed only (tests/test_record.py
+# runs every vector and every malformed case through both).
+
+_DIRECTIONS: Final = {1: Direction.CHARGE, 2: Direction.DISCHARGE}
+
+
+def _fast_hex(value: Any, size: int) -> bytes | None:
+    """``_parse_hex_fixed`` for a well-formed value, else None."""
+    if type(value) is not str or len(value) != 2 + 2 * size or not value.startswith("0x"):
+        return None
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        return None
+    # fromhex skips whitespace: 2*size characters give `size` bytes only if all are hex digits.
+    return raw if len(raw) == size else None
+
+
+def _fast_uint64(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= UINT64_MAX
+
+
+def _fast_record(data: Any) -> EnergyTransfer | None:
+    """``EnergyTransfer.from_json(data)`` for a valid record in canonical form, else None."""
+    if type(data) is not dict or data.keys() != _JSON_NAMES:
+        return None
+    station_id = _fast_hex(data["stationId"], 32)
+    payment = _fast_hex(data["paymentAuthorization"], 32)
+    user_text = data["user"]
+    user = _fast_hex(user_text, 20)
+    if station_id is None or payment is None or user is None:
+        return None
+    body = user_text[2:]
+    if body != body.lower() and body != body.upper() and _checksum_memo(user) != user_text:
+        return None
+    sequence = data["sequence"]
+    direction = data["direction"]
+    energy = data["energyWh"]
+    before = data["meterBeforeWh"]
+    after = data["meterAfterWh"]
+    start = data["startTime"]
+    end = data["endTime"]
+    if not (
+        _fast_uint64(sequence)
+        and sequence != 0
+        and type(direction) is int
+        and direction in _DIRECTIONS
+        and _fast_uint64(energy)
+        and _fast_uint64(before)
+        and _fast_uint64(after)
+        and _fast_uint64(start)
+        and _fast_uint64(end)
+        and after - before == energy
+        and end >= start
+        and station_id != ZERO_BYTES32
+        and user != ZERO_ADDRESS
+    ):
+        return None
+    record = object.__new__(EnergyTransfer)
+    setattr_ = object.__setattr__
+    setattr_(record, "station_id", station_id)
+    setattr_(record, "sequence", sequence)
+    setattr_(record, "user", user)
+    setattr_(record, "direction", _DIRECTIONS[direction])
+    setattr_(record, "energy_wh", energy)
+    setattr_(record, "meter_before_wh", before)
+    setattr_(record, "meter_after_wh", after)
+    setattr_(record, "start_time", start)
+    setattr_(record, "end_time", end)
+    setattr_(record, "payment_authorization", payment)
+    return record
+
+
 def typed_data_types() -> dict[str, list[dict[str, str]]]:
     """The ``types`` member of the typed data (a fresh copy each call)."""
     return {
@@ -758,6 +906,14 @@ class SignedRecord:
 
         Record field errors are named ``record.<field>``; all problems are reported together.
         """
+        if type(data) is dict and data.keys() == _SIGNED_KEYS:
+            fast_record = _fast_record(data["record"])
+            fast_signature = _fast_hex(data["signature"], SIGNATURE_LENGTH)
+            if fast_record is not None and fast_signature is not None:
+                signed = object.__new__(cls)
+                object.__setattr__(signed, "record", fast_record)
+                object.__setattr__(signed, "signature", fast_signature)
+                return signed
         if not isinstance(data, Mapping):
             raise RecordValidationError(
                 [FieldError("", f"signed record must be a JSON object, got {_type_name(data)}")]
