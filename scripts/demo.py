@@ -54,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -80,7 +80,7 @@ from rich.text import Text
 from backend.chain.anvil import AnvilNode, free_port
 from backend.chain.contracts import GridPointsChain, connect
 from backend.chain.deploy import DEV_DEPLOYER, DEV_REGISTRAR, DEV_SETTLER, deploy, dev_account
-from backend.tariff import TariffBook, load_timezone
+from backend.tariff import TariffBook, load_timezone, value_record
 from backend.worker import write_dev_key_file
 from station_signer.authorization import PaymentAuthorization, sign_authorization
 from station_signer.record import Direction, keccak256
@@ -118,7 +118,7 @@ PLACES: Final = (
 )
 STATION_POWER_W: Final = (22_000, 11_000, 50_000, 22_000, 11_000)
 VEHICLE_POWER_W: Final = (7_400, 11_000, 11_000, 22_000)
-AUTHORIZED_MAX_POINTS: Final = (60, 120, 250, 500, 1_000)
+AUTHORIZED_MAX_POINTS: Final = (40, 80, 150, 400, 1_000)
 KEY_LABEL: Final = "gridpoints-station"
 
 # Windows of the simulated day, minutes after local midnight. The tariff's weekday bands:
@@ -986,6 +986,13 @@ class Demo:
         energy = {"discharge": 0, "charge": 0}
         counts = {"discharge": 0, "charge": 0, "paidWithPoints": 0}
         per_station: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        tariffs = TariffBook.load()
+        tariff_of = {}  # log index -> the tariff its epoch anchored
+        for e in epochs:
+            tariff = tariffs.by_hash(e["tariffHash"])
+            for index in range(e["firstLogIndex"], e["firstLogIndex"] + e["recordCount"]):
+                tariff_of[index] = tariff
+        paid_price = 0
         for item in records:
             record = item["record"]
             direction = "charge" if int(record["direction"]) == 1 else "discharge"
@@ -997,6 +1004,15 @@ class Demo:
             if int(record["paymentAuthorization"], 16):
                 counts["paidWithPoints"] += 1
                 stats["paid"] += 1
+                # What the charge cost in points; the wallet's maxPoints may cap what it pays.
+                paid_price += value_record(
+                    tariff_of[item["logIndex"]],
+                    zone=by_station[record["stationId"]].spec.zone,
+                    direction=int(record["direction"]),
+                    energy_wh=int(record["energyWh"]),
+                    start_time=int(record["startTime"]),
+                    end_time=int(record["endTime"]),
+                )
 
         # Points: what the token contract minted and burned, from its own Transfer events.
         zero = "0x" + "00" * 20
@@ -1110,6 +1126,7 @@ class Demo:
             "points": {
                 "earned": sum(earned.values()),
                 "spent": sum(spent.values()),
+                "priceOfChargesPaidWithPoints": paid_price,
                 "requestedByPayments": sum(e["totalDebits"] for e in epochs),
                 "totalSupply": supply,
             },
@@ -1158,6 +1175,8 @@ def explore_lines(summary: dict[str, Any]) -> list[str]:
         f"epoch list:    GRIDPOINTS_DATABASE_URL={db} {gridpoints} epoch list",
         f"one epoch:     GRIDPOINTS_DATABASE_URL={db} {gridpoints} epoch show 1",
         f"a station:     {station_cli} status --dir {station_dir}",
+        f"its proofs:    {station_cli} proof --all --dir {station_dir} --backend-url {api} "
+        f"--rpc-url {rpc} --deployment {summary['deploymentFile']}",
         f"audit again:   {auditor} --rpc-url {rpc} "
         f"--deployment {summary['deploymentFile']} --api {api}",
         f"chain:         {rpc} (chain id {summary['chainId']}), "
@@ -1198,7 +1217,19 @@ def render(summary: dict[str, Any], out: Console) -> None:
         "charge (grid → vehicle): paid with points",
         f"{records['paidWithPoints']} of {records['charge']}",
         f"{summary['energyKwh']['charge']:.1f}",
-        f"{points['spent']} burned (of {points['requestedByPayments']} authorised)",
+        f"{points['spent']} burned",
+    )
+    energy.add_row(
+        "  price of the charges paid with points",
+        "",
+        "",
+        str(points["priceOfChargesPaidWithPoints"]),
+    )
+    energy.add_row(
+        "  requested: min(price, the wallet's maxPoints)",
+        "",
+        "",
+        str(points["requestedByPayments"]),
     )
     energy.add_row("points in circulation (totalSupply)", "", "", str(points["totalSupply"]))
 
@@ -1267,18 +1298,14 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(f"signal {signum}")
 
 
-@contextlib.contextmanager
-def _signals() -> Iterator[None]:
-    """Ctrl-C and SIGTERM unwind the main thread; cleanup itself is not interrupted."""
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
-    }
-    try:
-        yield
-    finally:
-        for signum in previous:
-            signal.signal(signum, signal.SIG_IGN)
+def _install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM unwind the main thread, so that the cleanup in `run` stops everything.
+
+    SIGINT is set explicitly: a process started in the background by a non-interactive shell
+    inherits SIGINT ignored, and Python would leave it so.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
 def wait_for_ctrl_c(demo: Demo) -> None:
@@ -1295,70 +1322,73 @@ def run(options: Options) -> int:
     demo = Demo(options, console, out)
     code = EXIT_FAILED
     summarized = False
-    with _signals():
-        try:
-            demo.prepare_run_dir()
+    _install_signal_handlers()
+    try:
+        demo.prepare_run_dir()
+        console.print(
+            f"[bold]GridPoints demo[/]: {options.stations} stations, {options.vehicles} "
+            f"vehicles, {options.records_per_vehicle} records each; run directory "
+            f"{demo.run_dir}",
+            highlight=False,
+        )
+        tariff = TariffBook.load().in_force_at(int(time.time()))
+        demo.timezone = tariff.timezone
+        demo.day = demo_day(tariff.timezone)
+        demo.start_chain()
+        demo.create_stations()
+        demo.start_backend()
+        demo.plan()
+        demo.simulate()
+        epochs = demo.wait_settled()
+        assert demo.anvil is not None and demo.backend is not None
+        assert demo.deployment_path is not None
+        with console.status(f"auditor: {AUDITOR} re-checks every epoch…"):
+            audit = run_audit(demo.anvil.rpc_url, demo.deployment_path, demo.backend.url)
+        if not audit.available:
+            console.print(f"[bold yellow]{audit.message}[/]", highlight=False)
+            code = EXIT_NO_AUDITOR
+        elif audit.clean:
+            demo.step("audit clean")
+            code = EXIT_OK
+        else:
+            console.print(f"[bold red]{audit.message}[/]", highlight=False)
+            code = EXIT_AUDIT_FAILED
+        summary = demo.summarize(epochs, audit)
+        summary["exitCode"] = code
+        summarized = True
+        if options.as_json:
+            out.file.write(json.dumps(summary) + "\n")
+            out.file.flush()
+        else:
+            render(summary, out)
+        if options.keep_running:
             console.print(
-                f"[bold]GridPoints demo[/]: {options.stations} stations, {options.vehicles} "
-                f"vehicles, {options.records_per_vehicle} records each; run directory "
-                f"{demo.run_dir}",
+                f"[bold]running[/]: API {summary['apiUrl']} (docs {summary['docsUrl']}), "
+                f"RPC {summary['rpcUrl']}; Ctrl-C stops everything",
                 highlight=False,
             )
-            tariff = TariffBook.load().in_force_at(int(time.time()))
-            demo.timezone = tariff.timezone
-            demo.day = demo_day(tariff.timezone)
-            demo.start_chain()
-            demo.create_stations()
-            demo.start_backend()
-            demo.plan()
-            demo.simulate()
-            epochs = demo.wait_settled()
-            assert demo.anvil is not None and demo.backend is not None
-            assert demo.deployment_path is not None
-            with console.status(f"auditor: {AUDITOR} re-checks every epoch…"):
-                audit = run_audit(demo.anvil.rpc_url, demo.deployment_path, demo.backend.url)
-            if not audit.available:
-                console.print(f"[bold yellow]{audit.message}[/]", highlight=False)
-                code = EXIT_NO_AUDITOR
-            elif audit.clean:
-                demo.step("audit clean")
-                code = EXIT_OK
-            else:
-                console.print(f"[bold red]{audit.message}[/]", highlight=False)
-                code = EXIT_AUDIT_FAILED
-            summary = demo.summarize(epochs, audit)
-            summary["exitCode"] = code
-            summarized = True
-            if options.as_json:
-                out.file.write(json.dumps(summary) + "\n")
-                out.file.flush()
-            else:
-                render(summary, out)
-            if options.keep_running:
-                console.print(
-                    f"[bold]running[/]: API {summary['apiUrl']} (docs {summary['docsUrl']}), "
-                    f"RPC {summary['rpcUrl']}; Ctrl-C stops everything",
-                    highlight=False,
-                )
-                wait_for_ctrl_c(demo)
-        except (KeyboardInterrupt, Interrupted):
-            if summarized:
-                console.print("stopping everything the demo started…")
-            else:
-                console.print("[yellow]interrupted: stopping everything the demo started[/]")
-                code = EXIT_INTERRUPTED
-        except UsageError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            code = EXIT_USAGE
-        except DemoError as exc:
-            console.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
-            code = EXIT_FAILED
-        except Exception as exc:
-            console.print_exception()
-            console.print(f"[bold red]demo failed:[/] {type(exc).__name__}: {exc}")
-            code = EXIT_FAILED
-        finally:
-            demo.cleanup()
+            wait_for_ctrl_c(demo)
+    except (KeyboardInterrupt, Interrupted):
+        if summarized:
+            console.print("stopping everything the demo started…")
+        else:
+            console.print("[yellow]interrupted: stopping everything the demo started[/]")
+            code = EXIT_INTERRUPTED
+    except UsageError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        code = EXIT_USAGE
+    except DemoError as exc:
+        console.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
+        code = EXIT_FAILED
+    except Exception as exc:
+        console.print_exception()
+        console.print(f"[bold red]demo failed:[/] {type(exc).__name__}: {exc}")
+        code = EXIT_FAILED
+    finally:
+        # A second Ctrl-C must not cut the cleanup short (it is bounded: ~20 s at most).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        demo.cleanup()
     return code
 
 
@@ -1394,7 +1424,19 @@ def main(
         float, typer.Option(min=10, help="Seconds to wait for every epoch to settle.")
     ] = 300.0,
 ) -> None:
-    """One command: chain, HSM-backed stations, backend, a fleet's day, settlement, audit."""
+    """The GridPoints demo, in one command after scripts/setup.
+
+    Starts Anvil and deploys the contracts; creates a SoftHSM2 token and key per station (one
+    tariff zone each) and registers the stations; starts the backend (gridpoints serve); replays
+    a day of a vehicle fleet (discharging at the evening peak, charging off-peak at other
+    stations, part of it paid with points signed by the vehicles' wallets, one station offline
+    for a while); waits until every epoch is settled on chain; runs the auditor; prints the
+    summary and how to explore. Everything it started is stopped when it exits, also on an
+    error and on Ctrl-C.
+
+    Exit codes: 0 audit clean, 1 the demo failed, 2 bad usage, 3 the auditor found
+    discrepancies, 4 no auditor in this checkout, 130 interrupted.
+    """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     code = run(
         Options(
@@ -1414,4 +1456,4 @@ def main(
 
 
 if __name__ == "__main__":
-    app()
+    app(prog_name="scripts/demo")
