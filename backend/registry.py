@@ -30,6 +30,7 @@ from typing import Any
 
 from eth_utils.address import to_canonical_address, to_checksum_address
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.chain.contracts import (
@@ -313,6 +314,15 @@ class RegistryFollower:
         Raises RegistryMismatchError when the database follows another deployment: mixing two
         registries' keys in one mirror would accept records signed for the wrong one.
         """
+        try:
+            self._open()
+        except IntegrityError:
+            # Another replica (a second `serve --workers` process) created the cursor between
+            # our read and our insert; it is there now.
+            self._open()
+        self._update_gauges()
+
+    def _open(self) -> None:
         dep = self.deployment
         registry = to_canonical_address(dep.registry_address)
         with self.db.write() as session:
@@ -337,7 +347,6 @@ class RegistryFollower:
                 )
             self._last_block = cursor.last_block
             self.directory.load(session)
-        self._update_gauges()
 
     def sync_once(self) -> int:
         """Applies every confirmed event not applied yet; returns how many were applied.
