@@ -703,6 +703,16 @@ def test_reject_reasons() -> None:
         "meter_delta_mismatch",
         "end_before_start",
         "end_in_future",
+        "authorization_missing",
+        "authorization_unexpected",
+        "authorization_malformed",
+        "authorization_mismatch",
+        "authorization_bad_signature",
+        "authorization_wrong_user",
+        "authorization_wrong_station",
+        "authorization_expired",
+        "authorization_not_charge",
+        "authorization_replayed",
     ]
     for reason in RejectReason:
         assert reason.description and "\n" not in reason.description
