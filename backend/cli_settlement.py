@@ -3,6 +3,7 @@
     gridpoints epoch seal      seal the records waiting into epochs (all of them, or --max)
     gridpoints epoch list      the sealed epochs with their roots, totals and state
     gridpoints epoch show ID   one epoch with its settlement steps and transactions
+    gridpoints epoch export ID --out DIR   the epoch as a self-contained audit bundle
     gridpoints settle          seal when due and settle, in a loop (--once: one round)
 
 Registered on the `gridpoints` app by backend.cli.
@@ -13,16 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from backend.cli import DatabaseOption, _fail, _settings, app
+from backend.cli import DatabaseOption, _fail, _settings, app, err
 from backend.settings import Settings
 
-epoch_app = typer.Typer(help="Sealed epochs: seal, list, show.", no_args_is_help=True)
+epoch_app = typer.Typer(help="Sealed epochs: seal, list, show, export.", no_args_is_help=True)
 app.add_typer(epoch_app, name="epoch")
 out = Console()
 
@@ -213,6 +215,57 @@ def epoch_show(
             str(s["gasUsed"] or "-"),
         )
     out.print(table)
+
+
+@epoch_app.command("export")
+def epoch_export(
+    epoch_id: Annotated[int, typer.Argument(min=1)],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="New (or empty) directory to write the bundle to.")
+    ],
+    database_url: DatabaseOption = None,
+    deployment_file: Annotated[
+        Path | None, typer.Option(help="Deployment file (default: GRIDPOINTS_DEPLOYMENT_FILE).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write one epoch as a self-contained bundle (records.jsonl, tariff.json, manifest.json,
+    README.txt) that `gridpoints-audit --bundle` verifies against the chain."""
+    from backend.bundle import ExportError, export_epoch
+    from backend.chain.deploy import Deployment, DeploymentFileError
+    from backend.tariff import TariffBook, TariffError
+
+    settings = _settings(database_url=database_url, deployment_file=deployment_file)
+    try:
+        deployment = Deployment.load(settings.deployment_file)
+    except (DeploymentFileError, OSError) as exc:
+        raise _fail(f"deployment file {settings.deployment_file}: {exc}") from None
+    db = _open(settings)
+    try:
+        result = export_epoch(
+            db,
+            epoch_id,
+            out_dir,
+            deployment=deployment,
+            tariffs=TariffBook.load(settings.tariffs_dir),
+        )
+    except (ExportError, TariffError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps({"path": str(result.path), **result.manifest}, indent=2))
+        return
+    typer.echo(
+        f"exported epoch {epoch_id} ({result.record_count} records, {result.state}) to "
+        f"{result.path}"
+    )
+    if result.state != "settled":
+        err.print(
+            f"[yellow]warning:[/] epoch {epoch_id} is not settled yet: its roots are not on "
+            "chain, so an auditor cannot verify this bundle until it is",
+            highlight=False,
+        )
 
 
 @app.command()

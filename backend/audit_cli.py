@@ -1,0 +1,227 @@
+"""``gridpoints-audit``: re-check settled epochs from public data, against the chain.
+
+    gridpoints-audit --rpc-url URL --deployment FILE --api http://backend:8000
+    gridpoints-audit --rpc-url URL --deployment FILE --bundle DIR [--from-epoch N] [--to-epoch M]
+
+Needs no access to the operator's database or keys. Exit code 0 when every check passed, 1 when
+there is at least one discrepancy, 2 when the audit could not run (bad options, no RPC node,
+another chain, an unreachable API, an unreadable bundle). ``--json`` prints the whole report
+(docs/AUDIT.md describes it); otherwise a per-epoch verdict table and the discrepancies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from backend.audit import (
+    DEFAULT_BLOCK_RANGE,
+    ApiSource,
+    AuditError,
+    Auditor,
+    AuditReport,
+    BundleSource,
+    RecordSource,
+    open_chain,
+)
+
+EXIT_CLEAN, EXIT_DISCREPANCIES, EXIT_ERROR = 0, 1, 2
+SHOWN = 50  # discrepancies listed in the table output; --json has them all
+
+app = typer.Typer(
+    name="gridpoints-audit",
+    help="Independent audit of GridPoints epochs: records, roots, points and token movements "
+    "re-checked against the chain, from the public API or exported bundles.",
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class _Bar:
+    """Rich progress on stderr (stdout stays clean for --json)."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("records"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("starting", total=None)
+
+    def stage(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
+
+    def begin(self, total_records: int) -> None:
+        self.progress.update(self.task, total=total_records, completed=0)
+
+    def advance(self, epoch_id: int, records: int) -> None:
+        self.progress.update(self.task, advance=records, description=f"epoch {epoch_id}")
+
+
+def _short(value: Any, width: int = 14) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_report(report: AuditReport) -> None:
+    table = Table(
+        title=f"Audit of chain {report.chain_id} at block {report.block} — {report.source}"
+    )
+    for column, justify in (
+        ("epoch", "right"),
+        ("records", "right"),
+        ("credits", "right"),
+        ("minted", "right"),
+        ("debits", "right"),
+        ("burned", "right"),
+        ("tariff", "left"),
+        ("records root", "left"),
+        ("verdict", "left"),
+        ("issues", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    styles = {"ok": "green", "settling": "yellow", "failed": "bold red"}
+    for e in report.epochs:
+        seen = (
+            str(e.record_count)
+            if e.records_seen == e.record_count
+            else f"{e.records_seen}/{e.record_count}"
+        )
+        table.add_row(
+            str(e.epoch_id),
+            seen,
+            _short(e.total_credits),
+            str(e.minted),
+            _short(e.total_debits),
+            str(e.burned),
+            e.tariff_version or "[red]unverified[/]",
+            _short(e.records_root, 20),
+            f"[{styles.get(e.status, 'white')}]{e.status.upper()}[/]",
+            str(e.discrepancies),
+        )
+    out.print(table)
+    if report.discrepancies:
+        listing = Table(title=f"Discrepancies ({len(report.discrepancies)})", show_lines=False)
+        for column in ("kind", "epoch", "record / user", "expected", "found", "what"):
+            listing.add_column(column, overflow="fold")
+        for d in report.discrepancies[:SHOWN]:
+            who = (
+                f"{_short(d.station_id, 12)}/{d.sequence}"
+                if d.station_id
+                else (d.user or (f"leaf {d.leaf_index}" if d.leaf_index is not None else "-"))
+            )
+            listing.add_row(
+                str(d.kind),
+                "-" if d.epoch_id is None else str(d.epoch_id),
+                who,
+                _short(json.dumps(d.expected), 24),
+                _short(json.dumps(d.found), 24),
+                d.message,
+            )
+        out.print(listing)
+        if len(report.discrepancies) > SHOWN:
+            out.print(f"… and {len(report.discrepancies) - SHOWN} more: use --json for all.")
+    for note in report.notes:
+        out.print(f"[dim]note: {note}[/]")
+    summary = (
+        f"{len(report.epochs)} epoch(s), {report.records} records, total supply "
+        f"{report.total_supply} (minted {report.minted}, burned {report.burned}) in "
+        f"{report.elapsed_s:.2f} s"
+    )
+    if report.clean:
+        out.print(f"[bold green]CLEAN[/]: {summary}")
+    else:
+        kinds = ", ".join(sorted(report.kinds()))
+        out.print(
+            f"[bold red]{len(report.discrepancies)} DISCREPANCIES[/] ({kinds}): {summary}",
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def audit(
+    rpc_url: Annotated[
+        str,
+        typer.Option(
+            "--rpc-url", envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL of the chain."
+        ),
+    ] = "http://127.0.0.1:8545",
+    deployment: Annotated[
+        Path,
+        typer.Option(
+            "--deployment",
+            envvar="GRIDPOINTS_DEPLOYMENT_FILE",
+            help="Deployment file (chain id, contract addresses, deployment block).",
+        ),
+    ] = Path("deployment.json"),
+    api: Annotated[
+        str | None, typer.Option("--api", help="Base URL of the backend's public API.")
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle", help="An exported epoch bundle, or a directory of bundle directories."
+        ),
+    ] = None,
+    from_epoch: Annotated[
+        int | None, typer.Option("--from-epoch", min=1, help="First epoch to audit.")
+    ] = None,
+    to_epoch: Annotated[
+        int | None, typer.Option("--to-epoch", min=1, help="Last epoch to audit.")
+    ] = None,
+    block_range: Annotated[
+        int, typer.Option(min=1, help="Blocks per eth_getLogs query.")
+    ] = DEFAULT_BLOCK_RANGE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Audit every settled epoch (or --from-epoch/--to-epoch) against the chain."""
+    if (api is None) == (bundle is None):
+        err.print("[bold red]error:[/] give exactly one record source: --api URL or --bundle DIR")
+        raise typer.Exit(EXIT_ERROR)
+    if from_epoch is not None and to_epoch is not None and to_epoch < from_epoch:
+        err.print("[bold red]error:[/] --to-epoch is before --from-epoch")
+        raise typer.Exit(EXIT_ERROR)
+    try:
+        chain = open_chain(rpc_url, deployment)
+        source: RecordSource = ApiSource(api) if api is not None else BundleSource(bundle)  # type: ignore[arg-type]
+        bar = _Bar(err)
+        # A progress bar only where someone watches it.
+        show = err.is_terminal and not os.environ.get("GRIDPOINTS_NO_PROGRESS")
+        auditor = Auditor(chain, source, block_range=block_range, progress=bar if show else None)
+        if show:
+            with bar.progress:
+                report = auditor.run(from_epoch=from_epoch, to_epoch=to_epoch)
+        else:
+            report = auditor.run(from_epoch=from_epoch, to_epoch=to_epoch)
+    except AuditError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_report(report)
+    raise typer.Exit(EXIT_CLEAN if report.clean else EXIT_DISCREPANCIES)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,251 @@
+"""Epoch export bundles: one settled epoch as self-contained, documented files.
+
+``gridpoints epoch export ID --out DIR`` writes (format ``gridpoints-epoch-bundle/1``):
+
+* ``records.jsonl`` — one JSON object per record, in leaf order: ``leafIndex``, ``logIndex``,
+  ``digest``, ``record`` (the EnergyTransfer wire form), ``signature`` and, for a charge paid
+  with points, ``payment`` (the user's signed PaymentAuthorization);
+* ``tariff.json`` — the canonical JSON of the tariff that valued the epoch, byte for byte (its
+  keccak-256 is the anchored tariffHash);
+* ``README.txt`` — the format and how to verify it;
+* ``manifest.json`` — format, epoch id, what the backend sealed (record count, roots, totals,
+  tariff hash and version), the deployment (chain id, contract addresses, deployment block),
+  the settlement transactions from the database, and the sha256 of each file above.
+
+The manifest is the operator's claim, not evidence: the auditor (backend/audit.py) reads the
+records and the tariff, recomputes everything and compares it with the chain; it reports where
+the manifest disagrees with the chain, and files whose sha256 differs from the manifest.
+
+This module reads the backend's database (the export is an operator tool); the auditor never
+does. The bundle is written to a temporary sibling directory and renamed into place, so a
+crash never leaves a half-written bundle under the requested name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from backend.audit import (
+    BUNDLE_FILES,
+    BUNDLE_FORMAT,
+    MANIFEST_FILE,
+    README_FILE,
+    RECORDS_FILE,
+    TARIFF_FILE,
+)
+from backend.chain.deploy import Deployment
+from backend.db.session import Database
+from backend.tariff import TariffBook, TariffError
+from station_signer.record import ZERO_BYTES32
+
+_PAGE = 5_000
+
+
+class ExportError(RuntimeError):
+    """The bundle cannot be written (unknown epoch, tariff missing, output not empty)."""
+
+
+README_TEXT = """\
+GridPoints epoch bundle ({format})
+=========================================
+
+This directory holds every record of one settled epoch of a GridPoints deployment, so that
+anyone can re-check the epoch against the chain without the operator's backend.
+
+Files
+-----
+records.jsonl  One JSON object per line, one line per record, in leaf order:
+                 leafIndex   position of the record's leaf in the epoch's Merkle tree (0..n-1)
+                 logIndex    position in the operator's record log (informational)
+                 digest      the record's EIP-712 digest (0x-hex)
+                 record      the EnergyTransfer, JSON wire form (see station_signer/record.py)
+                 signature   the station's 65-byte signature r || s || v (0x-hex)
+                 payment     only for a charge paid with points: the user's signed
+                             PaymentAuthorization {{authorization, signature}}
+tariff.json    The tariff that valued the epoch, in canonical JSON, byte for byte.
+manifest.json  What the operator says the epoch is (roots, totals, record count, tariff
+               hash), the deployment (chain id, contract addresses, deployment block), the
+               settlement transaction hashes, and the sha256 of each other file.
+
+Verifying
+---------
+With the GridPoints tools (no access to the operator's backend needed):
+
+    gridpoints-audit --rpc-url RPC_URL --deployment deployment.json --bundle THIS_DIRECTORY
+
+exits 0 when everything matches the chain and 1 with a list of discrepancies otherwise.
+
+By hand, against Settlement.getEpoch(epochId) on the chain named in manifest.json:
+  1. For each record, recompute its EIP-712 digest (domain "GridPoints", version "1", the
+     chain id and the StationRegistry address) and recover the signer; it must be the
+     station's registered key, valid at the record's endTime (StationRegistry events).
+  2. leaf = keccak256(0x00 || digest || signature); the RFC 9162 tree over the leaves in
+     leafIndex order (node = keccak256(0x01 || left || right)) must have root recordsRoot,
+     and the number of lines must be recordCount.
+  3. keccak256(tariff.json) must equal tariffHash; value each record with it
+     (backend/tariffs/README.md), sum credits per user (discharges) and requested debits
+     (paid charges: min(price, maxPoints)); the credits tree over
+     (user || uint128 credit || uint128 debit), sorted by address, must have root
+     creditsRoot, and the sums must be totalCredits and totalDebits.
+  4. The token's mint Transfer events in the epoch's credit-chunk transactions must credit
+     each user exactly those points; each PaymentApplied event must match a paid record.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    path: Path
+    epoch_id: int
+    record_count: int
+    state: str
+    manifest: dict[str, Any]
+
+
+def _line(item: dict[str, Any]) -> bytes:
+    return (json.dumps(item, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+
+
+class _HashingWriter:
+    """Writes a file and computes its sha256 on the way."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+
+
+def export_epoch(
+    db: Database,
+    epoch_id: int,
+    out: str | Path,
+    *,
+    deployment: Deployment,
+    tariffs: TariffBook,
+) -> ExportResult:
+    """Writes the bundle of epoch `epoch_id` to the new (or empty) directory `out`."""
+    from backend.api.records import record_view
+    from backend.db.models import Epoch
+    from backend.ledger import epoch_records
+    from backend.payments import authorizations_of
+    from backend.settlement import steps_of
+
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ExportError(f"{target} exists and is not an empty directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        with db.read() as session:
+            epoch = session.get(Epoch, epoch_id)
+            if epoch is None:
+                raise ExportError(f"epoch {epoch_id} is not sealed")
+            try:
+                tariff = tariffs.by_hash(epoch.tariff_hash)
+            except TariffError as exc:
+                raise ExportError(
+                    f"epoch {epoch_id} was valued with tariff 0x{epoch.tariff_hash.hex()}, "
+                    f"which the tariff folder does not hold: {exc}"
+                ) from None
+            files: dict[str, dict[str, Any]] = {}
+            with (staging / RECORDS_FILE).open("wb") as handle:
+                writer = _HashingWriter(handle)
+                written = 0
+                for offset in range(0, epoch.record_count, _PAGE):
+                    rows = epoch_records(session, epoch, offset, _PAGE)
+                    paid = authorizations_of(
+                        session,
+                        [r.log_index for r in rows if r.payment_authorization != ZERO_BYTES32],
+                    )
+                    for row in rows:
+                        view = record_view(row)
+                        item: dict[str, Any] = {
+                            "leafIndex": row.log_index - epoch.first_log_index,
+                            "logIndex": row.log_index,
+                            "digest": view.digest,
+                            "record": view.record,
+                            "signature": view.signature,
+                        }
+                        if row.log_index in paid:
+                            item["payment"] = paid[row.log_index]
+                        writer.write(_line(item))
+                        written += 1
+                handle.flush()
+                os.fsync(handle.fileno())
+            if written != epoch.record_count:
+                raise ExportError(
+                    f"epoch {epoch_id} has {epoch.record_count} records but the log holds "
+                    f"{written} of them"
+                )
+            files[RECORDS_FILE] = {"sha256": writer.sha256.hexdigest(), "bytes": writer.size}
+            steps = [
+                {
+                    "step": s.step,
+                    "kind": s.kind,
+                    "chunkId": s.chunk_id,
+                    "entries": s.entry_count,
+                    "amount": s.amount,
+                    "state": s.state,
+                    "txHash": "0x" + s.tx_hash.hex() if s.tx_hash else None,
+                    "blockNumber": s.block_number,
+                }
+                for s in steps_of(session, epoch_id)
+            ]
+            manifest: dict[str, Any] = {
+                "format": BUNDLE_FORMAT,
+                "epochId": epoch.epoch_id,
+                "state": epoch.state,
+                "firstLogIndex": epoch.first_log_index,
+                "recordCount": epoch.record_count,
+                "recordsRoot": "0x" + epoch.records_root.hex(),
+                "creditsRoot": "0x" + epoch.credits_root.hex(),
+                "tariffHash": "0x" + epoch.tariff_hash.hex(),
+                "tariffVersion": epoch.tariff_version,
+                "totalCredits": epoch.total_credits,
+                "totalDebits": epoch.total_debits,
+                "creditEntries": epoch.entry_count,
+                "payments": epoch.payment_count,
+                "sealedAt": _iso(epoch.sealed_at),
+                "settledAt": _iso(epoch.settled_at),
+                "deployment": {
+                    "chainId": deployment.chain_id,
+                    "contracts": dict(deployment.addresses),
+                    "deploymentBlock": deployment.deployment_block,
+                },
+                "settlement": steps,
+            }
+        canonical = tariff.canonical_bytes()
+        (staging / TARIFF_FILE).write_bytes(canonical)
+        readme = README_TEXT.format(format=BUNDLE_FORMAT).encode("ascii")
+        (staging / README_FILE).write_bytes(readme)
+        for name, data in ((TARIFF_FILE, canonical), (README_FILE, readme)):
+            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        manifest["files"] = {name: files[name] for name in BUNDLE_FILES}
+        manifest["exportedAt"] = _iso(datetime.now(UTC))
+        (staging / MANIFEST_FILE).write_bytes(
+            (json.dumps(manifest, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+        )
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(target, epoch_id, manifest["recordCount"], manifest["state"], manifest)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")

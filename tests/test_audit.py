@@ -1,0 +1,565 @@
+"""The independent auditor against a real backend (uvicorn, SQLite and PostgreSQL) and the
+session Anvil: a clean history passes over the API and over exported bundles with the same
+verdict, and each tampering a dishonest operator (or a corrupted archive) could do is caught
+with its own discrepancy kind, naming the epoch and record.
+
+The operator's tampering is done the way an operator could do it: editing bundle files,
+writing the database directly (the test's own throwaway database; where the records table's
+append-only triggers stand in the way, the test drops them first, as a dishonest operator with
+database access would), and sending transactions with the settler and admin keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backend_fixtures import BackendHarness, sign
+from eth_account import Account
+from settlement_fixtures import TARIFFS, Traffic, make_worker, random_traffic
+from sqlalchemy import delete, insert, select, text, update
+
+from backend.audit import (
+    MANIFEST_FILE,
+    RECORDS_FILE,
+    TARIFF_FILE,
+    ApiSource,
+    Auditor,
+    AuditReport,
+    BundleSource,
+    Kind,
+)
+from backend.bundle import export_epoch
+from backend.chain.contracts import pack_entries, role_id
+from backend.db import Database
+from backend.db.models import Epoch, EpochEntry, LogHead, Record
+from backend.tariff import Tariff
+from station_signer import merkle
+from station_signer.record import EnergyTransfer, SignedRecord
+
+pytest_plugins = ["settlement_fixtures"]
+
+BIN = Path(sys.executable).parent
+AUDIT_CLI = BIN / "gridpoints-audit"
+GRIDPOINTS = BIN / "gridpoints"
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def settle(h: BackendHarness, *, paid: float = 0.5, records: int = 45, seed: int = 11) -> Traffic:
+    """Random traffic (some charges paid with points), sealed into 3 epochs and settled."""
+    traffic = random_traffic(h, stations=3, users=6, records=records, seed=seed, paid=paid)
+    traffic.post_all()
+    worker = make_worker(h, epoch_max_records=records // 3, credit_chunk_size=4)
+    try:
+        report = worker.run_round(force_seal=True)
+    finally:
+        worker.db.dispose()
+    assert report.settled == 3
+    return traffic
+
+
+def audit_api(h: BackendHarness, **kwargs: Any) -> AuditReport:
+    return Auditor(h.env.chain, ApiSource(h.url)).run(**kwargs)
+
+
+def audit_bundle(h: BackendHarness, path: Path, **kwargs: Any) -> AuditReport:
+    return Auditor(h.env.chain, BundleSource(path)).run(**kwargs)
+
+
+def export_all(h: BackendHarness, root: Path) -> Path:
+    db = Database(h.database_url)
+    try:
+        with db.read() as session:
+            ids = list(session.scalars(select(Epoch.epoch_id).order_by(Epoch.epoch_id)))
+        for epoch_id in ids:
+            export_epoch(
+                db,
+                epoch_id,
+                root / f"epoch-{epoch_id}",
+                deployment=h.env.deployment,
+                tariffs=TARIFFS,
+            )
+    finally:
+        db.dispose()
+    return root
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_lines(path: Path, items: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(i, separators=(",", ":")) + "\n" for i in items))
+
+
+def digest_of(h: BackendHarness, record_json: dict[str, Any]) -> str:
+    return "0x" + EnergyTransfer.from_json(record_json).digest(h.domain).hex()
+
+
+def verdicts(report: AuditReport) -> list[tuple[Any, ...]]:
+    return [
+        (
+            e.epoch_id,
+            e.status,
+            e.record_count,
+            e.records_seen,
+            e.records_root,
+            e.tariff_version,
+            e.total_credits,
+            e.total_debits,
+            e.minted,
+            e.burned,
+            e.discrepancies,
+        )
+        for e in report.epochs
+    ]
+
+
+def run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPOINTS_")}
+    full_env.pop("DATABASE_URL", None)
+    full_env.update(env)
+    return subprocess.run(
+        [str(a) for a in args], env=full_env, capture_output=True, text=True, timeout=300
+    )
+
+
+def drop_append_only_triggers(db: Database) -> None:
+    """What a dishonest operator with database access would do first."""
+    with db.write() as session:
+        if session.bind.dialect.name == "postgresql":
+            session.execute(text("DROP TRIGGER records_append_only ON records"))
+        else:
+            session.execute(text("DROP TRIGGER records_no_update"))
+            session.execute(text("DROP TRIGGER records_no_delete"))
+
+
+def first_discharge(db: Database, epoch_id: int) -> Record:
+    with db.read() as session:
+        epoch = session.get(Epoch, epoch_id)
+        assert epoch is not None
+        row = session.scalars(
+            select(Record)
+            .where(
+                Record.log_index >= epoch.first_log_index,
+                Record.log_index < epoch.first_log_index + epoch.record_count,
+                Record.direction == 2,
+            )
+            .order_by(Record.log_index)
+            .limit(1)
+        ).one()
+        session.expunge(row)
+        return row
+
+
+# ---- a clean history ------------------------------------------------------------------------
+
+
+def test_clean_history_passes_over_api_and_bundles_with_the_same_verdict(
+    harness: BackendHarness, tmp_path: Path
+) -> None:
+    h = harness
+    settle(h)
+    over_api = audit_api(h)
+    assert over_api.clean, [d.to_json() for d in over_api.discrepancies]
+    assert [e.status for e in over_api.epochs] == ["ok"] * 3
+    assert over_api.records == 45
+    assert over_api.burned > 0, "the history must exercise payments"
+    assert over_api.total_supply == over_api.minted - over_api.burned
+    # The bundles come from the real command line, as an operator would make them.
+    for epoch_id in (1, 2, 3):
+        done = run_cli(
+            [GRIDPOINTS, "epoch", "export", str(epoch_id), "--out", tmp_path / f"b{epoch_id}"],
+            DATABASE_URL=h.database_url,
+            GRIDPOINTS_DEPLOYMENT_FILE=str(h.env.deployment_path),
+        )
+        assert done.returncode == 0, done.stderr
+    over_bundles = audit_bundle(h, tmp_path)
+    assert over_bundles.clean, [d.to_json() for d in over_bundles.discrepancies]
+    assert verdicts(over_bundles) == verdicts(over_api)
+    # One bundle alone audits its own epoch.
+    single = audit_bundle(h, tmp_path / "b2")
+    assert single.clean and [e.epoch_id for e in single.epochs] == [2]
+    # And the CLI says so with its exit code, over both sources.
+    for source in (["--api", h.url], ["--bundle", tmp_path]):
+        done = run_cli(
+            [
+                AUDIT_CLI,
+                "--rpc-url",
+                h.env.anvil.rpc_url,
+                "--deployment",
+                h.env.deployment_path,
+                *source,
+                "--json",
+            ]
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout)
+        assert report["clean"] is True and len(report["epochs"]) == 3
+    table = run_cli(
+        [AUDIT_CLI, "--rpc-url", h.env.anvil.rpc_url, "--deployment", h.env.deployment_path,
+         "--api", h.url]
+    )  # fmt: skip
+    assert table.returncode == 0 and "CLEAN" in table.stdout, table.stdout + table.stderr
+
+
+def test_usage_and_connection_errors_exit_2(harness: BackendHarness, tmp_path: Path) -> None:
+    h = harness
+    common = [AUDIT_CLI, "--rpc-url", h.env.anvil.rpc_url, "--deployment", h.env.deployment_path]
+    both = run_cli([*common, "--api", h.url, "--bundle", tmp_path])
+    assert both.returncode == 2 and "exactly one record source" in both.stderr
+    neither = run_cli(common)
+    assert neither.returncode == 2
+    settle(h, paid=0.0, records=6)
+    no_api = run_cli([*common, "--api", "http://127.0.0.1:9"])
+    assert no_api.returncode == 2 and "does not answer" in no_api.stderr, no_api.stderr
+    no_node = run_cli(
+        [AUDIT_CLI, "--rpc-url", "http://127.0.0.1:9", "--deployment", h.env.deployment_path,
+         "--api", h.url]
+    )  # fmt: skip
+    assert no_node.returncode == 2 and "RPC" in no_node.stderr, no_node.stderr
+    not_a_bundle = run_cli([*common, "--bundle", tmp_path])
+    assert not_a_bundle.returncode == 2 and "manifest.json" in not_a_bundle.stderr
+
+
+# ---- tampering: records ---------------------------------------------------------------------
+
+
+def test_energy_altered_in_a_bundle_is_caught(harness: BackendHarness, tmp_path: Path) -> None:
+    h = harness
+    settle(h)
+    export_all(h, tmp_path)
+    path = tmp_path / "epoch-2" / RECORDS_FILE
+    items = read_lines(path)
+    target = next(i for i in items if i["record"]["direction"] == 2)
+    original_digest = target["digest"]
+    # A careful forger keeps the record valid: the meter moves with the energy.
+    target["record"]["energyWh"] += 5_000
+    target["record"]["meterAfterWh"] += 5_000
+    write_lines(path, items)
+    report = audit_bundle(h, tmp_path)
+    assert not report.clean
+    forged = [d for d in report.of_kind(Kind.SIGNATURE_INVALID)]
+    assert len(forged) == 1
+    d = forged[0]
+    assert (d.epoch_id, d.station_id, d.sequence, d.leaf_index) == (
+        2,
+        target["record"]["stationId"],
+        target["record"]["sequence"],
+        target["leafIndex"],
+    )
+    assert d.digest == digest_of(h, target["record"]) != original_digest
+    (mismatch,) = report.of_kind(Kind.DIGEST_MISMATCH)
+    assert mismatch.found == original_digest and mismatch.expected == d.digest
+    assert {Kind.RECORDS_ROOT_MISMATCH, Kind.BUNDLE_FILE_MISMATCH} <= report.kinds()
+    assert {e.epoch_id for e in report.epochs if e.status == "failed"} == {2}
+    done = run_cli(
+        [AUDIT_CLI, "--rpc-url", h.env.anvil.rpc_url, "--deployment", h.env.deployment_path,
+         "--bundle", tmp_path, "--json"]
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert Kind.SIGNATURE_INVALID in {x["kind"] for x in json.loads(done.stdout)["discrepancies"]}
+
+
+def test_energy_altered_in_the_database_is_caught(harness: BackendHarness) -> None:
+    h = harness
+    settle(h, paid=0.0)
+    db = Database(h.database_url)
+    try:
+        row = first_discharge(db, 1)
+        drop_append_only_triggers(db)
+        with db.write() as session:
+            session.execute(
+                update(Record)
+                .where(Record.log_index == row.log_index)
+                .values(energy_wh=row.energy_wh + 2_000, meter_after_wh=row.meter_after_wh + 2_000)
+            )
+    finally:
+        db.dispose()
+    report = audit_api(h)
+    (forged,) = report.of_kind(Kind.SIGNATURE_INVALID)
+    assert forged.epoch_id == 1
+    assert forged.station_id == "0x" + row.station_id.hex() and forged.sequence == row.sequence
+    (mismatch,) = report.of_kind(Kind.DIGEST_MISMATCH)
+    assert mismatch.found == "0x" + row.digest.hex()  # the digest column still holds the truth
+    assert Kind.RECORDS_ROOT_MISMATCH in report.kinds()
+
+
+def test_record_dropped_from_a_bundle_is_caught(harness: BackendHarness, tmp_path: Path) -> None:
+    h = harness
+    settle(h)
+    export_all(h, tmp_path)
+    path = tmp_path / "epoch-1" / RECORDS_FILE
+    items = read_lines(path)
+    dropped = items.pop(4)
+    write_lines(path, items)
+    report = audit_bundle(h, tmp_path)
+    (missing,) = report.of_kind(Kind.RECORD_MISSING)
+    assert (missing.epoch_id, missing.leaf_index) == (1, dropped["leafIndex"]) == (1, 4)
+    (count,) = report.of_kind(Kind.RECORD_COUNT_MISMATCH)
+    assert (count.epoch_id, count.expected, count.found) == (1, 15, 14)
+    assert Kind.RECORDS_ROOT_MISMATCH in report.kinds()
+
+
+def test_record_dropped_from_the_published_list_is_caught(harness: BackendHarness) -> None:
+    h = harness
+    settle(h, paid=0.0)
+    db = Database(h.database_url)
+    try:
+        row = first_discharge(db, 2)
+        drop_append_only_triggers(db)
+        with db.write() as session:
+            session.execute(delete(Record).where(Record.log_index == row.log_index))
+        with db.read() as session:
+            first = session.get(Epoch, 2).first_log_index  # type: ignore[union-attr]
+    finally:
+        db.dispose()
+    report = audit_api(h)
+    (missing,) = report.of_kind(Kind.RECORD_MISSING)
+    assert (missing.epoch_id, missing.leaf_index) == (2, row.log_index - first)
+    (count,) = report.of_kind(Kind.RECORD_COUNT_MISMATCH)
+    assert (count.expected, count.found) == (15, 14)
+    assert {Kind.RECORDS_ROOT_MISMATCH, Kind.MINT_MISMATCH} <= report.kinds()
+
+
+def test_record_signed_by_a_revoked_key_is_caught(harness: BackendHarness) -> None:
+    h = harness
+    traffic = random_traffic(h, stations=1, users=3, records=5, seed=12)
+    traffic.post_all()
+    station = h.register_station()
+    user = Account.create().address
+    honest = h.signed(station, user=user, direction=2, energy_wh=3_000)
+    assert h.post(honest).status_code == 201
+    revoked_at = h.revoke(station)
+    # The backend refuses such a record at ingest; a dishonest operator writes it directly.
+    record = station.record(user=user, direction=2, energy_wh=4_000, end_time=revoked_at + 60)
+    body = sign(record, station.key, h.domain)
+    signed = SignedRecord.from_json(body)
+    assert h.post(body).json()["reason"] == "key_not_valid"
+    db = Database(h.database_url)
+    try:
+        with db.write() as session:
+            head = session.scalar(select(LogHead.next_log_index))
+            assert head is not None
+            session.execute(
+                insert(Record).values(
+                    log_index=head,
+                    digest=record.digest(h.domain),
+                    station_id=record.station_id,
+                    sequence=record.sequence,
+                    user_address=record.user,
+                    direction=int(record.direction),
+                    energy_wh=record.energy_wh,
+                    meter_before_wh=record.meter_before_wh,
+                    meter_after_wh=record.meter_after_wh,
+                    start_time=record.start_time,
+                    end_time=record.end_time,
+                    payment_authorization=record.payment_authorization,
+                    signature=signed.signature,
+                    signer=bytes.fromhex(station.key.address[2:]),
+                    received_at=datetime.now(UTC),
+                )
+            )
+            session.execute(update(LogHead).values(next_log_index=head + 1))
+    finally:
+        db.dispose()
+    worker = make_worker(h)
+    try:
+        assert worker.run_round(force_seal=True).settled == 1
+    finally:
+        worker.db.dispose()
+    report = audit_api(h)
+    # Sealed and settled consistently: the roots and mints match the records, the only
+    # thing wrong is the record itself.
+    assert report.kinds() == {Kind.KEY_REVOKED}, [d.to_json() for d in report.discrepancies]
+    (d,) = report.discrepancies
+    assert (d.epoch_id, d.station_id, d.sequence) == (1, station.hex_id, record.sequence)
+    assert d.digest == "0x" + record.digest(h.domain).hex()
+    assert d.found["revokedAt"] == revoked_at
+
+
+def test_duplicated_record_across_epochs_is_caught(harness: BackendHarness, tmp_path: Path) -> None:
+    h = harness
+    settle(h, paid=0.0)
+    export_all(h, tmp_path)
+    first = read_lines(tmp_path / "epoch-1" / RECORDS_FILE)[0]
+    path = tmp_path / "epoch-3" / RECORDS_FILE
+    items = read_lines(path)
+    items[-1] = {**first, "leafIndex": items[-1]["leafIndex"]}  # replayed in place of the last
+    write_lines(path, items)
+    report = audit_bundle(h, tmp_path)
+    (dup,) = report.of_kind(Kind.DUPLICATE_RECORD)
+    assert (dup.epoch_id, dup.digest) == (3, first["digest"])
+    assert dup.found == {"epochId": 1, "leafIndex": 0, "digest": first["digest"]}
+    # The same sequence with different content: an equivocation the backend would have hidden.
+    other = dict(first["record"])
+    other["energyWh"] += 1
+    other["meterAfterWh"] += 1
+    items[-1] = {**items[-1], "record": other, "digest": digest_of(h, other)}
+    write_lines(path, items)
+    report = audit_bundle(h, tmp_path)
+    (eq,) = report.of_kind(Kind.EQUIVOCATION)
+    assert (eq.epoch_id, eq.sequence) == (3, first["record"]["sequence"])
+
+
+# ---- tampering: the chain -------------------------------------------------------------------
+
+
+def seal_only(h: BackendHarness, records: int = 12) -> tuple[Epoch, list[EpochEntry]]:
+    traffic = random_traffic(h, stations=2, users=4, records=records, seed=13)
+    traffic.post_all()
+    worker = make_worker(h)
+    try:
+        assert worker.sealer.seal() is not None
+        with worker.db.read() as session:
+            epoch = session.get(Epoch, 1)
+            entries = list(
+                session.scalars(
+                    select(EpochEntry).where(EpochEntry.epoch_id == 1).order_by(EpochEntry.ordinal)
+                )
+            )
+            session.expunge_all()
+    finally:
+        worker.db.dispose()
+    assert epoch is not None
+    return epoch, entries
+
+
+def test_extra_points_minted_in_an_inflated_epoch_are_caught(harness: BackendHarness) -> None:
+    h = harness
+    env = h.env
+    epoch, entries = seal_only(h)
+    accomplice = Account.create().address
+    extra = 500
+    leaves = sorted(
+        [(e.user_address, e.credit, e.debit) for e in entries]
+        + [(bytes.fromhex(accomplice[2:]), extra, 0)]
+    )
+    fake_root = merkle.root([merkle.credit_leaf_hash(*leaf) for leaf in leaves])
+    env.chain.commit_epoch(
+        env.accounts.settler,
+        1,
+        records_root=epoch.records_root,
+        credits_root=fake_root,
+        tariff_hash=epoch.tariff_hash,
+        record_count=epoch.record_count,
+        total_credits=epoch.total_credits + extra,
+        total_debits=epoch.total_debits,
+    )
+    env.chain.apply_credits(
+        env.accounts.settler,
+        1,
+        0,
+        pack_entries([(u, c) for u, c, _ in leaves if c]),
+    )
+    report = audit_api(h)
+    (mint,) = report.of_kind(Kind.MINT_MISMATCH)
+    assert (mint.epoch_id, mint.user, mint.expected, mint.found) == (1, accomplice, 0, extra)
+    (total,) = report.of_kind(Kind.TOTAL_CREDITS_MISMATCH)
+    assert (total.expected, total.found) == (epoch.total_credits, epoch.total_credits + extra)
+    (root,) = report.of_kind(Kind.CREDITS_ROOT_MISMATCH)
+    assert root.expected == "0x" + epoch.credits_root.hex()
+    (supply,) = report.of_kind(Kind.SUPPLY_MISMATCH)
+    assert supply.found - supply.expected == extra
+    assert report.kinds() == {
+        Kind.MINT_MISMATCH,
+        Kind.TOTAL_CREDITS_MISMATCH,
+        Kind.CREDITS_ROOT_MISMATCH,
+        Kind.SOURCE_CLAIM_MISMATCH,  # the backend's own epoch view disagrees with the chain
+        Kind.SUPPLY_MISMATCH,
+    }
+
+
+def test_points_minted_outside_any_epoch_are_caught(harness: BackendHarness) -> None:
+    h = harness
+    env = h.env
+    settle(h, paid=0.0, records=9)
+    assert audit_api(h).clean
+    # The admin hands the token's minting role to the settler key, which mints directly.
+    token = env.chain.token.functions
+    env.chain.transact(
+        env.accounts.admin,
+        token.grantRole(role_id("SETTLEMENT_ROLE"), env.accounts.settler.address),
+    )
+    accomplice = Account.create().address
+    receipt = env.chain.transact(env.accounts.settler, token.mint(accomplice, 777))
+    report = audit_api(h)
+    (mint,) = report.of_kind(Kind.UNEXPLAINED_MINT)
+    assert (mint.user, mint.found, mint.epoch_id) == (accomplice, 777, None)
+    assert mint.tx_hash == "0x" + bytes(receipt["transactionHash"]).hex()
+    assert report.kinds() == {Kind.UNEXPLAINED_MINT, Kind.SUPPLY_MISMATCH}
+    assert all(e.status == "ok" for e in report.epochs)
+
+
+def test_wrong_root_anchored_is_caught(harness: BackendHarness) -> None:
+    h = harness
+    env = h.env
+    epoch, entries = seal_only(h)
+    wrong = bytes(31) + b"\x01"
+    env.chain.commit_epoch(
+        env.accounts.settler,
+        1,
+        records_root=wrong,
+        credits_root=epoch.credits_root,
+        tariff_hash=epoch.tariff_hash,
+        record_count=epoch.record_count,
+        total_credits=epoch.total_credits,
+        total_debits=epoch.total_debits,
+    )
+    env.chain.apply_credits(
+        env.accounts.settler, 1, 0, pack_entries([(e.user_address, e.credit) for e in entries])
+    )
+    report = audit_api(h)
+    (root,) = report.of_kind(Kind.RECORDS_ROOT_MISMATCH)
+    assert (root.epoch_id, root.expected, root.found) == (
+        1,
+        "0x" + epoch.records_root.hex(),  # recomputed from the records = the backend's root
+        "0x" + wrong.hex(),
+    )
+    (claim,) = report.of_kind(Kind.SOURCE_CLAIM_MISMATCH)
+    assert claim.details == {"field": "recordsRoot"}
+    assert report.kinds() == {Kind.RECORDS_ROOT_MISMATCH, Kind.SOURCE_CLAIM_MISMATCH}
+
+
+# ---- tampering: the tariff ------------------------------------------------------------------
+
+
+def test_tariff_changed_after_anchoring_is_caught(harness: BackendHarness, tmp_path: Path) -> None:
+    h = harness
+    settle(h, paid=0.0, records=9)
+    export_all(h, tmp_path)
+    bundle = tmp_path / "epoch-2"
+    original = (bundle / TARIFF_FILE).read_bytes()
+    # A valid, canonical tariff with one rate raised, and the manifest's sha256 updated too:
+    # nothing but the anchored hash tells it apart.
+    document = json.loads(original)
+    document["zones"]["default"]["discharge"]["peak"] += 1
+    forged = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    assert (
+        Tariff.from_canonical_bytes(forged).hash
+        != TARIFFS.by_hash(Tariff.from_canonical_bytes(original).hash).hash
+    )
+    (bundle / TARIFF_FILE).write_bytes(forged)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["files"][TARIFF_FILE]["sha256"] = hashlib.sha256(forged).hexdigest()
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    report = audit_bundle(h, tmp_path)
+    assert report.kinds() == {Kind.TARIFF_HASH_MISMATCH}
+    (d,) = report.discrepancies
+    assert d.epoch_id == 2 and d.expected == manifest["tariffHash"]
+    assert d.found == "0x" + Tariff.from_canonical_bytes(forged).hash.hex()
+    (epoch2,) = [e for e in report.epochs if e.epoch_id == 2]
+    assert epoch2.status == "failed" and not epoch2.valued
+    # Without updating the manifest the edit also shows as a changed file.
+    manifest["files"][TARIFF_FILE]["sha256"] = hashlib.sha256(original).hexdigest()
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    again = audit_bundle(h, tmp_path)
+    assert again.kinds() == {Kind.TARIFF_HASH_MISMATCH, Kind.BUNDLE_FILE_MISMATCH}
