@@ -256,34 +256,34 @@ _LOCK = (
     .returning(LogHead.next_log_index)
 )
 _SET_HEAD = update(LogHead).where(LogHead.id == 1).values(next_log_index=bindparam("head"))
-# The stored records a request can collide with: same digest (duplicates) or same (station,
-# sequence) (equivocations), in one round trip. The pairs are matched through a VALUES list:
-# SQLite uses no index for a row-value `IN ((?, ?), ...)` list and would scan the whole log.
-_KNOWN_BY_DIGEST = (
-    "SELECT digest, station_id, sequence, log_index, received_at FROM records "
-    "WHERE digest IN ({digests})"
-)
-_KNOWN_BY_PAIR = (
-    "SELECT digest, station_id, sequence, log_index, received_at FROM records "
-    "WHERE (station_id, sequence) IN (SELECT column1, column2 FROM (VALUES {pairs}) AS wanted)"
-)
-_known_cache: dict[tuple[int, int], Any] = {}
+# The stored records a request can collide with: same digest (a duplicate) or same (station,
+# sequence) (an equivocation). Both are found by (station, sequence) alone: a stored record
+# with a submission's digest has the submission's station and sequence, since the digest hashes
+# them (under the one domain this database follows). One lookup, through the unique index on
+# (station_id, sequence), whose plans stay index scans even when a prepared statement's
+# generic plan was made on a young table (PostgreSQL planned `digest IN (...)` as a scan of the
+# log then). The pairs are matched differently per database: SQLite uses no index for a
+# row-value `IN ((?, ?), ...)` list (it scans the log) but does for `IN (SELECT ... FROM
+# (VALUES ...))`; PostgreSQL turns the list into index scans.
+_KNOWN = {
+    "sqlite": (
+        "SELECT digest, station_id, sequence, log_index, received_at FROM records WHERE "
+        "(station_id, sequence) IN (SELECT column1, column2 FROM (VALUES {pairs}) AS wanted)"
+    ),
+    "postgresql": (
+        "SELECT digest, station_id, sequence, log_index, received_at FROM records WHERE "
+        "(station_id, sequence) IN ({pairs})"
+    ),
+}
+_known_cache: dict[tuple[str, int], Any] = {}
 
 
-def _known(digests: int, pairs: int) -> Any:
-    key = (digests, pairs)
+def _known(dialect: str, pairs: int) -> Any:
+    key = (dialect, pairs)
     statement = _known_cache.get(key)
     if statement is None:
-        parts = []
-        if digests:
-            parts.append(
-                _KNOWN_BY_DIGEST.format(digests=", ".join(f":d{i}" for i in range(digests)))
-            )
-        if pairs:
-            parts.append(
-                _KNOWN_BY_PAIR.format(pairs=", ".join(f"(:s{i}, :q{i})" for i in range(pairs)))
-            )
-        statement = text(" UNION ALL ".join(parts)).columns(received_at=UTCDateTime())
+        rows = ", ".join(f"(:s{i}, :q{i})" for i in range(pairs))
+        statement = text(_KNOWN[dialect].format(pairs=rows)).columns(received_at=UTCDateTime())
         _known_cache[key] = statement
     return statement
 
@@ -413,23 +413,25 @@ class Ingestor:
 
     def _prefetch(self, batch: _Batch, candidates: Sequence[Candidate]) -> None:
         conn = batch.conn
-        digests = list({c.digest for c in candidates if c.digest is not None})
         verified = [c.columns for c in candidates if c.columns is not None]
-        pairs = list({(c.station_id, c.sequence) for c in verified})
-        wanted_digests, wanted_pairs = set(digests), set(pairs)
-        for at in range(0, max(len(digests), len(pairs)), _CHUNK):
-            digest_chunk = _padded(digests[at : at + _CHUNK]) if at < len(digests) else []
-            pair_chunk = _padded(pairs[at : at + _CHUNK]) if at < len(pairs) else []
-            params: dict[str, Any] = {f"d{i}": d for i, d in enumerate(digest_chunk)}
-            for i, (station_id, sequence) in enumerate(pair_chunk):
+        wanted_digests = {c.digest for c in candidates if c.digest is not None}
+        wanted_pairs = {(c.station_id, c.sequence) for c in verified}
+        # Every candidate with a digest has its station and sequence (see _KNOWN).
+        lookup = list(
+            {
+                (c.station_id, c.sequence)
+                for c in candidates
+                if c.digest is not None and c.station_id is not None and c.sequence is not None
+            }
+        )
+        for chunk in _chunks(lookup):
+            chunk = _padded(chunk)
+            params: dict[str, Any] = {}
+            for i, (station_id, sequence) in enumerate(chunk):
                 params[f"s{i}"] = station_id
                 params[f"q{i}"] = sequence - U64_OFFSET
-            statement = _known(len(digest_chunk), len(pair_chunk))
-            for digest, station_id, sequence, log_index, received_at in conn.execute(
-                statement, params
-            ):
-                # A row found by its digest may not be a pair asked for, and the other way
-                # round: keep exactly what each lookup asked for.
+            rows = conn.execute(_known(conn.dialect.name, len(chunk)), params)
+            for digest, station_id, sequence, log_index, received_at in rows:
                 digest, station_id = bytes(digest), bytes(station_id)
                 sequence = int(sequence) + U64_OFFSET
                 if digest in wanted_digests:
