@@ -328,6 +328,8 @@ def test_record_dropped_from_the_published_list_is_caught(harness: BackendHarnes
     (count,) = report.of_kind(Kind.RECORD_COUNT_MISMATCH)
     assert (count.expected, count.found) == (15, 14)
     assert {Kind.RECORDS_ROOT_MISMATCH, Kind.MINT_MISMATCH} <= report.kinds()
+    # (The API's paging counts records, not leaves, so with a hole in the log it serves the
+    # epoch's last record twice; the auditor sees that as a repeated leaf, not as a record.)
 
 
 def test_record_signed_by_a_revoked_key_is_caught(harness: BackendHarness) -> None:
@@ -563,3 +565,97 @@ def test_tariff_changed_after_anchoring_is_caught(harness: BackendHarness, tmp_p
     (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
     again = audit_bundle(h, tmp_path)
     assert again.kinds() == {Kind.TARIFF_HASH_MISMATCH, Kind.BUNDLE_FILE_MISMATCH}
+
+
+# ---- settlement in progress, and payments ---------------------------------------------------
+
+
+def commit_as_sealed(h: BackendHarness, epoch_id: int) -> None:
+    """Commits a sealed epoch exactly as the backend sealed it (what the worker's first step
+    does), without applying any of its chunks."""
+    db = Database(h.database_url)
+    try:
+        with db.read() as session:
+            epoch = session.get(Epoch, epoch_id)
+            assert epoch is not None
+            h.env.chain.commit_epoch(
+                h.env.accounts.settler,
+                epoch_id,
+                records_root=epoch.records_root,
+                credits_root=epoch.credits_root,
+                tariff_hash=epoch.tariff_hash,
+                record_count=epoch.record_count,
+                total_credits=epoch.total_credits,
+                total_debits=epoch.total_debits,
+            )
+    finally:
+        db.dispose()
+
+
+def test_an_epoch_being_settled_is_not_a_discrepancy_until_the_next_is_committed(
+    harness: BackendHarness,
+) -> None:
+    h = harness
+    traffic = random_traffic(h, stations=2, users=4, records=20, seed=14)
+    traffic.post_all()
+    worker = make_worker(h, epoch_max_records=10)
+    try:
+        assert worker.sealer.seal() is not None and worker.sealer.seal() is not None
+        commit_as_sealed(h, 1)  # committed, nothing minted yet
+        report = audit_api(h)
+        assert report.clean, [d.to_json() for d in report.discrepancies]
+        assert [(e.epoch_id, e.status, e.minted) for e in report.epochs] == [(1, "settling", 0)]
+        assert any("supply against the records not checked" in n for n in report.notes)
+        # Once epoch 2 is committed, epoch 1's missing mints are a finding.
+        commit_as_sealed(h, 2)
+        report = audit_api(h)
+        assert report.kinds() == {Kind.MINT_MISMATCH}
+        assert {d.epoch_id for d in report.discrepancies} == {1}
+        assert all(d.found == 0 and d.expected > 0 for d in report.discrepancies)
+        assert [e.status for e in report.epochs] == ["failed", "settling"]
+        # The worker finishes both settlements: clean, and the supply is checked.
+        assert worker.run_round().settled == 2
+    finally:
+        worker.db.dispose()
+    report = audit_api(h)
+    assert report.clean and [e.status for e in report.epochs] == ["ok", "ok"]
+    assert not report.notes
+
+
+def test_payments_are_joined_to_their_records(harness: BackendHarness, tmp_path: Path) -> None:
+    h = harness
+    a, b = h.register_station(), h.register_station()
+    wallet = Account.create()
+    traffic = Traffic(h)
+    traffic.add(a, user=wallet.address, direction=2, energy_wh=20_000, duration_s=4 * 3600)
+    traffic.post_all()
+    worker = make_worker(h)
+    try:
+        worker.run_round(force_seal=True)
+        kept = traffic.add_paid(b, wallet, 1_000, energy_wh=3_000)
+        canceled = traffic.add_paid(b, wallet, 1_000, energy_wh=2_000)
+        assert h.post_batch(traffic.bodies[1:]).json()["accepted"] == 2
+        # The user voids one authorisation before settlement: the charge is paid otherwise.
+        h.env.rpc("anvil_setBalance", wallet.address, hex(10**18))
+        h.env.chain.cancel_authorization(wallet, canceled["payment"]["authorization"]["nonce"])
+        worker.run_round(force_seal=True)
+    finally:
+        worker.db.dispose()
+    report = audit_api(h)
+    assert report.clean, [d.to_json() for d in report.discrepancies]
+    assert report.epochs[1].burned > 0 and report.epochs[1].total_debits > report.epochs[1].burned
+    export_all(h, tmp_path)
+    assert audit_bundle(h, tmp_path).clean
+    # Without its authorisation the paid record is refused, and the burn has nothing behind it.
+    path = tmp_path / "epoch-2" / RECORDS_FILE
+    items = read_lines(path)
+    (item,) = [i for i in items if i["digest"] == digest_of(h, kept["record"])]
+    del item["payment"]
+    write_lines(path, items)
+    report = audit_bundle(h, tmp_path)
+    (refused,) = report.of_kind(Kind.PAYMENT_INVALID)
+    assert refused.details == {"reason": "authorization_missing"}
+    assert (refused.sequence, refused.digest) == (kept["record"]["sequence"], item["digest"])
+    (burn,) = report.of_kind(Kind.UNEXPECTED_PAYMENT)
+    assert burn.user == wallet.address and burn.found["burned"] > 0
+    assert {Kind.TOTAL_DEBITS_MISMATCH, Kind.CREDITS_ROOT_MISMATCH} <= report.kinds()
