@@ -491,11 +491,22 @@ def find_auditor() -> str | None:
 
 
 def run_audit(
-    rpc_url: str, deployment: Path, api_url: str, *, timeout: float = 600.0
+    rpc_url: str,
+    deployment: Path,
+    api_url: str,
+    *,
+    expected_epochs: int | None = None,
+    expected_records: int | None = None,
+    timeout: float = 600.0,
 ) -> AuditResult:
-    """Runs the independent auditor (its own process: it shares nothing with the backend but
-    the chain and the public API) and returns its verdict. Nothing is ever assumed: no auditor,
-    no verdict."""
+    """Runs the independent auditor and returns its verdict.
+
+    The auditor is its own process and shares nothing with the backend but the chain and the
+    public API (``gridpoints-audit --rpc-url --deployment --api --json``: exit 0 clean, 1
+    discrepancies, 2 could not run). Nothing is assumed: no auditor, no verdict. A clean report
+    counts only if it covers every epoch and record the run settled (``expected_*``), so an
+    audit that silently looked at less is not taken for a clean one.
+    """
     executable = find_auditor()
     args = ["--rpc-url", rpc_url, "--deployment", str(deployment), "--api", api_url, "--json"]
     if executable is None:
@@ -507,10 +518,17 @@ def run_audit(
             message=f"auditor not available in this checkout (no `{AUDITOR}` command installed)",
         )
     command = [executable, *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPOINTS_")}
     started = time.monotonic()
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=ROOT,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return AuditResult(
@@ -520,17 +538,44 @@ def run_audit(
     report: Any = None
     with contextlib.suppress(ValueError):
         report = json.loads(done.stdout)
-    clean = done.returncode == 0 and report is not None
-    if clean:
-        message = "clean: every check passed"
-    elif report is None:
-        message = (
-            f"the auditor exited with code {done.returncode} without a JSON report: "
-            f"{(done.stderr or done.stdout).strip()[-800:]}"
+    if not isinstance(report, dict):
+        detail = (done.stderr or done.stdout).strip()[-800:]
+        return AuditResult(
+            True,
+            False,
+            done.returncode,
+            command,
+            f"the audit could not run (exit code {done.returncode}): {detail}",
+            None,
+            elapsed,
         )
-    else:
-        message = f"the auditor reported discrepancies (exit code {done.returncode})"
-    return AuditResult(True, clean, done.returncode, command, message, report, elapsed)
+    epochs = report.get("epochs") or []
+    not_ok = [e.get("epochId") for e in epochs if e.get("status") != "ok"]
+    problems = []
+    if done.returncode != 0 or report.get("clean") is not True:
+        kinds = sorted({str(d.get("kind")) for d in report.get("discrepancies") or []})
+        problems.append(
+            f"{len(report.get('discrepancies') or [])} discrepancies ({', '.join(kinds)}), "
+            f"exit code {done.returncode}"
+        )
+    if not_ok:
+        problems.append(f"epochs {not_ok} not verified ok")
+    if expected_epochs is not None and len(epochs) != expected_epochs:
+        problems.append(f"audited {len(epochs)} epochs, the run settled {expected_epochs}")
+    if expected_records is not None and report.get("records") != expected_records:
+        problems.append(
+            f"audited {report.get('records')} records, the run recorded {expected_records}"
+        )
+    if problems:
+        return AuditResult(
+            True, False, done.returncode, command, "; ".join(problems), report, elapsed
+        )
+    message = (
+        f"{len(epochs)} epochs and {report.get('records')} records re-checked against the "
+        f"chain: signatures, key validity, roots, tariff, credits, mints and burns "
+        f"(minted {report.get('minted')}, burned {report.get('burned')})"
+    )
+    return AuditResult(True, True, done.returncode, command, message, report, elapsed)
 
 
 # ---- the demo ----------------------------------------------------------------------------------
@@ -1249,8 +1294,12 @@ def render(summary: dict[str, Any], out: Console) -> None:
     epochs = Table(title="Epochs settled on chain (records root = Settlement.getEpoch)")
     for column in ("epoch", "records", "minted", "burned", "records root", "commit tx", "txs"):
         epochs.add_column(column, justify="right" if column in ("epoch", "records") else "left")
+    epochs.add_column("audit")
+    report = summary["audit"]["report"] or {}
+    audited = {e.get("epochId"): e.get("status") for e in report.get("epochs") or []}
     for e in summary["epochs"]:
         chain = e["onChain"]
+        status = audited.get(e["epochId"])
         epochs.add_row(
             str(e["epochId"]),
             str(e["recordCount"]),
@@ -1259,6 +1308,11 @@ def render(summary: dict[str, Any], out: Console) -> None:
             _short(chain["recordsRoot"]),
             _short(chain["commitTxHash"]),
             str(len(e["txHashes"])),
+            "-"
+            if status is None
+            else f"[green]{status.upper()}[/]"
+            if status == "ok"
+            else f"[bold red]{status.upper()}[/]",
         )
 
     audit = summary["audit"]
@@ -1343,12 +1397,18 @@ def run(options: Options) -> int:
         assert demo.anvil is not None and demo.backend is not None
         assert demo.deployment_path is not None
         with console.status(f"auditor: {AUDITOR} re-checks every epoch…"):
-            audit = run_audit(demo.anvil.rpc_url, demo.deployment_path, demo.backend.url)
+            audit = run_audit(
+                demo.anvil.rpc_url,
+                demo.deployment_path,
+                demo.backend.url,
+                expected_epochs=len(epochs),
+                expected_records=len(demo.sessions),
+            )
         if not audit.available:
             console.print(f"[bold yellow]{audit.message}[/]", highlight=False)
             code = EXIT_NO_AUDITOR
         elif audit.clean:
-            demo.step("audit clean")
+            demo.step(f"audit clean: {audit.message}")
             code = EXIT_OK
         else:
             console.print(f"[bold red]{audit.message}[/]", highlight=False)
