@@ -120,6 +120,12 @@ def test_demo_keeps_running_until_ctrl_c_with_balances_from_the_chain(tmp_path: 
         assert summary["audit"]["available"], summary["audit"]["message"]
         assert summary["audit"]["clean"] is True, summary["audit"]
         assert summary["exitCode"] == 0
+        report = summary["audit"]["report"]
+        assert report["clean"] is True and report["discrepancies"] == []
+        assert report["records"] == 10 * 3
+        assert [(e["epochId"], e["status"]) for e in report["epochs"]] == [
+            (e["epochId"], "ok") for e in summary["epochs"]
+        ]
 
         # Traffic: every record in, the offline station's backlog among them.
         assert summary["records"]["total"] == 10 * 3
