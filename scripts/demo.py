@@ -80,7 +80,7 @@ from rich.text import Text
 from backend.chain.anvil import AnvilNode, free_port
 from backend.chain.contracts import GridPointsChain, connect
 from backend.chain.deploy import DEV_DEPLOYER, DEV_REGISTRAR, DEV_SETTLER, deploy, dev_account
-from backend.tariff import TariffBook, load_timezone, value_record
+from backend.tariff import Tariff, TariffBook, load_timezone, value_record
 from backend.worker import write_dev_key_file
 from station_signer.authorization import PaymentAuthorization, sign_authorization
 from station_signer.record import Direction, keccak256
@@ -88,6 +88,7 @@ from station_signer.signers.pkcs11 import default_module_path
 from station_signer.signers.softhsm import SoftHsmToken
 from station_signer.station import (
     STORE_FILE,
+    ChainAnchors,
     Pkcs11KeyConfig,
     Station,
     Transfer,
@@ -618,7 +619,6 @@ class WaveReport:
 class Demo:
     options: Options
     console: Console
-    out: Console
     run_dir: Path = field(init=False)
     anvil: AnvilNode | None = None
     backend: BackendProcess | None = None
@@ -1032,7 +1032,7 @@ class Demo:
         counts = {"discharge": 0, "charge": 0, "paidWithPoints": 0}
         per_station: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         tariffs = TariffBook.load()
-        tariff_of = {}  # log index -> the tariff its epoch anchored
+        tariff_of: dict[int, Tariff] = {}  # log index -> the tariff its epoch anchored
         for e in epochs:
             tariff = tariffs.by_hash(e["tariffHash"])
             for index in range(e["firstLogIndex"], e["firstLogIndex"] + e["recordCount"]):
@@ -1074,8 +1074,6 @@ class Demo:
             v.address: int(chain.token.functions.balanceOf(v.address).call()) for v in self.vehicles
         }
         supply = int(chain.token.functions.totalSupply().call())
-
-        from station_signer.station import ChainAnchors
 
         anchors = ChainAnchors(chain)
         epoch_rows = []
@@ -1373,7 +1371,7 @@ def run(options: Options) -> int:
     out = Console()
     if not out.is_terminal:
         out = Console(width=150)
-    demo = Demo(options, console, out)
+    demo = Demo(options, console)
     code = EXIT_FAILED
     summarized = False
     _install_signal_handlers()
