@@ -935,7 +935,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--client-processes", type=int, default=2, help="processes the single connections use"
     )
     parser.add_argument("--batch-size", type=int, default=1_000, help="records per batch")
-    parser.add_argument("--batch-clients", type=int, default=4, help="connections posting batches")
+    parser.add_argument("--batch-clients", type=int, default=8, help="connections posting batches")
     parser.add_argument(
         "--bare-samples", type=int, default=3_000, help="signatures for the in-process rates"
     )
