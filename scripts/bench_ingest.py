@@ -806,6 +806,12 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                                 1e6 * (r.db_cpu_s or 0.0) / max(1, r.accepted) for r in runs
                             ),
                             "box_busy": statistics.median(r.box_busy for r in runs),
+                            "cpu_ceiling": statistics.median(
+                                (os.cpu_count() or 1)
+                                * r.accepted
+                                / max(1e-9, r.server_cpu_s + r.client_cpu_s + (r.db_cpu_s or 0.0))
+                                for r in runs
+                            ),
                             "ratio_to_bare_recovery": statistics.median(r.rate for r in runs)
                             / bare_rate,
                         }
@@ -880,7 +886,7 @@ def print_table(report: dict[str, Any]) -> None:
     header = (
         f"{'database':<10} {'workers':>7} {'mode':<7} {'conns':>5} {'accepted/s':>11} "
         f"{'[min-max]':>17} {'x bare':>6} {'target':>14} {'met':>3} {'srv µs/rec':>10} "
-        f"{'cli µs/rec':>10} {'db µs/rec':>9} {'box busy':>8}"
+        f"{'cli µs/rec':>10} {'db µs/rec':>9} {'box busy':>8} {'CPU ceiling':>11}"
     )
     print("end to end (real uvicorn over loopback):")
     print(header)
@@ -900,7 +906,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{rate['median']:>11,.0f} {spread:>17} "
             f"{r['ratio_to_bare_recovery']:>6.2f} {target:>14} {'yes' if met else 'NO':>3} "
             f"{r['server_cpu_us_per_record']:>10.0f} {r['client_cpu_us_per_record']:>10.0f} "
-            f"{db_cpu:>9} {r['box_busy']:>8.0%}"
+            f"{db_cpu:>9} {r['box_busy']:>8.0%} {r['cpu_ceiling']:>11,.0f}"
         )
         if r["not_accepted"]:
             print(f"    !! {r['not_accepted']} records not accepted")
@@ -908,7 +914,9 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         "srv/cli/db µs/rec: CPU time per accepted record of the server processes, the load "
         "generator processes and (PostgreSQL) the database's backend processes; box busy: all "
-        "cores, including other work on the machine."
+        "cores, including other work on the machine; CPU ceiling: the rate at which those three "
+        f"would keep all {m['cpu_count']} cores busy with nothing else running "
+        "(cores / their CPU seconds per record), what this machine can do on this path."
     )
 
 
