@@ -1699,7 +1699,9 @@ def _meter_findings(seen: _Seen) -> list[Discrepancy]:
     return out
 
 
-def open_chain(rpc_url: str, deployment_file: str | Path, *, timeout: float = 30.0) -> Any:
+def open_chain(
+    rpc_url: str, deployment_file: str | Path, *, timeout: float = 30.0
+) -> GridPointsChain:
     """A GridPointsChain on `rpc_url` for the deployment in `deployment_file` (AuditError)."""
     from backend.chain.contracts import connect
     from backend.chain.deploy import DeploymentFileError
