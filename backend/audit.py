@@ -627,6 +627,8 @@ class ChainFacts:
     credit_chunks: dict[int, list[CreditChunk]] = field(default_factory=dict)
     payments: dict[int, list[PaymentEvent]] = field(default_factory=dict)
     canceled: set[tuple[bytes, int]] = field(default_factory=set)
+    # authorisation digest -> its first PaymentApplied, in chain order
+    first_application: dict[bytes, PaymentEvent] = field(default_factory=dict)
     commit_txs: dict[int, bytes] = field(default_factory=dict)
     minted: int = 0
     burned: int = 0
@@ -775,6 +777,7 @@ def _attribute(
                 tx_hash,
             )
             facts.payments.setdefault(payment.epoch_id, []).append(payment)
+            facts.first_application.setdefault(payment.authorization, payment)
             chunk_burned += payment.burned
             chunk_payments += 1
             if payment.burned:
@@ -1516,36 +1519,24 @@ class Auditor:
             )
         events: dict[bytes, PaymentEvent] = {}
         for event in facts.payments.get(e, []):
-            if event.authorization in events:
+            first = facts.first_application[event.authorization]
+            if first is not event:
+                # The contract's nonce bitmap forbids this; seeing it means the chain or the
+                # contract is not what the audit assumes.
                 out.append(
                     Discrepancy(
                         Kind.AUTHORIZATION_APPLIED_TWICE,
-                        f"authorisation {_hex(event.authorization)} was applied twice in epoch {e}",
+                        f"authorisation {_hex(event.authorization)} applied in epoch {e} was "
+                        f"already applied in epoch {first.epoch_id}",
                         epoch_id=e,
                         user=to_checksum_address(event.user),
                         tx_hash=_hex(event.tx_hash),
                         expected=1,
                         found=2,
+                        details={"firstTxHash": _hex(first.tx_hash)},
                     )
                 )
-            events[event.authorization] = event
-        for epoch_id, others in facts.payments.items():
-            if epoch_id == e:
-                continue
-            for event in others:
-                if event.authorization in events and epoch_id < e:
-                    out.append(
-                        Discrepancy(
-                            Kind.AUTHORIZATION_APPLIED_TWICE,
-                            f"authorisation {_hex(event.authorization)} of epoch {e} was "
-                            f"already applied in epoch {epoch_id}",
-                            epoch_id=e,
-                            user=to_checksum_address(event.user),
-                            tx_hash=_hex(event.tx_hash),
-                            expected=1,
-                            found=2,
-                        )
-                    )
+            events.setdefault(event.authorization, event)
         planned = {p.authorization for p in summary.payments}
         for debit in summary.payments:
             ref = refs.get(debit.log_index)
