@@ -229,8 +229,10 @@ def epoch_export(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write one epoch as a self-contained bundle (records.jsonl, tariff.json, manifest.json,
-    README.txt) that `gridpoints-audit --bundle` verifies against the chain."""
+    """Write one epoch as a self-contained bundle that `gridpoints-audit --bundle` verifies.
+
+    The bundle holds records.jsonl, tariff.json, manifest.json and README.txt (docs/AUDIT.md).
+    """
     from backend.bundle import ExportError, export_epoch
     from backend.chain.deploy import Deployment, DeploymentFileError
     from backend.tariff import TariffBook, TariffError
