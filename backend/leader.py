@@ -13,6 +13,7 @@ database's own, not a home-made election:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -70,6 +71,36 @@ class LeaderLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return True
+
+    def still_held(self) -> bool:
+        """Whether the lock is still ours; forgets it (and says False) when it was lost.
+
+        A PostgreSQL advisory lock dies with its connection (network cut, failover,
+        pg_terminate_backend) while this process would go on believing it leads: ask the server
+        on that very connection. An flock lives as long as its descriptor, which this object
+        owns, so it cannot be lost behind our back.
+        """
+        if self._connection is not None:
+            try:
+                held = bool(
+                    self._connection.execute(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND pid = pg_backend_pid() AND granted "
+                            "AND ((classid::bigint << 32) | objid::bigint) = :key"
+                        ),
+                        {"key": ADVISORY_LOCK_KEY},
+                    ).scalar()
+                )
+                self._connection.commit()
+            except Exception:
+                held = False
+            if not held:
+                with contextlib.suppress(Exception):
+                    self._connection.close()
+                self._connection = None
+            return held
+        return self._fd is not None
 
     def acquire(self) -> Self:
         if not self.try_acquire():

@@ -64,6 +64,14 @@ log = logging.getLogger(__name__)
 # ones are final for this worker (public chains: far deeper than any reorg seen in practice).
 REORG_WINDOW = 256
 
+# Blocks per eth_getLogs query when searching for a step's event (below common RPC caps).
+EVENT_SEARCH_WINDOW = 2_000
+
+
+def _topic_uint(value: int) -> str:
+    return "0x" + value.to_bytes(32, "big").hex()
+
+
 # Reverts that mean "the chain already has this step" (a race with our own earlier attempt).
 _ALREADY_DONE = {"EpochAlreadyCommitted", "ChunkAlreadyApplied"}
 
@@ -223,11 +231,13 @@ class Settler:
                 )
             if epoch_id is None:
                 break
-            self.settle_epoch(int(epoch_id))
+            if not self.settle_epoch(int(epoch_id)):
+                break  # stopped, or the chain moved under a step: the next round goes on
             settled += 1
         return settled
 
-    def settle_epoch(self, epoch_id: int) -> None:
+    def settle_epoch(self, epoch_id: int) -> bool:
+        """Settles one epoch step by step, in order; True once all its steps are confirmed."""
         with self.db.write() as session:
             epoch = session.get(Epoch, epoch_id)
             if epoch is None:
@@ -235,9 +245,12 @@ class Settler:
             steps = [_view(s) for s in plan_steps(session, epoch, self.config)]
         for step in steps:
             if self.stop_event.is_set():
-                return
+                return False
             if step.state != "confirmed":
                 self._execute(step)
+                # A later step needs this one on chain (chunks need the commit).
+                if self._step_state(step) != "confirmed":
+                    return False
         with self.db.write() as session:
             pending = session.scalar(
                 select(func.count())
@@ -245,13 +258,14 @@ class Settler:
                 .where(SettlementStep.epoch_id == epoch_id, SettlementStep.state != "confirmed")
             )
             if pending:
-                return
+                return False
             epoch = session.get(Epoch, epoch_id)
             assert epoch is not None
             if epoch.state != "settled":
                 epoch.state = "settled"
                 epoch.settled_at = datetime.now(UTC)
                 log.info("epoch %d settled", epoch_id)
+        return True
 
     def request_reconcile(self) -> None:
         """The next round starts with a full reconciliation (after any error)."""
@@ -303,27 +317,33 @@ class Settler:
     # -- one step ---------------------------------------------------------------------------
 
     def _execute(self, step: StepView) -> None:
+        """Drives one step until it is confirmed, the chain moves under it, or stop."""
         label = f"epoch {step.epoch_id} step {step.step} ({step.kind})"
         while not self.stop_event.is_set():
             if self._is_on_chain(step, self._last_epoch_id()):
                 receipt = self._receipt_of_effect(step)
+                if receipt is None:
+                    # On chain, but its receipt cannot be read now (a lagging RPC node): never
+                    # confirm blind; the next round looks again.
+                    return
                 self._confirm(step, receipt)
                 return
             attempt = self._latest_attempt(step)
-            if attempt is not None and self._still_pending(attempt):
-                tx_hash = attempt.tx_hash
-            else:
-                tx_hash = self._send_new(step)
-                if tx_hash is None:  # the chain has it already, or there is nothing to send
+            if attempt is None or not self._still_pending(attempt):
+                if self._send_new(step) is None:  # the chain has it, or nothing to send
                     if self._step_state(step) == "confirmed":
                         return
                     continue
-            receipt = self._wait_receipt(tx_hash, label)
+                attempt = self._latest_attempt(step)
+                assert attempt is not None
+            receipt = self._wait_receipt(step, label)
             if receipt is None:
+                # Still pending after the timeout: outbid it with the same nonce.
+                self._replace(step, attempt)
                 continue
             crash_point("settle.after_receipt")
             if receipt["status"] != 1:
-                self._mark_attempt(tx_hash, "mined")
+                self._mark_attempt(bytes(receipt["transactionHash"]), "mined")
                 raise self._failed(step, receipt)
             self._confirm(step, receipt)
             return
@@ -351,7 +371,50 @@ class Settler:
                 "chainId": self.chain.sender.chain_id,
             }
         )
-        signed = self.account.sign_transaction(dict(tx))
+        return self._sign_store_send(step, dict(tx), nonce)
+
+    def _replace(self, step: StepView, attempt: SettlementAttempt) -> None:
+        """Signs the step again with the same nonce and higher fees (a stuck transaction).
+
+        EIP-1559 nodes accept a replacement only when both fee fields rise by at least 10%;
+        +12.5% also beats the market when the base fee rose meanwhile.
+        """
+        try:
+            pending = self.w3.eth.get_transaction(HexBytes(attempt.tx_hash))
+        except TransactionNotFound:
+            return  # gone from the pool: the next pass re-broadcasts or re-signs it
+        if pending.get("blockNumber") is not None:
+            return  # mined meanwhile: the next pass reads its receipt
+        call = self._call(step)
+        if call is None:
+            return
+        fees = call.build_transaction({"from": self.account.address, "nonce": attempt.nonce})
+        old_max = int(pending.get("maxFeePerGas") or pending.get("gasPrice") or 0)
+        old_tip = int(pending.get("maxPriorityFeePerGas") or 0)
+        tx = {
+            **fees,
+            "nonce": attempt.nonce,
+            "gas": int(pending["gas"]),
+            "chainId": self.chain.sender.chain_id,
+            "maxFeePerGas": max(int(fees.get("maxFeePerGas", 0)), old_max * 9 // 8 + 1),
+            "maxPriorityFeePerGas": max(
+                int(fees.get("maxPriorityFeePerGas", 0)), old_tip * 9 // 8 + 1
+            ),
+        }
+        tx.pop("gasPrice", None)
+        log.warning(
+            "epoch %d step %d: transaction 0x%s is stuck; replacing it with max fee %d wei",
+            step.epoch_id,
+            step.step,
+            attempt.tx_hash.hex(),
+            tx["maxFeePerGas"],
+        )
+        self._sign_store_send(step, tx, attempt.nonce)
+
+    def _sign_store_send(self, step: StepView, tx: dict[str, Any], nonce: int) -> bytes:
+        """Signs `tx`, stores it as an attempt of `step` (the intent), then broadcasts it."""
+        sender = self.account.address
+        signed = self.account.sign_transaction(tx)
         tx_hash = bytes(signed.hash)
         with self.db.write() as session:
             known = session.scalars(
@@ -452,15 +515,33 @@ class Settler:
                 .values(outcome=outcome)
             )
 
-    def _wait_receipt(self, tx_hash: bytes, label: str) -> TxReceipt | None:
+    def _signed_hashes(self, step: StepView) -> list[bytes]:
+        with self.db.read() as session:
+            return list(
+                session.scalars(
+                    select(SettlementAttempt.tx_hash)
+                    .where(
+                        SettlementAttempt.epoch_id == step.epoch_id,
+                        SettlementAttempt.step == step.step,
+                        SettlementAttempt.outcome == "signed",
+                    )
+                    .order_by(SettlementAttempt.id.desc())
+                )
+            )
+
+    def _wait_receipt(self, step: StepView, label: str) -> TxReceipt | None:
+        """The receipt of whichever signed attempt of `step` gets mined (a replacement or the
+        one it replaced); None after the receipt timeout."""
+        hashes = self._signed_hashes(step)
         deadline = time.monotonic() + self.config.receipt_timeout_s
         while not self.stop_event.is_set():
-            try:
-                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-            except TransactionNotFound:
-                receipt = None
-            if receipt is not None:
-                return receipt
+            for tx_hash in hashes:
+                try:
+                    receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+                except TransactionNotFound:
+                    receipt = None
+                if receipt is not None:
+                    return receipt
             if time.monotonic() > deadline:
                 log.warning("no receipt for %s after %.0fs", label, self.config.receipt_timeout_s)
                 return None
@@ -468,7 +549,11 @@ class Settler:
         return None
 
     def _confirm(self, step: StepView, receipt: TxReceipt | None) -> None:
-        """Waits for the confirmations of `receipt`, then records the step as confirmed."""
+        """Waits for the confirmations of `receipt`, then records the step as confirmed.
+
+        `receipt` is None only for a payments chunk with nothing left to send (every
+        authorisation used on chain before it): confirmed without a transaction.
+        """
         if receipt is not None:
             block = int(receipt["blockNumber"])
             while self.w3.eth.block_number < block + self.config.confirmations:
@@ -491,6 +576,16 @@ class Settler:
                     update(SettlementAttempt)
                     .where(SettlementAttempt.tx_hash == row.tx_hash)
                     .values(outcome="mined")
+                )
+                # Attempts it replaced (or that replaced it) can never be mined now.
+                session.execute(
+                    update(SettlementAttempt)
+                    .where(
+                        SettlementAttempt.epoch_id == step.epoch_id,
+                        SettlementAttempt.step == step.step,
+                        SettlementAttempt.outcome == "signed",
+                    )
+                    .values(outcome="replaced")
                 )
             if step.kind == "payments":
                 # What the chain burned per authorisation; 0 for the ones left out (used or
@@ -581,11 +676,47 @@ class Settler:
                 continue
             if receipt is not None and receipt["status"] == 1:
                 return receipt
+        # None of the stored attempts has a readable receipt (a lagging node, or a database
+        # restored without the attempt): find the transaction by the contract's own event.
+        tx_hash = self._effect_transaction(step)
+        if tx_hash is not None:
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+            except TransactionNotFound:
+                receipt = None
+            if receipt is not None and receipt["status"] == 1:
+                return receipt
         log.warning(
-            "epoch %d step %d is on chain but none of this worker's transactions did it",
+            "epoch %d step %d is on chain but its transaction's receipt cannot be read yet",
             step.epoch_id,
             step.step,
         )
+        return None
+
+    def _effect_transaction(self, step: StepView) -> bytes | None:
+        """The transaction whose EpochCommitted / ChunkApplied event is this step's effect,
+        searched backwards from the head in windows public RPC nodes accept."""
+        events = self.chain.settlement.events
+        if step.kind == "commit":
+            topics = [events.EpochCommitted().topic, _topic_uint(step.epoch_id)]
+        else:
+            assert step.chunk_id is not None
+            topics = [
+                events.ChunkApplied().topic,
+                _topic_uint(step.epoch_id),
+                _topic_uint(step.chunk_id),
+            ]
+        address = self.chain.settlement.address
+        low = self.chain.deployment.deployment_block
+        high = self.w3.eth.block_number
+        while high >= low:
+            start = max(low, high - EVENT_SEARCH_WINDOW + 1)
+            logs = self.w3.eth.get_logs(
+                {"address": address, "fromBlock": start, "toBlock": high, "topics": topics}
+            )
+            if logs:
+                return bytes(logs[-1]["transactionHash"])
+            high = start - 1
         return None
 
     def _block_canonical(self, step: SettlementStep) -> bool:

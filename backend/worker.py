@@ -163,6 +163,11 @@ class SealAndSettle:
     def run_round(self, *, force_seal: bool = False) -> RoundReport:
         """Seals what is due (everything waiting, with `force_seal`) and settles it."""
         report = RoundReport()
+        if self.lock.held and not self.lock.still_held():
+            # Another process may have taken over meanwhile: start afresh as any follower.
+            log.error("the sealing/settlement lock was lost; stepping down")
+            if self.settler is not None:
+                self.settler.request_reconcile()
         if not self.lock.try_acquire():
             self.last_report = report
             return report

@@ -223,12 +223,16 @@ def assert_chain_matches(h: BackendHarness, traffic: Traffic, from_block: int) -
             assert bytes(on_chain[2]) == epoch.tariff_hash
             assert int(on_chain[3]) == epoch.record_count
             assert int(on_chain[7]) == epoch.total_credits  # appliedCredits
-        # Every payment's burn was recorded from the chain's PaymentApplied events.
+        # Every payment's burn was recorded, and equals what the chain's events say it burned.
         with db.read() as session:
-            unsettled = session.scalars(
-                select(EpochPayment).where(EpochPayment.burned.is_(None))
-            ).all()
-        assert unsettled == []
+            recorded = {
+                bytes(p.authorization): p.burned for p in session.scalars(select(EpochPayment))
+            }
+        assert None not in recorded.values()
+        on_chain = {
+            e.authorization: e.burned for e in env.chain.payment_events(from_block=from_block)
+        }
+        assert recorded == {a: on_chain.get(a, 0) for a in recorded}
         if any("payment" in body for body in traffic.bodies):
             with db.read() as session:
                 burns = session.scalars(

@@ -8,10 +8,12 @@ tariff module, never read back from the backend.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import rlp
 from backend_fixtures import (
     DATABASES,
     BackendHarness,
@@ -27,8 +29,9 @@ from settlement_fixtures import (
     make_worker,
     random_traffic,
 )
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from backend.db import Database
 from backend.db.models import Epoch, SettlementAttempt, SettlementStep
 from backend.epochs import summarize_range
 from backend.worker import write_dev_key_file
@@ -241,3 +244,93 @@ def test_serve_seals_and_settles_without_manual_steps(
         metrics = h.client.get("/metrics").text
         assert f'gridpoints_epochs{{state="settled"}} {float(len(epochs))}' in metrics
         assert "gridpoints_unsealed_records 0.0" in metrics
+
+
+def eip1559_fees(raw_tx: bytes) -> tuple[int, int]:
+    """(maxPriorityFeePerGas, maxFeePerGas) of a signed type-2 transaction, from its bytes."""
+    assert raw_tx[0] == 2
+    fields = rlp.decode(raw_tx[1:])
+    return int.from_bytes(fields[2], "big"), int.from_bytes(fields[3], "big")
+
+
+def test_a_stuck_transaction_is_replaced_with_higher_fees(harness: BackendHarness) -> None:
+    env = harness.env
+    start_block = env.w3.eth.block_number
+    traffic = random_traffic(harness, stations=1, users=4, records=12, seed=21)
+    traffic.post_all()
+    worker = make_worker(harness, receipt_timeout_s=0.5)
+    env.rpc("evm_setAutomine", False)  # nothing gets mined: the commit stays pending
+    try:
+        runner = threading.Thread(target=lambda: worker.run_round(force_seal=True))
+        runner.start()
+        deadline = time.monotonic() + 30
+        while True:
+            with worker.db.read() as session:
+                attempts = session.scalars(
+                    select(SettlementAttempt).where(SettlementAttempt.step == 0)
+                ).all()
+            if len(attempts) >= 2:
+                break
+            assert time.monotonic() < deadline, "the stuck commit was never replaced"
+            time.sleep(0.05)
+        env.rpc("evm_setAutomine", True)
+        env.rpc("evm_mine")
+        runner.join(60)
+        assert not runner.is_alive()
+    finally:
+        env.rpc("evm_setAutomine", True)
+        worker.stop_event.set()
+        worker.lock.release()
+        worker.db.dispose()
+    # The replacement reused the nonce with at least 10% higher fees; exactly one got mined.
+    assert len({a.nonce for a in attempts}) == 1
+    first, second = (eip1559_fees(a.raw_tx) for a in attempts[:2])
+    assert second[0] * 10 >= first[0] * 11 and second[1] * 10 >= first[1] * 11
+    db = Database(harness.database_url)
+    try:
+        with db.read() as session:
+            outcomes = session.scalars(
+                select(SettlementAttempt.outcome).where(SettlementAttempt.step == 0)
+            ).all()
+    finally:
+        db.dispose()
+    assert sorted(outcomes).count("mined") == 1 and "signed" not in outcomes
+    assert_chain_matches(harness, traffic, start_block)
+
+
+@pytest.mark.skipif("postgresql" not in DATABASES, reason="advisory locks are PostgreSQL's")
+def test_a_leader_that_lost_its_database_lock_steps_down(
+    chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database("postgresql", tmp_path) as url,
+        running_backend(chain_session, url, "postgresql") as h,
+    ):
+        first, second = make_worker(h), make_worker(h)
+        try:
+            assert first.run_round().leader
+            assert not second.run_round().leader
+            # The leader's lock connection dies (failover, network cut, an operator's kill).
+            with first.db.engine.connect() as conn:
+                killed = (
+                    conn.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                            "WHERE locktype = 'advisory' AND granted"
+                            " AND database = (SELECT oid FROM pg_database"
+                            " WHERE datname = current_database())"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                conn.commit()
+            assert killed == [True]
+            assert second.run_round().leader  # the server released it: the follower takes over
+            assert not first.run_round().leader  # and the old leader noticed and stepped down
+            assert not first.lock.held
+        finally:
+            for w in (first, second):
+                w.lock.release()
+                w.db.dispose()

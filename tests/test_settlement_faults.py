@@ -11,6 +11,7 @@ Afterwards the chain must hold exactly the recomputed totals, every chunk exactl
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,13 +28,13 @@ from backend_fixtures import (
 )
 from conftest import ADMIN, REGISTRAR, SETTLER, USERS, ChainAccounts, ChainEnv
 from settlement_fixtures import assert_chain_matches, make_worker, random_traffic
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from backend.chain.anvil import AnvilNode, free_port
 from backend.chain.contracts import GridPointsChain, connect
 from backend.chain.deploy import Deployment, deploy, dev_account
 from backend.db import Database
-from backend.db.models import SettlementStep
+from backend.db.models import SettlementAttempt, SettlementStep
 from backend.worker import write_dev_key_file
 
 GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
@@ -118,18 +119,66 @@ def test_kill_9_from_outside_at_random_moments(harness: BackendHarness, tmp_path
     traffic = random_traffic(harness, stations=2, users=40, records=240, seed=12, paid=0.7)
     traffic.post_all()
     env = settle_env(harness, tmp_path, GRIDPOINTS_EPOCH_SECONDS="0.01")
-    delays = (0.9, 1.3, 0.7, 1.6, 1.1)
-    for delay in delays:
+    rng = random.Random(12)
+    kills_mid_work = 0
+    for _ in range(5):
+        before = confirmed_steps(harness)
         process = subprocess.Popen(
             [GRIDPOINTS, "settle"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        time.sleep(delay)
+        # Kill only once the process is doing work (a step confirmed since it started), at a
+        # random moment of it.
+        deadline = time.monotonic() + 60
+        while confirmed_steps(harness) == before:
+            assert time.monotonic() < deadline, "the worker made no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        busy = confirmed_steps(harness)
         process.send_signal(signal.SIGKILL)
         process.wait(30)
         assert process.returncode == -signal.SIGKILL
+        kills_mid_work += busy > before
+    assert kills_mid_work == 5
     final = run_settle(env, "--once")
     assert final.returncode == 0, final.stderr[-3000:]
     assert_chain_matches(harness, traffic, start_block)
+
+
+def test_settlement_recovers_when_the_database_lost_its_attempts(
+    harness: BackendHarness, tmp_path: Path
+) -> None:
+    """A database restored from a backup taken before the sends: the worker finds what the
+    chain already has from the contract's events, confirms it and sends only the rest."""
+    start_block = harness.env.w3.eth.block_number
+    traffic = random_traffic(harness, stations=1, users=12, records=40, seed=14, paid=0.5)
+    traffic.post_all()
+    crash = run_settle(
+        settle_env(harness, tmp_path, GRIDPOINTS_CRASH_AT="settle.after_send:3"), "--once"
+    )
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
+    db = Database(harness.database_url)
+    try:
+        with db.write() as session:
+            lost = session.execute(delete(SettlementAttempt)).rowcount
+            session.execute(
+                update(SettlementStep).values(
+                    state="planned", tx_hash=None, block_number=None, block_hash=None
+                )
+            )
+    finally:
+        db.dispose()
+    assert lost == 3
+    final = run_settle(settle_env(harness, tmp_path), "--once")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_chain_matches(harness, traffic, start_block)
+    db = Database(harness.database_url)
+    try:
+        with db.read() as session:
+            steps = session.scalars(select(SettlementStep).order_by(SettlementStep.step)).all()
+    finally:
+        db.dispose()
+    # The three steps already on chain were confirmed with their real transactions.
+    assert all(s.tx_hash is not None and s.block_number is not None for s in steps[:3])
 
 
 # ---- a node that goes away ------------------------------------------------------------------
