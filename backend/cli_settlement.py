@@ -60,7 +60,7 @@ def _worker(settings: Settings, db: Any, *, with_settler: bool) -> Any:
     )
     chain = GridPointsChain(w3, deployment)
     try:
-        account = load_settler_account(settings) if with_settler else None
+        account = load_settler_account(settings, deployment.chain_id) if with_settler else None
     except SettlerKeyError as exc:
         raise _fail(str(exc)) from None
     return SealAndSettle(db, chain, settings, account=account)

@@ -41,6 +41,7 @@ class TreeCache:
         self.size = size
         self._trees: OrderedDict[int, MerkleTree] = OrderedDict()
         self._lock = threading.Lock()
+        self._building = threading.Lock()
 
     def tree(self, session: Session, epoch: Epoch) -> MerkleTree:
         with self._lock:
@@ -48,6 +49,16 @@ class TreeCache:
             if tree is not None:
                 self._trees.move_to_end(epoch.epoch_id)
                 return tree
+        # One build per epoch at a time: concurrent proof requests for an uncached epoch wait
+        # for the first build instead of each hashing the whole epoch again.
+        with self._building:
+            with self._lock:
+                tree = self._trees.get(epoch.epoch_id)
+            if tree is not None:
+                return tree
+            return self._build(session, epoch)
+
+    def _build(self, session: Session, epoch: Epoch) -> MerkleTree:
         rows = session.execute(
             select(Record.digest, Record.signature)
             .where(

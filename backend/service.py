@@ -20,10 +20,10 @@ from backend.metrics import Metrics
 from backend.migrations import check_schema
 from backend.queries import log_size
 from backend.registry import KeyDirectory, RegistryFollower
-from backend.settings import Settings
+from backend.settings import Settings, redact_url
 from backend.tariff import TariffBook, TariffError
 from backend.verify import RecordVerifier, deployment_domain
-from backend.worker import SealAndSettle, load_settler_account
+from backend.worker import SealAndSettle, load_settler_account, scrub
 from station_signer.record import Domain
 from station_signer.wire import RejectReason
 
@@ -84,13 +84,15 @@ class BackendService:
             node_chain_id = int(w3.eth.chain_id)
         except Exception as exc:  # any transport error: the follower retries in the background
             log.warning(
-                "no Ethereum node answers at %s yet (%s); following later", settings.rpc_url, exc
+                "no Ethereum node answers at %s yet (%s); following later",
+                redact_url(settings.rpc_url),
+                scrub(str(exc), settings),
             )
         else:
             if node_chain_id != deployment.chain_id:
                 raise ConfigurationError(
-                    f"the node at {settings.rpc_url} is on chain {node_chain_id}, the deployment "
-                    f"file {settings.deployment_file} on chain {deployment.chain_id}"
+                    f"the node at {redact_url(settings.rpc_url)} is on chain {node_chain_id}, "
+                    f"the deployment file {settings.deployment_file} on chain {deployment.chain_id}"
                 )
         self.deployment, self.chain = deployment, chain
         self.follower = RegistryFollower(
@@ -122,7 +124,7 @@ class BackendService:
                 self.db,
                 chain,
                 settings,
-                account=load_settler_account(settings),
+                account=load_settler_account(settings, deployment.chain_id),
                 tariffs=self.tariffs,
                 metrics=self.metrics,
             )

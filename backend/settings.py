@@ -10,6 +10,7 @@ name wins when both are present. Unset, the backend uses an embedded SQLite file
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,17 @@ DEFAULT_CONFIRMATIONS_PUBLIC = 12
 DEFAULT_DATA_DIR = Path("var")
 SQLITE_FILE_NAME = "gridpoints.sqlite"
 MiB = 1024 * 1024
+
+
+def redact_url(url: str) -> str:
+    """`url` as logs may show it: scheme, host and port only (RPC providers put API keys in the
+    path or the user part)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        return "***"
+    port = f":{parts.port}" if parts.port else ""
+    hidden = "/***" if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{hidden}"
 
 
 class Settings(BaseSettings):

@@ -28,7 +28,7 @@ from backend.db.session import Database
 from backend.epochs import EpochSealer
 from backend.leader import LeaderLock
 from backend.metrics import Metrics
-from backend.settings import Settings
+from backend.settings import DEV_CHAIN_IDS, Settings, redact_url
 from backend.settlement import SettlementConfig, Settler
 from backend.tariff import TariffBook
 
@@ -42,8 +42,9 @@ class SettlerKeyError(RuntimeError):
     """The settler key is missing, unreadable, too readable or undecryptable."""
 
 
-def load_settler_account(settings: Settings) -> LocalAccount:
-    """The settler's key from `settings.settler_key_file` (keystore JSON or dev hex file)."""
+def load_settler_account(settings: Settings, chain_id: int) -> LocalAccount:
+    """The settler's key from `settings.settler_key_file`: an encrypted keystore anywhere, a
+    plain hex key file only on a development chain (its key would sit in clear on disk)."""
     path = settings.settler_key_file
     if path is None:
         raise SettlerKeyError(
@@ -64,6 +65,12 @@ def load_settler_account(settings: Settings) -> LocalAccount:
                 f"settler keystore {path} could not be decrypted: {exc}"
             ) from None
         return Account.from_key(key)
+    if chain_id not in DEV_CHAIN_IDS:
+        raise SettlerKeyError(
+            f"settler key file {path} holds a plain private key, which is accepted only on a "
+            f"development chain (ids {sorted(DEV_CHAIN_IDS)}), not on chain {chain_id}: use an "
+            "encrypted keystore"
+        )
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SettlerKeyError(
             f"settler key file {path} holds a plain private key and is readable by others "
@@ -86,6 +93,11 @@ def _keystore_password(settings: Settings) -> str:
     raise SettlerKeyError(
         f"the settler key file is an encrypted keystore: set {PASSWORD_ENV} or {PASSWORD_ENV}_FILE"
     )
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """`text` without the RPC URL's secrets: provider URLs carry API keys in their path."""
+    return text.replace(settings.rpc_url, redact_url(settings.rpc_url))
 
 
 def write_dev_key_file(path: Path, private_key: bytes) -> Path:
@@ -192,11 +204,15 @@ class SealAndSettle:
                 delay = self.settings.settlement_poll_interval_s
             except Exception as exc:  # logged, backed off and reconciled: the loop must live
                 failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = scrub(f"{type(exc).__name__}: {exc}", self.settings)
                 if self.metrics is not None:
                     self.metrics.settlement_errors.inc()
                 delay = min(MAX_BACKOFF_S, self.settings.settlement_poll_interval_s * 2**failures)
-                log.error("sealing/settlement round failed (%s); retrying in %.1fs", exc, delay)
+                log.error(
+                    "sealing/settlement round failed (%s); retrying in %.1fs",
+                    self.last_error,
+                    delay,
+                )
                 if self.settler is not None:
                     self.settler.request_reconcile()
             self.stop_event.wait(delay)

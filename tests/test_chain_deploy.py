@@ -154,6 +154,9 @@ def test_deploy_with_a_non_dev_key_requires_named_role_holders(chain_env: ChainE
     before = chain_env.w3.eth.block_number
     with pytest.raises(ValueError, match="registrar and settler must be given"):
         deploy(chain_env.w3, stranger)
+    named = chain_env.accounts.spare.address
+    with pytest.raises(ValueError, match="the admin must be given"):
+        deploy(chain_env.w3, stranger, registrar=named, settler=named)
     assert chain_env.w3.eth.block_number == before
 
 

@@ -198,7 +198,7 @@ def deploy(
 ) -> Deployment:
     """Deploys and wires the three contracts; returns the Deployment (not yet saved).
 
-    `admin` defaults to the deployer. `registrar` and `settler` default to dev accounts 1 and 2
+    `admin` defaults to the deployer, and `registrar` and `settler` to dev accounts 1 and 2,
     only when the deployer itself is a well-known dev key (a throwaway chain); anywhere else
     they must be named, so that no role lands on a key whose secret is public. The zero
     address is accepted for both: the role is then left for the admin to grant later.
@@ -216,6 +216,10 @@ def deploy(
             )
         registrar = registrar if registrar is not None else dev_account(DEV_REGISTRAR).address
         settler = settler if settler is not None else dev_account(DEV_SETTLER).address
+    if admin is None and not is_dev_key(deployer):
+        # The admin grants every role; on a real chain it belongs to a multisig, not to the
+        # hot key that happened to pay for the deployment.
+        raise ValueError("the admin must be given when deploying with a non-dev key")
     admin_address = to_checksum_address(admin) if admin is not None else deployer.address
     registrar_address = to_checksum_address(registrar)
     settler_address = to_checksum_address(settler)
