@@ -33,7 +33,11 @@ app.add_typer(db_app, name="db")
 
 DatabaseOption = Annotated[
     str | None,
-    typer.Option("--database-url", help="Overrides GRIDPOINTS_DATABASE_URL / DATABASE_URL."),
+    typer.Option(
+        "--database-url",
+        help="Overrides GRIDPOINTS_DATABASE_URL / DATABASE_URL (development: a password on the "
+        "command line is visible to other users; use the environment).",
+    ),
 ]
 err = Console(stderr=True)
 
