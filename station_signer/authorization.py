@@ -47,21 +47,19 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from station_signer.record import (
-    _DOMAIN_LAYOUT,
     _EIP191_PREFIX,
     _HEX_64,
     _HEX_130,
     DOMAIN_FIELDS,
-    EIP712_DOMAIN_TYPEHASH,
     REASON_MALFORMED,
     SIGNATURE_LENGTH,
-    UINT256_MAX,
     ZERO_ADDRESS,
     ZERO_BYTES32,
+    Eip712Domain,
     FieldError,
     RecordField,
     RecordValidationError,
@@ -127,8 +125,6 @@ if (
     raise ImportError("authorization.py: field table disagrees with the EIP-712 type string")
 
 PAYMENT_AUTHORIZATION_TYPEHASH: Final = keccak256(PAYMENT_AUTHORIZATION_TYPE.encode("ascii"))
-_DOMAIN_NAME_HASH: Final = keccak256(DOMAIN_NAME.encode("ascii"))
-_DOMAIN_VERSION_HASH: Final = keccak256(DOMAIN_VERSION.encode("ascii"))
 
 # encodeData as one fixed 192-byte layout (6 words): typehash, user (left-padded 20 bytes),
 # stationId, maxPoints (uint128: 16 zero bytes, then 16 bytes), nonce (32 bytes), deadline
@@ -146,89 +142,18 @@ _SIGNED_KEYS: Final = frozenset(("authorization", "signature"))
 
 
 @dataclass(frozen=True, slots=True)
-class SettlementDomain:
-    """The EIP-712 domain of payment authorisations: chain id and Settlement contract address.
+class SettlementDomain(Eip712Domain):
+    """The EIP-712 domain of payment authorisations: name "GridPoints Settlement", version "1",
+    chain id and the Settlement contract's address.
 
     Not the record's domain (``record.Domain``: name "GridPoints", the StationRegistry): an
     authorisation is addressed to the contract that burns, and a signature for one domain is
-    worthless in the other. The separator is computed once at construction.
+    worthless in the other.
     """
 
-    chain_id: int
-    verifying_contract: bytes
-    separator: bytes = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        errors: list[FieldError] = []
-        if type(self.chain_id) is not int:
-            errors.append(FieldError("chainId", f"must be an int, got {_type_name(self.chain_id)}"))
-        elif not 1 <= self.chain_id <= UINT256_MAX:
-            errors.append(
-                FieldError("chainId", f"must be in 1..2^256-1, got {_int_text(self.chain_id)}")
-            )
-        vc = self.verifying_contract
-        if not isinstance(vc, bytes) or len(vc) != 20:
-            errors.append(
-                FieldError("verifyingContract", "must be the 20-byte Settlement contract address")
-            )
-        elif vc == ZERO_ADDRESS:
-            errors.append(FieldError("verifyingContract", "must not be the zero address"))
-        if errors:
-            raise RecordValidationError(errors)
-        object.__setattr__(
-            self,
-            "separator",
-            keccak256(
-                _DOMAIN_LAYOUT.pack(
-                    EIP712_DOMAIN_TYPEHASH,
-                    _DOMAIN_NAME_HASH,
-                    _DOMAIN_VERSION_HASH,
-                    self.chain_id.to_bytes(32, "big"),
-                    vc,
-                )
-            ),
-        )
-
-    @classmethod
-    def from_json(cls, data: Any) -> SettlementDomain:
-        """Parses the ``domain`` object of eth_signTypedData_v4 typed data (strict).
-
-        ``name`` and ``version`` must be exactly "GridPoints Settlement" and "1".
-        """
-        if not isinstance(data, Mapping):
-            raise RecordValidationError(
-                [FieldError("", f"domain must be a JSON object, got {_type_name(data)}")]
-            )
-        errors = _shape_errors(data, [n for n, _ in DOMAIN_FIELDS])
-        if data.get("name", DOMAIN_NAME) != DOMAIN_NAME:
-            errors.append(FieldError("name", f"must be {DOMAIN_NAME!r}"))
-        if data.get("version", DOMAIN_VERSION) != DOMAIN_VERSION:
-            errors.append(FieldError("version", f"must be {DOMAIN_VERSION!r}"))
-        chain_id: int | None = None
-        contract: bytes | None = None
-        if "chainId" in data:
-            try:
-                chain_id = _parse_uint_text(data["chainId"])
-            except _Problem as exc:
-                errors.append(FieldError("chainId", str(exc)))
-        if "verifyingContract" in data:
-            try:
-                contract = _parse_address_text(data["verifyingContract"])
-            except _Problem as exc:
-                errors.append(FieldError("verifyingContract", str(exc)))
-        if errors:
-            raise RecordValidationError(errors)
-        assert chain_id is not None and contract is not None
-        return cls(chain_id, contract)
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``domain`` object of eth_signTypedData_v4 (checksummed Settlement address)."""
-        return {
-            "name": DOMAIN_NAME,
-            "version": DOMAIN_VERSION,
-            "chainId": self.chain_id,
-            "verifyingContract": to_checksum_address(self.verifying_contract),
-        }
+    NAME: ClassVar[str] = DOMAIN_NAME
+    VERSION: ClassVar[str] = DOMAIN_VERSION
+    CONTRACT: ClassVar[str] = "Settlement contract"
 
 
 # ---- validation --------------------------------------------------------------------------------

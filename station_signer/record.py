@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
-from typing import Any, Final, NamedTuple
+from typing import Any, ClassVar, Final, NamedTuple, Self
 
 import coincurve
 from Crypto.Hash import keccak as _pycryptodome_keccak
@@ -504,12 +504,19 @@ class Direction(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Domain:
-    """The EIP-712 domain of one deployment: chain id and StationRegistry address.
+class Eip712Domain:
+    """``EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)`` of
+    one GridPoints contract: a fixed name and version per subclass, a chain id and an address.
 
-    The separator is computed once at construction: it is the same for every record of a
-    deployment, so the hot path only hashes the struct and the 66-byte EIP-191 envelope.
+    The separator is computed once at construction: it is the same for every message signed
+    under the domain, so the hot path only hashes the struct and the 66-byte EIP-191 envelope.
+    Subclasses are distinct types on purpose: a record's domain is never accepted where a
+    payment authorisation's is meant, and the other way round.
     """
+
+    NAME: ClassVar[str]
+    VERSION: ClassVar[str]
+    CONTRACT: ClassVar[str]  # what verifyingContract is, for error messages
 
     chain_id: int
     verifying_contract: bytes
@@ -526,7 +533,7 @@ class Domain:
         vc = self.verifying_contract
         if not isinstance(vc, bytes) or len(vc) != 20:
             errors.append(
-                FieldError("verifyingContract", "must be the 20-byte StationRegistry address")
+                FieldError("verifyingContract", f"must be the 20-byte {self.CONTRACT} address")
             )
         elif vc == ZERO_ADDRESS:
             errors.append(FieldError("verifyingContract", "must not be the zero address"))
@@ -538,8 +545,8 @@ class Domain:
             keccak256(
                 _DOMAIN_LAYOUT.pack(
                     EIP712_DOMAIN_TYPEHASH,
-                    _DOMAIN_NAME_HASH,
-                    _DOMAIN_VERSION_HASH,
+                    keccak256(self.NAME.encode("utf-8")),
+                    keccak256(self.VERSION.encode("utf-8")),
                     self.chain_id.to_bytes(32, "big"),
                     vc,
                 )
@@ -547,21 +554,21 @@ class Domain:
         )
 
     @classmethod
-    def from_json(cls, data: Any) -> Domain:
+    def from_json(cls, data: Any) -> Self:
         """Parses the ``domain`` object of eth_signTypedData_v4 typed data (strict).
 
-        ``name`` and ``version`` must be exactly "GridPoints" and "1": a domain of another
-        application or version is not a GridPoints domain.
+        ``name`` and ``version`` must be exactly this domain's: a domain of another
+        application, contract or version is not this domain.
         """
         if not isinstance(data, Mapping):
             raise RecordValidationError(
                 [FieldError("", f"domain must be a JSON object, got {_type_name(data)}")]
             )
         errors = _shape_errors(data, [n for n, _ in DOMAIN_FIELDS])
-        if data.get("name", DOMAIN_NAME) != DOMAIN_NAME:
-            errors.append(FieldError("name", f"must be {DOMAIN_NAME!r}"))
-        if data.get("version", DOMAIN_VERSION) != DOMAIN_VERSION:
-            errors.append(FieldError("version", f"must be {DOMAIN_VERSION!r}"))
+        if data.get("name", cls.NAME) != cls.NAME:
+            errors.append(FieldError("name", f"must be {cls.NAME!r}"))
+        if data.get("version", cls.VERSION) != cls.VERSION:
+            errors.append(FieldError("version", f"must be {cls.VERSION!r}"))
         chain_id: int | None = None
         contract: bytes | None = None
         if "chainId" in data:
@@ -580,13 +587,22 @@ class Domain:
         return cls(chain_id, contract)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``domain`` object of eth_signTypedData_v4 (checksummed registry address)."""
+        """The ``domain`` object of eth_signTypedData_v4 (checksummed contract address)."""
         return {
-            "name": DOMAIN_NAME,
-            "version": DOMAIN_VERSION,
+            "name": self.NAME,
+            "version": self.VERSION,
             "chainId": self.chain_id,
             "verifyingContract": to_checksum_address(self.verifying_contract),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Domain(Eip712Domain):
+    """The records' domain: name "GridPoints", version "1", chain id, StationRegistry."""
+
+    NAME: ClassVar[str] = DOMAIN_NAME
+    VERSION: ClassVar[str] = DOMAIN_VERSION
+    CONTRACT: ClassVar[str] = "StationRegistry"
 
 
 def _shape_errors(data: Mapping[Any, Any], expected: list[str]) -> list[FieldError]:
