@@ -5,7 +5,12 @@ and, in ONE database transaction per request, classifies each against the record
 
 * ``duplicate`` — a record with the same digest (same station, sequence and content) is in the
   log: idempotent, the original receipt is returned;
-* ``rejected`` with the stateless reason, if any (stored in `rejections` with the raw body);
+* ``deferred`` when the stateless checks could not judge the record yet (`backend.verify`:
+  the registry follower is behind its end time, or it ends in the future): nothing is stored,
+  the submitter keeps the record and sends it again (a deferred record that is already in the
+  log is still a ``duplicate``: another replica, further ahead, may have accepted it);
+* ``rejected`` with the stateless reason, if any (stored in `rejections`, see "Rejection
+  bodies");
 * ``equivocation`` — the sequence is taken by a record with another digest: the submission is
   rejected and kept, with the accepted one, in `equivocations`;
 * ``meter_backwards`` — the register runs backwards against the nearest stored records of the
@@ -25,7 +30,21 @@ seen and classified, never inserted twice.
 
 Within a request records are handled in order, each seeing the ones accepted before it, so a
 batch behaves exactly like the same records posted one by one; a rejected record changes nothing
-but its own rejection row.
+but its own rejection row, a deferred one nothing at all.
+
+Only uniqueness conflicts are retried (identified by SQLSTATE 23505 on PostgreSQL and the
+extended result codes SQLITE_CONSTRAINT_UNIQUE / _PRIMARYKEY on SQLite): a foreign-key or check
+violation would fail the same way every time, so it is raised at once.
+
+Rejection bodies. The rejections table keeps the submitted body whole only when the station's
+signature was verified against its valid key (authenticated: ``energy_exceeds_max_power``, the
+``authorization_*`` codes, ``equivocation``, ``meter_backwards``): the station itself signed what
+is refused, which is evidence worth keeping. Anyone can post an unauthenticated submission
+(``malformed``, ``meter_delta_mismatch``, ``end_before_start``, ``wrong_domain``,
+``bad_signature``, ``unknown_station``, ``key_not_valid``) in any station's name, with bodies
+up to the request limit, so only its first `UNAUTHENTICATED_BODY_BYTES` bytes (UTF-8) are kept,
+with ``body_truncated`` set and ``body_size`` the size of the whole body. A genuine signed
+record is far smaller than the bound, so a station's own mistakes stay readable in full.
 
 Speed. A request costs a handful of statements whatever its length: after the lock, the rows the
 checks can need (same digests, same (station, sequence), the stored records of each meter register
@@ -68,21 +87,41 @@ from backend.db.models import (
 from backend.db.session import Database
 from backend.db.types import U64_OFFSET, UTCDateTime
 from backend.payments import authorization_row
-from backend.verify import Problem, Verdict, lenient_identity
+from backend.verify import Deferral, Problem, Verdict, lenient_identity
 from station_signer.authorization import SignedAuthorization
-from station_signer.wire import RejectReason
+from station_signer.wire import DeferReason, RejectReason
 
 log = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
+DEFERRED = "deferred"
 
 EQUIVOCATION = RejectReason.EQUIVOCATION
 METER_BACKWARDS = RejectReason.METER_BACKWARDS
 AUTHORIZATION_REPLAYED = RejectReason.AUTHORIZATION_REPLAYED
 
 _MAX_ATTEMPTS = 3
+# Bytes of an unauthenticated rejected submission kept in the rejections table.
+UNAUTHENTICATED_BODY_BYTES = 2_048
+# SQLite's extended result codes of a uniqueness conflict (sqlite3.Error.sqlite_errorname).
+_SQLITE_UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+_PG_UNIQUE_VIOLATION = "23505"
+
+
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether `exc` is a unique-index (or primary-key) conflict, on SQLite or PostgreSQL.
+
+    Read from the driver's error codes, not from the message text: psycopg's SQLSTATE, and the
+    extended result code Python's sqlite3 exposes (SQLite reports a foreign-key, NOT NULL or
+    CHECK failure under other codes).
+    """
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:
+        return bool(sqlstate == _PG_UNIQUE_VIOLATION)
+    return getattr(orig, "sqlite_errorname", None) in _SQLITE_UNIQUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +147,10 @@ class RecordColumns:
 class Candidate:
     """One submission after the stateless checks.
 
-    Exactly one of `problem` and `columns` is set. `station_id`, `sequence` and `digest` are
-    whatever could be read from the body (they let a rejection be attributed to a station and a
-    resubmitted duplicate be recognised even when the stateless checks now fail).
+    Exactly one of `problem`, `deferral` and `columns` is set. `station_id`, `sequence` and
+    `digest` are whatever could be read from the body (they let a rejection be attributed to a
+    station and a resubmitted duplicate be recognised even when the stateless checks now fail).
+    `authenticated`: the station's signature was verified (see "Rejection bodies").
     """
 
     # The submission as stored with a rejection (`body_text`); None when it is rendered from
@@ -124,10 +164,14 @@ class Candidate:
     item: Any = field(default=None, repr=False, compare=False)
     # The user's signed payment authorisation of a verified record paid with points.
     payment: SignedAuthorization | None = None
+    deferral: Deferral | None = None
+    authenticated: bool = False
 
     def __post_init__(self) -> None:
-        if (self.problem is None) == (self.columns is None):
-            raise ValueError("a candidate has either a problem or verified columns")
+        if (self.problem is not None) + (self.columns is not None) + (
+            self.deferral is not None
+        ) != 1:
+            raise ValueError("a candidate has exactly one of a problem, a deferral or columns")
 
     @property
     def body_json(self) -> str:
@@ -144,8 +188,16 @@ class Candidate:
         r = signed.record
         if verdict.problem is not None:
             return cls(
-                body_text(item), r.station_id, r.sequence, verdict.digest, problem=verdict.problem
+                body_text(item),
+                r.station_id,
+                r.sequence,
+                verdict.digest,
+                problem=verdict.problem,
+                authenticated=verdict.authenticated,
             )
+        if verdict.deferral is not None:
+            # Never stored: no body needed.
+            return cls(None, r.station_id, r.sequence, verdict.digest, deferral=verdict.deferral)
         assert verdict.digest is not None and verdict.signer is not None
         columns = RecordColumns(
             digest=verdict.digest,
@@ -170,20 +222,24 @@ class Candidate:
             columns=columns,
             item=item,
             payment=verdict.payment,
+            authenticated=True,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: str  # accepted | duplicate | rejected
+    status: str  # accepted | duplicate | rejected | deferred
     digest: bytes | None = None
     log_index: int | None = None
     received_at: datetime | None = None
     problem: Problem | None = None
+    deferral: Deferral | None = None
 
     @property
-    def reason(self) -> RejectReason | None:
-        return self.problem.reason if self.problem else None
+    def reason(self) -> RejectReason | DeferReason | None:
+        if self.problem is not None:
+            return self.problem.reason
+        return self.deferral.reason if self.deferral is not None else None
 
 
 # Rows per IN (...) list: well below SQLite's and PostgreSQL's bound-parameter limits.
@@ -429,7 +485,7 @@ class Ingestor:
                 self.log_size = size
                 return outcomes
             except IntegrityError as exc:
-                if attempt == _MAX_ATTEMPTS:
+                if attempt == _MAX_ATTEMPTS or not is_unique_violation(exc):
                     raise
                 log.warning(
                     "ingest transaction hit a uniqueness conflict (attempt %d), retrying: %s",
@@ -582,6 +638,8 @@ class Ingestor:
                     log_index=existing[0],
                     received_at=existing[1],
                 )
+        if candidate.deferral is not None:
+            return Outcome(DEFERRED, digest=candidate.digest, deferral=candidate.deferral)
         if candidate.problem is not None:
             return self._reject(batch, candidate, candidate.problem)
         c = candidate.columns
@@ -705,6 +763,12 @@ class Ingestor:
 
     @staticmethod
     def _rejection_row(batch: _Batch, candidate: Candidate, problem: Problem) -> dict[str, Any]:
+        body = candidate.body_json
+        encoded = body.encode("utf-8", "surrogatepass")
+        truncated = not candidate.authenticated and len(encoded) > UNAUTHENTICATED_BODY_BYTES
+        if truncated:
+            # Cut on a character boundary: the prefix stays valid text.
+            body = encoded[:UNAUTHENTICATED_BODY_BYTES].decode("utf-8", "ignore")
         return {
             "received_at": batch.received_at,
             "station_id": candidate.station_id,
@@ -713,7 +777,9 @@ class Ingestor:
             "reason": problem.reason.value,
             "message": problem.message,
             "details": problem.details,
-            "body": candidate.body_json,
+            "body": body,
+            "body_truncated": truncated,
+            "body_size": len(encoded),
         }
 
     def _reject(self, batch: _Batch, candidate: Candidate, problem: Problem) -> Outcome:

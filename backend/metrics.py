@@ -21,7 +21,8 @@ class Metrics:
         r = self.registry
         self.records = Counter(
             "gridpoints_ingest_records",
-            "Submitted records by outcome (accepted, duplicate, rejected) and rejection reason.",
+            "Submitted records by outcome (accepted, duplicate, rejected, deferred) and reason "
+            "(the rejection or deferral code). Deferred records are stored nowhere else.",
             ["outcome", "reason"],
             registry=r,
         )
@@ -61,6 +62,12 @@ class Metrics:
             "Blocks between the chain head and the last applied block (includes confirmations).",
             registry=r,
         )
+        self.registry_horizon = Gauge(
+            "gridpoints_registry_horizon_timestamp_seconds",
+            "Timestamp of the last applied block: records that ended before it are judged, "
+            "later ones are deferred (registry_behind) until the follower gets past them.",
+            registry=r,
+        )
         self.registry_events = Counter(
             "gridpoints_registry_events",
             "StationRegistry events applied, by kind.",
@@ -91,13 +98,15 @@ class Metrics:
             registry=r,
         )
 
-    def declare_outcomes(self, reasons: Iterable[str]) -> None:
+    def declare_outcomes(self, reasons: Iterable[str], deferrals: Iterable[str] = ()) -> None:
         """Exports every outcome/reason series at 0, so dashboards and alerts see them before
-        the first occurrence."""
+        the first occurrence: `reasons` of rejections, `deferrals` of deferred records."""
         self.records.labels(outcome="accepted", reason="")
         self.records.labels(outcome="duplicate", reason="")
         for reason in reasons:
             self.records.labels(outcome="rejected", reason=reason)
+        for reason in deferrals:
+            self.records.labels(outcome="deferred", reason=reason)
         for kind in ("StationRegistered", "StationKeyRotated", "StationRevoked"):
             self.registry_events.labels(kind=kind)
         for state in ("sealed", "settled"):

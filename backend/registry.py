@@ -14,6 +14,11 @@ rule over the event history). The follower swaps in a fresh copy whenever the mi
 event changed, so registrations, rotations and revocations take effect without a restart, at
 most one poll interval after they reach the confirmation depth.
 
+The directory also carries the follower's *horizon*: the timestamp of the last block applied
+(kept in the cursor with the block, so a restart resumes with it). The verifier judges a record
+that ended at or after it as not decidable yet (``deferred``, see backend.verify): a rotation or
+revocation in a block the follower has not applied takes effect at or after that timestamp.
+
 Reorgs deeper than the configured confirmations are not repaired: the follower keeps the hash
 of the last block it applied and reports a mismatch (health and logs) so an operator can act.
 """
@@ -60,30 +65,77 @@ class RegistryMirrorError(RuntimeError):
 # ---- the in-memory view ---------------------------------------------------------------------
 
 
-class KeyDirectory:
-    """Station id -> StationHistory, replaced wholesale so that readers need no lock.
+NOTHING_DECIDED = -1
+"""`RegistryView.decided_before` of a followed directory before its first block: no record end
+time (all are >= 0) is decided."""
 
-    Readers take one reference to the current mapping; the follower builds a new mapping and
-    rebinds the attribute, which is atomic in CPython.
+
+@dataclass(frozen=True, slots=True)
+class RegistryView:
+    """One consistent reading of the mirror: the stations and the horizon they are decided up to.
+
+    ``decided_before`` is the timestamp of ``as_of_block``, the last block whose events are in
+    ``stations``: the key state at a record end time below it is final (see backend.verify).
+    None: the view claims the complete history (a directory built from all chain events, as the
+    auditor's), and every end time is decided.
     """
 
-    def __init__(self, stations: Mapping[bytes, StationHistory] | None = None) -> None:
-        self._stations: Mapping[bytes, StationHistory] = dict(stations or {})
-        self._version: tuple[int, int] | None = None
+    stations: Mapping[bytes, StationHistory]
+    version: tuple[int, int] | None  # (block, log index) of the newest event included
+    as_of_block: int | None
+    decided_before: int | None
+
+    def station(self, station_id: bytes) -> StationHistory | None:
+        return self.stations.get(bytes(station_id))
+
+
+class KeyDirectory:
+    """Station id -> StationHistory plus the registry horizon, replaced wholesale as one
+    `RegistryView` so that readers need no lock.
+
+    Readers take one reference to the current view (`snapshot`); the follower builds a new view
+    and rebinds the attribute, which is atomic in CPython, so a reader never pairs the stations
+    of one moment with the horizon of another.
+
+    ``KeyDirectory(stations)`` claims the complete history (no horizon); the follower's
+    directory gets its horizon from the follower (`RegistryFollower.open` sets it from the
+    persisted cursor, every poll advances it), and a `BackendService` starts it at
+    `NOTHING_DECIDED`.
+    """
+
+    def __init__(
+        self,
+        stations: Mapping[bytes, StationHistory] | None = None,
+        *,
+        decided_before: int | None = None,
+        as_of_block: int | None = None,
+    ) -> None:
+        self._view = RegistryView(dict(stations or {}), None, as_of_block, decided_before)
+
+    def snapshot(self) -> RegistryView:
+        return self._view
 
     @property
     def version(self) -> tuple[int, int] | None:
         """Position (block, log index) of the newest event included, None when empty."""
-        return self._version
+        return self._view.version
+
+    @property
+    def decided_before(self) -> int | None:
+        return self._view.decided_before
+
+    @property
+    def as_of_block(self) -> int | None:
+        return self._view.as_of_block
 
     def station(self, station_id: bytes) -> StationHistory | None:
-        return self._stations.get(bytes(station_id))
+        return self._view.station(station_id)
 
     def stations(self) -> Mapping[bytes, StationHistory]:
-        return self._stations
+        return self._view.stations
 
     def __len__(self) -> int:
-        return len(self._stations)
+        return len(self._view.stations)
 
     def is_key_valid_at(self, station_id: bytes, signer: str, end_time: int) -> bool:
         """Whether `signer` was station `station_id`'s valid key for a record ending at
@@ -92,14 +144,31 @@ class KeyDirectory:
         return history is not None and history.is_key_valid_at(signer, end_time)
 
     def replace(
-        self, stations: Mapping[bytes, StationHistory], version: tuple[int, int] | None
+        self,
+        stations: Mapping[bytes, StationHistory],
+        version: tuple[int, int] | None,
+        *,
+        as_of: tuple[int | None, int | None] | None = None,
     ) -> None:
-        self._stations = dict(stations)
-        self._version = version
+        """New stations; the horizon is `as_of` = (block, its timestamp) if given, else kept
+        (callers only ever add events, so the old horizon stays true)."""
+        view = self._view
+        block, decided = (view.as_of_block, view.decided_before) if as_of is None else as_of
+        self._view = RegistryView(dict(stations), version, block, decided)
 
-    def load(self, session: Session) -> None:
-        """Rebuilds the view from the mirror tables."""
-        self.replace(load_histories(session), newest_event(session))
+    def advance(self, block: int, timestamp: int) -> None:
+        """Every event up to `block` (whose timestamp is `timestamp`) is in the stations now.
+
+        Called only after the stations hold those events; never moves the horizon back.
+        """
+        view = self._view
+        if view.decided_before is not None and timestamp < view.decided_before:
+            return
+        self._view = RegistryView(view.stations, view.version, block, timestamp)
+
+    def load(self, session: Session, *, as_of: tuple[int | None, int | None] | None = None) -> None:
+        """Rebuilds the view from the mirror tables (and sets the horizon if `as_of` is given)."""
+        self.replace(load_histories(session), newest_event(session), as_of=as_of)
 
 
 def newest_event(session: Session) -> tuple[int, int] | None:
@@ -237,6 +306,8 @@ class FollowerStatus:
     deployment_block: int
     confirmations: int
     last_block: int | None  # last block applied (None before the first range)
+    # Its timestamp: records that ended before it are judged, later ones deferred.
+    last_block_timestamp: int | None
     head_block: int | None  # chain head at the last successful poll
     last_success_at: datetime | None
     last_error: str | None
@@ -280,6 +351,7 @@ class RegistryFollower:
         self.metrics = metrics
         self._clock = clock
         self._last_block: int | None = None
+        self._last_block_timestamp: int | None = None
         self._head_block: int | None = None
         self._last_success_at: datetime | None = None
         self._last_error: str | None = None
@@ -300,6 +372,7 @@ class RegistryFollower:
             deployment_block=self.deployment.deployment_block,
             confirmations=self.confirmations,
             last_block=self._last_block,
+            last_block_timestamp=self._last_block_timestamp,
             head_block=self._head_block,
             last_success_at=self._last_success_at,
             last_error=self._last_error,
@@ -335,6 +408,7 @@ class RegistryFollower:
                     deployment_block=dep.deployment_block,
                     last_block=dep.deployment_block - 1,
                     last_block_hash=None,
+                    last_block_timestamp=None,
                     updated_at=self._clock(),
                 )
                 session.add(cursor)
@@ -346,7 +420,15 @@ class RegistryFollower:
                     f"{dep.registry_address} on chain {dep.chain_id}; use another database"
                 )
             self._last_block = cursor.last_block
-            self.directory.load(session)
+            self._last_block_timestamp = cursor.last_block_timestamp
+            # The mirror holds every event up to the cursor's block, so the horizon is that
+            # block's timestamp (nothing is decided while it is unknown: the first poll
+            # fetches it).
+            decided = cursor.last_block_timestamp
+            self.directory.load(
+                session,
+                as_of=(cursor.last_block, NOTHING_DECIDED if decided is None else decided),
+            )
 
     def sync_once(self) -> int:
         """Applies every confirmed event not applied yet; returns how many were applied.
@@ -366,6 +448,7 @@ class RegistryFollower:
             if cursor is None:
                 raise RuntimeError("registry cursor missing: call open() first")
             last, last_hash = cursor.last_block, cursor.last_block_hash
+            last_ts = cursor.last_block_timestamp
         self._check_reorg(last, last_hash)
         applied = 0
         changed_elsewhere = last != self._last_block
@@ -373,7 +456,8 @@ class RegistryFollower:
             lo = last + 1
             hi = min(target, last + self.block_range)
             events = self.chain.station_events(from_block=lo, to_block=hi)
-            block_hash = bytes(w3.eth.get_block(hi)["hash"])
+            block = w3.eth.get_block(hi)
+            block_hash, block_ts = bytes(block["hash"]), int(block["timestamp"])
             with self.db.write() as session:
                 cursor = session.execute(
                     select(RegistryCursor).where(RegistryCursor.id == CURSOR_ID).with_for_update()
@@ -381,11 +465,12 @@ class RegistryFollower:
                 if cursor.last_block != last:
                     # Another replica committed this range first; its result is the same.
                     changed_elsewhere = True
-                    last = cursor.last_block
+                    last, last_ts = cursor.last_block, cursor.last_block_timestamp
                     continue
                 apply_events(session, events)
                 cursor.last_block = hi
                 cursor.last_block_hash = block_hash
+                cursor.last_block_timestamp = block_ts
                 cursor.updated_at = self._clock()
             if self.metrics is not None:
                 for event in events:
@@ -398,11 +483,19 @@ class RegistryFollower:
                     event.position.block_number,
                 )
             applied += len(events)
-            last = hi
+            last, last_ts = hi, block_ts
+        if last_ts is None and last >= 0:
+            # A cursor that has applied no range yet (or one written before the timestamp was
+            # kept): the block it stands at has a timestamp all the same.
+            last_ts = int(w3.eth.get_block(last)["timestamp"])
         if applied or changed_elsewhere:
             self._reload_if_changed()
         # Published only after the directory holds its events: whoever sees this block
-        # applied (/v1/registry, wait_for_block) can rely on the keys being in effect.
+        # applied (/v1/registry, wait_for_block, the verifier's horizon) can rely on the keys
+        # being in effect.
+        if last_ts is not None:
+            self.directory.advance(last, last_ts)
+            self._last_block_timestamp = last_ts
         self._last_block = last
         self._last_success_at = self._clock()
         self._last_error = None
@@ -432,6 +525,8 @@ class RegistryFollower:
             return
         if self._last_block is not None:
             self.metrics.registry_last_block.set(self._last_block)
+        if self._last_block_timestamp is not None:
+            self.metrics.registry_horizon.set(self._last_block_timestamp)
         if self._head_block is not None:
             self.metrics.registry_head_block.set(self._head_block)
         lag = self.status.lag_blocks

@@ -4,6 +4,7 @@ verifier, ingestor and metrics. The API's lifespan starts one `BackendService` a
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,13 +20,13 @@ from backend.ledger import TreeCache
 from backend.metrics import Metrics
 from backend.migrations import check_schema
 from backend.queries import log_size
-from backend.registry import KeyDirectory, RegistryFollower
+from backend.registry import NOTHING_DECIDED, KeyDirectory, RegistryFollower
 from backend.settings import Settings, redact_url
 from backend.tariff import TariffBook, TariffError
 from backend.verify import RecordVerifier, deployment_domain
 from backend.worker import SealAndSettle, load_settler_account, scrub
 from station_signer.record import Domain
-from station_signer.wire import RejectReason
+from station_signer.wire import DeferReason, RejectReason
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class BackendService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.metrics.declare_outcomes(reason.value for reason in RejectReason)
+        self.metrics.declare_outcomes(
+            (reason.value for reason in RejectReason), (reason.value for reason in DeferReason)
+        )
         self.db = Database(
             settings.effective_database_url,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
@@ -46,7 +49,8 @@ class BackendService:
         )
         self.deployment: Deployment | None = None
         self.chain: GridPointsChain | None = None
-        self.directory = KeyDirectory()
+        # Nothing is decided until the follower says up to which block it has applied events.
+        self.directory = KeyDirectory(decided_before=NOTHING_DECIDED)
         self.follower: RegistryFollower | None = None
         self.verifier: RecordVerifier | None = None
         self.ingestor = Ingestor(self.db)
@@ -116,6 +120,7 @@ class BackendService:
             self.directory,
             settlement_domain=chain.settlement_domain,
             clock_skew_s=settings.clock_skew_s,
+            registry_retry_slack_s=math.ceil(settings.registry_poll_interval_s),
         )
         with self.db.read() as session:
             self.metrics.log_size.set(log_size(session))

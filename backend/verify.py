@@ -4,8 +4,8 @@
 records: whether it parses (``malformed``, and the record parser's own ``meter_delta_mismatch``
 and ``end_before_start``), whether it was signed for this deployment's EIP-712 domain
 (``wrong_domain``), whether the signature is canonical and recoverable (``bad_signature``),
-whether the station is registered (``unknown_station``), whether its end time is plausible
-(``end_in_future``), whether the recovering key was the station's valid key at that end time
+whether its end time is plausible (deferred ``end_in_future``), whether the station is registered
+(``unknown_station``), whether the recovering key was the station's valid key at that end time
 (``key_not_valid``) and whether the energy fits the station's maximum power over the duration
 (``energy_exceeds_max_power``). The stateful checks (duplicate, equivocation, meter running
 backwards) are `backend.ingest`'s.
@@ -16,11 +16,49 @@ lookup (the backend's `KeyDirectory`; an auditor may build one from chain events
 ``end_in_future`` against (None skips that check, for re-verifying history). Nothing here
 reads a clock, a database or the chain.
 
+Three verdicts: accepted (no problem), rejected (a `Problem`, final) and **deferred** (a
+`Deferral`: not judged yet, nothing is stored, the submitter sends the record again later).
+
+The registry horizon. The backend knows the StationRegistry only up to the last block its
+follower applied (it stays ``confirmations`` blocks behind the head, plus a poll interval). Call
+that block's timestamp T (`RegistrySnapshot.decided_before`). Rotations and revocations take
+effect at their block's timestamp, and a later block never has a smaller timestamp than T (equal
+is possible: Anvil mines several blocks in one second), so every rotation or revocation the
+follower has not applied yet takes effect at T or later. Hence, for a record that ended at E:
+
+* E < T: the key state at E is decided; what the mirror says is final;
+* E >= T: not decided, except where no future event can change the answer. Events only append:
+  ``activeFrom`` and ``maxPowerW`` never change and a revocation is irreversible, so "E is before
+  the station's activeFrom" and "the station was revoked at or before E" are final at any E.
+  Everything else is not: the signer may be the key of a rotation still on its way (or a key
+  rotated back in), the current key may be rotated out or revoked at some instant in [T, E], and
+  an unknown station may have been registered in a block not applied yet.
+
+A station id the mirror does not know is rejected ``unknown_station`` only when E < T (its
+registration, if any, is at or after T: the records of a station registered with an
+``activeFrom`` in the past are valid then, so this is the one final answer that a later
+registration can contradict; it takes a record that ended before the registration's block and
+was submitted before the follower applied that block).
+
 The order of the checks is part of the contract, because a record can fail several and gets one
-reason: parse, domain, signature, station, end time, key, power. Authenticity comes before
-content, so a content complaint is only ever made about a record the station really signed;
-the end time comes before the key because key validity at a future instant is not yet decided
-(a revocation may still land before it).
+outcome:
+
+1. parse, domain, signature -- final rejections, at any horizon: a forged or foreign record is
+   never deferred;
+2. end time beyond the backend's clock plus its tolerance -- deferred ``end_in_future`` (a
+   station clock running ahead, or a transfer not over yet: the record may be fine later);
+3. station unknown -- rejected ``unknown_station`` if E < T, else deferred ``registry_behind``;
+4. key: E before ``activeFrom`` or at/after a revocation -- rejected ``key_not_valid`` at any
+   horizon; otherwise, if E >= T, deferred ``registry_behind``; otherwise the registry's
+   isKeyValidAt rule, rejected ``key_not_valid`` when it fails;
+5. energy against maximum power -- rejected ``energy_exceeds_max_power``;
+6. the payment authorisation, if any (`verify_json`, after everything above passed).
+
+Authenticity comes before content, so a content complaint is only ever made about a record the
+station really signed: `Verdict.authenticated` says the signature was verified against the
+station's valid key (checks 5 and 6 and ingest's stateful checks run only on such records).
+A lookup without a horizon (``decided_before`` None: the auditor's directory, built from the
+complete chain history) decides every end time.
 """
 
 from __future__ import annotations
@@ -46,15 +84,35 @@ from station_signer.record import (
     recover_signer_bytes,
     to_checksum_address,
 )
-from station_signer.wire import RejectReason
+from station_signer.wire import DeferReason, RejectReason
 
 SECONDS_PER_HOUR = 3_600
+# A registry_behind hint never asks for more than this: the horizon estimate assumes the
+# follower's horizon moves with the clock, which a stalled follower or a quiet chain breaks.
+MAX_REGISTRY_RETRY_S = 300
+
+
+class RegistrySnapshot(Protocol):
+    """One consistent reading of the registry mirror (`backend.registry.RegistryView`)."""
+
+    @property
+    def decided_before(self) -> int | None:
+        """Record end times below this (the timestamp of the last applied block) are decided;
+        None: the lookup holds the complete history, every end time is decided."""
+        ...
+
+    @property
+    def as_of_block(self) -> int | None:
+        """The last block applied (None when unknown or not applicable)."""
+        ...
+
+    def station(self, station_id: bytes) -> StationHistory | None: ...
 
 
 class StationLookup(Protocol):
     """Where the verifier learns a station's registry state (`backend.registry.KeyDirectory`)."""
 
-    def station(self, station_id: bytes) -> StationHistory | None: ...
+    def snapshot(self) -> RegistrySnapshot: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +126,23 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class Deferral:
+    """Why a submission cannot be judged yet, and the hint of when to send it again."""
+
+    reason: DeferReason
+    message: str
+    retry_after: int  # seconds, >= 1
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The result of the stateless checks.
 
     ``digest`` is the record's digest under the verifier's domain whenever the record parsed
     (also when a later check failed), ``signer`` the recovered 20-byte address when the
-    signature was recoverable; ``problem`` is None when every check passed.
+    signature was recoverable; ``problem`` (final) and ``deferral`` (not yet decidable) are both
+    None when every check passed, and never both set. ``authenticated``: the signature was
+    verified against the station's valid key at the record's end time.
     """
 
     signed: SignedRecord | None
@@ -82,10 +151,12 @@ class Verdict:
     problem: Problem | None = None
     # The user's signed payment authorisation, when the record is paid with points.
     payment: SignedAuthorization | None = None
+    deferral: Deferral | None = None
+    authenticated: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.problem is None
+        return self.problem is None and self.deferral is None
 
 
 def deployment_domain(deployment: Deployment) -> Domain:
@@ -110,15 +181,21 @@ class RecordVerifier:
         *,
         settlement_domain: SettlementDomain | None = None,
         clock_skew_s: int = 300,
+        registry_retry_slack_s: int = 1,
     ) -> None:
         if clock_skew_s < 0:
             raise ValueError("clock_skew_s must be >= 0")
+        if registry_retry_slack_s < 0:
+            raise ValueError("registry_retry_slack_s must be >= 0")
         self.domain = domain
         # Payment authorisations are signed for the Settlement contract; without its domain a
         # record paid with points cannot be checked and is refused.
         self.settlement_domain = settlement_domain
         self.stations = stations
         self.clock_skew_s = clock_skew_s
+        # Added to a registry_behind hint: the follower applies a block up to one poll
+        # interval after it reaches the confirmation depth.
+        self.registry_retry_slack_s = registry_retry_slack_s
 
     def verify_json(
         self, item: Any, *, now: int | None, claimed_domain: Domain | None = None
@@ -138,7 +215,7 @@ class RecordVerifier:
                 ),
             )
         verdict = self.verify(signed, now=now, claimed_domain=claimed_domain)
-        if verdict.problem is not None or (
+        if not verdict.ok or (
             payment is None and signed.record.payment_authorization == ZERO_BYTES32
         ):
             return verdict
@@ -153,7 +230,9 @@ class RecordVerifier:
                 RejectReason.AUTHORIZATION_MISMATCH,
                 "this verifier has no Settlement domain to check payment authorisations with",
             )
-            return Verdict(verdict.signed, verdict.digest, verdict.signer, problem)
+            return Verdict(
+                verdict.signed, verdict.digest, verdict.signer, problem, authenticated=True
+            )
         try:
             authorization = check_payment(verdict.signed.record, payment, self.settlement_domain)
         except PaymentProblem as exc:
@@ -162,8 +241,15 @@ class RecordVerifier:
                 verdict.digest,
                 verdict.signer,
                 Problem(exc.reason, exc.message),
+                authenticated=True,
             )
-        return Verdict(verdict.signed, verdict.digest, verdict.signer, payment=authorization)
+        return Verdict(
+            verdict.signed,
+            verdict.digest,
+            verdict.signer,
+            payment=authorization,
+            authenticated=True,
+        )
 
     def verify(
         self, signed: SignedRecord, *, now: int | None, claimed_domain: Domain | None = None
@@ -195,8 +281,41 @@ class RecordVerifier:
                 signed, digest, problem=Problem(RejectReason.BAD_SIGNATURE, f"signature: {exc}")
             )
 
-        station = self.stations.station(record.station_id)
+        end = record.end_time
+        if now is not None and end > now + self.clock_skew_s:
+            ahead = end - now
+            return Verdict(
+                signed,
+                digest,
+                signer,
+                deferral=Deferral(
+                    DeferReason.END_IN_FUTURE,
+                    f"endTime {end} is {ahead} s ahead of the backend's clock ({now}); at most "
+                    f"{self.clock_skew_s} s are tolerated: send it again in "
+                    f"{ahead - self.clock_skew_s} s",
+                    max(1, ahead - self.clock_skew_s),
+                ),
+            )
+
+        # One reading of the mirror: the station and the horizon it is decided up to.
+        view = self.stations.snapshot()
+        horizon = view.decided_before
+        decided = horizon is None or end < horizon
+        station = view.station(record.station_id)
         if station is None:
+            if not decided:
+                return Verdict(
+                    signed,
+                    digest,
+                    signer,
+                    deferral=self._registry_behind(
+                        view,
+                        end,
+                        f"station 0x{record.station_id.hex()} is not in the StationRegistry "
+                        "events followed so far, but its registration may be in a block not "
+                        "applied yet",
+                    ),
+                )
             return Verdict(
                 signed,
                 digest,
@@ -204,29 +323,34 @@ class RecordVerifier:
                 Problem(
                     RejectReason.UNKNOWN_STATION,
                     f"station 0x{record.station_id.hex()} is not registered in the "
-                    "StationRegistry (or its registration is not confirmed yet)",
+                    "StationRegistry"
+                    + (
+                        ""
+                        if view.as_of_block is None
+                        else f" (followed up to block {view.as_of_block})"
+                    ),
                 ),
             )
 
-        if now is not None and record.end_time > now + self.clock_skew_s:
+        final_invalid = end < station.active_from or (
+            station.revoked_at is not None and end >= station.revoked_at
+        )
+        if not final_invalid and not decided:
             return Verdict(
                 signed,
                 digest,
                 signer,
-                Problem(
-                    RejectReason.END_IN_FUTURE,
-                    f"endTime {record.end_time} is {record.end_time - now} s ahead of the "
-                    f"backend's clock ({now}); at most {self.clock_skew_s} s are tolerated",
-                    {"endTime": record.end_time, "now": now, "clockSkewS": self.clock_skew_s},
+                deferral=self._registry_behind(
+                    view,
+                    end,
+                    f"whether {to_checksum_address(signer)} was a valid key of station "
+                    f"0x{record.station_id.hex()} at endTime {end} is decided once a block "
+                    f"after it is applied (a rotation or revocation may still be on its way)",
                 ),
             )
-
-        if not key_valid_at(station, signer, record.end_time):
+        if final_invalid or not key_valid_at(station, signer, end):
             return Verdict(
-                signed,
-                digest,
-                signer,
-                key_problem(station, to_checksum_address(signer), record.end_time),
+                signed, digest, signer, key_problem(station, to_checksum_address(signer), end)
             )
 
         duration = record.end_time - record.start_time
@@ -237,7 +361,8 @@ class RecordVerifier:
                 signed,
                 digest,
                 signer,
-                Problem(
+                authenticated=True,
+                problem=Problem(
                     RejectReason.ENERGY_EXCEEDS_MAX_POWER,
                     f"energyWh {record.energy_wh} exceeds what the station's maximum power of "
                     f"{station.max_power_w} W delivers in {duration} s ({limit_wh} Wh)",
@@ -249,7 +374,25 @@ class RecordVerifier:
                     },
                 ),
             )
-        return Verdict(signed, digest, signer)
+        return Verdict(signed, digest, signer, authenticated=True)
+
+    def _registry_behind(self, view: RegistrySnapshot, end: int, what: str) -> Deferral:
+        horizon = view.decided_before
+        assert horizon is not None
+        where = (
+            f"block {view.as_of_block} (timestamp {horizon})"
+            if view.as_of_block is not None
+            else "no block yet"
+        )
+        # The horizon moves with the chain's clock: end - horizon seconds from now (if the chain
+        # keeps producing blocks), plus a poll of the follower.
+        wait = max(1, end - horizon + 1) + self.registry_retry_slack_s
+        return Deferral(
+            DeferReason.REGISTRY_BEHIND,
+            f"the backend has applied StationRegistry events up to {where}; the record ended at "
+            f"{end}: {what}; send it again later",
+            min(wait, MAX_REGISTRY_RETRY_S),
+        )
 
 
 @lru_cache(maxsize=65_536)

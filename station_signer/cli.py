@@ -1238,11 +1238,16 @@ def sync(
     }
     lines = [
         f"sent {report.sent} record(s): {report.accepted} accepted, {report.duplicate} already "
-        f"there, {report.rejected} rejected ({report.requests} request(s), {report.retries} "
-        "retries)"
+        f"there, {report.rejected} rejected, {report.deferred} deferred ({report.requests} "
+        f"request(s), {report.retries} retries)"
     ]
     for rejection in report.rejections:
         lines.append(f"  rejected #{rejection.sequence}: {rejection.reason}: {rejection.message}")
+    for deferral in report.deferrals:
+        lines.append(
+            f"  deferred #{deferral.sequence}: {deferral.reason}, kept queued until "
+            f"{_iso(deferral.retry_at)}: {deferral.message}"
+        )
     lines.append(f"queue: {after.queue_length} record(s) left")
     _emit(as_json, data, lines)
     if report.rejected:
@@ -1258,7 +1263,9 @@ def sync(
 # ---- status ------------------------------------------------------------------------------------
 
 
-def _status_data(config: StationConfig, state: StationState, rejected: list[Any]) -> dict[str, Any]:
+def _status_data(
+    config: StationConfig, state: StationState, rejected: list[Any], deferred: list[Any]
+) -> dict[str, Any]:
     return {
         "stationId": "0x" + config.station_id.hex(),
         "address": config.address,
@@ -1276,6 +1283,22 @@ def _status_data(config: StationConfig, state: StationState, rejected: list[Any]
             {"sequence": r.sequence, "reason": r.reject_reason, "message": r.reject_message}
             for r in rejected
         ],
+        # Queued records the backend could not judge yet; they are sent again, never dropped.
+        "deferred": {
+            "count": sum(state.deferred.values()),
+            "byReason": state.deferred,
+            "nextRetryAt": _iso(state.next_retry_at),
+            "records": [
+                {
+                    "sequence": r.sequence,
+                    "reason": r.deferral.reason,
+                    "message": r.deferral.message,
+                    "deferrals": r.deferral.count,
+                    "retryAt": _iso(r.deferral.retry_at),
+                }
+                for r in deferred
+            ],
+        },
     }
 
 
@@ -1287,7 +1310,8 @@ def status(directory: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> N
     with StationStore(directory / STORE_FILE) as store:
         state = store.state()
         rejected = store.records(RecordStatus.REJECTED)
-    data = _status_data(config, state, rejected)
+        deferred = [r for r in store.records(RecordStatus.QUEUED) if r.deferral is not None]
+    data = _status_data(config, state, rejected, deferred)
     counts = ", ".join(f"{count} {status}" for status, count in data["counts"].items())
     lines = [
         f"station id:    {data['stationId']}",
@@ -1301,8 +1325,20 @@ def status(directory: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> N
         f"last sync:     {data['lastSyncAt'] or 'never'}",
         f"last error:    {state.last_error or 'none'}",
     ]
+    waiting = data["deferred"]
+    if waiting["count"]:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in waiting["byReason"].items())
+        lines.append(
+            f"deferred:      {waiting['count']} queued record(s) the backend cannot judge yet "
+            f"({reasons}); next attempt {waiting['nextRetryAt']}"
+        )
     for item in data["rejected"]:
         lines.append(f"  rejected #{item['sequence']}: {item['reason']}: {item['message']}")
+    for item in waiting["records"]:
+        lines.append(
+            f"  deferred #{item['sequence']}: {item['reason']} ({item['deferrals']}x, next "
+            f"attempt {item['retryAt']}): {item['message']}"
+        )
     _emit(as_json, data, lines)
 
 

@@ -20,6 +20,14 @@ survives power loss, not only a killed process.
 Rows are kept after the backend acknowledges them (status ``acknowledged``, or ``rejected`` with
 the backend's reason) so that the operator can see what happened; nothing is ever deleted.
 
+A record the backend *deferred* (it cannot judge it yet: its registry follower is behind the
+record's end time, or the record ends in the future by the backend's clock) stays ``queued``;
+the table ``deferrals`` remembers the backend's reason and message, how often it was deferred
+and when the sync may send it again (``retry_at``). The row goes when the record is acknowledged
+or rejected. That table is sync bookkeeping, not record content, so it came without a schema
+version: a file without it gets it on open, and an older station_signer ignores it (a deferral
+row counts only while its record is queued).
+
 A charge record paid with points carries the user's signed payment authorisation
 (``payment_json``, the ``SignedAuthorization`` JSON) in its row, so that it is sent with the
 record and survives a crash with it. The record's ``paymentAuthorization`` field is the
@@ -44,7 +52,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
@@ -83,6 +91,16 @@ CREATE TABLE IF NOT EXISTS records (
     reject_message TEXT,
     payment_json TEXT
 );
+CREATE TABLE IF NOT EXISTS deferrals (
+    record_sequence INTEGER PRIMARY KEY REFERENCES records (sequence),
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    retry_after REAL NOT NULL,
+    retry_at REAL NOT NULL,
+    deferred_count INTEGER NOT NULL CHECK (deferred_count >= 1),
+    first_deferred_at REAL NOT NULL,
+    last_deferred_at REAL NOT NULL
+);
 """
 # After the migration: the payment index names a column that version-1 files do not have yet.
 _INDEXES = """
@@ -120,6 +138,19 @@ class StoreError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Deferral:
+    """Why the backend deferred a queued record, and when the sync may send it again."""
+
+    reason: str  # a wire.DeferReason code (or a newer one)
+    message: str
+    retry_after: float  # the backend's hint, seconds
+    retry_at: float  # unix time: not sent again before this
+    count: int  # how many times in a row the backend deferred it
+    first_at: float
+    last_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRecord:
     sequence: int
     status: RecordStatus
@@ -131,6 +162,8 @@ class StoredRecord:
     reject_message: str | None = None
     # The SignedAuthorization JSON of a charge paid with points (None: paid otherwise).
     payment: dict[str, Any] | None = None
+    # Set while the record is queued and the backend's last answer deferred it.
+    deferral: Deferral | None = None
 
     def signed_json(self) -> dict[str, Any]:
         """The wire body, only for signed rows: ``{"record", "signature"}``, plus ``"payment"``
@@ -156,6 +189,10 @@ class StationState:
     # Records by status; empty in the state a RecordBuilder sees (counting is O(records) and
     # has no place on the per-record path), so counts-based properties fail loudly there.
     counts: dict[RecordStatus, int]
+    # Queued records the backend deferred, by deferral reason (counted with `counts`), and the
+    # earliest time one of them may be sent again.
+    deferred: dict[str, int] = field(default_factory=dict)
+    next_retry_at: float | None = None
 
     @property
     def last_sequence(self) -> int:
@@ -313,12 +350,21 @@ class StationStore:
                 f"{self.path} is not initialised: run `gridpoints-station init`", "not_initialised"
             )
         counts: dict[RecordStatus, int] = {}
+        deferred: dict[str, int] = {}
+        next_retry_at: float | None = None
         if with_counts:
             counts = dict.fromkeys(RecordStatus, 0)
             for status, count in self._db.execute(
                 "SELECT status, count(*) FROM records GROUP BY status"
             ):
                 counts[RecordStatus(status)] = count
+            for reason, count, earliest in self._db.execute(
+                "SELECT d.reason, count(*), min(d.retry_at) FROM deferrals d"
+                " JOIN records r ON r.sequence = d.record_sequence AND r.status = 'queued'"
+                " GROUP BY d.reason ORDER BY d.reason"
+            ):
+                deferred[reason] = count
+                next_retry_at = earliest if next_retry_at is None else min(next_retry_at, earliest)
         return StationState(
             station_id=bytes.fromhex(row[0][2:]),
             chain_id=row[1],
@@ -329,6 +375,8 @@ class StationStore:
             last_error=row[6],
             last_sync_at=row[7],
             counts=counts,
+            deferred=deferred,
+            next_retry_at=next_retry_at,
         )
 
     # --- write-ahead signing --------------------------------------------------------------
@@ -425,15 +473,70 @@ class StationStore:
 
     def reserved(self) -> list[StoredRecord]:
         """Records whose content is durable but whose signature was never stored (a crash)."""
-        return self._select("WHERE status = 'reserved' ORDER BY sequence")
+        return self._select("WHERE status = 'reserved' ORDER BY r.sequence")
 
     # --- sync bookkeeping ----------------------------------------------------------------
 
     def queued(self, limit: int | None = None) -> list[StoredRecord]:
         """Signed records the backend has not acknowledged yet, oldest first."""
         if limit is None:
-            return self._select("WHERE status = 'queued' ORDER BY sequence")
-        return self._select("WHERE status = 'queued' ORDER BY sequence LIMIT ?", (int(limit),))
+            return self._select("WHERE status = 'queued' ORDER BY r.sequence")
+        return self._select("WHERE status = 'queued' ORDER BY r.sequence LIMIT ?", (int(limit),))
+
+    def due(self, *, limit: int, after: int = 0, now: float | None = None) -> list[StoredRecord]:
+        """Queued records with a sequence above ``after`` that may be sent at ``now`` (default:
+        the current time): never deferred, or deferred with ``retry_at`` reached. Oldest first."""
+        when = time.time() if now is None else now
+        return self._select(
+            "WHERE status = 'queued' AND r.sequence > ? AND (d.retry_at IS NULL OR d.retry_at <= ?)"
+            " ORDER BY r.sequence LIMIT ?",
+            (after, when, int(limit)),
+        )
+
+    def count_due(self, now: float | None = None) -> int:
+        """How many records `due` would hand out at ``now`` (default: the current time)."""
+        when = time.time() if now is None else now
+        row = self._db.execute(
+            "SELECT count(*) FROM records r LEFT JOIN deferrals d"
+            " ON d.record_sequence = r.sequence WHERE r.status = 'queued'"
+            " AND (d.retry_at IS NULL OR d.retry_at <= ?)",
+            (when,),
+        ).fetchone()
+        return int(row[0])
+
+    def next_retry_at(self) -> float | None:
+        """The earliest ``retry_at`` of the queued records the backend deferred (None: none)."""
+        row = self._db.execute(
+            "SELECT min(d.retry_at) FROM deferrals d JOIN records r"
+            " ON r.sequence = d.record_sequence AND r.status = 'queued'"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def mark_deferred(
+        self, sequence: int, reason: str, message: str, retry_after: float, retry_at: float
+    ) -> Deferral:
+        """Remembers that the backend deferred queued record ``sequence``; it stays queued and
+        is not sent again before ``retry_at``. Returns the deferral (with its running count)."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT status FROM records WHERE sequence = ?", (sequence,)
+            ).fetchone()
+            if row is None or row[0] != RecordStatus.QUEUED:
+                raise StoreError(f"sequence {sequence} is not a queued record", "not_queued")
+            db.execute(
+                "INSERT INTO deferrals (record_sequence, reason, message, retry_after, retry_at,"
+                " deferred_count, first_deferred_at, last_deferred_at)"
+                " VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (record_sequence) DO UPDATE SET reason = excluded.reason,"
+                " message = excluded.message, retry_after = excluded.retry_after,"
+                " retry_at = excluded.retry_at, deferred_count = deferred_count + 1,"
+                " last_deferred_at = excluded.last_deferred_at",
+                (sequence, reason, message, retry_after, retry_at, now, now),
+            )
+        deferral = self.get(sequence).deferral
+        assert deferral is not None
+        return deferral
 
     def mark_acknowledged(self, sequence: int, receipt: dict[str, Any] | None) -> None:
         self._finish(sequence, "acknowledged", json.dumps(receipt), None, None)
@@ -448,15 +551,15 @@ class StationStore:
         )
 
     def get(self, sequence: int) -> StoredRecord:
-        found = self._select("WHERE sequence = ?", (sequence,))
+        found = self._select("WHERE r.sequence = ?", (sequence,))
         if not found:
             raise StoreError(f"no record with sequence {sequence}", "not_found")
         return found[0]
 
     def records(self, status: RecordStatus | None = None) -> list[StoredRecord]:
         if status is None:
-            return self._select("ORDER BY sequence")
-        return self._select("WHERE status = ? ORDER BY sequence", (status.value,))
+            return self._select("ORDER BY r.sequence")
+        return self._select("WHERE status = ? ORDER BY r.sequence", (status.value,))
 
     def _finish(
         self,
@@ -474,11 +577,17 @@ class StationStore:
             ).rowcount
             if updated != 1:
                 raise StoreError(f"sequence {sequence} is not a queued record", "not_queued")
+            db.execute("DELETE FROM deferrals WHERE record_sequence = ?", (sequence,))
 
     def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[StoredRecord]:
+        # A deferral counts only while its record is queued (an older station_signer may have
+        # finished the record without knowing about the table).
         rows = self._db.execute(
-            "SELECT sequence, status, record_json, digest, signature, receipt_json,"
-            f" reject_reason, reject_message, payment_json FROM records {where}",
+            "SELECT r.sequence, r.status, r.record_json, r.digest, r.signature, r.receipt_json,"
+            " r.reject_reason, r.reject_message, r.payment_json, d.reason, d.message,"
+            " d.retry_after, d.retry_at, d.deferred_count, d.first_deferred_at,"
+            " d.last_deferred_at FROM records r LEFT JOIN deferrals d"
+            f" ON d.record_sequence = r.sequence AND r.status = 'queued' {where}",
             params,
         ).fetchall()
         return [
@@ -492,6 +601,7 @@ class StationStore:
                 reject_reason=row[6],
                 reject_message=row[7],
                 payment=json.loads(row[8]) if row[8] else None,
+                deferral=None if row[9] is None else Deferral(*row[9:16]),
             )
             for row in rows
         ]

@@ -7,15 +7,29 @@ record on its own (:class:`station_signer.wire.BatchResponse`):
   because an earlier answer was lost on the way back) both mean the record is safe there: it
   becomes ``acknowledged`` with the backend's receipt;
 * ``rejected`` leaves the queue too but stays in the station's file, as ``rejected`` with the
-  backend's reason code and message, for the operator.
+  backend's reason code and message, for the operator. A rejection is final;
+* ``deferred`` means the backend cannot judge the record *yet* (``registry_behind``: its
+  registry follower has not reached a block after the record's end time; ``end_in_future``: the
+  record ends beyond the backend's clock). The record stays ``queued`` with the reason
+  (:class:`station_signer.store.Deferral`) and is not sent again before ``retry_at``: the
+  backend's ``retryAfter`` hint or the station's own backoff (:class:`DeferPolicy`, doubling per
+  deferral in a row, with jitter), whichever is later. It is never marked rejected for that.
 
 Transport failures (connection refused or reset, timeouts, a lost answer), 5xx and 429 answers
 are retried with exponential backoff and full jitter (a ``Retry-After`` header raises the delay);
-re-sending is safe because the backend recognises a record it already holds. A 413 halves the
-batch, a 422 ``batch_too_long`` shrinks it to the backend's maximum. Any other whole-request 4xx
-stops the sync with the backend's error, because retrying an identical request cannot succeed.
-Outcomes are written to the store as each request is answered, so an interrupted sync loses
-nothing and the next one resumes.
+re-sending is safe because the backend recognises a record it already holds. A 503 whose body is
+the deferred ``RecordOutcome`` of the one record sent (the answer of the single-record endpoint,
+e.g. behind a gateway that maps the batch path onto it) is that record's deferral, not an outage:
+it is applied like a deferred outcome. A 413 halves the batch, a 422 ``batch_too_long`` shrinks
+it to the backend's maximum. Any other whole-request 4xx stops the sync with the backend's
+error, because retrying an identical request cannot succeed. Outcomes are written to the store
+as each request is answered, so an interrupted sync loses nothing and the next one resumes.
+After giving up (``unreachable``) every record is still queued.
+
+A sync walks the due part of the queue once, oldest first: queued records that were never
+deferred or whose ``retry_at`` has come. With ``wait_s`` it then waits for deferred records
+whose ``retry_at`` falls within that many seconds of the start and sends them again (a station
+daemon may as well call it periodically).
 
 Every request declares the EIP-712 domain the records were signed for (headers
 ``GridPoints-Chain-Id`` and ``GridPoints-Verifying-Contract``), so a station configured for
@@ -41,7 +55,7 @@ from typing import Any, Final
 import httpx
 from pydantic import ValidationError
 
-from station_signer.store import RecordStatus, StationStore, StoredRecord
+from station_signer.store import StationStore, StoredRecord
 from station_signer.wire import BatchResponse, RecordOutcome
 
 DEFAULT_BATCH_SIZE: Final = 200
@@ -86,10 +100,38 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferPolicy:
+    """When a deferred record is sent again: not before the backend's ``retryAfter`` hint, and
+    not before an exponential backoff over the deferrals in a row (``base_delay`` doubling up to
+    ``max_delay``, jittered over its upper half so that stations deferred together spread out)."""
+
+    base_delay: float = 5.0
+    max_delay: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.base_delay < 0 or self.max_delay < self.base_delay:
+            raise ValueError("delays must be >= 0 and max_delay >= base_delay")
+
+    def delay(self, deferrals: int, retry_after: float, rng: random.Random) -> float:
+        """Seconds before sending a record again after its ``deferrals``-th deferral in a row."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** max(0, deferrals - 1))
+        return max(float(retry_after), rng.uniform(ceiling / 2, ceiling))
+
+
+@dataclass(frozen=True, slots=True)
 class Rejection:
     sequence: int
     reason: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    sequence: int
+    reason: str
+    message: str
+    retry_after: int  # the backend's hint, seconds
+    retry_at: float  # unix time of the next attempt
 
 
 @dataclass(slots=True)
@@ -98,9 +140,11 @@ class SyncReport:
     accepted: int = 0
     duplicate: int = 0
     rejected: int = 0
+    deferred: int = 0  # deferred answers (a record deferred twice in one sync counts twice)
     requests: int = 0  # HTTP requests made, retries included
     retries: int = 0
     rejections: list[Rejection] = field(default_factory=list)
+    deferrals: list[Deferred] = field(default_factory=list)
 
     @property
     def acknowledged(self) -> int:
@@ -112,11 +156,22 @@ class SyncReport:
             "accepted": self.accepted,
             "duplicate": self.duplicate,
             "rejected": self.rejected,
+            "deferred": self.deferred,
             "requests": self.requests,
             "retries": self.retries,
             "rejections": [
                 {"sequence": r.sequence, "reason": r.reason, "message": r.message}
                 for r in self.rejections
+            ],
+            "deferrals": [
+                {
+                    "sequence": d.sequence,
+                    "reason": d.reason,
+                    "message": d.message,
+                    "retryAfter": d.retry_after,
+                    "retryAt": d.retry_at,
+                }
+                for d in self.deferrals
             ],
         }
 
@@ -149,6 +204,7 @@ class SyncClient:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         retry: RetryPolicy | None = None,
+        defer: DeferPolicy | None = None,
         timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -158,6 +214,7 @@ class SyncClient:
         self.url = backend_url.rstrip("/") + BATCH_PATH
         self.batch_size = batch_size
         self._retry = retry or RetryPolicy()
+        self._defer = defer or DeferPolicy()
         self._http = httpx.Client(timeout=timeout)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -171,25 +228,52 @@ class SyncClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def sync(self, store: StationStore, progress: Progress | None = None) -> SyncReport:
-        """Sends every queued record; returns what the backend said. Raises SyncError.
+    def sync(
+        self, store: StationStore, progress: Progress | None = None, *, wait_s: float = 0.0
+    ) -> SyncReport:
+        """Sends every queued record that is due; returns what the backend said. Raises
+        SyncError.
 
-        The outcome (None or the error) is remembered in the store for ``status``.
+        Deferred records stay queued; with ``wait_s`` > 0 the sync waits (with the client's
+        ``sleep``) for those whose next attempt falls within ``wait_s`` seconds of the start and
+        sends them again. The outcome (None or the error) is remembered in the store for
+        ``status``.
         """
+        if wait_s < 0:
+            raise ValueError("wait_s must be >= 0")
         report = SyncReport()
         state = store.state()
         headers = {CHAIN_ID_HEADER: str(state.chain_id), CONTRACT_HEADER: state.registry}
-        total = state.counts[RecordStatus.QUEUED]
+        deadline = time.time() + wait_s
         try:
-            while batch := store.queued(limit=self.batch_size):
-                self._send(store, batch, headers, report)
-                if progress is not None:
-                    progress(report.sent, total)
+            while True:
+                self._pass(store, headers, report, progress)
+                next_at = store.next_retry_at()
+                if next_at is None or next_at > deadline:
+                    break
+                self._sleep(max(0.0, next_at - time.time()))
         except SyncError as exc:
             store.record_sync(str(exc))
             raise
         store.record_sync(None)
         return report
+
+    def _pass(
+        self,
+        store: StationStore,
+        headers: dict[str, str],
+        report: SyncReport,
+        progress: Progress | None,
+    ) -> None:
+        """Sends the records due now, oldest first, each once."""
+        now = time.time()
+        total = report.sent + store.count_due(now)
+        after = 0
+        while batch := store.due(limit=self.batch_size, after=after, now=now):
+            self._send(store, batch, headers, report)
+            after = batch[-1].sequence
+            if progress is not None:
+                progress(report.sent, total)
 
     def _send(
         self,
@@ -227,6 +311,13 @@ class SyncClient:
                 for start in range(0, len(batch), self.batch_size):
                     self._send(store, batch[start : start + self.batch_size], headers, report)
                 return
+            if status == 503 and len(batch) == 1:
+                deferred = self._single_deferral(response, batch[0])
+                if deferred is not None:
+                    # The record's own answer (a single-record endpoint's deferral), not an
+                    # outage: it waits for its retry time like any deferred record.
+                    self._apply(store, batch, [deferred], report)
+                    return
             if status >= 500 or status == 429:
                 last_problem = f"backend answered {status}: {message}"
                 last_retry_after = _retry_after(response)
@@ -248,6 +339,17 @@ class SyncClient:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self._retry.max_delay))
         return delay
+
+    @staticmethod
+    def _single_deferral(response: httpx.Response, stored: StoredRecord) -> RecordOutcome | None:
+        """The deferred RecordOutcome of `stored` if that is what a 503 answer carries."""
+        try:
+            outcome = RecordOutcome.model_validate_json(response.content)
+        except ValidationError:
+            return None
+        if outcome.status != "deferred" or outcome.digest != "0x" + stored.digest.hex():
+            return None
+        return outcome
 
     @staticmethod
     def _backend_max_batch(response: httpx.Response) -> int | None:
@@ -274,8 +376,8 @@ class SyncClient:
             )
         return answer.outcomes
 
-    @staticmethod
     def _apply(
+        self,
         store: StationStore,
         batch: list[StoredRecord],
         outcomes: list[RecordOutcome],
@@ -296,6 +398,15 @@ class SyncClient:
                 store.mark_rejected(stored.sequence, reason, message)
                 report.rejected += 1
                 report.rejections.append(Rejection(stored.sequence, reason, message))
+            elif outcome.status == "deferred":
+                reason = outcome.reason or "unknown"
+                message = outcome.message or ""
+                hint = outcome.retry_after or 0
+                count = 1 + (stored.deferral.count if stored.deferral is not None else 0)
+                retry_at = time.time() + self._defer.delay(count, hint, self._rng)
+                store.mark_deferred(stored.sequence, reason, message, hint, retry_at)
+                report.deferred += 1
+                report.deferrals.append(Deferred(stored.sequence, reason, message, hint, retry_at))
             else:
                 receipt = (
                     outcome.receipt.model_dump(mode="json", by_alias=True)

@@ -113,11 +113,6 @@ class RejectReason(StrEnum):
         "meterAfterWh - meterBeforeWh differs from energyWh.",
     )
     END_BEFORE_START = (REASON_END_BEFORE_START, "endTime is before startTime.")
-    END_IN_FUTURE = (
-        "end_in_future",
-        "endTime is later than the backend's clock (plus its tolerance): a record of a transfer "
-        "that has not ended yet.",
-    )
 
     AUTHORIZATION_MISSING = (
         "authorization_missing",
@@ -161,6 +156,41 @@ class RejectReason(StrEnum):
         "authorization_replayed",
         "The payment authorisation (its user and nonce) already pays for another record; each "
         "authorisation pays once.",
+    )
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Code -> one-line description, in declaration order (for the OpenAPI docs)."""
+        return {member.value: member.description for member in cls}
+
+
+class DeferReason(StrEnum):
+    """Stable machine-readable codes of a deferred record (``RecordOutcome.reason`` when the
+    status is ``deferred``): the backend cannot judge the record *yet*. Nothing is stored; the
+    station keeps the record and sends it again after ``retryAfter`` seconds.
+
+    Like RejectReason, codes never change meaning and new ones may be added; a client treats an
+    unknown code of a deferred outcome as "try again later".
+    """
+
+    description: str
+
+    def __new__(cls, value: str, description: str) -> Self:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+    REGISTRY_BEHIND = (
+        "registry_behind",
+        "The backend has not yet followed the StationRegistry up to a block later than the "
+        "record's endTime, so the station's key state at endTime is not decided yet (a "
+        "registration, rotation or revocation may still be on its way).",
+    )
+    END_IN_FUTURE = (
+        "end_in_future",
+        "endTime is later than the backend's clock (plus its tolerance): the transfer has not "
+        "ended yet by the backend's clock (or the station's clock runs ahead).",
     )
 
     @classmethod
@@ -357,7 +387,8 @@ ReasonCode = Annotated[
     str,
     Field(
         pattern="^[a-z][a-z0-9_]*$",
-        description="machine-readable reject code, one of RejectReason (new codes may appear)",
+        description="machine-readable code: a RejectReason for a rejected record, a "
+        "DeferReason for a deferred one (new codes may appear)",
     ),
 ]
 
@@ -385,30 +416,43 @@ class RecordOutcome(BaseModel):
 
     * ``accepted``: stored now; ``digest`` and ``receipt`` are set.
     * ``duplicate``: exactly this record was already stored; ``receipt`` is the stored one.
-    * ``rejected``: not stored; ``reason`` is a RejectReason code, ``message`` says why;
+    * ``rejected``: not stored, final; ``reason`` is a RejectReason code, ``message`` says why;
       ``digest`` is set when the record could be parsed, ``receipt`` is null.
+    * ``deferred``: not judged yet, not stored anywhere; ``reason`` is a DeferReason code,
+      ``message`` says why, ``retryAfter`` is the backend's hint in seconds before sending the
+      record again; ``digest`` is set, ``receipt`` is null. Not an error: send it again later.
+
+    ``retryAfter`` is null for every other status.
     """
 
     model_config = _RESPONSE_CONFIG
 
-    status: Literal["accepted", "duplicate", "rejected"]
+    status: Literal["accepted", "duplicate", "rejected", "deferred"]
     digest: DigestHex | None = None
     receipt: Receipt | None = None
     reason: ReasonCode | None = None
     message: str | None = None
+    retry_after: NonNegativeInt | None = Field(
+        default=None,
+        description="deferred only: seconds to wait before sending the record again (a hint)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.status == "rejected":
+        if self.status in ("rejected", "deferred"):
             if self.reason is None:
-                raise ValueError("a rejected outcome needs a reason")
+                raise ValueError(f"a {self.status} outcome needs a reason")
             if self.receipt is not None:
-                raise ValueError("a rejected outcome has no receipt")
+                raise ValueError(f"a {self.status} outcome has no receipt")
+            if (self.retry_after is None) == (self.status == "deferred"):
+                raise ValueError("retryAfter goes with a deferred outcome, and only with one")
         else:
             if self.digest is None or self.receipt is None:
                 raise ValueError(f"an {self.status} outcome needs a digest and a receipt")
             if self.reason is not None:
                 raise ValueError(f"an {self.status} outcome has no reason")
+            if self.retry_after is not None:
+                raise ValueError(f"an {self.status} outcome has no retryAfter")
         return self
 
     @classmethod
@@ -440,6 +484,18 @@ class RecordOutcome(BaseModel):
         )
 
     @classmethod
+    def deferred(
+        cls, reason: DeferReason | str, message: str, retry_after: int, digest: bytes | None
+    ) -> RecordOutcome:
+        return cls(
+            status="deferred",
+            reason=str(reason),
+            message=message,
+            retry_after=retry_after,
+            digest=None if digest is None else "0x" + digest.hex(),
+        )
+
+    @classmethod
     def from_validation_error(cls, error: RecordValidationError) -> RecordOutcome:
         """The outcome of an element the record parser refused (its fields in the message)."""
         return cls.rejected(error.reason, error.summary())
@@ -454,10 +510,12 @@ class BatchResponse(BaseModel):
     accepted: NonNegativeInt
     duplicate: NonNegativeInt
     rejected: NonNegativeInt
+    # Defaults to 0 so that an answer of a backend that never defers still parses.
+    deferred: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _counts_match(self) -> Self:
-        for status in ("accepted", "duplicate", "rejected"):
+        for status in ("accepted", "duplicate", "rejected", "deferred"):
             actual = sum(1 for o in self.outcomes if o.status == status)
             if getattr(self, status) != actual:
                 raise ValueError(f"{status} is {getattr(self, status)} but {actual} outcomes are")
@@ -470,6 +528,7 @@ class BatchResponse(BaseModel):
             accepted=sum(1 for o in outcomes if o.status == "accepted"),
             duplicate=sum(1 for o in outcomes if o.status == "duplicate"),
             rejected=sum(1 for o in outcomes if o.status == "rejected"),
+            deferred=sum(1 for o in outcomes if o.status == "deferred"),
         )
 
 

@@ -310,6 +310,20 @@ class BackendHarness:
             self.wait_for_registry()
         return int(env.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
 
+    def advance_registry_past(self, timestamp: int) -> None:
+        """Mines a block later than `timestamp` (and the confirmations on top of it) and waits
+        until the follower has applied it: every record that ended at or before `timestamp` is
+        then decided. The block's timestamp is never set below the wall clock, so the chain's
+        clock never falls behind real time for the tests that follow."""
+        env = self.env
+        target = max(timestamp + 1, int(time.time()))
+        if target > env.latest_timestamp():
+            env.next_block_at(target)
+        env.rpc("evm_mine")
+        for _ in range(self.settings.confirmations_for(env.deployment.chain_id)):
+            env.rpc("evm_mine")
+        self.wait_for_registry()
+
     def wait_for_registry(self, block: int | None = None, timeout: float = 15.0) -> None:
         """Waits (through the public API) until the follower applied `block` (default: the
         current head)."""

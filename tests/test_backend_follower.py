@@ -23,7 +23,12 @@ from backend.chain.contracts import GridPointsChain
 from backend.db import Database
 from backend.db.models import RegistryCursor, RegistryEvent, StationKey
 from backend.migrations import upgrade
-from backend.registry import KeyDirectory, RegistryFollower, RegistryMismatchError
+from backend.registry import (
+    NOTHING_DECIDED,
+    KeyDirectory,
+    RegistryFollower,
+    RegistryMismatchError,
+)
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402
@@ -92,6 +97,8 @@ def test_follower_persists_its_block_and_resumes_from_it(
     first_chain = _SpyChain(env)
     follower = RegistryFollower(db, first_chain, block_range=3)
     follower.open()
+    # A fresh cursor has applied no block: nothing is decided yet.
+    assert follower.directory.decided_before == NOTHING_DECIDED
     sid_a, _, block_a = _register(env)
     follower.sync_once()
     deployment_block = env.deployment.deployment_block
@@ -101,6 +108,11 @@ def test_follower_persists_its_block_and_resumes_from_it(
         cursor = session.get(RegistryCursor, 1)
         assert cursor is not None and cursor.last_block == head >= block_a
         assert cursor.last_block_hash == bytes(env.w3.eth.get_block(head)["hash"])
+        head_ts = int(env.w3.eth.get_block(head)["timestamp"])
+        # The horizon is stored with the cursor, in the same transaction.
+        assert cursor.last_block_timestamp == head_ts
+    assert (follower.directory.as_of_block, follower.directory.decided_before) == (head, head_ts)
+    assert follower.status.last_block_timestamp == head_ts
 
     # "Restart": a new follower (new process state) on the same database.
     sid_b, key_b, _ = _register(env)
@@ -109,7 +121,10 @@ def test_follower_persists_its_block_and_resumes_from_it(
     restarted.open()
     assert restarted.directory.station(sid_a) is not None  # loaded from the database
     assert restarted.directory.station(sid_b) is None
+    # ... with the horizon it had reached, before asking the chain anything.
+    assert restarted.directory.decided_before == head_ts and second_chain.ranges == []
     restarted.sync_once()
+    assert restarted.directory.decided_before == env.latest_timestamp()
     assert second_chain.ranges[0][0] == head + 1
     assert restarted.directory.is_key_valid_at(sid_b, key_b, 10)
     with db.read() as session:
@@ -128,6 +143,9 @@ def test_follower_waits_for_confirmations(fresh_db: tuple[Database, ChainEnv]) -
     follower.sync_once()
     assert follower.directory.station(sid) is None
     assert follower.status.last_block == env.w3.eth.block_number - 2
+    # The horizon is the confirmed block's timestamp, not the head's.
+    confirmed = env.w3.eth.get_block(env.w3.eth.block_number - 2)
+    assert follower.directory.decided_before == int(confirmed["timestamp"])
     env.rpc("evm_mine")
     follower.sync_once()
     assert follower.directory.station(sid) is None
@@ -192,9 +210,14 @@ def test_backend_restart_resumes_and_sees_what_happened_while_down(
         fn = env.chain.registry.functions.revokeStation(before.station_id)
         receipt = env.chain.transact(env.accounts.registrar, fn)
         revoked_at = int(env.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
+        # One more block, later than both, so that a record ending just after the rotation is
+        # decided (it is deferred while the newest applied block is not later than its end).
+        env.next_block_at(max(revoked_at, rotated_at + 1, int(time.time())) + 1)
+        env.rpc("evm_mine")
         with running_backend(env, url, kind, migrate=False) as h:
             registry = h.client.get("/v1/registry").json()
             assert registry["lastBlock"] >= env.w3.eth.block_number > stopped_at
+            assert registry["lastBlockTimestamp"] == env.latest_timestamp()
             body = h.signed(during, end_time=rotated_at + 1)
             assert _outcome(h.post(body)) == ("accepted", None)
             late = sign(before.record(end_time=revoked_at + 1), before.key, h.domain)

@@ -3,6 +3,7 @@ backend under uvicorn, against the session Anvil, once on SQLite and once on Pos
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backend.ingest import UNAUTHENTICATED_BODY_BYTES
 from station_signer.record import SECP256K1_N, Domain, EnergyTransfer
 
 # Before the import, so that the helpers' asserts are rewritten too (pytest_plugins below).
@@ -24,7 +26,7 @@ pytest_plugins = ["backend_fixtures"]
 def outcome(response: httpx.Response, status_code: int) -> dict[str, Any]:
     assert response.status_code == status_code, response.text
     body = response.json()
-    assert set(body) == {"status", "digest", "receipt", "reason", "message"}, body
+    assert set(body) == {"status", "digest", "receipt", "reason", "message", "retryAfter"}, body
     return dict(body)
 
 
@@ -36,6 +38,17 @@ def assert_rejected(
     assert body["reason"] == reason, body
     assert body["receipt"] is None
     assert body["message"]
+    return body
+
+
+def assert_deferred(response: httpx.Response, reason: str) -> dict[str, Any]:
+    """A single POST the backend cannot judge yet: 503, Retry-After, a deferred RecordOutcome."""
+    body = outcome(response, 503)
+    assert body["status"] == "deferred", body
+    assert body["reason"] == reason, body
+    assert body["receipt"] is None and body["message"] and body["digest"]
+    assert body["retryAfter"] >= 1
+    assert response.headers["retry-after"] == str(body["retryAfter"])
     return body
 
 
@@ -305,17 +318,24 @@ def test_key_not_valid_after_rotation_and_before_its_period(backend: BackendHarn
     station = h.register_station()
     rotated_at = h.rotate_key(station)
     old_key = station.old_keys[-1]
-    # The old key after the rotation: rotated out.
-    after = station.record(end_time=rotated_at + 1)
-    result = assert_rejected(h.post(sign(after, old_key, h.domain)), "key_not_valid")
-    assert "rotated out" in result["message"]
-    # The new key for a record that ended before its period began: not yet valid.
+    # The new key for a record that ended before its period began: not yet valid. Decided at
+    # once: the follower has applied the rotation's block, later than that end time.
     early = station.record(end_time=rotated_at - 10)
     result = assert_rejected(h.post(sign(early, station.key, h.domain)), "key_not_valid")
     assert "valid only for records ending from" in result["message"]
-    # Each key inside its own period is fine.
     assert_accepted(h.post(sign(station.record(end_time=rotated_at - 5), old_key, h.domain)))
-    assert_accepted(h.post(sign(station.record(end_time=rotated_at + 2), station.key, h.domain)))
+    # After the rotation's block the follower has applied nothing yet: records ending then are
+    # deferred, whichever key signed them (the old key could be rotated back in, the new one
+    # rotated out again, by a block not applied yet).
+    after = sign(station.record(end_time=rotated_at + 1), old_key, h.domain)
+    fresh = sign(station.record(end_time=rotated_at + 2), station.key, h.domain)
+    assert_deferred(h.post(after), "registry_behind")
+    assert_deferred(h.post(fresh), "registry_behind")
+    # Once a later block is applied: the old key is rotated out, the new one is fine.
+    h.advance_registry_past(rotated_at + 2)
+    result = assert_rejected(h.post(after), "key_not_valid")
+    assert "rotated out" in result["message"]
+    assert_accepted(h.post(fresh))
 
 
 def test_key_not_valid_before_the_station_is_active(backend: BackendHarness) -> None:
@@ -349,15 +369,26 @@ def test_energy_above_max_power_times_duration(backend: BackendHarness) -> None:
     assert_accepted(h.post(h.signed(station, energy_wh=0, duration_s=0)))
 
 
-def test_end_too_far_in_the_future(backend: BackendHarness) -> None:
+def test_end_too_far_in_the_future_is_deferred_not_rejected(backend: BackendHarness) -> None:
     h = backend
     skew = h.settings.clock_skew_s
     station = h.register_station()
     future = station.record(end_time=int(time.time()) + skew + 120)
-    assert_rejected(h.post(sign(future, station.key, h.domain)), "end_in_future")
-    assert_not_stored_but_recorded(h, station, future.sequence, "end_in_future")
-    # Within the tolerance is fine (a station clock slightly ahead).
-    assert_accepted(h.post(h.signed(station, end_time=int(time.time()) + skew // 2)))
+    body = assert_deferred(h.post(sign(future, station.key, h.domain)), "end_in_future")
+    assert 110 <= body["retryAfter"] <= 121  # until the backend's clock reaches it
+    in_batch = h.post_batch([sign(future, station.key, h.domain)]).json()
+    assert in_batch["deferred"] == 1 and in_batch["rejected"] == 0
+    assert in_batch["outcomes"][0]["status"] == "deferred"
+    assert in_batch["outcomes"][0]["reason"] == "end_in_future"
+    # Within the tolerance it is no longer the clock, but the registry: the follower has not
+    # applied a block after that end time (see test_backend_deferral.py for the way through).
+    assert_deferred(
+        h.post(h.signed(station, end_time=int(time.time()) + skew // 2)), "registry_behind"
+    )
+    # Stored nowhere: the station keeps the record.
+    assert stored_sequences(h, station) == []
+    assert rejections(h, station) == []
+    assert h.station_status(station)["rejections"] == {}
 
 
 # ---- stateful checks ------------------------------------------------------------------------
@@ -599,3 +630,60 @@ def test_a_batch_spread_over_a_huge_sequence_range(backend: BackendHarness) -> N
     status = h.station_status(station)
     assert status["gaps"] == [{"first": 3, "last": 2**40 - 1}]
     assert status["missingCount"] == 2**40 - 3
+
+
+# ---- what a rejection keeps ------------------------------------------------------------------
+
+
+def test_unauthenticated_rejections_keep_a_bounded_prefix_of_the_body(
+    backend: BackendHarness,
+) -> None:
+    """Anyone can post a body naming any station; only a prefix of it is kept."""
+    h = backend
+    station = h.register_station()
+    record = station.record()
+    good = sign(record, station.key, h.domain)
+    padded = {**good, "padding": "x" * 100_000}  # malformed: an unknown field
+    assert_rejected(h.post(padded), "malformed")
+    stranger = sign(station.record(), new_key(), h.domain)  # key_not_valid, small
+    assert_rejected(h.post(stranger), "key_not_valid")
+    malformed, key_not_valid = rejections(h, station)
+    assert malformed["bodyTruncated"] is True
+    assert len(malformed["body"].encode()) == UNAUTHENTICATED_BODY_BYTES
+    assert malformed["bodySize"] == len(json.dumps(padded, separators=(",", ":")).encode())
+    assert malformed["body"].startswith('{"record":')
+    # Small unauthenticated bodies fit the bound whole.
+    assert key_not_valid["bodyTruncated"] is False
+    assert json.loads(key_not_valid["body"]) == stranger
+
+
+def test_a_prefix_cut_inside_a_multibyte_character_stays_text(backend: BackendHarness) -> None:
+    h = backend
+    station = h.register_station()
+    body = {**h.signed(station), "note": "\u20ac" * 2_000}  # 3 bytes each in UTF-8
+    assert_rejected(h.post(body), "malformed")
+    (stored,) = rejections(h, station)
+    assert stored["bodyTruncated"] is True
+    assert (
+        UNAUTHENTICATED_BODY_BYTES - 3
+        < len(stored["body"].encode())
+        <= (UNAUTHENTICATED_BODY_BYTES)
+    )
+
+
+def test_authenticated_rejections_keep_the_whole_body(backend: BackendHarness) -> None:
+    """A rejection of something the station's key really signed is evidence: kept whole."""
+    h = backend
+    station = h.register_station(max_power_w=1_000)
+    too_much = sign(station.record(energy_wh=5_000), station.key, h.domain)
+    assert_rejected(h.post(too_much), "energy_exceeds_max_power")
+    first = station.record(sequence=9, energy_wh=10, advance=False)
+    other = station.record(sequence=9, energy_wh=20, advance=False)
+    assert_accepted(h.post(sign(first, station.key, h.domain)))
+    conflicting = sign(other, station.key, h.domain)
+    assert_rejected(h.post(conflicting), "equivocation", status_code=409)
+    power, equivocation = rejections(h, station)
+    for stored, sent in ((power, too_much), (equivocation, conflicting)):
+        assert stored["bodyTruncated"] is False
+        assert json.loads(stored["body"]) == sent
+        assert stored["bodySize"] == len(stored["body"].encode())

@@ -41,6 +41,7 @@ from station_signer.record import (
 )
 from station_signer.wire import (
     BatchResponse,
+    DeferReason,
     ErrorResponse,
     Receipt,
     RecordOutcome,
@@ -633,10 +634,25 @@ def test_outcomes_and_batch_response_round_trip() -> None:
         RecordOutcome.duplicate(b"\x02" * 32, 1, when),
         RecordOutcome.rejected(RejectReason.BAD_SIGNATURE, "v must be 27 or 28", b"\x03" * 32),
         RecordOutcome.rejected("malformed", "record.user: missing"),
+        RecordOutcome.deferred(DeferReason.REGISTRY_BEHIND, "later", 42, b"\x04" * 32),
     ]
     response = BatchResponse.from_outcomes(outcomes)
     body = json.loads(response.model_dump_json())
     assert (body["accepted"], body["duplicate"], body["rejected"]) == (1, 1, 2)
+    assert body["deferred"] == 1
+    assert body["outcomes"][4] == {
+        "status": "deferred",
+        "digest": "0x" + "04" * 32,
+        "receipt": None,
+        "reason": "registry_behind",
+        "message": "later",
+        "retryAfter": 42,
+    }
+    assert body["outcomes"][0]["retryAfter"] is None
+    # An answer of a backend that never defers (no "deferred" tally) still parses.
+    old = {k: v for k, v in body.items() if k != "deferred"}
+    old["outcomes"] = body["outcomes"][:4]
+    assert BatchResponse.model_validate(old).deferred == 0
     assert body["outcomes"][0]["receipt"] == {"logIndex": 0, "receivedAt": "2025-01-01T00:00:00Z"}
     assert body["outcomes"][2]["reason"] == "bad_signature"
     assert body["outcomes"][3]["digest"] is None
@@ -656,6 +672,12 @@ def test_outcome_rejects_inconsistent_shapes() -> None:
         {"status": "stored", "digest": digest, "receipt": receipt},
         {"status": "rejected", "reason": "Not A Code"},
         {"status": "accepted", "digest": "0x" + "AB" * 32, "receipt": receipt},
+        {"status": "deferred", "digest": digest, "reason": "registry_behind"},  # no retryAfter
+        {"status": "deferred", "digest": digest, "retryAfter": 5},  # no reason
+        {"status": "deferred", "reason": "end_in_future", "retryAfter": -1},
+        {"status": "deferred", "reason": "end_in_future", "retryAfter": 5, "receipt": receipt},
+        {"status": "rejected", "reason": "malformed", "retryAfter": 5},
+        {"status": "accepted", "digest": digest, "receipt": receipt, "retryAfter": 5},
     ]
     for body in bad_bodies:
         with pytest.raises(ValidationError):
@@ -702,7 +724,6 @@ def test_reject_reasons() -> None:
         "energy_exceeds_max_power",
         "meter_delta_mismatch",
         "end_before_start",
-        "end_in_future",
         "authorization_missing",
         "authorization_unexpected",
         "authorization_malformed",
@@ -716,7 +737,12 @@ def test_reject_reasons() -> None:
     ]
     for reason in RejectReason:
         assert reason.description and "\n" not in reason.description
-    assert RejectReason("end_in_future") is RejectReason.END_IN_FUTURE
+    # end_in_future is not a rejection: the same record is fine once the clock has caught up.
+    assert [r.value for r in DeferReason] == ["registry_behind", "end_in_future"]
+    for deferral in DeferReason:
+        assert deferral.description and "\n" not in deferral.description
+    assert DeferReason("end_in_future") is DeferReason.END_IN_FUTURE
+    assert not set(DeferReason.describe()) & set(RejectReason.describe())
     for code in (
         rec.REASON_MALFORMED,
         rec.REASON_METER_DELTA_MISMATCH,

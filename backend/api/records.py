@@ -17,7 +17,7 @@ from backend.api.deps import get_service, parse_address_param, parse_hex32
 from backend.api.errors import ApiError
 from backend.api.schemas import LogPage, StoredRecordView, UserRecordsPage
 from backend.db.models import Record
-from backend.ingest import ACCEPTED, DUPLICATE, REJECTED, Outcome
+from backend.ingest import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Outcome
 from backend.queries import log_size, record_by_digest, records_by_user, records_in_log
 from backend.service import BackendService
 from station_signer.record import (
@@ -30,6 +30,7 @@ from station_signer.record import (
 )
 from station_signer.wire import (
     BatchResponse,
+    DeferReason,
     ErrorResponse,
     RecordOutcome,
     RejectReason,
@@ -48,9 +49,9 @@ ServiceDep = Annotated[BackendService, Depends(get_service)]
 # ---- OpenAPI documentation of the outcomes --------------------------------------------------
 
 
-def _reason_table() -> str:
+def _reason_table(codes: dict[str, str]) -> str:
     lines = ["| reason | meaning |", "|---|---|"]
-    lines += [f"| `{code}` | {text} |" for code, text in RejectReason.describe().items()]
+    lines += [f"| `{code}` | {text} |" for code, text in codes.items()]
     return "\n".join(lines)
 
 
@@ -60,10 +61,22 @@ Every record gets its own outcome (`RecordOutcome`):
 * `accepted`: appended to the record log now; `receipt` holds the log index and the time.
 * `duplicate`: exactly this record (same station, sequence and content, i.e. same digest) is
   already stored; idempotent, not an error; `receipt` is the stored one.
-* `rejected`: not stored in the record log (but kept in the rejections table with its body);
+* `rejected`: final; not stored in the record log, but kept in the rejections table (the whole
+  body when the station's signature was verified, else its first 2 KiB, marked truncated);
   `reason` is one of these stable codes, `message` explains:
 
-{_reason_table()}
+{_reason_table(RejectReason.describe())}
+
+* `deferred`: not judged yet and stored nowhere (not even as a rejection): send exactly this
+  record again after `retryAfter` seconds (a hint; never sooner is best). A record's key state
+  at its `endTime` is only decided once the backend's StationRegistry follower has applied a
+  block later than `endTime` (it stays some confirmations behind the chain head), and a record
+  that ends beyond the backend's clock waits for the clock. Parse, domain and signature problems
+  are never deferred, and a record that is invalid whatever the registry still says (ended
+  before the station's `activeFrom`, or at or after its revocation) is rejected at once.
+  `reason` is one of:
+
+{_reason_table(DeferReason.describe())}
 
 A submitter may declare the EIP-712 domain it signed for with the headers `{CHAIN_ID_HEADER}`
 and `{CONTRACT_HEADER}` (either or both; the backend's own domain is at `GET /v1/domain`). A
@@ -75,13 +88,14 @@ to an address that is not the station's and it is rejected as `key_not_valid`.
 
 def _outcome_example(status: str, reason: str | None = None) -> dict[str, Any]:
     digest = "0x" + "ab" * 32
-    if status == "rejected":
+    if status in ("rejected", "deferred"):
         return {
-            "status": "rejected",
+            "status": status,
             "digest": digest,
             "receipt": None,
             "reason": reason,
             "message": "human-readable explanation",
+            "retryAfter": 30 if status == "deferred" else None,
         }
     return {
         "status": status,
@@ -89,6 +103,7 @@ def _outcome_example(status: str, reason: str | None = None) -> dict[str, Any]:
         "receipt": {"logIndex": 41, "receivedAt": "2025-11-24T10:00:00.123456Z"},
         "reason": None,
         "message": None,
+        "retryAfter": None,
     }
 
 
@@ -140,14 +155,37 @@ SINGLE_RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
+    503: {
+        "model": RecordOutcome,
+        "description": "Deferred: the record cannot be judged yet (see the deferral codes above) "
+        "and is stored nowhere; send it again after the `Retry-After` header's seconds (also "
+        "`retryAfter` in the body). The body is a RecordOutcome; a 503 with an ErrorResponse "
+        "body (code `unavailable`) means the backend is starting or stopping: also retry.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds before sending the record again.",
+                "schema": {"type": "integer"},
+            }
+        },
+        "content": {
+            "application/json": {
+                "examples": {
+                    code: {"summary": text, "value": _outcome_example("deferred", code)}
+                    for code, text in DeferReason.describe().items()
+                }
+            }
+        },
+    },
     **_REQUEST_ERRORS,
 }
 
 BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": BatchResponse,
-        "description": "One outcome per record, in request order, and the tallies. Always 200 "
-        "when the request itself is acceptable, whatever the outcomes (a 207-like answer).",
+        "description": "One outcome per record, in request order, and the tallies (`accepted`, "
+        "`duplicate`, `rejected`, `deferred`). Always 200 when the request itself is "
+        "acceptable, whatever the outcomes (a 207-like answer): a deferred record is an "
+        "outcome `deferred` with its `retryAfter`, not a 503.",
     },
     422: _error_doc(
         "The batch is not a JSON array, is empty, or is longer than the maximum "
@@ -246,6 +284,12 @@ def to_wire(outcome: Outcome) -> RecordOutcome:
         assert outcome.received_at is not None
         factory = RecordOutcome.accepted if outcome.status == ACCEPTED else RecordOutcome.duplicate
         return factory(outcome.digest, outcome.log_index, outcome.received_at)
+    if outcome.status == DEFERRED:
+        deferral = outcome.deferral
+        assert deferral is not None
+        return RecordOutcome.deferred(
+            deferral.reason, deferral.message, deferral.retry_after, outcome.digest
+        )
     assert outcome.problem is not None
     return RecordOutcome.rejected(outcome.problem.reason, outcome.problem.message, outcome.digest)
 
@@ -273,15 +317,28 @@ def outcome_json(outcome: Outcome, times: dict[datetime, str]) -> dict[str, Any]
             "receipt": {"logIndex": log_index, "receivedAt": when},
             "reason": None,
             "message": None,
+            "retryAfter": None,
+        }
+    digest_hex = None if outcome.digest is None else "0x" + outcome.digest.hex()
+    deferral = outcome.deferral
+    if deferral is not None:
+        return {
+            "status": DEFERRED,
+            "digest": digest_hex,
+            "receipt": None,
+            "reason": deferral.reason.value,
+            "message": deferral.message,
+            "retryAfter": deferral.retry_after,
         }
     problem = outcome.problem
     assert problem is not None
     return {
         "status": REJECTED,
-        "digest": None if outcome.digest is None else "0x" + outcome.digest.hex(),
+        "digest": digest_hex,
         "receipt": None,
         "reason": problem.reason.value,
         "message": problem.message,
+        "retryAfter": None,
     }
 
 
@@ -290,6 +347,8 @@ def _single_status(outcome: Outcome) -> int:
         return 201
     if outcome.status == DUPLICATE:
         return 200
+    if outcome.status == DEFERRED:
+        return 503
     return 409 if outcome.reason == RejectReason.EQUIVOCATION else 422
 
 
@@ -329,7 +388,10 @@ async def submit_record(request: Request) -> JSONResponse:
     status = _single_status(outcome)
     service.metrics.requests.labels(endpoint="single", status=str(status)).inc()
     service.metrics.ingest_seconds.labels(endpoint="single").observe(time.perf_counter() - started)
-    return JSONResponse(outcome_json(outcome, {}), status)
+    headers = None
+    if outcome.deferral is not None:
+        headers = {"Retry-After": str(outcome.deferral.retry_after)}
+    return JSONResponse(outcome_json(outcome, {}), status, headers=headers)
 
 
 async def submit_batch(request: Request) -> JSONResponse:
@@ -397,7 +459,7 @@ def batch_json(outcomes: list[Outcome]) -> dict[str, Any]:
     """``BatchResponse.from_outcomes([to_wire(o) ...]).model_dump(mode="json", by_alias=True)``,
     built directly (see `outcome_json`)."""
     times: dict[datetime, str] = {}
-    counts = {ACCEPTED: 0, DUPLICATE: 0, REJECTED: 0}
+    counts = {ACCEPTED: 0, DUPLICATE: 0, REJECTED: 0, DEFERRED: 0}
     rendered = []
     for outcome in outcomes:
         counts[outcome.status] += 1
@@ -407,6 +469,7 @@ def batch_json(outcomes: list[Outcome]) -> dict[str, Any]:
         "accepted": counts[ACCEPTED],
         "duplicate": counts[DUPLICATE],
         "rejected": counts[REJECTED],
+        "deferred": counts[DEFERRED],
     }
 
 

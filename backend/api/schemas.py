@@ -130,7 +130,14 @@ class RejectionView(BaseModel):
     reason: str
     message: str
     details: dict[str, Any] | None
-    body: str = Field(description="The submission exactly as stored (JSON text).")
+    body: str = Field(
+        description="The submission as stored (JSON text): whole when the station's signature "
+        "was verified, else its first 2 KiB (bodyTruncated)."
+    )
+    bodyTruncated: bool = Field(
+        default=False, description="Only a prefix of an unauthenticated submission is kept."
+    )
+    bodySize: int | None = Field(default=None, description="Bytes of the whole submission.")
 
 
 class RejectionPage(BaseModel):
@@ -174,6 +181,11 @@ class RegistryStatusView(BaseModel):
     deploymentBlock: int
     confirmations: int
     lastBlock: int | None
+    lastBlockTimestamp: int | None = Field(
+        default=None,
+        description="Timestamp of lastBlock: records that ended before it are judged, later "
+        "ones are deferred (registry_behind).",
+    )
     headBlock: int | None
     lagBlocks: int | None
     stations: int
@@ -190,6 +202,7 @@ class RegistryStatusView(BaseModel):
             deploymentBlock=s.deployment_block,
             confirmations=s.confirmations,
             lastBlock=s.last_block,
+            lastBlockTimestamp=s.last_block_timestamp,
             headBlock=s.head_block,
             lagBlocks=s.lag_blocks,
             stations=s.stations,

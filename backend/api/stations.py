@@ -123,6 +123,8 @@ def station_rejections(
                 message=r.message,
                 details=r.details,
                 body=r.body,
+                bodyTruncated=r.body_truncated,
+                bodySize=r.body_size,
             )
             for r in rows
         ]

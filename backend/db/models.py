@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,6 +80,9 @@ class RegistryCursor(Base):
     # Hash of last_block as the follower saw it; a different hash on resume means a reorg
     # deeper than the configured confirmations.
     last_block_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    # Timestamp of last_block: the ingest horizon (records that ended before it are decided).
+    # NULL until the first range is applied.
+    last_block_timestamp: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -208,7 +213,14 @@ class StationGap(Base):
 
 
 class Rejection(Base):
-    """A submission that did not enter the record log, with its reason and raw body."""
+    """A submission that did not enter the record log, with its reason and raw body.
+
+    The body is kept whole only when the station's signature was verified (an authenticated
+    rejection: the station itself signed what is refused, e.g. an equivocation). Anyone can post
+    an unauthenticated one (malformed, wrong domain, bad signature, unknown station, key not
+    valid) naming any station, so only its first `backend.ingest.UNAUTHENTICATED_BODY_BYTES`
+    bytes are kept (``body_truncated``), and ``body_size`` is the size of the whole body.
+    """
 
     __tablename__ = "rejections"
     __table_args__ = (Index(None, "station_id", "reason"),)
@@ -224,6 +236,9 @@ class Rejection(Base):
     message: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     body: Mapped[str] = mapped_column(Text)
+    body_truncated: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # UTF-8 bytes of the whole body as rendered for storage (NULL in rows older than 0003).
+    body_size: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Equivocation(Base):
