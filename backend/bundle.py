@@ -43,6 +43,7 @@ from backend.audit import (
 )
 from backend.chain.deploy import Deployment
 from backend.db.session import Database
+from backend.ledger import epoch_summary, step_summary
 from backend.tariff import TariffBook, TariffError
 from station_signer.record import ZERO_BYTES32
 
@@ -191,35 +192,10 @@ def export_epoch(
                     f"{written} of them"
                 )
             files[RECORDS_FILE] = {"sha256": writer.sha256.hexdigest(), "bytes": writer.size}
-            steps = [
-                {
-                    "step": s.step,
-                    "kind": s.kind,
-                    "chunkId": s.chunk_id,
-                    "entries": s.entry_count,
-                    "amount": s.amount,
-                    "state": s.state,
-                    "txHash": "0x" + s.tx_hash.hex() if s.tx_hash else None,
-                    "blockNumber": s.block_number,
-                }
-                for s in steps_of(session, epoch_id)
-            ]
+            steps = [step_summary(s) for s in steps_of(session, epoch_id)]
             manifest: dict[str, Any] = {
                 "format": BUNDLE_FORMAT,
-                "epochId": epoch.epoch_id,
-                "state": epoch.state,
-                "firstLogIndex": epoch.first_log_index,
-                "recordCount": epoch.record_count,
-                "recordsRoot": "0x" + epoch.records_root.hex(),
-                "creditsRoot": "0x" + epoch.credits_root.hex(),
-                "tariffHash": "0x" + epoch.tariff_hash.hex(),
-                "tariffVersion": epoch.tariff_version,
-                "totalCredits": epoch.total_credits,
-                "totalDebits": epoch.total_debits,
-                "creditEntries": epoch.entry_count,
-                "payments": epoch.payment_count,
-                "sealedAt": _iso(epoch.sealed_at),
-                "settledAt": _iso(epoch.settled_at),
+                **epoch_summary(epoch),
                 "deployment": {
                     "chainId": deployment.chain_id,
                     "contracts": dict(deployment.addresses),

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.cli import DatabaseOption, _fail, _settings, app, err
+from backend.ledger import epoch_summary, step_summary
 from backend.settings import Settings
 
 epoch_app = typer.Typer(help="Sealed epochs: seal, list, show, export.", no_args_is_help=True)
@@ -66,25 +67,6 @@ def _worker(settings: Settings, db: Any, *, with_settler: bool) -> Any:
     return SealAndSettle(db, chain, settings, account=account)
 
 
-def epoch_json(epoch: Any) -> dict[str, Any]:
-    return {
-        "epochId": epoch.epoch_id,
-        "firstLogIndex": epoch.first_log_index,
-        "recordCount": epoch.record_count,
-        "recordsRoot": "0x" + epoch.records_root.hex(),
-        "creditsRoot": "0x" + epoch.credits_root.hex(),
-        "tariffHash": "0x" + epoch.tariff_hash.hex(),
-        "tariffVersion": epoch.tariff_version,
-        "totalCredits": epoch.total_credits,
-        "totalDebits": epoch.total_debits,
-        "entries": epoch.entry_count,
-        "payments": epoch.payment_count,
-        "state": epoch.state,
-        "sealedAt": epoch.sealed_at.isoformat(),
-        "settledAt": epoch.settled_at.isoformat() if epoch.settled_at else None,
-    }
-
-
 @epoch_app.command("seal")
 def epoch_seal(
     database_url: DatabaseOption = None,
@@ -107,7 +89,7 @@ def epoch_seal(
             max_records=max_records or settings.epoch_max_records,
         )
         while (epoch := sealer.seal()) is not None:
-            sealed.append(epoch_json(epoch))
+            sealed.append(epoch_summary(epoch))
     except (SealingError, TariffError) as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -136,7 +118,7 @@ def epoch_list(database_url: DatabaseOption = None, as_json: JsonOption = False)
     try:
         with db.read() as session:
             epochs = [
-                epoch_json(e) for e in session.scalars(select(Epoch).order_by(Epoch.epoch_id))
+                epoch_summary(e) for e in session.scalars(select(Epoch).order_by(Epoch.epoch_id))
             ]
     finally:
         db.dispose()
@@ -176,21 +158,8 @@ def epoch_show(
             epoch = session.get(Epoch, epoch_id)
             if epoch is None:
                 raise _fail(f"epoch {epoch_id} is not sealed")
-            data = epoch_json(epoch)
-            data["steps"] = [
-                {
-                    "step": s.step,
-                    "kind": s.kind,
-                    "chunkId": s.chunk_id,
-                    "entries": s.entry_count,
-                    "amount": s.amount,
-                    "state": s.state,
-                    "txHash": "0x" + s.tx_hash.hex() if s.tx_hash else None,
-                    "blockNumber": s.block_number,
-                    "gasUsed": s.gas_used,
-                }
-                for s in steps_of(session, epoch_id)
-            ]
+            data = epoch_summary(epoch)
+            data["steps"] = [step_summary(s) for s in steps_of(session, epoch_id)]
     finally:
         db.dispose()
     if as_json:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -78,6 +79,45 @@ class TreeCache:
             while len(self._trees) > self.size:
                 self._trees.popitem(last=False)
         return tree
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else "0x" + value.hex()
+
+
+def epoch_summary(epoch: Epoch) -> dict[str, Any]:
+    """An epoch's public JSON form (API, CLI ``--json`` and export bundle manifests)."""
+    return {
+        "epochId": epoch.epoch_id,
+        "firstLogIndex": epoch.first_log_index,
+        "recordCount": epoch.record_count,
+        "recordsRoot": "0x" + epoch.records_root.hex(),
+        "creditsRoot": "0x" + epoch.credits_root.hex(),
+        "tariffHash": "0x" + epoch.tariff_hash.hex(),
+        "tariffVersion": epoch.tariff_version,
+        "totalCredits": epoch.total_credits,
+        "totalDebits": epoch.total_debits,
+        "creditEntries": epoch.entry_count,
+        "payments": epoch.payment_count,
+        "state": epoch.state,
+        "sealedAt": epoch.sealed_at.isoformat(),
+        "settledAt": epoch.settled_at.isoformat() if epoch.settled_at else None,
+    }
+
+
+def step_summary(step: SettlementStep) -> dict[str, Any]:
+    """A settlement step's public JSON form."""
+    return {
+        "step": step.step,
+        "kind": step.kind,
+        "chunkId": step.chunk_id,
+        "entries": step.entry_count,
+        "amount": step.amount,
+        "state": step.state,
+        "txHash": _hex(step.tx_hash),
+        "blockNumber": step.block_number,
+        "gasUsed": step.gas_used,
+    }
 
 
 def commit_tx_hash(session: Session, epoch_id: int) -> bytes | None:

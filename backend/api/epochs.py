@@ -17,7 +17,15 @@ from backend.api.errors import ApiError
 from backend.api.records import NOT_FOUND, Limit, record_view
 from backend.api.schemas import StoredRecordView
 from backend.db.models import Epoch
-from backend.ledger import RecordProof, epoch_entries, epoch_records, record_proof, user_history
+from backend.ledger import (
+    RecordProof,
+    epoch_entries,
+    epoch_records,
+    epoch_summary,
+    record_proof,
+    step_summary,
+    user_history,
+)
 from backend.payments import authorizations_of
 from backend.service import BackendService
 from backend.settlement import steps_of
@@ -66,42 +74,11 @@ class EpochView(BaseModel):
 
     @classmethod
     def of(cls, epoch: Epoch, steps: list[Any] | None = None) -> EpochView:
-        step_views = None
-        commit = None
-        if steps is not None:
-            step_views = [
-                SettlementStepView(
-                    step=s.step,
-                    kind=s.kind,
-                    chunkId=s.chunk_id,
-                    entries=s.entry_count,
-                    amount=s.amount,
-                    state=s.state,
-                    txHash=_hex(s.tx_hash),
-                    blockNumber=s.block_number,
-                    gasUsed=s.gas_used,
-                )
-                for s in steps
-            ]
-            commit = next((v.txHash for v in step_views if v.kind == "commit"), None)
-        return cls(
-            epochId=epoch.epoch_id,
-            firstLogIndex=epoch.first_log_index,
-            recordCount=epoch.record_count,
-            recordsRoot="0x" + epoch.records_root.hex(),
-            creditsRoot="0x" + epoch.credits_root.hex(),
-            tariffHash="0x" + epoch.tariff_hash.hex(),
-            tariffVersion=epoch.tariff_version,
-            totalCredits=epoch.total_credits,
-            totalDebits=epoch.total_debits,
-            creditEntries=epoch.entry_count,
-            payments=epoch.payment_count,
-            state=epoch.state,
-            sealedAt=epoch.sealed_at,
-            settledAt=epoch.settled_at,
-            commitTxHash=commit,
-            steps=step_views,
+        step_views = (
+            None if steps is None else [SettlementStepView(**step_summary(s)) for s in steps]
         )
+        commit = next((v.txHash for v in step_views or [] if v.kind == "commit"), None)
+        return cls(**epoch_summary(epoch), commitTxHash=commit, steps=step_views)
 
 
 class EpochList(BaseModel):
