@@ -10,6 +10,7 @@ Afterwards the chain must hold exactly the recomputed totals, every chunk exactl
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backend_fixtures import (
@@ -266,3 +268,33 @@ def test_node_stopped_and_restarted_mid_settlement(
             worker.db.dispose()
         env.chain.reset_nonces()
         assert_chain_matches(h, traffic, start_block)
+
+
+def test_epoch_cli_seals_lists_and_shows(harness: BackendHarness, tmp_path: Path) -> None:
+    traffic = random_traffic(harness, stations=1, users=5, records=25, seed=15, paid=0.5)
+    traffic.post_all()
+    env = settle_env(harness, tmp_path)
+
+    def cli(*args: str) -> Any:
+        result = subprocess.run(
+            [GRIDPOINTS, *args, "--json"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    sealed = cli("epoch", "seal", "--max", "10")
+    assert [e["recordCount"] for e in sealed] == [10, 10, 5]
+    assert all(e["state"] == "sealed" for e in sealed)
+    assert run_settle(env, "--once").returncode == 0
+    listed = cli("epoch", "list")
+    assert [e["epochId"] for e in listed] == [1, 2, 3]
+    assert all(e["state"] == "settled" for e in listed)
+    assert [e["recordsRoot"] for e in listed] == [e["recordsRoot"] for e in sealed]
+    shown = cli("epoch", "show", "2")
+    assert shown["steps"][0]["kind"] == "commit" and shown["steps"][0]["txHash"]
+    on_chain = harness.env.chain.settlement.functions.getEpoch(2).call()
+    assert shown["recordsRoot"] == "0x" + bytes(on_chain[0]).hex()
+    missing = subprocess.run(
+        [GRIDPOINTS, "epoch", "show", "9"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 1 and "epoch 9 is not sealed" in missing.stderr
