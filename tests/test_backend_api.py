@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import ChainEnv
 
-from station_signer.wire import RejectReason
+from station_signer.wire import DeferReason, RejectReason
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402
@@ -140,16 +140,25 @@ def test_openapi_documents_every_outcome_and_reason_code(small: BackendHarness) 
     spec = h.client.get("/openapi.json").json()
     single = spec["paths"]["/v1/records"]["post"]
     batch = spec["paths"]["/v1/records/batch"]["post"]
-    assert set(single["responses"]) >= {"200", "201", "409", "413", "422"}
+    assert set(single["responses"]) >= {"200", "201", "409", "413", "422", "503"}
     assert set(batch["responses"]) >= {"200", "413", "422"}
     for operation in (single, batch):
-        for status in ("accepted", "duplicate", "rejected"):
+        for status in ("accepted", "duplicate", "rejected", "deferred"):
             assert f"`{status}`" in operation["description"]
-        for reason in RejectReason:
+        for reason in [*RejectReason, *DeferReason]:
             assert f"`{reason.value}`" in operation["description"], reason
+        assert "`retryAfter`" in operation["description"]
         assert "requestBody" in operation
-    examples = single["responses"]["422"]["content"]["application/json"]["examples"]
-    assert set(examples) == {r.value for r in RejectReason} - {"equivocation"}
+    deferred = single["responses"]["503"]
+    assert "Retry-After" in deferred["headers"]
+    examples = deferred["content"]["application/json"]["examples"]
+    assert set(examples) == {r.value for r in DeferReason}
+    for code, example in examples.items():
+        value = example["value"]
+        assert (value["status"], value["reason"]) == ("deferred", code)
+        assert value["retryAfter"] >= 1
+    rejected = single["responses"]["422"]["content"]["application/json"]["examples"]
+    assert set(rejected) == {r.value for r in RejectReason} - {"equivocation"}
     assert single["responses"]["409"]["content"]["application/json"]["example"]["reason"] == (
         "equivocation"
     )
@@ -197,7 +206,10 @@ def test_metrics_count_ingest_outcomes(small: BackendHarness) -> None:
     accepted = 'gridpoints_ingest_records_total{outcome="accepted",reason=""}'
     rejected = 'gridpoints_ingest_records_total{outcome="rejected",reason="unknown_station"}'
     for reason in RejectReason:  # every series exists from the start
-        assert f'reason="{reason.value}"' in before.text
+        assert f'outcome="rejected",reason="{reason.value}"' in before.text
+    for deferral in DeferReason:
+        assert f'outcome="deferred",reason="{deferral.value}"' in before.text
+    assert "gridpoints_registry_horizon_timestamp_seconds" in before.text
     a0, r0 = _metric(before.text, accepted), _metric(before.text, rejected)
 
     body = h.signed(station)
@@ -213,4 +225,6 @@ def test_metrics_count_ingest_outcomes(small: BackendHarness) -> None:
     assert _metric(after, 'gridpoints_ingest_requests_total{endpoint="single",status="201"}') >= 1
     assert _metric(after, "gridpoints_record_log_size") >= 1
     assert _metric(after, "gridpoints_registry_last_block") >= 1
+    horizon = _metric(after, "gridpoints_registry_horizon_timestamp_seconds")
+    assert horizon == h.client.get("/v1/registry").json()["lastBlockTimestamp"] > 0
     assert "gridpoints_ingest_duration_seconds_bucket" in after

@@ -8,7 +8,9 @@ a faster special case; these tests hold each special case to its general counter
 * the reusable Keccak state against pycryptodome's public API, from several threads at once;
 * `verify.key_valid_at` against `StationHistory.is_key_valid_at`, on rotations, revocation and
   signers that are no key at all;
-* the directly built outcome JSON against the pydantic wire models' dump;
+* the directly built outcome JSON against the pydantic wire models' dump (every status);
+* the retry of an ingest transaction: only uniqueness conflicts, told apart from foreign-key,
+  CHECK and NOT NULL failures by the drivers' error codes on both databases;
 * `_BulkInsert` against SQLAlchemy's own INSERT, byte for byte in the database;
 * the group committer: concurrent requests in shared transactions behave like requests one after
   the other (dense log, one winner per sequence, duplicates), a failing request fails alone, and
@@ -51,19 +53,21 @@ from backend.api.records import batch_json, outcome_json, to_wire
 from backend.chain.anvil import free_port
 from backend.chain.contracts import KeyPeriod, StationHistory
 from backend.db import Database
-from backend.db.models import Record, Station
+from backend.db.models import Record, Rejection, Station
 from backend.ingest import (
     _INSERT_RECORDS,
     ACCEPTED,
+    DEFERRED,
     DUPLICATE,
     REJECTED,
     Candidate,
     GroupCommitter,
     Ingestor,
     Outcome,
+    is_unique_violation,
 )
 from backend.migrations import upgrade
-from backend.verify import Problem, Verdict, key_valid_at
+from backend.verify import Deferral, Problem, Verdict, key_valid_at
 from station_signer.record import (
     Domain,
     EnergyTransfer,
@@ -71,7 +75,7 @@ from station_signer.record import (
     SignedRecord,
     keccak256,
 )
-from station_signer.wire import BatchResponse, RejectReason
+from station_signer.wire import BatchResponse, DeferReason, RejectReason
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402
@@ -250,6 +254,10 @@ def test_outcome_json_is_the_wire_model_dump() -> None:
         Outcome(REJECTED, digest, problem=Problem(RejectReason.EQUIVOCATION, "taken")),
         Outcome(REJECTED, None, problem=Problem(RejectReason.MALFORMED, "bad ünïcode", {})),
     ] + [Outcome(REJECTED, digest, problem=Problem(r, f"because {r}")) for r in RejectReason]
+    outcomes += [
+        Outcome(DEFERRED, digest, deferral=Deferral(r, f"not yet: {r}", 1 + i))
+        for i, r in enumerate(DeferReason)
+    ]
     for outcome in outcomes:
         assert outcome_json(outcome, {}) == to_wire(outcome).model_dump(mode="json", by_alias=True)
         # Same keys in the same order, so the JSON text is the same too.
@@ -431,6 +439,89 @@ def test_a_failing_request_fails_alone(database: Database) -> None:
     # One transaction for the first, one failed group of three, then the three alone.
     assert ingestor.calls[:2] == [1, 3] and sorted(ingestor.calls[2:]) == [1, 1, 1]
     assert [i for i, _, _ in _log(database)] == [0, 1, 2]
+
+
+def _integrity_error(db: Database, row: dict[str, Any]) -> IntegrityError:
+    with pytest.raises(IntegrityError) as info, db.write() as session:
+        session.execute(insert(Record).values(**row))
+    return info.value
+
+
+def test_only_uniqueness_conflicts_count_as_such(database: Database) -> None:
+    station = _station(database)
+    columns = _candidate(station.record(sequence=1), station).columns
+    assert columns is not None
+    row = {
+        "log_index": 0,
+        "received_at": datetime.now(UTC),
+        **{k: getattr(columns, k) for k in columns.__dataclass_fields__},
+    }
+    with database.write() as session:
+        session.execute(insert(Record).values(**row))
+    # Same (station, sequence); same digest elsewhere; same log index: uniqueness conflicts.
+    assert is_unique_violation(_integrity_error(database, {**row, "log_index": 1}))
+    assert is_unique_violation(_integrity_error(database, {**row, "log_index": 1, "sequence": 2}))
+    assert is_unique_violation(
+        _integrity_error(database, {**row, "sequence": 2, "digest": b"\x01" * 32})
+    )
+    # A station the mirror does not hold (foreign key), a direction the CHECK refuses, a
+    # missing value: the same failure every time, nothing to retry.
+    fresh = {**row, "log_index": 5, "sequence": 5, "digest": b"\x02" * 32}
+    for broken in (
+        {**fresh, "station_id": new_station_id()},
+        {**fresh, "direction": 3},
+        {**fresh, "signer": None},
+    ):
+        assert not is_unique_violation(_integrity_error(database, broken)), broken
+
+
+class _CountingIngestor(Ingestor):
+    """Counts the ingest transactions it runs (attempts, retries included)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.attempts = 0
+
+    def _ingest(self, *args: Any) -> Any:
+        self.attempts += 1
+        return super()._ingest(*args)
+
+
+def test_a_foreign_key_failure_is_not_retried(database: Database) -> None:
+    ghost = DevStation(new_station_id(), new_key())  # not in the registry mirror
+    ingestor = _CountingIngestor(database)
+    with pytest.raises(IntegrityError) as info:
+        ingestor.ingest([_candidate(ghost.record(), ghost)], datetime.now(UTC))
+    assert not is_unique_violation(info.value)
+    assert ingestor.attempts == 1  # was three: the same failure three times
+    assert _log(database) == []
+
+
+def test_a_deferred_candidate_stores_nothing_unless_it_is_a_duplicate(database: Database) -> None:
+    station = _station(database)
+    ingestor = Ingestor(database)
+    stored, fresh = station.record(), station.record()
+    (accepted,) = ingestor.ingest([_candidate(stored, station)], datetime.now(UTC))
+    assert accepted.status == ACCEPTED
+
+    def deferred(record: EnergyTransfer) -> Candidate:
+        body = sign(record, station.key, DOMAIN)
+        verdict = Verdict(
+            SignedRecord.from_json(body),
+            record.digest(DOMAIN),
+            bytes.fromhex(station.key.address[2:]),
+            deferral=Deferral(DeferReason.REGISTRY_BEHIND, "not yet", 5),
+        )
+        return Candidate.of(body, verdict)
+
+    later, again = ingestor.ingest([deferred(fresh), deferred(stored)], datetime.now(UTC))
+    assert (later.status, later.reason, later.log_index) == (DEFERRED, "registry_behind", None)
+    assert later.digest == fresh.digest(DOMAIN)
+    # Already in the log (accepted by a replica whose follower was further ahead): duplicate.
+    assert (again.status, again.log_index) == (DUPLICATE, accepted.log_index)
+    assert [i for i, _, _ in _log(database)] == [0]
+    with database.read() as session:
+        assert session.scalars(select(Rejection)).all() == []
 
 
 def test_coroutines_wait_for_the_group_commit_without_a_thread(database: Database) -> None:

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import secrets
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,10 +43,11 @@ from station_signer.record import Direction, parse_address
 from station_signer.signers import DevKeySigner
 from station_signer.station import Station, Transfer
 from station_signer.store import RecordStatus, StationStore
-from station_signer.sync import RetryPolicy, SyncClient, SyncError
+from station_signer.sync import DeferPolicy, RetryPolicy, SyncClient, SyncError
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402
+    DATABASES,
     ZONE,
     BackendHarness,
     chain_checkpoint,
@@ -55,6 +60,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::station_signer.signers.devkey.DevelopmentKeyWarning"
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 USER = parse_address("0x" + "5a" * 20)
 FAST = RetryPolicy(attempts=6, base_delay=0.01, max_delay=0.05)
 
@@ -595,3 +601,219 @@ def test_an_answer_that_does_not_prove_storage_is_not_trusted(tmp_path: Path, an
         client.sync(store)
     assert info.value.code == "bad_answer"
     assert statuses(station) == [RecordStatus.QUEUED]
+
+
+# ---- deferred records ------------------------------------------------------------------------
+
+SHORT_DEFER = DeferPolicy(base_delay=0.05, max_delay=0.2)
+
+
+def test_a_deferred_record_stays_queued_and_is_delivered_in_the_end(
+    database_url: tuple[str, str], chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    """A station registered but not yet followed (five confirmations): its record is deferred,
+    kept queued with the reason, not sent again before its retry time, and delivered by a sync
+    that waits while the chain moves on."""
+    kind, url = database_url
+    env = chain_session
+    with chain_checkpoint(env), running_backend(env, url, kind, confirmations=5) as h:
+        h.advance_registry_past(env.latest_timestamp())  # the follower's horizon is "now"
+        station = new_station(env, tmp_path)
+        end = env.latest_timestamp()  # the first transfer ended as the registration was mined
+        (sequence,) = [
+            station.record(Transfer(Direction.DISCHARGE, USER, 1_000, end - 3_600, end)).sequence
+        ]
+        store = station.store
+        with SyncClient(h.url, defer=SHORT_DEFER) as client:
+            report = client.sync(store)
+            assert (report.sent, report.deferred, report.rejected, report.accepted) == (1, 1, 0, 0)
+            (deferred,) = report.deferrals
+            assert (deferred.sequence, deferred.reason) == (sequence, "registry_behind")
+            assert deferred.retry_after >= 1 and deferred.retry_at >= time.time()
+            row = store.get(sequence)
+            assert row.status == RecordStatus.QUEUED and row.deferral is not None
+            assert (row.deferral.reason, row.deferral.count) == ("registry_behind", 1)
+            state = store.state()
+            assert state.deferred == {"registry_behind": 1} and state.queue_length == 1
+            assert state.counts[RecordStatus.REJECTED] == 0
+            assert state.next_retry_at == row.deferral.retry_at
+            assert report.to_json()["deferrals"][0]["retryAfter"] == deferred.retry_after
+            # Not due yet: a sync now sends nothing.
+            early = client.sync(store)
+            assert (early.sent, early.requests) == (0, 0)
+
+            # The chain moves on while the next sync waits for the record's retry time.
+            mover = threading.Thread(target=h.advance_registry_past, args=(end,))
+            mover.start()
+            try:
+                report = client.sync(store, wait_s=60)
+            finally:
+                mover.join()
+        assert (report.accepted, report.rejected) == (1, 0), report.to_json()
+        row = store.get(sequence)
+        assert row.status == RecordStatus.ACKNOWLEDGED and row.deferral is None
+        assert store.state().deferred == {} and store.state().next_retry_at is None
+        assert backend_records(h, station) == [sequence]
+
+
+def _deferred_answer(
+    stored: list[Any], retry_after: int, reason: str = "registry_behind"
+) -> dict[str, Any]:
+    outcomes = [
+        {
+            "status": "deferred",
+            "digest": "0x" + row.digest.hex(),
+            "receipt": None,
+            "reason": reason,
+            "message": "not yet",
+            "retryAfter": retry_after,
+        }
+        for row in stored
+    ]
+    return {"outcomes": outcomes, "accepted": 0, "duplicate": 0, "rejected": 0, "deferred": 1}
+
+
+def test_deferrals_back_off_and_respect_retry_after(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    """A scripted server in front of the real backend defers the record twice (the second time
+    asking for a second), then lets it through: the station waits at least what each answer and
+    its own backoff say, counts the deferrals, and never marks the record rejected."""
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 1)
+    rows = station.store.queued()
+    answers = {0: _deferred_answer(rows, 0), 1: _deferred_answer(rows, 1, "end_in_future")}
+    script = lambda i, _n: Reply(200, answers[i]) if i in answers else None  # noqa: E731
+    sleeps = Sleeps()
+    policy = DeferPolicy(base_delay=0.2, max_delay=0.4)
+    with (
+        serving(script, backend.url) as server,
+        SyncClient(server.url, defer=policy, sleep=sleeps, rng=random.Random(3)) as client,
+    ):
+        report = client.sync(station.store, wait_s=30)
+    assert server.sizes() == [1, 1, 1]
+    assert (report.deferred, report.accepted, report.rejected) == (2, 1, 0)
+    first, second = report.deferrals
+    assert (first.reason, second.reason) == ("registry_behind", "end_in_future")
+    # The first wait is the backoff alone (hint 0): within [base/2, base]. The second is at
+    # least the hint of one second (the backoff, doubled, is at most 0.4 s).
+    assert 0.1 - 0.01 <= sleeps.delays[0] <= 0.2
+    assert second.retry_at - first.retry_at >= 1.0
+    assert sum(sleeps.delays[1:]) >= 0.95
+    assert statuses(station) == [RecordStatus.ACKNOWLEDGED]
+    assert DeferPolicy(5, 900).delay(20, 3, random.Random(1)) >= 450  # capped doubling
+
+
+def test_a_503_carrying_the_records_own_deferral_is_not_an_outage(
+    backend: BackendHarness, tmp_path: Path
+) -> None:
+    """A 503 whose body is the deferred RecordOutcome of the one record sent (what the
+    single-record endpoint answers) defers that record; any other 503 is an outage, retried,
+    and after the last attempt the queue is as it was."""
+    station = new_station(backend.env, tmp_path)
+    backend.wait_for_registry()
+    record(station, 1)
+    (row,) = station.store.queued()
+    own = _deferred_answer([row], 0)["outcomes"][0]
+    single = lambda i, _n: Reply(503, own, {"Retry-After": "1"}) if i == 0 else None  # noqa: E731
+    with (
+        serving(single, backend.url) as server,
+        SyncClient(server.url, retry=FAST, defer=SHORT_DEFER) as client,
+    ):
+        first = client.sync(station.store)
+        assert (first.deferred, first.retries, first.requests) == (1, 0, 1)
+        assert station.store.get(row.sequence).deferral is not None
+        assert statuses(station) == [RecordStatus.QUEUED]
+        later = client.sync(station.store, wait_s=30)
+    assert later.accepted == 1 and statuses(station) == [RecordStatus.ACKNOWLEDGED]
+
+    # A 503 that is not this record's outcome: an outage, retried, nothing applied.
+    record(station, 1)
+    (row,) = station.store.queued()
+    foreign = {**own, "digest": "0x" + "00" * 32}
+    outage = lambda _i, _n: Reply(503, foreign)  # noqa: E731
+    with (
+        serving(outage) as server,
+        SyncClient(server.url, retry=FAST) as client,
+        pytest.raises(SyncError) as info,
+    ):
+        client.sync(station.store)
+    assert info.value.code == "unreachable" and server.sizes() == [1] * FAST.attempts
+    stored = station.store.get(row.sequence)
+    assert stored.status == RecordStatus.QUEUED and stored.deferral is None
+
+
+def _station_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "station_signer.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _cli_json(env: dict[str, str], *args: str) -> Any:
+    done = _station_cli(env, *args, "--json")
+    assert done.returncode == 0, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif("sqlite" not in DATABASES, reason="SQLite deselected")
+def test_status_shows_deferred_records_and_sync_delivers_them_later(
+    chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    """`gridpoints-station` in real processes: sync leaves a deferred record queued (exit 0),
+    `status` says how many are deferred and why, and a later sync delivers it."""
+    env = chain_session
+    cli_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GRIDPOINTS_") and k not in ("SOFTHSM2_CONF", "DATABASE_URL")
+    }
+    cli_env.update(
+        PYTHONPATH=str(ROOT),
+        GRIDPOINTS_STATION_DIR=str(tmp_path / "station"),
+        GRIDPOINTS_DEVKEY_PASSWORD="dev-password",
+        GRIDPOINTS_RPC_URL=env.anvil.rpc_url,
+        GRIDPOINTS_DEPLOYMENT_FILE=str(env.deployment_path),
+        GRIDPOINTS_REGISTRAR_KEY="0x" + bytes(env.accounts.registrar.key).hex(),
+    )
+    with (
+        chain_checkpoint(env),
+        fresh_database("sqlite", tmp_path) as url,
+        running_backend(env, url, "sqlite", confirmations=5) as h,
+    ):
+        cli_env["GRIDPOINTS_BACKEND_URL"] = h.url
+        h.advance_registry_past(env.latest_timestamp())
+        _cli_json(cli_env, "init", "--signer", "devkey")
+        _cli_json(cli_env, "register", "--zone", str(ZONE), "--max-power-w", "22000")
+        end = env.latest_timestamp()
+        _cli_json(
+            cli_env, "record", "--direction", "discharge", "--user", "0x" + "5a" * 20,
+            "--energy-wh", "900", "--start", str(end - 3_600), "--end", str(end),
+        )  # fmt: skip
+        synced = _cli_json(cli_env, "sync")
+        assert (synced["deferred"], synced["rejected"], synced["queueLength"]) == (1, 0, 1)
+        status = _cli_json(cli_env, "status")
+        waiting = status["deferred"]
+        assert (waiting["count"], waiting["byReason"]) == (1, {"registry_behind": 1})
+        (item,) = waiting["records"]
+        assert (item["sequence"], item["reason"], item["deferrals"]) == (1, "registry_behind", 1)
+        assert status["rejected"] == [] and status["counts"]["queued"] == 1
+        human = _station_cli(cli_env, "status")
+        assert human.returncode == 0
+        assert "deferred:      1 queued record(s)" in human.stdout
+        assert "deferred #1: registry_behind" in human.stdout
+
+        h.advance_registry_past(end)
+        retry_at = datetime.fromisoformat(waiting["nextRetryAt"].replace("Z", "+00:00"))
+        while time.time() < retry_at.timestamp() + 1:
+            time.sleep(0.1)
+        delivered = _cli_json(cli_env, "sync")
+        assert (delivered["accepted"], delivered["deferred"], delivered["queueLength"]) == (1, 0, 0)
+        after = _cli_json(cli_env, "status")
+        assert after["deferred"]["count"] == 0 and after["counts"]["acknowledged"] == 1
