@@ -25,8 +25,13 @@ audit starts, so a backend settling meanwhile cannot make the audit inconsistent
 * the token's mint Transfer events of the epoch's credit chunks credit every user exactly the
   recomputed points; every PaymentApplied event of the epoch belongs to one of its paid
   records and requested exactly min(price, maxPoints), burned at most that, and matches the
-  burn Transfer before it; every paid record's authorisation was applied (or canceled by its
-  user);
+  burn Transfer before it; every paid record's authorisation was applied, skipped by the
+  contract (PaymentSkipped, nothing burned) or canceled by its user; a skip is legitimate only
+  when it is what the contract says: AuthorizationUsed needs an earlier PaymentApplied or
+  AuthorizationCanceled of that (user, nonce) on chain, and InvalidSignature needs the
+  settlement transaction to have submitted the record's own signed authorisation (so the
+  signature the contract refused is the user's, and the user's wallet, not the operator, made
+  the payment uncollectable);
 
 and over the whole chain: every mint and burn of the token is explained by a settlement chunk,
 total supply equals minted minus burned, and, when every committed epoch was audited, equals
@@ -51,15 +56,16 @@ from typing import Any, Protocol
 
 import httpx
 from hexbytes import HexBytes
+from web3.exceptions import Web3Exception
 
-from backend.chain.contracts import ChainError, GridPointsChain, StationHistory
+from backend.chain.contracts import ChainError, GridPointsChain, SkipReason, StationHistory
 from backend.chain.deploy import Deployment
 from backend.epochs import EpochAccumulator, EpochSummary, SealingError
 from backend.payments import PaymentProblem, check_payment
 from backend.registry import KeyDirectory
 from backend.tariff import Tariff, TariffError, ValuationError
 from backend.verify import RecordVerifier, deployment_domain
-from station_signer.authorization import SignedAuthorization
+from station_signer.authorization import PaymentAuthorization, SignedAuthorization
 from station_signer.merkle import RootBuilder, record_leaf_hash
 from station_signer.record import (
     RecordValidationError,
@@ -143,6 +149,7 @@ class Kind(StrEnum):
     PAYMENT_REQUESTED_MISMATCH = "payment_requested_mismatch"
     PAYMENT_BURN_EXCEEDS_REQUESTED = "payment_burn_exceeds_requested"
     UNEXPECTED_PAYMENT = "unexpected_payment"
+    PAYMENT_SKIP_UNJUSTIFIED = "payment_skip_unjustified"
     AUTHORIZATION_APPLIED_TWICE = "authorization_applied_twice"
     BURN_MISMATCH = "burn_mismatch"
     CHUNK_AMOUNT_MISMATCH = "chunk_amount_mismatch"
@@ -236,6 +243,7 @@ class EpochVerdict:
     total_debits: int | None = None  # recomputed
     minted: int = 0  # mint Transfer events of the epoch's credit chunks
     burned: int = 0  # PaymentApplied.burned of the epoch
+    skipped: int = 0  # PaymentSkipped events of the epoch (nothing burned)
     records_root: str | None = None  # anchored
     commit_tx: str | None = None  # the transaction that committed the epoch
     valued: bool = False  # whether a verified tariff valued the records
@@ -256,6 +264,7 @@ class EpochVerdict:
             "totalDebits": self.total_debits,
             "minted": self.minted,
             "burned": self.burned,
+            "skipped": self.skipped,
             "valued": self.valued,
             "discrepancies": self.discrepancies,
             "notes": list(self.notes),
@@ -611,8 +620,22 @@ class PaymentEvent:
     epoch_id: int
     user: bytes
     authorization: bytes
+    nonce: int
     requested: int
     burned: int
+    tx_hash: bytes
+
+
+@dataclass(slots=True)
+class SkipEvent:
+    """A PaymentSkipped: the contract charged nothing for this authorisation, for `reason`."""
+
+    epoch_id: int
+    user: bytes
+    authorization: bytes
+    nonce: int
+    requested: int
+    reason: SkipReason
     tx_hash: bytes
 
 
@@ -626,7 +649,13 @@ class ChainFacts:
     stations: dict[bytes, StationHistory]
     credit_chunks: dict[int, list[CreditChunk]] = field(default_factory=dict)
     payments: dict[int, list[PaymentEvent]] = field(default_factory=dict)
+    skips: dict[int, list[SkipEvent]] = field(default_factory=dict)
     canceled: set[tuple[bytes, int]] = field(default_factory=set)
+    # (user, nonce) used so far in chain order, by a PaymentApplied or an AuthorizationCanceled
+    nonces_used: set[tuple[bytes, int]] = field(default_factory=set)
+    # (transaction, authorisation digest) -> the signature that transaction submitted for it,
+    # for the transactions with an InvalidSignature skip; None when it cannot be read back
+    submitted: dict[tuple[bytes, bytes], bytes | None] = field(default_factory=dict)
     # authorisation digest -> its first PaymentApplied, in chain order
     first_application: dict[bytes, PaymentEvent] = field(default_factory=dict)
     commit_txs: dict[int, bytes] = field(default_factory=dict)
@@ -722,6 +751,7 @@ def read_chain(
         _topic(settlement.events.EpochCommitted): "EpochCommitted",
         _topic(settlement.events.ChunkApplied): "ChunkApplied",
         _topic(settlement.events.PaymentApplied): "PaymentApplied",
+        _topic(settlement.events.PaymentSkipped): "PaymentSkipped",
         _topic(settlement.events.AuthorizationCanceled): "AuthorizationCanceled",
     }
     topics = ["0x" + t.hex() for t in kinds]
@@ -735,7 +765,49 @@ def read_chain(
     token_bytes = _unhex(token)
     for tx_hash, group in itertools.groupby(logs, key=lambda log: log.tx_hash):
         _attribute(facts, token_bytes, kinds, tx_hash, list(group))
+    _read_submitted_signatures(chain, facts)
     return facts
+
+
+def _read_submitted_signatures(chain: GridPointsChain, facts: ChainFacts) -> None:
+    """For every transaction with an InvalidSignature skip: which signature it submitted for
+    each authorisation, decoded from its applyPayments input. Only these transactions are
+    fetched (a skip is rare); one sent through another contract (a multisig settler) has no
+    applyPayments input to decode, and its skips are left unverified (None)."""
+    settlement = chain.settlement
+    domain = chain.settlement_domain
+    txs = {
+        skip.tx_hash
+        for skips in facts.skips.values()
+        for skip in skips
+        if skip.reason == SkipReason.INVALID_SIGNATURE
+    }
+    for tx_hash in sorted(txs):
+        tx = chain.w3.eth.get_transaction(tx_hash)
+        signatures: dict[bytes, bytes] = {}
+        try:
+            if tx["to"] != settlement.address:
+                raise ValueError("not sent to the settlement contract")
+            fn, args = settlement.decode_function_input(tx["input"])
+            if fn.fn_name != "applyPayments":
+                raise ValueError(f"not applyPayments but {fn.fn_name}")
+            for p in args["payments"]:  # web3 decodes each Payment struct to a mapping
+                digest = PaymentAuthorization(
+                    user=bytes.fromhex(p["user"][2:]),
+                    station_id=bytes(p["stationId"]),
+                    max_points=p["maxPoints"],
+                    nonce=p["nonce"],
+                    deadline=p["deadline"],
+                ).digest(domain)
+                signatures.setdefault(digest, bytes(p["signature"]))
+        except (ValueError, KeyError, TypeError, Web3Exception):
+            signatures = {}
+        for skips in facts.skips.values():
+            for skip in skips:
+                if skip.tx_hash == tx_hash and skip.reason == SkipReason.INVALID_SIGNATURE:
+                    facts.submitted[(tx_hash, skip.authorization)] = signatures.get(
+                        skip.authorization
+                    )
 
 
 def _attribute(
@@ -766,7 +838,45 @@ def _attribute(
         if name == "EpochCommitted":
             facts.commit_txs[int.from_bytes(log.topics[1], "big")] = tx_hash
         elif name == "AuthorizationCanceled":
-            facts.canceled.add((log.topics[1][12:], int.from_bytes(log.topics[2], "big")))
+            canceled = (log.topics[1][12:], int.from_bytes(log.topics[2], "big"))
+            facts.canceled.add(canceled)
+            facts.nonces_used.add(canceled)
+        elif name == "PaymentSkipped":
+            skip = SkipEvent(
+                int.from_bytes(log.topics[1], "big"),
+                log.topics[2][12:],
+                log.topics[3],
+                log.word(0),
+                log.word(1),
+                SkipReason(log.word(2)),
+                tx_hash,
+            )
+            facts.skips.setdefault(skip.epoch_id, []).append(skip)
+            chunk_payments += 1
+            if (
+                skip.reason == SkipReason.AUTHORIZATION_USED
+                and (skip.user, skip.nonce) not in facts.nonces_used
+            ):
+                # The contract skips for a used nonce only after a payment or a cancel used it;
+                # seeing otherwise means the chain or the contract is not what the audit assumes.
+                facts.findings.append(
+                    Discrepancy(
+                        Kind.PAYMENT_SKIP_UNJUSTIFIED,
+                        f"a payment of epoch {skip.epoch_id} was skipped as AuthorizationUsed, "
+                        f"but no earlier PaymentApplied or AuthorizationCanceled used nonce "
+                        f"{skip.nonce} of {to_checksum_address(skip.user)}",
+                        epoch_id=skip.epoch_id,
+                        user=to_checksum_address(skip.user),
+                        tx_hash=tx,
+                        expected="an earlier use of the nonce",
+                        found=None,
+                        details={
+                            "reason": "AuthorizationUsed",
+                            "authorization": _hex(skip.authorization),
+                            "nonce": str(skip.nonce),
+                        },
+                    )
+                )
         elif name == "PaymentApplied":
             payment = PaymentEvent(
                 int.from_bytes(log.topics[1], "big"),
@@ -774,9 +884,11 @@ def _attribute(
                 log.topics[3],
                 log.word(0),
                 log.word(1),
+                log.word(2),
                 tx_hash,
             )
             facts.payments.setdefault(payment.epoch_id, []).append(payment)
+            facts.nonces_used.add((payment.user, payment.nonce))
             facts.first_application.setdefault(payment.authorization, payment)
             chunk_burned += payment.burned
             chunk_payments += 1
@@ -946,6 +1058,13 @@ class Auditor:
             raise AuditError(f"reading the chain failed: {exc}") from exc
         findings: list[Discrepancy] = list(facts.findings)
         notes: list[str] = []
+        unreadable = sum(1 for signature in facts.submitted.values() if signature is None)
+        if unreadable:
+            notes.append(
+                f"{unreadable} payments skipped as InvalidSignature were sent by a transaction "
+                "that is not a direct applyPayments call: the signature they submitted was not "
+                "compared with the records'"
+            )
         verdicts: list[EpochVerdict] = []
         if hi > facts.last_epoch_id:
             notes.append(
@@ -1158,6 +1277,7 @@ class Auditor:
             verdict.notes.append("valuation not checked: no verified tariff")
         verdict.minted = sum(sum(v for _, v in c.mints) for c in facts.credit_chunks.get(e, []))
         verdict.burned = sum(p.burned for p in facts.payments.get(e, []))
+        verdict.skipped = len(facts.skips.get(e, []))
         if any(note.startswith("settling") for note in verdict.notes):
             verdict.status = "settling"
         return verdict, out, summary
@@ -1537,11 +1657,20 @@ class Auditor:
                     )
                 )
             events.setdefault(event.authorization, event)
+        skips: dict[bytes, SkipEvent] = {}
+        for skip in facts.skips.get(e, []):
+            skips.setdefault(skip.authorization, skip)
         planned = {p.authorization for p in summary.payments}
         for debit in summary.payments:
             ref = refs.get(debit.log_index)
             fields = ref.fields() if ref is not None else {}
             event = events.get(debit.authorization)
+            if event is None and debit.authorization in skips:
+                # Charged nothing, which the contract decided: legitimate once checked.
+                out += self._skip_findings(
+                    e, skips[debit.authorization], debit.requested, payments, facts, fields
+                )
+                continue
             if event is None:
                 signed = payments.get(debit.authorization)
                 a = signed.authorization if signed is not None else None
@@ -1608,10 +1737,88 @@ class Auditor:
                         details={"authorization": _hex(digest)},
                     )
                 )
+        for digest, skip in skips.items():
+            if digest not in planned:
+                # Burned nothing, but the settlement presented a payment the records do not hold.
+                out.append(
+                    Discrepancy(
+                        Kind.UNEXPECTED_PAYMENT,
+                        f"epoch {e}: the settlement presented a payment of {skip.requested} "
+                        f"points by {to_checksum_address(skip.user)} under authorisation "
+                        f"{_hex(digest)}, which no paid record of the epoch commits to (skipped: "
+                        f"{skip.reason.name})",
+                        epoch_id=e,
+                        user=to_checksum_address(skip.user),
+                        tx_hash=_hex(skip.tx_hash),
+                        expected=None,
+                        found={
+                            "requested": skip.requested,
+                            "burned": 0,
+                            "skipped": skip.reason.name,
+                        },
+                        details={"authorization": _hex(digest)},
+                    )
+                )
         if missing_mints or missing_payments:
             verdict.notes.append(
                 f"settling: {missing_mints} credits and {missing_payments} payments not on "
                 "chain yet"
+            )
+        return out
+
+    def _skip_findings(
+        self,
+        e: int,
+        skip: SkipEvent,
+        requested: int,
+        payments: Mapping[bytes, SignedAuthorization],
+        facts: ChainFacts,
+        fields: Mapping[str, Any],
+    ) -> list[Discrepancy]:
+        """A paid record whose payment the contract skipped: the request must still be the
+        recomputed one, and an InvalidSignature skip must be of the record's own signature."""
+        out: list[Discrepancy] = []
+        user = to_checksum_address(skip.user)
+        if skip.requested != requested:
+            out.append(
+                Discrepancy(
+                    Kind.PAYMENT_REQUESTED_MISMATCH,
+                    f"epoch {e}: the settlement requested {skip.requested} points for this "
+                    f"charge (skipped: {skip.reason.name}); min(price, authorised maximum) is "
+                    f"{requested}",
+                    epoch_id=e,
+                    **fields,
+                    user=user,
+                    tx_hash=_hex(skip.tx_hash),
+                    expected=requested,
+                    found=skip.requested,
+                )
+            )
+        if skip.reason != SkipReason.INVALID_SIGNATURE:
+            return out  # AuthorizationUsed: checked against the chain's nonce history
+        signed = payments.get(skip.authorization)
+        key = (skip.tx_hash, skip.authorization)
+        submitted = facts.submitted.get(key)
+        if key in facts.submitted and submitted is None:
+            return out  # not an applyPayments call of its own: noted in the report's notes
+        if signed is not None and submitted != signed.signature:
+            # The record's signature was verified as the user's; the contract refused another.
+            out.append(
+                Discrepancy(
+                    Kind.PAYMENT_SKIP_UNJUSTIFIED,
+                    f"epoch {e}: this charge's payment was skipped as InvalidSignature, but the "
+                    "settlement did not submit the user's signature that the record carries",
+                    epoch_id=e,
+                    **fields,
+                    user=user,
+                    tx_hash=_hex(skip.tx_hash),
+                    expected=_hex(signed.signature),
+                    found=_hex(submitted),
+                    details={
+                        "reason": "InvalidSignature",
+                        "authorization": _hex(skip.authorization),
+                    },
+                )
             )
         return out
 

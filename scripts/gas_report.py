@@ -7,7 +7,10 @@
 Measures commitEpoch, applyCredits with 1 and 100 credits to fresh addresses and to addresses
 that already hold points, applyPayments with 1 and 100 user-signed payments (each user's first
 authorisation, whose nonce opens a fresh bitmap word, and a later one in an already used word),
-and a single PointsToken.mint to a fresh and to an existing holder.
+applyPayments with 100 payments the contract skips (nonces already used; signatures by the
+wrong keys) and with one payment whose ERC-1271 wallet refuses at once or burns all the gas it
+is given (the most one user can make one payment cost), and a single PointsToken.mint to a
+fresh and to an existing holder.
 In a real deployment only the Settlement contract may mint; to measure a lone mint, this
 script grants SETTLEMENT_ROLE to a temporary dev account in its throwaway deployment.
 Figures are receipt gasUsed, so each includes the 21,000 intrinsic gas and the calldata.
@@ -29,9 +32,22 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.chain.anvil import AnvilNode
-from backend.chain.contracts import GridPointsChain, Payment, connect, pack_entry, role_id
+from backend.chain.artifacts import load_artifact
+from backend.chain.contracts import (
+    GridPointsChain,
+    Payment,
+    PaymentApplied,
+    SkipReason,
+    connect,
+    pack_entry,
+    role_id,
+)
 from backend.chain.deploy import deploy, dev_account
-from station_signer.authorization import PaymentAuthorization, sign_authorization
+from station_signer.authorization import (
+    PaymentAuthorization,
+    SignedAuthorization,
+    sign_authorization,
+)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -119,29 +135,43 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
         domain = chain.settlement_domain
         deadline = int(w3.eth.get_block("latest")["timestamp"]) + 86_400
 
+        def authorization(user: str, nonce: int) -> PaymentAuthorization:
+            return PaymentAuthorization(
+                user=bytes.fromhex(user[2:]),
+                station_id=keccak(text="gas-report:station"),
+                max_points=1_000,
+                nonce=nonce,
+                deadline=deadline,
+            )
+
+        def send(chunk_id: int, signed: list[Payment], outcome: int | SkipReason) -> int:
+            """Applies the chunk; every payment must burn `outcome` points, or be skipped for
+            `outcome` when it is a SkipReason."""
+            receipt = chain.apply_payments(settler, 1, chunk_id, signed)
+            seen = [
+                e.burned if isinstance(e, PaymentApplied) else e.reason
+                for e in chain.payment_outcomes_in(receipt)
+            ]
+            if seen != [outcome] * len(signed):
+                raise SystemExit(f"unexpected outcomes in payment chunk {chunk_id}: {seen}")
+            return int(receipt["gasUsed"])
+
         def payments(chunk_id: int, accounts: list[LocalAccount], nonce: int) -> int:
             signed = [
-                Payment(
-                    sign_authorization(
-                        account,
-                        PaymentAuthorization(
-                            user=bytes.fromhex(account.address[2:]),
-                            station_id=keccak(text="gas-report:station"),
-                            max_points=1_000,
-                            nonce=nonce,
-                            deadline=deadline,
-                        ),
-                        domain,
-                    ),
-                    500,
-                )
-                for account in accounts
+                Payment(sign_authorization(a, authorization(a.address, nonce), domain), 500)
+                for a in accounts
             ]
-            receipt = chain.apply_payments(settler, 1, chunk_id, signed)
-            burned = [e.burned for e in chain.payments_in(receipt)]
-            if burned != [500] * len(accounts):
-                raise SystemExit(f"unexpected burns in payment chunk {chunk_id}: {burned}")
-            return int(receipt["gasUsed"])
+            return send(chunk_id, signed, 500)
+
+        def forged(chunk_id: int, accounts: list[LocalAccount], nonce: int) -> int:
+            # Each authorisation signed by the next payer's key: the right digest, the wrong key.
+            signed = []
+            for i, account in enumerate(accounts):
+                a = authorization(account.address, nonce)
+                other = accounts[(i + 1) % len(accounts)]
+                signature = bytes(Account.unsafe_sign_hash(a.digest(domain), other.key).signature)
+                signed.append(Payment(SignedAuthorization(a, signature), 500))
+            return send(chunk_id, signed, SkipReason.INVALID_SIGNATURE)
 
         warm_gas = payments(10, [warm], 0)
         rows.append(
@@ -162,6 +192,45 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
                     payments(chunk_id, accounts, nonce), note,
                 )
             )  # fmt: skip
+        # The same 100 authorisations again: every nonce is used, every payment skipped.
+        replayed = [
+            Payment(sign_authorization(a, authorization(a.address, 1), domain), 500) for a in rest
+        ]
+        rows.append(
+            Measurement(
+                "payments_100_skipped_used", "applyPayments", CHUNK, "existing",
+                send(15, replayed, SkipReason.AUTHORIZATION_USED), "skipped: nonce used (d)",
+            )
+        )  # fmt: skip
+        rows.append(
+            Measurement(
+                "payments_100_skipped_invalid", "applyPayments", CHUNK, "existing",
+                forged(16, rest, 2), "skipped: wrong key (d)",
+            )
+        )  # fmt: skip
+        # One payment by an ERC-1271 wallet (a test contract of contracts/test/utils), signed by
+        # its owner: refusing at once, then burning all the gas it is given.
+        owner = payers[0]
+        wallet_address, _ = chain.sender.deploy(
+            admin, load_artifact("ERC1271Wallet"), owner.address
+        )
+        wallet = w3.eth.contract(wallet_address, abi=load_artifact("ERC1271Wallet").abi)
+        chain.apply_credits(settler, 1, 6, [pack_entry(wallet_address, 1_000)])
+        by_wallet = authorization(wallet_address, 1)
+        signature = bytes(Account.unsafe_sign_hash(by_wallet.digest(domain), owner.key).signature)
+        wallet_payment = [Payment(SignedAuthorization(by_wallet, signature), 500)]
+        for key, mode, chunk_id, note in (
+            ("payments_1_wallet_refuses", 1, 17, "skipped: wallet refuses (e)"),
+            ("payments_1_wallet_burns_gas", 4, 18, "skipped: wallet burns its gas (e)"),
+        ):
+            chain.transact(admin, wallet.functions.setMode(mode))
+            rows.append(
+                Measurement(
+                    key, "applyPayments", 1, "existing",
+                    send(chunk_id, wallet_payment, SkipReason.INVALID_SIGNATURE), note,
+                )
+            )  # fmt: skip
+        info_wallet_check_gas = chain.wallet_check_gas
 
         # A lone mint, as a contract without packed batches would do it. Only possible here
         # because this throwaway deployment grants the role to a temporary account.
@@ -189,6 +258,7 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
             "chain_id": deployment.chain_id,
             "anvil": "fresh throwaway node, stopped after the run",
             "temporary_minter": minter.address,
+            "wallet_check_gas": info_wallet_check_gas,
         }
     return info, rows
 
@@ -210,6 +280,10 @@ def derive(rows: list[Measurement]) -> dict[str, float]:
         / (CHUNK - 1),
         "payment_marginal_later": (gas["payments_100_later"] - gas["payments_1_later"])
         / (CHUNK - 1),
+        "skip_avg_used": gas["payments_100_skipped_used"] / CHUNK,
+        "skip_avg_invalid": gas["payments_100_skipped_invalid"] / CHUNK,
+        "wallet_griefing_extra": gas["payments_1_wallet_burns_gas"]
+        - gas["payments_1_wallet_refuses"],
     }
 
 
@@ -269,6 +343,12 @@ def main(
     summary.add_row(
         "marginal per payment, nonce in a used word", f"{derived['payment_marginal_later']:,.0f}"
     )
+    summary.add_row("average per skipped payment, nonce used", f"{derived['skip_avg_used']:,.0f}")
+    summary.add_row("average per skipped payment, wrong key", f"{derived['skip_avg_invalid']:,.0f}")
+    summary.add_row(
+        f"gas-burning wallet over a refusing one (cap {info['wallet_check_gas']:,})",
+        f"{derived['wallet_griefing_extra']:,.0f}",
+    )
     console.print(summary)
     console.print(
         "(a) The first chunk of an epoch touches the epoch's slots cold (here also the token's "
@@ -279,9 +359,14 @@ def main(
         "SETTLEMENT_ROLE in this throwaway deployment only; in a real deployment only the "
         "Settlement contract holds that role.\n"
         "(c) Each payment carries the user's EIP-712 authorisation and 65-byte signature; the "
-        "contract checks the signature (EXTCODESIZE + ecrecover), marks the nonce in the user's "
-        "bitmap (a fresh 256-nonce word costs a zero-to-nonzero store; later nonces in the same "
-        "word are cheaper), reads the balance, burns and emits PaymentApplied.\n"
+        "contract reads the nonce's bit, checks the signature (EXTCODESIZE + ecrecover), marks "
+        "the nonce in the user's bitmap (a fresh 256-nonce word costs a zero-to-nonzero store; "
+        "later nonces in the same word are cheaper), reads the balance, burns and emits "
+        "PaymentApplied.\n"
+        "(d) Skipped payments burn nothing and emit PaymentSkipped: a used nonce is found before "
+        "any signature check; a wrong key costs the ecrecover.\n"
+        "(e) The wallet's isValidSignature gets at most WALLET_CHECK_GAS; a wallet that spins "
+        "until it runs out costs the chunk at most that much more than one that refuses.\n"
         "Fresh holders had a zero balance before; existing holders already held points. "
         "All figures include the 21,000 intrinsic gas and the calldata."
     )

@@ -24,6 +24,7 @@ from backend_fixtures import BackendHarness, sign
 from eth_account import Account
 from settlement_fixtures import TARIFFS, Traffic, make_worker, random_traffic
 from sqlalchemy import delete, insert, select, text, update
+from test_chain_settlement import delegate_with_eip7702, deploy_test_contract
 
 from backend.audit import (
     MANIFEST_FILE,
@@ -33,14 +34,19 @@ from backend.audit import (
     Auditor,
     AuditReport,
     BundleSource,
+    ChainFacts,
     Kind,
+    _attribute,
+    _Log,
 )
 from backend.bundle import export_epoch
-from backend.chain.contracts import pack_entries, role_id
+from backend.chain.contracts import Payment, SkipReason, pack_entries, role_id
 from backend.db import Database
-from backend.db.models import Epoch, EpochEntry, LogHead, Record
+from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record
+from backend.payments import payment_rows
 from backend.tariff import Tariff
 from station_signer import merkle
+from station_signer.authorization import SignedAuthorization
 from station_signer.record import EnergyTransfer, SignedRecord
 
 pytest_plugins = ["settlement_fixtures"]
@@ -659,3 +665,150 @@ def test_payments_are_joined_to_their_records(harness: BackendHarness, tmp_path:
     (burn,) = report.of_kind(Kind.UNEXPECTED_PAYMENT)
     assert burn.user == wallet.address and burn.found["burned"] > 0
     assert {Kind.TOTAL_DEBITS_MISMATCH, Kind.CREDITS_ROOT_MISMATCH} <= report.kinds()
+
+
+def test_a_payment_the_user_made_uncollectable_is_a_legitimate_skip(
+    harness: BackendHarness, tmp_path: Path
+) -> None:
+    """The backend accepted two users' ECDSA authorisations; before settlement one of them
+    delegates its EOA with EIP-7702 to a contract without ERC-1271. The worker settles the epoch
+    anyway: that user's payment is skipped (nothing burned), the other one burns, and the audit
+    is clean over the API and over bundles."""
+    h = harness
+    a, b = h.register_station(), h.register_station()
+    delegating, paying = Account.create(), Account.create()
+    traffic = Traffic(h)
+    for wallet in (delegating, paying):
+        traffic.add(a, user=wallet.address, direction=2, energy_wh=20_000, duration_s=4 * 3600)
+    traffic.post_all()
+    worker = make_worker(h)
+    try:
+        worker.run_round(force_seal=True)
+        skipped = traffic.add_paid(b, delegating, 1_000, energy_wh=3_000)
+        traffic.add_paid(b, paying, 1_000, energy_wh=3_000)
+        assert h.post_batch(traffic.bodies[2:]).json()["accepted"] == 2
+        delegate_with_eip7702(h.env, delegating, deploy_test_contract(h.env, "BatchDelegate"))
+        assert worker.run_round(force_seal=True).settled == 1
+    finally:
+        worker.db.dispose()
+    (skip,) = h.env.chain.payment_outcomes(epoch_id=2, user=delegating.address)
+    assert skip.reason == SkipReason.INVALID_SIGNATURE
+    assert "0x" + skip.authorization.hex() == skipped["record"]["paymentAuthorization"]
+    report = audit_api(h)
+    assert report.clean, [d.to_json() for d in report.discrepancies]
+    epoch2 = report.epochs[1]
+    assert (epoch2.status, epoch2.skipped) == ("ok", 1)
+    assert 0 < epoch2.burned < epoch2.total_debits
+    export_all(h, tmp_path)
+    bundled = audit_bundle(h, tmp_path)
+    assert bundled.clean and bundled.epochs[1].skipped == 1
+
+
+def test_skips_are_checked_a_front_run_cancel_passes_a_swapped_signature_is_caught(
+    harness: BackendHarness,
+) -> None:
+    """Epoch 2 settled by hand with the settler key, as the worker would, except that one user
+    cancels its authorisation before the chunk is mined (a front-run: skipped as
+    AuthorizationUsed, which an earlier AuthorizationCanceled justifies) and the operator
+    submits another user's authorisation with a signature that is not the one its record carries
+    (skipped as InvalidSignature, but the user did nothing: payment_skip_unjustified)."""
+    h = harness
+    env = h.env
+    a, b = h.register_station(), h.register_station()
+    kept, canceling, swapped = Account.create(), Account.create(), Account.create()
+    traffic = Traffic(h)
+    for wallet in (kept, canceling, swapped):
+        traffic.add(a, user=wallet.address, direction=2, energy_wh=20_000, duration_s=4 * 3600)
+    traffic.post_all()
+    worker = make_worker(h)
+    try:
+        worker.run_round(force_seal=True)
+        bodies = {
+            wallet.address: traffic.add_paid(b, wallet, 1_000, energy_wh=3_000)
+            for wallet in (kept, canceling, swapped)
+        }
+        assert h.post_batch(traffic.bodies[3:]).json()["accepted"] == 3
+        assert worker.sealer.seal() is not None
+        with worker.db.read() as session:
+            count = len(
+                session.scalars(select(EpochPayment).where(EpochPayment.epoch_id == 2)).all()
+            )
+            rows = payment_rows(session, 2, 0, count)
+    finally:
+        worker.db.dispose()
+    assert count == 3
+    commit_as_sealed(h, 2)
+    env.rpc("anvil_setBalance", canceling.address, hex(10**18))
+    cancel = bodies[canceling.address]["payment"]["authorization"]["nonce"]
+    env.chain.cancel_authorization(canceling, int(cancel))
+    payments = []
+    swapped_signature = b""
+    for row, signed in rows:
+        if row.user_address == bytes.fromhex(swapped.address[2:]):
+            other = Account.unsafe_sign_hash(signed.digest(env.chain.settlement_domain), kept.key)
+            swapped_signature = bytes(other.signature)
+            signed = SignedAuthorization(signed.authorization, swapped_signature)
+        payments.append(Payment(signed, row.requested))
+    receipt = env.chain.apply_payments(env.accounts.settler, 2, 0, payments)
+    reasons = {e.user: getattr(e, "reason", None) for e in env.chain.payment_outcomes_in(receipt)}
+    assert reasons == {
+        kept.address: None,
+        canceling.address: SkipReason.AUTHORIZATION_USED,
+        swapped.address: SkipReason.INVALID_SIGNATURE,
+    }
+
+    report = audit_api(h)
+    assert not report.notes
+    assert report.kinds() == {Kind.PAYMENT_SKIP_UNJUSTIFIED}, [
+        d.to_json() for d in report.discrepancies
+    ]
+    (finding,) = report.discrepancies
+    record = bodies[swapped.address]
+    assert (finding.epoch_id, finding.user, finding.sequence) == (
+        2, swapped.address, record["record"]["sequence"],
+    )  # fmt: skip
+    assert finding.digest == digest_of(h, record["record"])
+    assert finding.expected == record["payment"]["signature"]
+    assert finding.found == "0x" + swapped_signature.hex()
+    assert finding.tx_hash == "0x" + bytes(receipt["transactionHash"]).hex()
+    assert [(e.epoch_id, e.status, e.skipped) for e in report.epochs] == [
+        (1, "ok", 0), (2, "failed", 2),
+    ]  # fmt: skip
+
+
+def test_a_used_nonce_skip_without_an_earlier_use_is_caught() -> None:
+    """A PaymentSkipped(AuthorizationUsed) needs an earlier PaymentApplied or
+    AuthorizationCanceled of the same (user, nonce). The real contract never emits one without
+    it, so this fault cannot be produced on a chain: the logs are built by hand and fed to the
+    auditor's chain reader, once with the earlier cancel and once without."""
+    settlement, token = b"\x5e" * 20, b"\x70" * 20
+    applied_topic = b"\x01" * 32
+    skipped_topic, canceled_topic = b"\x02" * 32, b"\x03" * 32
+    kinds = {
+        applied_topic: "PaymentApplied",
+        skipped_topic: "PaymentSkipped",
+        canceled_topic: "AuthorizationCanceled",
+    }
+    user, nonce, digest = b"\xab" * 20, 7, b"\xcd" * 32
+
+    def word(value: int) -> bytes:
+        return value.to_bytes(32, "big")
+
+    cancel = _Log(
+        1, 0, b"\x11" * 32, settlement, (canceled_topic, bytes(12) + user, word(nonce)), b""
+    )
+    skip = _Log(
+        2, 0, b"\x22" * 32, settlement,
+        (skipped_topic, word(3), bytes(12) + user, digest),
+        word(nonce) + word(50) + word(int(SkipReason.AUTHORIZATION_USED)),
+    )  # fmt: skip
+    for earlier, expected in (([cancel], []), ([], [Kind.PAYMENT_SKIP_UNJUSTIFIED])):
+        facts = ChainFacts(block=2, last_epoch_id=3, epochs={}, stations={})
+        for log in earlier:
+            _attribute(facts, token, kinds, log.tx_hash, [log])
+        _attribute(facts, token, kinds, skip.tx_hash, [skip])
+        assert [f.kind for f in facts.findings] == expected
+        assert [(s.epoch_id, s.nonce, s.requested) for s in facts.skips[3]] == [(3, nonce, 50)]
+    (finding,) = facts.findings
+    assert finding.epoch_id == 3 and finding.details is not None
+    assert finding.details["reason"] == "AuthorizationUsed"

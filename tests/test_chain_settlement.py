@@ -1,7 +1,10 @@
 """Settlement and PointsToken through real transactions: epochs, credit chunks, payment chunks
 authorised by the users' own wallet signatures, balances, supply and events, and every
 exactly-once rule, authorisation rule and role restriction, each revert decoded to its exact
-custom error."""
+custom error. A payment the user made uncollectable (a signature that is not, or no longer,
+the user's: another key, an EOA delegated with a real EIP-7702 transaction to a contract
+without ERC-1271, an ERC-1271 wallet that burns its gas; a nonce used or canceled) is skipped
+with its PaymentSkipped event, and the rest of its chunk burns."""
 
 from __future__ import annotations
 
@@ -18,11 +21,15 @@ from web3.contract.contract import ContractFunction
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
+from backend.chain.artifacts import load_artifact
 from backend.chain.contracts import (
     MAX_ENTRY_AMOUNT,
     ChunkKind,
     ContractRevertError,
     Payment,
+    PaymentApplied,
+    PaymentSkipped,
+    SkipReason,
     pack_entries,
     pack_entry,
     payment_tuple,
@@ -105,6 +112,44 @@ def _pay(
     env: ChainEnv, user: LocalAccount, amount: int, nonce: int, max_points: int | None = None
 ) -> Payment:
     return Payment(_authorize(env, user, max_points or amount, nonce), amount)
+
+
+def delegate_with_eip7702(env: ChainEnv, account: LocalAccount, target: str | None) -> None:
+    """A real EIP-7702 (type 4) transaction: `account` signs an authorisation that points its
+    code at `target` (None clears it), and the spare account sends it as a sponsor."""
+    w3, sponsor = env.w3, env.accounts.spare
+    authorization = account.sign_authorization(
+        {
+            "chainId": w3.eth.chain_id,
+            "address": target or ZERO,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+        }
+    )
+    tx = {
+        "type": 4,
+        "chainId": w3.eth.chain_id,
+        "nonce": w3.eth.get_transaction_count(sponsor.address, "pending"),
+        "to": sponsor.address,
+        "value": 0,
+        "data": b"",
+        "gas": 100_000,
+        "maxFeePerGas": 2 * int(w3.eth.gas_price) + 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "authorizationList": [authorization],
+    }
+    raw = sponsor.sign_transaction(tx).raw_transaction
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+    assert receipt["status"] == 1
+    designator = b"" if target is None else bytes.fromhex("ef0100" + target[2:])
+    assert bytes(w3.eth.get_code(account.address)) == designator
+    # The authorisation bumped the account's nonce behind the sender's back.
+    env.chain.reset_nonces()
+
+
+def deploy_test_contract(env: ChainEnv, name: str, *args: object) -> str:
+    """Deploys a contract of contracts/test/utils (built by forge with the tests)."""
+    address, _ = env.chain.sender.deploy(env.accounts.admin, load_artifact(name), *args)
+    return address
 
 
 def _fund(env: ChainEnv, credits: list[tuple[LocalAccount, int]], debits: int = 10**6) -> None:
@@ -329,10 +374,13 @@ def test_a_signed_payment_burns_the_amount_and_reports_it(chain_env: ChainEnv) -
     assert _supply(chain_env) == 35
     domain = c.settlement_domain
     events = c.payments_in(receipt)
-    assert [(e.epoch_id, e.user, e.authorization, e.requested, e.burned) for e in events] == [
-        (1, alice.address, a.authorization.digest(domain), 25, 25),
-        (1, bob.address, b.authorization.digest(domain), 40, 40),
+    assert [
+        (e.epoch_id, e.user, e.authorization, e.nonce, e.requested, e.burned) for e in events
+    ] == [
+        (1, alice.address, a.authorization.digest(domain), 1, 25, 25),
+        (1, bob.address, b.authorization.digest(domain), 1, 40, 40),
     ]
+    assert c.payment_outcomes_in(receipt) == events and c.skips_in(receipt) == []
     transfers = c.token.events.Transfer().process_receipt(receipt, errors=DISCARD)
     assert [(t["args"]["from"], t["args"]["to"], t["args"]["value"]) for t in transfers] == [
         (alice.address, ZERO, 25), (bob.address, ZERO, 40),
@@ -369,31 +417,55 @@ def test_a_payment_burns_at_most_what_the_user_holds(chain_env: ChainEnv) -> Non
     assert c.is_authorization_used(a.users[3].address, 1)  # used up although nothing was burned
 
 
-def test_a_replayed_authorisation_is_refused(chain_env: ChainEnv) -> None:
+def _skipped_alone(
+    env: ChainEnv, epoch_id: int, chunk_id: int, payment: Payment, reason: SkipReason
+) -> PaymentSkipped:
+    """Applies a chunk holding only `payment`, which must be skipped for `reason`: the chunk is
+    applied, burns nothing, and the payment's nonce is left as it was."""
+    c = env.chain
+    a = payment.authorization.authorization
+    used_before = c.is_authorization_used(a.user, a.nonce)
+    receipt = c.apply_payments(env.accounts.settler, epoch_id, chunk_id, [payment])
+    (skip,) = c.payment_outcomes_in(receipt)
+    assert isinstance(skip, PaymentSkipped)
+    assert (skip.epoch_id, skip.user, skip.authorization, skip.nonce, skip.requested) == (
+        epoch_id, payment.user, payment.authorization.digest(c.settlement_domain), a.nonce,
+        payment.amount,
+    )  # fmt: skip
+    assert skip.reason == reason and skip.burned == 0
+    assert c.token.events.Transfer().process_receipt(receipt, errors=DISCARD) == ()
+    (applied,) = c.settlement.events.ChunkApplied().process_receipt(receipt, errors=DISCARD)
+    assert (applied["args"]["entries"], applied["args"]["amount"]) == (1, 0)
+    assert c.is_authorization_used(a.user, a.nonce) == used_before
+    return skip
+
+
+def test_a_replayed_authorisation_is_skipped(chain_env: ChainEnv) -> None:
     c, settler, alice = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users[0]
     _fund(chain_env, [(alice, 100)])
     payment = _pay(chain_env, alice, 10, nonce=77)
     c.apply_payments(settler, 1, 1, [payment])
-    with reverts_with("AuthorizationAlreadyUsed", alice.address, 77):
-        c.apply_payments(settler, 1, 2, [payment])
-    # A fresh signature that reuses the nonce is refused too, in this epoch or a later one.
-    with reverts_with("AuthorizationAlreadyUsed", alice.address, 77):
-        c.apply_payments(settler, 1, 2, [_pay(chain_env, alice, 3, nonce=77)])
+    _skipped_alone(chain_env, 1, 2, payment, SkipReason.AUTHORIZATION_USED)
+    # A fresh signature that reuses the nonce is skipped too, in this epoch or a later one.
+    _skipped_alone(
+        chain_env, 1, 3, _pay(chain_env, alice, 3, nonce=77), SkipReason.AUTHORIZATION_USED
+    )
     _commit(chain_env, 2, credits=0, debits=100)
-    with reverts_with("AuthorizationAlreadyUsed", alice.address, 77):
-        c.apply_payments(settler, 2, 0, [payment])
-    # Twice in one chunk: refused as a whole.
+    _skipped_alone(chain_env, 2, 0, payment, SkipReason.AUTHORIZATION_USED)
+    # Twice in one chunk: the first one burns, the repeat is skipped.
     twice = _pay(chain_env, alice, 10, nonce=78)
-    with reverts_with("AuthorizationAlreadyUsed", alice.address, 78):
-        c.apply_payments(settler, 2, 0, [twice, twice])
-    assert _balance(chain_env, alice.address) == 90
-    assert not c.is_authorization_used(alice.address, 78)
+    receipt = c.apply_payments(settler, 2, 1, [twice, twice])
+    outcomes = c.payment_outcomes_in(receipt)
+    assert [type(o) for o in outcomes] == [PaymentApplied, PaymentSkipped]
+    assert outcomes[0].burned == 10 and outcomes[1].reason == SkipReason.AUTHORIZATION_USED
+    assert _balance(chain_env, alice.address) == 80
+    assert c.is_authorization_used(alice.address, 77) and c.is_authorization_used(alice.address, 78)
 
 
-def test_a_signature_that_is_not_the_users_is_refused(chain_env: ChainEnv) -> None:
+def test_a_signature_that_is_not_the_users_is_skipped(chain_env: ChainEnv) -> None:
     c, a = chain_env.chain, chain_env.accounts
     alice, bob = a.users[0], a.users[1]
-    _fund(chain_env, [(alice, 100)])
+    _fund(chain_env, [(alice, 100), (bob, 100)])
     authorization = _authorize(chain_env, alice, 50, nonce=1).authorization
 
     def signed_by(account: LocalAccount, domain: SettlementDomain) -> Payment:
@@ -426,24 +498,96 @@ def test_a_signature_that_is_not_the_users_is_refused(chain_env: ChainEnv) -> No
             50,
         ),
     }
-    for name, payment in cases.items():
+    for chunk_id, (name, payment) in enumerate(cases.items(), start=1):
         assert not payment.authorization.is_signed_by_user(here), name
-        with reverts_with("InvalidAuthorizationSignature", alice.address, 1):
-            c.apply_payments(a.settler, 1, 1, [payment])
-    # A field changed after signing breaks the signature as well.
+        _skipped_alone(chain_env, 1, chunk_id, payment, SkipReason.INVALID_SIGNATURE)
+    # A field changed after signing breaks the signature as well; in a chunk with an honest
+    # payment, only the honest one burns.
     good = _authorize(chain_env, alice, 50, nonce=1)
     tampered = PaymentAuthorization(
         user=authorization.user, station_id=b"\x5a" * 32, max_points=50, nonce=1,
         deadline=authorization.deadline,
     )  # fmt: skip
-    with reverts_with("InvalidAuthorizationSignature", alice.address, 1):
-        c.apply_payments(
-            a.settler, 1, 1, [Payment(SignedAuthorization(tampered, good.signature), 5)]
-        )
+    forged = Payment(SignedAuthorization(tampered, good.signature), 5)
+    receipt = c.apply_payments(a.settler, 1, 10, [forged, _pay(chain_env, bob, 7, nonce=1)])
+    skip, paid = c.payment_outcomes_in(receipt)
+    assert isinstance(skip, PaymentSkipped) and skip.reason == SkipReason.INVALID_SIGNATURE
+    assert isinstance(paid, PaymentApplied) and (paid.user, paid.burned) == (bob.address, 7)
     assert _balance(chain_env, alice.address) == 100
-    assert not c.is_authorization_used(alice.address, 1)
-    c.apply_payments(a.settler, 1, 1, [Payment(good, 50)])
+    assert not c.is_authorization_used(alice.address, 1)  # never validly presented
+    c.apply_payments(a.settler, 1, 11, [Payment(good, 50)])
     assert _balance(chain_env, alice.address) == 50
+
+
+def test_an_eoa_delegated_with_eip7702_is_skipped_without_blocking_the_chunk(
+    chain_env: ChainEnv,
+) -> None:
+    """The review's attack, on a real chain: alice's ECDSA authorisation was valid when the
+    backend accepted it; then her EOA delegates (a type-4 transaction) to a contract without
+    ERC-1271. Her address has code now, so the contract asks ERC-1271 and her payment is skipped;
+    bob's payment in the same chunk burns. Her nonce stays unused: once she clears the
+    delegation the same authorisation pays, and under a delegate that implements ERC-1271 for
+    her own key her signatures keep working."""
+    c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
+    alice, bob = users[0], users[1]
+    _fund(chain_env, [(alice, 100), (bob, 100)])
+    a = _pay(chain_env, alice, 30, nonce=1)
+    b = _pay(chain_env, bob, 30, nonce=1)
+    assert a.authorization.is_signed_by_user(c.settlement_domain)
+    delegate_with_eip7702(chain_env, alice, deploy_test_contract(chain_env, "BatchDelegate"))
+
+    receipt = c.apply_payments(settler, 1, 1, [a, b])
+    skip, paid = c.payment_outcomes_in(receipt)
+    assert isinstance(skip, PaymentSkipped)
+    assert (skip.user, skip.reason, skip.nonce) == (alice.address, SkipReason.INVALID_SIGNATURE, 1)
+    assert isinstance(paid, PaymentApplied) and (paid.user, paid.burned) == (bob.address, 30)
+    (applied,) = c.settlement.events.ChunkApplied().process_receipt(receipt, errors=DISCARD)
+    assert (applied["args"]["entries"], applied["args"]["amount"]) == (2, 30)
+    assert (_balance(chain_env, alice.address), _balance(chain_env, bob.address)) == (100, 70)
+    assert not c.is_authorization_used(alice.address, 1)
+
+    delegate_with_eip7702(chain_env, alice, None)
+    (event,) = c.payments_in(c.apply_payments(settler, 1, 2, [a]))
+    assert event.burned == 30
+
+    delegate_with_eip7702(chain_env, alice, deploy_test_contract(chain_env, "EcdsaAccountDelegate"))
+    (event,) = c.payments_in(c.apply_payments(settler, 1, 3, [_pay(chain_env, alice, 20, nonce=2)]))
+    assert event.burned == 20
+    assert _balance(chain_env, alice.address) == 50
+
+
+def test_a_wallet_that_burns_its_gas_is_skipped_at_a_bounded_cost(chain_env: ChainEnv) -> None:
+    """An ERC-1271 wallet that spins until it runs out of gas gets WALLET_CHECK_GAS, no more:
+    the chunk, sent with the usual estimate, goes through, the wallet's payment is skipped and
+    bob's burns."""
+    c, a = chain_env.chain, chain_env.accounts
+    bob, owner = a.users[1], a.users[2]
+    wallet_address = deploy_test_contract(chain_env, "ERC1271Wallet", owner.address)
+    wallet = chain_env.w3.eth.contract(wallet_address, abi=load_artifact("ERC1271Wallet").abi)
+    _commit(chain_env, 1, credits=200, debits=1000)
+    c.apply_credits(a.settler, 1, 0, pack_entries([(wallet_address, 100), (bob.address, 100)]))
+    authorization = PaymentAuthorization(
+        user=bytes.fromhex(wallet_address[2:]), station_id=STATION_B, max_points=30, nonce=1,
+        deadline=chain_env.latest_timestamp() + DAY,
+    )  # fmt: skip
+    # The wallet's owner signs the digest; the wallet, not ecrecover, judges it.
+    digest = authorization.digest(c.settlement_domain)
+    signature = bytes(Account.unsafe_sign_hash(digest, owner.key).signature)
+    by_wallet = Payment(SignedAuthorization(authorization, signature), 30)
+    chunk = [by_wallet, _pay(chain_env, bob, 30, nonce=1)]
+    assert c.wallet_check_gas == 100_000
+
+    c.transact(a.admin, wallet.functions.setMode(4))  # Mode.BurnGas
+    receipt = c.apply_payments(a.settler, 1, 1, chunk)
+    skip, paid = c.payment_outcomes_in(receipt)
+    assert isinstance(skip, PaymentSkipped) and skip.reason == SkipReason.INVALID_SIGNATURE
+    assert isinstance(paid, PaymentApplied) and paid.burned == 30
+    assert int(receipt["gasUsed"]) < 250_000  # two payments plus the wallet's bounded share
+    assert (_balance(chain_env, wallet_address), _balance(chain_env, bob.address)) == (100, 70)
+    # Its nonce was left unused: once the wallet answers honestly, the same payment goes through.
+    c.transact(a.admin, wallet.functions.setMode(0))  # Mode.Normal
+    (event,) = c.payment_outcomes_in(c.apply_payments(a.settler, 1, 2, [by_wallet]))
+    assert isinstance(event, PaymentApplied) and event.burned == 30
 
 
 def test_an_expired_authorisation_burns_nothing_and_is_used_up(chain_env: ChainEnv) -> None:
@@ -465,8 +609,7 @@ def test_an_expired_authorisation_burns_nothing_and_is_used_up(chain_env: ChainE
     assert len(c.token.events.Transfer().process_receipt(receipt, errors=DISCARD)) == 0
     assert _balance(chain_env, alice.address) == 80
     assert c.is_authorization_used(alice.address, 2)
-    with reverts_with("AuthorizationAlreadyUsed", alice.address, 2):
-        c.apply_payments(settler, 1, 3, [late])
+    _skipped_alone(chain_env, 1, 3, late, SkipReason.AUTHORIZATION_USED)  # never later either
 
 
 def test_an_amount_above_the_signed_maximum_is_refused(chain_env: ChainEnv) -> None:
@@ -484,6 +627,8 @@ def test_an_amount_above_the_signed_maximum_is_refused(chain_env: ChainEnv) -> N
 
 
 def test_a_canceled_authorisation_cannot_be_used(chain_env: ChainEnv) -> None:
+    """A cancel mined before the chunk that carries the authorisation (a front-run): the payment
+    is skipped, and the rest of the chunk burns."""
     c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
     alice, bob = users[0], users[1]
     _fund(chain_env, [(alice, 100), (bob, 100)])
@@ -494,11 +639,12 @@ def test_a_canceled_authorisation_cannot_be_used(chain_env: ChainEnv) -> None:
     assert c.is_authorization_used(alice.address, 9)
     assert not c.is_authorization_used(bob.address, 9)
     with reverts_with("AuthorizationAlreadyUsed", alice.address, 9):
-        c.apply_payments(settler, 1, 1, [payment])
-    with reverts_with("AuthorizationAlreadyUsed", alice.address, 9):
         c.cancel_authorization(alice, 9)
     # Bob's nonce 9 is his own.
-    c.apply_payments(settler, 1, 1, [_pay(chain_env, bob, 10, nonce=9)])
+    receipt = c.apply_payments(settler, 1, 1, [payment, _pay(chain_env, bob, 10, nonce=9)])
+    skip, paid = c.payment_outcomes_in(receipt)
+    assert isinstance(skip, PaymentSkipped) and skip.reason == SkipReason.AUTHORIZATION_USED
+    assert isinstance(paid, PaymentApplied) and (paid.user, paid.burned) == (bob.address, 10)
     assert (_balance(chain_env, alice.address), _balance(chain_env, bob.address)) == (100, 90)
     # Canceling an authorisation that was already paid is refused: the payment stands.
     with reverts_with("AuthorizationAlreadyUsed", bob.address, 9):
@@ -556,6 +702,19 @@ def test_payment_events_are_read_back_by_epoch_user_and_authorisation(chain_env:
     )  # fmt: skip
     (burn,) = c.payment_events(authorization=record.payment_authorization)
     assert (burn.epoch_id, burn.user, burn.requested, burn.burned) == (2, alice.address, 30, 30)
+
+    # Skips are read back with the same filters, merged in chain order with the burns.
+    receipt = c.apply_payments(settler, 2, 1, [p3, _pay(chain_env, bob, 5, nonce=2)])
+    outcomes = c.payment_outcomes(epoch_id=2)
+    assert [(type(e).__name__, e.user, e.burned) for e in outcomes] == [
+        ("PaymentApplied", alice.address, 30),
+        ("PaymentSkipped", alice.address, 0),
+        ("PaymentApplied", bob.address, 5),
+    ]
+    assert outcomes[1:] == c.payment_outcomes_in(receipt)
+    (again,) = c.payment_outcomes(authorization=record.payment_authorization, skipped=True)[1:]
+    assert isinstance(again, PaymentSkipped) and again.reason == SkipReason.AUTHORIZATION_USED
+    assert c.payment_events(epoch_id=2) == [outcomes[0], outcomes[2]]  # burns only
 
 
 # ---- roles and pause ------------------------------------------------------------------------

@@ -474,8 +474,11 @@ class Payment:
 
     `amount` is the operator's valuation of the charge, an int in ``[0, maxPoints]``; the
     contract burns ``min(amount, balance)`` if the authorisation has not expired by the block
-    that settles it, and nothing otherwise. Checked here so that a bad amount fails before any
-    transaction; the contract checks it again (ExceedsAuthorizedMaximum).
+    that settles it, and nothing otherwise; it skips the payment (PaymentSkipped, nothing
+    burned, the rest of the chunk unaffected) when the signature is not, or no longer, the
+    user's or the nonce is already used. Checked here so that a bad amount fails before any
+    transaction; the contract checks it again (ExceedsAuthorizedMaximum, which reverts the
+    chunk).
     """
 
     authorization: SignedAuthorization
@@ -516,16 +519,51 @@ def payment_tuple(payment: Payment) -> tuple[Any, ...]:
 
 @dataclass(frozen=True, slots=True)
 class PaymentApplied:
-    """A Settlement.PaymentApplied event: `burned` of `requested` points were burned from `user`
-    under the authorisation whose EIP-712 digest is `authorization` (0 burned when it had
-    expired or the user held nothing)."""
+    """A Settlement.PaymentApplied event: `user`'s authorisation whose EIP-712 digest is
+    `authorization` was applied, its nonce `nonce` is now used up, and `burned` of `requested`
+    points were burned from `user` (0 when it had expired or the user held nothing)."""
 
     epoch_id: int
     user: ChecksumAddress
     authorization: bytes
+    nonce: int
     requested: int
     burned: int
     position: LogPosition
+
+
+class SkipReason(IntEnum):
+    """Settlement.SkipReason: why a payment of a chunk was skipped (nothing burned)."""
+
+    INVALID_SIGNATURE = 0  # not the user's signature (ECDSA without code, ERC-1271 with code)
+    AUTHORIZATION_USED = 1  # the nonce was used earlier: paid, or canceled by the user
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSkipped:
+    """A Settlement.PaymentSkipped event: the payment under `user`'s authorisation whose
+    EIP-712 digest is `authorization` could not be charged, for `reason`; nothing was burned.
+
+    INVALID_SIGNATURE leaves the nonce unused (the authorisation was never validly presented),
+    AUTHORIZATION_USED means an earlier PaymentApplied or AuthorizationCanceled used it.
+    """
+
+    epoch_id: int
+    user: ChecksumAddress
+    authorization: bytes
+    nonce: int
+    requested: int
+    reason: SkipReason
+    position: LogPosition
+
+    @property
+    def burned(self) -> int:
+        """Always 0: lets a payment's outcome be read the same way whichever event it is."""
+        return 0
+
+
+# Exactly one per payment of a chunk.
+PaymentOutcome: TypeAlias = PaymentApplied | PaymentSkipped
 
 
 # ---- station history from events ------------------------------------------------------------
@@ -801,17 +839,37 @@ class GridPointsChain:
         )
         return bytes(self.call(fn))
 
-    def payments_in(self, receipt: TxReceipt) -> list[PaymentApplied]:
-        """The PaymentApplied events of one transaction, in log order."""
-        topic = bytes(HexBytes(self.settlement.events.PaymentApplied().topic))
-        logs = [
-            log
+    @property
+    def wallet_check_gas(self) -> int:
+        """Settlement.WALLET_CHECK_GAS: the most an ERC-1271 wallet (or EIP-7702 delegate) may
+        spend judging one payment; what one such payment can add to a chunk's gas."""
+        return int(self.call(self.settlement.functions.WALLET_CHECK_GAS()))
+
+    def _payment_topics(self) -> dict[bytes, str]:
+        return {
+            bytes(HexBytes(self.settlement.events.PaymentApplied().topic)): "PaymentApplied",
+            bytes(HexBytes(self.settlement.events.PaymentSkipped().topic)): "PaymentSkipped",
+        }
+
+    def payment_outcomes_in(self, receipt: TxReceipt) -> list[PaymentOutcome]:
+        """The outcome of every payment of one transaction's chunk (one PaymentApplied or one
+        PaymentSkipped each), in log order, which is the order of the chunk's payments."""
+        kinds = self._payment_topics()
+        return [
+            self._payment_outcome(log, kinds[bytes(log["topics"][0])])
             for log in receipt["logs"]
             if log["address"] == self.settlement.address
             and log["topics"]
-            and bytes(log["topics"][0]) == topic
+            and bytes(log["topics"][0]) in kinds
         ]
-        return [self._payment_applied(log) for log in logs]
+
+    def payments_in(self, receipt: TxReceipt) -> list[PaymentApplied]:
+        """The PaymentApplied events of one transaction, in log order (skips left out)."""
+        return [e for e in self.payment_outcomes_in(receipt) if isinstance(e, PaymentApplied)]
+
+    def skips_in(self, receipt: TxReceipt) -> list[PaymentSkipped]:
+        """The PaymentSkipped events of one transaction, in log order."""
+        return [e for e in self.payment_outcomes_in(receipt) if isinstance(e, PaymentSkipped)]
 
     def payment_events(
         self,
@@ -830,9 +888,30 @@ class GridPointsChain:
         Reads from the deployment block by default; `block_range` splits the query for RPC
         nodes that cap eth_getLogs ranges.
         """
-        topics: list[Any] = [
-            "0x" + bytes(HexBytes(self.settlement.events.PaymentApplied().topic)).hex()
-        ]
+        events = self.payment_outcomes(
+            epoch_id=epoch_id, user=user, authorization=authorization, from_block=from_block,
+            to_block=to_block, block_range=block_range, with_timestamps=with_timestamps,
+            skipped=False,
+        )  # fmt: skip
+        return [e for e in events if isinstance(e, PaymentApplied)]
+
+    def payment_outcomes(
+        self,
+        *,
+        epoch_id: int | None = None,
+        user: str | None = None,
+        authorization: bytes | None = None,
+        from_block: int | None = None,
+        to_block: int | str = "latest",
+        block_range: int | None = None,
+        with_timestamps: bool = False,
+        skipped: bool = True,
+    ) -> list[PaymentOutcome]:
+        """PaymentApplied and (unless `skipped` is False) PaymentSkipped events, merged in chain
+        order, with the same filters as `payment_events`."""
+        kinds = self._payment_topics()
+        wanted = [t for t, name in kinds.items() if skipped or name == "PaymentApplied"]
+        topics: list[Any] = [["0x" + t.hex() for t in wanted]]
         topics.append(None if epoch_id is None else "0x" + epoch_id.to_bytes(32, "big").hex())
         topics.append(
             None
@@ -860,28 +939,43 @@ class GridPointsChain:
             )
         logs.sort(key=lambda log: (log["blockNumber"], log["logIndex"]))
         timestamps: dict[int, int] = {}
-        events: list[PaymentApplied] = []
+        events: list[PaymentOutcome] = []
         for log in logs:
             block = log["blockNumber"]
             if with_timestamps and block not in timestamps:
                 timestamps[block] = self.w3.eth.get_block(block)["timestamp"]
-            events.append(self._payment_applied(log, timestamps.get(block)))
+            name = kinds[bytes(log["topics"][0])]
+            events.append(self._payment_outcome(log, name, timestamps.get(block)))
         return events
 
-    def _payment_applied(self, log: LogReceipt, timestamp: int | None = None) -> PaymentApplied:
-        args = self.settlement.events.PaymentApplied().process_log(log)["args"]
+    def _payment_outcome(
+        self, log: LogReceipt, name: str, timestamp: int | None = None
+    ) -> PaymentOutcome:
+        args = getattr(self.settlement.events, name)().process_log(log)["args"]
+        position = LogPosition(
+            block_number=log["blockNumber"],
+            log_index=log["logIndex"],
+            tx_hash=bytes(log["transactionHash"]),
+            block_timestamp=timestamp,
+        )
+        if name == "PaymentSkipped":
+            return PaymentSkipped(
+                epoch_id=int(args["epochId"]),
+                user=to_checksum_address(args["user"]),
+                authorization=bytes(args["authorization"]),
+                nonce=int(args["nonce"]),
+                requested=int(args["requested"]),
+                reason=SkipReason(int(args["reason"])),
+                position=position,
+            )
         return PaymentApplied(
             epoch_id=int(args["epochId"]),
             user=to_checksum_address(args["user"]),
             authorization=bytes(args["authorization"]),
+            nonce=int(args["nonce"]),
             requested=int(args["requested"]),
             burned=int(args["burned"]),
-            position=LogPosition(
-                block_number=log["blockNumber"],
-                log_index=log["logIndex"],
-                tx_hash=bytes(log["transactionHash"]),
-                block_timestamp=timestamp,
-            ),
+            position=position,
         )
 
     # -- station history --------------------------------------------------------------------

@@ -4,7 +4,8 @@ pragma solidity 0.8.30;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {IERC1271} from "@openzeppelin/contracts/interfaces/IERC1271.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {BitMaps} from "@openzeppelin/contracts/utils/structs/BitMaps.sol";
 
@@ -26,7 +27,10 @@ import {PointsToken} from "./PointsToken.sol";
 /// wallet's approval), each authorisation is used at most once (unordered nonces, one bitmap per
 /// user, as in Permit2), and never more than its `maxPoints` is requested. There is no
 /// operator-only burn path: the settler can mint what an epoch commits, but it cannot take
-/// points from anyone who did not sign for it. The EIP-712 domain is
+/// points from anyone who did not sign for it. A payment whose signature is not (or no longer)
+/// the user's, or whose nonce is already used, is skipped rather than reverting its chunk, so
+/// that no single user can stop the settlement of everybody else (see `applyPayments`).
+/// The EIP-712 domain is
 /// ("GridPoints Settlement", "1", chainId, this contract), so an authorisation is valid on
 /// exactly one deployment; station_signer/authorization.py is the off-chain definition.
 contract Settlement is AccessControl, EIP712 {
@@ -40,10 +44,24 @@ contract Settlement is AccessControl, EIP712 {
         "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)"
     );
 
+    /// @notice Most gas a user's ERC-1271 wallet may spend to judge one payment's signature.
+    /// @dev Bounds what one payment can cost its chunk whatever the wallet does (a wallet that
+    /// loops until it runs out costs this much and is skipped), so the operator can always give a
+    /// chunk enough gas: at most about this much plus one ECDSA payment per payment. 100,000
+    /// leaves room for multi-owner wallets and EIP-7702 delegations that check ECDSA keys; a
+    /// wallet that needs more is judged invalid and its payments are skipped.
+    uint256 public constant WALLET_CHECK_GAS = 100_000;
+
     /// @notice Kind of a chunk: credits are minted, debits (payments) are burned.
     enum ChunkKind {
         Credit,
         Debit
+    }
+
+    /// @notice Why a payment of a chunk was skipped (see PaymentSkipped).
+    enum SkipReason {
+        InvalidSignature, // not the user's signature (ECDSA without code, ERC-1271 with code)
+        AuthorizationUsed // the user's nonce was already used by a payment, or canceled
     }
 
     /// @notice One payment of a payment chunk: the user's signed authorisation and the points
@@ -120,15 +138,38 @@ contract Settlement is AccessControl, EIP712 {
     /// @notice A chunk of epoch `epochId` was applied: `entries` mints or payments, which minted or
     /// burned `amount` points in total.
     event ChunkApplied(uint64 indexed epochId, uint32 indexed chunkId, ChunkKind kind, uint256 entries, uint256 amount);
-    /// @notice One payment of epoch `epochId` was settled: the operator requested `requested`
-    /// points under the authorisation whose EIP-712 digest is `authorization`, and `burned` points
-    /// were burned from `user`.
+    /// @notice One payment of epoch `epochId` was applied: the operator requested `requested`
+    /// points under `user`'s authorisation whose EIP-712 digest is `authorization` and whose
+    /// nonce `nonce` is now used up, and `burned` points were burned from `user`.
     /// @dev `burned` is `min(requested, balance of user)` while the authorisation is valid, and 0
-    /// when it had expired (block.timestamp > deadline); either way the authorisation is used up.
+    /// when it had expired (block.timestamp > deadline); either way the nonce is used up.
     /// `authorization` is the value the charge record commits to in its `paymentAuthorization`
-    /// field, which is how an auditor joins a burn to its record.
+    /// field, which is how an auditor joins a burn to its record; `nonce` lets it tell, from the
+    /// chain alone, which payment used a nonce that a later payment finds used
+    /// (PaymentSkipped with AuthorizationUsed).
     event PaymentApplied(
-        uint64 indexed epochId, address indexed user, bytes32 indexed authorization, uint128 requested, uint128 burned
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        uint128 burned
+    );
+    /// @notice One payment of epoch `epochId` could not be charged and was skipped: nothing was
+    /// burned from `user` for the authorisation whose EIP-712 digest is `authorization`
+    /// (nonce `nonce`, `requested` points requested), for `reason`.
+    /// @dev Each payment of a chunk emits exactly one PaymentApplied or one PaymentSkipped.
+    /// InvalidSignature leaves the nonce as it was (unused): the authorisation was never validly
+    /// presented, so it did not consume anything the user signed. AuthorizationUsed means the
+    /// nonce was used earlier, by a PaymentApplied (possibly earlier in the same chunk) or by the
+    /// user's AuthorizationCanceled; it stays used.
+    event PaymentSkipped(
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        SkipReason reason
     );
     /// @notice `user` voided its authorisation nonce `nonce` before it was used.
     event AuthorizationCanceled(address indexed user, uint256 indexed nonce);
@@ -148,12 +189,15 @@ contract Settlement is AccessControl, EIP712 {
     /// @notice Applying the chunk would take the epoch's applied points of `kind` to `applied`,
     /// above the committed total `committed`.
     error ExceedsCommittedTotal(uint64 epochId, ChunkKind kind, uint256 applied, uint256 committed);
-    /// @notice The payment's signature is not `user`'s over the authorisation's digest (wrong
-    /// signer, a field changed after signing, another deployment's domain, or a malformed or
-    /// non-canonical signature).
-    error InvalidAuthorizationSignature(address user, uint256 nonce);
-    /// @notice `user`'s authorisation nonce `nonce` was already used by a payment or canceled.
+    /// @notice A payment names the zero address as its payer (nobody can sign for it).
+    error PaymentFromZeroAddress(uint256 nonce);
+    /// @notice `user`'s authorisation nonce `nonce` was already used by a payment or canceled
+    /// (raised by cancelAuthorization; a payment with a used nonce is skipped instead).
     error AuthorizationAlreadyUsed(address user, uint256 nonce);
+    /// @notice `user`'s ERC-1271 wallet ran out of gas while the transaction had too little left
+    /// to give it WALLET_CHECK_GAS: the answer would depend on the gas limit the operator chose,
+    /// so the chunk reverts and must be sent with more gas.
+    error InsufficientGasForWalletCheck(address user, uint256 nonce);
     /// @notice The operator requested `amount` points where the user authorised at most `maxPoints`.
     error ExceedsAuthorizedMaximum(address user, uint256 nonce, uint128 amount, uint128 maxPoints);
 
@@ -227,26 +271,49 @@ contract Settlement is AccessControl, EIP712 {
     }
 
     /// @notice Settles one chunk of epoch `epochId`'s payments: burns points that users authorised
-    /// with their own signatures.
-    /// @dev Per payment, in this order: the EIP-712 digest of the authorisation is recomputed
-    /// under this contract's domain; the signature must be the user's (ECDSA for an EOA, ERC-1271
-    /// for a contract wallet), else InvalidAuthorizationSignature; the user's nonce must be unused,
-    /// else AuthorizationAlreadyUsed; `amount <= maxPoints`, else ExceedsAuthorizedMaximum. The
-    /// nonce is then marked used, and while `block.timestamp <= deadline` the contract burns
-    /// `min(amount, balanceOf(user))`: balances never go negative, and a user who moved points
-    /// away before settlement is debited only what it still holds (the operator reports the rest
-    /// as "to pay otherwise"). One PaymentApplied event per payment, one ChunkApplied per chunk.
+    /// with their own signatures, and skips the payments that cannot be charged.
+    /// @dev Per payment, in this order:
+    /// 1. Operator errors, which nothing the user does after signing can cause and which the
+    ///    operator can detect before sending, revert the whole chunk: a zero `user`
+    ///    (PaymentFromZeroAddress) and `amount > maxPoints` (ExceedsAuthorizedMaximum).
+    /// 2. The EIP-712 digest of the authorisation is recomputed under this contract's domain.
+    /// 3. If the user's nonce is already used (paid earlier, earlier in this chunk, or canceled
+    ///    by the user), the payment is skipped: PaymentSkipped(AuthorizationUsed), nothing burned.
+    /// 4. If the signature is not the user's, the payment is skipped: PaymentSkipped
+    ///    (InvalidSignature), nothing burned, and the nonce stays unused, because the
+    ///    authorisation was never validly presented. As in OpenZeppelin's SignatureChecker, an
+    ///    address without code must have signed with ECDSA (65 bytes, low s) and an address with
+    ///    code (a contract wallet, or an EOA delegated with EIP-7702) is asked through ERC-1271;
+    ///    unlike it, the wallet gets at most WALLET_CHECK_GAS and only 32 bytes of its answer are
+    ///    read, so a wallet that burns gas or returns a huge answer costs the chunk a bounded
+    ///    amount and is judged invalid (InsufficientGasForWalletCheck if the transaction itself
+    ///    was too short of gas to give the wallet its share).
+    /// 5. Otherwise the nonce is marked used, and while `block.timestamp <= deadline` the
+    ///    contract burns `min(amount, balanceOf(user))`: balances never go negative, and a user
+    ///    who moved points away before settlement is debited only what it still holds (the
+    ///    operator reports the rest as "to pay otherwise"). PaymentApplied.
+    ///
+    /// Skipping instead of reverting is for liveness: the operator's plan for an epoch is fixed
+    /// when it is sealed, and a user can make its own payment uncollectable after the backend
+    /// accepted it (cancel the nonce, front-running the chunk; delegate its EOA with EIP-7702 to a
+    /// contract without ERC-1271; have its wallet change its answer). If that reverted the
+    /// chunk, every retry of the chunk would revert too, and this epoch and every later one
+    /// would stay unsettled for everybody. A skipped payment takes nothing from anyone, so
+    /// skipping is safe; its event lets the operator and the auditor see why nothing was burned.
     ///
     /// The deadline is checked against the block time of the settlement, not against the time of
     /// the charge, because it is the user's guarantee: "this signature cannot move my points after
     /// `deadline`", whatever the operator claims about when the charge happened. An expired
-    /// authorisation burns nothing but does not revert, because one late payment must not block
-    /// the settlement of everybody else's payments in the epoch; it is still used up, so it can
-    /// never be applied later, and its PaymentApplied event (burned 0) records the outcome.
+    /// authorisation burns nothing but does not revert either, for the same liveness reason; it
+    /// is still used up, so it can never be applied later, and its PaymentApplied event (burned 0)
+    /// records the outcome.
     ///
-    /// Any revert undoes the whole chunk and leaves its id free. The sum burned is added to the
-    /// epoch's applied debits, which never exceed its committed total debits. While the token is
-    /// paused nothing is settled, even a chunk that would burn nothing (EnforcedPause).
+    /// Exactly one PaymentApplied or PaymentSkipped per payment, in order, then one ChunkApplied
+    /// whose `entries` counts every payment of the chunk (applied or skipped) and whose `amount`
+    /// is the sum burned. Any revert undoes the whole chunk and leaves its id free. The sum
+    /// burned is added to the epoch's applied debits, which never exceed its committed total
+    /// debits (ExceedsCommittedTotal). While the token is paused nothing is settled, even a chunk
+    /// that would burn nothing (EnforcedPause).
     /// @param epochId A committed epoch.
     /// @param chunkId Id of the chunk, unused so far in this epoch (shared with credit chunks).
     /// @param payments The payments, at least one.
@@ -392,17 +459,26 @@ contract Settlement is AccessControl, EIP712 {
         return MerkleLog.hashLeaf(abi.encodePacked(recordDigest, signature));
     }
 
-    /// @dev Checks one payment, uses up its nonce and burns what it may; returns the points burned.
+    /// @dev Checks one payment and applies or skips it (see applyPayments); returns the points
+    /// burned.
     function _applyPayment(uint64 epochId, Payment calldata p) private returns (uint256 burned) {
         address user = p.user;
-        bytes32 digest = _hashTypedDataV4(_hashAuthorization(user, p.stationId, p.maxPoints, p.nonce, p.deadline));
-        if (!SignatureChecker.isValidSignatureNow(user, digest, p.signature)) {
-            revert InvalidAuthorizationSignature(user, p.nonce);
-        }
+        uint256 nonce = p.nonce;
+        if (user == address(0)) revert PaymentFromZeroAddress(nonce);
+        if (p.amount > p.maxPoints) revert ExceedsAuthorizedMaximum(user, nonce, p.amount, p.maxPoints);
+        bytes32 digest = _hashTypedDataV4(_hashAuthorization(user, p.stationId, p.maxPoints, nonce, p.deadline));
         BitMaps.BitMap storage used = _usedAuthorizations[user];
-        if (used.get(p.nonce)) revert AuthorizationAlreadyUsed(user, p.nonce);
-        if (p.amount > p.maxPoints) revert ExceedsAuthorizedMaximum(user, p.nonce, p.amount, p.maxPoints);
-        used.set(p.nonce);
+        // The nonce first: it is a fact of this contract's state that anyone can check, and
+        // cheaper than asking a wallet.
+        if (used.get(nonce)) {
+            emit PaymentSkipped(epochId, user, digest, nonce, p.amount, SkipReason.AuthorizationUsed);
+            return 0;
+        }
+        if (!_isUsersSignature(user, nonce, digest, p.signature)) {
+            emit PaymentSkipped(epochId, user, digest, nonce, p.amount, SkipReason.InvalidSignature);
+            return 0;
+        }
+        used.set(nonce);
         // A validator's few seconds of leeway on block.timestamp do not matter against deadlines
         // that users set minutes to days ahead.
         // forge-lint: disable-next-line(block-timestamp)
@@ -413,7 +489,41 @@ contract Settlement is AccessControl, EIP712 {
         }
         // casting to uint128 is safe because burned <= p.amount, a uint128
         // forge-lint: disable-next-line(unsafe-typecast)
-        emit PaymentApplied(epochId, user, digest, p.amount, uint128(burned));
+        emit PaymentApplied(epochId, user, digest, nonce, p.amount, uint128(burned));
+    }
+
+    /// @dev Whether `signature` is `user`'s over `digest`, by SignatureChecker's rule (ECDSA for
+    /// an address without code, ERC-1271 for one with code, including an EIP-7702 delegated
+    /// EOA), with the wallet call bounded: SignatureChecker forwards all the gas left (63/64 of
+    /// it) and copies the whole answer to memory, so a wallet could make the chunk run out of
+    /// gas. Here the wallet gets WALLET_CHECK_GAS and only the first 32 bytes of its answer are
+    /// read. A wallet that reverts, runs out of gas or answers anything but the ERC-1271 magic
+    /// value (as a full word, as SignatureChecker compares it) has not approved the payment.
+    function _isUsersSignature(address user, uint256 nonce, bytes32 digest, bytes calldata signature)
+        private
+        view
+        returns (bool)
+    {
+        if (user.code.length == 0) {
+            (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
+            return err == ECDSA.RecoverError.NoError && recovered == user;
+        }
+        bytes memory query = abi.encodeCall(IERC1271.isValidSignature, (digest, signature));
+        bool success;
+        bytes32 answer;
+        assembly ("memory-safe") {
+            success := staticcall(WALLET_CHECK_GAS, user, add(query, 0x20), mload(query), 0x00, 0x20)
+            answer := mload(0x00)
+            if lt(returndatasize(), 0x20) { success := 0 }
+        }
+        if (success && answer == bytes32(IERC1271.isValidSignature.selector)) return true;
+        // If the wallet got less than WALLET_CHECK_GAS (the transaction had less than 64/63 of it
+        // left) and used it all, at most 1/64 of what was left comes back, which is below
+        // WALLET_CHECK_GAS / 63: then the operator's gas limit, not the wallet, decided, and
+        // skipping would let the operator void an honest wallet's payment by sending too little
+        // gas. As in OpenZeppelin's ERC2771Forwarder, such a call reverts instead.
+        if (gasleft() < WALLET_CHECK_GAS / 63) revert InsufficientGasForWalletCheck(user, nonce);
+        return false;
     }
 
     /// @dev EIP-712 hashStruct of a PaymentAuthorization.

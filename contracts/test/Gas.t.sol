@@ -6,13 +6,16 @@ import {console2} from "forge-std/console2.sol";
 
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {ERC1271Wallet} from "./utils/ERC1271Wallet.sol";
 
 /// @title Gas measurements of the settlement hot paths
 /// @notice `forge test --match-contract Gas -vv` prints the gas of: committing one epoch;
 /// applying a chunk of 100 credits to fresh addresses and to addresses that already hold points;
 /// a chunk of 100 user-signed payments (each from another holder, with a nonce in a fresh and in
-/// an already used bitmap word); a single PointsToken.mint to a fresh address and to an existing
-/// holder.
+/// an already used bitmap word); a chunk of 100 skipped payments (nonces the users canceled, and
+/// signatures by the wrong keys); a one-payment chunk whose ERC-1271 wallet refuses at once and
+/// one whose wallet burns all the gas it is given (the worst a user can make one payment cost);
+/// a single PointsToken.mint to a fresh address and to an existing holder.
 /// @dev Measured with gasleft() around the external call, so the figure is the execution gas of
 /// the call as seen by the caller (cold accesses included: every fixture is prepared in setUp,
 /// which runs in its own transaction, so nothing is warm when a test starts). It excludes the
@@ -33,6 +36,10 @@ contract GasTest is Test {
     bytes32[] internal fresh; // credits to addresses that never held points
     Settlement.Payment[] internal freshWordPayments; // nonce 256: the payer's bitmap word 1 is still zero
     Settlement.Payment[] internal usedWordPayments; // nonce 1: word 0 already holds nonce 0 (canceled in setUp)
+    Settlement.Payment[] internal canceledPayments; // nonce 0, canceled in setUp: skipped
+    Settlement.Payment[] internal forgedPayments; // nonce 256 signed by another payer's key: skipped
+    ERC1271Wallet internal wallet;
+    Settlement.Payment[] internal walletPayment; // one payment by `wallet`, signed by its owner
 
     function setUp() public {
         vm.warp(1_700_000_000);
@@ -58,6 +65,11 @@ contract GasTest is Test {
             payerCredits[i] = _pack(payer, 1000 + i);
             freshWordPayments.push(_signed(key, payer, 256, uint128(500 + i)));
             usedWordPayments.push(_signed(key, payer, 1, uint128(500 + i)));
+            canceledPayments.push(_signed(key, payer, 0, uint128(500 + i)));
+            Settlement.Payment memory forged = _signed(key, payer, 256, uint128(500 + i));
+            Settlement.Payment memory other = _signed(key + 1, payer, 256, uint128(500 + i));
+            forged.signature = other.signature; // the right digest, signed by a key that is not the payer's
+            forgedPayments.push(forged);
             vm.prank(payer);
             settlement.cancelAuthorization(0);
         }
@@ -65,6 +77,14 @@ contract GasTest is Test {
         settlement.applyCredits(1, 0, existing);
         vm.prank(settler);
         settlement.applyCredits(1, 100, payerCredits);
+
+        uint256 ownerKey = uint256(keccak256("gas wallet owner"));
+        wallet = new ERC1271Wallet(vm.addr(ownerKey));
+        walletPayment.push(_signed(ownerKey, address(wallet), 1, 500));
+        bytes32[] memory walletCredit = new bytes32[](1);
+        walletCredit[0] = _pack(address(wallet), 1000);
+        vm.prank(settler);
+        settlement.applyCredits(1, 101, walletCredit);
     }
 
     function _signed(uint256 key, address payer, uint256 nonce, uint128 amount)
@@ -149,22 +169,48 @@ contract GasTest is Test {
         console2.log("  per credit:", used / CHUNK);
     }
 
-    function _applyPayments(string memory what, Settlement.Payment[] memory payments) internal {
+    function _applyPayments(string memory what, Settlement.Payment[] memory payments, uint256 balanceAfter)
+        internal
+        returns (uint256 used)
+    {
         vm.prank(settler);
         uint256 before = gasleft();
         settlement.applyPayments(1, 1, payments);
-        uint256 used = before - gasleft();
-        assertEq(token.balanceOf(payments[0].user), 500);
+        used = before - gasleft();
+        assertEq(token.balanceOf(payments[0].user), balanceAfter);
         _report(what, used, abi.encodeCall(Settlement.applyPayments, (1, 1, payments)));
-        console2.log("  per payment:", used / CHUNK);
+        console2.log("  per payment:", used / payments.length);
     }
 
     function test_gas_applyPayments_100_freshNonceWord() public {
-        _applyPayments("applyPayments, 100 signed payments, nonce in a fresh bitmap word", freshWordPayments);
+        _applyPayments("applyPayments, 100 signed payments, nonce in a fresh bitmap word", freshWordPayments, 500);
     }
 
     function test_gas_applyPayments_100_usedNonceWord() public {
-        _applyPayments("applyPayments, 100 signed payments, nonce in a used bitmap word", usedWordPayments);
+        _applyPayments("applyPayments, 100 signed payments, nonce in a used bitmap word", usedWordPayments, 500);
+    }
+
+    function test_gas_applyPayments_100_skippedCanceled() public {
+        _applyPayments("applyPayments, 100 payments skipped: nonces canceled", canceledPayments, 1000);
+    }
+
+    function test_gas_applyPayments_100_skippedForged() public {
+        _applyPayments("applyPayments, 100 payments skipped: not the payer's signature", forgedPayments, 1000);
+    }
+
+    function test_gas_applyPayments_1_walletRefuses() public {
+        wallet.setMode(ERC1271Wallet.Mode.RejectAll);
+        _applyPayments("applyPayments, 1 payment skipped: ERC-1271 wallet refuses", walletPayment, 1000);
+    }
+
+    /// @dev The most one payment can cost its chunk, whatever its user does: the wallet spends all
+    /// of WALLET_CHECK_GAS and is skipped.
+    function test_gas_applyPayments_1_walletBurnsItsGas() public {
+        wallet.setMode(ERC1271Wallet.Mode.BurnGas);
+        uint256 used =
+            _applyPayments("applyPayments, 1 payment skipped: ERC-1271 wallet burns its gas", walletPayment, 1000);
+        assertGe(used, settlement.WALLET_CHECK_GAS());
+        assertLe(used, settlement.WALLET_CHECK_GAS() + 60_000);
     }
 
     function test_gas_mint_freshAddress() public {

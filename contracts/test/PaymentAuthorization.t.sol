@@ -29,7 +29,20 @@ contract PaymentAuthorizationVectorsTest is Test {
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
 
     event PaymentApplied(
-        uint64 indexed epochId, address indexed user, bytes32 indexed authorization, uint128 requested, uint128 burned
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        uint128 burned
+    );
+    event PaymentSkipped(
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        Settlement.SkipReason reason
     );
 
     struct Vector {
@@ -198,7 +211,7 @@ contract PaymentAuthorizationVectorsTest is Test {
                 signature: v.signature
             });
             vm.expectEmit(true, true, true, true, address(settlement));
-            emit PaymentApplied(1, v.user, v.digest, amount, burned);
+            emit PaymentApplied(1, v.user, v.digest, v.nonce, amount, burned);
             settlement.applyPayments(1, 1, payments);
             vm.stopPrank();
 
@@ -211,7 +224,7 @@ contract PaymentAuthorizationVectorsTest is Test {
     }
 
     /// @dev Vectors whose signer is not their user (the edge-case users nobody holds a key for)
-    /// are refused by the contract.
+    /// are refused by the contract: skipped as InvalidSignature, nothing burned, nonce unused.
     function test_vectorsSignedByAnotherKeyAreRefused() public {
         uint256 n = _count();
         uint256 refused;
@@ -235,9 +248,12 @@ contract PaymentAuthorizationVectorsTest is Test {
                 amount: 1,
                 signature: v.signature
             });
-            vm.expectRevert(abi.encodeWithSelector(Settlement.InvalidAuthorizationSignature.selector, v.user, v.nonce));
+            vm.expectEmit(true, true, true, true, address(settlement));
+            emit PaymentSkipped(1, v.user, v.digest, v.nonce, 1, Settlement.SkipReason.InvalidSignature);
             settlement.applyPayments(1, 1, payments);
             vm.stopPrank();
+            assertFalse(settlement.isAuthorizationUsed(v.user, v.nonce), v.name);
+            assertEq(settlement.getEpoch(1).appliedDebits, 0, v.name);
             ++refused;
             vm.revertToState(snapshot);
         }

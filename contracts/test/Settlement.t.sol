@@ -27,7 +27,20 @@ abstract contract SettlementFixture is Test {
         uint64 indexed epochId, uint32 indexed chunkId, Settlement.ChunkKind kind, uint256 entries, uint256 amount
     );
     event PaymentApplied(
-        uint64 indexed epochId, address indexed user, bytes32 indexed authorization, uint128 requested, uint128 burned
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        uint128 burned
+    );
+    event PaymentSkipped(
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        Settlement.SkipReason reason
     );
     event AuthorizationCanceled(address indexed user, uint256 indexed nonce);
     event Transfer(address indexed from, address indexed to, uint256 value);

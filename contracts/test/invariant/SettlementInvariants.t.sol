@@ -9,19 +9,44 @@ import {Test} from "forge-std/Test.sol";
 
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 
+import {Vm} from "forge-std/Vm.sol";
+
 import {PointsToken} from "../../src/PointsToken.sol";
 import {Settlement} from "../../src/Settlement.sol";
+import {BatchDelegate} from "../utils/BatchDelegate.sol";
+import {EcdsaAccountDelegate} from "../utils/EcdsaAccountDelegate.sol";
 import {ERC1271Wallet} from "../utils/ERC1271Wallet.sol";
+
+/// @dev The EIP-7702 cheatcode of the Forge binary (1.x), missing from the vendored forge-std
+/// 1.9.3 Vm.sol; the delegation it attaches is real.
+interface Vm7702 {
+    struct SignedDelegation {
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+        uint64 nonce;
+        address implementation;
+    }
+
+    function signAndAttachDelegation(address implementation, uint256 privateKey)
+        external
+        returns (SignedDelegation memory);
+}
 
 /// @title Random operator and users driving Settlement and PointsToken
 /// @notice Every call either must succeed or is wrapped in try/catch with the exact revert it
 /// must produce (predicted from the ghost state before the call); anything else makes the
 /// handler revert, which fails the run (fail_on_revert = true).
 /// @dev Users are five EOAs (keys known to the handler) and one ERC-1271 contract wallet (whose
-/// owner key the handler knows). The handler keeps its own model of every balance: credits add,
-/// transfers move, and only payments the handler signed with the payer's own key subtract. Forged
-/// payments (signed by another key) are attempted too and must revert, so a balance that drifts
-/// from the model would be a burn nobody authorised.
+/// owner key the handler knows). Users misbehave as a user can: the wallet switches between
+/// approving, refusing, reverting, burning its gas and answering huge buffers; an EOA delegates
+/// itself with EIP-7702 to a contract without ERC-1271 (or to one that accepts its own key, or
+/// clears its delegation); users cancel nonces. The handler keeps its own model of every
+/// balance: credits add, transfers move, and only payments signed with the payer's own key, while
+/// the payer's address accepts that key, subtract. Payment chunks mix such payments with forged
+/// ones (signed by another key), used nonces and repeats within the chunk; each payment's event
+/// (PaymentApplied or PaymentSkipped, with its reason) is checked against the prediction, so a
+/// balance that drifts from the model would be a burn nobody authorised.
 contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     PointsToken public immutable token;
     Settlement public immutable settlement;
@@ -33,6 +58,18 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     );
     bytes32 internal immutable _domainSeparator;
     uint256 internal constant ACTORS = 6; // five EOAs, then the contract wallet
+    uint256 internal constant WALLET = ACTORS - 1;
+    bytes32 internal constant APPLIED_TOPIC =
+        keccak256("PaymentApplied(uint64,address,bytes32,uint256,uint128,uint128)");
+    bytes32 internal constant SKIPPED_TOPIC = keccak256("PaymentSkipped(uint64,address,bytes32,uint256,uint128,uint8)");
+    Vm7702 internal constant VM7702 = Vm7702(address(uint160(uint256(keccak256("hevm cheat code")))));
+
+    ERC1271Wallet internal immutable _wallet;
+    BatchDelegate internal immutable _batchDelegate;
+    EcdsaAccountDelegate internal immutable _accountDelegate;
+    /// @dev Per EOA actor: 0 no code, 1 delegated to a contract without ERC-1271, 2 delegated to
+    /// an ERC-1271 account that accepts the EOA's own key.
+    mapping(uint256 who => uint256) public delegation;
 
     /// @dev Own clock, re-applied before every action, so time never goes backwards.
     uint256 public clock = 1_700_000_000;
@@ -61,9 +98,16 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     mapping(address user => mapping(uint256 nonce => uint256)) public ghostNonceUses;
     address[] internal _usedUser;
     uint256[] internal _usedNonce;
-    uint256 public ghostPayments;
+    uint256 public ghostPayments; // applied: the nonce was used up
     uint256 public ghostExpiredPayments;
     uint256 public ghostCancels;
+    uint256 public ghostPaymentEntries; // every payment of every applied chunk
+    uint256 public ghostSkippedInvalid;
+    uint256 public ghostSkippedUsed;
+    // Every (user, nonce) a payment or a cancel ever named, with or without effect.
+    address[] internal _seenUser;
+    uint256[] internal _seenNonce;
+    mapping(address user => mapping(uint256 nonce => bool)) internal _seen;
 
     // ---- expected reverts, counted
     uint256 public wrongIdRejected;
@@ -90,8 +134,11 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             _signingKeys.push(key);
         }
         uint256 ownerKey = uint256(keccak256("invariant wallet owner"));
-        _actors.push(address(new ERC1271Wallet(vm.addr(ownerKey))));
+        _wallet = new ERC1271Wallet(vm.addr(ownerKey));
+        _actors.push(address(_wallet));
         _signingKeys.push(ownerKey);
+        _batchDelegate = new BatchDelegate();
+        _accountDelegate = new EcdsaAccountDelegate();
         _domainSeparator = keccak256(
             abi.encode(
                 keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
@@ -128,6 +175,14 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
 
     function usedAt(uint256 i) external view returns (address, uint256) {
         return (_usedUser[i], _usedNonce[i]);
+    }
+
+    function seenCount() external view returns (uint256) {
+        return _seenUser.length;
+    }
+
+    function seenAt(uint256 i) external view returns (address, uint256) {
+        return (_seenUser[i], _seenNonce[i]);
     }
 
     // ------------------------------------------------------------------ actions
@@ -186,10 +241,11 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         }
     }
 
-    /// @notice Applies a payment chunk: mode 0 replays a used chunk id, 1 slips in a payment
-    /// signed with the wrong key, 2 reuses a used nonce, 3 asks more than the signed maximum,
-    /// 4 burns more than the epoch's remaining debit total; otherwise 1 to 4 valid payments
-    /// (some expired) whose amounts fit the remaining total.
+    /// @notice Applies a payment chunk: mode 0 replays a used chunk id, 1 starts the chunk with
+    /// a payment signed with the wrong key, 2 with a payment under a used nonce, 3 asks more than
+    /// the signed maximum, 4 burns more than the epoch's remaining debit total; otherwise 1 to 4
+    /// payments, mostly valid (some expired), some forged, some under used nonces, some repeated
+    /// within the chunk, with amounts that fit the remaining total.
     function applyPayments(uint256 epochSeed, uint256 chunkSeed, uint256 seed, uint8 mode) external tick {
         uint64 last = settlement.lastEpochId();
         if (last == 0) return;
@@ -198,16 +254,32 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         if (m == 0 && _chunksOf[epochId].length > 0) {
             _replayPayments(epochId, chunkSeed, seed);
         } else if (m == 1) {
-            _forgedPayment(epochId, _freshChunk(epochId, chunkSeed), seed);
+            _payments(epochId, _freshChunk(epochId, chunkSeed), seed, FORGED);
         } else if (m == 2 && _usedUser.length > 0) {
-            _nonceReplay(epochId, _freshChunk(epochId, chunkSeed), seed);
+            _payments(epochId, _freshChunk(epochId, chunkSeed), seed, USED_NONCE);
         } else if (m == 3) {
             _overMaximum(epochId, _freshChunk(epochId, chunkSeed), seed);
         } else if (m == 4 && _paymentsAboveTotal(epochId, _freshChunk(epochId, chunkSeed), seed)) {
             return;
         } else {
-            _payments(epochId, _freshChunk(epochId, chunkSeed), seed);
+            _payments(epochId, _freshChunk(epochId, chunkSeed), seed, ANY);
         }
+    }
+
+    /// @notice The contract wallet changes how it answers ERC-1271 queries.
+    function setWalletMode(uint8 mode) external {
+        _wallet.setMode(ERC1271Wallet.Mode(mode % 7));
+    }
+
+    /// @notice An EOA actor delegates itself with EIP-7702: to a contract without ERC-1271, to an
+    /// ERC-1271 account that accepts its own key, or back to no code.
+    function delegate(uint256 actorSeed, uint8 target) external {
+        uint256 who = actorSeed % WALLET;
+        uint256 kind = target % 3;
+        address implementation =
+            kind == 1 ? address(_batchDelegate) : kind == 2 ? address(_accountDelegate) : address(0);
+        VM7702.signAndAttachDelegation(implementation, _signingKeys[who]);
+        delegation[who] = kind;
     }
 
     /// @notice A user voids a fresh nonce, or (when `reuse`) tries to void a used one.
@@ -230,6 +302,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         vm.prank(actor);
         settlement.cancelAuthorization(fresh);
         _recordNonce(actor, fresh);
+        _see(actor, fresh);
         ghostCancels++;
     }
 
@@ -399,48 +472,6 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         }
     }
 
-    /// @dev A valid payment followed by one signed with a key that is not the payer's.
-    function _forgedPayment(uint64 epochId, uint32 chunkId, uint256 seed) internal {
-        uint256 who = seed % ACTORS;
-        address victim = _actors[who];
-        uint256 wrongKey = (seed >> 8) % 2 == 0
-            ? _signingKeys[(who + 1 + (seed >> 16) % (ACTORS - 1)) % ACTORS]  // another user's key
-            : uint256(keccak256(abi.encode("forger", seed))); // anybody's
-        uint256 nonce = _freshNonce(victim, seed);
-        uint128 amount = uint128(bound(seed >> 24, 1, 1e12));
-        Settlement.Payment memory forged = _auth(victim, nonce, uint64(clock + 1 days), amount, amount);
-        forged.signature = _signature(wrongKey, forged);
-
-        Settlement.Payment[] memory payments = new Settlement.Payment[](2);
-        uint256 honest = (who + 1) % ACTORS;
-        payments[0] = _signed(honest, _freshNonce(_actors[honest], seed >> 1), uint64(clock), 0, 0);
-        payments[1] = forged;
-        forgedAttempts++;
-        vm.prank(settler);
-        try settlement.applyPayments(epochId, chunkId, payments) {
-            revert("forged payment accepted");
-        } catch (bytes memory err) {
-            _expect(err, abi.encodeWithSelector(Settlement.InvalidAuthorizationSignature.selector, victim, nonce));
-            forgedRejected++;
-        }
-    }
-
-    /// @dev A correctly signed authorisation whose nonce is already used (paid or canceled).
-    function _nonceReplay(uint64 epochId, uint32 chunkId, uint256 seed) internal {
-        uint256 i = seed % _usedUser.length;
-        (address user, uint256 nonce) = (_usedUser[i], _usedNonce[i]);
-        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
-        payments[0] = _signed(_indexOf(user), nonce, uint64(clock + 1 days), 1, 1);
-        nonceReplayAttempts++;
-        vm.prank(settler);
-        try settlement.applyPayments(epochId, chunkId, payments) {
-            revert("used nonce accepted");
-        } catch (bytes memory err) {
-            _expect(err, abi.encodeWithSelector(Settlement.AuthorizationAlreadyUsed.selector, user, nonce));
-            nonceReplayRejected++;
-        }
-    }
-
     function _overMaximum(uint64 epochId, uint32 chunkId, uint256 seed) internal {
         uint256 who = seed % ACTORS;
         address user = _actors[who];
@@ -469,7 +500,8 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         for (uint256 k = 0; k < ACTORS; ++k) {
             uint256 who = (seed % ACTORS + k) % ACTORS;
             address user = _actors[who];
-            if (ghostBalance[user] <= left) continue;
+            // Only a payment that burns can exceed the total: one whose signature is accepted.
+            if (ghostBalance[user] <= left || !_accepts(who)) continue;
             uint128 amount = uint128(left + 1);
             Settlement.Payment[] memory payments = new Settlement.Payment[](1);
             payments[0] = _signed(who, _freshNonce(user, seed), uint64(clock), amount, amount);
@@ -494,51 +526,172 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         return false;
     }
 
-    /// @dev 1 to 4 valid payments (payers may repeat; some expired), amounts within what the
-    /// epoch has left; the expected burn of each is replayed on a copy of the balance model.
-    function _payments(uint64 epochId, uint32 chunkId, uint256 seed) internal {
+    uint256 internal constant ANY = 0;
+    uint256 internal constant FORGED = 1;
+    uint256 internal constant USED_NONCE = 2;
+    uint256 internal constant REPEAT = 3;
+    uint256 internal constant VALID = 4;
+
+    /// @dev What the handler predicts for one payment of a chunk.
+    struct Outcome {
+        uint256 kind; // FORGED, USED_NONCE, REPEAT or VALID
+        bool applied;
+        Settlement.SkipReason reason; // when skipped
+        uint256 burn; // when applied
+    }
+
+    /// @dev 1 to 4 payments (the first of kind `first` unless ANY), each valid (payers may
+    /// repeat; some expired), forged, under a used nonce or a repeat of an earlier payment of the
+    /// chunk. Outcomes and burns are replayed on a copy of the balance model, then the chunk is
+    /// applied and every payment's event is checked against the prediction.
+    function _payments(uint64 epochId, uint32 chunkId, uint256 seed, uint256 first) internal {
         Settlement.Epoch memory e = settlement.getEpoch(epochId);
         uint256 left = e.totalDebits - e.appliedDebits;
         uint256 n = 1 + (seed % 4);
         Settlement.Payment[] memory payments = new Settlement.Payment[](n);
+        Outcome[] memory outcomes = new Outcome[](n);
         uint256[] memory balances = new uint256[](ACTORS);
         for (uint256 k = 0; k < ACTORS; ++k) {
             balances[k] = ghostBalance[_actors[k]];
         }
-        uint256[] memory burnedBy = new uint256[](ACTORS);
-        uint256 burnedTotal;
-        uint256 expired;
         for (uint256 i = 0; i < n; ++i) {
             uint256 r = uint256(keccak256(abi.encode(seed, i)));
-            uint256 who = r % ACTORS;
-            uint128 amount = uint128(bound(r >> 8, 0, left));
-            left -= amount;
-            uint128 maxPoints = uint128(bound(r >> 136, amount, type(uint128).max));
-            bool late = (r >> 200) % 4 == 0;
-            uint64 deadline = late ? uint64(clock - 1 - (r >> 210) % 1 days) : uint64(clock + (r >> 210) % 2 days);
-            payments[i] = _signed(who, _freshNonce(_actors[who], r), deadline, maxPoints, amount);
-            if (late) {
-                expired++;
-                continue;
+            uint256 kind = i == 0 && first != ANY ? first : _kind(r, i);
+            if (kind == FORGED) {
+                payments[i] = _forged(payments, i, r, left);
+                outcomes[i] = Outcome(FORGED, false, Settlement.SkipReason.InvalidSignature, 0);
+            } else if (kind == USED_NONCE) {
+                uint256 u = (r >> 8) % _usedUser.length;
+                payments[i] = _signed(_indexOf(_usedUser[u]), _usedNonce[u], uint64(clock + 1 days), 1, 1);
+                outcomes[i] = Outcome(USED_NONCE, false, Settlement.SkipReason.AuthorizationUsed, 0);
+            } else if (kind == REPEAT) {
+                uint256 j = (r >> 8) % i;
+                payments[i] = payments[j];
+                // The nonce is used now if the earlier one was applied or found it used; a
+                // signature that was not the user's is still not the user's.
+                bool nowUsed = outcomes[j].applied || outcomes[j].reason == Settlement.SkipReason.AuthorizationUsed;
+                outcomes[i] = Outcome(
+                    REPEAT,
+                    false,
+                    nowUsed ? Settlement.SkipReason.AuthorizationUsed : Settlement.SkipReason.InvalidSignature,
+                    0
+                );
+            } else {
+                uint256 who = r % ACTORS;
+                uint128 amount = uint128(bound(r >> 8, 0, left));
+                uint128 maxPoints = uint128(bound(r >> 136, amount, type(uint128).max));
+                bool late = (r >> 200) % 4 == 0;
+                uint64 deadline = late ? uint64(clock - 1 - (r >> 210) % 1 days) : uint64(clock + (r >> 210) % 2 days);
+                payments[i] =
+                    _signed(who, _freshNonceInChunk(payments, i, _actors[who], r), deadline, maxPoints, amount);
+                if (!_accepts(who)) {
+                    outcomes[i] = Outcome(VALID, false, Settlement.SkipReason.InvalidSignature, 0);
+                    continue;
+                }
+                left -= amount;
+                uint256 burn = late ? 0 : (amount < balances[who] ? amount : balances[who]);
+                balances[who] -= burn;
+                outcomes[i] = Outcome(VALID, true, Settlement.SkipReason.InvalidSignature, burn);
+                if (late) ghostExpiredPayments++;
             }
-            uint256 burn = amount < balances[who] ? amount : balances[who];
-            balances[who] -= burn;
-            burnedBy[who] += burn;
-            burnedTotal += burn;
         }
+        vm.recordLogs();
         vm.prank(settler);
         settlement.applyPayments(epochId, chunkId, payments);
+        _checkOutcomes(epochId, payments, outcomes, vm.getRecordedLogs());
         _recordChunk(epochId, chunkId);
-        for (uint256 i = 0; i < n; ++i) {
-            _recordNonce(payments[i].user, payments[i].nonce);
+        _commitOutcomes(epochId, payments, outcomes);
+    }
+
+    /// @dev Mostly valid payments; forged, used-nonce and repeated ones now and then.
+    function _kind(uint256 r, uint256 i) internal view returns (uint256) {
+        uint256 pick = (r >> 250) % 8;
+        if (pick == 0) return FORGED;
+        if (pick == 1 && _usedUser.length > 0) return USED_NONCE;
+        if (pick == 2 && i > 0) return REPEAT;
+        return VALID;
+    }
+
+    /// @dev A payment under a fresh nonce of a random actor, signed with a key that is not the
+    /// one the actor's address accepts.
+    function _forged(Settlement.Payment[] memory payments, uint256 i, uint256 r, uint256 left)
+        internal
+        returns (Settlement.Payment memory p)
+    {
+        uint256 who = r % ACTORS;
+        uint256 wrongKey = (r >> 8) % 2 == 0
+            ? _signingKeys[(who + 1 + (r >> 16) % (ACTORS - 1)) % ACTORS]  // another user's key
+            : uint256(keccak256(abi.encode("forger", r))); // anybody's
+        uint128 amount = uint128(bound(r >> 24, 0, left));
+        p = _auth(
+            _actors[who], _freshNonceInChunk(payments, i, _actors[who], r), uint64(clock + 1 days), amount, amount
+        );
+        p.signature = _signature(wrongKey, p);
+        forgedAttempts++;
+    }
+
+    /// @dev Exactly one PaymentApplied or PaymentSkipped per payment, in order, as predicted.
+    function _checkOutcomes(
+        uint64 epochId,
+        Settlement.Payment[] memory payments,
+        Outcome[] memory outcomes,
+        Vm.Log[] memory logs
+    ) internal view {
+        uint256 i;
+        for (uint256 k = 0; k < logs.length; ++k) {
+            Vm.Log memory log = logs[k];
+            if (log.emitter != address(settlement)) continue;
+            bytes32 topic = log.topics[0];
+            if (topic != APPLIED_TOPIC && topic != SKIPPED_TOPIC) continue;
+            require(i < payments.length, "more payment events than payments");
+            Settlement.Payment memory p = payments[i];
+            Outcome memory o = outcomes[i];
+            require(uint256(log.topics[1]) == epochId, "event epoch");
+            require(address(uint160(uint256(log.topics[2]))) == p.user, "event user");
+            require(log.topics[3] == _digest(p), "event authorisation");
+            (uint256 nonce, uint128 requested, uint256 last) = abi.decode(log.data, (uint256, uint128, uint256));
+            require(nonce == p.nonce && requested == p.amount, "event nonce or amount");
+            if (o.applied) {
+                require(topic == APPLIED_TOPIC, "predicted applied, was skipped");
+                require(last == o.burn, "burned");
+            } else {
+                require(topic == SKIPPED_TOPIC, "predicted skipped, was applied");
+                require(last == uint256(o.reason), "skip reason");
+            }
+            ++i;
         }
-        for (uint256 k = 0; k < ACTORS; ++k) {
-            ghostBalance[_actors[k]] -= burnedBy[k];
+        require(i == payments.length, "fewer payment events than payments");
+    }
+
+    /// @dev After a chunk went through as predicted: the ghosts follow it.
+    function _commitOutcomes(uint64 epochId, Settlement.Payment[] memory payments, Outcome[] memory outcomes) internal {
+        uint256 burnedTotal;
+        for (uint256 i = 0; i < payments.length; ++i) {
+            Settlement.Payment memory p = payments[i];
+            Outcome memory o = outcomes[i];
+            _see(p.user, p.nonce);
+            if (o.applied) {
+                _recordNonce(p.user, p.nonce);
+                ghostPayments++;
+                ghostBalance[p.user] -= o.burn;
+                burnedTotal += o.burn;
+            } else if (o.reason == Settlement.SkipReason.InvalidSignature) {
+                // Never validly presented: the nonce must still be unused.
+                require(!settlement.isAuthorizationUsed(p.user, p.nonce), "invalid signature used up a nonce");
+                ghostSkippedInvalid++;
+                if (o.kind == FORGED) forgedRejected++;
+            } else {
+                require(settlement.isAuthorizationUsed(p.user, p.nonce), "a used nonce is no longer used");
+                ghostSkippedUsed++;
+                if (o.kind == USED_NONCE || o.kind == REPEAT) nonceReplayRejected++;
+            }
+            if (o.kind == USED_NONCE || (o.kind == REPEAT && o.reason == Settlement.SkipReason.AuthorizationUsed)) {
+                nonceReplayAttempts++;
+            }
         }
+        ghostPaymentEntries += payments.length;
         ghostAppliedDebits[epochId] += burnedTotal;
         ghostDebited += burnedTotal;
-        ghostPayments += n;
-        ghostExpiredPayments += expired;
     }
 
     // ------------------------------------------------------------------ internals
@@ -559,11 +712,45 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         });
     }
 
-    function _signature(uint256 key, Settlement.Payment memory p) internal view returns (bytes memory) {
+    function _digest(Settlement.Payment memory p) internal view returns (bytes32) {
         bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
-        (uint8 v, bytes32 r, bytes32 s) =
-            vm.sign(key, keccak256(abi.encodePacked("\x19\x01", _domainSeparator, structHash)));
+        return keccak256(abi.encodePacked("\x19\x01", _domainSeparator, structHash));
+    }
+
+    function _signature(uint256 key, Settlement.Payment memory p) internal view returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, _digest(p));
         return abi.encodePacked(r, s, v);
+    }
+
+    /// @dev Whether actor `who`'s address accepts a signature by the key the handler signs its
+    /// payments with: an EOA without code or delegated to an account that checks its own key,
+    /// the wallet while it answers honestly.
+    function _accepts(uint256 who) internal view returns (bool) {
+        if (who == WALLET) {
+            ERC1271Wallet.Mode mode = _wallet.mode();
+            return mode == ERC1271Wallet.Mode.Normal || mode == ERC1271Wallet.Mode.Slow;
+        }
+        return delegation[who] != 1;
+    }
+
+    function _see(address user, uint256 nonce) internal {
+        if (_seen[user][nonce]) return;
+        _seen[user][nonce] = true;
+        _seenUser.push(user);
+        _seenNonce.push(nonce);
+    }
+
+    /// @dev A fresh nonce of `user` that no payment before position `i` of the chunk names.
+    function _freshNonceInChunk(Settlement.Payment[] memory payments, uint256 i, address user, uint256 seed)
+        internal
+        returns (uint256 nonce)
+    {
+        nonce = _freshNonce(user, seed);
+        for (uint256 j = 0; j < i; ++j) {
+            if (payments[j].user == user && payments[j].nonce == nonce) {
+                return _freshNonceInChunk(payments, i, user, seed + 1);
+            }
+        }
     }
 
     /// @dev A payment by actor `who`, signed with the key that actor accepts.
@@ -636,9 +823,12 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
 /// @notice The handler is the only target. After every call: the supply is exactly the minted
 /// minus the burned points (by ghost sums, by summing getEpoch over every epoch and by summing the
 /// holders' balances); every holder's balance is exactly what credits, transfers and the payments
-/// it signed itself leave (so no point was burned without its holder's signature); applied totals
+/// it signed itself (while its address accepted that signature) leave, so no point was burned
+/// without its holder's valid signature and a skipped payment burned nothing; applied totals
 /// never exceed committed totals; the epochs are exactly 1..lastEpochId, each committed once; no
-/// chunk was applied twice; no authorisation nonce was used twice and every forged, replayed or
+/// chunk was applied twice; no authorisation nonce was used twice, every payment had exactly one
+/// outcome, every forged payment and every used nonce was skipped (without blocking the rest of
+/// its chunk), an invalid signature left its nonce unused and a used nonce stayed used, and every
 /// over-the-maximum payment was refused; and nobody but the Settlement contract ever created or
 /// destroyed points.
 contract SettlementInvariantsTest is StdInvariant, Test {
@@ -657,7 +847,7 @@ contract SettlementInvariantsTest is StdInvariant, Test {
         vm.stopPrank();
 
         handler = new SettlementHandler(token, settlement, admin, settler);
-        bytes4[] memory selectors = new bytes4[](9);
+        bytes4[] memory selectors = new bytes4[](11);
         selectors[0] = SettlementHandler.commitEpoch.selector;
         selectors[1] = SettlementHandler.applyCredits.selector;
         selectors[2] = SettlementHandler.applyPayments.selector;
@@ -667,6 +857,8 @@ contract SettlementInvariantsTest is StdInvariant, Test {
         selectors[6] = SettlementHandler.applyPayments.selector;
         selectors[7] = SettlementHandler.cancel.selector;
         selectors[8] = SettlementHandler.warp.selector;
+        selectors[9] = SettlementHandler.setWalletMode.selector;
+        selectors[10] = SettlementHandler.delegate.selector;
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
         targetContract(address(handler));
     }
@@ -716,6 +908,30 @@ contract SettlementInvariantsTest is StdInvariant, Test {
         }
         assertEq(handler.nonceReplayAttempts(), handler.nonceReplayRejected(), "a used nonce was accepted");
         assertLe(handler.ghostExpiredPayments(), handler.ghostPayments());
+    }
+
+    /// @dev Each payment of each applied chunk had exactly one outcome: applied (its nonce used
+    /// up) or skipped (not the user's signature, or a used nonce), and the handler's prediction of
+    /// which, checked event by event, held.
+    function invariant_OnePaymentOneOutcome() public view {
+        assertEq(
+            handler.ghostPaymentEntries(),
+            handler.ghostPayments() + handler.ghostSkippedInvalid() + handler.ghostSkippedUsed(),
+            "applied + skipped == payments"
+        );
+    }
+
+    /// @dev Every nonce any payment or cancel ever named is used on chain exactly when an applied
+    /// payment or a cancel used it: a skip for an invalid signature left it unused, a skip for a
+    /// used nonce left it used.
+    function invariant_NonceStateFollowsAppliedPaymentsAndCancelsOnly() public view {
+        uint256 n = handler.seenCount();
+        for (uint256 i = 0; i < n; ++i) {
+            (address user, uint256 nonce) = handler.seenAt(i);
+            assertEq(
+                settlement.isAuthorizationUsed(user, nonce), handler.ghostNonceUses(user, nonce) > 0, "nonce state"
+            );
+        }
     }
 
     function invariant_AppliedWithinCommitted() public view {
