@@ -46,10 +46,11 @@ contract Settlement is AccessControl, EIP712 {
 
     /// @notice Most gas a user's ERC-1271 wallet may spend to judge one payment's signature.
     /// @dev Bounds what one payment can cost its chunk whatever the wallet does (a wallet that
-    /// loops until it runs out costs this much and is skipped), so the operator can always give a
-    /// chunk enough gas: at most about this much plus one ECDSA payment per payment. 100,000
-    /// leaves room for multi-owner wallets and EIP-7702 delegations that check ECDSA keys; a
-    /// wallet that needs more is judged invalid and its payments are skipped.
+    /// loops until it runs out costs this much more than one that refuses at once, and is
+    /// skipped), so a gas limit that covers this much per payment on top of the estimate is
+    /// always enough, however users change their wallets between the estimate and the block.
+    /// 100,000 leaves a wallet room for several ECDSA checks (one ecrecover costs 3,000) and its
+    /// own bookkeeping; a wallet that needs more is judged invalid and its payments are skipped.
     uint256 public constant WALLET_CHECK_GAS = 100_000;
 
     /// @notice Kind of a chunk: credits are minted, debits (payments) are burned.
