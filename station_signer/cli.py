@@ -1204,7 +1204,8 @@ def sync(
         state = store.state()
         if state.station_id != config.station_id:
             raise CliError("config", f"{STORE_FILE} is not the store of this station")
-        queued = state.counts[RecordStatus.QUEUED]
+        # Deferred records not due yet wait for a later sync: not counted as work for this one.
+        queued = store.count_due()
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 

@@ -358,7 +358,7 @@ def chain_checkpoint(env: ChainEnv) -> Iterator[None]:
     try:
         yield
     finally:
-        reverted = env.rpc("evm_revert", snapshot)
+        reverted = env.revert(snapshot)
         env.chain.reset_nonces()
         assert reverted is True, f"evm_revert({snapshot}) failed"
 

@@ -9,6 +9,7 @@ the Anvil process and every state change a mined transaction.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,20 @@ class ChainEnv:
     def next_block_at(self, timestamp: int) -> None:
         """The next mined block (the next transaction, under automine) gets `timestamp`."""
         self.rpc("evm_setNextBlockTimestamp", timestamp)
+
+    def revert(self, snapshot: Any) -> bool:
+        """evm_revert, and the chain's clock back in step with real time.
+
+        Anvil rewinds its clock with the state: after a revert, blocks are stamped as if the
+        time since the snapshot had not passed, so over a session the chain would fall minutes
+        behind the wall clock, which no real chain does (and the backend judges a record only
+        once it has applied a block later than the record's end).
+        """
+        reverted = self.rpc("evm_revert", snapshot)
+        now = int(time.time())
+        if self.latest_timestamp() < now:
+            self.next_block_at(now)
+        return bool(reverted)
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +157,7 @@ def chain_env(chain_session: ChainEnv) -> Iterator[ChainEnv]:
     try:
         yield chain_session
     finally:
-        reverted = chain_session.rpc("evm_revert", snapshot)
+        reverted = chain_session.revert(snapshot)
         # The rewind undid transactions whose nonces the sender counted locally.
         chain_session.chain.reset_nonces()
         assert reverted is True, f"evm_revert({snapshot}) failed: the next test is not isolated"

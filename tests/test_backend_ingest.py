@@ -292,7 +292,11 @@ def _unrecoverable_r(digest: bytes, s_v: bytes) -> bytes:
 def test_unknown_station(backend: BackendHarness) -> None:
     h = backend
     stranger = DevStation(station_id=b"\x42" * 32, key=new_key())
-    assert_rejected(h.post(sign(stranger.record(), stranger.key, h.domain)), "unknown_station")
+    record = stranger.record()
+    # Final only once the follower has applied a block after the record's end (before that,
+    # a registration could still be on its way: deferred).
+    h.advance_registry_past(record.end_time)
+    assert_rejected(h.post(sign(record, stranger.key, h.domain)), "unknown_station")
     status = h.client.get(f"/v1/stations/{stranger.hex_id}").json()
     assert status["registered"] is False
     assert status["rejections"] == {"unknown_station": 1}

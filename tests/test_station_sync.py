@@ -1,7 +1,9 @@
 """station_signer.sync against the real backend (uvicorn on loopback, session Anvil, SQLite and
 PostgreSQL), and against a small real HTTP server in front of it that misbehaves on purpose:
-fails with 5xx, is not listening yet, drops the answer after the backend stored the batch, or
-refuses large bodies with 413.
+fails with 5xx, is not listening yet, drops the answer after the backend stored the batch,
+refuses large bodies with 413, or defers records. Deferred records come from the real backend
+too: one that follows the registry five confirmations behind the head, with blocks mined when
+the test wants it to catch up.
 
 Stations here sign with development keys (in-process SoftHSM2 would pin this pytest process to
 one SOFTHSM2_CONF); the CLI tests cover SoftHSM2 end to end.
@@ -620,9 +622,9 @@ def test_a_deferred_record_stays_queued_and_is_delivered_in_the_end(
         h.advance_registry_past(env.latest_timestamp())  # the follower's horizon is "now"
         station = new_station(env, tmp_path)
         end = env.latest_timestamp()  # the first transfer ended as the registration was mined
-        (sequence,) = [
-            station.record(Transfer(Direction.DISCHARGE, USER, 1_000, end - 3_600, end)).sequence
-        ]
+        sequence = station.record(
+            Transfer(Direction.DISCHARGE, USER, 1_000, end - 3_600, end)
+        ).sequence
         store = station.store
         with SyncClient(h.url, defer=SHORT_DEFER) as client:
             report = client.sync(store)
