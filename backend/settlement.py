@@ -213,6 +213,7 @@ class Settler:
         self.stop_event = stop_event or threading.Event()
         self._nonce: int | None = None
         self._reconciled = False
+        self._wallet_check_gas: int | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -350,10 +351,6 @@ class Settler:
 
     def _send_new(self, step: StepView) -> bytes | None:
         call = self._call(step)
-        if call is None:
-            # Every payment of the chunk was used on chain meanwhile: nothing to burn.
-            self._confirm(step, None)
-            return None
         sender = self.account.address
         try:
             gas = call.estimate_gas({"from": sender})
@@ -362,12 +359,18 @@ class Settler:
             if error.error[0] in _ALREADY_DONE:
                 return None
             raise error from exc
+        gas = int(gas * self.config.gas_margin)
+        if step.kind == "payments":
+            # A user may switch their address to a contract wallet between this estimate and
+            # the block; the contract then calls it with up to WALLET_CHECK_GAS (and refuses the
+            # chunk if it got less), so leave that much room per payment.
+            gas += step.entry_count * (self._wallet_gas() * 64 // 63 + 10_000)
         nonce = self._next_nonce()
         tx = call.build_transaction(
             {
                 "from": sender,
                 "nonce": nonce,
-                "gas": int(gas * self.config.gas_margin),
+                "gas": gas,
                 "chainId": self.chain.sender.chain_id,
             }
         )
@@ -386,8 +389,6 @@ class Settler:
         if pending.get("blockNumber") is not None:
             return  # mined meanwhile: the next pass reads its receipt
         call = self._call(step)
-        if call is None:
-            return
         fees = call.build_transaction({"from": self.account.address, "nonce": attempt.nonce})
         old_max = int(pending.get("maxFeePerGas") or pending.get("gasPrice") or 0)
         old_tip = int(pending.get("maxPriorityFeePerGas") or 0)
@@ -457,6 +458,11 @@ class Settler:
             # "nonce too low" and friends: the nonce is gone; reconcile picks the next one.
             self._nonce = None
             raise ChainError(f"node refused transaction 0x{tx_hash.hex()}: {exc}") from exc
+
+    def _wallet_gas(self) -> int:
+        if self._wallet_check_gas is None:
+            self._wallet_check_gas = self.chain.wallet_check_gas
+        return self._wallet_check_gas
 
     def _step_state(self, step: StepView) -> str | None:
         with self.db.read() as session:
@@ -548,48 +554,42 @@ class Settler:
             self.stop_event.wait(self.config.poll_interval_s)
         return None
 
-    def _confirm(self, step: StepView, receipt: TxReceipt | None) -> None:
-        """Waits for the confirmations of `receipt`, then records the step as confirmed.
-
-        `receipt` is None only for a payments chunk with nothing left to send (every
-        authorisation used on chain before it): confirmed without a transaction.
-        """
-        if receipt is not None:
-            block = int(receipt["blockNumber"])
-            while self.w3.eth.block_number < block + self.config.confirmations:
-                if self.stop_event.wait(self.config.poll_interval_s):
-                    return
-            if not self._receipt_canonical(receipt):
-                return  # reorged away while waiting: the next round re-checks the chain
+    def _confirm(self, step: StepView, receipt: TxReceipt) -> None:
+        """Waits for the confirmations of `receipt`, then records the step as confirmed."""
+        block = int(receipt["blockNumber"])
+        while self.w3.eth.block_number < block + self.config.confirmations:
+            if self.stop_event.wait(self.config.poll_interval_s):
+                return
+        if not self._receipt_canonical(receipt):
+            return  # reorged away while waiting: the next round re-checks the chain
         burned = self._burned(step, receipt) if step.kind == "payments" else None
         with self.db.write() as session:
             row = session.get(SettlementStep, (step.epoch_id, step.step))
             assert row is not None
             row.state = "confirmed"
             row.updated_at = datetime.now(UTC)
-            if receipt is not None:
-                row.tx_hash = bytes(receipt["transactionHash"])
-                row.block_number = int(receipt["blockNumber"])
-                row.block_hash = bytes(receipt["blockHash"])
-                row.gas_used = int(receipt["gasUsed"])
-                session.execute(
-                    update(SettlementAttempt)
-                    .where(SettlementAttempt.tx_hash == row.tx_hash)
-                    .values(outcome="mined")
+            row.tx_hash = bytes(receipt["transactionHash"])
+            row.block_number = int(receipt["blockNumber"])
+            row.block_hash = bytes(receipt["blockHash"])
+            row.gas_used = int(receipt["gasUsed"])
+            session.execute(
+                update(SettlementAttempt)
+                .where(SettlementAttempt.tx_hash == row.tx_hash)
+                .values(outcome="mined")
+            )
+            # Attempts it replaced (or that replaced it) can never be mined now.
+            session.execute(
+                update(SettlementAttempt)
+                .where(
+                    SettlementAttempt.epoch_id == step.epoch_id,
+                    SettlementAttempt.step == step.step,
+                    SettlementAttempt.outcome == "signed",
                 )
-                # Attempts it replaced (or that replaced it) can never be mined now.
-                session.execute(
-                    update(SettlementAttempt)
-                    .where(
-                        SettlementAttempt.epoch_id == step.epoch_id,
-                        SettlementAttempt.step == step.step,
-                        SettlementAttempt.outcome == "signed",
-                    )
-                    .values(outcome="replaced")
-                )
+                .values(outcome="replaced")
+            )
             if step.kind == "payments":
-                # What the chain burned per authorisation; 0 for the ones left out (used or
-                # cancelled on chain before the chunk).
+                # What the chain burned per authorisation; 0 for the ones it skipped
+                # (PaymentSkipped: cancelled or used, or not signed by the user any more).
                 chunk = session.scalars(
                     select(EpochPayment)
                     .where(
@@ -606,12 +606,10 @@ class Settler:
             step.epoch_id,
             step.step,
             step.kind,
-            f" in block {receipt['blockNumber']}" if receipt is not None else "",
+            f" in block {receipt['blockNumber']}",
         )
 
-    def _burned(self, step: StepView, receipt: TxReceipt | None) -> dict[bytes, int]:
-        if receipt is None:
-            return {}
+    def _burned(self, step: StepView, receipt: TxReceipt) -> dict[bytes, int]:
         # DISCARD: the receipt also holds the token's Transfer logs, which are not ours.
         events = self.chain.settlement.events.PaymentApplied().process_receipt(
             receipt, errors=DISCARD
@@ -792,22 +790,9 @@ class Settler:
             rows = payment_rows(session, step.epoch_id, step.first_entry, step.entry_count)
             if len(rows) != step.entry_count:
                 raise SettlementError(f"epoch {step.epoch_id}: payments chunk does not match")
-            payments = []
-            for payment, signed in rows:
-                a = signed.authorization
-                if self.chain.is_authorization_used(a.user, a.nonce):
-                    # The user cancelled it (or a contract wallet used it) after the record was
-                    # accepted: leave it out rather than have the whole chunk revert.
-                    log.warning(
-                        "epoch %d: authorisation 0x%s is already used on chain; the charge is "
-                        "paid otherwise",
-                        step.epoch_id,
-                        payment.authorization.hex(),
-                    )
-                    continue
-                payments.append(payment_tuple(Payment(signed, payment.requested)))
-            if not payments:
-                return None
+            # Every planned payment is sent, also one the user cancelled meanwhile: the contract
+            # skips what it cannot charge (PaymentSkipped), so each gets its outcome on chain.
+            payments = [payment_tuple(Payment(signed, p.requested)) for p, signed in rows]
             return settlement.applyPayments(step.epoch_id, step.chunk_id, payments)
 
 
