@@ -161,3 +161,20 @@ def test_user_view_shows_chain_balance_and_points_per_record(harness: BackendHar
     # Without a payment authorisation a charge is valued but paid otherwise.
     assert charge["value"] == values[1] and charge["debited"] is None
     assert charge["toPayOtherwise"] == values[1]
+
+
+def test_oversized_paging_parameters_are_a_clear_422(harness: BackendHarness) -> None:
+    h = harness
+    huge = str(2**63)
+    user = Account.create().address
+    for path, params in (
+        ("/v1/records", {"afterLogIndex": huge}),
+        (f"/v1/users/{user}/records", {"afterLogIndex": huge}),
+        (f"/v1/users/{user}", {"afterLogIndex": huge}),
+        ("/v1/epochs", {"afterEpochId": huge}),
+        ("/v1/epochs/1/records", {"offset": huge}),
+    ):
+        response = h.client.get(path, params=params)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["code"] == "invalid_parameter"
+    assert h.client.get("/v1/records", params={"afterLogIndex": str(2**63 - 1)}).status_code == 200

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from backend.api.deps import get_service, parse_address_param, parse_hex32
 from backend.api.errors import ApiError
-from backend.api.records import NOT_FOUND, Limit, record_view
+from backend.api.records import MAX_INDEX, NOT_FOUND, Limit, record_view
 from backend.api.schemas import StoredRecordView
 from backend.db.models import Epoch
 from backend.ledger import (
@@ -156,7 +156,7 @@ class UserView(BaseModel):
 @router.get("/epochs", tags=["epochs"], summary="Sealed epochs", response_model=EpochList)
 def list_epochs(
     service: ServiceDep,
-    after_epoch_id: Annotated[int, Query(alias="afterEpochId", ge=0)] = 0,
+    after_epoch_id: Annotated[int, Query(alias="afterEpochId", ge=0, le=MAX_INDEX)] = 0,
     limit: Limit = 100,
 ) -> EpochList:
     with service.db.read() as session:
@@ -204,7 +204,7 @@ def get_epoch(service: ServiceDep, epoch_id: EpochIdPath) -> EpochView:
 def get_epoch_records(
     service: ServiceDep,
     epoch_id: EpochIdPath,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
     limit: Limit = 1_000,
 ) -> EpochRecordsPage:
     with service.db.read() as session:
@@ -241,7 +241,7 @@ def get_epoch_records(
 def get_epoch_credits(
     service: ServiceDep,
     epoch_id: EpochIdPath,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
     limit: Limit = 1_000,
 ) -> CreditEntriesPage:
     with service.db.read() as session:
@@ -327,7 +327,7 @@ def get_proof(
 def get_user(
     service: ServiceDep,
     address: Annotated[str, Path(description="The user's wallet address")],
-    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1)] = -1,
+    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1, le=MAX_INDEX)] = -1,
     limit: Limit = 100,
 ) -> UserView:
     user = parse_address_param(address, "address")

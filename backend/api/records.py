@@ -500,6 +500,9 @@ def record_view(row: Record) -> StoredRecordView:
 
 
 Limit = Annotated[int, Query(ge=1, le=1_000, description="Page size.")]
+# Log indexes and offsets are BIGINT columns: a larger bound would overflow the database's
+# integer before any row is read (a 500 instead of a 422).
+MAX_INDEX = 2**63 - 1
 NOT_FOUND = {404: _error_doc("No such record.", "not_found")}
 
 
@@ -511,7 +514,7 @@ NOT_FOUND = {404: _error_doc("No such record.", "not_found")}
 )
 def list_log(
     service: ServiceDep,
-    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1)] = -1,
+    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1, le=MAX_INDEX)] = -1,
     limit: Limit = 100,
 ) -> LogPage:
     with service.db.read() as session:
@@ -552,7 +555,7 @@ def get_record(
 def user_records(
     service: ServiceDep,
     address: Annotated[str, Path(description="The user's wallet address")],
-    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1)] = -1,
+    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1, le=MAX_INDEX)] = -1,
     limit: Limit = 100,
 ) -> UserRecordsPage:
     user = parse_address_param(address, "address")

@@ -416,7 +416,9 @@ contract Settlement is AccessControl, EIP712 {
     /// @param chunkId Any chunk id.
     /// @return True once the chunk was applied.
     function isChunkApplied(uint64 epochId, uint32 chunkId) external view returns (bool) {
-        if (chunkId < LOW_CHUNKS) return _epochs[epochId].lowChunks & (uint24(1) << chunkId) != 0;
+        // casting to uint24 is safe because chunkId < LOW_CHUNKS = 24
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (chunkId < LOW_CHUNKS) return _epochs[epochId].lowChunks & uint24(uint256(1) << chunkId) != 0;
         return _appliedChunks[epochId].get(chunkId);
     }
 
@@ -545,7 +547,9 @@ contract Settlement is AccessControl, EIP712 {
         epoch = _committed(epochId);
         if (entries == 0) revert EmptyChunk();
         if (chunkId < LOW_CHUNKS) {
-            uint24 bit = uint24(1) << chunkId;
+            // casting to uint24 is safe because chunkId < LOW_CHUNKS = 24
+            // forge-lint: disable-next-line(unsafe-typecast)
+            uint24 bit = uint24(uint256(1) << chunkId);
             if (epoch.lowChunks & bit != 0) revert ChunkAlreadyApplied(epochId, chunkId);
             epoch.lowChunks |= bit;
             return epoch;
