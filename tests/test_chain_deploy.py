@@ -341,8 +341,14 @@ def test_gas_report_runs_on_its_own_anvil_and_reports_every_figure(contracts_bui
         "commit_first", "commit_later", "credits_first_chunk", "credits_1_fresh",
         "credits_100_fresh", "credits_1_existing", "credits_100_existing", "mint_fresh",
         "mint_existing", "payments_first_chunk", "payments_1_first", "payments_100_first",
-        "payments_1_later", "payments_100_later",
+        "payments_1_later", "payments_100_later", "payments_100_skipped_used",
+        "payments_100_skipped_invalid", "payments_1_wallet_refuses", "payments_1_wallet_burns_gas",
     }  # fmt: skip
+    # A skipped payment costs less than one that burns; a gas-burning wallet costs at most the
+    # contract's cap (100,000) more than one that refuses at once.
+    assert gas["payments_100_skipped_used"] < gas["payments_100_later"]
+    assert gas["payments_100_skipped_invalid"] < gas["payments_100_later"]
+    assert 0 < gas["payments_1_wallet_burns_gas"] - gas["payments_1_wallet_refuses"] <= 100_000
     # A nonce in a bitmap word the user already touched is cheaper than opening a fresh word.
     assert gas["payments_100_later"] < gas["payments_100_first"]
     assert (
