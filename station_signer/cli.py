@@ -113,6 +113,15 @@ USER_KEY_ENV: Final = "GRIDPOINTS_USER_KEY"
 USER_KEY_FILE_ENV: Final = "GRIDPOINTS_USER_KEY_FILE"
 USER_PASSWORD_ENV: Final = "GRIDPOINTS_USER_KEY_PASSWORD"
 DEPLOYMENT_ENV: Final = "GRIDPOINTS_DEPLOYMENT_FILE"
+# The deployment file (chain id, contract addresses), for the commands that need the chain.
+DeploymentFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=DEPLOYMENT_ENV,
+        help="Deployment file (chain id and contract addresses).",
+        dir_okay=False,
+    ),
+]
 DEFAULT_VALIDITY_S: Final = 86_400
 DEBUG_ENV: Final = "GRIDPOINTS_DEBUG"
 REGISTER_SIGNATURE: Final = "registerStation(bytes32,address,uint32,uint64,uint64)"
@@ -841,14 +850,7 @@ def authorize(
         str | None,
         typer.Option(help="Unix seconds or ISO 8601 with offset (default: now + 1 day)."),
     ] = None,
-    deployment: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=DEPLOYMENT_ENV,
-            help="Deployment file (the Settlement contract and chain id).",
-            dir_okay=False,
-        ),
-    ] = None,
+    deployment: DeploymentFileOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Write the signed authorisation here (default: stdout).", dir_okay=False),
@@ -1040,14 +1042,7 @@ def record(
             help="JSON transfer object or list ('-' for stdin) instead of the options above."
         ),
     ] = None,
-    deployment: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=DEPLOYMENT_ENV,
-            help="Deployment file: the Settlement contract of payment authorisations.",
-            dir_okay=False,
-        ),
-    ] = None,
+    deployment: DeploymentFileOption = None,
     out: Annotated[
         Path | None,
         typer.Option(
