@@ -36,7 +36,7 @@ from backend.chain.anvil import AnvilNode, free_port
 from backend.chain.contracts import GridPointsChain, connect
 from backend.chain.deploy import Deployment, deploy, dev_account
 from backend.db import Database
-from backend.db.models import SettlementAttempt, SettlementStep
+from backend.db.models import Epoch, SettlementAttempt, SettlementStep
 from backend.worker import write_dev_key_file
 
 GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
@@ -249,15 +249,17 @@ def test_node_stopped_and_restarted_mid_settlement(
             assert confirmed_steps(h) <= stopped_at + 1
             env.anvil.start()  # same port, state loaded
             deadline = time.monotonic() + 120
+            # Done means every record is in an epoch and every epoch is settled: an epoch
+            # sealed but not yet planned has no steps, so counting unconfirmed steps is not
+            # enough (the worker may still be backing off after the outage).
             while True:
+                unsealed, _ = worker.sealer.pending()
                 with worker.db.read() as session:
-                    pending = session.scalar(
-                        select(func.count())
-                        .select_from(SettlementStep)
-                        .where(SettlementStep.state != "confirmed")
+                    unsettled = session.scalar(
+                        select(func.count()).select_from(Epoch).where(Epoch.state != "settled")
                     )
-                sealed, _ = worker.sealer.pending()
-                if pending == 0 and sealed == 0 and worker.last_report.settled == 0:
+                    epochs = session.scalar(select(func.count()).select_from(Epoch))
+                if unsealed == 0 and unsettled == 0 and epochs == 4:
                     break
                 assert time.monotonic() < deadline, (
                     f"settlement did not finish: {worker.last_error}"
