@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     settler_key_file: Path | None = None
     settler_key_password: SecretStr | None = None
     settler_key_password_file: Path | None = None
+    # Or (production) a secp256k1 key generated inside a PKCS#11 token, which never leaves it
+    # (`gridpoints settler create-key`): token and key labels, the user PIN from a file (or
+    # GRIDPOINTS_SETTLER_PKCS11_PIN), the module from GRIDPOINTS_PKCS11_MODULE when unset here
+    # (SoftHSM2 when neither is set). Set either the key file or these, not both.
+    settler_pkcs11_token: str | None = None
+    settler_pkcs11_key_label: str | None = None
+    settler_pkcs11_module: Path | None = None
+    settler_pkcs11_pin: SecretStr | None = None
+    settler_pkcs11_pin_file: Path | None = None
     # Entries per settlement transaction: each credit costs ~30k gas, each payment ~40k; the
     # defaults stay far below a 30M block gas limit.
     credit_chunk_size: int = Field(default=200, ge=1, le=5_000)

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -53,6 +52,7 @@ from backend.chain.contracts import (
     payment_tuple,
     revert_data,
 )
+from backend.chain.signer_account import TransactionAccount
 from backend.db.models import Epoch, EpochEntry, EpochPayment, SettlementAttempt, SettlementStep
 from backend.db.session import Database
 from backend.faults import crash_point
@@ -200,7 +200,7 @@ class Settler:
         self,
         db: Database,
         chain: GridPointsChain,
-        account: LocalAccount,
+        account: TransactionAccount,
         config: SettlementConfig | None = None,
         *,
         stop_event: threading.Event | None = None,

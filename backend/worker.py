@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eth_account import Account
-from eth_account.signers.local import LocalAccount
 
 from backend.chain.contracts import GridPointsChain
+from backend.chain.signer_account import SignerAccount, TransactionAccount
 from backend.db.session import Database
 from backend.epochs import EpochSealer
 from backend.leader import LeaderLock
@@ -32,9 +33,13 @@ from backend.settings import DEV_CHAIN_IDS, Settings, redact_url
 from backend.settlement import SettlementConfig, Settler
 from backend.tariff import TariffBook
 
+if TYPE_CHECKING:
+    from station_signer.signers import Pkcs11Signer
+
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "GRIDPOINTS_SETTLER_KEY_PASSWORD"
+TOKEN_PIN_ENV = "GRIDPOINTS_SETTLER_PKCS11_PIN"
 MAX_BACKOFF_S = 60.0
 
 
@@ -42,14 +47,28 @@ class SettlerKeyError(RuntimeError):
     """The settler key is missing, unreadable, too readable or undecryptable."""
 
 
-def load_settler_account(settings: Settings, chain_id: int) -> LocalAccount:
-    """The settler's key from `settings.settler_key_file`: an encrypted keystore anywhere, a
-    plain hex key file only on a development chain (its key would sit in clear on disk)."""
+def load_settler_account(settings: Settings, chain_id: int) -> TransactionAccount:
+    """The settler's key: in a PKCS#11 token (`settings.settler_pkcs11_*`, the production
+    choice: the key never leaves the token), or from `settings.settler_key_file`, an encrypted
+    keystore anywhere and a plain hex key file only on a development chain (its key would sit
+    in clear on disk)."""
+    uses_token = (
+        settings.settler_pkcs11_token is not None or settings.settler_pkcs11_key_label is not None
+    )
+    if uses_token and settings.settler_key_file is not None:
+        raise SettlerKeyError(
+            "both GRIDPOINTS_SETTLER_KEY_FILE and GRIDPOINTS_SETTLER_PKCS11_* are set: choose one "
+            "settler key"
+        )
+    if uses_token:
+        return SignerAccount(open_settler_token_key(settings))
     path = settings.settler_key_file
     if path is None:
         raise SettlerKeyError(
-            "no settler key: set GRIDPOINTS_SETTLER_KEY_FILE to an encrypted keystore (or, for "
-            "development, a file holding a 0x-hex private key)"
+            "no settler key: set GRIDPOINTS_SETTLER_PKCS11_TOKEN and "
+            "GRIDPOINTS_SETTLER_PKCS11_KEY_LABEL to a key in a PKCS#11 token, or "
+            "GRIDPOINTS_SETTLER_KEY_FILE to an encrypted keystore (or, for development, a file "
+            "holding a 0x-hex private key)"
         )
     try:
         mode = path.stat().st_mode
@@ -80,6 +99,50 @@ def load_settler_account(settings: Settings, chain_id: int) -> LocalAccount:
         return Account.from_key(text)
     except ValueError:
         raise SettlerKeyError(f"settler key file {path} holds no private key") from None
+
+
+def settler_token_labels(settings: Settings) -> tuple[str, str]:
+    """(token label, key label) of the settler's PKCS#11 key; both must be set."""
+    token, label = settings.settler_pkcs11_token, settings.settler_pkcs11_key_label
+    if not token or not label:
+        raise SettlerKeyError(
+            "a settler key in a PKCS#11 token needs both GRIDPOINTS_SETTLER_PKCS11_TOKEN and "
+            "GRIDPOINTS_SETTLER_PKCS11_KEY_LABEL"
+        )
+    return token, label
+
+
+def settler_token_pin(settings: Settings) -> str:
+    if settings.settler_pkcs11_pin is not None and settings.settler_pkcs11_pin_file is not None:
+        raise SettlerKeyError(
+            f"both {TOKEN_PIN_ENV} and {TOKEN_PIN_ENV}_FILE are set; set only one (the file)"
+        )
+    if settings.settler_pkcs11_pin is not None:
+        return settings.settler_pkcs11_pin.get_secret_value()
+    if settings.settler_pkcs11_pin_file is not None:
+        try:
+            return settings.settler_pkcs11_pin_file.read_text().rstrip("\n")
+        except OSError as exc:
+            raise SettlerKeyError(f"settler token PIN file: {exc.strerror or exc}") from None
+    raise SettlerKeyError(
+        f"no PIN for the settler's PKCS#11 token: set {TOKEN_PIN_ENV}_FILE (preferred) or "
+        f"{TOKEN_PIN_ENV}"
+    )
+
+
+def open_settler_token_key(settings: Settings, *, create: bool = False) -> Pkcs11Signer:
+    """Opens (or, with `create`, generates inside the token) the settler's PKCS#11 key."""
+    from station_signer.signers import Pkcs11Signer, SignerError
+
+    token, label = settler_token_labels(settings)
+    pin = settler_token_pin(settings)
+    module = settings.settler_pkcs11_module
+    try:
+        if create:
+            return Pkcs11Signer.generate(label, token_label=token, pin=pin, module=module)
+        return Pkcs11Signer.open(label, token_label=token, pin=pin, module=module)
+    except SignerError as exc:
+        raise SettlerKeyError(f"settler key {label!r} on PKCS#11 token {token!r}: {exc}") from None
 
 
 def _keystore_password(settings: Settings) -> str:
@@ -125,7 +188,7 @@ class SealAndSettle:
         chain: GridPointsChain,
         settings: Settings,
         *,
-        account: LocalAccount | None,
+        account: TransactionAccount | None,
         tariffs: TariffBook | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),

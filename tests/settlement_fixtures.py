@@ -5,11 +5,15 @@ expected points are recomputed from the records themselves, and the chain-side c
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import secrets
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,11 +35,12 @@ from sqlalchemy import select
 from backend.db import Database
 from backend.db.models import Epoch, EpochPayment, SettlementStep
 from backend.tariff import TariffBook, value_record
-from backend.worker import SealAndSettle
+from backend.worker import SealAndSettle, write_dev_key_file
 from station_signer.authorization import PaymentAuthorization, sign_authorization
 from station_signer.record import EnergyTransfer
 
 TARIFFS = TariffBook.load()
+GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
 
 
 @pytest.fixture(params=DATABASES)
@@ -245,3 +250,35 @@ def assert_chain_matches(h: BackendHarness, traffic: Traffic, from_block: int) -
         assert set(events.values()) <= {1}, f"a chunk was applied twice: {events}"
     finally:
         db.dispose()
+
+
+def settle_env(h: BackendHarness, tmp_path: Path, **extra: str) -> dict[str, str]:
+    key_file = write_dev_key_file(tmp_path / "settler.key", bytes(h.env.accounts.settler.key))
+    env = {
+        **os.environ,
+        "GRIDPOINTS_DATABASE_URL": h.database_url,
+        "GRIDPOINTS_RPC_URL": h.env.anvil.rpc_url,
+        "GRIDPOINTS_DEPLOYMENT_FILE": str(h.env.deployment_path),
+        "GRIDPOINTS_SETTLER_KEY_FILE": str(key_file),
+        "GRIDPOINTS_CONFIRMATIONS": "0",
+        "GRIDPOINTS_EPOCH_MAX_RECORDS": "60",
+        "GRIDPOINTS_CREDIT_CHUNK_SIZE": "4",
+        "GRIDPOINTS_PAYMENT_CHUNK_SIZE": "3",
+        "GRIDPOINTS_SETTLEMENT_POLL_INTERVAL_S": "0.05",
+    }
+    env.pop("GRIDPOINTS_CRASH_AT", None)
+    env.update(extra)
+    return env
+
+
+def run_settle(
+    env: dict[str, str], *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GRIDPOINTS, "settle", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

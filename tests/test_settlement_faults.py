@@ -11,11 +11,9 @@ Afterwards the chain must hold exactly the recomputed totals, every chunk exactl
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,14 @@ from backend_fixtures import (
     running_backend,
 )
 from conftest import ADMIN, REGISTRAR, SETTLER, USERS, ChainAccounts, ChainEnv
-from settlement_fixtures import assert_chain_matches, make_worker, random_traffic
+from settlement_fixtures import (
+    GRIDPOINTS,
+    assert_chain_matches,
+    make_worker,
+    random_traffic,
+    run_settle,
+    settle_env,
+)
 from sqlalchemy import delete, func, select, update
 
 from backend.chain.anvil import AnvilNode, free_port
@@ -37,43 +42,8 @@ from backend.chain.contracts import GridPointsChain, connect
 from backend.chain.deploy import Deployment, deploy, dev_account
 from backend.db import Database
 from backend.db.models import Epoch, SettlementAttempt, SettlementStep
-from backend.worker import write_dev_key_file
-
-GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
 
 pytest_plugins = ["settlement_fixtures"]
-
-
-def settle_env(h: BackendHarness, tmp_path: Path, **extra: str) -> dict[str, str]:
-    key_file = write_dev_key_file(tmp_path / "settler.key", bytes(h.env.accounts.settler.key))
-    env = {
-        **os.environ,
-        "GRIDPOINTS_DATABASE_URL": h.database_url,
-        "GRIDPOINTS_RPC_URL": h.env.anvil.rpc_url,
-        "GRIDPOINTS_DEPLOYMENT_FILE": str(h.env.deployment_path),
-        "GRIDPOINTS_SETTLER_KEY_FILE": str(key_file),
-        "GRIDPOINTS_CONFIRMATIONS": "0",
-        "GRIDPOINTS_EPOCH_MAX_RECORDS": "60",
-        "GRIDPOINTS_CREDIT_CHUNK_SIZE": "4",
-        "GRIDPOINTS_PAYMENT_CHUNK_SIZE": "3",
-        "GRIDPOINTS_SETTLEMENT_POLL_INTERVAL_S": "0.05",
-    }
-    env.pop("GRIDPOINTS_CRASH_AT", None)
-    env.update(extra)
-    return env
-
-
-def run_settle(
-    env: dict[str, str], *args: str, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [GRIDPOINTS, "settle", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def confirmed_steps(h: BackendHarness) -> int:

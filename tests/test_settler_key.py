@@ -1,15 +1,36 @@
-"""The settler key: where it may come from (no chain needed: these are file and policy rules)."""
+"""The settler key: where it may come from (key files and their policy rules need no chain),
+and the settler key inside a PKCS#11 token (SoftHSM2), signing real settlements on Anvil."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+from backend_fixtures import BackendHarness
 from eth_account import Account
+from hexbytes import HexBytes
+from pydantic import SecretStr
+from settlement_fixtures import (
+    GRIDPOINTS,
+    assert_chain_matches,
+    random_traffic,
+    run_settle,
+    settle_env,
+)
+from sqlalchemy import select
 
+from backend.chain.signer_account import SignerAccount, TransactionSigningError
+from backend.db import Database
+from backend.db.models import SettlementStep
 from backend.settings import Settings, redact_url
 from backend.worker import SettlerKeyError, load_settler_account, scrub, write_dev_key_file
+from station_signer.signers import DevelopmentKeyWarning, DevKeySigner, SoftHsmToken
+
+pytest_plugins = ["settlement_fixtures"]
 
 MAINNET, ANVIL = 1, 31337
 
@@ -58,3 +79,159 @@ def test_rpc_secrets_never_reach_error_texts() -> None:
     assert redact_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
     text = scrub(f"ConnectionError: HTTPSConnectionPool for url: {url}", Settings(rpc_url=url))
     assert "0123456789abcdef" not in text and "https://eth.example.net/***" in text
+
+
+# ---- the settler key in a PKCS#11 token --------------------------------------------------
+
+TX_1559: dict[str, Any] = {
+    "type": 2,
+    "chainId": ANVIL,
+    "nonce": 7,
+    "to": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+    "value": 0,
+    "gas": 210_000,
+    "maxFeePerGas": 2_000_000_000,
+    "maxPriorityFeePerGas": 1_000_000_000,
+    "data": "0x5c975abb",
+}
+TX_LEGACY: dict[str, Any] = {
+    "chainId": MAINNET,
+    "nonce": 0,
+    "to": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+    "value": 1,
+    "gas": 21_000,
+    "gasPrice": 1_000_000_000,
+    "data": b"",
+}
+
+
+@pytest.mark.parametrize("tx", [TX_1559, TX_LEGACY], ids=["eip1559", "legacy-eip155"])
+def test_signer_account_signs_exactly_like_eth_account(tx: dict[str, Any]) -> None:
+    """Same key, same deterministic (RFC 6979, low-s) signature: the bytes eth_account makes
+    with the key in memory are the bytes SignerAccount makes through the Signer protocol."""
+    account = Account.create()
+    tx = {**tx, "from": account.address}  # allowed when it names the signer, like eth_account
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DevelopmentKeyWarning)
+        signer_account = SignerAccount(DevKeySigner(bytes(account.key)))
+        signed = signer_account.sign_transaction(tx)
+        with pytest.raises(TypeError, match="from field must match"):
+            signer_account.sign_transaction({**tx, "from": Account.create().address})
+    expected = account.sign_transaction(tx)
+    assert signed.raw_transaction == expected.raw_transaction
+    assert signed.hash == expected.hash
+    assert (signed.r, signed.s, signed.v) == (expected.r, expected.s, expected.v)
+    assert Account.recover_transaction(signed.raw_transaction) == account.address
+
+
+class _WrongKeySigner:
+    """A fake, because a real token cannot be made to do this: it claims one address and
+    signs with another key (a mislabelled or swapped token key)."""
+
+    def __init__(self) -> None:
+        self._claimed = Account.create().address
+        self._real = DevKeySigner(bytes(Account.create().key))
+
+    @property
+    def address(self) -> str:
+        return self._claimed
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DevelopmentKeyWarning)
+            return self._real.sign_digest(digest)
+
+
+def test_signer_account_refuses_a_signature_by_another_key() -> None:
+    signer = _WrongKeySigner()
+    with pytest.raises(TransactionSigningError, match="signature by 0x"):
+        SignerAccount(signer).sign_transaction(TX_1559)
+
+
+def test_token_settings_are_checked_before_any_token_is_touched(tmp_path: Path) -> None:
+    key_file = write_dev_key_file(tmp_path / "settler.key", bytes(Account.create().key))
+    both = Settings(
+        settler_key_file=key_file,
+        settler_pkcs11_token="settler",
+        settler_pkcs11_key_label="settler",
+        settler_pkcs11_pin="1234",  # type: ignore[arg-type]
+    )
+    with pytest.raises(SettlerKeyError, match="choose one"):
+        load_settler_account(both, ANVIL)
+    with pytest.raises(SettlerKeyError, match="GRIDPOINTS_SETTLER_PKCS11_KEY_LABEL"):
+        load_settler_account(Settings(settler_pkcs11_token="settler"), ANVIL)
+    no_pin = Settings(settler_pkcs11_token="settler", settler_pkcs11_key_label="settler")
+    with pytest.raises(SettlerKeyError, match="GRIDPOINTS_SETTLER_PKCS11_PIN_FILE"):
+        load_settler_account(no_pin, MAINNET)
+    two_pins = no_pin.model_copy(
+        update={"settler_pkcs11_pin": SecretStr("1234"), "settler_pkcs11_pin_file": key_file}
+    )
+    with pytest.raises(SettlerKeyError, match="set only one"):
+        load_settler_account(two_pins, MAINNET)
+
+
+def _gridpoints(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GRIDPOINTS, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_settlement_signed_by_a_settler_key_inside_softhsm2(
+    harness: BackendHarness, tmp_path: Path
+) -> None:
+    """The settler key is generated inside a SoftHSM2 token by `gridpoints settler
+    create-key`, holds SETTLER_ROLE alone, and `gridpoints settle` puts every epoch on chain
+    with it: each settlement transaction is from the token's address."""
+    env_chain = harness.env
+    start_block = env_chain.w3.eth.block_number
+    token = SoftHsmToken.create(
+        tmp_path / "softhsm", "gridpoints-settler", so_pin="so-pin-5678", user_pin="user-1234"
+    )
+    pin_file = tmp_path / "settler.pin"
+    pin_file.write_text("user-1234\n")
+    pin_file.chmod(0o600)
+    env = settle_env(
+        harness,
+        tmp_path,
+        SOFTHSM2_CONF=str(token.conf_path),
+        GRIDPOINTS_SETTLER_PKCS11_TOKEN="gridpoints-settler",
+        GRIDPOINTS_SETTLER_PKCS11_KEY_LABEL="settler",
+        GRIDPOINTS_SETTLER_PKCS11_PIN_FILE=str(pin_file),
+    )
+    env.pop("GRIDPOINTS_SETTLER_KEY_FILE")
+
+    created = _gridpoints(env, "settler", "create-key", "--json")
+    assert created.returncode == 0, created.stderr
+    address = json.loads(created.stdout)["address"]
+    assert json.loads(created.stdout)["token"] == "gridpoints-settler"
+    again = _gridpoints(env, "settler", "create-key")
+    assert again.returncode == 1 and "already holds" in again.stderr
+    shown = _gridpoints(env, "settler", "address", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["address"] == address
+    assert "user-1234" not in created.stdout + created.stderr + shown.stdout + shown.stderr
+
+    chain = env_chain.chain
+    role = chain.settlement.functions.SETTLER_ROLE().call()
+    admin = env_chain.accounts.admin
+    chain.transact(admin, chain.settlement.functions.grantRole(role, address))
+    chain.transact(
+        admin, chain.settlement.functions.revokeRole(role, env_chain.accounts.settler.address)
+    )
+    env_chain.rpc("anvil_setBalance", address, hex(10**18))
+
+    traffic = random_traffic(harness, stations=2, users=8, records=40, seed=31, paid=0.5)
+    traffic.post_all()
+    result = run_settle(env, "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "user-1234" not in result.stdout + result.stderr
+    assert_chain_matches(harness, traffic, start_block)
+    db = Database(harness.database_url)
+    try:
+        with db.read() as session:
+            tx_hashes = list(session.scalars(select(SettlementStep.tx_hash)))
+    finally:
+        db.dispose()
+    assert tx_hashes and None not in tx_hashes
+    senders = {env_chain.w3.eth.get_transaction(HexBytes(h))["from"] for h in tx_hashes}
+    assert senders == {address}

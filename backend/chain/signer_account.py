@@ -1,0 +1,100 @@
+"""Ethereum transactions signed by a key that never leaves its token.
+
+The settlement worker needs an account that signs transactions. eth_account's
+``LocalAccount`` holds the private key in process memory; :class:`SignerAccount` gets the same
+``address`` / ``sign_transaction`` surface from any :class:`station_signer.signers.Signer`, so
+the settler's key can live in a PKCS#11 token (an HSM in production, SoftHSM2 in tests and
+the demo) exactly like the stations' keys do.
+
+eth_account still builds and serialises the transaction (every type it knows: legacy with
+EIP-155, 2930, 1559); only the one secret operation — signing the 32-byte signing hash — goes
+to the token. The signer already returns the canonical low-s form (EIP-2) with the recovery
+id, which is what a transaction needs. Every signed transaction is recovered once more before
+it is handed back, so a token returning a signature by another key fails here and not as an
+"insufficient funds" or "missing role" revert later.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+from eth_account import Account
+from eth_account._utils.signing import sign_transaction_dict
+from eth_account.datastructures import SignedTransaction
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from hexbytes import HexBytes
+
+from station_signer.signers.base import Signer
+
+
+class TransactionSigningError(RuntimeError):
+    """The token signed, but not as the account it claims to be."""
+
+
+class TransactionAccount(Protocol):
+    """What the settlement worker needs of an account: ``LocalAccount`` or SignerAccount."""
+
+    @property
+    def address(self) -> str: ...
+
+    def sign_transaction(self, transaction_dict: dict[str, Any]) -> SignedTransaction: ...
+
+
+class _Vrs(NamedTuple):
+    vrs: tuple[int, int, int]
+
+
+class _HashSigner:
+    """The ``sign_msg_hash(...).vrs`` interface eth_account's transaction code asks of a key,
+    with ``v`` as the raw recovery id (0 or 1) the way eth_keys returns it."""
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+
+    def sign_msg_hash(self, message_hash: bytes) -> _Vrs:
+        signature = self._signer.sign_digest(bytes(message_hash))
+        r = int.from_bytes(signature[:32], "big")
+        s = int.from_bytes(signature[32:64], "big")
+        return _Vrs((signature[64] - 27, r, s))
+
+
+class SignerAccount:
+    """An Ethereum account whose key is a :class:`Signer` (a PKCS#11 token, typically)."""
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+        self._key = _HashSigner(signer)
+
+    def __repr__(self) -> str:
+        return f"SignerAccount({self.address})"
+
+    @property
+    def address(self) -> str:
+        return self._signer.address
+
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
+    def sign_transaction(self, transaction_dict: dict[str, Any]) -> SignedTransaction:
+        """Signs like ``LocalAccount.sign_transaction``; the key stays in the signer."""
+        tx = dict(transaction_dict)
+        # Like eth_account: a "from" field is allowed only when it names this account.
+        sender = tx.pop("from", None)
+        if sender is not None and to_checksum_address(sender) != self.address:
+            raise TypeError(f"from field must match the signer's {self.address}, was {sender}")
+        # eth_account's own private-key path calls the same function with an eth_keys key.
+        v, r, s, encoded = sign_transaction_dict(self._key, tx)  # type: ignore[arg-type]
+        raw = HexBytes(encoded)
+        recovered = Account.recover_transaction(raw)
+        if recovered != self.address:
+            raise TransactionSigningError(
+                f"the signer for {self.address} produced a transaction signature by {recovered}"
+            )
+        return SignedTransaction(raw_transaction=raw, hash=HexBytes(keccak(raw)), r=r, s=s, v=v)
+
+    def close(self) -> None:
+        close = getattr(self._signer, "close", None)
+        if close is not None:
+            close()
