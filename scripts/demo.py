@@ -13,9 +13,11 @@ What it does, with real parts only:
 2. creates one SoftHSM2 token per station, generates a non-extractable secp256k1 key inside it
    (station_signer.station.init_station) and registers every station, each in its own tariff
    zone (1, 2, 3, ...), with the registrar key (Anvil dev account 1);
-3. runs ``gridpoints db upgrade`` and ``gridpoints serve`` as a separate process (SQLite in the
-   run directory, sealing and settlement on, the settler key in a dev key file) and waits for
-   ``/healthz``;
+3. generates the settler key inside a SoftHSM2 token of its own (``gridpoints settler
+   create-key`` does the same), moves SETTLER_ROLE to it from the deployment's default settler
+   and funds it for gas; runs ``gridpoints db upgrade`` and ``gridpoints serve`` as a separate
+   process (SQLite in the run directory, sealing and settlement on, signing with that token
+   key) and waits for ``/healthz``;
 4. replays one local weekday in the past for the fleet, wave by wave: off-peak charging in the
    night, discharging (vehicle to grid) at the evening peak, off-peak charging late in the
    evening at *other* stations, part of it paid with points under a PaymentAuthorization the
@@ -81,10 +83,9 @@ from backend.chain.anvil import AnvilNode, free_port
 from backend.chain.contracts import GridPointsChain, connect
 from backend.chain.deploy import DEV_DEPLOYER, DEV_REGISTRAR, DEV_SETTLER, deploy, dev_account
 from backend.tariff import Tariff, TariffBook, load_timezone, value_record
-from backend.worker import write_dev_key_file
 from station_signer.authorization import PaymentAuthorization, sign_authorization
 from station_signer.record import Direction, keccak256
-from station_signer.signers.pkcs11 import default_module_path
+from station_signer.signers.pkcs11 import Pkcs11Signer, default_module_path
 from station_signer.signers.softhsm import SoftHsmToken
 from station_signer.station import (
     STORE_FILE,
@@ -121,6 +122,8 @@ STATION_POWER_W: Final = (22_000, 11_000, 50_000, 22_000, 11_000)
 VEHICLE_POWER_W: Final = (7_400, 11_000, 11_000, 22_000)
 AUTHORIZED_MAX_POINTS: Final = (40, 80, 150, 400, 1_000)
 KEY_LABEL: Final = "gridpoints-station"
+SETTLER_TOKEN: Final = "gridpoints-settler"
+SETTLER_KEY_LABEL: Final = "settler"
 
 # Windows of the simulated day, minutes after local midnight. The tariff's weekday bands:
 # off-peak 00-07 and 23-24, peak 07-10 and 17-21 (backend/tariffs/2026-01.toml).
@@ -632,6 +635,8 @@ class Demo:
     day: date | None = None
     timezone: str = ""
     pin_file: Path | None = None
+    softhsm_conf: Path | None = None
+    settler_address: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     _temp_dir: Path | None = None
 
@@ -728,6 +733,10 @@ class Demo:
             )
             for spec in specs
         ]
+        settler_token = SoftHsmToken.create(
+            softhsm_dir, SETTLER_TOKEN, so_pin=so_pin, user_pin=user_pin, module=module
+        )
+        self.softhsm_conf = settler_token.conf_path
         registrar = dev_account(DEV_REGISTRAR)
         registry = self.chain.registry
         active_from = _local(self.day, 0, self.timezone)
@@ -776,14 +785,34 @@ class Demo:
             f"{len(specs)} stations, each with a SoftHSM2 token and a non-extractable secp256k1 "
             f"key, registered in zones 1..{len(specs)} by the registrar {registrar.address}"
         )
+        self.create_settler_key(user_pin, module)
+
+    def create_settler_key(self, user_pin: str, module: str) -> None:
+        """The settler key inside its own token; SETTLER_ROLE moves to it, and it gets gas."""
+        assert self.chain is not None
+        with Pkcs11Signer.generate(
+            SETTLER_KEY_LABEL, token_label=SETTLER_TOKEN, pin=user_pin, module=module
+        ) as settler:
+            self.settler_address = settler.address
+        settlement = self.chain.settlement.functions
+        role = settlement.SETTLER_ROLE().call()
+        admin = dev_account(DEV_DEPLOYER)
+        self.chain.transact(admin, settlement.grantRole(role, self.settler_address))
+        self.chain.transact(admin, settlement.revokeRole(role, dev_account(DEV_SETTLER).address))
+        self.chain.w3.provider.make_request(
+            "anvil_setBalance",  # type: ignore[arg-type]
+            [self.settler_address, hex(10**20)],
+        )
+        self.step(
+            f"settler key generated inside its SoftHSM2 token: {self.settler_address} holds "
+            "SETTLER_ROLE (revoked from the deployment's default settler)"
+        )
 
     # -- 3. backend ---------------------------------------------------------------------------
 
     def start_backend(self) -> None:
         assert self.anvil is not None and self.deployment_path is not None
-        settler_key = write_dev_key_file(
-            self.run_dir / "settler.key", bytes(dev_account(DEV_SETTLER).key)
-        )
+        assert self.pin_file is not None and self.softhsm_conf is not None
         env = {
             k: v
             for k, v in os.environ.items()
@@ -795,7 +824,10 @@ class Demo:
             GRIDPOINTS_RPC_URL=self.anvil.rpc_url,
             GRIDPOINTS_DEPLOYMENT_FILE=str(self.deployment_path),
             GRIDPOINTS_SETTLEMENT_ENABLED="true",
-            GRIDPOINTS_SETTLER_KEY_FILE=str(settler_key),
+            GRIDPOINTS_SETTLER_PKCS11_TOKEN=SETTLER_TOKEN,
+            GRIDPOINTS_SETTLER_PKCS11_KEY_LABEL=SETTLER_KEY_LABEL,
+            GRIDPOINTS_SETTLER_PKCS11_PIN_FILE=str(self.pin_file),
+            SOFTHSM2_CONF=str(self.softhsm_conf),
             GRIDPOINTS_EPOCH_SECONDS=str(self.options.epoch_seconds),
             GRIDPOINTS_SETTLEMENT_POLL_INTERVAL_S="0.5",
             GRIDPOINTS_REGISTRY_POLL_INTERVAL_S="0.5",
@@ -809,7 +841,7 @@ class Demo:
         self.step(
             f"backend on {self.backend.url} (pid {self.backend.pid}): SQLite in the run "
             f"directory, sealing every {self.options.epoch_seconds:g}s, settling as "
-            f"{dev_account(DEV_SETTLER).address}"
+            f"{self.settler_address} (key in SoftHSM2)"
         )
 
     def api(self, path: str, **params: Any) -> Any:
@@ -1144,6 +1176,11 @@ class Demo:
             "databaseUrl": self.backend.env["GRIDPOINTS_DATABASE_URL"],
             "chainId": deployment.chain_id,
             "contracts": dict(deployment.addresses),
+            "settler": {
+                "address": self.settler_address,
+                "token": SETTLER_TOKEN,
+                "keyLabel": SETTLER_KEY_LABEL,
+            },
             "pids": {"demo": os.getpid(), "anvil": self.anvil.pid, "backend": self.backend.pid},
             "day": self.day.isoformat() if self.day else None,
             "timezone": self.timezone,

@@ -158,6 +158,24 @@ def test_demo_keeps_running_until_ctrl_c_with_balances_from_the_chain(tmp_path: 
         assert top == sorted(chain_balances.values(), reverse=True)[:10]
         check_settled_on_chain(summary, w3)
 
+        # The settler key lives in its SoftHSM2 token: it alone holds SETTLER_ROLE, and it
+        # sent every settlement transaction.
+        settler = summary["settler"]["address"]
+        settlement = w3.eth.contract(
+            address=summary["contracts"]["Settlement"], abi=load_all()["Settlement"].abi
+        )
+        role = settlement.functions.SETTLER_ROLE().call()
+        assert settlement.functions.hasRole(role, settler).call()
+        granted = settlement.events.RoleGranted().get_logs(from_block=0)
+        revoked = settlement.events.RoleRevoked().get_logs(from_block=0)
+        holders = {e["args"]["account"] for e in granted if e["args"]["role"] == role} - {
+            e["args"]["account"] for e in revoked if e["args"]["role"] == role
+        }
+        assert holders == {settler}
+        tx_hashes = [tx for e in summary["epochs"] for tx in e["txHashes"]]
+        assert tx_hashes
+        assert {w3.eth.get_transaction(tx)["from"] for tx in tx_hashes} == {settler}
+
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0, stderr.read_text()
     finally:
