@@ -103,6 +103,8 @@ UINT128_MAX: Final = 2**128 - 1
 DOMAIN_NAME: Final = "GridPoints Settlement"
 DOMAIN_VERSION: Final = "1"
 PRIMARY_TYPE: Final = "PaymentAuthorization"
+# Number.MAX_SAFE_INTEGER: larger JSON numbers lose precision in JavaScript.
+JS_SAFE_INTEGER_MAX: Final = 2**53 - 1
 
 # The order is the EIP-712 member order: it fixes the type string, the hash and the JSON.
 AUTHORIZATION_FIELDS: Final[tuple[RecordField, ...]] = (
@@ -325,12 +327,21 @@ class PaymentAuthorization:
         return keccak256(_EIP191_PREFIX + domain.separator + self.struct_hash())
 
     def typed_data(self, domain: SettlementDomain) -> dict[str, Any]:
-        """The eth_signTypedData_v4 JSON of this authorisation (what a wallet is asked to sign)."""
+        """The eth_signTypedData_v4 JSON of this authorisation (what a wallet is asked to sign).
+
+        Integers above 2^53 - 1 are written as decimal strings: a browser wallet reads JSON
+        numbers as IEEE doubles and would sign a rounded nonce. Wallets, eth_account and
+        :func:`parse_typed_data` all read the string form of a uint.
+        """
+        message = {
+            name: str(value) if type(value) is int and value > JS_SAFE_INTEGER_MAX else value
+            for name, value in self.to_json().items()
+        }
         return {
             "types": typed_data_types(),
             "primaryType": PRIMARY_TYPE,
             "domain": domain.to_json(),
-            "message": self.to_json(),
+            "message": message,
         }
 
 

@@ -46,6 +46,7 @@ from station_signer.record import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+UINT_FIELDS = ("maxPoints", "nonce", "deadline")
 VECTORS_PATH = ROOT / "tests" / "vectors" / "payment_authorization.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
 
@@ -118,9 +119,14 @@ def test_vectors_cover_the_edge_values() -> None:
     assert len(VECTORS) >= 12
     messages = [v["typedData"]["message"] for v in VECTORS]
     domains = [v["typedData"]["domain"] for v in VECTORS]
-    assert {1, UINT128_MAX} <= {m["maxPoints"] for m in messages}
-    assert {0, 255, 256, UINT256_MAX} <= {m["nonce"] for m in messages}
-    assert {0, UINT64_MAX} <= {m["deadline"] for m in messages}
+    # Above 2^53 - 1 the message's integers are decimal strings (JavaScript wallets), below
+    # they stay JSON numbers.
+    for m in messages:
+        for name in ("maxPoints", "nonce", "deadline"):
+            assert type(m[name]) is (str if int(m[name]) > 2**53 - 1 else int), (name, m[name])
+    assert {1, UINT128_MAX} <= {int(m["maxPoints"]) for m in messages}
+    assert {0, 255, 256, UINT256_MAX} <= {int(m["nonce"]) for m in messages}
+    assert {0, UINT64_MAX} <= {int(m["deadline"]) for m in messages}
     assert {"0x" + "00" * 31 + "01", "0x" + "ff" * 32} <= {m["stationId"] for m in messages}
     users = {m["user"].lower() for m in messages}
     assert {"0x" + "00" * 19 + "01", "0x" + "ff" * 20} <= users
@@ -159,8 +165,11 @@ def test_vector(vector: dict[str, Any]) -> None:
     assert signed.signer(domain) == signer
     assert signed.is_signed_by_user(domain) is vector["signedByUser"]
     assert (signer == authorization.user_address) is vector["signedByUser"]
+    # The wire form writes JSON integers; the wallet's typed data writes big ones as strings.
     assert signed.to_json() == {
-        "authorization": typed_data["message"],
+        "authorization": {
+            k: int(v) if k in UINT_FIELDS else v for k, v in typed_data["message"].items()
+        },
         "signature": vector["signature"],
     }
 
