@@ -106,14 +106,18 @@ def serve(
     for name, value in overrides.items():
         if value is not None:
             os.environ[f"GRIDPOINTS_{name.upper()}"] = str(value)
-    uvicorn.run(
-        "backend.cli:worker_app",
-        factory=True,
-        workers=workers,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-    )
+    from backend.metrics import multiprocess_directory
+
+    # One /metrics for the whole server, whichever worker a scrape reaches (backend.metrics).
+    with multiprocess_directory():
+        uvicorn.run(
+            "backend.cli:worker_app",
+            factory=True,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+        )
 
 
 def tune_gc() -> None:

@@ -3,16 +3,63 @@
 Each app owns its own CollectorRegistry rather than the process-global default one: tests (and
 a process embedding two apps) create several apps, and registering the same metric names twice
 in the global registry is an error.
+
+``gridpoints serve --workers N`` runs N processes behind one socket, and a scrape reaches any
+one of them. So that every scrape sees the whole server, the workers run in prometheus_client's
+multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory before
+it starts them, each process writes its values there (the client library picks this up when it
+is imported, which is why the variable must be set before the workers start), and
+:meth:`Metrics.render` sums the counters and histograms of all of them. Gauges take the value
+most recently set by any worker (``mostrecent``): each worker's registry follower and each
+scrape refresh them from the same chain and database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "multiprocess_directory"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_GAUGE_MODE = "mostrecent"
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+@contextmanager
+def multiprocess_directory() -> Iterator[Path]:
+    """Sets up ``PROMETHEUS_MULTIPROC_DIR`` for worker processes started inside the block.
+
+    An operator's own directory is used when the variable is set (its value files from an
+    earlier run are removed first, as the client library requires); otherwise a private
+    temporary one, removed afterwards.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield directory
+        return
+    directory = Path(tempfile.mkdtemp(prefix="gridpoints-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class Metrics:
@@ -45,27 +92,34 @@ class Metrics:
             registry=r,
         )
         self.log_size = Gauge(
-            "gridpoints_record_log_size", "Records in the append-only record log.", registry=r
+            "gridpoints_record_log_size",
+            "Records in the append-only record log.",
+            multiprocess_mode=_GAUGE_MODE,
+            registry=r,
         )
         self.registry_last_block = Gauge(
             "gridpoints_registry_last_block",
             "Last block whose StationRegistry events are applied.",
+            multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )
         self.registry_head_block = Gauge(
             "gridpoints_registry_head_block",
             "Chain head seen by the registry follower.",
+            multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )
         self.registry_lag_blocks = Gauge(
             "gridpoints_registry_lag_blocks",
             "Blocks between the chain head and the last applied block (includes confirmations).",
+            multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )
         self.registry_horizon = Gauge(
             "gridpoints_registry_horizon_timestamp_seconds",
             "Timestamp of the last applied block: records that ended before it are judged, "
             "later ones are deferred (registry_behind) until the follower gets past them.",
+            multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )
         self.registry_events = Counter(
@@ -80,17 +134,24 @@ class Metrics:
             registry=r,
         )
         self.stations_known = Gauge(
-            "gridpoints_registry_stations", "Stations known from the registry.", registry=r
+            "gridpoints_registry_stations",
+            "Stations known from the registry.",
+            multiprocess_mode=_GAUGE_MODE,
+            registry=r,
         )
 
         self.epochs = Gauge(
             "gridpoints_epochs",
             "Sealed epochs by settlement state (sealed = waiting for or in settlement).",
             ["state"],
+            multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )
         self.unsealed_records = Gauge(
-            "gridpoints_unsealed_records", "Accepted records not yet in an epoch.", registry=r
+            "gridpoints_unsealed_records",
+            "Accepted records not yet in an epoch.",
+            multiprocess_mode=_GAUGE_MODE,
+            registry=r,
         )
         self.settlement_errors = Counter(
             "gridpoints_settlement_round_errors",
@@ -113,4 +174,8 @@ class Metrics:
             self.epochs.labels(state=state)
 
     def render(self) -> bytes:
+        if _multiprocess():
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -45,6 +45,7 @@ import httpx
 import pytest
 from conftest import ChainEnv
 from Crypto.Hash import keccak as pycryptodome_keccak
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -66,6 +67,7 @@ from backend.ingest import (
     Outcome,
     is_unique_violation,
 )
+from backend.metrics import MULTIPROC_ENV, multiprocess_directory
 from backend.migrations import upgrade
 from backend.verify import Deferral, Problem, Verdict, key_valid_at
 from station_signer.record import (
@@ -664,6 +666,21 @@ def test_serve_with_two_workers_keeps_one_dense_log(
                     for pid in (task / "children").read_text().split()
                 ]
                 assert len(children) >= 2  # the two workers (and maybe a resource tracker)
+
+                # Every scrape, whichever worker answers it, counts the whole server.
+                for _ in range(8):
+                    scraped = httpx.get(f"{base}/metrics", timeout=10)
+                    assert scraped.status_code == 200
+                    samples = {
+                        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                        for family in text_string_to_metric_families(scraped.text)
+                        for sample in family.samples
+                    }
+                    accepted = ("outcome", "accepted"), ("reason", "")
+                    duplicate = ("outcome", "duplicate"), ("reason", "")
+                    assert samples[("gridpoints_ingest_records_total", accepted)] == len(bodies)
+                    assert samples[("gridpoints_ingest_records_total", duplicate)] == 5
+                    assert samples[("gridpoints_record_log_size", ())] == len(bodies)
             finally:
                 os.killpg(server.pid, 15)
                 try:
@@ -671,3 +688,25 @@ def test_serve_with_two_workers_keeps_one_dense_log(
                 except subprocess.TimeoutExpired:
                     os.killpg(server.pid, 9)
                     server.wait()
+
+
+def test_metrics_directory_of_serve_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers` gets a private, empty multiprocess directory, or cleans the
+    operator's of an earlier run's value files (stale counters would be summed in)."""
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with multiprocess_directory() as private:
+        assert os.environ[MULTIPROC_ENV] == str(private) and private.is_dir()
+        (private / "counter_1234.db").write_bytes(b"\0" * 16)
+    assert MULTIPROC_ENV not in os.environ and not private.exists()
+
+    given = tmp_path / "metrics"
+    given.mkdir()
+    (given / "counter_99.db").write_bytes(b"\0" * 16)
+    (given / "README").write_text("operator's file")
+    monkeypatch.setenv(MULTIPROC_ENV, str(given))
+    with multiprocess_directory() as directory:
+        assert directory == given
+        assert sorted(p.name for p in given.iterdir()) == ["README"]
+    assert os.environ[MULTIPROC_ENV] == str(given) and given.is_dir()
