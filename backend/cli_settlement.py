@@ -254,6 +254,8 @@ def settle(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from backend.worker import close_account
+
     settings = _settings(database_url=database_url, rpc_url=rpc_url)
     db = _open(settings)
     worker = _worker(settings, db, with_settler=True)
@@ -273,6 +275,8 @@ def settle(
             worker.stop_event.set()
     finally:
         worker.lock.release()
+        if worker.settler is not None:
+            close_account(worker.settler.account)
         db.dispose()
 
 
@@ -312,10 +316,12 @@ def settler_address(as_json: JsonOption = False) -> None:
     from backend.worker import SettlerKeyError, load_settler_account
 
     settings = _settings()
-    try:
-        chain_id = Deployment.load(settings.deployment_file).chain_id
-    except (DeploymentFileError, OSError) as exc:
-        raise _fail(f"deployment file {settings.deployment_file}: {exc}") from None
+    chain_id = 0  # a token key needs no chain; a key file's rules depend on the chain id
+    if settings.settler_key_file is not None:
+        try:
+            chain_id = Deployment.load(settings.deployment_file).chain_id
+        except (DeploymentFileError, OSError) as exc:
+            raise _fail(f"deployment file {settings.deployment_file}: {exc}") from None
     try:
         account = load_settler_account(settings, chain_id)
     except SettlerKeyError as exc:

@@ -24,7 +24,7 @@ from backend.registry import NOTHING_DECIDED, KeyDirectory, RegistryFollower
 from backend.settings import Settings, redact_url
 from backend.tariff import TariffBook, TariffError
 from backend.verify import RecordVerifier, deployment_domain
-from backend.worker import SealAndSettle, load_settler_account, scrub
+from backend.worker import SealAndSettle, close_account, load_settler_account, scrub
 from station_signer.record import Domain
 from station_signer.wire import DeferReason, RejectReason
 
@@ -144,6 +144,8 @@ class BackendService:
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+            if self.worker.settler is not None:
+                close_account(self.worker.settler.account)
         if self.follower is not None:
             self.follower.stop()
         self.db.dispose()

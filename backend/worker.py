@@ -61,7 +61,9 @@ def load_settler_account(settings: Settings, chain_id: int) -> TransactionAccoun
             "settler key"
         )
     if uses_token:
-        return SignerAccount(open_settler_token_key(settings))
+        return SignerAccount(
+            open_settler_token_key(settings), reopen=lambda: open_settler_token_key(settings)
+        )
     path = settings.settler_key_file
     if path is None:
         raise SettlerKeyError(
@@ -113,17 +115,24 @@ def settler_token_labels(settings: Settings) -> tuple[str, str]:
 
 
 def settler_token_pin(settings: Settings) -> str:
+    """The token's user PIN. An empty one is refused before any login: every wrong login uses
+    up one of the token's retries, and an HSM locks the user PIN after a few."""
+    from station_signer.signers import SignerError, pin_from_file
+
     if settings.settler_pkcs11_pin is not None and settings.settler_pkcs11_pin_file is not None:
         raise SettlerKeyError(
             f"both {TOKEN_PIN_ENV} and {TOKEN_PIN_ENV}_FILE are set; set only one (the file)"
         )
     if settings.settler_pkcs11_pin is not None:
-        return settings.settler_pkcs11_pin.get_secret_value()
+        pin = settings.settler_pkcs11_pin.get_secret_value()
+        if not pin:
+            raise SettlerKeyError(f"{TOKEN_PIN_ENV} is empty")
+        return pin
     if settings.settler_pkcs11_pin_file is not None:
         try:
-            return settings.settler_pkcs11_pin_file.read_text().rstrip("\n")
-        except OSError as exc:
-            raise SettlerKeyError(f"settler token PIN file: {exc.strerror or exc}") from None
+            return pin_from_file(settings.settler_pkcs11_pin_file)
+        except SignerError as exc:
+            raise SettlerKeyError(f"settler token PIN: {exc}") from None
     raise SettlerKeyError(
         f"no PIN for the settler's PKCS#11 token: set {TOKEN_PIN_ENV}_FILE (preferred) or "
         f"{TOKEN_PIN_ENV}"
@@ -132,7 +141,7 @@ def settler_token_pin(settings: Settings) -> str:
 
 def open_settler_token_key(settings: Settings, *, create: bool = False) -> Pkcs11Signer:
     """Opens (or, with `create`, generates inside the token) the settler's PKCS#11 key."""
-    from station_signer.signers import Pkcs11Signer, SignerError
+    from station_signer.signers import Pkcs11Signer, SignerError, TokenNotFoundError
 
     token, label = settler_token_labels(settings)
     pin = settler_token_pin(settings)
@@ -141,8 +150,22 @@ def open_settler_token_key(settings: Settings, *, create: bool = False) -> Pkcs1
         if create:
             return Pkcs11Signer.generate(label, token_label=token, pin=pin, module=module)
         return Pkcs11Signer.open(label, token_label=token, pin=pin, module=module)
+    except TokenNotFoundError as exc:
+        conf = os.environ.get("SOFTHSM2_CONF")
+        raise SettlerKeyError(
+            f"settler key {label!r}: {exc}. The token must be initialised first (for SoftHSM2: "
+            "softhsm2-util --init-token; it finds its tokens through SOFTHSM2_CONF, "
+            + (f"now {conf})" if conf else "which is not set)")
+        ) from None
     except SignerError as exc:
         raise SettlerKeyError(f"settler key {label!r} on PKCS#11 token {token!r}: {exc}") from None
+
+
+def close_account(account: object) -> None:
+    """Ends a token key's session (a SignerAccount); nothing to do for an in-memory key."""
+    close = getattr(account, "close", None)
+    if close is not None:
+        close()
 
 
 def _keystore_password(settings: Settings) -> str:

@@ -122,7 +122,7 @@ def test_vectors_cover_the_edge_values() -> None:
     # Above 2^53 - 1 the message's integers are decimal strings (JavaScript wallets), below
     # they stay JSON numbers.
     for m in messages:
-        for name in ("maxPoints", "nonce", "deadline"):
+        for name in UINT_FIELDS:
             assert type(m[name]) is (str if int(m[name]) > 2**53 - 1 else int), (name, m[name])
     assert {1, UINT128_MAX} <= {int(m["maxPoints"]) for m in messages}
     assert {0, 255, 256, UINT256_MAX} <= {int(m["nonce"]) for m in messages}

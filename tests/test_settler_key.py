@@ -4,7 +4,9 @@ and the settler key inside a PKCS#11 token (SoftHSM2), signing real settlements 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from station_signer.signers import DevelopmentKeyWarning, DevKeySigner, SoftHsmT
 pytest_plugins = ["settlement_fixtures"]
 
 MAINNET, ANVIL = 1, 31337
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings(key_file: Path, **extra: object) -> Settings:
@@ -94,6 +97,30 @@ TX_1559: dict[str, Any] = {
     "maxPriorityFeePerGas": 1_000_000_000,
     "data": "0x5c975abb",
 }
+TX_2930: dict[str, Any] = {
+    "type": 1,
+    "chainId": ANVIL,
+    "nonce": 3,
+    "to": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+    "value": 0,
+    "gas": 100_000,
+    "gasPrice": 1_000_000_000,
+    "data": "0x",
+    "accessList": [
+        {
+            "address": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "storageKeys": ["0x" + "00" * 31 + "01"],
+        }
+    ],
+}
+TX_PRE_155: dict[str, Any] = {
+    "nonce": 1,
+    "to": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+    "value": 0,
+    "gas": 21_000,
+    "gasPrice": 1_000_000_000,
+    "data": "0x",
+}
 TX_LEGACY: dict[str, Any] = {
     "chainId": MAINNET,
     "nonce": 0,
@@ -105,7 +132,11 @@ TX_LEGACY: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("tx", [TX_1559, TX_LEGACY], ids=["eip1559", "legacy-eip155"])
+@pytest.mark.parametrize(
+    "tx",
+    [TX_1559, TX_2930, TX_LEGACY, TX_PRE_155],
+    ids=["eip1559", "eip2930", "legacy-eip155", "legacy-no-chain-id"],
+)
 def test_signer_account_signs_exactly_like_eth_account(tx: dict[str, Any]) -> None:
     """Same key, same deterministic (RFC 6979, low-s) signature: the bytes eth_account makes
     with the key in memory are the bytes SignerAccount makes through the Signer protocol."""
@@ -149,8 +180,12 @@ def test_signer_account_refuses_a_signature_by_another_key() -> None:
 
 
 def test_token_settings_are_checked_before_any_token_is_touched(tmp_path: Path) -> None:
+    """Each configuration error is reported as such. The module path names no file, so an
+    error about a missing module would show that a check came after loading the module."""
     key_file = write_dev_key_file(tmp_path / "settler.key", bytes(Account.create().key))
+    absent_module = {"settler_pkcs11_module": tmp_path / "absent.so"}
     both = Settings(
+        **absent_module,  # type: ignore[arg-type]
         settler_key_file=key_file,
         settler_pkcs11_token="settler",
         settler_pkcs11_key_label="settler",
@@ -159,8 +194,12 @@ def test_token_settings_are_checked_before_any_token_is_touched(tmp_path: Path) 
     with pytest.raises(SettlerKeyError, match="choose one"):
         load_settler_account(both, ANVIL)
     with pytest.raises(SettlerKeyError, match="GRIDPOINTS_SETTLER_PKCS11_KEY_LABEL"):
-        load_settler_account(Settings(settler_pkcs11_token="settler"), ANVIL)
-    no_pin = Settings(settler_pkcs11_token="settler", settler_pkcs11_key_label="settler")
+        load_settler_account(Settings(settler_pkcs11_token="settler", **absent_module), ANVIL)  # type: ignore[arg-type]
+    no_pin = Settings(
+        settler_pkcs11_token="settler",
+        settler_pkcs11_key_label="settler",
+        **absent_module,  # type: ignore[arg-type]
+    )
     with pytest.raises(SettlerKeyError, match="GRIDPOINTS_SETTLER_PKCS11_PIN_FILE"):
         load_settler_account(no_pin, MAINNET)
     two_pins = no_pin.model_copy(
@@ -168,6 +207,17 @@ def test_token_settings_are_checked_before_any_token_is_touched(tmp_path: Path) 
     )
     with pytest.raises(SettlerKeyError, match="set only one"):
         load_settler_account(two_pins, MAINNET)
+    # An empty PIN would cost one of the token's login retries: refused before any login.
+    empty_file = tmp_path / "empty.pin"
+    empty_file.write_text("\n")
+    with pytest.raises(SettlerKeyError, match="is empty"):
+        load_settler_account(no_pin.model_copy(update={"settler_pkcs11_pin_file": empty_file}), 1)
+    with pytest.raises(SettlerKeyError, match="GRIDPOINTS_SETTLER_PKCS11_PIN is empty"):
+        load_settler_account(no_pin.model_copy(update={"settler_pkcs11_pin": SecretStr("")}), 1)
+    # Everything else right: only now is the module loaded, and its absence reported.
+    complete = no_pin.model_copy(update={"settler_pkcs11_pin": SecretStr("1234")})
+    with pytest.raises(SettlerKeyError, match="does not exist"):
+        load_settler_account(complete, MAINNET)
 
 
 def _gridpoints(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -181,7 +231,8 @@ def test_settlement_signed_by_a_settler_key_inside_softhsm2(
 ) -> None:
     """The settler key is generated inside a SoftHSM2 token by `gridpoints settler
     create-key`, holds SETTLER_ROLE alone, and `gridpoints settle` puts every epoch on chain
-    with it: each settlement transaction is from the token's address."""
+    with it: each settlement transaction is from the token's address. Wrong PINs and absent
+    keys are clear errors that never show the PIN."""
     env_chain = harness.env
     start_block = env_chain.w3.eth.block_number
     token = SoftHsmToken.create(
@@ -210,6 +261,16 @@ def test_settlement_signed_by_a_settler_key_inside_softhsm2(
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["address"] == address
     assert "user-1234" not in created.stdout + created.stderr + shown.stdout + shown.stderr
+    wrong_pin = tmp_path / "wrong.pin"
+    wrong_pin.write_text("wrong-pin-0000\n")
+    refused = _gridpoints(
+        {**env, "GRIDPOINTS_SETTLER_PKCS11_PIN_FILE": str(wrong_pin)}, "settler", "address"
+    )
+    assert refused.returncode == 1 and "PIN" in refused.stderr, refused.stderr
+    assert "wrong-pin-0000" not in refused.stdout + refused.stderr
+    absent = _gridpoints({**env, "GRIDPOINTS_SETTLER_PKCS11_KEY_LABEL": "nope"}, "settle")
+    assert absent.returncode == 1 and "'nope'" in absent.stderr, absent.stderr
+    assert "user-1234" not in absent.stdout + absent.stderr
 
     chain = env_chain.chain
     role = chain.settlement.functions.SETTLER_ROLE().call()
@@ -219,6 +280,13 @@ def test_settlement_signed_by_a_settler_key_inside_softhsm2(
         admin, chain.settlement.functions.revokeRole(role, env_chain.accounts.settler.address)
     )
     env_chain.rpc("anvil_setBalance", address, hex(10**18))
+    events = chain.settlement.events
+    granted = events.RoleGranted().get_logs(from_block=0)
+    revoked = events.RoleRevoked().get_logs(from_block=0)
+    holders = {e["args"]["account"] for e in granted if e["args"]["role"] == role} - {
+        e["args"]["account"] for e in revoked if e["args"]["role"] == role
+    }
+    assert holders == {address}
 
     traffic = random_traffic(harness, stations=2, users=8, records=40, seed=31, paid=0.5)
     traffic.post_all()
@@ -235,3 +303,67 @@ def test_settlement_signed_by_a_settler_key_inside_softhsm2(
     assert tx_hashes and None not in tx_hashes
     senders = {env_chain.w3.eth.get_transaction(HexBytes(h))["from"] for h in tx_hashes}
     assert senders == {address}
+
+
+_REOPEN_SCRIPT = """
+import sys
+from eth_account import Account
+from backend.chain.signer_account import SignerAccount
+from station_signer.signers import Pkcs11Module, Pkcs11Signer, SoftHsmToken, StaleSessionError
+
+pins = {"so_pin": "so-pin-1234", "user_pin": "user-pin-1234"}
+token = SoftHsmToken.create(sys.argv[1], "settler-tok", **pins)
+token.activate()
+opened = []
+
+
+def reopen():
+    opened.append(1)
+    return Pkcs11Signer.open("settler", token_label="settler-tok", pin=pins["user_pin"])
+
+
+signer = Pkcs11Signer.generate("settler", token_label="settler-tok", pin=pins["user_pin"])
+resilient = SignerAccount(signer, reopen=reopen)
+fragile = SignerAccount(
+    Pkcs11Signer.open("settler", token_label="settler-tok", pin=pins["user_pin"])
+)
+tx = {"type": 2, "chainId": 31337, "nonce": 0, "to": "0x" + "11" * 20, "value": 0,
+      "gas": 21000, "maxFeePerGas": 10**9, "maxPriorityFeePerGas": 10**9, "data": "0x"}
+first = resilient.sign_transaction(tx)
+print("before:", Account.recover_transaction(first.raw_transaction) == signer.address)
+Pkcs11Module.load().reinitialize()  # what an HSM restart does to every open session
+try:
+    fragile.sign_transaction(tx)
+    print("without reopen: signed")
+except StaleSessionError:
+    print("without reopen: stale")
+again = resilient.sign_transaction({**tx, "nonce": 1})
+print("after:", Account.recover_transaction(again.raw_transaction) == signer.address)
+print("reopened:", len(opened))
+resilient.sign_transaction({**tx, "nonce": 2})
+print("reopened later:", len(opened))
+"""
+
+
+def test_settler_key_survives_a_token_restart(tmp_path: Path) -> None:
+    """A token that drops every session (here SoftHSM2 finalised and initialised again, as an
+    HSM restart does) is opened again once, and signing goes on with the same key. Runs in a
+    subprocess because re-initialising the module would end this session's other signers."""
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    result = subprocess.run(
+        [sys.executable, "-c", _REOPEN_SCRIPT, str(tmp_path / "softhsm")],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "before: True",
+        "without reopen: stale",
+        "after: True",
+        "reopened: 1",
+        "reopened later: 1",
+    ]
