@@ -410,7 +410,16 @@ class Settler:
             attempt.tx_hash.hex(),
             tx["maxFeePerGas"],
         )
-        self._sign_store_send(step, tx, attempt.nonce)
+        try:
+            self._sign_store_send(step, tx, attempt.nonce)
+        except ChainError:
+            mined = self.w3.eth.get_transaction_count(self.account.address, "latest")
+            if mined > attempt.nonce:
+                # The stuck transaction got mined while its replacement was being signed: the
+                # next pass finds the step on chain and reads its receipt.
+                log.info("epoch %d step %d: mined before its replacement", step.epoch_id, step.step)
+                return
+            raise
 
     def _sign_store_send(self, step: StepView, tx: dict[str, Any], nonce: int) -> bytes:
         """Signs `tx`, stores it as an attempt of `step` (the intent), then broadcasts it."""

@@ -683,7 +683,10 @@ class Demo:
             "anvil": self.anvil.pid if self.anvil is not None else None,
             "backend": self.backend.pid if self.backend is not None else None,
         }
-        (self.run_dir / "processes.json").write_text(json.dumps(data) + "\n")
+        # Replaced whole, never truncated in place: a reader sees the old file or the new one.
+        partial = self.run_dir / "processes.json.tmp"
+        partial.write_text(json.dumps(data) + "\n")
+        partial.replace(self.run_dir / "processes.json")
 
     def cleanup(self) -> None:
         """Stops everything this demo started; safe to call more than once."""

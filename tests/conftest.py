@@ -85,7 +85,10 @@ class ChainEnv:
         reverted = self.rpc("evm_revert", snapshot)
         now = int(time.time())
         if self.latest_timestamp() < now:
-            self.next_block_at(now)
+            # evm_setTime moves the clock itself: a block mined a minute later is stamped a
+            # minute later. (evm_setNextBlockTimestamp would stamp that block `now` and leave
+            # every later block behind real time by however long the chain then stayed idle.)
+            self.rpc("evm_setTime", now)
         return bool(reverted)
 
 

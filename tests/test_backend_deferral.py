@@ -133,10 +133,11 @@ def test_a_record_ending_in_the_future_is_deferred_then_accepted(
     env = chain_session
     with chain_checkpoint(env), running_backend(env, url, kind, clock_skew_s=0) as h:
         station = h.register_station()
-        end = int(time.time()) + 2
+        # Five seconds ahead: signing and posting on a loaded machine must not reach the end.
+        end = int(time.time()) + 5
         body = h.signed(station, end_time=end, duration_s=600)
         deferred = assert_deferred(h.post(body), DeferReason.END_IN_FUTURE.value)
-        assert 1 <= deferred["retryAfter"] <= 2
+        assert 1 <= deferred["retryAfter"] <= 5
         nothing_stored(h, station)
 
         while time.time() < end + 0.05:

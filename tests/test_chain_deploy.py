@@ -263,7 +263,7 @@ def test_anvil_startup_timeout_reports_the_log_tail(tmp_path: Path) -> None:
     fake = tmp_path / "not-anvil"
     fake.write_text("#!/bin/sh\necho 'fake node warming up'\nexec sleep 30\n")
     fake.chmod(0o755)
-    node = AnvilNode(anvil_path=fake, startup_timeout=0.5, log_path=tmp_path / "a.log")
+    node = AnvilNode(anvil_path=fake, startup_timeout=2.0, log_path=tmp_path / "a.log")
     with pytest.raises(AnvilError, match="did not answer eth_chainId") as info:
         node.start()
     assert "fake node warming up" in str(info.value)

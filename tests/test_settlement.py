@@ -229,8 +229,17 @@ def test_serve_seals_and_settles_without_manual_steps(
         traffic.post_all()
         expected = traffic.expected_credits()
         deadline = time.monotonic() + 60
-        while balances(chain_session, list(expected)) != expected:
-            assert time.monotonic() < deadline, "points did not reach the wallets"
+        # Balances first reach the wallets, then the worker records the last step and the
+        # epoch as settled: wait for both.
+        while True:
+            settlement_now = h.client.get("/healthz").json()["settlement"]
+            if (
+                balances(chain_session, list(expected)) == expected
+                and settlement_now["unsealedRecords"] == 0
+                and set(settlement_now["epochs"]) == {"settled"}
+            ):
+                break
+            assert time.monotonic() < deadline, f"not settled: {settlement_now}"
             time.sleep(0.1)
         epochs = h.client.get("/v1/epochs").json()["epochs"]
         assert sum(e["recordCount"] for e in epochs) == 60
@@ -269,7 +278,11 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees(harness: BackendHarnes
                 attempts = session.scalars(
                     select(SettlementAttempt).where(SettlementAttempt.step == 0)
                 ).all()
-            if len(attempts) >= 2:
+            # The replacement is stored before it is broadcast: mine only once the node has
+            # it, or the worker's broadcast would meet "nonce too low".
+            if len(attempts) >= 2 and env.rpc(
+                "eth_getTransactionByHash", "0x" + attempts[-1].tx_hash.hex()
+            ):
                 break
             assert time.monotonic() < deadline, "the stuck commit was never replaced"
             time.sleep(0.05)
@@ -327,6 +340,21 @@ def test_a_leader_that_lost_its_database_lock_steps_down(
                 )
                 conn.commit()
             assert killed == [True]
+            # pg_terminate_backend only signals: the lock goes when that backend has exited.
+            deadline = time.monotonic() + 30
+            while True:
+                with first.db.engine.connect() as conn:
+                    held = conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND database = (SELECT oid FROM pg_database"
+                            " WHERE datname = current_database())"
+                        )
+                    ).scalar_one()
+                if held == 0:
+                    break
+                assert time.monotonic() < deadline, "the terminated backend kept its lock"
+                time.sleep(0.02)
             assert second.run_round().leader  # the server released it: the follower takes over
             assert not first.run_round().leader  # and the old leader noticed and stepped down
             assert not first.lock.held
