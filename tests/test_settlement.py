@@ -31,9 +31,11 @@ from settlement_fixtures import (
 )
 from sqlalchemy import select, text
 
+from backend.chain.contracts import ChainError
 from backend.db import Database
 from backend.db.models import Epoch, SettlementAttempt, SettlementStep
 from backend.epochs import summarize_range
+from backend.settlement import Settler
 from backend.worker import write_dev_key_file
 from station_signer import merkle
 from station_signer.record import SignedRecord
@@ -308,6 +310,60 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees(harness: BackendHarnes
     finally:
         db.dispose()
     assert sorted(outcomes).count("mined") == 1 and "signed" not in outcomes
+    assert_chain_matches(harness, traffic, start_block)
+
+
+def test_a_replacement_that_loses_the_race_to_its_original_is_not_an_error(
+    harness: BackendHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stuck commit gets mined just before its replacement reaches the node (the test
+    mines it at that moment): the node refuses the replacement ("nonce too low"), and the
+    worker reads the original's receipt and goes on, in the same round."""
+    env = harness.env
+    start_block = env.w3.eth.block_number
+    traffic = random_traffic(harness, stations=1, users=4, records=12, seed=22)
+    traffic.post_all()
+    worker = make_worker(harness, receipt_timeout_s=0.5)
+    real_broadcast = Settler._broadcast
+    refused: list[str] = []
+
+    def broadcast(self: Settler, raw: bytes, tx_hash: bytes) -> None:
+        with self.db.read() as session:
+            attempts = session.scalars(
+                select(SettlementAttempt).where(SettlementAttempt.step == 0)
+            ).all()
+        if len(attempts) == 2 and not refused:
+            env.rpc("evm_mine")  # the original, still in the pool, is mined first
+            env.rpc("evm_setAutomine", True)
+            try:
+                real_broadcast(self, raw, tx_hash)
+            except ChainError as exc:
+                refused.append(str(exc))
+                raise
+            return
+        real_broadcast(self, raw, tx_hash)
+
+    monkeypatch.setattr(Settler, "_broadcast", broadcast)
+    env.rpc("evm_setAutomine", False)
+    try:
+        report = worker.run_round(force_seal=True)
+    finally:
+        env.rpc("evm_setAutomine", True)
+        worker.lock.release()
+        worker.db.dispose()
+    assert len(refused) == 1 and "nonce" in refused[0].lower(), refused
+    assert report.settled == len(report.sealed) > 0
+    db = Database(harness.database_url)
+    try:
+        with db.read() as session:
+            outcomes = session.scalars(
+                select(SettlementAttempt.outcome)
+                .where(SettlementAttempt.epoch_id == 1, SettlementAttempt.step == 0)
+                .order_by(SettlementAttempt.id)
+            ).all()
+    finally:
+        db.dispose()
+    assert outcomes == ["mined", "replaced"]
     assert_chain_matches(harness, traffic, start_block)
 
 
