@@ -153,6 +153,12 @@ class Metrics:
             multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )
+        self.settler_balance = Gauge(
+            "gridpoints_settler_balance_wei",
+            "The settler account's balance for gas, read after each settlement round.",
+            multiprocess_mode=_GAUGE_MODE,
+            registry=r,
+        )
         self.settlement_errors = Counter(
             "gridpoints_settlement_round_errors",
             "Failed sealing/settlement rounds (each followed by backoff and reconciliation).",

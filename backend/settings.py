@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     credit_chunk_size: int = Field(default=200, ge=1, le=5_000)
     payment_chunk_size: int = Field(default=50, ge=1, le=1_000)
     receipt_timeout_s: float = Field(default=120.0, gt=0)
+    # /healthz reports `degraded` when the settler's balance for gas falls below this (wei):
+    # settlement stops when it runs dry, so operators want to hear before.
+    settler_min_balance_wei: int = Field(default=5 * 10**16, ge=0)
     settlement_poll_interval_s: float = Field(default=1.0, gt=0)
 
     # -- HTTP -------------------------------------------------------------------------------

@@ -247,6 +247,8 @@ class SealAndSettle:
         self.lock = LeaderLock(db)
         self.last_report = RoundReport()
         self.last_error: str | None = None
+        # The settler's gas money, read after each round this process led (None before).
+        self.settler_balance_wei: int | None = None
         self._thread: threading.Thread | None = None
 
     def seal_due(self) -> bool:
@@ -277,8 +279,31 @@ class SealAndSettle:
             report.sealed.append(epoch.epoch_id)
         if self.settler is not None:
             report.settled = self.settler.settle_all()
+            self._read_settler_balance()
         self.last_report = report
         return report
+
+    @property
+    def settler_balance_low(self) -> bool:
+        balance = self.settler_balance_wei
+        return balance is not None and balance < self.settings.settler_min_balance_wei
+
+    def _read_settler_balance(self) -> None:
+        assert self.settler is not None
+        balance = int(self.settler.w3.eth.get_balance(self.settler.account.address))
+        minimum = self.settings.settler_min_balance_wei
+        # Warn when the balance first drops below the minimum, not on every round after.
+        if balance < minimum and not self.settler_balance_low:
+            log.warning(
+                "the settler %s has %d wei left for gas (below %d): fund it before settlement "
+                "stops",
+                self.settler.account.address,
+                balance,
+                minimum,
+            )
+        self.settler_balance_wei = balance
+        if self.metrics is not None:
+            self.metrics.settler_balance.set(balance)
 
     def run_forever(self) -> None:
         failures = 0

@@ -252,9 +252,46 @@ def test_serve_seals_and_settles_without_manual_steps(
         assert settlement["enabled"] and settlement["leader"]
         assert settlement["epochs"] == {"settled": len(epochs)}
         assert settlement["unsealedRecords"] == 0 and settlement["lastError"] is None
+        settler = chain_session.accounts.settler.address
+        assert settlement["settler"] == settler
+        balance = chain_session.w3.eth.get_balance(settler)
+        assert int(settlement["settlerBalanceWei"]) == balance > h.settings.settler_min_balance_wei
         metrics = h.client.get("/metrics").text
         assert f'gridpoints_epochs{{state="settled"}} {float(len(epochs))}' in metrics
         assert "gridpoints_unsealed_records 0.0" in metrics
+        assert f"gridpoints_settler_balance_wei {float(balance)}" in metrics
+
+
+def test_a_settler_short_of_gas_money_makes_the_backend_degraded(
+    chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    key_file = write_dev_key_file(
+        tmp_path / "settler.key", bytes(chain_session.accounts.settler.key)
+    )
+    balance = chain_session.w3.eth.get_balance(chain_session.accounts.settler.address)
+    kind = DATABASES[0]
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database(kind, tmp_path) as url,
+        running_backend(
+            chain_session,
+            url,
+            kind,
+            settlement_enabled=True,
+            settler_key_file=key_file,
+            settlement_poll_interval_s=0.05,
+            settler_min_balance_wei=balance * 2,  # more than it has
+        ) as h,
+    ):
+        deadline = time.monotonic() + 30
+        while (health := h.client.get("/healthz").json())["settlement"][
+            "settlerBalanceWei"
+        ] is None:
+            assert time.monotonic() < deadline, "the worker never finished a round"
+            time.sleep(0.05)
+        assert health["status"] == "degraded"
+        assert int(health["settlement"]["settlerBalanceWei"]) == balance
+        assert health["settlement"]["lastError"] is None  # nothing failed: it is only a warning
 
 
 def eip1559_fees(raw_tx: bytes) -> tuple[int, int]:

@@ -27,7 +27,8 @@ ServiceDep = Annotated[BackendService, Depends(get_service)]
         "`ok`: database reachable and the registry follower's last poll succeeded. `degraded` "
         "(still 200): the follower cannot reach the chain, ingestion goes on with the keys "
         "already mirrored; or the last sealing/settlement round failed (it is retried with "
-        "backoff). `failing` (503): the database is unreachable."
+        "backoff); or the settler's balance for gas is below GRIDPOINTS_SETTLER_MIN_BALANCE_WEI. "
+        "`failing` (503): the database is unreachable."
     ),
     response_model=HealthView,
     responses={503: {"model": HealthView, "description": "The database is unreachable."}},
@@ -52,6 +53,16 @@ def healthz(service: ServiceDep) -> JSONResponse:
         epochs=epochs,
         unsealedRecords=unsealed,
         lastError=worker.last_error if worker is not None else None,
+        settler=(
+            worker.settler.account.address
+            if worker is not None and worker.settler is not None
+            else None
+        ),
+        settlerBalanceWei=(
+            str(worker.settler_balance_wei)
+            if worker is not None and worker.settler_balance_wei is not None
+            else None
+        ),
     )
     follower = service.follower
     assert follower is not None
@@ -63,6 +74,7 @@ def healthz(service: ServiceDep) -> JSONResponse:
         or registry.last_success_at is None
         or registry.reorg_detected
         or settlement.lastError is not None
+        or (worker is not None and worker.settler_balance_low)
     ):
         status = "degraded"
     else:

@@ -219,6 +219,13 @@ class SettlementHealthView(BaseModel):
     epochs: dict[str, int] = Field(description="Sealed epochs by state: sealed, settled.")
     unsealedRecords: int | None
     lastError: str | None = Field(description="The last failed round's error, until one succeeds.")
+    settler: str | None = Field(default=None, description="The settler's address (it pays gas).")
+    settlerBalanceWei: str | None = Field(
+        default=None,
+        description="Its balance after the last round this process led, in wei (a decimal "
+        "string: wei amounts exceed JavaScript's safe integers); below "
+        "GRIDPOINTS_SETTLER_MIN_BALANCE_WEI the status is `degraded`.",
+    )
 
 
 class HealthView(BaseModel):
