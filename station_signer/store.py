@@ -110,6 +110,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS records_by_payment
     WHERE payment_json IS NOT NULL AND status != 'rejected';
 """
 _PAYMENT_INDEX: Final = "records_by_payment"
+# How long an opener waits for another process holding the file (SQLite locks).
+_BUSY_TIMEOUT_S: Final = 30.0
 
 _METER_COLUMN: Final = {
     Direction.CHARGE: "meter_charge_wh",
@@ -129,7 +131,7 @@ class StoreError(Exception):
 
     ``code`` is machine-readable: ``not_initialised``, ``foreign_store``, ``meter_backwards``,
     ``value_too_large``, ``wrong_record``, ``not_reserved``, ``not_queued``, ``not_found``,
-    ``authorization_replayed``, ``newer_store``, ``corrupt`` or ``store_error``.
+    ``authorization_replayed``, ``newer_store``, ``corrupt``, ``no_wal`` or ``store_error``.
     """
 
     def __init__(self, message: str, code: str = "store_error") -> None:
@@ -231,16 +233,37 @@ class StationStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
         try:
+            self._use_wal()
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._migrate()
             self._db.executescript(_INDEXES)
         except BaseException:
             self._db.close()
             raise
+
+    def _use_wal(self) -> None:
+        """Switches the file to WAL (it stays so). Switching needs the file to itself and
+        SQLite answers "database is locked" at once, without the busy timeout, while another
+        connection has it open: two processes opening a rollback-journal file (a version 1
+        store) at the same moment must wait for each other here."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        delay = 0.001
+        while True:
+            try:
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            else:
+                if mode == "wal":
+                    return
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{self.path} cannot use WAL (journal mode {mode})", "no_wal")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _migrate(self) -> None:
         """Brings a file of an older schema version to :data:`SCHEMA_VERSION`, in place."""

@@ -656,11 +656,17 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
         assert again.schema_version == 2 and len(again.records()) == 4
 
 
-def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("round_", range(10))
+def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(
+    tmp_path: Path, round_: int
+) -> None:
+    """Eight openers at once of a rollback-journal (version 1) file: each waits for the others
+    to switch it to WAL and to migrate it (SQLite refuses a journal-mode switch at once, without
+    its busy timeout, while another connection has the file open)."""
     path = tmp_path / "v1.sqlite"
     version_1_station(path, DevKeySigner(secrets.token_bytes(32)))
     errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(8)
 
     def open_it() -> None:
         try:
@@ -670,7 +676,7 @@ def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(tmp_path
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -678,6 +684,7 @@ def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(tmp_path
     assert errors == []
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(records)")]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert columns.count("payment_json") == 1
 
 
