@@ -85,10 +85,12 @@ class ChainEnv:
         reverted = self.rpc("evm_revert", snapshot)
         now = int(time.time())
         if self.latest_timestamp() < now:
-            # evm_setTime moves the clock itself: a block mined a minute later is stamped a
-            # minute later. (evm_setNextBlockTimestamp would stamp that block `now` and leave
-            # every later block behind real time by however long the chain then stayed idle.)
+            # The clock set to now and a block mined at once: later blocks follow real time,
+            # and `latest_timestamp() + n` is a valid next timestamp again. (Only stamping the
+            # next block `now` would leave every later block behind real time by however long
+            # the chain then stayed idle.)
             self.rpc("evm_setTime", now)
+            self.rpc("evm_mine")
         return bool(reverted)
 
 
