@@ -72,6 +72,7 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the ingest API (uvicorn). Refuses to start on an un-migrated database."""
+    import contextlib
     import os
 
     import uvicorn
@@ -96,18 +97,26 @@ def serve(
         raise _fail(str(exc)) from None
     finally:
         db.dispose()
+    from backend.metrics import MULTIPROC_ENV, multiprocess_directory
+
     if workers == 1:
-        served = create_app(settings)
-        tune_gc()
-        uvicorn.run(served, host=settings.host, port=settings.port, log_level=settings.log_level)
+        # An operator's PROMETHEUS_MULTIPROC_DIR puts even one process in multiprocess mode:
+        # clear its old value files (before the app creates its own) like for several workers.
+        metrics_dir = (
+            multiprocess_directory() if os.environ.get(MULTIPROC_ENV) else contextlib.nullcontext()
+        )
+        with metrics_dir:
+            served = create_app(settings)
+            tune_gc()
+            uvicorn.run(
+                served, host=settings.host, port=settings.port, log_level=settings.log_level
+            )
         return
     # Worker processes build their app from the environment (uvicorn needs an import string
     # to start several), so the options given here must travel there as variables.
     for name, value in overrides.items():
         if value is not None:
             os.environ[f"GRIDPOINTS_{name.upper()}"] = str(value)
-    from backend.metrics import multiprocess_directory
-
     # One /metrics for the whole server, whichever worker a scrape reaches (backend.metrics).
     with multiprocess_directory():
         uvicorn.run(

@@ -2,7 +2,8 @@
 
 Each app owns its own CollectorRegistry rather than the process-global default one: tests (and
 a process embedding two apps) create several apps, and registering the same metric names twice
-in the global registry is an error.
+in the global registry is an error. (In multiprocess mode, below, one app per process: two
+would write the same value slots.)
 
 ``gridpoints serve --workers N`` runs N processes behind one socket, and a scrape reaches any
 one of them. So that every scrape sees the whole server, the workers run in prometheus_client's
@@ -11,7 +12,8 @@ it starts them, each process writes its values there (the client library picks t
 is imported, which is why the variable must be set before the workers start), and
 :meth:`Metrics.render` sums the counters and histograms of all of them. Gauges take the value
 most recently set by any worker (``mostrecent``): each worker's registry follower and each
-scrape refresh them from the same chain and database.
+scrape refresh them from the same chain and database; the record log's size only grows, so
+it takes the largest (``max``), which no late write from a slower worker can lower.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def multiprocess_directory() -> Iterator[Path]:
     if given:
         directory = Path(given)
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink()
+        # Only the client library's own value files: the directory may hold other things.
+        for kind in ("counter", "gauge", "histogram", "summary"):
+            for stale in directory.glob(f"{kind}_*.db"):
+                stale.unlink()
         yield directory
         return
     directory = Path(tempfile.mkdtemp(prefix="gridpoints-metrics-"))
@@ -94,7 +98,7 @@ class Metrics:
         self.log_size = Gauge(
             "gridpoints_record_log_size",
             "Records in the append-only record log.",
-            multiprocess_mode=_GAUGE_MODE,
+            multiprocess_mode="max",
             registry=r,
         )
         self.registry_last_block = Gauge(
@@ -155,7 +159,9 @@ class Metrics:
         )
         self.settler_balance = Gauge(
             "gridpoints_settler_balance_wei",
-            "The settler account's balance for gas, read after each settlement round.",
+            "The settler account's balance for gas, read every sealing/settlement round (the "
+            "series exists once it has been read).",
+            ["settler"],
             multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )

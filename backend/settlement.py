@@ -416,7 +416,11 @@ class Settler:
             mined = self.w3.eth.get_transaction_count(self.account.address, "latest")
             if mined > attempt.nonce:
                 # The stuck transaction got mined while its replacement was being signed: the
-                # next pass finds the step on chain and reads its receipt.
+                # node refused the replacement, which can never be mined now; the next pass
+                # finds the step on chain and reads the original's receipt.
+                refused = self._latest_attempt(step)
+                if refused is not None and refused.tx_hash != attempt.tx_hash:
+                    self._mark_attempt(refused.tx_hash, "replaced")
                 log.info("epoch %d step %d: mined before its replacement", step.epoch_id, step.step)
                 return
             raise

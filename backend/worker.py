@@ -247,7 +247,7 @@ class SealAndSettle:
         self.lock = LeaderLock(db)
         self.last_report = RoundReport()
         self.last_error: str | None = None
-        # The settler's gas money, read after each round this process led (None before).
+        # The settler's gas money, read every round (None before the first read).
         self.settler_balance_wei: int | None = None
         self._thread: threading.Thread | None = None
 
@@ -261,7 +261,17 @@ class SealAndSettle:
         return (self.clock() - oldest).total_seconds() >= self.settings.epoch_seconds
 
     def run_round(self, *, force_seal: bool = False) -> RoundReport:
-        """Seals what is due (everything waiting, with `force_seal`) and settles it."""
+        """Seals what is due (everything waiting, with `force_seal`) and settles it.
+
+        Every process with a settler key reads its balance each round, leader or not, and also
+        when the round fails (a settler out of gas money fails exactly then)."""
+        try:
+            return self._round(force_seal)
+        finally:
+            if self.settler is not None:
+                self._read_settler_balance()
+
+    def _round(self, force_seal: bool) -> RoundReport:
         report = RoundReport()
         if self.lock.held and not self.lock.still_held():
             # Another process may have taken over meanwhile: start afresh as any follower.
@@ -279,7 +289,6 @@ class SealAndSettle:
             report.sealed.append(epoch.epoch_id)
         if self.settler is not None:
             report.settled = self.settler.settle_all()
-            self._read_settler_balance()
         self.last_report = report
         return report
 
@@ -289,8 +298,15 @@ class SealAndSettle:
         return balance is not None and balance < self.settings.settler_min_balance_wei
 
     def _read_settler_balance(self) -> None:
+        """Reads the settler's balance; a failed read keeps the last value and fails nothing
+        (the round's own outcome stands)."""
         assert self.settler is not None
-        balance = int(self.settler.w3.eth.get_balance(self.settler.account.address))
+        address = self.settler.account.address
+        try:
+            balance = int(self.settler.w3.eth.get_balance(address))
+        except Exception as exc:
+            log.warning("could not read the settler's balance: %s", scrub(str(exc), self.settings))
+            return
         minimum = self.settings.settler_min_balance_wei
         # Warn when the balance first drops below the minimum, not on every round after.
         if balance < minimum and not self.settler_balance_low:
@@ -303,7 +319,7 @@ class SealAndSettle:
             )
         self.settler_balance_wei = balance
         if self.metrics is not None:
-            self.metrics.settler_balance.set(balance)
+            self.metrics.settler_balance.labels(settler=address).set(balance)
 
     def run_forever(self) -> None:
         failures = 0

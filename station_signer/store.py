@@ -260,8 +260,8 @@ class StationStore:
             else:
                 if mode == "wal":
                     return
-                if time.monotonic() > deadline:
-                    raise StoreError(f"{self.path} cannot use WAL (journal mode {mode})", "no_wal")
+                # A lock race raises "locked"; another answer is final (e.g. an in-memory file).
+                raise StoreError(f"{self.path} cannot use WAL (journal mode {mode})", "no_wal")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

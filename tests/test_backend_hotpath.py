@@ -704,9 +704,11 @@ def test_metrics_directory_of_serve_workers(
     given = tmp_path / "metrics"
     given.mkdir()
     (given / "counter_99.db").write_bytes(b"\0" * 16)
+    (given / "gauge_mostrecent_99.db").write_bytes(b"\0" * 16)
     (given / "README").write_text("operator's file")
+    (given / "data.db").write_text("not the metrics library's")
     monkeypatch.setenv(MULTIPROC_ENV, str(given))
     with multiprocess_directory() as directory:
         assert directory == given
-        assert sorted(p.name for p in given.iterdir()) == ["README"]
+        assert sorted(p.name for p in given.iterdir()) == ["README", "data.db"]
     assert os.environ[MULTIPROC_ENV] == str(given) and given.is_dir()

@@ -259,7 +259,7 @@ def test_serve_seals_and_settles_without_manual_steps(
         metrics = h.client.get("/metrics").text
         assert f'gridpoints_epochs{{state="settled"}} {float(len(epochs))}' in metrics
         assert "gridpoints_unsealed_records 0.0" in metrics
-        assert f"gridpoints_settler_balance_wei {float(balance)}" in metrics
+        assert f'gridpoints_settler_balance_wei{{settler="{settler}"}} {float(balance)}' in metrics
 
 
 def test_a_settler_short_of_gas_money_makes_the_backend_degraded(
@@ -417,6 +417,9 @@ def test_a_leader_that_lost_its_database_lock_steps_down(
         try:
             assert first.run_round().leader
             assert not second.run_round().leader
+            # Leader or not, each process watches the settler's gas money.
+            settler = chain_session.accounts.settler.address
+            assert second.settler_balance_wei == chain_session.w3.eth.get_balance(settler)
             # The leader's lock connection dies (failover, network cut, an operator's kill).
             with first.db.engine.connect() as conn:
                 killed = (

@@ -688,6 +688,14 @@ def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(
     assert columns.count("payment_json") == 1
 
 
+def test_a_file_that_cannot_use_wal_is_refused_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        StationStore(":memory:")  # journal mode "memory": no write-ahead log, no durability
+    assert info.value.code == "no_wal"
+    assert time.monotonic() - started < 5  # not after the busy timeout
+
+
 def test_a_store_of_a_newer_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     store, _ = new_store(path)
