@@ -12,7 +12,7 @@
   tariff hash and version), the deployment (chain id, contract addresses, deployment block),
   the settlement transactions from the database, and the sha256 of each file above.
 
-The manifest is the operator's claim, not evidence: the auditor (backend/audit.py) reads the
+The manifest is the operator's claim, not evidence: the auditor (gridpoints_audit/auditor.py) reads the
 records and the tariff, recomputes everything and compares it with the chain; it reports where
 the manifest disagrees with the chain, and files whose sha256 differs from the manifest.
 
@@ -33,7 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from backend.audit import (
+from backend.db.session import Database
+from backend.ledger import epoch_summary, step_summary
+from gridpoints_chain.deployment import Deployment
+from gridpoints_protocol.bundle_format import (
     BUNDLE_FILES,
     BUNDLE_FORMAT,
     MANIFEST_FILE,
@@ -41,11 +44,8 @@ from backend.audit import (
     RECORDS_FILE,
     TARIFF_FILE,
 )
-from backend.chain.deploy import Deployment
-from backend.db.session import Database
-from backend.ledger import epoch_summary, step_summary
-from backend.tariff import TariffBook, TariffError
-from station_signer.record import ZERO_BYTES32
+from gridpoints_protocol.record import ZERO_BYTES32
+from gridpoints_protocol.tariff import TariffBook, TariffError
 
 _PAGE = 5_000
 
@@ -67,7 +67,7 @@ records.jsonl  One JSON object per line, one line per record, in leaf order:
                  leafIndex   position of the record's leaf in the epoch's Merkle tree (0..n-1)
                  logIndex    position in the operator's record log (informational)
                  digest      the record's EIP-712 digest (0x-hex)
-                 record      the EnergyTransfer, JSON wire form (see station_signer/record.py)
+                 record      the EnergyTransfer, JSON wire form (see gridpoints_protocol/record.py)
                  signature   the station's 65-byte signature r || s || v (0x-hex)
                  payment     only for a charge paid with points: the user's signed
                              PaymentAuthorization {{authorization, signature}}

@@ -50,9 +50,9 @@ def _open(settings: Settings) -> Any:
 def _worker(settings: Settings, db: Any, *, with_settler: bool) -> Any:
     from web3 import Web3
 
-    from backend.chain.contracts import GridPointsChain
-    from backend.chain.deploy import Deployment, DeploymentFileError
     from backend.worker import SealAndSettle, SettlerKeyError, load_settler_account
+    from gridpoints_chain.contracts import GridPointsChain
+    from gridpoints_chain.deployment import Deployment, DeploymentFileError
 
     try:
         deployment = Deployment.load(settings.deployment_file)
@@ -78,8 +78,9 @@ def epoch_seal(
     as_json: JsonOption = False,
 ) -> None:
     """Seal every record not yet in an epoch (several epochs if there are more than --max)."""
-    from backend.epochs import EpochSealer, SealingError
-    from backend.tariff import TariffBook, TariffError
+    from backend.epochs import EpochSealer
+    from gridpoints_protocol.accumulator import SealingError
+    from gridpoints_protocol.tariff import TariffBook, TariffError
 
     settings = _settings(database_url=database_url)
     db = _open(settings)
@@ -205,8 +206,8 @@ def epoch_export(
     The bundle holds records.jsonl, tariff.json, manifest.json and README.txt (docs/AUDIT.md).
     """
     from backend.bundle import ExportError, export_epoch
-    from backend.chain.deploy import Deployment, DeploymentFileError
-    from backend.tariff import TariffBook, TariffError
+    from gridpoints_chain.deployment import Deployment, DeploymentFileError
+    from gridpoints_protocol.tariff import TariffBook, TariffError
 
     settings = _settings(database_url=database_url, deployment_file=deployment_file)
     try:
@@ -311,9 +312,9 @@ def settler_create_key(as_json: JsonOption = False) -> None:
 @settler_app.command("address")
 def settler_address(as_json: JsonOption = False) -> None:
     """The address of the configured settler key (a PKCS#11 token key or a key file)."""
-    from backend.chain.deploy import Deployment, DeploymentFileError
-    from backend.chain.signer_account import SignerAccount
     from backend.worker import SettlerKeyError, load_settler_account
+    from gridpoints_chain.deployment import Deployment, DeploymentFileError
+    from gridpoints_chain.signer_account import SignerAccount
 
     settings = _settings()
     chain_id = 0  # a token key needs no chain; a key file's rules depend on the chain id

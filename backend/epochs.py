@@ -8,7 +8,7 @@ none is skipped.
 What an epoch anchors, all of it recomputable from the epoch's published records, the station
 zones (StationRegistry events) and the tariff document:
 
-* ``recordsRoot``: RFC 9162 root (``station_signer.merkle``) over the record leaves
+* ``recordsRoot``: RFC 9162 root (``gridpoints_protocol.merkle``) over the record leaves
   ``keccak256(0x00 || digest || signature)`` in log order;
 * ``creditsRoot``: RFC 9162 root over one leaf per user who earned or pays something,
   ``keccak256(0x00 || user || uint128 credit || uint128 debit)``, sorted by address bytes;
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, func, insert, select, type_coerce
@@ -37,150 +37,17 @@ from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record, 
 from backend.db.session import Database
 from backend.db.types import U64_OFFSET
 from backend.payments import payment_caps
-from backend.tariff import Tariff, TariffBook, TariffError, value_record
-from station_signer.merkle import RootBuilder, credit_leaf_hash, record_leaf_hash
-from station_signer.record import ZERO_BYTES32, Direction
+from gridpoints_protocol.accumulator import (
+    EpochAccumulator,
+    EpochSummary,
+    SealingError,
+)
+from gridpoints_protocol.tariff import Tariff, TariffBook, TariffError
 
 log = logging.getLogger(__name__)
 
-UINT128_MAX = 2**128 - 1
-# Totals are BIGINT columns; an epoch worth 2**63 points is a bug, not a workload.
-MAX_TOTAL = 2**63 - 1
 _STREAM_BATCH = 10_000
 _INSERT_BATCH = 5_000
-
-
-class SealingError(RuntimeError):
-    """An epoch cannot be sealed (no tariff in force, an unknown station zone, a total too big)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CreditEntry:
-    """One leaf of the credits tree."""
-
-    user: bytes  # 20 bytes
-    credit: int
-    debit: int
-
-    @property
-    def leaf_hash(self) -> bytes:
-        return credit_leaf_hash(self.user, self.credit, self.debit)
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentDebit:
-    """A charge record paid with points: what the settlement asks the chain to burn."""
-
-    log_index: int
-    user: bytes
-    authorization: bytes  # the authorisation's EIP-712 digest, as the record commits to it
-    requested: int
-
-
-@dataclass(frozen=True, slots=True)
-class EpochSummary:
-    """Everything an epoch anchors, plus the leaves and debits behind the totals."""
-
-    record_count: int
-    records_root: bytes
-    credits_root: bytes
-    tariff_hash: bytes
-    total_credits: int
-    total_debits: int
-    entries: tuple[CreditEntry, ...]
-    payments: tuple[PaymentDebit, ...]
-
-
-@dataclass(slots=True)
-class EpochAccumulator:
-    """Folds an epoch's records, in log order, into its roots and totals. Pure.
-
-    ``payment_caps`` maps a payment authorisation digest to the authorised maximum in points;
-    a charge record whose authorisation is not in it is paid otherwise (no debit).
-    """
-
-    tariff: Tariff
-    payment_caps: Mapping[bytes, int] = field(default_factory=dict)
-    _tree: RootBuilder = field(default_factory=RootBuilder)
-    _credits: dict[bytes, int] = field(default_factory=dict)
-    _debits: dict[bytes, int] = field(default_factory=dict)
-    _payments: list[PaymentDebit] = field(default_factory=list)
-    _next_log_index: int | None = None
-
-    @property
-    def record_count(self) -> int:
-        return self._tree.size
-
-    def add(
-        self,
-        *,
-        log_index: int,
-        digest: bytes,
-        signature: bytes,
-        user: bytes,
-        direction: int,
-        energy_wh: int,
-        start_time: int,
-        end_time: int,
-        zone: int,
-        payment_authorization: bytes,
-    ) -> int:
-        """Adds the next record of the log; returns its value in points under the tariff."""
-        if self._next_log_index is not None and log_index != self._next_log_index:
-            raise SealingError(
-                f"records must come in log order without gaps: expected log index "
-                f"{self._next_log_index}, got {log_index}"
-            )
-        self._next_log_index = log_index + 1
-        self._tree.append(record_leaf_hash(digest, signature))
-        points = value_record(
-            self.tariff,
-            zone=zone,
-            direction=direction,
-            energy_wh=energy_wh,
-            start_time=start_time,
-            end_time=end_time,
-        )
-        if direction == Direction.DISCHARGE:
-            if points:
-                self._credits[user] = self._credits.get(user, 0) + points
-        elif payment_authorization != ZERO_BYTES32 and points:
-            cap = self.payment_caps.get(payment_authorization)
-            if cap is not None:
-                requested = min(points, cap)
-                self._debits[user] = self._debits.get(user, 0) + requested
-                self._payments.append(
-                    PaymentDebit(log_index, user, payment_authorization, requested)
-                )
-        return points
-
-    def finish(self) -> EpochSummary:
-        users = sorted(self._credits.keys() | self._debits.keys())
-        entries = tuple(
-            CreditEntry(user, self._credits.get(user, 0), self._debits.get(user, 0))
-            for user in users
-        )
-        for entry in entries:
-            if entry.credit > UINT128_MAX or entry.debit > UINT128_MAX:
-                raise SealingError(f"user 0x{entry.user.hex()} exceeds uint128 points")
-        credits_tree = RootBuilder()
-        for entry in entries:
-            credits_tree.append(entry.leaf_hash)
-        total_credits = sum(e.credit for e in entries)
-        total_debits = sum(e.debit for e in entries)
-        if total_credits > MAX_TOTAL or total_debits > MAX_TOTAL:
-            raise SealingError(f"epoch totals out of range: {total_credits}, {total_debits}")
-        return EpochSummary(
-            record_count=self._tree.size,
-            records_root=self._tree.root(),
-            credits_root=credits_tree.root(),
-            tariff_hash=self.tariff.hash,
-            total_credits=total_credits,
-            total_debits=total_debits,
-            entries=entries,
-            payments=tuple(self._payments),
-        )
-
 
 # ---- the database side --------------------------------------------------------------------
 

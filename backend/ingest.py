@@ -1,11 +1,11 @@
 """The stateful half of ingestion: what a record means next to the records already stored.
 
-`Ingestor.ingest` takes submissions that went through the stateless checks (`backend.verify`)
+`Ingestor.ingest` takes submissions that went through the stateless checks (`gridpoints_protocol.checks`)
 and, in ONE database transaction per request, classifies each against the record log:
 
 * ``duplicate`` — a record with the same digest (same station, sequence and content) is in the
   log: idempotent, the original receipt is returned;
-* ``deferred`` when the stateless checks could not judge the record yet (`backend.verify`:
+* ``deferred`` when the stateless checks could not judge the record yet (`gridpoints_protocol.checks`:
   the registry follower is behind its end time, or it ends in the future): nothing is stored,
   the submitter keeps the record and sends it again (a deferred record that is already in the
   log is still a ``duplicate``: another replica, further ahead, may have accepted it);
@@ -87,9 +87,9 @@ from backend.db.models import (
 from backend.db.session import Database
 from backend.db.types import U64_OFFSET, UTCDateTime
 from backend.payments import authorization_row
-from backend.verify import Deferral, Problem, Verdict, lenient_identity
-from station_signer.authorization import SignedAuthorization
-from station_signer.wire import DeferReason, RejectReason
+from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.checks import Deferral, Problem, Verdict, lenient_identity
+from gridpoints_protocol.wire import DeferReason, RejectReason
 
 log = logging.getLogger(__name__)
 

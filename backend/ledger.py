@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import Epoch, EpochEntry, EpochPayment, Record, SettlementStep, Station
 from backend.epochs import epoch_of_log_index
-from backend.tariff import Tariff, TariffBook, TariffError, value_record
-from station_signer.merkle import MerkleTree, record_leaf_hash
-from station_signer.record import Direction
+from gridpoints_protocol.merkle import MerkleTree, record_leaf_hash
+from gridpoints_protocol.record import Direction
+from gridpoints_protocol.tariff import Tariff, TariffBook, TariffError, value_record
 
 _U64 = 2**63
 

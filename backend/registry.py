@@ -9,14 +9,14 @@ only if the cursor still stands where the range starts (checked under a row lock
 of a race simply discards its work and reloads.
 
 `KeyDirectory` is the in-memory copy of the mirror that the ingest hot path reads: station id
--> `StationHistory` (from backend.chain, which already implements the contract's key-validity
+-> `StationHistory` (from gridpoints_chain, which already implements the contract's key-validity
 rule over the event history). The follower swaps in a fresh copy whenever the mirror's newest
 event changed, so registrations, rotations and revocations take effect without a restart, at
 most one poll interval after they reach the confirmation depth.
 
 The directory also carries the follower's *horizon*: the timestamp of the last block applied
 (kept in the cursor with the block, so a restart resumes with it). The verifier judges a record
-that ended at or after it as not decidable yet (``deferred``, see backend.verify): a rotation or
+that ended at or after it as not decidable yet (``deferred``, see gridpoints_protocol.checks): a rotation or
 revocation in a block the follower has not applied takes effect at or after that timestamp.
 
 Reorgs deeper than the configured confirmations are not repaired: the follower keeps the hash
@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,16 +38,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.chain.contracts import (
-    GridPointsChain,
+from backend.db.models import RegistryCursor, RegistryEvent, Station, StationKey
+from backend.db.session import Database
+from backend.metrics import Metrics
+from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_protocol.keys import (
+    NOTHING_DECIDED,
+    KeyDirectory,
     KeyPeriod,
     StationEvent,
     StationHistory,
     StationRegistered,
 )
-from backend.db.models import RegistryCursor, RegistryEvent, Station, StationKey
-from backend.db.session import Database
-from backend.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,110 +67,14 @@ class RegistryMirrorError(RuntimeError):
 # ---- the in-memory view ---------------------------------------------------------------------
 
 
-NOTHING_DECIDED = -1
-"""`RegistryView.decided_before` of a followed directory before its first block: no record end
-time (all are >= 0) is decided."""
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryView:
-    """One consistent reading of the mirror: the stations and the horizon they are decided up to.
-
-    ``decided_before`` is the timestamp of ``as_of_block``, the last block whose events are in
-    ``stations``: the key state at a record end time below it is final (see backend.verify).
-    None: the view claims the complete history (a directory built from all chain events, as the
-    auditor's), and every end time is decided.
-    """
-
-    stations: Mapping[bytes, StationHistory]
-    version: tuple[int, int] | None  # (block, log index) of the newest event included
-    as_of_block: int | None
-    decided_before: int | None
-
-    def station(self, station_id: bytes) -> StationHistory | None:
-        return self.stations.get(bytes(station_id))
-
-
-class KeyDirectory:
-    """Station id -> StationHistory plus the registry horizon, replaced wholesale as one
-    `RegistryView` so that readers need no lock.
-
-    Readers take one reference to the current view (`snapshot`); the follower builds a new view
-    and rebinds the attribute, which is atomic in CPython, so a reader never pairs the stations
-    of one moment with the horizon of another.
-
-    ``KeyDirectory(stations)`` claims the complete history (no horizon); the follower's
-    directory gets its horizon from the follower (`RegistryFollower.open` sets it from the
-    persisted cursor, every poll advances it), and a `BackendService` starts it at
-    `NOTHING_DECIDED`.
-    """
-
-    def __init__(
-        self,
-        stations: Mapping[bytes, StationHistory] | None = None,
-        *,
-        decided_before: int | None = None,
-        as_of_block: int | None = None,
-    ) -> None:
-        self._view = RegistryView(dict(stations or {}), None, as_of_block, decided_before)
-
-    def snapshot(self) -> RegistryView:
-        return self._view
-
-    @property
-    def version(self) -> tuple[int, int] | None:
-        """Position (block, log index) of the newest event included, None when empty."""
-        return self._view.version
-
-    @property
-    def decided_before(self) -> int | None:
-        return self._view.decided_before
-
-    @property
-    def as_of_block(self) -> int | None:
-        return self._view.as_of_block
-
-    def station(self, station_id: bytes) -> StationHistory | None:
-        return self._view.station(station_id)
-
-    def stations(self) -> Mapping[bytes, StationHistory]:
-        return self._view.stations
-
-    def __len__(self) -> int:
-        return len(self._view.stations)
-
-    def is_key_valid_at(self, station_id: bytes, signer: str, end_time: int) -> bool:
-        """Whether `signer` was station `station_id`'s valid key for a record ending at
-        `end_time` (the StationRegistry.isKeyValidAt rule, on the mirrored events)."""
-        history = self.station(station_id)
-        return history is not None and history.is_key_valid_at(signer, end_time)
-
-    def replace(
-        self,
-        stations: Mapping[bytes, StationHistory],
-        version: tuple[int, int] | None,
-        *,
-        as_of: tuple[int | None, int | None] | None = None,
-    ) -> None:
-        """New stations; the horizon is `as_of` = (block, its timestamp) if given, else kept
-        (callers only ever add events, so the old horizon stays true)."""
-        view = self._view
-        block, decided = (view.as_of_block, view.decided_before) if as_of is None else as_of
-        self._view = RegistryView(dict(stations), version, block, decided)
-
-    def advance(self, block: int, timestamp: int) -> None:
-        """Every event up to `block` (whose timestamp is `timestamp`) is in the stations now.
-
-        Called only after the stations hold those events; never moves the horizon back.
-        """
-        view = self._view
-        if view.decided_before is not None and timestamp < view.decided_before:
-            return
-        self._view = RegistryView(view.stations, view.version, block, timestamp)
-
-    def load(self, session: Session, *, as_of: tuple[int | None, int | None] | None = None) -> None:
-        """Rebuilds the view from the mirror tables (and sets the horizon if `as_of` is given)."""
-        self.replace(load_histories(session), newest_event(session), as_of=as_of)
+def load_directory(
+    directory: KeyDirectory,
+    session: Session,
+    *,
+    as_of: tuple[int | None, int | None] | None = None,
+) -> None:
+    """Rebuilds `directory` from the mirror tables (and sets the horizon if `as_of` is given)."""
+    directory.replace(load_histories(session), newest_event(session), as_of=as_of)
 
 
 def newest_event(session: Session) -> tuple[int, int] | None:
@@ -425,7 +331,8 @@ class RegistryFollower:
             # block's timestamp (nothing is decided while it is unknown: the first poll
             # fetches it).
             decided = cursor.last_block_timestamp
-            self.directory.load(
+            load_directory(
+                self.directory,
                 session,
                 as_of=(cursor.last_block, NOTHING_DECIDED if decided is None else decided),
             )
@@ -505,7 +412,7 @@ class RegistryFollower:
     def _reload_if_changed(self) -> None:
         with self.db.read() as session:
             if newest_event(session) != self.directory.version:
-                self.directory.load(session)
+                load_directory(self.directory, session)
 
     def _check_reorg(self, last_block: int, last_hash: bytes | None) -> None:
         if last_hash is None or self._reorg_detected:

@@ -12,21 +12,22 @@ from typing import Any
 
 from web3 import Web3
 
-from backend.chain.contracts import GridPointsChain
-from backend.chain.deploy import Deployment
 from backend.db.session import Database
 from backend.ingest import Candidate, GroupCommitter, Ingestor, Outcome
 from backend.ledger import TreeCache
 from backend.metrics import Metrics
 from backend.migrations import check_schema
 from backend.queries import log_size
-from backend.registry import NOTHING_DECIDED, KeyDirectory, RegistryFollower
+from backend.registry import RegistryFollower
 from backend.settings import Settings, redact_url
-from backend.tariff import TariffBook, TariffError
-from backend.verify import RecordVerifier, deployment_domain
 from backend.worker import SealAndSettle, close_account, load_settler_account, scrub
-from station_signer.record import Domain
-from station_signer.wire import DeferReason, RejectReason
+from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_chain.deployment import Deployment, deployment_domain
+from gridpoints_protocol.checks import RecordVerifier
+from gridpoints_protocol.keys import NOTHING_DECIDED, KeyDirectory
+from gridpoints_protocol.record import Domain
+from gridpoints_protocol.tariff import TariffBook, TariffError
+from gridpoints_protocol.wire import DeferReason, RejectReason
 
 log = logging.getLogger(__name__)
 

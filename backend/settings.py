@@ -10,12 +10,15 @@ name wins when both are present. Unset, the backend uses an embedded SQLite file
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backend.tariff import TARIFFS_DIR
+# The operator's published tariff documents (one TOML file per version, see its README).
+TARIFFS_DIR: Final = Path(__file__).resolve().parent / "tariffs"
+
 
 # Chain ids of local development nodes (Anvil / Hardhat, Ganache): blocks there are final at
 # once, so waiting for confirmations would only slow tests and the demo down.

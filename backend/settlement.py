@@ -43,7 +43,11 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCErro
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from backend.chain.contracts import (
+from backend.db.models import Epoch, EpochEntry, EpochPayment, SettlementAttempt, SettlementStep
+from backend.db.session import Database
+from backend.faults import crash_point
+from backend.payments import payment_rows
+from gridpoints_chain.contracts import (
     ChainError,
     ContractRevertError,
     GridPointsChain,
@@ -52,11 +56,7 @@ from backend.chain.contracts import (
     payment_tuple,
     revert_data,
 )
-from backend.chain.signer_account import TransactionAccount
-from backend.db.models import Epoch, EpochEntry, EpochPayment, SettlementAttempt, SettlementStep
-from backend.db.session import Database
-from backend.faults import crash_point
-from backend.payments import payment_rows
+from gridpoints_chain.signer_account import TransactionAccount
 
 log = logging.getLogger(__name__)
 

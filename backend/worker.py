@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING
 
 from eth_account import Account
 
-from backend.chain.contracts import GridPointsChain
-from backend.chain.signer_account import SignerAccount, TransactionAccount
 from backend.db.session import Database
 from backend.epochs import EpochSealer
 from backend.leader import LeaderLock
 from backend.metrics import Metrics
 from backend.settings import DEV_CHAIN_IDS, Settings, redact_url
 from backend.settlement import SettlementConfig, Settler
-from backend.tariff import TariffBook
+from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_chain.signer_account import SignerAccount, TransactionAccount
+from gridpoints_protocol.tariff import TariffBook
 
 if TYPE_CHECKING:
-    from station_signer.signers import Pkcs11Signer
+    from gridpoints_signers import Pkcs11Signer
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def settler_token_labels(settings: Settings) -> tuple[str, str]:
 def settler_token_pin(settings: Settings) -> str:
     """The token's user PIN. An empty one is refused before any login: every wrong login uses
     up one of the token's retries, and an HSM locks the user PIN after a few."""
-    from station_signer.signers import SignerError, pin_from_file
+    from gridpoints_signers import SignerError, pin_from_file
 
     if settings.settler_pkcs11_pin is not None and settings.settler_pkcs11_pin_file is not None:
         raise SettlerKeyError(
@@ -141,7 +141,7 @@ def settler_token_pin(settings: Settings) -> str:
 
 def open_settler_token_key(settings: Settings, *, create: bool = False) -> Pkcs11Signer:
     """Opens (or, with `create`, generates inside the token) the settler's PKCS#11 key."""
-    from station_signer.signers import Pkcs11Signer, SignerError, TokenNotFoundError
+    from gridpoints_signers import Pkcs11Signer, SignerError, TokenNotFoundError
 
     token, label = settler_token_labels(settings)
     pin = settler_token_pin(settings)

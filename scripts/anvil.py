@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from backend.chain.anvil import DEFAULT_CHAIN_ID, AnvilError, AnvilNode
+from gridpoints_dev.anvil import DEFAULT_CHAIN_ID, AnvilError, AnvilNode
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -3,8 +3,8 @@
 
 What runs, all for real and all started (and stopped) by this script:
 
-* an Anvil node (``backend.chain.anvil.AnvilNode``) with the contracts deployed by
-  ``backend.chain.deploy.deploy`` and ``--stations`` stations registered by real
+* an Anvil node (``gridpoints_dev.anvil.AnvilNode``) with the contracts deployed by
+  ``gridpoints_chain.deploy.deploy`` and ``--stations`` stations registered by real
   ``registerStation`` transactions from the registrar account;
 * per database (``--databases``: a SQLite file, and/or a PostgreSQL database created on the
   server of ``--postgres-url`` and dropped afterwards) and per worker count (``--workers``):
@@ -69,12 +69,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.chain.anvil import AnvilNode, free_port  # noqa: E402
-from backend.chain.contracts import GridPointsChain, KeyPeriod, StationHistory  # noqa: E402
-from backend.chain.deploy import deploy, dev_account  # noqa: E402
-from backend.registry import KeyDirectory  # noqa: E402
-from backend.verify import RecordVerifier  # noqa: E402
-from station_signer.record import (  # noqa: E402
+from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_chain.deploy import deploy
+from gridpoints_chain.well_known_keys import dev_account
+from gridpoints_dev.anvil import AnvilNode, free_port  # noqa: E402
+from gridpoints_protocol.checks import RecordVerifier  # noqa: E402
+from gridpoints_protocol.keys import KeyDirectory, KeyPeriod, StationHistory
+from gridpoints_protocol.record import (  # noqa: E402
     Direction,
     Domain,
     EnergyTransfer,
@@ -673,7 +674,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
     anvil = AnvilNode(log_path=tmp / "anvil.log")
     anvil.start()
     stack.callback(anvil.stop)
-    from backend.chain.contracts import connect
+    from gridpoints_chain.contracts import connect
 
     w3 = connect(anvil.rpc_url)
     admin, registrar, settler = dev_account(0), dev_account(1), dev_account(2)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the record hot path: digests/s and signature recoveries/s, single core.
 
-Compares our hand-written EIP-712 digest (station_signer.record) with eth_account's generic
+Compares our hand-written EIP-712 digest (gridpoints_protocol.record) with eth_account's generic
 ``encode_typed_data`` + EIP-191 hash, and our coincurve recovery with eth_account's
 ``Account._recover_hash``; also reports JSON parsing and the whole stateless path a backend
 runs per record (parse + digest + recover). Each figure is the median of 5 runs over the same
@@ -23,7 +23,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from station_signer.record import (
+from gridpoints_protocol.record import (
     UINT64_MAX,
     Direction,
     Domain,

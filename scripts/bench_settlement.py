@@ -170,7 +170,7 @@ def settle_and_measure(env: dict[str, Any], url: str, chunk_size: int) -> dict[s
             ).all()
     finally:
         db.dispose()
-    from backend.chain.contracts import pack_entries
+    from gridpoints_chain.contracts import pack_entries
 
     commit = sum(s.gas_used or 0 for s in steps if s.kind == "commit")
     credits = sum(s.gas_used or 0 for s in steps if s.kind == "credits")
@@ -268,16 +268,18 @@ def scenario(
 
 
 def start_node(tmp: Path) -> Any:
-    from backend.chain.anvil import AnvilNode
+    from gridpoints_dev.anvil import AnvilNode
 
     return AnvilNode(log_path=tmp / "anvil.log", extra_args=["--gas-limit", "100000000"]).start()
 
 
 def deploy_env(node: Any, tmp: Path, name: str) -> dict[str, Any]:
     """A fresh deployment for one scenario (each starts at epoch 1 with an empty supply)."""
-    from backend.chain.artifacts import load_artifact
-    from backend.chain.contracts import GridPointsChain, connect, role_id
-    from backend.chain.deploy import Deployment, deploy, dev_account
+    from gridpoints_chain.artifacts import load_artifact
+    from gridpoints_chain.contracts import GridPointsChain, connect, role_id
+    from gridpoints_chain.deploy import deploy
+    from gridpoints_chain.deployment import Deployment
+    from gridpoints_chain.well_known_keys import dev_account
 
     w3 = connect(node.rpc_url)
     admin, settler, naive_minter = dev_account(0), dev_account(2), dev_account(5)
@@ -309,10 +311,11 @@ def seal_child(url: str) -> None:
     """Child process: seal everything waiting into one epoch; print seconds and peak RSS."""
     from backend.db import Database
     from backend.epochs import EpochSealer
-    from backend.tariff import TariffBook
+    from backend.settings import TARIFFS_DIR
+    from gridpoints_protocol.tariff import TariffBook
 
     db = Database(url)
-    sealer = EpochSealer(db, TariffBook.load(), max_records=10**9)
+    sealer = EpochSealer(db, TariffBook.load(TARIFFS_DIR), max_records=10**9)
     started = time.perf_counter()
     epoch = sealer.seal()
     seconds = time.perf_counter() - started

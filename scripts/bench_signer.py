@@ -45,8 +45,8 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from rich.console import Console
 from rich.table import Table
 
-from station_signer.record import Direction, Domain, EnergyTransfer, keccak256, parse_address
-from station_signer.signers import (
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, keccak256, parse_address
+from gridpoints_signers import (
     DevelopmentKeyWarning,
     DevKeySigner,
     Pkcs11Signer,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of record valuation (backend.tariff.value_record): records/s on one core.
+"""Benchmark of record valuation (gridpoints_protocol.tariff.value_record): records/s on one core.
 
 Values N synthetic records (default 1,000,000) under the demo tariff backend/tariffs/2026-01.toml
 (Europe/Berlin, three bands). The mix is what a station fleet produces: sessions of 5 min to
@@ -29,8 +29,8 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
-from backend.tariff import Tariff, load_tariff, value_record
-from station_signer.record import keccak256
+from gridpoints_protocol.record import keccak256
+from gridpoints_protocol.tariff import Tariff, load_tariff, value_record
 
 TARIFF = Path(__file__).resolve().parent.parent / "backend" / "tariffs" / "2026-01.toml"
 YEAR_START = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -8,7 +8,7 @@
 
 What it does, with real parts only:
 
-1. starts Anvil on a free port and deploys the contracts (backend.chain.deploy); the deployment
+1. starts Anvil on a free port and deploys the contracts (gridpoints_chain.deploy); the deployment
    file goes into the run directory (a fresh temporary directory, or --workdir);
 2. creates one SoftHSM2 token per station, generates a non-extractable secp256k1 key inside it
    (station_signer.station.init_station) and registers every station, each in its own tariff
@@ -79,14 +79,16 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from backend.chain.anvil import AnvilNode, free_port
-from backend.chain.contracts import GridPointsChain, connect
-from backend.chain.deploy import DEV_DEPLOYER, DEV_REGISTRAR, DEV_SETTLER, deploy, dev_account
-from backend.tariff import Tariff, TariffBook, load_timezone, value_record
-from station_signer.authorization import PaymentAuthorization, sign_authorization
-from station_signer.record import Direction, keccak256
-from station_signer.signers.pkcs11 import Pkcs11Signer, default_module_path
-from station_signer.signers.softhsm import SoftHsmToken
+from backend.settings import TARIFFS_DIR
+from gridpoints_chain.contracts import GridPointsChain, connect
+from gridpoints_chain.deploy import deploy
+from gridpoints_chain.well_known_keys import DEV_DEPLOYER, DEV_REGISTRAR, DEV_SETTLER, dev_account
+from gridpoints_dev.anvil import AnvilNode, free_port
+from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
+from gridpoints_protocol.record import Direction, keccak256
+from gridpoints_protocol.tariff import Tariff, TariffBook, load_timezone, value_record
+from gridpoints_signers.pkcs11 import Pkcs11Signer, default_module_path
+from gridpoints_signers.softhsm import SoftHsmToken
 from station_signer.station import (
     STORE_FILE,
     ChainAnchors,
@@ -1066,7 +1068,7 @@ class Demo:
         energy = {"discharge": 0, "charge": 0}
         counts = {"discharge": 0, "charge": 0, "paidWithPoints": 0}
         per_station: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        tariffs = TariffBook.load()
+        tariffs = TariffBook.load(TARIFFS_DIR)
         tariff_of: dict[int, Tariff] = {}  # log index -> the tariff its epoch anchored
         for e in epochs:
             tariff = tariffs.by_hash(e["tariffHash"])
@@ -1423,7 +1425,7 @@ def run(options: Options) -> int:
             f"{demo.run_dir}",
             highlight=False,
         )
-        tariff = TariffBook.load().in_force_at(int(time.time()))
+        tariff = TariffBook.load(TARIFFS_DIR).in_force_at(int(time.time()))
         demo.timezone = tariff.timezone
         demo.day = demo_day(tariff.timezone)
         demo.start_chain()

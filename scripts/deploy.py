@@ -25,9 +25,10 @@ from eth_account.signers.local import LocalAccount
 from rich.console import Console
 from rich.table import Table
 
-from backend.chain.artifacts import ArtifactError
-from backend.chain.contracts import ChainError, connect
-from backend.chain.deploy import DEV_DEPLOYER, deploy, dev_account
+from gridpoints_chain.artifacts import ArtifactError
+from gridpoints_chain.contracts import ChainError, connect
+from gridpoints_chain.deploy import deploy
+from gridpoints_chain.well_known_keys import DEV_DEPLOYER, dev_account
 
 app = typer.Typer(add_completion=False, help=__doc__)
 err = Console(stderr=True)

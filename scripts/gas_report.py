@@ -31,9 +31,8 @@ from eth_utils.crypto import keccak
 from rich.console import Console
 from rich.table import Table
 
-from backend.chain.anvil import AnvilNode
-from backend.chain.artifacts import load_artifact
-from backend.chain.contracts import (
+from gridpoints_chain.artifacts import load_artifact
+from gridpoints_chain.contracts import (
     GridPointsChain,
     Payment,
     PaymentApplied,
@@ -42,8 +41,10 @@ from backend.chain.contracts import (
     pack_entry,
     role_id,
 )
-from backend.chain.deploy import deploy, dev_account
-from station_signer.authorization import (
+from gridpoints_chain.deploy import deploy
+from gridpoints_chain.well_known_keys import dev_account
+from gridpoints_dev.anvil import AnvilNode
+from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SignedAuthorization,
     sign_authorization,

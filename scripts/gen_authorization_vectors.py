@@ -3,7 +3,7 @@
 
 Each vector is ``{"name", "typedData", "digest", "signer", "signedByUser", "signature"}``:
 ``typedData`` is the eth_signTypedData_v4 JSON of an authorisation (from
-station_signer.authorization), and ``digest`` and ``signature`` come from eth_account
+gridpoints_protocol.authorization), and ``digest`` and ``signature`` come from eth_account
 (``encode_typed_data`` and ``Account.sign_typed_data``), an implementation independent of ours,
 so the vectors pin the protocol rather than our code. ``signedByUser`` says whether the signer is
 the authorisation's own user (what the Settlement contract requires); the edge-case users (0x..01,
@@ -26,13 +26,13 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from station_signer.authorization import (
+from gridpoints_protocol.authorization import (
     UINT128_MAX,
     PaymentAuthorization,
     SettlementDomain,
     SignedAuthorization,
 )
-from station_signer.record import UINT64_MAX, UINT256_MAX, keccak256, parse_address
+from gridpoints_protocol.record import UINT64_MAX, UINT256_MAX, keccak256, parse_address
 
 VECTORS = (
     Path(__file__).resolve().parent.parent / "tests" / "vectors" / "payment_authorization.json"

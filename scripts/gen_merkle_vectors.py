@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eth_hash.auto import keccak
 
-from station_signer import merkle
+from gridpoints_protocol import merkle
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "merkle.json"
 TREE_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33)

@@ -2,7 +2,7 @@
 """Writes tests/vectors/energy_transfer.json, the EnergyTransfer test vectors.
 
 Each vector is ``{"name", "typedData", "digest", "signer", "signature"}``: ``typedData`` is the
-eth_signTypedData_v4 JSON of a record (from station_signer.record), and ``digest`` and
+eth_signTypedData_v4 JSON of a record (from gridpoints_protocol.record), and ``digest`` and
 ``signature`` come from eth_account (``encode_typed_data`` and ``Account.sign_typed_data``), an
 implementation independent of ours, so the vectors pin the protocol rather than our code. The
 generator refuses to write if our hand-written digest or recovery disagrees with eth_account.
@@ -23,7 +23,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from station_signer.record import (
+from gridpoints_protocol.record import (
     UINT64_MAX,
     ZERO_BYTES32,
     Direction,

@@ -6,7 +6,7 @@ release used) and a list of records ``{name, zone, direction, energyWh, startTim
 points}``. A third party checks its implementation by (1) hashing ``tariffCanonical`` and
 comparing with ``tariffHash``, then (2) valuing each record from the canonical JSON alone.
 
-Every ``points`` value is computed twice, by ``backend.tariff.value_record`` and by
+Every ``points`` value is computed twice, by ``gridpoints_protocol.tariff.value_record`` and by
 :func:`reference_value` below (a deliberately naive, independent walk: one step per UTC minute,
 band from ``datetime.fromtimestamp(t, zone).weekday()/.hour``, exact Fractions); the generator
 refuses to write if they disagree. tests/test_tariff.py checks every vector and that the file
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from backend.tariff import load_tariff, load_timezone, tzdata_version, value_record
-from station_signer.record import UINT64_MAX, keccak256
+from gridpoints_protocol.record import UINT64_MAX, keccak256
+from gridpoints_protocol.tariff import load_tariff, load_timezone, tzdata_version, value_record
 
 ROOT = Path(__file__).resolve().parent.parent
 TARIFF_FILE = "2026-01.toml"
@@ -51,7 +51,7 @@ def reference_exact(
     One step per UTC minute, the band from ``datetime.fromtimestamp(t, zone)``'s weekday and
     hour: correct when every offset change and local hour boundary of the zone falls on a whole
     UTC minute (true of every zone since the 1970s apart from a few historical oddities) and
-    slow (one datetime per minute). Independent of backend.tariff's day structures.
+    slow (one datetime per minute). Independent of gridpoints_protocol.tariff's day structures.
     """
     zones = canonical["zones"]
     table = zones.get(str(zone), zones["default"])["charge" if direction == CHARGE else "discharge"]

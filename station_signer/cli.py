@@ -44,14 +44,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, ParamSpec, Ty
 import typer
 from typer.exceptions import TyperException
 
-from station_signer.authorization import (
+from gridpoints_protocol.authorization import (
     UINT128_MAX,
     PaymentAuthorization,
     SettlementDomain,
     SignedAuthorization,
     sign_authorization,
 )
-from station_signer.record import (
+from gridpoints_protocol.record import (
     UINT64_MAX,
     UINT256_MAX,
     RecordValidationError,
@@ -62,7 +62,7 @@ from station_signer.record import (
     recover_signer,
     to_checksum_address,
 )
-from station_signer.signers.base import PinUnavailableError, SignerError
+from gridpoints_signers.base import PinUnavailableError, SignerError
 from station_signer.station import (
     CONFIG_FILE,
     DEFAULT_KEY_LABEL,
@@ -168,8 +168,8 @@ def classify(exc: BaseException) -> CliError | None:
     if isinstance(exc, SignatureError):
         return CliError("bad_signature", str(exc))
     try:
-        from backend.chain.contracts import ChainError, ContractRevertError
-        from backend.chain.deploy import DeploymentFileError
+        from gridpoints_chain.contracts import ChainError, ContractRevertError
+        from gridpoints_chain.deployment import DeploymentFileError
     except ImportError:  # a station install without the backend package
         return None
     if isinstance(exc, ContractRevertError):
@@ -221,7 +221,7 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
 @contextmanager
 def _dev_key_warnings() -> Iterator[None]:
     """Development-key warnings as one ``warning:`` line on stderr per signature."""
-    from station_signer.signers.devkey import DevelopmentKeyWarning
+    from gridpoints_signers.devkey import DevelopmentKeyWarning
 
     original = warnings.showwarning
 
@@ -307,7 +307,7 @@ PinFileOption = Annotated[
 def _pin(pin_file: Path | None) -> str | None:
     if pin_file is None:
         return None
-    from station_signer.signers.pkcs11 import pin_from_file
+    from gridpoints_signers.pkcs11 import pin_from_file
 
     return pin_from_file(pin_file)
 
@@ -338,7 +338,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _load_deployment(path: Path) -> Any:
-    from backend.chain.deploy import Deployment
+    from gridpoints_chain.deployment import Deployment
 
     return Deployment.load(path)
 
@@ -461,7 +461,7 @@ def init(
             raise _bad_argument("--station-id", str(exc)) from None
     key: KeyConfig
     if signer == SignerKind.PKCS11:
-        from station_signer.signers.pkcs11 import default_module_path
+        from gridpoints_signers.pkcs11 import default_module_path
 
         key = Pkcs11KeyConfig(
             module=str(Path(module or default_module_path()).resolve()),
@@ -675,7 +675,7 @@ def register(
         return
     if deployment is None:
         raise _bad_argument("--deployment", "needed to send the transaction (or --print-calldata)")
-    from backend.chain.contracts import ContractRevertError, GridPointsChain, connect
+    from gridpoints_chain.contracts import ContractRevertError, GridPointsChain, connect
 
     loaded = _station_deployment(deployment, config)
     registrar = _registrar_account(registrar_key_file)
@@ -1345,7 +1345,7 @@ def _verify_items(data: Any) -> list[tuple[SignedRecord, Any, str | None]]:
     """(signed record, domain or None, claimed signer or None) for each object:
     {record, signature} or {typedData, signature[, digest, signer, name]} (the vector form of
     tests/vectors/energy_transfer.json)."""
-    from station_signer.record import Domain
+    from gridpoints_protocol.record import Domain
 
     items = data if isinstance(data, list) else [data]
     if not items:
@@ -1400,7 +1400,7 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Check that a record's signature was made by an address, for a domain."""
-    from station_signer.record import Domain
+    from gridpoints_protocol.record import Domain
 
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
@@ -1581,7 +1581,7 @@ def proof(
         # Connected on first use: a record without an epoch needs no node.
         nonlocal anchors
         if anchors is None:
-            from backend.chain.contracts import GridPointsChain, connect
+            from gridpoints_chain.contracts import GridPointsChain, connect
 
             chain = GridPointsChain(connect(rpc_url, timeout=timeout), loaded)
             chain.check()

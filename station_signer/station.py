@@ -5,13 +5,13 @@ turns a measured :class:`Transfer` into a signed, queued ``EnergyTransfer``:
 
 1. *reserve* in the store (write-ahead): the next sequence and the meter register come from the
    store inside the reserving transaction, the record is built from them
-   (:class:`~station_signer.record.EnergyTransfer` validates it) and stored with its digest;
-2. *sign* the stored digest with the station's :class:`~station_signer.signers.Signer`, and check
+   (:class:`~gridpoints_protocol.record.EnergyTransfer` validates it) and stored with its digest;
+2. *sign* the stored digest with the station's :class:`~gridpoints_signers.Signer`, and check
    that the signature recovers to the station's address before it is kept;
 3. *attach* the signature, which queues the record for :mod:`station_signer.sync`.
 
 A charge the user pays with points carries the user's signed payment authorisation
-(:class:`~station_signer.authorization.SignedAuthorization`, signed in the user's wallet for the
+(:class:`~gridpoints_protocol.authorization.SignedAuthorization`, signed in the user's wallet for the
 Settlement contract's EIP-712 domain). :func:`check_authorization` refuses one that is not the
 user's own signature, is for another user or station, or expires before the charge ends; the
 record's ``paymentAuthorization`` becomes the authorisation's digest (so the signed record
@@ -24,7 +24,7 @@ against the station's own copy of the record and against the Settlement contract
 
 Opening a station first re-signs every ``reserved`` row left by a crash between 1 and 3
 (:meth:`Station.recover`), after checking that the stored content still hashes to the stored
-digest. The record format lives in :mod:`station_signer.record` only; this module never
+digest. The record format lives in :mod:`gridpoints_protocol.record` only; this module never
 spells out its fields beyond passing them to the constructor.
 
 :class:`StationConfig` is the station directory's ``station.json``: station id, deployment
@@ -46,9 +46,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from station_signer import merkle
-from station_signer.authorization import SettlementDomain, SignedAuthorization
-from station_signer.record import (
+from gridpoints_protocol import merkle
+from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.record import (
     UINT64_MAX,
     ZERO_BYTES32,
     Direction,
@@ -61,11 +61,11 @@ from station_signer.record import (
     recover_signer,
     to_checksum_address,
 )
-from station_signer.signers.base import Signer
+from gridpoints_signers.base import Signer
 from station_signer.store import StationState, StationStore, StoredRecord, StoreError
 
 if TYPE_CHECKING:
-    from backend.chain.contracts import GridPointsChain
+    from gridpoints_chain.contracts import GridPointsChain
     from station_signer.sync import ProofAnswer
 
 CONFIG_FILE: Final = "station.json"
@@ -270,7 +270,7 @@ class AuthorizationError(StationError):
     ``code``: ``authorization_not_charge``, ``authorization_bad_signature``,
     ``authorization_wrong_user``, ``authorization_wrong_station``, ``authorization_expired``,
     ``authorization_mismatch``, ``authorization_missing`` (the backend's reject reasons of the
-    same names, ``station_signer.wire.RejectReason``) or ``authorization_domain`` (the station
+    same names, ``gridpoints_protocol.wire.RejectReason``) or ``authorization_domain`` (the station
     does not know the Settlement contract). A replayed authorisation is the store's
     ``authorization_replayed``.
     """
@@ -650,7 +650,7 @@ class StationConfig:
 
 def _activate_softhsm(module: str, conf: str) -> None:
     """Points SoftHSM2 at ``conf`` before the module is loaded (it reads it only then)."""
-    from station_signer.signers.pkcs11 import Pkcs11Module
+    from gridpoints_signers.pkcs11 import Pkcs11Module
 
     loaded = Pkcs11Module.loaded(module)
     if loaded is None:
@@ -669,7 +669,7 @@ def open_signer(config: StationConfig, directory: Path, *, pin: str | None = Non
     key = config.key
     signer: Signer
     if isinstance(key, Pkcs11KeyConfig):
-        from station_signer.signers.pkcs11 import Pkcs11Signer
+        from gridpoints_signers.pkcs11 import Pkcs11Signer
 
         if key.softhsm_conf is not None:
             _activate_softhsm(key.module, key.softhsm_conf)
@@ -677,7 +677,7 @@ def open_signer(config: StationConfig, directory: Path, *, pin: str | None = Non
             key.key_label, token_label=key.token_label, pin=pin, module=key.module
         )
     else:
-        from station_signer.signers.devkey import DevKeySigner
+        from gridpoints_signers.devkey import DevKeySigner
 
         signer = DevKeySigner.open(directory / key.path)
     if signer.address != config.address:
@@ -801,9 +801,9 @@ def init_station(
     created_key = False
     signer: Signer
     if isinstance(key, Pkcs11KeyConfig):
-        from station_signer.signers.base import KeyNotFoundError
-        from station_signer.signers.pkcs11 import Pkcs11Signer, resolve_pin
-        from station_signer.signers.softhsm import SoftHsmToken
+        from gridpoints_signers.base import KeyNotFoundError
+        from gridpoints_signers.pkcs11 import Pkcs11Signer, resolve_pin
+        from gridpoints_signers.softhsm import SoftHsmToken
 
         user_pin = pin if pin is not None else resolve_pin()
         if softhsm_dir is not None and existing is None:
@@ -841,7 +841,7 @@ def init_station(
             )
             created_key = True
     else:
-        from station_signer.signers.devkey import DevKeySigner
+        from gridpoints_signers.devkey import DevKeySigner
 
         path = directory / key.path
         if path.exists():
@@ -904,7 +904,7 @@ class AnchoredEpoch:
 
 
 class ChainAnchors:
-    """The Settlement contract's view of epochs, through a ``backend.chain`` handle.
+    """The Settlement contract's view of epochs, through a ``gridpoints_chain`` handle.
 
     A committed epoch never changes (the contract refuses a second commit), so each one is read
     once per instance; an epoch not committed yet is asked again every time.
@@ -918,7 +918,7 @@ class ChainAnchors:
         """The committed epoch ``epoch_id``, or None while the contract does not have it."""
         if epoch_id in self._epochs:
             return self._epochs[epoch_id]
-        from backend.chain.contracts import ContractRevertError
+        from gridpoints_chain.contracts import ContractRevertError
 
         settlement = self.chain.settlement
         try:

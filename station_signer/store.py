@@ -40,7 +40,7 @@ write transaction, and a file of a newer version is refused with ``newer_store``
 1. the station row and the records table;
 2. ``records.payment_json`` and the unique index ``records_by_payment``.
 
-The store knows the record type (:mod:`station_signer.record`) so that the invariants a station
+The store knows the record type (:mod:`gridpoints_protocol.record`) so that the invariants a station
 must keep are checked in the one transaction that could break them: the record is built for
 the sequence being reserved, belongs to this station, and does not run its meter backwards.
 """
@@ -57,7 +57,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from station_signer.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
+from gridpoints_protocol.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
 
 SCHEMA_VERSION: Final = 2
 # SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter

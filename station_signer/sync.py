@@ -1,7 +1,7 @@
 """Sending a station's queued records to the backend until each one has an answer.
 
 ``POST /v1/records/batch`` takes a JSON array of ``{"record", "signature"}`` and answers every
-record on its own (:class:`station_signer.wire.BatchResponse`):
+record on its own (:class:`gridpoints_protocol.wire.BatchResponse`):
 
 * ``accepted`` and ``duplicate`` (the backend already holds exactly this record — typically
   because an earlier answer was lost on the way back) both mean the record is safe there: it
@@ -55,8 +55,8 @@ from typing import Any, Final
 import httpx
 from pydantic import ValidationError
 
+from gridpoints_protocol.wire import BatchResponse, RecordOutcome
 from station_signer.store import StationStore, StoredRecord
-from station_signer.wire import BatchResponse, RecordOutcome
 
 DEFAULT_BATCH_SIZE: Final = 200
 BATCH_PATH: Final = "/v1/records/batch"

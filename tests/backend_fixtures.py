@@ -42,7 +42,7 @@ from eth_account.signers.local import LocalAccount
 from sqlalchemy.engine import make_url
 
 from backend.settings import Settings
-from station_signer.record import Direction, Domain, EnergyTransfer, SignedRecord
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ALL_DATABASES = ("sqlite", "postgresql")

@@ -1,6 +1,6 @@
 """Shared fixtures: one real Anvil node per session with the contracts deployed on it.
 
-`chain_session` starts Anvil on a free port, deploys with backend.chain.deploy and yields typed
+`chain_session` starts Anvil on a free port, deploys with gridpoints_chain.deploy and yields typed
 handles; `chain_env` wraps each test in evm_snapshot / evm_revert so that every test starts
 from the freshly deployed state. Nothing here is mocked: every call is a JSON-RPC request to
 the Anvil process and every state change a mined transaction.
@@ -20,10 +20,12 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from backend.chain.anvil import AnvilNode
-from backend.chain.artifacts import BUILD_COMMAND, contracts_dir, missing_artifacts, repo_root
-from backend.chain.contracts import ContractRevertError, GridPointsChain, connect
-from backend.chain.deploy import Deployment, deploy, dev_account
+from gridpoints_chain.artifacts import BUILD_COMMAND, contracts_dir, missing_artifacts, repo_root
+from gridpoints_chain.contracts import ContractRevertError, GridPointsChain, connect
+from gridpoints_chain.deploy import deploy
+from gridpoints_chain.deployment import Deployment
+from gridpoints_chain.well_known_keys import dev_account
+from gridpoints_dev.anvil import AnvilNode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,7 +128,7 @@ def anvil_node(
 
 @pytest.fixture(scope="session")
 def chain_session(anvil_node: AnvilNode, tmp_path_factory: pytest.TempPathFactory) -> ChainEnv:
-    """Anvil with the contracts deployed by backend.chain.deploy, loaded back from the file."""
+    """Anvil with the contracts deployed by gridpoints_chain.deploy, loaded back from the file."""
     w3 = connect(anvil_node.rpc_url)
     accounts = ChainAccounts(
         admin=dev_account(ADMIN),

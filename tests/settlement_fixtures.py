@@ -34,12 +34,13 @@ from sqlalchemy import select
 
 from backend.db import Database
 from backend.db.models import Epoch, EpochPayment, SettlementStep
-from backend.tariff import TariffBook, value_record
 from backend.worker import SealAndSettle, write_dev_key_file
-from station_signer.authorization import PaymentAuthorization, sign_authorization
-from station_signer.record import EnergyTransfer
+from backend.settings import TARIFFS_DIR
+from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
+from gridpoints_protocol.record import EnergyTransfer
+from gridpoints_protocol.tariff import TariffBook, value_record
 
-TARIFFS = TariffBook.load()
+TARIFFS = TariffBook.load(TARIFFS_DIR)
 GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
 
 

@@ -26,10 +26,11 @@ from settlement_fixtures import TARIFFS, Traffic, make_worker, random_traffic
 from sqlalchemy import delete, insert, select, text, update
 from test_chain_settlement import delegate_with_eip7702, deploy_test_contract
 
-from backend.audit import (
-    MANIFEST_FILE,
-    RECORDS_FILE,
-    TARIFF_FILE,
+from backend.bundle import export_epoch
+from backend.db import Database
+from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record
+from backend.payments import payment_rows
+from gridpoints_audit.auditor import (
     ApiSource,
     Auditor,
     AuditReport,
@@ -39,15 +40,12 @@ from backend.audit import (
     _attribute,
     _Log,
 )
-from backend.bundle import export_epoch
-from backend.chain.contracts import Payment, SkipReason, pack_entries, role_id
-from backend.db import Database
-from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record
-from backend.payments import payment_rows
-from backend.tariff import Tariff
-from station_signer import merkle
-from station_signer.authorization import SignedAuthorization
-from station_signer.record import EnergyTransfer, SignedRecord
+from gridpoints_chain.contracts import Payment, SkipReason, pack_entries, role_id
+from gridpoints_protocol import merkle
+from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.bundle_format import MANIFEST_FILE, RECORDS_FILE, TARIFF_FILE
+from gridpoints_protocol.record import EnergyTransfer, SignedRecord
+from gridpoints_protocol.tariff import Tariff
 
 pytest_plugins = ["settlement_fixtures"]
 

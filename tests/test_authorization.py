@@ -1,4 +1,4 @@
-"""The payment authorisation format (station_signer.authorization).
+"""The payment authorisation format (gridpoints_protocol.authorization).
 
 (a) every published vector agrees with eth_account and with our hand-written hashing and
 recovery, and the vector file is exactly what its generator writes; (b) property tests against
@@ -21,9 +21,9 @@ from eth_account.messages import encode_typed_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from station_signer import authorization as auth_mod
-from station_signer import record as rec
-from station_signer.authorization import (
+from gridpoints_protocol import authorization as auth_mod
+from gridpoints_protocol import record as rec
+from gridpoints_protocol.authorization import (
     UINT128_MAX,
     PaymentAuthorization,
     SettlementDomain,
@@ -31,7 +31,7 @@ from station_signer.authorization import (
     parse_typed_data,
     sign_authorization,
 )
-from station_signer.record import (
+from gridpoints_protocol.record import (
     SECP256K1_N,
     UINT64_MAX,
     UINT256_MAX,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import ChainEnv
 
-from station_signer.wire import DeferReason, RejectReason
+from gridpoints_protocol.wire import DeferReason, RejectReason
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402

@@ -17,9 +17,9 @@ import pytest
 from conftest import ChainEnv
 
 from backend.api import create_app
-from backend.chain.anvil import free_port
 from backend.migrations import head_revision
 from backend.settings import Settings
+from gridpoints_dev.anvil import free_port
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402

@@ -24,8 +24,8 @@ from backend.db import Database
 from backend.db.models import Record, Station
 from backend.ingest import Candidate, Ingestor
 from backend.migrations import upgrade
-from backend.verify import Verdict
-from station_signer.record import Domain, EnergyTransfer, SignedRecord
+from gridpoints_protocol.checks import Verdict
+from gridpoints_protocol.record import Domain, EnergyTransfer, SignedRecord
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402

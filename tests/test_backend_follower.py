@@ -19,16 +19,12 @@ import pytest
 from conftest import ChainEnv
 from sqlalchemy import func, select
 
-from backend.chain.contracts import GridPointsChain
 from backend.db import Database
 from backend.db.models import RegistryCursor, RegistryEvent, StationKey
 from backend.migrations import upgrade
-from backend.registry import (
-    NOTHING_DECIDED,
-    KeyDirectory,
-    RegistryFollower,
-    RegistryMismatchError,
-)
+from backend.registry import RegistryFollower, RegistryMismatchError
+from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_protocol.keys import NOTHING_DECIDED, KeyDirectory
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402

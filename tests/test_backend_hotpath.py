@@ -49,10 +49,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-import station_signer.record as rec
+import gridpoints_protocol.record as rec
 from backend.api.records import batch_json, outcome_json, to_wire
-from backend.chain.anvil import free_port
-from backend.chain.contracts import KeyPeriod, StationHistory
 from backend.db import Database
 from backend.db.models import Record, Rejection, Station
 from backend.ingest import (
@@ -69,15 +67,17 @@ from backend.ingest import (
 )
 from backend.metrics import MULTIPROC_ENV, multiprocess_directory
 from backend.migrations import upgrade
-from backend.verify import Deferral, Problem, Verdict, key_valid_at
-from station_signer.record import (
+from gridpoints_dev.anvil import free_port
+from gridpoints_protocol.checks import Deferral, Problem, Verdict
+from gridpoints_protocol.keys import KeyPeriod, StationHistory, key_valid_at
+from gridpoints_protocol.record import (
     Domain,
     EnergyTransfer,
     RecordValidationError,
     SignedRecord,
     keccak256,
 )
-from station_signer.wire import BatchResponse, DeferReason, RejectReason
+from gridpoints_protocol.wire import BatchResponse, DeferReason, RejectReason
 
 pytest.register_assert_rewrite("backend_fixtures")
 from backend_fixtures import (  # noqa: E402

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from backend.ingest import UNAUTHENTICATED_BODY_BYTES
-from station_signer.record import SECP256K1_N, Domain, EnergyTransfer
+from gridpoints_protocol.record import SECP256K1_N, Domain, EnergyTransfer
 
 # Before the import, so that the helpers' asserts are rewritten too (pytest_plugins below).
 pytest.register_assert_rewrite("backend_fixtures")

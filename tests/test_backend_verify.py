@@ -12,10 +12,14 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from backend.chain.contracts import KeyPeriod, StationHistory
-from backend.registry import NOTHING_DECIDED, KeyDirectory
-from backend.verify import MAX_REGISTRY_RETRY_S, RecordVerifier, Verdict, lenient_identity
-from station_signer.record import Direction, Domain, EnergyTransfer, SignedRecord
+from gridpoints_protocol.checks import (
+    MAX_REGISTRY_RETRY_S,
+    RecordVerifier,
+    Verdict,
+    lenient_identity,
+)
+from gridpoints_protocol.keys import NOTHING_DECIDED, KeyDirectory, KeyPeriod, StationHistory
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord
 
 DOMAIN = Domain(31337, bytes.fromhex("e7f1725e7734ce288f8367e1bb143e90bb3f0512"))
 STATION = b"\x11" * 32

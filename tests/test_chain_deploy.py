@@ -15,16 +15,12 @@ import pytest
 from conftest import ROOT, ChainEnv, reverts_with
 from eth_account import Account
 
-from backend.chain.anvil import AnvilError, AnvilNode, rpc_request
-from backend.chain.artifacts import ArtifactError, load_all, load_artifact
-from backend.chain.contracts import GridPointsChain, connect, role_id
-from backend.chain.deploy import (
-    SCHEMA_VERSION,
-    Deployment,
-    DeploymentFileError,
-    deploy,
-    dev_account,
-)
+from gridpoints_chain.artifacts import ArtifactError, load_all, load_artifact
+from gridpoints_chain.contracts import GridPointsChain, connect, role_id
+from gridpoints_chain.deploy import deploy
+from gridpoints_chain.deployment import SCHEMA_VERSION, Deployment, DeploymentFileError
+from gridpoints_chain.well_known_keys import dev_account
+from gridpoints_dev.anvil import AnvilError, AnvilNode, rpc_request
 
 PYTHON = sys.executable
 

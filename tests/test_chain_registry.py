@@ -9,14 +9,8 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 from web3.logs import DISCARD
 
-from backend.chain.contracts import (
-    ChainError,
-    KeyPeriod,
-    StationKeyRotated,
-    StationRegistered,
-    StationRevoked,
-    role_id,
-)
+from gridpoints_chain.contracts import ChainError, role_id
+from gridpoints_protocol.keys import KeyPeriod, StationKeyRotated, StationRegistered, StationRevoked
 
 ZONE = 7
 MAX_POWER_W = 150_000

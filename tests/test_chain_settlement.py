@@ -21,8 +21,8 @@ from web3.contract.contract import ContractFunction
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from backend.chain.artifacts import load_artifact
-from backend.chain.contracts import (
+from gridpoints_chain.artifacts import load_artifact
+from gridpoints_chain.contracts import (
     MAX_ENTRY_AMOUNT,
     ChunkKind,
     ContractRevertError,
@@ -36,9 +36,9 @@ from backend.chain.contracts import (
     role_id,
     unpack_entry,
 )
-from station_signer import merkle
-from station_signer import record as rec
-from station_signer.authorization import (
+from gridpoints_protocol import merkle
+from gridpoints_protocol import record as rec
+from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SettlementDomain,
     SignedAuthorization,

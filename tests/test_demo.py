@@ -22,7 +22,7 @@ import httpx
 import pytest
 from web3 import Web3
 
-from backend.chain.artifacts import load_all
+from gridpoints_chain.artifacts import load_all
 from station_signer.station import STORE_FILE
 from station_signer.store import RecordStatus, StationStore
 

@@ -11,9 +11,9 @@ from backend_fixtures import ZONE, BackendHarness
 from eth_account import Account
 from settlement_fixtures import TARIFFS, Traffic, make_worker
 
-from backend.tariff import Tariff, value_record
-from station_signer import merkle
-from station_signer.record import EnergyTransfer, SignedRecord, keccak256
+from gridpoints_protocol import merkle
+from gridpoints_protocol.record import EnergyTransfer, SignedRecord, keccak256
+from gridpoints_protocol.tariff import Tariff, value_record
 
 # Epoch sizes that exercise every shape of the right edge: 1, 2, 3, 2^k, 2^k + 1.
 EPOCH_SIZES = (1, 2, 3, 4, 5, 8, 9)

@@ -19,14 +19,14 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from settlement_fixtures import TARIFFS, make_worker
 
-from backend.tariff import load_timezone, value_record
-from station_signer.authorization import (
+from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SettlementDomain,
     SignedAuthorization,
     sign_authorization,
 )
-from station_signer.record import EnergyTransfer
+from gridpoints_protocol.record import EnergyTransfer
+from gridpoints_protocol.tariff import load_timezone, value_record
 
 pytest_plugins = ["settlement_fixtures"]
 

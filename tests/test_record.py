@@ -1,4 +1,4 @@
-"""The record module (station_signer.record) and the wire shapes (station_signer.wire).
+"""The record module (gridpoints_protocol.record) and the wire shapes (gridpoints_protocol.wire).
 
 (a) every published vector agrees with eth_account and with our hand-written hashing and
 recovery, and the vector file is exactly what its generator writes; (b) property tests against
@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from station_signer import record as rec
-from station_signer.record import (
+from gridpoints_protocol import record as rec
+from gridpoints_protocol.record import (
     SECP256K1_N,
     UINT64_MAX,
     Direction,
@@ -39,7 +39,7 @@ from station_signer.record import (
     recover_signer_bytes,
     to_checksum_address,
 )
-from station_signer.wire import (
+from gridpoints_protocol.wire import (
     BatchResponse,
     DeferReason,
     ErrorResponse,

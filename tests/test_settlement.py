@@ -31,14 +31,14 @@ from settlement_fixtures import (
 )
 from sqlalchemy import select, text
 
-from backend.chain.contracts import ChainError
 from backend.db import Database
 from backend.db.models import Epoch, SettlementAttempt, SettlementStep
 from backend.epochs import summarize_range
 from backend.settlement import Settler
 from backend.worker import write_dev_key_file
-from station_signer import merkle
-from station_signer.record import SignedRecord
+from gridpoints_chain.contracts import ChainError
+from gridpoints_protocol import merkle
+from gridpoints_protocol.record import SignedRecord
 
 # ---- the flow --------------------------------------------------------------------------------
 

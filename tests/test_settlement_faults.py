@@ -37,11 +37,13 @@ from settlement_fixtures import (
 )
 from sqlalchemy import delete, func, select, update
 
-from backend.chain.anvil import AnvilNode, free_port
-from backend.chain.contracts import GridPointsChain, connect
-from backend.chain.deploy import Deployment, deploy, dev_account
 from backend.db import Database
 from backend.db.models import Epoch, SettlementAttempt, SettlementStep
+from gridpoints_chain.contracts import GridPointsChain, connect
+from gridpoints_chain.deploy import deploy
+from gridpoints_chain.deployment import Deployment
+from gridpoints_chain.well_known_keys import dev_account
+from gridpoints_dev.anvil import AnvilNode, free_port
 
 pytest_plugins = ["settlement_fixtures"]
 

@@ -25,12 +25,12 @@ from settlement_fixtures import (
 )
 from sqlalchemy import select
 
-from backend.chain.signer_account import SignerAccount, TransactionSigningError
 from backend.db import Database
 from backend.db.models import SettlementStep
 from backend.settings import Settings, redact_url
 from backend.worker import SettlerKeyError, load_settler_account, scrub, write_dev_key_file
-from station_signer.signers import DevelopmentKeyWarning, DevKeySigner, SoftHsmToken
+from gridpoints_chain.signer_account import SignerAccount, TransactionSigningError
+from gridpoints_signers import DevelopmentKeyWarning, DevKeySigner, SoftHsmToken
 
 pytest_plugins = ["settlement_fixtures"]
 
@@ -308,8 +308,8 @@ def test_settlement_signed_by_a_settler_key_inside_softhsm2(
 _REOPEN_SCRIPT = """
 import sys
 from eth_account import Account
-from backend.chain.signer_account import SignerAccount
-from station_signer.signers import Pkcs11Module, Pkcs11Signer, SoftHsmToken, StaleSessionError
+from gridpoints_chain.signer_account import SignerAccount
+from gridpoints_signers import Pkcs11Module, Pkcs11Signer, SoftHsmToken, StaleSessionError
 
 pins = {"so_pin": "so-pin-1234", "user_pin": "user-pin-1234"}
 token = SoftHsmToken.create(sys.argv[1], "settler-tok", **pins)

@@ -34,7 +34,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.exceptions import AttributeSensitive
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from station_signer.signers import (
+from gridpoints_signers import (
     SECP256K1_HALF_N,
     SECP256K1_N,
     DevelopmentKeyWarning,
@@ -68,9 +68,9 @@ from station_signer.signers import (
     split_signature,
     to_low_s_with_recovery,
 )
-from station_signer.signers import softhsm as softhsm_module
-from station_signer.signers.devkey import WARNING_TEXT
-from station_signer.signers.pkcs11 import PIN_ENV, PIN_FILE_ENV, unwrap_ec_point
+from gridpoints_signers import softhsm as softhsm_module
+from gridpoints_signers.devkey import WARNING_TEXT
+from gridpoints_signers.pkcs11 import PIN_ENV, PIN_FILE_ENV, unwrap_ec_point
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -435,7 +435,7 @@ def test_module_path_detection(tmp_path: Path) -> None:
 
 _REINITIALIZE_SCRIPT = """
 import secrets, sys
-from station_signer.signers import (
+from gridpoints_signers import (
     Pkcs11Signer, SoftHsmError, SoftHsmToken, StaleSessionError, recover_address,
 )
 base = sys.argv[1]
@@ -539,7 +539,7 @@ def test_dev_key_warns_on_every_signature(dev_key: DevKeySigner) -> None:
 def test_dev_key_warning_reaches_stderr_every_time() -> None:
     """Python shows a warning once per call site by default; this one must not go quiet."""
     script = (
-        "from station_signer.signers import DevKeySigner\n"
+        "from gridpoints_signers import DevKeySigner\n"
         "signer = DevKeySigner(bytes.fromhex('11' * 32))\n"
         "for _ in range(3):\n"
         "    signer.sign_digest(bytes(32))\n"

@@ -27,11 +27,12 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from backend.db import Database
-from backend.tariff import TariffBook, value_record
 from backend.worker import SealAndSettle
-from station_signer import merkle
-from station_signer.authorization import SignedAuthorization
-from station_signer.record import Direction, Domain, EnergyTransfer, parse_address
+from backend.settings import TARIFFS_DIR
+from gridpoints_protocol import merkle
+from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, parse_address
+from gridpoints_protocol.tariff import TariffBook, value_record
 from station_signer.station import STORE_FILE
 from station_signer.store import StationState, StationStore
 
@@ -426,7 +427,7 @@ def charge_args(user: str, end: int, *extra: str, energy_wh: int = 1_200) -> lis
 
 
 def points_of(direction: int, energy_wh: int, end: int, duration_s: int = 3_600) -> int:
-    tariff = TariffBook.load().in_force_at(int(time.time()))
+    tariff = TariffBook.load(TARIFFS_DIR).in_force_at(int(time.time()))
     return value_record(
         tariff,
         zone=ZONE,

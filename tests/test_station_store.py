@@ -29,13 +29,13 @@ from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_account.signers.local import LocalAccount
 
-from station_signer.authorization import (
+from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SettlementDomain,
     SignedAuthorization,
     sign_authorization,
 )
-from station_signer.record import (
+from gridpoints_protocol.record import (
     Direction,
     Domain,
     EnergyTransfer,
@@ -43,7 +43,7 @@ from station_signer.record import (
     parse_address,
     recover_signer,
 )
-from station_signer.signers import DevKeySigner, HsmError
+from gridpoints_signers import DevKeySigner, HsmError
 from station_signer.station import (
     STORE_FILE,
     AuthorizationError,
@@ -72,9 +72,7 @@ REGISTRY = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 DOMAIN = Domain(CHAIN_ID, parse_address(REGISTRY))
 USER = bytes.fromhex("5a" * 20)
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::station_signer.signers.devkey.DevelopmentKeyWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::gridpoints_signers.devkey.DevelopmentKeyWarning")
 
 
 def new_store(path: Path, **meters: int) -> tuple[StationStore, bytes]:
@@ -971,7 +969,7 @@ def _worker_main(argv: list[str]) -> None:
 
 
 def _default_module() -> str:
-    from station_signer.signers import default_module_path
+    from gridpoints_signers import default_module_path
 
     return default_module_path()
 

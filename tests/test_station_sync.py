@@ -35,14 +35,14 @@ import pytest
 from conftest import ChainEnv
 from eth_account import Account
 
-from station_signer.authorization import (
+from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SettlementDomain,
     SignedAuthorization,
     sign_authorization,
 )
-from station_signer.record import Direction, parse_address
-from station_signer.signers import DevKeySigner
+from gridpoints_protocol.record import Direction, parse_address
+from gridpoints_signers import DevKeySigner
 from station_signer.station import Station, Transfer
 from station_signer.store import RecordStatus, StationStore
 from station_signer.sync import DeferPolicy, RetryPolicy, SyncClient, SyncError
@@ -58,9 +58,7 @@ from backend_fixtures import (  # noqa: E402
 )
 
 pytest_plugins = ["backend_fixtures"]
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::station_signer.signers.devkey.DevelopmentKeyWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::gridpoints_signers.devkey.DevelopmentKeyWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = parse_address("0x" + "5a" * 20)

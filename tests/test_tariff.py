@@ -1,4 +1,4 @@
-"""Tariff documents, canonical hash, TariffBook and record valuation (backend/tariff.py).
+"""Tariff documents, canonical hash, TariffBook and record valuation (gridpoints_protocol/tariff.py).
 
 Pure code, no services: documents are validated field by field (one test per kind of error),
 the canonical encoding is checked against a hand-written byte string, and valuation against
@@ -30,11 +30,12 @@ from eth_utils import keccak
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from backend import tariff as tariff_module
-from backend.tariff import (
+from gridpoints_protocol import tariff as tariff_module
+from backend.settings import TARIFFS_DIR
+from gridpoints_protocol.record import UINT64_MAX, Direction
+from gridpoints_protocol.tariff import (
     MAX_RATE,
     MAX_VALUATION_TIME,
-    TARIFFS_DIR,
     WEEKDAYS,
     Tariff,
     TariffBook,
@@ -45,7 +46,6 @@ from backend.tariff import (
     load_timezone,
     value_record,
 )
-from station_signer.record import UINT64_MAX, Direction
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PATH = TARIFFS_DIR / "2026-01.toml"
@@ -306,7 +306,7 @@ def tzif_offset_changes(data: bytes) -> tuple[list[int], str]:
 
 
 def test_no_zone_changes_its_offset_twice_within_a_day() -> None:
-    # The engine's offset sampling (backend.tariff._SAMPLE) relies on this; check it against
+    # The engine's offset sampling (gridpoints_protocol.tariff._SAMPLE) relies on this; check it against
     # every zone of the pinned tzdata: explicit transitions from 1970 on, and the recurring
     # DST rules (TZ footer) that extend them, whose two dates must be months apart.
     root = Path(str(tzdata.__file__)).parent / "zoneinfo"
@@ -631,7 +631,7 @@ def book_dir(tmp_path: Path) -> Path:
 
 
 def test_book_of_the_project_folder_holds_the_demo_tariff() -> None:
-    book = TariffBook.load()
+    book = TariffBook.load(TARIFFS_DIR)
     assert [t.version for t in book] == ["2026-01"]
     assert book.in_force_at(DEMO.valid_from) == DEMO
     assert book.by_hash(DEMO.hash) == DEMO

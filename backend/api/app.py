@@ -19,7 +19,7 @@ from backend.api.errors import ERROR_CODES, body_too_large, install_error_handle
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.service import BackendService
 from backend.settings import Settings
-from station_signer.wire import ErrorResponse
+from gridpoints_protocol.wire import ErrorResponse
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from backend.ledger import (
 from backend.payments import authorizations_of
 from backend.service import BackendService
 from backend.settlement import steps_of
-from backend.tariff import TariffError
-from station_signer.record import ZERO_BYTES32, to_checksum_address
+from gridpoints_protocol.record import ZERO_BYTES32, to_checksum_address
+from gridpoints_protocol.tariff import TariffError
 
 router = APIRouter(prefix="/v1")
 ServiceDep = Annotated[BackendService, Depends(get_service)]

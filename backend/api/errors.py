@@ -1,4 +1,4 @@
-"""Every request-level error leaves the API in one shape, `station_signer.wire.ErrorResponse`:
+"""Every request-level error leaves the API in one shape, `gridpoints_protocol.wire.ErrorResponse`:
 ``{"error": {"code": "...", "message": "...", "details": ...}}``.
 
 Per-record rejections are not errors in this sense: they are `RecordOutcome`s (see records.py).
@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from station_signer.wire import ErrorResponse
+from gridpoints_protocol.wire import ErrorResponse
 
 log = logging.getLogger(__name__)
 

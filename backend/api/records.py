@@ -20,7 +20,7 @@ from backend.db.models import Record
 from backend.ingest import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Outcome
 from backend.queries import log_size, record_by_digest, records_by_user, records_in_log
 from backend.service import BackendService
-from station_signer.record import (
+from gridpoints_protocol.record import (
     Direction,
     Domain,
     EnergyTransfer,
@@ -28,7 +28,7 @@ from station_signer.record import (
     parse_address,
     to_checksum_address,
 )
-from station_signer.wire import (
+from gridpoints_protocol.wire import (
     BatchResponse,
     DeferReason,
     ErrorResponse,

@@ -1,5 +1,5 @@
 """Response models of the read API (the ingest request/response models live in
-station_signer.wire, shared with the stations). JSON names are camelCase like the record's."""
+gridpoints_protocol.wire, shared with the stations). JSON names are camelCase like the record's."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
@@ -22,8 +22,6 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils.abi import collapse_if_tuple
 from eth_utils.address import (
-    is_checksum_address,
-    is_hex_address,
     to_checksum_address,
 )
 from eth_utils.crypto import keccak
@@ -34,11 +32,24 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 from web3.types import LogReceipt, TxParams, TxReceipt
 
-from backend.chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
-from station_signer.authorization import PaymentAuthorization, SettlementDomain, SignedAuthorization
-
-if TYPE_CHECKING:
-    from backend.chain.deploy import Deployment
+from gridpoints_chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
+from gridpoints_chain.deployment import Deployment
+from gridpoints_protocol.authorization import (
+    PaymentAuthorization,
+    SettlementDomain,
+    SignedAuthorization,
+)
+from gridpoints_protocol.keys import (
+    KeyPeriod,
+    LogPosition,
+    StationEvent,
+    StationHistory,
+    StationKeyRotated,
+    StationRegistered,
+    StationRevoked,
+    is_valid_address,
+    station_id_bytes,
+)
 
 MAX_ENTRY_AMOUNT = 2**96 - 1
 _ADDRESS_BITS = 160
@@ -412,18 +423,6 @@ class ChunkKind(IntEnum):
     DEBIT = 1
 
 
-def is_valid_address(value: object) -> bool:
-    """A 0x-hex address whose EIP-55 checksum, if it has mixed case, is right.
-
-    eth_utils' is_address stopped checking checksums; a mistyped address must not silently
-    become someone else's.
-    """
-    if not isinstance(value, str) or not is_hex_address(value):
-        return False
-    digits = value[2:]
-    return digits == digits.lower() or digits == digits.upper() or is_checksum_address(value)
-
-
 def _address_int(account: str | bytes) -> int:
     if isinstance(account, bytes):
         if len(account) != 20:
@@ -564,140 +563,6 @@ class PaymentSkipped:
 
 # Exactly one per payment of a chunk.
 PaymentOutcome: TypeAlias = PaymentApplied | PaymentSkipped
-
-
-# ---- station history from events ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LogPosition:
-    """Where an event sits on chain; orders events the way the chain applied them."""
-
-    block_number: int
-    log_index: int
-    tx_hash: bytes
-    block_timestamp: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StationRegistered:
-    station_id: bytes
-    signer: ChecksumAddress
-    zone: int
-    max_power_w: int
-    active_from: int
-    position: LogPosition
-
-
-@dataclass(frozen=True, slots=True)
-class StationKeyRotated:
-    station_id: bytes
-    old_signer: ChecksumAddress
-    new_signer: ChecksumAddress
-    rotated_at: int
-    position: LogPosition
-
-
-@dataclass(frozen=True, slots=True)
-class StationRevoked:
-    station_id: bytes
-    signer: ChecksumAddress
-    revoked_at: int
-    position: LogPosition
-
-
-StationEvent: TypeAlias = StationRegistered | StationKeyRotated | StationRevoked
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPeriod:
-    """StationRegistry.KeyPeriod: the key covers record end times in [valid_from, valid_until).
-
-    As on chain, ``valid_until == 0`` means the key is still current.
-    """
-
-    signer: ChecksumAddress
-    valid_from: int
-    valid_until: int
-
-    @property
-    def is_current(self) -> bool:
-        return self.valid_until == 0
-
-
-@dataclass(slots=True)
-class StationHistory:
-    """A station's state rebuilt from its events alone, without calling any view."""
-
-    station_id: bytes
-    zone: int
-    max_power_w: int
-    active_from: int
-    keys: list[KeyPeriod] = field(default_factory=list)
-    revoked_at: int | None = None
-    events: list[StationEvent] = field(default_factory=list)
-
-    @property
-    def signer(self) -> ChecksumAddress:
-        return self.keys[-1].signer
-
-    def is_key_valid_at(self, signer: str, end_time: int) -> bool:
-        """Same rule as StationRegistry.isKeyValidAt, evaluated on the event history."""
-        if not is_valid_address(signer) or int(signer, 16) == 0:
-            return False
-        if end_time < self.active_from:
-            return False
-        if self.revoked_at is not None and end_time >= self.revoked_at:
-            return False
-        for period in reversed(self.keys):
-            if end_time >= period.valid_from and (
-                period.is_current or end_time < period.valid_until
-            ):
-                return period.signer == to_checksum_address(signer)
-        return False
-
-    def apply(self, event: StationEvent) -> None:
-        if event.station_id != self.station_id:
-            raise ValueError("event of another station")
-        match event:
-            case StationKeyRotated(new_signer=new_signer, rotated_at=rotated_at):
-                last = self.keys[-1]
-                self.keys[-1] = KeyPeriod(last.signer, last.valid_from, rotated_at)
-                self.keys.append(KeyPeriod(new_signer, rotated_at, 0))
-            case StationRevoked(revoked_at=revoked_at):
-                self.revoked_at = revoked_at
-            case StationRegistered():
-                raise ValueError("station registered twice")
-        self.events.append(event)
-
-    @classmethod
-    def from_events(cls, events: Sequence[StationEvent]) -> StationHistory:
-        """Replays one station's events, which must be in chain order and start with its
-        registration."""
-        if not events or not isinstance(events[0], StationRegistered):
-            raise ValueError("a station's history starts with its StationRegistered event")
-        first = events[0]
-        history = cls(
-            station_id=first.station_id,
-            zone=first.zone,
-            max_power_w=first.max_power_w,
-            active_from=first.active_from,
-            keys=[KeyPeriod(first.signer, first.active_from, 0)],
-            events=[first],
-        )
-        for event in events[1:]:
-            history.apply(event)
-        return history
-
-
-def station_id_bytes(station_id: bytes | str) -> bytes:
-    """A station id as the 32 bytes the registry stores (hex string or bytes)."""
-    raw = (
-        bytes.fromhex(station_id.removeprefix("0x")) if isinstance(station_id, str) else station_id
-    )
-    if len(raw) != 32:
-        raise ValueError(f"a station id is 32 bytes, got {len(raw)}")
-    return bytes(raw)
 
 
 def connect(rpc_url: str, *, timeout: float = 30.0) -> Web3:

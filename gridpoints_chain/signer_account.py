@@ -2,7 +2,7 @@
 
 The settlement worker needs an account that signs transactions. eth_account's
 ``LocalAccount`` holds the private key in process memory; :class:`SignerAccount` gets the same
-``address`` / ``sign_transaction`` surface from any :class:`station_signer.signers.Signer`, so
+``address`` / ``sign_transaction`` surface from any :class:`gridpoints_signers.Signer`, so
 the settler's key can live in a PKCS#11 token (an HSM in production, SoftHSM2 in tests and
 the demo) exactly like the stations' keys do.
 
@@ -34,7 +34,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 
-from station_signer.signers.base import HsmError, Signer, split_signature
+from gridpoints_signers.base import HsmError, Signer, split_signature
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """HTTP shapes shared by the station library and the backend (Pydantic v2 models).
 
-The record itself is validated by exactly one parser, :mod:`station_signer.record`; the models
+The record itself is validated by exactly one parser, :mod:`gridpoints_protocol.record`; the models
 here delegate to it (``SignedRecordIn``) and add the request/response envelopes around it. Field
 errors from the record parser surface as Pydantic errors whose ``loc`` is the record field path,
 e.g. ``("record", "meterAfterWh")``, so FastAPI's 422 bodies name the field.
@@ -41,7 +41,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from station_signer.record import (
+from gridpoints_protocol.record import (
     REASON_END_BEFORE_START,
     REASON_MALFORMED,
     REASON_METER_DELTA_MISMATCH,

@@ -34,9 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from backend.chain.artifacts import repo_root
+from gridpoints_chain.artifacts import repo_root
+from gridpoints_chain.well_known_keys import DEFAULT_MNEMONIC
 
-DEFAULT_MNEMONIC = "test test test test test test test test test test test junk"
 DEFAULT_CHAIN_ID = 31337
 DEFAULT_HOST = "127.0.0.1"
 ANVIL_ENV = "GRIDPOINTS_ANVIL"

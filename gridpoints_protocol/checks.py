@@ -65,17 +65,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Protocol
 
-from eth_utils.address import to_canonical_address
-
-from backend.chain.contracts import StationHistory
-from backend.chain.deploy import Deployment
-from backend.payments import PaymentProblem, check_payment, split_payment
-from station_signer.authorization import SettlementDomain, SignedAuthorization
-from station_signer.record import (
-    ZERO_ADDRESS,
+from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.keys import StationHistory, key_valid_at
+from gridpoints_protocol.payments import PaymentProblem, check_payment, split_payment
+from gridpoints_protocol.record import (
     ZERO_BYTES32,
     Domain,
     RecordValidationError,
@@ -84,7 +79,7 @@ from station_signer.record import (
     recover_signer_bytes,
     to_checksum_address,
 )
-from station_signer.wire import DeferReason, RejectReason
+from gridpoints_protocol.wire import DeferReason, RejectReason
 
 SECONDS_PER_HOUR = 3_600
 # A registry_behind hint never asks for more than this: the horizon estimate assumes the
@@ -159,11 +154,6 @@ class Verdict:
         return self.problem is None and self.deferral is None
 
 
-def deployment_domain(deployment: Deployment) -> Domain:
-    """The EIP-712 domain of a deployment: its chain id and StationRegistry address."""
-    return Domain(deployment.chain_id, to_canonical_address(deployment.registry_address))
-
-
 def domain_json(domain: Domain) -> dict[str, Any]:
     return {
         "chainId": domain.chain_id,
@@ -222,7 +212,7 @@ class RecordVerifier:
         return self.verify_payment(verdict, payment)
 
     def verify_payment(self, verdict: Verdict, payment: Any) -> Verdict:
-        """The payment checks (backend.payments.check_payment) of a record that passed the
+        """The payment checks (gridpoints_protocol.payments.check_payment) of a record that passed the
         record checks: after them, so that only a record the station really signed is judged."""
         assert verdict.signed is not None
         if self.settlement_domain is None:
@@ -393,38 +383,6 @@ class RecordVerifier:
             f"{end}: {what}; send it again later",
             min(wait, MAX_REGISTRY_RETRY_S),
         )
-
-
-@lru_cache(maxsize=65_536)
-def _period_signer(text: str) -> bytes | None:
-    """The 20 bytes of a key period's signer if `text` is their EIP-55 form, else None.
-
-    Bounded by the registry's keys, not by submissions: only signers of key periods get here.
-    """
-    try:
-        raw = bytes.fromhex(text[2:]) if text.startswith("0x") and len(text) == 42 else None
-    except ValueError:
-        return None
-    return raw if raw is not None and to_checksum_address(raw) == text else None
-
-
-def key_valid_at(station: StationHistory, signer: bytes, end_time: int) -> bool:
-    """``station.is_key_valid_at("0x" + signer.hex(), end_time)`` for a recovered 20-byte
-    signer, without the two checksum computations per call that rule makes (a fifth of the
-    cost of a record's stateless checks). Same rule, same answers: a period's signer matches
-    when it is the EIP-55 form of exactly these bytes (see `_period_signer`)."""
-    if signer == ZERO_ADDRESS:
-        return False
-    if end_time < station.active_from:
-        return False
-    if station.revoked_at is not None and end_time >= station.revoked_at:
-        return False
-    for period in reversed(station.keys):
-        if end_time >= period.valid_from and (
-            period.valid_until == 0 or end_time < period.valid_until
-        ):
-            return _period_signer(period.signer) == signer
-    return False
 
 
 def key_problem(station: StationHistory, signer: str, end_time: int) -> Problem:

@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from station_signer.record import (
+from gridpoints_protocol.record import (
     _EIP191_PREFIX,
     _HEX_64,
     _HEX_130,

@@ -21,7 +21,7 @@ from typing import Any, Final, Self
 import coincurve
 from eth_account import Account
 
-from station_signer.signers.base import (
+from gridpoints_signers.base import (
     SECP256K1_N,
     KeyExistsError,
     KeyNotFoundError,

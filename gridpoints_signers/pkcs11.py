@@ -50,7 +50,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, To
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from station_signer.signers.base import (
+from gridpoints_signers.base import (
     AmbiguousKeyError,
     HsmError,
     InsecureKeyError,
@@ -333,7 +333,7 @@ class Pkcs11Module:
         except p11e.UserAlreadyLoggedIn as exc:
             raise TokenLoginError(
                 f"token {token.label!r} is already logged in by code in this process that did "
-                "not go through station_signer.signers.pkcs11, so the PIN cannot be checked; "
+                "not go through gridpoints_signers.pkcs11, so the PIN cannot be checked; "
                 "open sessions with open_session() instead"
             ) from exc
         except p11e.PKCS11Error as exc:

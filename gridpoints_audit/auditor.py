@@ -12,7 +12,7 @@ audit starts, so a backend settling meanwhile cannot make the audit inconsistent
 
 * station key histories rebuilt from StationRegistry events; every record parsed, its digest
   recomputed under the deployment's EIP-712 domain, its signature and key validity at its end
-  time checked with `backend.verify.RecordVerifier` (``now=None``), payments with
+  time checked with `gridpoints_protocol.checks.RecordVerifier` (``now=None``), payments with
   `backend.payments.check_payment` against the Settlement domain;
 * the published list is exactly the epoch: leaf indexes 0..recordCount-1, each once, and as
   many records as the chain's recordCount;
@@ -58,22 +58,29 @@ import httpx
 from hexbytes import HexBytes
 from web3.exceptions import Web3Exception
 
-from backend.chain.contracts import ChainError, GridPointsChain, SkipReason, StationHistory
-from backend.chain.deploy import Deployment
-from backend.epochs import EpochAccumulator, EpochSummary, SealingError
-from backend.payments import PaymentProblem, check_payment
-from backend.registry import KeyDirectory
-from backend.tariff import Tariff, TariffError, ValuationError
-from backend.verify import RecordVerifier, deployment_domain
-from station_signer.authorization import PaymentAuthorization, SignedAuthorization
-from station_signer.merkle import RootBuilder, record_leaf_hash
-from station_signer.record import (
+from gridpoints_chain.contracts import ChainError, GridPointsChain, SkipReason
+from gridpoints_chain.deployment import Deployment, deployment_domain
+from gridpoints_protocol.accumulator import EpochAccumulator, EpochSummary, SealingError
+from gridpoints_protocol.authorization import PaymentAuthorization, SignedAuthorization
+from gridpoints_protocol.bundle_format import (
+    BUNDLE_FILES,
+    BUNDLE_FORMAT,
+    MANIFEST_FILE,
+    RECORDS_FILE,
+    TARIFF_FILE,
+)
+from gridpoints_protocol.checks import RecordVerifier
+from gridpoints_protocol.keys import KeyDirectory, StationHistory
+from gridpoints_protocol.merkle import RootBuilder, record_leaf_hash
+from gridpoints_protocol.payments import PaymentProblem, check_payment
+from gridpoints_protocol.record import (
     RecordValidationError,
     SignedRecord,
     keccak256,
     to_checksum_address,
 )
-from station_signer.wire import RejectReason
+from gridpoints_protocol.tariff import Tariff, TariffError, ValuationError
+from gridpoints_protocol.wire import RejectReason
 
 __all__ = [
     "BUNDLE_FILES",
@@ -89,16 +96,6 @@ __all__ = [
     "RecordSource",
     "RecordsUnavailable",
 ]
-
-# ---- the bundle format (written by backend/bundle.py, read by BundleSource) -----------------
-
-BUNDLE_FORMAT = "gridpoints-epoch-bundle/1"
-MANIFEST_FILE = "manifest.json"
-RECORDS_FILE = "records.jsonl"
-TARIFF_FILE = "tariff.json"
-README_FILE = "README.txt"
-# The files the manifest lists with their sha256 (the manifest cannot hash itself).
-BUNDLE_FILES = (RECORDS_FILE, TARIFF_FILE, README_FILE)
 
 ZERO_ADDRESS_TOPIC = "0x" + "00" * 32
 TRANSFER_TOPIC = "0x" + keccak256(b"Transfer(address,address,uint256)").hex()
@@ -1901,8 +1898,8 @@ def open_chain(
     rpc_url: str, deployment_file: str | Path, *, timeout: float = 30.0
 ) -> GridPointsChain:
     """A GridPointsChain on `rpc_url` for the deployment in `deployment_file` (AuditError)."""
-    from backend.chain.contracts import connect
-    from backend.chain.deploy import DeploymentFileError
+    from gridpoints_chain.contracts import connect
+    from gridpoints_chain.deployment import DeploymentFileError
 
     try:
         deployment = Deployment.load(deployment_file)

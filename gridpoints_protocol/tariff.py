@@ -42,14 +42,13 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from station_signer.record import UINT64_MAX, Direction, keccak256
+from gridpoints_protocol.record import UINT64_MAX, Direction, keccak256
 
 # ---- constants ---------------------------------------------------------------------------------
 
 FORMAT: Final = "gridpoints-tariff/1"
 """The only document format this module reads; a new format gets a new string."""
 
-TARIFFS_DIR: Final = Path(__file__).resolve().parent / "tariffs"
 """The folder of the project's tariff documents."""
 
 UINT32_MAX: Final = 2**32 - 1
@@ -610,7 +609,7 @@ class TariffBook:
         self._by_hash = by_hash
 
     @classmethod
-    def load(cls, folder: str | Path = TARIFFS_DIR) -> TariffBook:
+    def load(cls, folder: str | Path) -> TariffBook:
         folder = Path(folder)
         if not folder.is_dir():
             raise TariffError("unreadable", "", "not a folder", str(folder))

@@ -6,7 +6,7 @@ this package loads no PKCS#11 module: that happens on the first ``Pkcs11Signer.o
 ``generate`` (or ``SoftHsmToken.activate``), which matters for SoftHSM2's ``SOFTHSM2_CONF``.
 """
 
-from station_signer.signers.base import (
+from gridpoints_signers.base import (
     DIGEST_LENGTH,
     SECP256K1_HALF_N,
     SECP256K1_N,
@@ -36,8 +36,8 @@ from station_signer.signers.base import (
     split_signature,
     to_low_s_with_recovery,
 )
-from station_signer.signers.devkey import DevelopmentKeyWarning, DevKeySigner
-from station_signer.signers.pkcs11 import (
+from gridpoints_signers.devkey import DevelopmentKeyWarning, DevKeySigner
+from gridpoints_signers.pkcs11 import (
     Pkcs11Module,
     Pkcs11Signer,
     default_module_path,
@@ -46,7 +46,7 @@ from station_signer.signers.pkcs11 import (
     pin_from_file,
     resolve_pin,
 )
-from station_signer.signers.softhsm import SoftHsmToken
+from gridpoints_signers.softhsm import SoftHsmToken
 
 __all__ = [
     "DIGEST_LENGTH",

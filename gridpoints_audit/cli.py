@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from backend.audit import (
+from gridpoints_audit.auditor import (
     DEFAULT_BLOCK_RANGE,
     ApiSource,
     AuditError,

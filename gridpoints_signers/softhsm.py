@@ -4,7 +4,7 @@ SoftHSM2 finds its tokens through the configuration file named by ``SOFTHSM2_CON
 module writes such a file pointing at a directory of the caller's choosing, so that nothing
 touches the system token directory (``/var/lib/softhsm/tokens``).
 
-What matters about SoftHSM2 2.6 here (see also :mod:`station_signer.signers.pkcs11`):
+What matters about SoftHSM2 2.6 here (see also :mod:`gridpoints_signers.pkcs11`):
 
 * The library reads ``SOFTHSM2_CONF`` and scans the token directory in ``C_Initialize``, which
   python-pkcs11 calls when it first loads the module. :meth:`SoftHsmToken.activate` sets the
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Self
 
-from station_signer.signers.base import SoftHsmError
-from station_signer.signers.pkcs11 import Pkcs11Module, default_module_path
+from gridpoints_signers.base import SoftHsmError
+from gridpoints_signers.pkcs11 import Pkcs11Module, default_module_path
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class SoftHsmToken:
 
     def _config_text(self) -> str:
         return (
-            "# Written by station_signer.signers.softhsm; private to this directory.\n"
+            "# Written by gridpoints_signers.softhsm; private to this directory.\n"
             f"directories.tokendir = {self.token_dir}\n"
             "objectstore.backend = file\n"
             "log.level = ERROR\n"

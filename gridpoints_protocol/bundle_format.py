@@ -1,0 +1,13 @@
+"""The epoch bundle format: what `gridpoints epoch export` writes (backend/bundle.py) and the
+auditor reads (gridpoints_audit). docs/AUDIT.md describes every file.
+"""
+
+from __future__ import annotations
+
+BUNDLE_FORMAT = "gridpoints-epoch-bundle/1"
+MANIFEST_FILE = "manifest.json"
+RECORDS_FILE = "records.jsonl"
+TARIFF_FILE = "tariff.json"
+README_FILE = "README.txt"
+# The files the manifest lists with their sha256 (the manifest cannot hash itself).
+BUNDLE_FILES = (RECORDS_FILE, TARIFF_FILE, README_FILE)
