@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -32,7 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 __all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "multiprocess_directory"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_GAUGE_MODE = "mostrecent"
+_GAUGE_MODE: Final = "mostrecent"
 
 
 def _multiprocess() -> bool:
@@ -188,6 +189,6 @@ class Metrics:
     def render(self) -> bytes:
         if _multiprocess():
             merged = CollectorRegistry()
-            MultiProcessCollector(merged)
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped in the library
             return generate_latest(merged)
         return generate_latest(self.registry)

@@ -190,7 +190,8 @@ def _rejection_counts(session: Session, station_ids: list[bytes]) -> dict[bytes,
         .group_by(Rejection.station_id, Rejection.reason)
     )
     for station_id, reason, count in rows:
-        counts.setdefault(station_id, {})[reason] = int(count)
+        if station_id is not None:  # the IN clause excludes rejections without a station
+            counts.setdefault(station_id, {})[reason] = int(count)
     return counts
 
 

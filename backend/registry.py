@@ -16,8 +16,9 @@ most one poll interval after they reach the confirmation depth.
 
 The directory also carries the follower's *horizon*: the timestamp of the last block applied
 (kept in the cursor with the block, so a restart resumes with it). The verifier judges a record
-that ended at or after it as not decidable yet (``deferred``, see gridpoints_protocol.checks): a rotation or
-revocation in a block the follower has not applied takes effect at or after that timestamp.
+that ended at or after it as not decidable yet (``deferred``, see gridpoints_protocol.checks):
+a rotation or revocation in a block the follower has not applied takes effect at or after that
+timestamp.
 
 Reorgs deeper than the configured confirmations are not repaired: the follower keeps the hash
 of the last block it applied and reports a mismatch (health and logs) so an operator can act.

@@ -199,7 +199,8 @@ class RecordVerifier:
             return Verdict(
                 None,
                 problem=Problem(
-                    RejectReason(exc.reason),
+                    # A lookup by value; mypy reads the call as the two-argument __new__.
+                    RejectReason(exc.reason),  # type: ignore[call-arg]
                     exc.summary(),
                     {"fields": [{"field": e.field, "message": e.message} for e in exc.errors]},
                 ),
@@ -212,8 +213,9 @@ class RecordVerifier:
         return self.verify_payment(verdict, payment)
 
     def verify_payment(self, verdict: Verdict, payment: Any) -> Verdict:
-        """The payment checks (gridpoints_protocol.payments.check_payment) of a record that passed the
-        record checks: after them, so that only a record the station really signed is judged."""
+        """The payment checks (gridpoints_protocol.payments.check_payment) of a record that
+        passed the record checks: after them, so that only a record the station really signed
+        is judged."""
         assert verdict.signed is not None
         if self.settlement_domain is None:
             problem = Problem(

@@ -203,9 +203,9 @@ class RegistryView:
     """One consistent reading of the mirror: the stations and the horizon they are decided up to.
 
     ``decided_before`` is the timestamp of ``as_of_block``, the last block whose events are in
-    ``stations``: the key state at a record end time below it is final (see gridpoints_protocol.checks).
-    None: the view claims the complete history (a directory built from all chain events, as the
-    auditor's), and every end time is decided.
+    ``stations``: the key state at a record end time below it is final (see
+    gridpoints_protocol.checks). None: the view claims the complete history (a directory built
+    from all chain events, as the auditor's), and every end time is decided.
     """
 
     stations: Mapping[bytes, StationHistory]

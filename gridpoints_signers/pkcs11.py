@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11e
+from pkcs11.types import SignMixin
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from gridpoints_signers.base import (
@@ -493,7 +494,7 @@ class Pkcs11Signer:
         self,
         module: Pkcs11Module,
         session: pkcs11.Session,
-        private_key: pkcs11.PrivateKey,
+        private_key: SignMixin,
         public_point: bytes,
         *,
         key_label: str,
@@ -532,6 +533,8 @@ class Pkcs11Signer:
                 where = f"key {label!r} on token {token_label!r}"
                 private_key = _one_object(session, ObjectClass.PRIVATE_KEY, label)
                 _check_private_key(private_key, f"private {where}")
+                if not isinstance(private_key, SignMixin):
+                    raise UnsupportedKeyError(f"private {where} is not a key that can sign")
                 public_key = _one_object(session, ObjectClass.PUBLIC_KEY, label)
                 point = _public_point(public_key, f"public {where}")
                 signer = cls(

@@ -69,12 +69,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gridpoints_chain.contracts import GridPointsChain
-from gridpoints_chain.deploy import deploy
-from gridpoints_chain.well_known_keys import dev_account
+from gridpoints_chain.contracts import GridPointsChain  # noqa: E402
+from gridpoints_chain.deploy import deploy  # noqa: E402
+from gridpoints_chain.well_known_keys import dev_account  # noqa: E402
 from gridpoints_dev.anvil import AnvilNode, free_port  # noqa: E402
 from gridpoints_protocol.checks import RecordVerifier  # noqa: E402
-from gridpoints_protocol.keys import KeyDirectory, KeyPeriod, StationHistory
+from gridpoints_protocol.keys import KeyDirectory, KeyPeriod, StationHistory  # noqa: E402
 from gridpoints_protocol.record import (  # noqa: E402
     Direction,
     Domain,

@@ -11,9 +11,9 @@ turns a measured :class:`Transfer` into a signed, queued ``EnergyTransfer``:
 3. *attach* the signature, which queues the record for :mod:`station_signer.sync`.
 
 A charge the user pays with points carries the user's signed payment authorisation
-(:class:`~gridpoints_protocol.authorization.SignedAuthorization`, signed in the user's wallet for the
-Settlement contract's EIP-712 domain). :func:`check_authorization` refuses one that is not the
-user's own signature, is for another user or station, or expires before the charge ends; the
+(:class:`~gridpoints_protocol.authorization.SignedAuthorization`, signed in the user's wallet
+for the Settlement contract's EIP-712 domain). :func:`check_authorization` refuses one that is
+not the user's own signature, is for another user or station, or expires before the charge ends; the
 record's ``paymentAuthorization`` becomes the authorisation's digest (so the signed record
 commits to it and neither can be swapped) and the authorisation is stored with the record and
 sent with it.

@@ -92,7 +92,7 @@ class RetryPolicy:
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay before retry number ``attempt`` (1 = the first retry)."""
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         # "Full jitter": spreads the retries of many stations that lost the backend at once.

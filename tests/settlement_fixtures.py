@@ -34,8 +34,8 @@ from sqlalchemy import select
 
 from backend.db import Database
 from backend.db.models import Epoch, EpochPayment, SettlementStep
-from backend.worker import SealAndSettle, write_dev_key_file
 from backend.settings import TARIFFS_DIR
+from backend.worker import SealAndSettle, write_dev_key_file
 from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
 from gridpoints_protocol.record import EnergyTransfer
 from gridpoints_protocol.tariff import TariffBook, value_record

@@ -27,8 +27,8 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from backend.db import Database
-from backend.worker import SealAndSettle
 from backend.settings import TARIFFS_DIR
+from backend.worker import SealAndSettle
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, parse_address

@@ -1,4 +1,4 @@
-"""Tariff documents, canonical hash, TariffBook and record valuation (gridpoints_protocol/tariff.py).
+"""Tariff documents, canonical hash, TariffBook, record valuation (gridpoints_protocol/tariff.py).
 
 Pure code, no services: documents are validated field by field (one test per kind of error),
 the canonical encoding is checked against a hand-written byte string, and valuation against
@@ -30,8 +30,8 @@ from eth_utils import keccak
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gridpoints_protocol import tariff as tariff_module
 from backend.settings import TARIFFS_DIR
+from gridpoints_protocol import tariff as tariff_module
 from gridpoints_protocol.record import UINT64_MAX, Direction
 from gridpoints_protocol.tariff import (
     MAX_RATE,
@@ -306,8 +306,8 @@ def tzif_offset_changes(data: bytes) -> tuple[list[int], str]:
 
 
 def test_no_zone_changes_its_offset_twice_within_a_day() -> None:
-    # The engine's offset sampling (gridpoints_protocol.tariff._SAMPLE) relies on this; check it against
-    # every zone of the pinned tzdata: explicit transitions from 1970 on, and the recurring
+    # The engine's offset sampling (gridpoints_protocol.tariff._SAMPLE) relies on this; check it
+    # against every zone of the pinned tzdata: explicit transitions from 1970 on, and the recurring
     # DST rules (TZ footer) that extend them, whose two dates must be months apart.
     root = Path(str(tzdata.__file__)).parent / "zoneinfo"
     checked = 0

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backend.api.deps import get_service, parse_address_param, parse_hex32
 from backend.api.errors import ApiError
@@ -172,7 +173,7 @@ def list_epochs(
     )
 
 
-def _epoch(session: Any, epoch_id: int) -> Epoch:
+def _epoch(session: Session, epoch_id: int) -> Epoch:
     epoch = session.get(Epoch, epoch_id)
     if epoch is None:
         raise ApiError(404, "not_found", f"epoch {epoch_id} is not sealed")

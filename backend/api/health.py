@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
@@ -34,7 +34,8 @@ ServiceDep = Annotated[BackendService, Depends(get_service)]
     responses={503: {"model": HealthView, "description": "The database is unreachable."}},
 )
 def healthz(service: ServiceDep) -> JSONResponse:
-    database, error, size = "ok", None, None
+    database: Literal["ok", "error"] = "ok"
+    error, size = None, None
     epochs: dict[str, int] = {}
     unsealed = None
     try:
@@ -67,6 +68,7 @@ def healthz(service: ServiceDep) -> JSONResponse:
     follower = service.follower
     assert follower is not None
     registry = follower.status
+    status: Literal["ok", "degraded", "failing"]
     if database != "ok":
         status = "failing"
     elif (

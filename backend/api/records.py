@@ -503,7 +503,7 @@ Limit = Annotated[int, Query(ge=1, le=1_000, description="Page size.")]
 # Log indexes and offsets are BIGINT columns: a larger bound would overflow the database's
 # integer before any row is read (a 500 instead of a 422).
 MAX_INDEX = 2**63 - 1
-NOT_FOUND = {404: _error_doc("No such record.", "not_found")}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error_doc("No such record.", "not_found")}
 
 
 @router.get(

@@ -2,11 +2,12 @@
 functions): layers import only downward, the three rooms never import each other, and no
 module takes part in an import circle.
 
-    gridpoints_dev                          dev tooling: Anvil launcher, dev chains, demo
-    station_signer | backend | gridpoints_audit   the three rooms: station, operator, auditor
-    gridpoints_chain                        chain access: artifacts, deployment, handles, tx pipeline
-    gridpoints_signers                      the Signer protocol: PKCS#11, development key file
-    gridpoints_protocol                     the pure core: formats, rules, Merkle, valuation
+    gridpoints_dev          dev tooling: Anvil launcher, dev chains, the demo
+    station_signer | backend | gridpoints_audit
+                            the three rooms: the station, the operator, the auditor
+    gridpoints_chain        chain access: artifacts, deployment, handles, tx pipeline
+    gridpoints_signers      the Signer protocol: PKCS#11, development key file
+    gridpoints_protocol     the pure core: formats, rules, Merkle, valuation
 """
 
 from __future__ import annotations
