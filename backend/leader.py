@@ -22,12 +22,13 @@ from typing import Self
 from sqlalchemy import Connection, text
 
 from backend.db.session import Database
+from backend.errors import BackendError
 
 # An arbitrary, fixed 64-bit key: "GRIDPNTS" in ASCII.
 ADVISORY_LOCK_KEY = int.from_bytes(b"GRIDPNTS", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class LeaderLockHeld(RuntimeError):
+class LeaderLockHeld(BackendError, RuntimeError):
     """Another process is the sealer/settler right now."""
 
 

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import RegistryCursor, RegistryEvent, Station, StationKey
 from backend.db.session import Database
+from backend.errors import BackendError
 from backend.metrics import Metrics
 from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_protocol.keys import (
@@ -57,11 +58,11 @@ log = logging.getLogger(__name__)
 CURSOR_ID = 1
 
 
-class RegistryMismatchError(RuntimeError):
+class RegistryMismatchError(BackendError, RuntimeError):
     """The database mirrors another chain or another registry than the configured deployment."""
 
 
-class RegistryMirrorError(RuntimeError):
+class RegistryMirrorError(BackendError, RuntimeError):
     """The events do not form a consistent history (e.g. a rotation of an unknown station)."""
 
 

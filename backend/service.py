@@ -13,6 +13,7 @@ from typing import Any
 from web3 import Web3
 
 from backend.db.session import Database
+from backend.errors import BackendError
 from backend.ingest import Candidate, GroupCommitter, Ingestor, Outcome
 from backend.ledger import TreeCache
 from backend.metrics import Metrics
@@ -32,7 +33,7 @@ from gridpoints_protocol.wire import DeferReason, RejectReason
 log = logging.getLogger(__name__)
 
 
-class ConfigurationError(RuntimeError):
+class ConfigurationError(BackendError, RuntimeError):
     """The settings, the deployment file and the chain do not fit together."""
 
 

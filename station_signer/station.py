@@ -62,6 +62,7 @@ from gridpoints_protocol.record import (
     to_checksum_address,
 )
 from gridpoints_signers.base import Signer
+from station_signer.errors import StationSignerError
 from station_signer.store import StationState, StationStore, StoredRecord, StoreError
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ DEFAULT_KEY_LABEL: Final = "gridpoints-station"
 SOFTHSM_SO_PIN_ENV: Final = "GRIDPOINTS_SOFTHSM_SO_PIN"
 
 
-class StationError(Exception):
+class StationError(StationSignerError):
     """A station-level problem; ``code`` is machine-readable (``key_mismatch``, ``config``...)."""
 
     def __init__(self, message: str, code: str = "station_error") -> None:

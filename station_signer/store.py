@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gridpoints_protocol.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
+from station_signer.errors import StationSignerError
 
 SCHEMA_VERSION: Final = 2
 # SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter
@@ -126,7 +127,7 @@ class RecordStatus(StrEnum):
     REJECTED = "rejected"  # refused by the backend; kept with its reason for the operator
 
 
-class StoreError(Exception):
+class StoreError(StationSignerError):
     """The station state file is missing, foreign or inconsistent, or a step is out of order.
 
     ``code`` is machine-readable: ``not_initialised``, ``foreign_store``, ``meter_backwards``,

@@ -56,6 +56,7 @@ import httpx
 from pydantic import ValidationError
 
 from gridpoints_protocol.wire import BatchResponse, RecordOutcome
+from station_signer.errors import StationSignerError
 from station_signer.store import StationStore, StoredRecord
 
 DEFAULT_BATCH_SIZE: Final = 200
@@ -65,7 +66,7 @@ CHAIN_ID_HEADER: Final = "GridPoints-Chain-Id"
 CONTRACT_HEADER: Final = "GridPoints-Verifying-Contract"
 
 
-class SyncError(Exception):
+class SyncError(StationSignerError):
     """The backend could not be reached, refused a whole request, or answered nonsense.
 
     ``code``: ``unreachable`` (gave up after the retries), ``refused`` (a 4xx for the whole

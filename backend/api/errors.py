@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.errors import BackendError
 from gridpoints_protocol.wire import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _STATUS_CODES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(BackendError):
     """Raised by handlers to answer with an ErrorResponse."""
 
     def __init__(self, status_code: int, code: str, message: str, details: Any = None) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.errors import BackendError
 
-class _BodyTooLargeError(Exception):
+
+class _BodyTooLargeError(BackendError):
     pass
 
 

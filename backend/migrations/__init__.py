@@ -14,10 +14,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from backend.errors import BackendError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
 
-class DatabaseNotMigratedError(RuntimeError):
+class DatabaseNotMigratedError(BackendError, RuntimeError):
     """The database schema is missing or not at the revision this code expects."""
 
 
