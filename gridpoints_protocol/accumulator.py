@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gridpoints_protocol.errors import ProtocolError
 from gridpoints_protocol.merkle import RootBuilder, credit_leaf_hash, record_leaf_hash
 from gridpoints_protocol.record import ZERO_BYTES32, Direction
 from gridpoints_protocol.tariff import Tariff, value_record
@@ -19,7 +20,7 @@ UINT128_MAX = 2**128 - 1
 MAX_TOTAL = 2**63 - 1
 
 
-class SealingError(RuntimeError):
+class SealingError(ProtocolError, RuntimeError):
     """An epoch cannot be sealed (no tariff in force, an unknown station zone, a total too big)."""
 
 

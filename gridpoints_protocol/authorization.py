@@ -34,10 +34,11 @@ the EIP-712 *digest*, not the struct hash, so that the record binds the chain an
 Settlement contract as well as the authorisation's fields. ``PaymentApplied`` events carry the
 same 32 bytes, which is how an auditor joins a burn to its record.
 
-Representation and parsing follow ``record.py`` (whose error types and text helpers this module
-imports rather than copies): ``bytes`` for addresses (20) and bytes32 (32), ``int`` for integers,
-text only in JSON. JSON integers may also arrive as decimal strings (JavaScript clients cannot
-hold a uint256 in a Number); :meth:`PaymentAuthorization.to_json` always writes JSON integers.
+Representation and parsing follow ``record.py``, with the same shared pieces (``eip712.py``: the
+JSON value parsers, the domain and the typed-data JSON; ``errors.py``: the error types):
+``bytes`` for addresses (20) and bytes32 (32), ``int`` for integers, text only in JSON. JSON
+integers may also arrive as decimal strings (JavaScript clients cannot hold a uint256 in a
+Number); :meth:`PaymentAuthorization.to_json` always writes JSON integers.
 
 The module is pure: no I/O, no clock, no global state beyond constants. Signing with a
 development wallet (:func:`sign_authorization`) uses the account object it is given.
@@ -50,31 +51,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from gridpoints_protocol.record import (
-    _EIP191_PREFIX,
-    _HEX_64,
-    _HEX_130,
-    DOMAIN_FIELDS,
-    REASON_MALFORMED,
-    SIGNATURE_LENGTH,
+from gridpoints_protocol.eip712 import (
+    HEX_130,
     ZERO_ADDRESS,
-    ZERO_BYTES32,
     Eip712Domain,
-    FieldError,
-    RecordField,
-    RecordValidationError,
-    SignatureError,
-    _int_text,
-    _parse_address_text,
-    _parse_hex_fixed,
-    _parse_uint_text,
-    _Problem,
-    _shape_errors,
-    _type_name,
-    encode_type,
+    StructMember,
+    StructType,
+    ValueProblem,
+    int_text,
     keccak256,
-    recover_signer_bytes,
+    parse_hex_fixed,
+    shape_errors,
     to_checksum_address,
+    type_name,
+)
+from gridpoints_protocol.errors import REASON_MALFORMED, FieldError, RecordValidationError
+from gridpoints_protocol.record import (
+    SIGNATURE_LENGTH,
+    ZERO_BYTES32,
+    SignatureError,
+    recover_signer_bytes,
 )
 
 if TYPE_CHECKING:
@@ -107,23 +103,21 @@ PRIMARY_TYPE: Final = "PaymentAuthorization"
 JS_SAFE_INTEGER_MAX: Final = 2**53 - 1
 
 # The order is the EIP-712 member order: it fixes the type string, the hash and the JSON.
-AUTHORIZATION_FIELDS: Final[tuple[RecordField, ...]] = (
-    RecordField("user", "user", "address"),
-    RecordField("stationId", "station_id", "bytes32"),
-    RecordField("maxPoints", "max_points", "uint128"),
-    RecordField("nonce", "nonce", "uint256"),
-    RecordField("deadline", "deadline", "uint64"),
+AUTHORIZATION_FIELDS: Final[tuple[StructMember, ...]] = (
+    StructMember("user", "user", "address"),
+    StructMember("stationId", "station_id", "bytes32"),
+    StructMember("maxPoints", "max_points", "uint128"),
+    StructMember("nonce", "nonce", "uint256"),
+    StructMember("deadline", "deadline", "uint64"),
 )
+PAYMENT_AUTHORIZATION: Final = StructType(PRIMARY_TYPE, AUTHORIZATION_FIELDS)
 
 PAYMENT_AUTHORIZATION_TYPE: Final = (
     "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,"
     "uint64 deadline)"
 )
 # A real check, not an assert: it must also hold under python -O.
-if (
-    encode_type(PRIMARY_TYPE, tuple((f.json_name, f.eip712_type) for f in AUTHORIZATION_FIELDS))
-    != PAYMENT_AUTHORIZATION_TYPE
-):
+if PAYMENT_AUTHORIZATION.encode_type() != PAYMENT_AUTHORIZATION_TYPE:
     raise ImportError("authorization.py: field table disagrees with the EIP-712 type string")
 
 PAYMENT_AUTHORIZATION_TYPEHASH: Final = keccak256(PAYMENT_AUTHORIZATION_TYPE.encode("ascii"))
@@ -136,7 +130,6 @@ if _STRUCT_LAYOUT.size != 6 * 32:
     raise ImportError("authorization.py: encodeData layout has the wrong size")
 
 _BITS: Final = {"uint64": 64, "uint128": 128, "uint256": 256}
-_JSON_NAMES: Final = frozenset(f.json_name for f in AUTHORIZATION_FIELDS)
 _SIGNED_KEYS: Final = frozenset(("authorization", "signature"))
 
 
@@ -178,12 +171,12 @@ def _errors(values: Mapping[str, Any]) -> list[FieldError]:
             continue
         if value < 0:
             errors.append(
-                FieldError(name, f"must not be negative ({f.eip712_type}), got {_int_text(value)}")
+                FieldError(name, f"must not be negative ({f.eip712_type}), got {int_text(value)}")
             )
         elif value.bit_length() > bits:
             errors.append(
                 FieldError(
-                    name, f"must be at most 2^{bits}-1 ({f.eip712_type}), got {_int_text(value)}"
+                    name, f"must be at most 2^{bits}-1 ({f.eip712_type}), got {int_text(value)}"
                 )
             )
     if "user" in values and values["user"] == ZERO_ADDRESS:
@@ -228,13 +221,13 @@ class PaymentAuthorization:
                     errors.append(
                         FieldError(
                             f.json_name,
-                            f"must be {size} bytes, got {_type_name(value)}"
+                            f"must be {size} bytes, got {type_name(value)}"
                             + (f" of length {len(value)}" if isinstance(value, bytes) else ""),
                         )
                     )
                     continue
             elif type(value) is not int:
-                errors.append(FieldError(f.json_name, f"must be an int, got {_type_name(value)}"))
+                errors.append(FieldError(f.json_name, f"must be an int, got {type_name(value)}"))
                 continue
             present[f.attribute] = value
         errors += _errors(present)
@@ -253,25 +246,9 @@ class PaymentAuthorization:
         """
         if not isinstance(data, Mapping):
             raise RecordValidationError(
-                [FieldError("", f"authorization must be a JSON object, got {_type_name(data)}")]
+                [FieldError("", f"authorization must be a JSON object, got {type_name(data)}")]
             )
-        errors: list[FieldError] = []
-        if data.keys() != _JSON_NAMES:
-            errors += _shape_errors(data, [f.json_name for f in AUTHORIZATION_FIELDS])
-        values: dict[str, Any] = {}
-        for f in AUTHORIZATION_FIELDS:
-            if f.json_name not in data:
-                continue
-            raw = data[f.json_name]
-            try:
-                if f.eip712_type == "bytes32":
-                    values[f.attribute] = _parse_hex_fixed(raw, 32, _HEX_64)
-                elif f.eip712_type == "address":
-                    values[f.attribute] = _parse_address_text(raw)
-                else:
-                    values[f.attribute] = _parse_uint_text(raw)
-            except _Problem as exc:
-                errors.append(FieldError(f.json_name, str(exc)))
+        values, errors = PAYMENT_AUTHORIZATION.parse_members(data)
         errors += _errors(values)
         if errors:
             raise RecordValidationError(errors)
@@ -324,7 +301,7 @@ class PaymentAuthorization:
     def digest(self, domain: SettlementDomain) -> bytes:
         """The 32 bytes the user signs, and the value of the record's ``paymentAuthorization``:
         keccak256(0x1901 || domainSeparator || hashStruct)."""
-        return keccak256(_EIP191_PREFIX + domain.separator + self.struct_hash())
+        return domain.digest_of(self.struct_hash())
 
     def typed_data(self, domain: SettlementDomain) -> dict[str, Any]:
         """The eth_signTypedData_v4 JSON of this authorisation (what a wallet is asked to sign).
@@ -337,20 +314,12 @@ class PaymentAuthorization:
             name: str(value) if type(value) is int and value > JS_SAFE_INTEGER_MAX else value
             for name, value in self.to_json().items()
         }
-        return {
-            "types": typed_data_types(),
-            "primaryType": PRIMARY_TYPE,
-            "domain": domain.to_json(),
-            "message": message,
-        }
+        return PAYMENT_AUTHORIZATION.typed_data(domain, message)
 
 
 def typed_data_types() -> dict[str, list[dict[str, str]]]:
     """The ``types`` member of the typed data (a fresh copy each call)."""
-    return {
-        "EIP712Domain": [{"name": n, "type": t} for n, t in DOMAIN_FIELDS],
-        PRIMARY_TYPE: [{"name": f.json_name, "type": f.eip712_type} for f in AUTHORIZATION_FIELDS],
-    }
+    return PAYMENT_AUTHORIZATION.typed_data_types()
 
 
 def parse_typed_data(data: Any) -> tuple[PaymentAuthorization, SettlementDomain]:
@@ -358,31 +327,9 @@ def parse_typed_data(data: Any) -> tuple[PaymentAuthorization, SettlementDomain]
 
     ``types`` must be exactly the authorisation's types and ``primaryType`` PaymentAuthorization.
     """
-    if not isinstance(data, Mapping):
-        raise RecordValidationError(
-            [FieldError("", f"typed data must be a JSON object, got {_type_name(data)}")]
-        )
-    errors = _shape_errors(data, ["types", "primaryType", "domain", "message"])
-    if "types" in data and data["types"] != typed_data_types():
-        errors.append(FieldError("types", "must be exactly the GridPoints payment types"))
-    if "primaryType" in data and data["primaryType"] != PRIMARY_TYPE:
-        errors.append(FieldError("primaryType", f"must be {PRIMARY_TYPE!r}"))
-    authorization: PaymentAuthorization | None = None
-    domain: SettlementDomain | None = None
-    if "domain" in data:
-        try:
-            domain = SettlementDomain.from_json(data["domain"])
-        except RecordValidationError as exc:
-            errors += exc.prefixed("domain").errors
-    if "message" in data:
-        try:
-            authorization = PaymentAuthorization.from_json(data["message"])
-        except RecordValidationError as exc:
-            errors += exc.prefixed("message").errors
-    if errors:
-        raise RecordValidationError(errors)
-    assert authorization is not None and domain is not None
-    return authorization, domain
+    return PAYMENT_AUTHORIZATION.parse_typed_data(
+        data, SettlementDomain, PaymentAuthorization.from_json, "GridPoints payment types"
+    )
 
 
 # ---- signed authorisations ---------------------------------------------------------------------
@@ -420,13 +367,13 @@ class SignedAuthorization:
             raise RecordValidationError(
                 [
                     FieldError(
-                        "", f"signed authorization must be a JSON object, got {_type_name(data)}"
+                        "", f"signed authorization must be a JSON object, got {type_name(data)}"
                     )
                 ]
             )
         errors: list[FieldError] = []
         if data.keys() != _SIGNED_KEYS:
-            errors += _shape_errors(data, ["authorization", "signature"])
+            errors += shape_errors(data, ["authorization", "signature"])
         authorization: PaymentAuthorization | None = None
         signature: bytes | None = None
         if "authorization" in data:
@@ -436,8 +383,8 @@ class SignedAuthorization:
                 errors += exc.prefixed("authorization").errors
         if "signature" in data:
             try:
-                signature = _parse_hex_fixed(data["signature"], SIGNATURE_LENGTH, _HEX_130)
-            except _Problem as exc:
+                signature = parse_hex_fixed(data["signature"], SIGNATURE_LENGTH, HEX_130)
+            except ValueProblem as exc:
                 errors.append(FieldError("signature", str(exc)))
         if errors:
             raise RecordValidationError(errors, REASON_MALFORMED)

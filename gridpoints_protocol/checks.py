@@ -68,16 +68,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.eip712 import to_checksum_address
+from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.keys import StationHistory, key_valid_at
 from gridpoints_protocol.payments import PaymentProblem, check_payment, split_payment
 from gridpoints_protocol.record import (
     ZERO_BYTES32,
     Domain,
-    RecordValidationError,
     SignatureError,
     SignedRecord,
     recover_signer_bytes,
-    to_checksum_address,
 )
 from gridpoints_protocol.wire import DeferReason, RejectReason
 

@@ -16,7 +16,7 @@ from typing import TypeAlias
 from eth_typing import ChecksumAddress
 from eth_utils.address import is_checksum_address, is_hex_address, to_checksum_address
 
-from gridpoints_protocol.record import ZERO_ADDRESS
+from gridpoints_protocol.eip712 import ZERO_ADDRESS
 
 
 def is_valid_address(value: object) -> bool:

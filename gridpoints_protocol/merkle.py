@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from gridpoints_protocol.record import keccak256 as keccak
+from gridpoints_protocol.eip712 import keccak256 as keccak
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"

@@ -25,12 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
-from gridpoints_protocol.record import (
-    ZERO_BYTES32,
-    Direction,
-    EnergyTransfer,
-    RecordValidationError,
-)
+from gridpoints_protocol.errors import ProtocolError, RecordValidationError
+from gridpoints_protocol.record import ZERO_BYTES32, Direction, EnergyTransfer
 from gridpoints_protocol.wire import RejectReason
 
 PAYMENT_KEY = "payment"
@@ -47,7 +43,7 @@ AUTHORIZATION_NOT_CHARGE = RejectReason.AUTHORIZATION_NOT_CHARGE
 AUTHORIZATION_REPLAYED = RejectReason.AUTHORIZATION_REPLAYED
 
 
-class PaymentProblem(Exception):
+class PaymentProblem(ProtocolError):
     """Why a payment is refused: a reason code above and a message."""
 
     def __init__(self, reason: RejectReason, message: str) -> None:

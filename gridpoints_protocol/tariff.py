@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from gridpoints_protocol.record import UINT64_MAX, Direction, keccak256
+from gridpoints_protocol.eip712 import keccak256
+from gridpoints_protocol.errors import ProtocolError
+from gridpoints_protocol.record import UINT64_MAX, Direction
 
 # ---- constants ---------------------------------------------------------------------------------
 
@@ -88,7 +90,7 @@ _DIRECTION_KEYS: Final = {"charge": Direction.CHARGE, "discharge": Direction.DIS
 # ---- errors ------------------------------------------------------------------------------------
 
 
-class TariffError(ValueError):
+class TariffError(ProtocolError, ValueError):
     """A tariff document, folder or lookup is invalid.
 
     ``reason`` is a stable machine-readable code (e.g. ``unknown_key``, ``band_gap``), ``field``
@@ -109,7 +111,7 @@ class TariffError(ValueError):
         return TariffError(self.reason, self.field, self.message, source)
 
 
-class ValuationError(ValueError):
+class ValuationError(ProtocolError, ValueError):
     """The inputs of :func:`value_record` are outside what a valid record can hold."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -41,13 +41,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from gridpoints_protocol.errors import REASON_MALFORMED, RecordValidationError
 from gridpoints_protocol.record import (
     REASON_END_BEFORE_START,
-    REASON_MALFORMED,
     REASON_METER_DELTA_MISMATCH,
     RECORD_FIELDS,
     UINT64_MAX,
-    RecordValidationError,
     SignedRecord,
 )
 

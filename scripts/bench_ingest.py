@@ -74,15 +74,9 @@ from gridpoints_chain.deploy import deploy  # noqa: E402
 from gridpoints_chain.well_known_keys import dev_account  # noqa: E402
 from gridpoints_dev.anvil import AnvilNode, free_port  # noqa: E402
 from gridpoints_protocol.checks import RecordVerifier  # noqa: E402
+from gridpoints_protocol.eip712 import keccak256, to_checksum_address  # noqa: E402
 from gridpoints_protocol.keys import KeyDirectory, KeyPeriod, StationHistory  # noqa: E402
-from gridpoints_protocol.record import (  # noqa: E402
-    Direction,
-    Domain,
-    EnergyTransfer,
-    SignedRecord,
-    keccak256,
-    to_checksum_address,
-)
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GRIDPOINTS = BIN / "gridpoints"

@@ -23,14 +23,13 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from gridpoints_protocol.eip712 import keccak256, parse_address
 from gridpoints_protocol.record import (
     UINT64_MAX,
     Direction,
     Domain,
     EnergyTransfer,
     SignedRecord,
-    keccak256,
-    parse_address,
     recover_signer,
 )
 

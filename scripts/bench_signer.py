@@ -45,7 +45,8 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from rich.console import Console
 from rich.table import Table
 
-from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, keccak256, parse_address
+from gridpoints_protocol.eip712 import keccak256, parse_address
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 from gridpoints_signers import (
     DevelopmentKeyWarning,
     DevKeySigner,

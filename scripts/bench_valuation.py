@@ -29,7 +29,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
-from gridpoints_protocol.record import keccak256
+from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.tariff import Tariff, load_tariff, value_record
 
 TARIFF = Path(__file__).resolve().parent.parent / "backend" / "tariffs" / "2026-01.toml"

@@ -32,7 +32,8 @@ from gridpoints_protocol.authorization import (
     SettlementDomain,
     SignedAuthorization,
 )
-from gridpoints_protocol.record import UINT64_MAX, UINT256_MAX, keccak256, parse_address
+from gridpoints_protocol.eip712 import UINT256_MAX, keccak256, parse_address
+from gridpoints_protocol.record import UINT64_MAX
 
 VECTORS = (
     Path(__file__).resolve().parent.parent / "tests" / "vectors" / "payment_authorization.json"

@@ -23,14 +23,13 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from gridpoints_protocol.eip712 import keccak256, parse_address
 from gridpoints_protocol.record import (
     UINT64_MAX,
     ZERO_BYTES32,
     Direction,
     Domain,
     EnergyTransfer,
-    keccak256,
-    parse_address,
     recover_signer,
 )
 

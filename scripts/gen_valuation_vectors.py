@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gridpoints_protocol.record import UINT64_MAX, keccak256
+from gridpoints_protocol.eip712 import keccak256
+from gridpoints_protocol.record import UINT64_MAX
 from gridpoints_protocol.tariff import load_tariff, load_timezone, tzdata_version, value_record
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,18 +48,16 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.eip712 import parse_address, to_checksum_address
+from gridpoints_protocol.errors import FieldError, RecordValidationError
 from gridpoints_protocol.record import (
     UINT64_MAX,
     ZERO_BYTES32,
     Direction,
     Domain,
     EnergyTransfer,
-    FieldError,
-    RecordValidationError,
     SignatureError,
-    parse_address,
     recover_signer,
-    to_checksum_address,
 )
 from gridpoints_signers.base import Signer
 from station_signer.errors import StationSignerError

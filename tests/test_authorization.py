@@ -31,18 +31,15 @@ from gridpoints_protocol.authorization import (
     parse_typed_data,
     sign_authorization,
 )
+from gridpoints_protocol.eip712 import UINT256_MAX, keccak256, parse_address, to_checksum_address
+from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import (
     SECP256K1_N,
     UINT64_MAX,
-    UINT256_MAX,
     Direction,
     EnergyTransfer,
-    RecordValidationError,
     SignatureError,
-    keccak256,
-    parse_address,
     recover_signer,
-    to_checksum_address,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -49,6 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+import gridpoints_protocol.eip712 as eip712
 import gridpoints_protocol.record as rec
 from backend.api.records import batch_json, outcome_json, to_wire
 from backend.db import Database
@@ -69,14 +70,10 @@ from backend.metrics import MULTIPROC_ENV, multiprocess_directory
 from backend.migrations import upgrade
 from gridpoints_dev.anvil import free_port
 from gridpoints_protocol.checks import Deferral, Problem, Verdict
+from gridpoints_protocol.eip712 import keccak256
+from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.keys import KeyPeriod, StationHistory, key_valid_at
-from gridpoints_protocol.record import (
-    Domain,
-    EnergyTransfer,
-    RecordValidationError,
-    SignedRecord,
-    keccak256,
-)
+from gridpoints_protocol.record import Domain, EnergyTransfer, SignedRecord
 from gridpoints_protocol.wire import BatchResponse, DeferReason, RejectReason
 
 pytest.register_assert_rewrite("backend_fixtures")
@@ -192,7 +189,7 @@ def test_fast_signed_record_parser_agrees_with_the_full_parser(
 
 
 def test_reusable_keccak_state_agrees_with_pycryptodome_from_many_threads() -> None:
-    assert rec._fast_keccak is not None, "the reusable Keccak path is not in use"
+    assert eip712._fast_keccak is not None, "the reusable Keccak path is not in use"
 
     def reference(data: bytes) -> bytes:
         return pycryptodome_keccak.new(digest_bits=256, data=data).digest()

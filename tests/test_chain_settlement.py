@@ -44,6 +44,7 @@ from gridpoints_protocol.authorization import (
     SignedAuthorization,
     sign_authorization,
 )
+from gridpoints_protocol.eip712 import keccak256
 
 RECORDS_ROOT = b"\x11" * 32
 CREDITS_ROOT = b"\x22" * 32
@@ -486,7 +487,7 @@ def test_a_signature_that_is_not_the_users_is_skipped(chain_env: ChainEnv) -> No
                 authorization,
                 bytes(
                     Account.unsafe_sign_hash(
-                        rec.keccak256(
+                        keccak256(
                             b"\x19\x01"
                             + rec.Domain(here.chain_id, here.verifying_contract).separator
                             + authorization.struct_hash()

@@ -12,7 +12,8 @@ from eth_account import Account
 from settlement_fixtures import TARIFFS, Traffic, make_worker
 
 from gridpoints_protocol import merkle
-from gridpoints_protocol.record import EnergyTransfer, SignedRecord, keccak256
+from gridpoints_protocol.eip712 import keccak256
+from gridpoints_protocol.record import EnergyTransfer, SignedRecord
 from gridpoints_protocol.tariff import Tariff, value_record
 
 # Epoch sizes that exercise every shape of the right edge: 1, 2, 3, 2^k, 2^k + 1.

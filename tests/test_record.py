@@ -23,21 +23,19 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gridpoints_protocol import record as rec
+from gridpoints_protocol.eip712 import keccak256, parse_address, to_checksum_address
+from gridpoints_protocol.errors import REASON_MALFORMED, RecordValidationError
 from gridpoints_protocol.record import (
     SECP256K1_N,
     UINT64_MAX,
     Direction,
     Domain,
     EnergyTransfer,
-    RecordValidationError,
     SignatureError,
     SignedRecord,
-    keccak256,
-    parse_address,
     parse_typed_data,
     recover_signer,
     recover_signer_bytes,
-    to_checksum_address,
 )
 from gridpoints_protocol.wire import (
     BatchResponse,
@@ -744,7 +742,7 @@ def test_reject_reasons() -> None:
     assert DeferReason("end_in_future") is DeferReason.END_IN_FUTURE
     assert not set(DeferReason.describe()) & set(RejectReason.describe())
     for code in (
-        rec.REASON_MALFORMED,
+        REASON_MALFORMED,
         rec.REASON_METER_DELTA_MISMATCH,
         rec.REASON_END_BEFORE_START,
     ):

@@ -31,7 +31,8 @@ from backend.settings import TARIFFS_DIR
 from backend.worker import SealAndSettle
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SignedAuthorization
-from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, parse_address
+from gridpoints_protocol.eip712 import parse_address
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 from gridpoints_protocol.tariff import TariffBook, value_record
 from station_signer.station import STORE_FILE
 from station_signer.store import StationState, StationStore

@@ -35,14 +35,9 @@ from gridpoints_protocol.authorization import (
     SignedAuthorization,
     sign_authorization,
 )
-from gridpoints_protocol.record import (
-    Direction,
-    Domain,
-    EnergyTransfer,
-    RecordValidationError,
-    parse_address,
-    recover_signer,
-)
+from gridpoints_protocol.eip712 import parse_address
+from gridpoints_protocol.errors import RecordValidationError
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, recover_signer
 from gridpoints_signers import DevKeySigner, HsmError
 from station_signer.station import (
     STORE_FILE,

@@ -41,7 +41,8 @@ from gridpoints_protocol.authorization import (
     SignedAuthorization,
     sign_authorization,
 )
-from gridpoints_protocol.record import Direction, parse_address
+from gridpoints_protocol.eip712 import parse_address
+from gridpoints_protocol.record import Direction
 from gridpoints_signers import DevKeySigner
 from station_signer.station import Station, Transfer
 from station_signer.store import RecordStatus, StationStore

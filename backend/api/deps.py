@@ -6,7 +6,7 @@ from fastapi import Request
 
 from backend.api.errors import ApiError
 from backend.service import BackendService
-from gridpoints_protocol.record import parse_address
+from gridpoints_protocol.eip712 import parse_address
 
 
 def get_service(request: Request) -> BackendService:

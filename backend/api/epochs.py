@@ -30,7 +30,8 @@ from backend.ledger import (
 from backend.payments import authorizations_of
 from backend.service import BackendService
 from backend.settlement import steps_of
-from gridpoints_protocol.record import ZERO_BYTES32, to_checksum_address
+from gridpoints_protocol.eip712 import to_checksum_address
+from gridpoints_protocol.record import ZERO_BYTES32
 from gridpoints_protocol.tariff import TariffError
 
 router = APIRouter(prefix="/v1")

@@ -20,14 +20,9 @@ from backend.db.models import Record
 from backend.ingest import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Outcome
 from backend.queries import log_size, record_by_digest, records_by_user, records_in_log
 from backend.service import BackendService
-from gridpoints_protocol.record import (
-    Direction,
-    Domain,
-    EnergyTransfer,
-    RecordValidationError,
-    parse_address,
-    to_checksum_address,
-)
+from gridpoints_protocol.eip712 import parse_address, to_checksum_address
+from gridpoints_protocol.errors import RecordValidationError
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 from gridpoints_protocol.wire import (
     BatchResponse,
     DeferReason,

@@ -32,7 +32,7 @@ from backend.queries import (
     station_statuses,
 )
 from backend.service import BackendService
-from gridpoints_protocol.record import to_checksum_address
+from gridpoints_protocol.eip712 import to_checksum_address
 
 router = APIRouter(prefix="/v1", tags=["stations"])
 ServiceDep = Annotated[BackendService, Depends(get_service)]
