@@ -12,7 +12,7 @@
   tariff hash and version), the deployment (chain id, contract addresses, deployment block),
   the settlement transactions from the database, and the sha256 of each file above.
 
-The manifest is the operator's claim, not evidence: the auditor (gridpoints_audit/auditor.py) reads the
+The manifest is the operator's claim, not evidence: the auditor (gridpoints_audit) reads the
 records and the tariff, recomputes everything and compares it with the chain; it reports where
 the manifest disagrees with the chain, and files whose sha256 differs from the manifest.
 

@@ -28,16 +28,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gridpoints_audit.auditor import (
-    DEFAULT_BLOCK_RANGE,
-    ApiSource,
-    AuditError,
-    Auditor,
-    AuditReport,
-    BundleSource,
-    RecordSource,
-    open_chain,
-)
+from gridpoints_audit.chain_facts import DEFAULT_BLOCK_RANGE, open_chain
+from gridpoints_audit.core import Auditor
+from gridpoints_audit.findings import AuditError, AuditReport
+from gridpoints_audit.sources import ApiSource, BundleSource, RecordSource
 
 EXIT_CLEAN, EXIT_DISCREPANCIES, EXIT_ERROR = 0, 1, 2
 SHOWN = 50  # discrepancies listed in the table output; --json has them all

@@ -30,16 +30,11 @@ from backend.bundle import export_epoch
 from backend.db import Database
 from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record
 from backend.payments import payment_rows
-from gridpoints_audit.auditor import (
-    ApiSource,
-    Auditor,
-    AuditReport,
-    BundleSource,
-    ChainFacts,
-    Kind,
-    _attribute,
-    _Log,
-)
+from gridpoints_audit.chain_facts import ChainFacts, RawLog, attribute_transaction
+from gridpoints_audit.checks.transactions import transaction_findings
+from gridpoints_audit.core import Auditor
+from gridpoints_audit.findings import AuditReport, Kind
+from gridpoints_audit.sources import ApiSource, BundleSource
 from gridpoints_chain.contracts import Payment, SkipReason, pack_entries, role_id
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SignedAuthorization
@@ -778,7 +773,8 @@ def test_a_used_nonce_skip_without_an_earlier_use_is_caught() -> None:
     """A PaymentSkipped(AuthorizationUsed) needs an earlier PaymentApplied or
     AuthorizationCanceled of the same (user, nonce). The real contract never emits one without
     it, so this fault cannot be produced on a chain: the logs are built by hand and fed to the
-    auditor's chain reader, once with the earlier cancel and once without."""
+    auditor's chain reader, then its transaction checks, once with the earlier cancel and once
+    without."""
     settlement, token = b"\x5e" * 20, b"\x70" * 20
     applied_topic = b"\x01" * 32
     skipped_topic, canceled_topic = b"\x02" * 32, b"\x03" * 32
@@ -792,10 +788,10 @@ def test_a_used_nonce_skip_without_an_earlier_use_is_caught() -> None:
     def word(value: int) -> bytes:
         return value.to_bytes(32, "big")
 
-    cancel = _Log(
+    cancel = RawLog(
         1, 0, b"\x11" * 32, settlement, (canceled_topic, bytes(12) + user, word(nonce)), b""
     )
-    skip = _Log(
+    skip = RawLog(
         2, 0, b"\x22" * 32, settlement,
         (skipped_topic, word(3), bytes(12) + user, digest),
         word(nonce) + word(50) + word(int(SkipReason.AUTHORIZATION_USED)),
@@ -803,10 +799,10 @@ def test_a_used_nonce_skip_without_an_earlier_use_is_caught() -> None:
     for earlier, expected in (([cancel], []), ([], [Kind.PAYMENT_SKIP_UNJUSTIFIED])):
         facts = ChainFacts(block=2, last_epoch_id=3, epochs={}, stations={})
         for log in earlier:
-            _attribute(facts, token, kinds, log.tx_hash, [log])
-        _attribute(facts, token, kinds, skip.tx_hash, [skip])
-        assert [f.kind for f in facts.findings] == expected
+            attribute_transaction(facts, token, kinds, log.tx_hash, [log])
+        attribute_transaction(facts, token, kinds, skip.tx_hash, [skip])
+        assert [f.kind for f in transaction_findings(facts)] == expected
         assert [(s.epoch_id, s.nonce, s.requested) for s in facts.skips[3]] == [(3, nonce, 50)]
-    (finding,) = facts.findings
+    (finding,) = transaction_findings(facts)
     assert finding.epoch_id == 3 and finding.details is not None
     assert finding.details["reason"] == "AuthorizationUsed"

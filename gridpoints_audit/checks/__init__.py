@@ -1,0 +1,16 @@
+"""The audit's checks, one module per family. Each is a plain function or a small class that
+takes the facts it needs (chain facts, a published record, a recomputed epoch) and returns
+the `Discrepancy` findings; none reads the chain or the source itself.
+
+* records — one published record: parse, digest, signature and key validity, its payment;
+* history — records against each other: (station, sequence) once, an authorisation once,
+  meters forward;
+* listing — the published list is the epoch: leaf indexes and record count;
+* claims — what the source says the epoch anchors, against the chain;
+* tariff — the tariff document against its anchored hash;
+* anchors — the epoch refolded from its records against its anchored roots and totals;
+* movements — an epoch's mints and payments against the recomputed credits and payments;
+* skips — payments the contract skipped, against what justifies a skip;
+* transactions — each transaction's token transfers against its settlement events;
+* supply — the token as a whole.
+"""

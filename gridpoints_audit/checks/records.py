@@ -1,0 +1,161 @@
+"""One published record: does it parse, is its published digest its EIP-712 digest, did the
+station's valid key sign it (`gridpoints_protocol.checks.RecordVerifier`, ``now=None``), and
+is its payment the user's authorisation it commits to
+(`gridpoints_protocol.payments.check_payment`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gridpoints_audit.findings import Discrepancy, Kind, RecordRef, as_hex
+from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.checks import Problem, RecordVerifier
+from gridpoints_protocol.eip712 import to_checksum_address
+from gridpoints_protocol.errors import RecordValidationError
+from gridpoints_protocol.keys import KeyDirectory, StationHistory
+from gridpoints_protocol.payments import PaymentProblem, check_payment
+from gridpoints_protocol.record import Domain, SignedRecord
+from gridpoints_protocol.wire import RejectReason
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRecord:
+    """A published record that parsed, with what the later checks need."""
+
+    signed: SignedRecord
+    digest: bytes  # recomputed under the deployment's domain
+    ref: RecordRef
+    where: str  # how messages name it
+    station: StationHistory | None  # None: not in the registry
+    authorization: SignedAuthorization | None  # verified; None: unpaid or refused
+
+
+class RecordChecks:
+    """The checks of one record on its own, for one deployment and its registry history."""
+
+    def __init__(
+        self,
+        domain: Domain,
+        settlement_domain: SettlementDomain,
+        stations: Mapping[bytes, StationHistory],
+    ) -> None:
+        self.domain = domain
+        self.settlement_domain = settlement_domain
+        self.stations = stations
+        self.verifier = RecordVerifier(
+            domain, KeyDirectory(stations), settlement_domain=settlement_domain
+        )
+
+    def check(
+        self, epoch_id: int, item: Any, leaf: int | None
+    ) -> tuple[CheckedRecord | None, list[Discrepancy]]:
+        """The record published as `item` at `leaf`; None when it does not even parse (then
+        it has no leaf)."""
+        e = epoch_id
+        body = (
+            {"record": item.get("record"), "signature": item.get("signature")}
+            if isinstance(item, Mapping)
+            else item
+        )
+        try:
+            signed = SignedRecord.from_json(body)
+        except RecordValidationError as exc:
+            return None, [
+                Discrepancy(
+                    Kind.RECORD_MALFORMED,
+                    f"a published record of epoch {e} does not parse: {exc.summary()}",
+                    epoch_id=e,
+                    leaf_index=leaf,
+                    found=exc.reason,
+                    details={"fields": [{"field": f.field, "message": f.message} for f in exc]},
+                )
+            ]
+        out: list[Discrepancy] = []
+        record = signed.record
+        verdict = self.verifier.verify(signed, now=None)
+        digest = verdict.digest if verdict.digest is not None else record.digest(self.domain)
+        ref = RecordRef(record.station_id, record.sequence, digest, leaf)
+        where = f"record {record.sequence} of station 0x{record.station_id.hex()} (epoch {e})"
+        claimed = item.get("digest") if isinstance(item, Mapping) else None
+        if claimed is not None and (
+            not isinstance(claimed, str) or claimed.lower() != as_hex(digest)
+        ):
+            out.append(
+                Discrepancy(
+                    Kind.DIGEST_MISMATCH,
+                    f"{where}: the published digest is not the record's EIP-712 digest",
+                    epoch_id=e,
+                    **ref.fields(),
+                    expected=as_hex(digest),
+                    found=claimed,
+                )
+            )
+        station = self.stations.get(record.station_id)
+        if verdict.problem is not None:
+            out.append(_record_problem(e, where, ref, verdict.problem, verdict.signer, station))
+
+        # Payment: the signed authorisation the record commits to.
+        payment_json = item.get("payment") if isinstance(item, Mapping) else None
+        try:
+            authorization = check_payment(record, payment_json, self.settlement_domain)
+        except PaymentProblem as exc:
+            authorization = None
+            out.append(
+                Discrepancy(
+                    Kind.PAYMENT_INVALID,
+                    f"{where}: payment authorisation refused ({exc.reason}): {exc.message}",
+                    epoch_id=e,
+                    **ref.fields(),
+                    expected="a valid authorisation by the record's user",
+                    found=str(exc.reason),
+                    details={"reason": str(exc.reason)},
+                )
+            )
+        return CheckedRecord(signed, digest, ref, where, station, authorization), out
+
+
+def _record_problem(
+    e: int,
+    where: str,
+    ref: RecordRef,
+    problem: Problem,
+    signer: bytes | None,
+    station: StationHistory | None,
+) -> Discrepancy:
+    """The verifier's reason, told apart the way an auditor needs: a signature by nobody the
+    registry knows, a revoked key, or a known key outside its period."""
+    reason = problem.reason
+    found: Any = problem.details
+    if reason == RejectReason.BAD_SIGNATURE:
+        kind = Kind.SIGNATURE_INVALID
+    elif reason == RejectReason.UNKNOWN_STATION:
+        kind = Kind.UNKNOWN_STATION
+    elif reason == RejectReason.ENERGY_EXCEEDS_MAX_POWER:
+        kind = Kind.ENERGY_EXCEEDS_MAX_POWER
+    elif reason == RejectReason.KEY_NOT_VALID and station is not None and signer is not None:
+        signer_text = to_checksum_address(signer)
+        found = {"signer": signer_text, **(problem.details or {})}
+        if signer_text not in {p.signer for p in station.keys}:
+            # Recovers to nobody the registry knows: the content changed after signing,
+            # or the signature was made by someone else.
+            kind = Kind.SIGNATURE_INVALID
+        elif station.revoked_at is not None and "revokedAt" in (problem.details or {}):
+            kind = Kind.KEY_REVOKED
+        else:
+            kind = Kind.KEY_NOT_VALID
+    else:
+        try:
+            kind = Kind(str(reason))
+        except ValueError:
+            kind = Kind.SIGNATURE_INVALID
+    return Discrepancy(
+        kind,
+        f"{where}: {problem.message}",
+        epoch_id=e,
+        **ref.fields(),
+        expected="a record the station's valid key signed",
+        found=found,
+        details={"reason": str(reason)},
+    )
