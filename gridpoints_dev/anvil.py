@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -29,20 +28,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from gridpoints_chain.artifacts import repo_root
 from gridpoints_chain.well_known_keys import DEFAULT_MNEMONIC
+from gridpoints_dev.child_process import die_with_parent
 
 DEFAULT_CHAIN_ID = 31337
 DEFAULT_HOST = "127.0.0.1"
 ANVIL_ENV = "GRIDPOINTS_ANVIL"
 
 _LOG_TAIL_LINES = 30
-_PR_SET_PDEATHSIG = 1
 
 
 class AnvilError(RuntimeError):
@@ -133,25 +132,6 @@ def rpc_request(
     if "error" in reply:
         raise AnvilError(f"{method} failed: {reply['error']}")
     return reply.get("result")
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        # Resolved here, in the parent: the child between fork and exec should only call it.
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def set_pdeathsig() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:
-            # The parent died before prctl took effect: nobody would ever stop this Anvil.
-            os._exit(1)
-
-    return set_pdeathsig
 
 
 # Strong references: a node its owner forgot to stop must still be found (and stopped) at exit.
@@ -323,7 +303,7 @@ class AnvilNode:
                 # Own process group: a terminal's Ctrl-C reaches only our Python process, which
                 # then stops Anvil itself (so the state file is dumped exactly once, by us).
                 start_new_session=True,
-                preexec_fn=_die_with_parent() if self.die_with_parent else None,
+                preexec_fn=die_with_parent() if self.die_with_parent else None,
             )
 
     def _redacted(self, cmd: list[str]) -> list[str]:

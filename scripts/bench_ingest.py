@@ -44,18 +44,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -70,9 +68,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from gridpoints_chain.contracts import GridPointsChain  # noqa: E402
-from gridpoints_chain.deploy import deploy  # noqa: E402
-from gridpoints_chain.well_known_keys import dev_account  # noqa: E402
-from gridpoints_dev.anvil import AnvilNode, free_port  # noqa: E402
+from gridpoints_dev.anvil import AnvilNode  # noqa: E402
+from gridpoints_dev.chain import deploy_dev_contracts, register_station  # noqa: E402
+from gridpoints_dev.child_process import environment_without_settings  # noqa: E402
+from gridpoints_dev.serve import ServeProcess, upgrade_database  # noqa: E402
 from gridpoints_protocol.checks import RecordVerifier  # noqa: E402
 from gridpoints_protocol.eip712 import keccak256, to_checksum_address  # noqa: E402
 from gridpoints_protocol.keys import KeyDirectory, KeyPeriod, StationHistory  # noqa: E402
@@ -421,79 +420,9 @@ class RunResult:
         return self.accepted / self.seconds
 
 
-# ---- the server under test -------------------------------------------------------------------
-
-
-class Server:
-    """`gridpoints serve` in its own process group (a terminal's Ctrl-C reaches only us, and
-    we stop the whole group, workers included)."""
-
-    def __init__(self, env: dict[str, str], workers: int, log_path: Path) -> None:
-        self.port = free_port()
-        self.host = "127.0.0.1"
-        self.log_path = log_path
-        self.workers = workers
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(GRIDPOINTS),
-                    "serve",
-                    "--host",
-                    self.host,
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    str(workers),
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return json.loads(response.read())
-
-    def wait_ready(self, stations: int, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gridpoints serve exited:\n{self.log_tail()}")
-            try:
-                # Several workers answer in turn: ask a few times, all must know every station.
-                if all(self.get("/v1/registry")["stations"] >= stations for _ in range(8)):
-                    return
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gridpoints serve not ready in {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(15)
-        # Whatever is left of the group (a worker that ignored SIGTERM).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
+def knows_every_station(server: ServeProcess, stations: int) -> bool:
+    """Several workers answer in turn: ask a few times, all must know every station."""
+    return all(server.get("/v1/registry")["stations"] >= stations for _ in range(8))
 
 
 # ---- databases ----------------------------------------------------------------------------------
@@ -553,7 +482,7 @@ def pg_backend_pids(pg_admin_url: str, database_url: str) -> list[int]:
 
 
 def run_load(
-    server: Server,
+    server: ServeProcess,
     jobs_per_process: list[list[list[bytes]]],
     batch: bool,
     pg: tuple[str, str] | None,
@@ -572,7 +501,8 @@ def run_load(
     try:
         for p in processes:
             p.start()
-        server_pids = process_tree(server.process.pid)
+        assert server.pid is not None
+        server_pids = process_tree(server.pid)
         db_pids = pg_backend_pids(*pg) if pg else []
         barrier.wait(timeout=120)
         server0, db0, box0 = cpu_of(server_pids), cpu_of(db_pids), box_jiffies()
@@ -610,7 +540,7 @@ def run_load(
 
 
 def single_jobs(
-    chunk: Chunk, server: Server, connections: int, processes: int
+    chunk: Chunk, server: ServeProcess, connections: int, processes: int
 ) -> list[list[list[bytes]]]:
     """One request list per connection; a station always uses the same connection, so its
     records leave in sequence order (as from a real station), the connections interleaved."""
@@ -623,7 +553,7 @@ def single_jobs(
 
 
 def batch_jobs(
-    chunk: Chunk, server: Server, batch_size: int, connections: int
+    chunk: Chunk, server: ServeProcess, batch_size: int, connections: int
 ) -> list[list[list[bytes]]]:
     """Batches in chunk order, dealt round-robin to the connections (one client process)."""
     requests = [
@@ -642,16 +572,20 @@ def batch_jobs(
 
 
 def register_stations(chain: GridPointsChain, registrar: Any, stations: list[BenchStation]) -> None:
-    registry = chain.registry.functions
-    first = registry.registerStation(
+    first = chain.registry.functions.registerStation(
         stations[0].station_id, stations[0].checksum_address, ZONE, MAX_POWER_W, 0
     )
     gas = int(first.estimate_gas({"from": registrar.address}) * 1.5)
     for station in stations:
-        call = registry.registerStation(
-            station.station_id, station.checksum_address, ZONE, MAX_POWER_W, 0
+        register_station(
+            chain,
+            registrar,
+            station.station_id,
+            station.checksum_address,
+            zone=ZONE,
+            max_power_w=MAX_POWER_W,
+            gas=gas,
         )
-        chain.transact(registrar, call, gas=gas)
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -668,15 +602,10 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
     anvil = AnvilNode(log_path=tmp / "anvil.log")
     anvil.start()
     stack.callback(anvil.stop)
-    from gridpoints_chain.contracts import connect
-
-    w3 = connect(anvil.rpc_url)
-    admin, registrar, settler = dev_account(0), dev_account(1), dev_account(2)
-    deployment = deploy(w3, admin, registrar=registrar.address, settler=settler.address)
-    deployment_file = deployment.save(tmp / "deployment.json")
-    chain = GridPointsChain(w3, deployment)
+    dev = deploy_dev_contracts(anvil.rpc_url, deployment_file=tmp / "deployment.json")
+    deployment, deployment_file, chain = dev.deployment, dev.deployment_path, dev.chain
     started = time.perf_counter()
-    register_stations(chain, registrar, stations)
+    register_stations(chain, dev.roles.registrar, stations)
     say(f"  {len(stations)} stations registered in {time.perf_counter() - started:.1f} s")
     domain = Domain(deployment.chain_id, bytes.fromhex(deployment.registry_address[2:]))
 
@@ -705,11 +634,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
             say(f"{kind}, {workers} worker(s): database, migration, server ...")
             with contextlib.ExitStack() as config_stack:
                 url = config_stack.enter_context(fresh_database(kind, tmp, args.postgres_url))
-                env = {
-                    k: v
-                    for k, v in os.environ.items()
-                    if not k.startswith("GRIDPOINTS_") and k != "DATABASE_URL"
-                }
+                env = environment_without_settings()
                 env.update(
                     GRIDPOINTS_DATABASE_URL=url,
                     GRIDPOINTS_RPC_URL=anvil.rpc_url,
@@ -718,16 +643,16 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                     GRIDPOINTS_DATA_DIR=str(tmp / "var"),
                     GRIDPOINTS_MAX_BATCH=str(max(1_000, args.batch_size)),
                 )
-                subprocess.run(
-                    [str(GRIDPOINTS), "db", "upgrade"],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
+                upgrade_database(env)
+                server = ServeProcess(
+                    env,
+                    tmp / f"server-{kind}-{workers}.log",
+                    serve_args=["--workers", str(workers), "--log-level", "warning"],
                 )
-                server = Server(env, workers, tmp / f"server-{kind}-{workers}.log")
                 config_stack.callback(server.stop)
-                server.wait_ready(len(stations))
+                server.start(
+                    ready=functools.partial(knows_every_station, server, len(stations)), timeout=90
+                )
                 pg = (args.postgres_url, url) if kind == "postgresql" else None
 
                 # Warm-up (not measured): connection pools, imports, caches of every worker.

@@ -276,17 +276,13 @@ def start_node(tmp: Path) -> Any:
 def deploy_env(node: Any, tmp: Path, name: str) -> dict[str, Any]:
     """A fresh deployment for one scenario (each starts at epoch 1 with an empty supply)."""
     from gridpoints_chain.artifacts import load_artifact
-    from gridpoints_chain.contracts import GridPointsChain, connect, role_id
-    from gridpoints_chain.deploy import deploy
-    from gridpoints_chain.deployment import Deployment
+    from gridpoints_chain.contracts import role_id
     from gridpoints_chain.well_known_keys import dev_account
+    from gridpoints_dev.chain import deploy_dev_contracts
 
-    w3 = connect(node.rpc_url)
-    admin, settler, naive_minter = dev_account(0), dev_account(2), dev_account(5)
-    deployment = deploy(w3, admin, registrar=dev_account(1).address, settler=settler.address)
-    path = deployment.save(tmp / f"deployment-{name}.json")
-    deployment = Deployment.load(path)
-    chain = GridPointsChain(w3, deployment)
+    dev = deploy_dev_contracts(node.rpc_url, deployment_file=tmp / f"deployment-{name}.json")
+    w3, chain, path = dev.w3, dev.chain, dev.deployment_path
+    admin, settler, naive_minter = dev.roles.admin, dev.roles.settler, dev_account(5)
     # The naive design's token: a second PointsToken whose minter is an EOA.
     artifact = load_artifact("PointsToken")
     address, _ = chain.sender.deploy(admin, artifact, admin.address)

@@ -45,6 +45,7 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from rich.console import Console
 from rich.table import Table
 
+from gridpoints_dev.tokens import ThrowawayTokens
 from gridpoints_protocol.eip712 import keccak256, parse_address
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 from gridpoints_signers import (
@@ -52,7 +53,6 @@ from gridpoints_signers import (
     DevKeySigner,
     Pkcs11Signer,
     Signer,
-    SoftHsmToken,
     open_session,
     recover_address,
 )
@@ -154,10 +154,9 @@ def measure(count: int, runs: int) -> list[Result]:
 
     with tempfile.TemporaryDirectory(prefix="gridpoints-bench-") as tmp:
         work = Path(tmp)
-        pin = secrets.token_urlsafe(12)
-        token = SoftHsmToken.create(
-            work / "softhsm", TOKEN_LABEL, so_pin=secrets.token_urlsafe(12), user_pin=pin
-        )
+        tokens = ThrowawayTokens(work / "softhsm")
+        pin = tokens.user_pin
+        token = tokens.create(TOKEN_LABEL)
         token.activate()  # before anything loads SoftHSM2: it reads SOFTHSM2_CONF only then
         digests = [secrets.token_bytes(32) for _ in range(count * (runs + 1) + 1)]
         with Pkcs11Signer.generate(KEY_LABEL, token_label=TOKEN_LABEL, pin=pin) as hsm:

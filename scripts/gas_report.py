@@ -33,17 +33,15 @@ from rich.table import Table
 
 from gridpoints_chain.artifacts import load_artifact
 from gridpoints_chain.contracts import (
-    GridPointsChain,
     Payment,
     PaymentApplied,
     SkipReason,
-    connect,
     pack_entry,
     role_id,
 )
-from gridpoints_chain.deploy import deploy
 from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilNode
+from gridpoints_dev.chain import deploy_dev_contracts
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SignedAuthorization,
@@ -83,10 +81,9 @@ def _payers(count: int) -> list[LocalAccount]:
 def measure() -> tuple[dict[str, object], list[Measurement]]:
     rows: list[Measurement] = []
     with AnvilNode() as node:
-        w3 = connect(node.rpc_url)
-        admin, settler = dev_account(0), dev_account(2)
-        deployment = deploy(w3, admin, registrar=dev_account(1).address, settler=settler.address)
-        chain = GridPointsChain(w3, deployment)
+        dev = deploy_dev_contracts(node.rpc_url)
+        w3, deployment, chain = dev.w3, dev.deployment, dev.chain
+        admin, settler = dev.roles.admin, dev.roles.settler
 
         def commit(epoch_id: int) -> int:
             receipt = chain.commit_epoch(

@@ -42,6 +42,7 @@ from eth_account.signers.local import LocalAccount
 from sqlalchemy.engine import make_url
 
 from backend.settings import Settings
+from gridpoints_dev.chain import register_station
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -282,10 +283,15 @@ class BackendHarness:
     ) -> DevStation:
         env = self.env
         station = DevStation(station_id or new_station_id(), key or new_key(), max_power_w)
-        fn = env.chain.registry.functions.registerStation(
-            station.station_id, station.key.address, ZONE, max_power_w, active_from
+        register_station(
+            env.chain,
+            env.accounts.registrar,
+            station.station_id,
+            station.key.address,
+            zone=ZONE,
+            max_power_w=max_power_w,
+            active_from=active_from,
         )
-        env.chain.transact(env.accounts.registrar, fn)
         if wait:
             self.wait_for_registry()
         return station

@@ -21,19 +21,19 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from gridpoints_chain.artifacts import BUILD_COMMAND, contracts_dir, missing_artifacts, repo_root
-from gridpoints_chain.contracts import ContractRevertError, GridPointsChain, connect
-from gridpoints_chain.deploy import deploy
+from gridpoints_chain.contracts import ContractRevertError, GridPointsChain
 from gridpoints_chain.deployment import Deployment
 from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilNode
+from gridpoints_dev.chain import deploy_dev_contracts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # The helper modules' asserts are rewritten like the tests' own (they are imported by name).
 pytest.register_assert_rewrite("backend_fixtures", "settlement_fixtures")
 
-# Dev-account indices of the standard mnemonic; Anvil funds the first ten.
-ADMIN, REGISTRAR, SETTLER = 0, 1, 2
+# Dev-account indices of the standard mnemonic beyond the role holders (0, 1, 2: see
+# gridpoints_dev.chain.DevRoles); Anvil funds the first ten.
 USERS = (3, 4, 5, 6, 7)
 OUTSIDER = 8
 SPARE = 9
@@ -126,35 +126,34 @@ def anvil_node(
         yield node
 
 
-@pytest.fixture(scope="session")
-def chain_session(anvil_node: AnvilNode, tmp_path_factory: pytest.TempPathFactory) -> ChainEnv:
-    """Anvil with the contracts deployed by gridpoints_chain.deploy, loaded back from the file."""
-    w3 = connect(anvil_node.rpc_url)
+def deployed_chain_env(node: AnvilNode, directory: Path) -> ChainEnv:
+    """The contracts deployed on `node` by the dev accounts (gridpoints_dev.chain), the
+    deployment file in `directory` and loaded back from it."""
+    dev = deploy_dev_contracts(node.rpc_url, deployment_file=directory / "deployment.json")
+    assert dev.deployment_path is not None
     accounts = ChainAccounts(
-        admin=dev_account(ADMIN),
-        registrar=dev_account(REGISTRAR),
-        settler=dev_account(SETTLER),
+        admin=dev.roles.admin,
+        registrar=dev.roles.registrar,
+        settler=dev.roles.settler,
         users=tuple(dev_account(i) for i in USERS),
         outsider=dev_account(OUTSIDER),
         spare=dev_account(SPARE),
     )
-    deployed = deploy(
-        w3,
-        accounts.admin,
-        registrar=accounts.registrar.address,
-        settler=accounts.settler.address,
-    )
-    path = deployed.save(tmp_path_factory.mktemp("deployment") / "deployment.json")
-    deployment = Deployment.load(path)
     return ChainEnv(
-        anvil=anvil_node,
-        w3=w3,
-        deployment=deployment,
-        deployment_path=path,
-        deployed=deployed,
-        chain=GridPointsChain(w3, deployment),
+        anvil=node,
+        w3=dev.w3,
+        deployment=dev.deployment,
+        deployment_path=dev.deployment_path,
+        deployed=dev.deployed,
+        chain=dev.chain,
         accounts=accounts,
     )
+
+
+@pytest.fixture(scope="session")
+def chain_session(anvil_node: AnvilNode, tmp_path_factory: pytest.TempPathFactory) -> ChainEnv:
+    """Anvil with the contracts deployed by gridpoints_chain.deploy, loaded back from the file."""
+    return deployed_chain_env(anvil_node, tmp_path_factory.mktemp("deployment"))
 
 
 @pytest.fixture

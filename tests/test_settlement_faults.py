@@ -26,7 +26,7 @@ from backend_fixtures import (
     fresh_database,
     running_backend,
 )
-from conftest import ADMIN, REGISTRAR, SETTLER, USERS, ChainAccounts, ChainEnv
+from conftest import ChainEnv, deployed_chain_env
 from settlement_fixtures import (
     GRIDPOINTS,
     assert_chain_matches,
@@ -39,10 +39,6 @@ from sqlalchemy import delete, func, select, update
 
 from backend.db import Database
 from backend.db.models import Epoch, SettlementAttempt, SettlementStep
-from gridpoints_chain.contracts import GridPointsChain, connect
-from gridpoints_chain.deploy import deploy
-from gridpoints_chain.deployment import Deployment
-from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilNode, free_port
 
 pytest_plugins = ["settlement_fixtures"]
@@ -165,32 +161,7 @@ def restartable_chain(tmp_path: Path) -> Iterator[tuple[ChainEnv, Path]]:
     port = free_port()
     node = AnvilNode(port=port, state_path=state, log_path=tmp_path / "anvil.log").start()
     try:
-        w3 = connect(node.rpc_url)
-        accounts = ChainAccounts(
-            admin=dev_account(ADMIN),
-            registrar=dev_account(REGISTRAR),
-            settler=dev_account(SETTLER),
-            users=tuple(dev_account(i) for i in USERS),
-            outsider=dev_account(8),
-            spare=dev_account(9),
-        )
-        deployed = deploy(
-            w3,
-            accounts.admin,
-            registrar=accounts.registrar.address,
-            settler=accounts.settler.address,
-        )
-        path = deployed.save(tmp_path / "deployment.json")
-        deployment = Deployment.load(path)
-        env = ChainEnv(
-            anvil=node,
-            w3=w3,
-            deployment=deployment,
-            deployment_path=path,
-            deployed=deployed,
-            chain=GridPointsChain(w3, deployment),
-            accounts=accounts,
-        )
+        env = deployed_chain_env(node, tmp_path)
         yield env, state
     finally:
         node.stop()
