@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from backend.db.record_rows import stored_signed_record
 from backend.db.session import Database
 from backend.ledger import epoch_summary, step_summary
 from gridpoints_chain.deployment import Deployment
@@ -137,7 +138,6 @@ def export_epoch(
     tariffs: TariffBook,
 ) -> ExportResult:
     """Writes the bundle of epoch `epoch_id` to the new (or empty) directory `out`."""
-    from backend.api.records import record_view
     from backend.db.models import Epoch
     from backend.ledger import epoch_records
     from backend.payments import authorizations_of
@@ -172,13 +172,11 @@ def export_epoch(
                         [r.log_index for r in rows if r.payment_authorization != ZERO_BYTES32],
                     )
                     for row in rows:
-                        view = record_view(row)
                         item: dict[str, Any] = {
                             "leafIndex": row.log_index - epoch.first_log_index,
                             "logIndex": row.log_index,
-                            "digest": view.digest,
-                            "record": view.record,
-                            "signature": view.signature,
+                            "digest": "0x" + row.digest.hex(),
+                            **stored_signed_record(row).to_json(),
                         }
                         if row.log_index in paid:
                             item["payment"] = paid[row.log_index]

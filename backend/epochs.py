@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, func, insert, select, type_coerce
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.elements import TypeCoerce
 
 from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record, Station
 from backend.db.session import Database
@@ -85,7 +86,7 @@ def plan_next_epoch(session: Session, max_records: int) -> SealPlan | None:
     return SealPlan(epoch_id, first, count)
 
 
-def _raw_u64(column: object) -> object:
+def _raw_u64(column: InstrumentedAttribute[int]) -> TypeCoerce[int]:
     # The U64 type decorator costs a Python call per value; sealing shifts the raw BIGINT back
     # itself, which keeps a million-record epoch inside its time budget.
     return type_coerce(column, BigInteger)

@@ -14,7 +14,9 @@ from web3 import Web3
 
 from backend.db.session import Database
 from backend.errors import BackendError
-from backend.ingest import Candidate, GroupCommitter, Ingestor, Outcome
+from backend.ingest.classify import Candidate, Outcome
+from backend.ingest.group_commit import GroupCommitter
+from backend.ingest.transaction import Ingestor
 from backend.ledger import TreeCache
 from backend.metrics import Metrics
 from backend.migrations import check_schema

@@ -22,7 +22,8 @@ from sqlalchemy import insert
 
 from backend.db import Database
 from backend.db.models import Record, Station
-from backend.ingest import Candidate, Ingestor
+from backend.ingest.classify import Candidate
+from backend.ingest.transaction import Ingestor
 from backend.migrations import upgrade
 from gridpoints_protocol.checks import Verdict
 from gridpoints_protocol.record import Domain, EnergyTransfer, SignedRecord

@@ -54,18 +54,10 @@ import gridpoints_protocol.record as rec
 from backend.api.records import batch_json, outcome_json, to_wire
 from backend.db import Database
 from backend.db.models import Record, Rejection, Station
-from backend.ingest import (
-    _INSERT_RECORDS,
-    ACCEPTED,
-    DEFERRED,
-    DUPLICATE,
-    REJECTED,
-    Candidate,
-    GroupCommitter,
-    Ingestor,
-    Outcome,
-    is_unique_violation,
-)
+from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Candidate, Outcome
+from backend.ingest.group_commit import GroupCommitter
+from backend.ingest.storage import _INSERT_RECORDS, is_unique_violation
+from backend.ingest.transaction import Ingestor
 from backend.metrics import MULTIPROC_ENV, multiprocess_directory
 from backend.migrations import upgrade
 from gridpoints_dev.anvil import free_port

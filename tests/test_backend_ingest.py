@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.ingest import UNAUTHENTICATED_BODY_BYTES
+from backend.ingest.classify import UNAUTHENTICATED_BODY_BYTES
 from gridpoints_protocol.record import SECP256K1_N, Domain, EnergyTransfer
 
 # Before the import, so that the helpers' asserts are rewritten too (pytest_plugins below).

@@ -17,12 +17,13 @@ from backend.api.deps import get_service, parse_address_param, parse_hex32
 from backend.api.errors import ApiError
 from backend.api.schemas import LogPage, StoredRecordView, UserRecordsPage
 from backend.db.models import Record
-from backend.ingest import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Outcome
+from backend.db.record_rows import stored_signed_record
+from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Outcome
 from backend.queries import log_size, record_by_digest, records_by_user, records_in_log
 from backend.service import BackendService
 from gridpoints_protocol.eip712 import parse_address, to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
-from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
+from gridpoints_protocol.record import Domain
 from gridpoints_protocol.wire import (
     BatchResponse,
     DeferReason,
@@ -472,24 +473,11 @@ def batch_json(outcomes: list[Outcome]) -> dict[str, Any]:
 
 
 def record_view(row: Record) -> StoredRecordView:
-    record = EnergyTransfer(
-        station_id=row.station_id,
-        sequence=row.sequence,
-        user=row.user_address,
-        direction=Direction(row.direction),
-        energy_wh=row.energy_wh,
-        meter_before_wh=row.meter_before_wh,
-        meter_after_wh=row.meter_after_wh,
-        start_time=row.start_time,
-        end_time=row.end_time,
-        payment_authorization=row.payment_authorization,
-    )
     return StoredRecordView(
         digest="0x" + row.digest.hex(),
         logIndex=row.log_index,
         receivedAt=row.received_at,
-        record=record.to_json(),
-        signature="0x" + row.signature.hex(),
+        **stored_signed_record(row).to_json(),
         signer=to_checksum_address(row.signer),
     )
 

@@ -218,8 +218,9 @@ class Rejection(Base):
     The body is kept whole only when the station's signature was verified (an authenticated
     rejection: the station itself signed what is refused, e.g. an equivocation). Anyone can post
     an unauthenticated one (malformed, wrong domain, bad signature, unknown station, key not
-    valid) naming any station, so only its first `backend.ingest.UNAUTHENTICATED_BODY_BYTES`
-    bytes are kept (``body_truncated``), and ``body_size`` is the size of the whole body.
+    valid) naming any station, so only its first
+    `backend.ingest.classify.UNAUTHENTICATED_BODY_BYTES` bytes are kept (``body_truncated``), and
+    ``body_size`` is the size of the whole body.
     """
 
     __tablename__ = "rejections"

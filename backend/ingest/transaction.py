@@ -1,0 +1,93 @@
+"""One ingest transaction: lock the log head, load, classify, write, retry on a conflict.
+
+`Ingestor.ingest` takes submissions that went through the stateless checks
+(`gridpoints_protocol.checks`) and, in ONE database transaction, classifies each against the
+record log (`backend.ingest.classify`) and stores the outcomes (`backend.ingest.storage`).
+
+Concurrency. The transaction starts by locking the single `log_head` row (an UPDATE on
+PostgreSQL, BEGIN IMMEDIATE on SQLite), so ingest transactions run one after the other and every
+read inside sees everything committed before. That is what makes the log index dense and the
+neighbour checks exact. The database's unique index on (station_id, sequence) is the last word
+all the same: should an insert ever hit it (a writer that bypasses this module, a future code
+path without the lock), the whole request is retried from scratch and the conflicting row is then
+seen and classified, never inserted twice.
+
+Only uniqueness conflicts are retried (identified by SQLSTATE 23505 on PostgreSQL and the
+extended result codes SQLITE_CONSTRAINT_UNIQUE / _PRIMARYKEY on SQLite): a foreign-key or check
+violation would fail the same way every time, so it is raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from functools import partial
+from typing import NamedTuple
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backend.db.session import Database
+from backend.ingest import storage
+from backend.ingest.classify import Batch, Candidate, Outcome, classify
+
+log = logging.getLogger(__name__)
+
+_MAX_ATTEMPTS = 3
+
+
+class Ingestor:
+    """Classifies and stores candidates, one transaction per call; see the module docstring."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # Size of the record log after the last commit of this instance (None before).
+        self.log_size: int | None = None
+
+    def ingest(self, candidates: Sequence[Candidate], received_at: datetime) -> list[Outcome]:
+        """One outcome per candidate, in order; everything committed in one transaction."""
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self.db.write() as session:
+                    outcomes, size = self._ingest(session, candidates, received_at)
+                self.log_size = size
+                return outcomes
+            except IntegrityError as exc:
+                if attempt == _MAX_ATTEMPTS or not storage.is_unique_violation(exc):
+                    raise
+                log.warning(
+                    "ingest transaction hit a uniqueness conflict (attempt %d), retrying: %s",
+                    attempt,
+                    exc.orig,
+                )
+        raise AssertionError("unreachable")
+
+    def _ingest(
+        self, session: Session, candidates: Sequence[Candidate], received_at: datetime
+    ) -> tuple[list[Outcome], int]:
+        """One attempt: (the outcomes, the log size after it)."""
+        conn = session.connection()
+        start = storage.lock_log_head(conn)
+        batch = Batch(
+            received_at=received_at,
+            next_log_index=start,
+            stored_neighbours=partial(storage.stored_neighbours, conn),
+        )
+        storage.load(conn, batch, candidates)
+        outcomes = [classify(batch, candidate) for candidate in candidates]
+        self._write(_Decided(conn, batch))
+        if batch.next_log_index != start:
+            storage.set_log_head(conn, batch.next_log_index)
+        return outcomes, batch.next_log_index
+
+    def _write(self, decided: _Decided) -> None:
+        storage.write(decided.conn, decided.batch)
+
+
+class _Decided(NamedTuple):
+    """A classified batch and the transaction to write it in."""
+
+    conn: Connection
+    batch: Batch
