@@ -7,9 +7,11 @@ is *missing* and nothing is sent blindly:
 * **Plan.** When an epoch's settlement starts, its steps are written down once: step 0 commits
   the epoch, then one step per chunk of credits (mints) and per chunk of payments (burns), with
   fixed chunk ids. The plan never changes, so a restarted worker resumes the same chunks.
-* **Intent before send.** A step's transaction is built, signed and stored
-  (``settlement_attempts``: nonce, hash, raw bytes) in a committed transaction *before* it
-  is broadcast. After a crash the worker knows every transaction it may have sent.
+* **Intent before send.** A step's transaction is prepared and signed by the chain layer's
+  transaction pipeline (``gridpoints_chain.transactions``: gas margin, fees, the one nonce
+  manager), then stored (``settlement_attempts``: nonce, hash, raw bytes) in a committed
+  database transaction, and only then handed back to the pipeline to broadcast. After a crash
+  the worker knows every transaction it may have sent.
 * **The chain is the truth.** Before sending anything for a step the worker asks the contract
   whether the step's effect is already there (``lastEpochId``/``getEpoch``,
   ``isChunkApplied``). If it is, the step is confirmed from the receipt of the attempt that did
@@ -30,16 +32,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from hexbytes import HexBytes
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.contract.contract import ContractFunction
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -47,16 +46,9 @@ from backend.db.models import Epoch, EpochEntry, EpochPayment, SettlementAttempt
 from backend.db.session import Database
 from backend.faults import crash_point
 from backend.payments import payment_rows
-from gridpoints_chain.contracts import (
-    ChainError,
-    ContractRevertError,
-    GridPointsChain,
-    Payment,
-    pack_entries,
-    payment_tuple,
-    revert_data,
-)
-from gridpoints_chain.signer_account import TransactionAccount
+from gridpoints_chain.contracts import GridPointsChain, Payment, pack_entries, payment_tuple
+from gridpoints_chain.errors import ChainError, ContractRevertError
+from gridpoints_chain.transactions import SignedTx, TransactionAccount
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +79,6 @@ class SettlementConfig:
     payment_chunk_size: int = 50
     receipt_timeout_s: float = 60.0
     poll_interval_s: float = 0.25
-    gas_margin: float = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +199,12 @@ class Settler:
         self.db = db
         self.chain = chain
         self.w3 = chain.w3
+        # The chain layer's pipeline and its nonce manager: the one counter of this process.
+        self.sender = chain.sender
+        self.nonces = chain.sender.nonces
         self.account = account
         self.config = config or SettlementConfig()
         self.stop_event = stop_event or threading.Event()
-        self._nonce: int | None = None
         self._reconciled = False
         self._wallet_check_gas: int | None = None
 
@@ -271,11 +264,11 @@ class Settler:
     def request_reconcile(self) -> None:
         """The next round starts with a full reconciliation (after any error)."""
         self._reconciled = False
-        self._nonce = None
+        self.nonces.reset(self.account.address)
 
     def reconcile(self) -> None:
         """Aligns the database with the chain: confirmed steps the chain lacks are re-planned."""
-        self._nonce = None
+        self.nonces.reset(self.account.address)
         head = self.w3.eth.block_number
         last_on_chain = self._last_epoch_id()
         changed = 0
@@ -350,71 +343,56 @@ class Settler:
             return
 
     def _send_new(self, step: StepView) -> bytes | None:
-        call = self._call(step)
-        sender = self.account.address
         try:
-            gas = call.estimate_gas({"from": sender})
-        except ContractLogicError as exc:
-            error = self.chain.decoder.revert_error(revert_data(exc), context=str(step))
-            if error.error[0] in _ALREADY_DONE:
+            prepared = self.sender.prepare(
+                self.account.address,
+                self._call(step),
+                headroom=self._gas_headroom(step),
+                context=str(step),
+            )
+        except ContractRevertError as error:
+            if error.error_name in _ALREADY_DONE:
                 return None
-            raise error from exc
-        gas = int(gas * self.config.gas_margin)
-        if step.kind == "payments":
-            # A user may switch their address to a contract wallet between this estimate and
-            # the block; the contract then calls it with up to WALLET_CHECK_GAS (and refuses the
-            # chunk if it got less), so leave that much room per payment.
-            gas += step.entry_count * (self._wallet_gas() * 64 // 63 + 10_000)
-        nonce = self._next_nonce()
-        tx = call.build_transaction(
-            {
-                "from": sender,
-                "nonce": nonce,
-                "gas": gas,
-                "chainId": self.chain.sender.chain_id,
-            }
-        )
-        return self._sign_store_send(step, dict(tx), nonce)
+            raise
+        return self._store_and_send(step, self.sender.sign(self.account, prepared))
+
+    def _gas_headroom(self, step: StepView) -> int:
+        """Gas a step needs beyond the pipeline's common margin on its estimate.
+
+        A user may switch their address to a contract wallet between the estimate and the
+        block; the contract then calls it with up to WALLET_CHECK_GAS (and refuses the chunk if
+        it got less), so a payment chunk leaves that much room per payment — 64/63 of it, as a
+        call passes on at most 63/64 of the gas left (EIP-150), plus the call's own cost.
+        """
+        if step.kind != "payments":
+            return 0
+        return step.entry_count * (self._wallet_gas() * 64 // 63 + 10_000)
 
     def _replace(self, step: StepView, attempt: SettlementAttempt) -> None:
-        """Signs the step again with the same nonce and higher fees (a stuck transaction).
-
-        EIP-1559 nodes accept a replacement only when both fee fields rise by at least 10%;
-        +12.5% also beats the market when the base fee rose meanwhile.
-        """
-        try:
-            pending = self.w3.eth.get_transaction(HexBytes(attempt.tx_hash))
-        except TransactionNotFound:
+        """Signs the step again with the same nonce and higher fees (a stuck transaction); the
+        pipeline's `prepare_replacement` raises the fees enough for a node to accept it."""
+        pending = self.sender.transaction(attempt.tx_hash)
+        if pending is None:
             return  # gone from the pool: the next pass re-broadcasts or re-signs it
         if pending.get("blockNumber") is not None:
             return  # mined meanwhile: the next pass reads its receipt
-        call = self._call(step)
-        fees = call.build_transaction({"from": self.account.address, "nonce": attempt.nonce})
-        old_max = int(pending.get("maxFeePerGas") or pending.get("gasPrice") or 0)
-        old_tip = int(pending.get("maxPriorityFeePerGas") or 0)
-        tx = {
-            **fees,
-            "nonce": attempt.nonce,
-            "gas": int(pending["gas"]),
-            "chainId": self.chain.sender.chain_id,
-            "maxFeePerGas": max(int(fees.get("maxFeePerGas", 0)), old_max * 9 // 8 + 1),
-            "maxPriorityFeePerGas": max(
-                int(fees.get("maxPriorityFeePerGas", 0)), old_tip * 9 // 8 + 1
-            ),
-        }
-        tx.pop("gasPrice", None)
+        try:
+            prepared = self.sender.prepare_replacement(pending, self._call(step), context=str(step))
+        except ContractRevertError as error:
+            if error.error_name in _ALREADY_DONE:
+                return  # mined meanwhile: the next pass finds the step on chain
+            raise
         log.warning(
             "epoch %d step %d: transaction 0x%s is stuck; replacing it with max fee %d wei",
             step.epoch_id,
             step.step,
             attempt.tx_hash.hex(),
-            tx["maxFeePerGas"],
+            prepared.params["maxFeePerGas"],
         )
         try:
-            self._sign_store_send(step, tx, attempt.nonce)
+            self._store_and_send(step, self.sender.sign(self.account, prepared))
         except ChainError:
-            mined = self.w3.eth.get_transaction_count(self.account.address, "latest")
-            if mined > attempt.nonce:
+            if self.nonces.on_chain(self.account.address).mined > attempt.nonce:
                 # The stuck transaction got mined while its replacement was being signed: the
                 # node refused the replacement, which can never be mined now; the next pass
                 # finds the step on chain and reads the original's receipt.
@@ -425,14 +403,11 @@ class Settler:
                 return
             raise
 
-    def _sign_store_send(self, step: StepView, tx: dict[str, Any], nonce: int) -> bytes:
-        """Signs `tx`, stores it as an attempt of `step` (the intent), then broadcasts it."""
-        sender = self.account.address
-        signed = self.account.sign_transaction(tx)
-        tx_hash = bytes(signed.hash)
+    def _store_and_send(self, step: StepView, signed: SignedTx) -> bytes:
+        """Stores `signed` as an attempt of `step` (the intent), then broadcasts it."""
         with self.db.write() as session:
             known = session.scalars(
-                select(SettlementAttempt).where(SettlementAttempt.tx_hash == tx_hash)
+                select(SettlementAttempt).where(SettlementAttempt.tx_hash == signed.tx_hash)
             ).first()
             if known is not None:
                 # The same bytes as an attempt the chain lost (same nonce after a rewind).
@@ -442,10 +417,10 @@ class Settler:
                     SettlementAttempt(
                         epoch_id=step.epoch_id,
                         step=step.step,
-                        sender=bytes.fromhex(sender[2:]),
-                        nonce=nonce,
-                        tx_hash=tx_hash,
-                        raw_tx=bytes(signed.raw_transaction),
+                        sender=bytes.fromhex(signed.sender[2:]),
+                        nonce=signed.nonce,
+                        tx_hash=signed.tx_hash,
+                        raw_tx=signed.raw,
                         created_at=datetime.now(UTC),
                         outcome="signed",
                     )
@@ -456,21 +431,16 @@ class Settler:
                 .values(state="sent", updated_at=datetime.now(UTC))
             )
         crash_point("settle.after_intent")
-        self._broadcast(bytes(signed.raw_transaction), tx_hash)
+        self._broadcast(signed.raw, signed.tx_hash)
         crash_point("settle.after_send")
-        log.info("sent %s: tx 0x%s nonce %d", step.kind, tx_hash.hex(), nonce)
-        return tx_hash
+        log.info("sent %s: tx 0x%s nonce %d", step.kind, signed.tx_hash.hex(), signed.nonce)
+        return signed.tx_hash
 
     def _broadcast(self, raw: bytes, tx_hash: bytes) -> None:
-        try:
-            self.w3.eth.send_raw_transaction(raw)
-        except Web3RPCError as exc:
-            text = str(exc).lower()
-            if "already known" in text or "already imported" in text:
-                return
-            # "nonce too low" and friends: the nonce is gone; reconcile picks the next one.
-            self._nonce = None
-            raise ChainError(f"node refused transaction 0x{tx_hash.hex()}: {exc}") from exc
+        """Broadcasts a stored intent. A refusal ("nonce too low" and friends: the nonce is
+        gone) raises ChainError, and the nonce manager asks the node for the next one."""
+        sent = self.sender.broadcast(raw, sender=self.account.address)
+        assert sent == tx_hash, "a stored intent's hash is the hash of its bytes"
 
     def _wallet_gas(self) -> int:
         if self._wallet_check_gas is None:
@@ -484,13 +454,6 @@ class Settler:
                     SettlementStep.epoch_id == step.epoch_id, SettlementStep.step == step.step
                 )
             )
-
-    def _next_nonce(self) -> int:
-        if self._nonce is None:
-            self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
-        nonce = self._nonce
-        self._nonce = nonce + 1
-        return nonce
 
     def _latest_attempt(self, step: StepView) -> SettlementAttempt | None:
         with self.db.read() as session:
@@ -507,23 +470,19 @@ class Settler:
 
     def _still_pending(self, attempt: SettlementAttempt) -> bool:
         """Whether `attempt` can still be mined; re-broadcasts it when the node forgot it."""
-        try:
-            self.w3.eth.get_transaction(HexBytes(attempt.tx_hash))
+        if self.sender.transaction(attempt.tx_hash) is not None:
             return True  # the node has it (pending or mined): wait for its receipt
-        except TransactionNotFound:
-            pass
-        mined_nonce = self.w3.eth.get_transaction_count(self.account.address, "latest")
-        pending_nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
-        if attempt.nonce == mined_nonce and pending_nonce == mined_nonce:
+        counts = self.nonces.on_chain(self.account.address)
+        if attempt.nonce == counts.mined and counts.pending == counts.mined:
             # Never reached the node (crash before send, or a node restart lost its pool):
             # the very same bytes are still valid — send them.
             log.info("re-broadcasting stored transaction 0x%s", attempt.tx_hash.hex())
             self._broadcast(attempt.raw_tx, attempt.tx_hash)
-            self._nonce = attempt.nonce + 1
+            self.nonces.taken(self.account.address, attempt.nonce)
             return True
         # Its nonce was used by another transaction, or the chain was rewound below it.
         self._mark_attempt(attempt.tx_hash, "replaced")
-        self._nonce = None
+        self.nonces.reset(self.account.address)
         return False
 
     def _mark_attempt(self, tx_hash: bytes, outcome: str) -> None:
@@ -551,21 +510,15 @@ class Settler:
     def _wait_receipt(self, step: StepView, label: str) -> TxReceipt | None:
         """The receipt of whichever signed attempt of `step` gets mined (a replacement or the
         one it replaced); None after the receipt timeout."""
-        hashes = self._signed_hashes(step)
-        deadline = time.monotonic() + self.config.receipt_timeout_s
-        while not self.stop_event.is_set():
-            for tx_hash in hashes:
-                try:
-                    receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-                except TransactionNotFound:
-                    receipt = None
-                if receipt is not None:
-                    return receipt
-            if time.monotonic() > deadline:
-                log.warning("no receipt for %s after %.0fs", label, self.config.receipt_timeout_s)
-                return None
-            self.stop_event.wait(self.config.poll_interval_s)
-        return None
+        receipt = self.sender.first_receipt(
+            self._signed_hashes(step),
+            timeout=self.config.receipt_timeout_s,
+            poll_interval=self.config.poll_interval_s,
+            stop=self.stop_event,
+        )
+        if receipt is None and not self.stop_event.is_set():
+            log.warning("no receipt for %s after %.0fs", label, self.config.receipt_timeout_s)
+        return receipt
 
     def _confirm(self, step: StepView, receipt: TxReceipt) -> None:
         """Waits for the confirmations of `receipt`, then records the step as confirmed."""
@@ -681,20 +634,14 @@ class Settler:
                 )
             )
         for tx_hash in hashes:
-            try:
-                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-            except TransactionNotFound:
-                continue
+            receipt = self.sender.receipt(tx_hash)
             if receipt is not None and receipt["status"] == 1:
                 return receipt
         # None of the stored attempts has a readable receipt (a lagging node, or a database
         # restored without the attempt): find the transaction by the contract's own event.
-        tx_hash = self._effect_transaction(step)
-        if tx_hash is not None:
-            try:
-                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-            except TransactionNotFound:
-                receipt = None
+        effect_hash = self._effect_transaction(step)
+        if effect_hash is not None:
+            receipt = self.sender.receipt(effect_hash)
             if receipt is not None and receipt["status"] == 1:
                 return receipt
         log.warning(
@@ -719,7 +666,7 @@ class Settler:
             ]
         address = self.chain.settlement.address
         low = self.chain.deployment.deployment_block
-        high = self.w3.eth.block_number
+        high = int(self.w3.eth.block_number)
         while high >= low:
             start = max(low, high - EVENT_SEARCH_WINDOW + 1)
             logs = self.w3.eth.get_logs(
@@ -768,7 +715,7 @@ class Settler:
 
     # -- transactions -----------------------------------------------------------------------
 
-    def _call(self, step: StepView) -> Any:
+    def _call(self, step: StepView) -> ContractFunction:
         settlement = self.chain.settlement.functions
         with self.db.read() as session:
             epoch = session.get(Epoch, step.epoch_id)
@@ -800,12 +747,12 @@ class Settler:
                 return settlement.applyCredits(
                     step.epoch_id, step.chunk_id, pack_entries((u, c) for u, c in rows)
                 )
-            rows = payment_rows(session, step.epoch_id, step.first_entry, step.entry_count)
-            if len(rows) != step.entry_count:
+            chunk = payment_rows(session, step.epoch_id, step.first_entry, step.entry_count)
+            if len(chunk) != step.entry_count:
                 raise SettlementError(f"epoch {step.epoch_id}: payments chunk does not match")
             # Every planned payment is sent, also one the user cancelled meanwhile: the contract
             # skips what it cannot charge (PaymentSkipped), so each gets its outcome on chain.
-            payments = [payment_tuple(Payment(signed, p.requested)) for p, signed in rows]
+            payments = [payment_tuple(Payment(signed, p.requested)) for p, signed in chunk]
             return settlement.applyPayments(step.epoch_id, step.chunk_id, payments)
 
 
@@ -826,7 +773,6 @@ def steps_of(session: Session, epoch_id: int) -> Sequence[SettlementStep]:
 
 
 __all__ = [
-    "ContractRevertError",
     "SettlementConfig",
     "SettlementError",
     "Settler",

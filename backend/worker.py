@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
 
 from backend.db.session import Database
 from backend.epochs import EpochSealer
@@ -30,7 +32,8 @@ from backend.metrics import Metrics
 from backend.settings import DEV_CHAIN_IDS, Settings, redact_url
 from backend.settlement import SettlementConfig, Settler
 from gridpoints_chain.contracts import GridPointsChain
-from gridpoints_chain.signer_account import SignerAccount, TransactionAccount
+from gridpoints_chain.signer_account import SignerAccount
+from gridpoints_chain.transactions import TransactionAccount
 from gridpoints_protocol.tariff import TariffBook
 
 if TYPE_CHECKING:
@@ -85,7 +88,8 @@ def load_settler_account(settings: Settings, chain_id: int) -> TransactionAccoun
             raise SettlerKeyError(
                 f"settler keystore {path} could not be decrypted: {exc}"
             ) from None
-        return Account.from_key(key)
+        keystore_account: LocalAccount = Account.from_key(key)
+        return keystore_account
     if chain_id not in DEV_CHAIN_IDS:
         raise SettlerKeyError(
             f"settler key file {path} holds a plain private key, which is accepted only on a "
@@ -98,9 +102,10 @@ def load_settler_account(settings: Settings, chain_id: int) -> TransactionAccoun
             f"(mode {stat.filemode(mode)}): chmod 600 it, or use an encrypted keystore"
         )
     try:
-        return Account.from_key(text)
+        file_account: LocalAccount = Account.from_key(text)
     except ValueError:
         raise SettlerKeyError(f"settler key file {path} holds no private key") from None
+    return file_account
 
 
 def settler_token_labels(settings: Settings) -> tuple[str, str]:
@@ -303,7 +308,7 @@ class SealAndSettle:
         assert self.settler is not None
         address = self.settler.account.address
         try:
-            balance = int(self.settler.w3.eth.get_balance(address))
+            balance = int(self.settler.w3.eth.get_balance(to_checksum_address(address)))
         except Exception as exc:
             log.warning("could not read the settler's balance: %s", scrub(str(exc), self.settings))
             return

@@ -1,39 +1,31 @@
-"""Typed handles on a GridPoints deployment, transaction sending and revert decoding.
+"""Typed handles on a GridPoints deployment: contract calls, packed entries and decoded events.
 
 `GridPointsChain` wraps web3 contract objects for the token, the registry and the settlement of
-one `Deployment`. Transactions go through `TxSender`, which signs locally with explicit nonces
-(so that a worker can send without an unlocked node account) and turns every revert into a
-`ContractRevertError` carrying the custom error's name and decoded arguments, looked up in the
-ABIs of all three contracts: a revert raised by the token during a settlement call surfaces as
-`EnforcedPause` or `ERC20InsufficientBalance`, not as opaque bytes.
+one `Deployment`. Its transactions go through the pipeline of `gridpoints_chain.transactions`
+(`TxSender`: one nonce manager, one gas margin, signed locally so that a worker can send without
+an unlocked node account) and its reverts come back decoded (`gridpoints_chain.errors`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
 
-from eth_abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
-from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
-from eth_utils.abi import collapse_if_tuple
-from eth_utils.address import (
-    to_checksum_address,
-)
+from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
-from web3.contract.contract import ContractConstructor, ContractFunction
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
-from web3.types import LogReceipt, TxParams, TxReceipt
+from web3.contract.contract import ContractFunction
+from web3.types import LogReceipt, TxReceipt
 
 from gridpoints_chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
 from gridpoints_chain.deployment import Deployment
+from gridpoints_chain.errors import ChainError, ErrorDecoder
+from gridpoints_chain.transactions import TransactionAccount, TxSender
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SettlementDomain,
@@ -53,356 +45,6 @@ from gridpoints_protocol.keys import (
 
 MAX_ENTRY_AMOUNT = 2**96 - 1
 _ADDRESS_BITS = 160
-
-ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")  # Error(string), from require/revert("...")
-PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256), from asserts and checked arithmetic
-
-
-# ---- errors ---------------------------------------------------------------------------------
-
-
-class ChainError(RuntimeError):
-    """A chain interaction failed."""
-
-
-class ContractRevertError(ChainError):
-    """A call or transaction reverted.
-
-    ``error_name`` is the custom error (``"EpochOutOfOrder"``), ``"Error"`` for a revert string,
-    ``"Panic"`` for a panic code, or None when the revert data matches nothing known (then
-    ``data`` holds the raw bytes). ``error_args`` are the decoded arguments in ABI order, with
-    addresses checksummed; ``named_args`` maps the ABI's parameter names to them.
-    """
-
-    def __init__(
-        self,
-        error_name: str | None,
-        error_args: tuple[Any, ...],
-        data: bytes,
-        *,
-        named_args: Mapping[str, Any] | None = None,
-        tx_hash: bytes | None = None,
-        receipt: TxReceipt | None = None,
-        context: str = "",
-    ) -> None:
-        self.error_name = error_name
-        self.error_args = error_args
-        self.named_args: dict[str, Any] = dict(named_args or {})
-        self.data = data
-        self.tx_hash = tx_hash
-        self.receipt = receipt
-        self.context = context
-        if error_name is None:
-            what = f"unknown revert data 0x{data.hex()}" if data else "revert without data"
-        else:
-            what = f"{error_name}({', '.join(_short(a) for a in error_args)})"
-        where = f" in {context}" if context else ""
-        mined = f" (mined in tx 0x{tx_hash.hex()})" if tx_hash else ""
-        super().__init__(f"reverted{where}: {what}{mined}")
-
-    @property
-    def error(self) -> tuple[str | None, tuple[Any, ...]]:
-        """``(error_name, error_args)``, convenient for a single equality assertion."""
-        return self.error_name, self.error_args
-
-
-class TransactionFailedError(ChainError):
-    """A transaction was mined with status 0 and replaying it gave no revert reason."""
-
-    def __init__(self, receipt: TxReceipt, context: str = "") -> None:
-        self.receipt = receipt
-        where = f" {context}" if context else ""
-        super().__init__(f"transaction{where} 0x{bytes(receipt['transactionHash']).hex()} failed")
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-# ---- revert decoding ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorSpec:
-    """One custom error of an ABI."""
-
-    name: str
-    signature: str
-    types: tuple[str, ...]
-    arg_names: tuple[str, ...]
-
-    @property
-    def selector(self) -> bytes:
-        return keccak(text=self.signature)[:4]
-
-
-class ErrorDecoder:
-    """Maps revert data to the custom errors of a set of ABIs.
-
-    The same error declared in several ABIs (OpenZeppelin's AccessControl errors are in all
-    three) has one selector and one meaning, so duplicates collapse; two *different* errors
-    sharing a selector would make decoding ambiguous and are refused.
-    """
-
-    def __init__(self, abis: Iterable[Sequence[Mapping[str, Any]]]) -> None:
-        self._specs: dict[bytes, ErrorSpec] = {
-            ERROR_STRING_SELECTOR: ErrorSpec("Error", "Error(string)", ("string",), ("message",)),
-            PANIC_SELECTOR: ErrorSpec("Panic", "Panic(uint256)", ("uint256",), ("code",)),
-        }
-        for abi in abis:
-            for entry in abi:
-                if entry.get("type") != "error":
-                    continue
-                inputs = entry.get("inputs", [])
-                types = tuple(collapse_if_tuple(dict(i)) for i in inputs)
-                spec = ErrorSpec(
-                    name=entry["name"],
-                    signature=f"{entry['name']}({','.join(types)})",
-                    types=types,
-                    arg_names=tuple(i.get("name", "") for i in inputs),
-                )
-                known = self._specs.get(spec.selector)
-                if known is not None and known.signature != spec.signature:
-                    raise ValueError(f"selector clash: {known.signature} and {spec.signature}")
-                self._specs[spec.selector] = spec
-
-    @property
-    def names(self) -> set[str]:
-        return {spec.name for spec in self._specs.values()}
-
-    def spec(self, name: str) -> ErrorSpec:
-        for candidate in self._specs.values():
-            if candidate.name == name:
-                return candidate
-        raise KeyError(name)
-
-    def decode(self, data: bytes) -> tuple[str | None, tuple[Any, ...], dict[str, Any]]:
-        """``(name, args, named_args)``; name None when the data matches no known error."""
-        spec = self._specs.get(bytes(data[:4])) if len(data) >= 4 else None
-        if spec is None:
-            return None, (), {}
-        try:
-            raw = abi_decode(list(spec.types), bytes(data[4:]))
-        except (DecodingError, OverflowError, ValueError):
-            return None, (), {}
-        args = tuple(_normalize(t, v) for t, v in zip(spec.types, raw, strict=True))
-        named = {n: v for n, v in zip(spec.arg_names, args, strict=True) if n}
-        return spec.name, args, named
-
-    def revert_error(self, data: bytes, **kwargs: Any) -> ContractRevertError:
-        name, args, named = self.decode(data)
-        return ContractRevertError(name, args, bytes(data), named_args=named, **kwargs)
-
-
-def _normalize(abi_type: str, value: Any) -> Any:
-    if abi_type == "address":
-        return to_checksum_address(value)
-    return value
-
-
-def revert_data(exc: ContractLogicError) -> bytes:
-    """The raw revert bytes that web3 attached to `exc` (empty when there were none)."""
-    data = exc.data
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            return bytes.fromhex(data[2:])
-        except ValueError:
-            return b""
-    if isinstance(data, bytes | bytearray):
-        return bytes(data)
-    return b""
-
-
-# ---- transactions ---------------------------------------------------------------------------
-
-
-class NonceManager:
-    """Hands out consecutive nonces per sender without asking the node each time.
-
-    The first nonce of an address comes from the node's pending count; after that the manager
-    counts locally, which is what lets one process send back-to-back transactions. `reset`
-    forgets what it counted (after an evm_revert, or when the node rejected a nonce).
-    """
-
-    def __init__(self, w3: Web3) -> None:
-        self._w3 = w3
-        self._next: dict[ChecksumAddress, int] = {}
-        self._lock = threading.Lock()
-
-    def reserve(self, address: str) -> int:
-        key = to_checksum_address(address)
-        with self._lock:
-            if key not in self._next:
-                self._next[key] = self._w3.eth.get_transaction_count(key, "pending")
-            nonce = self._next[key]
-            self._next[key] = nonce + 1
-            return nonce
-
-    def release(self, address: str, nonce: int) -> None:
-        """Gives `nonce` back when its transaction never reached the node."""
-        key = to_checksum_address(address)
-        with self._lock:
-            if self._next.get(key) == nonce + 1:
-                self._next[key] = nonce
-            else:
-                # A later nonce was handed out meanwhile; only the node knows the truth now.
-                self._next.pop(key, None)
-
-    def reset(self, address: str | None = None) -> None:
-        with self._lock:
-            if address is None:
-                self._next.clear()
-            else:
-                self._next.pop(to_checksum_address(address), None)
-
-
-Sendable: TypeAlias = ContractFunction | ContractConstructor
-
-
-class TxSender:
-    """Signs with a LocalAccount, sends, waits for the receipt and decodes reverts.
-
-    Gas is estimated first (a revert there is decoded without spending anything) and padded by
-    `gas_margin`, because the state may move between estimate and inclusion. Passing `gas`
-    skips the estimate: the transaction is then mined even if it reverts, and the revert is
-    decoded by replaying it with eth_call on the state before its block.
-    """
-
-    def __init__(
-        self,
-        w3: Web3,
-        decoder: ErrorDecoder,
-        *,
-        nonces: NonceManager | None = None,
-        receipt_timeout: float = 120.0,
-        gas_margin: float = 1.2,
-    ) -> None:
-        self.w3 = w3
-        self.decoder = decoder
-        self.nonces = nonces or NonceManager(w3)
-        self.receipt_timeout = receipt_timeout
-        self.gas_margin = gas_margin
-        self._chain_id: int | None = None
-
-    @property
-    def chain_id(self) -> int:
-        if self._chain_id is None:
-            self._chain_id = self.w3.eth.chain_id
-        return self._chain_id
-
-    def transact(
-        self,
-        account: LocalAccount,
-        call: Sendable,
-        *,
-        gas: int | None = None,
-        value: int = 0,
-        context: str = "",
-    ) -> TxReceipt:
-        """Sends `call` from `account` and returns its successful receipt.
-
-        Raises ContractRevertError (decoded) when it reverts, TransactionFailedError when it
-        was mined with status 0 and the replay gives no reason, ChainError on receipt timeout.
-        """
-        context = context or _describe(call)
-        base: TxParams = {"from": account.address, "value": value, "chainId": self.chain_id}
-        if gas is None:
-            try:
-                estimate = call.estimate_gas(base)
-            except ContractLogicError as exc:
-                raise self.decoder.revert_error(revert_data(exc), context=context) from exc
-            gas = int(estimate * self.gas_margin)
-        # One retry: a nonce the node rejects means someone else sent from this account.
-        for attempt in (1, 2):
-            nonce = self.nonces.reserve(account.address)
-            try:
-                tx = call.build_transaction({**base, "gas": gas, "nonce": nonce})
-                signed = account.sign_transaction(dict(tx))
-            except BaseException:
-                self.nonces.release(account.address, nonce)
-                raise
-            try:
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            except Web3RPCError as exc:
-                # After a failed send only the node knows which nonce is next.
-                self.nonces.reset(account.address)
-                if attempt == 1 and "nonce" in str(exc).lower():
-                    continue
-                raise
-            except BaseException:
-                # A timeout may hide a transaction the node did accept: do not hand its nonce
-                # out again, ask the node next time.
-                self.nonces.reset(account.address)
-                raise
-            break
-        return self.wait(tx_hash, context=context, replay=dict(tx))
-
-    def wait(
-        self, tx_hash: bytes, *, context: str = "", replay: Mapping[str, Any] | None = None
-    ) -> TxReceipt:
-        """Waits for the receipt of `tx_hash`; a failed one is decoded by replaying `replay`."""
-        try:
-            receipt = self.w3.eth.wait_for_transaction_receipt(
-                HexBytes(tx_hash), timeout=self.receipt_timeout
-            )
-        except TimeExhausted as exc:
-            raise ChainError(
-                f"no receipt for {context or 'transaction'} 0x{bytes(tx_hash).hex()} "
-                f"after {self.receipt_timeout}s"
-            ) from exc
-        if receipt["status"] == 1:
-            return receipt
-        if replay is not None:
-            data = self._replay(replay, receipt)
-            if data is not None:
-                raise self.decoder.revert_error(
-                    data, tx_hash=bytes(tx_hash), receipt=receipt, context=context
-                )
-        raise TransactionFailedError(receipt, context)
-
-    def _replay(self, tx: Mapping[str, Any], receipt: TxReceipt) -> bytes | None:
-        call: TxParams = {
-            "from": tx["from"],
-            "value": tx.get("value", 0),
-            "data": tx.get("data", b""),
-            "gas": tx["gas"],
-        }
-        if tx.get("to"):
-            call["to"] = tx["to"]
-        # The parent block's state is exact when the transaction was alone in its block (Anvil's
-        # automine) and the best available approximation otherwise.
-        try:
-            self.w3.eth.call(call, block_identifier=max(0, receipt["blockNumber"] - 1))
-        except ContractLogicError as exc:
-            return revert_data(exc)
-        return None
-
-    def call(self, call: ContractFunction, *, sender: str | None = None) -> Any:
-        """A read-only call whose revert is decoded like a transaction's."""
-        params: TxParams = {"from": to_checksum_address(sender)} if sender else {}
-        try:
-            return call.call(params)
-        except ContractLogicError as exc:
-            raise self.decoder.revert_error(revert_data(exc), context=_describe(call)) from exc
-
-    def deploy(
-        self, account: LocalAccount, artifact: ContractArtifact, *args: Any
-    ) -> tuple[ChecksumAddress, TxReceipt]:
-        """Deploys `artifact` with constructor `args`; returns its address and receipt."""
-        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-        receipt = self.transact(account, factory.constructor(*args), context=artifact.name)
-        address = receipt["contractAddress"]
-        if address is None:
-            raise ChainError(f"{artifact.name} deployment receipt has no contract address")
-        return to_checksum_address(address), receipt
-
-
-def _describe(call: Sendable) -> str:
-    if isinstance(call, ContractConstructor):
-        return "constructor"
-    return str(getattr(call, "fn_name", "call"))
 
 
 def role_id(name: str) -> bytes:
@@ -628,7 +270,7 @@ class GridPointsChain:
 
     def transact(
         self,
-        account: LocalAccount,
+        account: TransactionAccount,
         call: ContractFunction,
         *,
         gas: int | None = None,
@@ -649,7 +291,7 @@ class GridPointsChain:
 
     def commit_epoch(
         self,
-        settler: LocalAccount,
+        settler: TransactionAccount,
         epoch_id: int,
         *,
         records_root: bytes,
@@ -666,13 +308,13 @@ class GridPointsChain:
         return self.transact(settler, fn)
 
     def apply_credits(
-        self, settler: LocalAccount, epoch_id: int, chunk_id: int, entries: Sequence[bytes]
+        self, settler: TransactionAccount, epoch_id: int, chunk_id: int, entries: Sequence[bytes]
     ) -> TxReceipt:
         fn = self.settlement.functions.applyCredits(epoch_id, chunk_id, list(entries))
         return self.transact(settler, fn)
 
     def apply_payments(
-        self, settler: LocalAccount, epoch_id: int, chunk_id: int, payments: Sequence[Payment]
+        self, settler: TransactionAccount, epoch_id: int, chunk_id: int, payments: Sequence[Payment]
     ) -> TxReceipt:
         """Settles one payment chunk: burns what each user authorised (see Payment)."""
         fn = self.settlement.functions.applyPayments(
@@ -680,7 +322,7 @@ class GridPointsChain:
         )
         return self.transact(settler, fn)
 
-    def cancel_authorization(self, user: LocalAccount, nonce: int) -> TxReceipt:
+    def cancel_authorization(self, user: TransactionAccount, nonce: int) -> TxReceipt:
         """The user voids one of its own authorisation nonces (sent from the user's wallet)."""
         return self.transact(user, self.settlement.functions.cancelAuthorization(nonce))
 

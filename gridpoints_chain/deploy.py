@@ -16,8 +16,10 @@ from eth_utils.address import to_checksum_address
 from web3 import Web3
 
 from gridpoints_chain.artifacts import ContractArtifact, load_all
-from gridpoints_chain.contracts import ChainError, ErrorDecoder, TxSender, role_id
+from gridpoints_chain.contracts import role_id
 from gridpoints_chain.deployment import ZERO_ADDRESS, Deployment
+from gridpoints_chain.errors import ChainError, ErrorDecoder
+from gridpoints_chain.transactions import TxSender
 from gridpoints_chain.well_known_keys import DEV_REGISTRAR, DEV_SETTLER, dev_account, is_dev_key
 
 

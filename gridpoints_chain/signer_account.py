@@ -1,10 +1,10 @@
 """Ethereum transactions signed by a key that never leaves its token.
 
-The settlement worker needs an account that signs transactions. eth_account's
-``LocalAccount`` holds the private key in process memory; :class:`SignerAccount` gets the same
-``address`` / ``sign_transaction`` surface from any :class:`gridpoints_signers.Signer`, so
-the settler's key can live in a PKCS#11 token (an HSM in production, SoftHSM2 in tests and
-the demo) exactly like the stations' keys do.
+The transaction pipeline (``gridpoints_chain.transactions``) signs through a
+``TransactionAccount``. eth_account's ``LocalAccount`` holds the private key in process memory;
+:class:`SignerAccount` gets the same ``address`` / ``sign_transaction`` surface from any
+:class:`gridpoints_signers.Signer`, so the settler's key can live in a PKCS#11 token (an HSM in
+production, SoftHSM2 in tests and the demo) exactly like the stations' keys do.
 
 eth_account still builds and serialises the transaction (every type it knows: legacy with
 EIP-155, 2930, 1559); only the one secret operation — signing the 32-byte signing hash — goes
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from eth_account import Account
 from eth_account._utils.signing import sign_transaction_dict
@@ -41,15 +41,6 @@ log = logging.getLogger(__name__)
 
 class TransactionSigningError(RuntimeError):
     """The token signed, but not as the account it claims to be."""
-
-
-class TransactionAccount(Protocol):
-    """What the settlement worker needs of an account: ``LocalAccount`` or SignerAccount."""
-
-    @property
-    def address(self) -> str: ...
-
-    def sign_transaction(self, transaction_dict: dict[str, Any]) -> SignedTransaction: ...
 
 
 class _Vrs(NamedTuple):

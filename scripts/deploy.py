@@ -26,8 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gridpoints_chain.artifacts import ArtifactError
-from gridpoints_chain.contracts import ChainError, connect
+from gridpoints_chain.contracts import connect
 from gridpoints_chain.deploy import deploy
+from gridpoints_chain.errors import ChainError
 from gridpoints_chain.well_known_keys import DEV_DEPLOYER, dev_account
 
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -917,7 +917,7 @@ class ChainAnchors:
         """The committed epoch ``epoch_id``, or None while the contract does not have it."""
         if epoch_id in self._epochs:
             return self._epochs[epoch_id]
-        from gridpoints_chain.contracts import ContractRevertError
+        from gridpoints_chain.errors import ContractRevertError
 
         settlement = self.chain.settlement
         try:

@@ -21,8 +21,9 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from gridpoints_chain.artifacts import BUILD_COMMAND, contracts_dir, missing_artifacts, repo_root
-from gridpoints_chain.contracts import ContractRevertError, GridPointsChain
+from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_chain.deployment import Deployment
+from gridpoints_chain.errors import ContractRevertError
 from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilNode
 from gridpoints_dev.chain import deploy_dev_contracts

@@ -9,7 +9,8 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 from web3.logs import DISCARD
 
-from gridpoints_chain.contracts import ChainError, role_id
+from gridpoints_chain.contracts import role_id
+from gridpoints_chain.errors import ChainError
 from gridpoints_protocol.keys import KeyPeriod, StationKeyRotated, StationRegistered, StationRevoked
 
 ZONE = 7

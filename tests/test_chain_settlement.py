@@ -25,7 +25,6 @@ from gridpoints_chain.artifacts import load_artifact
 from gridpoints_chain.contracts import (
     MAX_ENTRY_AMOUNT,
     ChunkKind,
-    ContractRevertError,
     Payment,
     PaymentApplied,
     PaymentSkipped,
@@ -36,6 +35,7 @@ from gridpoints_chain.contracts import (
     role_id,
     unpack_entry,
 )
+from gridpoints_chain.errors import ContractRevertError
 from gridpoints_protocol import merkle
 from gridpoints_protocol import record as rec
 from gridpoints_protocol.authorization import (

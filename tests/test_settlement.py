@@ -36,7 +36,7 @@ from backend.db.models import Epoch, SettlementAttempt, SettlementStep
 from backend.epochs import summarize_range
 from backend.settlement import Settler
 from backend.worker import write_dev_key_file
-from gridpoints_chain.contracts import ChainError
+from gridpoints_chain.errors import ChainError
 from gridpoints_protocol import merkle
 from gridpoints_protocol.record import SignedRecord
 
