@@ -3,6 +3,8 @@ pragma solidity 0.8.30;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 
+import {IStationRegistry} from "./interfaces/IStationRegistry.sol";
+
 /// @title Registry of GridPoints stations and their signing keys
 /// @notice Maps a station id to its secp256k1 signing address, zone, maximum power and active
 /// window, and keeps the full key history so that anyone can decide whether a key was valid for
@@ -13,55 +15,15 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 /// `[validFrom, validUntil)`. A rotation at time `r` ends the old key's period at `r`, so records
 /// that ended before the rotation stay verifiable with the old key. The events carry every field
 /// a follower needs to rebuild this state without calling any view.
-contract StationRegistry is AccessControl {
-    /// @notice Role allowed to register stations, rotate their keys and revoke them.
+///
+/// The external functions, events and errors are declared in IStationRegistry.
+contract StationRegistry is IStationRegistry, AccessControl {
+    /// @inheritdoc IStationRegistry
     bytes32 public constant REGISTRAR_ROLE = keccak256("REGISTRAR_ROLE");
-
-    /// @notice Current state of a station.
-    struct Station {
-        address signer; // current signing key (address of the secp256k1 public key)
-        uint32 zone; // tariff zone
-        uint64 maxPowerW; // maximum power in watts, for the energy plausibility check
-        uint64 activeFrom; // unix seconds: first instant a record may end
-        uint64 revokedAt; // unix seconds, 0 while not revoked
-    }
-
-    /// @notice One signing key and the period of record end times it covers.
-    struct KeyPeriod {
-        address signer;
-        uint64 validFrom; // inclusive, unix seconds
-        uint64 validUntil; // exclusive, unix seconds; 0 while the key is current
-    }
 
     mapping(bytes32 stationId => Station) private _stations;
     mapping(bytes32 stationId => KeyPeriod[]) private _keys;
     bytes32[] private _stationIds;
-
-    /// @notice A new station was registered.
-    event StationRegistered(
-        bytes32 indexed stationId, address indexed signer, uint32 zone, uint64 maxPowerW, uint64 activeFrom
-    );
-    /// @notice The station's key was replaced; `oldSigner` stays valid for records ending before `rotatedAt`.
-    event StationKeyRotated(
-        bytes32 indexed stationId, address indexed oldSigner, address indexed newSigner, uint64 rotatedAt
-    );
-    /// @notice The station was revoked; no record ending at or after `revokedAt` is valid.
-    event StationRevoked(bytes32 indexed stationId, address indexed signer, uint64 revokedAt);
-
-    /// @notice No station is registered under `stationId`.
-    error UnknownStation(bytes32 stationId);
-    /// @notice `stationId` is already registered (ids are never reused, even after revocation).
-    error StationAlreadyRegistered(bytes32 stationId);
-    /// @notice The station was revoked at `revokedAt` and can no longer change.
-    error StationIsRevoked(bytes32 stationId, uint64 revokedAt);
-    /// @notice The zero station id is reserved.
-    error InvalidStationId();
-    /// @notice The zero address cannot be a signing key.
-    error InvalidSigner();
-    /// @notice The maximum power must be positive.
-    error InvalidMaxPower();
-    /// @notice A rotation must change the key.
-    error SameSigner(address signer);
 
     /// @param admin Receives DEFAULT_ADMIN_ROLE, which grants and revokes REGISTRAR_ROLE.
     /// @param registrar Receives REGISTRAR_ROLE (may be the zero address to grant it later).
@@ -70,12 +32,7 @@ contract StationRegistry is AccessControl {
         if (registrar != address(0)) _grantRole(REGISTRAR_ROLE, registrar);
     }
 
-    /// @notice Registers a station with its first signing key.
-    /// @param stationId Station id; never zero, never reused.
-    /// @param signer Address of the station's secp256k1 key (held in the station's HSM).
-    /// @param zone Tariff zone of the station.
-    /// @param maxPowerW Maximum power in watts (> 0).
-    /// @param activeFrom First unix second at which a record may end; the key is valid from here.
+    /// @inheritdoc IStationRegistry
     function registerStation(bytes32 stationId, address signer, uint32 zone, uint64 maxPowerW, uint64 activeFrom)
         external
         onlyRole(REGISTRAR_ROLE)
@@ -92,10 +49,7 @@ contract StationRegistry is AccessControl {
         emit StationRegistered(stationId, signer, zone, maxPowerW, activeFrom);
     }
 
-    /// @notice Replaces the station's signing key from now on.
-    /// @dev The old key stays valid for records that ended before this block's timestamp.
-    /// @param stationId A registered, unrevoked station.
-    /// @param newSigner The new key's address; not zero and not the current key.
+    /// @inheritdoc IStationRegistry
     function rotateKey(bytes32 stationId, address newSigner) external onlyRole(REGISTRAR_ROLE) {
         Station storage station = _liveStation(stationId);
         if (newSigner == address(0)) revert InvalidSigner();
@@ -110,9 +64,7 @@ contract StationRegistry is AccessControl {
         emit StationKeyRotated(stationId, oldSigner, newSigner, rotatedAt);
     }
 
-    /// @notice Revokes the station from now on: no record ending at or after this block's
-    /// timestamp is valid. Records that ended earlier stay valid. Irreversible.
-    /// @param stationId A registered, unrevoked station.
+    /// @inheritdoc IStationRegistry
     function revokeStation(bytes32 stationId) external onlyRole(REGISTRAR_ROLE) {
         Station storage station = _liveStation(stationId);
         uint64 revokedAt = uint64(block.timestamp);
@@ -120,33 +72,23 @@ contract StationRegistry is AccessControl {
         emit StationRevoked(stationId, station.signer, revokedAt);
     }
 
-    /// @notice The station's current state.
-    /// @param stationId A registered station.
-    /// @return The station record (reverts with UnknownStation otherwise).
+    /// @inheritdoc IStationRegistry
     function getStation(bytes32 stationId) external view returns (Station memory) {
         return _existing(stationId);
     }
 
-    /// @notice The station's current signing key.
-    /// @param stationId A registered station.
-    /// @return Address of the current key (also after revocation: the key that was revoked).
+    /// @inheritdoc IStationRegistry
     function currentSigner(bytes32 stationId) external view returns (address) {
         return _existing(stationId).signer;
     }
 
-    /// @notice The station's whole key history, oldest first.
-    /// @param stationId A registered station.
-    /// @return Every key with the period of record end times it covers.
+    /// @inheritdoc IStationRegistry
     function keyHistory(bytes32 stationId) external view returns (KeyPeriod[] memory) {
         _existing(stationId);
         return _keys[stationId];
     }
 
-    /// @notice Whether `signer` was the station's valid key for a record that ended at `endTime`.
-    /// @param stationId Station id (unknown stations give false).
-    /// @param signer Key address that signed the record.
-    /// @param endTime Record end time in unix seconds.
-    /// @return True when the station was active at `endTime` and `signer` was its key then.
+    /// @inheritdoc IStationRegistry
     function isKeyValidAt(bytes32 stationId, address signer, uint64 endTime) external view returns (bool) {
         Station storage station = _stations[stationId];
         if (station.signer == address(0) || signer == address(0)) return false;
@@ -162,15 +104,12 @@ contract StationRegistry is AccessControl {
         return false;
     }
 
-    /// @notice Number of stations ever registered.
-    /// @return The count, including revoked stations.
+    /// @inheritdoc IStationRegistry
     function stationCount() external view returns (uint256) {
         return _stationIds.length;
     }
 
-    /// @notice The id of the `index`-th registered station (registration order).
-    /// @param index Position below `stationCount()`.
-    /// @return The station id.
+    /// @inheritdoc IStationRegistry
     function stationIdAt(uint256 index) external view returns (bytes32) {
         return _stationIds[index];
     }

@@ -6,6 +6,7 @@ import {console2} from "forge-std/console2.sol";
 
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {ISettlement} from "../src/interfaces/ISettlement.sol";
 import {ERC1271Wallet} from "./utils/ERC1271Wallet.sol";
 
 /// @title Gas measurements of the settlement hot paths
@@ -34,12 +35,12 @@ contract GasTest is Test {
 
     bytes32[] internal existing; // credits to the holders funded in setUp
     bytes32[] internal fresh; // credits to addresses that never held points
-    Settlement.Payment[] internal freshWordPayments; // nonce 256: the payer's bitmap word 1 is still zero
-    Settlement.Payment[] internal usedWordPayments; // nonce 1: word 0 already holds nonce 0 (canceled in setUp)
-    Settlement.Payment[] internal canceledPayments; // nonce 0, canceled in setUp: skipped
-    Settlement.Payment[] internal forgedPayments; // nonce 256 signed by another payer's key: skipped
+    ISettlement.Payment[] internal freshWordPayments; // nonce 256: the payer's bitmap word 1 is still zero
+    ISettlement.Payment[] internal usedWordPayments; // nonce 1: word 0 already holds nonce 0 (canceled in setUp)
+    ISettlement.Payment[] internal canceledPayments; // nonce 0, canceled in setUp: skipped
+    ISettlement.Payment[] internal forgedPayments; // nonce 256 signed by another payer's key: skipped
     ERC1271Wallet internal wallet;
-    Settlement.Payment[] internal walletPayment; // one payment by `wallet`, signed by its owner
+    ISettlement.Payment[] internal walletPayment; // one payment by `wallet`, signed by its owner
 
     function setUp() public {
         vm.warp(1_700_000_000);
@@ -66,8 +67,8 @@ contract GasTest is Test {
             freshWordPayments.push(_signed(key, payer, 256, uint128(500 + i)));
             usedWordPayments.push(_signed(key, payer, 1, uint128(500 + i)));
             canceledPayments.push(_signed(key, payer, 0, uint128(500 + i)));
-            Settlement.Payment memory forged = _signed(key, payer, 256, uint128(500 + i));
-            Settlement.Payment memory other = _signed(key + 1, payer, 256, uint128(500 + i));
+            ISettlement.Payment memory forged = _signed(key, payer, 256, uint128(500 + i));
+            ISettlement.Payment memory other = _signed(key + 1, payer, 256, uint128(500 + i));
             forged.signature = other.signature; // the right digest, signed by a key that is not the payer's
             forgedPayments.push(forged);
             vm.prank(payer);
@@ -90,9 +91,9 @@ contract GasTest is Test {
     function _signed(uint256 key, address payer, uint256 nonce, uint128 amount)
         internal
         view
-        returns (Settlement.Payment memory p)
+        returns (ISettlement.Payment memory p)
     {
-        p = Settlement.Payment({
+        p = ISettlement.Payment({
             user: payer,
             stationId: keccak256("station"),
             maxPoints: 1000,
@@ -169,7 +170,7 @@ contract GasTest is Test {
         console2.log("  per credit:", used / CHUNK);
     }
 
-    function _applyPayments(string memory what, Settlement.Payment[] memory payments, uint256 balanceAfter)
+    function _applyPayments(string memory what, ISettlement.Payment[] memory payments, uint256 balanceAfter)
         internal
         returns (uint256 used)
     {

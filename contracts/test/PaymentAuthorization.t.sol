@@ -9,6 +9,7 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {ISettlement} from "../src/interfaces/ISettlement.sol";
 
 /// @title The payment authorisation vectors, checked in Solidity
 /// @notice tests/vectors/payment_authorization.json is written by
@@ -42,7 +43,7 @@ contract PaymentAuthorizationVectorsTest is Test {
         bytes32 indexed authorization,
         uint256 nonce,
         uint128 requested,
-        Settlement.SkipReason reason
+        ISettlement.SkipReason reason
     );
 
     struct Vector {
@@ -200,8 +201,8 @@ contract PaymentAuthorizationVectorsTest is Test {
 
             uint128 amount = v.maxPoints < 700 ? v.maxPoints : 700;
             uint128 burned = v.deadline == 0 ? 0 : amount;
-            Settlement.Payment[] memory payments = new Settlement.Payment[](1);
-            payments[0] = Settlement.Payment({
+            ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
+            payments[0] = ISettlement.Payment({
                 user: v.user,
                 stationId: v.stationId,
                 maxPoints: v.maxPoints,
@@ -238,8 +239,8 @@ contract PaymentAuthorizationVectorsTest is Test {
             Settlement settlement = Settlement(v.verifyingContract);
             vm.startPrank(settler);
             settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 0, 1000);
-            Settlement.Payment[] memory payments = new Settlement.Payment[](1);
-            payments[0] = Settlement.Payment({
+            ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
+            payments[0] = ISettlement.Payment({
                 user: v.user,
                 stationId: v.stationId,
                 maxPoints: v.maxPoints,
@@ -249,7 +250,7 @@ contract PaymentAuthorizationVectorsTest is Test {
                 signature: v.signature
             });
             vm.expectEmit(true, true, true, true, address(settlement));
-            emit PaymentSkipped(1, v.user, v.digest, v.nonce, 1, Settlement.SkipReason.InvalidSignature);
+            emit PaymentSkipped(1, v.user, v.digest, v.nonce, 1, ISettlement.SkipReason.InvalidSignature);
             settlement.applyPayments(1, 1, payments);
             vm.stopPrank();
             assertFalse(settlement.isAuthorizationUsed(v.user, v.nonce), v.name);

@@ -10,6 +10,7 @@ import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {ISettlement} from "../src/interfaces/ISettlement.sol";
 import {RFC9162} from "./utils/RFC9162.sol";
 
 /// @title Shared set-up of the Settlement tests: token, settlement, roles and helpers.
@@ -24,7 +25,7 @@ abstract contract SettlementFixture is Test {
         uint128 totalDebits
     );
     event ChunkApplied(
-        uint64 indexed epochId, uint32 indexed chunkId, Settlement.ChunkKind kind, uint256 entries, uint256 amount
+        uint64 indexed epochId, uint32 indexed chunkId, ISettlement.ChunkKind kind, uint256 entries, uint256 amount
     );
     event PaymentApplied(
         uint64 indexed epochId,
@@ -40,7 +41,7 @@ abstract contract SettlementFixture is Test {
         bytes32 indexed authorization,
         uint256 nonce,
         uint128 requested,
-        Settlement.SkipReason reason
+        ISettlement.SkipReason reason
     );
     event AuthorizationCanceled(address indexed user, uint256 indexed nonce);
     event Transfer(address indexed from, address indexed to, uint256 value);
@@ -76,8 +77,8 @@ abstract contract SettlementFixture is Test {
 
     uint256 internal _nextNonce = 1;
 
-    Settlement.ChunkKind internal constant CREDIT = Settlement.ChunkKind.Credit;
-    Settlement.ChunkKind internal constant DEBIT = Settlement.ChunkKind.Debit;
+    ISettlement.ChunkKind internal constant CREDIT = ISettlement.ChunkKind.Credit;
+    ISettlement.ChunkKind internal constant DEBIT = ISettlement.ChunkKind.Debit;
 
     function setUp() public virtual {
         vm.warp(1_700_000_000);
@@ -136,7 +137,7 @@ abstract contract SettlementFixture is Test {
     /// @dev The EIP-712 digest of an authorisation for Settlement `target` on this chain,
     /// computed independently of the contract (and without any external call, so that it can be
     /// used between vm.expectRevert and the call it is about).
-    function _digest(address target, Settlement.Payment memory p) internal view returns (bytes32) {
+    function _digest(address target, ISettlement.Payment memory p) internal view returns (bytes32) {
         bytes32 separator = keccak256(
             abi.encode(DOMAIN_TYPEHASH, keccak256("GridPoints Settlement"), keccak256("1"), block.chainid, target)
         );
@@ -145,17 +146,17 @@ abstract contract SettlementFixture is Test {
     }
 
     /// @dev `p` with `signature` set to `key`'s signature r || s || v over its digest for `target`.
-    function _signFor(address target, Settlement.Payment memory p, uint256 key)
+    function _signFor(address target, ISettlement.Payment memory p, uint256 key)
         internal
         view
-        returns (Settlement.Payment memory)
+        returns (ISettlement.Payment memory)
     {
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, _digest(target, p));
         p.signature = abi.encodePacked(r, s, v);
         return p;
     }
 
-    function _sign(Settlement.Payment memory p, uint256 key) internal view returns (Settlement.Payment memory) {
+    function _sign(ISettlement.Payment memory p, uint256 key) internal view returns (ISettlement.Payment memory) {
         return _signFor(address(settlement), p, key);
     }
 
@@ -163,9 +164,9 @@ abstract contract SettlementFixture is Test {
     function _auth(address user, uint128 maxPoints, uint256 nonce, uint64 deadline, uint128 amount)
         internal
         pure
-        returns (Settlement.Payment memory p)
+        returns (ISettlement.Payment memory p)
     {
-        p = Settlement.Payment({
+        p = ISettlement.Payment({
             user: user,
             stationId: STATION,
             maxPoints: maxPoints,
@@ -177,33 +178,33 @@ abstract contract SettlementFixture is Test {
     }
 
     /// @dev A valid payment of `amount` (== maxPoints) by `user`, with a fresh nonce, due in a day.
-    function _payment(address user, uint256 key, uint128 amount) internal returns (Settlement.Payment memory) {
+    function _payment(address user, uint256 key, uint128 amount) internal returns (ISettlement.Payment memory) {
         return _sign(_auth(user, amount, _nextNonce++, uint64(block.timestamp + 1 days), amount), key);
     }
 
-    function _list1(Settlement.Payment memory a) internal pure returns (Settlement.Payment[] memory ps) {
-        ps = new Settlement.Payment[](1);
+    function _list1(ISettlement.Payment memory a) internal pure returns (ISettlement.Payment[] memory ps) {
+        ps = new ISettlement.Payment[](1);
         ps[0] = a;
     }
 
-    function _list2(Settlement.Payment memory a, Settlement.Payment memory b)
+    function _list2(ISettlement.Payment memory a, ISettlement.Payment memory b)
         internal
         pure
-        returns (Settlement.Payment[] memory ps)
+        returns (ISettlement.Payment[] memory ps)
     {
-        ps = new Settlement.Payment[](2);
+        ps = new ISettlement.Payment[](2);
         ps[0] = a;
         ps[1] = b;
     }
 
-    function _pay(uint64 id, uint32 chunk, Settlement.Payment[] memory payments) internal {
+    function _pay(uint64 id, uint32 chunk, ISettlement.Payment[] memory payments) internal {
         vm.prank(settler);
         settlement.applyPayments(id, chunk, payments);
     }
 
     /// @dev One valid payment of `amount` by `user` in chunk `chunk` of epoch `id`.
     function _payOne(uint64 id, uint32 chunk, address user, uint256 key, uint128 amount) internal {
-        Settlement.Payment[] memory payments = _list1(_payment(user, key, amount));
+        ISettlement.Payment[] memory payments = _list1(_payment(user, key, amount));
         _pay(id, chunk, payments);
     }
 
@@ -211,12 +212,12 @@ abstract contract SettlementFixture is Test {
         return abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, account, role);
     }
 
-    function _exceeds(uint64 id, Settlement.ChunkKind kind, uint256 applied, uint256 committed)
+    function _exceeds(uint64 id, ISettlement.ChunkKind kind, uint256 applied, uint256 committed)
         internal
         pure
         returns (bytes memory)
     {
-        return abi.encodeWithSelector(Settlement.ExceedsCommittedTotal.selector, id, kind, applied, committed);
+        return abi.encodeWithSelector(ISettlement.ExceedsCommittedTotal.selector, id, kind, applied, committed);
     }
 }
 
@@ -258,7 +259,7 @@ contract SettlementTest is SettlementFixture {
         _commit(1, 500, 200);
 
         assertEq(settlement.lastEpochId(), 1);
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.recordsRoot, RECORDS_ROOT);
         assertEq(e.creditsRoot, CREDITS_ROOT);
         assertEq(e.tariffHash, TARIFF_HASH);
@@ -277,7 +278,7 @@ contract SettlementTest is SettlementFixture {
         );
         vm.prank(settler);
         settlement.commitEpoch(1, 0, 0, 0, type(uint64).max, type(uint128).max, type(uint128).max);
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.recordCount, type(uint64).max);
         assertEq(e.totalCredits, type(uint128).max);
         assertEq(e.totalDebits, type(uint128).max);
@@ -293,7 +294,7 @@ contract SettlementTest is SettlementFixture {
             assertEq(settlement.lastEpochId(), id);
         }
         for (uint64 id = 1; id <= 5; ++id) {
-            Settlement.Epoch memory e = settlement.getEpoch(id);
+            ISettlement.Epoch memory e = settlement.getEpoch(id);
             assertEq(e.recordsRoot, bytes32(uint256(id)));
             assertEq(e.recordCount, id);
             assertEq(e.totalCredits, id * 10);
@@ -313,56 +314,56 @@ contract SettlementTest is SettlementFixture {
     }
 
     function test_RevertWhen_CommitEpochZero() public {
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, uint64(1), uint64(0)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, uint64(1), uint64(0)));
         _commit(0, 0, 0);
         _commit(1, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, uint64(2), uint64(0)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, uint64(2), uint64(0)));
         _commit(0, 0, 0);
     }
 
     function test_RevertWhen_CommitEpochGap() public {
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, uint64(1), uint64(2)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, uint64(1), uint64(2)));
         _commit(2, 0, 0);
         _commit(1, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, uint64(2), uint64(3)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, uint64(2), uint64(3)));
         _commit(3, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, uint64(2), type(uint64).max));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, uint64(2), type(uint64).max));
         _commit(type(uint64).max, 0, 0);
         assertEq(settlement.lastEpochId(), 1);
     }
 
     function test_RevertWhen_CommitEpochTwice() public {
         _commit(1, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochAlreadyCommitted.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochAlreadyCommitted.selector, uint64(1)));
         _commit(1, 0, 0);
         _commit(2, 0, 0);
         _commit(3, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochAlreadyCommitted.selector, uint64(2)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochAlreadyCommitted.selector, uint64(2)));
         _commit(2, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochAlreadyCommitted.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochAlreadyCommitted.selector, uint64(1)));
         _commit(1, 0, 0);
         assertEq(settlement.lastEpochId(), 3);
     }
 
     function test_RevertWhen_EmptyEpoch() public {
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EmptyEpoch.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EmptyEpoch.selector, uint64(1)));
         vm.prank(settler);
         settlement.commitEpoch(1, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 0, 0, 0);
         // Ordering is checked before emptiness.
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, uint64(1), uint64(2)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, uint64(1), uint64(2)));
         vm.prank(settler);
         settlement.commitEpoch(2, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 0, 0, 0);
         assertEq(settlement.lastEpochId(), 0);
     }
 
     function test_RevertWhen_GetUnknownEpoch() public {
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(0)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(0)));
         settlement.getEpoch(0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(1)));
         settlement.getEpoch(1);
         _commit(1, 0, 0);
         settlement.getEpoch(1);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(2)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(2)));
         settlement.getEpoch(2);
     }
 
@@ -388,7 +389,7 @@ contract SettlementTest is SettlementFixture {
         assertTrue(settlement.isChunkApplied(1, 0));
         assertFalse(settlement.isChunkApplied(1, 1));
         assertFalse(settlement.isChunkApplied(2, 0));
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.appliedCredits, 35);
         assertEq(e.appliedDebits, 0);
         assertEq(e.totalCredits, 100);
@@ -401,7 +402,7 @@ contract SettlementTest is SettlementFixture {
         vm.expectEmit(true, true, false, true, address(settlement));
         emit ChunkApplied(1, 2, CREDIT, 1, 10);
         _credit(1, 2, _entries1(alice, 10));
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.appliedCredits, 100);
         assertEq(e.appliedCredits, e.totalCredits);
         assertEq(token.totalSupply(), 100);
@@ -428,7 +429,7 @@ contract SettlementTest is SettlementFixture {
             assertFalse(settlement.isChunkApplied(1, ids[i]));
             _credit(1, ids[i], _entries1(alice, 1));
             assertTrue(settlement.isChunkApplied(1, ids[i]));
-            vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), ids[i]));
+            vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), ids[i]));
             _credit(1, ids[i], _entries1(alice, 1));
         }
         assertFalse(settlement.isChunkApplied(1, 254));
@@ -447,12 +448,12 @@ contract SettlementTest is SettlementFixture {
             for (uint256 j = 0; j < ids.length; ++j) {
                 assertEq(settlement.isChunkApplied(1, ids[j]), j <= i);
             }
-            vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), ids[i]));
+            vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), ids[i]));
             _credit(1, ids[i], _entries1(alice, 1));
         }
         assertFalse(settlement.isChunkApplied(1, 2));
         assertFalse(settlement.isChunkApplied(1, 25));
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.appliedCredits, 5);
         assertEq(e.recordCount, 10);
         assertEq(e.totalCredits, 1000);
@@ -498,22 +499,22 @@ contract SettlementTest is SettlementFixture {
     }
 
     function test_RevertWhen_ApplyCreditsUnknownEpoch() public {
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(0)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(0)));
         _credit(0, 0, _entries1(alice, 1));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(1)));
         _credit(1, 0, _entries1(alice, 1));
         _commit(1, 10, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(2)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(2)));
         _credit(2, 0, _entries1(alice, 1));
         // The epoch is checked before the chunk's content.
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(2)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(2)));
         _credit(2, 0, new bytes32[](0));
         assertFalse(settlement.isChunkApplied(2, 0));
     }
 
     function test_RevertWhen_ApplyCreditsEmptyChunk() public {
         _commit(1, 10, 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EmptyChunk.selector));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EmptyChunk.selector));
         _credit(1, 0, new bytes32[](0));
         assertFalse(settlement.isChunkApplied(1, 0));
     }
@@ -521,13 +522,13 @@ contract SettlementTest is SettlementFixture {
     function test_RevertWhen_CreditChunkReplayed() public {
         _commit(1, 100, 0);
         _credit(1, 7, _entries1(alice, 10));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
         _credit(1, 7, _entries1(alice, 10));
         // A replay with different content is still a replay.
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
         _credit(1, 7, _entries1(bob, 90));
         // Even when it would also exceed the total: the replay is detected first.
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
         _credit(1, 7, _entries1(bob, 1000));
         assertEq(token.balanceOf(alice), 10);
         assertEq(token.totalSupply(), 10);
@@ -537,8 +538,8 @@ contract SettlementTest is SettlementFixture {
     function test_RevertWhen_CreditChunkIdReusedForPayments() public {
         _commit(1, 100, 100);
         _credit(1, 7, _entries1(alice, 50));
-        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
+        ISettlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(7)));
         _pay(1, 7, payments);
         assertEq(token.balanceOf(alice), 50);
         assertEq(settlement.getEpoch(1).appliedDebits, 0);
@@ -549,10 +550,10 @@ contract SettlementTest is SettlementFixture {
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(alice, 50));
         _payOne(1, 1, alice, aliceKey, 10);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
         _credit(1, 1, _entries1(alice, 10));
-        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
+        ISettlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
         _pay(1, 1, payments);
         assertEq(token.balanceOf(alice), 40);
     }
@@ -599,7 +600,7 @@ contract SettlementTest is SettlementFixture {
 
         vm.expectRevert(Pausable.EnforcedPause.selector);
         _credit(1, 1, _entries1(alice, 10));
-        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
+        ISettlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
         vm.expectRevert(Pausable.EnforcedPause.selector);
         _pay(1, 1, payments);
         assertFalse(settlement.isChunkApplied(1, 1));
@@ -628,7 +629,7 @@ contract SettlementTest is SettlementFixture {
         vm.prank(settler);
         other.applyCredits(1, 0, _entries1(alice, 1));
         // Alice's valid authorisation for `other` still cannot burn through it.
-        Settlement.Payment[] memory payments =
+        ISettlement.Payment[] memory payments =
             _list1(_signFor(address(other), _auth(alice, 1, 1, uint64(block.timestamp + 1), 1), aliceKey));
         vm.expectRevert(_unauthorized(address(other), role));
         vm.prank(settler);
@@ -813,9 +814,9 @@ contract SettlementTest is SettlementFixture {
 
     function test_RevertWhen_VerifyOnUnknownEpoch() public {
         bytes32[] memory path = new bytes32[](0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(1)));
         settlement.verifyLeaf(1, RECORDS_ROOT, 0, path);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(1)));
         settlement.verifyRecord(1, RECORDS_ROOT, new bytes(65), 0, path);
     }
 
@@ -844,9 +845,9 @@ contract SettlementTest is SettlementFixture {
             return;
         }
         if (epochId != 0 && epochId < expected) {
-            vm.expectRevert(abi.encodeWithSelector(Settlement.EpochAlreadyCommitted.selector, epochId));
+            vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochAlreadyCommitted.selector, epochId));
         } else {
-            vm.expectRevert(abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, expected, epochId));
+            vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, expected, epochId));
         }
         _commit(epochId, 0, 0);
         assertEq(settlement.lastEpochId(), n);
@@ -865,14 +866,14 @@ contract SettlementTest is SettlementFixture {
         vm.warp(timestamp);
         vm.prank(settler);
         if (recordCount == 0) {
-            vm.expectRevert(abi.encodeWithSelector(Settlement.EmptyEpoch.selector, uint64(1)));
+            vm.expectRevert(abi.encodeWithSelector(ISettlement.EmptyEpoch.selector, uint64(1)));
             settlement.commitEpoch(1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits);
             return;
         }
         vm.expectEmit(true, false, false, true, address(settlement));
         emit EpochCommitted(1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits);
         settlement.commitEpoch(1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits);
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.recordsRoot, recordsRoot);
         assertEq(e.creditsRoot, creditsRoot);
         assertEq(e.tariffHash, tariffHash);
@@ -885,7 +886,7 @@ contract SettlementTest is SettlementFixture {
     struct Plan {
         bytes32[] first;
         bytes32[] second;
-        Settlement.Payment[] debits;
+        ISettlement.Payment[] debits;
         uint256 total;
         uint256 firstSum;
         uint256 debitTotal;
@@ -911,7 +912,7 @@ contract SettlementTest is SettlementFixture {
         p.extra = extra;
         p.first = new bytes32[](split);
         p.second = new bytes32[](amounts.length - split);
-        p.debits = new Settlement.Payment[](split);
+        p.debits = new ISettlement.Payment[](split);
         for (uint256 i = 0; i < amounts.length; ++i) {
             uint256 amount = amounts[i];
             p.total += amount;
@@ -966,7 +967,7 @@ contract SettlementTest is SettlementFixture {
         // or more points only when she was credited them, so credit one first).
         _commit(2, 1, 0);
         _credit(2, 0, _entries1(alice, 1));
-        Settlement.Payment[] memory more = _list1(_payment(alice, aliceKey, 1));
+        ISettlement.Payment[] memory more = _list1(_payment(alice, aliceKey, 1));
         vm.expectRevert(_exceeds(1, DEBIT, p.debitTotal + 1, p.debitTotal));
         _pay(1, 14, more);
     }
@@ -983,10 +984,10 @@ contract SettlementTest is SettlementFixture {
         assertFalse(settlement.isChunkApplied(n + 1, a));
         if (n > 1) assertFalse(settlement.isChunkApplied(n - 1, a));
         _payOne(n, b, alice, aliceKey, 1);
-        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, n, a));
+        ISettlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, n, a));
         _pay(n, a, payments);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, n, b));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, n, b));
         _credit(n, b, _entries1(alice, 1));
     }
 
@@ -1000,7 +1001,7 @@ contract SettlementTest is SettlementFixture {
         vm.expectRevert(_unauthorized(caller, role));
         vm.prank(caller);
         settlement.applyCredits(1, 0, _entries1(caller, 1));
-        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
+        ISettlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
         vm.expectRevert(_unauthorized(caller, role));
         vm.prank(caller);
         settlement.applyPayments(1, 0, payments);

@@ -7,6 +7,8 @@ import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {IPaymentAuthorizations} from "../src/interfaces/IPaymentAuthorizations.sol";
+import {ISettlement} from "../src/interfaces/ISettlement.sol";
 import {SettlementFixture} from "./Settlement.t.sol";
 import {BatchDelegate} from "./utils/BatchDelegate.sol";
 import {EcdsaAccountDelegate} from "./utils/EcdsaAccountDelegate.sol";
@@ -50,8 +52,8 @@ contract SettlementPaymentsTest is SettlementFixture {
     bytes32 internal constant APPLIED_TOPIC =
         keccak256("PaymentApplied(uint64,address,bytes32,uint256,uint128,uint128)");
     bytes32 internal constant SKIPPED_TOPIC = keccak256("PaymentSkipped(uint64,address,bytes32,uint256,uint128,uint8)");
-    Settlement.SkipReason internal constant INVALID = Settlement.SkipReason.InvalidSignature;
-    Settlement.SkipReason internal constant USED = Settlement.SkipReason.AuthorizationUsed;
+    ISettlement.SkipReason internal constant INVALID = ISettlement.SkipReason.InvalidSignature;
+    ISettlement.SkipReason internal constant USED = ISettlement.SkipReason.AuthorizationUsed;
     Vm7702 internal constant VM7702 = Vm7702(address(uint160(uint256(keccak256("hevm cheat code")))));
 
     uint64 internal dayLater;
@@ -64,7 +66,7 @@ contract SettlementPaymentsTest is SettlementFixture {
     // ------------------------------------------------------------------ helpers
 
     function _alreadyUsed(address user, uint256 nonce) internal pure returns (bytes memory) {
-        return abi.encodeWithSelector(Settlement.AuthorizationAlreadyUsed.selector, user, nonce);
+        return abi.encodeWithSelector(IPaymentAuthorizations.AuthorizationAlreadyUsed.selector, user, nonce);
     }
 
     /// @dev Alice and Bob funded through a credit chunk of epoch 1 (credits 100, debits `debits`).
@@ -88,7 +90,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         }
     }
 
-    function _expectPayment(uint64 epochId, Settlement.Payment memory p, uint128 burned) internal {
+    function _expectPayment(uint64 epochId, ISettlement.Payment memory p, uint128 burned) internal {
         if (burned > 0) {
             vm.expectEmit(true, true, false, true, address(token));
             emit Transfer(p.user, address(0), burned);
@@ -97,14 +99,14 @@ contract SettlementPaymentsTest is SettlementFixture {
         emit PaymentApplied(epochId, p.user, _digest(address(settlement), p), p.nonce, p.amount, burned);
     }
 
-    function _expectSkip(uint64 epochId, Settlement.Payment memory p, Settlement.SkipReason reason) internal {
+    function _expectSkip(uint64 epochId, ISettlement.Payment memory p, ISettlement.SkipReason reason) internal {
         vm.expectEmit(true, true, true, true, address(settlement));
         emit PaymentSkipped(epochId, p.user, _digest(address(settlement), p), p.nonce, p.amount, reason);
     }
 
     /// @dev Applies chunk `chunkId` holding only `p`, which must be skipped for `reason`: the
     /// chunk is applied, burning nothing (no Transfer), and `p`'s nonce is left as it was.
-    function _paySkipped(uint64 epochId, uint32 chunkId, Settlement.Payment memory p, Settlement.SkipReason reason)
+    function _paySkipped(uint64 epochId, uint32 chunkId, ISettlement.Payment memory p, ISettlement.SkipReason reason)
         internal
     {
         bool usedBefore = settlement.isAuthorizationUsed(p.user, p.nonce);
@@ -124,7 +126,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertTrue(settlement.isChunkApplied(epochId, chunkId));
     }
 
-    function _recover(Settlement.Payment memory p) internal view returns (address) {
+    function _recover(ISettlement.Payment memory p) internal view returns (address) {
         bytes memory sig = p.signature;
         bytes32 r;
         bytes32 s;
@@ -150,8 +152,8 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments() public {
         _fund(60, 40, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 25), aliceKey);
-        Settlement.Payment memory b = _sign(_auth(bob, 40, 1, dayLater, 40), bobKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 25), aliceKey);
+        ISettlement.Payment memory b = _sign(_auth(bob, 40, 1, dayLater, 40), bobKey);
 
         _expectPayment(1, a, 25);
         _expectPayment(1, b, 40);
@@ -162,7 +164,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertEq(token.balanceOf(alice), 35);
         assertEq(token.balanceOf(bob), 0);
         assertEq(token.totalSupply(), 35);
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.appliedDebits, 65);
         assertEq(e.appliedCredits, 100);
         assertTrue(settlement.isChunkApplied(1, 2));
@@ -175,7 +177,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments_BurnsOnlyWhatTheUserHolds() public {
         _fund(10, 0, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
         _expectPayment(1, a, 10);
         vm.expectEmit(true, true, false, true, address(settlement));
         emit ChunkApplied(1, 1, DEBIT, 1, 10);
@@ -187,7 +189,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments_ZeroBalanceBurnsNothing() public {
         _commit(1, 0, 100);
-        Settlement.Payment memory c = _sign(_auth(carol, 30, 9, dayLater, 30), carolKey);
+        ISettlement.Payment memory c = _sign(_auth(carol, 30, 9, dayLater, 30), carolKey);
         _expectPayment(1, c, 0);
         vm.recordLogs();
         _pay(1, 0, _list1(c));
@@ -203,8 +205,8 @@ contract SettlementPaymentsTest is SettlementFixture {
         _fund(50, 50, 100);
         vm.prank(alice);
         assertTrue(token.transfer(carol, 45));
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
-        Settlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
         _expectPayment(1, a, 5);
         _expectPayment(1, b, 30);
         _pay(1, 1, _list2(a, b));
@@ -216,8 +218,8 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments_SameUserTwiceInOneChunk() public {
         _fund(50, 0, 100);
-        Settlement.Payment memory a1 = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
-        Settlement.Payment memory a2 = _sign(_auth(alice, 30, 2, dayLater, 30), aliceKey);
+        ISettlement.Payment memory a1 = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory a2 = _sign(_auth(alice, 30, 2, dayLater, 30), aliceKey);
         _expectPayment(1, a1, 30);
         _expectPayment(1, a2, 20);
         _pay(1, 1, _list2(a1, a2));
@@ -228,9 +230,9 @@ contract SettlementPaymentsTest is SettlementFixture {
     function test_ApplyPayments_AmountBelowAndAtMaximum() public {
         _fund(100, 0, 100);
         // The amount is the operator's valuation and is not signed; the user's bound is maxPoints.
-        Settlement.Payment memory below = _sign(_auth(alice, 30, 1, dayLater, 7), aliceKey);
-        Settlement.Payment memory at = _sign(_auth(alice, 30, 2, dayLater, 30), aliceKey);
-        Settlement.Payment memory zero = _sign(_auth(alice, 30, 3, dayLater, 0), aliceKey);
+        ISettlement.Payment memory below = _sign(_auth(alice, 30, 1, dayLater, 7), aliceKey);
+        ISettlement.Payment memory at = _sign(_auth(alice, 30, 2, dayLater, 30), aliceKey);
+        ISettlement.Payment memory zero = _sign(_auth(alice, 30, 3, dayLater, 0), aliceKey);
         _pay(1, 1, _list2(below, at));
         _expectPayment(1, zero, 0);
         _pay(1, 2, _list1(zero));
@@ -252,7 +254,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         _fund(100, 100, 60);
         _payOne(1, 5, alice, aliceKey, 25);
         _payOne(1, 3, bob, bobKey, 35);
-        Settlement.Epoch memory e = settlement.getEpoch(1);
+        ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.appliedDebits, 60);
         assertEq(e.appliedDebits, e.totalDebits);
         assertTrue(settlement.isChunkApplied(1, 3));
@@ -272,7 +274,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments_AtDeadline() public {
         _fund(50, 0, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, uint64(block.timestamp), 30), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, uint64(block.timestamp), 30), aliceKey);
         _expectPayment(1, a, 30);
         _pay(1, 1, _list1(a));
         assertEq(token.balanceOf(alice), 20);
@@ -280,7 +282,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments_ExpiredBurnsNothingButUsesTheNonce() public {
         _fund(50, 0, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, uint64(block.timestamp), 30), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, uint64(block.timestamp), 30), aliceKey);
         vm.warp(block.timestamp + 1);
         _expectPayment(1, a, 0);
         vm.expectEmit(true, true, false, true, address(settlement));
@@ -298,8 +300,8 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments_ExpiredDoesNotBlockTheOthers() public {
         _fund(50, 50, 100);
-        Settlement.Payment memory late = _sign(_auth(alice, 30, 1, uint64(block.timestamp - 1), 30), aliceKey);
-        Settlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
+        ISettlement.Payment memory late = _sign(_auth(alice, 30, 1, uint64(block.timestamp - 1), 30), aliceKey);
+        ISettlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
         _expectPayment(1, late, 0);
         _expectPayment(1, b, 30);
         _pay(1, 1, _list2(late, b));
@@ -310,7 +312,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_ApplyPayments_DeadlineZeroIsAlwaysExpired() public {
         _fund(50, 0, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, 0, 30), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, 0, 30), aliceKey);
         _expectPayment(1, a, 0);
         _pay(1, 1, _list1(a));
         assertEq(token.balanceOf(alice), 50);
@@ -319,7 +321,7 @@ contract SettlementPaymentsTest is SettlementFixture {
     function test_ApplyPayments_MaxDeadline() public {
         _fund(50, 0, 100);
         vm.warp(type(uint64).max);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, type(uint64).max, 30), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, type(uint64).max, 30), aliceKey);
         _expectPayment(1, a, 30);
         _pay(1, 1, _list1(a));
     }
@@ -328,7 +330,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_RevertWhen_ApplyPaymentsByNonSettler() public {
         _fund(50, 0, 100);
-        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
+        ISettlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 10));
         bytes32 role = settlement.SETTLER_ROLE();
         // Not even the payer itself may submit: settlement is the operator's job.
         address[3] memory intruders = [alice, admin, mallory];
@@ -342,36 +344,36 @@ contract SettlementPaymentsTest is SettlementFixture {
     }
 
     function test_RevertWhen_ApplyPaymentsUnknownEpoch() public {
-        Settlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(0)));
+        ISettlement.Payment[] memory payments = _list1(_payment(alice, aliceKey, 1));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(0)));
         _pay(0, 0, payments);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(1)));
         _pay(1, 0, payments);
         _commit(1, 0, 10);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(2)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(2)));
         _pay(2, 0, payments);
         // The epoch is checked before the chunk's content.
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(2)));
-        _pay(2, 0, new Settlement.Payment[](0));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(2)));
+        _pay(2, 0, new ISettlement.Payment[](0));
     }
 
     function test_RevertWhen_ApplyPaymentsEmptyChunk() public {
         _commit(1, 0, 10);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.EmptyChunk.selector));
-        _pay(1, 0, new Settlement.Payment[](0));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.EmptyChunk.selector));
+        _pay(1, 0, new ISettlement.Payment[](0));
         assertFalse(settlement.isChunkApplied(1, 0));
     }
 
     function test_RevertWhen_PaymentChunkReplayed() public {
         _fund(100, 0, 100);
-        Settlement.Payment[] memory first = _list1(_payment(alice, aliceKey, 10));
+        ISettlement.Payment[] memory first = _list1(_payment(alice, aliceKey, 10));
         _pay(1, 1, first);
         // Same id with fresh, valid payments: the chunk id decides, before any signature.
-        Settlement.Payment[] memory fresh = _list1(_payment(alice, aliceKey, 10));
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
+        ISettlement.Payment[] memory fresh = _list1(_payment(alice, aliceKey, 10));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
         _pay(1, 1, fresh);
         // The very same chunk again: still the chunk id that refuses it.
-        vm.expectRevert(abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, uint64(1), uint32(1)));
         _pay(1, 1, first);
         assertEq(token.balanceOf(alice), 90);
         assertFalse(settlement.isAuthorizationUsed(alice, fresh[0].nonce));
@@ -380,7 +382,7 @@ contract SettlementPaymentsTest is SettlementFixture {
     function test_RevertWhen_PaymentsExceedCommittedTotal() public {
         _fund(100, 0, 30);
         _payOne(1, 1, alice, aliceKey, 20);
-        Settlement.Payment[] memory more = _list2(_payment(alice, aliceKey, 5), _payment(alice, aliceKey, 6));
+        ISettlement.Payment[] memory more = _list2(_payment(alice, aliceKey, 5), _payment(alice, aliceKey, 6));
         vm.expectRevert(_exceeds(1, DEBIT, 31, 30));
         _pay(1, 2, more);
         assertEq(token.balanceOf(alice), 80);
@@ -394,7 +396,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         // Requests above the remaining total are fine as long as what is burned fits.
         _commit(1, 5, 10);
         _credit(1, 0, _entries1(alice, 5));
-        Settlement.Payment memory a = _sign(_auth(alice, 100, 1, dayLater, 100), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 100, 1, dayLater, 100), aliceKey);
         _expectPayment(1, a, 5);
         _pay(1, 1, _list1(a));
         assertEq(settlement.getEpoch(1).appliedDebits, 5);
@@ -402,18 +404,18 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_RevertWhen_ExceedsAuthorizedMaximum() public {
         _fund(100, 0, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 4, dayLater, 31), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 4, dayLater, 31), aliceKey);
         vm.expectRevert(
             abi.encodeWithSelector(
-                Settlement.ExceedsAuthorizedMaximum.selector, alice, uint256(4), uint128(31), uint128(30)
+                ISettlement.ExceedsAuthorizedMaximum.selector, alice, uint256(4), uint128(31), uint128(30)
             )
         );
         _pay(1, 1, _list1(a));
         // Also when expired: the operator asked for more than was signed, which is an error.
-        Settlement.Payment memory late = _sign(_auth(alice, 30, 5, 0, type(uint128).max), aliceKey);
+        ISettlement.Payment memory late = _sign(_auth(alice, 30, 5, 0, type(uint128).max), aliceKey);
         vm.expectRevert(
             abi.encodeWithSelector(
-                Settlement.ExceedsAuthorizedMaximum.selector, alice, uint256(5), type(uint128).max, uint128(30)
+                ISettlement.ExceedsAuthorizedMaximum.selector, alice, uint256(5), type(uint128).max, uint128(30)
             )
         );
         _pay(1, 1, _list1(late));
@@ -423,17 +425,17 @@ contract SettlementPaymentsTest is SettlementFixture {
         // skip when the user's side is void as well.
         vm.prank(alice);
         settlement.cancelAuthorization(6);
-        Settlement.Payment memory canceled = _sign(_auth(alice, 30, 6, dayLater, 31), aliceKey);
+        ISettlement.Payment memory canceled = _sign(_auth(alice, 30, 6, dayLater, 31), aliceKey);
         vm.expectRevert(
             abi.encodeWithSelector(
-                Settlement.ExceedsAuthorizedMaximum.selector, alice, uint256(6), uint128(31), uint128(30)
+                ISettlement.ExceedsAuthorizedMaximum.selector, alice, uint256(6), uint128(31), uint128(30)
             )
         );
         _pay(1, 1, _list1(canceled));
-        Settlement.Payment memory forged = _sign(_auth(alice, 30, 7, dayLater, 31), malloryKey);
+        ISettlement.Payment memory forged = _sign(_auth(alice, 30, 7, dayLater, 31), malloryKey);
         vm.expectRevert(
             abi.encodeWithSelector(
-                Settlement.ExceedsAuthorizedMaximum.selector, alice, uint256(7), uint128(31), uint128(30)
+                ISettlement.ExceedsAuthorizedMaximum.selector, alice, uint256(7), uint128(31), uint128(30)
             )
         );
         _pay(1, 1, _list1(forged));
@@ -443,8 +445,8 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_RevertWhen_TokenPaused_EvenIfNothingWouldBurn() public {
         _fund(50, 0, 100);
-        Settlement.Payment memory late = _sign(_auth(alice, 30, 1, 0, 30), aliceKey);
-        Settlement.Payment memory broke = _sign(_auth(carol, 30, 1, dayLater, 30), carolKey);
+        ISettlement.Payment memory late = _sign(_auth(alice, 30, 1, 0, 30), aliceKey);
+        ISettlement.Payment memory broke = _sign(_auth(carol, 30, 1, dayLater, 30), carolKey);
         vm.prank(admin);
         token.pause();
         vm.expectRevert(Pausable.EnforcedPause.selector);
@@ -465,11 +467,11 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_RevertWhen_AnOperatorErrorInOnePayment_TheWholeChunkIsUndone() public {
         _fund(50, 50, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
-        Settlement.Payment memory over = _sign(_auth(bob, 30, 1, dayLater, 31), bobKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory over = _sign(_auth(bob, 30, 1, dayLater, 31), bobKey);
         vm.expectRevert(
             abi.encodeWithSelector(
-                Settlement.ExceedsAuthorizedMaximum.selector, bob, uint256(1), uint128(31), uint128(30)
+                ISettlement.ExceedsAuthorizedMaximum.selector, bob, uint256(1), uint128(31), uint128(30)
             )
         );
         _pay(1, 1, _list2(a, over));
@@ -485,13 +487,13 @@ contract SettlementPaymentsTest is SettlementFixture {
         _fund(50, 0, 100);
         // Nobody can sign for the zero address (ecrecover yields it for garbage): naming it is an
         // operator error, refused whatever the signature, and it undoes the chunk.
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
-        Settlement.Payment memory p = _auth(address(0), 30, 1, dayLater, 10);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory p = _auth(address(0), 30, 1, dayLater, 10);
         bytes[3] memory signatures =
             [new bytes(65), abi.encodePacked(bytes32(uint256(1)), bytes32(uint256(1)), uint8(27)), bytes("")];
         for (uint256 i = 0; i < signatures.length; ++i) {
             p.signature = signatures[i];
-            vm.expectRevert(abi.encodeWithSelector(Settlement.PaymentFromZeroAddress.selector, uint256(1)));
+            vm.expectRevert(abi.encodeWithSelector(ISettlement.PaymentFromZeroAddress.selector, uint256(1)));
             _pay(1, 1, _list2(a, p));
         }
         assertFalse(settlement.isChunkApplied(1, 1));
@@ -502,10 +504,10 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_Skip_ForgedPayment_TheOthersBurn() public {
         _fund(50, 50, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
-        Settlement.Payment memory forged = _sign(_auth(bob, 30, 1, dayLater, 30), malloryKey);
-        Settlement.Payment memory c = _sign(_auth(alice, 30, 2, dayLater, 5), aliceKey);
-        Settlement.Payment[] memory chunk = new Settlement.Payment[](3);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory forged = _sign(_auth(bob, 30, 1, dayLater, 30), malloryKey);
+        ISettlement.Payment memory c = _sign(_auth(alice, 30, 2, dayLater, 5), aliceKey);
+        ISettlement.Payment[] memory chunk = new ISettlement.Payment[](3);
         (chunk[0], chunk[1], chunk[2]) = (a, forged, c);
         _expectPayment(1, a, 30);
         _expectSkip(1, forged, INVALID);
@@ -518,7 +520,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertFalse(settlement.isAuthorizationUsed(bob, 1), "never validly presented: still unused");
         assertEq(settlement.getEpoch(1).appliedDebits, 35);
         // Bob can still pay with his real authorisation under that nonce.
-        Settlement.Payment memory real = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
+        ISettlement.Payment memory real = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
         _expectPayment(1, real, 30);
         _pay(1, 2, _list1(real));
         assertEq(token.balanceOf(bob), 20);
@@ -528,7 +530,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_Skip_WrongSigner() public {
         _fund(50, 50, 100);
-        Settlement.Payment memory p = _sign(_auth(alice, 30, 1, dayLater, 30), bobKey);
+        ISettlement.Payment memory p = _sign(_auth(alice, 30, 1, dayLater, 30), bobKey);
         _paySkipped(1, 1, p, INVALID);
         // The operator's own key (the settler role) is no substitute for the user's.
         (, uint256 settlerKey) = makeAddrAndKey("settler");
@@ -542,7 +544,7 @@ contract SettlementPaymentsTest is SettlementFixture {
     function test_Skip_AFieldChangedAfterSigning() public {
         _fund(50, 0, 100);
         for (uint256 which = 0; which < 5; ++which) {
-            Settlement.Payment memory p = _sign(_auth(alice, 30, 1, dayLater, 10), aliceKey);
+            ISettlement.Payment memory p = _sign(_auth(alice, 30, 1, dayLater, 10), aliceKey);
             if (which == 0) p.stationId = keccak256("station A");
             else if (which == 1) p.maxPoints = 31;
             else if (which == 2) p.nonce = 2;
@@ -558,7 +560,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_Skip_SignedForAnotherDeployment() public {
         _fund(50, 0, 100);
-        Settlement.Payment memory p = _auth(alice, 30, 1, dayLater, 10);
+        ISettlement.Payment memory p = _auth(alice, 30, 1, dayLater, 10);
         // Another Settlement contract on this chain.
         p = _signFor(address(0xBEEF), p, aliceKey);
         _paySkipped(1, 1, p, INVALID);
@@ -583,7 +585,7 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_Skip_SignatureMalformed() public {
         _fund(50, 0, 100);
-        Settlement.Payment memory good = _sign(_auth(alice, 30, 1, dayLater, 10), aliceKey);
+        ISettlement.Payment memory good = _sign(_auth(alice, 30, 1, dayLater, 10), aliceKey);
         bytes memory sig = good.signature;
         (bytes32 r, bytes32 s) = (bytes32(0), bytes32(0));
         uint8 v = uint8(sig[64]);
@@ -601,7 +603,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         bad[6] = abi.encodePacked(r ^ bytes32(uint256(1)), s, v); // another r
         bad[7] = abi.encodePacked(r, s, v == 27 ? uint8(28) : uint8(27)); // other recovery id
         for (uint256 i = 0; i < bad.length; ++i) {
-            Settlement.Payment memory p = _auth(alice, 30, 1, dayLater, 10);
+            ISettlement.Payment memory p = _auth(alice, 30, 1, dayLater, 10);
             p.signature = bad[i];
             _paySkipped(1, uint32(i + 1), p, INVALID);
         }
@@ -614,11 +616,11 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_Skip_NonceReplayed() public {
         _fund(100, 0, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 5, dayLater, 10), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 5, dayLater, 10), aliceKey);
         _pay(1, 1, _list1(a));
         _paySkipped(1, 2, a, USED);
         // A new authorisation that reuses the nonce is skipped as well.
-        Settlement.Payment memory again = _sign(_auth(alice, 99, 5, dayLater + 7, 1), aliceKey);
+        ISettlement.Payment memory again = _sign(_auth(alice, 99, 5, dayLater + 7, 1), aliceKey);
         _paySkipped(1, 3, again, USED);
         // And in a later epoch.
         _commit(2, 0, 100);
@@ -629,14 +631,14 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function test_Skip_NonceRepeatedInOneChunk() public {
         _fund(100, 0, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 5, dayLater, 10), aliceKey);
-        Settlement.Payment memory sameNonce = _sign(_auth(alice, 30, 5, dayLater, 20), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 5, dayLater, 10), aliceKey);
+        ISettlement.Payment memory sameNonce = _sign(_auth(alice, 30, 5, dayLater, 20), aliceKey);
         _expectPayment(1, a, 10);
         _expectSkip(1, a, USED);
         _expectSkip(1, sameNonce, USED);
         vm.expectEmit(true, true, false, true, address(settlement));
         emit ChunkApplied(1, 1, DEBIT, 3, 10);
-        Settlement.Payment[] memory chunk = new Settlement.Payment[](3);
+        ISettlement.Payment[] memory chunk = new ISettlement.Payment[](3);
         (chunk[0], chunk[1], chunk[2]) = (a, a, sameNonce);
         _pay(1, 1, chunk);
         assertEq(token.balanceOf(alice), 90, "the first one burns, the repeats are skipped");
@@ -647,9 +649,9 @@ contract SettlementPaymentsTest is SettlementFixture {
     /// is mined first: the chunk still goes through, without that payment.
     function test_Skip_CancelFrontRunsTheChunk() public {
         _fund(50, 50, 100);
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
-        Settlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
-        Settlement.Payment[] memory planned = _list2(a, b);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
+        ISettlement.Payment[] memory planned = _list2(a, b);
         vm.prank(alice);
         settlement.cancelAuthorization(1);
         _expectSkip(1, a, USED);
@@ -676,7 +678,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         _credit(1, 1, _entries2(carol, 50, address(wallet), 50));
         BatchDelegate batch = new BatchDelegate();
 
-        Settlement.Payment[] memory chunk = new Settlement.Payment[](5);
+        ISettlement.Payment[] memory chunk = new ISettlement.Payment[](5);
         chunk[0] = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey); // canceled
         chunk[1] = _sign(_auth(carol, 30, 1, dayLater, 30), carolKey); // delegates with EIP-7702
         chunk[2] = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey); // burns all gas
@@ -714,8 +716,8 @@ contract SettlementPaymentsTest is SettlementFixture {
     function test_Skip_Eip7702DelegatedToAContractWithoutErc1271() public {
         _fund(50, 50, 100);
         BatchDelegate batch = new BatchDelegate();
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
-        Settlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory b = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
         assertEq(_recover(a), alice, "a valid ECDSA signature when the backend accepted it");
         _delegate(alice, aliceKey, address(batch));
 
@@ -741,7 +743,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         _fund(50, 0, 100);
         EcdsaAccountDelegate account = new EcdsaAccountDelegate();
         _delegate(alice, aliceKey, address(account));
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 1, dayLater, 30), aliceKey);
         _expectPayment(1, a, 30);
         _pay(1, 1, _list1(a));
         assertEq(token.balanceOf(alice), 20);
@@ -778,7 +780,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         ERC1271Wallet wallet = new ERC1271Wallet(owner);
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(address(wallet), 50));
-        Settlement.Payment memory p = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey);
+        ISettlement.Payment memory p = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey);
         _expectPayment(1, p, 30);
         _pay(1, 1, _list1(p));
         assertEq(token.balanceOf(address(wallet)), 20);
@@ -790,7 +792,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         ERC1271Wallet wallet = new ERC1271Wallet(owner);
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(address(wallet), 50));
-        Settlement.Payment memory p = _auth(address(wallet), 30, 1, dayLater, 30);
+        ISettlement.Payment memory p = _auth(address(wallet), 30, 1, dayLater, 30);
         wallet.approveHash(_digest(address(settlement), p)); // e.g. a multisig's on-chain approval
         _pay(1, 1, _list1(p)); // empty signature
         assertEq(token.balanceOf(address(wallet)), 20);
@@ -801,7 +803,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         ERC1271Wallet wallet = new ERC1271Wallet(owner);
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(address(wallet), 50));
-        Settlement.Payment memory p = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey);
+        ISettlement.Payment memory p = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey);
         ERC1271Wallet.Mode[5] memory modes = [
             ERC1271Wallet.Mode.RejectAll,
             ERC1271Wallet.Mode.Revert,
@@ -815,7 +817,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         }
         // Signed by a key that is not the wallet's owner.
         wallet.setMode(ERC1271Wallet.Mode.Normal);
-        Settlement.Payment memory q = _sign(_auth(address(wallet), 30, 1, dayLater, 30), aliceKey);
+        ISettlement.Payment memory q = _sign(_auth(address(wallet), 30, 1, dayLater, 30), aliceKey);
         _paySkipped(1, 10, q, INVALID);
         // A contract has no key of its own: an ECDSA signature is judged by the wallet, not by
         // ecrecover (the owner's signature passes only because the wallet says so).
@@ -830,14 +832,14 @@ contract SettlementPaymentsTest is SettlementFixture {
         _credit(1, 0, _entries1(address(wallet), 50));
         vm.prank(address(wallet));
         settlement.cancelAuthorization(1);
-        Settlement.Payment memory p = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey);
+        ISettlement.Payment memory p = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey);
         _paySkipped(1, 1, p, USED);
         assertEq(token.balanceOf(address(wallet)), 50);
     }
 
     /// @dev Gas used by applyPayments(chunk) with the wallet in `mode`, on the current state
     /// (which is left as it was); bob's payment in the chunk must burn.
-    function _chunkGas(ERC1271Wallet wallet, ERC1271Wallet.Mode mode, Settlement.Payment[] memory chunk)
+    function _chunkGas(ERC1271Wallet wallet, ERC1271Wallet.Mode mode, ISettlement.Payment[] memory chunk)
         internal
         returns (uint256 used)
     {
@@ -861,7 +863,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         ERC1271Wallet wallet = new ERC1271Wallet(owner);
         _fund(50, 50, 100);
         _credit(1, 5, _entries1(address(wallet), 50));
-        Settlement.Payment[] memory chunk = _list2(
+        ISettlement.Payment[] memory chunk = _list2(
             _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey), _sign(_auth(bob, 30, 1, dayLater, 30), bobKey)
         );
         uint256 cap = settlement.WALLET_CHECK_GAS();
@@ -896,9 +898,10 @@ contract SettlementPaymentsTest is SettlementFixture {
         wallet.setMode(ERC1271Wallet.Mode.Slow);
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(address(wallet), 50));
-        Settlement.Payment[] memory chunk = _list1(_sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey));
-        bytes memory starved =
-            abi.encodeWithSelector(Settlement.InsufficientGasForWalletCheck.selector, address(wallet), uint256(1));
+        ISettlement.Payment[] memory chunk = _list1(_sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey));
+        bytes memory starved = abi.encodeWithSelector(
+            IPaymentAuthorizations.InsufficientGasForWalletCheck.selector, address(wallet), uint256(1)
+        );
         uint256 starvedSeen;
         uint256 paidSeen;
         for (uint256 gasLimit = 30_000; gasLimit <= 250_000; gasLimit += 1_000) {
@@ -933,7 +936,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertTrue(settlement.isAuthorizationUsed(alice, 7));
         assertFalse(settlement.isAuthorizationUsed(bob, 7));
 
-        Settlement.Payment memory a = _sign(_auth(alice, 30, 7, dayLater, 30), aliceKey);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 7, dayLater, 30), aliceKey);
         _paySkipped(1, 1, a, USED);
         assertEq(token.balanceOf(alice), 50);
         // Bob's nonce 7 is his own and still works.
@@ -997,7 +1000,7 @@ contract SettlementPaymentsTest is SettlementFixture {
     }
 
     function test_HashPaymentAuthorization() public view {
-        Settlement.Payment memory p = _auth(alice, 30, 7, dayLater, 0);
+        ISettlement.Payment memory p = _auth(alice, 30, 7, dayLater, 0);
         assertEq(
             settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline),
             _digest(address(settlement), p)
@@ -1023,7 +1026,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         // After a chain split the domain follows the chain id: old signatures do not carry over.
         vm.chainId(block.chainid + 7);
         assertTrue(settlement.DOMAIN_SEPARATOR() != expected);
-        Settlement.Payment memory p = _auth(alice, 30, 7, dayLater, 0);
+        ISettlement.Payment memory p = _auth(alice, 30, 7, dayLater, 0);
         assertEq(
             settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline),
             _digest(address(settlement), p)
@@ -1046,7 +1049,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         settledAt = uint64(bound(settledAt, 1, type(uint64).max));
         _commit(1, type(uint128).max, type(uint128).max);
         if (balance > 0) _credit(1, 0, _entries1(alice, balance));
-        Settlement.Payment memory p = _sign(_auth(alice, maxPoints, 1, deadline, amount), aliceKey);
+        ISettlement.Payment memory p = _sign(_auth(alice, maxPoints, 1, deadline, amount), aliceKey);
         vm.warp(settledAt);
 
         uint256 expected = settledAt > deadline ? 0 : (amount < balance ? amount : balance);
@@ -1066,9 +1069,9 @@ contract SettlementPaymentsTest is SettlementFixture {
         maxPoints = uint128(bound(maxPoints, 0, type(uint128).max - 1));
         amount = uint128(bound(amount, uint256(maxPoints) + 1, type(uint128).max));
         _fund(1000, 0, type(uint128).max);
-        Settlement.Payment memory p = _sign(_auth(alice, maxPoints, 1, dayLater, amount), aliceKey);
+        ISettlement.Payment memory p = _sign(_auth(alice, maxPoints, 1, dayLater, amount), aliceKey);
         vm.expectRevert(
-            abi.encodeWithSelector(Settlement.ExceedsAuthorizedMaximum.selector, alice, uint256(1), amount, maxPoints)
+            abi.encodeWithSelector(ISettlement.ExceedsAuthorizedMaximum.selector, alice, uint256(1), amount, maxPoints)
         );
         _pay(1, 1, _list1(p));
         assertEq(token.balanceOf(alice), 1000);
@@ -1078,7 +1081,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         key = bound(key, 1, SECP256K1_N - 1);
         vm.assume(key != aliceKey);
         _fund(1000, 0, 1000);
-        Settlement.Payment memory p = _sign(_auth(alice, 10, nonce, dayLater, 10), key);
+        ISettlement.Payment memory p = _sign(_auth(alice, 10, nonce, dayLater, 10), key);
         _paySkipped(1, 1, p, INVALID);
         assertEq(token.balanceOf(alice), 1000);
         assertFalse(settlement.isAuthorizationUsed(alice, nonce));
@@ -1089,7 +1092,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         address user = vm.addr(key);
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(user, 100));
-        Settlement.Payment memory p = _auth(user, 40, nonce, dayLater, 40);
+        ISettlement.Payment memory p = _auth(user, 40, nonce, dayLater, 40);
         p.stationId = stationId;
         _pay(1, 1, _list1(_sign(p, key)));
         assertEq(token.balanceOf(user), 60);
@@ -1120,7 +1123,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         uint64 deadline,
         uint8 which
     ) public view {
-        Settlement.Payment memory p = _auth(user, maxPoints, nonce, deadline, 0);
+        ISettlement.Payment memory p = _auth(user, maxPoints, nonce, deadline, 0);
         p.stationId = stationId;
         bytes32 digest = settlement.hashPaymentAuthorization(user, stationId, maxPoints, nonce, deadline);
         assertEq(digest, _digest(address(settlement), p));

@@ -7,6 +7,7 @@ import {stdError} from "forge-std/StdError.sol";
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 
 import {StationRegistry} from "../src/StationRegistry.sol";
+import {IStationRegistry} from "../src/interfaces/IStationRegistry.sol";
 
 /// @title Unit and fuzz tests of StationRegistry
 /// @notice Covers registerStation / rotateKey / revokeStation (REGISTRAR_ROLE only), every custom
@@ -112,7 +113,7 @@ contract StationRegistryTest is Test {
         emit StationRegistered(ID, signerA, ZONE, MAX_POWER, ACTIVE_FROM);
         _register(ID, signerA);
 
-        StationRegistry.Station memory s = registry.getStation(ID);
+        IStationRegistry.Station memory s = registry.getStation(ID);
         assertEq(s.signer, signerA);
         assertEq(s.zone, ZONE);
         assertEq(s.maxPowerW, MAX_POWER);
@@ -122,7 +123,7 @@ contract StationRegistryTest is Test {
         assertEq(registry.stationCount(), 1);
         assertEq(registry.stationIdAt(0), ID);
 
-        StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
+        IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
         assertEq(keys.length, 1);
         assertEq(keys[0].signer, signerA);
         assertEq(keys[0].validFrom, ACTIVE_FROM);
@@ -134,7 +135,7 @@ contract StationRegistryTest is Test {
         emit StationRegistered(bytes32(type(uint256).max), signerA, type(uint32).max, type(uint64).max, 0);
         vm.prank(registrar);
         registry.registerStation(bytes32(type(uint256).max), signerA, type(uint32).max, type(uint64).max, 0);
-        StationRegistry.Station memory s = registry.getStation(bytes32(type(uint256).max));
+        IStationRegistry.Station memory s = registry.getStation(bytes32(type(uint256).max));
         assertEq(s.zone, type(uint32).max);
         assertEq(s.maxPowerW, type(uint64).max);
         assertEq(s.activeFrom, 0);
@@ -161,31 +162,31 @@ contract StationRegistryTest is Test {
     }
 
     function test_RevertWhen_RegisterZeroStationId() public {
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidStationId.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidStationId.selector));
         _register(bytes32(0), signerA);
         // Checked first: also with a zero signer and a zero power.
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidStationId.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidStationId.selector));
         vm.prank(registrar);
         registry.registerStation(bytes32(0), address(0), ZONE, 0, ACTIVE_FROM);
     }
 
     function test_RevertWhen_RegisterZeroSigner() public {
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidSigner.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidSigner.selector));
         _register(ID, address(0));
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidSigner.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidSigner.selector));
         vm.prank(registrar);
         registry.registerStation(ID, address(0), ZONE, 0, ACTIVE_FROM);
     }
 
     function test_RevertWhen_RegisterZeroMaxPower() public {
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidMaxPower.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidMaxPower.selector));
         vm.prank(registrar);
         registry.registerStation(ID, signerA, ZONE, 0, ACTIVE_FROM);
     }
 
     function test_RevertWhen_RegisterTwice() public {
         _register(ID, signerA);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.StationAlreadyRegistered.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.StationAlreadyRegistered.selector, ID));
         _register(ID, signerB);
         assertEq(registry.stationCount(), 1);
     }
@@ -193,7 +194,7 @@ contract StationRegistryTest is Test {
     function test_RevertWhen_RegisterRevokedId() public {
         _register(ID, signerA);
         _revoke(ID);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.StationAlreadyRegistered.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.StationAlreadyRegistered.selector, ID));
         _register(ID, signerB);
     }
 
@@ -207,7 +208,7 @@ contract StationRegistryTest is Test {
         emit StationKeyRotated(ID, signerA, signerB, r);
         _rotate(ID, signerB);
 
-        StationRegistry.Station memory s = registry.getStation(ID);
+        IStationRegistry.Station memory s = registry.getStation(ID);
         assertEq(s.signer, signerB);
         assertEq(s.zone, ZONE);
         assertEq(s.maxPowerW, MAX_POWER);
@@ -215,7 +216,7 @@ contract StationRegistryTest is Test {
         assertEq(s.revokedAt, 0);
         assertEq(registry.currentSigner(ID), signerB);
 
-        StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
+        IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
         assertEq(keys.length, 2);
         assertEq(keys[0].signer, signerA);
         assertEq(keys[0].validFrom, ACTIVE_FROM);
@@ -252,7 +253,7 @@ contract StationRegistryTest is Test {
         emit StationKeyRotated(ID, signerB, signerC, r);
         _rotate(ID, signerC);
 
-        StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
+        IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
         assertEq(keys.length, 3);
         assertEq(keys[1].validFrom, r);
         assertEq(keys[1].validUntil, r);
@@ -271,26 +272,26 @@ contract StationRegistryTest is Test {
     }
 
     function test_RevertWhen_RotateUnknownStation() public {
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.UnknownStation.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.UnknownStation.selector, ID));
         _rotate(ID, signerB);
         // The station check comes before the signer checks.
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.UnknownStation.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.UnknownStation.selector, ID));
         _rotate(ID, address(0));
     }
 
     function test_RevertWhen_RotateToZeroSigner() public {
         _register(ID, signerA);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidSigner.selector));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidSigner.selector));
         _rotate(ID, address(0));
     }
 
     function test_RevertWhen_RotateToSameSigner() public {
         _register(ID, signerA);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.SameSigner.selector, signerA));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.SameSigner.selector, signerA));
         _rotate(ID, signerA);
         vm.warp(ACTIVE_FROM + 1);
         _rotate(ID, signerB);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.SameSigner.selector, signerB));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.SameSigner.selector, signerB));
         _rotate(ID, signerB);
     }
 
@@ -300,12 +301,12 @@ contract StationRegistryTest is Test {
         vm.warp(v);
         _revoke(ID);
         vm.warp(v + 1000);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.StationIsRevoked.selector, ID, v));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.StationIsRevoked.selector, ID, v));
         _rotate(ID, signerB);
         // Revocation is checked before the signer arguments.
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.StationIsRevoked.selector, ID, v));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.StationIsRevoked.selector, ID, v));
         _rotate(ID, address(0));
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.StationIsRevoked.selector, ID, v));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.StationIsRevoked.selector, ID, v));
         _rotate(ID, signerA);
     }
 
@@ -321,12 +322,12 @@ contract StationRegistryTest is Test {
         emit StationRevoked(ID, signerB, v);
         _revoke(ID);
 
-        StationRegistry.Station memory s = registry.getStation(ID);
+        IStationRegistry.Station memory s = registry.getStation(ID);
         assertEq(s.revokedAt, v);
         assertEq(s.signer, signerB);
         assertEq(registry.currentSigner(ID), signerB, "current signer stays the revoked key");
         // The key history is not changed by a revocation.
-        StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
+        IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
         assertEq(keys.length, 2);
         assertEq(keys[1].validUntil, 0);
         assertEq(registry.stationCount(), 1);
@@ -340,7 +341,7 @@ contract StationRegistryTest is Test {
     }
 
     function test_RevertWhen_RevokeUnknownStation() public {
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.UnknownStation.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.UnknownStation.selector, ID));
         _revoke(ID);
     }
 
@@ -350,7 +351,7 @@ contract StationRegistryTest is Test {
         vm.warp(v);
         _revoke(ID);
         vm.warp(v + 1);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.StationIsRevoked.selector, ID, v));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.StationIsRevoked.selector, ID, v));
         _revoke(ID);
         assertEq(registry.getStation(ID).revokedAt, v);
     }
@@ -358,13 +359,13 @@ contract StationRegistryTest is Test {
     // ------------------------------------------------------------------ views
 
     function test_RevertWhen_ViewsOnUnknownStation() public {
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.UnknownStation.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.UnknownStation.selector, ID));
         registry.getStation(ID);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.UnknownStation.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.UnknownStation.selector, ID));
         registry.currentSigner(ID);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.UnknownStation.selector, ID));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.UnknownStation.selector, ID));
         registry.keyHistory(ID);
-        vm.expectRevert(abi.encodeWithSelector(StationRegistry.UnknownStation.selector, bytes32(0)));
+        vm.expectRevert(abi.encodeWithSelector(IStationRegistry.UnknownStation.selector, bytes32(0)));
         registry.getStation(bytes32(0));
     }
 
@@ -470,7 +471,7 @@ contract StationRegistryTest is Test {
         _register(ID, signerA);
         // now = ACTIVE_FROM - 1000: the first key's period [ACTIVE_FROM, now) is empty.
         _rotate(ID, signerB);
-        StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
+        IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
         assertEq(keys[0].validFrom, ACTIVE_FROM);
         assertEq(keys[0].validUntil, ACTIVE_FROM - 1000);
         assertFalse(_valid(ID, signerA, ACTIVE_FROM));
@@ -550,7 +551,7 @@ contract StationRegistryTest is Test {
             vm.warp(now_);
             address next = _pool(r >> 128);
             if (next == current) {
-                vm.expectRevert(abi.encodeWithSelector(StationRegistry.SameSigner.selector, next));
+                vm.expectRevert(abi.encodeWithSelector(IStationRegistry.SameSigner.selector, next));
                 _rotate(ID, next);
                 continue;
             }
@@ -571,7 +572,7 @@ contract StationRegistryTest is Test {
         }
 
         // keyHistory agrees with the model.
-        StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
+        IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ID);
         assertEq(keys.length, m.rotations + 1);
         assertEq(keys[0].signer, m.first);
         assertEq(keys[0].validFrom, m.activeFrom);
@@ -643,11 +644,11 @@ contract StationRegistryTest is Test {
     function testFuzz_Register(bytes32 id, address signer, uint32 zone, uint64 maxPowerW, uint64 activeFrom) public {
         vm.prank(registrar);
         if (id == bytes32(0)) {
-            vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidStationId.selector));
+            vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidStationId.selector));
         } else if (signer == address(0)) {
-            vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidSigner.selector));
+            vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidSigner.selector));
         } else if (maxPowerW == 0) {
-            vm.expectRevert(abi.encodeWithSelector(StationRegistry.InvalidMaxPower.selector));
+            vm.expectRevert(abi.encodeWithSelector(IStationRegistry.InvalidMaxPower.selector));
         } else {
             vm.expectEmit(true, true, false, true, address(registry));
             emit StationRegistered(id, signer, zone, maxPowerW, activeFrom);
@@ -656,7 +657,7 @@ contract StationRegistryTest is Test {
         bool ok = id != bytes32(0) && signer != address(0) && maxPowerW != 0;
         assertEq(registry.stationCount(), ok ? 1 : 0);
         if (ok) {
-            StationRegistry.Station memory s = registry.getStation(id);
+            IStationRegistry.Station memory s = registry.getStation(id);
             assertEq(s.signer, signer);
             assertEq(s.zone, zone);
             assertEq(s.maxPowerW, maxPowerW);

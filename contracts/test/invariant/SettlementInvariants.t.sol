@@ -13,6 +13,8 @@ import {Vm} from "forge-std/Vm.sol";
 
 import {PointsToken} from "../../src/PointsToken.sol";
 import {Settlement} from "../../src/Settlement.sol";
+import {IPaymentAuthorizations} from "../../src/interfaces/IPaymentAuthorizations.sol";
+import {ISettlement} from "../../src/interfaces/ISettlement.sol";
 import {BatchDelegate} from "../utils/BatchDelegate.sol";
 import {EcdsaAccountDelegate} from "../utils/EcdsaAccountDelegate.sol";
 import {ERC1271Wallet} from "../utils/ERC1271Wallet.sol";
@@ -207,8 +209,8 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             else if (pick == 1 && expected > 1) id = uint64(bound(idSeed >> 8, 1, expected - 1));
             else id = expected + 1 + uint64((idSeed >> 8) % 1000);
             bytes memory want = (id != 0 && id < expected)
-                ? abi.encodeWithSelector(Settlement.EpochAlreadyCommitted.selector, id)
-                : abi.encodeWithSelector(Settlement.EpochOutOfOrder.selector, expected, id);
+                ? abi.encodeWithSelector(ISettlement.EpochAlreadyCommitted.selector, id)
+                : abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, expected, id);
             vm.prank(settler);
             try settlement.commitEpoch(id, root, bytes32(0), bytes32(0), count, credits, debits) {
                 revert("wrong epoch id accepted");
@@ -291,7 +293,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             try settlement.cancelAuthorization(nonce) {
                 revert("used nonce canceled again");
             } catch (bytes memory err) {
-                _expect(err, abi.encodeWithSelector(Settlement.AuthorizationAlreadyUsed.selector, user, nonce));
+                _expect(
+                    err, abi.encodeWithSelector(IPaymentAuthorizations.AuthorizationAlreadyUsed.selector, user, nonce)
+                );
                 nonceReplayRejected++;
             }
             nonceReplayAttempts++;
@@ -357,7 +361,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         uint64 epochId = settlement.lastEpochId();
         bytes32[] memory entries = new bytes32[](1);
         entries[0] = _pack(to, amount);
-        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+        ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
         payments[0] = _signed(who, _freshNonce(to, toSeed), uint64(clock), amount, amount);
         vm.prank(caller);
         if (which == 0) {
@@ -404,18 +408,18 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         try settlement.applyCredits(epochId, used, entries) {
             revert("credit chunk replay accepted");
         } catch (bytes memory err) {
-            _expect(err, abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, epochId, used));
+            _expect(err, abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, epochId, used));
             replayRejected++;
         }
     }
 
     function _creditsAboveTotal(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        ISettlement.Epoch memory e = settlement.getEpoch(epochId);
         uint256 amount = e.totalCredits - e.appliedCredits + 1 + (amountSeed % 1000);
         bytes memory want = abi.encodeWithSelector(
-            Settlement.ExceedsCommittedTotal.selector,
+            ISettlement.ExceedsCommittedTotal.selector,
             epochId,
-            Settlement.ChunkKind.Credit,
+            ISettlement.ChunkKind.Credit,
             e.appliedCredits + amount,
             e.totalCredits
         );
@@ -431,7 +435,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     }
 
     function _credits(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        ISettlement.Epoch memory e = settlement.getEpoch(epochId);
         uint256 budget = bound(amountSeed >> 8, 0, e.totalCredits - e.appliedCredits);
         uint256 n = 1 + (amountSeed % 4);
         bytes32[] memory entries = new bytes32[](n);
@@ -461,13 +465,13 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     function _replayPayments(uint64 epochId, uint256 chunkSeed, uint256 seed) internal {
         uint32 used = _chunksOf[epochId][chunkSeed % _chunksOf[epochId].length];
         uint256 who = seed % ACTORS;
-        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+        ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
         payments[0] = _signed(who, _freshNonce(_actors[who], seed), uint64(clock), 1, 1);
         vm.prank(settler);
         try settlement.applyPayments(epochId, used, payments) {
             revert("payment chunk replay accepted");
         } catch (bytes memory err) {
-            _expect(err, abi.encodeWithSelector(Settlement.ChunkAlreadyApplied.selector, epochId, used));
+            _expect(err, abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, epochId, used));
             replayRejected++;
         }
     }
@@ -478,7 +482,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         uint256 nonce = _freshNonce(user, seed);
         uint128 maxPoints = uint128(bound(seed >> 8, 0, 1e12));
         uint128 amount = uint128(bound(seed >> 64, uint256(maxPoints) + 1, type(uint128).max));
-        Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+        ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
         payments[0] = _signed(who, nonce, uint64(clock + 1 days), maxPoints, amount);
         vm.prank(settler);
         try settlement.applyPayments(epochId, chunkId, payments) {
@@ -486,7 +490,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         } catch (bytes memory err) {
             _expect(
                 err,
-                abi.encodeWithSelector(Settlement.ExceedsAuthorizedMaximum.selector, user, nonce, amount, maxPoints)
+                abi.encodeWithSelector(ISettlement.ExceedsAuthorizedMaximum.selector, user, nonce, amount, maxPoints)
             );
             overMaximumRejected++;
         }
@@ -495,7 +499,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     /// @dev A payment that burns one point more than the epoch has left, when some user holds
     /// enough for that; returns false (nothing tried) otherwise.
     function _paymentsAboveTotal(uint64 epochId, uint32 chunkId, uint256 seed) internal returns (bool) {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        ISettlement.Epoch memory e = settlement.getEpoch(epochId);
         uint256 left = e.totalDebits - e.appliedDebits;
         for (uint256 k = 0; k < ACTORS; ++k) {
             uint256 who = (seed % ACTORS + k) % ACTORS;
@@ -503,7 +507,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             // Only a payment that burns can exceed the total: one whose signature is accepted.
             if (ghostBalance[user] <= left || !_accepts(who)) continue;
             uint128 amount = uint128(left + 1);
-            Settlement.Payment[] memory payments = new Settlement.Payment[](1);
+            ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
             payments[0] = _signed(who, _freshNonce(user, seed), uint64(clock), amount, amount);
             vm.prank(settler);
             try settlement.applyPayments(epochId, chunkId, payments) {
@@ -512,9 +516,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 _expect(
                     err,
                     abi.encodeWithSelector(
-                        Settlement.ExceedsCommittedTotal.selector,
+                        ISettlement.ExceedsCommittedTotal.selector,
                         epochId,
-                        Settlement.ChunkKind.Debit,
+                        ISettlement.ChunkKind.Debit,
                         e.appliedDebits + left + 1,
                         e.totalDebits
                     )
@@ -536,7 +540,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     struct Outcome {
         uint256 kind; // FORGED, USED_NONCE, REPEAT or VALID
         bool applied;
-        Settlement.SkipReason reason; // when skipped
+        ISettlement.SkipReason reason; // when skipped
         uint256 burn; // when applied
     }
 
@@ -545,10 +549,10 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     /// chunk. Outcomes and burns are replayed on a copy of the balance model, then the chunk is
     /// applied and every payment's event is checked against the prediction.
     function _payments(uint64 epochId, uint32 chunkId, uint256 seed, uint256 first) internal {
-        Settlement.Epoch memory e = settlement.getEpoch(epochId);
+        ISettlement.Epoch memory e = settlement.getEpoch(epochId);
         uint256 left = e.totalDebits - e.appliedDebits;
         uint256 n = 1 + (seed % 4);
-        Settlement.Payment[] memory payments = new Settlement.Payment[](n);
+        ISettlement.Payment[] memory payments = new ISettlement.Payment[](n);
         Outcome[] memory outcomes = new Outcome[](n);
         uint256[] memory balances = new uint256[](ACTORS);
         for (uint256 k = 0; k < ACTORS; ++k) {
@@ -559,21 +563,21 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             uint256 kind = i == 0 && first != ANY ? first : _kind(r, i);
             if (kind == FORGED) {
                 payments[i] = _forged(payments, i, r, left);
-                outcomes[i] = Outcome(FORGED, false, Settlement.SkipReason.InvalidSignature, 0);
+                outcomes[i] = Outcome(FORGED, false, ISettlement.SkipReason.InvalidSignature, 0);
             } else if (kind == USED_NONCE) {
                 uint256 u = (r >> 8) % _usedUser.length;
                 payments[i] = _signed(_indexOf(_usedUser[u]), _usedNonce[u], uint64(clock + 1 days), 1, 1);
-                outcomes[i] = Outcome(USED_NONCE, false, Settlement.SkipReason.AuthorizationUsed, 0);
+                outcomes[i] = Outcome(USED_NONCE, false, ISettlement.SkipReason.AuthorizationUsed, 0);
             } else if (kind == REPEAT) {
                 uint256 j = (r >> 8) % i;
                 payments[i] = payments[j];
                 // The nonce is used now if the earlier one was applied or found it used; a
                 // signature that was not the user's is still not the user's.
-                bool nowUsed = outcomes[j].applied || outcomes[j].reason == Settlement.SkipReason.AuthorizationUsed;
+                bool nowUsed = outcomes[j].applied || outcomes[j].reason == ISettlement.SkipReason.AuthorizationUsed;
                 outcomes[i] = Outcome(
                     REPEAT,
                     false,
-                    nowUsed ? Settlement.SkipReason.AuthorizationUsed : Settlement.SkipReason.InvalidSignature,
+                    nowUsed ? ISettlement.SkipReason.AuthorizationUsed : ISettlement.SkipReason.InvalidSignature,
                     0
                 );
             } else {
@@ -585,13 +589,13 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 payments[i] =
                     _signed(who, _freshNonceInChunk(payments, i, _actors[who], r), deadline, maxPoints, amount);
                 if (!_accepts(who)) {
-                    outcomes[i] = Outcome(VALID, false, Settlement.SkipReason.InvalidSignature, 0);
+                    outcomes[i] = Outcome(VALID, false, ISettlement.SkipReason.InvalidSignature, 0);
                     continue;
                 }
                 left -= amount;
                 uint256 burn = late ? 0 : (amount < balances[who] ? amount : balances[who]);
                 balances[who] -= burn;
-                outcomes[i] = Outcome(VALID, true, Settlement.SkipReason.InvalidSignature, burn);
+                outcomes[i] = Outcome(VALID, true, ISettlement.SkipReason.InvalidSignature, burn);
                 if (late) ghostExpiredPayments++;
             }
         }
@@ -614,9 +618,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
 
     /// @dev A payment under a fresh nonce of a random actor, signed with a key that is not the
     /// one the actor's address accepts.
-    function _forged(Settlement.Payment[] memory payments, uint256 i, uint256 r, uint256 left)
+    function _forged(ISettlement.Payment[] memory payments, uint256 i, uint256 r, uint256 left)
         internal
-        returns (Settlement.Payment memory p)
+        returns (ISettlement.Payment memory p)
     {
         uint256 who = r % ACTORS;
         uint256 wrongKey = (r >> 8) % 2 == 0
@@ -633,7 +637,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     /// @dev Exactly one PaymentApplied or PaymentSkipped per payment, in order, as predicted.
     function _checkOutcomes(
         uint64 epochId,
-        Settlement.Payment[] memory payments,
+        ISettlement.Payment[] memory payments,
         Outcome[] memory outcomes,
         Vm.Log[] memory logs
     ) internal view {
@@ -644,7 +648,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             bytes32 topic = log.topics[0];
             if (topic != APPLIED_TOPIC && topic != SKIPPED_TOPIC) continue;
             require(i < payments.length, "more payment events than payments");
-            Settlement.Payment memory p = payments[i];
+            ISettlement.Payment memory p = payments[i];
             Outcome memory o = outcomes[i];
             require(uint256(log.topics[1]) == epochId, "event epoch");
             require(address(uint160(uint256(log.topics[2]))) == p.user, "event user");
@@ -664,10 +668,12 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     }
 
     /// @dev After a chunk went through as predicted: the ghosts follow it.
-    function _commitOutcomes(uint64 epochId, Settlement.Payment[] memory payments, Outcome[] memory outcomes) internal {
+    function _commitOutcomes(uint64 epochId, ISettlement.Payment[] memory payments, Outcome[] memory outcomes)
+        internal
+    {
         uint256 burnedTotal;
         for (uint256 i = 0; i < payments.length; ++i) {
-            Settlement.Payment memory p = payments[i];
+            ISettlement.Payment memory p = payments[i];
             Outcome memory o = outcomes[i];
             _see(p.user, p.nonce);
             if (o.applied) {
@@ -675,7 +681,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 ghostPayments++;
                 ghostBalance[p.user] -= o.burn;
                 burnedTotal += o.burn;
-            } else if (o.reason == Settlement.SkipReason.InvalidSignature) {
+            } else if (o.reason == ISettlement.SkipReason.InvalidSignature) {
                 // Never validly presented: the nonce must still be unused.
                 require(!settlement.isAuthorizationUsed(p.user, p.nonce), "invalid signature used up a nonce");
                 ghostSkippedInvalid++;
@@ -685,7 +691,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 ghostSkippedUsed++;
                 if (o.kind == USED_NONCE || o.kind == REPEAT) nonceReplayRejected++;
             }
-            if (o.kind == USED_NONCE || (o.kind == REPEAT && o.reason == Settlement.SkipReason.AuthorizationUsed)) {
+            if (o.kind == USED_NONCE || (o.kind == REPEAT && o.reason == ISettlement.SkipReason.AuthorizationUsed)) {
                 nonceReplayAttempts++;
             }
         }
@@ -699,9 +705,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     function _auth(address user, uint256 nonce, uint64 deadline, uint128 maxPoints, uint128 amount)
         internal
         pure
-        returns (Settlement.Payment memory)
+        returns (ISettlement.Payment memory)
     {
-        return Settlement.Payment({
+        return ISettlement.Payment({
             user: user,
             stationId: keccak256(abi.encode("station", nonce % 7)),
             maxPoints: maxPoints,
@@ -712,12 +718,12 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         });
     }
 
-    function _digest(Settlement.Payment memory p) internal view returns (bytes32) {
+    function _digest(ISettlement.Payment memory p) internal view returns (bytes32) {
         bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
         return keccak256(abi.encodePacked("\x19\x01", _domainSeparator, structHash));
     }
 
-    function _signature(uint256 key, Settlement.Payment memory p) internal view returns (bytes memory) {
+    function _signature(uint256 key, ISettlement.Payment memory p) internal view returns (bytes memory) {
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, _digest(p));
         return abi.encodePacked(r, s, v);
     }
@@ -741,7 +747,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     }
 
     /// @dev A fresh nonce of `user` that no payment before position `i` of the chunk names.
-    function _freshNonceInChunk(Settlement.Payment[] memory payments, uint256 i, address user, uint256 seed)
+    function _freshNonceInChunk(ISettlement.Payment[] memory payments, uint256 i, address user, uint256 seed)
         internal
         returns (uint256 nonce)
     {
@@ -757,7 +763,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     function _signed(uint256 who, uint256 nonce, uint64 deadline, uint128 maxPoints, uint128 amount)
         internal
         view
-        returns (Settlement.Payment memory p)
+        returns (ISettlement.Payment memory p)
     {
         p = _auth(_actors[who], nonce, deadline, maxPoints, amount);
         p.signature = _signature(_signingKeys[who], p);
@@ -870,7 +876,7 @@ contract SettlementInvariantsTest is StdInvariant, Test {
         uint256 debited;
         uint64 last = settlement.lastEpochId();
         for (uint64 id = 1; id <= last; ++id) {
-            Settlement.Epoch memory e = settlement.getEpoch(id);
+            ISettlement.Epoch memory e = settlement.getEpoch(id);
             credited += e.appliedCredits;
             debited += e.appliedDebits;
             assertEq(e.appliedCredits, handler.ghostAppliedCredits(id), "epoch applied credits");
@@ -937,7 +943,7 @@ contract SettlementInvariantsTest is StdInvariant, Test {
     function invariant_AppliedWithinCommitted() public view {
         uint64 last = settlement.lastEpochId();
         for (uint64 id = 1; id <= last; ++id) {
-            Settlement.Epoch memory e = settlement.getEpoch(id);
+            ISettlement.Epoch memory e = settlement.getEpoch(id);
             assertLe(e.appliedCredits, e.totalCredits);
             assertLe(e.appliedDebits, e.totalDebits);
         }
@@ -948,15 +954,15 @@ contract SettlementInvariantsTest is StdInvariant, Test {
         assertEq(last, handler.ghostCommits(), "lastEpochId == successful commits");
         for (uint64 id = 1; id <= last; ++id) {
             assertEq(handler.ghostCommitCount(id), 1, "epoch committed exactly once");
-            Settlement.Epoch memory e = settlement.getEpoch(id);
+            ISettlement.Epoch memory e = settlement.getEpoch(id);
             assertGt(e.committedAt, 0);
             assertGt(e.recordCount, 0);
             assertEq(e.recordsRoot, handler.ghostRecordsRoot(id), "the root of the one successful commit");
         }
         assertEq(handler.ghostCommitCount(last + 1), 0);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, last + 1));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, last + 1));
         settlement.getEpoch(last + 1);
-        vm.expectRevert(abi.encodeWithSelector(Settlement.UnknownEpoch.selector, uint64(0)));
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(0)));
         settlement.getEpoch(0);
     }
 

@@ -8,6 +8,7 @@ import {StdUtils} from "forge-std/StdUtils.sol";
 import {Test} from "forge-std/Test.sol";
 
 import {StationRegistry} from "../../src/StationRegistry.sol";
+import {IStationRegistry} from "../../src/interfaces/IStationRegistry.sol";
 
 /// @title Random registrar driving StationRegistry
 /// @notice Registers stations, rotates keys (sometimes to the current key), revokes stations
@@ -62,9 +63,9 @@ contract StationRegistryHandler is CommonBase, StdCheats, StdUtils {
         address next = _key(keySeed);
         bytes memory want;
         if (ghostRevokedAt[id] != 0) {
-            want = abi.encodeWithSelector(StationRegistry.StationIsRevoked.selector, id, ghostRevokedAt[id]);
+            want = abi.encodeWithSelector(IStationRegistry.StationIsRevoked.selector, id, ghostRevokedAt[id]);
         } else if (next == ghostSigner[id]) {
-            want = abi.encodeWithSelector(StationRegistry.SameSigner.selector, next);
+            want = abi.encodeWithSelector(IStationRegistry.SameSigner.selector, next);
         }
         vm.prank(registrar);
         if (want.length == 0) {
@@ -96,7 +97,7 @@ contract StationRegistryHandler is CommonBase, StdCheats, StdUtils {
             revert("second revocation accepted");
         } catch (bytes memory err) {
             bytes memory want =
-                abi.encodeWithSelector(StationRegistry.StationIsRevoked.selector, id, ghostRevokedAt[id]);
+                abi.encodeWithSelector(IStationRegistry.StationIsRevoked.selector, id, ghostRevokedAt[id]);
             require(keccak256(err) == keccak256(want), "unexpected revoke error");
             revokedRejected++;
         }
@@ -136,8 +137,8 @@ contract StationRegistryInvariantsTest is StdInvariant, Test {
     function invariant_KeyHistoryContiguous() public view {
         bytes32[] memory ids = handler.ids();
         for (uint256 s = 0; s < ids.length; ++s) {
-            StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ids[s]);
-            StationRegistry.Station memory st = registry.getStation(ids[s]);
+            IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ids[s]);
+            IStationRegistry.Station memory st = registry.getStation(ids[s]);
             assertEq(keys.length, handler.ghostRotations(ids[s]) + 1, "one period per key");
             assertEq(keys[0].validFrom, st.activeFrom, "first period starts at activeFrom");
             for (uint256 i = 0; i + 1 < keys.length; ++i) {
@@ -157,7 +158,7 @@ contract StationRegistryInvariantsTest is StdInvariant, Test {
         assertEq(registry.stationCount(), ids.length);
         for (uint256 s = 0; s < ids.length; ++s) {
             assertEq(registry.stationIdAt(s), ids[s]);
-            StationRegistry.Station memory st = registry.getStation(ids[s]);
+            IStationRegistry.Station memory st = registry.getStation(ids[s]);
             assertEq(st.revokedAt, handler.ghostRevokedAt(ids[s]));
             assertEq(st.activeFrom, handler.ghostActiveFrom(ids[s]));
             assertGt(st.maxPowerW, 0);
@@ -167,9 +168,9 @@ contract StationRegistryInvariantsTest is StdInvariant, Test {
     function invariant_ValidityAgreesWithHistory() public view {
         bytes32[] memory ids = handler.ids();
         for (uint256 s = 0; s < ids.length; ++s) {
-            StationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ids[s]);
-            StationRegistry.Station memory st = registry.getStation(ids[s]);
-            StationRegistry.KeyPeriod memory cur = keys[keys.length - 1];
+            IStationRegistry.KeyPeriod[] memory keys = registry.keyHistory(ids[s]);
+            IStationRegistry.Station memory st = registry.getStation(ids[s]);
+            IStationRegistry.KeyPeriod memory cur = keys[keys.length - 1];
             // The current key is valid from max(activeFrom, its start) until the revocation.
             uint64 from = cur.validFrom > st.activeFrom ? cur.validFrom : st.activeFrom;
             bool live = st.revokedAt == 0 || from < st.revokedAt;

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+/// @title Payment authorisations signed by GridPoints users
+/// @notice A user allows one payment of at most `maxPoints` points at station `stationId` by
+/// signing the EIP-712 struct
+/// `PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)`
+/// under the domain of the deployment that settles it, with its EOA key or through its ERC-1271
+/// contract wallet. Each authorisation is usable at most once: its `nonce` is any number of the
+/// user's choice, and a used or canceled nonce stays used (unordered nonces, one bitmap per user,
+/// as in Permit2). station_signer/authorization.py is the off-chain definition.
+interface IPaymentAuthorizations {
+    /// @notice `user` voided its authorisation nonce `nonce` before it was used.
+    /// @param user The caller of cancelAuthorization.
+    /// @param nonce The nonce now used up.
+    event AuthorizationCanceled(address indexed user, uint256 indexed nonce);
+
+    /// @notice `user`'s authorisation nonce `nonce` was already used by a payment or canceled
+    /// (raised by cancelAuthorization; a payment with a used nonce is skipped instead).
+    /// @param user The owner of the nonce.
+    /// @param nonce The nonce that is already used up.
+    error AuthorizationAlreadyUsed(address user, uint256 nonce);
+
+    /// @notice `user`'s ERC-1271 wallet ran out of gas while the transaction had too little left
+    /// to give it WALLET_CHECK_GAS: the answer would depend on the gas limit the operator chose,
+    /// so the chunk reverts and must be sent with more gas.
+    /// @param user The payer whose wallet was asked.
+    /// @param nonce The nonce of the payment being checked.
+    error InsufficientGasForWalletCheck(address user, uint256 nonce);
+
+    /// @notice keccak256 of the EIP-712 type string of a payment authorisation.
+    /// @return keccak256("PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)").
+    function PAYMENT_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
+
+    /// @notice Most gas a user's ERC-1271 wallet may spend to judge one payment's signature.
+    /// @dev Bounds what one payment can cost its chunk whatever the wallet does (a wallet that
+    /// loops until it runs out costs this much more than one that refuses at once, and is
+    /// skipped), so a gas limit that covers this much per payment on top of the estimate is
+    /// always enough, however users change their wallets between the estimate and the block.
+    /// 100,000 leaves a wallet room for several ECDSA checks (one ecrecover costs 3,000) and its
+    /// own bookkeeping; a wallet that needs more is judged invalid and its payments are skipped.
+    /// @return 100,000.
+    function WALLET_CHECK_GAS() external view returns (uint256);
+
+    /// @notice Voids one of the caller's own authorisation nonces, so that no payment can use it.
+    /// @dev For a user who signed an authorisation and changed their mind before it was settled.
+    /// Reverts with AuthorizationAlreadyUsed if the nonce is already used or canceled; emits
+    /// AuthorizationCanceled otherwise.
+    /// @param nonce The nonce of the caller's authorisation to void.
+    function cancelAuthorization(uint256 nonce) external;
+
+    /// @notice Whether `user`'s authorisation nonce `nonce` is used up (paid or canceled).
+    /// @param user Any address.
+    /// @param nonce Any nonce.
+    /// @return True once a payment used the nonce or the user canceled it.
+    function isAuthorizationUsed(address user, uint256 nonce) external view returns (bool);
+
+    /// @notice 256 of `user`'s nonces at once: bit `i` of the result is set when nonce
+    /// `wordPosition * 256 + i` is used up. Lets a wallet find unused nonces in one call.
+    /// @param user Any address.
+    /// @param wordPosition The nonce divided by 256.
+    /// @return The bitmap word.
+    function authorizationBitmap(address user, uint256 wordPosition) external view returns (uint256);
+
+    /// @notice The EIP-712 digest a user signs to authorise a payment on this deployment.
+    /// @dev keccak256(0x1901 || DOMAIN_SEPARATOR() || hashStruct(PaymentAuthorization)); the same
+    /// value a charge record carries in its `paymentAuthorization` field.
+    /// @param user The payer.
+    /// @param stationId The station where the user charges.
+    /// @param maxPoints The most the user agrees to pay.
+    /// @param nonce The user's nonce for this authorisation.
+    /// @param deadline Unix seconds after which the authorisation is void.
+    /// @return digest The EIP-712 digest.
+    function hashPaymentAuthorization(
+        address user,
+        bytes32 stationId,
+        uint128 maxPoints,
+        uint256 nonce,
+        uint64 deadline
+    ) external view returns (bytes32 digest);
+
+    /// @notice The EIP-712 domain separator of payment authorisations on this deployment.
+    /// @return The separator of the deployment's EIP-712 domain (name, version, block.chainid,
+    /// this contract).
+    function DOMAIN_SEPARATOR() external view returns (bytes32);
+}

@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {PointsToken} from "../PointsToken.sol";
+import {IPaymentAuthorizations} from "./IPaymentAuthorizations.sol";
+
+/// @title Exactly-once settlement of GridPoints epochs
+/// @notice Anchors each sealed epoch (the Merkle root of its records, the root of its per-user
+/// credits, its record count, the hash of the tariff that valued it, and its point totals) and
+/// then applies its credits (mints) and its payments (burns) in chunks, exactly once: epoch ids
+/// are strictly consecutive from 1 and each is committed once; each chunk id of an epoch is
+/// applied once (credit and payment chunks share one id space per epoch); the points applied
+/// never exceed the totals committed for the epoch. Points are burned only under the holder's
+/// own payment authorisation (see IPaymentAuthorizations).
+/// @dev Settlement also implements IAccessControl (SETTLER_ROLE, DEFAULT_ADMIN_ROLE) and
+/// IERC5267 (`eip712Domain`).
+interface ISettlement is IPaymentAuthorizations {
+    /// @notice Kind of a chunk: credits are minted, debits (payments) are burned.
+    enum ChunkKind {
+        Credit,
+        Debit
+    }
+
+    /// @notice Why a payment of a chunk was skipped (see PaymentSkipped).
+    enum SkipReason {
+        InvalidSignature, // not the user's signature (ECDSA without code, ERC-1271 with code)
+        AuthorizationUsed // the user's nonce was already used by a payment, or canceled
+    }
+
+    /// @notice One payment of a payment chunk: the user's signed authorisation and the points
+    /// the operator asks for.
+    /// @dev The first five members are the signed `PaymentAuthorization`; `amount` is the price
+    /// of the charge as the operator valued it (at most `maxPoints`); `signature` is the user's
+    /// signature over the authorisation's EIP-712 digest: 65 bytes `r || s || v` for an EOA, or
+    /// whatever the user's ERC-1271 wallet accepts.
+    struct Payment {
+        address user; // the payer: the wallet that signed and whose points are burned
+        bytes32 stationId; // the station where the user charges (bound by the signature)
+        uint128 maxPoints; // the most the user agreed to pay
+        uint256 nonce; // any unused number of the user's choice; each is usable once
+        uint64 deadline; // unix seconds; the authorisation is void after it
+        uint128 amount; // points the operator requests, <= maxPoints
+        bytes signature; // the user's signature over the authorisation's digest
+    }
+
+    /// @notice What the chain knows about one epoch (as `getEpoch` returns it).
+    struct Epoch {
+        bytes32 recordsRoot; // RFC 9162 root over the epoch's record leaves, in log order
+        bytes32 creditsRoot; // RFC 9162 root over the per-user net deltas, sorted by address
+        bytes32 tariffHash; // canonical hash of the tariff document that valued the epoch
+        uint64 recordCount; // number of record leaves
+        uint64 committedAt; // block timestamp of the commit, 0 while not committed
+        uint128 totalCredits; // points to mint in this epoch
+        uint128 totalDebits; // the most the epoch's payments may burn (burns can fall short of it)
+        uint128 appliedCredits; // points minted so far
+        uint128 appliedDebits; // points burned by payments so far
+    }
+
+    /// @notice Epoch `epochId` was anchored.
+    /// @param epochId Id of the epoch.
+    /// @param recordsRoot Merkle root over the epoch's records.
+    /// @param creditsRoot Merkle root over the epoch's per-user net deltas.
+    /// @param tariffHash Canonical hash of the tariff that valued the records.
+    /// @param recordCount Number of records in the epoch.
+    /// @param totalCredits Points the epoch's credit chunks will mint.
+    /// @param totalDebits The most the epoch's payment chunks may burn.
+    event EpochCommitted(
+        uint64 indexed epochId,
+        bytes32 recordsRoot,
+        bytes32 creditsRoot,
+        bytes32 tariffHash,
+        uint64 recordCount,
+        uint128 totalCredits,
+        uint128 totalDebits
+    );
+
+    /// @notice A chunk of epoch `epochId` was applied: `entries` mints or payments, which minted or
+    /// burned `amount` points in total.
+    /// @param epochId Id of the epoch.
+    /// @param chunkId Id of the chunk, now used in this epoch.
+    /// @param kind Credit (mints) or Debit (payments).
+    /// @param entries Number of credits, or of payments (applied or skipped), in the chunk.
+    /// @param amount Points minted, or burned, by the chunk.
+    event ChunkApplied(uint64 indexed epochId, uint32 indexed chunkId, ChunkKind kind, uint256 entries, uint256 amount);
+
+    /// @notice One payment of epoch `epochId` was applied: the operator requested `requested`
+    /// points under `user`'s authorisation whose EIP-712 digest is `authorization` and whose
+    /// nonce `nonce` is now used up, and `burned` points were burned from `user`.
+    /// @dev `burned` is `min(requested, balance of user)` while the authorisation is valid, and 0
+    /// when it had expired (block.timestamp > deadline); either way the nonce is used up.
+    /// `authorization` is the value the charge record commits to in its `paymentAuthorization`
+    /// field, which is how an auditor joins a burn to its record; `nonce` lets it tell, from the
+    /// chain alone, which payment used a nonce that a later payment finds used
+    /// (PaymentSkipped with AuthorizationUsed).
+    /// @param epochId Id of the epoch.
+    /// @param user The payer.
+    /// @param authorization EIP-712 digest of the payment's authorisation.
+    /// @param nonce The authorisation's nonce, now used up.
+    /// @param requested Points the operator requested.
+    /// @param burned Points burned from `user`.
+    event PaymentApplied(
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        uint128 burned
+    );
+
+    /// @notice One payment of epoch `epochId` could not be charged and was skipped: nothing was
+    /// burned from `user` for the authorisation whose EIP-712 digest is `authorization`
+    /// (nonce `nonce`, `requested` points requested), for `reason`.
+    /// @dev Each payment of a chunk emits exactly one PaymentApplied or one PaymentSkipped.
+    /// InvalidSignature leaves the nonce as it was (unused): the authorisation was never validly
+    /// presented, so it did not consume anything the user signed. AuthorizationUsed means the
+    /// nonce was used earlier, by a PaymentApplied (possibly earlier in the same chunk) or by the
+    /// user's AuthorizationCanceled; it stays used.
+    /// @param epochId Id of the epoch.
+    /// @param user The payer named by the payment.
+    /// @param authorization EIP-712 digest of the payment's authorisation.
+    /// @param nonce The authorisation's nonce.
+    /// @param requested Points the operator requested.
+    /// @param reason Why nothing was burned.
+    event PaymentSkipped(
+        uint64 indexed epochId,
+        address indexed user,
+        bytes32 indexed authorization,
+        uint256 nonce,
+        uint128 requested,
+        SkipReason reason
+    );
+
+    /// @notice Epochs are committed in order: `expected` is the only id accepted now.
+    /// @param expected `lastEpochId + 1`.
+    /// @param epochId The id that was sent.
+    error EpochOutOfOrder(uint64 expected, uint64 epochId);
+
+    /// @notice Epoch `epochId` is already committed.
+    /// @param epochId The id that was sent.
+    error EpochAlreadyCommitted(uint64 epochId);
+
+    /// @notice An epoch must contain at least one record.
+    /// @param epochId The id that was sent.
+    error EmptyEpoch(uint64 epochId);
+
+    /// @notice Epoch `epochId` is not committed.
+    /// @param epochId The id that was asked for.
+    error UnknownEpoch(uint64 epochId);
+
+    /// @notice Chunk `chunkId` of epoch `epochId` was already applied.
+    /// @param epochId Id of the epoch.
+    /// @param chunkId The chunk id that is already used in this epoch.
+    error ChunkAlreadyApplied(uint64 epochId, uint32 chunkId);
+
+    /// @notice A chunk must carry at least one entry.
+    error EmptyChunk();
+
+    /// @notice Applying the chunk would take the epoch's applied points of `kind` to `applied`,
+    /// above the committed total `committed`.
+    /// @param epochId Id of the epoch.
+    /// @param kind Credit or Debit.
+    /// @param applied The epoch's applied points of `kind` with the chunk.
+    /// @param committed The epoch's committed total of `kind`.
+    error ExceedsCommittedTotal(uint64 epochId, ChunkKind kind, uint256 applied, uint256 committed);
+
+    /// @notice A payment names the zero address as its payer (nobody can sign for it).
+    /// @param nonce The payment's nonce.
+    error PaymentFromZeroAddress(uint256 nonce);
+
+    /// @notice The operator requested `amount` points where the user authorised at most `maxPoints`.
+    /// @param user The payer.
+    /// @param nonce The payment's nonce.
+    /// @param amount Points requested.
+    /// @param maxPoints The most the user authorised.
+    error ExceedsAuthorizedMaximum(address user, uint256 nonce, uint128 amount, uint128 maxPoints);
+
+    /// @notice Role of the backend's settlement worker.
+    /// @return keccak256("SETTLER_ROLE").
+    function SETTLER_ROLE() external view returns (bytes32);
+
+    /// @notice The token this contract mints and burns.
+    /// @return The PointsToken, whose SETTLEMENT_ROLE this contract holds.
+    function token() external view returns (PointsToken);
+
+    /// @notice Id of the last committed epoch (0 before the first).
+    /// @return The id.
+    function lastEpochId() external view returns (uint64);
+
+    /// @notice Anchors epoch `epochId`, which must be `lastEpochId + 1`.
+    /// @dev Only SETTLER_ROLE. Emits EpochCommitted.
+    /// @param epochId Id of the epoch, strictly consecutive from 1.
+    /// @param recordsRoot Merkle root over the epoch's records.
+    /// @param creditsRoot Merkle root over the epoch's per-user net deltas.
+    /// @param tariffHash Canonical hash of the tariff that valued the records.
+    /// @param recordCount Number of records in the epoch (> 0).
+    /// @param totalCredits Points the epoch's credit chunks will mint.
+    /// @param totalDebits The most the epoch's payment chunks may burn: the operator's valuation
+    /// of its charges paid with points. What is burned can be less (balances run short,
+    /// authorisations expire), never more.
+    function commitEpoch(
+        uint64 epochId,
+        bytes32 recordsRoot,
+        bytes32 creditsRoot,
+        bytes32 tariffHash,
+        uint64 recordCount,
+        uint128 totalCredits,
+        uint128 totalDebits
+    ) external;
+
+    /// @notice Mints one chunk of epoch `epochId`'s credits.
+    /// @dev Only SETTLER_ROLE. Emits ChunkApplied (Credit).
+    /// @param epochId A committed epoch.
+    /// @param chunkId Id of the chunk, unused so far in this epoch.
+    /// @param credits Packed entries `amount << 160 | account` (see PointsToken.mintPacked).
+    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits) external;
+
+    /// @notice Settles one chunk of epoch `epochId`'s payments: burns points that users authorised
+    /// with their own signatures, and skips the payments that cannot be charged.
+    /// @dev Only SETTLER_ROLE. Per payment, in this order:
+    /// 1. Operator errors, which nothing the user does after signing can cause and which the
+    ///    operator can detect before sending, revert the whole chunk: a zero `user`
+    ///    (PaymentFromZeroAddress) and `amount > maxPoints` (ExceedsAuthorizedMaximum).
+    /// 2. The EIP-712 digest of the authorisation is recomputed under this contract's domain.
+    /// 3. If the user's nonce is already used (paid earlier, earlier in this chunk, or canceled
+    ///    by the user), the payment is skipped: PaymentSkipped(AuthorizationUsed), nothing burned.
+    /// 4. If the signature is not the user's, the payment is skipped: PaymentSkipped
+    ///    (InvalidSignature), nothing burned, and the nonce stays unused, because the
+    ///    authorisation was never validly presented. As in OpenZeppelin's SignatureChecker, an
+    ///    address without code must have signed with ECDSA (65 bytes, low s) and an address with
+    ///    code (a contract wallet, or an EOA delegated with EIP-7702) is asked through ERC-1271;
+    ///    unlike it, the wallet gets at most WALLET_CHECK_GAS and only 32 bytes of its answer are
+    ///    read, so a wallet that burns gas or returns a huge answer costs the chunk a bounded
+    ///    amount and is judged invalid (InsufficientGasForWalletCheck if the transaction itself
+    ///    was too short of gas to give the wallet its share).
+    /// 5. Otherwise the nonce is marked used, and while `block.timestamp <= deadline` the
+    ///    contract burns `min(amount, balanceOf(user))`: balances never go negative, and a user
+    ///    who moved points away before settlement is debited only what it still holds (the
+    ///    operator reports the rest as "to pay otherwise"). PaymentApplied.
+    ///
+    /// Skipping instead of reverting is for liveness: the operator's plan for an epoch is fixed
+    /// when it is sealed, and a user can make its own payment uncollectable after the backend
+    /// accepted it (cancel the nonce, front-running the chunk; delegate its EOA with EIP-7702 to a
+    /// contract without ERC-1271; have its wallet change its answer). If that reverted the
+    /// chunk, every retry of the chunk would revert too, and this epoch and every later one
+    /// would stay unsettled for everybody. A skipped payment takes nothing from anyone, so
+    /// skipping is safe; its event lets the operator and the auditor see why nothing was burned.
+    ///
+    /// The deadline is checked against the block time of the settlement, not against the time of
+    /// the charge, because it is the user's guarantee: "this signature cannot move my points after
+    /// `deadline`", whatever the operator claims about when the charge happened. An expired
+    /// authorisation burns nothing but does not revert either, for the same liveness reason; it
+    /// is still used up, so it can never be applied later, and its PaymentApplied event (burned 0)
+    /// records the outcome.
+    ///
+    /// Exactly one PaymentApplied or PaymentSkipped per payment, in order, then one ChunkApplied
+    /// whose `entries` counts every payment of the chunk (applied or skipped) and whose `amount`
+    /// is the sum burned. Any revert undoes the whole chunk and leaves its id free. The sum
+    /// burned is added to the epoch's applied debits, which never exceed its committed total
+    /// debits (ExceedsCommittedTotal). While the token is paused nothing is settled, even a chunk
+    /// that would burn nothing (EnforcedPause).
+    /// @param epochId A committed epoch.
+    /// @param chunkId Id of the chunk, unused so far in this epoch (shared with credit chunks).
+    /// @param payments The payments, at least one.
+    function applyPayments(uint64 epochId, uint32 chunkId, Payment[] calldata payments) external;
+
+    /// @notice What the chain holds for epoch `epochId`.
+    /// @param epochId A committed epoch.
+    /// @return The epoch (reverts with UnknownEpoch otherwise).
+    function getEpoch(uint64 epochId) external view returns (Epoch memory);
+
+    /// @notice Whether chunk `chunkId` of epoch `epochId` has been applied.
+    /// @param epochId Any epoch id.
+    /// @param chunkId Any chunk id.
+    /// @return True once the chunk was applied.
+    function isChunkApplied(uint64 epochId, uint32 chunkId) external view returns (bool);
+
+    /// @notice Whether a record is in epoch `epochId`, given its inclusion proof.
+    /// @param epochId A committed epoch.
+    /// @param recordDigest EIP-712 digest of the EnergyTransfer record.
+    /// @param signature The station's 65-byte signature r || s || v over the digest.
+    /// @param index Position of the record in the epoch (log order).
+    /// @param proof RFC 9162 audit path.
+    /// @return True when the leaf keccak256(0x00 || digest || signature) is in the epoch's records root.
+    function verifyRecord(
+        uint64 epochId,
+        bytes32 recordDigest,
+        bytes calldata signature,
+        uint256 index,
+        bytes32[] calldata proof
+    ) external view returns (bool);
+
+    /// @notice Whether `leafHash` is at `index` in epoch `epochId`'s records tree.
+    /// @param epochId A committed epoch.
+    /// @param leafHash The leaf's hash (see `recordLeafHash`).
+    /// @param index Position of the leaf.
+    /// @param proof RFC 9162 audit path.
+    /// @return True when the proof leads to the epoch's anchored records root.
+    function verifyLeaf(uint64 epochId, bytes32 leafHash, uint256 index, bytes32[] calldata proof)
+        external
+        view
+        returns (bool);
+
+    /// @notice Leaf hash of a record: keccak256(0x00 || recordDigest || signature).
+    /// @param recordDigest EIP-712 digest of the record.
+    /// @param signature The station's 65-byte signature.
+    /// @return The leaf hash used in records roots.
+    function recordLeafHash(bytes32 recordDigest, bytes calldata signature) external pure returns (bytes32);
+}
