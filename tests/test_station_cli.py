@@ -155,8 +155,8 @@ def test_verify_reproduces_every_published_vector(tmp_path: Path) -> None:
 
 def test_entry_point_is_the_typer_app() -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "gridpoints-station"]
-    assert script.value == "station_signer.cli:app"
-    from station_signer.cli import app
+    assert script.value == "station_signer.cli.main:app"
+    from station_signer.cli.main import app
 
     assert script.load() is app
 

@@ -14,9 +14,12 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from backend.api import epochs, health, records, stations
+from backend.api.epochs import router as epochs_router
 from backend.api.errors import ERROR_CODES, body_too_large, install_error_handlers
+from backend.api.health import router as health_router
 from backend.api.limits import BodySizeLimitMiddleware
+from backend.api.records import router as records_router
+from backend.api.stations import router as stations_router
 from backend.service import BackendService
 from backend.settings import Settings
 from gridpoints_protocol.wire import ErrorResponse
@@ -85,8 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         error_body=body_too_large,
     )
-    app.include_router(records.router, responses=PARAMETER_ERROR)
-    app.include_router(stations.router, responses=PARAMETER_ERROR)
-    app.include_router(epochs.router, responses=PARAMETER_ERROR)
-    app.include_router(health.router)
+    app.include_router(records_router, responses=PARAMETER_ERROR)
+    app.include_router(stations_router, responses=PARAMETER_ERROR)
+    app.include_router(epochs_router, responses=PARAMETER_ERROR)
+    app.include_router(health_router)
     return app

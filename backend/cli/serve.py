@@ -1,54 +1,20 @@
-"""``gridpoints``: the operator's command line.
-
-    gridpoints serve          run the ingest API under uvicorn (refuses an un-migrated database)
-    gridpoints db upgrade     migrate the database to the schema this version needs
-    gridpoints db current     show the database's schema revision
-    gridpoints stations       status table of every registered station
-
-Configuration comes from the environment (see backend.settings: ``GRIDPOINTS_*``,
-``DATABASE_URL``); the options below override it for one run.
-"""
+"""``gridpoints serve``: the ingest API under uvicorn, in one process or several."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
+import contextlib
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from backend.settings import Settings
+from backend.cli.common import DatabaseOption, open_migrated_database, settings_with
 
-app = typer.Typer(
-    name="gridpoints",
-    help="GridPoints backend: ingest API, database migrations, station status.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-DatabaseOption = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="Overrides GRIDPOINTS_DATABASE_URL / DATABASE_URL (development: a password on the "
-        "command line is visible to other users; use the environment).",
-    ),
-]
-err = Console(stderr=True)
-
-
-def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+app = typer.Typer()
 
 
 @app.command()
@@ -72,14 +38,9 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the ingest API (uvicorn). Refuses to start on an un-migrated database."""
-    import contextlib
-    import os
-
     import uvicorn
 
     from backend.api import create_app
-    from backend.db import Database
-    from backend.migrations import DatabaseNotMigratedError, check_schema
 
     overrides: dict[str, Any] = {
         "host": host,
@@ -89,14 +50,8 @@ def serve(
         "deployment_file": deployment_file,
         "log_level": log_level,
     }
-    settings = _settings(**overrides)
-    db = Database(settings.effective_database_url)
-    try:
-        check_schema(db.engine, db.display_url)
-    except DatabaseNotMigratedError as exc:
-        raise _fail(str(exc)) from None
-    finally:
-        db.dispose()
+    settings = settings_with(**overrides)
+    open_migrated_database(settings).dispose()
     from backend.metrics import MULTIPROC_ENV, multiprocess_directory
 
     if workers == 1:
@@ -120,7 +75,7 @@ def serve(
     # One /metrics for the whole server, whichever worker a scrape reaches (backend.metrics).
     with multiprocess_directory():
         uvicorn.run(
-            "backend.cli:worker_app",
+            "backend.cli.serve:worker_app",
             factory=True,
             workers=workers,
             host=settings.host,
@@ -147,7 +102,7 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def worker_app() -> Any:
+def worker_app() -> FastAPI:
     """The app of one ``serve --workers N`` process (uvicorn factory): settings from the
     environment, collector tuned like the single-process server's."""
     from backend.api import create_app
@@ -155,125 +110,3 @@ def worker_app() -> Any:
     served = create_app()
     tune_gc()
     return served
-
-
-@db_app.command("upgrade")
-def db_upgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-    database_url: DatabaseOption = None,
-) -> None:
-    """Migrate the database (creating its schema on first use)."""
-    from backend.db import Database
-    from backend.migrations import upgrade
-
-    settings = _settings(database_url=database_url)
-    db = Database(settings.effective_database_url)
-    try:
-        before, after = upgrade(db.engine, revision)
-    finally:
-        db.dispose()
-    if before == after:
-        typer.echo(f"{db.display_url}: already at {after}")
-    else:
-        typer.echo(f"{db.display_url}: migrated {before or '(empty)'} -> {after}")
-
-
-@db_app.command("current")
-def db_current(database_url: DatabaseOption = None) -> None:
-    """Show the database's schema revision and the one this version needs."""
-    from backend.db import Database
-    from backend.migrations import current_revision, head_revision
-
-    settings = _settings(database_url=database_url)
-    db = Database(settings.effective_database_url)
-    try:
-        current = current_revision(db.engine)
-    finally:
-        db.dispose()
-    head = head_revision()
-    state = "up to date" if current == head else "needs `gridpoints db upgrade`"
-    typer.echo(f"{db.display_url}: {current or '(empty)'} (code needs {head}: {state})")
-
-
-@app.command()
-def stations(
-    database_url: DatabaseOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Status of every registered station: keys, records, gaps, rejections."""
-    from backend.db import Database
-    from backend.migrations import DatabaseNotMigratedError, check_schema
-    from backend.queries import station_statuses
-
-    settings = _settings(database_url=database_url)
-    db = Database(settings.effective_database_url)
-    try:
-        check_schema(db.engine, db.display_url)
-        with db.read() as session:
-            statuses = station_statuses(session)
-    except DatabaseNotMigratedError as exc:
-        raise _fail(str(exc)) from None
-    finally:
-        db.dispose()
-
-    if as_json:
-        typer.echo(
-            json.dumps(
-                [
-                    {
-                        "stationId": "0x" + s.station_id.hex(),
-                        "zone": s.zone,
-                        "maxPowerW": s.max_power_w,
-                        "signer": s.current_signer,
-                        "revokedAt": s.revoked_at,
-                        "records": s.record_count,
-                        "lastSequence": s.last_sequence,
-                        "gaps": s.gap_count,
-                        "missing": s.missing_count,
-                        "lastSeenAt": _iso(s.last_seen_at),
-                        "rejections": s.rejections,
-                        "equivocations": s.equivocations,
-                    }
-                    for s in statuses
-                ],
-                indent=2,
-            )
-        )
-        return
-
-    table = Table(title=f"Stations ({len(statuses)}) — {db.display_url}")
-    for column in ("station", "zone", "max W", "signer", "state", "records", "last seq"):
-        table.add_column(column, justify="right" if column in ("records", "last seq") else "left")
-    for column in ("gaps (missing)", "last seen", "rejections"):
-        table.add_column(column)
-    for s in statuses:
-        short_id = "0x" + s.station_id.hex()[:8] + "…" + s.station_id.hex()[-4:]
-        state = "revoked" if s.revoked_at is not None else "active"
-        rejections = (
-            ", ".join(f"{reason}={count}" for reason, count in sorted(s.rejections.items())) or "-"
-        )
-        table.add_row(
-            short_id,
-            str(s.zone),
-            str(s.max_power_w),
-            s.current_signer or "-",
-            state,
-            str(s.record_count),
-            "-" if s.last_sequence is None else str(s.last_sequence),
-            f"{s.gap_count} ({s.missing_count})",
-            _iso(s.last_seen_at) or "-",
-            rejections,
-        )
-    Console(width=200).print(table)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-if __name__ == "__main__":
-    app()
-
-
-# Sub-commands that live in their own modules register themselves on `app` when imported.
-from backend import cli_settlement  # noqa: E402, F401

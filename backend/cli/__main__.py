@@ -1,0 +1,5 @@
+"""``python -m backend.cli``: the same app as the ``gridpoints`` script."""
+
+from backend.cli.main import app
+
+app()
