@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import pytest
-from conftest import ChainEnv, reverts_with
 from eth_account import Account
 from eth_account.datastructures import SignedTransaction
 from eth_utils.crypto import keccak
@@ -29,6 +28,7 @@ from gridpoints_chain.transactions import (
     gas_limit,
 )
 from gridpoints_signers import DevKeySigner
+from tests.support.chain import ChainEnv, reverts_with
 
 ROOT = b"\x11" * 32
 

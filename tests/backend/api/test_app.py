@@ -1,0 +1,228 @@
+"""The HTTP surface around the outcomes: limits (413, 422), the one error shape, the OpenAPI
+documentation of every outcome and reason code, /healthz, /metrics and the domain endpoint.
+
+The backend here runs with small limits (5 records per batch, 4 KiB per body) so that the limits
+are reached with small requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gridpoints_protocol.wire import DeferReason, RejectReason
+from tests.support.chain import ChainEnv
+
+pytest.register_assert_rewrite("backend_fixtures")
+from tests.support.backend import (  # noqa: E402
+    DATABASES,
+    BackendHarness,
+    chain_checkpoint,
+    fresh_database,
+    running_backend,
+)
+
+MAX_BATCH = 5
+MAX_BODY = 4_096
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def small(
+    request: pytest.FixtureRequest,
+    chain_session: ChainEnv,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BackendHarness]:
+    kind: str = request.param
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database(kind, tmp_path_factory.mktemp(f"api-{kind}")) as url,
+        running_backend(
+            chain_session, url, kind, max_batch=MAX_BATCH, max_body_bytes=MAX_BODY
+        ) as harness,
+    ):
+        yield harness
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    return dict(body["error"])
+
+
+# ---- limits ---------------------------------------------------------------------------------
+
+
+def test_body_too_large_is_413_for_single_and_batch(small: BackendHarness) -> None:
+    h = small
+    station = h.register_station()
+    big = h.signed(station)
+    big["padding"] = "x" * MAX_BODY
+    for path in ("/v1/records", "/v1/records/batch"):
+        error = assert_error(h.client.post(path, json=big), 413, "body_too_large")
+        assert error["details"] == {"maxBodyBytes": MAX_BODY}
+    # Nothing of it was stored, and the server is fine afterwards.
+    assert h.station_status(station)["rejectionCount"] == 0
+    assert h.post(h.signed(station)).status_code == 201
+
+
+def test_body_too_large_without_content_length(small: BackendHarness) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"["
+        for _ in range(MAX_BODY // 100 + 5):
+            yield b'{"record": {}, "signature": "' + b"0" * 60 + b'"},'
+        yield b"{}]"
+
+    response = small.client.post(
+        "/v1/records/batch", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "body_too_large")
+
+
+def test_batch_longer_than_the_maximum_is_422(small: BackendHarness) -> None:
+    h = small
+    station = h.register_station()
+    bodies = [h.signed(station, energy_wh=1) for _ in range(MAX_BATCH + 1)]
+    assert len(httpx.Request("POST", "/", json=bodies).content) < MAX_BODY
+    error = assert_error(h.post_batch(bodies), 422, "batch_too_long")
+    assert error["details"] == {"maxBatch": MAX_BATCH, "received": MAX_BATCH + 1}
+    assert h.station_status(station)["recordCount"] == 0
+    result = h.post_batch(bodies[:MAX_BATCH])
+    assert result.status_code == 200 and result.json()["accepted"] == MAX_BATCH
+
+
+def test_request_level_errors_have_one_shape(small: BackendHarness) -> None:
+    h = small
+    c = h.client
+    headers = {"content-type": "application/json"}
+    assert_error(c.post("/v1/records", content=b"{not json", headers=headers), 400, "invalid_json")
+    assert_error(
+        c.post("/v1/records", content=b'{"record": 1, "record": 2}', headers=headers),
+        400,
+        "invalid_json",
+    )
+    assert_error(
+        c.post("/v1/records/batch", content=b"\xff\xfe", headers=headers), 400, "invalid_json"
+    )
+    assert_error(c.post("/v1/records/batch", json={"record": {}}), 422, "invalid_batch")
+    assert_error(c.post("/v1/records/batch", json=[]), 422, "empty_batch")
+    assert_error(c.get("/v1/nowhere"), 404, "not_found")
+    assert_error(c.delete("/v1/records"), 405, "method_not_allowed")
+    assert_error(c.get(f"/v1/records/0x{'00' * 32}"), 404, "not_found")
+    assert_error(c.get("/v1/records/0x1234"), 422, "invalid_parameter")
+    assert_error(c.get(f"/v1/stations/0x{'00' * 32}"), 404, "not_found")
+    assert_error(c.get("/v1/stations/nope"), 422, "invalid_parameter")
+    assert_error(c.get("/v1/users/0x1234/records"), 422, "invalid_parameter")
+    error = assert_error(c.get("/v1/records", params={"limit": 0}), 422, "invalid_parameter")
+    assert error["details"]["errors"][0]["location"] == "query.limit"
+    assert_error(
+        c.post("/v1/records", json={}, headers={"GridPoints-Chain-Id": "mainnet"}),
+        400,
+        "invalid_domain_header",
+    )
+
+
+# ---- documentation --------------------------------------------------------------------------
+
+
+def test_openapi_documents_every_outcome_and_reason_code(small: BackendHarness) -> None:
+    h = small
+    assert h.client.get("/docs").status_code == 200
+    spec = h.client.get("/openapi.json").json()
+    single = spec["paths"]["/v1/records"]["post"]
+    batch = spec["paths"]["/v1/records/batch"]["post"]
+    assert set(single["responses"]) >= {"200", "201", "409", "413", "422", "503"}
+    assert set(batch["responses"]) >= {"200", "413", "422"}
+    for operation in (single, batch):
+        for status in ("accepted", "duplicate", "rejected", "deferred"):
+            assert f"`{status}`" in operation["description"]
+        for reason in [*RejectReason, *DeferReason]:
+            assert f"`{reason.value}`" in operation["description"], reason
+        assert "`retryAfter`" in operation["description"]
+        assert "requestBody" in operation
+    deferred = single["responses"]["503"]
+    assert "Retry-After" in deferred["headers"]
+    examples = deferred["content"]["application/json"]["examples"]
+    assert set(examples) == {r.value for r in DeferReason}
+    for code, example in examples.items():
+        value = example["value"]
+        assert (value["status"], value["reason"]) == ("deferred", code)
+        assert value["retryAfter"] >= 1
+    rejected = single["responses"]["422"]["content"]["application/json"]["examples"]
+    assert set(rejected) == {r.value for r in RejectReason} - {"equivocation"}
+    assert single["responses"]["409"]["content"]["application/json"]["example"]["reason"] == (
+        "equivocation"
+    )
+    schemas = spec["components"]["schemas"]
+    assert {"RecordOutcome", "BatchResponse", "ErrorResponse", "Receipt"} <= set(schemas)
+    for code in ("body_too_large", "batch_too_long", "invalid_json", "empty_batch"):
+        assert code in spec["info"]["description"]
+
+
+# ---- operations -----------------------------------------------------------------------------
+
+
+def test_healthz_and_domain(small: BackendHarness) -> None:
+    h = small
+    health = h.client.get("/healthz")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["database"] == "ok"
+    assert body["registry"]["chainId"] == h.env.deployment.chain_id
+    assert body["registry"]["registryAddress"] == h.env.deployment.registry_address
+    assert body["registry"]["lastBlock"] >= h.env.deployment.deployment_block
+    assert isinstance(body["logSize"], int)
+    domain = h.client.get("/v1/domain").json()
+    assert domain == {
+        "name": "GridPoints",
+        "version": "1",
+        "chainId": h.env.deployment.chain_id,
+        "verifyingContract": h.env.deployment.registry_address,
+    }
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line_start} not in metrics")
+
+
+def test_metrics_count_ingest_outcomes(small: BackendHarness) -> None:
+    h = small
+    station = h.register_station()
+    before = h.client.get("/metrics")
+    assert before.status_code == 200
+    assert before.headers["content-type"].startswith("text/plain")
+    accepted = 'gridpoints_ingest_records_total{outcome="accepted",reason=""}'
+    rejected = 'gridpoints_ingest_records_total{outcome="rejected",reason="unknown_station"}'
+    for reason in RejectReason:  # every series exists from the start
+        assert f'outcome="rejected",reason="{reason.value}"' in before.text
+    for deferral in DeferReason:
+        assert f'outcome="deferred",reason="{deferral.value}"' in before.text
+    assert "gridpoints_registry_horizon_timestamp_seconds" in before.text
+    a0, r0 = _metric(before.text, accepted), _metric(before.text, rejected)
+
+    body = h.signed(station)
+    h.post(body)
+    h.post(body)
+    stranger = dict(body)
+    stranger["record"] = {**body["record"], "stationId": "0x" + "66" * 32}
+    h.post_batch([stranger])
+    after = h.client.get("/metrics").text
+    assert _metric(after, accepted) == a0 + 1
+    assert _metric(after, rejected) == r0 + 1
+    assert _metric(after, 'gridpoints_ingest_records_total{outcome="duplicate",reason=""}') >= 1
+    assert _metric(after, 'gridpoints_ingest_requests_total{endpoint="single",status="201"}') >= 1
+    assert _metric(after, "gridpoints_record_log_size") >= 1
+    assert _metric(after, "gridpoints_registry_last_block") >= 1
+    horizon = _metric(after, "gridpoints_registry_horizon_timestamp_seconds")
+    assert horizon == h.client.get("/v1/registry").json()["lastBlockTimestamp"] > 0
+    assert "gridpoints_ingest_duration_seconds_bucket" in after

@@ -1,0 +1,703 @@
+"""The ingest hot path's shortcuts do exactly what the code they shortcut does.
+
+Each speed-up of the ingest path (scripts/bench_ingest.py measures them) replaces general code by
+a faster special case; these tests hold each special case to its general counterpart:
+
+* the record parser's fast path (canonical records) against the full parser, on the published
+  vectors and on hundreds of malformed variants of them;
+* the reusable Keccak state against pycryptodome's public API, from several threads at once;
+* `verify.key_valid_at` against `StationHistory.is_key_valid_at`, on rotations, revocation and
+  signers that are no key at all;
+* the directly built outcome JSON against the pydantic wire models' dump (every status);
+* the retry of an ingest transaction: only uniqueness conflicts, told apart from foreign-key,
+  CHECK and NOT NULL failures by the drivers' error codes on both databases;
+* `_BulkInsert` against SQLAlchemy's own INSERT, byte for byte in the database;
+* the group committer: concurrent requests in shared transactions behave like requests one after
+  the other (dense log, one winner per sequence, duplicates), a failing request fails alone, and
+  coroutines wait for it without a thread;
+* the SQLite writer lock: held for the whole write transaction, re-entrant in one thread;
+* `gridpoints serve --workers 2` on both databases: concurrent records from many connections all
+  land in one dense log.
+
+Real databases (a SQLite file, a fresh PostgreSQL database) and a real uvicorn; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import fcntl
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from Crypto.Hash import keccak as pycryptodome_keccak
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+import gridpoints_protocol.eip712 as eip712
+import gridpoints_protocol.record as rec
+from backend.api.records import batch_json, outcome_json, to_wire
+from backend.db import Database
+from backend.db.models import Record, Rejection, Station
+from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Candidate, Outcome
+from backend.ingest.group_commit import GroupCommitter
+from backend.ingest.storage import _INSERT_RECORDS, is_unique_violation
+from backend.ingest.transaction import Ingestor
+from backend.metrics import MULTIPROC_ENV, multiprocess_directory
+from backend.migrations import upgrade
+from gridpoints_dev.anvil import free_port
+from gridpoints_protocol.checks import Deferral, Problem, Verdict
+from gridpoints_protocol.eip712 import keccak256
+from gridpoints_protocol.errors import RecordValidationError
+from gridpoints_protocol.keys import KeyPeriod, StationHistory, key_valid_at
+from gridpoints_protocol.record import Domain, EnergyTransfer, SignedRecord
+from gridpoints_protocol.wire import BatchResponse, DeferReason, RejectReason
+from tests.support.chain import ChainEnv
+
+pytest.register_assert_rewrite("backend_fixtures")
+from tests.support.backend import (  # noqa: E402
+    DATABASES,
+    DevStation,
+    chain_checkpoint,
+    fresh_database,
+    new_key,
+    new_station_id,
+    sign,
+)
+
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[2] / "vectors" / "energy_transfer.json").read_text(
+        encoding="utf-8"
+    )
+)
+DOMAIN = Domain(31337, bytes.fromhex("22" * 20))
+
+
+# ---- record parser: fast path == full parser ------------------------------------------------
+
+
+def _full_parse(kind: type, data: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The full parser's answer (value or RecordValidationError), fast path switched off."""
+    with monkeypatch.context() as m:
+        m.setattr(rec, "_fast_record", lambda _data: None)
+        m.setattr(rec, "_fast_hex", lambda _value, _size: None)
+        try:
+            return kind.from_json(data)
+        except RecordValidationError as exc:
+            return exc
+
+
+def _variants(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The record itself and malformed or non-canonical variants of it."""
+    yield message
+    odd_values: list[Any] = [
+        None, True, False, 0, 1, 2, 3, -1, 2**64 - 1, 2**64, 1.0, "1", "01", "", "0x", [], {},
+        "0x" + "00" * 32, "0x" + "ff" * 32, "0X" + "ab" * 32, "0x" + "g" * 64,
+        "0x" + "ab" * 31 + " a", "0x" + "AB" * 32, "0x" + "00" * 20, "0x" + "Ab" * 20,
+    ]  # fmt: skip
+    for key in message:
+        without = dict(message)
+        del without[key]
+        yield without
+        for value in odd_values:
+            yield {**message, key: value}
+    yield {**message, "extra": 1}
+    yield {**message, "user": message["user"].lower()}
+    yield {**message, "user": "0x" + message["user"][2:].upper()}
+    user = message["user"]
+    flipped = user[:2] + (user[2].swapcase() if user[2].isalpha() else user[2]) + user[3:]
+    yield {**message, "user": flipped}
+    yield {**message, "meterAfterWh": message["meterAfterWh"] + 1}
+    yield {**message, "endTime": message["startTime"] - 1}
+    yield {**message, "stationId": message["stationId"].upper().replace("0X", "0x")}
+
+
+def test_fast_record_parser_agrees_with_the_full_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = fast_hits = 0
+    for vector in VECTORS:
+        message = vector["typedData"]["message"]
+        for variant in _variants(message):
+            full = _full_parse(EnergyTransfer, variant, monkeypatch)
+            fast = rec._fast_record(variant)
+            if fast is not None:
+                fast_hits += 1
+                # The fast path only ever accepts what the full parser accepts, with equal values.
+                assert not isinstance(full, RecordValidationError), variant
+                assert fast == full and type(fast.direction) is type(full.direction)
+            try:
+                public: Any = EnergyTransfer.from_json(variant)
+            except RecordValidationError as exc:
+                public = exc
+            if isinstance(full, RecordValidationError):
+                assert isinstance(public, RecordValidationError)
+                assert (public.errors, public.reason) == (full.errors, full.reason)
+            else:
+                assert public == full
+            checked += 1
+    assert checked > 1_000 and fast_hits >= len(VECTORS)
+
+
+def test_fast_signed_record_parser_agrees_with_the_full_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for vector in VECTORS:
+        body = {"record": vector["typedData"]["message"], "signature": vector["signature"]}
+        sig = vector["signature"]
+        variants = [
+            body,
+            {**body, "signature": sig.upper().replace("0X", "0x")},
+            {**body, "signature": sig[:-2]},
+            {**body, "signature": sig[:-2] + " 1"},
+            {**body, "signature": 5},
+            {**body, "record": {**body["record"], "sequence": "7"}},
+            {**body, "payment": None},
+            {"record": body["record"]},
+        ]
+        for variant in variants:
+            full = _full_parse(SignedRecord, variant, monkeypatch)
+            try:
+                public: Any = SignedRecord.from_json(variant)
+            except RecordValidationError as exc:
+                public = exc
+            if isinstance(full, RecordValidationError):
+                assert isinstance(public, RecordValidationError), variant
+                assert (public.errors, public.reason) == (full.errors, full.reason)
+            else:
+                assert public == full
+
+
+def test_reusable_keccak_state_agrees_with_pycryptodome_from_many_threads() -> None:
+    assert eip712._fast_keccak is not None, "the reusable Keccak path is not in use"
+
+    def reference(data: bytes) -> bytes:
+        return pycryptodome_keccak.new(digest_bits=256, data=data).digest()
+
+    def worker(seed: int) -> int:
+        rng = random.Random(seed)
+        for _ in range(2_000):
+            data = rng.randbytes(rng.choice([0, 1, 20, 64, 66, 135, 136, 137, 352, 1_000]))
+            assert keccak256(data) == reference(data)
+        return seed
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(worker, range(8))) == list(range(8))
+    # Not plain bytes: answered by the public path, same value.
+    assert keccak256(bytearray(b"abc")) == reference(b"abc")  # type: ignore[arg-type]
+
+
+# ---- key validity: fast rule == registry rule -------------------------------------------------
+
+
+def test_key_valid_at_agrees_with_the_registry_rule() -> None:
+    keys = [new_key() for _ in range(3)]
+    stranger = new_key()
+    station_id = new_station_id()
+    histories = [
+        StationHistory(station_id, 1, 10_000, 1_000, keys=[KeyPeriod(keys[0].address, 1_000, 0)]),
+        StationHistory(
+            station_id,
+            1,
+            10_000,
+            1_000,
+            keys=[
+                KeyPeriod(keys[0].address, 1_000, 2_000),
+                KeyPeriod(keys[1].address, 2_000, 3_000),
+                KeyPeriod(keys[2].address, 3_000, 0),
+            ],
+            revoked_at=4_000,
+        ),
+        # A period whose signer text is not EIP-55: the registry rule never matches it.
+        StationHistory(station_id, 1, 10_000, 0, keys=[KeyPeriod(keys[0].address.lower(), 0, 0)]),
+    ]
+    signers = [bytes.fromhex(k.address[2:]) for k in [*keys, stranger]] + [bytes(20)]
+    times = [0, 999, 1_000, 1_001, 1_999, 2_000, 2_999, 3_000, 3_999, 4_000, 10**9]
+    for history in histories:
+        for signer in signers:
+            for end_time in times:
+                expected = history.is_key_valid_at("0x" + signer.hex(), end_time)
+                assert key_valid_at(history, signer, end_time) is expected, (signer, end_time)
+
+
+# ---- outcomes rendered directly == wire models ------------------------------------------------
+
+
+def test_outcome_json_is_the_wire_model_dump() -> None:
+    digest = secrets.token_bytes(32)
+    received = [datetime.now(UTC), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)]
+    outcomes = [
+        Outcome(ACCEPTED, digest, 0, received[0]),
+        Outcome(ACCEPTED, digest, 2**40, received[1]),
+        Outcome(DUPLICATE, digest, 7, received[1]),
+        Outcome(REJECTED, digest, problem=Problem(RejectReason.EQUIVOCATION, "taken")),
+        Outcome(REJECTED, None, problem=Problem(RejectReason.MALFORMED, "bad ünïcode", {})),
+    ] + [Outcome(REJECTED, digest, problem=Problem(r, f"because {r}")) for r in RejectReason]
+    outcomes += [
+        Outcome(DEFERRED, digest, deferral=Deferral(r, f"not yet: {r}", 1 + i))
+        for i, r in enumerate(DeferReason)
+    ]
+    for outcome in outcomes:
+        assert outcome_json(outcome, {}) == to_wire(outcome).model_dump(mode="json", by_alias=True)
+        # Same keys in the same order, so the JSON text is the same too.
+        assert json.dumps(outcome_json(outcome, {})) == json.dumps(
+            to_wire(outcome).model_dump(mode="json", by_alias=True)
+        )
+    expected = BatchResponse.from_outcomes([to_wire(o) for o in outcomes])
+    assert json.dumps(batch_json(outcomes)) == json.dumps(
+        expected.model_dump(mode="json", by_alias=True)
+    )
+
+
+# ---- the database side --------------------------------------------------------------------
+
+
+@pytest.fixture(params=DATABASES)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated fresh database with a few stations (as the registry mirror would hold)."""
+    with fresh_database(request.param, tmp_path) as url:
+        db = Database(url, busy_timeout_ms=2_000)
+        try:
+            upgrade(db.engine)
+            yield db
+        finally:
+            db.dispose()
+
+
+def _station(db: Database) -> DevStation:
+    station = DevStation(new_station_id(), new_key())
+    with db.write() as session:
+        session.execute(
+            insert(Station).values(
+                station_id=station.station_id,
+                zone=1,
+                max_power_w=22_000,
+                active_from=0,
+                revoked_at=None,
+                registered_block=1,
+                updated_block=1,
+            )
+        )
+    return station
+
+
+def _candidate(record: EnergyTransfer, station: DevStation) -> Candidate:
+    """A verified candidate, as the verifier would hand it over."""
+    body = sign(record, station.key, DOMAIN)
+    signed = SignedRecord.from_json(body)
+    signer = bytes.fromhex(station.key.address[2:])
+    return Candidate.of(body, Verdict(signed, record.digest(DOMAIN), signer))
+
+
+def _log(db: Database) -> list[tuple[int, bytes, int]]:
+    with db.read() as session:
+        rows = session.execute(
+            select(Record.log_index, Record.station_id, Record.sequence).order_by(Record.log_index)
+        ).all()
+    return [(int(i), bytes(s), int(q)) for i, s, q in rows]
+
+
+def test_bulk_insert_stores_what_sqlalchemy_stores(database: Database) -> None:
+    station = _station(database)
+    now = datetime.now(UTC)
+    rows = []
+    for index, sequence in enumerate((1, 2**64 - 1)):
+        record = station.record(sequence=sequence, energy_wh=10 + index, advance=False)
+        columns = _candidate(record, station).columns
+        assert columns is not None
+        rows.append(
+            {
+                "log_index": index,
+                "received_at": now,
+                **{k: getattr(columns, k) for k in columns.__dataclass_fields__},
+            }
+        )
+    with database.write() as session:
+        session.execute(insert(Record), [rows[0]])
+        _INSERT_RECORDS.run(session.connection(), [rows[1]])
+    with database.read() as session:
+        raw = session.execute(text("SELECT * FROM records ORDER BY log_index")).mappings().all()
+        typed = session.scalars(select(Record).order_by(Record.log_index)).all()
+    # Stored the same way (raw column values, U64 shift and timestamp form included) ...
+    shape = {k: type(v) for k, v in raw[0].items()}
+    assert {k: type(v) for k, v in raw[1].items()} == shape
+    assert raw[0]["received_at"] == raw[1]["received_at"]
+    # ... and read back as what was written.
+    for row, stored in zip(rows, typed, strict=True):
+        assert {k: getattr(stored, k) for k in row} == row
+
+
+def test_group_commit_behaves_like_one_request_after_the_other(database: Database) -> None:
+    stations = [_station(database) for _ in range(4)]
+    committer = GroupCommitter(Ingestor(database))
+    per_station = 25
+    records = {
+        s.station_id: [s.record(energy_wh=100) for _ in range(per_station)] for s in stations
+    }
+    # Rival contents for some sequences (equivocations) and exact resubmissions (duplicates).
+    rivals = {
+        s.station_id: [
+            s.record(sequence=q, energy_wh=7, meter_before_wh=10**9, advance=False)
+            for q in (3, 9, 17)
+        ]
+        for s in stations
+    }
+    by_id = {s.station_id: s for s in stations}
+
+    def submit(station_id: bytes) -> list[Outcome]:
+        station = by_id[station_id]
+        outcomes = []
+        mine = records[station_id]
+        for i, record in enumerate(mine):
+            outcomes += committer.ingest([_candidate(record, station)], datetime.now(UTC))
+            if i in (3, 9, 17):
+                rival = rivals[station_id][(3, 9, 17).index(i)]
+                outcomes += committer.ingest([_candidate(rival, station)], datetime.now(UTC))
+                outcomes += committer.ingest([_candidate(record, station)], datetime.now(UTC))
+        return outcomes
+
+    with ThreadPoolExecutor(8) as pool:
+        results = dict(zip(by_id, pool.map(submit, by_id), strict=True))
+
+    log = _log(database)
+    assert [i for i, _, _ in log] == list(range(len(stations) * per_station))
+    for station_id, outcomes in results.items():
+        statuses = [o.status for o in outcomes]
+        assert statuses.count(ACCEPTED) == per_station
+        assert statuses.count(DUPLICATE) == 3
+        rejected = [o for o in outcomes if o.status == REJECTED]
+        assert [o.reason for o in rejected] == [RejectReason.EQUIVOCATION] * 3
+        sequences = sorted(q for _, s, q in log if s == station_id)
+        assert sequences == list(range(1, per_station + 1))
+
+
+class _GatedIngestor(Ingestor):
+    """Holds its first transaction until the test has queued more requests behind it, so that
+    those are committed as one group."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.calls: list[int] = []
+
+    def ingest(self, candidates: Any, received_at: datetime) -> list[Outcome]:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.gate.wait(30)
+        self.calls.append(len(candidates))
+        return super().ingest(candidates, received_at)
+
+
+def test_a_failing_request_fails_alone(database: Database) -> None:
+    good = _station(database)
+    # A station missing from the registry mirror: storing its record violates the foreign key,
+    # a real database error (the verifier would have refused it as unknown_station).
+    ghost = DevStation(new_station_id(), new_key())
+    ingestor = _GatedIngestor(database)
+    committer = GroupCommitter(ingestor)
+    first = _candidate(good.record(), good)
+    bad = _candidate(ghost.record(), ghost)
+    later = [_candidate(good.record(), good) for _ in range(2)]
+
+    with ThreadPoolExecutor(4) as pool:
+        head = pool.submit(committer.ingest, [first], datetime.now(UTC))
+        assert ingestor.entered.wait(30)  # the first request's transaction is under way
+        futures = [pool.submit(committer.ingest, [c], datetime.now(UTC)) for c in later[:1]]
+        futures.append(pool.submit(committer.ingest, [bad], datetime.now(UTC)))
+        futures.append(pool.submit(committer.ingest, [later[1]], datetime.now(UTC)))
+        deadline = time.monotonic() + 10
+        while len(committer._queue) < 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        ingestor.gate.set()
+        assert head.result(30)[0].status == ACCEPTED
+        assert futures[0].result(30)[0].status == ACCEPTED
+        with pytest.raises(IntegrityError):
+            futures[1].result(30)
+        assert futures[2].result(30)[0].status == ACCEPTED
+    # One transaction for the first, one failed group of three, then the three alone.
+    assert ingestor.calls[:2] == [1, 3] and sorted(ingestor.calls[2:]) == [1, 1, 1]
+    assert [i for i, _, _ in _log(database)] == [0, 1, 2]
+
+
+def _integrity_error(db: Database, row: dict[str, Any]) -> IntegrityError:
+    with pytest.raises(IntegrityError) as info, db.write() as session:
+        session.execute(insert(Record).values(**row))
+    return info.value
+
+
+def test_only_uniqueness_conflicts_count_as_such(database: Database) -> None:
+    station = _station(database)
+    columns = _candidate(station.record(sequence=1), station).columns
+    assert columns is not None
+    row = {
+        "log_index": 0,
+        "received_at": datetime.now(UTC),
+        **{k: getattr(columns, k) for k in columns.__dataclass_fields__},
+    }
+    with database.write() as session:
+        session.execute(insert(Record).values(**row))
+    # Same (station, sequence); same digest elsewhere; same log index: uniqueness conflicts.
+    assert is_unique_violation(_integrity_error(database, {**row, "log_index": 1}))
+    assert is_unique_violation(_integrity_error(database, {**row, "log_index": 1, "sequence": 2}))
+    assert is_unique_violation(
+        _integrity_error(database, {**row, "sequence": 2, "digest": b"\x01" * 32})
+    )
+    # A station the mirror does not hold (foreign key), a direction the CHECK refuses, a
+    # missing value: the same failure every time, nothing to retry.
+    fresh = {**row, "log_index": 5, "sequence": 5, "digest": b"\x02" * 32}
+    for broken in (
+        {**fresh, "station_id": new_station_id()},
+        {**fresh, "direction": 3},
+        {**fresh, "signer": None},
+    ):
+        assert not is_unique_violation(_integrity_error(database, broken)), broken
+
+
+class _CountingIngestor(Ingestor):
+    """Counts the ingest transactions it runs (attempts, retries included)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.attempts = 0
+
+    def _ingest(self, *args: Any) -> Any:
+        self.attempts += 1
+        return super()._ingest(*args)
+
+
+def test_a_foreign_key_failure_is_not_retried(database: Database) -> None:
+    ghost = DevStation(new_station_id(), new_key())  # not in the registry mirror
+    ingestor = _CountingIngestor(database)
+    with pytest.raises(IntegrityError) as info:
+        ingestor.ingest([_candidate(ghost.record(), ghost)], datetime.now(UTC))
+    assert not is_unique_violation(info.value)
+    assert ingestor.attempts == 1  # was three: the same failure three times
+    assert _log(database) == []
+
+
+def test_a_deferred_candidate_stores_nothing_unless_it_is_a_duplicate(database: Database) -> None:
+    station = _station(database)
+    ingestor = Ingestor(database)
+    stored, fresh = station.record(), station.record()
+    (accepted,) = ingestor.ingest([_candidate(stored, station)], datetime.now(UTC))
+    assert accepted.status == ACCEPTED
+
+    def deferred(record: EnergyTransfer) -> Candidate:
+        body = sign(record, station.key, DOMAIN)
+        verdict = Verdict(
+            SignedRecord.from_json(body),
+            record.digest(DOMAIN),
+            bytes.fromhex(station.key.address[2:]),
+            deferral=Deferral(DeferReason.REGISTRY_BEHIND, "not yet", 5),
+        )
+        return Candidate.of(body, verdict)
+
+    later, again = ingestor.ingest([deferred(fresh), deferred(stored)], datetime.now(UTC))
+    assert (later.status, later.reason, later.log_index) == (DEFERRED, "registry_behind", None)
+    assert later.digest == fresh.digest(DOMAIN)
+    # Already in the log (accepted by a replica whose follower was further ahead): duplicate.
+    assert (again.status, again.log_index) == (DUPLICATE, accepted.log_index)
+    assert [i for i, _, _ in _log(database)] == [0]
+    with database.read() as session:
+        assert session.scalars(select(Rejection)).all() == []
+
+
+def test_coroutines_wait_for_the_group_commit_without_a_thread(database: Database) -> None:
+    station = _station(database)
+    committer = GroupCommitter(Ingestor(database))
+    candidates = [_candidate(station.record(), station) for _ in range(40)]
+
+    async def submit_all() -> list[Outcome]:
+        results = await asyncio.gather(
+            *(committer.ingest_async([c], datetime.now(UTC)) for c in candidates)
+        )
+        return [o for (o,) in results]
+
+    before = threading.active_count()
+    outcomes = asyncio.run(submit_all())
+    assert [o.status for o in outcomes] == [ACCEPTED] * 40
+    assert sorted(o.log_index for o in outcomes if o.log_index is not None) == list(range(40))
+    # One committer thread at most, however many coroutines waited.
+    assert threading.active_count() <= before + 1
+
+
+@pytest.mark.skipif("sqlite" not in DATABASES, reason="SQLite deselected")
+def test_sqlite_writer_lock_spans_the_transaction_and_is_reentrant(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lock.sqlite'}"
+    db = Database(url, busy_timeout_ms=200)
+    try:
+        upgrade(db.engine)
+        lock_file = tmp_path / "lock.sqlite.writer-lock"
+
+        def locked_elsewhere() -> bool:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            finally:
+                os.close(fd)
+
+        with db.write() as session:
+            session.execute(text("UPDATE log_head SET next_log_index = next_log_index"))
+            assert locked_elsewhere()
+            # A nested write in the same thread meets SQLite's own lock (as it always did),
+            # not a deadlock on the file lock.
+            with pytest.raises(OperationalError, match="locked"), db.write() as inner:
+                inner.execute(text("UPDATE log_head SET next_log_index = next_log_index"))
+            assert locked_elsewhere()
+        assert not locked_elsewhere()
+    finally:
+        db.dispose()
+
+
+# ---- serve --workers ----------------------------------------------------------------------
+
+
+def test_serve_with_two_workers_keeps_one_dense_log(
+    chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    gridpoints = Path(sys.executable).parent / "gridpoints"
+    env = chain_session
+    for kind in DATABASES:
+        with chain_checkpoint(env), fresh_database(kind, tmp_path) as url:
+            stations = []
+            for _ in range(4):
+                station = DevStation(new_station_id(), new_key())
+                fn = env.chain.registry.functions.registerStation(
+                    station.station_id, station.key.address, 7, 22_000, 0
+                )
+                env.chain.transact(env.accounts.registrar, fn)
+                stations.append(station)
+            domain = Domain(
+                env.deployment.chain_id, bytes.fromhex(env.deployment.registry_address[2:])
+            )
+            bodies = [sign(s.record(), s.key, domain) for s in stations for _ in range(15)]
+            variables = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("GRIDPOINTS_") and k != "DATABASE_URL"
+            }
+            port = free_port()
+            variables.update(
+                GRIDPOINTS_DATABASE_URL=url,
+                GRIDPOINTS_RPC_URL=env.anvil.rpc_url,
+                GRIDPOINTS_DEPLOYMENT_FILE=str(env.deployment_path),
+                GRIDPOINTS_CONFIRMATIONS="0",
+                GRIDPOINTS_DATA_DIR=str(tmp_path / "var"),
+            )
+            migrate = subprocess.run(
+                [str(gridpoints), "db", "upgrade"], env=variables, capture_output=True, text=True
+            )
+            assert migrate.returncode == 0, migrate.stderr
+            server = subprocess.Popen(
+                [str(gridpoints), "serve", "--port", str(port), "--workers", "2"],
+                env={**variables, "GRIDPOINTS_LOG_LEVEL": "warning"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                base = f"http://127.0.0.1:{port}"
+                deadline = time.monotonic() + 60
+                while True:
+                    assert server.poll() is None, server.communicate()[0]
+                    try:
+                        # Both workers must know the stations: ask several times.
+                        if all(
+                            httpx.get(f"{base}/v1/registry", timeout=2).json()["stations"] >= 4
+                            for _ in range(6)
+                        ):
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, "serve --workers 2 did not come up"
+                    time.sleep(0.1)
+
+                def post(chunk: list[dict[str, Any]], base: str = base) -> list[int]:
+                    with httpx.Client(base_url=base, timeout=30) as client:
+                        codes = []
+                        for body in chunk:
+                            codes.append(client.post("/v1/records", json=body).status_code)
+                        return codes
+
+                random.shuffle(bodies)
+                with ThreadPoolExecutor(8) as pool:
+                    parts = pool.map(post, [bodies[i::8] for i in range(8)])
+                    codes = [code for part in parts for code in part]
+                assert codes == [201] * len(bodies)
+                # Resubmitted from another connection: duplicates, whichever worker answers.
+                again = post(copy.deepcopy(bodies[:5]))
+                assert again == [200] * 5
+                page = httpx.get(f"{base}/v1/records", params={"limit": 1000}, timeout=10).json()
+                assert [r["logIndex"] for r in page["records"]] == list(range(len(bodies)))
+                assert page["logSize"] == len(bodies)
+                children = [
+                    pid
+                    for task in Path(f"/proc/{server.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()
+                ]
+                assert len(children) >= 2  # the two workers (and maybe a resource tracker)
+
+                # Every scrape, whichever worker answers it, counts the whole server.
+                for _ in range(8):
+                    scraped = httpx.get(f"{base}/metrics", timeout=10)
+                    assert scraped.status_code == 200
+                    samples = {
+                        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                        for family in text_string_to_metric_families(scraped.text)
+                        for sample in family.samples
+                    }
+                    accepted = ("outcome", "accepted"), ("reason", "")
+                    duplicate = ("outcome", "duplicate"), ("reason", "")
+                    assert samples[("gridpoints_ingest_records_total", accepted)] == len(bodies)
+                    assert samples[("gridpoints_ingest_records_total", duplicate)] == 5
+                    assert samples[("gridpoints_record_log_size", ())] == len(bodies)
+            finally:
+                os.killpg(server.pid, 15)
+                try:
+                    server.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, 9)
+                    server.wait()
+
+
+def test_metrics_directory_of_serve_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers` gets a private, empty multiprocess directory, or cleans the
+    operator's of an earlier run's value files (stale counters would be summed in)."""
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with multiprocess_directory() as private:
+        assert os.environ[MULTIPROC_ENV] == str(private) and private.is_dir()
+        (private / "counter_1234.db").write_bytes(b"\0" * 16)
+    assert MULTIPROC_ENV not in os.environ and not private.exists()
+
+    given = tmp_path / "metrics"
+    given.mkdir()
+    (given / "counter_99.db").write_bytes(b"\0" * 16)
+    (given / "gauge_mostrecent_99.db").write_bytes(b"\0" * 16)
+    (given / "README").write_text("operator's file")
+    (given / "data.db").write_text("not the metrics library's")
+    monkeypatch.setenv(MULTIPROC_ENV, str(given))
+    with multiprocess_directory() as directory:
+        assert directory == given
+        assert sorted(p.name for p in given.iterdir()) == ["README", "data.db"]
+    assert os.environ[MULTIPROC_ENV] == str(given) and given.is_dir()

@@ -1,0 +1,222 @@
+"""Shared fixtures: one real Anvil node per session with the contracts deployed on it.
+
+`chain_session` starts Anvil on a free port, deploys with gridpoints_chain.deploy and yields typed
+handles; `chain_env` wraps each test in evm_snapshot / evm_revert so that every test starts
+from the freshly deployed state. Nothing here is mocked: every call is a JSON-RPC request to
+the Anvil process and every state change a mined transaction.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from gridpoints_chain.artifacts import (
+    BUILD_COMMAND,
+    contracts_dir,
+    load_artifact,
+    missing_artifacts,
+    repo_root,
+)
+from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_chain.deployment import Deployment
+from gridpoints_chain.errors import ContractRevertError
+from gridpoints_chain.well_known_keys import dev_account
+from gridpoints_dev.anvil import AnvilNode
+from gridpoints_dev.chain import deploy_dev_contracts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The helper modules' asserts are rewritten like the tests' own (they are imported by name).
+pytest.register_assert_rewrite("backend_fixtures", "settlement_fixtures")
+
+# Dev-account indices of the standard mnemonic beyond the role holders (0, 1, 2: see
+# gridpoints_dev.chain.DevRoles); Anvil funds the first ten.
+USERS = (3, 4, 5, 6, 7)
+OUTSIDER = 8
+SPARE = 9
+
+
+@dataclass(frozen=True, slots=True)
+class ChainAccounts:
+    """Funded dev accounts by role. `admin` is also the deployer."""
+
+    admin: LocalAccount
+    registrar: LocalAccount
+    settler: LocalAccount
+    users: tuple[LocalAccount, ...]
+    outsider: LocalAccount  # holds no role anywhere
+    spare: LocalAccount  # holds no role; for tests that need one more key
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEnv:
+    """What a chain test gets: the node, web3, the deployment and its handles."""
+
+    anvil: AnvilNode
+    w3: Web3
+    deployment: Deployment  # as loaded back from the deployment file
+    deployment_path: Path
+    deployed: Deployment  # as deploy() returned it, before the file round trip
+    chain: GridPointsChain
+    accounts: ChainAccounts
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        reply = self.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+        if "error" in reply:
+            raise RuntimeError(f"{method} failed: {reply['error']}")
+        return reply["result"]
+
+    def latest_timestamp(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def next_block_at(self, timestamp: int) -> None:
+        """The next mined block (the next transaction, under automine) gets `timestamp`."""
+        self.rpc("evm_setNextBlockTimestamp", timestamp)
+
+    def revert(self, snapshot: Any) -> bool:
+        """evm_revert, and the chain's clock back in step with real time.
+
+        Anvil rewinds its clock with the state: after a revert, blocks are stamped as if the
+        time since the snapshot had not passed, so over a session the chain would fall minutes
+        behind the wall clock, which no real chain does (and the backend judges a record only
+        once it has applied a block later than the record's end).
+        """
+        reverted = self.rpc("evm_revert", snapshot)
+        now = int(time.time())
+        if self.latest_timestamp() < now:
+            # The clock set to now and a block mined at once: later blocks follow real time,
+            # and `latest_timestamp() + n` is a valid next timestamp again. (Only stamping the
+            # next block `now` would leave every later block behind real time by however long
+            # the chain then stayed idle.)
+            self.rpc("evm_setTime", now)
+            self.rpc("evm_mine")
+        return bool(reverted)
+
+
+@pytest.fixture(scope="session")
+def contracts_built() -> Path:
+    """contracts/out with the three artifacts, built by forge if any is missing."""
+    missing = missing_artifacts()
+    if missing:
+        result = subprocess.run(
+            [str(repo_root() / "node_modules" / ".bin" / "forge"), "build"],
+            cwd=contracts_dir(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0 or missing_artifacts():
+            pytest.fail(
+                f"{BUILD_COMMAND} failed (artifacts missing: {missing}):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+    return contracts_dir() / "out"
+
+
+@pytest.fixture(scope="session")
+def anvil_node(
+    contracts_built: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AnvilNode]:
+    log = tmp_path_factory.mktemp("anvil") / "anvil.log"
+    with AnvilNode(log_path=log) as node:
+        yield node
+
+
+def deployed_chain_env(node: AnvilNode, directory: Path) -> ChainEnv:
+    """The contracts deployed on `node` by the dev accounts (gridpoints_dev.chain), the
+    deployment file in `directory` and loaded back from it."""
+    dev = deploy_dev_contracts(node.rpc_url, deployment_file=directory / "deployment.json")
+    assert dev.deployment_path is not None
+    accounts = ChainAccounts(
+        admin=dev.roles.admin,
+        registrar=dev.roles.registrar,
+        settler=dev.roles.settler,
+        users=tuple(dev_account(i) for i in USERS),
+        outsider=dev_account(OUTSIDER),
+        spare=dev_account(SPARE),
+    )
+    return ChainEnv(
+        anvil=node,
+        w3=dev.w3,
+        deployment=dev.deployment,
+        deployment_path=dev.deployment_path,
+        deployed=dev.deployed,
+        chain=dev.chain,
+        accounts=accounts,
+    )
+
+
+@pytest.fixture(scope="session")
+def chain_session(anvil_node: AnvilNode, tmp_path_factory: pytest.TempPathFactory) -> ChainEnv:
+    """Anvil with the contracts deployed by gridpoints_chain.deploy, loaded back from the file."""
+    return deployed_chain_env(anvil_node, tmp_path_factory.mktemp("deployment"))
+
+
+@pytest.fixture
+def chain_env(chain_session: ChainEnv) -> Iterator[ChainEnv]:
+    """The session chain, rewound to the fresh deployment after the test."""
+    snapshot = chain_session.rpc("evm_snapshot")
+    try:
+        yield chain_session
+    finally:
+        reverted = chain_session.revert(snapshot)
+        # The rewind undid transactions whose nonces the sender counted locally.
+        chain_session.chain.reset_nonces()
+        assert reverted is True, f"evm_revert({snapshot}) failed: the next test is not isolated"
+
+
+@contextmanager
+def reverts_with(name: str, *args: Any) -> Iterator[pytest.ExceptionInfo[ContractRevertError]]:
+    """Asserts that the block raises ContractRevertError `name(*args)`, exactly."""
+    with pytest.raises(ContractRevertError) as info:
+        yield info
+    assert info.value.error == (name, tuple(args)), str(info.value)
+
+
+def delegate_with_eip7702(env: ChainEnv, account: LocalAccount, target: str | None) -> None:
+    """A real EIP-7702 (type 4) transaction: `account` signs an authorisation that points its
+    code at `target` (None clears it), and the spare account sends it as a sponsor."""
+    w3, sponsor = env.w3, env.accounts.spare
+    authorization = account.sign_authorization(
+        {
+            "chainId": w3.eth.chain_id,
+            "address": target or "0x" + "00" * 20,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+        }
+    )
+    tx = {
+        "type": 4,
+        "chainId": w3.eth.chain_id,
+        "nonce": w3.eth.get_transaction_count(sponsor.address, "pending"),
+        "to": sponsor.address,
+        "value": 0,
+        "data": b"",
+        "gas": 100_000,
+        "maxFeePerGas": 2 * int(w3.eth.gas_price) + 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "authorizationList": [authorization],
+    }
+    raw = sponsor.sign_transaction(tx).raw_transaction
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+    assert receipt["status"] == 1
+    designator = b"" if target is None else bytes.fromhex("ef0100" + target[2:])
+    assert bytes(w3.eth.get_code(account.address)) == designator
+    # The authorisation bumped the account's nonce behind the sender's back.
+    env.chain.reset_nonces()
+
+
+def deploy_test_contract(env: ChainEnv, name: str, *args: object) -> str:
+    """Deploys a contract of contracts/test/utils (built by forge with the tests)."""
+    address, _ = env.chain.sender.deploy(env.accounts.admin, load_artifact(name), *args)
+    return address
