@@ -410,9 +410,10 @@ class EnergyTransfer:
 # Nearly every submission is a well-formed record in canonical form. The functions below accept
 # exactly such a record, in one pass and without building error lists; anything else (a decimal
 # string, a missing field, a value out of range, ...) makes them return None, and the full parser
-# above then runs and reports every problem. They never accept what the full parser refuses,
-# and they produce the same values, so the fast path changes speed only (tests/test_record.py
-# runs every vector and every malformed case through both).
+# above then runs and reports every problem. They never accept what the full parser refuses, and
+# they produce the same values, so the fast path changes speed only
+# (tests/gridpoints_protocol/test_record.py runs every vector and every malformed case through
+# both).
 
 _DIRECTIONS: Final = {1: Direction.CHARGE, 2: Direction.DISCHARGE}
 

@@ -4,13 +4,14 @@
 Each vector is ``{"name", "typedData", "digest", "signer", "signedByUser", "signature"}``:
 ``typedData`` is the eth_signTypedData_v4 JSON of an authorisation (from
 gridpoints_protocol.authorization), and ``digest`` and ``signature`` come from eth_account
-(``encode_typed_data`` and ``Account.sign_typed_data``), an implementation independent of ours,
-so the vectors pin the protocol rather than our code. ``signedByUser`` says whether the signer is
-the authorisation's own user (what the Settlement contract requires); the edge-case users (0x..01,
-all ones) have no known key, so their vectors are signed by a development key and carry false.
-The generator refuses to write if our hand-written digest or recovery disagrees with eth_account.
-pytest (tests/test_authorization.py) and forge (contracts/test/PaymentAuthorization.t.sol) both
-check every vector, and a test checks that the file is exactly what this script writes.
+(``encode_typed_data`` and ``Account.sign_typed_data``), an implementation independent of ours, so
+the vectors pin the protocol rather than our code. ``signedByUser`` says whether the signer is the
+authorisation's own user (what the Settlement contract requires); the edge-case users (0x..01, all
+ones) have no known key, so their vectors are signed by a development key and carry false. The
+generator refuses to write if our hand-written digest or recovery disagrees with eth_account. pytest
+(tests/gridpoints_protocol/test_authorization.py) and forge
+(contracts/test/PaymentAuthorization.t.sol) both check every vector, and a test checks that the file
+is exactly what this script writes.
 
 Deterministic: no clock, no randomness; every "random" value is derived from keccak of a label.
 The wallet keys are development keys, keccak256("gridpoints-dev-wallet-key-<n>"): public by

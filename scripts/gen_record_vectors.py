@@ -5,9 +5,9 @@ Each vector is ``{"name", "typedData", "digest", "signer", "signature"}``: ``typ
 eth_signTypedData_v4 JSON of a record (from gridpoints_protocol.record), and ``digest`` and
 ``signature`` come from eth_account (``encode_typed_data`` and ``Account.sign_typed_data``), an
 implementation independent of ours, so the vectors pin the protocol rather than our code. The
-generator refuses to write if our hand-written digest or recovery disagrees with eth_account.
-pytest (tests/test_record.py) and forge (contracts/test/EnergyTransferHash.t.sol) both check
-every vector, and a test checks that the file is exactly what this script writes.
+generator refuses to write if our hand-written digest or recovery disagrees with eth_account. pytest
+(tests/gridpoints_protocol/test_record.py) and forge (contracts/test/EnergyTransferHash.t.sol) both
+check every vector, and a test checks that the file is exactly what this script writes.
 
 Deterministic: no clock, no randomness; every "random" value is derived from keccak of a label.
 The signing keys are development keys, keccak256("gridpoints-dev-station-key-<n>"): public

@@ -7,10 +7,10 @@ points}``. A third party checks its implementation by (1) hashing ``tariffCanoni
 comparing with ``tariffHash``, then (2) valuing each record from the canonical JSON alone.
 
 Every ``points`` value is computed twice, by ``gridpoints_protocol.tariff.value_record`` and by
-:func:`reference_value` below (a deliberately naive, independent walk: one step per UTC minute,
-band from ``datetime.fromtimestamp(t, zone).weekday()/.hour``, exact Fractions); the generator
-refuses to write if they disagree. tests/test_tariff.py checks every vector and that the file
-is exactly what this script writes.
+:func:`reference_value` below (a deliberately naive, independent walk: one step per UTC minute, band
+from ``datetime.fromtimestamp(t, zone).weekday()/.hour``, exact Fractions); the generator refuses to
+write if they disagree. tests/gridpoints_protocol/test_tariff.py checks every vector and that the
+file is exactly what this script writes.
 
 Deterministic: no clock, no randomness; "random" records are derived from keccak of a label.
 """

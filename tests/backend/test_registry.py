@@ -1,6 +1,6 @@
 """The registry follower seen through the running backend: registrations, rotations and
-revocations made while it runs take effect without a restart, and its key-validity answers
-agree with the contract's own isKeyValidAt. (tests/test_backend_follower.py covers the follower
+revocations made while it runs take effect without a restart, and its key-validity answers agree
+with the contract's own isKeyValidAt. (tests/backend/test_registry_follower.py covers the follower
 itself: persistence, resume, confirmations, restarts, outages.)"""
 
 from __future__ import annotations

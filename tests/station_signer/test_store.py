@@ -1,10 +1,10 @@
 """The station's store and the write-ahead rule, including a real process killed with SIGKILL.
 
-In-process tests sign with development keys (DevKeySigner over libsecp256k1): loading SoftHSM2
-here would pin this pytest process to one SOFTHSM2_CONF (see tests/test_signers.py). The kill
-test runs its station in subprocesses that sign with a SoftHSM2 token created for the test.
+In-process tests sign with development keys (DevKeySigner over libsecp256k1): loading SoftHSM2 here
+would pin this pytest process to one SOFTHSM2_CONF (see tests/gridpoints_signers/test_signers.py).
+The kill test runs its station in subprocesses that sign with a SoftHSM2 token created for the test.
 
-Run as a script (``python tests/test_station_store.py worker DIR``) this file is the station
+Run as a script (``python tests/station_signer/test_store.py worker DIR``) this file is the station
 process the kill test starts and kills.
 """
 

@@ -1,10 +1,11 @@
-"""Fixtures and helpers of the backend test-suite (imported by tests/test_backend_*.py).
+"""Fixtures and helpers of the backend test-suite (imported by the tests under tests/backend/ and
+others).
 
-Everything is real: the backend runs under a real uvicorn server on a loopback port, in a
-thread of the test process, against the session Anvil of conftest.py and a freshly created
-database — a SQLite file in a temporary directory, or a uniquely named PostgreSQL database on
-127.0.0.1:5432 that is dropped afterwards. The `backend` fixture is parametrized over both, so
-every test that uses it runs once per database.
+Everything is real: the backend runs under a real uvicorn server on a loopback port, in a thread of
+the test process, against the session Anvil of tests/support/chain.py and a freshly created database
+— a SQLite file in a temporary directory, or a uniquely named PostgreSQL database on 127.0.0.1:5432
+that is dropped afterwards. The `backend` fixture is parametrized over both, so every test that uses
+it runs once per database.
 
 Stations are registered in the StationRegistry by real transactions from the registrar
 account and sign their records with development keys (eth_account, ``unsafe_sign_hash`` over the

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Anvil node per session with the contracts deployed on it.
+"""The chain fixtures (registered by tests/conftest.py): one real Anvil node per session with the
+contracts deployed on it.
 
 `chain_session` starts Anvil on a free port, deploys with gridpoints_chain.deploy and yields typed
 handles; `chain_env` wraps each test in evm_snapshot / evm_revert so that every test starts

@@ -1,6 +1,7 @@
-"""Helpers of the epoch and settlement tests (imported by tests/test_settlement*.py and
-tests/test_epochs_api.py): a fresh backend per test on a rewound chain, signed traffic whose
-expected points are recomputed from the records themselves, and the chain-side checks."""
+"""Helpers of the epoch and settlement tests (imported by tests/backend/test_settlement*.py,
+tests/backend/api/test_epochs.py and others): a fresh backend per test on a rewound chain, signed
+traffic whose expected points are recomputed from the records themselves, and the chain-side
+checks."""
 
 from __future__ import annotations
 
