@@ -6,10 +6,7 @@ that station records of the deployment are signed under.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ from eth_typing import ChecksumAddress
 from eth_utils.address import to_canonical_address, to_checksum_address
 
 from gridpoints_chain.artifacts import CONTRACT_NAMES
+from gridpoints_files import write_atomically
 from gridpoints_protocol.keys import is_valid_address
 from gridpoints_protocol.record import Domain
 
@@ -112,31 +110,11 @@ class Deployment:
             raise DeploymentFileError(f"malformed deployment: {exc}") from exc
 
     def save(self, path: Path | str) -> Path:
-        """Writes the file atomically: a temporary file in the same directory, then rename."""
+        """Writes the file atomically (a reader never sees half of it); the file holds nothing
+        secret and other services read it, so it is world-readable."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_json(), indent=2) + "\n"
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w") as tmp:
-                tmp.write(text)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            # mkstemp creates 0600; the file holds nothing secret and other services read it.
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-        # The rename is durable only once the directory entry is on disk.
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return target
+        return write_atomically(target, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path | str) -> Deployment:

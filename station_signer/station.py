@@ -35,17 +35,16 @@ file when the key is opened (see :func:`open_signer`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from gridpoints_files import write_atomically
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
 from gridpoints_protocol.eip712 import parse_address, to_checksum_address
@@ -603,26 +602,10 @@ class StationConfig:
         return config
 
     def save(self, directory: Path) -> Path:
-        """Writes ``station.json`` atomically (temporary file, fsync, rename)."""
-        target = directory / CONFIG_FILE
-        fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(self.to_json(), indent=2) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return target
+        """Writes ``station.json`` atomically and durably (it holds no secret)."""
+        return write_atomically(
+            directory / CONFIG_FILE, json.dumps(self.to_json(), indent=2) + "\n"
+        )
 
     @classmethod
     def load(cls, directory: Path) -> StationConfig:

@@ -19,6 +19,7 @@ from gridpoints_dev.child_process import environment_without_settings, log_tail
 from gridpoints_dev.demo.errors import DemoError, UsageError
 from gridpoints_dev.serve import ServeError, ServeProcess, upgrade_database
 from gridpoints_dev.tokens import ThrowawayTokens
+from gridpoints_files import write_atomically
 from gridpoints_signers.softhsm import SoftHsmToken
 
 SETTLER_TOKEN: Final = "gridpoints-settler"
@@ -68,9 +69,7 @@ class DemoProcesses:
             "backend": self.backend.pid if self.backend is not None else None,
         }
         # Replaced whole, never truncated in place: a reader sees the old file or the new one.
-        partial = self.run_dir / "processes.json.tmp"
-        partial.write_text(json.dumps(data) + "\n")
-        partial.replace(self.run_dir / "processes.json")
+        write_atomically(self.run_dir / "processes.json", json.dumps(data) + "\n")
 
     def start_chain(self) -> DevDeployment:
         """Anvil on a free port with the contracts deployed; the deployment file in run_dir."""

@@ -8,6 +8,7 @@ module takes part in an import circle.
     gridpoints_chain        chain access: artifacts, deployment, handles, tx pipeline
     gridpoints_signers      the Signer protocol: PKCS#11, development key file
     gridpoints_protocol     the pure core: formats, rules, Merkle, valuation
+    gridpoints_files        durable file writes (beside the core; imports nothing of ours)
 """
 
 from __future__ import annotations
@@ -24,14 +25,22 @@ ROOT = Path(__file__).resolve().parents[2]
 # package -> the packages of ours it may import (besides itself)
 ALLOWED: dict[str, frozenset[str]] = {
     "gridpoints_protocol": frozenset(),
+    "gridpoints_files": frozenset(),
     "gridpoints_signers": frozenset({"gridpoints_protocol"}),
-    "gridpoints_chain": frozenset({"gridpoints_protocol", "gridpoints_signers"}),
-    "station_signer": frozenset({"gridpoints_protocol", "gridpoints_signers", "gridpoints_chain"}),
-    "backend": frozenset({"gridpoints_protocol", "gridpoints_signers", "gridpoints_chain"}),
+    "gridpoints_chain": frozenset(
+        {"gridpoints_protocol", "gridpoints_files", "gridpoints_signers"}
+    ),
+    "station_signer": frozenset(
+        {"gridpoints_protocol", "gridpoints_files", "gridpoints_signers", "gridpoints_chain"}
+    ),
+    "backend": frozenset(
+        {"gridpoints_protocol", "gridpoints_files", "gridpoints_signers", "gridpoints_chain"}
+    ),
     "gridpoints_audit": frozenset({"gridpoints_protocol", "gridpoints_chain"}),
     "gridpoints_dev": frozenset(
         {
             "gridpoints_protocol",
+            "gridpoints_files",
             "gridpoints_signers",
             "gridpoints_chain",
             "station_signer",
