@@ -56,8 +56,9 @@ from gridpoints_signers import (
     open_session,
     recover_address,
 )
-from station_signer.station import Station, Transfer
+from station_signer.station import Station
 from station_signer.store import StationStore
+from station_signer.transfer import Transfer
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -40,7 +40,7 @@ user's signed payment authorisation the record commits to (see :mod:`station_sig
 
 :class:`ProofClient` reads ``GET /v1/records/{stationId}/{sequence}/proof``: the backend's
 inclusion proof of a record, parsed into a :class:`ProofAnswer` that nothing trusts until
-:func:`station_signer.station.check_proof` has checked it against the chain.
+:func:`station_signer.proofs.check_proof` has checked it against the chain.
 """
 
 from __future__ import annotations

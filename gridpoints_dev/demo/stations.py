@@ -20,9 +20,11 @@ from gridpoints_dev.demo.plan import Session, StationSpec, Vehicle
 from gridpoints_dev.demo.progress import Reporter
 from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
 from gridpoints_signers.softhsm import SoftHsmToken
-from station_signer.station import STORE_FILE, Pkcs11KeyConfig, Station, Transfer, init_station
+from station_signer.config import STORE_FILE, Pkcs11KeyConfig
+from station_signer.station import Station, init_station
 from station_signer.store import RecordStatus, StationStore
 from station_signer.sync import SyncClient
+from station_signer.transfer import Transfer
 
 KEY_LABEL: Final = "gridpoints-station"
 AUTHORIZATION_LIFETIME_S: Final = 7 * 86_400

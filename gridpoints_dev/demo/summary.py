@@ -25,7 +25,7 @@ from gridpoints_dev.demo.plan import Vehicle
 from gridpoints_dev.demo.processes import SETTLER_KEY_LABEL, SETTLER_TOKEN
 from gridpoints_dev.demo.stations import LiveStation
 from gridpoints_protocol.tariff import Tariff, TariffBook, value_record
-from station_signer.station import ChainAnchors
+from station_signer.proofs import ChainAnchors
 
 TOP_BALANCES = 10
 ZERO_ADDRESS = "0x" + "00" * 20

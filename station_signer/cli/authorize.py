@@ -34,7 +34,9 @@ from station_signer.cli.common import (
     station_deployment,
 )
 from station_signer.cli.errors import CliError, bad_argument, handled
-from station_signer.station import StationConfig, StationError, parse_bytes32, parse_time
+from station_signer.config import StationConfig
+from station_signer.errors import StationError
+from station_signer.transfer import parse_bytes32, parse_time
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount

@@ -15,7 +15,7 @@ import typer
 from gridpoints_protocol.eip712 import parse_address
 from station_signer.cli.chain import load_deployment
 from station_signer.cli.errors import CliError, bad_argument
-from station_signer.station import StationConfig
+from station_signer.config import StationConfig
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -33,7 +33,7 @@ from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import SignatureError
 from gridpoints_signers.base import PinUnavailableError, SignerError
 from station_signer.cli.chain import chain_error_code
-from station_signer.station import StationError
+from station_signer.errors import StationError
 from station_signer.store import StoreError
 from station_signer.sync import SyncError
 

@@ -27,7 +27,7 @@ from station_signer.cli.common import (
     station_deployment,
 )
 from station_signer.cli.errors import CliError, bad_argument, handled
-from station_signer.station import (
+from station_signer.config import (
     DEFAULT_KEY_LABEL,
     DEFAULT_TOKEN_LABEL,
     DEV_KEY_FILE,
@@ -35,11 +35,9 @@ from station_signer.station import (
     KeyConfig,
     Pkcs11KeyConfig,
     StationConfig,
-    init_station,
-    open_station,
-    parse_bytes32,
-    parse_time,
 )
+from station_signer.station import init_station, open_station
+from station_signer.transfer import parse_bytes32, parse_time
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount

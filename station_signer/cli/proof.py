@@ -26,14 +26,8 @@ from station_signer.cli.errors import (
     bad_argument,
     handled,
 )
-from station_signer.station import (
-    STORE_FILE,
-    ChainAnchors,
-    NotAnchoredError,
-    ProofCheck,
-    StationConfig,
-    check_proof,
-)
+from station_signer.config import STORE_FILE, StationConfig
+from station_signer.proofs import ChainAnchors, NotAnchoredError, ProofCheck, check_proof
 from station_signer.store import RecordStatus, StationStore, StoreError
 from station_signer.sync import ProofClient, RetryPolicy, SyncError
 

@@ -27,16 +27,10 @@ from station_signer.cli.common import (
     station_deployment,
 )
 from station_signer.cli.errors import EXIT_USAGE, CliError, bad_argument, handled
-from station_signer.station import (
-    AuthorizationError,
-    StationConfig,
-    Transfer,
-    open_station,
-    parse_bytes32,
-    parse_direction,
-    parse_time,
-    transfer_payment,
-)
+from station_signer.config import StationConfig
+from station_signer.payments import AuthorizationError, transfer_payment
+from station_signer.station import open_station
+from station_signer.transfer import Transfer, parse_bytes32, parse_direction, parse_time
 
 if TYPE_CHECKING:
     from station_signer.store import StoredRecord

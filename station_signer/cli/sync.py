@@ -19,7 +19,9 @@ from station_signer.cli.common import (
     read_pin,
 )
 from station_signer.cli.errors import EXIT_REJECTED, CliError, handled
-from station_signer.station import STORE_FILE, StationConfig, StationError, open_station
+from station_signer.config import STORE_FILE, StationConfig
+from station_signer.errors import StationError
+from station_signer.station import open_station
 from station_signer.store import RecordStatus, StationStore
 from station_signer.sync import DEFAULT_BATCH_SIZE, RetryPolicy, SyncClient
 

@@ -27,7 +27,7 @@ from station_signer.cli.common import (
     read_json_argument,
 )
 from station_signer.cli.errors import EXIT_MISMATCH, CliError, bad_argument, handled
-from station_signer.station import CONFIG_FILE, StationConfig
+from station_signer.config import CONFIG_FILE, StationConfig
 
 app = typer.Typer()
 

@@ -23,7 +23,7 @@ import pytest
 from web3 import Web3
 
 from gridpoints_chain.artifacts import load_all
-from station_signer.station import STORE_FILE
+from station_signer.config import STORE_FILE
 from station_signer.store import RecordStatus, StationStore
 
 ROOT = Path(__file__).resolve().parents[2]

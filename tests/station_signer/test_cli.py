@@ -33,7 +33,7 @@ from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 from gridpoints_protocol.tariff import TariffBook, value_record
-from station_signer.station import STORE_FILE
+from station_signer.config import STORE_FILE
 from station_signer.store import StationState, StationStore
 from tests.support.chain import ChainEnv
 

@@ -39,20 +39,10 @@ from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, recover_signer
 from gridpoints_signers import DevKeySigner, HsmError
-from station_signer.station import (
-    STORE_FILE,
-    AuthorizationError,
-    Pkcs11KeyConfig,
-    SigningFailedError,
-    Station,
-    StationConfig,
-    StationError,
-    Transfer,
-    check_authorization,
-    init_station,
-    open_signer,
-    parse_time,
-)
+from station_signer.config import STORE_FILE, Pkcs11KeyConfig, StationConfig
+from station_signer.errors import SigningFailedError, StationError
+from station_signer.payments import AuthorizationError, check_authorization
+from station_signer.station import Station, init_station, open_signer
 from station_signer.store import (
     SCHEMA_VERSION,
     RecordStatus,
@@ -60,6 +50,7 @@ from station_signer.store import (
     StationStore,
     StoreError,
 )
+from station_signer.transfer import Transfer, parse_time
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN_ID = 31337

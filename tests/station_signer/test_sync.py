@@ -43,9 +43,10 @@ from gridpoints_protocol.authorization import (
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.record import Direction
 from gridpoints_signers import DevKeySigner
-from station_signer.station import Station, Transfer
+from station_signer.station import Station
 from station_signer.store import RecordStatus, StationStore
 from station_signer.sync import DeferPolicy, RetryPolicy, SyncClient, SyncError
+from station_signer.transfer import Transfer
 from tests.support.chain import ChainEnv
 
 pytest.register_assert_rewrite("backend_fixtures")
