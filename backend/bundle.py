@@ -9,12 +9,14 @@
   keccak-256 is the anchored tariffHash);
 * ``README.txt`` — the format and how to verify it;
 * ``manifest.json`` — format, epoch id, what the backend sealed (record count, roots, totals,
-  tariff hash and version), the deployment (chain id, contract addresses, deployment block),
-  the settlement transactions from the database, and the sha256 of each file above.
+  tariff hash and version, counts, its position in the log, when it was sealed and settled),
+  the deployment (chain id, contract addresses, deployment block), the settlement steps from
+  the database, and the sha256 and size of each file above.
 
 The manifest is the operator's claim, not evidence: the auditor (gridpoints_audit) reads the
-records and the tariff, recomputes everything and compares it with the chain; it reports where
-the manifest disagrees with the chain, and files whose sha256 differs from the manifest.
+records and the tariff, recomputes everything and compares it with the chain, and checks every
+claim the manifest makes against the chain or the recomputation (docs/AUDIT.md lists each);
+a field it could not check is not written (there is no export time: nothing could check it).
 
 This module reads the backend's database (the export is an operator tool); the auditor never
 does. The bundle is written to a temporary sibling directory and renamed into place, so a
@@ -29,7 +31,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,16 +75,24 @@ records.jsonl  One JSON object per line, one line per record, in leaf order:
                              PaymentAuthorization {{authorization, signature}}
 tariff.json    The tariff that valued the epoch, in canonical JSON, byte for byte.
 manifest.json  What the operator says the epoch is (roots, totals, record count, tariff
-               hash), the deployment (chain id, contract addresses, deployment block), the
-               settlement transaction hashes, and the sha256 of each other file.
+               hash and version, counts, log position, state and times), the deployment
+               (chain id, contract addresses, deployment block), the settlement steps with
+               their transactions, and the sha256 and size of each other file. Every claim
+               is checked against the chain or the recomputed epoch.
 
 Verifying
 ---------
-With the GridPoints tools (no access to the operator's backend needed):
+With the GridPoints tools (no access to the operator's backend needed), over the folder that
+holds the bundles of every epoch the chain committed:
 
-    gridpoints-audit --rpc-url RPC_URL --deployment deployment.json --bundle THIS_DIRECTORY
+    gridpoints-audit --rpc-url RPC_URL --deployment deployment.json --bundle BUNDLES_FOLDER
 
-exits 0 when everything matches the chain and 1 with a list of discrepancies otherwise.
+exits 0 when everything matches the chain and 1 with a list of discrepancies otherwise (an
+epoch committed on chain without a bundle is one). This bundle alone:
+
+    gridpoints-audit ... --bundle THIS_DIRECTORY --from-epoch ID --to-epoch ID
+
+exits 3 when it matches: a partial audit (the total supply is not compared).
 
 By hand, against Settlement.getEpoch(epochId) on the chain named in manifest.json:
   1. For each record, recompute its EIP-712 digest (domain "GridPoints", version "1", the
@@ -208,7 +217,6 @@ def export_epoch(
         for name, data in ((TARIFF_FILE, canonical), (README_FILE, readme)):
             files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         manifest["files"] = {name: files[name] for name in BUNDLE_FILES}
-        manifest["exportedAt"] = _iso(datetime.now(UTC))
         (staging / MANIFEST_FILE).write_bytes(
             (json.dumps(manifest, indent=2, ensure_ascii=True) + "\n").encode("ascii")
         )
@@ -219,7 +227,3 @@ def export_epoch(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(target, epoch_id, manifest["recordCount"], manifest["state"], manifest)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")

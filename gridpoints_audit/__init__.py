@@ -9,14 +9,25 @@ records, signatures, payment authorisations and the tariff document come from th
 are checked against the chain (`checks`). The auditor imports only gridpoints_protocol and
 gridpoints_chain of this repository.
 
+The audited epochs come from the chain: every epoch committed at the audit block (the user
+may restrict the range; the report is then not complete). A committed epoch the source does
+not publish is a finding (`epoch_unpublished`), and so is a bundle directory without a readable
+manifest. The sources are hostile: every read is bounded (no paging beyond the committed record
+count, capped documents and lines, JSON nesting bombs caught) and ends in a finding.
+
 What is checked, per audited epoch (all chain reads pinned to one block, the head when the
 audit starts, so a backend settling meanwhile cannot make the audit inconsistent):
 
 * station key histories rebuilt from StationRegistry events; every record parsed, its digest
   recomputed under the deployment's EIP-712 domain, its signature and key validity at its end
   time checked with `gridpoints_protocol.checks.RecordVerifier` (``now=None``), payments with
-  `gridpoints_protocol.payments.check_payment` against the Settlement domain
-  (`checks.records`);
+  `gridpoints_protocol.payments.check_payment` against the Settlement domain, and its end
+  time against the epoch's commit block time plus the documented clock skew
+  (`gridpoints_protocol.checks.ends_too_late`, ingest's own rule) (`checks.records`);
+* every claim the source makes about the epoch and its records (the manifest's and the API's
+  figures, log positions, tariff version, counts, state, times, and each settlement step's
+  chunk, entries, amount, transaction, block and gas) is checked against the chain or the
+  recomputation (`checks.claims`, `checks.steps`, `checks.record_claims`);
 * the published list is exactly the epoch: leaf indexes 0..recordCount-1, each once, and as
   many records as the chain's recordCount (`checks.listing`);
 * no (station, sequence) twice across the audited epochs (the same record twice, or two
@@ -38,9 +49,9 @@ audit starts, so a backend settling meanwhile cannot make the audit inconsistent
   the user's wallet, not the operator, made the payment uncollectable) (`checks.skips`);
 
 and over the whole chain: every mint and burn of the token is explained by a settlement chunk
-(`checks.transactions`), total supply equals minted minus burned, and, when every committed
-epoch was audited, equals the recomputed credits of all epochs minus what the payments burned
-(`checks.supply`).
+(`checks.transactions`), total supply equals minted minus burned, and equals the recomputed
+credits of all epochs minus what the payments burned, an unpublished epoch earning nothing
+(`checks.supply`; not compared only when the user restricted the range).
 
 Every finding is a `findings.Discrepancy` with a stable `kind` (`findings.Kind`), the epoch and
 record it concerns, and what was expected and found. `core.audit` (and `core.Auditor.run`,

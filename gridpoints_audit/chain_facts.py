@@ -1,19 +1,24 @@
 """The auditor's read of public chain data, through gridpoints_chain, at one block.
 
-`read_chain` reads the station registry, Settlement.getEpoch of the audited epochs and every
+`read_chain` reads the station registry, Settlement.getEpoch of every committed epoch and every
 settlement event and token mint and burn since the deployment block, pinned to the head when
 it starts (so a backend settling meanwhile cannot make the audit inconsistent). It attributes
 each transaction's mints and burns to the settlement events after them and records what it
 saw; it judges nothing: gridpoints_audit.checks does.
+
+`ChainLookups` answers the few questions the source's claims raise after that block was read
+(`LiveLookups`): the receipt of a settlement transaction the source names, a block's
+timestamp. A claim about the chain is made later than the audit block (the source is read
+after it), so what it names may be newer; a receipt says whether it is on chain at all.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hexbytes import HexBytes
 from web3.exceptions import Web3Exception
@@ -215,10 +220,21 @@ def _topic(event: Any) -> bytes:
     return bytes(HexBytes(event().topic))
 
 
-def read_chain(
-    chain: GridPointsChain, epoch_ids: Iterable[int], *, block_range: int = DEFAULT_BLOCK_RANGE
-) -> ChainFacts:
-    """Reads the registry, the settlement and the token's mints and burns at the head."""
+def settlement_event_names(chain: GridPointsChain) -> dict[bytes, str]:
+    """The Settlement events the audit reads, by topic."""
+    events = chain.settlement.events
+    return {
+        _topic(events.EpochCommitted): "EpochCommitted",
+        _topic(events.ChunkApplied): "ChunkApplied",
+        _topic(events.PaymentApplied): "PaymentApplied",
+        _topic(events.PaymentSkipped): "PaymentSkipped",
+        _topic(events.AuthorizationCanceled): "AuthorizationCanceled",
+    }
+
+
+def read_chain(chain: GridPointsChain, *, block_range: int = DEFAULT_BLOCK_RANGE) -> ChainFacts:
+    """Reads the registry, every committed epoch, the settlement and the token's mints and
+    burns at the head."""
     w3 = chain.w3
     head = int(w3.eth.block_number)
     settlement = chain.settlement
@@ -226,32 +242,25 @@ def read_chain(
     start = chain.deployment.deployment_block
     stations = chain.station_histories(to_block=head, block_range=block_range)
     epochs: dict[int, ChainEpoch] = {}
-    for epoch_id in epoch_ids:
-        if 1 <= epoch_id <= last:
-            raw = settlement.functions.getEpoch(epoch_id).call(block_identifier=head)
-            epochs[epoch_id] = ChainEpoch(
-                epoch_id,
-                bytes(raw[0]),
-                bytes(raw[1]),
-                bytes(raw[2]),
-                int(raw[3]),
-                int(raw[4]),
-                int(raw[5]),
-                int(raw[6]),
-                int(raw[7]),
-                int(raw[8]),
-            )
+    for epoch_id in range(1, last + 1):
+        raw = settlement.functions.getEpoch(epoch_id).call(block_identifier=head)
+        epochs[epoch_id] = ChainEpoch(
+            epoch_id,
+            bytes(raw[0]),
+            bytes(raw[1]),
+            bytes(raw[2]),
+            int(raw[3]),
+            int(raw[4]),
+            int(raw[5]),
+            int(raw[6]),
+            int(raw[7]),
+            int(raw[8]),
+        )
     facts = ChainFacts(head, last, epochs, stations)
     facts.total_supply = int(chain.token.functions.totalSupply().call(block_identifier=head))
 
     # Settlement events and the token's mints and burns, merged in chain order.
-    kinds = {
-        _topic(settlement.events.EpochCommitted): "EpochCommitted",
-        _topic(settlement.events.ChunkApplied): "ChunkApplied",
-        _topic(settlement.events.PaymentApplied): "PaymentApplied",
-        _topic(settlement.events.PaymentSkipped): "PaymentSkipped",
-        _topic(settlement.events.AuthorizationCanceled): "AuthorizationCanceled",
-    }
+    kinds = settlement_event_names(chain)
     topics = ["0x" + t.hex() for t in kinds]
     logs = _get_logs(chain, settlement.address, [topics], start, head, block_range)
     token = chain.token.address
@@ -391,3 +400,87 @@ def attribute_transaction(
             tally.events.append(ChunkTally(epoch_id, chunk_id, (entries, amount), seen))
     tally.unattributed_mints = mints
     tally.unattributed_burns = burns
+
+
+# ---- what the source's claims make the audit look up -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MinedTransaction:
+    """A transaction's receipt: its block, status, gas and the Settlement contract's logs."""
+
+    tx_hash: bytes
+    block: int
+    succeeded: bool
+    gas_used: int
+    # the Settlement contract's logs of the events the audit reads, named, in log order
+    events: tuple[tuple[str, RawLog], ...]
+
+
+class ChainLookups(Protocol):
+    """Reads the claims of a source make necessary, at the chain's current head."""
+
+    def transaction(self, tx_hash: bytes) -> MinedTransaction | None:
+        """The mined transaction (None: the chain has no such transaction)."""
+        ...
+
+    def block_timestamp(self, block: int) -> int | None:
+        """The timestamp of a block (None: no such block)."""
+        ...
+
+
+class LiveLookups:
+    """`ChainLookups` over the JSON-RPC node, each answer read once."""
+
+    def __init__(self, chain: GridPointsChain) -> None:
+        self.chain = chain
+        self._settlement = _unhex(chain.settlement.address.lower())
+        self._names = settlement_event_names(chain)
+        self._transactions: dict[bytes, MinedTransaction | None] = {}
+        self._timestamps: dict[int, int | None] = {}
+
+    def _request(self, method: str, params: list[Any]) -> Any:
+        try:
+            reply = self.chain.w3.provider.make_request(method, params)  # type: ignore[arg-type]
+        except Exception as exc:  # connection refused, timeouts: the node is not usable
+            raise AuditError(f"the RPC node does not answer {method}: {exc}") from exc
+        if "error" in reply:
+            raise AuditError(f"the RPC node refused {method}: {reply['error']}")
+        return reply["result"]
+
+    def transaction(self, tx_hash: bytes) -> MinedTransaction | None:
+        if tx_hash not in self._transactions:
+            raw = self._request("eth_getTransactionReceipt", ["0x" + tx_hash.hex()])
+            self._transactions[tx_hash] = None if raw is None else self._mined(tx_hash, raw)
+        return self._transactions[tx_hash]
+
+    def _mined(self, tx_hash: bytes, raw: Mapping[str, Any]) -> MinedTransaction:
+        block = int(raw["blockNumber"], 16)
+        events = []
+        for log in raw["logs"]:
+            topics = tuple(_unhex(t) for t in log["topics"])
+            name = self._names.get(topics[0]) if topics else None
+            if name is None or _unhex(log["address"].lower()) != self._settlement:
+                continue
+            events.append(
+                (
+                    name,
+                    RawLog(
+                        block,
+                        int(log["logIndex"], 16),
+                        tx_hash,
+                        self._settlement,
+                        topics,
+                        _unhex(log["data"]),
+                    ),
+                )
+            )
+        return MinedTransaction(
+            tx_hash, block, int(raw["status"], 16) == 1, int(raw["gasUsed"], 16), tuple(events)
+        )
+
+    def block_timestamp(self, block: int) -> int | None:
+        if block not in self._timestamps:
+            raw = self._request("eth_getBlockByNumber", [hex(block), False])
+            self._timestamps[block] = None if raw is None else int(raw["timestamp"], 16)
+        return self._timestamps[block]

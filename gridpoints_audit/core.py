@@ -1,17 +1,25 @@
 """The audit: `audit` runs every check over the chain facts and a record source and returns
 the report; `Auditor` reads the chain facts first (the convenience the CLI and the tests use).
-The package docstring (gridpoints_audit) says what is checked."""
+The package docstring (gridpoints_audit) says what is checked.
+
+The audited range comes from the chain: every epoch committed at the audit block, unless the
+user restricts it (then the report is not `complete`). A committed epoch the source does not
+publish is a finding, not a gap; what the source publishes is read no further than the chain
+says it can reach (its record count)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gridpoints_audit.chain_facts import (
     DEFAULT_BLOCK_RANGE,
     ChainEpoch,
     ChainFacts,
+    ChainLookups,
+    LiveLookups,
     read_chain,
 )
 from gridpoints_audit.checks.anchors import (
@@ -19,12 +27,20 @@ from gridpoints_audit.checks.anchors import (
     anchored_totals_findings,
     records_root_findings,
 )
-from gridpoints_audit.checks.claims import claim_findings
+from gridpoints_audit.checks.claims import (
+    claim_findings,
+    first_log_index_findings,
+    recomputed_claim_findings,
+    state_findings,
+    time_findings,
+)
 from gridpoints_audit.checks.history import AuditedHistory
 from gridpoints_audit.checks.listing import PublishedList, published_leaf
 from gridpoints_audit.checks.movements import movement_findings
+from gridpoints_audit.checks.record_claims import record_claim_findings
 from gridpoints_audit.checks.records import RecordChecks
 from gridpoints_audit.checks.skips import unverified_skips_note
+from gridpoints_audit.checks.steps import step_findings
 from gridpoints_audit.checks.supply import supply_findings
 from gridpoints_audit.checks.tariff import verified_tariff
 from gridpoints_audit.checks.transactions import transaction_findings
@@ -32,6 +48,7 @@ from gridpoints_audit.findings import (
     AuditError,
     AuditReport,
     Discrepancy,
+    EpochUnpublished,
     EpochVerdict,
     Kind,
     RecordsUnavailable,
@@ -44,6 +61,8 @@ from gridpoints_chain.deployment import Deployment, deployment_domain
 from gridpoints_chain.errors import ChainError
 from gridpoints_protocol.accumulator import EpochSummary
 from gridpoints_protocol.authorization import SettlementDomain
+from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
+from gridpoints_protocol.tariff import Tariff
 
 _PROGRESS_EVERY = 500
 
@@ -70,7 +89,7 @@ class _NoProgress:
 
 
 class Auditor:
-    """Audits epochs of one deployment from a record source, against the chain."""
+    """Audits the epochs of one deployment from a record source, against the chain."""
 
     def __init__(
         self,
@@ -78,16 +97,18 @@ class Auditor:
         source: RecordSource,
         *,
         block_range: int = DEFAULT_BLOCK_RANGE,
+        clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
         progress: AuditProgress | None = None,
     ) -> None:
         self.chain = chain
         self.source = source
         self.block_range = block_range
+        self.clock_skew_s = clock_skew_s
         self.progress: AuditProgress = progress or _NoProgress()
 
     def run(self, *, from_epoch: int | None = None, to_epoch: int | None = None) -> AuditReport:
-        """Audits the epochs in [from_epoch, to_epoch] (defaults: what the source holds, or
-        every committed epoch) and the token as a whole. Closes the source."""
+        """Audits every epoch the chain committed (or only [from_epoch, to_epoch]: then the
+        report is not complete) and the token as a whole. Closes the source."""
         try:
             return self._run(from_epoch, to_epoch)
         finally:
@@ -98,28 +119,29 @@ class Auditor:
         self.progress.stage("checking the chain")
         try:
             self.chain.check()
-            last = int(self.chain.settlement.functions.lastEpochId().call())
         except ChainError as exc:
             raise AuditError(str(exc)) from exc
         except Exception as exc:  # connection refused, timeouts: the node is not usable
             raise AuditError(f"the RPC node does not answer: {exc}") from exc
-        held = self.source.epoch_ids()
-        lo = from_epoch if from_epoch is not None else (min(held) if held else 1)
-        hi = to_epoch if to_epoch is not None else max(lo - 1, max(held) if held else last)
+        lo = 1 if from_epoch is None else from_epoch
         if lo < 1 or (to_epoch is not None and to_epoch < lo):
-            raise AuditError(f"empty or invalid epoch range {lo}..{hi}")
+            raise AuditError(f"empty or invalid epoch range {lo}..{to_epoch}")
         self.progress.stage("reading registry and settlement events")
         try:
-            facts = read_chain(self.chain, range(lo, hi + 1), block_range=self.block_range)
+            facts = read_chain(self.chain, block_range=self.block_range)
         except Exception as exc:
             raise AuditError(f"reading the chain failed: {exc}") from exc
+        held = self.source.epoch_ids() or []
+        hi = to_epoch if to_epoch is not None else max([facts.last_epoch_id, lo - 1, *held])
         return audit(
             facts,
             self.source,
             self.chain.deployment,
             self.chain.settlement_domain,
+            LiveLookups(self.chain),
             first_epoch=lo,
             last_epoch=hi,
+            clock_skew_s=self.clock_skew_s,
             progress=self.progress,
             started=started,
         )
@@ -130,20 +152,25 @@ def audit(
     source: RecordSource,
     deployment: Deployment,
     settlement_domain: SettlementDomain,
+    lookups: ChainLookups,
     *,
     first_epoch: int,
     last_epoch: int,
+    clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
     progress: AuditProgress | None = None,
     started: float | None = None,
 ) -> AuditReport:
     """Audits epochs `first_epoch`..`last_epoch` of `source` against `facts` (read at one
-    block by `read_chain` for these epochs) and the token as a whole. `started`: the
-    `time.perf_counter()` the audit began at, if before this call (the chain reading)."""
+    block by `read_chain`) and the token as a whole; `lookups` answers what the source's
+    claims make the audit look up on chain. The report is complete when the range covers
+    every committed epoch. `started`: the `time.perf_counter()` the audit began at, if before
+    this call (the chain reading)."""
     started = time.perf_counter() if started is None else started
     progress = progress or _NoProgress()
     lo, hi = first_epoch, last_epoch
+    complete = lo <= 1 and hi >= facts.last_epoch_id
     held = source.epoch_ids()
-    findings: list[Discrepancy] = transaction_findings(facts)
+    findings: list[Discrepancy] = transaction_findings(facts) + source.source_findings()
     notes: list[str] = []
     unverified = unverified_skips_note(facts)
     if unverified is not None:
@@ -154,23 +181,33 @@ def audit(
             f"{facts.block}); epochs {max(lo, facts.last_epoch_id + 1)}..{hi} are not audited"
         )
         findings += _uncommitted_findings(facts, held or [], lo, hi)
-    records = RecordChecks(deployment_domain(deployment), settlement_domain, facts.stations)
-    history = AuditedHistory()
+    records = RecordChecks(
+        deployment_domain(deployment),
+        settlement_domain,
+        facts.stations,
+        clock_skew_s=clock_skew_s,
+    )
+    context = _EpochContext(
+        facts, source, deployment, records, AuditedHistory(), lookups, progress, clock_skew_s
+    )
     audited = [facts.epochs[e] for e in range(lo, hi + 1) if e in facts.epochs]
     progress.begin(sum(e.record_count for e in audited))
     verdicts: list[EpochVerdict] = []
     summaries: dict[int, EpochSummary | None] = {}
+    unpublished: set[int] = set()
     record_total = 0
     for chain_epoch in audited:
-        verdict, epoch_findings, summary = _audit_epoch(
-            chain_epoch, facts, source, deployment, records, history, progress
-        )
+        verdict, epoch_findings, summary, published = context.audit_epoch(chain_epoch)
         verdicts.append(verdict)
         findings.extend(epoch_findings)
         summaries[chain_epoch.epoch_id] = summary
+        if not published:
+            unpublished.add(chain_epoch.epoch_id)
         record_total += verdict.records_seen
-    findings.extend(history.meter_findings())
-    supply, supply_notes = supply_findings(facts, lo, hi, verdicts, summaries)
+    findings.extend(context.history.meter_findings())
+    supply, supply_notes = supply_findings(
+        facts, verdicts, summaries, complete=complete, unpublished=unpublished
+    )
     findings.extend(supply)
     notes.extend(supply_notes)
     by_epoch: dict[int, int] = {}
@@ -196,6 +233,7 @@ def audit(
         burned=facts.burned,
         elapsed_s=time.perf_counter() - started,
         notes=notes,
+        complete=complete,
     )
 
 
@@ -217,111 +255,218 @@ def _uncommitted_findings(
     ]
 
 
-def _audit_epoch(
-    ce: ChainEpoch,
-    facts: ChainFacts,
-    source: RecordSource,
-    deployment: Deployment,
-    records: RecordChecks,
-    history: AuditedHistory,
-    progress: AuditProgress,
-) -> tuple[EpochVerdict, list[Discrepancy], EpochSummary | None]:
-    e = ce.epoch_id
-    progress.stage(f"epoch {e}")
-    verdict = EpochVerdict(
-        e,
-        record_count=ce.record_count,
-        tariff_hash=as_hex(ce.tariff_hash),
-        records_root=as_hex(ce.records_root),
-        commit_tx=as_hex(facts.commit_txs.get(e)),
+@dataclass(slots=True)
+class _EpochContext:
+    """What auditing one epoch needs besides the epoch."""
+
+    facts: ChainFacts
+    source: RecordSource
+    deployment: Deployment
+    records: RecordChecks
+    history: AuditedHistory
+    lookups: ChainLookups
+    progress: AuditProgress
+    clock_skew_s: int
+    # epoch id -> its first log index: the epochs tile the operator's log from 0
+    first_log_index: dict[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_log_index = {}
+        position = 0
+        for epoch_id in sorted(self.facts.epochs):
+            self.first_log_index[epoch_id] = position
+            position += self.facts.epochs[epoch_id].record_count
+
+    def audit_epoch(
+        self, ce: ChainEpoch
+    ) -> tuple[EpochVerdict, list[Discrepancy], EpochSummary | None, bool]:
+        """The verdict, findings and recomputed summary of one committed epoch, and whether the
+        source publishes it at all."""
+        e = ce.epoch_id
+        facts = self.facts
+        self.progress.stage(f"epoch {e}")
+        verdict = EpochVerdict(
+            e,
+            record_count=ce.record_count,
+            tariff_hash=as_hex(ce.tariff_hash),
+            records_root=as_hex(ce.records_root),
+            commit_tx=as_hex(facts.commit_txs.get(e)),
+            minted=sum(sum(v for _, v in c.mints) for c in facts.credit_chunks.get(e, [])),
+            burned=sum(p.burned for p in facts.payments.get(e, [])),
+            skipped=len(facts.skips.get(e, [])),
+        )
+        out: list[Discrepancy] = []
+        claims: Mapping[str, Any] | None = None
+        try:
+            claims = self.source.claims(e)
+        except EpochUnpublished as exc:
+            verdict.notes.append("not published by the source")
+            self.progress.advance(e, ce.record_count)
+            return verdict, [_unpublished(ce, verdict, str(exc))], None, False
+        except SourceMalformed as exc:
+            out.append(
+                Discrepancy(
+                    Kind.SOURCE_MALFORMED,
+                    f"epoch {e}: what the source says about the epoch cannot be read: {exc}",
+                    epoch_id=e,
+                )
+            )
+        out += claim_findings(ce, claims)
+        tariff, found = verified_tariff(ce, self.source.tariff(e, ce.tariff_hash))
+        out += found
+        verdict.tariff_version = tariff.version if tariff is not None else None
+        verdict.valued = tariff is not None
+
+        refold = EpochRefold(tariff)
+        listing = PublishedList(e, ce.record_count)
+        out += self._read_records(ce, refold, listing)
+        verdict.records_seen = listing.published
+        out += self.source.integrity(e, self.deployment)
+
+        summary, root, found = refold.finish(e)
+        out += found
+        out += records_root_findings(ce, root)
+        applied = ce.applied_credits >= ce.total_credits
+        if summary is not None:
+            verdict.total_credits = summary.total_credits
+            verdict.total_debits = summary.total_debits
+            out += anchored_totals_findings(ce, summary)
+            movements = movement_findings(e, facts, summary, refold.refs, refold.payments)
+            out += movements.findings
+            applied = not movements.incomplete
+            if movements.settling_note is not None:
+                verdict.notes.append(movements.settling_note)
+                verdict.status = "settling"
+        else:
+            verdict.notes.append("valuation not checked: no verified tariff")
+        if claims is not None:
+            out += self._claimed_settlement(ce, claims, tariff, summary, applied, verdict)
+        return verdict, out, summary, True
+
+    def _read_records(
+        self, ce: ChainEpoch, refold: EpochRefold, listing: PublishedList
+    ) -> list[Discrepancy]:
+        """Reads and checks the published records, no more than one beyond the anchored
+        count (a source that offers more is not read further)."""
+        e = ce.epoch_id
+        out: list[Discrepancy] = []
+        read_all = False
+        try:
+            for item in self.source.records(e, ce.record_count):
+                if listing.published > ce.record_count:
+                    out.append(
+                        Discrepancy(
+                            Kind.SOURCE_MALFORMED,
+                            f"epoch {e}: the source publishes more than the "
+                            f"{ce.record_count} records the chain committed; the rest was not "
+                            "read",
+                            epoch_id=e,
+                            expected=ce.record_count,
+                        )
+                    )
+                    break
+                leaf = published_leaf(item)
+                out += listing.place(leaf)
+                out += self._check_record(ce, item, leaf, refold)
+                if listing.published % _PROGRESS_EVERY == 0:
+                    self.progress.advance(e, _PROGRESS_EVERY)
+            read_all = True
+        except RecordsUnavailable as exc:
+            out.append(
+                Discrepancy(
+                    Kind.RECORDS_UNAVAILABLE,
+                    f"epoch {e}: {exc}",
+                    epoch_id=e,
+                    expected=ce.record_count,
+                    found=None,
+                )
+            )
+        except SourceMalformed as exc:
+            out.append(
+                Discrepancy(
+                    Kind.SOURCE_MALFORMED,
+                    f"epoch {e}: {exc}; the records after it were not read",
+                    epoch_id=e,
+                )
+            )
+        self.progress.advance(e, listing.published % _PROGRESS_EVERY)
+        if read_all:
+            out += listing.complete()
+        return out
+
+    def _check_record(
+        self, ce: ChainEpoch, item: Any, leaf: int | None, refold: EpochRefold
+    ) -> list[Discrepancy]:
+        """Checks one published record, against the history too, and folds it in."""
+        e = ce.epoch_id
+        checked, out = self.records.check(e, item, leaf, ce.committed_at)
+        if checked is None:
+            return out  # does not parse: it has no leaf
+        out += record_claim_findings(
+            e,
+            item,
+            checked,
+            first_log_index=self.first_log_index[e],
+            committed_at=ce.committed_at,
+            clock_skew_s=self.clock_skew_s,
+        )
+        reused = self.history.admit_payment(e, checked)
+        if reused is not None:
+            out.append(reused)
+        elif checked.authorization is not None:
+            refold.pays(checked)
+        duplicate = self.history.admit_record(e, checked)
+        if duplicate is not None:
+            out.append(duplicate)
+        out += refold.add(e, checked)
+        return out
+
+    def _claimed_settlement(
+        self,
+        ce: ChainEpoch,
+        claims: Mapping[str, Any],
+        tariff: Tariff | None,
+        summary: EpochSummary | None,
+        applied: bool,
+        verdict: EpochVerdict,
+    ) -> list[Discrepancy]:
+        """What the source says about the epoch beyond its anchors: its position in the log,
+        tariff version, counts, settlement steps, state and times."""
+        out = first_log_index_findings(ce, claims, self.first_log_index[ce.epoch_id])
+        out += recomputed_claim_findings(ce, claims, tariff, summary)
+        steps = step_findings(
+            ce,
+            claims,
+            summary,
+            self.lookups,
+            audit_block=self.facts.block,
+            commit_tx=self.facts.commit_txs.get(ce.epoch_id),
+        )
+        out += steps.findings
+        out += state_findings(ce, claims, applied=applied, steps=steps)
+        out += time_findings(ce, claims, steps, self.lookups, self.clock_skew_s)
+        if steps.newer_than_audit:
+            verdict.notes.append(
+                f"{steps.newer_than_audit} settlement steps the source names were mined after "
+                f"the audit block {self.facts.block} (verified by their receipts)"
+            )
+        return out
+
+
+def _unpublished(ce: ChainEpoch, verdict: EpochVerdict, why: str) -> Discrepancy:
+    minted = verdict.minted
+    return Discrepancy(
+        Kind.EPOCH_UNPUBLISHED,
+        f"epoch {ce.epoch_id} is committed on chain ({ce.record_count} records, "
+        f"totalCredits {ce.total_credits}, {minted} points minted so far) but the source does "
+        f"not publish it ({why}): nothing of it can be checked",
+        epoch_id=ce.epoch_id,
+        expected="the epoch published",
+        found=None,
+        details={
+            "recordCount": ce.record_count,
+            "totalCredits": ce.total_credits,
+            "minted": minted,
+            "commitTx": verdict.commit_tx,
+        },
     )
-    out: list[Discrepancy] = list(source.integrity(e, deployment))
-    out += claim_findings(ce, _claims(source, e))
-    tariff, found = verified_tariff(ce, source.tariff(e, ce.tariff_hash))
-    out += found
-    verdict.tariff_version = tariff.version if tariff is not None else None
-    verdict.valued = tariff is not None
-
-    refold = EpochRefold(tariff)
-    listing = PublishedList(e, ce.record_count)
-    read_all = False
-    try:
-        for item in source.records(e):
-            leaf = published_leaf(item)
-            out += listing.place(leaf)
-            out += _check_record(e, item, leaf, records, history, refold)
-            if listing.published % _PROGRESS_EVERY == 0:
-                progress.advance(e, _PROGRESS_EVERY)
-        read_all = True
-    except RecordsUnavailable as exc:
-        out.append(
-            Discrepancy(
-                Kind.RECORDS_UNAVAILABLE,
-                f"epoch {e}: {exc}",
-                epoch_id=e,
-                expected=ce.record_count,
-                found=None,
-            )
-        )
-    except SourceMalformed as exc:
-        out.append(
-            Discrepancy(
-                Kind.SOURCE_MALFORMED,
-                f"epoch {e}: {exc}; the records after it were not read",
-                epoch_id=e,
-            )
-        )
-    progress.advance(e, listing.published % _PROGRESS_EVERY)
-    verdict.records_seen = listing.published
-    if read_all:
-        out += listing.complete()
-
-    summary, root, found = refold.finish(e)
-    out += found
-    out += records_root_findings(ce, root)
-    if summary is not None:
-        verdict.total_credits = summary.total_credits
-        verdict.total_debits = summary.total_debits
-        out += anchored_totals_findings(ce, summary)
-        movements = movement_findings(e, facts, summary, refold.refs, refold.payments)
-        out += movements.findings
-        if movements.settling_note is not None:
-            verdict.notes.append(movements.settling_note)
-            verdict.status = "settling"
-    else:
-        verdict.notes.append("valuation not checked: no verified tariff")
-    verdict.minted = sum(sum(v for _, v in c.mints) for c in facts.credit_chunks.get(e, []))
-    verdict.burned = sum(p.burned for p in facts.payments.get(e, []))
-    verdict.skipped = len(facts.skips.get(e, []))
-    return verdict, out, summary
-
-
-def _claims(source: RecordSource, epoch_id: int) -> Mapping[str, Any] | None:
-    try:
-        return source.claims(epoch_id)
-    except SourceMalformed:
-        return None
-
-
-def _check_record(
-    e: int,
-    item: Any,
-    leaf: int | None,
-    records: RecordChecks,
-    history: AuditedHistory,
-    refold: EpochRefold,
-) -> list[Discrepancy]:
-    """Checks one published record, against the history too, and folds it in."""
-    checked, out = records.check(e, item, leaf)
-    if checked is None:
-        return out  # does not parse: it has no leaf
-    reused = history.admit_payment(e, checked)
-    if reused is not None:
-        out.append(reused)
-    elif checked.authorization is not None:
-        refold.pays(checked)
-    duplicate = history.admit_record(e, checked)
-    if duplicate is not None:
-        out.append(duplicate)
-    out += refold.add(e, checked)
-    return out

@@ -22,6 +22,8 @@ class Kind(StrEnum):
     ENERGY_EXCEEDS_MAX_POWER = "energy_exceeds_max_power"
     PAYMENT_INVALID = "payment_invalid"
     RECORD_UNVALUABLE = "record_unvaluable"
+    END_AFTER_COMMIT = "end_after_commit"
+    RECORD_CLAIM_MISMATCH = "record_claim_mismatch"
     # records against each other (across all audited epochs)
     DUPLICATE_RECORD = "duplicate_record"
     EQUIVOCATION = "equivocation"
@@ -34,6 +36,8 @@ class Kind(StrEnum):
     LEAF_INDEX_MISMATCH = "leaf_index_mismatch"
     RECORD_COUNT_MISMATCH = "record_count_mismatch"
     EPOCH_NOT_COMMITTED = "epoch_not_committed"
+    EPOCH_UNPUBLISHED = "epoch_unpublished"
+    LOG_INDEX_MISMATCH = "log_index_mismatch"
     # an epoch's anchors
     RECORDS_ROOT_MISMATCH = "records_root_mismatch"
     TARIFF_UNAVAILABLE = "tariff_unavailable"
@@ -55,6 +59,11 @@ class Kind(StrEnum):
     CHUNK_AMOUNT_MISMATCH = "chunk_amount_mismatch"
     # what the source says about itself
     SOURCE_CLAIM_MISMATCH = "source_claim_mismatch"
+    TARIFF_VERSION_MISMATCH = "tariff_version_mismatch"
+    COUNT_CLAIM_MISMATCH = "count_claim_mismatch"
+    SETTLEMENT_STEP_MISMATCH = "settlement_step_mismatch"
+    STATE_CLAIM_MISMATCH = "state_claim_mismatch"
+    TIME_CLAIM_MISMATCH = "time_claim_mismatch"
     BUNDLE_FILE_MISMATCH = "bundle_file_mismatch"
     DEPLOYMENT_MISMATCH = "deployment_mismatch"
     # the token as a whole
@@ -67,6 +76,45 @@ class Kind(StrEnum):
 def as_hex(value: bytes | None) -> str | None:
     """Bytes as a finding shows them: 0x-prefixed lowercase hex."""
     return None if value is None else "0x" + bytes(value).hex()
+
+
+# How much of a value the source served a finding repeats: the source is hostile, and a
+# finding must stay small and printable (a 100 MB string or a list nested 900 deep is not).
+_SHOWN_CHARS = 200
+_SHOWN_ITEMS = 20
+_SHOWN_DEPTH = 4
+_MESSAGE_CHARS = 1_000
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """`value` cut down to what a report can repeat: strings shortened, containers cut in
+    length and depth, anything that is not JSON shown by its type."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 256 else f"<int of {value.bit_length()} bits>"
+    if isinstance(value, str):
+        return value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "…"
+    if isinstance(value, Mapping | list | tuple) and depth >= _SHOWN_DEPTH:
+        return f"<{type(value).__name__} of {len(value)} items, nested too deep to show>"
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        out = {str(k)[:_SHOWN_CHARS]: bounded(v, depth + 1) for k, v in items[:_SHOWN_ITEMS]}
+        if len(items) > _SHOWN_ITEMS:
+            out["…"] = f"{len(items) - _SHOWN_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple):
+        shown = [bounded(v, depth + 1) for v in value[:_SHOWN_ITEMS]]
+        if len(value) > _SHOWN_ITEMS:
+            shown.append(f"… {len(value) - _SHOWN_ITEMS} more")
+        return shown
+    return f"<{type(value).__name__}>"
+
+
+def shown(value: Any) -> str:
+    """A value the source served, as a message may quote it (short, one line)."""
+    text = value if isinstance(value, str) else repr(bounded(value))
+    return text if len(text) <= 80 else text[:80] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +137,10 @@ class Discrepancy:
     details: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": str(self.kind), "message": self.message}
+        message = self.message
+        if len(message) > _MESSAGE_CHARS:  # it may quote what a hostile source served
+            message = message[:_MESSAGE_CHARS] + "…"
+        out: dict[str, Any] = {"kind": str(self.kind), "message": message}
         for name, value in (
             ("epochId", self.epoch_id),
             ("stationId", self.station_id),
@@ -101,10 +152,10 @@ class Discrepancy:
         ):
             if value is not None:
                 out[name] = value
-        out["expected"] = self.expected
-        out["found"] = self.found
+        out["expected"] = bounded(self.expected)
+        out["found"] = bounded(self.found)
         if self.details:
-            out["details"] = dict(self.details)
+            out["details"] = bounded(dict(self.details))
         return out
 
 
@@ -191,9 +242,13 @@ class AuditReport:
     burned: int
     elapsed_s: float
     notes: list[str] = field(default_factory=list)
+    # Every epoch the chain committed was audited: False only when the user restricted the
+    # range (then the total supply was not compared with the records).
+    complete: bool = True
 
     @property
     def clean(self) -> bool:
+        """No discrepancy in what was audited (`complete` says whether that was everything)."""
         return not self.discrepancies
 
     def kinds(self) -> set[str]:
@@ -205,6 +260,7 @@ class AuditReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "clean": self.clean,
+            "complete": self.complete,
             "source": self.source,
             "chainId": self.chain_id,
             "block": self.block,
@@ -232,3 +288,8 @@ class RecordsUnavailable(Exception):
 
 class SourceMalformed(Exception):
     """The source answered something that is not what its format promises (a finding)."""
+
+
+class EpochUnpublished(Exception):
+    """The source does not publish a committed epoch at all: no bundle of it, or the API has
+    no such epoch (a finding: epoch_unpublished)."""

@@ -1,6 +1,12 @@
 """Where the auditor reads published records: the backend's public read API (`ApiSource`) or
 exported epoch bundles (`BundleSource`, written by ``gridpoints epoch export``, see
-backend/bundle.py and docs/AUDIT.md). Everything a source returns is untrusted."""
+backend/bundle.py and docs/AUDIT.md).
+
+Everything a source returns is the operator's and therefore hostile: every read is bounded
+(a document's bytes, a line's bytes, a page's records, the pages an epoch may take: no more
+than the record count the chain committed), and what cannot be read is `SourceMalformed` (a
+finding), never an exception out of the audit. JSON is parsed by `parse_json`, which turns a
+nesting bomb (``'[' * 100_000``) into `SourceMalformed` instead of a RecursionError."""
 
 from __future__ import annotations
 
@@ -17,9 +23,11 @@ import httpx
 from gridpoints_audit.findings import (
     AuditError,
     Discrepancy,
+    EpochUnpublished,
     Kind,
     RecordsUnavailable,
     SourceMalformed,
+    shown,
 )
 from gridpoints_chain.deployment import Deployment
 from gridpoints_protocol.bundle_format import (
@@ -29,6 +37,21 @@ from gridpoints_protocol.bundle_format import (
     RECORDS_FILE,
     TARIFF_FILE,
 )
+
+# Far above what an honest source sends (a record line is about 1 KB, a page of 1,000 records
+# about 1.5 MB, a manifest a few KB per settlement step), far below what hurts the auditor.
+MAX_LINE_BYTES = 1 << 20
+MAX_DOCUMENT_BYTES = 64 << 20
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """`data` parsed as JSON, or SourceMalformed saying why not."""
+    try:
+        return json.loads(data)
+    except RecursionError:  # a nesting bomb: the parser recursed past the interpreter's limit
+        raise SourceMalformed(f"{what} is JSON nested too deep to read") from None
+    except ValueError:
+        raise SourceMalformed(f"{what} is not JSON") from None
 
 
 class RecordSource(Protocol):
@@ -40,14 +63,17 @@ class RecordSource(Protocol):
         """The epochs the source holds (a bundle collection), or None (ask per epoch)."""
         ...
 
-    def claims(self, epoch_id: int) -> Mapping[str, Any] | None:
-        """What the source says the epoch anchors (recordCount, recordsRoot, creditsRoot,
-        tariffHash, totalCredits, totalDebits), or None."""
+    def claims(self, epoch_id: int) -> Mapping[str, Any]:
+        """What the source says about the epoch: the API's epoch view or the bundle's manifest,
+        with the settlement steps under ``steps`` (docs/AUDIT.md lists each claim and how it is
+        checked). Raises EpochUnpublished when the source does not have the epoch at all,
+        SourceMalformed when its answer cannot be read, AuditError."""
         ...
 
-    def records(self, epoch_id: int) -> Iterator[Any]:
+    def records(self, epoch_id: int, record_count: int) -> Iterator[Any]:
         """The published records of the epoch in leaf order: JSON objects with ``record``,
-        ``signature``, ``digest``, ``leafIndex`` and ``payment`` when paid with points.
+        ``signature``, ``digest``, ``leafIndex``, ``logIndex`` and ``payment`` when paid with
+        points. `record_count` is the count the chain committed: no paging beyond it.
         Raises RecordsUnavailable, SourceMalformed (mid-stream too), AuditError."""
         ...
 
@@ -56,7 +82,14 @@ class RecordSource(Protocol):
         ...
 
     def integrity(self, epoch_id: int, deployment: Deployment) -> list[Discrepancy]:
-        """Findings about the source's own container (bundle file hashes, deployment)."""
+        """Findings about the source's own container for the epoch (bundle file hashes and
+        sizes, deployment; what the API's record pages said about themselves), once its
+        records were read."""
+        ...
+
+    def source_findings(self) -> list[Discrepancy]:
+        """Findings about the source as a whole, tied to no epoch (a bundle directory without
+        a readable manifest)."""
         ...
 
     def close(self) -> None: ...
@@ -78,70 +111,127 @@ class ApiSource:
         self.page_size = page_size
         self.retries = retries
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout)
+        # What the records pages said about themselves that differs from the chain, per epoch.
+        self._page_findings: dict[int, list[Discrepancy]] = {}
 
-    def _get(self, path: str, **params: Any) -> httpx.Response:
+    def _get(self, path: str, **params: Any) -> tuple[int, bytes]:
+        """(status, body) of a GET, the body read up to MAX_DOCUMENT_BYTES; a transport error
+        or a 5xx is retried, then the API does not answer (AuditError)."""
         last: Exception | None = None
         for attempt in range(self.retries):
             try:
-                response = self._client.get(path, params=params or None)
+                with self._client.stream("GET", path, params=params or None) as response:
+                    if response.status_code >= 500:
+                        last = AuditError(f"{path}: HTTP {response.status_code}")
+                    else:
+                        return response.status_code, _read_capped(response, path)
             except httpx.TransportError as exc:
                 last = exc
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            if response.status_code >= 500:
-                last = AuditError(f"{path}: HTTP {response.status_code}")
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            return response
+            except httpx.HTTPError as exc:  # an undecodable body, a redirect loop
+                raise SourceMalformed(f"GET {path}: {type(exc).__name__}: {exc}") from None
+            time.sleep(0.2 * (attempt + 1))
         raise AuditError(f"the API at {self.base_url} does not answer {path}: {last}")
-
-    def _json(self, response: httpx.Response, what: str) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            raise SourceMalformed(f"{what}: the API answered something that is not JSON") from None
 
     def epoch_ids(self) -> list[int] | None:
         return None
 
-    def claims(self, epoch_id: int) -> Mapping[str, Any] | None:
-        response = self._get(f"/v1/epochs/{epoch_id}")
-        if response.status_code != 200:
-            return None
-        data = self._json(response, f"epoch {epoch_id}")
-        return data if isinstance(data, Mapping) else None
+    def claims(self, epoch_id: int) -> Mapping[str, Any]:
+        status, body = self._get(f"/v1/epochs/{epoch_id}")
+        if status == 404:
+            raise EpochUnpublished(f"the API has no epoch {epoch_id} (HTTP 404)")
+        if status != 200:
+            raise SourceMalformed(f"GET /v1/epochs/{epoch_id} answered HTTP {status}")
+        view = parse_json(body, f"the API's view of epoch {epoch_id}")
+        if not isinstance(view, Mapping):
+            raise SourceMalformed(f"the API's view of epoch {epoch_id} is not a JSON object")
+        return view
 
-    def records(self, epoch_id: int) -> Iterator[Any]:
-        offset: int | None = 0
-        while offset is not None:
-            response = self._get(
-                f"/v1/epochs/{epoch_id}/records", offset=offset, limit=self.page_size
-            )
-            if response.status_code == 404:
-                raise RecordsUnavailable(f"the API has no epoch {epoch_id} (404)")
-            if response.status_code != 200:
-                raise SourceMalformed(
-                    f"GET /v1/epochs/{epoch_id}/records answered HTTP {response.status_code}"
-                )
-            page = self._json(response, f"records of epoch {epoch_id}")
+    def records(self, epoch_id: int, record_count: int) -> Iterator[Any]:
+        offset = 0
+        what = f"records of epoch {epoch_id}"
+        while True:
+            path = f"/v1/epochs/{epoch_id}/records"
+            status, body = self._get(path, offset=offset, limit=self.page_size)
+            if status == 404:
+                raise RecordsUnavailable(f"the API has no records of epoch {epoch_id} (404)")
+            if status != 200:
+                raise SourceMalformed(f"GET {path} answered HTTP {status}")
+            page = parse_json(body, f"the page of {what} at offset {offset}")
             items = page.get("records") if isinstance(page, Mapping) else None
             nxt = page.get("nextOffset") if isinstance(page, Mapping) else None
-            if not isinstance(items, list) or not (
-                nxt is None or (type(nxt) is int and nxt > offset)
-            ):
-                raise SourceMalformed(f"records page of epoch {epoch_id} at offset {offset}")
+            if not isinstance(items, list) or len(items) > self.page_size:
+                raise SourceMalformed(
+                    f"the page of {what} at offset {offset} has no list of at most "
+                    f"{self.page_size} records"
+                )
+            self._note_page_claims(epoch_id, offset, record_count, page)
+            moves_on = type(nxt) is int and nxt == offset + len(items) and len(items) > 0
+            if nxt is not None and not moves_on:
+                # Each page must move on by the records it holds: an empty page that asks for
+                # another, or one that jumps or goes back, would page without end.
+                raise SourceMalformed(
+                    f"the page of {what} at offset {offset} holds {len(items)} records and "
+                    f"gives nextOffset {shown(nxt)}: paging makes no progress"
+                )
+            if nxt is not None and nxt >= record_count:
+                raise SourceMalformed(
+                    f"the API pages {what} beyond offset {nxt}, past the {record_count} records "
+                    "the chain committed: the rest was not read"
+                )
             yield from items
+            if nxt is None:
+                return
             offset = nxt
 
+    def _note_page_claims(
+        self, epoch_id: int, offset: int, record_count: int, page: Mapping[str, Any]
+    ) -> None:
+        """A page's own figures: its epoch and offset must be the ones asked for (else it is
+        not this page), its recordCount the chain's (a claim, reported once per epoch)."""
+        if page.get("epochId") != epoch_id or page.get("offset") != offset:
+            raise SourceMalformed(
+                f"asked for the records of epoch {epoch_id} at offset {offset}, the API answered "
+                f"epoch {shown(page.get('epochId'))} at offset {shown(page.get('offset'))}"
+            )
+        claimed = page.get("recordCount")
+        noted = self._page_findings.setdefault(epoch_id, [])
+        if claimed != record_count and not noted:
+            noted.append(
+                Discrepancy(
+                    Kind.SOURCE_CLAIM_MISMATCH,
+                    f"the API's records pages say epoch {epoch_id} has recordCount "
+                    f"{shown(claimed)}, the chain {record_count}",
+                    epoch_id=epoch_id,
+                    expected=record_count,
+                    found=claimed,
+                    details={"field": "recordCount", "in": "records page"},
+                )
+            )
+
     def tariff(self, epoch_id: int, tariff_hash: bytes) -> bytes | None:
-        response = self._get(f"/v1/tariffs/0x{tariff_hash.hex()}")
-        return response.content if response.status_code == 200 else None
+        try:
+            status, body = self._get(f"/v1/tariffs/0x{tariff_hash.hex()}")
+        except SourceMalformed:
+            return None
+        return body if status == 200 else None
 
     def integrity(self, epoch_id: int, deployment: Deployment) -> list[Discrepancy]:
+        return self._page_findings.pop(epoch_id, [])
+
+    def source_findings(self) -> list[Discrepancy]:
         return []
 
     def close(self) -> None:
         self._client.close()
+
+
+def _read_capped(response: httpx.Response, path: str) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise SourceMalformed(f"GET {path} answered more than {MAX_DOCUMENT_BYTES} bytes")
+    return bytes(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +242,8 @@ class _Bundle:
 
 class BundleSource:
     """Exported epoch bundles: one bundle directory (with manifest.json), or a directory whose
-    sub-directories are bundles."""
+    sub-directories are bundles. A sub-directory that holds bundle files without a readable
+    manifest is a finding (its epoch, whichever it is, then has no bundle: a finding too)."""
 
     def __init__(self, path: str | Path) -> None:
         root = Path(path)
@@ -163,10 +254,19 @@ class BundleSource:
             [root] if (root / MANIFEST_FILE).is_file() else sorted(p for p in root.iterdir())
         )
         self._bundles: dict[int, _Bundle] = {}
+        self._unreadable: list[tuple[Path, str]] = []
         for candidate in candidates:
-            if not (candidate / MANIFEST_FILE).is_file():
+            if not candidate.is_dir():
                 continue
-            manifest = _read_manifest(candidate)
+            if not (candidate / MANIFEST_FILE).is_file():
+                if any((candidate / name).exists() for name in BUNDLE_FILES):
+                    self._unreadable.append((candidate, f"it has no {MANIFEST_FILE}"))
+                continue
+            try:
+                manifest = _read_manifest(candidate)
+            except SourceMalformed as exc:
+                self._unreadable.append((candidate, str(exc)))
+                continue
             epoch_id = manifest["epochId"]
             if epoch_id in self._bundles:
                 raise AuditError(
@@ -175,16 +275,24 @@ class BundleSource:
                 )
             self._bundles[epoch_id] = _Bundle(candidate, manifest)
         if not self._bundles:
-            raise AuditError(f"no {MANIFEST_FILE} in {root} or its sub-directories")
+            why = "; ".join(f"{p}: {reason}" for p, reason in self._unreadable)
+            raise AuditError(
+                f"no readable {MANIFEST_FILE} in {root} or its sub-directories"
+                + (f" ({why})" if why else "")
+            )
 
     def epoch_ids(self) -> list[int] | None:
         return sorted(self._bundles)
 
-    def claims(self, epoch_id: int) -> Mapping[str, Any] | None:
+    def claims(self, epoch_id: int) -> Mapping[str, Any]:
         bundle = self._bundles.get(epoch_id)
-        return None if bundle is None else bundle.manifest
+        if bundle is None:
+            raise EpochUnpublished(f"no bundle of epoch {epoch_id}")
+        claims = {k: v for k, v in bundle.manifest.items() if k != "settlement"}
+        claims["steps"] = bundle.manifest.get("settlement")
+        return claims
 
-    def records(self, epoch_id: int) -> Iterator[Any]:
+    def records(self, epoch_id: int, record_count: int) -> Iterator[Any]:
         bundle = self._bundles.get(epoch_id)
         if bundle is None:
             raise RecordsUnavailable(f"no bundle of epoch {epoch_id}")
@@ -194,88 +302,141 @@ class BundleSource:
         except OSError as exc:
             raise RecordsUnavailable(f"{path}: {exc}") from None
         with handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    raise SourceMalformed(f"{path} line {number} is not JSON") from None
+            number = 0
+            while line := handle.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(line) > MAX_LINE_BYTES:
+                    raise SourceMalformed(
+                        f"{path} line {number} is longer than {MAX_LINE_BYTES} bytes"
+                    )
+                if line.strip():
+                    yield parse_json(line, f"{path} line {number}")
 
     def tariff(self, epoch_id: int, tariff_hash: bytes) -> bytes | None:
         bundle = self._bundles.get(epoch_id)
         if bundle is None:
             return None
         try:
-            return (bundle.path / TARIFF_FILE).read_bytes()
-        except OSError:
+            return _read_file_capped(bundle.path / TARIFF_FILE)
+        except (OSError, SourceMalformed):
             return None
 
     def integrity(self, epoch_id: int, deployment: Deployment) -> list[Discrepancy]:
         bundle = self._bundles.get(epoch_id)
         if bundle is None:
             return []
-        found: list[Discrepancy] = []
-        files = bundle.manifest.get("files")
-        files = files if isinstance(files, Mapping) else {}
-        for name in BUNDLE_FILES:
-            listed = files.get(name)
-            want = listed.get("sha256") if isinstance(listed, Mapping) else None
-            try:
-                have: str | None = hashlib.sha256((bundle.path / name).read_bytes()).hexdigest()
-            except OSError:
-                have = None
-            if want != have:
-                found.append(
-                    Discrepancy(
-                        Kind.BUNDLE_FILE_MISMATCH,
-                        f"{name} of the bundle of epoch {epoch_id} does not have the sha256 its "
-                        "manifest lists (changed, missing or not listed)",
-                        epoch_id=epoch_id,
-                        expected=want,
-                        found=have,
-                        details={"file": name, "bundle": str(bundle.path)},
-                    )
-                )
-        claimed = bundle.manifest.get("deployment")
-        claimed = claimed if isinstance(claimed, Mapping) else {}
-        ours = {
-            "chainId": deployment.chain_id,
-            "contracts": {k: v.lower() for k, v in deployment.addresses.items()},
-        }
-        contracts = claimed.get("contracts")
-        theirs = {
-            "chainId": claimed.get("chainId"),
-            "contracts": {
-                k: str(v).lower()
-                for k, v in (contracts.items() if isinstance(contracts, Mapping) else [])
-            },
-        }
-        if theirs != ours:
-            found.append(
-                Discrepancy(
-                    Kind.DEPLOYMENT_MISMATCH,
-                    f"the bundle of epoch {epoch_id} names another deployment than the one audited",
-                    epoch_id=epoch_id,
-                    expected=ours,
-                    found=theirs,
-                )
+        return _file_findings(epoch_id, bundle) + _deployment_findings(epoch_id, bundle, deployment)
+
+    def source_findings(self) -> list[Discrepancy]:
+        return [
+            Discrepancy(
+                Kind.SOURCE_MALFORMED,
+                f"{directory} holds bundle files but no readable manifest ({reason}): which "
+                "epoch it is cannot be known, so it was not audited",
+                expected=f"a {BUNDLE_FORMAT} {MANIFEST_FILE}",
+                found=reason,
+                details={"bundle": str(directory)},
             )
-        return found
+            for directory, reason in self._unreadable
+        ]
 
     def close(self) -> None:
         pass
 
 
+def _file_findings(epoch_id: int, bundle: _Bundle) -> list[Discrepancy]:
+    """Each bundle file against the sha256 and size its manifest lists."""
+    found: list[Discrepancy] = []
+    files = bundle.manifest.get("files")
+    files = files if isinstance(files, Mapping) else {}
+    for name in BUNDLE_FILES:
+        listed = files.get(name)
+        want = (
+            {"sha256": listed.get("sha256"), "bytes": listed.get("bytes")}
+            if isinstance(listed, Mapping)
+            else None
+        )
+        have = _file_digest(bundle.path / name)
+        if want != have:
+            found.append(
+                Discrepancy(
+                    Kind.BUNDLE_FILE_MISMATCH,
+                    f"{name} of the bundle of epoch {epoch_id} does not have the sha256 and size "
+                    "its manifest lists (changed, missing or not listed)",
+                    epoch_id=epoch_id,
+                    expected=want,
+                    found=have,
+                    details={"file": name, "bundle": str(bundle.path)},
+                )
+            )
+    return found
+
+
+def _deployment_findings(
+    epoch_id: int, bundle: _Bundle, deployment: Deployment
+) -> list[Discrepancy]:
+    """The deployment the manifest names against the one audited."""
+    claimed = bundle.manifest.get("deployment")
+    claimed = claimed if isinstance(claimed, Mapping) else {}
+    ours = {
+        "chainId": deployment.chain_id,
+        "contracts": {k: v.lower() for k, v in deployment.addresses.items()},
+        "deploymentBlock": deployment.deployment_block,
+    }
+    contracts = claimed.get("contracts")
+    theirs = {
+        "chainId": claimed.get("chainId"),
+        "contracts": {
+            str(k): str(v).lower()
+            for k, v in (contracts.items() if isinstance(contracts, Mapping) else [])
+        },
+        "deploymentBlock": claimed.get("deploymentBlock"),
+    }
+    if theirs == ours:
+        return []
+    return [
+        Discrepancy(
+            Kind.DEPLOYMENT_MISMATCH,
+            f"the bundle of epoch {epoch_id} names another deployment than the one audited",
+            epoch_id=epoch_id,
+            expected=ours,
+            found=theirs,
+        )
+    ]
+
+
+def _file_digest(path: Path) -> dict[str, Any] | None:
+    """sha256 (hex) and size of a file, read in pieces; None when it cannot be read."""
+    sha256 = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while piece := handle.read(1 << 20):
+                sha256.update(piece)
+                size += len(piece)
+    except OSError:
+        return None
+    return {"sha256": sha256.hexdigest(), "bytes": size}
+
+
+def _read_file_capped(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        data = handle.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise SourceMalformed(f"{path} is larger than {MAX_DOCUMENT_BYTES} bytes")
+    return data
+
+
 def _read_manifest(directory: Path) -> Mapping[str, Any]:
     path = directory / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"{path}: not a readable JSON manifest ({exc})") from None
+        data = _read_file_capped(path)
+    except OSError as exc:
+        raise SourceMalformed(f"{path} cannot be read ({exc})") from None
+    manifest = parse_json(data, str(path))
     if not isinstance(manifest, Mapping) or manifest.get("format") != BUNDLE_FORMAT:
-        raise AuditError(f"{path}: not a {BUNDLE_FORMAT} manifest")
+        raise SourceMalformed(f"{path} is not a {BUNDLE_FORMAT} manifest")
     epoch_id = manifest.get("epochId")
     if type(epoch_id) is not int or epoch_id < 1:
-        raise AuditError(f"{path}: epochId must be a positive integer")
+        raise SourceMalformed(f"{path}: epochId must be a positive integer")
     return manifest

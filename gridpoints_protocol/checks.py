@@ -45,8 +45,9 @@ outcome:
 
 1. parse, domain, signature -- final rejections, at any horizon: a forged or foreign record is
    never deferred;
-2. end time beyond the backend's clock plus its tolerance -- deferred ``end_in_future`` (a
-   station clock running ahead, or a transfer not over yet: the record may be fine later);
+2. end time beyond the backend's clock plus its tolerance (`ends_too_late`, the rule the
+   auditor applies against the epoch's commit time) -- deferred ``end_in_future`` (a station
+   clock running ahead, or a transfer not over yet: the record may be fine later);
 3. station unknown -- rejected ``unknown_station`` if E < T, else deferred ``registry_behind``;
 4. key: E before ``activeFrom`` or at/after a revocation -- rejected ``key_not_valid`` at any
    horizon; otherwise, if E >= T, deferred ``registry_behind``; otherwise the registry's
@@ -82,9 +83,20 @@ from gridpoints_protocol.record import (
 from gridpoints_protocol.wire import DeferReason, RejectReason
 
 SECONDS_PER_HOUR = 3_600
+# The documented tolerance for a station's clock running ahead (docs/AUDIT.md): the backend's
+# default ``clock_skew_s`` and the auditor's default ``--clock-skew-s``.
+DEFAULT_CLOCK_SKEW_S = 300
 # A registry_behind hint never asks for more than this: the horizon estimate assumes the
 # follower's horizon moves with the clock, which a stalled follower or a quiet chain breaks.
 MAX_REGISTRY_RETRY_S = 300
+
+
+def ends_too_late(end_time: int, reference_time: int, clock_skew_s: int) -> bool:
+    """The one end-time rule: a record cannot have ended more than `clock_skew_s` seconds after
+    `reference_time`. Ingest judges it against the backend's clock when the record arrives (and
+    defers ``end_in_future``); the auditor against the timestamp of the block that committed the
+    record's epoch, which is later than its arrival, so a record that passed ingest passes it."""
+    return end_time > reference_time + clock_skew_s
 
 
 class RegistrySnapshot(Protocol):
@@ -170,7 +182,7 @@ class RecordVerifier:
         stations: StationLookup,
         *,
         settlement_domain: SettlementDomain | None = None,
-        clock_skew_s: int = 300,
+        clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
         registry_retry_slack_s: int = 1,
     ) -> None:
         if clock_skew_s < 0:
@@ -274,7 +286,7 @@ class RecordVerifier:
             )
 
         end = record.end_time
-        if now is not None and end > now + self.clock_skew_s:
+        if now is not None and ends_too_late(end, now, self.clock_skew_s):
             ahead = end - now
             return Verdict(
                 signed,

@@ -30,6 +30,9 @@ class EpochMovements:
     # not on chain yet, in the newest committed epoch
     missing_mints: int = 0
     missing_payments: int = 0
+    # some credit or payment of the epoch is not on chain (in any epoch: in an older one it is
+    # a finding too)
+    incomplete: bool = False
 
     @property
     def settling_note(self) -> str | None:
@@ -87,6 +90,7 @@ def _check_mints(e: int, facts: ChainFacts, summary: EpochSummary, result: Epoch
         want, got = expected.get(user, 0), minted.get(user, 0)
         if want == got:
             continue
+        result.incomplete = result.incomplete or got < want
         if e == facts.last_epoch_id and got < want:
             result.missing_mints += 1
             continue
@@ -180,6 +184,7 @@ def _check_unapplied(
     a = signed.authorization if signed is not None else None
     if a is not None and (a.user, a.nonce) in facts.canceled:
         return  # the user voided it: the charge is paid otherwise
+    result.incomplete = True
     if e == facts.last_epoch_id:
         result.missing_payments += 1
         return

@@ -1,7 +1,8 @@
 """One published record: does it parse, is its published digest its EIP-712 digest, did the
-station's valid key sign it (`gridpoints_protocol.checks.RecordVerifier`, ``now=None``), and
-is its payment the user's authorisation it commits to
-(`gridpoints_protocol.payments.check_payment`)."""
+station's valid key sign it (`gridpoints_protocol.checks.RecordVerifier`, ``now=None``), did
+it end no later than its epoch's commit allows (`gridpoints_protocol.checks.ends_too_late`,
+the ingest's own end-time rule, against the commit block's timestamp), and is its payment the
+user's authorisation it commits to (`gridpoints_protocol.payments.check_payment`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from gridpoints_audit.findings import Discrepancy, Kind, RecordRef, as_hex
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
-from gridpoints_protocol.checks import Problem, RecordVerifier
+from gridpoints_protocol.checks import Problem, RecordVerifier, ends_too_late
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.keys import KeyDirectory, StationHistory
@@ -30,6 +31,7 @@ class CheckedRecord:
     where: str  # how messages name it
     station: StationHistory | None  # None: not in the registry
     authorization: SignedAuthorization | None  # verified; None: unpaid or refused
+    signer: bytes | None  # recovered from the signature; None: not recoverable
 
 
 class RecordChecks:
@@ -40,8 +42,11 @@ class RecordChecks:
         domain: Domain,
         settlement_domain: SettlementDomain,
         stations: Mapping[bytes, StationHistory],
+        *,
+        clock_skew_s: int,
     ) -> None:
         self.domain = domain
+        self.clock_skew_s = clock_skew_s
         self.settlement_domain = settlement_domain
         self.stations = stations
         self.verifier = RecordVerifier(
@@ -49,10 +54,10 @@ class RecordChecks:
         )
 
     def check(
-        self, epoch_id: int, item: Any, leaf: int | None
+        self, epoch_id: int, item: Any, leaf: int | None, committed_at: int
     ) -> tuple[CheckedRecord | None, list[Discrepancy]]:
-        """The record published as `item` at `leaf`; None when it does not even parse (then
-        it has no leaf)."""
+        """The record published as `item` at `leaf` of the epoch committed at `committed_at`
+        (block timestamp); None when it does not even parse (then it has no leaf)."""
         e = epoch_id
         body = (
             {"record": item.get("record"), "signature": item.get("signature")}
@@ -95,6 +100,19 @@ class RecordChecks:
         station = self.stations.get(record.station_id)
         if verdict.problem is not None:
             out.append(_record_problem(e, where, ref, verdict.problem, verdict.signer, station))
+        if ends_too_late(record.end_time, committed_at, self.clock_skew_s):
+            out.append(
+                Discrepancy(
+                    Kind.END_AFTER_COMMIT,
+                    f"{where}: it ends at {record.end_time}, "
+                    f"{record.end_time - committed_at} s after its epoch was committed on chain "
+                    f"(block time {committed_at}); ingest tolerates {self.clock_skew_s} s",
+                    epoch_id=e,
+                    **ref.fields(),
+                    expected=f"endTime <= {committed_at} + {self.clock_skew_s}",
+                    found=record.end_time,
+                )
+            )
 
         # Payment: the signed authorisation the record commits to.
         payment_json = item.get("payment") if isinstance(item, Mapping) else None
@@ -113,7 +131,8 @@ class RecordChecks:
                     details={"reason": str(exc.reason)},
                 )
             )
-        return CheckedRecord(signed, digest, ref, where, station, authorization), out
+        checked = CheckedRecord(signed, digest, ref, where, station, authorization, verdict.signer)
+        return checked, out
 
 
 def _record_problem(

@@ -151,9 +151,11 @@ def test_clean_history_passes_over_api_and_bundles_with_the_same_verdict(
     over_bundles = audit_bundle(h, tmp_path)
     assert over_bundles.clean, [d.to_json() for d in over_bundles.discrepancies]
     assert verdicts(over_bundles) == verdicts(over_api)
-    # One bundle alone audits its own epoch.
-    single = audit_bundle(h, tmp_path / "b2")
+    # One bundle alone audits its own epoch when the audit is restricted to it (then it is
+    # not complete: unrestricted, the epochs without a bundle are findings).
+    single = audit_bundle(h, tmp_path / "b2", from_epoch=2, to_epoch=2)
     assert single.clean and [e.epoch_id for e in single.epochs] == [2]
+    assert not single.complete
     # And the CLI says so with its exit code, over both sources.
     for source in (["--api", h.url], ["--bundle", tmp_path]):
         done = run_cli(
