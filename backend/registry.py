@@ -20,8 +20,15 @@ that ended at or after it as not decidable yet (``deferred``, see gridpoints_pro
 a rotation or revocation in a block the follower has not applied takes effect at or after that
 timestamp.
 
-Reorgs deeper than the configured confirmations are not repaired: the follower keeps the hash
-of the last block it applied and reports a mismatch (health and logs) so an operator can act.
+A rewind of the chain below the follower's position (a reorg deeper than the configured
+confirmations, a node restored from an older state, an ``evm_revert``) is repaired: every
+applied range leaves a checkpoint (block number, hash, timestamp); when the cursor's block is
+gone or has another hash, the newest checkpoint the chain still has is the fork point, the
+mirror drops the events above it and rebuilds the stations they touched from the events that
+remain, and following goes on from there (from the deployment block when no checkpoint is left
+on chain). Each rewind is counted in the cursor, so health still reports it after a restart:
+the records judged meanwhile were judged with keys the chain may no longer hold, which an
+operator should know.
 """
 
 from __future__ import annotations
@@ -35,27 +42,48 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eth_utils.address import to_canonical_address, to_checksum_address
-from sqlalchemy import select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from web3.exceptions import BlockNotFound
 
-from backend.db.models import RegistryCursor, RegistryEvent, Station, StationKey
+from backend.db.models import (
+    Record,
+    RegistryCheckpoint,
+    RegistryCursor,
+    RegistryEvent,
+    Station,
+    StationKey,
+    StationProgress,
+)
 from backend.db.session import Database
 from backend.errors import BackendError
 from backend.metrics import Metrics
+from backend.settings import without_url_secrets
 from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_protocol.keys import (
     NOTHING_DECIDED,
     KeyDirectory,
     KeyPeriod,
+    LogPosition,
     StationEvent,
     StationHistory,
+    StationKeyRotated,
     StationRegistered,
+    StationRevoked,
 )
 
 log = logging.getLogger(__name__)
 
 CURSOR_ID = 1
+
+# Checkpoints kept (one per applied range): a rewind deeper than the oldest one is followed by
+# a rebuild of the whole mirror from the deployment block, which is correct, only slower.
+KEPT_CHECKPOINTS = 256
+
+_EVENT_KINDS: dict[str, type[StationRegistered | StationKeyRotated | StationRevoked]] = {
+    kind.__name__: kind for kind in (StationRegistered, StationKeyRotated, StationRevoked)
+}
 
 
 class RegistryMismatchError(BackendError, RuntimeError):
@@ -112,7 +140,9 @@ def load_histories(
         histories[key.station_id].keys.append(
             KeyPeriod(to_checksum_address(key.signer), key.valid_from, key.valid_until or 0)
         )
-    return histories
+    # A station without keys was registered in blocks a rewind took away; its row stays for the
+    # records that refer to it, but the chain does not know it (see roll_back_mirror).
+    return {sid: history for sid, history in histories.items() if history.keys}
 
 
 # ---- applying events to the mirror ----------------------------------------------------------
@@ -181,6 +211,9 @@ def apply_events(session: Session, events: Sequence[StationEvent]) -> None:
             )
             session.add(station)
         else:
+            if sid in registered_block:
+                # Registered again after a rewind took its first registration away.
+                _set_registration(station, history, registered_block[sid])
             station.revoked_at = history.revoked_at
             station.updated_block = touched_block[sid]
         # Keys only change by closing the last period and appending new ones.
@@ -202,6 +235,95 @@ def apply_events(session: Session, events: Sequence[StationEvent]) -> None:
     session.flush()
 
 
+def _set_registration(station: Station, history: StationHistory, block: int) -> None:
+    station.zone = history.zone
+    station.max_power_w = history.max_power_w
+    station.active_from = history.active_from
+    station.registered_block = block
+
+
+def _stored_event(row: RegistryEvent) -> StationEvent:
+    """The event a mirror row was written from (the inverse of `_event_args`: no event field
+    besides the station id and the position is bytes)."""
+    position = LogPosition(row.block_number, row.log_index, row.tx_hash)
+    return _EVENT_KINDS[row.kind](station_id=row.station_id, position=position, **row.args)
+
+
+def roll_back_mirror(session: Session, fork_block: int) -> int:
+    """Removes every event after `fork_block` from the mirror and rebuilds the stations they
+    touched from the events that remain; returns how many events were removed.
+
+    A station whose registration was removed loses its keys (so nothing verifies against it);
+    its row stays only while records or progress refer to it, and a later registration on the
+    new chain fills it in again.
+    """
+    removed = session.scalars(
+        select(RegistryEvent.station_id).where(RegistryEvent.block_number > fork_block)
+    ).all()
+    if not removed:
+        return 0
+    affected = set(removed)
+    session.execute(delete(RegistryEvent).where(RegistryEvent.block_number > fork_block))
+    remaining: dict[bytes, list[StationEvent]] = {}
+    for row in session.scalars(
+        select(RegistryEvent)
+        .where(RegistryEvent.station_id.in_(affected))
+        .order_by(RegistryEvent.block_number, RegistryEvent.log_index)
+    ):
+        remaining.setdefault(row.station_id, []).append(_stored_event(row))
+    session.execute(delete(StationKey).where(StationKey.station_id.in_(affected)))
+    for sid in affected:
+        station = session.get(Station, sid)
+        if station is None:
+            continue
+        events = remaining.get(sid)
+        if not events:
+            referenced = session.scalar(
+                select(
+                    exists().where(Record.station_id == sid)
+                    | exists().where(StationProgress.station_id == sid)
+                )
+            )
+            if referenced:
+                station.revoked_at = None
+            else:
+                session.delete(station)
+            continue
+        history = StationHistory.from_events(events)
+        _set_registration(station, history, events[0].position.block_number)
+        station.revoked_at = history.revoked_at
+        station.updated_block = events[-1].position.block_number
+        for ordinal, period in enumerate(history.keys):
+            session.add(
+                StationKey(
+                    station_id=sid,
+                    ordinal=ordinal,
+                    signer=to_canonical_address(period.signer),
+                    valid_from=period.valid_from,
+                    valid_until=period.valid_until or None,
+                )
+            )
+    session.flush()
+    return len(removed)
+
+
+def _add_checkpoint(session: Session, block: int, block_hash: bytes, timestamp: int) -> None:
+    """Records an applied range's last block, keeping the newest KEPT_CHECKPOINTS."""
+    session.add(
+        RegistryCheckpoint(block_number=block, block_hash=block_hash, block_timestamp=timestamp)
+    )
+    oldest_kept = session.scalar(
+        select(RegistryCheckpoint.block_number)
+        .order_by(RegistryCheckpoint.block_number.desc())
+        .offset(KEPT_CHECKPOINTS - 1)
+        .limit(1)
+    )
+    if oldest_kept is not None:
+        session.execute(
+            delete(RegistryCheckpoint).where(RegistryCheckpoint.block_number < oldest_kept)
+        )
+
+
 # ---- the follower ---------------------------------------------------------------------------
 
 
@@ -220,8 +342,14 @@ class FollowerStatus:
     last_success_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
-    reorg_detected: bool
+    reorg_count: int  # rewinds below the follower's position it rolled back from, ever
+    last_reorg_at: datetime | None
+    last_reorg_fork_block: int | None  # the block the mirror was rolled back to the last time
     stations: int
+
+    @property
+    def reorg_detected(self) -> bool:
+        return self.reorg_count > 0
 
     @property
     def lag_blocks(self) -> int | None:
@@ -264,7 +392,9 @@ class RegistryFollower:
         self._last_success_at: datetime | None = None
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
-        self._reorg_detected = False
+        self._reorg_count = 0
+        self._last_reorg_at: datetime | None = None
+        self._last_reorg_fork_block: int | None = None
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -285,7 +415,9 @@ class RegistryFollower:
             last_success_at=self._last_success_at,
             last_error=self._last_error,
             last_error_at=self._last_error_at,
-            reorg_detected=self._reorg_detected,
+            reorg_count=self._reorg_count,
+            last_reorg_at=self._last_reorg_at,
+            last_reorg_fork_block=self._last_reorg_fork_block,
             stations=len(self.directory),
         )
 
@@ -318,6 +450,7 @@ class RegistryFollower:
                     last_block_hash=None,
                     last_block_timestamp=None,
                     updated_at=self._clock(),
+                    reorg_count=0,
                 )
                 session.add(cursor)
             elif cursor.chain_id != dep.chain_id or cursor.registry_address != registry:
@@ -329,6 +462,7 @@ class RegistryFollower:
                 )
             self._last_block = cursor.last_block
             self._last_block_timestamp = cursor.last_block_timestamp
+            self._note_reorgs(cursor)
             # The mirror holds every event up to the cursor's block, so the horizon is that
             # block's timestamp (nothing is decided while it is unknown: the first poll
             # fetches it).
@@ -358,15 +492,20 @@ class RegistryFollower:
                 raise RuntimeError("registry cursor missing: call open() first")
             last, last_hash = cursor.last_block, cursor.last_block_hash
             last_ts = cursor.last_block_timestamp
-        self._check_reorg(last, last_hash)
-        applied = 0
+            self._note_reorgs(cursor)
         changed_elsewhere = last != self._last_block
+        if last_hash is not None and self._block_hash(last) != last_hash:
+            last, last_ts = self._roll_back(last, last_hash)
+            changed_elsewhere = True
+        applied = 0
         while last < target:
             lo = last + 1
             hi = min(target, last + self.block_range)
-            events = self.chain.station_events(from_block=lo, to_block=hi)
+            # The block before its events: should the chain reorganise in between, the hash
+            # stored is the older one, and the next poll sees the rewind and reads them again.
             block = w3.eth.get_block(hi)
             block_hash, block_ts = bytes(block["hash"]), int(block["timestamp"])
+            events = self.chain.station_events(from_block=lo, to_block=hi)
             with self.db.write() as session:
                 cursor = session.execute(
                     select(RegistryCursor).where(RegistryCursor.id == CURSOR_ID).with_for_update()
@@ -381,6 +520,7 @@ class RegistryFollower:
                 cursor.last_block_hash = block_hash
                 cursor.last_block_timestamp = block_ts
                 cursor.updated_at = self._clock()
+                _add_checkpoint(session, hi, block_hash, block_ts)
             if self.metrics is not None:
                 for event in events:
                     self.metrics.registry_events.labels(kind=type(event).__name__).inc()
@@ -416,18 +556,77 @@ class RegistryFollower:
             if newest_event(session) != self.directory.version:
                 load_directory(self.directory, session)
 
-    def _check_reorg(self, last_block: int, last_hash: bytes | None) -> None:
-        if last_hash is None or self._reorg_detected:
-            return
-        block = self.chain.w3.eth.get_block(last_block)
-        if bytes(block["hash"]) != last_hash:
-            self._reorg_detected = True
-            log.error(
-                "block %d changed hash since the registry follower applied it: a reorg deeper "
-                "than %d confirmations; the mirror may hold events that are no longer on chain",
-                last_block,
-                self.confirmations,
+    def _block_hash(self, number: int) -> bytes | None:
+        """The canonical block `number`'s hash; None when the chain is shorter."""
+        try:
+            return bytes(self.chain.w3.eth.get_block(number)["hash"])
+        except BlockNotFound:
+            return None
+
+    def _fork_point(self, below: int) -> tuple[int, bytes | None, int | None]:
+        """(block, hash, timestamp) of the newest checkpoint at or below `below` that the
+        chain still has; the block before the deployment when none is left."""
+        with self.db.read() as session:
+            checkpoints = session.execute(
+                select(
+                    RegistryCheckpoint.block_number,
+                    RegistryCheckpoint.block_hash,
+                    RegistryCheckpoint.block_timestamp,
+                )
+                .where(RegistryCheckpoint.block_number <= below)
+                .order_by(RegistryCheckpoint.block_number.desc())
+            ).all()
+        for number, block_hash, timestamp in checkpoints:
+            if self._block_hash(number) == block_hash:
+                return int(number), bytes(block_hash), int(timestamp)
+        return self.deployment.deployment_block - 1, None, None
+
+    def _roll_back(self, last: int, last_hash: bytes) -> tuple[int, int | None]:
+        """The chain no longer has block `last` as applied: rolls the mirror back to the fork
+        point and returns the cursor's new (block, timestamp)."""
+        fork, fork_hash, fork_ts = self._fork_point(last)
+        with self.db.write() as session:
+            cursor = session.execute(
+                select(RegistryCursor).where(RegistryCursor.id == CURSOR_ID).with_for_update()
+            ).scalar_one()
+            if (cursor.last_block, cursor.last_block_hash) != (last, last_hash):
+                # Another replica rolled back (or moved on) first: start from where it is.
+                self._note_reorgs(cursor)
+                return cursor.last_block, cursor.last_block_timestamp
+            removed = roll_back_mirror(session, fork)
+            session.execute(
+                delete(RegistryCheckpoint).where(RegistryCheckpoint.block_number > fork)
             )
+            cursor.last_block = fork
+            cursor.last_block_hash = fork_hash
+            cursor.last_block_timestamp = fork_ts
+            cursor.reorg_count += 1
+            cursor.last_reorg_at = cursor.updated_at = self._clock()
+            cursor.last_reorg_fork_block = fork
+            self._note_reorgs(cursor)
+        log.error(
+            "the chain no longer holds block %d as the registry follower applied it (a reorg "
+            "deeper than %d confirmations, or a node restored from an older state): the mirror "
+            "was rolled back to block %d, %d events removed; following again from there",
+            last,
+            self.confirmations,
+            fork,
+            removed,
+        )
+        # The horizon goes back with the mirror: records ending after the fork point wait for
+        # the blocks the new chain has there.
+        with self.db.read() as session:
+            load_directory(
+                self.directory,
+                session,
+                as_of=(fork, NOTHING_DECIDED if fork_ts is None else fork_ts),
+            )
+        return fork, fork_ts
+
+    def _note_reorgs(self, cursor: RegistryCursor) -> None:
+        self._reorg_count = cursor.reorg_count
+        self._last_reorg_at = cursor.last_reorg_at
+        self._last_reorg_fork_block = cursor.last_reorg_fork_block
 
     def _update_gauges(self) -> None:
         if self.metrics is None:
@@ -474,15 +673,24 @@ class RegistryFollower:
                 delay = self.poll_interval
             except Exception as exc:  # the loop must outlive RPC and database outages
                 failures += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._last_error = self.describe_error(exc)
                 self._last_error_at = self._clock()
                 if self.metrics is not None:
                     self.metrics.registry_errors.inc()
-                log.warning("registry follower poll failed (%d in a row): %s", failures, exc)
+                log.warning(
+                    "registry follower poll failed (%d in a row): %s", failures, self._last_error
+                )
                 # Back off up to 30 s so an outage does not turn into a request storm.
                 delay = min(30.0, self.poll_interval * 2 ** min(failures, 5))
             self._wake.wait(delay)
             self._wake.clear()
+
+    def describe_error(self, exc: BaseException) -> str:
+        """`exc` as health and logs may show it: without the RPC URL's secrets (provider URLs
+        carry API keys, and transport errors quote the URL)."""
+        text = f"{type(exc).__name__}: {exc}"
+        endpoint = getattr(self.chain.w3.provider, "endpoint_uri", None)
+        return without_url_secrets(text, str(endpoint)) if endpoint else text
 
     def wait_for_block(self, block: int, timeout: float = 10.0) -> bool:
         """Blocks until the follower applied `block` (for tools and tests)."""

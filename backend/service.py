@@ -117,7 +117,10 @@ class BackendService:
             # Catch up before the first request, so known stations are not refused as unknown.
             self.follower.sync_once()
         except Exception as exc:  # the mirror in the database still serves
-            log.warning("registry catch-up failed at start-up (%s); retrying in background", exc)
+            log.warning(
+                "registry catch-up failed at start-up (%s); retrying in background",
+                self.follower.describe_error(exc),
+            )
         self.follower.start()
         self.verifier = RecordVerifier(
             deployment_domain(deployment),

@@ -40,6 +40,19 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}{hidden}"
 
 
+def without_url_secrets(text: str, url: str) -> str:
+    """`text` (an error message) without the secrets of `url`: the URL itself, and its path and
+    query and password, which transport errors quote on their own ("... with url: /v2/KEY")."""
+    parts = urlsplit(url)
+    text = text.replace(url, redact_url(url))
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    if target not in ("", "/"):
+        text = text.replace(target, "/***")
+    if parts.password:
+        text = text.replace(parts.password, "***")
+    return text
+
+
 class Settings(BaseSettings):
     """Everything the backend can be told from outside. Defaults suit a local Anvil."""
 
@@ -108,6 +121,11 @@ class Settings(BaseSettings):
     # settlement stops when it runs dry, so operators want to hear before.
     settler_min_balance_wei: int = Field(default=5 * 10**16, ge=0)
     settlement_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Depth below the head at which a settlement step is final: reconciliation then stops
+    # re-verifying it one by one (every round still checks the newest confirmed block, which
+    # vouches for all older ones). Unset: the node's `finalized` block, or 64 blocks below the
+    # head for a node without that tag.
+    finality_blocks: int | None = Field(default=None, ge=0)
 
     # -- HTTP -------------------------------------------------------------------------------
     host: str = "127.0.0.1"

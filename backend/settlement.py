@@ -17,10 +17,17 @@ is *missing* and nothing is sent blindly:
   ``isChunkApplied``). If it is, the step is confirmed from the receipt of the attempt that did
   it; if not, a stored attempt whose nonce is still next is re-broadcast byte for byte, and
   otherwise a new attempt is signed with the account's current nonce.
-* **Reconcile.** On start-up, after every error and whenever the chain's view moved backwards
-  (a confirmed step's block is no longer canonical: a reorg, an ``evm_revert``, a node that
-  lost its state), every recent confirmed step is re-checked against the chain and whatever
-  the chain lacks goes back to ``planned``.
+* **Reconcile from the fork point.** A confirmed step stays under watch until it is *final*:
+  its block canonical at or below the chain's finalized block (the node's ``finalized`` tag,
+  or ``finality_blocks`` below the head). Every round checks one block, the *tip*: the highest
+  block of a confirmed step, verified with every other confirmed step's block. Since a block's
+  hash commits to its ancestors, the tip still canonical means every confirmed step still is,
+  however many blocks came since. If it is not (a reorg, an ``evm_revert``, a node restored
+  from an older state), and on start-up and after every error, a full reconciliation checks
+  the newest final step's block (walking down the final ones while the chain lacks them) and
+  every step that is not final, and re-opens each step whose block the chain no longer has:
+  it goes back to ``planned`` with its epoch back to ``sealed``, and the worker finds it on
+  chain in another block or sends it again.
 * **Confirmations.** A step is confirmed only once its block has ``confirmations`` blocks on
   top and is still canonical.
 
@@ -36,9 +43,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, Select, func, select, update
 from sqlalchemy.orm import Session
 from web3.contract.contract import ContractFunction
+from web3.exceptions import BlockNotFound, Web3Exception
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -52,9 +60,9 @@ from gridpoints_chain.transactions import SignedTx, TransactionAccount
 
 log = logging.getLogger(__name__)
 
-# Blocks behind the head within which a confirmed step is still re-checked for reorgs; older
-# ones are final for this worker (public chains: far deeper than any reorg seen in practice).
-REORG_WINDOW = 256
+# Finality depth when neither the node (no ``finalized`` block tag) nor the settings say: two
+# epochs of 32 slots, which is when Ethereum finalizes (and what Anvil reports as finalized).
+FALLBACK_FINALITY_BLOCKS = 64
 
 # Blocks per eth_getLogs query when searching for a step's event (below common RPC caps).
 EVENT_SEARCH_WINDOW = 2_000
@@ -79,6 +87,23 @@ class SettlementConfig:
     payment_chunk_size: int = 50
     receipt_timeout_s: float = 60.0
     poll_interval_s: float = 0.25
+    # Blocks below the head from which a step is final; None: the node's `finalized` block.
+    finality_blocks: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """A reconciliation that found confirmed steps the chain no longer holds."""
+
+    at: datetime
+    reopened: tuple[tuple[int, int], ...]  # (epoch id, step) of each re-opened step
+    lost_from_block: int  # the lowest block of a re-opened step: the chain forked below it
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    number: int
+    hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +195,21 @@ def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list
     return steps
 
 
+def _confirmed_blocks(*, final: bool) -> Select[int | None, bytes | None]:
+    """(block number, block hash) of the confirmed steps that are (not) final."""
+    return select(SettlementStep.block_number, SettlementStep.block_hash).where(
+        SettlementStep.state == "confirmed",
+        SettlementStep.final.is_(final),
+        SettlementStep.block_number.is_not(None),
+    )
+
+
+def _block_of(row: Row[int | None, bytes | None] | None) -> _Block | None:
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return _Block(int(row[0]), bytes(row[1]))
+
+
 def _view(step: SettlementStep) -> StepView:
     return StepView(
         step.epoch_id,
@@ -206,7 +246,13 @@ class Settler:
         self.config = config or SettlementConfig()
         self.stop_event = stop_event or threading.Event()
         self._reconciled = False
+        # The highest block of a confirmed step, verified with all the others (None: no
+        # confirmed step); only meaningful while `_reconciled`.
+        self._tip: _Block | None = None
         self._wallet_check_gas: int | None = None
+        # What reconciliations re-opened since this process started (for /healthz).
+        self.reopened_steps = 0
+        self.last_reconciliation: Reconciliation | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -214,9 +260,16 @@ class Settler:
         """Settles every sealed epoch; returns how many epochs became settled."""
         if not self._reconciled:
             self.reconcile()
-        elif self._chain_moved_back():
-            log.warning("the chain no longer holds a confirmed settlement step; reconciling")
+        elif not self._tip_canonical():
+            assert self._tip is not None
+            log.warning(
+                "the chain no longer holds block %d of a confirmed settlement step; reconciling "
+                "from the fork point",
+                self._tip.number,
+            )
             self.reconcile()
+        else:
+            self._mark_final()
         settled = 0
         while not self.stop_event.is_set():
             with self.db.read() as session:
@@ -267,35 +320,111 @@ class Settler:
         self.nonces.reset(self.account.address)
 
     def reconcile(self) -> None:
-        """Aligns the database with the chain: confirmed steps the chain lacks are re-planned."""
+        """Aligns the database with the chain from the fork point: the newest final step's block
+        is checked (and the final ones below it while the chain lacks them), then every
+        confirmed step that is not final, oldest block first; each step whose block the chain
+        no longer has is re-opened."""
         self.nonces.reset(self.account.address)
-        head = self.w3.eth.block_number
+        with self.db.read() as session:
+            pending = session.execute(_confirmed_blocks(final=False).distinct()).all()
+            newest_final = _block_of(
+                session.execute(
+                    _confirmed_blocks(final=True)
+                    .order_by(SettlementStep.block_number.desc())
+                    .limit(1)
+                ).first()
+            )
+        blocks = {b for b in map(_block_of, pending) if b is not None}
+        if newest_final is not None:
+            blocks.add(newest_final)
+        # Oldest first, so that the tip is checked last: a rewind that happens during the
+        # checks and reaches below an earlier block also takes the tip, and the next round
+        # sees that.
+        lost: set[_Block] = set()
+        tip: _Block | None = None
+        for block in sorted(blocks, key=lambda b: b.number):
+            if self._canonical(block):
+                tip = block
+            else:
+                lost.add(block)
+        if newest_final is not None and newest_final in lost:
+            lost_final, kept = self._lost_final_blocks(below=newest_final.number)
+            lost |= lost_final
+            if kept is not None and (tip is None or kept.number > tip.number):
+                tip = kept
+        reopened = self._reopen(lost)
+        if reopened:
+            self.reopened_steps += len(reopened)
+            self.last_reconciliation = Reconciliation(
+                at=datetime.now(UTC),
+                reopened=tuple(reopened),
+                lost_from_block=min(b.number for b in lost),
+            )
+            log.warning(
+                "reconciliation re-opened %d settlement steps (epochs %s): the chain forked "
+                "below block %d",
+                len(reopened),
+                ", ".join(str(e) for e in sorted({e for e, _ in reopened})),
+                self.last_reconciliation.lost_from_block,
+            )
+        self._tip = tip
+        self._reconciled = True
+        self._mark_final()
+
+    def _lost_final_blocks(self, below: int) -> tuple[set[_Block], _Block | None]:
+        """The blocks of final steps under `below` the chain no longer has, newest first until
+        one it has (returned second, None if none): the final steps below it are its
+        ancestors."""
+        lost: set[_Block] = set()
+        upper = below
+        while True:
+            with self.db.read() as session:
+                block = _block_of(
+                    session.execute(
+                        _confirmed_blocks(final=True)
+                        .where(SettlementStep.block_number < upper)
+                        .order_by(SettlementStep.block_number.desc())
+                        .limit(1)
+                    ).first()
+                )
+            if block is None:
+                return lost, None
+            if self._canonical(block):
+                return lost, block
+            lost.add(block)
+            upper = block.number
+
+    def _reopen(self, lost: set[_Block]) -> list[tuple[int, int]]:
+        """Puts every confirmed step in a `lost` block back to planned (its epoch to sealed);
+        returns their (epoch id, step)."""
+        if not lost:
+            return []
+        reopened: list[tuple[int, int]] = []
         last_on_chain = self._last_epoch_id()
-        changed = 0
         with self.db.write() as session:
             steps = session.scalars(
                 select(SettlementStep)
-                .where(SettlementStep.state == "confirmed")
                 .where(
-                    (SettlementStep.block_number > head - REORG_WINDOW)
-                    | (SettlementStep.epoch_id > last_on_chain)
+                    SettlementStep.state == "confirmed",
+                    SettlementStep.block_hash.in_([b.hash for b in lost]),
                 )
                 .order_by(SettlementStep.epoch_id, SettlementStep.step)
             ).all()
             for step in steps:
-                if self._is_on_chain(_view(step), last_on_chain) and self._block_canonical(step):
-                    continue
                 if self._is_on_chain(_view(step), last_on_chain):
-                    # Re-included in another block: confirm again from its new receipt.
+                    # Re-included in another block: confirmed again from its new receipt.
                     log.warning("settlement step %d/%d moved blocks", step.epoch_id, step.step)
                 else:
                     log.warning(
-                        "the chain lost settlement step %d/%d (%s); it will be sent again",
+                        "the chain lost settlement step %d/%d (%s) of block %d; it will be sent "
+                        "again",
                         step.epoch_id,
                         step.step,
                         step.kind,
+                        step.block_number,
                     )
                 step.state = "planned"
+                step.final = False
                 step.tx_hash = step.block_hash = step.block_number = step.gas_used = None
                 step.updated_at = datetime.now(UTC)
                 session.execute(
@@ -303,10 +432,41 @@ class Settler:
                     .where(Epoch.epoch_id == step.epoch_id)
                     .values(state="sealed", settled_at=None)
                 )
-                changed += 1
-        if changed:
-            log.warning("reconciliation re-opened %d settlement steps", changed)
-        self._reconciled = True
+                reopened.append((step.epoch_id, step.step))
+        return reopened
+
+    def _mark_final(self) -> None:
+        """Marks the confirmed steps at or below the finalized block final. Called only right
+        after the tip was found canonical, i.e. while every confirmed step's block is."""
+        with self.db.read() as session:
+            oldest_pending = session.scalar(
+                select(func.min(SettlementStep.block_number)).where(
+                    SettlementStep.state == "confirmed", SettlementStep.final.is_(False)
+                )
+            )
+        if oldest_pending is None:
+            return
+        finalized = self._finalized_block()
+        if oldest_pending > finalized:
+            return
+        with self.db.write() as session:
+            session.execute(
+                update(SettlementStep)
+                .where(
+                    SettlementStep.state == "confirmed",
+                    SettlementStep.final.is_(False),
+                    SettlementStep.block_number <= finalized,
+                )
+                .values(final=True)
+            )
+
+    def _finalized_block(self) -> int:
+        if self.config.finality_blocks is not None:
+            return int(self.w3.eth.block_number) - self.config.finality_blocks
+        try:
+            return int(self.w3.eth.get_block("finalized")["number"])
+        except (Web3Exception, ValueError):  # a node without the tag (pre-merge clients)
+            return int(self.w3.eth.block_number) - FALLBACK_FINALITY_BLOCKS
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -526,7 +686,13 @@ class Settler:
         while self.w3.eth.block_number < block + self.config.confirmations:
             if self.stop_event.wait(self.config.poll_interval_s):
                 return
-        if not self._receipt_canonical(receipt):
+        # The tip first, the new block last (see `reconcile`): the new step joins the steps
+        # the tip vouches for only if the chain still holds them all.
+        if not self._tip_canonical():
+            self._reconciled = False  # the next round reconciles from the fork point
+            return
+        mined_in = _Block(block, bytes(receipt["blockHash"]))
+        if not self._canonical(mined_in):
             return  # reorged away while waiting: the next round re-checks the chain
         burned = self._burned(step, receipt) if step.kind == "payments" else None
         with self.db.write() as session:
@@ -567,6 +733,8 @@ class Settler:
                 ).all()
                 for payment in chunk:
                     payment.burned = (burned or {}).get(payment.authorization, 0)
+        if self._tip is None or mined_in.number >= self._tip.number:
+            self._tip = mined_in
         log.info(
             "confirmed epoch %d step %d (%s)%s",
             step.epoch_id,
@@ -677,41 +845,18 @@ class Settler:
             high = start - 1
         return None
 
-    def _block_canonical(self, step: SettlementStep) -> bool:
-        if step.block_number is None or step.block_hash is None:
-            return True
+    def _canonical(self, block: _Block) -> bool:
+        """Whether the chain's block `block.number` is `block` (False when the chain is
+        shorter)."""
         try:
-            block = self.w3.eth.get_block(step.block_number)
-        except Exception:  # the block number is above the head: the chain was rewound
+            found = self.w3.eth.get_block(block.number)
+        except BlockNotFound:
             return False
-        return bytes(block["hash"]) == step.block_hash
+        return bytes(found["hash"]) == block.hash
 
-    def _receipt_canonical(self, receipt: TxReceipt) -> bool:
-        try:
-            block = self.w3.eth.get_block(int(receipt["blockNumber"]))
-        except Exception:
-            return False
-        return bytes(block["hash"]) == bytes(receipt["blockHash"])
-
-    def _chain_moved_back(self) -> bool:
-        """Cheap per-round check: is the newest confirmed step's block still canonical?"""
-        with self.db.read() as session:
-            newest = session.scalars(
-                select(SettlementStep)
-                .where(
-                    SettlementStep.state == "confirmed", SettlementStep.block_number.is_not(None)
-                )
-                .order_by(SettlementStep.block_number.desc())
-                .limit(1)
-            ).first()
-            max_epoch = session.scalar(
-                select(func.max(SettlementStep.epoch_id)).where(
-                    SettlementStep.step == 0, SettlementStep.state == "confirmed"
-                )
-            )
-        if max_epoch is not None and self._last_epoch_id() < max_epoch:
-            return True
-        return newest is not None and not self._block_canonical(newest)
+    def _tip_canonical(self) -> bool:
+        """The per-round check: one block, whose hash vouches for every confirmed step's."""
+        return self._tip is None or self._canonical(self._tip)
 
     # -- transactions -----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from backend.db.session import Database
 from backend.epochs import EpochSealer
 from backend.leader import LeaderLock
 from backend.metrics import Metrics
-from backend.settings import DEV_CHAIN_IDS, Settings, redact_url
+from backend.settings import DEV_CHAIN_IDS, Settings, without_url_secrets
 from backend.settlement import SettlementConfig, Settler
 from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_chain.signer_account import SignerAccount
@@ -188,7 +188,7 @@ def _keystore_password(settings: Settings) -> str:
 
 def scrub(text: str, settings: Settings) -> str:
     """`text` without the RPC URL's secrets: provider URLs carry API keys in their path."""
-    return text.replace(settings.rpc_url, redact_url(settings.rpc_url))
+    return without_url_secrets(text, settings.rpc_url)
 
 
 def write_dev_key_file(path: Path, private_key: bytes) -> Path:
@@ -243,6 +243,7 @@ class SealAndSettle:
                     payment_chunk_size=settings.payment_chunk_size,
                     receipt_timeout_s=settings.receipt_timeout_s,
                     poll_interval_s=min(0.25, settings.settlement_poll_interval_s),
+                    finality_blocks=settings.finality_blocks,
                 ),
                 stop_event=self.stop_event,
             )
@@ -252,7 +253,8 @@ class SealAndSettle:
         self.lock = LeaderLock(db)
         self.last_report = RoundReport()
         self.last_error: str | None = None
-        # The settler's gas money, read every round (None before the first read).
+        # The settler's gas money, read at start and after every round (None before a read
+        # succeeded).
         self.settler_balance_wei: int | None = None
         self._thread: threading.Thread | None = None
 
@@ -353,6 +355,10 @@ class SealAndSettle:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.settler is not None:
+            # Before the first round, which may take minutes on a backlog: /healthz and the
+            # low-gas warning need the balance from the start.
+            self._read_settler_balance()
         self._thread = threading.Thread(
             target=self.run_forever, name="seal-and-settle", daemon=True
         )

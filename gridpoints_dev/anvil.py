@@ -8,8 +8,12 @@ thread dies, so that no Anvil outlives the process that started it even when tha
 killed without a chance to clean up. Anvil's output goes to a log file, never to the terminal;
 the tail of that log is part of every start-up error.
 
-A state file makes a chain survive a restart: Anvil loads it on start (when it exists) and
-writes it when it stops, which is why `stop` always tries SIGTERM first.
+A state file makes a chain survive a restart: it is loaded on start (when it exists) and
+written when Anvil stops, which is why `stop` always tries SIGTERM first, and every
+``state_interval`` seconds meanwhile, so that a node killed with SIGKILL loses at most that
+much. Anvil itself only ever writes a working copy beside it, which the launcher copies over
+the state file when whole (gridpoints_dev.anvil_state): a save cut short never leaves a state
+file Anvil cannot load.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Self
 
 from gridpoints_chain.artifacts import repo_root
 from gridpoints_chain.well_known_keys import DEFAULT_MNEMONIC
+from gridpoints_dev.anvil_state import StateFile, StateSaver
 from gridpoints_dev.child_process import die_with_parent
 
 DEFAULT_CHAIN_ID = 31337
@@ -149,8 +154,10 @@ class AnvilNode:
 
     ``port=None`` picks a free port (and retries with another one if it was taken between the
     probe and Anvil's bind). ``state_path`` is loaded at start when it exists and written at
-    stop; ``load_state``/``dump_state`` do one half each. ``log_path=None`` logs to a temporary
-    file that is deleted after a clean stop.
+    stop and, with ``state_interval``, every that many seconds; an unloadable one is set aside
+    (`state_messages` says so) rather than keep Anvil from starting. ``load_state`` and
+    ``dump_state`` pass Anvil's own options through, unguarded. ``log_path=None`` logs to a
+    temporary file that is deleted after a clean stop.
 
     ``die_with_parent`` (Linux) has the kernel send SIGTERM to Anvil when the *thread* that
     started it exits, which is the process's main thread in the CLI and in pytest; pass False
@@ -190,6 +197,11 @@ class AnvilNode:
         self.balance_ether = balance_ether
         self.block_time = block_time
         self.state_path = Path(state_path) if state_path is not None else None
+        self._state = StateFile(self.state_path) if self.state_path is not None else None
+        self._state_saver: StateSaver | None = None
+        # What start-up had to set aside (a torn state file), for the operator.
+        self.state_messages: list[str] = []
+        self._load_from: Path | None = None
         self.load_state = Path(load_state) if load_state is not None else None
         self.dump_state = Path(dump_state) if dump_state is not None else None
         self.state_interval = state_interval
@@ -238,8 +250,10 @@ class AnvilNode:
         ]  # fmt: skip
         if self.block_time is not None:
             cmd += ["--block-time", _format_seconds(self.block_time)]
-        if self.state_path is not None:
-            cmd += ["--state", str(self.state_path)]
+        if self._state is not None:
+            if self._load_from is not None:
+                cmd += ["--load-state", str(self._load_from)]
+            cmd += ["--dump-state", str(self._state.dump_path)]
         if self.load_state is not None:
             cmd += ["--load-state", str(self.load_state)]
         if self.dump_state is not None:
@@ -263,6 +277,9 @@ class AnvilNode:
                 raise AnvilError(f"state file to load {self.load_state} does not exist")
             if self.requested_port is not None and not _port_free(self.host, self.requested_port):
                 raise AnvilError(f"port {self.host}:{self.requested_port} is already in use")
+            if self._state is not None:
+                self._state.path.parent.mkdir(parents=True, exist_ok=True)
+                self._load_from, self.state_messages = self._state.prepare()
             if self.log_path is None:
                 fd, name = tempfile.mkstemp(prefix="gridpoints-anvil-", suffix=".log")
                 os.close(fd)
@@ -285,6 +302,8 @@ class AnvilNode:
                     self._terminate()
                     raise
                 _live_nodes.add(self)
+                if self._state is not None and self.state_interval is not None:
+                    self._state_saver = StateSaver(self._state, self.state_interval).start()
                 return self
         raise AssertionError("unreachable")
 
@@ -352,7 +371,14 @@ class AnvilNode:
         Idempotent; safe to call from `__exit__`, `atexit` and signal handlers.
         """
         with self._lock:
+            if self._state_saver is not None:
+                self._state_saver.stop()
+                self._state_saver = None
             clean = self._terminate()
+            if self._state is not None:
+                # Anvil's last dump, written on SIGTERM (after a SIGKILL it may be cut short:
+                # then the state file keeps the last whole one).
+                self._state.adopt()
             _live_nodes.discard(self)
             if clean and self._log_is_temporary and self.log_path is not None:
                 with contextlib.suppress(OSError):

@@ -5,6 +5,9 @@
     .venv/bin/python scripts/anvil.py --port 0 --json       # a free port, machine-readable
     .venv/bin/python scripts/anvil.py --state .anvil/state.json   # survives a restart
 
+With a state file the chain is saved every --state-interval seconds (5 by default) and when the
+node stops, so a node killed with SIGKILL loses at most that much; a state file cut short by a
+kill mid-save is kept aside (the message says where) and never keeps the node from starting.
 Anvil's own output goes to a log file (printed on start), never to this terminal.
 """
 
@@ -24,6 +27,8 @@ from gridpoints_dev.anvil import DEFAULT_CHAIN_ID, AnvilError, AnvilNode
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
+DEFAULT_STATE_INTERVAL_S = 5
+
 
 @app.command()
 def main(
@@ -34,8 +39,13 @@ def main(
     ] = None,
     state: Annotated[
         Path | None,
-        typer.Option(help="state file: loaded on start when present, written on stop"),
+        typer.Option(
+            help="state file: loaded on start when present, saved periodically and on stop"
+        ),
     ] = None,
+    state_interval: Annotated[
+        int, typer.Option(min=1, help="seconds between two saves of the state file")
+    ] = DEFAULT_STATE_INTERVAL_S,
     anvil_bin: Annotated[
         Path | None, typer.Option(help="Anvil binary (default node_modules/.bin/anvil)")
     ] = None,
@@ -49,6 +59,7 @@ def main(
         chain_id=chain_id,
         block_time=block_time,
         state_path=state,
+        state_interval=state_interval if state else None,
         anvil_path=anvil_bin,
         log_path=log,
     )
@@ -65,6 +76,8 @@ def main(
     except AnvilError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    for message in node.state_messages:
+        typer.echo(f"warning: {message}", err=True)
     try:
         info = {
             "rpc_url": node.rpc_url,
@@ -79,7 +92,7 @@ def main(
             typer.echo(node.rpc_url)
             typer.echo(f"chain id {node.chain_id}, pid {node.pid}, log {node.log_path}", err=True)
             if state:
-                typer.echo(f"state file {state}", err=True)
+                typer.echo(f"state file {state}, saved every {state_interval}s", err=True)
             typer.echo("Ctrl-C stops it", err=True)
         sys.stdout.flush()
         while not stop_requested.wait(0.5):

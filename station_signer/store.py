@@ -580,10 +580,12 @@ class StationStore:
             raise StoreError(f"no record with sequence {sequence}", "not_found")
         return found[0]
 
-    def records(self, status: RecordStatus | None = None) -> list[StoredRecord]:
+    def records(self, status: RecordStatus | str | None = None) -> list[StoredRecord]:
+        """The records, in sequence order; only those in `status` (a RecordStatus or its
+        value, e.g. ``"queued"``; ValueError for any other string) if given."""
         if status is None:
             return self._select("ORDER BY r.sequence")
-        return self._select("WHERE status = ? ORDER BY r.sequence", (status.value,))
+        return self._select("WHERE status = ? ORDER BY r.sequence", (RecordStatus(status).value,))
 
     def _finish(
         self,

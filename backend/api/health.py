@@ -9,12 +9,17 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from backend.api.deps import get_service
-from backend.api.schemas import HealthView, RegistryStatusView, SettlementHealthView
+from backend.api.schemas import (
+    HealthView,
+    ReconciliationView,
+    RegistryStatusView,
+    SettlementHealthView,
+)
 from backend.epochs import unsealed_range
 from backend.metrics import CONTENT_TYPE_LATEST
 from backend.queries import log_size
 from backend.service import BackendService
-from backend.settlement import settlement_status
+from backend.settlement import Settler, settlement_status
 
 router = APIRouter(tags=["operations"])
 ServiceDep = Annotated[BackendService, Depends(get_service)]
@@ -64,6 +69,11 @@ def healthz(service: ServiceDep) -> JSONResponse:
             if worker is not None and worker.settler_balance_wei is not None
             else None
         ),
+        reconciliation=(
+            reconciliation_view(worker.settler)
+            if worker is not None and worker.settler is not None
+            else None
+        ),
     )
     follower = service.follower
     assert follower is not None
@@ -90,6 +100,16 @@ def healthz(service: ServiceDep) -> JSONResponse:
         settlement=settlement,
     )
     return JSONResponse(view.model_dump(mode="json"), 503 if status == "failing" else 200)
+
+
+def reconciliation_view(settler: Settler) -> ReconciliationView:
+    last = settler.last_reconciliation
+    return ReconciliationView(
+        reopenedSteps=settler.reopened_steps,
+        lastAt=last.at if last is not None else None,
+        lastReopened=[f"{epoch}/{step}" for epoch, step in last.reopened] if last else [],
+        lastLostFromBlock=last.lost_from_block if last is not None else None,
+    )
 
 
 @router.get(

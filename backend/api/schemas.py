@@ -192,7 +192,18 @@ class RegistryStatusView(BaseModel):
     lastSuccessAt: datetime | None
     lastError: str | None
     lastErrorAt: datetime | None
-    reorgDetected: bool
+    reorgDetected: bool = Field(
+        description="The chain was ever rewound below the follower's position (kept across "
+        "restarts); the status is then `degraded`: records judged meanwhile used keys the chain "
+        "may no longer hold."
+    )
+    reorgCount: int = Field(
+        default=0, description="Rewinds the mirror was rolled back from (to the fork point)."
+    )
+    lastReorgAt: datetime | None = None
+    lastReorgForkBlock: int | None = Field(
+        default=None, description="The block the mirror was rolled back to the last time."
+    )
 
     @classmethod
     def of(cls, s: FollowerStatus) -> RegistryStatusView:
@@ -210,7 +221,23 @@ class RegistryStatusView(BaseModel):
             lastError=s.last_error,
             lastErrorAt=s.last_error_at,
             reorgDetected=s.reorg_detected,
+            reorgCount=s.reorg_count,
+            lastReorgAt=s.last_reorg_at,
+            lastReorgForkBlock=s.last_reorg_fork_block,
         )
+
+
+class ReconciliationView(BaseModel):
+    reopenedSteps: int = Field(
+        description="Confirmed settlement steps this process re-opened because the chain no "
+        "longer held their blocks (a reorg, a node rewound or restored from an older state); "
+        "each is found on chain again or sent again."
+    )
+    lastAt: datetime | None = Field(description="When the last reconciliation re-opened steps.")
+    lastReopened: list[str] = Field(description="Its steps, as `epoch/step`.")
+    lastLostFromBlock: int | None = Field(
+        description="The lowest block of a step it re-opened: the chain forked below it."
+    )
 
 
 class SettlementHealthView(BaseModel):
@@ -222,9 +249,12 @@ class SettlementHealthView(BaseModel):
     settler: str | None = Field(default=None, description="The settler's address (it pays gas).")
     settlerBalanceWei: str | None = Field(
         default=None,
-        description="Its balance after the last round this process led, in wei (a decimal "
+        description="Its balance, read at start and after every round, in wei (a decimal "
         "string: wei amounts exceed JavaScript's safe integers); below "
         "GRIDPOINTS_SETTLER_MIN_BALANCE_WEI the status is `degraded`.",
+    )
+    reconciliation: ReconciliationView | None = Field(
+        default=None, description="What reconciling with the chain re-opened (the leader's)."
     )
 
 

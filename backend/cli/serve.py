@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,7 +27,10 @@ def serve(
     deployment_file: Annotated[
         Path | None, typer.Option(help="Deployment file written by scripts/deploy.py.")
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="uvicorn log level.")] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="Log level of the backend's own lines and uvicorn's (default info)."),
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -64,7 +68,11 @@ def serve(
             served = create_app(settings)
             tune_gc()
             uvicorn.run(
-                served, host=settings.host, port=settings.port, log_level=settings.log_level
+                served,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                log_config=log_config(settings.log_level),
             )
         return
     # Worker processes build their app from the environment (uvicorn needs an import string
@@ -81,7 +89,39 @@ def serve(
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=log_config(settings.log_level),
         )
+
+
+# The loggers of the packages a serving process runs: uvicorn's log level and configuration
+# reach only uvicorn's own loggers, and the backend's lines ("sealed epoch", "epoch N settled",
+# re-broadcasts, reconciliations, registry events) would never show.
+APP_LOGGERS = ("backend", "gridpoints_chain", "gridpoints_protocol", "gridpoints_signers")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the backend's own loggers at `level`, on stderr.
+
+    Passed to uvicorn rather than applied here so that every ``--workers`` process applies it
+    too. The lines carry no secret: RPC URLs are redacted, keys and PINs never logged, and no
+    user address is (station ids and the settler's address are the operator's)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["gridpoints"] = {"format": LOG_FORMAT}
+    config["handlers"]["gridpoints"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "gridpoints",
+        "stream": "ext://sys.stderr",
+    }
+    for name in APP_LOGGERS:
+        config["loggers"][name] = {
+            "handlers": ["gridpoints"],
+            "level": level.upper(),
+            "propagate": False,
+        }
+    return config
 
 
 def tune_gc() -> None:

@@ -84,6 +84,22 @@ class RegistryCursor(Base):
     # NULL until the first range is applied.
     last_block_timestamp: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Rewinds of the chain below last_block that the follower rolled the mirror back from:
+    # kept here so that a restart still reports them.
+    reorg_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_reorg_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_reorg_fork_block: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RegistryCheckpoint(Base):
+    """A block the follower applied events up to, with its hash: after a rewind, the newest
+    checkpoint whose hash the chain still has is the fork point the mirror rolls back to."""
+
+    __tablename__ = "registry_checkpoints"
+
+    block_number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    block_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    block_timestamp: Mapped[int] = mapped_column(BigInteger)
 
 
 class RegistryEvent(Base):
@@ -384,6 +400,9 @@ class SettlementStep(Base):
     block_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     gas_used: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Confirmed and its block canonical at or below the chain's finalized block: no longer
+    # re-verified one by one (the newest final step's block still is, every reconciliation).
+    final: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class SettlementAttempt(Base):

@@ -248,7 +248,8 @@ def test_anvil_on_a_taken_port_fails_clearly(anvil_node: AnvilNode) -> None:
 def test_anvil_that_exits_at_start_reports_its_log(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     state.write_text("not a state dump")
-    node = AnvilNode(state_path=state, log_path=tmp_path / "anvil.log")
+    # Anvil's own --load-state (a state_path that does not load is set aside instead).
+    node = AnvilNode(load_state=state, log_path=tmp_path / "anvil.log")
     with pytest.raises(AnvilError, match="exited with code") as info:
         node.start()
     assert "failed to parse json file" in str(info.value)
