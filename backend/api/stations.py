@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from backend.api.deps import get_service, parse_address_param, parse_hex32
 from backend.api.errors import ApiError
-from backend.api.records import NOT_FOUND, Limit, record_view
+from backend.api.records import MAX_INDEX, NOT_FOUND, Limit, record_view
 from backend.api.schemas import (
     ConflictingSubmissionView,
     EquivocationList,
@@ -75,7 +75,7 @@ def get_station(
 def station_records(
     service: ServiceDep,
     station_id: StationIdPath,
-    after_sequence: Annotated[int, Query(alias="afterSequence", ge=0)] = 0,
+    after_sequence: Annotated[int, Query(alias="afterSequence", ge=0, le=2**64 - 1)] = 0,
     limit: Limit = 100,
     gap_limit: Annotated[int, Query(alias="gapLimit", ge=0, le=10_000)] = 100,
 ) -> StationRecordsPage:
@@ -107,7 +107,7 @@ def station_records(
 def station_rejections(
     service: ServiceDep,
     station_id: StationIdPath,
-    after_id: Annotated[int, Query(alias="afterId", ge=0)] = 0,
+    after_id: Annotated[int, Query(alias="afterId", ge=0, le=MAX_INDEX)] = 0,
     limit: Limit = 100,
 ) -> RejectionPage:
     sid = parse_hex32(station_id, "stationId")

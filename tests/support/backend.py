@@ -419,3 +419,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
     """(kind, URL) of a fresh, un-migrated database, once per database kind."""
     with fresh_database(request.param, tmp_path) as url:
         yield request.param, url
+
+
+def postgres_sessions(database_url: str) -> int:
+    """The server sessions connected to the PostgreSQL database of `database_url` right now
+    (counted from the admin database, so this count's own connection is not among them)."""
+    conninfo, _ = _pg_admin_conninfo()
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+            (make_url(database_url).database,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
