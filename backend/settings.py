@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
+
 # The operator's published tariff documents (one TOML file per version, see its README).
 TARIFFS_DIR: Final = Path(__file__).resolve().parent / "tariffs"
 
@@ -85,7 +87,7 @@ class Settings(BaseSettings):
     # -- ingest limits ----------------------------------------------------------------------
     max_batch: int = Field(default=1_000, ge=1)
     max_body_bytes: int = Field(default=4 * MiB, ge=1_024)
-    clock_skew_s: int = Field(default=300, ge=0)
+    clock_skew_s: int = Field(default=DEFAULT_CLOCK_SKEW_S, ge=0)
 
     # -- epochs and settlement ---------------------------------------------------------------
     # Tariff documents (one *.toml per version); the packaged folder by default.
