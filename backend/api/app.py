@@ -15,7 +15,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.epochs import router as epochs_router
-from backend.api.errors import ERROR_CODES, body_too_large, install_error_handlers
+from backend.api.errors import (
+    ERROR_CODES,
+    AsciiJSONResponse,
+    body_too_large,
+    install_error_handlers,
+)
 from backend.api.health import router as health_router
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.records import router as records_router
@@ -79,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         description=_description(settings),
         lifespan=lifespan,
+        default_response_class=AsciiJSONResponse,
     )
     app.state.service = None
     app.state.settings = settings

@@ -181,7 +181,8 @@ def _epoch(session: Session, epoch_id: int) -> Epoch:
     return epoch
 
 
-EpochIdPath = Annotated[int, Path(alias="epochId", ge=1)]
+# The epochs table's BIGINT: a larger id is a 422, not a database overflow.
+EpochIdPath = Annotated[int, Path(alias="epochId", ge=1, le=2**63 - 1)]
 
 
 @router.get(

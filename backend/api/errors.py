@@ -6,6 +6,7 @@ Per-record rejections are not errors in this sense: they are `RecordOutcome`s (s
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -59,6 +60,20 @@ class ApiError(BackendError):
         self.details = details
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped (``\\uXXXX``).
+
+    A client can put a lone UTF-16 surrogate (``"\\ud800"``) into a key or value that a
+    response echoes; UTF-8 cannot encode it, so the default rendering raised (a 500 for a
+    client's input). Escaped, it is valid JSON that decodes to the same string.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, indent=None, separators=(",", ":")
+        ).encode("ascii")
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return ErrorResponse.of(code, message, details).model_dump(mode="json", by_alias=True)
 
@@ -66,7 +81,7 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 def error_response(
     status_code: int, code: str, message: str, details: Any = None, **kwargs: Any
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status_code, **kwargs)
+    return AsciiJSONResponse(error_body(code, message, details), status_code=status_code, **kwargs)
 
 
 def body_too_large(max_body_bytes: int) -> dict[str, Any]:

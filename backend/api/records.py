@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.deps import get_service, parse_address_param, parse_hex32
-from backend.api.errors import ApiError
+from backend.api.errors import ApiError, AsciiJSONResponse
 from backend.api.schemas import LogPage, StoredRecordView, UserRecordsPage
 from backend.db.models import Record
 from backend.db.record_rows import stored_signed_record
@@ -387,7 +387,7 @@ async def submit_record(request: Request) -> JSONResponse:
     headers = None
     if outcome.deferral is not None:
         headers = {"Retry-After": str(outcome.deferral.retry_after)}
-    return JSONResponse(outcome_json(outcome, {}), status, headers=headers)
+    return AsciiJSONResponse(outcome_json(outcome, {}), status, headers=headers)
 
 
 async def submit_batch(request: Request) -> JSONResponse:
@@ -448,7 +448,7 @@ def _submit_batch(
     service: BackendService, items: list[Any], claimed: Domain | None
 ) -> JSONResponse:
     # Rendering a thousand outcomes is CPU work too: same worker thread as the ingest.
-    return JSONResponse(batch_json(service.submit(items, claimed_domain=claimed)), 200)
+    return AsciiJSONResponse(batch_json(service.submit(items, claimed_domain=claimed)), 200)
 
 
 def batch_json(outcomes: list[Outcome]) -> dict[str, Any]:

@@ -77,8 +77,30 @@ def body_text(item: Any) -> str:
     """A submission item as stored with a rejection: compact JSON, keys in the sent order."""
     try:
         return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        # Nested just under the request parser's limit: json.dumps needs more stack than
+        # parsing did. The reason is all that is worth keeping of such a body.
+        return '"(not stored: nested too deeply)"'
     except (TypeError, ValueError):
         return repr(item)
+
+
+def storable(text: str) -> str:
+    """`text` with every lone UTF-16 surrogate written as its JSON escape (``\\ud800``).
+
+    JSON lets a client send one; neither UTF-8 nor a database driver can store it. NUL, which
+    PostgreSQL's text cannot hold, is written as ``\\u0000`` likewise."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\u0000")
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): _storable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_value(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,9 +382,9 @@ def rejection_row(received_at: datetime, candidate: Candidate, problem: Problem)
         "sequence": candidate.sequence,
         "digest": candidate.digest,
         "reason": problem.reason.value,
-        "message": problem.message,
-        "details": problem.details,
-        "body": body,
+        "message": storable(problem.message),
+        "details": _storable_value(problem.details),
+        "body": storable(body),
         "body_truncated": truncated,
         "body_size": len(encoded),
     }

@@ -7,6 +7,7 @@ are reached with small requests.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -226,3 +227,63 @@ def test_metrics_count_ingest_outcomes(small: BackendHarness) -> None:
     horizon = _metric(after, "gridpoints_registry_horizon_timestamp_seconds")
     assert horizon == h.client.get("/v1/registry").json()["lastBlockTimestamp"] > 0
     assert "gridpoints_ingest_duration_seconds_bucket" in after
+
+
+# ---- hostile encodings: a clear 4xx, never a 500 (issue 12) -------------------------------------
+
+JSON = {"content-type": "application/json"}
+
+
+def test_a_lone_surrogate_in_a_rejected_body_is_stored_escaped(small: BackendHarness) -> None:
+    """JSON allows "\\ud800"; UTF-8 and the database do not. The rejection is stored (with
+    the surrogate written as its escape), answered, and the batch's valid record is kept."""
+    h = small
+    station = h.register_station()
+    hostile = '{"record":{"stationId":"\\ud800","\\udfff":"\\u0000"},"signature":"0x"}'
+    single = h.client.post("/v1/records", content=hostile.encode(), headers=JSON)
+    assert single.status_code == 422, single.text
+    assert single.json()["reason"] == RejectReason.MALFORMED.value
+    assert "\\udfff" in single.text  # echoed as the JSON escape it was sent as
+
+    valid = json.dumps(h.signed(station))
+    batch = h.client.post(
+        "/v1/records/batch", content=f"[{valid},{hostile}]".encode(), headers=JSON
+    )
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["outcomes"]
+    assert [r["status"] for r in results] == ["accepted", "rejected"]
+    assert h.station_status(station)["recordCount"] == 1
+
+    # A signed record of a known station carrying the surrogate is rejected under its name.
+    signed = h.signed(station)
+    signed["record"]["\ud800"] = 1
+    text = json.dumps(signed)  # ASCII: the surrogate travels as its escape
+    answer = h.client.post("/v1/records", content=text.encode(), headers=JSON)
+    assert answer.status_code == 422, answer.text
+    rejections = h.client.get(f"/v1/stations/{station.hex_id}/rejections")
+    assert rejections.status_code == 200, rejections.text
+    assert any("\\ud800" in json.dumps(r) for r in rejections.json()["rejections"])
+
+
+@pytest.mark.parametrize("path", ["/v1/records", "/v1/records/batch"])
+def test_json_nested_up_to_the_parser_limit_is_a_4xx(small: BackendHarness, path: str) -> None:
+    """Depths around the parser's recursion limit (952-954 and ~988 were 500s)."""
+    statuses = {}
+    for depth in range(900, 1_020, 3):
+        body = (("[" * depth) + ("]" * depth)).encode()
+        response = small.client.post(path, content=body, headers=JSON)
+        assert response.headers["content-type"].startswith("application/json")
+        if response.status_code == 200:
+            # A batch whose one item is the nested rest: that item is rejected on its own.
+            assert path.endswith("/batch") and response.json()["rejected"] == 1, response.text
+        statuses[depth] = response.status_code
+    assert all(code == 200 or 400 <= code < 500 for code in statuses.values()), statuses
+    assert small.client.get("/healthz").status_code in (200, 503)  # the server is still up
+
+
+@pytest.mark.parametrize("suffix", ["", "/records", "/credits"])
+def test_epoch_ids_beyond_the_column_are_a_422(small: BackendHarness, suffix: str) -> None:
+    for epoch_id in (2**63, 2**64, 10**30):
+        assert_error(small.client.get(f"/v1/epochs/{epoch_id}{suffix}"), 422, "invalid_parameter")
+    # The largest id the column holds is simply not sealed.
+    assert small.client.get(f"/v1/epochs/{2**63 - 1}{suffix}").status_code == 404
