@@ -265,9 +265,29 @@ def parse_uint_text(value: Any) -> int:
     raise ValueProblem(f"must be an integer, got {type_name(value)}")
 
 
+# Unknown keys named one by one in an error; the rest are counted. An error is stored with the
+# rejection and sent back: one per key made a request of many keys store and return far more
+# than it sent.
+MAX_UNKNOWN_KEYS_REPORTED = 8
+# Characters of an unknown key's name repeated in an error.
+MAX_KEY_NAME_REPORTED = 64
+
+
+def _key_name(key: Any) -> str:
+    name = str(key)
+    return name if len(name) <= MAX_KEY_NAME_REPORTED else name[: MAX_KEY_NAME_REPORTED - 3] + "..."
+
+
 def shape_errors(data: Mapping[Any, Any], expected: list[str]) -> list[FieldError]:
-    """Unknown keys (in input order), then missing keys (in declaration order)."""
-    errors = [FieldError(str(key), "unknown field") for key in data if key not in expected]
+    """Unknown keys (in input order, the first `MAX_UNKNOWN_KEYS_REPORTED` by name, the rest
+    as one count), then missing keys (in declaration order)."""
+    unknown = [key for key in data if key not in expected]
+    errors = [
+        FieldError(_key_name(k), "unknown field") for k in unknown[:MAX_UNKNOWN_KEYS_REPORTED]
+    ]
+    if len(unknown) > MAX_UNKNOWN_KEYS_REPORTED:
+        more = len(unknown) - MAX_UNKNOWN_KEYS_REPORTED
+        errors.append(FieldError("...", f"and {more} more unknown fields"))
     errors += [FieldError(name, "missing") for name in expected if name not in data]
     return errors
 

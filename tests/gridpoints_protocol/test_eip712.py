@@ -18,6 +18,8 @@ from gridpoints_protocol.authorization import PAYMENT_AUTHORIZATION, SettlementD
 from gridpoints_protocol.eip712 import (
     EIP712_DOMAIN_TYPE,
     EIP712_DOMAIN_TYPEHASH,
+    MAX_KEY_NAME_REPORTED,
+    MAX_UNKNOWN_KEYS_REPORTED,
     Eip712Domain,
     StructMember,
     StructType,
@@ -25,6 +27,7 @@ from gridpoints_protocol.eip712 import (
     encode_type,
     keccak256,
     parse_member_value,
+    shape_errors,
 )
 from gridpoints_protocol.errors import FieldError, RecordValidationError
 from gridpoints_protocol.record import ENERGY_TRANSFER, Domain
@@ -214,3 +217,16 @@ def test_domain_is_validated_and_distinct_per_subclass() -> None:
         )
     )
     assert ToyDomain.from_json(DOMAIN.to_json()) == DOMAIN
+
+
+def test_shape_errors_name_a_bounded_number_of_unknown_keys() -> None:
+    data = {"a": 1, **{f"junk{i}": i for i in range(1_000)}, "x" * 10_000: 0}
+    errors = shape_errors(data, ["a", "b"])
+    named = errors[:MAX_UNKNOWN_KEYS_REPORTED]
+    assert [e.field for e in named] == [f"junk{i}" for i in range(MAX_UNKNOWN_KEYS_REPORTED)]
+    assert errors[MAX_UNKNOWN_KEYS_REPORTED] == FieldError(
+        "...", f"and {1_001 - MAX_UNKNOWN_KEYS_REPORTED} more unknown fields"
+    )
+    assert errors[-1] == FieldError("b", "missing") and len(errors) == MAX_UNKNOWN_KEYS_REPORTED + 2
+    long_key = shape_errors({"x" * 10_000: 0}, [])[0].field
+    assert len(long_key) == MAX_KEY_NAME_REPORTED and long_key.endswith("...")

@@ -287,3 +287,22 @@ def test_epoch_ids_beyond_the_column_are_a_422(small: BackendHarness, suffix: st
         assert_error(small.client.get(f"/v1/epochs/{epoch_id}{suffix}"), 422, "invalid_parameter")
     # The largest id the column holds is simply not sealed.
     assert small.client.get(f"/v1/epochs/{2**63 - 1}{suffix}").status_code == 404
+
+
+def test_many_unknown_keys_store_and_answer_a_bounded_error(small: BackendHarness) -> None:
+    """Each unknown key was named in the stored message and details and in the answer: a
+    body of many keys stored and returned several times its own size."""
+    h = small
+    station = h.register_station()
+    signed = h.signed(station)
+    for i in range(400):
+        signed["record"][f"k{i}"] = 0
+    body = json.dumps(signed, separators=(",", ":")).encode()
+    assert len(body) < MAX_BODY
+    answer = h.client.post("/v1/records", content=body, headers=JSON)
+    assert answer.status_code == 422, answer.text
+    assert "and 392 more unknown fields" in answer.text
+    assert len(answer.content) < 2_048
+    (rejection,) = h.client.get(f"/v1/stations/{station.hex_id}/rejections").json()["rejections"]
+    stored_error = json.dumps([rejection["message"], rejection.get("details")])
+    assert len(stored_error) < 2_048, len(stored_error)
