@@ -84,6 +84,20 @@ class Metrics:
             ["endpoint", "status"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "gridpoints_rate_limited",
+            "Refused by a rate limit on refused input (backend.ratelimit): scope `address`, "
+            "requests answered 429; scope `station`, rejections deferred as rate_limited "
+            "instead of stored.",
+            ["scope"],
+            registry=r,
+        )
+        self.rate_limit_charged = Counter(
+            "gridpoints_rate_limit_charged_tokens",
+            "Tokens charged to remote addresses for refused input (rejected records, 4xx "
+            "requests and their body size).",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "gridpoints_ingest_batch_size",
             "Records per batch request.",
@@ -166,6 +180,13 @@ class Metrics:
             multiprocess_mode=_GAUGE_MODE,
             registry=r,
         )
+        self.settlement_leader = Gauge(
+            "gridpoints_settlement_leader",
+            "1 while this server holds the sealing/settlement leader lock (backend.leader), 0 "
+            "otherwise: across replicas on one database exactly one says 1 once a round has run.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.settlement_errors = Counter(
             "gridpoints_settlement_round_errors",
             "Failed sealing/settlement rounds (each followed by backoff and reconciliation).",
@@ -185,6 +206,8 @@ class Metrics:
             self.registry_events.labels(kind=kind)
         for state in ("sealed", "settled"):
             self.epochs.labels(state=state)
+        for scope in ("address", "station"):
+            self.rate_limited.labels(scope=scope)
 
     def render(self) -> bytes:
         if _multiprocess():

@@ -21,12 +21,19 @@ from backend.ledger import TreeCache
 from backend.metrics import Metrics
 from backend.migrations import check_schema
 from backend.queries import log_size
+from backend.ratelimit import (
+    UNREGISTERED_STATION,
+    BucketPolicy,
+    TokenBuckets,
+    retry_after_header,
+    station_key,
+)
 from backend.registry import RegistryFollower
 from backend.settings import Settings, redact_url
 from backend.worker import SealAndSettle, close_account, load_settler_account, scrub
 from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_chain.deployment import Deployment, deployment_domain
-from gridpoints_protocol.checks import RecordVerifier
+from gridpoints_protocol.checks import Deferral, Problem, RecordVerifier
 from gridpoints_protocol.keys import NOTHING_DECIDED, KeyDirectory
 from gridpoints_protocol.record import Domain
 from gridpoints_protocol.tariff import TariffBook, TariffError
@@ -57,7 +64,16 @@ class BackendService:
         self.directory = KeyDirectory(decided_before=NOTHING_DECIDED)
         self.follower: RegistryFollower | None = None
         self.verifier: RecordVerifier | None = None
-        self.ingestor = Ingestor(self.db)
+        # The claimed-station rate limit on stored rejections (backend.ratelimit).
+        self.station_limits: TokenBuckets | None = None
+        if settings.rate_limit_enabled:
+            self.station_limits = TokenBuckets(
+                BucketPolicy(settings.rate_limit_station_burst, settings.rate_limit_station_per_s),
+                max_sources=settings.rate_limit_max_sources,
+            )
+        self.ingestor = Ingestor(
+            self.db, admit_rejection=None if self.station_limits is None else self._admit_rejection
+        )
         # Concurrent requests share ingest transactions (see GroupCommitter).
         self.committer = GroupCommitter(self.ingestor)
         try:
@@ -192,6 +208,29 @@ class BackendService:
             for item in items
         ]
         return candidates, received_at
+
+    def _admit_rejection(self, candidate: Candidate, problem: Problem) -> Deferral | None:
+        """Lets `candidate`'s rejection be stored while its claimed station's bucket holds a
+        token (taking it), else defers it as `rate_limited` (see backend.ratelimit)."""
+        limits = self.station_limits
+        assert limits is not None
+        key = station_key(candidate.station_id, self._registered)
+        wait = limits.take(key)
+        if wait == 0.0:
+            return None
+        self.metrics.rate_limited.labels(scope="station").inc()
+        retry_after = int(retry_after_header(wait))
+        whose = "unregistered station ids" if key == UNREGISTERED_STATION else "this station"
+        return Deferral(
+            DeferReason.RATE_LIMITED,
+            f"too many records naming {whose} were rejected lately; this one would be rejected "
+            f"too ({problem.reason.value}: {problem.message}) and is not stored: fix it, or "
+            f"send it again after {retry_after} s to have its rejection recorded",
+            retry_after,
+        )
+
+    def _registered(self, station_id: bytes) -> bool:
+        return self.directory.station(station_id) is not None
 
     def _counted(self, outcomes: list[Outcome]) -> list[Outcome]:
         tally = Counter((o.status, o.reason or "") for o in outcomes)

@@ -89,6 +89,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * MiB, ge=1_024)
     clock_skew_s: int = Field(default=DEFAULT_CLOCK_SKEW_S, ge=0)
 
+    # -- rate limits on refused input (backend.ratelimit) ------------------------------------
+    # Valid traffic is never charged. A remote address pays a token per rejected record and per
+    # 4xx request (plus one per 4 KiB of its body) and gets 429 while its bucket is empty; a
+    # claimed station pays one per stored rejection and, while empty, its further rejections
+    # are answered `deferred` / `rate_limited` instead of stored.
+    rate_limit_enabled: bool = True
+    rate_limit_address_burst: int = Field(default=300, ge=1)
+    rate_limit_address_per_s: float = Field(default=5.0, gt=0)
+    rate_limit_station_burst: int = Field(default=300, ge=1)
+    rate_limit_station_per_s: float = Field(default=1.0, gt=0)
+    # Buckets kept per kind (least recently charged dropped first): bounds the memory.
+    rate_limit_max_sources: int = Field(default=100_000, ge=1)
+
     # -- epochs and settlement ---------------------------------------------------------------
     # Tariff documents (one *.toml per version); the packaged folder by default.
     tariffs_dir: Path = TARIFFS_DIR

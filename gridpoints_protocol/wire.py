@@ -191,6 +191,12 @@ class DeferReason(StrEnum):
         "endTime is later than the backend's clock (plus its tolerance): the transfer has not "
         "ended yet by the backend's clock (or the station's clock runs ahead).",
     )
+    RATE_LIMITED = (
+        "rate_limited",
+        "The record would be rejected, but too many records naming this station (or, for an "
+        "unregistered station id, any unregistered one) were rejected lately: the rejection is "
+        "not stored. Fix the record, or send it again later to have the rejection recorded.",
+    )
 
     @classmethod
     def describe(cls) -> dict[str, str]:

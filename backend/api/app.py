@@ -20,11 +20,14 @@ from backend.api.errors import (
     AsciiJSONResponse,
     body_too_large,
     install_error_handlers,
+    rate_limited,
 )
 from backend.api.health import router as health_router
 from backend.api.limits import BodySizeLimitMiddleware
+from backend.api.ratelimit import AddressRateLimitMiddleware
 from backend.api.records import router as records_router
 from backend.api.stations import router as stations_router
+from backend.ratelimit import BucketPolicy, TokenBuckets
 from backend.service import BackendService
 from backend.settings import Settings
 from gridpoints_protocol.wire import ErrorResponse
@@ -49,6 +52,14 @@ station's other records and appends the accepted ones to its append-only record 
 
 **Limits**: at most {settings.max_body_bytes} bytes per request body (413) and
 {settings.max_batch} records per batch (422).
+
+**Rate limits on refused input**: valid traffic is never charged. An address that sends many
+rejected records or refused requests is answered 429 (code `rate_limited`, header
+`Retry-After`) for a while; when many rejections name one station (or unregistered station ids),
+further ones are not stored but answered `deferred` with reason `rate_limited`. Currently
+{"on" if settings.rate_limit_enabled else "off"}: {settings.rate_limit_address_burst} tokens per
+address refilled at {settings.rate_limit_address_per_s}/s, {settings.rate_limit_station_burst}
+per station at {settings.rate_limit_station_per_s}/s.
 
 **Errors**: every request-level error (anything that is not a per-record outcome) has the body
 `{{"error": {{"code", "message", "details"}}}}` (`ErrorResponse`) with one of these codes:
@@ -94,6 +105,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         error_body=body_too_large,
     )
+    if settings.rate_limit_enabled:
+        # Added last, so outermost: an over-limit source is answered before anything else runs.
+        app.state.address_limits = TokenBuckets(
+            BucketPolicy(settings.rate_limit_address_burst, settings.rate_limit_address_per_s),
+            max_sources=settings.rate_limit_max_sources,
+        )
+        app.add_middleware(
+            AddressRateLimitMiddleware,
+            buckets=app.state.address_limits,
+            max_body_bytes=settings.max_body_bytes,
+            metrics=lambda: app.state.service.metrics if app.state.service else None,
+            error_body=rate_limited,
+        )
     app.include_router(records_router, responses=PARAMETER_ERROR)
     app.include_router(stations_router, responses=PARAMETER_ERROR)
     app.include_router(epochs_router, responses=PARAMETER_ERROR)

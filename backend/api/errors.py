@@ -26,6 +26,8 @@ ERROR_CODES: dict[str, str] = {
     "invalid_domain_header": "400: a GridPoints-Chain-Id / GridPoints-Verifying-Contract header "
     "is not a number / an address.",
     "body_too_large": "413: the body exceeds the configured maximum (details.maxBodyBytes).",
+    "rate_limited": "429: this address sent too much refused input lately (rejected records, "
+    "4xx requests); send again after the Retry-After header's seconds (details.retryAfter).",
     "invalid_batch": "422: a batch body that is not a JSON array.",
     "empty_batch": "422: a batch without records.",
     "batch_too_long": "422: more records than the configured maximum (details.maxBatch).",
@@ -89,6 +91,15 @@ def body_too_large(max_body_bytes: int) -> dict[str, Any]:
         "body_too_large",
         f"request body larger than {max_body_bytes} bytes; send fewer records per request",
         {"maxBodyBytes": max_body_bytes},
+    )
+
+
+def rate_limited(retry_after: int) -> dict[str, Any]:
+    return error_body(
+        "rate_limited",
+        "too much refused input from this address lately (rejected records, refused "
+        f"requests); send again in {retry_after} s",
+        {"retryAfter": retry_after},
     )
 
 

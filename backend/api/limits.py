@@ -38,7 +38,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > limit:
             await self._refuse(send)
             return
@@ -86,7 +86,8 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": payload})
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's declared Content-Length, None when absent or not a number."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:

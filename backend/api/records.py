@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backend.api.deps import get_service, parse_address_param, parse_hex32
 from backend.api.errors import ApiError, AsciiJSONResponse
+from backend.api.ratelimit import charge_records
 from backend.api.schemas import LogPage, StoredRecordView, UserRecordsPage
 from backend.db.models import Record
 from backend.db.record_rows import stored_signed_record
@@ -68,8 +69,9 @@ Every record gets its own outcome (`RecordOutcome`):
   at its `endTime` is only decided once the backend's StationRegistry follower has applied a
   block later than `endTime` (it stays some confirmations behind the chain head), and a record
   that ends beyond the backend's clock waits for the clock. Parse, domain and signature problems
-  are never deferred, and a record that is invalid whatever the registry still says (ended
-  before the station's `activeFrom`, or at or after its revocation) is rejected at once.
+  are never deferred for that (only `rate_limited` defers a record that would be rejected), and
+  a record that is invalid whatever the registry still says (ended before the station's
+  `activeFrom`, or at or after its revocation) is rejected at once.
   `reason` is one of:
 
 {_reason_table(DeferReason.describe())}
@@ -172,6 +174,20 @@ SINGLE_RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
+    429: {
+        "model": RecordOutcome,
+        "description": "Deferred as `rate_limited`: the record would be rejected, but too many "
+        "rejections naming its station were stored lately; it is stored nowhere. The body is a "
+        "RecordOutcome. A 429 with an ErrorResponse body (code `rate_limited`) means this "
+        "address sent too much refused input: nothing of the request was read. Either way, "
+        "send again after the `Retry-After` header's seconds.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds before sending again.",
+                "schema": {"type": "integer"},
+            }
+        },
+    },
     **_REQUEST_ERRORS,
 }
 
@@ -187,6 +203,11 @@ BATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
         "The batch is not a JSON array, is empty, or is longer than the maximum "
         "(codes `invalid_batch`, `empty_batch`, `batch_too_long`).",
         "batch_too_long",
+    ),
+    429: _error_doc(
+        "This address sent too much refused input lately; send again after the `Retry-After` "
+        "header's seconds.",
+        "rate_limited",
     ),
     **_REQUEST_ERRORS,
 }
@@ -344,7 +365,7 @@ def _single_status(outcome: Outcome) -> int:
     if outcome.status == DUPLICATE:
         return 200
     if outcome.status == DEFERRED:
-        return 503
+        return 429 if outcome.reason == DeferReason.RATE_LIMITED else 503
     return 409 if outcome.reason == RejectReason.EQUIVOCATION else 422
 
 
@@ -381,6 +402,7 @@ async def submit_record(request: Request) -> JSONResponse:
         item = await run_in_threadpool(parse_json_body, body)
     claimed = _claimed_domain(request, service)
     (outcome,) = await service.submit_async([item], claimed_domain=claimed)
+    charge_records(request, int(_refused(outcome)))
     status = _single_status(outcome)
     service.metrics.requests.labels(endpoint="single", status=str(status)).inc()
     service.metrics.ingest_seconds.labels(endpoint="single").observe(time.perf_counter() - started)
@@ -408,7 +430,8 @@ async def submit_batch(request: Request) -> JSONResponse:
             {"maxBatch": maximum, "received": len(items)},
         )
     claimed = _claimed_domain(request, service)
-    response = await run_in_threadpool(_submit_batch, service, items, claimed)
+    response, refused = await run_in_threadpool(_submit_batch, service, items, claimed)
+    charge_records(request, refused)
     service.metrics.requests.labels(endpoint="batch", status="200").inc()
     service.metrics.batch_size.observe(len(items))
     service.metrics.ingest_seconds.labels(endpoint="batch").observe(time.perf_counter() - started)
@@ -446,9 +469,16 @@ router.add_api_route(
 
 def _submit_batch(
     service: BackendService, items: list[Any], claimed: Domain | None
-) -> JSONResponse:
+) -> tuple[JSONResponse, int]:
+    """The response, and how many of the records were refused."""
     # Rendering a thousand outcomes is CPU work too: same worker thread as the ingest.
-    return AsciiJSONResponse(batch_json(service.submit(items, claimed_domain=claimed)), 200)
+    outcomes = service.submit(items, claimed_domain=claimed)
+    return AsciiJSONResponse(batch_json(outcomes), 200), sum(map(_refused, outcomes))
+
+
+def _refused(outcome: Outcome) -> bool:
+    """Whether `outcome` refuses its record: what its sender's address is charged for."""
+    return outcome.status == REJECTED or outcome.reason == DeferReason.RATE_LIMITED
 
 
 def batch_json(outcomes: list[Outcome]) -> dict[str, Any]:

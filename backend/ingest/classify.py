@@ -71,6 +71,8 @@ UNAUTHENTICATED_BODY_BYTES = 2_048
 Neighbour: TypeAlias = tuple[int, int, int]
 # The nearest stored records below and above a sequence of one station and direction.
 StoredNeighbours: TypeAlias = Callable[[bytes, int, int], tuple[Neighbour | None, Neighbour | None]]
+# Whether a candidate's rejection may be stored: None yes, else the deferral to answer instead.
+RejectionGate: TypeAlias = "Callable[[Candidate, Problem], Deferral | None]"
 
 
 def body_text(item: Any) -> str:
@@ -238,6 +240,9 @@ class Batch:
     # Evidence rows with the position of their rejection in `rejections`.
     equivocations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     payments: list[dict[str, Any]] = field(default_factory=list)
+    # Asked before a rejection is stored: None lets it be stored, a Deferral answers the
+    # candidate with it instead (the claimed station's rate limit, backend.ratelimit).
+    admit_rejection: RejectionGate | None = None
 
 
 # ---- classification -----------------------------------------------------------------------------
@@ -306,6 +311,9 @@ def _equivocation(
             "acceptedLogIndex": accepted_index,
         },
     )
+    refused = _refused(batch, candidate, problem)
+    if refused is not None:
+        return refused
     batch.rejections.append(rejection_row(batch.received_at, candidate, problem))
     batch.equivocations.append(
         (
@@ -390,7 +398,20 @@ def rejection_row(received_at: datetime, candidate: Candidate, problem: Problem)
     }
 
 
+def _refused(batch: Batch, candidate: Candidate, problem: Problem) -> Outcome | None:
+    """The deferral that replaces a rejection the gate does not admit (stored nowhere)."""
+    if batch.admit_rejection is None:
+        return None
+    deferral = batch.admit_rejection(candidate, problem)
+    if deferral is None:
+        return None
+    return Outcome(DEFERRED, digest=candidate.digest, deferral=deferral)
+
+
 def _reject(batch: Batch, candidate: Candidate, problem: Problem) -> Outcome:
+    refused = _refused(batch, candidate, problem)
+    if refused is not None:
+        return refused
     batch.rejections.append(rejection_row(batch.received_at, candidate, problem))
     return Outcome(REJECTED, digest=candidate.digest, problem=problem)
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.session import Database
 from backend.ingest import storage
-from backend.ingest.classify import Batch, Candidate, Outcome, classify
+from backend.ingest.classify import Batch, Candidate, Outcome, RejectionGate, classify
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ _MAX_ATTEMPTS = 3
 class Ingestor:
     """Classifies and stores candidates, one transaction per call; see the module docstring."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, admit_rejection: RejectionGate | None = None) -> None:
         self.db = db
+        # Asked before each rejection is stored (see `Batch.admit_rejection`).
+        self.admit_rejection = admit_rejection
         # Size of the record log after the last commit of this instance (None before).
         self.log_size: int | None = None
 
@@ -74,6 +76,7 @@ class Ingestor:
             received_at=received_at,
             next_log_index=start,
             stored_neighbours=partial(storage.stored_neighbours, conn),
+            admit_rejection=self.admit_rejection,
         )
         storage.load(conn, batch, candidates)
         outcomes = [classify(batch, candidate) for candidate in candidates]
