@@ -285,9 +285,14 @@ class SealAndSettle:
             log.error("the sealing/settlement lock was lost; stepping down")
             if self.settler is not None:
                 self.settler.request_reconcile()
+        was_leader = self.lock.held
         if not self.lock.try_acquire():
+            self._set_leader_gauge(False)
             self.last_report = report
             return report
+        if not was_leader:
+            log.info("took the sealing/settlement lock: this process seals and settles now")
+        self._set_leader_gauge(True)
         report.leader = True
         while not self.stop_event.is_set() and (force_seal or self.seal_due()):
             epoch = self.sealer.seal()
@@ -298,6 +303,10 @@ class SealAndSettle:
             report.settled = self.settler.settle_all()
         self.last_report = report
         return report
+
+    def _set_leader_gauge(self, leader: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.settlement_leader.set(1 if leader else 0)
 
     @property
     def settler_balance_low(self) -> bool:
@@ -351,6 +360,7 @@ class SealAndSettle:
                     self.settler.request_reconcile()
             self.stop_event.wait(delay)
         self.lock.release()
+        self._set_leader_gauge(False)
 
     def start(self) -> None:
         if self._thread is not None:
