@@ -7,9 +7,11 @@ What runs, all for real and all started (and stopped) by this script:
   ``gridpoints_chain.deploy.deploy`` and ``--stations`` stations registered by real
   ``registerStation`` transactions from the registrar account;
 * per database (``--databases``: a SQLite file, and/or a PostgreSQL database created on the
-  server of ``--postgres-url`` and dropped afterwards) and per worker count (``--workers``):
-  ``gridpoints db upgrade``, then ``gridpoints serve --workers W`` (uvicorn, its own process
-  group, loopback);
+  server of ``--postgres-url`` and dropped afterwards), per worker count (``--workers``) and per
+  replica count (``--replicas``, PostgreSQL only): ``gridpoints db upgrade``, then R independent
+  ``gridpoints serve --workers W`` processes (uvicorn, each its own process group and loopback
+  port, as on R machines behind a load balancer) on that one database, the client connections
+  spread evenly over their ports;
 * load generators in separate processes (``--client-processes``): a minimal HTTP/1.1
   keep-alive client on asyncio + uvloop with pre-encoded requests and one request in flight
   per connection; each process reports its own CPU time so the table shows what the client
@@ -34,7 +36,7 @@ Other work on the machine makes the figures noisy; that is why every figure is a
 
 Usage:
   .venv/bin/python scripts/bench_ingest.py [--records 10000] [--stations 200] [--repeat 3]
-      [--databases sqlite,postgresql] [--workers 1,2] [--json]
+      [--databases sqlite,postgresql] [--workers 1,2] [--replicas 1,2] [--json]
 
 Ctrl-C (or SIGTERM) stops the clients, the servers and Anvil and drops the databases.
 """
@@ -368,9 +370,9 @@ async def _connection(
 
 
 async def _client(
-    host: str, port: int, jobs: list[list[bytes]], batch: bool, barrier: Any
+    host: str, jobs: list[tuple[int, list[bytes]]], batch: bool, barrier: Any
 ) -> dict[str, Any]:
-    connections = [await asyncio.open_connection(host, port) for _ in jobs]
+    connections = [await asyncio.open_connection(host, port) for port, _ in jobs]
     loop = asyncio.get_running_loop()
     # Every client process connected: all start at the same instant.
     await loop.run_in_executor(None, barrier.wait)
@@ -378,7 +380,7 @@ async def _client(
     results = await asyncio.gather(
         *(
             _connection(r, w, requests, batch)
-            for (r, w), requests in zip(connections, jobs, strict=True)
+            for (r, w), (_, requests) in zip(connections, jobs, strict=True)
         )
     )
     t1, cpu1 = time.monotonic(), time.process_time()
@@ -391,13 +393,13 @@ async def _client(
 
 
 def _client_process(
-    host: str, port: int, jobs: list[list[bytes]], batch: bool, barrier: Any, queue: Any
+    host: str, jobs: list[tuple[int, list[bytes]]], batch: bool, barrier: Any, queue: Any
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent cleans up; just go
     import uvloop
 
     try:
-        result = uvloop.run(_client(host, port, jobs, batch, barrier))
+        result = uvloop.run(_client(host, jobs, batch, barrier))
     except BaseException as exc:
         barrier.abort()
         result = {"error": f"{type(exc).__name__}: {exc}"}
@@ -482,8 +484,8 @@ def pg_backend_pids(pg_admin_url: str, database_url: str) -> list[int]:
 
 
 def run_load(
-    server: ServeProcess,
-    jobs_per_process: list[list[list[bytes]]],
+    servers: list[ServeProcess],
+    jobs_per_process: list[list[tuple[int, list[bytes]]]],
     batch: bool,
     pg: tuple[str, str] | None,
 ) -> RunResult:
@@ -493,7 +495,7 @@ def run_load(
     processes = [
         ctx.Process(
             target=_client_process,
-            args=(server.host, server.port, jobs, batch, barrier, queue),
+            args=(servers[0].host, jobs, batch, barrier, queue),
             daemon=True,
         )
         for jobs in jobs_per_process
@@ -501,8 +503,10 @@ def run_load(
     try:
         for p in processes:
             p.start()
-        assert server.pid is not None
-        server_pids = process_tree(server.pid)
+        server_pids = []
+        for server in servers:
+            assert server.pid is not None
+            server_pids += process_tree(server.pid)
         db_pids = pg_backend_pids(*pg) if pg else []
         barrier.wait(timeout=120)
         server0, db0, box0 = cpu_of(server_pids), cpu_of(db_pids), box_jiffies()
@@ -519,7 +523,8 @@ def run_load(
                 p.join(5)
     errors = [r["error"] for r in results if "error" in r]
     if errors:
-        raise RuntimeError(f"client failed: {errors[0]}\nserver log:\n{server.log_tail()}")
+        tails = "\n".join(server.log_tail() for server in servers)
+        raise RuntimeError(f"client failed: {errors[0]}\nserver logs:\n{tails}")
     counts: Counter[str] = Counter()
     samples: list[str] = []
     for r in results:
@@ -540,32 +545,42 @@ def run_load(
 
 
 def single_jobs(
-    chunk: Chunk, server: ServeProcess, connections: int, processes: int
-) -> list[list[list[bytes]]]:
-    """One request list per connection; a station always uses the same connection, so its
-    records leave in sequence order (as from a real station), the connections interleaved."""
-    per_connection: list[list[bytes]] = [[] for _ in range(connections)]
+    chunk: Chunk, servers: list[ServeProcess], connections: int, processes: int
+) -> list[list[tuple[int, list[bytes]]]]:
+    """One (port, request list) per connection; a station always uses the same connection, so
+    its records leave in sequence order (as from a real station), the connections interleaved;
+    connection i goes to server i mod len(servers) (a load balancer's even spread)."""
+    per_connection: list[tuple[int, list[bytes]]] = [
+        (servers[i % len(servers)].port or 0, []) for i in range(connections)
+    ]
     for body, station in zip(chunk.bodies, chunk.station_of, strict=True):
-        per_connection[station % connections].append(
-            _http_request(server.host, server.port, "/v1/records", body)
-        )
+        port, requests = per_connection[station % connections]
+        requests.append(_http_request(servers[0].host, port, "/v1/records", body))
     return [per_connection[i::processes] for i in range(processes)]
 
 
 def batch_jobs(
-    chunk: Chunk, server: ServeProcess, batch_size: int, connections: int
-) -> list[list[list[bytes]]]:
-    """Batches in chunk order, dealt round-robin to the connections (one client process)."""
-    requests = [
-        _http_request(
-            server.host,
-            server.port,
-            "/v1/records/batch",
-            b"[" + b",".join(chunk.bodies[i : i + batch_size]) + b"]",
-        )
+    chunk: Chunk, servers: list[ServeProcess], batch_size: int, connections: int
+) -> list[list[tuple[int, list[bytes]]]]:
+    """Batches in chunk order, dealt round-robin to the connections (one client process);
+    connection i goes to server i mod len(servers)."""
+    bodies = [
+        b"[" + b",".join(chunk.bodies[i : i + batch_size]) + b"]"
         for i in range(0, len(chunk.bodies), batch_size)
     ]
-    return [[requests[i::connections] for i in range(connections)]]
+    jobs = []
+    for i in range(connections):
+        port = servers[i % len(servers)].port or 0
+        jobs.append(
+            (
+                port,
+                [
+                    _http_request(servers[0].host, port, "/v1/records/batch", body)
+                    for body in bodies[i::connections]
+                ],
+            )
+        )
+    return [jobs]
 
 
 # ---- orchestration ------------------------------------------------------------------------------
@@ -630,8 +645,15 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
 
     results: list[dict[str, Any]] = []
     for kind in args.databases:
-        for workers in args.workers:
-            say(f"{kind}, {workers} worker(s): database, migration, server ...")
+        configs = [(w, r) for w in args.workers for r in args.replicas]
+        if kind == "sqlite" and any(r > 1 for _, r in configs):
+            say("sqlite: one replica only (the database is a file on one machine)")
+            configs = [(w, r) for w, r in configs if r == 1]
+        for workers, replicas in configs:
+            say(
+                f"{kind}, {replicas} replica(s) x {workers} worker(s): database, migration, "
+                "servers ..."
+            )
             with contextlib.ExitStack() as config_stack:
                 url = config_stack.enter_context(fresh_database(kind, tmp, args.postgres_url))
                 env = environment_without_settings()
@@ -644,31 +666,36 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                     GRIDPOINTS_MAX_BATCH=str(max(1_000, args.batch_size)),
                 )
                 upgrade_database(env)
-                server = ServeProcess(
-                    env,
-                    tmp / f"server-{kind}-{workers}.log",
-                    serve_args=["--workers", str(workers), "--log-level", "warning"],
-                )
-                config_stack.callback(server.stop)
-                server.start(
-                    ready=functools.partial(knows_every_station, server, len(stations)), timeout=90
-                )
+                servers = [
+                    ServeProcess(
+                        env,
+                        tmp / f"server-{kind}-{workers}-{replicas}-{i}.log",
+                        serve_args=["--workers", str(workers), "--log-level", "warning"],
+                    )
+                    for i in range(replicas)
+                ]
+                for server in servers:
+                    config_stack.callback(server.stop)
+                    server.start(
+                        ready=functools.partial(knows_every_station, server, len(stations)),
+                        timeout=90,
+                    )
                 pg = (args.postgres_url, url) if kind == "postgresql" else None
 
                 # Warm-up (not measured): connection pools, imports, caches of every worker.
                 warm = chunks[0]
                 half = len(warm.bodies) // 2
                 run_load(
-                    server,
-                    single_jobs(Chunk(warm.bodies[:half], warm.station_of[:half]), server, 8, 1),
+                    servers,
+                    single_jobs(Chunk(warm.bodies[:half], warm.station_of[:half]), servers, 8, 1),
                     False,
                     pg,
                 )
                 run_load(
-                    server,
+                    servers,
                     batch_jobs(
                         Chunk(warm.bodies[half:], warm.station_of[half:]),
-                        server,
+                        servers,
                         args.batch_size,
                         1,
                     ),
@@ -681,10 +708,10 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                     for mode in ("single", "batch"):
                         chunk = chunks[1 + 2 * rep + (0 if mode == "single" else 1)]
                         if mode == "single":
-                            jobs = single_jobs(chunk, server, args.clients, args.client_processes)
+                            jobs = single_jobs(chunk, servers, args.clients, args.client_processes)
                         else:
-                            jobs = batch_jobs(chunk, server, args.batch_size, args.batch_clients)
-                        result = run_load(server, jobs, mode == "batch", pg)
+                            jobs = batch_jobs(chunk, servers, args.batch_size, args.batch_clients)
+                        result = run_load(servers, jobs, mode == "batch", pg)
                         measured[mode].append(result)
                         bad = {k: v for k, v in result.counts.items() if k != "accepted" and v}
                         say(
@@ -693,7 +720,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                             f"box {result.box_busy:.0%} busy)"
                             + (f"  NOT ACCEPTED: {bad} {result.samples}" if bad else "")
                         )
-                log_size = server.get("/healthz")["logSize"]
+                log_size = servers[0].get("/healthz")["logSize"]
                 expected = len(chunks[0].bodies) + sum(
                     r.accepted for rs in measured.values() for r in rs
                 )
@@ -703,6 +730,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                         {
                             "database": kind,
                             "workers": workers,
+                            "replicas": replicas,
                             "mode": mode,
                             "connections": args.clients if mode == "single" else args.batch_clients,
                             "client_processes": args.client_processes if mode == "single" else 1,
@@ -804,7 +832,7 @@ def print_table(report: dict[str, Any]) -> None:
     )
     print()
     header = (
-        f"{'database':<10} {'workers':>7} {'mode':<7} {'conns':>5} {'accepted/s':>11} "
+        f"{'database':<10} {'repl':>4} {'workers':>7} {'mode':<7} {'conns':>5} {'accepted/s':>11} "
         f"{'[min-max]':>17} {'x bare':>6} {'target':>14} {'met':>3} {'srv µs/rec':>10} "
         f"{'cli µs/rec':>10} {'db µs/rec':>9} {'box busy':>8} {'CPU ceiling':>11}"
     )
@@ -822,7 +850,8 @@ def print_table(report: dict[str, Any]) -> None:
         spread = f"[{rate['min']:,.0f}-{rate['max']:,.0f}]"
         db_cpu = "-" if r["db_cpu_us_per_record"] is None else f"{r['db_cpu_us_per_record']:.0f}"
         print(
-            f"{r['database']:<10} {r['workers']:>7} {mode:<7} {r['connections']:>5} "
+            f"{r['database']:<10} {r['replicas']:>4} {r['workers']:>7} {mode:<7} "
+            f"{r['connections']:>5} "
             f"{rate['median']:>11,.0f} {spread:>17} "
             f"{r['ratio_to_bare_recovery']:>6.2f} {target:>14} {'yes' if met else 'NO':>3} "
             f"{r['server_cpu_us_per_record']:>10.0f} {r['client_cpu_us_per_record']:>10.0f} "
@@ -832,6 +861,8 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"    !! {r['not_accepted']} records not accepted")
     print()
     print(
+        "repl: independent `gridpoints serve` processes on one database, the connections "
+        "spread evenly over their ports; workers: uvicorn workers of each. "
         "srv/cli/db µs/rec: CPU time per accepted record of the server processes, the load "
         "generator processes and (PostgreSQL) the database's backend processes; box busy: all "
         "cores, including other work on the machine; CPU ceiling: the rate at which those three "
@@ -858,6 +889,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=str(os.cpu_count() or 1),
         help="comma list of uvicorn worker counts to measure",
     )
+    parser.add_argument(
+        "--replicas",
+        default="1",
+        help="comma list of replica counts to measure: independent `gridpoints serve` processes "
+        "on one PostgreSQL database, connections spread over their ports (SQLite: 1 only)",
+    )
     parser.add_argument("--clients", type=int, default=32, help="connections posting singles")
     parser.add_argument(
         "--client-processes", type=int, default=2, help="processes the single connections use"
@@ -876,6 +913,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
     if not args.workers or min(args.workers) < 1:
         parser.error("--workers: comma list of positive integers")
+    args.replicas = [int(r) for r in str(args.replicas).split(",") if r.strip()]
+    if not args.replicas or min(args.replicas) < 1:
+        parser.error("--replicas: comma list of positive integers")
     for name in (
         "records",
         "stations",
