@@ -58,7 +58,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ from gridpoints_chain.contracts import GridPointsChain  # noqa: E402
 from gridpoints_dev.anvil import AnvilNode  # noqa: E402
 from gridpoints_dev.chain import deploy_dev_contracts, register_station  # noqa: E402
 from gridpoints_dev.child_process import environment_without_settings  # noqa: E402
+from gridpoints_dev.databases import fresh_database, pg_conninfo  # noqa: E402
 from gridpoints_dev.serve import ServeProcess, upgrade_database  # noqa: E402
 from gridpoints_protocol.checks import RecordVerifier  # noqa: E402
 from gridpoints_protocol.eip712 import keccak256, to_checksum_address  # noqa: E402
@@ -430,50 +431,12 @@ def knows_every_station(server: ServeProcess, stations: int) -> bool:
 # ---- databases ----------------------------------------------------------------------------------
 
 
-def _pg_conninfo(admin_url: str) -> str:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(admin_url)
-    return psycopg.conninfo.make_conninfo(
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or None,
-        dbname=url.database or "postgres",
-    )
-
-
-@contextlib.contextmanager
-def fresh_database(kind: str, tmp: Path, pg_admin_url: str) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{(tmp / f'bench-{uuid.uuid4().hex[:8]}.sqlite').as_posix()}"
-        return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    conninfo = _pg_conninfo(pg_admin_url)
-    name = f"gridpoints_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield (
-            make_url(pg_admin_url)
-            .set(drivername="postgresql+psycopg", database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        say(f"  dropped PostgreSQL database {name}")
-
-
 def pg_backend_pids(pg_admin_url: str, database_url: str) -> list[int]:
     import psycopg
     from sqlalchemy.engine import make_url
 
     name = make_url(database_url).database
-    with psycopg.connect(_pg_conninfo(pg_admin_url), autocommit=True) as conn:
+    with psycopg.connect(pg_conninfo(pg_admin_url), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
         ).fetchall()
@@ -655,7 +618,15 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                 "servers ..."
             )
             with contextlib.ExitStack() as config_stack:
-                url = config_stack.enter_context(fresh_database(kind, tmp, args.postgres_url))
+                url = config_stack.enter_context(
+                    fresh_database(
+                        kind,
+                        tmp,
+                        args.postgres_url,
+                        prefix="gridpoints_bench",
+                        on_drop=lambda name: say(f"  dropped PostgreSQL database {name}"),
+                    )
+                )
                 env = environment_without_settings()
                 env.update(
                     GRIDPOINTS_DATABASE_URL=url,
