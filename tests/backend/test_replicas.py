@@ -12,7 +12,7 @@ with settlement enabled and the same settler key, on one fresh database and the 
   sent to two replicas at the same instant: one accepted, the other rejected as `equivocation`;
 * exactly one replica holds the leader lock (``/healthz`` settlement.leader, the
   ``gridpoints_settlement_leader`` gauge, PostgreSQL's own lock table) and only it seals;
-* the leader is SIGKILLed mid-traffic, while an epoch is being settled; a survivor takes the
+* the leader is SIGKILLed mid-traffic, while a sealed epoch is not settled yet; a survivor takes the
   lock within FAILOVER_BOUND_S (documented bound: PostgreSQL drops a dead client's session and
   its advisory lock at once when the process dies, and the followers retry the lock every
   ``GRIDPOINTS_SETTLEMENT_POLL_INTERVAL_S``) and settles the next epoch; requests the dead
@@ -452,7 +452,7 @@ def test_replicas_ingest_as_one_and_exactly_one_settles_across_a_leader_kill(
     for replica in followers:
         assert not SEALED.search(replica.log()), f"{replica.name} sealed while not leading"
 
-    # ---- 3. SIGKILL the leader mid-traffic, while it settles ---------------------------------
+    # ---- 3. SIGKILL the leader mid-traffic, while a sealed epoch waits for settlement -------
     killed: dict[str, Any] = {}
 
     def kill_when_settling() -> None:
@@ -474,6 +474,7 @@ def test_replicas_ingest_as_one_and_exactly_one_settles_across_a_leader_kill(
         # sent again to a survivor, as a station would.
         traffic = pool.submit(spread_traffic, fleet, group, ledger, 10, 100)
         killer.result()
+        assert killed["pending_epochs"], "the leader was never caught with an unsettled epoch"
         new_leader = poll("a survivor to take the lock", lambda: leaders(followers))
         takeover_s = time.monotonic() - killed["at"]
         traffic.result()
