@@ -61,6 +61,9 @@ __all__ = [
     "FuzzTarget",
     "Generator",
     "Item",
+    "Ledger",
+    "check_log",
+    "judge",
     "make_stations",
     "run_fuzz",
 ]
@@ -206,6 +209,7 @@ class Generator:
             ("chunked", 2, self.chunked),
             ("domain_headers", 3, self.domain_headers),
             ("spelling", 3, self.spelling),
+            ("read_tricks", 6, self.read_tricks),
         ]
         self._weights = [w for _, w, _ in self.families]
 
@@ -781,9 +785,21 @@ class Generator:
         return self.single("structure_tricks", raw, Expect.INVALID, well_formed=well)
 
     def batch_request_level(self) -> FuzzCase:
-        """Batches refused as a whole: too long, empty, not an array, a bad element inside."""
+        """Batches refused as a whole: too long, too big, empty, not an array, a bad element
+        inside."""
         rng = self.rng
-        choice = rng.randrange(5)
+        choice = rng.randrange(6)
+        if choice == 5:  # just over the default body limit (4 MiB): 413 before it is parsed
+            v = self.valid_item()
+            padding = b" " * (4 * 1024 * 1024 + 1)
+            case = self.batch("batch_request_level", [(v.body, v)], well_formed=False)
+            assert case.content is not None
+            case.content = case.content[:-1] + padding + b"]"
+            if rng.random() < 0.5:  # no Content-Length: the limit must hold while reading
+                content, step = case.content, 64 * 1024
+                case.chunks = [content[i : i + step] for i in range(0, len(content), step)]
+                case.content = None
+            return case
         if choice == 0:
             return FuzzCase(
                 "batch_request_level",
@@ -930,6 +946,85 @@ class Generator:
         self.pending_valid.append(v)
         return case
 
+    _BIG_NUMBERS: Final = (
+        "0",
+        "-1",
+        "1",
+        str(2**31),
+        str(2**53 + 1),
+        str(2**63 - 1),
+        str(2**63),
+        str(2**64 - 1),
+        str(2**64),
+        str(2**256),
+        "9" * 400,
+        "1e3",
+        "1.0",
+        "0x10",
+        "+1",
+        "%20",
+        "NaN",
+        "\u0661",
+    )
+    _ODD_TEXT: Final = (
+        "%00",
+        "%ff",
+        "%c0%af",
+        "%ed%a0%80",
+        "%2f",
+        "..%2f..",
+        "%ef%bb%bf0x",
+        "0x" + "A" * 64,
+        "0x" + "g" * 64,
+        "0X" + "a" * 64,
+        "0x" + "a" * 63,
+        "0x" + "a" * 65,
+        "a" * 64,
+        "0x" + "a" * 40,
+        "x" * 8_000,
+        "%25",
+        "null",
+        "%F0%9F%92%A9",
+    )
+
+    def read_tricks(self) -> FuzzCase:
+        """Reads with hostile path and query values: numbers at and beyond every integer type
+        (a BIGINT bound is 2^63 - 1, a sequence goes to 2^64 - 1), broken percent-encodings,
+        ids of the wrong length, case or alphabet; the ids of real stations and records too."""
+        rng = self.rng
+        station = rng.choice((*self.valid, *self.decoys)).station
+        station_hex = "0x" + station.station_id.hex()
+        ident = rng.choice((station_hex, station_hex, rng.choice(self._ODD_TEXT)))
+        number = rng.choice(self._BIG_NUMBERS)
+        digest = (
+            "0x" + self.sent_valid[-1][1].digest(self.target.domain).hex()
+            if self.sent_valid and rng.random() < 0.3
+            else rng.choice(self._ODD_TEXT)
+        )
+        user = rng.choice(("0x" + rng.choice(self.users).address.hex(), *self._ODD_TEXT))
+        path = rng.choice(
+            (
+                f"/v1/records/{ident}/{number}/proof",
+                f"/v1/records/{digest}",
+                f"/v1/records?afterLogIndex={number}&limit={rng.choice(self._BIG_NUMBERS)}",
+                f"/v1/records?limit=1&limit=2&afterLogIndex={number}",
+                f"/v1/stations/{ident}",
+                f"/v1/stations/{ident}?gapLimit={number}",
+                f"/v1/stations/{ident}/records?afterSequence={number}&gapLimit=5",
+                f"/v1/stations/{ident}/rejections?afterId={number}",
+                f"/v1/stations/{ident}/equivocations",
+                f"/v1/stations/{ident}/key-validity?signer={user}&endTime={number}",
+                f"/v1/epochs/{number}",
+                f"/v1/epochs/{number}/records?offset={rng.choice(self._BIG_NUMBERS)}",
+                f"/v1/epochs/{number}/credits?offset={number}",
+                f"/v1/epochs?afterEpochId={number}",
+                f"/v1/users/{user}",
+                f"/v1/users/{user}/records?afterLogIndex={number}",
+                f"/v1/tariffs/{digest}",
+            )
+        )
+        return FuzzCase("read_tricks", "GET", path)
+
     # -- the stream ------------------------------------------------------------------------------
 
     pending_valid: list[Item]
@@ -1027,7 +1122,7 @@ class FuzzReport:
         }
 
 
-class _Ledger:
+class Ledger:
     """What the server acknowledged, and what it must keep."""
 
     def __init__(self) -> None:
@@ -1055,7 +1150,7 @@ def _is_deferral(response: httpx.Response) -> bool:
 
 
 def _judge_outcome(
-    report: FuzzReport, ledger: _Ledger, case: FuzzCase, item: Item, outcome: Any, status: int
+    report: FuzzReport, ledger: Ledger, case: FuzzCase, item: Item, outcome: Any, status: int
 ) -> None:
     state = outcome.get("status") if isinstance(outcome, dict) else None
     if state in ("accepted", "duplicate"):
@@ -1080,7 +1175,7 @@ def _judge_outcome(
         report.sample("valid_refused", _describe(case, None, f"outcome={outcome}"))
 
 
-def judge(report: FuzzReport, ledger: _Ledger, case: FuzzCase, response: httpx.Response) -> None:
+def judge(report: FuzzReport, ledger: Ledger, case: FuzzCase, response: httpx.Response) -> None:
     """Counts the answer to one of our own cases."""
     status = response.status_code
     report.statuses[status] += 1
@@ -1141,7 +1236,7 @@ def run_generated(
     client: httpx.Client,
     target: FuzzTarget,
     report: FuzzReport,
-    ledger: _Ledger,
+    ledger: Ledger,
     count: int,
     seed: int,
     advance: Callable[[int], None] | None = None,
@@ -1175,7 +1270,7 @@ def run_generated(
     return generator
 
 
-def resend_unacknowledged(client: httpx.Client, report: FuzzReport, ledger: _Ledger) -> None:
+def resend_unacknowledged(client: httpx.Client, report: FuzzReport, ledger: Ledger) -> None:
     """Sends every VALID record the server has not acknowledged, in generation order, in clean
     batches (as a station sends its backlog): each must be acknowledged now."""
     missing = sorted(
@@ -1221,7 +1316,7 @@ def read_log(client: httpx.Client) -> set[bytes]:
         after = page["nextAfterLogIndex"]
 
 
-def check_log(client: httpx.Client, report: FuzzReport, ledger: _Ledger) -> None:
+def check_log(client: httpx.Client, report: FuzzReport, ledger: Ledger) -> None:
     log = read_log(client)
     report.log_size = len(log)
     must = set(ledger.valid) | ledger.must_keep
@@ -1359,7 +1454,7 @@ def run_fuzz(
     """About `cases` requests against `target` (schemathesis first, then ours until `cases`),
     then the resend of what was refused as a whole and the check of the record log."""
     report = FuzzReport()
-    ledger = _Ledger()
+    ledger = Ledger()
     started = time.monotonic()
     with httpx.Client(base_url=target.url, timeout=120.0) as client:
         if schema_share > 0:
