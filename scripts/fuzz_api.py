@@ -65,7 +65,7 @@ ROWS: list[tuple[str, str]] = [
     ("valid records refused", "validRefused"),
     ("valid records lost", "lost"),
     ("invalid records accepted", "invalidAccepted"),
-    ("records in the log not sent as valid", "unexpectedInLog"),
+    ("records in the log we were never told of", "unexpectedInLog"),
     ("record log size", "logSize"),
     ("schema conformance failures", "schemaConformanceFailures"),
     ("seconds", "seconds"),
