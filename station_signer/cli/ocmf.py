@@ -44,7 +44,7 @@ def _reading_json(reading: Reading) -> dict[str, Any]:
         "timestamp": reading.time.isoformat(),
         "clockStatus": reading.clock_status.value,
         "transaction": None if reading.transaction is None else reading.transaction.value,
-        "value": str(reading.value),  # a string: exact, as the meter wrote it
+        "value": f"{reading.value:f}",  # a string: exact, never a float
         "unit": reading.unit,
         "register": reading.register,
         "currentType": reading.current_type,
@@ -86,7 +86,7 @@ def _record_json(record: OcmfRecord) -> dict[str, Any]:
 def _reading_line(index: int, r: Reading) -> str:
     tx = r.transaction.value if r.transaction is not None else "-"
     return (
-        f"  {index:>2}  {r.time_text}  TX {tx}  {r.value} {r.unit}  {r.register}  "
+        f"  {index:>2}  {r.time_text}  TX {tx}  {r.value:f} {r.unit}  {r.register}  "
         f"ST {r.status}{'' if r.ok else ' (meter fault)'}"
     )
 
