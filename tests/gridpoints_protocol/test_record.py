@@ -735,8 +735,9 @@ def test_reject_reasons() -> None:
     ]
     for reason in RejectReason:
         assert reason.description and "\n" not in reason.description
-    # end_in_future is not a rejection: the same record is fine once the clock has caught up.
-    assert [r.value for r in DeferReason] == ["registry_behind", "end_in_future"]
+    # end_in_future is not a rejection: the same record is fine once the clock has caught up;
+    # rate_limited (backend.ratelimit) is a rejection not stored yet, to be sent again later.
+    assert [r.value for r in DeferReason] == ["registry_behind", "end_in_future", "rate_limited"]
     for deferral in DeferReason:
         assert deferral.description and "\n" not in deferral.description
     assert DeferReason("end_in_future") is DeferReason.END_IN_FUTURE
