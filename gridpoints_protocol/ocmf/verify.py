@@ -96,9 +96,9 @@ class AlgorithmPolicy:
         return cls(frozenset(names))
 
 
-# P-256 is OCMF's default. secp256k1 (DZG meters) and secp384r1 (NZR meters) are signed by
-# certified meters in the field and give at least 128-bit security; brainpoolP256r1 is the
-# BSI's recommended 256-bit curve. See the README's OCMF section.
+# P-256 is OCMF's default. secp256k1 (DZG) and secp384r1 (NZR) are used by meter makers (their
+# test records are in tests/vectors/ocmf) and give at least 128-bit security; brainpoolP256r1
+# is the BSI's recommended 256-bit curve. See the README's OCMF section.
 DEFAULT_POLICY: Final = AlgorithmPolicy(frozenset({P256, SECP256K1, P384, BRAINPOOL256}))
 P256_ONLY: Final = AlgorithmPolicy(frozenset({P256}))
 
