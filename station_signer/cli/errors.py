@@ -12,6 +12,9 @@ on stdout with ``--json``, and a non-zero exit code:
   not the station's;
 * 6 ``proof``: not provable yet (``not_sealed``: no epoch holds the record yet;
   ``not_committed``: its epoch is not on chain yet).
+
+``ocmf verify`` keeps the exit codes its callers script against: 0 valid, 1 invalid, 2 not
+parseable or refused by the algorithm policy (see ``station_signer/cli/ocmf.py``).
 """
 
 from __future__ import annotations
