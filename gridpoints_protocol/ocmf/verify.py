@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from gridpoints_protocol.errors import ProtocolError
 from gridpoints_protocol.ocmf.parse import OcmfRecord
 
 
@@ -67,7 +68,7 @@ KNOWN_ALGORITHMS: Final[Mapping[str, Algorithm]] = MappingProxyType(
 )
 
 
-class PolicyError(ValueError):
+class PolicyError(ProtocolError, ValueError):
     """A policy that names an unknown or weak algorithm (a programming or usage error)."""
 
 

@@ -505,8 +505,9 @@ def test_narrow_policy_refuses_the_others() -> None:
     ],
 )
 def test_policy_cannot_allow_weak_or_unknown_algorithms(names: list[str]) -> None:
-    with pytest.raises(PolicyError):
+    with pytest.raises(PolicyError) as caught:
         AlgorithmPolicy.only(names)
+    assert isinstance(caught.value, ProtocolError) and isinstance(caught.value, ValueError)
 
 
 def test_key_on_another_curve_is_refused() -> None:
