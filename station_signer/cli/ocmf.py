@@ -19,6 +19,7 @@ from gridpoints_protocol.ocmf import (
     AlgorithmPolicy,
     OcmfParseError,
     OcmfRecord,
+    ParseReason,
     PolicyError,
     Reading,
     Status,
@@ -32,6 +33,7 @@ from station_signer.cli.errors import handled
 EXIT_VALID: Final = 0
 EXIT_INVALID: Final = 1
 EXIT_REFUSED: Final = 2  # not parseable, refused by policy, or bad usage
+_READ_LIMIT: Final = MAX_RECORD_BYTES + 4096  # the bound plus slack for surrounding whitespace
 
 app = typer.Typer()
 ocmf_app = typer.Typer(help="OCMF signed meter readings (Eichrecht meters).", no_args_is_help=True)
@@ -91,8 +93,14 @@ def _reading_line(index: int, r: Reading) -> str:
     )
 
 
+def _printable(line: str) -> str:
+    """The line with control characters escaped: a hostile record's ``"GI":"\\u001b[2J"``
+    must not drive the terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)
+
+
 def _out(as_json: bool, doc: dict[str, Any], lines: list[str], code: int) -> NoReturn:
-    emit(as_json, doc, lines)
+    emit(as_json, doc, [_printable(line) for line in lines])
     raise typer.Exit(code)
 
 
@@ -126,9 +134,15 @@ def verify_command(
             [f"error: --allow: {exc} [policy]"],
             EXIT_REFUSED,
         )
-    data = sys.stdin.buffer.read(MAX_RECORD_BYTES + 1).strip(b" \t\r\n")
+    # Read past the bound (by a little whitespace slack) so that a longer input is refused as
+    # too large, never cut to a shorter record.
+    raw = sys.stdin.buffer.read(_READ_LIMIT)
     try:
-        record = parse_record(data)
+        if len(raw) >= _READ_LIMIT:
+            raise OcmfParseError(
+                ParseReason.TOO_LARGE, f"input of more than {MAX_RECORD_BYTES} bytes"
+            )
+        record = parse_record(raw.strip(b" \t\r\n"))
     except OcmfParseError as exc:
         _out(
             as_json,

@@ -169,3 +169,29 @@ def test_missing_public_key_is_a_usage_error() -> None:
     proc = run_installed("ocmf", "verify")
     _, err = proc.communicate(REAL[0]["ocmf"], timeout=120)
     assert proc.returncode == 2 and "--public-key" in err
+
+
+def test_input_longer_than_the_bound_is_refused_not_cut() -> None:
+    # A valid record preceded by whitespace past the bound: refused as too large, never read
+    # as a shorter (truncated) record.
+    entry = REAL[9]
+    stdin = " " * 70000 + entry["ocmf"]
+    code, out = invoke("--public-key", entry["publicKeyDer"], "--json", stdin=stdin)
+    assert code == 2 and json.loads(out)["reason"] == "too_large"
+    code, _ = invoke("--public-key", entry["publicKeyDer"], stdin="\n  " + entry["ocmf"] + "\r\n")
+    assert code == 0
+
+
+def test_control_characters_are_escaped_in_human_output() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    key = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    text = (
+        '{"PG":"T1","GI":"gw\\u001b[2J\\u0007","RD":[{"TM":"2021-08-25T10:01:04,000+0200 S",'
+        '"RV":1,"RI":"1-b:1.8.0","RU":"Wh","ST":"G"}]}'
+    )
+    der = private.sign(text.encode(), ec.ECDSA(hashes.SHA256()))
+    code, out = invoke("--public-key", key.hex(), stdin=f'OCMF|{text}|{{"SD":"{der.hex()}"}}')
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out and "gw\\x1b[2J\\x07" in out
