@@ -46,9 +46,10 @@ DEFAULT_ALGORITHM: Final = "ECDSA-secp256r1-SHA256"
 DEFAULT_ENCODING: Final = "hex"
 DER_MIME_TYPE: Final = "application/x-der"
 
-# RV bounds: a meter register has a handful of digits; this only keeps a hostile 1E+999999
-# from becoming a number every later computation chokes on.
-_MAX_VALUE_DIGITS: Final = 40
+# RV bounds: a meter register has a handful of digits; this keeps a hostile 1E+999999 from
+# becoming a number every later computation chokes on, and 28 digits (the default decimal
+# context's precision) keep kWh -> Wh exact.
+_MAX_VALUE_DIGITS: Final = 28
 _MAX_VALUE_EXPONENT: Final = 40
 
 JsonValue: TypeAlias = Any  # what json.loads gives here: str, bool, None, Decimal, tuple, mapping

@@ -144,6 +144,15 @@ def test_real_dzg_record_padded_string_value_and_second_register() -> None:
     assert duration.energy_wh is None and duration.register == "01-00:00.08.06.FF"
 
 
+def test_energy_in_wh_is_exact_at_the_digit_bound() -> None:
+    value = "123456789012345678.9012345678"  # 28 digits
+    text = json.dumps(payload(RD=[reading(RV="@", RU="kWh")])).replace('"@"', value)
+    (r,) = parse_record(sign(text)).payload.readings
+    assert r.energy_wh == Decimal("123456789012345678901.2345678")
+    too_many = json.dumps(payload(RD=[reading(RV="@")])).replace('"@"', value + "9")
+    assert reason_of(sign(too_many)) is ParseReason.FIELD_VALUE
+
+
 def test_real_enercharge_vendor_fields_are_kept() -> None:
     record = parse_record(REAL[0]["ocmf"])
     assert record.payload.extra["ZC"] == Decimal(3355993729)
