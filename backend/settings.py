@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Public RPC providers cap eth_getLogs ranges; 2,000 blocks is below every common cap.
     registry_block_range: int = Field(default=2_000, ge=1)
     rpc_timeout_s: float = Field(default=10.0, gt=0)
+    # The RPC URL the web app's browsers use (/web/config.json, and the page's CSP connect-src);
+    # unset: rpc_url. Set it when the backend's own node is not reachable from users' browsers.
+    public_rpc_url: str | None = None
 
     # -- storage ----------------------------------------------------------------------------
     database_url: str | None = Field(
