@@ -27,6 +27,7 @@ from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.ratelimit import AddressRateLimitMiddleware
 from backend.api.records import router as records_router
 from backend.api.stations import router as stations_router
+from backend.api.web import router as web_router
 from backend.ratelimit import BucketPolicy, TokenBuckets
 from backend.service import BackendService
 from backend.settings import Settings
@@ -122,4 +123,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stations_router, responses=PARAMETER_ERROR)
     app.include_router(epochs_router, responses=PARAMETER_ERROR)
     app.include_router(health_router)
+    app.include_router(web_router)
     return app
