@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -236,8 +237,10 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_json_body(body: bytes) -> Any:
+    """The body's JSON value. Only UTF-8 without a byte-order mark is JSON (RFC 8259 §8.1):
+    ``json.loads`` on bytes would also take UTF-16/32 and a BOM, so the bytes are decoded here."""
     try:
-        return json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        return json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
@@ -266,10 +269,17 @@ DOMAIN_HEADER_PARAMETERS: list[dict[str, Any]] = [
 ]
 
 
+# A chain id: ASCII digits only, at most uint256's 78.
+_DECIMAL = re.compile(r"[0-9]{1,78}")
+
+
 def claimed_domain(chain_text: str | None, contract_text: str | None, own: Domain) -> Domain | None:
     if chain_text is None and contract_text is None:
         return None
     try:
+        if chain_text is not None and not _DECIMAL.fullmatch(chain_text):
+            # int() would also take "31_337", " 31337" and non-ASCII digits.
+            raise ValueError(f"not a decimal number: {chain_text[:80]!r}")
         chain_id = int(chain_text) if chain_text is not None else own.chain_id
         contract = (
             parse_address(contract_text) if contract_text is not None else own.verifying_contract

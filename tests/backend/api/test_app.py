@@ -306,3 +306,41 @@ def test_many_unknown_keys_store_and_answer_a_bounded_error(small: BackendHarnes
     (rejection,) = h.client.get(f"/v1/stations/{station.hex_id}/rejections").json()["rejections"]
     stored_error = json.dumps([rejection["message"], rejection.get("details")])
     assert len(stored_error) < 2_048, len(stored_error)
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),  # UTF-8 with a byte-order mark
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-32-le"),
+    ],
+    ids=["utf-8-bom", "utf-16", "utf-32"],
+)
+def test_only_utf8_without_a_bom_is_json(small: BackendHarness, encode: Any) -> None:
+    """JSON is UTF-8 (RFC 8259 §8.1); json.loads on bytes also guessed UTF-16/32 and took a BOM,
+    so these valid records were accepted."""
+    h = small
+    station = h.register_station()
+    text = json.dumps(h.signed(station))
+    for path in ("/v1/records", "/v1/records/batch"):
+        body = encode(f"[{text}]" if path.endswith("batch") else text)
+        assert_error(h.client.post(path, content=body, headers=JSON), 400, "invalid_json")
+    assert h.station_status(station)["recordCount"] == 0
+    assert h.client.post("/v1/records", content=text.encode(), headers=JSON).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "chain_id", ["31_337", "٣١٣٣٧".encode(), "+31337", "0x7a69", "-1", "", "1" * 79]
+)
+def test_the_chain_id_header_is_ascii_decimal_only(
+    small: BackendHarness, chain_id: str | bytes
+) -> None:
+    """int() took "31_337" (and a sign, and 79 digits) as a chain id. (Spaces around a header
+    value are not part of it in HTTP: the server strips them before anybody reads the value.)"""
+    h = small
+    station = h.register_station()
+    answer = h.post(h.signed(station), headers={"GridPoints-Chain-Id": chain_id})
+    assert_error(answer, 400, "invalid_domain_header")
+    own = str(h.domain.chain_id)
+    assert h.post(h.signed(station), headers={"GridPoints-Chain-Id": own}).status_code == 201
