@@ -520,9 +520,11 @@ class Settler:
         """Gas a step needs beyond the pipeline's common margin on its estimate.
 
         A user may switch their address to a contract wallet between the estimate and the
-        block; the contract then calls it with up to WALLET_CHECK_GAS (and refuses the chunk if
-        it got less), so a payment chunk leaves that much room per payment — 64/63 of it, as a
-        call passes on at most 63/64 of the gas left (EIP-150), plus the call's own cost.
+        block; the contract then calls it with exactly WALLET_CHECK_GAS and reverts the chunk
+        unless WALLET_CHECK_MIN_GASLEFT (64/63 of it, as a call passes on at most 63/64 of the
+        gas left (EIP-150), plus 10,000 for the call's own cost) is left before it asks, so a
+        payment chunk leaves WALLET_CHECK_MIN_GASLEFT of room per payment (111,587 gas; hence
+        the payment chunk size cap in settings).
         """
         if step.kind != "payments":
             return 0
@@ -722,6 +724,8 @@ class Settler:
             if step.kind == "payments":
                 # What the chain burned per authorisation; 0 for the ones it skipped
                 # (PaymentSkipped: cancelled or used, or not signed by the user any more).
+                # A skip leaves the nonce used (an InvalidSignature skip voids it), so what
+                # was not burned is paid otherwise, for good: it can never be collected later.
                 chunk = session.scalars(
                     select(EpochPayment)
                     .where(

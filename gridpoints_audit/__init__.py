@@ -40,11 +40,13 @@ audit starts, so a backend settling meanwhile cannot make the audit inconsistent
 * the token's mint Transfer events of the epoch's credit chunks credit every user exactly the
   recomputed points; every PaymentApplied event of the epoch belongs to one of its paid
   records and requested exactly min(price, maxPoints), burned at most that, and matches the
-  burn Transfer before it; every paid record's authorisation was applied, skipped by the
-  contract (PaymentSkipped, nothing burned) or canceled by its user (`checks.movements`,
-  `checks.transactions`); a skip is legitimate only when it is what the contract says:
-  AuthorizationUsed needs an earlier PaymentApplied or AuthorizationCanceled of that (user,
-  nonce) on chain, and InvalidSignature needs the settlement transaction to have submitted the
+  burn Transfer before it, and no PaymentApplied uses a (user, nonce) already paid, canceled
+  or voided by a skip (`nonce_paid_twice`); every paid record's authorisation was applied,
+  skipped by the contract (PaymentSkipped, nothing burned) or canceled by its user
+  (`checks.movements`, `checks.transactions`); a skip is legitimate only when it is what the
+  contract says: AuthorizationUsed needs an earlier PaymentApplied, AuthorizationCanceled or
+  PaymentSkipped of that (user, nonce) on chain, and InvalidSignature (never read as the
+  user's act) needs the settlement transaction to have submitted the
   record's own signed authorisation (so the signature the contract refused is the user's, and
   the user's wallet, not the operator, made the payment uncollectable) (`checks.skips`);
 

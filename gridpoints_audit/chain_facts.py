@@ -93,6 +93,13 @@ class PaymentEvent:
     # For a payment that burned: the first burn Transfer of its transaction not yet tied to an
     # earlier payment, as (holder, amount) — its own burn when it is (user, burned).
     burn_transfer: tuple[bytes, int] | None = None
+    # The signed terms the event states (PaymentApplied words 3-5).
+    station_id: bytes = bytes(32)
+    max_points: int = 0
+    deadline: int = 0
+    # Whether (user, nonce) was used before it on chain (paid, canceled, or voided by a skip):
+    # then the user would pay twice, which the contract forbids.
+    nonce_used_before: bool = False
 
 
 @dataclass(slots=True)
@@ -106,7 +113,8 @@ class SkipEvent:
     requested: int
     reason: SkipReason
     tx_hash: bytes
-    # Whether a PaymentApplied or AuthorizationCanceled used (user, nonce) before it on chain.
+    # Whether a PaymentApplied, AuthorizationCanceled or PaymentSkipped (an InvalidSignature
+    # skip voids the nonce) used (user, nonce) before it on chain.
     nonce_used_before: bool = False
 
 
@@ -145,7 +153,8 @@ class ChainFacts:
     payments: dict[int, list[PaymentEvent]] = field(default_factory=dict)
     skips: dict[int, list[SkipEvent]] = field(default_factory=dict)
     canceled: set[tuple[bytes, int]] = field(default_factory=set)
-    # (user, nonce) used so far in chain order, by a PaymentApplied or an AuthorizationCanceled
+    # (user, nonce) used so far in chain order, by a PaymentApplied, an AuthorizationCanceled or
+    # a PaymentSkipped (InvalidSignature voids the nonce; AuthorizationUsed finds it used)
     nonces_used: set[tuple[bytes, int]] = field(default_factory=set)
     # (transaction, authorisation digest) -> the signature that transaction submitted for it,
     # for the transactions with an InvalidSignature skip; None when it cannot be read back
@@ -363,6 +372,7 @@ def attribute_transaction(
                 nonce_used_before=(user, nonce) in facts.nonces_used,
             )
             facts.skips.setdefault(skip.epoch_id, []).append(skip)
+            facts.nonces_used.add((user, nonce))
             tally.events.append(skip)
             chunk_payments += 1
         elif name == "PaymentApplied":
@@ -374,7 +384,11 @@ def attribute_transaction(
                 log.word(1),
                 log.word(2),
                 tx_hash,
+                station_id=log.data[96:128],
+                max_points=log.word(4),
+                deadline=log.word(5),
             )
+            payment.nonce_used_before = (payment.user, payment.nonce) in facts.nonces_used
             facts.payments.setdefault(payment.epoch_id, []).append(payment)
             facts.nonces_used.add((payment.user, payment.nonce))
             facts.first_application.setdefault(payment.authorization, payment)

@@ -55,6 +55,7 @@ class Kind(StrEnum):
     UNEXPECTED_PAYMENT = "unexpected_payment"
     PAYMENT_SKIP_UNJUSTIFIED = "payment_skip_unjustified"
     AUTHORIZATION_APPLIED_TWICE = "authorization_applied_twice"
+    NONCE_PAID_TWICE = "nonce_paid_twice"
     BURN_MISMATCH = "burn_mismatch"
     CHUNK_AMOUNT_MISMATCH = "chunk_amount_mismatch"
     # what the source says about itself

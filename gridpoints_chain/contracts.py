@@ -117,9 +117,9 @@ class Payment:
     contract burns ``min(amount, balance)`` if the authorisation has not expired by the block
     that settles it, and nothing otherwise; it skips the payment (PaymentSkipped, nothing
     burned, the rest of the chunk unaffected) when the signature is not, or no longer, the
-    user's or the nonce is already used. Checked here so that a bad amount fails before any
-    transaction; the contract checks it again (ExceedsAuthorizedMaximum, which reverts the
-    chunk).
+    user's (voiding its nonce: never collectable later) or the nonce is already used. Checked
+    here so that a bad amount fails before any transaction; the contract checks it again
+    (ExceedsAuthorizedMaximum, which reverts the chunk).
     """
 
     authorization: SignedAuthorization
@@ -162,7 +162,9 @@ def payment_tuple(payment: Payment) -> tuple[Any, ...]:
 class PaymentApplied:
     """A Settlement.PaymentApplied event: `user`'s authorisation whose EIP-712 digest is
     `authorization` was applied, its nonce `nonce` is now used up, and `burned` of `requested`
-    points were burned from `user` (0 when it had expired or the user held nothing)."""
+    points were burned from `user` (0 when it had expired or the user held nothing). The event
+    carries the signed terms (`station_id`, `max_points`, `deadline`), so the digest can be
+    recomputed from the log alone (`terms`)."""
 
     epoch_id: int
     user: ChecksumAddress
@@ -171,13 +173,32 @@ class PaymentApplied:
     requested: int
     burned: int
     position: LogPosition
+    station_id: bytes
+    max_points: int
+    deadline: int
+
+    @property
+    def terms(self) -> PaymentAuthorization:
+        """The authorisation the user signed, as the event states it; its digest under the
+        deployment's Settlement domain is `authorization`."""
+        return PaymentAuthorization(
+            user=bytes.fromhex(self.user[2:]),
+            station_id=self.station_id,
+            max_points=self.max_points,
+            nonce=self.nonce,
+            deadline=self.deadline,
+        )
 
 
 class SkipReason(IntEnum):
     """Settlement.SkipReason: why a payment of a chunk was skipped (nothing burned)."""
 
-    INVALID_SIGNATURE = 0  # not the user's signature (ECDSA without code, ERC-1271 with code)
-    AUTHORIZATION_USED = 1  # the nonce was used earlier: paid, or canceled by the user
+    # The signature check failed: not the user's (ECDSA without code, ERC-1271 with code). Not
+    # the user's act (the settler submits the bytes); the skip voids the nonce.
+    INVALID_SIGNATURE = 0
+    # The signature is the user's (checked first) and its nonce was used earlier: paid,
+    # canceled by the user, or voided by an earlier INVALID_SIGNATURE skip.
+    AUTHORIZATION_USED = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +206,11 @@ class PaymentSkipped:
     """A Settlement.PaymentSkipped event: the payment under `user`'s authorisation whose
     EIP-712 digest is `authorization` could not be charged, for `reason`; nothing was burned.
 
-    INVALID_SIGNATURE leaves the nonce unused (the authorisation was never validly presented),
-    AUTHORIZATION_USED means an earlier PaymentApplied or AuthorizationCanceled used it.
+    The contract checks the signature first. INVALID_SIGNATURE: the signature submitted is not
+    the user's for these terms (nothing the user did is implied), and the skip voids the nonce,
+    so the authorisation can never be collected later. AUTHORIZATION_USED: the signature is the
+    user's and an earlier PaymentApplied, AuthorizationCanceled or INVALID_SIGNATURE skip used
+    the nonce.
     """
 
     epoch_id: int
@@ -483,6 +507,9 @@ class GridPointsChain:
             requested=int(args["requested"]),
             burned=int(args["burned"]),
             position=position,
+            station_id=bytes(args["stationId"]),
+            max_points=int(args["maxPoints"]),
+            deadline=int(args["deadline"]),
         )
 
     # -- station history --------------------------------------------------------------------

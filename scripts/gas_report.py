@@ -39,6 +39,7 @@ from gridpoints_chain.contracts import (
     pack_entry,
     role_id,
 )
+from gridpoints_chain.transactions import GAS_MARGIN_PERCENT
 from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilNode
 from gridpoints_dev.chain import deploy_dev_contracts
@@ -51,6 +52,12 @@ from gridpoints_protocol.authorization import (
 app = typer.Typer(add_completion=False, help=__doc__)
 
 CHUNK = 100
+# Settlement.WALLET_CHECK_MIN_GASLEFT (the run reads it back from the contract and checks it).
+WALLET_CHECK_MIN_GASLEFT = 111_587
+# The block gas limit the payment chunk size is sized against, and the share of it a chunk may
+# ask for (a third spare for everybody else's transactions and estimation error).
+BLOCK_GAS_LIMIT = 30_000_000
+CHUNK_SHARE_OF_BLOCK = 2 / 3
 TEMP_MINTER_INDEX = 9  # an Anvil dev account that holds no role in the deployment
 
 
@@ -214,13 +221,16 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
         )
         wallet = w3.eth.contract(wallet_address, abi=load_artifact("ERC1271Wallet").abi)
         chain.apply_credits(settler, 1, 6, [pack_entry(wallet_address, 1_000)])
-        by_wallet = authorization(wallet_address, 1)
-        signature = bytes(Account.unsafe_sign_hash(by_wallet.digest(domain), owner.key).signature)
-        wallet_payment = [Payment(SignedAuthorization(by_wallet, signature), 500)]
-        for key, mode, chunk_id, note in (
-            ("payments_1_wallet_refuses", 1, 17, "skipped: wallet refuses (e)"),
-            ("payments_1_wallet_burns_gas", 4, 18, "skipped: wallet burns its gas (e)"),
+        # Each skip voids its nonce: every row gets a nonce in a fresh bitmap word of its own, so
+        # that both pay the same zero-to-nonzero store.
+        for key, mode, chunk_id, nonce, note in (
+            ("payments_1_wallet_refuses", 1, 17, 256, "skipped: wallet refuses (e)"),
+            ("payments_1_wallet_burns_gas", 4, 18, 512, "skipped: wallet burns its gas (e)"),
         ):
+            by_wallet = authorization(wallet_address, nonce)
+            digest = by_wallet.digest(domain)
+            signature = bytes(Account.unsafe_sign_hash(digest, owner.key).signature)
+            wallet_payment = [Payment(SignedAuthorization(by_wallet, signature), 500)]
             chain.transact(admin, wallet.functions.setMode(mode))
             rows.append(
                 Measurement(
@@ -229,6 +239,9 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
                 )
             )  # fmt: skip
         info_wallet_check_gas = chain.wallet_check_gas
+        info_wallet_min_gasleft = int(
+            chain.call(chain.settlement.functions.WALLET_CHECK_MIN_GASLEFT())
+        )
 
         # A lone mint, as a contract without packed batches would do it. Only possible here
         # because this throwaway deployment grants the role to a temporary account.
@@ -257,6 +270,7 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
             "anvil": "fresh throwaway node, stopped after the run",
             "temporary_minter": minter.address,
             "wallet_check_gas": info_wallet_check_gas,
+            "wallet_check_min_gasleft": info_wallet_min_gasleft,
         }
     return info, rows
 
@@ -282,6 +296,18 @@ def derive(rows: list[Measurement]) -> dict[str, float]:
         "skip_avg_invalid": gas["payments_100_skipped_invalid"] / CHUNK,
         "wallet_griefing_extra": gas["payments_1_wallet_burns_gas"]
         - gas["payments_1_wallet_refuses"],
+        # What the settlement worker asks per payment in the worst case: every payment's wallet
+        # burns its gas when estimated (the whole one-payment chunk without the 21,000 intrinsic
+        # gas, an upper bound of one payment's share), plus the pipeline's 25 % margin, plus the
+        # headroom for a wallet that appears after the estimate (WALLET_CHECK_MIN_GASLEFT).
+        "payment_gas_limit_worst": (gas["payments_1_wallet_burns_gas"] - 21_000)
+        * (100 + GAS_MARGIN_PERCENT)
+        / 100
+        + WALLET_CHECK_MIN_GASLEFT,
+        "payment_gas_limit_eoa": (gas["payments_100_first"] / CHUNK)
+        * (100 + GAS_MARGIN_PERCENT)
+        / 100
+        + WALLET_CHECK_MIN_GASLEFT,
     }
 
 
@@ -290,7 +316,12 @@ def main(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     info, rows = measure()
+    if info["wallet_check_min_gasleft"] != WALLET_CHECK_MIN_GASLEFT:
+        raise SystemExit(f"WALLET_CHECK_MIN_GASLEFT is {info['wallet_check_min_gasleft']} now")
     derived = derive(rows)
+    derived["payment_chunk_max"] = int(
+        BLOCK_GAS_LIMIT * CHUNK_SHARE_OF_BLOCK // derived["payment_gas_limit_worst"]
+    )
     if as_json:
         typer.echo(
             json.dumps({**info, "rows": [asdict(r) for r in rows], "derived": derived}, indent=2)
@@ -347,6 +378,15 @@ def main(
         f"gas-burning wallet over a refusing one (cap {info['wallet_check_gas']:,})",
         f"{derived['wallet_griefing_extra']:,.0f}",
     )
+    summary.add_row(
+        "gas limit asked per payment: EOA / every wallet burns its gas",
+        f"{derived['payment_gas_limit_eoa']:,.0f} / {derived['payment_gas_limit_worst']:,.0f}",
+    )
+    summary.add_row(
+        f"payments per chunk within {CHUNK_SHARE_OF_BLOCK:.0%} of a {BLOCK_GAS_LIMIT:,} block, "
+        "worst case (f)",
+        f"{derived['payment_chunk_max']:,}",
+    )
     console.print(summary)
     console.print(
         "(a) The first chunk of an epoch touches the epoch's slots cold (here also the token's "
@@ -357,14 +397,21 @@ def main(
         "SETTLEMENT_ROLE in this throwaway deployment only; in a real deployment only the "
         "Settlement contract holds that role.\n"
         "(c) Each payment carries the user's EIP-712 authorisation and 65-byte signature; the "
-        "contract reads the nonce's bit, checks the signature (EXTCODESIZE + ecrecover), marks "
+        "contract checks the signature (EXTCODESIZE + ecrecover), reads the nonce's bit, marks "
         "the nonce in the user's bitmap (a fresh 256-nonce word costs a zero-to-nonzero store; "
         "later nonces in the same word are cheaper), reads the balance, burns and emits "
         "PaymentApplied.\n"
-        "(d) Skipped payments burn nothing and emit PaymentSkipped: a used nonce is found before "
-        "any signature check; a wrong key costs the ecrecover.\n"
-        "(e) The wallet's isValidSignature gets at most WALLET_CHECK_GAS; a wallet that spins "
-        "until it runs out costs the chunk at most that much more than one that refuses.\n"
+        "(d) Skipped payments burn nothing and emit PaymentSkipped; the signature is checked "
+        "first (ecrecover in both rows), and a wrong key voids the nonce (a store in a used "
+        "word here).\n"
+        "(e) The wallet's isValidSignature gets exactly WALLET_CHECK_GAS (the contract reverts "
+        f"unless {info['wallet_check_min_gasleft']:,} gas is left before asking); a wallet "
+        "that spins until it runs out costs the chunk at most that much more than one that "
+        "refuses. Each row voids a nonce in a fresh bitmap word.\n"
+        "(f) The settlement worker's gas limit for a payment chunk is the estimate plus "
+        f"{GAS_MARGIN_PERCENT} % plus WALLET_CHECK_MIN_GASLEFT per payment; the worst case is "
+        "every payment's wallet burning its gas at the estimate. GRIDPOINTS_PAYMENT_CHUNK_SIZE "
+        "is capped below this figure.\n"
         "Fresh holders had a zero balance before; existing holders already held points. "
         "All figures include the 21,000 intrinsic gas and the calldata."
     )

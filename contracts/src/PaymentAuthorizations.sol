@@ -11,9 +11,9 @@ import {IPaymentAuthorizations} from "./interfaces/IPaymentAuthorizations.sol";
 /// @notice Checks and uses up the EIP-712 `PaymentAuthorization`s that users sign to let a
 /// contract take points from them (see IPaymentAuthorizations), and lets users cancel them.
 /// @dev The inheriting contract sets the EIP-712 domain (it calls the EIP712 constructor). To use
-/// an authorisation it checks the nonce (`_nonceWord`, `_isNonceUsed`), then the signature
-/// (`_isUsersSignature`), and only then marks the nonce used (`_useNonce`), through one reference
-/// to the word that holds the nonce. Used nonces are kept as in Permit2: one bitmap per user, bit
+/// an authorisation it checks the signature (`_isUsersSignature`), then the nonce (`_nonceWord`,
+/// `_isNonceUsed`), and marks the nonce used (`_useNonce`), through one reference to the word that
+/// holds the nonce. Used nonces are kept as in Permit2: one bitmap per user, bit
 /// `nonce & 0xff` of the word at position `nonce >> 8` (see `authorizationBitmap`).
 abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
     /// @inheritdoc IPaymentAuthorizations
@@ -23,6 +23,9 @@ abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
 
     /// @inheritdoc IPaymentAuthorizations
     uint256 public constant WALLET_CHECK_GAS = 100_000;
+
+    /// @inheritdoc IPaymentAuthorizations
+    uint256 public constant WALLET_CHECK_MIN_GASLEFT = WALLET_CHECK_GAS * 64 / 63 + 10_000;
 
     /// @dev One word of a user's bitmap of used nonces: bit `nonce & 0xff` of the word at
     /// position `nonce >> 8` is set once the nonce is used up. A struct, so that a payment can
@@ -96,9 +99,15 @@ abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
     /// an address without code, ERC-1271 for one with code, including an EIP-7702 delegated
     /// EOA), with the wallet call bounded: SignatureChecker forwards all the gas left (63/64 of
     /// it) and copies the whole answer to memory, so a wallet could make the chunk run out of
-    /// gas. Here the wallet gets WALLET_CHECK_GAS and only the first 32 bytes of its answer are
-    /// read. A wallet that reverts, runs out of gas or answers anything but the ERC-1271 magic
-    /// value (as a full word, as SignatureChecker compares it) has not approved the payment.
+    /// gas. Here the wallet gets exactly WALLET_CHECK_GAS and only the first 32 bytes of its
+    /// answer are read. Before asking, the transaction must have WALLET_CHECK_MIN_GASLEFT left,
+    /// enough to pass the wallet all of WALLET_CHECK_GAS (EIP-150 keeps 1/64 back, and the call
+    /// itself costs up to two cold account accesses for an EIP-7702 delegation), or the call
+    /// reverts with InsufficientGasForWalletCheck: so the wallet's answer never depends on the
+    /// gas limit the operator chose — not even for a wallet that passes the question on to a
+    /// validator and turns the validator's out-of-gas into a refusal. A wallet that reverts,
+    /// runs out of its WALLET_CHECK_GAS or answers anything but the ERC-1271 magic value (as a
+    /// full word, as SignatureChecker compares it) has not approved the payment.
     function _isUsersSignature(address user, uint256 nonce, bytes32 digest, bytes calldata signature)
         internal
         view
@@ -109,6 +118,8 @@ abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
             return err == ECDSA.RecoverError.NoError && recovered == user;
         }
         bytes memory query = abi.encodeCall(IERC1271.isValidSignature, (digest, signature));
+        // After the query is in memory (its expansion is paid), right before the call.
+        if (gasleft() < WALLET_CHECK_MIN_GASLEFT) revert InsufficientGasForWalletCheck(user, nonce);
         bool success;
         bytes32 answer;
         assembly ("memory-safe") {
@@ -116,13 +127,6 @@ abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
             answer := mload(0x00)
             if lt(returndatasize(), 0x20) { success := 0 }
         }
-        if (success && answer == bytes32(IERC1271.isValidSignature.selector)) return true;
-        // If the wallet got less than WALLET_CHECK_GAS (the transaction had less than 64/63 of it
-        // left) and used it all, at most 1/64 of what was left comes back, which is below
-        // WALLET_CHECK_GAS / 63: then the operator's gas limit, not the wallet, decided, and
-        // skipping would let the operator void an honest wallet's payment by sending too little
-        // gas. As in OpenZeppelin's ERC2771Forwarder, such a call reverts instead.
-        if (gasleft() < WALLET_CHECK_GAS / 63) revert InsufficientGasForWalletCheck(user, nonce);
-        return false;
+        return success && answer == bytes32(IERC1271.isValidSignature.selector);
     }
 }

@@ -28,8 +28,9 @@ import {ISettlement} from "./interfaces/ISettlement.sol";
 /// user, as in Permit2), and never more than its `maxPoints` is requested. There is no
 /// operator-only burn path: the settler can mint what an epoch commits, but it cannot take
 /// points from anyone who did not sign for it. A payment whose signature is not (or no longer)
-/// the user's, or whose nonce is already used, is skipped rather than reverting its chunk, so
-/// that no single user can stop the settlement of everybody else (see `applyPayments`).
+/// the user's (its nonce is then voided: never collectable later), or whose nonce is already
+/// used, is skipped rather than reverting its chunk, so that no single user can stop the
+/// settlement of everybody else (see `applyPayments`).
 /// The EIP-712 domain is
 /// ("GridPoints Settlement", "1", chainId, this contract), so an authorisation is valid on
 /// exactly one deployment; station_signer/authorization.py is the off-chain definition.
@@ -212,15 +213,18 @@ contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
         if (user == address(0)) revert PaymentFromZeroAddress(nonce);
         if (p.amount > p.maxPoints) revert ExceedsAuthorizedMaximum(user, nonce, p.amount, p.maxPoints);
         bytes32 digest = _hashTypedDataV4(_hashAuthorization(user, p.stationId, p.maxPoints, nonce, p.deadline));
-        // The nonce first: it is a fact of this contract's state that anyone can check, and
-        // cheaper than asking a wallet.
         NonceWord storage nonceWord = _nonceWord(user, nonce);
-        if (_isNonceUsed(nonceWord, nonce)) {
-            emit PaymentSkipped(epochId, user, digest, nonce, p.amount, SkipReason.AuthorizationUsed);
+        // The signature first: a skip says only what was checked before it, so nothing about the
+        // user's nonce is reported for terms the user may never have signed.
+        if (!_isUsersSignature(user, nonce, digest, p.signature)) {
+            // Voided, so that it can never be collected later (the operator bills a skipped
+            // charge otherwise); a no-op if the nonce was already used.
+            _useNonce(nonceWord, nonce);
+            emit PaymentSkipped(epochId, user, digest, nonce, p.amount, SkipReason.InvalidSignature);
             return 0;
         }
-        if (!_isUsersSignature(user, nonce, digest, p.signature)) {
-            emit PaymentSkipped(epochId, user, digest, nonce, p.amount, SkipReason.InvalidSignature);
+        if (_isNonceUsed(nonceWord, nonce)) {
+            emit PaymentSkipped(epochId, user, digest, nonce, p.amount, SkipReason.AuthorizationUsed);
             return 0;
         }
         _useNonce(nonceWord, nonce);
@@ -232,9 +236,16 @@ contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
             burned = p.amount < balance ? p.amount : balance;
             if (burned != 0) token.burn(user, burned);
         }
+        _emitApplied(epochId, p, digest, burned);
+    }
+
+    /// @dev PaymentApplied for `p` (a helper: the event has more fields than the stack allows
+    /// next to _applyPayment's locals).
+    function _emitApplied(uint64 epochId, Payment calldata p, bytes32 digest, uint256 burned) private {
         // casting to uint128 is safe because burned <= p.amount, a uint128
         // forge-lint: disable-next-line(unsafe-typecast)
-        emit PaymentApplied(epochId, user, digest, nonce, p.amount, uint128(burned));
+        uint128 burned128 = uint128(burned);
+        emit PaymentApplied(epochId, p.user, digest, p.nonce, p.amount, burned128, p.stationId, p.maxPoints, p.deadline);
     }
 
     function _committed(uint64 epochId) private view returns (StoredEpoch storage epoch) {

@@ -35,7 +35,10 @@ contract PaymentAuthorizationVectorsTest is Test {
         bytes32 indexed authorization,
         uint256 nonce,
         uint128 requested,
-        uint128 burned
+        uint128 burned,
+        bytes32 stationId,
+        uint128 maxPoints,
+        uint64 deadline
     );
     event PaymentSkipped(
         uint64 indexed epochId,
@@ -171,6 +174,11 @@ contract PaymentAuthorizationVectorsTest is Test {
         assertGe(checked, MIN_VECTORS);
     }
 
+    /// @dev The PaymentApplied vector `v` should give in epoch 1 (a helper: stack depth).
+    function _emitApplied(Vector memory v, uint128 amount, uint128 burned) internal {
+        emit PaymentApplied(1, v.user, v.digest, v.nonce, amount, burned, v.stationId, v.maxPoints, v.deadline);
+    }
+
     /// @dev Each vector signed by its own user is paid through a real Settlement deployed at the
     /// vector's address on the vector's chain: the eth_account signature is accepted and the
     /// PaymentApplied event names the vector's digest.
@@ -212,7 +220,7 @@ contract PaymentAuthorizationVectorsTest is Test {
                 signature: v.signature
             });
             vm.expectEmit(true, true, true, true, address(settlement));
-            emit PaymentApplied(1, v.user, v.digest, v.nonce, amount, burned);
+            _emitApplied(v, amount, burned);
             settlement.applyPayments(1, 1, payments);
             vm.stopPrank();
 
@@ -225,7 +233,7 @@ contract PaymentAuthorizationVectorsTest is Test {
     }
 
     /// @dev Vectors whose signer is not their user (the edge-case users nobody holds a key for)
-    /// are refused by the contract: skipped as InvalidSignature, nothing burned, nonce unused.
+    /// are refused by the contract: skipped as InvalidSignature, nothing burned, nonce voided.
     function test_vectorsSignedByAnotherKeyAreRefused() public {
         uint256 n = _count();
         uint256 refused;
@@ -253,7 +261,7 @@ contract PaymentAuthorizationVectorsTest is Test {
             emit PaymentSkipped(1, v.user, v.digest, v.nonce, 1, ISettlement.SkipReason.InvalidSignature);
             settlement.applyPayments(1, 1, payments);
             vm.stopPrank();
-            assertFalse(settlement.isAuthorizationUsed(v.user, v.nonce), v.name);
+            assertTrue(settlement.isAuthorizationUsed(v.user, v.nonce), v.name);
             assertEq(settlement.getEpoch(1).appliedDebits, 0, v.name);
             ++refused;
             vm.revertToState(snapshot);

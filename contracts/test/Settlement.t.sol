@@ -33,7 +33,10 @@ abstract contract SettlementFixture is Test {
         bytes32 indexed authorization,
         uint256 nonce,
         uint128 requested,
-        uint128 burned
+        uint128 burned,
+        bytes32 stationId,
+        uint128 maxPoints,
+        uint64 deadline
     );
     event PaymentSkipped(
         uint64 indexed epochId,

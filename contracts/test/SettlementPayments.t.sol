@@ -13,6 +13,7 @@ import {SettlementFixture} from "./Settlement.t.sol";
 import {BatchDelegate} from "./utils/BatchDelegate.sol";
 import {EcdsaAccountDelegate} from "./utils/EcdsaAccountDelegate.sol";
 import {ERC1271Wallet} from "./utils/ERC1271Wallet.sol";
+import {ModularWallet, SlowEcdsaValidator} from "./utils/ModularWallet.sol";
 
 /// @dev The EIP-7702 cheatcode of the Forge binary (1.x). The vendored forge-std 1.9.3 Vm.sol
 /// predates it, so it is declared here with the binary's exact signature; the delegation it
@@ -50,7 +51,7 @@ contract SettlementPaymentsTest is SettlementFixture {
     uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
 
     bytes32 internal constant APPLIED_TOPIC =
-        keccak256("PaymentApplied(uint64,address,bytes32,uint256,uint128,uint128)");
+        keccak256("PaymentApplied(uint64,address,bytes32,uint256,uint128,uint128,bytes32,uint128,uint64)");
     bytes32 internal constant SKIPPED_TOPIC = keccak256("PaymentSkipped(uint64,address,bytes32,uint256,uint128,uint8)");
     ISettlement.SkipReason internal constant INVALID = ISettlement.SkipReason.InvalidSignature;
     ISettlement.SkipReason internal constant USED = ISettlement.SkipReason.AuthorizationUsed;
@@ -96,7 +97,13 @@ contract SettlementPaymentsTest is SettlementFixture {
             emit Transfer(p.user, address(0), burned);
         }
         vm.expectEmit(true, true, true, true, address(settlement));
-        emit PaymentApplied(epochId, p.user, _digest(address(settlement), p), p.nonce, p.amount, burned);
+        _emitApplied(epochId, p, _digest(address(settlement), p), burned);
+    }
+
+    /// @dev The PaymentApplied `p` should give (split out of _expectPayment: stack depth).
+    function _emitApplied(uint64 epochId, ISettlement.Payment memory p, bytes32 digest, uint128 burned) internal {
+        (bytes32 stationId, uint128 maxPoints, uint64 deadline) = (p.stationId, p.maxPoints, p.deadline);
+        emit PaymentApplied(epochId, p.user, digest, p.nonce, p.amount, burned, stationId, maxPoints, deadline);
     }
 
     function _expectSkip(uint64 epochId, ISettlement.Payment memory p, ISettlement.SkipReason reason) internal {
@@ -105,11 +112,12 @@ contract SettlementPaymentsTest is SettlementFixture {
     }
 
     /// @dev Applies chunk `chunkId` holding only `p`, which must be skipped for `reason`: the
-    /// chunk is applied, burning nothing (no Transfer), and `p`'s nonce is left as it was.
+    /// chunk is applied, burning nothing (no Transfer), and `p`'s nonce is used afterwards (voided
+    /// by an InvalidSignature skip, already used for an AuthorizationUsed one).
     function _paySkipped(uint64 epochId, uint32 chunkId, ISettlement.Payment memory p, ISettlement.SkipReason reason)
         internal
     {
-        bool usedBefore = settlement.isAuthorizationUsed(p.user, p.nonce);
+        if (reason == USED) assertTrue(settlement.isAuthorizationUsed(p.user, p.nonce), "used before");
         uint128 debitsBefore = settlement.getEpoch(epochId).appliedDebits;
         _expectSkip(epochId, p, reason);
         vm.expectEmit(true, true, false, true, address(settlement));
@@ -121,7 +129,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         (uint256 applied, uint256 skipped) = _outcomes(logs);
         assertEq(applied, 0);
         assertEq(skipped, 1, "one event per payment");
-        assertEq(settlement.isAuthorizationUsed(p.user, p.nonce), usedBefore, "the nonce is left as it was");
+        assertTrue(settlement.isAuthorizationUsed(p.user, p.nonce), "used (voided) after a skip");
         assertEq(settlement.getEpoch(epochId).appliedDebits, debitsBefore);
         assertTrue(settlement.isChunkApplied(epochId, chunkId));
     }
@@ -517,13 +525,15 @@ contract SettlementPaymentsTest is SettlementFixture {
         _pay(1, 1, chunk);
         assertEq(token.balanceOf(alice), 15);
         assertEq(token.balanceOf(bob), 50, "nobody's signature, nothing burned");
-        assertFalse(settlement.isAuthorizationUsed(bob, 1), "never validly presented: still unused");
+        assertTrue(settlement.isAuthorizationUsed(bob, 1), "voided by the skip");
         assertEq(settlement.getEpoch(1).appliedDebits, 35);
-        // Bob can still pay with his real authorisation under that nonce.
+        // The void takes nothing from bob: a real authorisation under that nonce is skipped
+        // (AuthorizationUsed, after its signature was checked), nothing burned. A settler that
+        // forges to void a nonce only withholds a payment, which the auditor reports
+        // (the skip does not carry the record's own signature).
         ISettlement.Payment memory real = _sign(_auth(bob, 30, 1, dayLater, 30), bobKey);
-        _expectPayment(1, real, 30);
-        _pay(1, 2, _list1(real));
-        assertEq(token.balanceOf(bob), 20);
+        _paySkipped(1, 2, real, USED);
+        assertEq(token.balanceOf(bob), 50);
     }
 
     // ------------------------------------------------------------------ applyPayments: signatures
@@ -538,7 +548,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         _paySkipped(1, 2, p, INVALID);
         assertEq(token.balanceOf(alice), 50);
         assertEq(token.balanceOf(bob), 50);
-        assertFalse(settlement.isAuthorizationUsed(alice, 1));
+        assertTrue(settlement.isAuthorizationUsed(alice, 1), "voided");
     }
 
     function test_Skip_AFieldChangedAfterSigning() public {
@@ -554,8 +564,9 @@ contract SettlementPaymentsTest is SettlementFixture {
         }
         assertEq(token.balanceOf(alice), 50);
         assertEq(token.balanceOf(bob), 0);
-        assertFalse(settlement.isAuthorizationUsed(alice, 1));
-        assertFalse(settlement.isAuthorizationUsed(alice, 2));
+        assertTrue(settlement.isAuthorizationUsed(alice, 1), "voided");
+        assertTrue(settlement.isAuthorizationUsed(alice, 2), "voided");
+        assertTrue(settlement.isAuthorizationUsed(bob, 1), "voided");
     }
 
     function test_Skip_SignedForAnotherDeployment() public {
@@ -580,7 +591,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         p.signature = abi.encodePacked(r, s, v);
         _paySkipped(1, 3, p, INVALID);
         assertEq(token.balanceOf(alice), 50);
-        assertFalse(settlement.isAuthorizationUsed(alice, 1));
+        assertTrue(settlement.isAuthorizationUsed(alice, 1), "voided");
     }
 
     function test_Skip_SignatureMalformed() public {
@@ -607,9 +618,10 @@ contract SettlementPaymentsTest is SettlementFixture {
             p.signature = bad[i];
             _paySkipped(1, uint32(i + 1), p, INVALID);
         }
-        assertFalse(settlement.isAuthorizationUsed(alice, 1));
-        _pay(1, 100, _list1(good));
-        assertEq(token.balanceOf(alice), 40);
+        assertTrue(settlement.isAuthorizationUsed(alice, 1), "voided by the first malformed one");
+        // The user's own signature under the voided nonce is refused as used: never collectable.
+        _paySkipped(1, 100, good, USED);
+        assertEq(token.balanceOf(alice), 50);
     }
 
     // ------------------------------------------------------------------ applyPayments: nonces
@@ -702,17 +714,17 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertEq(token.balanceOf(carol), 50);
         assertEq(token.balanceOf(address(wallet)), 50);
         assertEq(token.balanceOf(bob), 20);
-        assertFalse(settlement.isAuthorizationUsed(carol, 1));
-        assertFalse(settlement.isAuthorizationUsed(address(wallet), 1));
-        assertFalse(settlement.isAuthorizationUsed(address(wallet), 2));
+        assertTrue(settlement.isAuthorizationUsed(carol, 1), "voided");
+        assertTrue(settlement.isAuthorizationUsed(address(wallet), 1), "voided");
+        assertTrue(settlement.isAuthorizationUsed(address(wallet), 2), "voided");
     }
 
     // ------------------------------------------------------------------ EIP-7702 delegated EOAs
 
     /// @dev The attack of the review: the backend accepted alice's ECDSA authorisation, then alice
     /// delegates her EOA to a contract without ERC-1271. Her address now has code, so the
-    /// signature is judged by ERC-1271, which her delegate cannot answer: her payment is skipped
-    /// (nonce unused) and the rest of the chunk burns.
+    /// signature is judged by ERC-1271, which her delegate cannot answer: her payment is skipped,
+    /// its nonce voided, and the rest of the chunk burns.
     function test_Skip_Eip7702DelegatedToAContractWithoutErc1271() public {
         _fund(50, 50, 100);
         BatchDelegate batch = new BatchDelegate();
@@ -728,13 +740,14 @@ contract SettlementPaymentsTest is SettlementFixture {
         _pay(1, 1, _list2(a, b));
         assertEq(token.balanceOf(alice), 50);
         assertEq(token.balanceOf(bob), 20);
-        assertFalse(settlement.isAuthorizationUsed(alice, 1));
+        assertTrue(settlement.isAuthorizationUsed(alice, 1), "voided by the skip");
 
-        // Her nonce was not used up: once she clears the delegation, the same authorisation pays.
+        // Issue 16 item 7: the operator bills a skipped charge otherwise. Once she clears the
+        // delegation her signature is valid again, but the same authorisation must not be
+        // collectable any more, or she would pay twice.
         _delegate(alice, aliceKey, address(0));
-        _expectPayment(1, a, 30);
-        _pay(1, 2, _list1(a));
-        assertEq(token.balanceOf(alice), 20);
+        _paySkipped(1, 2, a, USED);
+        assertEq(token.balanceOf(alice), 50);
     }
 
     /// @dev An EIP-7702 account whose delegate implements ERC-1271 for the EOA's own key keeps
@@ -819,9 +832,11 @@ contract SettlementPaymentsTest is SettlementFixture {
         wallet.setMode(ERC1271Wallet.Mode.Normal);
         ISettlement.Payment memory q = _sign(_auth(address(wallet), 30, 1, dayLater, 30), aliceKey);
         _paySkipped(1, 10, q, INVALID);
+        // Voided by the first refusal: the wallet's approval now finds the nonce used.
+        _paySkipped(1, 11, p, USED);
         // A contract has no key of its own: an ECDSA signature is judged by the wallet, not by
         // ecrecover (the owner's signature passes only because the wallet says so).
-        _pay(1, 11, _list1(p));
+        _pay(1, 12, _list1(_sign(_auth(address(wallet), 30, 2, dayLater, 30), ownerKey)));
         assertEq(token.balanceOf(address(wallet)), 20);
     }
 
@@ -923,6 +938,145 @@ contract SettlementPaymentsTest is SettlementFixture {
         }
         assertGt(starvedSeen, 0, "the starved case was reached");
         assertGt(paidSeen, 0, "the ample case was reached");
+    }
+
+    /// @dev Issue 16 item 8: a modular wallet passes the question to its validator module and
+    /// turns the module's failure (here: running out of the gas it was passed) into a refusal.
+    /// The old guard only caught a wallet that itself ran out of gas, so under some gas limits
+    /// (from about 60,000 up) the honest wallet was judged invalid and skipped. Now the contract
+    /// requires WALLET_CHECK_MIN_GASLEFT before asking: at every gas limit the chunk either
+    /// reverts (InsufficientGasForWalletCheck, or plain out-of-gas) or burns, never skips.
+    function test_RevertWhen_TooLittleGasForAModularWalletsValidator() public {
+        (address owner, uint256 ownerKey) = makeAddrAndKey("wallet owner");
+        ModularWallet wallet = new ModularWallet(owner, new SlowEcdsaValidator());
+        _commit(1, 100, 100);
+        _credit(1, 0, _entries1(address(wallet), 50));
+        ISettlement.Payment[] memory chunk = _list1(_sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey));
+        bytes memory starved = abi.encodeWithSelector(
+            IPaymentAuthorizations.InsufficientGasForWalletCheck.selector, address(wallet), uint256(1)
+        );
+        uint256 starvedSeen;
+        uint256 paidSeen;
+        for (uint256 gasLimit = 30_000; gasLimit <= 300_000; gasLimit += 1_000) {
+            (bool paid, bool wasStarved) = _modularWalletChunk(wallet, chunk, gasLimit, starved);
+            if (paid) ++paidSeen;
+            if (wasStarved) ++starvedSeen;
+        }
+        assertGt(starvedSeen, 0, "the starved case was reached");
+        assertGt(paidSeen, 0, "the ample case was reached");
+    }
+
+    /// @dev Any gas limit: the modular wallet's payment is never skipped.
+    function testFuzz_GasLimitNeverSkipsAnHonestModularWallet(uint256 gasLimit) public {
+        gasLimit = bound(gasLimit, 25_000, 2_000_000);
+        (address owner, uint256 ownerKey) = makeAddrAndKey("wallet owner");
+        ModularWallet wallet = new ModularWallet(owner, new SlowEcdsaValidator());
+        _commit(1, 100, 100);
+        _credit(1, 0, _entries1(address(wallet), 50));
+        ISettlement.Payment[] memory chunk = _list1(_sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey));
+        bytes memory starved = abi.encodeWithSelector(
+            IPaymentAuthorizations.InsufficientGasForWalletCheck.selector, address(wallet), uint256(1)
+        );
+        (bool paid,) = _modularWalletChunk(wallet, chunk, gasLimit, starved);
+        if (gasLimit >= 300_000) assertTrue(paid, "ample gas pays");
+    }
+
+    /// @dev Sends `chunk` (one payment by `wallet`) with `gasLimit` on a snapshot: it must burn or
+    /// revert (with `starved` or out of gas), never skip. Returns which happened.
+    function _modularWalletChunk(
+        ModularWallet wallet,
+        ISettlement.Payment[] memory chunk,
+        uint256 gasLimit,
+        bytes memory starved
+    ) internal returns (bool paid, bool wasStarved) {
+        uint256 snapshot = vm.snapshotState();
+        vm.recordLogs();
+        vm.prank(settler);
+        try settlement.applyPayments{gas: gasLimit}(1, 1, chunk) {
+            (uint256 applied, uint256 skipped) = _outcomes(vm.getRecordedLogs());
+            assertEq(skipped, 0, "an honest wallet was skipped for lack of gas");
+            assertEq(applied, 1);
+            assertEq(token.balanceOf(address(wallet)), 20);
+            paid = true;
+        } catch (bytes memory err) {
+            if (err.length > 0) assertEq(err, starved);
+            wasStarved = keccak256(err) == keccak256(starved);
+            assertFalse(settlement.isChunkApplied(1, 1));
+            assertFalse(settlement.isAuthorizationUsed(address(wallet), 1), "a reverted chunk voids nothing");
+        }
+        vm.revertToState(snapshot);
+    }
+
+    /// @dev Issue 16 item 7: a wallet that refuses a payment has it skipped, and the operator bills
+    /// the charge otherwise. When the wallet approves again later, the same authorisation must not
+    /// be collectable any more (the user would pay twice): the skip voided its nonce.
+    function test_Skip_InvalidSignatureVoidsTheNonce() public {
+        (address owner, uint256 ownerKey) = makeAddrAndKey("wallet owner");
+        ERC1271Wallet wallet = new ERC1271Wallet(owner);
+        _commit(1, 100, 100);
+        _credit(1, 0, _entries1(address(wallet), 50));
+        ISettlement.Payment memory p = _sign(_auth(address(wallet), 30, 1, dayLater, 30), ownerKey);
+        wallet.setMode(ERC1271Wallet.Mode.RejectAll);
+        _paySkipped(1, 1, p, INVALID);
+        assertTrue(settlement.isAuthorizationUsed(address(wallet), 1), "voided by the skip");
+        // The user cannot cancel it either: it is already void.
+        vm.expectRevert(_alreadyUsed(address(wallet), 1));
+        vm.prank(address(wallet));
+        settlement.cancelAuthorization(1);
+
+        wallet.setMode(ERC1271Wallet.Mode.Normal);
+        _commit(2, 0, 100);
+        _paySkipped(2, 0, p, USED);
+        assertEq(token.balanceOf(address(wallet)), 50, "paid once (otherwise), never in points too");
+    }
+
+    /// @dev Issue 16 item 9: a skip is reported only after what it claims was checked. A settler
+    /// that submits terms the user never signed under a nonce the user already used gets an
+    /// InvalidSignature skip (the signature is checked first), not an AuthorizationUsed one that
+    /// would read as "the user's authorisation, already used".
+    function test_Skip_UsedNonceUnderTermsTheUserNeverSigned() public {
+        _fund(100, 0, 100);
+        ISettlement.Payment memory a = _sign(_auth(alice, 30, 5, dayLater, 10), aliceKey);
+        _pay(1, 1, _list1(a));
+        // Other terms, same nonce, signed by nobody (the settler's own key, or garbage).
+        ISettlement.Payment memory invented = _auth(alice, 99, 5, dayLater, 50);
+        (, uint256 settlerKey) = makeAddrAndKey("settler");
+        _paySkipped(1, 2, _sign(invented, settlerKey), INVALID);
+        invented.signature = a.signature; // alice's signature, but over other terms
+        _paySkipped(1, 3, invented, INVALID);
+        // Her own authorisation, replayed, is the used-nonce case.
+        _paySkipped(1, 4, a, USED);
+        assertEq(token.balanceOf(alice), 90);
+    }
+
+    /// @dev Issue 16 item 9: PaymentApplied carries the signed terms (stationId, maxPoints,
+    /// deadline with user and nonce), so anyone can recompute the authorisation digest from the
+    /// log alone, without decoding the transaction's input.
+    function test_PaymentApplied_CarriesTheSignedTerms() public {
+        _fund(100, 0, 100);
+        ISettlement.Payment memory a = _auth(alice, 77, 123_456, dayLater + 5, 40);
+        a.stationId = keccak256("station 9");
+        a = _sign(a, aliceKey);
+        vm.recordLogs();
+        _pay(1, 1, _list1(a));
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        uint256 found;
+        for (uint256 i = 0; i < logs.length; ++i) {
+            if (logs[i].emitter != address(settlement) || logs[i].topics[0] != APPLIED_TOPIC) continue;
+            (uint256 nonce, uint128 requested, uint128 burned, bytes32 stationId, uint128 maxPoints, uint64 deadline) =
+                abi.decode(logs[i].data, (uint256, uint128, uint128, bytes32, uint128, uint64));
+            address user = address(uint160(uint256(logs[i].topics[2])));
+            ISettlement.Payment memory terms = _auth(user, maxPoints, nonce, deadline, 0);
+            terms.stationId = stationId;
+            assertEq(_digest(address(settlement), terms), logs[i].topics[3], "the terms hash to the digest");
+            assertEq(stationId, a.stationId);
+            assertEq(maxPoints, 77);
+            assertEq(deadline, dayLater + 5);
+            assertEq(requested, 40);
+            assertEq(burned, 40);
+            ++found;
+        }
+        assertEq(found, 1);
     }
 
     // ------------------------------------------------------------------ cancelAuthorization
@@ -1084,7 +1238,10 @@ contract SettlementPaymentsTest is SettlementFixture {
         ISettlement.Payment memory p = _sign(_auth(alice, 10, nonce, dayLater, 10), key);
         _paySkipped(1, 1, p, INVALID);
         assertEq(token.balanceOf(alice), 1000);
-        assertFalse(settlement.isAuthorizationUsed(alice, nonce));
+        assertTrue(settlement.isAuthorizationUsed(alice, nonce), "voided");
+        // Never collectable later, even with alice's own signature.
+        _paySkipped(1, 2, _sign(p, aliceKey), USED);
+        assertEq(token.balanceOf(alice), 1000);
     }
 
     function testFuzz_AnyKeyPaysForItsOwnAddress(uint256 key, uint256 nonce, bytes32 stationId) public {

@@ -1,7 +1,9 @@
-"""Payments the contract skipped (PaymentSkipped, nothing burned). A skip is legitimate only
-when it is what the contract says: AuthorizationUsed needs an earlier PaymentApplied or
-AuthorizationCanceled of that (user, nonce) on chain, and InvalidSignature needs the
-settlement transaction to have submitted the record's own signed authorisation (so the
+"""Payments the contract skipped (PaymentSkipped, nothing burned). The contract checks the
+signature first, so a skip says only what was checked before it. A skip is legitimate only
+when it is what the contract says: AuthorizationUsed (the user's signature, a used nonce) needs
+an earlier PaymentApplied, AuthorizationCanceled or PaymentSkipped of that (user, nonce) on
+chain, and InvalidSignature (which voids the nonce) is never read as the user's act: it needs
+the settlement transaction to have submitted the record's own signed authorisation (so the
 signature the contract refused is the user's, and the user's wallet, not the operator, made
 the payment uncollectable). A skip must also request the recomputed amount."""
 
@@ -21,13 +23,14 @@ def used_nonce_findings(skip: SkipEvent) -> list[Discrepancy]:
     """An AuthorizationUsed skip without an earlier use of its nonce on chain."""
     if skip.reason != SkipReason.AUTHORIZATION_USED or skip.nonce_used_before:
         return []
-    # The contract skips for a used nonce only after a payment or a cancel used it; seeing
-    # otherwise means the chain or the contract is not what the audit assumes.
+    # The contract skips for a used nonce only after a payment, a cancel or a voiding skip used
+    # it; seeing otherwise means the chain or the contract is not what the audit assumes.
     return [
         Discrepancy(
             Kind.PAYMENT_SKIP_UNJUSTIFIED,
             f"a payment of epoch {skip.epoch_id} was skipped as AuthorizationUsed, but no "
-            f"earlier PaymentApplied or AuthorizationCanceled used nonce {skip.nonce} of "
+            f"earlier PaymentApplied, AuthorizationCanceled or PaymentSkipped used nonce "
+            f"{skip.nonce} of "
             f"{to_checksum_address(skip.user)}",
             epoch_id=skip.epoch_id,
             user=to_checksum_address(skip.user),

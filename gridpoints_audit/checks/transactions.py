@@ -1,8 +1,10 @@
 """Each transaction's token transfers against its settlement events, in chain order: a
 ChunkApplied reports the entries and amount its transaction shows, a PaymentApplied that
-burned has its own burn Transfer right before it, an AuthorizationUsed skip follows a use of
-its nonce, and every mint and burn belongs to a settlement chunk or payment (anything else,
-for example a mint after someone was granted the token's minting role, is unexplained)."""
+burned has its own burn Transfer right before it, no PaymentApplied uses a (user, nonce) that
+was paid, canceled or voided by a skip before it (the user would pay twice), an
+AuthorizationUsed skip follows a use of its nonce, and every mint and burn belongs to a
+settlement chunk or payment (anything else, for example a mint after someone was granted the
+token's minting role, is unexplained)."""
 
 from __future__ import annotations
 
@@ -26,11 +28,35 @@ def transaction_findings(facts: ChainFacts) -> list[Discrepancy]:
             if isinstance(event, SkipEvent):
                 out += used_nonce_findings(event)
             elif isinstance(event, PaymentEvent):
+                out += _nonce_findings(event)
                 out += _burn_findings(event)
             else:
                 out += _chunk_findings(tally, event)
         out += _unattributed_findings(tally)
     return out
+
+
+def _nonce_findings(payment: PaymentEvent) -> list[Discrepancy]:
+    """A payment under a (user, nonce) already used on chain: paid before, canceled by the
+    user, or voided by a skip (after which the operator bills the charge otherwise)."""
+    if not payment.nonce_used_before:
+        return []
+    # The contract's nonce bitmap forbids this; seeing it means the chain or the contract is
+    # not what the audit assumes.
+    return [
+        Discrepancy(
+            Kind.NONCE_PAID_TWICE,
+            f"PaymentApplied of epoch {payment.epoch_id} uses nonce {payment.nonce} of "
+            f"{to_checksum_address(payment.user)}, which an earlier payment, cancel or skip "
+            "already used: the user could pay twice",
+            epoch_id=payment.epoch_id,
+            user=to_checksum_address(payment.user),
+            tx_hash=as_hex(payment.tx_hash),
+            expected="an unused nonce",
+            found="used before",
+            details={"authorization": as_hex(payment.authorization), "nonce": str(payment.nonce)},
+        )
+    ]
 
 
 def _burn_findings(payment: PaymentEvent) -> list[Discrepancy]:

@@ -344,6 +344,10 @@ def test_a_signed_payment_burns_the_amount_and_reports_it(chain_env: ChainEnv) -
         (1, bob.address, b.authorization.digest(domain), 1, 40, 40),
     ]
     assert c.payment_outcomes_in(receipt) == events and c.skips_in(receipt) == []
+    # The event states the signed terms (issue 16 item 9): the digest is recomputed from the log.
+    for event, payment in zip(events, (a, b), strict=True):
+        assert event.terms == payment.authorization.authorization
+        assert event.terms.digest(domain) == event.authorization
     transfers = c.token.events.Transfer().process_receipt(receipt, errors=DISCARD)
     assert [(t["args"]["from"], t["args"]["to"], t["args"]["value"]) for t in transfers] == [
         (alice.address, ZERO, 25), (bob.address, ZERO, 40),
@@ -384,10 +388,12 @@ def _skipped_alone(
     env: ChainEnv, epoch_id: int, chunk_id: int, payment: Payment, reason: SkipReason
 ) -> PaymentSkipped:
     """Applies a chunk holding only `payment`, which must be skipped for `reason`: the chunk is
-    applied, burns nothing, and the payment's nonce is left as it was."""
+    applied, burns nothing, and the payment's nonce is used afterwards (voided by an
+    INVALID_SIGNATURE skip, already used for an AUTHORIZATION_USED one)."""
     c = env.chain
     a = payment.authorization.authorization
-    used_before = c.is_authorization_used(a.user, a.nonce)
+    if reason == SkipReason.AUTHORIZATION_USED:
+        assert c.is_authorization_used(a.user, a.nonce)
     receipt = c.apply_payments(env.accounts.settler, epoch_id, chunk_id, [payment])
     (skip,) = c.payment_outcomes_in(receipt)
     assert isinstance(skip, PaymentSkipped)
@@ -399,7 +405,7 @@ def _skipped_alone(
     assert c.token.events.Transfer().process_receipt(receipt, errors=DISCARD) == ()
     (applied,) = c.settlement.events.ChunkApplied().process_receipt(receipt, errors=DISCARD)
     assert (applied["args"]["entries"], applied["args"]["amount"]) == (1, 0)
-    assert c.is_authorization_used(a.user, a.nonce) == used_before
+    assert c.is_authorization_used(a.user, a.nonce)
     return skip
 
 
@@ -464,11 +470,17 @@ def test_a_signature_that_is_not_the_users_is_skipped(chain_env: ChainEnv) -> No
     for chunk_id, (name, payment) in enumerate(cases.items(), start=1):
         assert not payment.authorization.is_signed_by_user(here), name
         _skipped_alone(chain_env, 1, chunk_id, payment, SkipReason.INVALID_SIGNATURE)
+    # The first skip voided nonce 1: alice's own signature under it is now AUTHORIZATION_USED
+    # (the signature is checked first, so this reason says her signature was valid).
+    _skipped_alone(
+        chain_env, 1, 9, Payment(_authorize(chain_env, alice, 50, nonce=1), 50),
+        SkipReason.AUTHORIZATION_USED,
+    )  # fmt: skip
     # A field changed after signing breaks the signature as well; in a chunk with an honest
     # payment, only the honest one burns.
-    good = _authorize(chain_env, alice, 50, nonce=1)
+    good = _authorize(chain_env, alice, 50, nonce=2)
     tampered = PaymentAuthorization(
-        user=authorization.user, station_id=b"\x5a" * 32, max_points=50, nonce=1,
+        user=authorization.user, station_id=b"\x5a" * 32, max_points=50, nonce=2,
         deadline=authorization.deadline,
     )  # fmt: skip
     forged = Payment(SignedAuthorization(tampered, good.signature), 5)
@@ -477,9 +489,13 @@ def test_a_signature_that_is_not_the_users_is_skipped(chain_env: ChainEnv) -> No
     assert isinstance(skip, PaymentSkipped) and skip.reason == SkipReason.INVALID_SIGNATURE
     assert isinstance(paid, PaymentApplied) and (paid.user, paid.burned) == (bob.address, 7)
     assert _balance(chain_env, alice.address) == 100
-    assert not c.is_authorization_used(alice.address, 1)  # never validly presented
-    c.apply_payments(a.settler, 1, 11, [Payment(good, 50)])
-    assert _balance(chain_env, alice.address) == 50
+    assert c.is_authorization_used(alice.address, 2)  # voided: never collectable later
+    (again,) = c.payment_outcomes_in(c.apply_payments(a.settler, 1, 11, [Payment(good, 50)]))
+    assert isinstance(again, PaymentSkipped) and again.reason == SkipReason.AUTHORIZATION_USED
+    (paid_later,) = c.payments_in(
+        c.apply_payments(a.settler, 1, 12, [_pay(chain_env, alice, 50, nonce=3)])
+    )
+    assert paid_later.burned == 50 and _balance(chain_env, alice.address) == 50
 
 
 def test_an_eoa_delegated_with_eip7702_is_skipped_without_blocking_the_chunk(
@@ -488,9 +504,10 @@ def test_an_eoa_delegated_with_eip7702_is_skipped_without_blocking_the_chunk(
     """The review's attack, on a real chain: alice's ECDSA authorisation was valid when the
     backend accepted it; then her EOA delegates (a type-4 transaction) to a contract without
     ERC-1271. Her address has code now, so the contract asks ERC-1271 and her payment is skipped;
-    bob's payment in the same chunk burns. Her nonce stays unused: once she clears the
-    delegation the same authorisation pays, and under a delegate that implements ERC-1271 for
-    her own key her signatures keep working."""
+    bob's payment in the same chunk burns. The skip voids her nonce (issue 16 item 7: the
+    operator bills the charge otherwise): once she clears the delegation the same authorisation
+    is skipped as used, never collected twice; under a delegate that implements ERC-1271 for
+    her own key her new signatures keep working."""
     c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
     alice, bob = users[0], users[1]
     _fund(chain_env, [(alice, 100), (bob, 100)])
@@ -507,10 +524,13 @@ def test_an_eoa_delegated_with_eip7702_is_skipped_without_blocking_the_chunk(
     (applied,) = c.settlement.events.ChunkApplied().process_receipt(receipt, errors=DISCARD)
     assert (applied["args"]["entries"], applied["args"]["amount"]) == (2, 30)
     assert (_balance(chain_env, alice.address), _balance(chain_env, bob.address)) == (100, 70)
-    assert not c.is_authorization_used(alice.address, 1)
+    assert c.is_authorization_used(alice.address, 1)
 
     delegate_with_eip7702(chain_env, alice, None)
-    (event,) = c.payments_in(c.apply_payments(settler, 1, 2, [a]))
+    (again,) = c.payment_outcomes_in(c.apply_payments(settler, 1, 2, [a]))
+    assert isinstance(again, PaymentSkipped) and again.reason == SkipReason.AUTHORIZATION_USED
+    assert _balance(chain_env, alice.address) == 100
+    (event,) = c.payments_in(c.apply_payments(settler, 1, 4, [_pay(chain_env, alice, 30, nonce=3)]))
     assert event.burned == 30
 
     delegate_with_eip7702(chain_env, alice, deploy_test_contract(chain_env, "EcdsaAccountDelegate"))
@@ -545,12 +565,16 @@ def test_a_wallet_that_burns_its_gas_is_skipped_at_a_bounded_cost(chain_env: Cha
     skip, paid = c.payment_outcomes_in(receipt)
     assert isinstance(skip, PaymentSkipped) and skip.reason == SkipReason.INVALID_SIGNATURE
     assert isinstance(paid, PaymentApplied) and paid.burned == 30
-    assert int(receipt["gasUsed"]) < 250_000  # two payments plus the wallet's bounded share
+    # Two payments, the wallet's bounded share, and the void of its nonce (a fresh storage slot,
+    # ~22,000 gas: 251,696 measured).
+    assert int(receipt["gasUsed"]) < 270_000
     assert (_balance(chain_env, wallet_address), _balance(chain_env, bob.address)) == (100, 70)
-    # Its nonce was left unused: once the wallet answers honestly, the same payment goes through.
+    # Its nonce was voided by the skip: once the wallet answers honestly again, the same payment
+    # is skipped as used (the charge was billed otherwise; it must not be collected twice).
     c.transact(a.admin, wallet.functions.setMode(0))  # Mode.Normal
     (event,) = c.payment_outcomes_in(c.apply_payments(a.settler, 1, 2, [by_wallet]))
-    assert isinstance(event, PaymentApplied) and event.burned == 30
+    assert isinstance(event, PaymentSkipped) and event.reason == SkipReason.AUTHORIZATION_USED
+    assert _balance(chain_env, wallet_address) == 100
 
 
 def test_an_expired_authorisation_burns_nothing_and_is_used_up(chain_env: ChainEnv) -> None:

@@ -21,10 +21,11 @@ interface IPaymentAuthorizations {
     /// @param nonce The nonce that is already used up.
     error AuthorizationAlreadyUsed(address user, uint256 nonce);
 
-    /// @notice `user`'s ERC-1271 wallet ran out of gas while the transaction had too little left
-    /// to give it WALLET_CHECK_GAS: the answer would depend on the gas limit the operator chose,
-    /// so the chunk reverts and must be sent with more gas.
-    /// @param user The payer whose wallet was asked.
+    /// @notice The transaction had less than WALLET_CHECK_MIN_GASLEFT left when `user`'s ERC-1271
+    /// wallet was to be asked: the wallet could not have been given all of WALLET_CHECK_GAS, and
+    /// its answer would depend on the gas limit the operator chose, so the chunk reverts and must
+    /// be sent with more gas (checked before the wallet is called, whatever the wallet does).
+    /// @param user The payer whose wallet was to be asked.
     /// @param nonce The nonce of the payment being checked.
     error InsufficientGasForWalletCheck(address user, uint256 nonce);
 
@@ -41,6 +42,16 @@ interface IPaymentAuthorizations {
     /// own bookkeeping; a wallet that needs more is judged invalid and its payments are skipped.
     /// @return 100,000.
     function WALLET_CHECK_GAS() external view returns (uint256);
+
+    /// @notice Gas the transaction must have left when a payment's ERC-1271 wallet is to be asked
+    /// (InsufficientGasForWalletCheck otherwise).
+    /// @dev WALLET_CHECK_GAS * 64 / 63 + 10,000: a call passes on at most 63/64 of the gas left
+    /// (EIP-150), and the call itself costs up to two cold account accesses (5,200: the wallet,
+    /// and an EIP-7702 delegate's code) plus a few opcodes, so with this much left the wallet
+    /// always gets all of WALLET_CHECK_GAS. A payment chunk's gas limit therefore leaves this much
+    /// room per payment that may reach a wallet (the operator's backend does).
+    /// @return 111,587.
+    function WALLET_CHECK_MIN_GASLEFT() external view returns (uint256);
 
     /// @notice Voids one of the caller's own authorisation nonces, so that no payment can use it.
     /// @dev For a user who signed an authorisation and changed their mind before it was settled.

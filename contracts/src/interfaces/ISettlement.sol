@@ -23,8 +23,13 @@ interface ISettlement is IPaymentAuthorizations {
 
     /// @notice Why a payment of a chunk was skipped (see PaymentSkipped).
     enum SkipReason {
-        InvalidSignature, // not the user's signature (ECDSA without code, ERC-1271 with code)
-        AuthorizationUsed // the user's nonce was already used by a payment, or canceled
+        // The signature check failed (not the user's: ECDSA without code, ERC-1271 with code).
+        // Says nothing the user did: the terms were never shown to be the user's. The nonce is
+        // voided by the skip (used from then on).
+        InvalidSignature,
+        // The signature is the user's (checked first), and its nonce was already used: by a
+        // payment, the user's cancel, or a void by an earlier InvalidSignature skip.
+        AuthorizationUsed
     }
 
     /// @notice One payment of a payment chunk: the user's signed authorisation and the points
@@ -84,43 +89,57 @@ interface ISettlement is IPaymentAuthorizations {
     event ChunkApplied(uint64 indexed epochId, uint32 indexed chunkId, ChunkKind kind, uint256 entries, uint256 amount);
 
     /// @notice One payment of epoch `epochId` was applied: the operator requested `requested`
-    /// points under `user`'s authorisation whose EIP-712 digest is `authorization` and whose
-    /// nonce `nonce` is now used up, and `burned` points were burned from `user`.
+    /// points under `user`'s authorisation whose EIP-712 digest is `authorization` (the signed
+    /// terms `stationId`, `maxPoints`, `nonce`, `deadline`; `nonce` is now used up), and `burned`
+    /// points were burned from `user`.
     /// @dev `burned` is `min(requested, balance of user)` while the authorisation is valid, and 0
     /// when it had expired (block.timestamp > deadline); either way the nonce is used up.
     /// `authorization` is the value the charge record commits to in its `paymentAuthorization`
-    /// field, which is how an auditor joins a burn to its record; `nonce` lets it tell, from the
-    /// chain alone, which payment used a nonce that a later payment finds used
-    /// (PaymentSkipped with AuthorizationUsed).
+    /// field, which is how an auditor joins a burn to its record; the signed terms are in the
+    /// event so that anyone can check, from the logs alone, what the user agreed to (the digest
+    /// of `user` and the terms under this contract's domain is `authorization`); `nonce` lets
+    /// it tell which payment used a nonce that a later payment finds used (PaymentSkipped with
+    /// AuthorizationUsed). The terms come after `burned` so that the first three data words
+    /// keep their layout (nonce, requested, burned).
     /// @param epochId Id of the epoch.
-    /// @param user The payer.
+    /// @param user The payer, whose signature the contract verified.
     /// @param authorization EIP-712 digest of the payment's authorisation.
     /// @param nonce The authorisation's nonce, now used up.
     /// @param requested Points the operator requested.
     /// @param burned Points burned from `user`.
+    /// @param stationId The station the user authorised the payment for.
+    /// @param maxPoints The most the user authorised.
+    /// @param deadline The authorisation's deadline (unix seconds).
     event PaymentApplied(
         uint64 indexed epochId,
         address indexed user,
         bytes32 indexed authorization,
         uint256 nonce,
         uint128 requested,
-        uint128 burned
+        uint128 burned,
+        bytes32 stationId,
+        uint128 maxPoints,
+        uint64 deadline
     );
 
     /// @notice One payment of epoch `epochId` could not be charged and was skipped: nothing was
     /// burned from `user` for the authorisation whose EIP-712 digest is `authorization`
-    /// (nonce `nonce`, `requested` points requested), for `reason`.
-    /// @dev Each payment of a chunk emits exactly one PaymentApplied or one PaymentSkipped.
-    /// InvalidSignature leaves the nonce as it was (unused): the authorisation was never validly
-    /// presented, so it did not consume anything the user signed. AuthorizationUsed means the
-    /// nonce was used earlier, by a PaymentApplied (possibly earlier in the same chunk) or by the
-    /// user's AuthorizationCanceled; it stays used.
+    /// (nonce `nonce`, `requested` points requested), because the check `reason` names failed.
+    /// @dev Each payment of a chunk emits exactly one PaymentApplied or one PaymentSkipped, and a
+    /// skip is emitted only after the check it names: the signature is checked first.
+    /// InvalidSignature: the signature the settler submitted is not `user`'s for these terms;
+    /// it is not the user's act (the settler can submit any bytes), only "this was presented and
+    /// refused". The nonce is voided (used from then on), so that a payment the operator bills
+    /// otherwise can never be collected later. AuthorizationUsed: the signature is `user`'s,
+    /// and the nonce was used earlier, by a PaymentApplied (possibly earlier in the same
+    /// chunk), the user's AuthorizationCanceled, or an earlier InvalidSignature skip that voided
+    /// it; nothing changes.
     /// @param epochId Id of the epoch.
     /// @param user The payer named by the payment.
     /// @param authorization EIP-712 digest of the payment's authorisation.
-    /// @param nonce The authorisation's nonce.
+    /// @param nonce The authorisation's nonce (used up after the skip either way).
     /// @param requested Points the operator requested.
-    /// @param reason Why nothing was burned.
+    /// @param reason The check that failed.
     event PaymentSkipped(
         uint64 indexed epochId,
         address indexed user,
@@ -221,17 +240,22 @@ interface ISettlement is IPaymentAuthorizations {
     ///    operator can detect before sending, revert the whole chunk: a zero `user`
     ///    (PaymentFromZeroAddress) and `amount > maxPoints` (ExceedsAuthorizedMaximum).
     /// 2. The EIP-712 digest of the authorisation is recomputed under this contract's domain.
-    /// 3. If the user's nonce is already used (paid earlier, earlier in this chunk, or canceled
-    ///    by the user), the payment is skipped: PaymentSkipped(AuthorizationUsed), nothing burned.
-    /// 4. If the signature is not the user's, the payment is skipped: PaymentSkipped
-    ///    (InvalidSignature), nothing burned, and the nonce stays unused, because the
-    ///    authorisation was never validly presented. As in OpenZeppelin's SignatureChecker, an
-    ///    address without code must have signed with ECDSA (65 bytes, low s) and an address with
-    ///    code (a contract wallet, or an EOA delegated with EIP-7702) is asked through ERC-1271;
-    ///    unlike it, the wallet gets at most WALLET_CHECK_GAS and only 32 bytes of its answer are
-    ///    read, so a wallet that burns gas or returns a huge answer costs the chunk a bounded
-    ///    amount and is judged invalid (InsufficientGasForWalletCheck if the transaction itself
-    ///    was too short of gas to give the wallet its share).
+    /// 3. If the signature is not the user's, the payment is skipped: PaymentSkipped
+    ///    (InvalidSignature), nothing burned, and the nonce is voided (marked used), so that the
+    ///    authorisation can never be collected later — the operator bills a skipped charge
+    ///    otherwise, and a later collection would make the user pay twice. As in OpenZeppelin's
+    ///    SignatureChecker, an address without code must have signed with ECDSA (65 bytes, low
+    ///    s) and an address with code (a contract wallet, or an EOA delegated with EIP-7702) is
+    ///    asked through ERC-1271; unlike it, the wallet gets exactly WALLET_CHECK_GAS and only 32
+    ///    bytes of its answer are read, so a wallet that burns gas or returns a huge answer costs
+    ///    the chunk a bounded amount and is judged invalid. Before a wallet is asked, the
+    ///    transaction must have WALLET_CHECK_MIN_GASLEFT left, or the whole chunk reverts
+    ///    (InsufficientGasForWalletCheck): the operator's gas limit can never turn an honest
+    ///    wallet's approval into a skip (not even for a wallet that asks a validator and turns
+    ///    the validator's out-of-gas into a refusal).
+    /// 4. If the (valid) authorisation's nonce is already used (paid earlier, earlier in this
+    ///    chunk, canceled by the user, or voided by an earlier InvalidSignature skip), the
+    ///    payment is skipped: PaymentSkipped(AuthorizationUsed), nothing burned.
     /// 5. Otherwise the nonce is marked used, and while `block.timestamp <= deadline` the
     ///    contract burns `min(amount, balanceOf(user))`: balances never go negative, and a user
     ///    who moved points away before settlement is debited only what it still holds (the
@@ -244,6 +268,10 @@ interface ISettlement is IPaymentAuthorizations {
     /// chunk, every retry of the chunk would revert too, and this epoch and every later one
     /// would stay unsettled for everybody. A skipped payment takes nothing from anyone, so
     /// skipping is safe; its event lets the operator and the auditor see why nothing was burned.
+    /// The void of an InvalidSignature skip only ever stops a payment: the settler could submit
+    /// garbage to void a user's nonce, which is no more than withholding that payment (which it
+    /// can do anyway by not sending it), never a burn; an auditor tells such a void from a
+    /// wallet's refusal by the signature the transaction submitted (the record's own or not).
     ///
     /// The deadline is checked against the block time of the settlement, not against the time of
     /// the charge, because it is the user's guarantee: "this signature cannot move my points after

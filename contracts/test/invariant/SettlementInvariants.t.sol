@@ -62,7 +62,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     uint256 internal constant ACTORS = 6; // five EOAs, then the contract wallet
     uint256 internal constant WALLET = ACTORS - 1;
     bytes32 internal constant APPLIED_TOPIC =
-        keccak256("PaymentApplied(uint64,address,bytes32,uint256,uint128,uint128)");
+        keccak256("PaymentApplied(uint64,address,bytes32,uint256,uint128,uint128,bytes32,uint128,uint64)");
     bytes32 internal constant SKIPPED_TOPIC = keccak256("PaymentSkipped(uint64,address,bytes32,uint256,uint128,uint8)");
     Vm7702 internal constant VM7702 = Vm7702(address(uint160(uint256(keccak256("hevm cheat code")))));
 
@@ -103,6 +103,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     uint256 public ghostPayments; // applied: the nonce was used up
     uint256 public ghostExpiredPayments;
     uint256 public ghostCancels;
+    uint256 public ghostVoids; // nonces voided by an InvalidSignature skip
     uint256 public ghostPaymentEntries; // every payment of every applied chunk
     uint256 public ghostSkippedInvalid;
     uint256 public ghostSkippedUsed;
@@ -566,13 +567,24 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 outcomes[i] = Outcome(FORGED, false, ISettlement.SkipReason.InvalidSignature, 0);
             } else if (kind == USED_NONCE) {
                 uint256 u = (r >> 8) % _usedUser.length;
-                payments[i] = _signed(_indexOf(_usedUser[u]), _usedNonce[u], uint64(clock + 1 days), 1, 1);
-                outcomes[i] = Outcome(USED_NONCE, false, ISettlement.SkipReason.AuthorizationUsed, 0);
+                uint256 owner = _indexOf(_usedUser[u]);
+                payments[i] = _signed(owner, _usedNonce[u], uint64(clock + 1 days), 1, 1);
+                // The signature is checked first: a user whose address refuses its own key now is
+                // skipped for that, whatever its nonce.
+                outcomes[i] = Outcome(
+                    USED_NONCE,
+                    false,
+                    _accepts(owner)
+                        ? ISettlement.SkipReason.AuthorizationUsed
+                        : ISettlement.SkipReason.InvalidSignature,
+                    0
+                );
             } else if (kind == REPEAT) {
                 uint256 j = (r >> 8) % i;
                 payments[i] = payments[j];
-                // The nonce is used now if the earlier one was applied or found it used; a
-                // signature that was not the user's is still not the user's.
+                // The nonce is used now whatever the earlier one's outcome (applied, found used, or
+                // voided by an invalid signature), but the signature is checked first: one that
+                // was not the user's is still not the user's.
                 bool nowUsed = outcomes[j].applied || outcomes[j].reason == ISettlement.SkipReason.AuthorizationUsed;
                 outcomes[i] = Outcome(
                     REPEAT,
@@ -682,8 +694,12 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 ghostBalance[p.user] -= o.burn;
                 burnedTotal += o.burn;
             } else if (o.reason == ISettlement.SkipReason.InvalidSignature) {
-                // Never validly presented: the nonce must still be unused.
-                require(!settlement.isAuthorizationUsed(p.user, p.nonce), "invalid signature used up a nonce");
+                // Voided by the skip (issue 16 item 7): never collectable later.
+                require(settlement.isAuthorizationUsed(p.user, p.nonce), "an invalid signature left its nonce usable");
+                if (ghostNonceUses[p.user][p.nonce] == 0) {
+                    _recordNonce(p.user, p.nonce);
+                    ghostVoids++;
+                }
                 ghostSkippedInvalid++;
                 if (o.kind == FORGED) forgedRejected++;
             } else {
@@ -691,7 +707,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 ghostSkippedUsed++;
                 if (o.kind == USED_NONCE || o.kind == REPEAT) nonceReplayRejected++;
             }
-            if (o.kind == USED_NONCE || (o.kind == REPEAT && o.reason == ISettlement.SkipReason.AuthorizationUsed)) {
+            if ((o.kind == USED_NONCE || o.kind == REPEAT) && o.reason == ISettlement.SkipReason.AuthorizationUsed) {
                 nonceReplayAttempts++;
             }
         }
@@ -834,7 +850,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
 /// never exceed committed totals; the epochs are exactly 1..lastEpochId, each committed once; no
 /// chunk was applied twice; no authorisation nonce was used twice, every payment had exactly one
 /// outcome, every forged payment and every used nonce was skipped (without blocking the rest of
-/// its chunk), an invalid signature left its nonce unused and a used nonce stayed used, and every
+/// its chunk), an invalid signature voided its nonce and a used nonce stayed used, and every
 /// over-the-maximum payment was refused; and nobody but the Settlement contract ever created or
 /// destroyed points.
 contract SettlementInvariantsTest is StdInvariant, Test {
@@ -906,7 +922,11 @@ contract SettlementInvariantsTest is StdInvariant, Test {
 
     function invariant_NoAuthorizationUsedTwice() public view {
         uint256 n = handler.usedCount();
-        assertEq(n, handler.ghostPayments() + handler.ghostCancels(), "one nonce per payment or cancel");
+        assertEq(
+            n,
+            handler.ghostPayments() + handler.ghostCancels() + handler.ghostVoids(),
+            "one nonce per payment, cancel or void"
+        );
         for (uint256 i = 0; i < n; ++i) {
             (address user, uint256 nonce) = handler.usedAt(i);
             assertEq(handler.ghostNonceUses(user, nonce), 1, "nonce used exactly once");
@@ -928,7 +948,7 @@ contract SettlementInvariantsTest is StdInvariant, Test {
     }
 
     /// @dev Every nonce any payment or cancel ever named is used on chain exactly when an applied
-    /// payment or a cancel used it: a skip for an invalid signature left it unused, a skip for a
+    /// payment, a cancel or a skip for an invalid signature (which voids it) used it; a skip for a
     /// used nonce left it used.
     function invariant_NonceStateFollowsAppliedPaymentsAndCancelsOnly() public view {
         uint256 n = handler.seenCount();
