@@ -33,11 +33,13 @@ interface IPaymentAuthorizations {
     /// @return keccak256("PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)").
     function PAYMENT_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
 
-    /// @notice Most gas a user's ERC-1271 wallet may spend to judge one payment's signature.
+    /// @notice The gas a user's ERC-1271 wallet is given (exactly) to judge one payment's
+    /// signature.
     /// @dev Bounds what one payment can cost its chunk whatever the wallet does (a wallet that
     /// loops until it runs out costs this much more than one that refuses at once, and is
-    /// skipped), so a gas limit that covers this much per payment on top of the estimate is
-    /// always enough, however users change their wallets between the estimate and the block.
+    /// skipped), so a gas limit that covers WALLET_CHECK_MIN_GASLEFT per payment on top of the
+    /// estimate is always enough, however users change their wallets between the estimate and
+    /// the block.
     /// 100,000 leaves a wallet room for several ECDSA checks (one ecrecover costs 3,000) and its
     /// own bookkeeping; a wallet that needs more is judged invalid and its payments are skipped.
     /// @return 100,000.
