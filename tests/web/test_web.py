@@ -1,0 +1,396 @@
+"""The web app (issue 15) as a person uses it: Debian's headless Chromium driven by Playwright for
+Python, against the real backend (uvicorn on a loopback port), the real Anvil and settled epochs.
+
+The wallet is a real EIP-1193 provider injected into the page before it loads
+(``add_init_script``): it answers the account and chain questions a wallet answers itself and
+forwards every other JSON-RPC request to Anvil (which signs and sends for its dev accounts). It
+announces itself through EIP-6963, or, for the fallback, sits in ``window.ethereum``. Nothing
+from our own backend is mocked; the one substituted response is the tampered proof, which is the
+test serving a modified proof to see the page refuse it.
+
+Every browser context fails the test on any request outside the server's origin and the RPC
+URL's origin, and on any uncaught page error. Screenshots (desktop 1280x800 and phone 390x844)
+go to test-artifacts/web/ (GRIDPOINTS_WEB_ARTIFACTS overrides); scripts/screenshots.py sets
+GRIDPOINTS_WEB_DOCS_IMG to also write the README's images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from eth_account import Account
+
+from tests.support.backend import (
+    BackendHarness,
+    DevStation,
+    chain_checkpoint,
+    fresh_database,
+    running_backend,
+)
+from tests.support.chain import ChainEnv
+from tests.support.settlement import Traffic, make_worker
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS = ROOT / "tests" / "vectors" / "merkle.json"
+ARTIFACTS = Path(os.environ.get("GRIDPOINTS_WEB_ARTIFACTS", ROOT / "test-artifacts" / "web"))
+DOCS_IMG = os.environ.get("GRIDPOINTS_WEB_DOCS_IMG")
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+TIMEOUT_MS = 20_000
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup installs it)"
+)
+
+WALLET_JS = Path(__file__).with_name("wallet.js").read_text()
+# (Leading comment lines off: Playwright takes the text for a function only when it starts as one.)
+MERKLE_CHECK_JS = "\n".join(
+    line
+    for line in Path(__file__).with_name("merkle_check.js").read_text().splitlines()
+    if not line.startswith("//")
+)
+
+
+@dataclass
+class WebEnv:
+    h: BackendHarness
+    user: str
+    station: DevStation
+    settled_records: int
+    pending_records: int
+    allowed_origins: frozenset[str]
+    outside_requests: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.h.url
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@pytest.fixture(scope="module")
+def web_env(chain_session: ChainEnv) -> Iterator[WebEnv]:
+    """A backend (SQLite: the browser does not care) with two settled epochs holding the test
+    user's discharges among another user's records, and one pending record of the user."""
+    env = chain_session
+    tmp = Path(tempfile.mkdtemp(prefix="gridpoints-web-"))
+    try:
+        with (
+            chain_checkpoint(env),
+            fresh_database("sqlite", tmp) as url,
+            running_backend(env, url, "sqlite") as h,
+        ):
+            env.chain.reset_nonces()
+            user = env.accounts.users[0].address
+            other = Account.create().address
+            station = h.register_station()
+            traffic = Traffic(h)
+            worker = make_worker(h)
+            settled = 0
+            try:
+                for sizes in ((3, 2), (2, 3)):  # (the user's, the other's) records per epoch
+                    for i in range(sizes[0]):
+                        traffic.add(station, user=user, energy_wh=1_500 + 250 * i, duration_s=1_800)
+                    for _ in range(sizes[1]):
+                        traffic.add(station, user=other, energy_wh=900, duration_s=1_200)
+                    count = sum(sizes)
+                    response = h.post_batch(traffic.bodies[-count:])
+                    assert response.json()["accepted"] == count, response.text
+                    report = worker.run_round(force_seal=True)
+                    assert len(report.sealed) == 1
+                    settled += sizes[0]
+                epochs = h.client.get("/v1/epochs").json()["epochs"]
+                assert [e["state"] for e in epochs] == ["settled", "settled"]
+            finally:
+                worker.db.dispose()
+            pending = traffic.add(station, user=user, energy_wh=2_000, duration_s=3_600)
+            assert h.post(pending).status_code == 201
+            yield WebEnv(
+                h,
+                user,
+                station,
+                settled_records=settled,
+                pending_records=1,
+                allowed_origins=frozenset({_origin(h.url), _origin(env.anvil.rpc_url)}),
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(web_env: WebEnv) -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        # Playwright's own browser download is not used: Debian's chromium, installed by
+        # scripts/setup.
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Browsing:
+    """New pages in fresh contexts, each guarded against outside requests and page errors."""
+
+    def __init__(self, browser: Any, web: WebEnv) -> None:
+        self.browser = browser
+        self.web = web
+        self.contexts: list[Any] = []
+        self.errors: list[str] = []
+        self.outside: list[str] = []
+
+    def page(
+        self,
+        *,
+        wallet: str | None = "eip6963",
+        wallet_chain_id: int | None = None,
+        viewport: dict[str, int] = DESKTOP,
+    ) -> Any:
+        context = self.browser.new_context(viewport=viewport)
+        self.contexts.append(context)
+        context.set_default_timeout(TIMEOUT_MS)
+
+        def guard(route: Any) -> None:
+            url = route.request.url
+            if url.startswith(("data:", "blob:")) or _origin(url) in self.web.allowed_origins:
+                route.continue_()
+            else:
+                self.outside.append(url)
+                route.abort()
+
+        context.route("**/*", guard)
+        if wallet is not None:
+            chain_id = self.web.h.env.deployment.chain_id
+            options = {
+                "rpcUrl": self.web.h.env.anvil.rpc_url,
+                "account": self.web.user,
+                "chainId": chain_id,
+                "walletChainId": wallet_chain_id or chain_id,
+                "announce": wallet == "eip6963",
+            }
+            context.add_init_script(script=f"({WALLET_JS})({json.dumps(options)})")
+        page = context.new_page()
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        return page
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+@pytest.fixture
+def browsing(browser: Any, web_env: WebEnv) -> Iterator[Browsing]:
+    session = Browsing(browser, web_env)
+    try:
+        yield session
+    finally:
+        session.close()
+    assert session.outside == [], f"the page requested outside its origins: {session.outside}"
+    assert session.errors == [], f"uncaught errors in the page: {session.errors}"
+
+
+def screenshot(page: Any, name: str, *, docs: bool = False) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if docs and DOCS_IMG:
+        target = Path(DOCS_IMG)
+        target.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target / f"web-{name}.png"), full_page=False)
+
+
+def open_app(page: Any, web: WebEnv, fragment: str = "") -> None:
+    page.goto(f"{web.url}/web/{fragment}")
+    page.wait_for_selector("body[data-ready='true']")
+
+
+def connect(page: Any, name: str = "Test Wallet") -> None:
+    page.get_by_role("button", name=f"Connect {name}").click()
+    page.wait_for_selector("#balance-value")
+
+
+# ---- serving --------------------------------------------------------------------------------
+
+
+def test_served_by_the_backend_with_a_strict_csp(web_env: WebEnv) -> None:
+    client = web_env.h.client
+    page = client.get("/web/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp
+    assert f"connect-src 'self' {_origin(web_env.h.env.anvil.rpc_url)}" in csp
+    config = client.get("/web/config.json").json()
+    deployment = web_env.h.env.deployment
+    assert config["chainId"] == deployment.chain_id
+    assert config["rpcUrl"] == web_env.h.env.anvil.rpc_url
+    assert config["contracts"]["Settlement"] == deployment.settlement_address
+    ethers = client.get("/web/vendor/ethers.js")
+    assert ethers.status_code == 200 and "javascript" in ethers.headers["content-type"]
+    assert client.get("/web/../settings.py").status_code == 404
+    assert client.get("/web/nothing.js").status_code == 404
+
+
+# ---- Merkle tree in JavaScript --------------------------------------------------------------
+
+
+def test_merkle_js_agrees_with_the_shared_vectors(browsing: Browsing, web_env: WebEnv) -> None:
+    page = browsing.page(wallet=None)
+    open_app(page, web_env, "#/explorer")
+    vectors = json.loads(VECTORS.read_text())
+    failures = page.evaluate(
+        MERKLE_CHECK_JS,
+        vectors,
+    )
+    assert failures["checked"] == len(vectors["inclusion"]) > 0
+    assert failures["bad"] == []
+
+
+# ---- explorer -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_explorer_shows_every_epoch_with_the_chains_roots(
+    browsing: Browsing, web_env: WebEnv, viewport: dict[str, int]
+) -> None:
+    page = browsing.page(wallet=None, viewport=viewport)
+    open_app(page, web_env, "#/explorer")
+    settlement = web_env.h.env.chain.settlement.functions
+    last = int(settlement.lastEpochId().call())
+    assert last == 2
+    rows = page.locator("#epochs tbody tr")
+    sync_api.expect(rows).to_have_count(last)
+    for epoch_id in range(1, last + 1):
+        row = page.locator(f"#epochs tr[data-epoch='{epoch_id}']")
+        chain = settlement.getEpoch(epoch_id).call()
+        records_root, credits_root, tariff_hash = ("0x" + bytes(x).hex() for x in chain[:3])
+        assert row.locator("[data-label='records root']").get_attribute("title") == records_root
+        assert row.locator("[data-label='credits root']").get_attribute("title") == credits_root
+        assert row.locator("[data-label='tariff hash']").get_attribute("title") == tariff_hash
+        sync_api.expect(row).to_contain_text("✓ roots match")
+        sync_api.expect(row).to_contain_text(f"{int(chain[3])} records")
+        sync_api.expect(row).to_contain_text(f"{int(chain[5]):,} points")
+        commit = row.locator("[data-label='commit tx']").get_attribute("title")
+        assert commit and commit.startswith("0x") and len(commit) == 66
+    station = page.locator(f"#stations tr[data-station='{web_env.station.hex_id}']")
+    sync_api.expect(station).to_contain_text("registered")
+    sync_api.expect(station).to_contain_text("records")
+    sync_api.expect(page.locator("#tariffs li").first).to_contain_text("Tariff")
+    sync_api.expect(page.locator("#auditor")).to_contain_text("gridpoints-audit --rpc-url")
+    name = "explorer-desktop" if viewport == DESKTOP else "explorer-phone"
+    screenshot(page, name, docs=viewport == DESKTOP)
+
+
+# ---- my points ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_my_points_balance_history_and_proof(
+    browsing: Browsing, web_env: WebEnv, viewport: dict[str, int]
+) -> None:
+    page = browsing.page(viewport=viewport)
+    open_app(page, web_env)
+    connect(page)
+    on_chain = int(web_env.h.env.chain.token.functions.balanceOf(web_env.user).call())
+    assert on_chain > 0
+    value = page.locator("#balance-value")
+    assert value.get_attribute("data-points") == str(on_chain)
+    sync_api.expect(value).to_have_text(f"{on_chain:,} points")
+    rows = page.locator("#records tbody tr")
+    sync_api.expect(rows).to_have_count(web_env.settled_records)
+    sync_api.expect(page.locator("#pending tbody tr")).to_have_count(web_env.pending_records)
+    first = rows.first
+    sync_api.expect(first.locator("[data-label='Energy']")).to_contain_text(" kWh")
+    sync_api.expect(first.locator("[data-label='Points']")).to_contain_text(" points")
+    sync_api.expect(first.locator("[data-label='Epoch']")).to_contain_text("settled")
+    assert (first.locator("[data-label='commit tx']").get_attribute("title") or "").startswith("0x")
+    for i in range(web_env.settled_records):
+        rows.nth(i).get_by_role("button", name="Verify").click()
+        sync_api.expect(rows.nth(i).locator(".verdict")).to_contain_text("✓ Verified")
+    name = "points-desktop" if viewport == DESKTOP else "points-phone"
+    screenshot(page, name, docs=True)
+
+
+def test_a_tampered_proof_is_refused(browsing: Browsing, web_env: WebEnv) -> None:
+    page = browsing.page()
+    served: list[str] = []
+
+    def tamper(route: Any) -> None:
+        response = route.fetch()
+        proof = response.json()
+        assert proof["path"], "the epochs have more than one record, so every path has a node"
+        node = proof["path"][0]
+        proof["path"][0] = node[:-1] + ("0" if node[-1] != "0" else "1")
+        served.append(route.request.url)
+        route.fulfill(response=response, json=proof)
+
+    page.route("**/v1/records/*/*/proof", tamper)
+    open_app(page, web_env)
+    connect(page)
+    row = page.locator("#records tbody tr").first
+    row.get_by_role("button", name="Verify").click()
+    sync_api.expect(row.locator(".verdict")).to_contain_text("✗ Proof FAILED")
+    sync_api.expect(row.locator(".verdict")).to_contain_text("does not lead to the records root")
+    assert len(served) == 1
+    screenshot(page, "proof-tampered")
+
+
+# ---- wallets --------------------------------------------------------------------------------
+
+
+def test_without_a_wallet_the_page_explains(browsing: Browsing, web_env: WebEnv) -> None:
+    page = browsing.page(wallet=None)
+    open_app(page, web_env)
+    notice = page.locator("#no-wallet")
+    sync_api.expect(notice).to_contain_text("No wallet found")
+    sync_api.expect(notice).to_contain_text("Ethereum wallet")
+    assert page.locator("#balance-value").count() == 0
+    screenshot(page, "no-wallet")
+
+
+def test_wrong_chain_prompts_a_switch_then_shows_points(
+    browsing: Browsing, web_env: WebEnv
+) -> None:
+    """Also the EIP-1193 fallback (window.ethereum, nothing announced) and the keyboard."""
+    chain_id = web_env.h.env.deployment.chain_id
+    page = browsing.page(wallet="eip1193", wallet_chain_id=1, viewport=PHONE)
+    open_app(page, web_env)
+    button = page.get_by_role("button", name="Connect Browser wallet")
+    button.focus()
+    page.keyboard.press("Enter")
+    notice = page.locator("#wrong-chain")
+    sync_api.expect(notice).to_contain_text("Wrong network")
+    sync_api.expect(notice).to_contain_text(
+        f"Your wallet is on chain 1; GridPoints runs on chain {chain_id}"
+    )
+    screenshot(page, "wrong-chain-phone")
+    page.locator("#switch-chain").focus()
+    page.keyboard.press("Enter")
+    on_chain = int(web_env.h.env.chain.token.functions.balanceOf(web_env.user).call())
+    sync_api.expect(page.locator("#balance-value")).to_have_text(f"{on_chain:,} points")
+
+
+def test_navigation_by_keyboard(browsing: Browsing, web_env: WebEnv) -> None:
+    page = browsing.page(wallet=None)
+    open_app(page, web_env)
+    explorer = page.get_by_role("link", name="Explorer", exact=True)
+    for _ in range(5):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Explorer":
+            break
+    page.keyboard.press("Enter")
+    sync_api.expect(explorer).to_have_attribute("aria-current", "page")
+    sync_api.expect(page.locator("#epochs tbody tr")).to_have_count(2)
