@@ -210,6 +210,7 @@ def screenshot(page: Any, name: str, *, docs: bool = False) -> None:
     if docs and DOCS_IMG:
         target = Path(DOCS_IMG)
         target.mkdir(parents=True, exist_ok=True)
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(target / f"web-{name}.png"), full_page=False)
 
 
