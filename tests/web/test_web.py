@@ -21,13 +21,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from eth_account import Account
+from playwright import sync_api
 
 from tests.support.backend import (
     BackendHarness,
@@ -39,8 +40,6 @@ from tests.support.backend import (
 from tests.support.chain import ChainEnv
 from tests.support.settlement import Traffic, make_worker
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "merkle.json"
 ARTIFACTS = Path(os.environ.get("GRIDPOINTS_WEB_ARTIFACTS", ROOT / "test-artifacts" / "web"))
@@ -50,9 +49,6 @@ PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 20_000
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup installs it)"
-)
 
 WALLET_JS = Path(__file__).with_name("wallet.js").read_text()
 # (Leading comment lines off: Playwright takes the text for a function only when it starts as one.)
@@ -71,7 +67,6 @@ class WebEnv:
     settled_records: int
     pending_records: int
     allowed_origins: frozenset[str]
-    outside_requests: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -134,6 +129,8 @@ def web_env(chain_session: ChainEnv) -> Iterator[WebEnv]:
 
 @pytest.fixture(scope="module")
 def browser(web_env: WebEnv) -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is not installed: scripts/setup installs it")
     with sync_api.sync_playwright() as p:
         # Playwright's own browser download is not used: Debian's chromium, installed by
         # scripts/setup.
