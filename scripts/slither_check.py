@@ -24,6 +24,7 @@ import argparse
 import inspect
 import json
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,19 @@ def findings() -> list[dict[str, str]]:
     from slither import Slither
     from slither.detectors import all_detectors
 
-    target = SolcStandardJson()
+    # The compiler settings Forge uses (contracts/foundry.toml): without the optimizer some
+    # OpenZeppelin code (P256) does not even compile ("stack too deep").
+    forge = tomllib.loads((ROOT / "contracts" / "foundry.toml").read_text())["profile"]["default"]
+    target = SolcStandardJson(
+        {
+            "language": "Solidity",
+            "sources": {},
+            "settings": {
+                "optimizer": {"enabled": forge["optimizer"], "runs": forge["optimizer_runs"]},
+                "evmVersion": forge["evm_version"],
+            },
+        }
+    )
     for source in sorted(SOURCES.rglob("*.sol")):
         target.add_source_file(str(source.relative_to(ROOT)))
     compilation = CryticCompile(
