@@ -30,6 +30,7 @@ import pytest
 from eth_account import Account
 from playwright import sync_api
 
+from backend.api.web import content_security_policy
 from tests.support.backend import (
     BackendHarness,
     DevStation,
@@ -183,6 +184,11 @@ class Browsing:
             context.add_init_script(script=f"({WALLET_JS})({json.dumps(options)})")
         page = context.new_page()
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        # A CSP violation, a failed load or a logged error shows up on the console.
+        page.on(
+            "console",
+            lambda msg: self.errors.append(f"console: {msg.text}") if msg.type == "error" else None,
+        )
         return page
 
     def close(self) -> None:
@@ -240,6 +246,14 @@ def test_served_by_the_backend_with_a_strict_csp(web_env: WebEnv) -> None:
     assert ethers.status_code == 200 and "javascript" in ethers.headers["content-type"]
     assert client.get("/web/../settings.py").status_code == 404
     assert client.get("/web/nothing.js").status_code == 404
+
+
+def test_the_csp_names_only_the_origin_of_the_public_rpc_url() -> None:
+    csp = content_security_policy("https://rpc.example.org:8443/v2/SECRETKEY?x=1")
+    assert "connect-src 'self' https://rpc.example.org:8443;" in csp
+    assert "SECRETKEY" not in csp
+    assert "connect-src 'self' http://[::1]:8545;" in content_security_policy("http://[::1]:8545")
+    assert "connect-src 'self';" in content_security_policy("not a url")
 
 
 # ---- Merkle tree in JavaScript --------------------------------------------------------------
@@ -392,3 +406,25 @@ def test_navigation_by_keyboard(browsing: Browsing, web_env: WebEnv) -> None:
     page.keyboard.press("Enter")
     sync_api.expect(explorer).to_have_attribute("aria-current", "page")
     sync_api.expect(page.locator("#epochs tbody tr")).to_have_count(2)
+
+
+def test_the_csp_and_the_guards_catch_an_outside_request(
+    browsing: Browsing, web_env: WebEnv
+) -> None:
+    """The checks the other tests rely on do catch a page reaching out: the browser refuses the
+    connection under the page's CSP and says so on the console; a navigation, which no CSP
+    directive governs, is caught by the request guard."""
+    page = browsing.page(wallet=None)
+    open_app(page, web_env)
+    outcome = page.evaluate(
+        "fetch('http://203.0.113.9/x').then(() => 'fetched', (e) => 'refused: ' + e.message)"
+    )
+    assert outcome.startswith("refused")
+    assert any("Content Security Policy" in e for e in browsing.errors), browsing.errors
+    assert browsing.outside == []  # the CSP stopped it before any request was made
+    browsing.errors.clear()
+    with pytest.raises(sync_api.Error):
+        page.goto("http://203.0.113.9/elsewhere")
+    assert browsing.outside == ["http://203.0.113.9/elsewhere"]
+    browsing.outside.clear()
+    browsing.errors.clear()  # the aborted navigation's own console noise, if any
