@@ -188,10 +188,21 @@ async function renderPoints() {
     .catch((error) => balanceBox.replaceChildren(errorBox("Could not read the balance from the chain:", error)));
 
   try {
-    const [view] = await Promise.all([privateApi(`/v1/users/${user}?limit=500`), loadEpochs()]);
-    historyBox.replaceChildren(...historyTables(view.history));
+    const [history] = await Promise.all([loadHistory(user), loadEpochs()]);
+    historyBox.replaceChildren(...historyTables(history));
   } catch (error) {
     historyBox.replaceChildren(errorBox("Could not load your records:", error));
+  }
+}
+
+async function loadHistory(user) {
+  const history = [];
+  let after = -1;
+  for (;;) {
+    const page = await privateApi(`/v1/users/${user}?afterLogIndex=${after}&limit=1000`);
+    history.push(...page.history);
+    if (page.nextAfterLogIndex === null) return history;
+    after = page.nextAfterLogIndex;
   }
 }
 
