@@ -37,6 +37,7 @@ const state = {
   account: null,
   chainId: null,
   epochs: new Map(), // epochId -> epoch view of the API (for transaction hashes)
+  tariffs: new Map(), // version -> canonical tariff document
 };
 
 // ---- small helpers --------------------------------------------------------------------------
@@ -188,11 +189,52 @@ async function renderPoints() {
     .catch((error) => balanceBox.replaceChildren(errorBox("Could not read the balance from the chain:", error)));
 
   try {
-    const [history] = await Promise.all([loadHistory(user), loadEpochs()]);
+    const [history] = await Promise.all([loadHistory(user), loadEpochs(), loadTariffs()]);
     historyBox.replaceChildren(...historyTables(history));
   } catch (error) {
     historyBox.replaceChildren(errorBox("Could not load your records:", error));
   }
+}
+
+async function loadTariffs() {
+  const list = await api("/v1/tariffs");
+  const docs = await Promise.all(list.map((t) => api(`/v1/tariffs/${t.hash}`)));
+  for (const doc of docs) state.tariffs.set(doc.version, doc);
+}
+
+const WEEKDAY = { Mon: "mon", Tue: "tue", Wed: "wed", Thu: "thu", Fri: "fri", Sat: "sat", Sun: "sun" };
+const BAND_STEP_S = 900; // bands change on local hours; quarter hours also cover 30/45-minute offsets
+const BAND_MAX_STEPS = 7 * 96;
+
+/** The tariff's band at unix time `t`: the one of the local weekday and hour in its time zone. */
+export function bandAt(tariff, t) {
+  const parts = new Intl.DateTimeFormat("en-US", {
+    timeZone: tariff.timezone,
+    weekday: "short",
+    hour: "numeric",
+    hourCycle: "h23",
+  }).formatToParts(new Date(t * 1000));
+  const day = WEEKDAY[parts.find((p) => p.type === "weekday").value];
+  const hour = Number(parts.find((p) => p.type === "hour").value);
+  return tariff.schedule[day][hour];
+}
+
+/** The bands a record's interval crosses, in order (its start's band alone when it is empty). */
+export function bandsOf(tariff, start, end) {
+  const bands = [bandAt(tariff, start)];
+  let t = (Math.floor(start / BAND_STEP_S) + 1) * BAND_STEP_S;
+  for (let i = 0; t < end && i < BAND_MAX_STEPS; i++, t += BAND_STEP_S) {
+    const band = bandAt(tariff, t);
+    if (band !== bands[bands.length - 1]) bands.push(band);
+  }
+  return bands;
+}
+
+function bandText(item) {
+  const tariff = state.tariffs.get(item.tariffVersion);
+  if (!tariff) return item.tariffVersion || "—";
+  const r = item.record.record;
+  return `${bandsOf(tariff, r.startTime, r.endTime).join(" → ")} (${item.tariffVersion})`;
 }
 
 async function loadHistory(user) {
@@ -325,7 +367,7 @@ function historyTables(history) {
       el("td", { "data-label": "Station" }, hash(r.stationId, "station"), ` #${r.sequence}`),
       el("td", { "data-label": "Direction" }, DIRECTION[r.direction] || r.direction),
       el("td", { "data-label": "Energy", class: "num" }, kwh(r.energyWh)),
-      el("td", { "data-label": "Tariff" }, item.tariffVersion || "—"),
+      el("td", { "data-label": "Tariff band", class: "band" }, bandText(item)),
       el("td", { "data-label": "Points", class: "num" }, pts),
     ];
     if (withEpoch) {
@@ -358,7 +400,7 @@ function historyTables(history) {
         "table",
         { id: "records" },
         el("caption", {}, `Records in epochs (${done.length})`),
-        head("Ended", "Station", "Direction", "Energy", "Tariff", "Points", "Epoch", "Settlement tx", "Proof"),
+        head("Ended", "Station", "Direction", "Energy", "Tariff band", "Points", "Epoch", "Settlement tx", "Proof"),
         el("tbody", {}, done.map((item) => rowOf(item, true))),
       )
     : el("p", { class: "muted", id: "records-empty" }, "No records in an epoch yet.");
@@ -367,7 +409,7 @@ function historyTables(history) {
         "table",
         { id: "pending" },
         el("caption", {}, `Pending: waiting for their epoch (${pending.length})`),
-        head("Ended", "Station", "Direction", "Energy", "Tariff", "Points (estimate)"),
+        head("Ended", "Station", "Direction", "Energy", "Tariff band", "Points (estimate)"),
         el("tbody", {}, pending.map((item) => rowOf(item, false))),
       )
     : el("p", { class: "muted", id: "pending-empty" }, "No pending records.");

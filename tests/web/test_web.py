@@ -39,7 +39,7 @@ from tests.support.backend import (
     running_backend,
 )
 from tests.support.chain import ChainEnv
-from tests.support.settlement import Traffic, make_worker
+from tests.support.settlement import TARIFFS, Traffic, make_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "merkle.json"
@@ -329,6 +329,19 @@ def test_my_points_balance_history_and_proof(
     sync_api.expect(first.locator("[data-label='Points']")).to_contain_text(" points")
     sync_api.expect(first.locator("[data-label='Epoch']")).to_contain_text("settled")
     assert (first.locator("[data-label='commit tx']").get_attribute("title") or "").startswith("0x")
+    # The tariff band(s) of each record, as the page works them out from the tariff document,
+    # against Python's Tariff.band_at at the start and at every quarter hour inside the record.
+    history = web_env.h.client.get(f"/v1/users/{web_env.user}").json()["history"]
+    for item in history:
+        r = item["record"]["record"]
+        tariff = next(t for t in TARIFFS if t.version == item["tariffVersion"])
+        times = [r["startTime"], *range((r["startTime"] // 900 + 1) * 900, r["endTime"], 900)]
+        bands: list[str] = []
+        for t in times:
+            if not bands or bands[-1] != tariff.band_at(t):
+                bands.append(tariff.band_at(t))
+        cell = page.locator(f"tr[data-digest='{item['record']['digest']}'] td.band")
+        sync_api.expect(cell).to_have_text(f"{' → '.join(bands)} ({tariff.version})")
     for i in range(web_env.settled_records):
         rows.nth(i).get_by_role("button", name="Verify").click()
         sync_api.expect(rows.nth(i).locator(".verdict")).to_contain_text("✓ Verified")
@@ -428,3 +441,26 @@ def test_the_csp_and_the_guards_catch_an_outside_request(
     assert browsing.outside == ["http://203.0.113.9/elsewhere"]
     browsing.outside.clear()
     browsing.errors.clear()  # the aborted navigation's own console noise, if any
+
+
+def test_tariff_bands_in_the_browser_agree_with_python(browsing: Browsing, web_env: WebEnv) -> None:
+    """The page's band of an instant (Intl time zones) against Tariff.band_at (zoneinfo): every
+    37 minutes over a week around each of 2026's daylight-saving changes in Berlin, and a
+    week in summer."""
+    page = browsing.page(wallet=None)
+    open_app(page, web_env, "#/explorer")
+    tariff = TARIFFS.in_force_at(web_env.h.env.latest_timestamp())
+    document = json.loads(tariff.canonical_bytes())
+    starts = (1774224000, 1782864000, 1792368000)  # 2026-03-23, 2026-07-01, 2026-10-19 UTC
+    times = [start + i * 37 * 60 for start in starts for i in range(7 * 24 * 60 // 37)]
+    bands = page.evaluate(
+        "async ([doc, times]) => {"
+        "  const app = await import('/web/app.js');"
+        "  return times.map((t) => app.bandAt(doc, t));"
+        "}",
+        [document, times],
+    )
+    expected = [tariff.band_at(t) for t in times]
+    mismatches = [(t, b, e) for t, b, e in zip(times, bands, expected, strict=True) if b != e]
+    assert mismatches == []
+    assert len(set(expected)) > 1
