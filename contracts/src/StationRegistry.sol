@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {P256} from "@openzeppelin/contracts/utils/cryptography/P256.sol";
 
 import {IStationRegistry} from "./interfaces/IStationRegistry.sol";
 
@@ -16,6 +17,11 @@ import {IStationRegistry} from "./interfaces/IStationRegistry.sol";
 /// that ended before the rotation stay verifiable with the old key. The events carry every field
 /// a follower needs to rebuild this state without calling any view.
 ///
+/// Each station also holds its meters' P-256 keys (the keys Eichrecht meters sign OCMF records
+/// with), under the id keccak256(meter serial), with the same rules: a rotation at `r` ends the
+/// old key's period at `r`, a revocation at `v` ends every signature at or after `v`, nothing is
+/// deleted. `verifyMeterSignature` checks one record's signature on chain, for disputes.
+///
 /// The external functions, events and errors are declared in IStationRegistry.
 contract StationRegistry is IStationRegistry, AccessControl {
     /// @inheritdoc IStationRegistry
@@ -24,6 +30,11 @@ contract StationRegistry is IStationRegistry, AccessControl {
     mapping(bytes32 stationId => Station) private _stations;
     mapping(bytes32 stationId => KeyPeriod[]) private _keys;
     bytes32[] private _stationIds;
+    mapping(bytes32 stationId => mapping(bytes32 meterId => MeterKeyPeriod[])) private _meterKeys;
+    mapping(bytes32 stationId => mapping(bytes32 meterId => uint64)) private _meterRevokedAt;
+
+    /// @dev Half the order of P-256: OpenZeppelin's P256 accepts only s <= N/2.
+    uint256 private constant _P256_HALF_N = P256.N / 2;
 
     /// @param admin Receives DEFAULT_ADMIN_ROLE, which grants and revokes REGISTRAR_ROLE.
     /// @param registrar Receives REGISTRAR_ROLE (may be the zero address to grant it later).
@@ -112,6 +123,133 @@ contract StationRegistry is IStationRegistry, AccessControl {
     /// @inheritdoc IStationRegistry
     function stationIdAt(uint256 index) external view returns (bytes32) {
         return _stationIds[index];
+    }
+
+    /// @inheritdoc IStationRegistry
+    function registerMeter(bytes32 stationId, string calldata serial, bytes32 qx, bytes32 qy, uint64 validFrom)
+        external
+        onlyRole(REGISTRAR_ROLE)
+        returns (bytes32 meterId)
+    {
+        _liveStation(stationId);
+        if (bytes(serial).length == 0) revert InvalidMeterSerial();
+        if (!P256.isValidPublicKey(qx, qy)) revert NotOnCurve(qx, qy);
+        meterId = keccak256(bytes(serial));
+        if (_meterKeys[stationId][meterId].length != 0) revert MeterAlreadyRegistered(stationId, meterId);
+        _meterKeys[stationId][meterId].push(MeterKeyPeriod({qx: qx, qy: qy, validFrom: validFrom, validUntil: 0}));
+        emit MeterRegistered(stationId, meterId, serial, qx, qy, validFrom);
+    }
+
+    /// @inheritdoc IStationRegistry
+    function rotateMeterKey(bytes32 stationId, bytes32 meterId, bytes32 qx, bytes32 qy)
+        external
+        onlyRole(REGISTRAR_ROLE)
+    {
+        MeterKeyPeriod[] storage keys = _liveMeter(stationId, meterId);
+        if (!P256.isValidPublicKey(qx, qy)) revert NotOnCurve(qx, qy);
+        MeterKeyPeriod storage current = keys[keys.length - 1];
+        bytes32 oldQx = current.qx;
+        bytes32 oldQy = current.qy;
+        if (qx == oldQx && qy == oldQy) revert SameMeterKey(qx, qy);
+
+        uint64 rotatedAt = uint64(block.timestamp);
+        current.validUntil = rotatedAt;
+        keys.push(MeterKeyPeriod({qx: qx, qy: qy, validFrom: rotatedAt, validUntil: 0}));
+        emit MeterKeyRotated(stationId, meterId, oldQx, oldQy, qx, qy, rotatedAt);
+    }
+
+    /// @inheritdoc IStationRegistry
+    function revokeMeter(bytes32 stationId, bytes32 meterId) external onlyRole(REGISTRAR_ROLE) {
+        MeterKeyPeriod[] storage keys = _liveMeter(stationId, meterId);
+        uint64 revokedAt = uint64(block.timestamp);
+        _meterRevokedAt[stationId][meterId] = revokedAt;
+        MeterKeyPeriod storage current = keys[keys.length - 1];
+        emit MeterRevoked(stationId, meterId, current.qx, current.qy, revokedAt);
+    }
+
+    /// @inheritdoc IStationRegistry
+    function getMeter(bytes32 stationId, bytes32 meterId) external view returns (Meter memory) {
+        MeterKeyPeriod[] storage keys = _existingMeter(stationId, meterId);
+        MeterKeyPeriod storage current = keys[keys.length - 1];
+        return Meter({
+            qx: current.qx, qy: current.qy, validFrom: current.validFrom, revokedAt: _meterRevokedAt[stationId][meterId]
+        });
+    }
+
+    /// @inheritdoc IStationRegistry
+    function meterKeyHistory(bytes32 stationId, bytes32 meterId) external view returns (MeterKeyPeriod[] memory) {
+        return _existingMeter(stationId, meterId);
+    }
+
+    /// @inheritdoc IStationRegistry
+    function meterKeyAt(bytes32 stationId, bytes32 meterId, uint64 at)
+        external
+        view
+        returns (bool found, bytes32 qx, bytes32 qy)
+    {
+        return _meterKeyAt(stationId, meterId, at);
+    }
+
+    /// @inheritdoc IStationRegistry
+    function isMeterKeyValidAt(bytes32 stationId, bytes32 meterId, bytes32 qx, bytes32 qy, uint64 at)
+        external
+        view
+        returns (bool)
+    {
+        (bool found, bytes32 keyX, bytes32 keyY) = _meterKeyAt(stationId, meterId, at);
+        return found && keyX == qx && keyY == qy;
+    }
+
+    /// @inheritdoc IStationRegistry
+    function verifyMeterSignature(
+        bytes32 stationId,
+        bytes32 meterId,
+        bytes calldata payload,
+        bytes32 r,
+        bytes32 s,
+        uint64 at
+    ) external view returns (bool) {
+        (bool found, bytes32 qx, bytes32 qy) = _meterKeyAt(stationId, meterId, at);
+        if (!found) return false;
+        // (r, s) and (r, n - s) are both valid for the same key and message; P256 takes the low one.
+        if (uint256(s) > _P256_HALF_N && uint256(s) < P256.N) s = bytes32(P256.N - uint256(s));
+        return P256.verify(sha256(payload), r, s, qx, qy);
+    }
+
+    function _meterKeyAt(bytes32 stationId, bytes32 meterId, uint64 at)
+        private
+        view
+        returns (bool found, bytes32 qx, bytes32 qy)
+    {
+        Station storage station = _stations[stationId];
+        if (station.signer == address(0)) return (false, 0, 0);
+        if (at < station.activeFrom) return (false, 0, 0);
+        if (station.revokedAt != 0 && at >= station.revokedAt) return (false, 0, 0);
+        uint64 revokedAt = _meterRevokedAt[stationId][meterId];
+        if (revokedAt != 0 && at >= revokedAt) return (false, 0, 0);
+        MeterKeyPeriod[] storage keys = _meterKeys[stationId][meterId];
+        // The first key's validFrom bounds the meter as activeFrom bounds the station (a rotation
+        // before it leaves the first period empty and does not start the meter early).
+        if (keys.length == 0 || at < keys[0].validFrom) return (false, 0, 0);
+        for (uint256 i = keys.length; i > 0; --i) {
+            MeterKeyPeriod storage period = keys[i - 1];
+            if (at >= period.validFrom && (period.validUntil == 0 || at < period.validUntil)) {
+                return (true, period.qx, period.qy);
+            }
+        }
+        return (false, 0, 0);
+    }
+
+    function _existingMeter(bytes32 stationId, bytes32 meterId) private view returns (MeterKeyPeriod[] storage keys) {
+        keys = _meterKeys[stationId][meterId];
+        if (keys.length == 0) revert UnknownMeter(stationId, meterId);
+    }
+
+    function _liveMeter(bytes32 stationId, bytes32 meterId) private view returns (MeterKeyPeriod[] storage keys) {
+        _liveStation(stationId);
+        keys = _existingMeter(stationId, meterId);
+        uint64 revokedAt = _meterRevokedAt[stationId][meterId];
+        if (revokedAt != 0) revert MeterIsRevoked(stationId, meterId, revokedAt);
     }
 
     function _existing(bytes32 stationId) private view returns (Station storage station) {
