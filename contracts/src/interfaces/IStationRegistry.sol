@@ -12,6 +12,11 @@ pragma solidity 0.8.30;
 /// that ended before the rotation stay verifiable with the old key. The events carry every field
 /// a follower needs to rebuild this state without calling any view. StationRegistry also
 /// implements IAccessControl (REGISTRAR_ROLE, DEFAULT_ADMIN_ROLE).
+///
+/// Each station also holds its meters' P-256 keys (id keccak256(meter serial)) with the same
+/// period rules, and `verifyMeterSignature` checks one OCMF signature on chain, for disputes.
+/// The meter events have their own topics: a reader of the station events (filtered by topic)
+/// does not see them.
 interface IStationRegistry {
     /// @notice Current state of a station.
     struct Station {
