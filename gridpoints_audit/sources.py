@@ -44,9 +44,19 @@ MAX_LINE_BYTES = 1 << 20
 MAX_DOCUMENT_BYTES = 64 << 20
 
 
+# json.loads(bytes) guesses the encoding first (json.detect_encoding); a document that starts
+# with "{" followed by a non-zero byte is UTF-8 to that guess (no BOM, no UTF-16/32 zero bytes),
+# and is then decoded exactly as json.loads would (UTF-8, "surrogatepass") without the guessing:
+# one record line in a bundle, about 1 us less per record.
+_DECODER = json.JSONDecoder()
+
+
 def parse_json(data: bytes, what: str) -> Any:
-    """`data` parsed as JSON, or SourceMalformed saying why not."""
+    """`data` parsed as JSON (as `json.loads` parses bytes), or SourceMalformed saying why
+    not."""
     try:
+        if data[:1] == b"{" and len(data) > 1 and data[1] != 0:
+            return _DECODER.decode(data.decode("utf-8", "surrogatepass"))
         return json.loads(data)
     except RecursionError:  # a nesting bomb: the parser recursed past the interpreter's limit
         raise SourceMalformed(f"{what} is JSON nested too deep to read") from None

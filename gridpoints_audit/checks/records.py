@@ -59,9 +59,10 @@ class RecordChecks:
         """The record published as `item` at `leaf` of the epoch committed at `committed_at`
         (block timestamp); None when it does not even parse (then it has no leaf)."""
         e = epoch_id
+        is_mapping = type(item) is dict or isinstance(item, Mapping)
         body = (
             {"record": item.get("record"), "signature": item.get("signature")}
-            if isinstance(item, Mapping)
+            if is_mapping
             else item
         )
         try:
@@ -83,7 +84,7 @@ class RecordChecks:
         digest = verdict.digest if verdict.digest is not None else record.digest(self.domain)
         ref = RecordRef(record.station_id, record.sequence, digest, leaf)
         where = f"record {record.sequence} of station 0x{record.station_id.hex()} (epoch {e})"
-        claimed = item.get("digest") if isinstance(item, Mapping) else None
+        claimed = item.get("digest") if is_mapping else None
         if claimed is not None and (
             not isinstance(claimed, str) or claimed.lower() != as_hex(digest)
         ):
@@ -115,7 +116,7 @@ class RecordChecks:
             )
 
         # Payment: the signed authorisation the record commits to.
-        payment_json = item.get("payment") if isinstance(item, Mapping) else None
+        payment_json = item.get("payment") if is_mapping else None
         try:
             authorization = check_payment(record, payment_json, self.settlement_domain)
         except PaymentProblem as exc:
