@@ -37,8 +37,10 @@ Measured, each the median of ``--repeat`` runs:
   reading the chain's events;
 * the command line ``gridpoints-audit --bundle DIR --json`` as its own process (wall time),
   and its startup alone (``gridpoints-audit --help``), noted separately;
-* in the same run, single-threaded, in this process: the bare recovery rate,
-  ``coincurve.PublicKey.from_signature_and_message`` on the records' precomputed digests.
+* in the same run, single-threaded, in the audit's own child process right after the audit
+  (so both see the same load on a busy machine): the bare recovery rate,
+  ``coincurve.PublicKey.from_signature_and_message`` on the records' precomputed digests, per
+  second of wall time and of CPU time; the ratio audit / bare is taken per run, on both.
 
 ``--profile FILE`` also writes a cProfile of one in-process audit to FILE (read it with
 ``python -m pstats FILE`` or ``--profile-top``).
