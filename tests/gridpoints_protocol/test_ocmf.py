@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -129,10 +130,18 @@ def test_real_meter_records_include_high_s_and_every_clock_status() -> None:
     assert statuses == {ClockStatus.INFORMATIVE, ClockStatus.SYNCHRONIZED, ClockStatus.RELATIVE}
 
 
-def test_vector_copy_equals_the_shared_samples() -> None:
-    if not SHARED.exists():
-        pytest.skip("the shared ocmf-samples folder is not beside this checkout")
-    assert json.loads(SHARED.read_text()) == REAL
+# SHA-256 of ../shared/ocmf-samples/real_meter_records.json when it was copied (unmodified).
+SHARED_SHA256 = "081efde5d57cc4a02db19a03b13495eb4c52f01455aeeced67adb4c356ed79d8"
+
+
+def test_vector_copy_is_the_shared_samples_byte_for_byte() -> None:
+    """The committed copy is the upstream file unmodified: compared with the shared folder where
+    it sits beside the checkout, and always with the digest recorded when it was copied (a
+    checkout alone, as in CI, has no shared folder)."""
+    copy = VECTORS.read_bytes()
+    assert hashlib.sha256(copy).hexdigest() == SHARED_SHA256
+    if SHARED.exists():
+        assert SHARED.read_bytes() == copy
 
 
 def test_real_dzg_record_padded_string_value_and_second_register() -> None:
