@@ -26,7 +26,9 @@ and a full bucket is the same as none). Only sources that were charged get a buc
 
 Pure and thread-safe (one lock; the event loop and the ingest threads share the buckets), with
 the clock injected for tests. Each process has its own buckets: with ``--workers N`` or N
-replicas a source may get up to N times the limit.
+replicas a source may get up to N times the limit. An ingest transaction retried after a
+uniqueness conflict (rare, see backend.ingest.transaction) charges its rejections to their
+stations again: a station may then pay a token twice for one rejection, never less than once.
 """
 
 from __future__ import annotations
