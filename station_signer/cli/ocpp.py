@@ -9,6 +9,7 @@ standard input.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -91,7 +92,9 @@ def ocpp_gateway(
 
     def ready(bound: int) -> None:
         url = f"ws://{host}:{bound}/ocpp/{{chargerId}}"
-        emit(as_json, {"listening": url, "port": bound}, [f"listening on {url}"])
+        # One line, also with --json: a supervisor reads it from a stream that stays open.
+        line = json.dumps({"listening": url, "port": bound}) if as_json else f"listening on {url}"
+        typer.echo(line)
         sys.stdout.flush()
 
     try:
