@@ -40,6 +40,7 @@ from gridpoints_dev.ocpp_charger import (
     new_transaction_id,
 )
 from gridpoints_protocol.ocmf.session import FaultReason
+from gridpoints_protocol.record import Direction
 from gridpoints_protocol.tariff import TariffBook, value_record
 from station_signer.config import STORE_FILE
 from station_signer.ocpp.state import STATE_FILE, GatewayState
@@ -559,3 +560,59 @@ def test_sigkill_mid_transaction_then_restart_gives_exactly_one_record(
     assert len(published) == 2
     with contextlib.suppress(Exception):
         gateway.stop()
+
+
+@pytest.mark.filterwarnings("ignore::gridpoints_signers.devkey.DevelopmentKeyWarning")
+def test_a_decision_repeated_after_a_crash_finds_its_record_instead_of_making_another(
+    chain_env: ChainEnv, tmp_path: Path
+) -> None:
+    """The window a SIGKILL can hit: the record (with its evidence source) is committed in the
+    station's store, the gateway dies before noting it in ocpp.sqlite, and decides the same
+    transaction again on restart. The second decision finds the record; the store refuses a
+    second record from the same source outright."""
+    import secrets
+
+    from gridpoints_signers import DevKeySigner
+    from station_signer.ocpp.decide import Recorded, decide
+    from station_signer.station import Station
+    from station_signer.store import Evidence, StoreError
+    from station_signer.transfer import Transfer
+
+    key = DevKeySigner(secrets.token_bytes(32))
+    station_id = secrets.token_bytes(32)
+    store = StationStore(tmp_path / "station.sqlite")
+    store.initialise(
+        station_id, chain_env.deployment.chain_id, chain_env.deployment.registry_address
+    )
+    chain_env.chain.transact(
+        chain_env.accounts.registrar,
+        chain_env.chain.registry.functions.registerStation(
+            station_id, key.address, ZONE, 22_000, 0
+        ),
+    )
+    meter = SimulatedMeter("GP-SIM-DECIDE")
+    chain_env.chain.register_meter(
+        chain_env.accounts.registrar, station_id, meter.serial, meter.public_key_der, 0
+    )
+    station = Station(store, key)
+    wallet = Account.create().address
+    begin = datetime.now(UTC) - timedelta(minutes=10)
+    records = [meter.sign("discharge", [MeterReading("B", begin)])]
+    meter.flow("discharge", Decimal("800"))
+    records.append(meter.sign("discharge", [MeterReading("E", begin + timedelta(minutes=5))]))
+    with GatewayState(tmp_path / STATE_FILE) as state:
+        row = state.note_event(
+            CHARGER, "tx-1", evse_id=1, id_token=ID_TOKEN,
+            ocmf=[(r, None) for r in records], ended=True,
+        )  # fmt: skip
+        stored = state.ocmf_records(CHARGER, "tx-1")
+        first = decide(station, chain_env.chain, row, stored, wallet, {})
+        again = decide(station, chain_env.chain, row, stored, wallet, {})
+    assert isinstance(first, Recorded) and isinstance(again, Recorded)
+    assert first.sequence == again.sequence == 1 and len(store.records()) == 1
+    assert store.evidence(1) is not None and store.evidence(1).data["records"] == records  # type: ignore[union-attr]
+    transfer = Transfer(Direction.DISCHARGE, bytes.fromhex(wallet[2:]), 800, 1, 2)
+    with pytest.raises(StoreError) as refused:
+        station.record(transfer, Evidence(row.source, "ocmf", {}))
+    assert refused.value.code == "source_recorded" and len(store.records()) == 1
+    store.close()
