@@ -198,3 +198,59 @@ def transactions(
 def faults(directory: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
     """The transactions that did not become records, with their reason codes."""
     _transactions(directory, "faulted", as_json)
+
+
+meter_app = typer.Typer(help="The station's meters in the StationRegistry.", no_args_is_help=True)
+ocpp_app.add_typer(meter_app, name="meter")
+
+
+@meter_app.command("register")
+@handled
+def meter_register(
+    serial: Annotated[str, typer.Option(help="The meter's serial, as its OCMF records say (MS).")],
+    public_key: Annotated[
+        str, typer.Option(help="The meter's P-256 public key: DER SubjectPublicKeyInfo in hex.")
+    ],
+    rpc_url: Annotated[str, typer.Option(envvar="GRIDPOINTS_RPC_URL", help="Chain RPC URL.")],
+    deployment: DeploymentFileOption = None,
+    valid_from: Annotated[
+        int, typer.Option(min=0, help="First signing time (unix seconds) the key counts for.")
+    ] = 0,
+    directory: DirOption = DEFAULT_DIR,
+    registrar_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GRIDPOINTS_REGISTRAR_KEY_FILE",
+            help="Registrar key file (default: $GRIDPOINTS_REGISTRAR_KEY).",
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register a meter of this station with its public key (REGISTRAR_ROLE needed). The key
+    comes from the meter's label or its maker's register, never from the charger."""
+    from gridpoints_chain.contracts import meter_id, p256_public_key
+    from station_signer.cli.chain import open_chain
+    from station_signer.cli.common import station_deployment
+    from station_signer.cli.identity import _registrar_account
+
+    if deployment is None:
+        raise CliError("invalid_argument", "--deployment (or GRIDPOINTS_DEPLOYMENT_FILE) is needed")
+    try:
+        der = bytes.fromhex(public_key.removeprefix("0x"))
+        p256_public_key(der)
+    except ValueError as exc:
+        raise CliError("invalid_argument", f"--public-key: {exc}", 2) from None
+    config = StationConfig.load(directory)
+    chain = open_chain(rpc_url, station_deployment(deployment, config))
+    receipt = chain.register_meter(
+        _registrar_account(registrar_key_file), config.station_id, serial, der, valid_from
+    )
+    data = {
+        "stationId": "0x" + config.station_id.hex(),
+        "serial": serial,
+        "meterId": "0x" + meter_id(serial).hex(),
+        "validFrom": valid_from,
+        "transactionHash": "0x" + bytes(receipt["transactionHash"]).hex(),
+    }
+    emit(as_json, data, [f"registered meter {serial} of station {data['stationId']}"])
