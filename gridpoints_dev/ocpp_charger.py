@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from ssl import SSLContext
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -272,10 +273,16 @@ def new_transaction_id() -> str:
 
 @contextlib.asynccontextmanager
 async def connected(
-    url: str, charger_id: str, password: str | None, *, subprotocol: str = SUBPROTOCOL
+    url: str,
+    charger_id: str,
+    password: str | None,
+    *,
+    subprotocol: str = SUBPROTOCOL,
+    ssl: SSLContext | None = None,
 ) -> AsyncIterator[SimulatedCharger]:
-    """A `SimulatedCharger` connected to ``{url}/ocpp/{charger_id}`` (url: ``ws://host:port``)
-    with HTTP Basic credentials (None: none sent), its message loop running."""
+    """A `SimulatedCharger` connected to ``{url}/ocpp/{charger_id}`` (url: ``ws://host:port``,
+    or ``wss://`` with `ssl` trusting the gateway's certificate) with HTTP Basic credentials
+    (None: none sent), its message loop running."""
     headers = {}
     if password is not None:
         token = base64.b64encode(f"{charger_id}:{password}".encode()).decode()
@@ -285,6 +292,7 @@ async def connected(
         subprotocols=[Subprotocol(subprotocol)],
         additional_headers=headers,
         open_timeout=10,
+        ssl=ssl,
     ) as connection:
         charger = SimulatedCharger(charger_id, connection)
         loop = asyncio.create_task(charger.start())

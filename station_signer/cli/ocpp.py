@@ -69,15 +69,33 @@ def ocpp_gateway(
     retry_interval: Annotated[
         float, typer.Option(min=0.05, help="Seconds between decision rounds.")
     ] = 2.0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM certificate chain: serve wss:// (security profile 2).", dir_okay=False
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="PEM private key of --tls-cert.", dir_okay=False)
+    ] = None,
     pin_file: PinFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Serve OCPP 2.0.1 chargers at ws://HOST:PORT/ocpp/{chargerId}; each ended transaction
-    with valid meter-signed OCMF readings becomes a signed record, each fault is kept."""
-    from station_signer.ocpp.gateway import Gateway, open_worker_for
+    """Serve OCPP 2.0.1 chargers at ws://HOST:PORT/ocpp/{chargerId} (wss:// with --tls-cert);
+    each ended transaction with valid meter-signed OCMF readings becomes a signed record, each
+    fault is kept."""
+    from station_signer.ocpp.gateway import Gateway, open_worker_for, server_tls
 
     if deployment is None:
         raise CliError("invalid_argument", "--deployment (or GRIDPOINTS_DEPLOYMENT_FILE) is needed")
+    if (tls_cert is None) != (tls_key is None):
+        raise CliError("invalid_argument", "--tls-cert and --tls-key go together", 2)
+    context = None
+    if tls_cert is not None and tls_key is not None:
+        try:
+            context = server_tls(tls_cert, tls_key)
+        except (OSError, ValueError) as exc:
+            raise CliError("invalid_argument", f"--tls-cert/--tls-key: {exc}", 2) from None
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
@@ -88,10 +106,12 @@ def ocpp_gateway(
         host=host,
         port=port,
         retry_interval_s=retry_interval,
+        ssl_context=context,
     )
 
     def ready(bound: int) -> None:
-        url = f"ws://{host}:{bound}/ocpp/{{chargerId}}"
+        scheme = "ws" if context is None else "wss"
+        url = f"{scheme}://{host}:{bound}/ocpp/{{chargerId}}"
         # One line, also with --json: a supervisor reads it from a stream that stays open.
         line = json.dumps({"listening": url, "port": bound}) if as_json else f"listening on {url}"
         typer.echo(line)

@@ -2,9 +2,10 @@
 ended transaction from its meter's OCMF records and signs a record for each valid one.
 
 * **Handshake** (`Gateway.process_request`): the path is ``/ocpp/{chargerId}``, the client
-  offers the ``ocpp2.0.1`` subprotocol, and HTTP Basic credentials (security profile 1) name
-  that charger and its password (checked against the scrypt hash in ``ocpp.sqlite``). Anything
-  else is refused before the websocket opens: 404, 400, 401.
+  offers the ``ocpp2.0.1`` subprotocol, and HTTP Basic credentials name that charger and its
+  password (checked against the scrypt hash in ``ocpp.sqlite``). Anything else is refused
+  before the websocket opens: 404, 400, 401. Over ``ws://`` that is security profile 1; with a
+  certificate (`server_tls`) the same credentials travel inside TLS: profile 2.
 * **Messages** (`GatewayChargePoint`, on the ``ocpp`` library): BootNotification (Accepted),
   Heartbeat, StatusNotification, Authorize (Accepted when the station operator bound the idToken
   to a wallet, else Unknown), TransactionEvent Started/Updated/Ended and MeterValues. The signed
@@ -30,6 +31,7 @@ import contextlib
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -201,8 +203,10 @@ class Gateway:
         host: str = "127.0.0.1",
         port: int = 9000,
         retry_interval_s: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.state = state
+        self.ssl_context = ssl_context
         self._open_worker = open_worker
         self.host = host
         self.port = port
@@ -371,6 +375,7 @@ class Gateway:
             self.port,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self.process_request,
+            ssl=self.ssl_context,
             logger=logging.getLogger("gridpoints.ocpp.websockets"),
         )
         return self.server
@@ -400,6 +405,15 @@ class Gateway:
             decider.cancel()
             server.close()
             self._executor.shutdown(wait=True)
+
+
+def server_tls(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """The server side of security profile 2: TLS 1.2 or later with the station's certificate
+    (PEM chain and key), Basic credentials inside it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
 
 
 def open_worker_for(

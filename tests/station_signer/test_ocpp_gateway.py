@@ -345,6 +345,72 @@ def test_wrong_basic_credentials_are_refused_at_the_handshake(station: StationDi
     assert PASSWORD not in log and "refused at the handshake" in log
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM), as a station's own CA would issue."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gridpoints-station-gateway")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "gateway.pem", directory / "gateway.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_security_profile_2_serves_basic_credentials_inside_tls(
+    station: StationDir, tmp_path: Path
+) -> None:
+    import ssl
+
+    cert_file, key_file = self_signed(tmp_path)
+    gateway = station.gateway("--tls-cert", str(cert_file), "--tls-key", str(key_file))
+    url = f"wss://127.0.0.1:{gateway.port}"
+    trusted = ssl.create_default_context(cafile=str(cert_file))
+
+    async def attempt(target: str, password: str, context: ssl.SSLContext | None) -> Any:
+        try:
+            async with connected(target, CHARGER, password, ssl=context) as charger:
+                return (await charger.boot()).status
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            return type(exc).__name__
+        except Exception as exc:  # websockets' own handshake errors
+            return type(exc).__name__
+
+    assert run(attempt(url, PASSWORD, trusted)) == "Accepted"
+    assert run(attempt(url, "not-the-password-at-all", trusted)) == 401
+    # A client that does not trust the certificate does not get to send its password, and a
+    # plain ws:// client finds no websocket there.
+    assert run(attempt(url, PASSWORD, ssl.create_default_context())) == "SSLCertVerificationError"
+    assert run(attempt(f"ws://127.0.0.1:{gateway.port}", PASSWORD, None)) not in ("Accepted", 401)
+
+
 def test_every_fault_has_its_reason_and_never_becomes_a_record(
     station: StationDir, chain_env: ChainEnv
 ) -> None:
