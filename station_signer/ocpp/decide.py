@@ -175,8 +175,8 @@ def decide(
                 if serial
                 else MeterKey(KeyState.UNREGISTERED)
             )
-    except ChainError as exc:
-        return Retry(f"the registry could not be read: {exc}")
+    except (ChainError, OSError) as exc:  # OSError: requests' connection errors and timeouts
+        return Retry(f"the registry could not be read: {type(exc).__name__}")
     serial = records[0].payload.meter_serial if records else None
     outcome = assemble(
         records, keys, hints, last_page=None if serial is None else last_page_of.get(serial)

@@ -190,6 +190,20 @@ class Worker:
     station: Station
     chain: GridPointsChain
     backend_url: str | None = None
+    chain_checked: bool = False
+
+    def chain_problem(self) -> str | None:
+        """None once the node has been seen to be the deployment's chain, with its contracts
+        (checked once; a wrong node must not turn into "meter unregistered" faults)."""
+        from gridpoints_chain.errors import ChainError
+
+        if not self.chain_checked:
+            try:
+                self.chain.check()
+            except (ChainError, OSError) as exc:
+                return f"the chain is not usable yet: {type(exc).__name__}: {exc}"
+            self.chain_checked = True
+        return None
 
 
 class Gateway:
@@ -245,6 +259,9 @@ class Gateway:
                 last_pages: dict[str, int | None] = last_pages,
             ) -> Decision:
                 worker = self._worker_open()
+                problem = worker.chain_problem()
+                if problem is not None:
+                    return Retry(problem)
                 return decide(worker.station, worker.chain, row, stored, wallet, last_pages)
 
             decision = await self._on_worker(run)
@@ -428,7 +445,9 @@ def open_worker_for(
     PIN, when None, from the environment)."""
 
     def open_it() -> Worker:
-        from gridpoints_chain.contracts import GridPointsChain, connect
+        from web3 import Web3
+
+        from gridpoints_chain.contracts import GridPointsChain
         from gridpoints_chain.deployment import Deployment
         from station_signer.errors import StationError
         from station_signer.station import open_station
@@ -444,7 +463,9 @@ def open_worker_for(
                 f"{deployment_file} is not the deployment this station signs for",
                 "deployment_mismatch",
             )
-        chain = GridPointsChain(connect(rpc_url), deployment)
-        return Worker(station, chain, backend_url)
+        # Not probed: a station without its node still serves its chargers; what it cannot
+        # judge yet waits (decide answers Retry) until the node answers.
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
+        return Worker(station, GridPointsChain(w3, deployment), backend_url)
 
     return open_it

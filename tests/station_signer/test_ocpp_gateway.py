@@ -687,3 +687,35 @@ def test_a_decision_repeated_after_a_crash_finds_its_record_instead_of_making_an
         station.record(transfer, Evidence(row.source, "ocmf", {}))
     assert refused.value.code == "source_recorded" and len(store.records()) == 1
     store.close()
+
+
+def test_without_its_node_the_gateway_serves_chargers_and_decides_later(
+    station: StationDir, chain_env: ChainEnv, tmp_path: Path
+) -> None:
+    """Offline: no node answers at the RPC URL. The gateway still starts, takes the charger's
+    transaction and keeps it undecided (not a fault: nothing is known against it); started
+    again with its node, it records it."""
+    import socket
+
+    wallet = Account.create().address
+    bind(station, wallet)
+    meter = SimulatedMeter("GP-SIM-OFFLINE")
+    register_meter(chain_env, station, meter)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    gateway = station.gateway("--rpc-url", dead)
+    plan = Plan(meter)
+    run(charger_session(gateway.url, plan))
+    log = station.logs / "gateway-0.log"
+    deadline = time.monotonic() + 30
+    while log.read_text().count("not decided yet") < 2:  # two rounds gave up on the chain
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    assert station.transactions()[plan.transaction_id]["status"] == "ended"
+    assert station.store_records() == []
+    gateway.stop()
+
+    station.gateway()
+    assert station.wait_decided(plan.transaction_id)["status"] == "recorded"
+    assert len(station.store_records()) == 1

@@ -605,6 +605,8 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     station_id, before = version_1_station(path, key)
     with StationStore(path) as store:
         assert store.schema_version == SCHEMA_VERSION == 3
+        # Version 3's evidence table is there (empty: old records were built from nothing kept).
+        assert store.record_for_source("ocpp:CP:tx") is None and store.evidence(1) is None
         # Everything the version-1 file held is still there, unchanged, without payments.
         rows = store.records()
         assert [(r.sequence, r.status.value, r.record) for r in rows] == [
