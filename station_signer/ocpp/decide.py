@@ -155,9 +155,14 @@ def decide(
 
     done = station.store.record_for_source(row.source)
     if done is not None:
+        # Recorded before a crash: the meter's last PG comes from the kept evidence, so a
+        # replay of these records is refused as if the gateway had noted it then.
         evidence = station.store.evidence(done.sequence)
-        serial = None if evidence is None else evidence.data.get("meterSerial")
-        return Recorded(done.sequence, serial, None)
+        serial, page = None, None
+        if evidence is not None and evidence.data.get("records"):
+            serial = evidence.data.get("meterSerial")
+            page = parse_record(evidence.data["records"][-1]).payload.pagination.number
+        return Recorded(done.sequence, serial, page)
     records: list[OcmfRecord] = []
     hints: list[bytes | None] = []
     for index, item in enumerate(stored):

@@ -681,6 +681,7 @@ def test_a_decision_repeated_after_a_crash_finds_its_record_instead_of_making_an
         again = decide(station, chain_env.chain, row, stored, wallet, {})
     assert isinstance(first, Recorded) and isinstance(again, Recorded)
     assert first.sequence == again.sequence == 1 and len(store.records()) == 1
+    assert again.meter_serial == meter.serial and again.last_page == first.last_page == 2
     assert store.evidence(1) is not None and store.evidence(1).data["records"] == records  # type: ignore[union-attr]
     transfer = Transfer(Direction.DISCHARGE, bytes.fromhex(wallet[2:]), 800, 1, 2)
     with pytest.raises(StoreError) as refused:
