@@ -13,55 +13,18 @@ from typing import Any
 
 import httpx
 import pytest
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_account.signers.local import LocalAccount
 
 from backend.db import Database
 from backend.db.models import AuthChallenge
 from gridpoints_protocol.siwe import SiweMessage, format_time, parse_message
+from tests.support.auth import bearer, challenge, personal_sign, sign_in, wallet
 from tests.support.backend import BackendHarness
 
 PUBLIC_URL = "http://127.0.0.1:8000"  # the harness's default public origin (host:port setting)
 
 
-def wallet(leading_zero: bool = False) -> LocalAccount:
-    key = (b"\x00" + secrets.token_bytes(31)) if leading_zero else secrets.token_bytes(32)
-    while key == bytes(32):
-        key = secrets.token_bytes(32)
-    account: LocalAccount = Account.from_key(key)
-    assert (account.key[0] == 0) == leading_zero
-    return account
-
-
-def personal_sign(account: LocalAccount, text: str) -> str:
-    return "0x" + bytes(account.sign_message(encode_defunct(text=text)).signature).hex()
-
-
-def challenge(h: BackendHarness, account: LocalAccount, chain_id: int | None = None) -> str:
-    response = h.client.post(
-        "/v1/auth/challenge",
-        json={"address": account.address, "chainId": chain_id or h.env.deployment.chain_id},
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["message"])
-
-
 def session(h: BackendHarness, message: str, signature: str) -> httpx.Response:
     return h.client.post("/v1/auth/session", json={"message": message, "signature": signature})
-
-
-def sign_in(h: BackendHarness, account: LocalAccount) -> str:
-    message = challenge(h, account)
-    response = session(h, message, personal_sign(account, message))
-    assert response.status_code == 201, response.text
-    body = response.json()
-    assert body["address"] == account.address and body["tokenType"] == "Bearer"
-    return str(body["token"])
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def error_code(response: httpx.Response) -> str:
@@ -207,7 +170,7 @@ def test_an_expired_challenge_is_refused(backend: BackendHarness) -> None:
     ("change", "code"),
     [
         (lambda m: m.replace("127.0.0.1:8000 wants", "evil.example wants"), "wrong_domain"),
-        (lambda m: m.replace("URI: http://127.0.0.1:8000", "URI: https://evil.example"), "wrong_domain"),
+        (lambda m: m.replace("URI: http://127.0.0.1:8000", "URI: https://evil.ex"), "wrong_domain"),
         (lambda m: m.replace("Chain ID: 31337", "Chain ID: 1"), "wrong_chain"),
         (lambda m: m.replace("Nonce: ", "Nonce: 0000"), "unknown_nonce"),
         (lambda m: m.replace("Sign in to", "Sign over to"), "message_mismatch"),
