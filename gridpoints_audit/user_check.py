@@ -317,10 +317,11 @@ def _check_epoch(
     def finding(kind: str, message: str, **kwargs: Any) -> None:
         report.findings.append(UserFinding(kind, message, epoch_id=epoch_id, **kwargs))
 
-    claims = {
+    tariff_hash = "0x" + on_chain.tariff_hash.hex()
+    claims: dict[str, object] = {
         "recordsRoot": "0x" + on_chain.records_root.hex(),
         "creditsRoot": "0x" + on_chain.credits_root.hex(),
-        "tariffHash": "0x" + on_chain.tariff_hash.hex(),
+        "tariffHash": tariff_hash,
         "recordCount": on_chain.record_count,
     }
     for key, expected in claims.items():
@@ -332,7 +333,7 @@ def _check_epoch(
                 found=item.get(key),
             )
     tariff: Tariff | None = None
-    document = tariffs.get(claims["tariffHash"])
+    document = tariffs.get(tariff_hash)
     if isinstance(document, str):
         try:
             tariff = Tariff.from_canonical_bytes(document.encode())
