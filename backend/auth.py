@@ -116,9 +116,6 @@ def issue_challenge(
             f"this deployment is on chain {config.chain_id}, not {chain_id}",
         )
     prune(session, now)
-    pending = select(func.count()).select_from(AuthChallenge).where(AuthChallenge.used_at.is_(None))
-    if (session.scalar(pending) or 0) >= config.max_pending:
-        raise AuthRefused(503, "too_many_challenges", SESSION_REASONS["too_many_challenges"])
     mine = session.scalars(
         select(AuthChallenge.nonce)
         .where(AuthChallenge.user_address == address, AuthChallenge.used_at.is_(None))
@@ -128,6 +125,9 @@ def issue_challenge(
     if surplus > 0:
         # The newest request wins: a user who clicked "sign in" twice is not locked out.
         session.execute(delete(AuthChallenge).where(AuthChallenge.nonce.in_(mine[:surplus])))
+    pending = select(func.count()).select_from(AuthChallenge).where(AuthChallenge.used_at.is_(None))
+    if (session.scalar(pending) or 0) >= config.max_pending:
+        raise AuthRefused(503, "too_many_challenges", SESSION_REASONS["too_many_challenges"])
     issued = _seconds(now)
     message = SiweMessage(
         scheme=config.scheme,

@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
+from gridpoints_protocol.siwe import STATEMENT
 
 # The operator's published tariff documents (one TOML file per version, see its README).
 TARIFFS_DIR: Final = Path(__file__).resolve().parent / "tariffs"
@@ -169,6 +170,25 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65_535)
     log_level: str = "info"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_origin(cls, value: str | None) -> str | None:
+        # Sign-in messages name this origin; a path or a query would not be an origin.
+        if not value:
+            return None
+        parts = urlsplit(value.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ValueError(f"must be an origin, http(s)://host[:port], got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("siwe_statement")
+    @classmethod
+    def _statement_grammar(cls, value: str) -> str:
+        # The EIP-4361 statement: printable ASCII of RFC 3986's reserved and unreserved sets.
+        if not STATEMENT.fullmatch(value):
+            raise ValueError("must be printable ASCII without newlines or quotes (EIP-4361)")
+        return value
 
     @field_validator("database_url")
     @classmethod

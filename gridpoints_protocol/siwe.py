@@ -79,7 +79,7 @@ _URI = rf"{_SCHEME}:(?:{_PCHAR}|[/?#\[\]])*"
 
 _FIRST_LINE = re.compile(rf"(?:(?P<scheme>{_SCHEME})://)?(?P<domain>{_AUTHORITY})")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_STATEMENT = re.compile(rf"[{_UNRESERVED}:/?#\[\]@{_SUB_DELIMS} ]*")
+STATEMENT: Final = re.compile(rf"[{_UNRESERVED}:/?#\[\]@{_SUB_DELIMS} ]*")
 _URI_RE = re.compile(_URI)
 _CHAIN_ID = re.compile(r"[0-9]{1,78}")
 _NONCE = re.compile(rf"[A-Za-z0-9]{{{MIN_NONCE_CHARS},}}")
@@ -204,7 +204,7 @@ def parse_message(text: str) -> SiweMessage:
     statement: str | None = None
     if lines[3] != "":
         statement = lines[3]
-        if len(statement) > MAX_FIELD_CHARS or not _STATEMENT.fullmatch(statement):
+        if len(statement) > MAX_FIELD_CHARS or not STATEMENT.fullmatch(statement):
             raise _malformed(3, "the statement has characters the grammar excludes")
         at = 4
     if at >= len(lines) or lines[at] != "":

@@ -85,11 +85,15 @@ def _error_docs(status: int, text: str, codes: list[str]) -> dict[int | str, dic
     return {status: {"model": ErrorResponse, "description": f"{text} Codes: {', '.join(codes)}."}}
 
 
+BAD_BODY = _error_docs(400, "The body is not JSON.", ["bad_request"])
+
+
 @router.post(
     "/challenge",
     summary="A fresh EIP-4361 message for a wallet to sign (single use, expires in minutes)",
     response_model=ChallengeOut,
     responses={
+        **BAD_BODY,
         **_error_docs(422, "A malformed address or another chain id.", ["wrong_chain"]),
         **_error_docs(429, "This address asked for too many challenges.", ["rate_limited"]),
         **_error_docs(503, "Too many challenges are waiting.", ["too_many_challenges"]),
@@ -139,6 +143,7 @@ def post_challenge(service: ServiceDep, body: ChallengeIn, request: Request) -> 
     response_model=SessionOut,
     status_code=201,
     responses={
+        **BAD_BODY,
         **_error_docs(
             401, "The signed challenge is refused.", sorted(set(REASONS) - {"malformed_message"})
         ),

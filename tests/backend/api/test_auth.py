@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,13 @@ from backend.db import Database
 from backend.db.models import AuthChallenge
 from gridpoints_protocol.siwe import SiweMessage, format_time, parse_message
 from tests.support.auth import bearer, challenge, personal_sign, sign_in, wallet
-from tests.support.backend import BackendHarness
+from tests.support.backend import (
+    BackendHarness,
+    chain_checkpoint,
+    fresh_database,
+    running_backend,
+)
+from tests.support.chain import ChainEnv
 
 PUBLIC_URL = "http://127.0.0.1:8000"  # the harness's default public origin (host:port setting)
 
@@ -238,3 +245,31 @@ def test_pending_challenges_are_bounded_per_address(backend: BackendHarness) -> 
     assert first.status_code == 401 and error_code(first) == "unknown_nonce"
     last = session(h, messages[-1], personal_sign(account, messages[-1]))
     assert last.status_code == 201, last.text
+
+
+def test_challenges_are_rate_limited_per_remote_address(
+    chain_session: ChainEnv, tmp_path: Path
+) -> None:
+    """Challenges are stored until they expire: a remote address may ask for only so many
+    (the bucket is per process and in memory, the same on either database)."""
+    with (
+        chain_checkpoint(chain_session),
+        fresh_database("sqlite", tmp_path) as url,
+        running_backend(
+            chain_session,
+            url,
+            "sqlite",
+            rate_limit_enabled=True,
+            siwe_challenge_burst=2,
+            siwe_challenge_per_s=0.001,
+        ) as h,
+    ):
+        account = wallet()
+        challenge(h, account)
+        challenge(h, account)
+        refused = h.client.post(
+            "/v1/auth/challenge",
+            json={"address": account.address, "chainId": h.env.deployment.chain_id},
+        )
+        assert refused.status_code == 429 and error_code(refused) == "rate_limited"
+        assert int(refused.headers["retry-after"]) > 0
