@@ -13,6 +13,9 @@ of order, a lower-case or mis-checksummed address, a nonce shorter than 8 alphan
 version other than 1, a time that is not RFC 3339. Lengths are capped (the EIP leaves
 maximum lengths to implementers, as a defence against denial of service).
 
+Written here rather than taken from the PyPI ``siwe`` package (whose dependencies would fit the
+project's pins) to keep the core free of a new dependency and to give each refusal its own code.
+
 Contract wallets (EIP-1271) are not accepted here: the signature must be an EOA's (65 bytes,
 low s), recovered from the EIP-191 hash. Checking an EIP-1271 wallet means asking the chain,
 which this pure module does not do.
