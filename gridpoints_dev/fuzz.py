@@ -1359,7 +1359,9 @@ def run_schemathesis(
             report.sample("schema_generation", f"invalid operation: {result.err()}")
     report.operations = len(operations)
     modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    per_run = max(1, budget // max(1, len(operations) * len(modes)))
+    # Rounded up: with floor division each operation got a single case once the API grew past
+    # budget / 2 runs (the sign-in routes made it 28 operations: 100 // 56 == 1).
+    per_run = max(1, -(-budget // max(1, len(operations) * len(modes))))
     for operation in operations:
         for mode in modes:
             test = _schema_test(target, report, operation, mode, per_run, seed, advance)

@@ -15,7 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.auth import SESSION_REASONS
 from backend.errors import BackendError
+from gridpoints_protocol.siwe import REASONS as SIWE_REASONS
 from gridpoints_protocol.wire import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ ERROR_CODES: dict[str, str] = {
     "not_found": "404: no such record, station or route.",
     "method_not_allowed": "405: the route exists for other methods.",
     "internal_error": "500: an unexpected failure; nothing of the request was committed.",
+    **{
+        code: f"401/422/503 (sign-in: /v1/auth, /v1/me): {text}."
+        for code, text in {**SIWE_REASONS, **SESSION_REASONS}.items()
+    },
 }
 
 _STATUS_CODES = {
@@ -54,12 +60,20 @@ _STATUS_CODES = {
 class ApiError(BackendError):
     """Raised by handlers to answer with an ErrorResponse."""
 
-    def __init__(self, status_code: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -106,7 +120,9 @@ def rate_limited(retry_after: int) -> dict[str, Any]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+        return error_response(
+            exc.status_code, exc.code, exc.message, exc.details, headers=exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

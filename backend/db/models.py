@@ -424,3 +424,35 @@ class SettlementAttempt(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # signed -> mined | replaced (another transaction took the nonce, or the chain was rewound)
     outcome: Mapped[str] = mapped_column(String(16))
+
+
+# ---- sign-in with Ethereum (backend/auth.py) ------------------------------------------------
+
+
+class AuthChallenge(Base):
+    """An EIP-4361 message the backend issued, waiting to be signed (single use).
+
+    Kept until it expires, also once used (``used_at``), so that a second use is told apart
+    as ``replayed``; expired rows are deleted whenever a challenge is issued.
+    """
+
+    __tablename__ = "auth_challenges"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuthSession(Base):
+    """A signed-in wallet's session: only the SHA-256 of its bearer token is stored, so a
+    copy of the database does not let anyone in."""
+
+    __tablename__ = "auth_sessions"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
