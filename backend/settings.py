@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     # The RPC URL the web app's browsers use (/web/config.json, and the page's CSP connect-src);
     # unset: rpc_url. Set it when the backend's own node is not reachable from users' browsers.
     public_rpc_url: str | None = None
+    # The web app's charge offers (backend.offers): a signed payment authorisation relayed from
+    # the user's page to the station is kept until its deadline, which may lie at most this far
+    # ahead (bounds what the relay holds).
+    offer_max_validity_s: int = Field(default=2 * 86_400, ge=60)
+    # The last audit verdict the web app shows: the JSON report the operator's run of
+    # `gridpoints-audit --json` wrote to this file (unset: none is shown).
+    audit_report_file: Path | None = None
 
     # -- storage ----------------------------------------------------------------------------
     database_url: str | None = Field(

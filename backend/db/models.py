@@ -304,6 +304,22 @@ class PaymentAuthorizationRow(Base):
     body: Mapped[str] = mapped_column(Text)  # SignedAuthorization JSON, as published
 
 
+class RelayedAuthorization(Base):
+    """A signed payment authorisation on its way from the user's web page to a station, under
+    the charge offer's random id (backend/offers.py). Not part of the log: deleted once its
+    deadline has passed; the station attaches it to its charge record, which stores it in
+    `payment_authorizations` like any other."""
+
+    __tablename__ = "relayed_authorizations"
+
+    offer_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
+    station_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    deadline: Mapped[int] = mapped_column(U64(), index=True)
+    body: Mapped[str] = mapped_column(Text)  # SignedAuthorization JSON
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 # ---- epochs and settlement ------------------------------------------------------------------
 
 
