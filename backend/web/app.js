@@ -55,6 +55,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const fmt = new Intl.NumberFormat("en-US");
+/** "1 record", "2 records": a count with its noun. */
+export const count = (n, one, many = `${one}s`) => `${fmt.format(BigInt(n))} ${BigInt(n) === 1n ? one : many}`;
 export const points = (n) => `${fmt.format(BigInt(n))} points`;
 export const kwh = (wh) =>
   `${(Number(wh) / 1000).toLocaleString("en-US", { minimumFractionDigits: 3, maximumFractionDigits: 3 })} kWh`;
@@ -190,6 +192,7 @@ async function renderPoints() {
     balanceBox,
     historyBox,
     el("h2", { id: "authorizations-title" }, "Payment authorisations"),
+    el("p", { class: "muted" }, "To pay for a charge with points, open the link or scan the code the charging station shows: it brings you to the page where you sign. Listed here: what you signed in this browser and what your records carry."),
     authBox,
   );
   show(section);
@@ -556,7 +559,7 @@ async function epochsTable(epochs) {
         { "data-epoch": e.epochId },
         el("td", { "data-label": "Epoch" }, String(e.epochId)),
         el("td", { "data-label": "State" }, e.state),
-        el("td", { "data-label": "Records", class: "num" }, `${fmt.format(e.recordCount)} records`),
+        el("td", { "data-label": "Records", class: "num" }, count(e.recordCount, "record")),
         el("td", { "data-label": "Records root" }, hash(e.recordsRoot, "records root")),
         el("td", { "data-label": "Credits root" }, hash(e.creditsRoot, "credits root")),
         el("td", { "data-label": "Tariff" }, el("a", { href: `/v1/tariffs/${e.tariffHash}` }, e.tariffVersion), " ", hash(e.tariffHash, "tariff hash")),
@@ -572,7 +575,7 @@ async function epochsTable(epochs) {
                 { class: "steps" },
                 (e.steps || [])
                   .filter((s) => s.kind !== "commit")
-                  .map((s) => el("li", {}, `${s.kind} ${s.chunkId ?? ""}: ${s.entries} entries, ${points(s.amount)} `, hash(s.txHash, `${s.kind} tx`), ` (${s.state})`)),
+                  .map((s) => el("li", {}, `${s.kind} ${s.chunkId ?? ""}: ${count(s.entries, "entry", "entries")}, ${points(s.amount)} `, hash(s.txHash, `${s.kind} tx`), ` (${s.state})`)),
               )
             : "—",
         ),
@@ -612,8 +615,8 @@ function stationsTable(stations) {
             ),
             el("td", { "data-label": "Status" }, s.revokedAt ? `revoked ${when(s.revokedAt)}` : s.registered ? "registered" : "unknown"),
             el("td", { "data-label": "Keys" }, `${s.keys.length} (current ${short(s.currentSigner, 6)})`),
-            el("td", { "data-label": "Records", class: "num" }, `${fmt.format(s.recordCount)} records`),
-            el("td", { "data-label": "Gaps", class: "num" }, s.gapCount ? `${s.gapCount} gaps, ${s.missingCount} missing` : "none"),
+            el("td", { "data-label": "Records", class: "num" }, count(s.recordCount, "record")),
+            el("td", { "data-label": "Gaps", class: "num" }, s.gapCount ? `${count(s.gapCount, "gap")}, ${fmt.format(s.missingCount)} missing` : "none"),
             el(
               "td",
               { "data-label": "Rejections", class: "num" },
@@ -1015,7 +1018,7 @@ function stationDetails(s, rejections, equivocations) {
     el("dt", {}, "Active from"),
     el("dd", {}, s.activeFrom ? when(s.activeFrom) : "—"),
     el("dt", {}, "Records accepted"),
-    el("dd", { id: "station-records" }, `${fmt.format(s.recordCount)} records, last sequence ${s.lastSequence ?? "—"}`),
+    el("dd", { id: "station-records" }, `${count(s.recordCount, "record")}, last sequence ${s.lastSequence ?? "—"}`),
     el("dt", {}, "Last record received"),
     el("dd", {}, s.lastSeenAt ? s.lastSeenAt.replace("T", " ").slice(0, 16) + " UTC" : "—"),
   );
@@ -1032,7 +1035,7 @@ function stationDetails(s, rejections, equivocations) {
           "tr",
           { "data-signer": k.signer },
           el("td", { "data-label": "Key" }, el("code", { class: "wrap" }, k.signer)),
-          el("td", { "data-label": "From" }, when(k.validFrom)),
+          el("td", { "data-label": "From" }, k.validFrom === 0 ? "the start" : when(k.validFrom)),
           el("td", { "data-label": "Until" }, k.validUntil === null ? "current key" : when(k.validUntil)),
         ),
       ),
@@ -1042,7 +1045,7 @@ function stationDetails(s, rejections, equivocations) {
     ? el(
         "div",
         { id: "station-gaps" },
-        el("p", {}, `${s.gapCount} gaps: ${fmt.format(s.missingCount)} sequences below ${s.lastSequence} never arrived${s.gapsTruncated ? " (first gaps shown)" : ""}:`),
+        el("p", {}, `${count(s.gapCount, "gap")}: ${count(s.missingCount, "sequence")} below ${s.lastSequence} never arrived${s.gapsTruncated ? " (first gaps shown)" : ""}:`),
         el("ul", {}, s.gaps.map((g) => el("li", {}, g.first === g.last ? `sequence ${g.first}` : `sequences ${g.first}–${g.last} (${g.last - g.first + 1} records)`))),
       )
     : el("p", { id: "station-gaps" }, s.lastSequence ? `No gaps: every sequence 1–${s.lastSequence} arrived.` : "No records yet.");
@@ -1050,7 +1053,7 @@ function stationDetails(s, rejections, equivocations) {
     ? el(
         "div",
         { id: "station-rejections" },
-        el("p", {}, `${fmt.format(s.rejectionCount)} rejected submissions: `, Object.entries(s.rejections).map(([k, v]) => `${k} × ${v}`).join(", ")),
+        el("p", {}, `${count(s.rejectionCount, "rejected submission")}: `, Object.entries(s.rejections).map(([k, v]) => `${k} × ${v}`).join(", ")),
         el(
           "table",
           {},
@@ -1077,7 +1080,7 @@ function stationDetails(s, rejections, equivocations) {
     ? el(
         "div",
         { id: "station-equivocations" },
-        el("p", { class: "bad" }, `${equivocations.equivocations.length} equivocations: the station signed two different records for one sequence. Both signed records are kept as evidence (`, el("a", { href: `/v1/stations/${s.stationId}/equivocations` }, "JSON"), ")."),
+        el("p", { class: "bad" }, `${count(equivocations.equivocations.length, "equivocation")}: the station signed two different records for one sequence. Both signed records are kept as evidence (`, el("a", { href: `/v1/stations/${s.stationId}/equivocations` }, "JSON"), ")."),
         el(
           "table",
           {},
@@ -1135,7 +1138,7 @@ function auditCard(verdict) {
     el(
       "p",
       {},
-      `gridpoints-audit checked ${fmt.format(r.epochs.length)} epochs (up to epoch ${r.lastEpochId}, chain block ${r.block}) and ${fmt.format(r.records)} records; ${points(r.minted)} minted, ${points(r.burned)} burned, ${points(r.totalSupply)} in supply.`,
+      `gridpoints-audit checked ${count(r.epochs.length, "epoch")} (up to epoch ${r.lastEpochId}, chain block ${r.block}) and ${count(r.records, "record")}; ${points(r.minted)} minted, ${points(r.burned)} burned, ${points(r.totalSupply)} in supply.`,
     ),
     el("p", { class: "muted" }, `Recorded ${verdict.recordedAt.replace("T", " ").slice(0, 16)} UTC by the operator, who ran the auditor and stored its report: this is the operator's word. Run it yourself to check.`),
   );

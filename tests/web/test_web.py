@@ -220,14 +220,14 @@ def browsing(browser: Any, web_env: WebEnv) -> Iterator[Browsing]:
     assert session.errors == [], f"uncaught errors in the page: {session.errors}"
 
 
-def screenshot(page: Any, name: str, *, docs: bool = False) -> None:
+def screenshot(page: Any, name: str, *, docs: bool = False, docs_full_page: bool = False) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     if docs and DOCS_IMG:
         target = Path(DOCS_IMG)
         target.mkdir(parents=True, exist_ok=True)
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(target / f"web-{name}.png"), full_page=False)
+        page.screenshot(path=str(target / f"web-{name}.png"), full_page=docs_full_page)
 
 
 def open_app(page: Any, web: WebEnv, fragment: str = "") -> None:
@@ -359,7 +359,7 @@ def test_my_points_balance_history_and_proof(
         rows.nth(i).get_by_role("button", name="Verify").click()
         sync_api.expect(rows.nth(i).locator(".verdict")).to_contain_text("✓ Verified")
     name = "points-desktop" if viewport == DESKTOP else "points-phone"
-    screenshot(page, name, docs=True)
+    screenshot(page, name, docs=viewport == DESKTOP)
 
 
 def test_a_tampered_proof_is_refused(browsing: Browsing, web_env: WebEnv) -> None:
@@ -541,7 +541,7 @@ def test_pay_a_charge_by_signing_in_the_page(browsing: Browsing, web_env: WebEnv
     # Until the user signs, the station finds nothing.
     assert h.client.get(f"/v1/offers/{offer['offerId']}/authorization").status_code == 404
     sign_offer_in_the_page(page, web_env, offer)
-    screenshot(page, "pay-phone", docs=True)
+    screenshot(page, "pay-phone", docs=True, docs_full_page=True)
 
     # The station: `gridpoints-station collect LINK` polls the backend and checks the answer
     # against its offer, then attaches it to the charge record it signs.
@@ -719,6 +719,6 @@ def test_an_auditor_sees_every_epoch_the_station_status_and_the_audit_verdict(
     assert (
         evidence.locator("[data-label='accepted digest']").get_attribute("title") or ""
     ).startswith("0x")
-    screenshot(page, "station-desktop", docs=True)
+    screenshot(page, "station-desktop")
     page.set_viewport_size(PHONE)
     screenshot(page, "station-phone")
