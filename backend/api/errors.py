@@ -35,6 +35,16 @@ ERROR_CODES: dict[str, str] = {
     "not_found": "404: no such record, station or route.",
     "method_not_allowed": "405: the route exists for other methods.",
     "internal_error": "500: an unexpected failure; nothing of the request was committed.",
+    # The relay of charge offers (POST/GET /v1/offers/{offerId}/authorization).
+    "authorization_malformed": "422: the body is not a signed payment authorisation.",
+    "authorization_bad_signature": "422: not signed by the authorisation's own user for this "
+    "deployment's Settlement contract.",
+    "authorization_expired": "422: the authorisation's deadline has passed.",
+    "offer_too_long": "422: the deadline lies further ahead than the relay keeps an "
+    "authorisation (GRIDPOINTS_OFFER_MAX_VALIDITY_S).",
+    "unknown_station": "422: the authorisation names a station that is not registered.",
+    "offer_taken": "409: another authorisation was already relayed for this offer id.",
+    "not_signed_yet": "404: no authorisation has been relayed for this offer id (yet).",
 }
 
 _STATUS_CODES = {
