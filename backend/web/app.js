@@ -1016,7 +1016,7 @@ function stationDetails(s, rejections, equivocations) {
     el("dt", {}, "Maximum power"),
     el("dd", {}, s.maxPowerW === null ? "—" : `${(s.maxPowerW / 1000).toLocaleString("en-US")} kW`),
     el("dt", {}, "Active from"),
-    el("dd", {}, s.activeFrom ? when(s.activeFrom) : "—"),
+    el("dd", {}, s.activeFrom === null ? "—" : s.activeFrom === 0 ? "the start (any record end time)" : when(s.activeFrom)),
     el("dt", {}, "Records accepted"),
     el("dd", { id: "station-records" }, `${count(s.recordCount, "record")}, last sequence ${s.lastSequence ?? "—"}`),
     el("dt", {}, "Last record received"),
