@@ -1,5 +1,6 @@
-"""The web app's charge offers (the relay of a signed payment authorisation from the user's page
-to the station: backend/offers.py) and the last audit verdict the operator recorded."""
+"""The web app's charge offers (the station registers its offer, the user's page relays the
+signed payment authorisation, the station polls for it: backend/offers.py) and the last audit
+verdict the operator recorded."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from fastapi.responses import JSONResponse
 
 from backend.api.deps import get_service
 from backend.api.errors import ApiError
-from backend.offers import RelayRefused, relay, relayed
+from backend.offers import OfferState, RelayRefused, offer_state, register, relay
 from backend.service import BackendService
 from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.errors import RecordValidationError
-from gridpoints_protocol.offers import OfferError, parse_offer_id
+from gridpoints_protocol.offers import OfferError, SignedOffer, parse_offer_id
 
 router = APIRouter(prefix="/v1")
 ServiceDep = Annotated[BackendService, Depends(get_service)]
@@ -41,21 +42,83 @@ def _offer_id(text: str) -> bytes:
         ) from None
 
 
-def _view(offer_hex: str, body: dict[str, Any], received_at: datetime) -> dict[str, Any]:
-    return {"offerId": offer_hex, "signed": body, "receivedAt": received_at.isoformat()}
+def _refused(exc: RelayRefused) -> ApiError:
+    if exc.retry_after is None:
+        return ApiError(exc.status, exc.code, exc.message)
+    return ApiError(
+        exc.status,
+        exc.code,
+        exc.message,
+        {"retryAfter": exc.retry_after},
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+def _view(state: OfferState) -> dict[str, Any]:
+    """A registered offer's terms and its relayed authorisation (None while it waits)."""
+    relayed = state.relayed
+    return {
+        "offerId": state.offer.offer_hex,
+        "offer": state.offer.to_json(),
+        "signed": None if relayed is None else relayed.body,
+        "receivedAt": None if relayed is None else relayed.received_at.isoformat(),
+    }
+
+
+@router.post(
+    "/offers",
+    tags=["offers"],
+    summary="Register a charge offer, signed by the station's current key",
+    responses={
+        200: {"description": "The same offer was already registered (idempotent)"},
+        201: {"description": "Registered: the relay accepts an authorisation for it"},
+        403: {"description": "`offer_wrong_key`: not the station's current key, or revoked"},
+        409: {"description": "`offer_taken`: another offer holds this id"},
+        422: {
+            "description": "`registration_malformed`, `registration_bad_signature`, "
+            "`offer_wrong_chain`, `offer_expired`, `offer_too_long`, `unknown_station`"
+        },
+        429: {"description": "`too_many_offers`: the station holds its cap of open offers"},
+    },
+)
+def post_offer(
+    service: ServiceDep,
+    payload: Annotated[Any, Body(description="SignedOffer JSON: {offer, signature}")],
+) -> JSONResponse:
+    try:
+        signed = SignedOffer.from_json(payload)
+    except OfferError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    settings = service.settings
+    try:
+        with service.db.write() as session:
+            outcome = register(
+                session,
+                signed,
+                domain=service.own_domain,
+                station=service.directory.station,
+                now=int(time.time()),
+                max_validity_s=settings.offer_max_validity_s,
+                max_open=settings.offer_max_open_per_station,
+            )
+    except RelayRefused as exc:
+        raise _refused(exc) from None
+    view = {**outcome.offer.to_json(), "registeredAt": outcome.registered_at.isoformat()}
+    return JSONResponse(view, 201 if outcome.created else 200)
 
 
 @router.post(
     "/offers/{offerId}/authorization",
     tags=["offers"],
-    summary="Relay a signed payment authorisation to the station that showed the offer",
+    summary="Relay a signed payment authorisation to the station that registered the offer",
     responses={
         200: {"description": "The same authorisation was already relayed (idempotent)"},
         201: {"description": "Relayed: the station polling this offer id receives it"},
+        404: {"description": "`unknown_offer`: no station registered it, or it expired"},
         409: {"description": "`offer_taken`: another authorisation holds this offer id"},
         422: {
-            "description": "`authorization_malformed`, `authorization_bad_signature`, "
-            "`authorization_expired`, `offer_too_long`, `unknown_station`"
+            "description": "`authorization_malformed`, `offer_bad_signature`, "
+            "`offer_wrong_station`, `offer_wrong_amount`, `offer_wrong_deadline`"
         },
     },
 )
@@ -74,35 +137,32 @@ def post_offer_authorization(
         raise ApiError(503, "unavailable", "the backend is starting or stopping")
     try:
         with service.db.write() as session:
-            outcome = relay(
-                session,
-                raw,
-                signed,
-                domain=chain.settlement_domain,
-                registered=lambda sid: service.directory.station(sid) is not None,
-                now=int(time.time()),
-                max_validity_s=service.settings.offer_max_validity_s,
+            offer, outcome = relay(
+                session, raw, signed, domain=chain.settlement_domain, now=int(time.time())
             )
     except RelayRefused as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
-    return JSONResponse(
-        _view(offer_id, outcome.body, outcome.received_at), 201 if outcome.created else 200
-    )
+        raise _refused(exc) from None
+    return JSONResponse(_view(OfferState(offer, outcome)), 201 if outcome.created else 200)
 
 
 @router.get(
     "/offers/{offerId}/authorization",
     tags=["offers"],
-    summary="The signed authorisation relayed for an offer (the station polls this)",
-    responses={404: {"description": "`not_signed_yet`: nothing relayed (or its deadline passed)"}},
+    summary="A registered offer and the authorisation relayed for it (the station polls this)",
+    description="`signed` and `receivedAt` are null while the offer waits for its "
+    "authorisation: a 200, so that a station polling its own offer is never charged by the "
+    "rate limit on refused input.",
+    responses={404: {"description": "`unknown_offer`: no station registered it, or it expired"}},
 )
 def get_offer_authorization(service: ServiceDep, offer_id: OfferIdPath) -> dict[str, Any]:
     raw = _offer_id(offer_id)
-    with service.db.read() as session:
-        found = relayed(session, raw, now=int(time.time()))
-    if found is None:
-        raise ApiError(404, "not_signed_yet", "no authorisation has been relayed for this offer")
-    return _view(offer_id, found.body, found.received_at)
+    chain_id = service.own_domain.chain_id
+    try:
+        with service.db.read() as session:
+            state = offer_state(session, raw, chain_id=chain_id, now=int(time.time()))
+    except RelayRefused as exc:
+        raise _refused(exc) from None
+    return _view(state)
 
 
 # ---- the last audit verdict -----------------------------------------------------------------

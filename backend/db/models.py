@@ -304,20 +304,24 @@ class PaymentAuthorizationRow(Base):
     body: Mapped[str] = mapped_column(Text)  # SignedAuthorization JSON, as published
 
 
-class RelayedAuthorization(Base):
-    """A signed payment authorisation on its way from the user's web page to a station, under
-    the charge offer's random id (backend/offers.py). Not part of the log: deleted once its
-    deadline has passed; the station attaches it to its charge record, which stores it in
-    `payment_authorizations` like any other."""
+class ChargeOfferRow(Base):
+    """A charge offer a station registered (signed by its current key) for the web app's relay,
+    and the user's signed payment authorisation once the page relayed it (backend/offers.py).
+    Not part of the log: deleted once the deadline has passed; the station attaches the
+    authorisation to its charge record, which stores it in `payment_authorizations` like any
+    other. At most `offer_max_open_per_station` open rows per station."""
 
-    __tablename__ = "relayed_authorizations"
+    __tablename__ = "charge_offers"
+    __table_args__ = (Index(None, "station_id", "deadline"),)
 
     offer_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
-    user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
     station_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    max_points: Mapped[str] = mapped_column(String(40))  # uint128 as decimal: exact
     deadline: Mapped[int] = mapped_column(U64(), index=True)
-    body: Mapped[str] = mapped_column(Text)  # SignedAuthorization JSON
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The relayed SignedAuthorization JSON (None: not signed yet) and when it came.
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 # ---- epochs and settlement ------------------------------------------------------------------

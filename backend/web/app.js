@@ -741,6 +741,7 @@ async function renderPay() {
   const now = Math.floor(Date.now() / 1000);
   const stationLine = el("span", { id: "offer-station-status" }, "checking the station…");
   const balanceLine = el("span", { id: "offer-balance" }, "reading your balance from the chain…");
+  const registrationLine = el("span", { id: "offer-registration" }, "checking that the station registered it…");
   const status = el("div", { id: "offer-status", role: "status", "aria-live": "polite" });
   const expired = offer.deadline <= now;
   const button = el(
@@ -762,6 +763,8 @@ async function renderPay() {
         el("dd", {}, el("code", { class: "wrap", id: "offer-station" }, offer.station), " ", stationLine),
         el("dt", {}, "At most"),
         el("dd", { id: "offer-max" }, points(offer.maxPoints)),
+        el("dt", {}, "Offer"),
+        el("dd", {}, registrationLine),
         el("dt", {}, "Valid until"),
         el("dd", { id: "offer-deadline" }, `${localTime(offer.deadline)} (your time) · ${when(offer.deadline)}`),
         el("dt", {}, "From your wallet"),
@@ -786,6 +789,30 @@ async function renderPay() {
     })
     .catch((error) => {
       stationLine.textContent = `(unknown to this server: ${error.message || error})`;
+      button.disabled = true;
+    });
+  // The backend relays an answer only to an offer its station registered (signed by the
+  // station's key) with exactly these terms: say so before the user signs in vain.
+  api(`/v1/offers/${offer.offer}/authorization`)
+    .then((o) => {
+      const t = o.offer;
+      const same =
+        t.stationId.toLowerCase() === offer.station &&
+        BigInt(t.maxPoints) === offer.maxPoints &&
+        Number(t.deadline) === offer.deadline &&
+        Number(t.chainId) === offer.chainId;
+      if (!same) {
+        registrationLine.textContent = "the station registered other terms than this link shows: do not sign";
+        button.disabled = true;
+      } else if (o.signed) {
+        registrationLine.textContent = "already answered: ask the station for a new offer";
+        button.disabled = true;
+      } else {
+        registrationLine.textContent = "registered by the station, waiting for your signature";
+      }
+    })
+    .catch(() => {
+      registrationLine.textContent = "not registered by the station, or expired: ask the station for a new one";
       button.disabled = true;
     });
   state.token

@@ -1,7 +1,9 @@
 """``gridpoints-station offer`` and ``collect``: a charge paid with points through the web app.
 
 ``offer`` makes a charge offer (this station, the most points the charge may burn, a deadline),
-prints its link to the web app's pay page and the same link as a QR code for the station's
+registers it with the backend signed by the station's key (PKCS#11 or development key, as for
+records: the backend relays an authorisation only for an offer its station registered), prints
+its link to the web app's pay page and the same link as a QR code for the station's
 display (``--qr FILE`` writes it as SVG or PNG); with ``--wait`` it then waits for the user's
 signed authorisation. ``collect LINK`` waits for it separately (a station that shows the offer
 in one process and charges in another). Both write the signed authorisation (``--out``, else
@@ -29,14 +31,25 @@ from station_signer.cli.common import (
     DeploymentFileOption,
     DirOption,
     JsonOption,
+    PinFileOption,
     emit,
     iso,
+    read_pin,
+    station_deployment,
 )
 from station_signer.cli.errors import CliError, bad_argument, handled
 from station_signer.config import StationConfig
 from station_signer.errors import StationError
-from station_signer.offers import OfferWaitError, qr_text, wait_for_authorization, write_qr
-from station_signer.transfer import parse_bytes32
+from station_signer.offers import (
+    OfferRegisterError,
+    OfferWaitError,
+    qr_text,
+    register_offer,
+    sign_offer,
+    wait_for_authorization,
+    write_qr,
+)
+from station_signer.station import open_signer
 
 DEFAULT_VALIDITY_S: Final = 86_400
 
@@ -55,19 +68,14 @@ WaitOption = Annotated[
 ]
 
 
-def _station_id(station: str | None, directory: Path) -> bytes:
-    if station is not None:
-        try:
-            return parse_bytes32(station, "--station")
-        except ValueError as exc:
-            raise bad_argument("--station", str(exc)) from None
+def _config(directory: Path) -> StationConfig:
     try:
-        return StationConfig.load(directory).station_id
+        return StationConfig.load(directory)
     except StationError as exc:
         if exc.code != "not_initialised":
             raise
         raise bad_argument(
-            "--station", f"no station in {directory}: give the station id with --station"
+            "--dir", f"no station in {directory}: an offer is signed by the station's key"
         ) from None
 
 
@@ -115,9 +123,7 @@ def offer(
     ],
     backend_url: BackendUrlOption,
     directory: DirOption = DEFAULT_DIR,
-    station: Annotated[
-        str | None, typer.Option(help="Station id, 0x + 64 hex digits (default: this station).")
-    ] = None,
+    pin_file: PinFileOption = None,
     valid_for: Annotated[
         int,
         typer.Option(
@@ -141,13 +147,20 @@ def offer(
     out: OutOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Make a charge offer: its link and QR code for the user's phone; --wait for the answer."""
+    """Make a charge offer and register it with the backend, signed by this station's key: its
+    link and QR code for the user's phone; --wait for the answer."""
     if deployment is None:
         raise bad_argument("--deployment", "the chain id comes from the deployment file")
-    loaded = load_deployment(deployment)
+    config = _config(directory)
+    loaded = station_deployment(deployment, config)
     charge_offer = ChargeOffer.new(
-        _station_id(station, directory), max_points, int(time.time()) + valid_for, loaded.chain_id
+        config.station_id, max_points, int(time.time()) + valid_for, loaded.chain_id
     )
+    signer = open_signer(config, directory, pin=read_pin(pin_file))
+    try:
+        register_offer(backend_url, sign_offer(charge_offer, signer, config.domain))
+    except OfferRegisterError as exc:
+        raise CliError(exc.code, str(exc)) from None
     link = charge_offer.link(web_url or backend_url.rstrip("/") + "/web/")
     if qr is not None:
         try:

@@ -49,6 +49,7 @@ from tests.support.backend import (
     sign,
 )
 from tests.support.chain import ChainEnv
+from tests.support.offers import STATION_ENV, station_directory
 from tests.support.settlement import TARIFFS, Traffic, make_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +81,7 @@ class WebEnv:
     allowed_origins: frozenset[str]
     audit_report: Path
     worker: Any  # the backend's sealing/settlement worker (it holds the settlement lock)
+    station_dir: Path  # the station's directory with its key, for `gridpoints-station offer`
 
     @property
     def url(self) -> str:
@@ -136,6 +138,7 @@ def web_env(chain_session: ChainEnv) -> Iterator[WebEnv]:
                     allowed_origins=frozenset({_origin(h.url), _origin(env.anvil.rpc_url)}),
                     audit_report=tmp / "audit.json",
                     worker=worker,
+                    station_dir=station_directory(tmp / "station", station, h.domain),
                 )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -485,7 +488,7 @@ def test_tariff_bands_in_the_browser_agree_with_python(browsing: Browsing, web_e
 
 def station_command(*args: str) -> dict[str, Any]:
     """`gridpoints-station ARGS --json`, in process; its JSON output."""
-    result = CliRunner().invoke(station_cli, [*args, "--json"])
+    result = CliRunner().invoke(station_cli, [*args, "--json"], env=STATION_ENV)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -496,8 +499,8 @@ def make_offer(web: WebEnv, max_points: int) -> dict[str, Any]:
         "offer",
         "--max-points",
         str(max_points),
-        "--station",
-        web.station.hex_id,
+        "--dir",
+        str(web.station_dir),
         "--backend-url",
         web.url,
         "--deployment",
@@ -517,6 +520,9 @@ def sign_offer_in_the_page(page: Any, web: WebEnv, offer: dict[str, Any]) -> Non
     )
     sync_api.expect(page.locator("#offer-station")).to_have_text(web.station.hex_id)
     sync_api.expect(page.locator("#offer-station-status")).to_contain_text("registered")
+    sync_api.expect(page.locator("#offer-registration")).to_have_text(
+        "registered by the station, waiting for your signature"
+    )
     sync_api.expect(page.locator("#offer-max")).to_have_text(f"{offer['maxPoints']:,} points")
     sync_api.expect(page.locator("#offer-deadline")).to_contain_text(" UTC")
     on_chain = int(web.h.env.chain.token.functions.balanceOf(web.user).call())
@@ -538,8 +544,9 @@ def test_pay_a_charge_by_signing_in_the_page(browsing: Browsing, web_env: WebEnv
     offer = make_offer(web_env, max_points)
     assert offer["link"].startswith(f"{web_env.url}/web/#/pay?offer={offer['offerId']}&")
     page = browsing.page(viewport=PHONE)
-    # Until the user signs, the station finds nothing.
-    assert h.client.get(f"/v1/offers/{offer['offerId']}/authorization").status_code == 404
+    # The station registered its offer; until the user signs, it finds nothing.
+    waiting = h.client.get(f"/v1/offers/{offer['offerId']}/authorization")
+    assert waiting.status_code == 200 and waiting.json()["signed"] is None
     sign_offer_in_the_page(page, web_env, offer)
     screenshot(page, "pay-phone", docs=True, docs_full_page=True)
 
@@ -630,6 +637,21 @@ def test_an_offer_for_another_chain_or_malformed_is_refused(
     sync_api.expect(page.locator("#offer")).to_contain_text("This offer is for another network")
     sync_api.expect(page.locator("#offer")).to_contain_text("chain 1")
     assert page.locator("#sign-offer").count() == 0
+    # An offer of this chain that no station registered (or that expired): the page says so
+    # and offers nothing to sign; the relay would refuse the answer.
+    unregistered = ChargeOffer.new(
+        web_env.station.station_id, 5, int(time.time()) + 600, web_env.h.env.deployment.chain_id
+    )
+    page.goto(unregistered.link(f"{web_env.url}/web/"))
+    page.reload()
+    page.wait_for_selector("body[data-ready='true']")
+    page.get_by_role("button", name="Connect Test Wallet").click()
+    sync_api.expect(page.locator("#offer-registration")).to_contain_text("not registered")
+    sync_api.expect(page.locator("#sign-offer")).to_be_disabled()
+    # The browser logs the relay's 404 (unknown_offer): the one error this page expects.
+    not_found = "the server responded with a status of 404"
+    assert [e for e in browsing.errors if not_found in e] == browsing.errors != []
+    browsing.errors.clear()
     page.goto(f"{web_env.url}/web/#/pay?offer=zz&station=0x1")
     page.reload()
     page.wait_for_selector("body[data-ready='true']")

@@ -1,5 +1,6 @@
-"""The web app's charge offers: signed payment authorisations relayed from a user's page to the
-station under the offer's random id, kept until their deadline (backend/offers.py).
+"""The web app's charge offers: offers a station registered (signed by its key) and the signed
+payment authorisation relayed from a user's page to the station under the offer's random id,
+kept until the deadline (backend/offers.py).
 
 Revision ID: 0007_web
 Revises: 0004_rewinds
@@ -22,20 +23,23 @@ U64 = sa.BigInteger  # backend.db.types.U64: value - 2**63
 
 def upgrade() -> None:
     op.create_table(
-        "relayed_authorizations",
+        "charge_offers",
         sa.Column("offer_id", sa.LargeBinary(16), nullable=False),
-        sa.Column("user_address", sa.LargeBinary(20), nullable=False),
         sa.Column("station_id", sa.LargeBinary(32), nullable=False),
+        sa.Column("max_points", sa.String(40), nullable=False),
         sa.Column("deadline", U64(), nullable=False),
-        sa.Column("body", sa.Text(), nullable=False),
-        sa.Column("received_at", UTC_TIME, nullable=False),
-        sa.PrimaryKeyConstraint("offer_id", name=op.f("pk_relayed_authorizations")),
+        sa.Column("registered_at", UTC_TIME, nullable=False),
+        sa.Column("body", sa.Text(), nullable=True),
+        sa.Column("received_at", UTC_TIME, nullable=True),
+        sa.PrimaryKeyConstraint("offer_id", name=op.f("pk_charge_offers")),
     )
+    op.create_index(op.f("ix_charge_offers_deadline"), "charge_offers", ["deadline"])
     op.create_index(
-        op.f("ix_relayed_authorizations_deadline"), "relayed_authorizations", ["deadline"]
+        op.f("ix_charge_offers_station_id_deadline"), "charge_offers", ["station_id", "deadline"]
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_relayed_authorizations_deadline"), table_name="relayed_authorizations")
-    op.drop_table("relayed_authorizations")
+    op.drop_index(op.f("ix_charge_offers_station_id_deadline"), table_name="charge_offers")
+    op.drop_index(op.f("ix_charge_offers_deadline"), table_name="charge_offers")
+    op.drop_table("charge_offers")
