@@ -161,6 +161,11 @@ def offer(
         register_offer(backend_url, sign_offer(charge_offer, signer, config.domain))
     except OfferRegisterError as exc:
         raise CliError(exc.code, str(exc)) from None
+    finally:
+        # A PKCS#11 key holds a token session; the command needs it for this one signature.
+        close = getattr(signer, "close", None)
+        if callable(close):
+            close()
     link = charge_offer.link(web_url or backend_url.rstrip("/") + "/web/")
     if qr is not None:
         try:
