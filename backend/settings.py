@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     # The RPC URL the web app's browsers use (/web/config.json, and the page's CSP connect-src);
     # unset: rpc_url. Set it when the backend's own node is not reachable from users' browsers.
     public_rpc_url: str | None = None
+    # The web app's charge offers (backend.offers): a station registers an offer (signed by its
+    # key) and the user's signed payment authorisation relayed for it is kept until the offer's
+    # deadline, which may lie at most this far ahead; a station may hold at most
+    # `offer_max_open_per_station` offers whose deadline has not passed. Together they bound
+    # the relay's rows by the registered stations times that number.
+    offer_max_validity_s: int = Field(default=2 * 86_400, ge=60)
+    offer_max_open_per_station: int = Field(default=1_000, ge=1)
+    # The last audit verdict the web app shows: the JSON report the operator's run of
+    # `gridpoints-audit --json` wrote to this file (unset: none is shown).
+    audit_report_file: Path | None = None
 
     # -- storage ----------------------------------------------------------------------------
     database_url: str | None = Field(

@@ -26,6 +26,7 @@ from backend.api.errors import (
 from backend.api.health import router as health_router
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.me import router as me_router
+from backend.api.offers import router as offers_router
 from backend.api.ratelimit import AddressRateLimitMiddleware
 from backend.api.records import router as records_router
 from backend.api.stations import router as stations_router
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(epochs_router, responses=PARAMETER_ERROR)
     app.include_router(auth_router)
     app.include_router(me_router, responses=PARAMETER_ERROR)
+    app.include_router(offers_router, responses=PARAMETER_ERROR)
     app.include_router(health_router)
     app.include_router(web_router)
     return app

@@ -41,6 +41,26 @@ ERROR_CODES: dict[str, str] = {
         code: f"401/422/503 (sign-in: /v1/auth, /v1/me): {text}."
         for code, text in {**SIWE_REASONS, **SESSION_REASONS}.items()
     },
+    # The relay of charge offers (POST /v1/offers, POST/GET /v1/offers/{offerId}/authorization).
+    "registration_malformed": "422: the body is not a signed charge offer {offer, signature}.",
+    "registration_bad_signature": "422: the offer's signature recovers to no key.",
+    "offer_wrong_key": "403: the offer is not signed by the station's current key (per the "
+    "registry), or the station is revoked.",
+    "offer_wrong_chain": "422: the offer is for another chain than this deployment's.",
+    "offer_expired": "422: the offer's deadline has passed.",
+    "offer_too_long": "422: the deadline lies further ahead than the relay keeps an offer "
+    "(GRIDPOINTS_OFFER_MAX_VALIDITY_S).",
+    "too_many_offers": "429: the station already holds GRIDPOINTS_OFFER_MAX_OPEN_PER_STATION "
+    "open offers; Retry-After says when its oldest one expires.",
+    "unknown_station": "422: the offer names a station that is not registered.",
+    "unknown_offer": "404: no station registered this offer id, or its deadline has passed.",
+    "authorization_malformed": "422: the body is not a signed payment authorisation.",
+    "offer_bad_signature": "422: the authorisation is not signed by its own user for this "
+    "deployment's Settlement contract.",
+    "offer_wrong_station": "422: the authorisation names another station than the offer.",
+    "offer_wrong_amount": "422: the authorisation's maxPoints differs from the offer's.",
+    "offer_wrong_deadline": "422: the authorisation's deadline differs from the offer's.",
+    "offer_taken": "409: another offer or authorisation already holds this offer id.",
 }
 
 _STATUS_CODES = {
@@ -66,6 +86,7 @@ class ApiError(BackendError):
         code: str,
         message: str,
         details: Any = None,
+        *,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)

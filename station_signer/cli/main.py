@@ -7,7 +7,17 @@ wears :func:`station_signer.cli.errors.handled`, so that it fails like the other
 
 from __future__ import annotations
 
-from station_signer.cli import authorize, identity, ocmf, ocpp, proof, record, sync, verify
+from station_signer.cli import (
+    authorize,
+    identity,
+    ocmf,
+    ocpp,
+    offer,
+    proof,
+    record,
+    sync,
+    verify,
+)
 from station_signer.cli.errors import StationApp
 
 app = StationApp(
@@ -20,6 +30,7 @@ app = StationApp(
 )
 app.add_typer(identity.app)  # init, address, register
 app.add_typer(authorize.app)
+app.add_typer(offer.app)  # offer, collect
 app.add_typer(record.app)
 app.add_typer(sync.app)  # sync, status
 app.add_typer(verify.app)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_siwe"
-down_revision = "0004_rewinds"
+down_revision = "0007_web"
 branch_labels = None
 depends_on = None
 
