@@ -72,7 +72,7 @@ def meter_table(evidence: dict[str, Any]) -> Table:
         caption=f"Evidence: {evidence['note']}. The other {evidence['recordsWithout']} records "
         "were signed by their stations from their own measurement.",
     )
-    for column in ("log index", "epoch", "station #", "direction", "Wh", "meter Wh (begin → end)"):
+    for column in ("log index", "epoch", "sequence", "direction", "Wh", "meter Wh (begin → end)"):
         table.add_column(column, justify="left" if column == "direction" else "right")
     table.add_column("OCMF records", justify="right")
     for item in evidence["items"]:
