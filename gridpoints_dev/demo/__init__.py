@@ -4,8 +4,9 @@ vehicle fleet, end to end, with real parts only. What it does: gridpoints_dev.de
     cli         the command: its options and help
     run         the orchestration, step by step, and the exit code (errors: which one)
     plan        the fleet, the stations and the day's sessions (pure)
-    processes   the run directory, Anvil with the contracts, SoftHSM2 tokens, the backend
+    processes   the run directory, Anvil, SoftHSM2 tokens, the backend, the OCPP gateway
     stations    station keys in their tokens, registration, signing, syncing
+    charger     the OCPP charger: its meter key on chain, its sessions through the gateway
     api         the backend's public API, page by page
     audit       the independent auditor, through its own command
     summary     the summary document, from the public API and the chain

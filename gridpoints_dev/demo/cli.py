@@ -11,7 +11,10 @@ What it does, with real parts only:
    file goes into the run directory (a fresh temporary directory, or --workdir);
 2. creates one SoftHSM2 token per station, generates a non-extractable secp256k1 key inside it
    (station_signer.station.init_station) and registers every station, each in its own tariff
-   zone (1, 2, 3, ...), with the registrar key (Anvil dev account 1);
+   zone (1, 2, 3, ...), with the registrar key (Anvil dev account 1); one more station (the
+   next zone) is an OCPP 2.0.1 charger with a meter that signs OCMF: the registrar registers
+   the meter's P-256 key on chain for it (as ``gridpoints-station ocpp meter register``), and
+   the station's gateway (``gridpoints-station ocpp-gateway``) runs as its own process;
 3. generates the settler key inside a SoftHSM2 token of its own (``gridpoints settler
    create-key`` does the same), moves SETTLER_ROLE to it from the deployment's default settler
    and funds it for gas; runs ``gridpoints db upgrade`` and ``gridpoints serve`` as a separate
@@ -22,16 +25,23 @@ What it does, with real parts only:
    evening at *other* stations, part of it paid with points under a PaymentAuthorization the
    vehicle's own wallet key signs. Each station signs its records with its HSM key
    (``Station.record``) and sends them with ``SyncClient``; one station is offline for the
-   night and the evening (its records wait in its local queue) and then sends its backlog;
+   night and the evening (its records wait in its local queue) and then sends its backlog.
+   One discharge and one charge of the day happen at the OCPP charger instead: the simulated
+   charger (gridpoints_dev.ocpp_charger) runs each as an OCPP transaction, its meter signing
+   the readings; the gateway judges them and signs the station's record with its HSM key into
+   the same queue, which is synced like the others';
 5. waits until the backend has sealed every record into an epoch and settled every epoch on
    chain;
 6. runs the independent auditor (``gridpoints-audit``) against the chain and the public API;
 7. prints the summary: energy by direction, points earned and spent, the top balances read from
-   the token contract, the epochs with their roots and transactions, the audit verdict, and how
-   to explore further.
+   the token contract, which records were built from meter-signed OCMF readings (counted from
+   the OCPP station's store: that evidence is kept at the station, the record format does not
+   bind it yet), the epochs with their roots and transactions, the audit verdict, and how to
+   explore further.
 
-Everything it started (Anvil, the backend, the temporary directory) is stopped or removed when it
-exits: at the end, on an error, on Ctrl-C or SIGTERM. Progress goes to stderr.
+Everything it started (Anvil, the backend, the OCPP gateway, the temporary directory) is stopped
+or removed when it exits: at the end, on an error, on Ctrl-C or SIGTERM. Progress goes to
+stderr.
 
 Exit codes: 0 success (audit clean); 1 the demo failed (the message says where); 2 bad usage;
 3 the auditor reported discrepancies; 4 the auditor is not available in this checkout;
@@ -54,7 +64,12 @@ app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 @app.command()
 def demo(
-    stations: Annotated[int, typer.Option(min=2, max=64, help="Stations (zones 1..N).")] = 5,
+    stations: Annotated[
+        int,
+        typer.Option(
+            min=2, max=63, help="Stations signing their own records (zones 1..N); +1 OCPP charger."
+        ),
+    ] = 5,
     vehicles: Annotated[int, typer.Option(min=1, max=10_000, help="Vehicles (wallets).")] = 50,
     records_per_vehicle: Annotated[
         int, typer.Option(min=1, max=12, help="Records per vehicle over the day.")
@@ -84,7 +99,8 @@ def demo(
     """The GridPoints demo, in one command after scripts/setup.
 
     Starts Anvil and deploys the contracts; creates a SoftHSM2 token and key per station (one
-    tariff zone each) and registers the stations; starts the backend (gridpoints serve); replays
+    tariff zone each) and registers the stations, one of them an OCPP charger whose signing
+    meter is registered on chain and whose gateway runs beside; starts the backend; replays
     a day of a vehicle fleet (discharging at the evening peak, charging off-peak at other
     stations, part of it paid with points signed by the vehicles' wallets, one station offline
     for a while); waits until every epoch is settled on chain; runs the auditor; prints the

@@ -2,13 +2,15 @@
 
 The stations (names, zones, maximum power, ids), the vehicles (throwaway wallets derived from
 the seed) and every session of one local weekday: off-peak charging in the night, discharging
-at the evening peak, off-peak charging late in the evening, part of it paid with points.
+at the evening peak, off-peak charging late in the evening, part of it paid with points. One
+more station is an OCPP charger with a signing meter: a discharge and a charge of the day are
+moved to it (`route_to_charger`).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Final
 
@@ -30,6 +32,9 @@ PLACES: Final = (
     "Wannsee",
 )
 STATION_POWER_W: Final = (22_000, 11_000, 50_000, 22_000, 11_000)
+# The OCPP charger: bidirectional AC at 22 kW, at least any vehicle's power, so that a session
+# moved to it from another station never exceeds what it may measure.
+CHARGER_POWER_W: Final = 22_000
 VEHICLE_POWER_W: Final = (7_400, 11_000, 11_000, 22_000)
 AUTHORIZED_MAX_POINTS: Final = (40, 80, 150, 400, 1_000)
 
@@ -56,6 +61,7 @@ class StationSpec:
     max_power_w: int
     token_label: str
     station_id: bytes
+    ocpp: bool = False  # an OCPP charger with a signing meter, served by the station's gateway
 
     @property
     def hex_id(self) -> str:
@@ -105,6 +111,20 @@ def station_specs(count: int, seed: int) -> list[StationSpec]:
             )
         )
     return specs
+
+
+def charger_spec(index: int, seed: int) -> StationSpec:
+    """The OCPP charger's station: one more station (zone index + 1), after the others."""
+    place = PLACES[index] if index < len(PLACES) else f"Station {index + 1}"
+    return StationSpec(
+        index=index,
+        name=f"S{index + 1} {place} (OCPP)",
+        zone=index + 1,
+        max_power_w=CHARGER_POWER_W,
+        token_label=f"demo-station-{index + 1}",
+        station_id=keccak256(f"gridpoints-demo/{seed}/station/{index}".encode()),
+        ocpp=True,
+    )
 
 
 def make_vehicles(count: int, stations: int, seed: int) -> list[Vehicle]:
@@ -219,3 +239,20 @@ def plan_day(
             paid = rng.random() < paid_share
             place("late", window, rng.choice(others), Direction.CHARGE, max_minutes=55, paid=paid)
     return sessions
+
+
+def route_to_charger(sessions: list[Session], charger: int) -> list[Session]:
+    """The day with one discharge and one charge moved to the OCPP charger `charger`: the first
+    evening discharge, and the first night charge (else the first late one). The charger's
+    sessions are not paid with points (the gateway records no payment authorisation), so a
+    late charge moved there is made unpaid. Each vehicle keeps its times: nothing overlaps.
+    With one record per vehicle there are no charges: only the discharge moves."""
+    routed = list(sessions)
+    discharge = next((i for i, s in enumerate(routed) if s.wave == "evening"), None)
+    charge = next(
+        (i for wave in ("night", "late") for i, s in enumerate(routed) if s.wave == wave), None
+    )
+    for index in (discharge, charge):
+        if index is not None:
+            routed[index] = replace(routed[index], station=charger, pay_max_points=None)
+    return routed

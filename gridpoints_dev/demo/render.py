@@ -34,6 +34,8 @@ def explore_lines(summary: dict[str, Any]) -> list[str]:
     gridpoints, station_cli, auditor = (
         bin_dir / n for n in ("gridpoints", "gridpoints-station", AUDITOR)
     )
+    charger = [s["directory"] for s in summary["stations"] if s.get("ocpp")]
+    ocpp = [f"OCPP charger:  {station_cli} ocpp transactions --dir {charger[0]}"] if charger else []
     return [
         f"API docs:      {summary['docsUrl']}",
         f"a wallet:      curl -s {api}/v1/users/{first} | python3 -m json.tool",
@@ -43,11 +45,47 @@ def explore_lines(summary: dict[str, Any]) -> list[str]:
         f"a station:     {station_cli} status --dir {station_dir}",
         f"its proofs:    {station_cli} proof --all --dir {station_dir} --backend-url {api} "
         f"--rpc-url {rpc} --deployment {summary['deploymentFile']}",
+        *ocpp,
         f"audit again:   {auditor} --rpc-url {rpc} "
         f"--deployment {summary['deploymentFile']} --api {api}",
         f"chain:         {rpc} (chain id {summary['chainId']}), "
         f"PointsToken {summary['contracts']['PointsToken']}",
     ]
+
+
+def _station_note(station: dict[str, Any]) -> str:
+    if station["wentOffline"]:
+        return "offline, then synced its backlog"
+    if station.get("ocpp"):
+        return (
+            f"OCPP charger: {station['meterEvidence']} records from meter-signed OCMF, "
+            "through its gateway"
+        )
+    return ""
+
+
+def meter_table(evidence: dict[str, Any]) -> Table:
+    """The records built from meter-signed OCMF readings, and what that evidence is today."""
+    table = Table(
+        title=f"Records with meter evidence: {evidence['records']} of {evidence['station']} "
+        f"(meter {evidence['meterSerial']}, P-256 key registered on chain)",
+        caption=f"Evidence: {evidence['note']}. The other {evidence['recordsWithout']} records "
+        "were signed by their stations from their own measurement.",
+    )
+    for column in ("log index", "epoch", "sequence", "direction", "Wh", "meter Wh (begin → end)"):
+        table.add_column(column, justify="left" if column == "direction" else "right")
+    table.add_column("OCMF records", justify="right")
+    for item in evidence["items"]:
+        table.add_row(
+            str(item["logIndex"]),
+            str(item["epochId"]),
+            str(item["sequence"]),
+            f"{item['direction']} ({item['register']})",
+            str(item["energyWh"]),
+            f"{item['meterBeginWh']} → {item['meterEndWh']}",
+            str(item["ocmfRecords"]),
+        )
+    return table
 
 
 def render(summary: dict[str, Any], out: Console) -> None:
@@ -65,7 +103,7 @@ def render(summary: dict[str, Any], out: Console) -> None:
             f"{s['dischargeKwh']:.1f}",
             f"{s['chargeKwh']:.1f}",
             str(s["paidWithPoints"]),
-            "offline, then synced its backlog" if s["wentOffline"] else "",
+            _station_note(s),
         )
 
     points = summary["points"]
@@ -148,7 +186,11 @@ def render(summary: dict[str, Any], out: Console) -> None:
         title="Independent audit (chain + public API only)",
     )
 
-    for renderable in (stations, energy, top, epochs, audit_panel):
+    evidence = summary.get("meterEvidence")
+    tables: list[Table | Panel] = [stations, energy]
+    if evidence is not None:
+        tables.append(meter_table(evidence))
+    for renderable in (*tables, top, epochs, audit_panel):
         out.print(renderable)
     if summary["keepRunning"]:
         out.print("[bold]Explore[/] (everything keeps running until Ctrl-C):")

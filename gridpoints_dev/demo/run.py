@@ -1,13 +1,16 @@
-"""The demo's run, step by step: chain, stations, settler key, backend, the day's waves, the
-wait for settlement, the audit and the summary; and the exit code it ends with.
+"""The demo's run, step by step: chain, stations (one of them an OCPP charger with a signing
+meter, behind its gateway), settler key, backend, the day's waves, the wait for settlement, the
+audit and the summary; and the exit code it ends with.
 
-Everything it started (Anvil, the backend, the temporary directory) is stopped or removed when
-it exits: at the end, on an error, on Ctrl-C or SIGTERM. Progress goes to stderr.
+Everything it started (Anvil, the backend, the OCPP gateway, the temporary directory) is stopped
+or removed when it exits: at the end, on an error, on Ctrl-C or SIGTERM. Progress goes to
+stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 import threading
 import time
@@ -23,6 +26,7 @@ from backend.settings import TARIFFS_DIR
 from gridpoints_dev.chain import DevDeployment
 from gridpoints_dev.demo.api import BackendApi
 from gridpoints_dev.demo.audit import AUDITOR, AuditResult, run_audit
+from gridpoints_dev.demo.charger import CHARGER_ID, ChargerSite, demo_meter
 from gridpoints_dev.demo.errors import (
     EXIT_AUDIT_FAILED,
     EXIT_FAILED,
@@ -38,10 +42,12 @@ from gridpoints_dev.demo.plan import (
     WAVES,
     Session,
     Vehicle,
+    charger_spec,
     demo_day,
     local_time,
     make_vehicles,
     plan_day,
+    route_to_charger,
     station_specs,
 )
 from gridpoints_dev.demo.processes import (
@@ -100,6 +106,7 @@ class Demo:
     sessions: list[Session] = field(default_factory=list)
     waves: list[WaveReport] = field(default_factory=list)
     backlog: dict[str, Any] = field(default_factory=dict)
+    charger: ChargerSite | None = None
 
     @property
     def console(self) -> Console:
@@ -114,6 +121,7 @@ class Demo:
     def cleanup(self) -> None:
         """Stops everything this demo started; safe to call more than once."""
         if self.processes is not None:
+            self.processes.stop_gateway()
             self.processes.stop_backend()
         for live in self.stations:
             with contextlib.suppress(Exception):
@@ -148,9 +156,12 @@ class Demo:
 
     def create_stations(self) -> None:
         assert self.processes is not None and self.dev is not None and self.day is not None
-        specs = station_specs(self.options.stations, self.options.seed)
+        count = self.options.stations
+        specs = station_specs(count, self.options.seed)
+        specs.append(charger_spec(count, self.options.seed))
         self.tokens = self.processes.create_tokens([spec.token_label for spec in specs])
         registrar = self.dev.roles.registrar
+        active_from = local_time(self.day, 0, self.timezone)
         self.stations = create_stations(
             self.dev.chain,
             registrar,
@@ -158,15 +169,33 @@ class Demo:
             self.tokens.stations,
             pin=self.tokens.pins.user_pin,
             stations_dir=self.processes.run_dir / "stations",
-            active_from=local_time(self.day, 0, self.timezone),
+            active_from=active_from,
             reporter=self.reporter,
         )
-        self.stations[-1].offline = True
+        self.stations[count - 1].offline = True  # the last station signing with the library
         self.reporter.step(
             f"{len(specs)} stations, each with a SoftHSM2 token and a non-extractable secp256k1 "
             f"key, registered in zones 1..{len(specs)} by the registrar {registrar.address}"
         )
+        self.create_charger(self.stations[count], active_from)
         self.create_settler_key()
+
+    def create_charger(self, live: LiveStation, valid_from: int) -> None:
+        """The OCPP charger's meter key registered on chain for its station, the charger allowed
+        at the station's gateway, and the gateway started (it comes up while the backend
+        does)."""
+        assert self.processes is not None and self.dev is not None and self.tokens is not None
+        assert self.dev.deployment_path is not None
+        site = ChargerSite(
+            live, demo_meter(self.options.seed), secrets.token_urlsafe(24), self.options.seed
+        )
+        site.register_meter(self.dev.chain, self.dev.roles.registrar, valid_from)
+        self.charger = site
+        self.processes.start_gateway(live.directory, self.dev.deployment_path, self.tokens)
+        self.reporter.step(
+            f"{live.spec.name}: meter {site.meter.serial} (P-256 key, signs OCMF) registered on "
+            f"chain for the station; charger {CHARGER_ID} allowed at its OCPP 2.0.1 gateway"
+        )
 
     def create_settler_key(self) -> None:
         """The settler key inside its own token; SETTLER_ROLE moves to it, and it gets gas."""
@@ -208,15 +237,25 @@ class Demo:
             f"directory, sealing every {self.options.epoch_seconds:g}s, settling as "
             f"{self.settler_address} (key in SoftHSM2)"
         )
+        if self.charger is not None:
+            with self.console.status("OCPP gateway: opening the station's key…"):
+                self.charger.url = self.processes.wait_gateway()
+            gateway = self.processes.gateway
+            assert gateway is not None
+            self.reporter.step(
+                f"OCPP gateway of {self.charger.live.spec.name} on "
+                f"{self.charger.url}/ocpp/{{chargerId}} (pid {gateway.pid})"
+            )
 
     # -- 4. traffic ---------------------------------------------------------------------------
 
     def plan(self) -> None:
         assert self.day is not None
         specs = [s.spec for s in self.stations]
-        self.vehicles = make_vehicles(self.options.vehicles, len(specs), self.options.seed)
+        library = [s for s in specs if not s.ocpp]
+        self.vehicles = make_vehicles(self.options.vehicles, len(library), self.options.seed)
         self.sessions = plan_day(
-            specs,
+            library,
             self.vehicles,
             records_per_vehicle=self.options.records_per_vehicle,
             paid_share=self.options.paid_share,
@@ -224,6 +263,8 @@ class Demo:
             timezone=self.timezone,
             seed=self.options.seed,
         )
+        if self.charger is not None:
+            self.sessions = route_to_charger(self.sessions, self.charger.live.spec.index)
         paid = sum(1 for s in self.sessions if s.pay_max_points is not None)
         self.reporter.step(
             f"planned {self.day.isoformat()} ({self.day.strftime('%A')}, {self.timezone}) for "
@@ -245,10 +286,21 @@ class Demo:
         self.reconnect()
 
     def record_wave(self, wave: str, title: str) -> None:
-        """Stations sign the wave's sessions with their HSM keys; online stations sync."""
+        """Stations sign the wave's sessions with their HSM keys (the OCPP charger's through its
+        gateway); online stations sync."""
         assert self.dev is not None
-        recorded = sign_sessions(
-            [s for s in self.sessions if s.wave == wave],
+        sessions = [s for s in self.sessions if s.wave == wave]
+        by_charger = [s for s in sessions if self.stations[s.station].spec.ocpp]
+        recorded = 0
+        if self.charger is not None and by_charger:
+            with self.console.status(f"{wave}: the OCPP charger runs its sessions…"):
+                recorded += self.charger.run_sessions(by_charger, self.vehicles)
+            self.reporter.step(
+                f"{wave}: {self.charger.live.spec.name} ran {len(by_charger)} session(s) over "
+                "OCPP, its meter signing each reading; the gateway signed the records"
+            )
+        recorded += sign_sessions(
+            [s for s in sessions if not self.stations[s.station].spec.ocpp],
             self.stations,
             self.vehicles,
             self.dev.chain,
@@ -385,6 +437,8 @@ class Demo:
             vehicles=self.vehicles,
             waves=self.waves,
             backlog=self.backlog,
+            charger=self.charger,
+            gateway_pid=processes.gateway.pid if processes.gateway is not None else None,
             pin_file=tokens.pin_file,
             started_at=self.reporter.started_at,
         )

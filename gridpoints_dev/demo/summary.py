@@ -1,6 +1,8 @@
 """The summary of a finished run, one JSON-ready document: what the stations recorded (from the
 backend's public log), what the token contract minted and burned and the balances it holds,
-every epoch as the backend and the chain record it, and the audit's verdict.
+every epoch as the backend and the chain record it, the audit's verdict, and which records
+were built from meter-signed OCMF readings (from the OCPP station's own store: that evidence is
+kept at the station, not published).
 
 Nothing here is taken from the demo's own bookkeeping when the chain or the API can say it.
 """
@@ -20,6 +22,7 @@ from backend.settings import TARIFFS_DIR
 from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_dev.demo.api import BackendApi
 from gridpoints_dev.demo.audit import AuditResult
+from gridpoints_dev.demo.charger import CHARGER_ID, EVIDENCE_NOTE, ChargerSite
 from gridpoints_dev.demo.errors import DemoError
 from gridpoints_dev.demo.plan import Vehicle
 from gridpoints_dev.demo.processes import SETTLER_KEY_LABEL, SETTLER_TOKEN
@@ -64,6 +67,8 @@ class FinishedRun:
     backlog: dict[str, Any]
     pin_file: Path
     started_at: float
+    charger: ChargerSite | None = None
+    gateway_pid: int | None = None
 
 
 @dataclass(slots=True)
@@ -184,7 +189,9 @@ def epoch_rows(
     return rows
 
 
-def station_rows(run: FinishedRun, traffic: Traffic) -> list[dict[str, Any]]:
+def station_rows(
+    run: FinishedRun, traffic: Traffic, evidence: dict[str, Any] | None
+) -> list[dict[str, Any]]:
     rows = []
     for live in run.stations:
         stats = traffic.per_station[live.spec.hex_id]
@@ -203,17 +210,77 @@ def station_rows(run: FinishedRun, traffic: Traffic) -> list[dict[str, Any]]:
                 "chargeKwh": stats["chargeWh"] / 1000,
                 "paidWithPoints": stats["paid"],
                 "wentOffline": live.spec.name == run.backlog.get("station"),
+                "ocpp": live.spec.ocpp,
+                "meterEvidence": evidence["records"]
+                if evidence is not None and live.spec.ocpp
+                else 0,
             }
         )
     return rows
 
 
+def meter_evidence(
+    run: FinishedRun, records: list[dict[str, Any]], epochs: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Which records of the backend's log were built from meter-signed OCMF readings: the OCPP
+    station's records with ``ocmf`` evidence in its store, each found in the public log (by
+    station and sequence) and in its settled epoch."""
+    site = run.charger
+    if site is None:
+        return None
+    station_id = site.live.spec.hex_id
+    log = {
+        int(item["record"]["sequence"]): item
+        for item in records
+        if item["record"]["stationId"] == station_id
+    }
+    epoch_of = {
+        index: e["epochId"]
+        for e in epochs
+        for index in range(e["firstLogIndex"], e["firstLogIndex"] + e["recordCount"])
+    }
+    items = []
+    for kept in site.evidence():
+        published = log.get(kept["sequence"])
+        if published is None:
+            raise DemoError(
+                f"{site.live.spec.name}'s record #{kept['sequence']} (meter evidence) is not in "
+                "the backend's log"
+            )
+        if int(published["record"]["energyWh"]) != kept["energyWh"]:
+            raise DemoError(f"record #{kept['sequence']}: the log's energy is not the station's")
+        items.append(
+            {
+                **kept,
+                "logIndex": published["logIndex"],
+                "epochId": epoch_of.get(published["logIndex"]),
+                "user": published["record"]["user"],
+            }
+        )
+    return {
+        "station": site.live.spec.name,
+        "stationId": station_id,
+        "charger": CHARGER_ID,
+        "gatewayUrl": None if site.url is None else f"{site.url}/ocpp/{CHARGER_ID}",
+        "meterSerial": site.meter.serial,
+        "meterPublicKey": site.meter.public_key_der.hex(),
+        "meterRegisterTxHash": site.meter_register_tx,
+        "sessionsRun": site.sessions_run,
+        "records": len(items),
+        "recordsWithout": len(records) - len(items),
+        "note": EVIDENCE_NOTE,
+        "items": items,
+    }
+
+
 def summarize(run: FinishedRun, epochs: list[dict[str, Any]], audit: AuditResult) -> dict[str, Any]:
     deployment = run.chain.deployment
-    traffic = add_up_traffic(run.api.log_records(), epochs, run.stations)
+    log_records = run.api.log_records()
+    traffic = add_up_traffic(log_records, epochs, run.stations)
+    evidence = meter_evidence(run, log_records, epochs)
     points = read_points(run.chain, run.vehicles)
     epochs_json = epoch_rows(run.chain, run.api, epochs)
-    stations_json = station_rows(run, traffic)
+    stations_json = station_rows(run, traffic, evidence)
     names = {v.address: v.name for v in run.vehicles}
     top = sorted(points.balances.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_BALANCES]
     return {
@@ -232,7 +299,12 @@ def summarize(run: FinishedRun, epochs: list[dict[str, Any]], audit: AuditResult
             "token": SETTLER_TOKEN,
             "keyLabel": SETTLER_KEY_LABEL,
         },
-        "pids": {"demo": os.getpid(), "anvil": run.anvil_pid, "backend": run.backend_pid},
+        "pids": {
+            "demo": os.getpid(),
+            "anvil": run.anvil_pid,
+            "backend": run.backend_pid,
+            "gateway": run.gateway_pid,
+        },
         "day": run.day.isoformat(),
         "timezone": run.timezone,
         "seed": run.seed,
@@ -251,7 +323,12 @@ def summarize(run: FinishedRun, epochs: list[dict[str, Any]], audit: AuditResult
             for w in run.waves
         ],
         "offlineStation": run.backlog,
-        "records": {"total": traffic.total, **traffic.counts},
+        "records": {
+            "total": traffic.total,
+            **traffic.counts,
+            "withMeterEvidence": 0 if evidence is None else evidence["records"],
+        },
+        "meterEvidence": evidence,
         "energyKwh": {k: v / 1000 for k, v in traffic.energy_wh.items()},
         "points": {
             "earned": sum(points.earned.values()),

@@ -3,7 +3,8 @@ and backend, and must leave nothing running behind it.
 
 The fleet is small (3 stations, 10 vehicles) so that a run takes seconds; everything else is the
 full demo: HSM-signed records, the offline station's backlog, payments signed by the vehicles'
-wallets, settlement on chain and the independent auditor.
+wallets, the OCPP charger whose meter signs OCMF (through the station's gateway process),
+settlement on chain and the independent auditor.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from web3 import Web3
 
 from gridpoints_chain.artifacts import load_all
+from gridpoints_chain.contracts import meter_id
 from station_signer.config import STORE_FILE
+from station_signer.ocpp.state import STATE_FILE, GatewayState
 from station_signer.store import RecordStatus, StationStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +103,40 @@ def check_settled_on_chain(summary: dict[str, Any], w3: Web3) -> None:
         assert raw[8] <= raw[6] == epoch["totalDebits"]
 
 
+def check_meter_evidence(summary: dict[str, Any], w3: Web3) -> None:
+    """The OCPP charger ran a discharge and a charge through its gateway; each became a record
+    with meter-signed OCMF evidence at the station, in the public log, in a settled epoch the
+    auditor found clean, under the meter key the registrar put on chain."""
+    evidence = summary["meterEvidence"]
+    assert evidence["records"] == evidence["sessionsRun"] == 2
+    assert summary["records"]["withMeterEvidence"] == 2
+    assert evidence["recordsWithout"] == summary["records"]["total"] - 2
+    assert "does not bind" in evidence["note"]
+    (charger,) = [s for s in summary["stations"] if s["ocpp"]]
+    assert charger["records"] == charger["meterEvidence"] == 2
+    assert sorted(i["direction"] for i in evidence["items"]) == ["charge", "discharge"]
+    assert charger["dischargeKwh"] > 0 and charger["chargeKwh"] > 0
+    settled = {e["epochId"] for e in summary["epochs"] if e["state"] == "settled"}
+    audited_ok = {e["epochId"] for e in summary["audit"]["report"]["epochs"] if e["status"] == "ok"}
+    for item in evidence["items"]:
+        assert item["epochId"] in settled and item["epochId"] in audited_ok
+        assert item["ocmfRecords"] == 3  # begin, periodic, end: each signed by the meter
+        assert item["energyWh"] > 0
+    # The meter key on chain for the charger's station is the meter's own.
+    registry = w3.eth.contract(
+        address=summary["contracts"]["StationRegistry"], abi=load_all()["StationRegistry"].abi
+    )
+    found, qx, qy = registry.functions.meterKeyAt(
+        bytes.fromhex(evidence["stationId"][2:]),
+        meter_id(evidence["meterSerial"]),
+        int(time.time()),
+    ).call()
+    key = serialization.load_der_public_key(bytes.fromhex(evidence["meterPublicKey"]))
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    numbers = key.public_numbers()
+    assert found and (int.from_bytes(qx), int.from_bytes(qy)) == (numbers.x, numbers.y)
+
+
 def test_demo_keeps_running_until_ctrl_c_with_balances_from_the_chain(tmp_path: Path) -> None:
     stderr = tmp_path / "demo.err"
     with stderr.open("w") as err:
@@ -113,7 +152,7 @@ def test_demo_keeps_running_until_ctrl_c_with_balances_from_the_chain(tmp_path: 
         line = first_line(process, timeout=300)
         assert line, f"the demo exited ({process.poll()}) without a summary:\n{stderr.read_text()}"
         summary = json.loads(line)
-        pids = [summary["pids"]["anvil"], summary["pids"]["backend"]]
+        pids = [summary["pids"]["anvil"], summary["pids"]["backend"], summary["pids"]["gateway"]]
         assert all(alive(p) for p in pids)
 
         # The audit ran on the finished run and found it clean.
@@ -157,6 +196,7 @@ def test_demo_keeps_running_until_ctrl_c_with_balances_from_the_chain(tmp_path: 
         top = [row["balance"] for row in summary["topBalances"]]
         assert top == sorted(chain_balances.values(), reverse=True)[:10]
         check_settled_on_chain(summary, w3)
+        check_meter_evidence(summary, w3)
 
         # The settler key lives in its SoftHSM2 token: it alone holds SETTLER_ROLE, and it
         # sent every settlement transaction.
@@ -200,7 +240,7 @@ def test_demo_stops_everything_when_it_finishes_and_keeps_its_workdir(tmp_path: 
     assert summary["audit"]["clean"] is True
     assert all(e["state"] == "settled" for e in summary["epochs"])
     assert sum(e["recordCount"] for e in summary["epochs"]) == 4 * 2
-    assert wait_gone([summary["pids"]["anvil"], summary["pids"]["backend"]]) == []
+    assert wait_gone([summary["pids"][p] for p in ("anvil", "backend", "gateway")]) == []
     # --workdir is kept: the deployment, the backend's database, each station's directory,
     # and every station's queue is empty (all records acknowledged by the backend).
     assert Path(summary["runDir"]) == workdir.resolve()
@@ -212,6 +252,17 @@ def test_demo_stops_everything_when_it_finishes_and_keeps_its_workdir(tmp_path: 
         assert state.queue_length == 0 and state.counts[RecordStatus.REJECTED] == 0
         acknowledged += state.counts[RecordStatus.ACKNOWLEDGED]
     assert acknowledged == 4 * 2
+    # The OCPP charger's station: its gateway recorded both transactions, and its store keeps
+    # the meter's OCMF records with each record (read here, not from the summary).
+    (charger,) = [s for s in summary["stations"] if s["ocpp"]]
+    with GatewayState(Path(charger["directory"]) / STATE_FILE) as gateway:
+        statuses = [t.status for t in gateway.transactions()]
+    assert statuses == ["recorded", "recorded"]
+    with StationStore(Path(charger["directory"]) / STORE_FILE) as store:
+        kept = [store.evidence(r.sequence) for r in store.records()]
+    assert [e.kind if e else None for e in kept] == ["ocmf", "ocmf"]
+    assert all(e and e.data["begin"].startswith("OCMF|") for e in kept)
+    assert summary["meterEvidence"]["records"] == len(kept)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -239,7 +290,8 @@ def test_demo_interrupted_mid_run_stops_what_it_started(
             if with_pids.exists():
                 started = json.loads(with_pids.read_text())
                 if started.get("backend"):
-                    pids = [started["anvil"], started["backend"]]
+                    # The OCPP gateway starts before the backend.
+                    pids = [started["anvil"], started["backend"], started["gateway"]]
                     break
             time.sleep(0.05)
         assert pids, f"the backend never started:\n{stderr.read_text()}"
