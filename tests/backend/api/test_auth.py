@@ -347,4 +347,4 @@ def test_a_wallet_lists_only_its_own_authorisations_relayed_and_on_records(
     missing = h.client.get("/v1/me/authorizations")
     assert missing.status_code == 401 and error_code(missing) == "missing_token"
     bad = h.client.get("/v1/me/authorizations?limit=0", headers=bearer(alice_token))
-    assert bad.status_code == 422
+    assert bad.status_code == 422 and error_code(bad) == "invalid_parameter"
