@@ -598,10 +598,13 @@ def test_wrong_chain_prompts_a_switch_then_shows_points(
         f"Your wallet is on chain 1; GridPoints runs on chain {chain_id}"
     )
     screenshot(page, "wrong-chain-phone")
+    # Sign-in waits for the right chain: the challenge is for this deployment's chain.
+    assert page.locator("#sign-in").count() == 0
     page.locator("#switch-chain").focus()
     page.keyboard.press("Enter")
     on_chain = int(web_env.h.env.chain.token.functions.balanceOf(web_env.user).call())
     sync_api.expect(page.locator("#balance-value")).to_have_text(f"{on_chain:,} points")
+    sync_api.expect(page.get_by_role("button", name="Sign in with Browser wallet")).to_be_visible()
 
 
 def test_navigation_by_keyboard(browsing: Browsing, web_env: WebEnv) -> None:
