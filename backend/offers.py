@@ -192,6 +192,7 @@ def relay(
     received = datetime.now(UTC)
     row.body = body
     row.received_at = received
+    row.user_address = signed.authorization.user
     return offer, Relayed(json.loads(body), received, created=True)
 
 

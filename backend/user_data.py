@@ -10,13 +10,23 @@ for another's data here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Epoch, EpochEntry, EpochPayment, Record, SettlementStep
+from backend.db.models import (
+    ChargeOfferRow,
+    Epoch,
+    EpochEntry,
+    EpochPayment,
+    PaymentAuthorizationRow,
+    Record,
+    SettlementStep,
+)
 from backend.db.record_rows import stored_signed_record
 from backend.epochs import epoch_of_log_index
 from backend.ledger import HistoryItem, TreeCache, commit_tx_hash, user_history
@@ -100,6 +110,77 @@ def my_records(
         proof = None if epoch is None else inclusion_proof(session, trees, epoch, item.record)
         out.append(MyRecord(item, payments.get(item.record.log_index), proof))
     return out
+
+
+# ---- payment authorisations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedAuthorization:
+    """An authorisation the user signed for a station's charge offer, waiting in the relay for
+    the station to attach it to a charge record."""
+
+    offer_id: bytes
+    signed: dict[str, Any]  # SignedAuthorization JSON, as relayed
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAuthorization:
+    """An authorisation a station attached to an accepted charge record of the user."""
+
+    log_index: int
+    digest: bytes
+    signed: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MyAuthorizations:
+    relayed: list[RelayedAuthorization]
+    stored: list[StoredAuthorization]
+
+
+def my_authorizations(
+    session: Session, user: bytes, *, after_log_index: int, limit: int, now: int
+) -> MyAuthorizations:
+    """The user's payment authorisations the backend holds: a page (by log index, at most
+    `limit`) of those attached to the user's charge records, and, with the first page only
+    (`after_log_index` -1), at most `limit` of those waiting in the relay whose offer has not
+    expired (the relay forgets expired ones), soonest deadline first. Whether each can still
+    pay is the chain's word (Settlement.isAuthorizationUsed), which the caller reads."""
+    stored = [
+        StoredAuthorization(int(log_index), digest, json.loads(body))
+        for log_index, digest, body in session.execute(
+            select(
+                PaymentAuthorizationRow.log_index,
+                PaymentAuthorizationRow.digest,
+                PaymentAuthorizationRow.body,
+            )
+            .where(
+                PaymentAuthorizationRow.user_address == user,
+                PaymentAuthorizationRow.log_index > after_log_index,
+            )
+            .order_by(PaymentAuthorizationRow.log_index)
+            .limit(limit)
+        ).all()
+    ]
+    relayed: list[RelayedAuthorization] = []
+    if after_log_index < 0:
+        for row in session.scalars(
+            select(ChargeOfferRow)
+            .where(
+                ChargeOfferRow.user_address == user,
+                ChargeOfferRow.body.is_not(None),
+                ChargeOfferRow.deadline >= now,
+            )
+            .order_by(ChargeOfferRow.deadline, ChargeOfferRow.offer_id)
+            .limit(limit)
+        ):
+            assert row.body is not None and row.received_at is not None
+            relayed.append(
+                RelayedAuthorization(row.offer_id, json.loads(row.body), row.received_at)
+            )
+    return MyAuthorizations(relayed, stored)
 
 
 # ---- the export -------------------------------------------------------------------------------

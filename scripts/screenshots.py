@@ -5,10 +5,11 @@
 
 They are taken by the browser tests themselves (tests/web/test_web.py: Debian's chromium driven
 by Playwright, a real backend, Anvil and settled epochs, the injected test wallet), so what the
-README shows is what the tests saw and checked: the explorer on a desktop, My points with every
-proof verified in the browser on a desktop, and a charge offer signed on a phone. The tests' own
-full-page screenshots (also the station status page, the authorisations before and after a
-cancel) go to test-artifacts/web/ as always.
+README shows is what the tests saw and checked: the explorer on a desktop, My points signed in
+with the wallet (EIP-4361) and every proof verified in the browser on a desktop, and a charge
+offer signed on a phone. The tests' own full-page screenshots (also the station status page, the
+authorisations before and after a cancel, the sign-in card after an expired session) go to
+test-artifacts/web/ as always.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from backend.api.errors import ApiError
 from backend.api.records import MAX_INDEX, Limit
 from backend.auth import AuthRefused, session_user
 from backend.service import BackendService
-from backend.user_data import my_records, user_export
+from backend.user_data import my_authorizations, my_records, user_export
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.wire import ErrorResponse
 
@@ -99,6 +99,67 @@ def get_my_records(
         user=to_checksum_address(user),
         records=views,
         nextAfterLogIndex=views[-1].record.logIndex if len(views) == limit else None,
+    )
+
+
+class RelayedAuthorizationView(BaseModel):
+    offerId: str
+    signed: dict[str, Any] = Field(description="The SignedAuthorization, as relayed.")
+    receivedAt: datetime
+
+
+class StoredAuthorizationView(BaseModel):
+    logIndex: int = Field(description="The charge record that carries it.")
+    digest: str = Field(description="Its EIP-712 digest, which the record commits to.")
+    signed: dict[str, Any] = Field(description="The SignedAuthorization, as stored.")
+
+
+class MyAuthorizationsPage(BaseModel):
+    user: str
+    relayed: list[RelayedAuthorizationView] = Field(
+        description="Signed for a station's charge offer and waiting in the relay (offer not "
+        "expired); on the first page only (afterLogIndex -1), at most `limit`."
+    )
+    stored: list[StoredAuthorizationView] = Field(
+        description="Attached to the wallet's charge records, by log index."
+    )
+    nextAfterLogIndex: int | None
+
+
+@router.get(
+    "/authorizations",
+    summary="The signed-in wallet's payment authorisations the backend holds",
+    description="What the relay holds for the stations' offers and what the wallet's charge "
+    "records carry. Whether one can still pay is the chain's word "
+    "(`Settlement.isAuthorizationUsed`), not this list's.",
+    response_model=MyAuthorizationsPage,
+    responses=UNAUTHENTICATED,
+)
+def get_my_authorizations(
+    service: ServiceDep,
+    user: UserDep,
+    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1, le=MAX_INDEX)] = -1,
+    limit: Limit = 100,
+) -> MyAuthorizationsPage:
+    with service.db.read() as session:
+        found = my_authorizations(
+            session, user, after_log_index=after_log_index, limit=limit, now=int(time.time())
+        )
+    return MyAuthorizationsPage(
+        user=to_checksum_address(user),
+        relayed=[
+            RelayedAuthorizationView(
+                offerId=r.offer_id.hex(), signed=r.signed, receivedAt=r.received_at
+            )
+            for r in found.relayed
+        ],
+        stored=[
+            StoredAuthorizationView(
+                logIndex=s.log_index, digest="0x" + s.digest.hex(), signed=s.signed
+            )
+            for s in found.stored
+        ],
+        nextAfterLogIndex=found.stored[-1].log_index if len(found.stored) == limit else None,
     )
 
 

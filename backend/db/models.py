@@ -322,6 +322,9 @@ class ChargeOfferRow(Base):
     # The relayed SignedAuthorization JSON (None: not signed yet) and when it came.
     body: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The signer of `body`, so that the signed-in user's relayed authorisations are found by an
+    # index (GET /v1/me/authorizations), not by reading every relayed body.
+    user_address: Mapped[bytes | None] = mapped_column(LargeBinary(20), nullable=True, index=True)
 
 
 # ---- epochs and settlement ------------------------------------------------------------------

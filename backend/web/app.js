@@ -3,7 +3,7 @@
 // to the RPC URL the server names in /web/config.json, nothing else (the CSP enforces it).
 // Balances and epoch roots are read from the chain, never taken from the backend's word;
 // inclusion proofs are checked here, in the browser, against the root on chain.
-import { Contract, JsonRpcProvider, Signature, TypedDataEncoder, getAddress, verifyTypedData } from "./vendor/ethers.js";
+import { Contract, JsonRpcProvider, Signature, TypedDataEncoder, getAddress, hexlify, toUtf8Bytes, verifyTypedData } from "./vendor/ethers.js";
 import { recordLeafHash, verifyInclusion } from "./merkle.js";
 
 // The contracts' ABIs come from /web/config.json (compiled, contracts/out), and so does the payment
@@ -35,6 +35,7 @@ const state = {
   chainId: null,
   epochs: new Map(), // epochId -> epoch view of the API (for transaction hashes)
   tariffs: new Map(), // version -> canonical tariff document
+  signInNotice: null, // why the user must sign in again (an ended session), shown once
 };
 
 // ---- small helpers --------------------------------------------------------------------------
@@ -70,17 +71,21 @@ function hash(value, label) {
 
 async function api(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const body = await response.json();
-      if (body?.error?.message) message = body.error.message;
-    } catch {
-      /* not JSON */
-    }
-    throw new Error(`${path}: ${message}`);
-  }
+  if (!response.ok) throw await failure(path, response);
   return parseJson(await response.text());
+}
+
+async function failure(path, response) {
+  let message = `${response.status} ${response.statusText}`;
+  let code;
+  try {
+    const body = await response.json();
+    if (body?.error?.message) message = body.error.message;
+    code = body?.error?.code;
+  } catch {
+    /* not JSON */
+  }
+  return Object.assign(new Error(`${path}: ${message}`), { code, status: response.status });
 }
 
 // The API writes every integer as a JSON number; one above 2^53 - 1 (a 256-bit nonce, a uint64
@@ -94,10 +99,113 @@ export function parseJson(text) {
   );
 }
 
-// Private data (a user's history) goes through here: once sign-in with the wallet (EIP-4361)
-// lands with the privacy issue, this is where the session is obtained and its token attached.
-async function privateApi(path) {
-  return api(path);
+// ---- sign-in with the wallet (EIP-4361) -------------------------------------------------------
+// Private data (the user's records, proofs, authorisations, export) comes from /v1/me/*, which
+// answers only with the bearer token of a session the wallet opened by signing the backend's
+// EIP-4361 challenge (personal_sign). The token is kept in sessionStorage, never localStorage:
+// it survives a reload of this tab (the wallet need not sign again for each page) but not the
+// tab, is not shared with other tabs, and is dropped on sign-out, on an account change and on
+// the server's 401. (Memory alone would ask for a signature on every reload; localStorage would
+// keep a bearer token on the device after the tab is closed.)
+
+class SessionEnded extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+const SESSION_ENDED = {
+  session_expired: "Your session has expired. Sign in again to see your records.",
+  unknown_session: "Your session has ended (signed out, or unknown to the server). Sign in again to see your records.",
+  missing_token: "Sign in with your wallet to see your records.",
+};
+
+function sessionKey() {
+  return `gridpoints:session:${state.config.chainId}:${state.config.contracts.Settlement}`.toLowerCase();
+}
+
+function dropSession() {
+  try {
+    sessionStorage.removeItem(sessionKey());
+  } catch {
+    /* storage disabled: nothing was kept */
+  }
+}
+
+/** The open session of the connected account, or null (one that ended here is dropped). */
+function currentSession() {
+  let session = null;
+  try {
+    session = JSON.parse(sessionStorage.getItem(sessionKey()) || "null");
+  } catch {
+    return null;
+  }
+  if (!session?.token || !state.account) return null;
+  if (!hexEq(session.address, state.account)) {
+    dropSession(); // another account is connected now: its data is not this session's
+    return null;
+  }
+  if (Date.parse(session.expiresAt) <= Date.now()) {
+    dropSession();
+    state.signInNotice = SESSION_ENDED.session_expired;
+    return null;
+  }
+  return session;
+}
+
+async function signIn() {
+  const account = state.account;
+  const challenge = await apiPost("/v1/auth/challenge", { address: account, chainId: state.config.chainId });
+  // The wallet shows the message's text and signs it (EIP-191); it is a signature, not a transaction.
+  const signature = await state.wallet.provider.request({
+    method: "personal_sign",
+    params: [hexlify(toUtf8Bytes(challenge.message)), account],
+  });
+  const opened = await apiPost("/v1/auth/session", { message: challenge.message, signature });
+  if (!hexEq(opened.address, account)) throw new Error(`the backend signed in ${opened.address}, not ${account}`);
+  state.signInNotice = null;
+  try {
+    sessionStorage.setItem(sessionKey(), JSON.stringify({ token: opened.token, address: opened.address, expiresAt: opened.expiresAt }));
+  } catch {
+    throw new Error("this browser refuses to keep the session for this tab (sessionStorage is disabled)");
+  }
+}
+
+async function signOut() {
+  const session = currentSession();
+  dropSession();
+  if (session) {
+    // The server forgets the token too; one it no longer knows (401) is signed out already.
+    const response = await fetch("/v1/auth/session", { method: "DELETE", headers: { Authorization: `Bearer ${session.token}` } });
+    if (!response.ok && response.status !== 401) throw await failure("/v1/auth/session", response);
+  }
+}
+
+/** A signed-in view of /v1/me: parsed JSON, or the text as it came (`raw`). A 401 ends the
+ * session here too and throws SessionEnded with the server's reason. */
+async function privateApi(path, { raw = false } = {}) {
+  const session = currentSession();
+  if (!session) throw new SessionEnded("missing_token", SESSION_ENDED.missing_token);
+  const response = await fetch(path, { headers: { Accept: "application/json", Authorization: `Bearer ${session.token}` } });
+  if (response.status === 401) {
+    const error = await failure(path, response);
+    dropSession();
+    throw new SessionEnded(error.code, SESSION_ENDED[error.code] || SESSION_ENDED.unknown_session);
+  }
+  if (!response.ok) throw await failure(path, response);
+  const text = await response.text();
+  return raw ? text : parseJson(text);
+}
+
+/** Back to the sign-in card, saying why, when a private request found the session ended. */
+function onPrivateError(error, box, what) {
+  if (error instanceof SessionEnded) {
+    state.signInNotice = error.message;
+    renderPoints();
+    return;
+  }
+  box.replaceChildren(errorBox(what, error));
 }
 
 function loading(text = "Loading…") {
@@ -185,18 +293,39 @@ async function renderPoints() {
   const user = state.account;
   const section = el("section", { "aria-labelledby": "points-title" }, el("h1", { id: "points-title" }, "My points"));
   const balanceBox = el("div", { class: "card balance", id: "balance" }, loading("Reading your balance from the chain…"));
+  const session = currentSession();
+  section.append(el("p", { class: "muted" }, "Wallet ", el("code", { id: "account" }, user)), balanceBox);
+  show(section);
+  readBalance(user, balanceBox);
+  if (!session) {
+    section.append(signInCard());
+    return;
+  }
   const historyBox = el("div", { id: "history" }, loading("Loading your records…"));
   const authBox = el("div", { id: "authorizations-box" }, loading("Loading your payment authorisations…"));
   section.append(
-    el("p", { class: "muted" }, "Wallet ", el("code", { id: "account" }, user)),
-    balanceBox,
+    sessionBar(session),
     historyBox,
     el("h2", { id: "authorizations-title" }, "Payment authorisations"),
-    el("p", { class: "muted" }, "To pay for a charge with points, open the link or scan the code the charging station shows: it brings you to the page where you sign. Listed here: what you signed in this browser and what your records carry."),
+    el("p", { class: "muted" }, "To pay for a charge with points, open the link or scan the code the charging station shows: it brings you to the page where you sign. Listed here: what you signed in this browser, what the backend holds for you (sent to a station, or attached to your records)."),
     authBox,
   );
-  show(section);
 
+  try {
+    const [history] = await Promise.all([loadHistory(), loadEpochs(), loadTariffs()]);
+    historyBox.replaceChildren(...historyTables(history));
+    try {
+      authBox.replaceChildren(await authorizationsTable(user, history, await loadMyAuthorizations()));
+    } catch (error) {
+      onPrivateError(error, authBox, "Could not list your payment authorisations:");
+    }
+  } catch (error) {
+    onPrivateError(error, historyBox, "Could not load your records:");
+    authBox.replaceChildren();
+  }
+}
+
+function readBalance(user, balanceBox) {
   state.token
     .balanceOf(user)
     .then((balance) => {
@@ -206,15 +335,107 @@ async function renderPoints() {
       );
     })
     .catch((error) => balanceBox.replaceChildren(errorBox("Could not read the balance from the chain:", error)));
+}
 
-  try {
-    const [history] = await Promise.all([loadHistory(user), loadEpochs(), loadTariffs()]);
-    historyBox.replaceChildren(...historyTables(history));
-    authBox.replaceChildren(await authorizationsTable(user, history));
-  } catch (error) {
-    historyBox.replaceChildren(errorBox("Could not load your records:", error));
-    authBox.replaceChildren(errorBox("Could not list your payment authorisations:", error));
-  }
+function signInCard() {
+  const status = el("p", { role: "status", class: "muted" });
+  const notice = state.signInNotice;
+  return el(
+    "div",
+    { class: "card", id: "signin" },
+    el("h2", {}, "Sign in to see your records"),
+    notice ? el("p", { class: "notice", role: "alert", id: "signin-notice" }, notice) : null,
+    el(
+      "p",
+      {},
+      "Your records, their proofs and your payment authorisations are private: the backend shows them only to the wallet that signs in. Signing in is a signature of a short text (Sign-In with Ethereum, EIP-4361) in your wallet: no transaction, no fee. The balance above needs no sign-in: it is read from the chain.",
+    ),
+    el(
+      "button",
+      {
+        class: "button",
+        type: "button",
+        id: "sign-in",
+        onclick: async (event) => {
+          event.currentTarget.disabled = true;
+          status.textContent = `Asking ${state.wallet.name} to sign the sign-in message…`;
+          try {
+            await signIn();
+            await renderPoints();
+          } catch (error) {
+            document.getElementById("sign-in").disabled = false;
+            status.replaceChildren(errorBox("Not signed in:", error?.code === 4001 ? "you declined in your wallet." : error));
+          }
+        },
+      },
+      `Sign in with ${state.wallet.name}`,
+    ),
+    status,
+  );
+}
+
+function sessionBar(session) {
+  const status = el("p", { role: "status", class: "muted", id: "session-status" });
+  const file = `gridpoints-export-${state.account}.json`;
+  return el(
+    "div",
+    { class: "card session", id: "session" },
+    el("p", {}, "Signed in until ", el("span", { id: "session-until" }, session.expiresAt.replace("T", " ").slice(0, 16) + " UTC"), ". Only this tab keeps the session."),
+    el(
+      "div",
+      { class: "choices" },
+      el(
+        "button",
+        {
+          class: "button",
+          type: "button",
+          id: "download-export",
+          onclick: async () => {
+            status.textContent = "Preparing your data…";
+            try {
+              const text = await privateApi("/v1/me/export", { raw: true });
+              const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+              const link = el("a", { href: url, download: file, hidden: true });
+              document.body.append(link);
+              link.click();
+              link.remove();
+              setTimeout(() => URL.revokeObjectURL(url), 60_000);
+              status.textContent = `Saved as ${file}.`;
+            } catch (error) {
+              onPrivateError(error, status, "Could not download your data:");
+            }
+          },
+        },
+        "Download my data",
+      ),
+      el(
+        "button",
+        {
+          class: "button secondary",
+          type: "button",
+          id: "sign-out",
+          onclick: async () => {
+            try {
+              await signOut();
+            } catch (error) {
+              status.replaceChildren(errorBox("The server did not confirm the sign-out (this tab forgot the session):", error));
+              return;
+            }
+            await renderPoints();
+          },
+        },
+        "Sign out",
+      ),
+    ),
+    el(
+      "p",
+      { class: "muted", id: "export-hint" },
+      "Check your data yourself, offline from us: ",
+      el("code", {}, `gridpoints-audit user ${file} --rpc-url ${state.config.rpcUrl} --deployment deployment.json`),
+      " (it checks your records against the roots and mints on chain; docs/AUDIT.md).",
+    ),
+    status,
+  );
 }
 
 async function loadTariffs() {
@@ -258,12 +479,12 @@ function bandText(item) {
   return `${bandsOf(tariff, r.startTime, r.endTime).join(" → ")} (${item.tariffVersion})`;
 }
 
-async function loadHistory(user) {
+async function loadHistory() {
   const history = [];
   let after = -1;
   for (;;) {
-    const page = await privateApi(`/v1/users/${user}?afterLogIndex=${after}&limit=1000`);
-    history.push(...page.history);
+    const page = await privateApi(`/v1/me/records?afterLogIndex=${after}&limit=1000`);
+    history.push(...page.records);
     if (page.nextAfterLogIndex === null) return history;
     after = page.nextAfterLogIndex;
   }
@@ -449,21 +670,22 @@ async function verifyRecord(item, verdict) {
   verdict.className = "verdict";
   verdict.textContent = "Checking…";
   try {
-    const proof = await api(`/v1/records/${r.stationId}/${r.sequence}/proof`);
+    // The proof came with the record, from the signed-in view (/v1/me/records).
+    const proof = item.proof;
+    if (!proof) throw new Error("the backend gave no inclusion proof for this record");
     const reasons = [];
-    // The record the proof is about must be the one of my history, and its digest must be the
-    // EIP-712 hash of its fields (recomputed here, under the records' domain).
-    const rec = proof.record.record;
-    for (const key of Object.keys(r)) if (String(rec[key]) !== String(r[key])) reasons.push(`record field ${key} differs`);
+    if (proof.epochId !== item.epochId) reasons.push(`the proof is for epoch ${proof.epochId}, the record is in ${item.epochId}`);
+    // The record's digest must be the EIP-712 hash of its fields (recomputed here, under the
+    // records' domain).
     const domainOf = {
       name: "GridPoints",
       version: "1",
       chainId: state.config.chainId,
       verifyingContract: state.config.contracts.StationRegistry,
     };
-    const digest = TypedDataEncoder.hash(domainOf, RECORD_TYPES, rec);
-    if (!hexEq(digest, proof.record.digest)) reasons.push("the record's digest is not the hash of its fields");
-    const leaf = recordLeafHash(digest, proof.record.signature);
+    const digest = TypedDataEncoder.hash(domainOf, RECORD_TYPES, r);
+    if (!hexEq(digest, item.record.digest)) reasons.push("the record's digest is not the hash of its fields");
+    const leaf = recordLeafHash(digest, item.record.signature);
     const onChain = await state.settlement.getEpoch(proof.epochId);
     const chainRoot = onChain.recordsRoot;
     if (BigInt(onChain.committedAt) === 0n) reasons.push(`epoch ${proof.epochId} is not committed on chain yet`);
@@ -869,10 +1091,10 @@ async function signOffer(offer, status, button) {
 }
 
 // ---- payment authorisations: listed, cancelled on chain -------------------------------------
-// Listed from what this browser signed (localStorage) and the authorisations attached to the
-// user's records; their state is read from the Settlement contract (isAuthorizationUsed). When
-// sign-in with the wallet lands, the backend's list of the user's relayed authorisations can be
-// added here through privateApi.
+// Listed from what this browser signed (localStorage: the signed authorisation is no secret, and
+// it lets the user cancel one the station never collected) merged with what the backend holds
+// for the signed-in user (GET /v1/me/authorizations: relayed to a station, or attached to a
+// record); their state is read from the Settlement contract (isAuthorizationUsed).
 
 function storeKey(account) {
   return `gridpoints:authorizations:${state.config.chainId}:${state.config.contracts.Settlement}:${account}`.toLowerCase();
@@ -897,26 +1119,45 @@ function remember(account, signed) {
   }
 }
 
-async function authorizationsTable(user, history) {
+async function loadMyAuthorizations() {
+  const found = { relayed: [], stored: [] };
+  let after = -1;
+  for (;;) {
+    const page = await privateApi(`/v1/me/authorizations?afterLogIndex=${after}&limit=1000`);
+    found.relayed.push(...page.relayed);
+    found.stored.push(...page.stored);
+    if (page.nextAfterLogIndex === null) return found;
+    after = page.nextAfterLogIndex;
+  }
+}
+
+async function authorizationsTable(user, history, held) {
   // Keyed by the authorisation's EIP-712 digest, which the charge record commits to.
   const pa = state.config.paymentAuthorization;
   const { EIP712Domain: _domainType, ...types } = pa.types;
-  const known = new Map(); // digest -> {signed, item}
-  for (const signed of remembered(user)) {
-    known.set(TypedDataEncoder.hash(pa.domain, types, signed.authorization).toLowerCase(), { signed, item: null });
-  }
+  const digestOf = (signed) => TypedDataEncoder.hash(pa.domain, types, signed.authorization).toLowerCase();
+  const known = new Map(); // digest -> {signed, item, sources}
+  const add = (key, signed, source, item = null) => {
+    const entry = known.get(key) || { signed, item: null, sources: [] };
+    entry.item ||= item;
+    if (!entry.sources.includes(source)) entry.sources.push(source);
+    known.set(key, entry);
+  };
+  for (const signed of remembered(user)) add(digestOf(signed), signed, "this browser");
+  // The backend's list is only trusted for what the wallet signed: one for another user is left out.
+  for (const r of held.relayed) if (hexEq(r.signed.authorization.user, user)) add(digestOf(r.signed), r.signed, "sent to the station");
+  for (const s of held.stored) if (hexEq(s.signed.authorization.user, user)) add(digestOf(s.signed), s.signed, "on a charge record");
   for (const item of history) {
     const payment = item.record.payment;
     if (!payment) continue;
-    const key = item.record.record.paymentAuthorization.toLowerCase();
-    known.set(key, { signed: known.get(key)?.signed || payment, item });
+    add(item.record.record.paymentAuthorization.toLowerCase(), payment, "on a charge record", item);
   }
   if (!known.size) {
-    return el("p", { class: "muted", id: "authorizations-empty" }, "No payment authorisation signed in this browser or attached to your records.");
+    return el("p", { class: "muted", id: "authorizations-empty" }, "No payment authorisation: none signed in this browser, none held by the backend for you.");
   }
   const now = Math.floor(Date.now() / 1000);
   const rows = await Promise.all(
-    [...known.values()].map(async ({ signed, item }) => {
+    [...known.values()].map(async ({ signed, item, sources }) => {
       const a = signed.authorization;
       const nonce = BigInt(a.nonce).toString();
       const used = await state.settlement.isAuthorizationUsed(user, BigInt(nonce));
@@ -947,17 +1188,18 @@ async function authorizationsTable(user, history) {
       }
       return el(
         "tr",
-        { "data-nonce": nonce, "data-open": open ? "true" : "false" },
+        { "data-nonce": nonce, "data-open": open ? "true" : "false", "data-sources": sources.join(",") },
         el("td", { "data-label": "Station" }, hash(a.stationId, "station")),
         el("td", { "data-label": "At most", class: "num" }, points(a.maxPoints)),
         el("td", { "data-label": "Valid until" }, when(a.deadline)),
         el("td", { "data-label": "Nonce" }, el("code", { title: nonce }, short(nonce, 8))),
+        el("td", { "data-label": "Known from", class: "sources" }, sources.join("; ")),
         stateCell,
         action,
       );
     }),
   );
-  const head = ["Station", "At most", "Valid until", "Nonce", "State", "Action"];
+  const head = ["Station", "At most", "Valid until", "Nonce", "Known from", "State", "Action"];
   const openCount = rows.filter((r) => r.dataset.open === "true").length;
   return el(
     "div",

@@ -3,10 +3,11 @@ Python, against the real backend (uvicorn on a loopback port), the real Anvil an
 
 The wallet is a real EIP-1193 provider injected into the page before it loads
 (``add_init_script``): it answers the account and chain questions a wallet answers itself and
-forwards every other JSON-RPC request to Anvil (which signs and sends for its dev accounts). It
-announces itself through EIP-6963, or, for the fallback, sits in ``window.ethereum``. Nothing
-from our own backend is mocked; the one substituted response is the tampered proof, which is the
-test serving a modified proof to see the page refuse it.
+forwards every other JSON-RPC request to Anvil (which signs — personal_sign for the EIP-4361
+sign-in, eth_signTypedData_v4 — and sends for its dev accounts). It announces itself through
+EIP-6963, or, for the fallback, sits in ``window.ethereum``. Nothing from our own backend is
+mocked; the one substituted response is the tampered proof, which is the test serving a modified
+signed-in view to see the page refuse the proof in it.
 
 Every browser context fails the test on any request outside the server's origin and the RPC
 URL's origin, and on any uncaught page error. Screenshots (desktop 1280x800 and phone 390x844)
@@ -27,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,9 +36,13 @@ from urllib.parse import urlsplit
 import pytest
 from eth_account import Account
 from playwright import sync_api
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from backend.api.web import content_security_policy
+from backend.auth import token_hash
+from backend.db import Database
+from backend.db.models import AuthSession
 from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.offers import ChargeOffer
 from station_signer.cli.main import app as station_cli
@@ -174,6 +180,7 @@ class Browsing:
         wallet: str | None = "eip6963",
         wallet_chain_id: int | None = None,
         viewport: dict[str, int] = DESKTOP,
+        account: str | None = None,
     ) -> Any:
         context = self.browser.new_context(viewport=viewport)
         self.contexts.append(context)
@@ -192,7 +199,7 @@ class Browsing:
             chain_id = self.web.h.env.deployment.chain_id
             options = {
                 "rpcUrl": self.web.h.env.anvil.rpc_url,
-                "account": self.web.user,
+                "account": account or self.web.user,
                 "chainId": chain_id,
                 "walletChainId": wallet_chain_id or chain_id,
                 "announce": wallet == "eip6963",
@@ -241,6 +248,25 @@ def open_app(page: Any, web: WebEnv, fragment: str = "") -> None:
 def connect(page: Any, name: str = "Test Wallet") -> None:
     page.get_by_role("button", name=f"Connect {name}").click()
     page.wait_for_selector("#balance-value")
+
+
+def sign_in(page: Any, name: str = "Test Wallet") -> None:
+    """Signs the backend's EIP-4361 challenge in the wallet (personal_sign, answered by Anvil)
+    and waits for the signed-in views to be shown."""
+    page.get_by_role("button", name=f"Sign in with {name}").click()
+    page.wait_for_selector("#session")
+    page.wait_for_selector("#records, #records-empty")
+    page.wait_for_selector("#authorizations, #authorizations-empty")
+
+
+def session_token(page: Any) -> str | None:
+    """The bearer token the page keeps (sessionStorage), or None."""
+    found: str | None = page.evaluate(
+        "(() => { for (let i = 0; i < sessionStorage.length; i++) {"
+        "  const v = JSON.parse(sessionStorage.getItem(sessionStorage.key(i)));"
+        "  if (v && v.token) return v.token; } return null; })()"
+    )
+    return found
 
 
 # ---- serving --------------------------------------------------------------------------------
@@ -332,6 +358,7 @@ def test_my_points_balance_history_and_proof(
     page = browsing.page(viewport=viewport)
     open_app(page, web_env)
     connect(page)
+    sign_in(page)
     on_chain = int(web_env.h.env.chain.token.functions.balanceOf(web_env.user).call())
     assert on_chain > 0
     value = page.locator("#balance-value")
@@ -371,22 +398,175 @@ def test_a_tampered_proof_is_refused(browsing: Browsing, web_env: WebEnv) -> Non
 
     def tamper(route: Any) -> None:
         response = route.fetch()
-        proof = response.json()
-        assert proof["path"], "the epochs have more than one record, so every path has a node"
-        node = proof["path"][0]
-        proof["path"][0] = node[:-1] + ("0" if node[-1] != "0" else "1")
+        page_of_records = response.json()
+        for item in page_of_records["records"]:
+            proof = item["proof"]
+            if proof is None:
+                continue
+            assert proof["path"], "the epochs have more than one record: every path has a node"
+            node = proof["path"][0]
+            proof["path"][0] = node[:-1] + ("0" if node[-1] != "0" else "1")
         served.append(route.request.url)
-        route.fulfill(response=response, json=proof)
+        route.fulfill(response=response, json=page_of_records)
 
-    page.route("**/v1/records/*/*/proof", tamper)
+    # The proofs come with the signed-in view of the user's records.
+    page.route("**/v1/me/records*", tamper)
     open_app(page, web_env)
     connect(page)
+    sign_in(page)
     row = page.locator("#records tbody tr").first
     row.get_by_role("button", name="Verify").click()
     sync_api.expect(row.locator(".verdict")).to_contain_text("✗ Proof FAILED")
     sync_api.expect(row.locator(".verdict")).to_contain_text("does not lead to the records root")
     assert len(served) == 1
     screenshot(page, "proof-tampered")
+
+
+# ---- signing in with the wallet (EIP-4361) ---------------------------------------------------
+
+
+def unauthorised_console_errors(browsing: Browsing) -> None:
+    """The browser logs the API's 401 for an ended session: the one error these tests expect."""
+    expected = "the server responded with a status of 401"
+    assert [e for e in browsing.errors if expected in e] == browsing.errors != []
+    browsing.errors.clear()
+
+
+def test_sign_in_to_see_my_records_then_sign_out(browsing: Browsing, web_env: WebEnv) -> None:
+    """The balance is the chain's and needs no sign-in; the records are shown only once the
+    wallet signed the backend's EIP-4361 challenge; signing out ends the session on the server
+    and in the tab. The token is in sessionStorage, never in localStorage."""
+    h = web_env.h
+    page = browsing.page()
+    open_app(page, web_env)
+    connect(page)
+    on_chain = int(h.env.chain.token.functions.balanceOf(web_env.user).call())
+    sync_api.expect(page.locator("#balance-value")).to_have_text(f"{on_chain:,} points")
+    sync_api.expect(page.locator("#signin")).to_contain_text("Sign in to see your records")
+    assert page.locator("#records, #pending, #authorizations").count() == 0
+    assert session_token(page) is None
+    sign_in(page)
+    sync_api.expect(page.locator("#records tbody tr")).to_have_count(web_env.settled_records)
+    sync_api.expect(page.locator("#pending tbody tr")).to_have_count(web_env.pending_records)
+    token = session_token(page)
+    assert token
+    assert token not in page.evaluate("JSON.stringify(localStorage)")
+    mine = h.client.get("/v1/me/records", headers={"Authorization": f"Bearer {token}"})
+    assert mine.status_code == 200 and mine.json()["user"] == web_env.user
+    screenshot(page, "signed-in-desktop")
+    page.get_by_role("button", name="Sign out").click()
+    sync_api.expect(page.locator("#signin")).to_be_visible()
+    assert page.locator("#records, #pending").count() == 0
+    assert session_token(page) is None
+    gone = h.client.get("/v1/me/records", headers={"Authorization": f"Bearer {token}"})
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "unknown_session"
+    sync_api.expect(page.locator("#balance-value")).to_have_text(f"{on_chain:,} points")
+
+
+def test_a_second_wallet_signed_in_sees_only_its_own_records(
+    browsing: Browsing, web_env: WebEnv
+) -> None:
+    h = web_env.h
+    second = h.env.accounts.users[1].address
+    assert second != web_env.user
+    record = web_env.station.record(user=second, direction=2, energy_wh=1_200)
+    h.advance_registry_past(record.end_time)
+    assert h.post(sign(record, web_env.station.key, h.domain)).status_code == 201
+    page = browsing.page(account=second)
+    open_app(page, web_env)
+    connect(page)
+    sync_api.expect(page.locator("#account")).to_have_text(second)
+    sign_in(page)
+    pending = page.locator("#pending tbody tr")
+    sync_api.expect(pending).to_have_count(1)
+    assert pending.get_attribute("data-digest") == "0x" + record.digest(h.domain).hex()
+    sync_api.expect(page.locator("#records-empty")).to_be_visible()
+    # None of the first wallet's records is in the page.
+    theirs = h.client.get(f"/v1/users/{web_env.user}?limit=1000").json()["history"]
+    assert len(theirs) == web_env.settled_records + web_env.pending_records
+    html = page.content().lower()
+    assert all(item["record"]["digest"].lower() not in html for item in theirs)
+    assert web_env.user.lower() not in html
+
+
+def test_a_session_the_server_expired_leads_back_to_sign_in(
+    browsing: Browsing, web_env: WebEnv
+) -> None:
+    page = browsing.page()
+    open_app(page, web_env)
+    connect(page)
+    sign_in(page)
+    token = session_token(page)
+    assert token
+    db = Database(web_env.h.database_url)
+    try:
+        with db.write() as s:
+            s.execute(
+                update(AuthSession)
+                .where(AuthSession.token_hash == token_hash(token))
+                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+    finally:
+        db.dispose()
+    # The tab still holds the token and its own expiry time is ahead: the server's 401
+    # (session_expired) is what sends the user back to sign in.
+    page.get_by_role("button", name="Download my data").click()
+    notice = page.locator("#signin-notice")
+    sync_api.expect(notice).to_have_text(
+        "Your session has expired. Sign in again to see your records."
+    )
+    assert page.locator("#records, #pending").count() == 0
+    assert session_token(page) is None
+    screenshot(page, "session-expired")
+    unauthorised_console_errors(browsing)
+    sign_in(page)
+    sync_api.expect(page.locator("#records tbody tr")).to_have_count(web_env.settled_records)
+    assert page.locator("#signin-notice").count() == 0
+
+
+def test_download_my_data_and_verify_it_offline(
+    browsing: Browsing, web_env: WebEnv, tmp_path: Path
+) -> None:
+    """The page saves GET /v1/me/export as a file; the real `gridpoints-audit user` CLI checks it
+    against the chain, as the hint under the button says."""
+    h = web_env.h
+    page = browsing.page()
+    open_app(page, web_env)
+    connect(page)
+    sign_in(page)
+    hint = page.locator("#export-hint")
+    file_name = f"gridpoints-export-{web_env.user}.json"
+    sync_api.expect(hint).to_contain_text(f"gridpoints-audit user {file_name} --rpc-url")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download my data").click()
+    assert download.value.suggested_filename == file_name
+    saved = tmp_path / file_name
+    download.value.save_as(saved)
+    export = json.loads(saved.read_text())
+    assert export["format"] == "gridpoints-user-export/1" and export["user"] == web_env.user
+    in_epochs = sum(len(e["records"]) for e in export["epochs"])
+    assert in_epochs == web_env.settled_records
+    assert len(export["pending"]) == web_env.pending_records
+    sync_api.expect(page.locator("#session-status")).to_have_text(f"Saved as {file_name}.")
+    check = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("gridpoints-audit")),
+            "user",
+            str(saved),
+            "--rpc-url",
+            h.env.anvil.rpc_url,
+            "--deployment",
+            str(h.env.deployment_path),
+            "--user",
+            web_env.user,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
 
 
 # ---- wallets --------------------------------------------------------------------------------
@@ -418,10 +598,13 @@ def test_wrong_chain_prompts_a_switch_then_shows_points(
         f"Your wallet is on chain 1; GridPoints runs on chain {chain_id}"
     )
     screenshot(page, "wrong-chain-phone")
+    # Sign-in waits for the right chain: the challenge is for this deployment's chain.
+    assert page.locator("#sign-in").count() == 0
     page.locator("#switch-chain").focus()
     page.keyboard.press("Enter")
     on_chain = int(web_env.h.env.chain.token.functions.balanceOf(web_env.user).call())
     sync_api.expect(page.locator("#balance-value")).to_have_text(f"{on_chain:,} points")
+    sync_api.expect(page.get_by_role("button", name="Sign in with Browser wallet")).to_be_visible()
 
 
 def test_navigation_by_keyboard(browsing: Browsing, web_env: WebEnv) -> None:
@@ -588,6 +771,7 @@ def test_pay_a_charge_by_signing_in_the_page(browsing: Browsing, web_env: WebEnv
     page.goto(f"{web_env.url}/web/#/points")
     value = page.locator("#balance-value")
     sync_api.expect(value).to_have_text(f"{after:,} points")
+    sign_in(page)
     row = page.locator(f"tr[data-digest='{charge['record']['digest']}']")
     sync_api.expect(row.locator("[data-label='Points']")).to_have_text(f"\u2212{burned:,} points")
     paid = page.locator(f"#authorizations tr[data-nonce='{a.nonce}']")
@@ -608,19 +792,33 @@ def test_list_and_cancel_an_open_authorisation(browsing: Browsing, web_env: WebE
     nonce = int(relayed["signed"]["authorization"]["nonce"])
     assert settlement.isAuthorizationUsed(web_env.user, nonce).call() is False
     page.goto(f"{web_env.url}/web/#/points")
+    sign_in(page)
     row = page.locator(f"#authorizations tr[data-nonce='{nonce}']")
     sync_api.expect(row.locator(".auth-state")).to_have_text("open: not used yet")
     assert row.get_attribute("data-open") == "true"
+    # Signed in this browser and held by the relay for the station.
+    assert row.get_attribute("data-sources") == "this browser,sent to the station"
     screenshot(page, "authorizations-open")
+    # Another browser (another phone: nothing in its storage) lists it too, from the backend's
+    # list of the signed-in user's authorisations, with the chain's state.
+    elsewhere = browsing.page(viewport=PHONE)
+    open_app(elsewhere, web_env)
+    connect(elsewhere)
+    sign_in(elsewhere)
+    there = elsewhere.locator(f"#authorizations tr[data-nonce='{nonce}']")
+    sync_api.expect(there.locator(".auth-state")).to_have_text("open: not used yet")
+    assert there.get_attribute("data-sources") == "sent to the station"
     row.get_by_role("button", name="Cancel").focus()
     page.keyboard.press("Enter")
     sync_api.expect(row.locator(".auth-state")).to_contain_text("cancelled on chain in block")
     assert settlement.isAuthorizationUsed(web_env.user, nonce).call() is True
     sync_api.expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
-    # Read again from the chain on a fresh load: used, no longer open.
+    # Read again from the chain on a fresh load: used, no longer open. The tab kept its session
+    # (sessionStorage): no new signature is asked for.
     page.reload()
     page.wait_for_selector("body[data-ready='true']")
     connect(page)
+    page.wait_for_selector("#session")
     sync_api.expect(row.locator(".auth-state")).to_have_text(
         "used on chain: cancelled (or voided); can no longer pay"
     )

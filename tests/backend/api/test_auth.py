@@ -14,9 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_account.signers.local import LocalAccount
 
 from backend.db import Database
 from backend.db.models import AuthChallenge
+from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
+from gridpoints_protocol.offers import ChargeOffer
 from gridpoints_protocol.siwe import SiweMessage, format_time, parse_message
 from tests.support.auth import bearer, challenge, personal_sign, sign_in, wallet
 from tests.support.backend import (
@@ -26,6 +29,8 @@ from tests.support.backend import (
     running_backend,
 )
 from tests.support.chain import ChainEnv
+from tests.support.offers import signed_offer
+from tests.support.settlement import Traffic
 
 PUBLIC_URL = "http://127.0.0.1:8000"  # the harness's default public origin (host:port setting)
 
@@ -273,3 +278,73 @@ def test_challenges_are_rate_limited_per_remote_address(
         )
         assert refused.status_code == 429 and error_code(refused) == "rate_limited"
         assert int(refused.headers["retry-after"]) > 0
+
+
+# ---- the signed-in wallet's payment authorisations -------------------------------------------
+
+
+def relay_for(h: BackendHarness, account: LocalAccount) -> tuple[ChargeOffer, dict[str, Any]]:
+    """A fresh station's registered offer, answered through the relay by `account`."""
+    station = h.register_station()
+    offer, registration = signed_offer(h, station.station_id, station.key)
+    assert h.client.post("/v1/offers", json=registration).status_code == 201
+    authorization = PaymentAuthorization(
+        user=bytes.fromhex(account.address[2:]),
+        station_id=offer.station_id,
+        max_points=offer.max_points,
+        nonce=secrets.randbits(256),
+        deadline=offer.deadline,
+    )
+    signed = sign_authorization(account, authorization, h.env.chain.settlement_domain).to_json()
+    answer = h.client.post(f"/v1/offers/{offer.offer_hex}/authorization", json=signed)
+    assert answer.status_code == 201, answer.text
+    return offer, signed
+
+
+def test_a_wallet_lists_only_its_own_authorisations_relayed_and_on_records(
+    backend: BackendHarness,
+) -> None:
+    h = backend
+    alice, bob = wallet(leading_zero=True), wallet()
+    traffic = Traffic(h)
+    station = h.register_station()
+    paid = [traffic.add_paid(station, alice, 5 + i) for i in range(2)]
+    bobs_paid = traffic.add_paid(station, bob, 4)
+    h.advance_registry_past(max(b["record"]["endTime"] for b in traffic.bodies))
+    assert h.post_batch(traffic.bodies).json()["accepted"] == 3
+    offer, relayed = relay_for(h, alice)
+    relay_for(h, bob)
+    alice_token, bob_token = sign_in(h, alice), sign_in(h, bob)
+
+    mine = h.client.get("/v1/me/authorizations", headers=bearer(alice_token))
+    assert mine.status_code == 200, mine.text
+    page = mine.json()
+    assert page["user"] == alice.address
+    assert [(r["offerId"], r["signed"]) for r in page["relayed"]] == [(offer.offer_hex, relayed)]
+    assert [s["signed"] for s in page["stored"]] == [b["payment"] for b in paid]
+    assert [s["digest"] for s in page["stored"]] == [
+        b["record"]["paymentAuthorization"] for b in paid
+    ]
+    assert page["nextAfterLogIndex"] is None
+    assert bob.address.lower()[2:] not in mine.text.lower()
+    # Paged by the records' log index; the relayed ones come with the first page only.
+    first = h.client.get("/v1/me/authorizations?limit=1", headers=bearer(alice_token)).json()
+    assert [s["signed"] for s in first["stored"]] == [paid[0]["payment"]]
+    assert (
+        len(first["relayed"]) == 1 and first["nextAfterLogIndex"] == first["stored"][0]["logIndex"]
+    )
+    rest = h.client.get(
+        f"/v1/me/authorizations?limit=1&afterLogIndex={first['nextAfterLogIndex']}",
+        headers=bearer(alice_token),
+    ).json()
+    assert [s["signed"] for s in rest["stored"]] == [paid[1]["payment"]] and rest["relayed"] == []
+
+    theirs = h.client.get("/v1/me/authorizations", headers=bearer(bob_token)).json()
+    assert [s["signed"] for s in theirs["stored"]] == [bobs_paid["payment"]]
+    assert [r["signed"]["authorization"]["user"] for r in theirs["relayed"]] == [bob.address]
+    assert alice.address.lower()[2:] not in str(theirs).lower()
+
+    missing = h.client.get("/v1/me/authorizations")
+    assert missing.status_code == 401 and error_code(missing) == "missing_token"
+    bad = h.client.get("/v1/me/authorizations?limit=0", headers=bearer(alice_token))
+    assert bad.status_code == 422 and error_code(bad) == "invalid_parameter"
