@@ -130,9 +130,9 @@ contract PointsToken is IPointsToken, ERC20, ERC20Pausable, ERC20Permit, AccessC
         // The delay an admin transfer waits: an admin key cannot add a burner faster than a
         // thief of it could take the admin role, and lowering the delay itself waits the
         // difference (AccessControlDefaultAdminRules._delayChangeWait). A zero delay (dev
-        // chains) still needs an executing transaction; eta is never 0, which means "none".
+        // chains) still needs an executing transaction. eta > 0 ("scheduled"): a chain's clock
+        // is past 1970.
         eta = uint48(block.timestamp) + defaultAdminDelay();
-        if (eta == 0) eta = 1;
         _grantEta[role][account] = eta;
         emit RoleGrantScheduled(role, account, eta);
     }
