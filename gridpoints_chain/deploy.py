@@ -24,6 +24,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from web3 import Web3
+from web3.types import Nonce
 from web3.utils.address import get_create_address
 
 from gridpoints_chain.artifacts import ContractArtifact, load_all
@@ -115,7 +116,7 @@ def deploy(
     # The token, the registry and the settlement go out at the deployer's next three nonces;
     # the token names the settlement's address (CREATE: sender and nonce) as its minter.
     nonce = int(w3.eth.get_transaction_count(deployer.address, "pending"))
-    predicted = to_checksum_address(get_create_address(deployer.address, nonce + 2))
+    predicted = to_checksum_address(get_create_address(deployer.address, Nonce(nonce + 2)))
     token_address, token_receipt = sender.deploy(
         deployer, arts["PointsToken"], admin_address, admin_delay_s, predicted, daily_mint_cap
     )
