@@ -53,7 +53,11 @@ audit starts, so a backend settling meanwhile cannot make the audit inconsistent
 and over the whole chain: every mint and burn of the token is explained by a settlement chunk
 (`checks.transactions`), total supply equals minted minus burned, and equals the recomputed
 credits of all epochs minus what the payments burned, an unpublished epoch earning nothing
-(`checks.supply`; not compared only when the user restricted the range).
+(`checks.supply`; not compared only when the user restricted the range); and every
+access-control event of the three contracts is folded into the report's `roles` (holders,
+every change, pending scheduled grants and admin transfers), an account other than the
+Settlement contract granted or scheduled the token's minting role being a finding
+(`unexpected_minter`, `minter_grant_pending`; `checks.roles`).
 
 Every finding is a `findings.Discrepancy` with a stable `kind` (`findings.Kind`), the epoch and
 record it concerns, and what was expected and found. `core.audit` (and `core.Auditor.run`,

@@ -141,6 +141,23 @@ class TransactionTally:
     unattributed_burns: list[tuple[bytes, int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class RoleEvent:
+    """One access-control event of the three contracts, as logged: a role granted or revoked,
+    a minter grant scheduled, canceled or executed, an admin transfer or admin delay change
+    scheduled or canceled, the daily mint cap set. Fields the event does not carry are None."""
+
+    block: int
+    index: int
+    tx_hash: bytes
+    contract: str  # PointsToken, StationRegistry or Settlement
+    name: str  # the event's name
+    role: bytes | None = None
+    account: bytes | None = None  # the role's holder, the grant's or the transfer's account
+    sender: bytes | None = None  # who granted or revoked (RoleGranted/RoleRevoked)
+    values: tuple[int, ...] = ()  # the event's data words (eta, schedule, delay, caps)
+
+
 @dataclass(slots=True)
 class ChainFacts:
     """Everything the audit reads from the chain, at one block."""
@@ -167,6 +184,9 @@ class ChainFacts:
     minted: int = 0
     burned: int = 0
     total_supply: int = 0
+    # every access-control event of the three contracts since deployment, in chain order
+    role_events: list[RoleEvent] = field(default_factory=list)
+    timestamp: int = 0  # of the audit block
 
 
 # ---- reading the logs ---------------------------------------------------------------------
@@ -282,7 +302,68 @@ def read_chain(chain: GridPointsChain, *, block_range: int = DEFAULT_BLOCK_RANGE
     for tx_hash, group in itertools.groupby(logs, key=lambda log: log.tx_hash):
         attribute_transaction(facts, token_bytes, kinds, tx_hash, list(group))
     _read_submitted_signatures(chain, facts)
+    facts.timestamp = int(w3.eth.get_block(head)["timestamp"])
+    facts.role_events = read_role_events(chain, start, head, block_range)
     return facts
+
+
+# The access-control events the audit reads: name -> (indexed topics it carries after the
+# event's own, data words). The layouts are fixed by OpenZeppelin's IAccessControl and
+# IAccessControlDefaultAdminRules and by IPointsToken.
+ROLE_EVENT_LAYOUTS: dict[str, tuple[tuple[str, ...], int]] = {
+    "RoleGranted": (("role", "account", "sender"), 0),
+    "RoleRevoked": (("role", "account", "sender"), 0),
+    "RoleGrantScheduled": (("role", "account"), 1),
+    "RoleGrantCanceled": (("role", "account"), 0),
+    "RoleGrantExecuted": (("role", "account"), 0),
+    "DefaultAdminTransferScheduled": (("account",), 1),
+    "DefaultAdminTransferCanceled": ((), 0),
+    "DefaultAdminDelayChangeScheduled": ((), 2),
+    "DefaultAdminDelayChangeCanceled": ((), 0),
+    "DailyMintCapSet": ((), 2),
+}
+
+
+def read_role_events(
+    chain: GridPointsChain, start: int, end: int, block_range: int
+) -> list[RoleEvent]:
+    """Every access-control event of the token, the registry and the settlement contract in
+    blocks start..end, decoded by hand like the settlement events, in chain order."""
+    contracts = {
+        "PointsToken": chain.token,
+        "StationRegistry": chain.registry,
+        "Settlement": chain.settlement,
+    }
+    events: list[RoleEvent] = []
+    for contract_name, contract in contracts.items():
+        names = {
+            _topic(getattr(contract.events, name)): name
+            for name in ROLE_EVENT_LAYOUTS
+            if any(e.get("name") == name for e in contract.abi if e.get("type") == "event")
+        }
+        topics = ["0x" + t.hex() for t in names]
+        for log in _get_logs(chain, contract.address, [topics], start, end, block_range):
+            name = names[log.topics[0]]
+            indexed, words = ROLE_EVENT_LAYOUTS[name]
+            fields: dict[str, bytes] = {}
+            for position, what in enumerate(indexed, start=1):
+                topic = log.topics[position]
+                fields[what] = topic if what == "role" else topic[12:]
+            events.append(
+                RoleEvent(
+                    log.block,
+                    log.index,
+                    log.tx_hash,
+                    contract_name,
+                    name,
+                    role=fields.get("role"),
+                    account=fields.get("account"),
+                    sender=fields.get("sender"),
+                    values=tuple(log.word(i) for i in range(words)),
+                )
+            )
+    events.sort(key=lambda e: (e.block, e.index))
+    return events
 
 
 def _read_submitted_signatures(chain: GridPointsChain, facts: ChainFacts) -> None:

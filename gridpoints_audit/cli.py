@@ -85,6 +85,23 @@ def _short(value: Any, width: int = 14) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _print_roles(report: AuditReport) -> None:
+    """Who holds which role now; the changes and pending schedules are in --json and notes."""
+    roles = report.roles
+    table = Table(title="Role holders", show_header=True)
+    for column in ("contract", "role", "holders"):
+        table.add_column(column, overflow="fold")
+    for contract, by_role in roles.holders.items():
+        for role, holders in by_role.items():
+            table.add_row(contract, role, ", ".join(holders))
+    out.print(table)
+    cap = "none" if roles.daily_mint_cap is None else str(roles.daily_mint_cap)
+    out.print(
+        f"{len(roles.changes)} role event(s) since deployment, {len(roles.pending_grants)} "
+        f"scheduled grant(s) pending, daily mint cap {cap} (--json lists them all)"
+    )
+
+
 def _print_report(report: AuditReport) -> None:
     table = Table(
         title=f"Audit of chain {report.chain_id} at block {report.block} — {report.source}"
@@ -143,6 +160,7 @@ def _print_report(report: AuditReport) -> None:
         out.print(listing)
         if len(report.discrepancies) > SHOWN:
             out.print(f"… and {len(report.discrepancies) - SHOWN} more: use --json for all.")
+    _print_roles(report)
     for note in report.notes:
         out.print(f"[dim]note: {note}[/]")
     summary = (

@@ -39,6 +39,7 @@ from gridpoints_audit.checks.listing import PublishedList, published_leaf
 from gridpoints_audit.checks.movements import movement_findings
 from gridpoints_audit.checks.record_claims import record_claim_findings
 from gridpoints_audit.checks.records import RecordChecks
+from gridpoints_audit.checks.roles import role_findings
 from gridpoints_audit.checks.skips import unverified_skips_note
 from gridpoints_audit.checks.steps import step_findings
 from gridpoints_audit.checks.supply import supply_findings
@@ -210,6 +211,11 @@ def audit(
     )
     findings.extend(supply)
     notes.extend(supply_notes)
+    roles, role_problems, role_notes = role_findings(
+        facts.role_events, bytes.fromhex(deployment.settlement_address[2:]), now=facts.timestamp
+    )
+    findings.extend(role_problems)
+    notes.extend(role_notes)
     by_epoch: dict[int, int] = {}
     for finding in findings:
         if finding.epoch_id is not None:
@@ -234,6 +240,7 @@ def audit(
         elapsed_s=time.perf_counter() - started,
         notes=notes,
         complete=complete,
+        roles=roles,
     )
 
 

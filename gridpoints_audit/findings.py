@@ -72,6 +72,9 @@ class Kind(StrEnum):
     UNEXPLAINED_BURN = "unexplained_burn"
     SUPPLY_EVENTS_MISMATCH = "supply_events_mismatch"
     SUPPLY_MISMATCH = "supply_mismatch"
+    # who may mint and burn
+    UNEXPECTED_MINTER = "unexpected_minter"
+    MINTER_GRANT_PENDING = "minter_grant_pending"
 
 
 def as_hex(value: bytes | None) -> str | None:
@@ -226,6 +229,31 @@ class EpochVerdict:
 
 
 @dataclass(slots=True)
+class RoleReport:
+    """Who holds which role of the three contracts at the audit block, every change of it
+    since deployment, and what is scheduled but not yet in force (checks/roles.py)."""
+
+    # contract -> role name -> holders (checksum addresses), at the audit block
+    holders: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # every role event in chain order, as JSON-ready mappings
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    # minter grants scheduled and neither canceled nor executed
+    pending_grants: list[dict[str, Any]] = field(default_factory=list)
+    # admin transfers and admin delay changes scheduled and neither canceled nor in force
+    pending_admin: list[dict[str, Any]] = field(default_factory=list)
+    daily_mint_cap: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "holders": self.holders,
+            "changes": list(self.changes),
+            "pendingGrants": list(self.pending_grants),
+            "pendingAdmin": list(self.pending_admin),
+            "dailyMintCap": self.daily_mint_cap,
+        }
+
+
+@dataclass(slots=True)
 class AuditReport:
     """Everything an audit found."""
 
@@ -246,6 +274,7 @@ class AuditReport:
     # Every epoch the chain committed was audited: False only when the user restricted the
     # range (then the total supply was not compared with the records).
     complete: bool = True
+    roles: RoleReport = field(default_factory=RoleReport)
 
     @property
     def clean(self) -> bool:
@@ -276,6 +305,7 @@ class AuditReport:
             "epochs": [e.to_json() for e in self.epochs],
             "discrepancies": [d.to_json() for d in self.discrepancies],
             "notes": list(self.notes),
+            "roles": self.roles.to_json(),
         }
 
 

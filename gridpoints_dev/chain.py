@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.types import TxReceipt
 
-from gridpoints_chain.contracts import GridPointsChain, connect
+from gridpoints_chain.contracts import GridPointsChain, connect, role_id
 from gridpoints_chain.deploy import deploy
 from gridpoints_chain.deployment import Deployment
 from gridpoints_chain.well_known_keys import DEV_DEPLOYER, DEV_REGISTRAR, DEV_SETTLER, dev_account
@@ -94,3 +94,23 @@ def register_station(
         station_id, signer, zone, max_power_w, active_from
     )
     return chain.transact(registrar, call, gas=gas)
+
+
+def advance_time(w3: Web3, seconds: int) -> None:
+    """Moves an Anvil node's clock `seconds` ahead and mines a block at the new time."""
+    w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+def grant_token_role_after_delay(
+    chain: GridPointsChain, admin: LocalAccount, role: str, account: str
+) -> tuple[TxReceipt, TxReceipt]:
+    """Grants a token role that only a schedule grants (SETTLEMENT_ROLE) on a dev chain: the
+    admin schedules it, the node's clock is moved past the admin delay, the admin executes it.
+    Returns the schedule and execute receipts. For dev tooling (the gas report's lone minter,
+    tests); on a real chain the delay is days and the auditor reports the pending grant."""
+    token = chain.token.functions
+    scheduled = chain.transact(admin, token.scheduleRoleGrant(role_id(role), account))
+    advance_time(chain.w3, int(token.defaultAdminDelay().call()) + 1)
+    executed = chain.transact(admin, token.executeRoleGrant(role_id(role), account))
+    return scheduled, executed

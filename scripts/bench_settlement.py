@@ -276,7 +276,7 @@ def start_node(tmp: Path) -> Any:
 def deploy_env(node: Any, tmp: Path, name: str) -> dict[str, Any]:
     """A fresh deployment for one scenario (each starts at epoch 1 with an empty supply)."""
     from gridpoints_chain.artifacts import load_artifact
-    from gridpoints_chain.contracts import role_id
+    from gridpoints_chain.deploy import NO_DAILY_MINT_CAP
     from gridpoints_chain.well_known_keys import dev_account
     from gridpoints_dev.chain import deploy_dev_contracts
 
@@ -285,10 +285,11 @@ def deploy_env(node: Any, tmp: Path, name: str) -> dict[str, Any]:
     admin, settler, naive_minter = dev.roles.admin, dev.roles.settler, dev_account(5)
     # The naive design's token: a second PointsToken whose minter is an EOA.
     artifact = load_artifact("PointsToken")
-    address, _ = chain.sender.deploy(admin, artifact, admin.address)
+    # Its constructor names the EOA as the minter; no daily cap, as a plain ERC-20 mint.
+    address, _ = chain.sender.deploy(
+        admin, artifact, admin.address, 0, naive_minter.address, NO_DAILY_MINT_CAP
+    )
     naive = w3.eth.contract(address=address, abi=artifact.abi)
-    grant = naive.functions.grantRole(role_id("SETTLEMENT_ROLE"), naive_minter.address)
-    chain.transact(admin, grant)
     return {
         "w3": w3,
         "rpc_url": node.rpc_url,

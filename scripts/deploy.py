@@ -4,7 +4,7 @@ deployment file.
 
     .venv/bin/python scripts/deploy.py --rpc-url http://127.0.0.1:8545 --out deployment.json
     DEPLOYER_KEY=0x... .venv/bin/python scripts/deploy.py --rpc-url $RPC --key-env DEPLOYER_KEY \\
-        --registrar 0x... --settler 0x...
+        --admin 0x... --registrar 0x... --settler 0x... --daily-mint-cap 5000000
 
 The deployer key is read from the environment variable named by --key-env, never from the
 command line (where it would sit in the shell history and in `ps`). Without --key-env the
@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridpoints_chain.artifacts import ArtifactError
-from gridpoints_chain.contracts import connect
+from gridpoints_chain.contracts import GridPointsChain, connect
 from gridpoints_chain.deploy import deploy
 from gridpoints_chain.errors import ChainError
 from gridpoints_chain.well_known_keys import DEV_DEPLOYER, dev_account
@@ -75,6 +75,20 @@ def main(
     settler: Annotated[
         str | None, typer.Option(help="SETTLER_ROLE holder (default on Anvil: dev account 2)")
     ] = None,
+    admin_delay: Annotated[
+        int | None,
+        typer.Option(
+            help="seconds an admin transfer and a scheduled minter grant wait (default: "
+            "259200 = 3 days; on Anvil with a dev key 60)"
+        ),
+    ] = None,
+    daily_mint_cap: Annotated[
+        int | None,
+        typer.Option(
+            help="most points minted per UTC day by all minters together (required with "
+            "--key-env; size it above the busiest day)"
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each receipt")] = 120.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the deployment as JSON")] = False,
 ) -> None:
@@ -87,6 +101,8 @@ def main(
             admin=admin,
             registrar=registrar,
             settler=settler,
+            admin_delay_s=admin_delay,
+            daily_mint_cap=daily_mint_cap,
             receipt_timeout=timeout,
         )
         path = deployment.save(out)
@@ -107,6 +123,9 @@ def main(
     table.add_row("admin", deployment.admin)
     table.add_row("registrar", deployment.registrar)
     table.add_row("settler", deployment.settler)
+    token = GridPointsChain(w3, deployment).token.functions
+    table.add_row("admin delay (s)", str(token.defaultAdminDelay().call()))
+    table.add_row("daily mint cap", str(token.dailyMintCap().call()))
     table.add_row("file", str(path))
     Console().print(table)
 

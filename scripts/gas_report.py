@@ -12,7 +12,8 @@ wrong keys) and with one payment whose ERC-1271 wallet refuses at once or burns 
 is given (the most one user can make one payment cost), and a single PointsToken.mint to a
 fresh and to an existing holder.
 In a real deployment only the Settlement contract may mint; to measure a lone mint, this
-script grants SETTLEMENT_ROLE to a temporary dev account in its throwaway deployment.
+script grants SETTLEMENT_ROLE to a temporary dev account in its throwaway deployment (scheduled,
+the node's clock moved past the admin delay, executed).
 Figures are receipt gasUsed, so each includes the 21,000 intrinsic gas and the calldata.
 """
 
@@ -37,12 +38,11 @@ from gridpoints_chain.contracts import (
     PaymentApplied,
     SkipReason,
     pack_entry,
-    role_id,
 )
 from gridpoints_chain.transactions import GAS_MARGIN_PERCENT
 from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilNode
-from gridpoints_dev.chain import deploy_dev_contracts
+from gridpoints_dev.chain import deploy_dev_contracts, grant_token_role_after_delay
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SignedAuthorization,
@@ -246,9 +246,7 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
         # A lone mint, as a contract without packed batches would do it. Only possible here
         # because this throwaway deployment grants the role to a temporary account.
         minter: LocalAccount = dev_account(TEMP_MINTER_INDEX)
-        chain.transact(
-            admin, chain.token.functions.grantRole(role_id("SETTLEMENT_ROLE"), minter.address)
-        )
+        grant_token_role_after_delay(chain, admin, "SETTLEMENT_ROLE", minter.address)
         single_fresh = _addresses("single", 1)[0]
         for key, holders, to in (
             ("mint_fresh", "fresh", single_fresh),

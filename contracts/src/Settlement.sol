@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {AccessControlDefaultAdminRules} from
+    "@openzeppelin/contracts/access/extensions/AccessControlDefaultAdminRules.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
@@ -38,7 +39,7 @@ import {ISettlement} from "./interfaces/ISettlement.sol";
 /// The external functions, events and errors are declared in ISettlement and, for the
 /// authorisations (checked, used up and canceled by PaymentAuthorizations), in
 /// IPaymentAuthorizations.
-contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
+contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAuthorizations {
     using BitMaps for BitMaps.BitMap;
 
     /// @inheritdoc ISettlement
@@ -76,11 +77,15 @@ contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
     mapping(uint64 epochId => BitMaps.BitMap) private _appliedChunks;
 
     /// @param pointsToken The token; this contract needs its SETTLEMENT_ROLE.
-    /// @param admin Receives DEFAULT_ADMIN_ROLE, which grants and revokes SETTLER_ROLE.
+    /// @param admin Receives DEFAULT_ADMIN_ROLE, which grants and revokes SETTLER_ROLE; handed
+    /// over in two steps after `adminDelay` (AccessControlDefaultAdminRules).
+    /// @param adminDelay Seconds an admin transfer waits (production: days; README, trust model).
     /// @param settler Receives SETTLER_ROLE (may be the zero address to grant it later).
-    constructor(PointsToken pointsToken, address admin, address settler) EIP712("GridPoints Settlement", "1") {
+    constructor(PointsToken pointsToken, address admin, uint48 adminDelay, address settler)
+        EIP712("GridPoints Settlement", "1")
+        AccessControlDefaultAdminRules(adminDelay, admin)
+    {
         token = pointsToken;
-        _grantRole(DEFAULT_ADMIN_ROLE, admin);
         if (settler != address(0)) _grantRole(SETTLER_ROLE, settler);
     }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {AccessControlDefaultAdminRules} from
+    "@openzeppelin/contracts/access/extensions/AccessControlDefaultAdminRules.sol";
 import {P256} from "@openzeppelin/contracts/utils/cryptography/P256.sol";
 
 import {IStationRegistry} from "./interfaces/IStationRegistry.sol";
@@ -23,7 +24,7 @@ import {IStationRegistry} from "./interfaces/IStationRegistry.sol";
 /// deleted. `verifyMeterSignature` checks one record's signature on chain, for disputes.
 ///
 /// The external functions, events and errors are declared in IStationRegistry.
-contract StationRegistry is IStationRegistry, AccessControl {
+contract StationRegistry is IStationRegistry, AccessControlDefaultAdminRules {
     /// @inheritdoc IStationRegistry
     bytes32 public constant REGISTRAR_ROLE = keccak256("REGISTRAR_ROLE");
 
@@ -36,10 +37,11 @@ contract StationRegistry is IStationRegistry, AccessControl {
     /// @dev Half the order of P-256: OpenZeppelin's P256 accepts only s <= N/2.
     uint256 private constant _P256_HALF_N = P256.N / 2;
 
-    /// @param admin Receives DEFAULT_ADMIN_ROLE, which grants and revokes REGISTRAR_ROLE.
+    /// @param admin Receives DEFAULT_ADMIN_ROLE, which grants and revokes REGISTRAR_ROLE; handed
+    /// over in two steps after `adminDelay` (AccessControlDefaultAdminRules).
+    /// @param adminDelay Seconds an admin transfer waits (production: days; README, trust model).
     /// @param registrar Receives REGISTRAR_ROLE (may be the zero address to grant it later).
-    constructor(address admin, address registrar) {
-        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    constructor(address admin, uint48 adminDelay, address registrar) AccessControlDefaultAdminRules(adminDelay, admin) {
         if (registrar != address(0)) _grantRole(REGISTRAR_ROLE, registrar);
     }
 

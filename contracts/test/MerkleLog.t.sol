@@ -7,6 +7,7 @@ import {console2} from "forge-std/console2.sol";
 import {MerkleLog} from "../src/MerkleLog.sol";
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {Deploy} from "./utils/Deploy.sol";
 import {RFC9162} from "./utils/RFC9162.sol";
 
 /// @title MerkleLog (and Settlement's proof views) against the published vectors
@@ -65,9 +66,7 @@ contract MerkleLogTest is Test {
         for (uint256 i = 0; i < parsed.length; ++i) {
             inclusion.push(parsed[i]);
         }
-        token = new PointsToken(address(this));
-        settlement = new Settlement(token, address(this), address(this));
-        token.grantRole(token.SETTLEMENT_ROLE(), address(settlement));
+        (token, settlement) = Deploy.tokenAndSettlement(address(this), address(this));
     }
 
     // ------------------------------------------------------------------ helpers

@@ -148,8 +148,8 @@ contract PaymentAuthorizationVectorsTest is Test {
     }
 
     function test_vectorDigestsFromTheContract() public {
-        PointsToken token = new PointsToken(admin);
-        Settlement template = new Settlement(token, admin, settler);
+        PointsToken token = new PointsToken(admin, 0, address(0), type(uint96).max);
+        Settlement template = new Settlement(token, admin, 0, settler);
         bytes memory code = address(template).code;
         uint256 n = _count();
         uint256 checked;
@@ -194,12 +194,10 @@ contract PaymentAuthorizationVectorsTest is Test {
             // The last valid second (or expired if 0); block times stop at 2^40 - 1 (Settlement stores
             // commit times in 40 bits), which is still before any later deadline.
             vm.warp(v.deadline == 0 ? 1 : (v.deadline > type(uint40).max ? type(uint40).max : v.deadline));
-            PointsToken token = new PointsToken(admin);
-            deployCodeTo("Settlement.sol:Settlement", abi.encode(token, admin, settler), v.verifyingContract);
+            // The token names the vector's address as its minter, where the Settlement goes next.
+            PointsToken token = new PointsToken(admin, 0, v.verifyingContract, type(uint96).max);
+            deployCodeTo("Settlement.sol:Settlement", abi.encode(token, admin, uint48(0), settler), v.verifyingContract);
             Settlement settlement = Settlement(v.verifyingContract);
-            vm.startPrank(admin);
-            token.grantRole(token.SETTLEMENT_ROLE(), address(settlement));
-            vm.stopPrank();
 
             vm.startPrank(settler);
             settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 1000, 1000);
@@ -242,8 +240,8 @@ contract PaymentAuthorizationVectorsTest is Test {
             if (v.signedByUser || !_chainIdSettable(v.chainId)) continue;
             uint256 snapshot = vm.snapshotState();
             vm.chainId(v.chainId);
-            PointsToken token = new PointsToken(admin);
-            deployCodeTo("Settlement.sol:Settlement", abi.encode(token, admin, settler), v.verifyingContract);
+            PointsToken token = new PointsToken(admin, 0, v.verifyingContract, type(uint96).max);
+            deployCodeTo("Settlement.sol:Settlement", abi.encode(token, admin, uint48(0), settler), v.verifyingContract);
             Settlement settlement = Settlement(v.verifyingContract);
             vm.startPrank(settler);
             settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 0, 1000);
@@ -271,7 +269,7 @@ contract PaymentAuthorizationVectorsTest is Test {
 
     /// @dev The `types` every vector hands to wallets spell exactly the type the contract hashes.
     function test_vectorTypesMatchTheContractsTypehash() public {
-        Settlement settlement = new Settlement(new PointsToken(admin), admin, settler);
+        Settlement settlement = new Settlement(new PointsToken(admin, 0, address(0), type(uint96).max), admin, 0, settler);
         uint256 n = _count();
         for (uint256 i = 0; i < n; ++i) {
             string memory t = "PaymentAuthorization(";

@@ -12,6 +12,7 @@ import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC2
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 
 import {PointsToken} from "../src/PointsToken.sol";
+import {Deploy} from "./utils/Deploy.sol";
 
 /// @title Unit and fuzz tests of PointsToken
 /// @notice Covers every external function of PointsToken and every revert path: metadata
@@ -31,6 +32,8 @@ contract PointsTokenTest is Test {
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
 
+    uint48 internal constant DELAY = 2 days;
+
     PointsToken internal token;
 
     address internal admin = makeAddr("admin");
@@ -44,11 +47,10 @@ contract PointsTokenTest is Test {
     bytes32 internal pauserRole;
 
     function setUp() public {
-        token = new PointsToken(admin);
+        token = new PointsToken(admin, DELAY, settlement, Deploy.NO_CAP);
         settlementRole = token.SETTLEMENT_ROLE();
         pauserRole = token.PAUSER_ROLE();
         vm.startPrank(admin);
-        token.grantRole(settlementRole, settlement);
         token.grantRole(pauserRole, pauser);
         vm.stopPrank();
     }
@@ -98,7 +100,7 @@ contract PointsTokenTest is Test {
     }
 
     function test_ConstructorGrantsAdminAndPauserOnly() public {
-        PointsToken fresh = new PointsToken(alice);
+        PointsToken fresh = new PointsToken(alice, DELAY, address(0), 0);
         assertTrue(fresh.hasRole(fresh.DEFAULT_ADMIN_ROLE(), alice));
         assertTrue(fresh.hasRole(fresh.PAUSER_ROLE(), alice));
         assertFalse(fresh.hasRole(fresh.SETTLEMENT_ROLE(), alice));
@@ -113,10 +115,10 @@ contract PointsTokenTest is Test {
         assertFalse(token.supportsInterface(0xffffffff));
     }
 
-    function test_RevertWhen_NonAdminGrantsSettlementRole() public {
+    function test_RevertWhen_NonAdminGrantsPauserRole() public {
         vm.expectRevert(_unauthorized(mallory, bytes32(0)));
         vm.prank(mallory);
-        token.grantRole(settlementRole, mallory);
+        token.grantRole(pauserRole, mallory);
     }
 
     // ------------------------------------------------------------------ mint

@@ -10,6 +10,7 @@ import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {Deploy} from "./utils/Deploy.sol";
 import {ISettlement} from "../src/interfaces/ISettlement.sol";
 import {RFC9162} from "./utils/RFC9162.sol";
 
@@ -89,11 +90,7 @@ abstract contract SettlementFixture is Test {
         (alice, aliceKey) = makeAddrAndKey("alice");
         (bob, bobKey) = makeAddrAndKey("bob");
         (carol, carolKey) = makeAddrAndKey("carol");
-        token = new PointsToken(admin);
-        settlement = new Settlement(token, admin, settler);
-        vm.startPrank(admin);
-        token.grantRole(token.SETTLEMENT_ROLE(), address(settlement));
-        vm.stopPrank();
+        (token, settlement) = Deploy.tokenAndSettlement(admin, settler);
     }
 
     function _pack(address account, uint256 amount) internal pure returns (bytes32) {
@@ -245,7 +242,7 @@ contract SettlementTest is SettlementFixture {
         assertFalse(settlement.hasRole(settlement.SETTLER_ROLE(), admin));
         assertEq(settlement.lastEpochId(), 0);
 
-        Settlement bare = new Settlement(token, admin, address(0));
+        Settlement bare = new Settlement(token, admin, 0, address(0));
         assertFalse(bare.hasRole(bare.SETTLER_ROLE(), address(0)));
         bytes32 settlerRole = bare.SETTLER_ROLE();
         vm.expectRevert(_unauthorized(settler, settlerRole));
@@ -623,7 +620,7 @@ contract SettlementTest is SettlementFixture {
     function test_RevertWhen_SettlementLacksTokenRole() public {
         _commit(1, 5, 0);
         _credit(1, 0, _entries1(alice, 5)); // through the real settlement, so alice has points
-        Settlement other = new Settlement(token, admin, settler);
+        Settlement other = new Settlement(token, admin, 0, settler);
         bytes32 role = token.SETTLEMENT_ROLE();
         vm.prank(settler);
         other.commitEpoch(1, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 1, 100, 100);

@@ -43,7 +43,7 @@ contract StationRegistryTest is Test {
     bytes32 internal registrarRole;
 
     function setUp() public {
-        registry = new StationRegistry(admin, registrar);
+        registry = new StationRegistry(admin, 0, registrar);
         registrarRole = registry.REGISTRAR_ROLE();
         vm.warp(ACTIVE_FROM - 1000);
     }
@@ -84,7 +84,7 @@ contract StationRegistryTest is Test {
     }
 
     function test_Constructor_ZeroRegistrarGrantsNothing() public {
-        StationRegistry fresh = new StationRegistry(admin, address(0));
+        StationRegistry fresh = new StationRegistry(admin, 0, address(0));
         assertFalse(fresh.hasRole(registrarRole, address(0)));
         vm.expectRevert(
             abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, admin, registrarRole)

@@ -67,7 +67,7 @@ contract StationRegistryMetersTest is Test {
     bytes32 internal k2y;
 
     function setUp() public {
-        registry = new StationRegistry(admin, registrar);
+        registry = new StationRegistry(admin, 0, registrar);
         registrarRole = registry.REGISTRAR_ROLE();
         vm.warp(NOW);
         vm.prank(registrar);

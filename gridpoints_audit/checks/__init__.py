@@ -17,5 +17,6 @@ the `Discrepancy` findings; none reads the chain or the source itself.
 * movements — an epoch's mints and payments against the recomputed credits and payments;
 * skips — payments the contract skipped, against what justifies a skip;
 * transactions — each transaction's token transfers against its settlement events;
-* supply — the token as a whole.
+* supply — the token as a whole;
+* roles — who may mint and burn: every role holder change, every pending scheduled grant.
 """

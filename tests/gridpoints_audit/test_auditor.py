@@ -31,7 +31,8 @@ from gridpoints_audit.checks.transactions import transaction_findings
 from gridpoints_audit.core import Auditor
 from gridpoints_audit.findings import AuditReport, Kind
 from gridpoints_audit.sources import ApiSource, BundleSource
-from gridpoints_chain.contracts import Payment, SkipReason, pack_entries, role_id
+from gridpoints_chain.contracts import Payment, SkipReason, pack_entries
+from gridpoints_dev.chain import grant_token_role_after_delay
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.bundle_format import MANIFEST_FILE, RECORDS_FILE, TARIFF_FILE
@@ -453,11 +454,11 @@ def test_points_minted_outside_any_epoch_are_caught(harness: BackendHarness) -> 
     env = h.env
     settle(h, paid=0.0, records=9)
     assert audit_api(h).clean
-    # The admin hands the token's minting role to the settler key, which mints directly.
+    # The admin hands the token's minting role to the settler key (scheduled, executed after
+    # the delay), which mints directly.
     token = env.chain.token.functions
-    env.chain.transact(
-        env.accounts.admin,
-        token.grantRole(role_id("SETTLEMENT_ROLE"), env.accounts.settler.address),
+    grant_token_role_after_delay(
+        env.chain, env.accounts.admin, "SETTLEMENT_ROLE", env.accounts.settler.address
     )
     accomplice = Account.create().address
     receipt = env.chain.transact(env.accounts.settler, token.mint(accomplice, 777))
@@ -465,7 +466,9 @@ def test_points_minted_outside_any_epoch_are_caught(harness: BackendHarness) -> 
     (mint,) = report.of_kind(Kind.UNEXPLAINED_MINT)
     assert (mint.user, mint.found, mint.epoch_id) == (accomplice, 777, None)
     assert mint.tx_hash == "0x" + bytes(receipt["transactionHash"]).hex()
-    assert report.kinds() == {Kind.UNEXPLAINED_MINT, Kind.SUPPLY_MISMATCH}
+    (minter,) = report.of_kind(Kind.UNEXPECTED_MINTER)
+    assert minter.found == env.accounts.settler.address
+    assert report.kinds() == {Kind.UNEXPLAINED_MINT, Kind.SUPPLY_MISMATCH, Kind.UNEXPECTED_MINTER}
     assert all(e.status == "ok" for e in report.epochs)
 
 

@@ -16,7 +16,12 @@ from eth_account import Account
 
 from gridpoints_chain.artifacts import ArtifactError, load_all, load_artifact
 from gridpoints_chain.contracts import GridPointsChain, connect, role_id
-from gridpoints_chain.deploy import deploy
+from gridpoints_chain.deploy import (
+    DEV_ADMIN_DELAY_S,
+    DEV_DAILY_MINT_CAP,
+    NO_DAILY_MINT_CAP,
+    deploy,
+)
 from gridpoints_chain.deployment import SCHEMA_VERSION, Deployment, DeploymentFileError
 from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilError, AnvilNode, rpc_request
@@ -59,7 +64,8 @@ def test_deployment_file_is_written_and_loads_back_equal(chain_env: ChainEnv) ->
 def test_deployment_records_real_receipts_and_code(chain_env: ChainEnv) -> None:
     d, w3 = chain_env.deployment, chain_env.w3
     receipts = {step: w3.eth.get_transaction_receipt(h) for step, h in d.tx_hashes.items()}
-    assert list(receipts) == ["PointsToken", "StationRegistry", "Settlement", "grantSettlementRole"]
+    # No grant follows the three deployments: the token names the Settlement in its constructor.
+    assert list(receipts) == ["PointsToken", "StationRegistry", "Settlement"]
     assert all(r["status"] == 1 for r in receipts.values())
     for name, address in d.addresses.items():
         assert receipts[name]["contractAddress"] == address
@@ -119,7 +125,9 @@ def test_admin_cannot_mint(chain_env: ChainEnv) -> None:
     assert c.token.functions.totalSupply().call() == 0
 
 
-def test_deploy_with_a_separate_admin_hands_the_token_over(chain_env: ChainEnv) -> None:
+def test_deploy_with_a_separate_admin_gives_it_every_admin_role_at_once(
+    chain_env: ChainEnv,
+) -> None:
     a, w3 = chain_env.accounts, chain_env.w3
     new_admin = a.users[0]
     d = deploy(
@@ -128,21 +136,39 @@ def test_deploy_with_a_separate_admin_hands_the_token_over(chain_env: ChainEnv) 
         admin=new_admin.address,
         registrar=a.registrar.address,
         settler=a.settler.address,
+        admin_delay_s=7200,
+        daily_mint_cap=5_000,
     )
     c = GridPointsChain(w3, d)
     assert d.deployer == a.spare.address and d.admin == new_admin.address
     assert c.has_role(c.token, "SETTLEMENT_ROLE", d.settlement_address)
-    for role in ("DEFAULT_ADMIN_ROLE", "PAUSER_ROLE"):
-        assert c.has_role(c.token, role, new_admin.address)
-        assert not c.has_role(c.token, role, a.spare.address)
-    for contract in (c.registry, c.settlement):
-        assert c.has_role(contract, "DEFAULT_ADMIN_ROLE", new_admin.address)
+    assert c.has_role(c.token, "PAUSER_ROLE", new_admin.address)
+    assert not c.has_role(c.token, "PAUSER_ROLE", a.spare.address)
+    for contract in (c.token, c.registry, c.settlement):
+        assert contract.functions.defaultAdmin().call() == new_admin.address
+        assert contract.functions.defaultAdminDelay().call() == 7200
         assert not c.has_role(contract, "DEFAULT_ADMIN_ROLE", a.spare.address)
-    assert list(d.tx_hashes)[-4:] == [
-        "grantTokenAdmin", "grantTokenPauser", "renounceTokenPauser", "renounceTokenAdmin",
-    ]  # fmt: skip
+    assert c.token.functions.dailyMintCap().call() == 5_000
+    # The deployer never held the token's admin role: nothing to hand over, nothing to renounce.
+    assert list(d.tx_hashes) == ["PointsToken", "StationRegistry", "Settlement"]
     c.transact(new_admin, c.token.functions.pause())
     assert c.token.functions.paused().call()
+
+
+def test_dev_deployment_has_the_short_delay_and_a_real_cap(chain_env: ChainEnv) -> None:
+    c = chain_env.chain
+    for contract in (c.token, c.registry, c.settlement):
+        assert contract.functions.defaultAdminDelay().call() == DEV_ADMIN_DELAY_S
+    assert c.token.functions.dailyMintCap().call() == DEV_DAILY_MINT_CAP
+
+
+def test_admin_cannot_grant_the_minter_role_at_once(chain_env: ChainEnv) -> None:
+    c, a = chain_env.chain, chain_env.accounts
+    with reverts_with("RoleGrantMustBeScheduled", role_id("SETTLEMENT_ROLE")):
+        c.transact(
+            a.admin, c.token.functions.grantRole(role_id("SETTLEMENT_ROLE"), a.admin.address)
+        )
+    assert not c.has_role(c.token, "SETTLEMENT_ROLE", a.admin.address)
 
 
 def test_deploy_with_a_non_dev_key_requires_named_role_holders(chain_env: ChainEnv) -> None:
@@ -153,6 +179,13 @@ def test_deploy_with_a_non_dev_key_requires_named_role_holders(chain_env: ChainE
     named = chain_env.accounts.spare.address
     with pytest.raises(ValueError, match="the admin must be given"):
         deploy(chain_env.w3, stranger, registrar=named, settler=named)
+    with pytest.raises(ValueError, match="the daily mint cap must be given"):
+        deploy(chain_env.w3, stranger, admin=named, registrar=named, settler=named)
+    with pytest.raises(ValueError, match="uncapped token is for dev chains only"):
+        deploy(
+            chain_env.w3, stranger, admin=named, registrar=named, settler=named,
+            daily_mint_cap=NO_DAILY_MINT_CAP,
+        )  # fmt: skip
     assert chain_env.w3.eth.block_number == before
 
 
@@ -302,6 +335,8 @@ def test_deploy_cli_reads_the_key_from_the_named_env_var(
             "--key-env", "GP_TEST_DEPLOYER_KEY",
             "--registrar", a.users[1].address,
             "--settler", a.users[2].address,
+            "--admin-delay", "600",
+            "--daily-mint-cap", "123456",
             "--json",
         ],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
@@ -316,6 +351,8 @@ def test_deploy_cli_reads_the_key_from_the_named_env_var(
     assert a.spare.key.hex() not in result.stdout + result.stderr
     chain = GridPointsChain(chain_env.w3, written)
     assert chain.has_role(chain.settlement, "SETTLER_ROLE", a.users[2].address)
+    assert chain.token.functions.defaultAdminDelay().call() == 600
+    assert chain.token.functions.dailyMintCap().call() == 123456
 
     missing = subprocess.run(
         [PYTHON, str(ROOT / "scripts" / "deploy.py"), "--rpc-url", chain_env.anvil.rpc_url,

@@ -12,7 +12,8 @@ import {IPaymentAuthorizations} from "./IPaymentAuthorizations.sol";
 /// applied once (credit and payment chunks share one id space per epoch); the points applied
 /// never exceed the totals committed for the epoch. Points are burned only under the holder's
 /// own payment authorisation (see IPaymentAuthorizations).
-/// @dev Settlement also implements IAccessControl (SETTLER_ROLE, DEFAULT_ADMIN_ROLE) and
+/// @dev Settlement also implements IAccessControlDefaultAdminRules (SETTLER_ROLE; one
+/// DEFAULT_ADMIN_ROLE holder, handed over in two steps after the admin delay) and
 /// IERC5267 (`eip712Domain`).
 interface ISettlement is IPaymentAuthorizations {
     /// @notice Kind of a chunk: credits are minted, debits (payments) are burned.

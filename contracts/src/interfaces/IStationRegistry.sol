@@ -11,7 +11,8 @@ pragma solidity 0.8.30;
 /// `[validFrom, validUntil)`. A rotation at time `r` ends the old key's period at `r`, so records
 /// that ended before the rotation stay verifiable with the old key. The events carry every field
 /// a follower needs to rebuild this state without calling any view. StationRegistry also
-/// implements IAccessControl (REGISTRAR_ROLE, DEFAULT_ADMIN_ROLE).
+/// implements IAccessControlDefaultAdminRules (REGISTRAR_ROLE; one DEFAULT_ADMIN_ROLE holder,
+/// handed over in two steps after the admin delay).
 ///
 /// Each station also holds its meters' P-256 keys (id keccak256(meter serial)) with the same
 /// period rules, and `verifyMeterSignature` checks one OCMF signature on chain, for disputes.

@@ -13,6 +13,7 @@ import {Vm} from "forge-std/Vm.sol";
 
 import {PointsToken} from "../../src/PointsToken.sol";
 import {Settlement} from "../../src/Settlement.sol";
+import {Deploy} from "../utils/Deploy.sol";
 import {IPaymentAuthorizations} from "../../src/interfaces/IPaymentAuthorizations.sol";
 import {ISettlement} from "../../src/interfaces/ISettlement.sol";
 import {BatchDelegate} from "../utils/BatchDelegate.sol";
@@ -862,11 +863,7 @@ contract SettlementInvariantsTest is StdInvariant, Test {
     address internal settler = makeAddr("settler");
 
     function setUp() public {
-        token = new PointsToken(admin);
-        settlement = new Settlement(token, admin, settler);
-        vm.startPrank(admin);
-        token.grantRole(token.SETTLEMENT_ROLE(), address(settlement));
-        vm.stopPrank();
+        (token, settlement) = Deploy.tokenAndSettlement(admin, settler);
 
         handler = new SettlementHandler(token, settlement, admin, settler);
         bytes4[] memory selectors = new bytes4[](11);

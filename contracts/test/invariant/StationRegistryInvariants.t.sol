@@ -242,7 +242,7 @@ contract StationRegistryInvariantsTest is StdInvariant, Test {
     address internal registrar = makeAddr("registrar");
 
     function setUp() public {
-        registry = new StationRegistry(admin, registrar);
+        registry = new StationRegistry(admin, 0, registrar);
         handler = new StationRegistryHandler(registry, registrar);
         bytes4[] memory selectors = new bytes4[](7);
         selectors[0] = StationRegistryHandler.register.selector;

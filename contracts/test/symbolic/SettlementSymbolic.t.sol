@@ -19,11 +19,15 @@ contract SettlementSymbolic is Test {
     uint128 internal constant TOTAL = type(uint96).max;
 
     function setUp() public {
-        token = new PointsToken(ADMIN);
-        settlement = new Settlement(token, ADMIN, SETTLER);
+        // No admin delay and no daily cap here: the grant is scheduled and executed at once
+        // (PointsTokenSymbolic proves the delay and the cap).
+        token = new PointsToken(ADMIN, 0, address(0), type(uint96).max);
+        settlement = new Settlement(token, ADMIN, 0, SETTLER);
         bytes32 settlementRole = token.SETTLEMENT_ROLE();
-        vm.prank(ADMIN);
-        token.grantRole(settlementRole, address(settlement));
+        vm.startPrank(ADMIN);
+        token.scheduleRoleGrant(settlementRole, address(settlement));
+        token.executeRoleGrant(settlementRole, address(settlement));
+        vm.stopPrank();
         vm.prank(SETTLER);
         settlement.commitEpoch(EPOCH, keccak256("records"), keccak256("credits"), keccak256("tariff"), 1, TOTAL, 0);
     }

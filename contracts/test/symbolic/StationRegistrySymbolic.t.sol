@@ -24,7 +24,7 @@ contract StationRegistrySymbolic is Test {
     bytes32 internal constant K2Y = 0x07775510db8ed040293d9ac69f7430dbba7dade63ce982299e04b79d227873d1;
 
     function setUp() public {
-        registry = new StationRegistry(ADMIN, REGISTRAR);
+        registry = new StationRegistry(ADMIN, 0, REGISTRAR);
         vm.warp(ACTIVE_FROM);
         vm.prank(REGISTRAR);
         registry.registerStation(STATION, address(0x51), 1, 22_000, ACTIVE_FROM);
