@@ -167,6 +167,8 @@ class ChainFacts:
     minted: int = 0
     burned: int = 0
     total_supply: int = 0
+    # The audit block's timestamp: the "now" of the deadlines the sequence view checks.
+    block_time: int = 0
 
 
 # ---- reading the logs ---------------------------------------------------------------------
@@ -266,6 +268,7 @@ def read_chain(chain: GridPointsChain, *, block_range: int = DEFAULT_BLOCK_RANGE
             int(raw[8]),
         )
     facts = ChainFacts(head, last, epochs, stations)
+    facts.block_time = int(w3.eth.get_block(head)["timestamp"])
     facts.total_supply = int(chain.token.functions.totalSupply().call(block_identifier=head))
 
     # Settlement events and the token's mints and burns, merged in chain order.

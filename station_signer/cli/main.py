@@ -7,7 +7,7 @@ wears :func:`station_signer.cli.errors.handled`, so that it fails like the other
 
 from __future__ import annotations
 
-from station_signer.cli import authorize, identity, ocmf, proof, record, sync, verify
+from station_signer.cli import authorize, identity, ocmf, proof, receipts, record, sync, verify
 from station_signer.cli.errors import StationApp
 
 app = StationApp(
@@ -25,3 +25,4 @@ app.add_typer(sync.app)  # sync, status
 app.add_typer(verify.app)
 app.add_typer(proof.app)
 app.add_typer(ocmf.app)  # ocmf verify
+app.add_typer(receipts.app, name="receipts")  # receipts pin, check, export
