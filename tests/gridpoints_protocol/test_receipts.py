@@ -33,7 +33,9 @@ def _key() -> Any:
 def _entries(n: int) -> list[ReceiptEntry]:
     station = secrets.token_bytes(32)
     return [
-        ReceiptEntry(secrets.token_bytes(32), station, seq, 1_700_000_000 + seq, 1_700_003_600 + seq)
+        ReceiptEntry(
+            secrets.token_bytes(32), station, seq, 1_700_000_000 + seq, 1_700_003_600 + seq
+        )
         for seq in range(1, n + 1)
     ]
 
