@@ -36,8 +36,8 @@ from gridpoints_protocol.record import Direction
 from gridpoints_signers import DevKeySigner
 from station_signer.config import STORE_FILE, DevKeyConfig, StationConfig
 from station_signer.station import Station
-from station_signer.store import RecordStatus, StationStore
-from station_signer.sync import SyncClient
+from station_signer.store import RecordStatus, StationStore, StoreError
+from station_signer.sync import SyncClient, SyncError
 from station_signer.transfer import Transfer
 from tests.support.backend import (
     DATABASES,
@@ -296,3 +296,32 @@ def test_an_honest_run_with_rejected_and_pending_sequences_is_clean(
     assert sorted(d.sequence for d in overdue) == pending
     missing = late.of_kind(Kind.RECEIPTED_RECORD_MISSING)
     assert sorted(d.sequence for d in missing) == pending
+
+
+def test_the_station_keeps_no_acknowledgement_without_the_pinned_keys_receipt(
+    harness: BackendHarness, tmp_path: Path
+) -> None:
+    h = harness
+    station = new_station(h, tmp_path / "station")
+    operator_key = station.store.receipt_key()
+    assert operator_key is not None
+    impostor = DevKeySigner(os.urandom(32)).address
+    station.store.pin_receipt_key(impostor, replace=True)
+    sequence = discharge(station)
+    with SyncClient(h.url) as client, pytest.raises(SyncError) as info:
+        client.sync(station.store)
+    assert info.value.code == "bad_receipt"
+    # The backend stored it, the station did not take the answer: still queued, sent again.
+    assert station.store.get(sequence).status == RecordStatus.QUEUED
+    with pytest.raises(StoreError) as pinned:
+        station.store.pin_receipt_key(operator_key)
+    assert pinned.value.code == "receipt_key_pinned"
+    station.store.pin_receipt_key(operator_key, replace=True)
+    with SyncClient(h.url) as client:
+        report = client.sync(station.store)
+    assert (report.accepted, report.duplicate) == (0, 1)
+    stored = station.store.get(sequence)
+    assert stored.status == RecordStatus.ACKNOWLEDGED and stored.receipt is not None
+    IngestReceipt.from_json(stored.receipt["signed"]).verify(
+        station.store.state().domain, operator_key
+    )
