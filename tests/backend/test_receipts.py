@@ -89,7 +89,8 @@ def receipt_key_command(variables: dict[str, str], action: str) -> str:
 
 
 def post_until_judged(url: str, path: str, body: Any) -> httpx.Response:
-    """Posts until the backend's follower has seen the station (a deferral says so)."""
+    """Posts until the backend judges the records (a deferral: its follower is still behind
+    their end)."""
     deadline = time.monotonic() + 30
     while True:
         response = httpx.post(url + path, json=body, timeout=30)
@@ -118,6 +119,11 @@ def test_receipts_are_signed_in_softhsm_and_verify_only_untouched(
         zone=ZONE,
         max_power_w=station.max_power_w,
     )
+    registered_at = int(env.w3.eth.block_number)
+    deadline = time.monotonic() + 30
+    while (process.get("/v1/registry")["lastBlock"] or -1) < registered_at:  # followed yet?
+        assert time.monotonic() < deadline, "the registry follower did not catch up"
+        time.sleep(0.05)
     domain = Domain(
         int(domain_json["chainId"]), bytes.fromhex(domain_json["verifyingContract"][2:])
     )
