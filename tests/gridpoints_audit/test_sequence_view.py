@@ -4,7 +4,10 @@ reported as ranges once due, explained sequences are not, and hostile figures (a
 
 from __future__ import annotations
 
+import json
 import time
+
+import pytest
 
 from gridpoints_audit.checks.sequences import (
     MAX_GAP_FINDINGS,
@@ -13,6 +16,8 @@ from gridpoints_audit.checks.sequences import (
     sequence_findings,
 )
 from gridpoints_audit.findings import Kind
+from tests.support.audit import audit_api, hostile_api, settle
+from tests.support.backend import BackendHarness
 
 STATION = bytes(range(32))
 NOW = 1_800_000_000
@@ -48,3 +53,29 @@ def test_hostile_figures_cost_bounded_work() -> None:
     assert time.perf_counter() - started < 5
     assert len(found) == MAX_GAP_FINDINGS
     assert any("more unexplained sequence gaps not listed" in n for n in notes)
+
+
+@pytest.mark.parametrize("hostile", ["rejections", "log"])
+def test_a_hostile_api_cannot_make_the_sequence_view_page_forever(
+    harness: BackendHarness, hostile: str
+) -> None:
+    """Rejection pages that ask for the next page without moving on, or a log tail that pages
+    backwards: one request, then a finding, never an endless loop."""
+    h = harness
+    settle(h, paid=0.0)
+
+    def no_progress(path: str, query: dict[str, str]) -> tuple[int, bytes] | None:
+        if hostile == "rejections" and path.endswith("/rejections"):
+            after = int(query.get("afterId", "0"))
+            return 200, json.dumps({"rejections": [], "nextAfterId": after + 1}).encode()
+        if hostile == "log" and path == "/v1/records":
+            return 200, json.dumps({"records": [], "nextAfterLogIndex": 0, "logSize": 1}).encode()
+        return None
+
+    with hostile_api(h.url, no_progress) as api:
+        report = audit_api(h, api.url)
+        pages = api.count("/rejections" if hostile == "rejections" else "/v1/records")
+    malformed = report.of_kind(Kind.SOURCE_MALFORMED)
+    assert len(malformed) == 1 and "paging makes no progress" in malformed[0].message
+    assert pages == 1
+    assert report.kinds() == {Kind.SOURCE_MALFORMED}
