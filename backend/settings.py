@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
 from gridpoints_protocol.receipts import DEFAULT_MAX_MERGE_DELAY_S
+from gridpoints_protocol.siwe import STATEMENT
 
 # The operator's published tariff documents (one TOML file per version, see its README).
 TARIFFS_DIR: Final = Path(__file__).resolve().parent / "tariffs"
@@ -78,6 +79,16 @@ class Settings(BaseSettings):
     # The RPC URL the web app's browsers use (/web/config.json, and the page's CSP connect-src);
     # unset: rpc_url. Set it when the backend's own node is not reachable from users' browsers.
     public_rpc_url: str | None = None
+    # The web app's charge offers (backend.offers): a station registers an offer (signed by its
+    # key) and the user's signed payment authorisation relayed for it is kept until the offer's
+    # deadline, which may lie at most this far ahead; a station may hold at most
+    # `offer_max_open_per_station` offers whose deadline has not passed. Together they bound
+    # the relay's rows by the registered stations times that number.
+    offer_max_validity_s: int = Field(default=2 * 86_400, ge=60)
+    offer_max_open_per_station: int = Field(default=1_000, ge=1)
+    # The last audit verdict the web app shows: the JSON report the operator's run of
+    # `gridpoints-audit --json` wrote to this file (unset: none is shown).
+    audit_report_file: Path | None = None
 
     # -- storage ----------------------------------------------------------------------------
     database_url: str | None = Field(
@@ -146,6 +157,26 @@ class Settings(BaseSettings):
     # head for a node without that tag.
     finality_blocks: int | None = Field(default=None, ge=0)
 
+    # -- sign-in with Ethereum (backend.auth) -------------------------------------------------
+    # The service's public origin, scheme://host[:port], as users' browsers see it: the
+    # EIP-4361 message names its authority as `domain` and the origin as `URI`, and a wallet
+    # refuses to sign for a domain other than the page's. Unset: http://HOST:PORT.
+    public_url: str | None = None
+    siwe_statement: str = (
+        "Sign in to GridPoints to read your own records. This signature costs nothing and "
+        "authorises no payment."
+    )
+    # How long an issued challenge may be signed, and how long a session lasts.
+    siwe_challenge_ttl_s: int = Field(default=300, ge=10, le=3_600)
+    siwe_session_ttl_s: int = Field(default=3_600, ge=60, le=7 * 86_400)
+    # Pending (unexpired, unused) challenges kept at most, in all and per address: the table
+    # stays bounded whoever asks (expired ones are deleted whenever a challenge is issued).
+    siwe_max_pending: int = Field(default=10_000, ge=1)
+    siwe_max_pending_per_address: int = Field(default=5, ge=1)
+    # Challenges a remote address may ask for (token bucket: burst, refill per second).
+    siwe_challenge_burst: int = Field(default=20, ge=1)
+    siwe_challenge_per_s: float = Field(default=0.5, gt=0)
+
     # -- signed ingest receipts (backend.receipts) -------------------------------------------
     # The operator's receipt key, which signs a receipt for every accepted record: a secp256k1
     # key inside a PKCS#11 token (token and key labels, the PIN in a file; the module from
@@ -166,6 +197,25 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65_535)
     log_level: str = "info"
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_origin(cls, value: str | None) -> str | None:
+        # Sign-in messages name this origin; a path or a query would not be an origin.
+        if not value:
+            return None
+        parts = urlsplit(value.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ValueError(f"must be an origin, http(s)://host[:port], got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("siwe_statement")
+    @classmethod
+    def _statement_grammar(cls, value: str) -> str:
+        # The EIP-4361 statement: printable ASCII of RFC 3986's reserved and unreserved sets.
+        if not STATEMENT.fullmatch(value):
+            raise ValueError("must be printable ASCII without newlines or quotes (EIP-4361)")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
@@ -178,6 +228,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / SQLITE_FILE_NAME).as_posix()}"
+
+    @property
+    def effective_public_url(self) -> str:
+        """The public origin sign-in messages name (no trailing slash)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     def confirmations_for(self, chain_id: int) -> int:
         """Blocks the registry follower stays behind the head on chain `chain_id`."""

@@ -31,12 +31,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gridpoints_audit.chain_facts import DEFAULT_BLOCK_RANGE, open_chain
+from gridpoints_audit.chain_facts import DEFAULT_BLOCK_RANGE, open_chain, read_chain
 from gridpoints_audit.core import Auditor
 from gridpoints_audit.findings import AuditError, AuditReport
 from gridpoints_audit.sources import ApiSource, BundleSource, RecordSource, load_receipts
+from gridpoints_audit.user_check import UserReport, check_user_export, user_chain_facts
 from gridpoints_chain.deployment import deployment_domain
+from gridpoints_chain.errors import ChainError
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
+from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.receipts import IngestReceipt
 
 EXIT_CLEAN, EXIT_DISCREPANCIES, EXIT_ERROR, EXIT_CLEAN_PARTIAL = 0, 1, 2, 3
@@ -165,8 +168,9 @@ def _print_report(report: AuditReport) -> None:
         )
 
 
-@app.command()
+@app.callback(invoke_without_command=True)
 def audit(
+    ctx: typer.Context,
     rpc_url: Annotated[
         str,
         typer.Option(
@@ -236,7 +240,12 @@ def audit(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Audit every epoch the chain committed (or --from-epoch/--to-epoch) against the chain."""
+    """Audit every epoch the chain committed (or --from-epoch/--to-epoch) against the chain.
+
+    `gridpoints-audit user EXPORT.json ...` is a user's own check instead (see `user --help`).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     if receipts and receipt_key is None:
         err.print("[bold red]error:[/] --receipts needs --receipt-key (the operator's key)")
         raise typer.Exit(EXIT_ERROR)
@@ -292,6 +301,132 @@ def audit(
     if not report.clean:
         raise typer.Exit(EXIT_DISCREPANCIES)
     raise typer.Exit(EXIT_CLEAN if report.complete else EXIT_CLEAN_PARTIAL)
+
+
+# ---- a user's own check ---------------------------------------------------------------------
+
+MAX_EXPORT_BYTES = 256 * 1024 * 1024
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        if path.stat().st_size > MAX_EXPORT_BYTES:
+            raise AuditError(f"{what} {path} is larger than {MAX_EXPORT_BYTES} bytes")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise AuditError(f"{what} {path} is not readable JSON: {exc}") from None
+
+
+@app.command("user")
+def user_check(
+    export: Annotated[
+        Path, typer.Argument(help="The JSON document GET /v1/me/export gave the signed-in wallet.")
+    ],
+    rpc_url: Annotated[
+        str,
+        typer.Option(
+            "--rpc-url", "--rpc", envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL."
+        ),
+    ] = "http://127.0.0.1:8545",
+    deployment: Annotated[
+        Path,
+        typer.Option(
+            "--deployment",
+            envvar="GRIDPOINTS_DEPLOYMENT_FILE",
+            help="The published deployment file (not the export's word for the contracts).",
+        ),
+    ] = Path("deployment.json"),
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Your wallet address: the export must be for it."),
+    ] = None,
+    receipts: Annotated[
+        Path | None,
+        typer.Option(
+            "--receipts",
+            help="A JSON array of signed records ({record, signature}) stations gave you: each "
+            "must be in the export.",
+        ),
+    ] = None,
+    block_range: Annotated[
+        int, typer.Option(min=1, help="Blocks per eth_getLogs query.")
+    ] = DEFAULT_BLOCK_RANGE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """A user's own check of their export: their records are in the anchored records roots,
+    their values sum to their leaf in the anchored credits roots, the chain minted and burned
+    exactly that. Exit 0 clean, 1 discrepancies, 2 when the check cannot run."""
+    try:
+        document = _read_json(export, "export")
+        held = _read_json(receipts, "receipts") if receipts is not None else []
+        if not isinstance(held, list):
+            raise AuditError("--receipts must hold a JSON array of signed records")
+        wallet = None
+        if user is not None:
+            try:
+                wallet = parse_address(user)
+            except ValueError as exc:
+                raise AuditError(f"--user: {exc}") from None
+        claimed = document.get("user") if isinstance(document, dict) else None
+        subject = wallet or (parse_address(claimed) if isinstance(claimed, str) else None)
+        chain = open_chain(rpc_url, deployment)
+        try:
+            facts = read_chain(chain, block_range=block_range)
+        except (ChainError, OSError) as exc:
+            raise AuditError(f"the RPC node does not answer: {exc}") from None
+        report = check_user_export(
+            document,
+            user_chain_facts(
+                facts,
+                subject or bytes(20),
+                deployment_domain(chain.deployment),
+                chain.settlement_domain,
+            ),
+            user=wallet,
+            receipts=held,
+        )
+    except AuditError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_user_report(report)
+    raise typer.Exit(EXIT_CLEAN if report.clean else EXIT_DISCREPANCIES)
+
+
+def _print_user_report(report: UserReport) -> None:
+    summary = (
+        f"{report.user}: {len(report.epochs)} epoch(s), {report.records} records "
+        f"({report.pending} pending), credited {report.credited}, debited {report.debited}, "
+        f"at block {report.block}"
+    )
+    if report.findings:
+        listing = Table(title=f"Findings ({len(report.findings)})")
+        for column in ("kind", "epoch", "record / authorisation", "expected", "found", "what"):
+            listing.add_column(column, overflow="fold")
+        for f in report.findings[:SHOWN]:
+            listing.add_row(
+                f.kind,
+                "-" if f.epoch_id is None else str(f.epoch_id),
+                _short(f.digest, 16),
+                _short(json.dumps(f.expected), 24),
+                _short(json.dumps(f.found), 24),
+                f.message,
+            )
+        out.print(listing)
+    for note in report.notes:
+        out.print(f"[dim]note: {note}[/]")
+    if report.clean:
+        out.print(f"[bold green]CLEAN[/]: {summary}", soft_wrap=True)
+    else:
+        kinds = ", ".join(sorted(report.kinds()))
+        out.print(
+            f"[bold red]{len(report.findings)} FINDINGS[/] ({kinds}): {summary}", soft_wrap=True
+        )
 
 
 if __name__ == "__main__":

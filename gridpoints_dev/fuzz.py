@@ -1359,10 +1359,16 @@ def run_schemathesis(
             report.sample("schema_generation", f"invalid operation: {result.err()}")
     report.operations = len(operations)
     modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    per_run = max(1, budget // max(1, len(operations) * len(modes)))
+    runs = max(1, len(operations) * len(modes))
+    # The budget's remainder goes one case each to the first runs, so that the whole budget is
+    # spent however many operations the API has (a floor alone halved it at 26 operations).
+    per_run, extra = divmod(budget, runs)
+    run_index = 0
     for operation in operations:
         for mode in modes:
-            test = _schema_test(target, report, operation, mode, per_run, seed, advance)
+            examples = max(1, per_run + (1 if run_index < extra else 0))
+            run_index += 1
+            test = _schema_test(target, report, operation, mode, examples, seed, advance)
             try:
                 test()
             except hypothesis.errors.Unsatisfiable:

@@ -61,6 +61,47 @@ class EpochSummary:
     payments: tuple[PaymentDebit, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RecordShare:
+    """What one record adds to its user's leaf of the credits tree."""
+
+    value: int  # points the tariff gives the record (earned, or the charge's price)
+    credit: int  # points earned (a discharge's value, else 0)
+    debit: int | None  # points requested with the user's authorisation; None: paid otherwise
+
+
+def record_share(
+    tariff: Tariff,
+    *,
+    zone: int,
+    direction: int,
+    energy_wh: int,
+    start_time: int,
+    end_time: int,
+    payment_authorization: bytes,
+    payment_caps: Mapping[bytes, int],
+) -> RecordShare:
+    """The rule of the credits tree for one record, in one place: a discharge earns its value;
+    a charge whose authorisation is known asks min(price, authorised maximum) of a non-zero
+    price; anything else is paid otherwise. The sealer's fold and a user's own check (which
+    sees only that user's records) both apply it."""
+    points = value_record(
+        tariff,
+        zone=zone,
+        direction=direction,
+        energy_wh=energy_wh,
+        start_time=start_time,
+        end_time=end_time,
+    )
+    if direction == Direction.DISCHARGE:
+        return RecordShare(points, points, None)
+    if payment_authorization != ZERO_BYTES32 and points:
+        cap = payment_caps.get(payment_authorization)
+        if cap is not None:
+            return RecordShare(points, 0, min(points, cap))
+    return RecordShare(points, 0, None)
+
+
 @dataclass(slots=True)
 class EpochAccumulator:
     """Folds an epoch's records, in log order, into its roots and totals. Pure.
@@ -103,25 +144,22 @@ class EpochAccumulator:
             )
         self._next_log_index = log_index + 1
         self._tree.append(record_leaf_hash(digest, signature))
-        points = value_record(
+        share = record_share(
             self.tariff,
             zone=zone,
             direction=direction,
             energy_wh=energy_wh,
             start_time=start_time,
             end_time=end_time,
+            payment_authorization=payment_authorization,
+            payment_caps=self.payment_caps,
         )
-        if direction == Direction.DISCHARGE:
-            if points:
-                self._credits[user] = self._credits.get(user, 0) + points
-        elif payment_authorization != ZERO_BYTES32 and points:
-            cap = self.payment_caps.get(payment_authorization)
-            if cap is not None:
-                requested = min(points, cap)
-                self._debits[user] = self._debits.get(user, 0) + requested
-                self._payments.append(
-                    PaymentDebit(log_index, user, payment_authorization, requested)
-                )
+        points = share.value
+        if share.credit:
+            self._credits[user] = self._credits.get(user, 0) + share.credit
+        if share.debit is not None:
+            self._debits[user] = self._debits.get(user, 0) + share.debit
+            self._payments.append(PaymentDebit(log_index, user, payment_authorization, share.debit))
         return points
 
     def finish(self) -> EpochSummary:

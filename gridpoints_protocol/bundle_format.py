@@ -11,3 +11,7 @@ TARIFF_FILE = "tariff.json"
 README_FILE = "README.txt"
 # The files the manifest lists with their sha256 (the manifest cannot hash itself).
 BUNDLE_FILES = (RECORDS_FILE, TARIFF_FILE, README_FILE)
+
+# One user's own data, as `GET /v1/me/export` gives it to the signed-in wallet and
+# `gridpoints-audit user` checks it (docs/AUDIT.md, "A user's own check").
+USER_EXPORT_FORMAT = "gridpoints-user-export/1"

@@ -6,8 +6,9 @@
 They are taken by the browser tests themselves (tests/web/test_web.py: Debian's chromium driven
 by Playwright, a real backend, Anvil and settled epochs, the injected test wallet), so what the
 README shows is what the tests saw and checked: the explorer on a desktop, My points with every
-proof verified in the browser on a desktop and on a phone. The tests' own full-page screenshots
-go to test-artifacts/web/ as always.
+proof verified in the browser on a desktop, and a charge offer signed on a phone. The tests' own
+full-page screenshots (also the station status page, the authorisations before and after a
+cancel) go to test-artifacts/web/ as always.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ DOCS_IMG = ROOT / "docs" / "img"
 TESTS = (
     "tests/web/test_web.py::test_explorer_shows_every_epoch_with_the_chains_roots",
     "tests/web/test_web.py::test_my_points_balance_history_and_proof",
+    "tests/web/test_web.py::test_pay_a_charge_by_signing_in_the_page",
 )
 
 

@@ -51,7 +51,7 @@ from station_signer.config import (
 )
 from station_signer.errors import SigningFailedError, StationError
 from station_signer.payments import transfer_payment
-from station_signer.store import StationState, StationStore, StoredRecord, StoreError
+from station_signer.store import Evidence, StationState, StationStore, StoredRecord, StoreError
 from station_signer.transfer import Transfer
 
 if TYPE_CHECKING:
@@ -118,13 +118,15 @@ class Station:
             recovered.append(self.store.attach_signature(row.sequence, self._sign(row.digest)))
         return recovered
 
-    def record(self, transfer: Transfer) -> StoredRecord:
+    def record(self, transfer: Transfer, evidence: Evidence | None = None) -> StoredRecord:
         """Builds, reserves, signs and queues one record; returns the queued row.
 
         If signing fails, the record stays ``reserved`` (its sequence is spent and its content
         fixed) and is signed by the next :meth:`recover`. A transfer with a payment
         authorisation is checked first (:func:`check_authorization`, AuthorizationError);
-        nothing is stored when it is refused.
+        nothing is stored when it is refused. ``evidence`` (what the transfer was measured
+        from) is stored with the record in the reserving transaction; a source that already
+        has a record is refused there (StoreError ``source_recorded``).
         """
         payment_authorization, payment = transfer_payment(
             transfer, self.settlement, station_id=self.station_id
@@ -149,7 +151,7 @@ class Station:
                 payment_authorization=payment_authorization,
             )
 
-        reserved = self.store.reserve(build, payment)
+        reserved = self.store.reserve(build, payment, evidence)
         try:
             signature = self._sign(reserved.digest)
         except Exception as exc:

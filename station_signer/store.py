@@ -39,7 +39,11 @@ write transaction, and a file of a newer version is refused with ``newer_store``
 
 1. the station row and the records table;
 2. ``records.payment_json`` and the unique index ``records_by_payment``;
-3. ``station.receipt_key``: the operator's receipt key this station pinned (``gridpoints-station
+3. the table ``evidence``: what a record was built from, stored in the reserving transaction
+   (for a record of the OCPP gateway, the meter's OCMF begin and end records), under a unique
+   ``source`` (``ocpp:<charger>:<transaction>``), so that one source can never become two
+   records, also when the process building it is killed and restarts.
+4. ``station.receipt_key``: the operator's receipt key this station pinned (``gridpoints-station
    receipts pin``). Every acknowledged record keeps the backend's receipt in
    ``records.receipt_json``; with a pinned key, the sync stores a receipt only once its
    signature (gridpoints_protocol.receipts) verifies, so the file holds evidence the operator
@@ -65,7 +69,7 @@ from typing import Any, Final
 from gridpoints_protocol.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
 from station_signer.errors import StationSignerError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 # SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter
 # gets there: 2^63 Wh is about 10^9 TWh).
 MAX_STORED_INT: Final = 2**63 - 1
@@ -108,6 +112,12 @@ CREATE TABLE IF NOT EXISTS deferrals (
     first_deferred_at REAL NOT NULL,
     last_deferred_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evidence (
+    record_sequence INTEGER PRIMARY KEY REFERENCES records (sequence),
+    source TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    evidence_json TEXT NOT NULL
+);
 """
 # After the migration: the payment index names a column that version-1 files do not have yet.
 _INDEXES = """
@@ -126,6 +136,19 @@ _METER_COLUMN: Final = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a record was built from, kept with it in the store (never sent today).
+
+    ``source`` names the measurement uniquely (a second record from the same source is refused
+    with ``source_recorded``); ``kind`` says what ``data`` holds (``ocmf``: the meter's signed
+    records)."""
+
+    source: str
+    kind: str
+    data: dict[str, Any]
+
+
 class RecordStatus(StrEnum):
     RESERVED = "reserved"  # content and sequence durable, signature not yet stored
     QUEUED = "queued"  # signed, waiting for the backend's acknowledgement
@@ -138,7 +161,8 @@ class StoreError(StationSignerError):
 
     ``code`` is machine-readable: ``not_initialised``, ``foreign_store``, ``meter_backwards``,
     ``value_too_large``, ``wrong_record``, ``not_reserved``, ``not_queued``, ``not_found``,
-    ``authorization_replayed``, ``newer_store``, ``corrupt``, ``no_wal`` or ``store_error``.
+    ``authorization_replayed``, ``source_recorded``, ``newer_store``, ``corrupt``, ``no_wal``
+    or ``store_error``.
     """
 
     def __init__(self, message: str, code: str = "store_error") -> None:
@@ -419,7 +443,12 @@ class StationStore:
 
     # --- write-ahead signing --------------------------------------------------------------
 
-    def reserve(self, build: RecordBuilder, payment: dict[str, Any] | None = None) -> StoredRecord:
+    def reserve(
+        self,
+        build: RecordBuilder,
+        payment: dict[str, Any] | None = None,
+        evidence: Evidence | None = None,
+    ) -> StoredRecord:
         """Step 1: durably binds the next sequence to the record ``build`` makes for it.
 
         ``payment`` is the signed payment authorisation (its JSON) the record commits to; it is
@@ -436,6 +465,10 @@ class StationStore:
         the same transaction, so the station's meters and its records never disagree after a
         crash. Raises StoreError (nothing is stored) if the record is for another sequence or
         station or would run the meter backwards.
+
+        ``evidence`` is stored in the same transaction; a source that already has a record is
+        refused (``source_recorded``), so a caller that retries after a crash cannot make two
+        records of one measurement.
         """
         with self._transaction() as db:
             state = self.state(with_counts=False)
@@ -487,6 +520,17 @@ class StationStore:
                     "pays for another record of this station; an authorisation pays once",
                     "authorization_replayed",
                 ) from None
+            if evidence is not None:
+                try:
+                    db.execute(
+                        "INSERT INTO evidence (record_sequence, source, kind, evidence_json)"
+                        " VALUES (?, ?, ?, ?)",
+                        (sequence, evidence.source, evidence.kind, json.dumps(evidence.data)),
+                    )
+                except sqlite3.IntegrityError:
+                    raise StoreError(
+                        f"{evidence.source} already has a record", "source_recorded"
+                    ) from None
             db.execute(
                 f"UPDATE station SET next_sequence = ?, {column} = ?",
                 (sequence + 1, record.meter_after_wh),
@@ -494,6 +538,21 @@ class StationStore:
         return StoredRecord(
             sequence, RecordStatus.RESERVED, record_json, digest, None, payment=payment
         )
+
+    def record_for_source(self, source: str) -> StoredRecord | None:
+        """The record built from evidence ``source``, None if there is none."""
+        row = self._db.execute(
+            "SELECT record_sequence FROM evidence WHERE source = ?", (source,)
+        ).fetchone()
+        return None if row is None else self.get(int(row[0]))
+
+    def evidence(self, sequence: int) -> Evidence | None:
+        """The evidence stored with record ``sequence`` (None: it was given none)."""
+        row = self._db.execute(
+            "SELECT source, kind, evidence_json FROM evidence WHERE record_sequence = ?",
+            (sequence,),
+        ).fetchone()
+        return None if row is None else Evidence(row[0], row[1], json.loads(row[2]))
 
     def attach_signature(self, sequence: int, signature: bytes) -> StoredRecord:
         """Step 3: stores the signature of a reserved record, which queues it for sync."""

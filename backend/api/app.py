@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from backend.api.auth import router as auth_router
 from backend.api.epochs import router as epochs_router
 from backend.api.errors import (
     ERROR_CODES,
@@ -24,6 +25,8 @@ from backend.api.errors import (
 )
 from backend.api.health import router as health_router
 from backend.api.limits import BodySizeLimitMiddleware
+from backend.api.me import router as me_router
+from backend.api.offers import router as offers_router
 from backend.api.ratelimit import AddressRateLimitMiddleware
 from backend.api.records import router as records_router
 from backend.api.stations import router as stations_router
@@ -119,9 +122,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=lambda: app.state.service.metrics if app.state.service else None,
             error_body=rate_limited,
         )
+        # Sign-in challenges are stored (until they expire): each address may ask for only so
+        # many, valid or not (backend/api/auth.py).
+        app.state.challenge_limits = TokenBuckets(
+            BucketPolicy(settings.siwe_challenge_burst, settings.siwe_challenge_per_s),
+            max_sources=settings.rate_limit_max_sources,
+        )
     app.include_router(records_router, responses=PARAMETER_ERROR)
     app.include_router(stations_router, responses=PARAMETER_ERROR)
     app.include_router(epochs_router, responses=PARAMETER_ERROR)
+    app.include_router(auth_router)
+    app.include_router(me_router, responses=PARAMETER_ERROR)
+    app.include_router(offers_router, responses=PARAMETER_ERROR)
     app.include_router(health_router)
     app.include_router(web_router)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
@@ -19,6 +19,7 @@ from backend.api.records import MAX_INDEX, NOT_FOUND, Limit, record_view
 from backend.api.schemas import StoredRecordView
 from backend.db.models import Epoch
 from backend.ledger import (
+    HistoryItem,
     RecordProof,
     epoch_entries,
     epoch_records,
@@ -142,6 +143,31 @@ class HistoryItemView(BaseModel):
     requested: int | None = Field(description="Points asked with the user's authorisation.")
     debited: int | None = Field(description="Points burned on chain for it, once settled.")
     toPayOtherwise: int | None = Field(description="Price not covered by points.")
+
+
+View = TypeVar("View", bound=HistoryItemView)
+
+
+def history_item_view(
+    item: HistoryItem, payment: dict[str, Any] | None, view: type[View], **extra: Any
+) -> View:
+    """A history item as the API shows it, as `view` (a subclass adds its fields: `extra`)."""
+    return view(
+        record=record_view(item.record).model_copy(update={"payment": payment}),
+        epochId=item.epoch_id,
+        state=item.state,
+        tariffVersion=item.tariff_version,
+        value=item.value,
+        credited=item.credited,
+        requested=item.requested,
+        debited=item.debited,
+        toPayOtherwise=(
+            item.value - (item.debited or 0)
+            if item.record.direction == 1 and item.value is not None and item.state == "settled"
+            else None
+        ),
+        **extra,
+    )
 
 
 class UserView(BaseModel):
@@ -355,24 +381,7 @@ def get_user(
             [i.record.log_index for i in items if i.record.payment_authorization != ZERO_BYTES32],
         )
         history = [
-            HistoryItemView(
-                record=record_view(i.record).model_copy(
-                    update={"payment": payments.get(i.record.log_index)}
-                ),
-                epochId=i.epoch_id,
-                state=i.state,
-                tariffVersion=i.tariff_version,
-                value=i.value,
-                credited=i.credited,
-                requested=i.requested,
-                debited=i.debited,
-                toPayOtherwise=(
-                    i.value - (i.debited or 0)
-                    if i.record.direction == 1 and i.value is not None and i.state == "settled"
-                    else None
-                ),
-            )
-            for i in items
+            history_item_view(i, payments.get(i.record.log_index), HistoryItemView) for i in items
         ]
     return UserView(
         user=checksum,

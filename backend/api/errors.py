@@ -15,7 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.auth import SESSION_REASONS
 from backend.errors import BackendError
+from gridpoints_protocol.siwe import REASONS as SIWE_REASONS
 from gridpoints_protocol.wire import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,30 @@ ERROR_CODES: dict[str, str] = {
     "not_found": "404: no such record, station or route.",
     "method_not_allowed": "405: the route exists for other methods.",
     "internal_error": "500: an unexpected failure; nothing of the request was committed.",
+    **{
+        code: f"401/422/503 (sign-in: /v1/auth, /v1/me): {text}."
+        for code, text in {**SIWE_REASONS, **SESSION_REASONS}.items()
+    },
+    # The relay of charge offers (POST /v1/offers, POST/GET /v1/offers/{offerId}/authorization).
+    "registration_malformed": "422: the body is not a signed charge offer {offer, signature}.",
+    "registration_bad_signature": "422: the offer's signature recovers to no key.",
+    "offer_wrong_key": "403: the offer is not signed by the station's current key (per the "
+    "registry), or the station is revoked.",
+    "offer_wrong_chain": "422: the offer is for another chain than this deployment's.",
+    "offer_expired": "422: the offer's deadline has passed.",
+    "offer_too_long": "422: the deadline lies further ahead than the relay keeps an offer "
+    "(GRIDPOINTS_OFFER_MAX_VALIDITY_S).",
+    "too_many_offers": "429: the station already holds GRIDPOINTS_OFFER_MAX_OPEN_PER_STATION "
+    "open offers; Retry-After says when its oldest one expires.",
+    "unknown_station": "422: the offer names a station that is not registered.",
+    "unknown_offer": "404: no station registered this offer id, or its deadline has passed.",
+    "authorization_malformed": "422: the body is not a signed payment authorisation.",
+    "offer_bad_signature": "422: the authorisation is not signed by its own user for this "
+    "deployment's Settlement contract.",
+    "offer_wrong_station": "422: the authorisation names another station than the offer.",
+    "offer_wrong_amount": "422: the authorisation's maxPoints differs from the offer's.",
+    "offer_wrong_deadline": "422: the authorisation's deadline differs from the offer's.",
+    "offer_taken": "409: another offer or authorisation already holds this offer id.",
 }
 
 _STATUS_CODES = {
@@ -54,12 +80,21 @@ _STATUS_CODES = {
 class ApiError(BackendError):
     """Raised by handlers to answer with an ErrorResponse."""
 
-    def __init__(self, status_code: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -106,7 +141,9 @@ def rate_limited(retry_after: int) -> dict[str, Any]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+        return error_response(
+            exc.status_code, exc.code, exc.message, exc.details, headers=exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

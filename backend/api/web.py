@@ -6,6 +6,10 @@ scripts/setup), and ``/web/config.json``: the chain id, the RPC URL browsers use
 
 Every answer carries a strict Content-Security-Policy: scripts, styles and images from this
 origin only, and connections to this origin and the RPC URL's origin only.
+
+``/web/config.json`` also carries the contracts' ABIs (as compiled, from the chain layer) and the
+payment authorisation's EIP-712 domain and types (from the protocol core), so that the page
+holds no copy of either.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from backend.api.deps import get_service
 from backend.api.errors import ApiError
 from backend.service import BackendService
+from gridpoints_protocol.authorization import typed_data_types
 
 WEB_DIR: Final = Path(__file__).resolve().parent.parent / "web"
 ETHERS_FILE: Final = (
@@ -92,11 +97,23 @@ def web_config(request: Request, service: ServiceDep) -> Response:
     deployment = service.deployment
     if deployment is None:
         raise ApiError(503, "unavailable", "the backend is starting or stopping")
+    chain = service.chain
+    if chain is None:
+        raise ApiError(503, "unavailable", "the backend is starting or stopping")
     body: dict[str, Any] = {
         "chainId": deployment.chain_id,
         "rpcUrl": public_rpc_url(request),
         "contracts": dict(deployment.addresses),
         "api": "/v1",
+        # The contracts' ABIs as compiled (contracts/out, through the chain layer): the page
+        # calls the contracts with these, never with hand-written copies.
+        "abi": {"Settlement": chain.settlement.abi, "PointsToken": chain.token.abi},
+        # What the wallet signs to pay with points: the protocol's own EIP-712 definition.
+        "paymentAuthorization": {
+            "domain": chain.settlement_domain.to_json(),
+            "types": typed_data_types(),
+            "primaryType": "PaymentAuthorization",
+        },
     }
     return _secured(JSONResponse(body), request)
 

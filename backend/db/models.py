@@ -304,6 +304,26 @@ class PaymentAuthorizationRow(Base):
     body: Mapped[str] = mapped_column(Text)  # SignedAuthorization JSON, as published
 
 
+class ChargeOfferRow(Base):
+    """A charge offer a station registered (signed by its current key) for the web app's relay,
+    and the user's signed payment authorisation once the page relayed it (backend/offers.py).
+    Not part of the log: deleted once the deadline has passed; the station attaches the
+    authorisation to its charge record, which stores it in `payment_authorizations` like any
+    other. At most `offer_max_open_per_station` open rows per station."""
+
+    __tablename__ = "charge_offers"
+    __table_args__ = (Index(None, "station_id", "deadline"),)
+
+    offer_id: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    station_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    max_points: Mapped[str] = mapped_column(String(40))  # uint128 as decimal: exact
+    deadline: Mapped[int] = mapped_column(U64(), index=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The relayed SignedAuthorization JSON (None: not signed yet) and when it came.
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 # ---- epochs and settlement ------------------------------------------------------------------
 
 
@@ -424,3 +444,35 @@ class SettlementAttempt(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # signed -> mined | replaced (another transaction took the nonce, or the chain was rewound)
     outcome: Mapped[str] = mapped_column(String(16))
+
+
+# ---- sign-in with Ethereum (backend/auth.py) ------------------------------------------------
+
+
+class AuthChallenge(Base):
+    """An EIP-4361 message the backend issued, waiting to be signed (single use).
+
+    Kept until it expires, also once used (``used_at``), so that a second use is told apart
+    as ``replayed``; expired rows are deleted whenever a challenge is issued.
+    """
+
+    __tablename__ = "auth_challenges"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuthSession(Base):
+    """A signed-in wallet's session: only the SHA-256 of its bearer token is stored, so a
+    copy of the database does not let anyone in."""
+
+    __tablename__ = "auth_sessions"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    user_address: Mapped[bytes] = mapped_column(LargeBinary(20), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

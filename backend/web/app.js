@@ -1,16 +1,13 @@
-// GridPoints web app: "My points" for wallet users, "Explorer" for auditors.
+// GridPoints web app: "My points" and "Pay with points" for wallet users, "Explorer" for auditors.
 // Plain ES module, no build step. It talks to this server's own API (/v1, /web/config.json) and
 // to the RPC URL the server names in /web/config.json, nothing else (the CSP enforces it).
 // Balances and epoch roots are read from the chain, never taken from the backend's word;
 // inclusion proofs are checked here, in the browser, against the root on chain.
-import { Contract, JsonRpcProvider, TypedDataEncoder, getAddress } from "./vendor/ethers.js";
+import { Contract, JsonRpcProvider, Signature, TypedDataEncoder, getAddress, verifyTypedData } from "./vendor/ethers.js";
 import { recordLeafHash, verifyInclusion } from "./merkle.js";
 
-const TOKEN_ABI = ["function balanceOf(address) view returns (uint256)"];
-const SETTLEMENT_ABI = [
-  "function lastEpochId() view returns (uint64)",
-  "function getEpoch(uint64 epochId) view returns (tuple(bytes32 recordsRoot, bytes32 creditsRoot, bytes32 tariffHash, uint64 recordCount, uint64 committedAt, uint128 totalCredits, uint128 totalDebits, uint128 appliedCredits, uint128 appliedDebits))",
-];
+// The contracts' ABIs come from /web/config.json (compiled, contracts/out), and so does the payment
+// authorisation's EIP-712 definition (the protocol core's): the page holds no copy of either.
 const RECORD_TYPES = {
   EnergyTransfer: [
     { name: "stationId", type: "bytes32" },
@@ -58,6 +55,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const fmt = new Intl.NumberFormat("en-US");
+/** "1 record", "2 records": a count with its noun. */
+export const count = (n, one, many = `${one}s`) => `${fmt.format(BigInt(n))} ${BigInt(n) === 1n ? one : many}`;
 export const points = (n) => `${fmt.format(BigInt(n))} points`;
 export const kwh = (wh) =>
   `${(Number(wh) / 1000).toLocaleString("en-US", { minimumFractionDigits: 3, maximumFractionDigits: 3 })} kWh`;
@@ -81,7 +80,18 @@ async function api(path) {
     }
     throw new Error(`${path}: ${message}`);
   }
-  return response.json();
+  return parseJson(await response.text());
+}
+
+// The API writes every integer as a JSON number; one above 2^53 - 1 (a 256-bit nonce, a uint64
+// meter) would be rounded by JSON.parse, so it is kept as its exact decimal text instead (where
+// the browser gives the parser the source text; BigInt() and String() read it either way).
+export function parseJson(text) {
+  return JSON.parse(text, (_key, value, context) =>
+    typeof value === "number" && !Number.isSafeInteger(value) && context?.source && /^-?[0-9]+$/.test(context.source)
+      ? context.source
+      : value,
+  );
 }
 
 // Private data (a user's history) goes through here: once sign-in with the wallet (EIP-4361)
@@ -109,8 +119,8 @@ async function loadConfig() {
   const config = await api("/web/config.json");
   state.config = config;
   state.rpc = new JsonRpcProvider(config.rpcUrl, config.chainId, { staticNetwork: true });
-  state.token = new Contract(config.contracts.PointsToken, TOKEN_ABI, state.rpc);
-  state.settlement = new Contract(config.contracts.Settlement, SETTLEMENT_ABI, state.rpc);
+  state.token = new Contract(config.contracts.PointsToken, config.abi.PointsToken, state.rpc);
+  state.settlement = new Contract(config.contracts.Settlement, config.abi.Settlement, state.rpc);
 }
 
 // ---- wallets: EIP-6963 discovery, EIP-1193 fallback ------------------------------------------
@@ -119,7 +129,7 @@ window.addEventListener("eip6963:announceProvider", (event) => {
   const { info, provider } = event.detail || {};
   if (!info?.uuid || !provider?.request) return;
   state.wallets.set(info.uuid, { info, provider });
-  if (!state.account && currentView() === "points") renderPoints();
+  if (!state.account && WALLET_VIEWS.has(currentView())) route();
 });
 
 function discoverWallets() {
@@ -143,11 +153,12 @@ async function connect(choice) {
   if (choice.provider.on) {
     choice.provider.on("chainChanged", (id) => {
       state.chainId = Number(id);
-      renderPoints();
+      route();
     });
     choice.provider.on("accountsChanged", (list) => {
       state.account = list?.length ? getAddress(list[0]) : null;
-      renderPoints();
+      renderWalletBadge();
+      route();
     });
   }
   renderWalletBadge();
@@ -175,7 +186,15 @@ async function renderPoints() {
   const section = el("section", { "aria-labelledby": "points-title" }, el("h1", { id: "points-title" }, "My points"));
   const balanceBox = el("div", { class: "card balance", id: "balance" }, loading("Reading your balance from the chain…"));
   const historyBox = el("div", { id: "history" }, loading("Loading your records…"));
-  section.append(el("p", { class: "muted" }, "Wallet ", el("code", { id: "account" }, user)), balanceBox, historyBox);
+  const authBox = el("div", { id: "authorizations-box" }, loading("Loading your payment authorisations…"));
+  section.append(
+    el("p", { class: "muted" }, "Wallet ", el("code", { id: "account" }, user)),
+    balanceBox,
+    historyBox,
+    el("h2", { id: "authorizations-title" }, "Payment authorisations"),
+    el("p", { class: "muted" }, "To pay for a charge with points, open the link or scan the code the charging station shows: it brings you to the page where you sign. Listed here: what you signed in this browser and what your records carry."),
+    authBox,
+  );
   show(section);
 
   state.token
@@ -191,8 +210,10 @@ async function renderPoints() {
   try {
     const [history] = await Promise.all([loadHistory(user), loadEpochs(), loadTariffs()]);
     historyBox.replaceChildren(...historyTables(history));
+    authBox.replaceChildren(await authorizationsTable(user, history));
   } catch (error) {
     historyBox.replaceChildren(errorBox("Could not load your records:", error));
+    authBox.replaceChildren(errorBox("Could not list your payment authorisations:", error));
   }
 }
 
@@ -259,7 +280,7 @@ function renderConnect() {
         el(
           "p",
           {},
-          "To see your points, this page needs an Ethereum wallet in your browser (a browser extension or a wallet app's built-in browser). None announced itself, and there is no window.ethereum provider.",
+          `To ${currentView() === "pay" ? "pay with your points" : "see your points"}, this page needs an Ethereum wallet in your browser (a browser extension or a wallet app's built-in browser). None announced itself, and there is no window.ethereum provider.`,
         ),
         el("p", {}, "Install a wallet, reload this page, and connect. The Explorer works without a wallet."),
         el("a", { href: "#/explorer", class: "button" }, "Open the Explorer"),
@@ -278,7 +299,7 @@ function renderConnect() {
           status.textContent = `Asking ${choice.name} for your account…`;
           try {
             await connect(choice);
-            await renderPoints();
+            await route();
           } catch (error) {
             status.replaceChildren(errorBox("The wallet did not connect:", error));
           }
@@ -292,8 +313,14 @@ function renderConnect() {
     el(
       "section",
       { class: "card", id: "connect" },
-      el("h1", {}, "My points"),
-      el("p", {}, "Connect your wallet to see your points balance (read from the chain), your records and their proofs."),
+      el("h1", {}, currentView() === "pay" ? "Pay for a charge with points" : "My points"),
+      el(
+        "p",
+        {},
+        currentView() === "pay"
+          ? "Connect your wallet to read the station's offer against your balance and sign the payment authorisation."
+          : "Connect your wallet to see your points balance (read from the chain), your records and their proofs.",
+      ),
       el("div", { class: "choices" }, buttons),
       status,
     ),
@@ -310,7 +337,7 @@ function renderWrongChain() {
       el(
         "p",
         {},
-        `Your wallet is on chain ${state.chainId}; GridPoints runs on chain ${state.config.chainId}. Switch your wallet to chain ${state.config.chainId} to see your points.`,
+        `Your wallet is on chain ${state.chainId}; GridPoints runs on chain ${state.config.chainId}. Switch your wallet to chain ${state.config.chainId} to go on.`,
       ),
       el(
         "button",
@@ -322,7 +349,7 @@ function renderWrongChain() {
             status.textContent = "Asking the wallet to switch…";
             try {
               await switchChain();
-              await renderPoints();
+              await route();
             } catch (error) {
               status.replaceChildren(errorBox("The wallet did not switch:", error));
             }
@@ -463,6 +490,10 @@ async function renderExplorer() {
   const epochsBox = el("div", { id: "epochs-box" }, loading("Loading epochs…"));
   const stationsBox = el("div", { id: "stations-box" }, loading("Loading stations…"));
   const tariffsBox = el("div", { id: "tariffs-box" }, loading("Loading tariffs…"));
+  const auditBox = el("div", { id: "audit-box" }, loading("Loading the last audit verdict…"));
+  api("/v1/audit/last")
+    .then((verdict) => auditBox.replaceChildren(auditCard(verdict)))
+    .catch((error) => auditBox.replaceChildren(errorBox("Could not load the last audit verdict:", error)));
   show(
     el(
       "section",
@@ -475,6 +506,8 @@ async function renderExplorer() {
       stationsBox,
       el("h2", {}, "Tariffs"),
       tariffsBox,
+      el("h2", {}, "Last audit"),
+      auditBox,
       auditorHowTo(),
     ),
   );
@@ -526,7 +559,7 @@ async function epochsTable(epochs) {
         { "data-epoch": e.epochId },
         el("td", { "data-label": "Epoch" }, String(e.epochId)),
         el("td", { "data-label": "State" }, e.state),
-        el("td", { "data-label": "Records", class: "num" }, `${fmt.format(e.recordCount)} records`),
+        el("td", { "data-label": "Records", class: "num" }, count(e.recordCount, "record")),
         el("td", { "data-label": "Records root" }, hash(e.recordsRoot, "records root")),
         el("td", { "data-label": "Credits root" }, hash(e.creditsRoot, "credits root")),
         el("td", { "data-label": "Tariff" }, el("a", { href: `/v1/tariffs/${e.tariffHash}` }, e.tariffVersion), " ", hash(e.tariffHash, "tariff hash")),
@@ -542,7 +575,7 @@ async function epochsTable(epochs) {
                 { class: "steps" },
                 (e.steps || [])
                   .filter((s) => s.kind !== "commit")
-                  .map((s) => el("li", {}, `${s.kind} ${s.chunkId ?? ""}: ${s.entries} entries, ${points(s.amount)} `, hash(s.txHash, `${s.kind} tx`), ` (${s.state})`)),
+                  .map((s) => el("li", {}, `${s.kind} ${s.chunkId ?? ""}: ${count(s.entries, "entry", "entries")}, ${points(s.amount)} `, hash(s.txHash, `${s.kind} tx`), ` (${s.state})`)),
               )
             : "—",
         ),
@@ -575,11 +608,15 @@ function stationsTable(stations) {
           el(
             "tr",
             { "data-station": s.stationId },
-            el("td", { "data-label": "Station" }, hash(s.stationId, "station")),
+            el(
+              "td",
+              { "data-label": "Station" },
+              el("a", { href: `#/explorer/station/${s.stationId}`, "aria-label": `Status of station ${s.stationId}` }, hash(s.stationId, "station")),
+            ),
             el("td", { "data-label": "Status" }, s.revokedAt ? `revoked ${when(s.revokedAt)}` : s.registered ? "registered" : "unknown"),
             el("td", { "data-label": "Keys" }, `${s.keys.length} (current ${short(s.currentSigner, 6)})`),
-            el("td", { "data-label": "Records", class: "num" }, `${fmt.format(s.recordCount)} records`),
-            el("td", { "data-label": "Gaps", class: "num" }, s.gapCount ? `${s.gapCount} gaps, ${s.missingCount} missing` : "none"),
+            el("td", { "data-label": "Records", class: "num" }, count(s.recordCount, "record")),
+            el("td", { "data-label": "Gaps", class: "num" }, s.gapCount ? `${count(s.gapCount, "gap")}, ${fmt.format(s.missingCount)} missing` : "none"),
             el(
               "td",
               { "data-label": "Rejections", class: "num" },
@@ -588,7 +625,7 @@ function stationsTable(stations) {
             el(
               "td",
               { "data-label": "Equivocations", class: s.equivocations ? "bad" : "" },
-              s.equivocations ? el("a", { href: `/v1/stations/${s.stationId}/equivocations` }, `${s.equivocations} (evidence)`) : "none",
+              s.equivocations ? el("a", { href: `#/explorer/station/${s.stationId}` }, `${s.equivocations} (evidence)`) : "none",
             ),
           ),
         ),
@@ -611,21 +648,555 @@ function auditorHowTo() {
   );
 }
 
+// ---- requests that change something ---------------------------------------------------------
+
+async function apiPost(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify(body),
+  });
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch {
+    /* not JSON */
+  }
+  if (!response.ok) {
+    const error = new Error(answer?.error?.message || `${response.status} ${response.statusText}`);
+    error.code = answer?.error?.code;
+    throw error;
+  }
+  return answer;
+}
+
+const localTime = (unix) =>
+  new Date(Number(unix) * 1000).toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "short" });
+
+// ---- Pay with points at a charger -----------------------------------------------------------
+// The station shows a link (or its QR code) to #/pay?offer=…&station=…&maxPoints=…&deadline=…
+// &chainId=… (gridpoints_protocol/offers.py; the terms sit in the fragment, which the browser
+// sends to no server). The user signs the PaymentAuthorization with exactly those terms in their
+// wallet (eth_signTypedData_v4, a fresh random nonce), and the page posts the signed
+// authorisation to this server under the offer's id, where the station polls for it.
+
+const UINT128_MAX = (1n << 128n) - 1n;
+
+/** The charge offer of a #/pay?… fragment, checked field by field (throws with the reason). */
+export function parseOffer(fragment) {
+  const query = fragment.replace(/^#?\/pay\?/, "");
+  const params = new URLSearchParams(query);
+  const wanted = ["offer", "station", "maxPoints", "deadline", "chainId"];
+  const names = [...params.keys()];
+  const missing = wanted.filter((n) => !params.has(n));
+  if (missing.length) throw new Error(`the link lacks ${missing.join(", ")}`);
+  if (names.length !== wanted.length || names.some((n) => !wanted.includes(n))) {
+    throw new Error(`the link must name exactly ${wanted.join(", ")}`);
+  }
+  const offer = params.get("offer");
+  if (!/^[0-9a-f]{32}$/.test(offer)) throw new Error("the offer id is not 32 hex digits");
+  const station = params.get("station");
+  if (!/^0x[0-9a-fA-F]{64}$/.test(station) || /^0x0+$/.test(station)) throw new Error("the station id is not 0x + 64 hex digits");
+  const decimal = (name, digits) => {
+    const text = params.get(name);
+    if (!new RegExp(`^[0-9]{1,${digits}}$`).test(text)) throw new Error(`${name} is not a decimal number`);
+    return BigInt(text);
+  };
+  const maxPoints = decimal("maxPoints", 39);
+  if (maxPoints < 1n || maxPoints > UINT128_MAX) throw new Error("maxPoints must be at least 1 point");
+  const deadline = decimal("deadline", 20);
+  if (deadline < 1n || deadline >= 1n << 64n) throw new Error("the deadline is not a time");
+  const chainId = decimal("chainId", 20);
+  return { offer, station: station.toLowerCase(), maxPoints, deadline: Number(deadline), chainId: Number(chainId) };
+}
+
+function randomNonce() {
+  // Nonces are unordered on chain (a bitmap per user): any unused uint256 works, and 256 random
+  // bits never collide with the user's other authorisations.
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  return BigInt("0x" + [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(""));
+}
+
+async function renderPay() {
+  let offer;
+  try {
+    offer = parseOffer(location.hash);
+  } catch (error) {
+    show(el("section", { class: "card", id: "offer" }, el("h1", {}, "Pay for a charge with points"), errorBox("This charge offer link is not valid:", error), el("p", {}, "Scan the station's code again, or ask the station for a new one.")));
+    return;
+  }
+  if (offer.chainId !== state.config.chainId) {
+    show(
+      el(
+        "section",
+        { class: "card", id: "offer" },
+        el("h1", {}, "Pay for a charge with points"),
+        errorBox("This offer is for another network:", `the station's offer is for chain ${offer.chainId}; this GridPoints server runs chain ${state.config.chainId}.`),
+      ),
+    );
+    return;
+  }
+  if (!state.account) return renderConnect();
+  if (state.chainId !== state.config.chainId) return renderWrongChain();
+  const now = Math.floor(Date.now() / 1000);
+  const stationLine = el("span", { id: "offer-station-status" }, "checking the station…");
+  const balanceLine = el("span", { id: "offer-balance" }, "reading your balance from the chain…");
+  const registrationLine = el("span", { id: "offer-registration" }, "checking that the station registered it…");
+  const status = el("div", { id: "offer-status", role: "status", "aria-live": "polite" });
+  const expired = offer.deadline <= now;
+  const button = el(
+    "button",
+    { class: "button", type: "button", id: "sign-offer", disabled: expired },
+    `Sign: pay up to ${points(offer.maxPoints)}`,
+  );
+  button.addEventListener("click", () => signOffer(offer, status, button));
+  show(
+    el(
+      "section",
+      { class: "card", id: "offer", "aria-labelledby": "offer-title" },
+      el("h1", { id: "offer-title" }, "Pay for a charge with points"),
+      el("p", { class: "lead", id: "offer-summary" }, `A charging station asks you to pay for one charge with up to ${points(offer.maxPoints)}.`),
+      el(
+        "dl",
+        { class: "terms" },
+        el("dt", {}, "Station"),
+        el("dd", {}, el("code", { class: "wrap", id: "offer-station" }, offer.station), " ", stationLine),
+        el("dt", {}, "At most"),
+        el("dd", { id: "offer-max" }, points(offer.maxPoints)),
+        el("dt", {}, "Offer"),
+        el("dd", {}, registrationLine),
+        el("dt", {}, "Valid until"),
+        el("dd", { id: "offer-deadline" }, `${localTime(offer.deadline)} (your time) · ${when(offer.deadline)}`),
+        el("dt", {}, "From your wallet"),
+        el("dd", {}, el("code", { class: "wrap" }, state.account)),
+        el("dt", {}, "Your balance"),
+        el("dd", {}, balanceLine),
+      ),
+      el(
+        "p",
+        {},
+        "The charge's price under the published tariff is burned from your points when the charge is settled on chain — never more than the amount above. If your balance is lower then, the rest is paid otherwise. Nothing is burned if it is not settled by the time above. Until it is used, you can cancel it under My points.",
+      ),
+      expired ? errorBox("This offer has expired:", "ask the station for a new one.") : null,
+      button,
+      status,
+    ),
+  );
+  api(`/v1/stations/${offer.station}`)
+    .then((s) => {
+      stationLine.textContent = s.revokedAt ? "(revoked: do not pay here)" : s.registered ? `(registered, tariff zone ${s.zone})` : "(not registered)";
+      if (s.revokedAt || !s.registered) button.disabled = true;
+    })
+    .catch((error) => {
+      stationLine.textContent = `(unknown to this server: ${error.message || error})`;
+      button.disabled = true;
+    });
+  // The backend relays an answer only to an offer its station registered (signed by the
+  // station's key) with exactly these terms: say so before the user signs in vain.
+  api(`/v1/offers/${offer.offer}/authorization`)
+    .then((o) => {
+      const t = o.offer;
+      const same =
+        t.stationId.toLowerCase() === offer.station &&
+        BigInt(t.maxPoints) === offer.maxPoints &&
+        Number(t.deadline) === offer.deadline &&
+        Number(t.chainId) === offer.chainId;
+      if (!same) {
+        registrationLine.textContent = "the station registered other terms than this link shows: do not sign";
+        button.disabled = true;
+      } else if (o.signed) {
+        registrationLine.textContent = "already answered: ask the station for a new offer";
+        button.disabled = true;
+      } else {
+        registrationLine.textContent = "registered by the station, waiting for your signature";
+      }
+    })
+    .catch(() => {
+      registrationLine.textContent = "not registered by the station, or expired: ask the station for a new one";
+      button.disabled = true;
+    });
+  state.token
+    .balanceOf(state.account)
+    .then((b) => {
+      balanceLine.textContent = `${points(b)} (PointsToken.balanceOf on chain)`;
+      balanceLine.dataset.points = b.toString();
+    })
+    .catch((error) => (balanceLine.textContent = `could not read it: ${error.message || error}`));
+}
+
+async function signOffer(offer, status, button) {
+  button.disabled = true;
+  status.replaceChildren(loading("Waiting for your wallet's signature…"));
+  try {
+    const pa = state.config.paymentAuthorization;
+    const nonce = randomNonce();
+    // Integers above 2^53 - 1 travel as decimal strings: a wallet would round a JSON number.
+    const message = {
+      user: state.account,
+      stationId: offer.station,
+      maxPoints: offer.maxPoints.toString(),
+      nonce: nonce.toString(),
+      deadline: offer.deadline,
+    };
+    const typed = { types: pa.types, primaryType: pa.primaryType, domain: pa.domain, message };
+    const raw = await state.wallet.provider.request({ method: "eth_signTypedData_v4", params: [state.account, JSON.stringify(typed)] });
+    // The wallet must have signed exactly these terms with this account.
+    const { EIP712Domain: _domainType, ...types } = pa.types;
+    if (!hexEq(verifyTypedData(pa.domain, types, message, raw), state.account)) {
+      throw new Error("the wallet's signature is not this account's signature of these terms");
+    }
+    const signed = { authorization: message, signature: Signature.from(raw).serialized };
+    // Kept in this browser before it is sent, so that it can be listed and cancelled even if
+    // sending fails.
+    remember(state.account, { ...signed, offer: offer.offer, signedAt: Math.floor(Date.now() / 1000) });
+    status.replaceChildren(loading("Sending your signed authorisation to the station…"));
+    await apiPost(`/v1/offers/${offer.offer}/authorization`, signed);
+    status.replaceChildren(
+      el(
+        "div",
+        { class: "success", id: "offer-sent" },
+        el("strong", {}, "✓ Sent to the station."),
+        ` You authorised up to ${points(offer.maxPoints)} for this charge (nonce ${short(nonce.toString(), 8)}). The station can start charging; after settlement the burned points show under `,
+        el("a", { href: "#/points" }, "My points"),
+        ".",
+      ),
+    );
+  } catch (error) {
+    button.disabled = false;
+    const what = error?.code === "offer_taken" ? "Someone already answered this offer:" : "Not sent:";
+    status.replaceChildren(errorBox(what, error?.code === 4001 ? "you declined in your wallet." : error));
+  }
+}
+
+// ---- payment authorisations: listed, cancelled on chain -------------------------------------
+// Listed from what this browser signed (localStorage) and the authorisations attached to the
+// user's records; their state is read from the Settlement contract (isAuthorizationUsed). When
+// sign-in with the wallet lands, the backend's list of the user's relayed authorisations can be
+// added here through privateApi.
+
+function storeKey(account) {
+  return `gridpoints:authorizations:${state.config.chainId}:${state.config.contracts.Settlement}:${account}`.toLowerCase();
+}
+
+function remembered(account) {
+  try {
+    const list = JSON.parse(localStorage.getItem(storeKey(account)) || "[]");
+    return Array.isArray(list) ? list : [];
+  } catch {
+    return [];
+  }
+}
+
+function remember(account, signed) {
+  const list = remembered(account).filter((s) => String(s.authorization.nonce) !== String(signed.authorization.nonce));
+  list.push(signed);
+  try {
+    localStorage.setItem(storeKey(account), JSON.stringify(list.slice(-200)));
+  } catch {
+    /* storage full or disabled: the list then only shows what the records carry */
+  }
+}
+
+async function authorizationsTable(user, history) {
+  // Keyed by the authorisation's EIP-712 digest, which the charge record commits to.
+  const pa = state.config.paymentAuthorization;
+  const { EIP712Domain: _domainType, ...types } = pa.types;
+  const known = new Map(); // digest -> {signed, item}
+  for (const signed of remembered(user)) {
+    known.set(TypedDataEncoder.hash(pa.domain, types, signed.authorization).toLowerCase(), { signed, item: null });
+  }
+  for (const item of history) {
+    const payment = item.record.payment;
+    if (!payment) continue;
+    const key = item.record.record.paymentAuthorization.toLowerCase();
+    known.set(key, { signed: known.get(key)?.signed || payment, item });
+  }
+  if (!known.size) {
+    return el("p", { class: "muted", id: "authorizations-empty" }, "No payment authorisation signed in this browser or attached to your records.");
+  }
+  const now = Math.floor(Date.now() / 1000);
+  const rows = await Promise.all(
+    [...known.values()].map(async ({ signed, item }) => {
+      const a = signed.authorization;
+      const nonce = BigInt(a.nonce).toString();
+      const used = await state.settlement.isAuthorizationUsed(user, BigInt(nonce));
+      const stateCell = el("td", { "data-label": "State", class: "auth-state" });
+      const action = el("td", { "data-label": "Action" });
+      let open = false;
+      if (item && item.debited !== null && item.debited !== undefined && item.state === "settled") {
+        stateCell.append(`paid: ${points(item.debited)} burned in epoch ${item.epochId}`);
+      } else if (used) {
+        stateCell.append("used on chain: cancelled (or voided); can no longer pay");
+      } else if (Number(a.deadline) < now) {
+        stateCell.append("expired: can no longer pay");
+      } else {
+        open = true;
+        stateCell.append(item ? `open: attached to a charge (#${item.record.record.sequence}) waiting for settlement` : "open: not used yet");
+        stateCell.classList.add("open");
+      }
+      if (open) {
+        const button = el(
+          "button",
+          { type: "button", class: "button small cancel", "aria-label": `Cancel the authorisation with nonce ${nonce}` },
+          "Cancel on chain",
+        );
+        button.addEventListener("click", () => cancelAuthorization(nonce, stateCell, button));
+        action.append(button);
+      } else {
+        action.append("—");
+      }
+      return el(
+        "tr",
+        { "data-nonce": nonce, "data-open": open ? "true" : "false" },
+        el("td", { "data-label": "Station" }, hash(a.stationId, "station")),
+        el("td", { "data-label": "At most", class: "num" }, points(a.maxPoints)),
+        el("td", { "data-label": "Valid until" }, when(a.deadline)),
+        el("td", { "data-label": "Nonce" }, el("code", { title: nonce }, short(nonce, 8))),
+        stateCell,
+        action,
+      );
+    }),
+  );
+  const head = ["Station", "At most", "Valid until", "Nonce", "State", "Action"];
+  const openCount = rows.filter((r) => r.dataset.open === "true").length;
+  return el(
+    "div",
+    { class: "scroll" },
+    el(
+      "table",
+      { id: "authorizations" },
+      el("caption", {}, `${openCount} open of ${rows.length} (state read from the Settlement contract)`),
+      el("thead", {}, el("tr", {}, head.map((n) => el("th", { scope: "col" }, n)))),
+      el("tbody", {}, rows),
+    ),
+  );
+}
+
+async function cancelAuthorization(nonce, stateCell, button) {
+  button.disabled = true;
+  stateCell.classList.remove("open");
+  stateCell.replaceChildren(loading("Waiting for your wallet to send the cancellation…"));
+  try {
+    const data = state.settlement.interface.encodeFunctionData("cancelAuthorization", [BigInt(nonce)]);
+    const txHash = await state.wallet.provider.request({
+      method: "eth_sendTransaction",
+      params: [{ from: state.account, to: state.config.contracts.Settlement, data }],
+    });
+    stateCell.replaceChildren(loading(`Cancellation sent (${short(txHash)}); waiting for it to be mined…`));
+    const receipt = await waitForReceipt(txHash);
+    if (receipt.status !== 1) throw new Error(`the cancellation transaction ${txHash} reverted`);
+    const used = await state.settlement.isAuthorizationUsed(state.account, BigInt(nonce));
+    if (!used) throw new Error("the transaction was mined but the chain does not show the nonce as used");
+    stateCell.replaceChildren(el("span", { class: "ok" }, `cancelled on chain in block ${receipt.blockNumber}, tx `), hash(txHash, "cancel tx"));
+    button.remove();
+  } catch (error) {
+    button.disabled = false;
+    stateCell.replaceChildren(errorBox("Not cancelled:", error?.code === 4001 ? "you declined in your wallet." : error));
+  }
+}
+
+async function waitForReceipt(txHash, timeoutMs = 120_000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const receipt = await state.rpc.getTransactionReceipt(txHash);
+    if (receipt) return receipt;
+    if (Date.now() > end) throw new Error(`transaction ${txHash} not mined within ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+// ---- Explorer: one station's status ---------------------------------------------------------
+
+async function renderStation(stationId) {
+  const body = el("div", { id: "station-box" }, loading("Loading the station…"));
+  show(
+    el(
+      "section",
+      { "aria-labelledby": "station-title" },
+      el("p", {}, el("a", { href: "#/explorer" }, "← Explorer")),
+      el("h1", { id: "station-title" }, "Station ", el("code", { class: "wrap" }, stationId)),
+      body,
+    ),
+  );
+  try {
+    if (!/^0x[0-9a-fA-F]{64}$/.test(stationId)) throw new Error("a station id is 0x + 64 hex digits");
+    const [s, rejections, equivocations] = await Promise.all([
+      api(`/v1/stations/${stationId}`),
+      api(`/v1/stations/${stationId}/rejections?limit=50`),
+      api(`/v1/stations/${stationId}/equivocations`),
+    ]);
+    body.replaceChildren(...stationDetails(s, rejections, equivocations));
+  } catch (error) {
+    body.replaceChildren(errorBox("Could not load the station:", error));
+  }
+}
+
+function stationDetails(s, rejections, equivocations) {
+  const status = s.revokedAt ? `revoked since ${when(s.revokedAt)}` : s.registered ? "registered" : "not registered";
+  const facts = el(
+    "dl",
+    { class: "terms card", id: "station-facts" },
+    el("dt", {}, "Status"),
+    el("dd", { id: "station-status" }, status),
+    el("dt", {}, "Tariff zone"),
+    el("dd", {}, s.zone ?? "—"),
+    el("dt", {}, "Maximum power"),
+    el("dd", {}, s.maxPowerW === null ? "—" : `${(s.maxPowerW / 1000).toLocaleString("en-US")} kW`),
+    el("dt", {}, "Active from"),
+    el("dd", {}, s.activeFrom === null ? "—" : s.activeFrom === 0 ? "the start (any record end time)" : when(s.activeFrom)),
+    el("dt", {}, "Records accepted"),
+    el("dd", { id: "station-records" }, `${count(s.recordCount, "record")}, last sequence ${s.lastSequence ?? "—"}`),
+    el("dt", {}, "Last record received"),
+    el("dd", {}, s.lastSeenAt ? s.lastSeenAt.replace("T", " ").slice(0, 16) + " UTC" : "—"),
+  );
+  const keys = el(
+    "table",
+    { id: "station-keys" },
+    el("caption", {}, `Signing keys (${s.keys.length}), from the StationRegistry's events`),
+    el("thead", {}, el("tr", {}, ["Key (signer address)", "Valid for records ending from", "until"].map((n) => el("th", { scope: "col" }, n)))),
+    el(
+      "tbody",
+      {},
+      s.keys.map((k) =>
+        el(
+          "tr",
+          { "data-signer": k.signer },
+          el("td", { "data-label": "Key" }, el("code", { class: "wrap" }, k.signer)),
+          el("td", { "data-label": "From" }, k.validFrom === 0 ? "the start" : when(k.validFrom)),
+          el("td", { "data-label": "Until" }, k.validUntil === null ? "current key" : when(k.validUntil)),
+        ),
+      ),
+    ),
+  );
+  const gaps = s.gapCount
+    ? el(
+        "div",
+        { id: "station-gaps" },
+        el("p", {}, `${count(s.gapCount, "gap")}: ${count(s.missingCount, "sequence")} below ${s.lastSequence} never arrived${s.gapsTruncated ? " (first gaps shown)" : ""}:`),
+        el("ul", {}, s.gaps.map((g) => el("li", {}, g.first === g.last ? `sequence ${g.first}` : `sequences ${g.first}–${g.last} (${g.last - g.first + 1} records)`))),
+      )
+    : el("p", { id: "station-gaps" }, s.lastSequence ? `No gaps: every sequence 1–${s.lastSequence} arrived.` : "No records yet.");
+  const rejectionList = s.rejectionCount
+    ? el(
+        "div",
+        { id: "station-rejections" },
+        el("p", {}, `${count(s.rejectionCount, "rejected submission")}: `, Object.entries(s.rejections).map(([k, v]) => `${k} × ${v}`).join(", ")),
+        el(
+          "table",
+          {},
+          el("caption", {}, `First ${rejections.rejections.length} (all in `, el("a", { href: `/v1/stations/${s.stationId}/rejections` }, "the API"), ")"),
+          el("thead", {}, el("tr", {}, ["Received", "Sequence", "Reason", "Message"].map((n) => el("th", { scope: "col" }, n)))),
+          el(
+            "tbody",
+            {},
+            rejections.rejections.map((r) =>
+              el(
+                "tr",
+                {},
+                el("td", { "data-label": "Received" }, r.receivedAt.replace("T", " ").slice(0, 19)),
+                el("td", { "data-label": "Sequence" }, r.sequence ?? "—"),
+                el("td", { "data-label": "Reason" }, el("code", {}, r.reason)),
+                el("td", { "data-label": "Message", class: "message" }, r.message),
+              ),
+            ),
+          ),
+        ),
+      )
+    : el("p", { id: "station-rejections" }, "No rejected submissions.");
+  const evidence = equivocations.equivocations.length
+    ? el(
+        "div",
+        { id: "station-equivocations" },
+        el("p", { class: "bad" }, `${count(equivocations.equivocations.length, "equivocation")}: the station signed two different records for one sequence. Both signed records are kept as evidence (`, el("a", { href: `/v1/stations/${s.stationId}/equivocations` }, "JSON"), ")."),
+        el(
+          "table",
+          {},
+          el("thead", {}, el("tr", {}, ["Sequence", "Detected", "Accepted record", "Conflicting record"].map((n) => el("th", { scope: "col" }, n)))),
+          el(
+            "tbody",
+            {},
+            equivocations.equivocations.map((e) =>
+              el(
+                "tr",
+                { "data-sequence": e.sequence },
+                el("td", { "data-label": "Sequence" }, String(e.sequence)),
+                el("td", { "data-label": "Detected" }, e.detectedAt.replace("T", " ").slice(0, 19)),
+                el("td", { "data-label": "Accepted" }, hash(e.accepted.digest, "accepted digest")),
+                el("td", { "data-label": "Conflicting" }, hash(e.conflicting.digest, "conflicting digest")),
+              ),
+            ),
+          ),
+        ),
+      )
+    : el("p", { id: "station-equivocations" }, "No equivocation: never two records for one sequence.");
+  return [
+    facts,
+    el("h2", {}, "Keys and their history"),
+    el("div", { class: "scroll" }, keys),
+    el("h2", {}, "Sequence gaps"),
+    gaps,
+    el("h2", {}, "Rejections"),
+    el("div", { class: "scroll" }, rejectionList),
+    el("h2", {}, "Equivocation evidence"),
+    el("div", { class: "scroll" }, evidence),
+  ];
+}
+
+// ---- Explorer: the last audit verdict -------------------------------------------------------
+
+function auditCard(verdict) {
+  if (!verdict.recorded) {
+    return el("p", { class: "card muted", id: "audit-verdict", "data-verdict": "none" }, "No audit verdict is recorded on this server. Run the independent auditor yourself (below): it needs nothing from the operator but the public API and the chain.");
+  }
+  if (verdict.problem) {
+    return el("div", { class: "card", id: "audit-verdict", "data-verdict": "unreadable" }, errorBox("The recorded audit report cannot be shown:", verdict.problem));
+  }
+  const r = verdict.report;
+  const clean = r.clean;
+  const kinds = Object.entries(r.kinds).map(([k, v]) => `${k} × ${v}`).join(", ");
+  return el(
+    "div",
+    { class: `card ${clean ? "" : "notice"}`, id: "audit-verdict", "data-verdict": clean ? (r.complete ? "clean" : "partial") : "discrepancies" },
+    el(
+      "p",
+      { class: `big-verdict ${clean ? "ok" : "bad"}` },
+      clean ? (r.complete ? "✓ Clean" : "✓ Clean, but partial (a range of epochs)") : `✗ ${fmt.format(r.discrepancyCount)} discrepancies: ${kinds}`,
+    ),
+    el(
+      "p",
+      {},
+      `gridpoints-audit checked ${count(r.epochs.length, "epoch")} (up to epoch ${r.lastEpochId}, chain block ${r.block}) and ${count(r.records, "record")}; ${points(r.minted)} minted, ${points(r.burned)} burned, ${points(r.totalSupply)} in supply.`,
+    ),
+    el("p", { class: "muted" }, `Recorded ${verdict.recordedAt.replace("T", " ").slice(0, 16)} UTC by the operator, who ran the auditor and stored its report: this is the operator's word. Run it yourself to check.`),
+  );
+}
+
 // ---- routing --------------------------------------------------------------------------------
 
+const WALLET_VIEWS = new Set(["points", "pay"]);
+
 function currentView() {
-  return location.hash.startsWith("#/explorer") ? "explorer" : "points";
+  const h = location.hash;
+  if (h.startsWith("#/explorer/station/")) return "station";
+  if (h.startsWith("#/explorer")) return "explorer";
+  if (h.startsWith("#/pay")) return "pay";
+  return "points";
 }
 
 async function route() {
   const view = currentView();
   for (const link of document.querySelectorAll("nav a[data-view]")) {
-    if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+    if (link.dataset.view === view || (view === "station" && link.dataset.view === "explorer")) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  document.title = view === "explorer" ? "Explorer · GridPoints" : "My points · GridPoints";
+  const titles = { explorer: "Explorer", station: "Station · Explorer", pay: "Pay with points", points: "My points" };
+  document.title = `${titles[view]} · GridPoints`;
   if (view === "explorer") await renderExplorer();
+  else if (view === "station") await renderStation(location.hash.slice("#/explorer/station/".length));
+  else if (view === "pay") await renderPay();
   else await renderPoints();
+  // Keyboard and screen-reader users land on the new view, not on the link they left.
+  if (document.body.dataset.ready === "true") document.getElementById("main").focus({ preventScroll: true });
 }
 
 async function main() {

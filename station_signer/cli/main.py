@@ -7,7 +7,18 @@ wears :func:`station_signer.cli.errors.handled`, so that it fails like the other
 
 from __future__ import annotations
 
-from station_signer.cli import authorize, identity, ocmf, proof, receipts, record, sync, verify
+from station_signer.cli import (
+    authorize,
+    identity,
+    ocmf,
+    ocpp,
+    offer,
+    proof,
+    receipts,
+    record,
+    sync,
+    verify,
+)
 from station_signer.cli.errors import StationApp
 
 app = StationApp(
@@ -20,9 +31,11 @@ app = StationApp(
 )
 app.add_typer(identity.app)  # init, address, register
 app.add_typer(authorize.app)
+app.add_typer(offer.app)  # offer, collect
 app.add_typer(record.app)
 app.add_typer(sync.app)  # sync, status
 app.add_typer(verify.app)
 app.add_typer(proof.app)
 app.add_typer(ocmf.app)  # ocmf verify
+app.add_typer(ocpp.app)  # ocpp-gateway, ocpp charger/id-token/transactions/faults
 app.add_typer(receipts.app, name="receipts")  # receipts pin, check, export

@@ -67,6 +67,8 @@ CORE_FORBIDDEN = frozenset(
         "prometheus_client",
         "typer",
         "rich",
+        "websockets",
+        "ocpp",
     }
 )
 

@@ -245,6 +245,14 @@ def test_init_register_record_status_sync_verify_with_softhsm2(
     assert human.code == 0 and "queue length:  0" in human.stdout
     assert "3 acknowledged" in human.stdout
 
+    # offer: a charge offer registered with the backend, signed inside the token.
+    offer = cli.ok(
+        "offer", "--max-points", "9", "--backend-url", backend.url,
+        "--deployment", str(chain_env.deployment_path),
+    )  # fmt: skip
+    waiting = backend.client.get(f"/v1/offers/{offer['offerId']}/authorization").json()
+    assert waiting["offer"]["stationId"] == station_id and waiting["signed"] is None
+
     # verify: the written file against this station; a stranger's address or an edited record
     # fails with exit code 4.
     verified = cli.ok("verify", str(signed_file))

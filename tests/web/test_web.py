@@ -16,10 +16,15 @@ GRIDPOINTS_WEB_DOCS_IMG to also write the README's images.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +34,22 @@ from urllib.parse import urlsplit
 import pytest
 from eth_account import Account
 from playwright import sync_api
+from typer.testing import CliRunner
 
 from backend.api.web import content_security_policy
+from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.offers import ChargeOffer
+from station_signer.cli.main import app as station_cli
 from tests.support.backend import (
     BackendHarness,
     DevStation,
     chain_checkpoint,
     fresh_database,
     running_backend,
+    sign,
 )
 from tests.support.chain import ChainEnv
+from tests.support.offers import STATION_ENV, station_directory
 from tests.support.settlement import TARIFFS, Traffic, make_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +79,9 @@ class WebEnv:
     settled_records: int
     pending_records: int
     allowed_origins: frozenset[str]
+    audit_report: Path
+    worker: Any  # the backend's sealing/settlement worker (it holds the settlement lock)
+    station_dir: Path  # the station's directory with its key, for `gridpoints-station offer`
 
     @property
     def url(self) -> str:
@@ -89,7 +103,7 @@ def web_env(chain_session: ChainEnv) -> Iterator[WebEnv]:
         with (
             chain_checkpoint(env),
             fresh_database("sqlite", tmp) as url,
-            running_backend(env, url, "sqlite") as h,
+            running_backend(env, url, "sqlite", audit_report_file=tmp / "audit.json") as h,
         ):
             env.chain.reset_nonces()
             user = env.accounts.users[0].address
@@ -98,7 +112,8 @@ def web_env(chain_session: ChainEnv) -> Iterator[WebEnv]:
             traffic = Traffic(h)
             worker = make_worker(h)
             settled = 0
-            try:
+            with contextlib.ExitStack() as cleanup:
+                cleanup.callback(worker.db.dispose)
                 for sizes in ((3, 2), (2, 3)):  # (the user's, the other's) records per epoch
                     for i in range(sizes[0]):
                         traffic.add(station, user=user, energy_wh=1_500 + 250 * i, duration_s=1_800)
@@ -112,18 +127,19 @@ def web_env(chain_session: ChainEnv) -> Iterator[WebEnv]:
                     settled += sizes[0]
                 epochs = h.client.get("/v1/epochs").json()["epochs"]
                 assert [e["state"] for e in epochs] == ["settled", "settled"]
-            finally:
-                worker.db.dispose()
-            pending = traffic.add(station, user=user, energy_wh=2_000, duration_s=3_600)
-            assert h.post(pending).status_code == 201
-            yield WebEnv(
-                h,
-                user,
-                station,
-                settled_records=settled,
-                pending_records=1,
-                allowed_origins=frozenset({_origin(h.url), _origin(env.anvil.rpc_url)}),
-            )
+                pending = traffic.add(station, user=user, energy_wh=2_000, duration_s=3_600)
+                assert h.post(pending).status_code == 201
+                yield WebEnv(
+                    h,
+                    user,
+                    station,
+                    settled_records=settled,
+                    pending_records=1,
+                    allowed_origins=frozenset({_origin(h.url), _origin(env.anvil.rpc_url)}),
+                    audit_report=tmp / "audit.json",
+                    worker=worker,
+                    station_dir=station_directory(tmp / "station", station, h.domain),
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -207,14 +223,14 @@ def browsing(browser: Any, web_env: WebEnv) -> Iterator[Browsing]:
     assert session.errors == [], f"uncaught errors in the page: {session.errors}"
 
 
-def screenshot(page: Any, name: str, *, docs: bool = False) -> None:
+def screenshot(page: Any, name: str, *, docs: bool = False, docs_full_page: bool = False) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     if docs and DOCS_IMG:
         target = Path(DOCS_IMG)
         target.mkdir(parents=True, exist_ok=True)
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(target / f"web-{name}.png"), full_page=False)
+        page.screenshot(path=str(target / f"web-{name}.png"), full_page=docs_full_page)
 
 
 def open_app(page: Any, web: WebEnv, fragment: str = "") -> None:
@@ -346,7 +362,7 @@ def test_my_points_balance_history_and_proof(
         rows.nth(i).get_by_role("button", name="Verify").click()
         sync_api.expect(rows.nth(i).locator(".verdict")).to_contain_text("✓ Verified")
     name = "points-desktop" if viewport == DESKTOP else "points-phone"
-    screenshot(page, name, docs=True)
+    screenshot(page, name, docs=viewport == DESKTOP)
 
 
 def test_a_tampered_proof_is_refused(browsing: Browsing, web_env: WebEnv) -> None:
@@ -464,3 +480,267 @@ def test_tariff_bands_in_the_browser_agree_with_python(browsing: Browsing, web_e
     mismatches = [(t, b, e) for t, b, e in zip(times, bands, expected, strict=True) if b != e]
     assert mismatches == []
     assert len(set(expected)) > 1
+
+
+# ---- paying with points at a charger --------------------------------------------------------
+# These tests add records and settle a third epoch: they come after the ones that count epochs.
+
+
+def station_command(*args: str) -> dict[str, Any]:
+    """`gridpoints-station ARGS --json`, in process; its JSON output."""
+    result = CliRunner().invoke(station_cli, [*args, "--json"], env=STATION_ENV)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def make_offer(web: WebEnv, max_points: int) -> dict[str, Any]:
+    """What the station does: `gridpoints-station offer`, which prints the link for its QR code."""
+    return station_command(
+        "offer",
+        "--max-points",
+        str(max_points),
+        "--dir",
+        str(web.station_dir),
+        "--backend-url",
+        web.url,
+        "--deployment",
+        str(web.h.env.deployment_path),
+    )
+
+
+def sign_offer_in_the_page(page: Any, web: WebEnv, offer: dict[str, Any]) -> None:
+    page.goto(offer["link"])
+    page.wait_for_selector("body[data-ready='true']")
+    connect_button = page.get_by_role("button", name="Connect Test Wallet")
+    connect_button.click()
+    summary = page.locator("#offer-summary")
+    sync_api.expect(summary).to_have_text(
+        f"A charging station asks you to pay for one charge with up to "
+        f"{offer['maxPoints']:,} points."
+    )
+    sync_api.expect(page.locator("#offer-station")).to_have_text(web.station.hex_id)
+    sync_api.expect(page.locator("#offer-station-status")).to_contain_text("registered")
+    sync_api.expect(page.locator("#offer-registration")).to_have_text(
+        "registered by the station, waiting for your signature"
+    )
+    sync_api.expect(page.locator("#offer-max")).to_have_text(f"{offer['maxPoints']:,} points")
+    sync_api.expect(page.locator("#offer-deadline")).to_contain_text(" UTC")
+    on_chain = int(web.h.env.chain.token.functions.balanceOf(web.user).call())
+    sync_api.expect(page.locator("#offer-balance")).to_contain_text(f"{on_chain:,} points")
+    page.locator("#sign-offer").click()
+    sync_api.expect(page.locator("#offer-sent")).to_contain_text("Sent to the station")
+
+
+def test_pay_a_charge_by_signing_in_the_page(browsing: Browsing, web_env: WebEnv) -> None:
+    """The station makes an offer, the user opens its link on a phone and signs in the page, the
+    station collects the signed authorisation from the backend and records the charge with it;
+    after settlement the balance on chain and in the page has dropped by the burned points."""
+    h, env = web_env.h, web_env.h.env
+    token = env.chain.token.functions
+    # Whatever waits is settled first, so that the charge's epoch holds nothing else of the user.
+    web_env.worker.run_round(force_seal=True)
+    before = int(token.balanceOf(web_env.user).call())
+    max_points = 7
+    offer = make_offer(web_env, max_points)
+    assert offer["link"].startswith(f"{web_env.url}/web/#/pay?offer={offer['offerId']}&")
+    page = browsing.page(viewport=PHONE)
+    # The station registered its offer; until the user signs, it finds nothing.
+    waiting = h.client.get(f"/v1/offers/{offer['offerId']}/authorization")
+    assert waiting.status_code == 200 and waiting.json()["signed"] is None
+    sign_offer_in_the_page(page, web_env, offer)
+    screenshot(page, "pay-phone", docs=True, docs_full_page=True)
+
+    # The station: `gridpoints-station collect LINK` polls the backend and checks the answer
+    # against its offer, then attaches it to the charge record it signs.
+    collected = station_command(
+        "collect",
+        offer["link"],
+        "--backend-url",
+        web_env.url,
+        "--deployment",
+        str(env.deployment_path),
+        "--wait",
+        "10",
+    )
+    signed = SignedAuthorization.from_json(collected["signed"])
+    a = signed.authorization
+    assert (a.user_address, a.max_points) == (web_env.user, max_points)
+    assert a.station_id == web_env.station.station_id and a.deadline == offer["deadline"]
+    domain = env.chain.settlement_domain
+    record = web_env.station.record(user=web_env.user, direction=1, energy_wh=4_000)
+    record = dataclasses.replace(record, payment_authorization=signed.digest(domain))
+    body = sign(record, web_env.station.key, h.domain)
+    body["payment"] = signed.to_json()
+    h.advance_registry_past(record.end_time)
+    response = h.post(body)
+    assert response.status_code == 201, response.text
+    assert web_env.worker.run_round(force_seal=True).sealed
+    after = int(token.balanceOf(web_env.user).call())
+    history = h.client.get(f"/v1/users/{web_env.user}").json()["history"]
+    charge = next(
+        i for i in history if i["record"]["digest"] == "0x" + record.digest(h.domain).hex()
+    )
+    assert charge["state"] == "settled"
+    burned = charge["debited"]
+    assert burned == min(charge["value"], max_points) > 0
+    assert before - after == burned
+
+    page.goto(f"{web_env.url}/web/#/points")
+    value = page.locator("#balance-value")
+    sync_api.expect(value).to_have_text(f"{after:,} points")
+    row = page.locator(f"tr[data-digest='{charge['record']['digest']}']")
+    sync_api.expect(row.locator("[data-label='Points']")).to_have_text(f"\u2212{burned:,} points")
+    paid = page.locator(f"#authorizations tr[data-nonce='{a.nonce}']")
+    sync_api.expect(paid.locator(".auth-state")).to_have_text(
+        f"paid: {burned:,} points burned in epoch {charge['epochId']}"
+    )
+    assert paid.get_attribute("data-open") == "false"
+
+
+def test_list_and_cancel_an_open_authorisation(browsing: Browsing, web_env: WebEnv) -> None:
+    """An authorisation signed in the page but not used yet is listed as open; the user cancels
+    it from the wallet (cancelAuthorization on chain) and the page shows the chain's new state."""
+    settlement = web_env.h.env.chain.settlement.functions
+    offer = make_offer(web_env, 3)
+    page = browsing.page()
+    sign_offer_in_the_page(page, web_env, offer)
+    relayed = web_env.h.client.get(f"/v1/offers/{offer['offerId']}/authorization").json()
+    nonce = int(relayed["signed"]["authorization"]["nonce"])
+    assert settlement.isAuthorizationUsed(web_env.user, nonce).call() is False
+    page.goto(f"{web_env.url}/web/#/points")
+    row = page.locator(f"#authorizations tr[data-nonce='{nonce}']")
+    sync_api.expect(row.locator(".auth-state")).to_have_text("open: not used yet")
+    assert row.get_attribute("data-open") == "true"
+    screenshot(page, "authorizations-open")
+    row.get_by_role("button", name="Cancel").focus()
+    page.keyboard.press("Enter")
+    sync_api.expect(row.locator(".auth-state")).to_contain_text("cancelled on chain in block")
+    assert settlement.isAuthorizationUsed(web_env.user, nonce).call() is True
+    sync_api.expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+    # Read again from the chain on a fresh load: used, no longer open.
+    page.reload()
+    page.wait_for_selector("body[data-ready='true']")
+    connect(page)
+    sync_api.expect(row.locator(".auth-state")).to_have_text(
+        "used on chain: cancelled (or voided); can no longer pay"
+    )
+    screenshot(page, "authorizations-cancelled", docs=False)
+
+
+def test_an_offer_for_another_chain_or_malformed_is_refused(
+    browsing: Browsing, web_env: WebEnv
+) -> None:
+    page = browsing.page(viewport=PHONE)
+    other = ChargeOffer.new(web_env.station.station_id, 5, int(time.time()) + 600, 1)
+    page.goto(other.link(f"{web_env.url}/web/"))
+    page.wait_for_selector("body[data-ready='true']")
+    sync_api.expect(page.locator("#offer")).to_contain_text("This offer is for another network")
+    sync_api.expect(page.locator("#offer")).to_contain_text("chain 1")
+    assert page.locator("#sign-offer").count() == 0
+    # An offer of this chain that no station registered (or that expired): the page says so
+    # and offers nothing to sign; the relay would refuse the answer.
+    unregistered = ChargeOffer.new(
+        web_env.station.station_id, 5, int(time.time()) + 600, web_env.h.env.deployment.chain_id
+    )
+    page.goto(unregistered.link(f"{web_env.url}/web/"))
+    page.reload()
+    page.wait_for_selector("body[data-ready='true']")
+    page.get_by_role("button", name="Connect Test Wallet").click()
+    sync_api.expect(page.locator("#offer-registration")).to_contain_text("not registered")
+    sync_api.expect(page.locator("#sign-offer")).to_be_disabled()
+    # The browser logs the relay's 404 (unknown_offer): the one error this page expects.
+    not_found = "the server responded with a status of 404"
+    assert [e for e in browsing.errors if not_found in e] == browsing.errors != []
+    browsing.errors.clear()
+    page.goto(f"{web_env.url}/web/#/pay?offer=zz&station=0x1")
+    page.reload()
+    page.wait_for_selector("body[data-ready='true']")
+    sync_api.expect(page.locator("#offer")).to_contain_text("This charge offer link is not valid")
+
+
+# ---- the auditor's view ---------------------------------------------------------------------
+
+
+def test_an_auditor_sees_every_epoch_the_station_status_and_the_audit_verdict(
+    browsing: Browsing, web_env: WebEnv
+) -> None:
+    """A second station with a rotated key, a sequence gap, a rejection and an equivocation; its
+    status page shows each. Before the operator records an audit the explorer says so; after it
+    runs gridpoints-audit --json into GRIDPOINTS_AUDIT_REPORT_FILE, the verdict is shown."""
+    h = web_env.h
+    station = h.register_station()
+    first = h.signed(station, sequence=1, energy_wh=1_000, user=web_env.user)
+    third = h.signed(station, sequence=3, energy_wh=1_000, user=web_env.user)
+    twin = h.signed(station, sequence=1, energy_wh=1_200, user=web_env.user, advance=False)
+    meter_back = h.signed(station, sequence=4, energy_wh=500, meter_before_wh=10, user=web_env.user)
+    end = max(b["record"]["endTime"] for b in (first, third, twin, meter_back))
+    h.advance_registry_past(end)
+    outcomes = [h.post(b).json()["status"] for b in (first, third, twin, meter_back)]
+    assert outcomes == ["accepted", "accepted", "rejected", "rejected"]
+    h.rotate_key(station)
+    status = h.client.get(f"/v1/stations/{station.hex_id}").json()
+    assert len(status["keys"]) == 2 and status["equivocations"] == 1
+
+    web_env.audit_report.unlink(missing_ok=True)
+    page = browsing.page(wallet=None)
+    open_app(page, web_env, "#/explorer")
+    sync_api.expect(page.locator("#audit-verdict")).to_contain_text("No audit verdict is recorded")
+    last = int(h.env.chain.settlement.functions.lastEpochId().call())
+    sync_api.expect(page.locator("#epochs tbody tr")).to_have_count(last)
+    for epoch_id in range(1, last + 1):
+        sync_api.expect(page.locator(f"#epochs tr[data-epoch='{epoch_id}']")).to_contain_text(
+            "✓ roots match"
+        )
+
+    # The operator runs the independent auditor and records its report.
+    audit = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("gridpoints-audit")),
+            "--rpc-url",
+            h.env.anvil.rpc_url,
+            "--deployment",
+            str(h.env.deployment_path),
+            "--api",
+            web_env.url,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert audit.returncode == 0, audit.stderr[-2000:]
+    web_env.audit_report.write_text(audit.stdout)
+    page.reload()
+    page.wait_for_selector("body[data-ready='true']")
+    verdict = page.locator("#audit-verdict")
+    sync_api.expect(verdict).to_have_attribute("data-verdict", "clean")
+    sync_api.expect(verdict).to_contain_text("✓ Clean")
+    sync_api.expect(verdict).to_contain_text(f"checked {last} epochs (up to epoch {last}")
+    sync_api.expect(verdict).to_contain_text("this is the operator's word")
+    screenshot(page, "explorer-audit")
+
+    page.get_by_role("link", name=f"Status of station {station.hex_id}").click()
+    sync_api.expect(page.locator("#station-status")).to_have_text("registered")
+    keys = page.locator("#station-keys tbody tr")
+    sync_api.expect(keys).to_have_count(2)
+    sync_api.expect(keys.nth(0)).not_to_contain_text("current key")
+    sync_api.expect(
+        page.locator(f"#station-keys tr[data-signer='{station.key.address}']")
+    ).to_contain_text("current key")
+    sync_api.expect(page.locator("#station-gaps")).to_contain_text("sequence 2")
+    sync_api.expect(page.locator("#station-rejections")).to_contain_text("equivocation \u00d7 1")
+    rejected_reasons = {
+        r["reason"]
+        for r in h.client.get(f"/v1/stations/{station.hex_id}/rejections").json()["rejections"]
+    }
+    for reason in rejected_reasons:
+        sync_api.expect(page.locator("#station-rejections")).to_contain_text(reason)
+    evidence = page.locator("#station-equivocations tr[data-sequence='1']")
+    sync_api.expect(evidence).to_have_count(1)
+    assert (
+        evidence.locator("[data-label='accepted digest']").get_attribute("title") or ""
+    ).startswith("0x")
+    screenshot(page, "station-desktop")
+    page.set_viewport_size(PHONE)
+    screenshot(page, "station-phone")

@@ -1,0 +1,204 @@
+"""Judging an ended transaction: the registry's meter keys (through ``gridpoints_chain``), the
+protocol core's assembly rules (`gridpoints_protocol.ocmf.session`), and for a valid session the
+station's record, signed and queued write-ahead with the OCMF records kept as its evidence.
+
+Runs on one worker thread (the station's store, key and chain connection are used from that
+thread only). Exactly once: the record and its evidence source (``ocpp:<charger>:<tx>``) are
+stored in the same store transaction; a transaction whose source already has a record (the
+gateway was killed after recording it, before noting that it had) is only noted again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gridpoints_protocol.eip712 import parse_address
+from gridpoints_protocol.ocmf import OcmfParseError, OcmfRecord, parse_record
+from gridpoints_protocol.ocmf.session import (
+    Fault,
+    FaultReason,
+    KeyState,
+    MeterKey,
+    Session,
+    assemble,
+    signing_time,
+)
+from station_signer.store import Evidence
+from station_signer.transfer import Transfer
+
+if TYPE_CHECKING:
+    from gridpoints_chain.contracts import GridPointsChain
+    from station_signer.ocpp.state import StoredOcmf, TransactionRow
+    from station_signer.station import Station
+
+EVIDENCE_KIND: Final = "ocmf"
+_HEX: Final = re.compile(r"(?:[0-9A-Fa-f]{2})+")
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    sequence: int
+    meter_serial: str | None
+    last_page: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Not decided now (the chain did not answer); the transaction stays ``ended``."""
+
+    message: str
+
+
+Decision = Recorded | Fault | Retry
+
+
+def decode_signed_data(data: str) -> str:
+    """``signedMeterData`` as the OCMF text: the schema says base64, many chargers send the
+    record as written; both are read. Anything else is kept as it came (and fails to parse)."""
+    if data.startswith("OCMF|"):
+        return data
+    try:
+        decoded = base64.b64decode(data, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return data
+    return decoded if decoded.startswith("OCMF|") else data
+
+
+def decode_public_key(text: str | None) -> bytes | None:
+    """The charger's ``publicKey`` hint as DER bytes (hex or base64 of the DER SPKI); None when
+    it sent none. Text that is neither decodes to bytes that match no key (a mismatch)."""
+    if not text:
+        return None
+    if _HEX.fullmatch(text):
+        return bytes.fromhex(text)
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return text.encode()
+
+
+def _der(qx: bytes, qy: bytes) -> bytes:
+    key = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(qx, "big"), int.from_bytes(qy, "big"), ec.SECP256R1()
+    ).public_key()
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def registry_key(chain: GridPointsChain, station_id: bytes, serial: str, at: int) -> MeterKey:
+    """What StationRegistry says about meter ``serial`` of the station at unix time ``at``."""
+    from gridpoints_chain.contracts import meter_id
+    from gridpoints_chain.errors import ContractRevertError
+
+    meter = meter_id(serial)
+    try:
+        registered = chain.get_meter(station_id, meter)
+    except ContractRevertError as exc:
+        if exc.error_name == "UnknownMeter":
+            return MeterKey(KeyState.UNREGISTERED)
+        raise
+    if registered.revoked_at and at >= registered.revoked_at:
+        return MeterKey(KeyState.REVOKED)
+    key = chain.meter_key_at(station_id, meter, at)
+    if key is None:
+        return MeterKey(KeyState.NOT_VALID)
+    return MeterKey(KeyState.VALID, _der(*key))
+
+
+def _evidence(
+    row: TransactionRow, raw: list[str], records: list[OcmfRecord], session: Session
+) -> Evidence:
+    """The records as received, the begin and end ones named: kept locally with the record
+    (they may carry the user's identification, ``ID``: never published)."""
+
+    def holding(reading: object) -> list[int]:
+        return [i for i, r in enumerate(records) if any(x is reading for x in r.payload.readings)]
+
+    begin, end = holding(session.begin)[0], holding(session.end)[-1]
+    return Evidence(
+        source=row.source,
+        kind=EVIDENCE_KIND,
+        data={
+            "charger": row.charger_id,
+            "transaction": row.transaction_id,
+            "meterSerial": session.meter_serial,
+            "register": session.register,
+            "direction": session.direction.name.lower(),
+            "beginWh": format(session.begin_wh, "f"),
+            "endWh": format(session.end_wh, "f"),
+            "begin": raw[begin],
+            "end": raw[end],
+            "records": raw,
+        },
+    )
+
+
+def decide(
+    station: Station,
+    chain: GridPointsChain,
+    row: TransactionRow,
+    stored: list[StoredOcmf],
+    wallet: str | None,
+    last_page_of: dict[str, int | None],
+) -> Decision:
+    """The decision on one ended transaction; records it when valid. ``last_page_of`` gives,
+    per meter serial, the highest PG an earlier recorded session used."""
+    from gridpoints_chain.errors import ChainError
+
+    done = station.store.record_for_source(row.source)
+    if done is not None:
+        # Recorded before a crash: the meter's last PG comes from the kept evidence, so a
+        # replay of these records is refused as if the gateway had noted it then.
+        evidence = station.store.evidence(done.sequence)
+        serial, page = None, None
+        if evidence is not None and evidence.data.get("records"):
+            serial = evidence.data.get("meterSerial")
+            page = parse_record(evidence.data["records"][-1]).payload.pagination.number
+        return Recorded(done.sequence, serial, page)
+    records: list[OcmfRecord] = []
+    hints: list[bytes | None] = []
+    for index, item in enumerate(stored):
+        try:
+            records.append(parse_record(item.raw))
+        except OcmfParseError as exc:
+            return Fault(FaultReason.UNPARSEABLE, f"{exc.reason.value}: {exc.message}", index)
+        hints.append(decode_public_key(item.public_key))
+    keys: list[MeterKey] = []
+    try:
+        for record in records:
+            serial = record.payload.meter_serial
+            keys.append(
+                registry_key(chain, station.station_id, serial, signing_time(record))
+                if serial
+                else MeterKey(KeyState.UNREGISTERED)
+            )
+    except (ChainError, OSError) as exc:  # OSError: requests' connection errors and timeouts
+        return Retry(f"the registry could not be read: {type(exc).__name__}")
+    serial = records[0].payload.meter_serial if records else None
+    outcome = assemble(
+        records, keys, hints, last_page=None if serial is None else last_page_of.get(serial)
+    )
+    if isinstance(outcome, Fault):
+        return outcome
+    if wallet is None:
+        return Fault(
+            FaultReason.ID_TOKEN_UNKNOWN, "no wallet is bound to the transaction's idToken"
+        )
+    transfer = Transfer(
+        direction=outcome.direction,
+        user=parse_address(wallet),
+        energy_wh=outcome.energy_wh,
+        start_time=outcome.start_time,
+        end_time=outcome.end_time,
+    )
+    evidence = _evidence(row, [item.raw for item in stored], records, outcome)
+    stored_record = station.record(transfer, evidence)
+    return Recorded(stored_record.sequence, outcome.meter_serial, outcome.last_page)
