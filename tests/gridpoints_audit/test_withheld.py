@@ -39,6 +39,7 @@ from station_signer.station import Station
 from station_signer.store import RecordStatus, StationStore, StoreError
 from station_signer.sync import SyncClient, SyncError
 from station_signer.transfer import Transfer
+from tests.support.audit import run_audit_cli
 from tests.support.backend import (
     DATABASES,
     ZONE,
@@ -256,6 +257,13 @@ def test_a_withheld_discharge_is_caught_by_the_sequence_view_and_the_receipts(
     (omitted,) = result["omitted"]
     assert omitted["sequence"] == withheld and omitted["code"] == "not_found"
     assert IngestReceipt.from_json(omitted["receipt"]) == receipt
+
+    # The same through the shipped auditor command, as of a block mined now.
+    h.env.rpc("evm_mine")
+    done = run_audit_cli(h, "--api", h.url, "--receipts", exported, "--receipt-key", key, "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = json.loads(done.stdout)["discrepancies"]
+    assert [(d["kind"], d["sequence"]) for d in found] == [("receipted_record_missing", withheld)]
 
 
 def test_an_honest_run_with_rejected_and_pending_sequences_is_clean(
