@@ -275,9 +275,8 @@ def _sequence_view(
     audit_time: int | None,
 ) -> tuple[list[Discrepancy], list[str]]:
     """Every station's sequence explained, every due receipt in an epoch (sequences.py)."""
-    notes: list[str] = []
     try:
-        delay = max_merge_delay_s if max_merge_delay_s is not None else source.max_merge_delay_s()
+        published = source.max_merge_delay_s() if max_merge_delay_s is None else None
         committed = sum(e.record_count for e in facts.epochs.values())
         evidence = source.station_evidence(sorted(facts.stations), committed - 1)
     except SourceMalformed as exc:
@@ -286,25 +285,29 @@ def _sequence_view(
                 Kind.SOURCE_MALFORMED,
                 f"the sequence view cannot read the source's rejections and pending records: {exc}",
             )
-        ], notes
-    if delay is None:
+        ], []
+    notes: list[str] = []
+    if max_merge_delay_s is not None:
+        delay = max_merge_delay_s
+    elif published is not None:
+        delay = published
+        if delay > DEFAULT_MAX_MERGE_DELAY_S:
+            # The operator's own promise: a long one only postpones what is reported, so say it.
+            notes.append(
+                f"sequence view: the source promises a maximum merge delay of {delay} s, longer "
+                f"than the default {DEFAULT_MAX_MERGE_DELAY_S} s"
+            )
+    else:
         delay = DEFAULT_MAX_MERGE_DELAY_S
+    gaps_checked = evidence is not None
     if evidence is None:
-        evidence = StationEvidence()
         notes.append(
             "sequence view: the source publishes no rejections or pending records (a bundle): "
             "sequence gaps are not checked, only the receipts given"
         )
         if not receipts:
             return [], notes
-        found, more = sequence_findings(
-            settled,
-            evidence,
-            receipts,
-            audit_time=facts.block_time if audit_time is None else audit_time,
-            max_merge_delay_s=delay,
-        )
-        return [f for f in found if f.kind == Kind.RECEIPTED_RECORD_MISSING], notes + more
+        evidence = StationEvidence()
     found, more = sequence_findings(
         settled,
         evidence,
@@ -312,6 +315,9 @@ def _sequence_view(
         audit_time=facts.block_time if audit_time is None else audit_time,
         max_merge_delay_s=delay,
     )
+    if not gaps_checked:
+        # Without the rejections and the pending log every hole would look unexplained.
+        return [f for f in found if f.kind == Kind.RECEIPTED_RECORD_MISSING], notes
     return found, notes + more
 
 
