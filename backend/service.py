@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from web3 import Web3
 
 from backend.db.session import Database
@@ -28,6 +29,7 @@ from backend.ratelimit import (
     retry_after_header,
     station_key,
 )
+from backend.receipts import ReceiptIssuer, load_receipt_signer
 from backend.registry import RegistryFollower
 from backend.settings import Settings, redact_url
 from backend.worker import SealAndSettle, close_account, load_settler_account, scrub
@@ -83,6 +85,8 @@ class BackendService:
         self.trees = TreeCache()
         # The sealing and settlement loop, when this process is configured to run it.
         self.worker: SealAndSettle | None = None
+        # Signs the ingest receipts, when a receipt key is configured (backend.receipts).
+        self.receipts: ReceiptIssuer | None = None
 
     @property
     def own_domain(self) -> Domain:
@@ -145,6 +149,17 @@ class BackendService:
             clock_skew_s=settings.clock_skew_s,
             registry_retry_slack_s=math.ceil(settings.registry_poll_interval_s),
         )
+        receipt_signer = load_receipt_signer(settings)
+        if receipt_signer is None:
+            log.warning(
+                "no receipt key configured (GRIDPOINTS_RECEIPT_PKCS11_* or "
+                "GRIDPOINTS_RECEIPT_KEY_FILE): accepted records get no signed receipt"
+            )
+        else:
+            self.receipts = ReceiptIssuer(
+                receipt_signer, self.verifier.domain, settings.max_merge_delay_s
+            )
+            log.info("ingest receipts are signed by %s", receipt_signer.address)
         with self.db.read() as session:
             self.metrics.log_size.set(log_size(session))
         if settings.settlement_enabled:
@@ -171,6 +186,8 @@ class BackendService:
                 close_account(self.worker.settler.account)
         if self.follower is not None:
             self.follower.stop()
+        if self.receipts is not None:
+            close_account(self.receipts.signer)
         self.db.dispose()
 
     def balance_of(self, address: str) -> int:
@@ -184,7 +201,8 @@ class BackendService:
     ) -> list[Outcome]:
         """Verifies and stores submitted JSON values; one outcome each, in order."""
         candidates, received_at = self._candidates(items, claimed_domain)
-        return self._counted(self.committer.ingest(candidates, received_at))
+        outcomes = self._counted(self.committer.ingest(candidates, received_at))
+        return outcomes if self.receipts is None else self.receipts.issue(candidates, outcomes)
 
     async def submit_async(
         self, items: Sequence[Any], *, claimed_domain: Domain | None = None
@@ -192,7 +210,11 @@ class BackendService:
         """`submit` on the event loop: verifies in place (one record's checks cost less than a
         hop to a worker thread) and awaits the group commit without holding a thread."""
         candidates, received_at = self._candidates(items, claimed_domain)
-        return self._counted(await self.committer.ingest_async(candidates, received_at))
+        outcomes = self._counted(await self.committer.ingest_async(candidates, received_at))
+        if self.receipts is None:
+            return outcomes
+        # An HSM signature takes a fraction of a millisecond: off the event loop.
+        return await run_in_threadpool(self.receipts.issue, candidates, outcomes)
 
     def _candidates(
         self, items: Sequence[Any], claimed_domain: Domain | None

@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
+from gridpoints_protocol.receipts import DEFAULT_MAX_MERGE_DELAY_S
 from gridpoints_protocol.siwe import STATEMENT
 
 # The operator's published tariff documents (one TOML file per version, see its README).
@@ -175,6 +176,21 @@ class Settings(BaseSettings):
     # Challenges a remote address may ask for (token bucket: burst, refill per second).
     siwe_challenge_burst: int = Field(default=20, ge=1)
     siwe_challenge_per_s: float = Field(default=0.5, gt=0)
+
+    # -- signed ingest receipts (backend.receipts) -------------------------------------------
+    # The operator's receipt key, which signs a receipt for every accepted record: a secp256k1
+    # key inside a PKCS#11 token (token and key labels, the PIN in a file; the module from
+    # GRIDPOINTS_PKCS11_MODULE when unset here), or a development keystore file with its
+    # password. Neither: no receipts are signed. Stations pin its address (GET /v1/info).
+    receipt_pkcs11_token: str | None = None
+    receipt_pkcs11_key_label: str | None = None
+    receipt_pkcs11_module: Path | None = None
+    receipt_pkcs11_pin_file: Path | None = None
+    receipt_key_file: Path | None = None
+    receipt_key_password: SecretStr | None = None
+    # The promise every receipt makes: the record is in an epoch committed on chain at most this
+    # long after it was received (sealing every `epoch_seconds` plus settling must fit in it).
+    max_merge_delay_s: int = Field(default=DEFAULT_MAX_MERGE_DELAY_S, ge=1, le=366 * 86_400)
 
     # -- HTTP -------------------------------------------------------------------------------
     host: str = "127.0.0.1"

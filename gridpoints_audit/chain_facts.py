@@ -186,7 +186,9 @@ class ChainFacts:
     total_supply: int = 0
     # every access-control event of the three contracts since deployment, in chain order
     role_events: list[RoleEvent] = field(default_factory=list)
-    timestamp: int = 0  # of the audit block
+    # The audit block's timestamp: the "now" of the deadlines the sequence view checks and of
+    # the pending role grants.
+    block_time: int = 0
 
 
 # ---- reading the logs ---------------------------------------------------------------------
@@ -286,6 +288,7 @@ def read_chain(chain: GridPointsChain, *, block_range: int = DEFAULT_BLOCK_RANGE
             int(raw[8]),
         )
     facts = ChainFacts(head, last, epochs, stations)
+    facts.block_time = int(w3.eth.get_block(head)["timestamp"])
     facts.total_supply = int(chain.token.functions.totalSupply().call(block_identifier=head))
 
     # Settlement events and the token's mints and burns, merged in chain order.
@@ -302,7 +305,6 @@ def read_chain(chain: GridPointsChain, *, block_range: int = DEFAULT_BLOCK_RANGE
     for tx_hash, group in itertools.groupby(logs, key=lambda log: log.tx_hash):
         attribute_transaction(facts, token_bytes, kinds, tx_hash, list(group))
     _read_submitted_signatures(chain, facts)
-    facts.timestamp = int(w3.eth.get_block(head)["timestamp"])
     facts.role_events = read_role_events(chain, start, head, block_range)
     return facts
 

@@ -34,12 +34,13 @@ from rich.table import Table
 from gridpoints_audit.chain_facts import DEFAULT_BLOCK_RANGE, open_chain, read_chain
 from gridpoints_audit.core import Auditor
 from gridpoints_audit.findings import AuditError, AuditReport
-from gridpoints_audit.sources import ApiSource, BundleSource, RecordSource
+from gridpoints_audit.sources import ApiSource, BundleSource, RecordSource, load_receipts
 from gridpoints_audit.user_check import UserReport, check_user_export, user_chain_facts
 from gridpoints_chain.deployment import deployment_domain
 from gridpoints_chain.errors import ChainError
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
 from gridpoints_protocol.eip712 import parse_address
+from gridpoints_protocol.receipts import IngestReceipt
 
 EXIT_CLEAN, EXIT_DISCREPANCIES, EXIT_ERROR, EXIT_CLEAN_PARTIAL = 0, 1, 2, 3
 SHOWN = 50  # discrepancies listed in the table output; --json has them all
@@ -229,6 +230,32 @@ def audit(
             "published ingest tolerance).",
         ),
     ] = DEFAULT_CLOCK_SKEW_S,
+    receipts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--receipts",
+            help="A station's receipts (`gridpoints-station receipts export`); repeatable. A "
+            "receipted record in no committed epoch after its deadline is a finding.",
+            dir_okay=False,
+        ),
+    ] = None,
+    receipt_key: Annotated[
+        str | None,
+        typer.Option(
+            "--receipt-key",
+            help="The operator's receipt key address (needed with --receipts): receipts it did "
+            "not sign are ignored.",
+        ),
+    ] = None,
+    max_merge_delay_s: Annotated[
+        int | None,
+        typer.Option(
+            "--max-merge-delay-s",
+            min=0,
+            help="Seconds in which the operator promises to commit a received record (default: "
+            "what the API publishes in /v1/info, else 3600).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Audit every epoch the chain committed (or --from-epoch/--to-epoch) against the chain.
@@ -237,6 +264,9 @@ def audit(
     """
     if ctx.invoked_subcommand is not None:
         return
+    if receipts and receipt_key is None:
+        err.print("[bold red]error:[/] --receipts needs --receipt-key (the operator's key)")
+        raise typer.Exit(EXIT_ERROR)
     if (api is None) == (bundle is None):
         err.print("[bold red]error:[/] give exactly one record source: --api URL or --bundle DIR")
         raise typer.Exit(EXIT_ERROR)
@@ -246,6 +276,13 @@ def audit(
     try:
         chain = open_chain(rpc_url, deployment)
         source: RecordSource = ApiSource(api) if api is not None else BundleSource(bundle)  # type: ignore[arg-type]
+        station_receipts: list[IngestReceipt] = []
+        receipt_notes: list[str] = []
+        if receipts:
+            assert receipt_key is not None
+            station_receipts, receipt_notes = load_receipts(
+                receipts, receipt_key, deployment_domain(chain.deployment)
+            )
         bar = _Bar(err)
         # A progress bar only where someone watches it.
         show = err.is_terminal and not os.environ.get("GRIDPOINTS_NO_PROGRESS")
@@ -255,6 +292,8 @@ def audit(
             block_range=block_range,
             clock_skew_s=clock_skew_s,
             progress=bar if show else None,
+            receipts=station_receipts,
+            max_merge_delay_s=max_merge_delay_s,
         )
         if show:
             with bar.progress:
@@ -272,6 +311,7 @@ def audit(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_ERROR) from None
+    report.notes.extend(receipt_notes)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:

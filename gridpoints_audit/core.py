@@ -10,7 +10,7 @@ says it can reach (its record count)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,11 @@ from gridpoints_audit.checks.movements import movement_findings
 from gridpoints_audit.checks.record_claims import record_claim_findings
 from gridpoints_audit.checks.records import RecordChecks
 from gridpoints_audit.checks.roles import role_findings
+from gridpoints_audit.checks.sequences import (
+    SettledSequences,
+    StationEvidence,
+    sequence_findings,
+)
 from gridpoints_audit.checks.skips import unverified_skips_note
 from gridpoints_audit.checks.steps import step_findings
 from gridpoints_audit.checks.supply import supply_findings
@@ -63,6 +68,7 @@ from gridpoints_chain.errors import ChainError
 from gridpoints_protocol.accumulator import EpochSummary
 from gridpoints_protocol.authorization import SettlementDomain
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
+from gridpoints_protocol.receipts import DEFAULT_MAX_MERGE_DELAY_S, IngestReceipt
 from gridpoints_protocol.tariff import Tariff
 
 _PROGRESS_EVERY = 500
@@ -100,12 +106,18 @@ class Auditor:
         block_range: int = DEFAULT_BLOCK_RANGE,
         clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
         progress: AuditProgress | None = None,
+        receipts: Sequence[IngestReceipt] = (),
+        max_merge_delay_s: int | None = None,
+        audit_time: int | None = None,
     ) -> None:
         self.chain = chain
         self.source = source
         self.block_range = block_range
         self.clock_skew_s = clock_skew_s
         self.progress: AuditProgress = progress or _NoProgress()
+        self.receipts = receipts
+        self.max_merge_delay_s = max_merge_delay_s
+        self.audit_time = audit_time
 
     def run(self, *, from_epoch: int | None = None, to_epoch: int | None = None) -> AuditReport:
         """Audits every epoch the chain committed (or only [from_epoch, to_epoch]: then the
@@ -145,6 +157,9 @@ class Auditor:
             clock_skew_s=self.clock_skew_s,
             progress=self.progress,
             started=started,
+            receipts=self.receipts,
+            max_merge_delay_s=self.max_merge_delay_s,
+            audit_time=self.audit_time,
         )
 
 
@@ -160,12 +175,18 @@ def audit(
     clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
     progress: AuditProgress | None = None,
     started: float | None = None,
+    receipts: Sequence[IngestReceipt] = (),
+    max_merge_delay_s: int | None = None,
+    audit_time: int | None = None,
 ) -> AuditReport:
     """Audits epochs `first_epoch`..`last_epoch` of `source` against `facts` (read at one
     block by `read_chain`) and the token as a whole; `lookups` answers what the source's
     claims make the audit look up on chain. The report is complete when the range covers
     every committed epoch. `started`: the `time.perf_counter()` the audit began at, if before
-    this call (the chain reading)."""
+    this call (the chain reading). The sequence view (checks/sequences.py) runs on a complete
+    audit: `receipts` are station receipts already verified against the pinned receipt key,
+    `max_merge_delay_s` the promise (default: what the source publishes, else the protocol's
+    default), `audit_time` the "now" of deadlines (default: the audit block's timestamp)."""
     started = time.perf_counter() if started is None else started
     progress = progress or _NoProgress()
     lo, hi = first_epoch, last_epoch
@@ -206,13 +227,21 @@ def audit(
             unpublished.add(chain_epoch.epoch_id)
         record_total += verdict.records_seen
     findings.extend(context.history.meter_findings())
+    if complete:
+        found, seq_notes = _sequence_view(
+            facts, source, context.settled, receipts, max_merge_delay_s, audit_time
+        )
+        findings.extend(found)
+        notes.extend(seq_notes)
+    else:
+        notes.append("sequence view not run: the audit does not cover every committed epoch")
     supply, supply_notes = supply_findings(
         facts, verdicts, summaries, complete=complete, unpublished=unpublished
     )
     findings.extend(supply)
     notes.extend(supply_notes)
     roles, role_problems, role_notes = role_findings(
-        facts.role_events, bytes.fromhex(deployment.settlement_address[2:]), now=facts.timestamp
+        facts.role_events, bytes.fromhex(deployment.settlement_address[2:]), now=facts.block_time
     )
     findings.extend(role_problems)
     notes.extend(role_notes)
@@ -242,6 +271,61 @@ def audit(
         complete=complete,
         roles=roles,
     )
+
+
+def _sequence_view(
+    facts: ChainFacts,
+    source: RecordSource,
+    settled: SettledSequences,
+    receipts: Sequence[IngestReceipt],
+    max_merge_delay_s: int | None,
+    audit_time: int | None,
+) -> tuple[list[Discrepancy], list[str]]:
+    """Every station's sequence explained, every due receipt in an epoch (sequences.py)."""
+    try:
+        published = source.max_merge_delay_s() if max_merge_delay_s is None else None
+        committed = sum(e.record_count for e in facts.epochs.values())
+        evidence = source.station_evidence(sorted(facts.stations), committed - 1)
+    except SourceMalformed as exc:
+        return [
+            Discrepancy(
+                Kind.SOURCE_MALFORMED,
+                f"the sequence view cannot read the source's rejections and pending records: {exc}",
+            )
+        ], []
+    notes: list[str] = []
+    if max_merge_delay_s is not None:
+        delay = max_merge_delay_s
+    elif published is not None:
+        delay = published
+        if delay > DEFAULT_MAX_MERGE_DELAY_S:
+            # The operator's own promise: a long one only postpones what is reported, so say it.
+            notes.append(
+                f"sequence view: the source promises a maximum merge delay of {delay} s, longer "
+                f"than the default {DEFAULT_MAX_MERGE_DELAY_S} s"
+            )
+    else:
+        delay = DEFAULT_MAX_MERGE_DELAY_S
+    gaps_checked = evidence is not None
+    if evidence is None:
+        notes.append(
+            "sequence view: the source publishes no rejections or pending records (a bundle): "
+            "sequence gaps are not checked, only the receipts given"
+        )
+        if not receipts:
+            return [], notes
+        evidence = StationEvidence()
+    found, more = sequence_findings(
+        settled,
+        evidence,
+        receipts,
+        audit_time=facts.block_time if audit_time is None else audit_time,
+        max_merge_delay_s=delay,
+    )
+    if not gaps_checked:
+        # Without the rejections and the pending log every hole would look unexplained.
+        return [f for f in found if f.kind == Kind.RECEIPTED_RECORD_MISSING], notes
+    return found, notes + more
 
 
 def _uncommitted_findings(
@@ -276,6 +360,8 @@ class _EpochContext:
     clock_skew_s: int
     # epoch id -> its first log index: the epochs tile the operator's log from 0
     first_log_index: dict[int, int] = field(init=False)
+    # every audited record's station and sequence, for the sequence view
+    settled: SettledSequences = field(default_factory=SettledSequences)
 
     def __post_init__(self) -> None:
         self.first_log_index = {}
@@ -426,6 +512,8 @@ class _EpochContext:
         if duplicate is not None:
             out.append(duplicate)
         out += refold.add(e, checked)
+        record = checked.signed.record
+        self.settled.add(record.station_id, record.sequence, checked.digest, ce.committed_at)
         return out
 
     def _claimed_settlement(

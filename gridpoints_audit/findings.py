@@ -29,6 +29,10 @@ class Kind(StrEnum):
     EQUIVOCATION = "equivocation"
     AUTHORIZATION_REUSED = "authorization_reused"
     METER_BACKWARDS = "meter_backwards"
+    # every station's sequence (checks/sequences.py)
+    SEQUENCE_GAP_UNEXPLAINED = "sequence_gap_unexplained"
+    PENDING_RECORD_OVERDUE = "pending_record_overdue"
+    RECEIPTED_RECORD_MISSING = "receipted_record_missing"
     # the published list of an epoch
     RECORDS_UNAVAILABLE = "records_unavailable"
     SOURCE_MALFORMED = "source_malformed"

@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
+from gridpoints_audit.checks.sequences import StationEvidence
 from gridpoints_audit.findings import (
     AuditError,
     Discrepancy,
@@ -37,11 +39,16 @@ from gridpoints_protocol.bundle_format import (
     RECORDS_FILE,
     TARIFF_FILE,
 )
+from gridpoints_protocol.receipts import IngestReceipt, ReceiptError
+from gridpoints_protocol.record import Domain
 
 # Far above what an honest source sends (a record line is about 1 KB, a page of 1,000 records
 # about 1.5 MB, a manifest a few KB per settlement step), far below what hurts the auditor.
 MAX_LINE_BYTES = 1 << 20
 MAX_DOCUMENT_BYTES = 64 << 20
+# The sequence view reads at most this many pending records and rejections in all: an honest
+# operator's uncommitted tail and rejections are far smaller; a hostile one is not read further.
+MAX_EVIDENCE_ITEMS = 1_000_000
 
 
 # json.loads(bytes) guesses the encoding first (json.detect_encoding); a document that starts
@@ -100,6 +107,18 @@ class RecordSource(Protocol):
     def source_findings(self) -> list[Discrepancy]:
         """Findings about the source as a whole, tied to no epoch (a bundle directory without
         a readable manifest)."""
+        ...
+
+    def station_evidence(
+        self, stations: Iterable[bytes], after_log_index: int
+    ) -> StationEvidence | None:
+        """The published rejections of `stations` and the records of the log after
+        `after_log_index` (not committed yet), for the sequence view; None when the source
+        does not publish them (a bundle). Raises SourceMalformed, AuditError."""
+        ...
+
+    def max_merge_delay_s(self) -> int | None:
+        """The maximum merge delay the operator publishes (None: not published)."""
         ...
 
     def close(self) -> None: ...
@@ -231,8 +250,109 @@ class ApiSource:
     def source_findings(self) -> list[Discrepancy]:
         return []
 
+    def max_merge_delay_s(self) -> int | None:
+        status, body = self._get("/v1/info")
+        if status != 200:
+            return None
+        info = parse_json(body, "the API's /v1/info")
+        value = info.get("maxMergeDelayS") if isinstance(info, Mapping) else None
+        return value if type(value) is int and 0 <= value < 2**63 else None
+
+    def station_evidence(self, stations: Iterable[bytes], after_log_index: int) -> StationEvidence:
+        evidence = StationEvidence()
+        budget = [MAX_EVIDENCE_ITEMS]
+        self._pending(evidence, after_log_index, budget)
+        for station in stations:
+            self._rejections(evidence, station, budget)
+        return evidence
+
+    def _pages(
+        self,
+        path: str,
+        cursor_param: str,
+        start: int,
+        list_key: str,
+        next_key: str,
+        budget: list[int],
+    ) -> Iterator[Mapping[str, Any]]:
+        """The items of a paged list, each page moving strictly forward, no more than the
+        budget in all (SourceMalformed beyond it or on a page that does not move on)."""
+        cursor = start
+        while True:
+            status, body = self._get(path, **{cursor_param: cursor, "limit": self.page_size})
+            if status != 200:
+                raise SourceMalformed(f"GET {path} answered HTTP {status}")
+            page = parse_json(body, f"the page of {path} after {cursor}")
+            items = page.get(list_key) if isinstance(page, Mapping) else None
+            nxt = page.get(next_key) if isinstance(page, Mapping) else None
+            if not isinstance(items, list) or len(items) > self.page_size:
+                raise SourceMalformed(f"the page of {path} after {cursor} has no list of items")
+            budget[0] -= len(items)
+            if budget[0] < 0:
+                raise SourceMalformed(
+                    f"{path}: more than {MAX_EVIDENCE_ITEMS} pending records and rejections; "
+                    "the rest was not read"
+                )
+            for item in items:
+                if not isinstance(item, Mapping):
+                    raise SourceMalformed(f"the page of {path} after {cursor} holds a non-object")
+                yield item
+            if nxt is None:
+                return
+            if type(nxt) is not int or nxt <= cursor or not items:
+                raise SourceMalformed(
+                    f"the page of {path} after {cursor} gives {next_key} {shown(nxt)}: paging "
+                    "makes no progress"
+                )
+            cursor = nxt
+
+    def _pending(self, evidence: StationEvidence, after: int, budget: list[int]) -> None:
+        for item in self._pages(
+            "/v1/records", "afterLogIndex", after, "records", "nextAfterLogIndex", budget
+        ):
+            record = item.get("record")
+            station = _hex32(record.get("stationId") if isinstance(record, Mapping) else None)
+            sequence = record.get("sequence") if isinstance(record, Mapping) else None
+            when = _unix(item.get("receivedAt"))
+            if station is None or type(sequence) is not int or when is None:
+                raise SourceMalformed(f"a pending record of the log is not readable: {shown(item)}")
+            evidence.pending.setdefault(station, {})[sequence] = when
+
+    def _rejections(self, evidence: StationEvidence, station: bytes, budget: list[int]) -> None:
+        path = f"/v1/stations/0x{station.hex()}/rejections"
+        for item in self._pages(path, "afterId", 0, "rejections", "nextAfterId", budget):
+            sequence, reason = item.get("sequence"), item.get("reason")
+            when = _unix(item.get("receivedAt"))
+            if sequence is None:
+                continue  # a submission without a readable sequence explains none
+            if type(sequence) is not int or not isinstance(reason, str) or not reason:
+                raise SourceMalformed(f"a rejection of {path} is not readable: {shown(item)}")
+            if when is None:
+                raise SourceMalformed(f"a rejection of {path} has no receivedAt: {shown(item)}")
+            evidence.rejections.setdefault(station, {})[sequence] = (reason, when)
+
     def close(self) -> None:
         self._client.close()
+
+
+def _hex32(value: Any) -> bytes | None:
+    if not isinstance(value, str) or len(value) != 66 or not value.startswith("0x"):
+        return None
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError:
+        return None
+
+
+def _unix(value: Any) -> int | None:
+    """An ISO-8601 time with its offset, as unix seconds (rounded down); None if it is not."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return None if when.tzinfo is None else int(when.timestamp())
 
 
 def _read_capped(response: httpx.Response, path: str) -> bytes:
@@ -350,6 +470,12 @@ class BundleSource:
             for directory, reason in self._unreadable
         ]
 
+    def station_evidence(self, stations: Iterable[bytes], after_log_index: int) -> None:
+        return None  # bundles carry no rejections and no uncommitted records
+
+    def max_merge_delay_s(self) -> None:
+        return None
+
     def close(self) -> None:
         pass
 
@@ -450,3 +576,37 @@ def _read_manifest(directory: Path) -> Mapping[str, Any]:
     if type(epoch_id) is not int or epoch_id < 1:
         raise SourceMalformed(f"{path}: epochId must be a positive integer")
     return manifest
+
+
+def load_receipts(
+    paths: Iterable[Path], receipt_key: str, domain: Domain
+) -> tuple[list[IngestReceipt], list[str]]:
+    """The receipts in station export files (``gridpoints-station receipts export``: an object
+    with ``receipts``, or a bare list) that the pinned `receipt_key` signed, and notes on those
+    that it did not (a station's file is not the operator's word: a receipt that does not
+    verify is ignored, never a finding). AuditError when a file cannot be read at all."""
+    receipts: list[IngestReceipt] = []
+    ignored = 0
+    for path in paths:
+        try:
+            data = parse_json(_read_file_capped(path), f"receipts file {path}")
+        except (SourceMalformed, OSError) as exc:
+            raise AuditError(f"receipts file {path}: {exc}") from None
+        items = data.get("receipts") if isinstance(data, Mapping) else data
+        if not isinstance(items, list):
+            raise AuditError(f"receipts file {path} holds no list of receipts")
+        for item in items:
+            try:
+                receipt = IngestReceipt.from_json(item)
+                receipt.verify(domain, receipt_key)
+            except ReceiptError:
+                ignored += 1
+                continue
+            receipts.append(receipt)
+    notes = []
+    if ignored:
+        notes.append(
+            f"{ignored} station receipts were ignored: malformed, or not signed by the receipt "
+            f"key {receipt_key}"
+        )
+    return receipts, notes

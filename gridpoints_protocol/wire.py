@@ -405,6 +405,13 @@ class Receipt(BaseModel):
 
     log_index: NonNegativeInt = Field(description="position in the backend's append-only log")
     received_at: AwareDatetime = Field(description="when the backend stored it, ISO-8601 UTC")
+    signed: dict[str, Any] | None = Field(
+        default=None,
+        description="the operator's signed ingest receipt (gridpoints_protocol.receipts, "
+        "`IngestReceipt.to_json`): record digest, station id, sequence, receivedAt and the "
+        "promise sealedBy, under the receipt key (GET /v1/info receiptKey); null when the "
+        "backend has no receipt key",
+    )
 
     @field_validator("received_at")
     @classmethod
@@ -461,20 +468,32 @@ class RecordOutcome(BaseModel):
         return self
 
     @classmethod
-    def accepted(cls, digest: bytes, log_index: int, received_at: datetime) -> RecordOutcome:
+    def accepted(
+        cls,
+        digest: bytes,
+        log_index: int,
+        received_at: datetime,
+        signed: dict[str, Any] | None = None,
+    ) -> RecordOutcome:
         return cls(
             status="accepted",
             digest="0x" + digest.hex(),
-            receipt=Receipt(log_index=log_index, received_at=received_at),
+            receipt=Receipt(log_index=log_index, received_at=received_at, signed=signed),
         )
 
     @classmethod
-    def duplicate(cls, digest: bytes, log_index: int, received_at: datetime) -> RecordOutcome:
+    def duplicate(
+        cls,
+        digest: bytes,
+        log_index: int,
+        received_at: datetime,
+        signed: dict[str, Any] | None = None,
+    ) -> RecordOutcome:
         """``log_index`` and ``received_at`` are those of the record already stored."""
         return cls(
             status="duplicate",
             digest="0x" + digest.hex(),
-            receipt=Receipt(log_index=log_index, received_at=received_at),
+            receipt=Receipt(log_index=log_index, received_at=received_at, signed=signed),
         )
 
     @classmethod

@@ -43,6 +43,11 @@ write transaction, and a file of a newer version is refused with ``newer_store``
    (for a record of the OCPP gateway, the meter's OCMF begin and end records), under a unique
    ``source`` (``ocpp:<charger>:<transaction>``), so that one source can never become two
    records, also when the process building it is killed and restarts.
+4. ``station.receipt_key``: the operator's receipt key this station pinned (``gridpoints-station
+   receipts pin``). Every acknowledged record keeps the backend's receipt in
+   ``records.receipt_json``; with a pinned key, the sync stores a receipt only once its
+   signature (gridpoints_protocol.receipts) verifies, so the file holds evidence the operator
+   signed.
 
 The store knows the record type (:mod:`gridpoints_protocol.record`) so that the invariants a station
 must keep are checked in the one transaction that could break them: the record is built for
@@ -64,7 +69,7 @@ from typing import Any, Final
 from gridpoints_protocol.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
 from station_signer.errors import StationSignerError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 # SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter
 # gets there: 2^63 Wh is about 10^9 TWh).
 MAX_STORED_INT: Final = 2**63 - 1
@@ -80,7 +85,8 @@ CREATE TABLE IF NOT EXISTS station (
     meter_charge_wh INTEGER NOT NULL DEFAULT 0,
     meter_discharge_wh INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    last_sync_at REAL
+    last_sync_at REAL,
+    receipt_key TEXT
 );
 CREATE TABLE IF NOT EXISTS records (
     sequence INTEGER PRIMARY KEY,
@@ -299,13 +305,18 @@ class StationStore:
                 f"station_signer reads up to {SCHEMA_VERSION}",
                 "newer_store",
             )
-        if "payment_json" in self._record_columns() and version in (None, SCHEMA_VERSION):
+        current = "payment_json" in self._record_columns() and "receipt_key" in (
+            self._station_columns()
+        )
+        if current and version in (None, SCHEMA_VERSION):
             return
         # Under the write lock, and checked again inside it: two processes may open an old
         # file at the same moment, and only one of them may alter it.
         with self._transaction() as db:
             if "payment_json" not in self._record_columns():
                 db.execute("ALTER TABLE records ADD COLUMN payment_json TEXT")
+            if "receipt_key" not in self._station_columns():
+                db.execute("ALTER TABLE station ADD COLUMN receipt_key TEXT")
             db.execute(
                 "UPDATE station SET schema_version = ? WHERE schema_version < ?",
                 (SCHEMA_VERSION, SCHEMA_VERSION),
@@ -313,6 +324,9 @@ class StationStore:
 
     def _record_columns(self) -> set[str]:
         return {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+
+    def _station_columns(self) -> set[str]:
+        return {row[1] for row in self._db.execute("PRAGMA table_info(station)")}
 
     def _schema_version(self) -> int | None:
         row = self._db.execute("SELECT schema_version FROM station").fetchone()
@@ -626,6 +640,26 @@ class StationStore:
 
     def mark_rejected(self, sequence: int, reason: str, message: str) -> None:
         self._finish(sequence, "rejected", None, reason, message)
+
+    def receipt_key(self) -> str | None:
+        """The operator's receipt key this station pinned (EIP-55), or None."""
+        row = self._db.execute("SELECT receipt_key FROM station").fetchone()
+        return None if row is None else row[0]
+
+    def pin_receipt_key(self, address: str, *, replace: bool = False) -> None:
+        """Pins the operator's receipt key. A different key already pinned is refused
+        (``receipt_key_pinned``) unless `replace`: receipts signed by the old key stay
+        evidence, and a station must not be talked into another key silently."""
+        with self._transaction() as db:
+            row = db.execute("SELECT receipt_key FROM station").fetchone()
+            if row is None:
+                raise StoreError(f"{self.path} is not initialised", "not_initialised")
+            if row[0] is not None and row[0].lower() != address.lower() and not replace:
+                raise StoreError(
+                    f"receipt key {row[0]} is pinned; {address} would replace it",
+                    "receipt_key_pinned",
+                )
+            db.execute("UPDATE station SET receipt_key = ?", (address,))
 
     def record_sync(self, error: str | None) -> None:
         """Remembers the outcome of the last sync attempt for `status`."""

@@ -55,8 +55,10 @@ from typing import Any, Final
 import httpx
 from pydantic import ValidationError
 
+from gridpoints_protocol.record import Domain
 from gridpoints_protocol.wire import BatchResponse, RecordOutcome
 from station_signer.errors import StationSignerError
+from station_signer.receipts import ReceiptCheckError, check_receipt, signed_receipt
 from station_signer.store import StationStore, StoredRecord
 
 DEFAULT_BATCH_SIZE: Final = 200
@@ -219,6 +221,8 @@ class SyncClient:
         self._http = httpx.Client(timeout=timeout)
         self._sleep = sleep
         self._rng = rng or random.Random()
+        # (domain, pinned receipt key, station id) during a sync with a pinned receipt key.
+        self._receipts: tuple[Domain, str, bytes] | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -245,6 +249,8 @@ class SyncClient:
         report = SyncReport()
         state = store.state()
         headers = {CHAIN_ID_HEADER: str(state.chain_id), CONTRACT_HEADER: state.registry}
+        pinned = store.receipt_key()
+        self._receipts = None if pinned is None else (state.domain, pinned, state.station_id)
         deadline = time.time() + wait_s
         try:
             while True:
@@ -414,6 +420,21 @@ class SyncClient:
                     if outcome.receipt is not None
                     else None
                 )
+                if self._receipts is not None:
+                    domain, key, station_id = self._receipts
+                    try:
+                        check_receipt(
+                            signed_receipt(receipt),
+                            domain=domain,
+                            receipt_key=key,
+                            station_id=station_id,
+                            sequence=stored.sequence,
+                            digest=stored.digest,
+                        )
+                    except ReceiptCheckError as exc:
+                        # Left queued: sent again, it is a duplicate with a new receipt. The
+                        # station never keeps an acknowledgement it could not show as evidence.
+                        raise SyncError(f"{exc}; the record stays queued", "bad_receipt") from None
                 store.mark_acknowledged(stored.sequence, receipt)
                 if outcome.status == "accepted":
                     report.accepted += 1

@@ -56,7 +56,10 @@ def _reason_table(codes: dict[str, str]) -> str:
 OUTCOMES_DOC = f"""
 Every record gets its own outcome (`RecordOutcome`):
 
-* `accepted`: appended to the record log now; `receipt` holds the log index and the time.
+* `accepted`: appended to the record log now; `receipt` holds the log index, the time and,
+  under `signed`, the operator's signed ingest receipt (record digest, station, sequence,
+  `receivedAt`, and the promise `sealedBy`: the record is in an epoch committed on chain by
+  then), verifiable against `receiptKey` of `GET /v1/info`.
 * `duplicate`: exactly this record (same station, sequence and content, i.e. same digest) is
   already stored; idempotent, not an error; `receipt` is the stored one.
 * `rejected`: final; not stored in the record log, but kept in the rejections table (the whole
@@ -99,7 +102,7 @@ def _outcome_example(status: str, reason: str | None = None) -> dict[str, Any]:
     return {
         "status": status,
         "digest": digest,
-        "receipt": {"logIndex": 41, "receivedAt": "2025-11-24T10:00:00.123456Z"},
+        "receipt": {"logIndex": 41, "receivedAt": "2025-11-24T10:00:00.123456Z", "signed": None},
         "reason": None,
         "message": None,
         "retryAfter": None,
@@ -310,7 +313,13 @@ def to_wire(outcome: Outcome) -> RecordOutcome:
         assert outcome.digest is not None and outcome.log_index is not None
         assert outcome.received_at is not None
         factory = RecordOutcome.accepted if outcome.status == ACCEPTED else RecordOutcome.duplicate
-        return factory(outcome.digest, outcome.log_index, outcome.received_at)
+        signed = outcome.signed_receipt
+        return factory(
+            outcome.digest,
+            outcome.log_index,
+            outcome.received_at,
+            None if signed is None else signed.to_json(),
+        )
     if outcome.status == DEFERRED:
         deferral = outcome.deferral
         assert deferral is not None
@@ -332,6 +341,8 @@ def outcome_json(outcome: Outcome, times: dict[datetime, str]) -> dict[str, Any]
     if outcome.status == ACCEPTED or outcome.status == DUPLICATE:
         digest, log_index, received_at = outcome.digest, outcome.log_index, outcome.received_at
         assert digest is not None and log_index is not None and received_at is not None
+        signed = outcome.signed_receipt
+        signed_json = None if signed is None else signed.to_json()
         when = times.get(received_at)
         if when is None:
             # Receipt's serializer, verbatim.
@@ -341,7 +352,7 @@ def outcome_json(outcome: Outcome, times: dict[datetime, str]) -> dict[str, Any]
         return {
             "status": outcome.status,
             "digest": "0x" + digest.hex(),
-            "receipt": {"logIndex": log_index, "receivedAt": when},
+            "receipt": {"logIndex": log_index, "receivedAt": when, "signed": signed_json},
             "reason": None,
             "message": None,
             "retryAfter": None,

@@ -207,3 +207,20 @@ def registry_status(service: ServiceDep) -> RegistryStatusView:
 )
 def domain(service: ServiceDep) -> dict[str, Any]:
     return service.own_domain.to_json()
+
+
+@router.get(
+    "/info",
+    summary="What a station or an auditor pins: the records' domain and the receipt key",
+    tags=["operations"],
+)
+def info(service: ServiceDep) -> dict[str, Any]:
+    """The records' EIP-712 domain, the address of the operator's receipt key (which signs every
+    ingest receipt; null when the backend signs none) and the maximum merge delay every receipt
+    promises (``sealedBy`` = ``receivedAt`` + this)."""
+    receipts = service.receipts
+    return {
+        "domain": service.own_domain.to_json(),
+        "receiptKey": None if receipts is None else receipts.address,
+        "maxMergeDelayS": service.settings.max_merge_delay_s,
+    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from backend.cli import db, epochs, serve, settle, settler, stations
+from backend.cli import db, epochs, receipt_key, serve, settle, settler, stations
 
 app = typer.Typer(
     name="gridpoints",
@@ -22,3 +22,4 @@ app.add_typer(settle.app)
 app.add_typer(db.app, name="db")
 app.add_typer(epochs.app, name="epoch")
 app.add_typer(settler.app, name="settler")
+app.add_typer(receipt_key.app, name="receipt-key")

@@ -53,6 +53,7 @@ from backend.db.record_rows import RecordColumns, record_columns
 from backend.payments import authorization_row
 from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.checks import Deferral, Problem, Verdict, lenient_identity
+from gridpoints_protocol.receipts import IngestReceipt
 from gridpoints_protocol.wire import DeferReason, RejectReason
 
 ACCEPTED = "accepted"
@@ -181,6 +182,9 @@ class Outcome:
     received_at: datetime | None = None
     problem: Problem | None = None
     deferral: Deferral | None = None
+    # The operator's signed ingest receipt of an accepted or duplicate record (backend.receipts),
+    # when the backend has a receipt key.
+    signed_receipt: IngestReceipt | None = None
 
     @property
     def reason(self) -> RejectReason | DeferReason | None:

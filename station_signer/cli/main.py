@@ -14,6 +14,7 @@ from station_signer.cli import (
     ocpp,
     offer,
     proof,
+    receipts,
     record,
     sync,
     verify,
@@ -37,3 +38,4 @@ app.add_typer(verify.app)
 app.add_typer(proof.app)
 app.add_typer(ocmf.app)  # ocmf verify
 app.add_typer(ocpp.app)  # ocpp-gateway, ocpp charger/id-token/transactions/faults
+app.add_typer(receipts.app, name="receipts")  # receipts pin, check, export

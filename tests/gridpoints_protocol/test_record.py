@@ -651,7 +651,11 @@ def test_outcomes_and_batch_response_round_trip() -> None:
     old = {k: v for k, v in body.items() if k != "deferred"}
     old["outcomes"] = body["outcomes"][:4]
     assert BatchResponse.model_validate(old).deferred == 0
-    assert body["outcomes"][0]["receipt"] == {"logIndex": 0, "receivedAt": "2025-01-01T00:00:00Z"}
+    assert body["outcomes"][0]["receipt"] == {
+        "logIndex": 0,
+        "receivedAt": "2025-01-01T00:00:00Z",
+        "signed": None,
+    }
     assert body["outcomes"][2]["reason"] == "bad_signature"
     assert body["outcomes"][3]["digest"] is None
     assert BatchResponse.model_validate(body) == response
@@ -687,7 +691,11 @@ def test_receipt_requires_aware_time_and_names_fields() -> None:
         Receipt.model_validate({"logIndex": -1, "receivedAt": "2025-01-01T00:00:00"})
     assert {e["loc"] for e in info.value.errors()} == {("logIndex",), ("receivedAt",)}
     receipt = Receipt(log_index=3, received_at=datetime(2025, 1, 1, tzinfo=UTC))
-    assert receipt.model_dump() == {"logIndex": 3, "receivedAt": "2025-01-01T00:00:00Z"}
+    assert receipt.model_dump() == {
+        "logIndex": 3,
+        "receivedAt": "2025-01-01T00:00:00Z",
+        "signed": None,
+    }
 
 
 def test_batch_response_counts_must_match() -> None:

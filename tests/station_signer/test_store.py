@@ -604,7 +604,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     key = DevKeySigner(secrets.token_bytes(32))
     station_id, before = version_1_station(path, key)
     with StationStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         # Version 3's evidence table is there (empty: old records were built from nothing kept).
         assert store.record_for_source("ocpp:CP:tx") is None and store.evidence(1) is None
         # Everything the version-1 file held is still there, unchanged, without payments.
@@ -634,12 +634,16 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(records)")]
         indexes = {row[1] for row in db.execute("PRAGMA index_list(records)")}
-        assert db.execute("SELECT schema_version FROM station").fetchone() == (3,)
+        assert db.execute("SELECT schema_version FROM station").fetchone() == (4,)
+        station_columns = [row[1] for row in db.execute("PRAGMA table_info(station)")]
     assert columns[-1] == "payment_json" and columns.count("payment_json") == 1
     assert {"records_by_status", "records_by_payment"} <= indexes
+    # Version 4: the pinned receipt key, none yet.
+    assert station_columns[-1] == "receipt_key" and station_columns.count("receipt_key") == 1
     # Opening again migrates nothing and changes nothing.
     with StationStore(path) as again:
-        assert again.schema_version == 3 and len(again.records()) == 4
+        assert again.schema_version == 4 and len(again.records()) == 4
+        assert again.receipt_key() is None
 
 
 @pytest.mark.parametrize("round_", range(10))
@@ -658,7 +662,7 @@ def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(
         try:
             barrier.wait()
             with StationStore(path) as store:
-                assert store.schema_version == 3
+                assert store.schema_version == 4
         except BaseException as exc:
             errors.append(exc)
 
