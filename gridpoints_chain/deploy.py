@@ -3,6 +3,8 @@
 `deploy` sends PointsToken(admin), StationRegistry(admin, registrar) and
 Settlement(token, admin, settler), then grants the token's SETTLEMENT_ROLE to the Settlement
 contract, waiting for and checking each receipt, and returns the `Deployment` it produced.
+When the deployer is the admin it also sets the settlement's bounds: the GUARDIAN_ROLE (which
+can void an epoch in its challenge window), the challenge window and the per-epoch mint cap.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def deploy(
     admin: str | None = None,
     registrar: str | None = None,
     settler: str | None = None,
+    guardian: str | None = None,
+    challenge_window: int | None = None,
+    epoch_mint_cap: int | None = None,
     artifacts: Mapping[str, ContractArtifact] | None = None,
     receipt_timeout: float = 120.0,
 ) -> Deployment:
@@ -44,6 +49,11 @@ def deploy(
     long enough to grant SETTLEMENT_ROLE to the Settlement contract; the deployer then grants
     DEFAULT_ADMIN_ROLE and PAUSER_ROLE to `admin` and renounces both. The registry and the
     settlement get `admin` directly from their constructors.
+
+    `guardian` (GUARDIAN_ROLE of the settlement; default: none), `challenge_window` (seconds;
+    default: the contract's, one hour) and `epoch_mint_cap` (points; default: none) are set by
+    the deployer as the settlement's admin, so only when the deployer is the admin; otherwise
+    the admin sets them (ValueError if given).
     """
     arts = dict(artifacts) if artifacts is not None else load_all()
     if registrar is None or settler is None:
@@ -63,6 +73,12 @@ def deploy(
     if admin_address == ZERO_ADDRESS:
         raise ValueError("the admin cannot be the zero address: nobody could grant roles")
     handover = admin_address != deployer.address
+    bounds = (guardian, challenge_window, epoch_mint_cap)
+    if handover and any(b is not None for b in bounds):
+        raise ValueError(
+            "the guardian, challenge window and mint cap are set by the settlement's admin: "
+            "with another admin than the deployer, the admin sets them after the deployment"
+        )
 
     sender = TxSender(
         w3, ErrorDecoder(a.abi for a in arts.values()), receipt_timeout=receipt_timeout
@@ -92,6 +108,18 @@ def deploy(
         deployer, token.functions.grantRole(settlement_role, settlement_address)
     )
     record("grantSettlementRole", receipt)
+    settlement = w3.eth.contract(address=settlement_address, abi=arts["Settlement"].abi)
+    if guardian is not None:
+        call = settlement.functions.grantRole(
+            role_id("GUARDIAN_ROLE"), to_checksum_address(guardian)
+        )
+        record("grantGuardianRole", sender.transact(deployer, call))
+    if challenge_window is not None:
+        call = settlement.functions.setChallengeWindow(challenge_window)
+        record("setChallengeWindow", sender.transact(deployer, call))
+    if epoch_mint_cap is not None:
+        call = settlement.functions.setEpochMintCap(epoch_mint_cap)
+        record("setEpochMintCap", sender.transact(deployer, call))
     if handover:
         admin_role, pauser_role = role_id("DEFAULT_ADMIN_ROLE"), role_id("PAUSER_ROLE")
         steps = [

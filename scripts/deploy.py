@@ -75,6 +75,17 @@ def main(
     settler: Annotated[
         str | None, typer.Option(help="SETTLER_ROLE holder (default on Anvil: dev account 2)")
     ] = None,
+    guardian: Annotated[
+        str | None,
+        typer.Option(help="GUARDIAN_ROLE holder: can void an epoch in its challenge window"),
+    ] = None,
+    challenge_window: Annotated[
+        int | None,
+        typer.Option(help="seconds after its commit before an epoch applies (default: 3600)"),
+    ] = None,
+    epoch_mint_cap: Annotated[
+        int | None, typer.Option(help="the most one epoch may mint, in points (default: none)")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each receipt")] = 120.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the deployment as JSON")] = False,
 ) -> None:
@@ -87,6 +98,9 @@ def main(
             admin=admin,
             registrar=registrar,
             settler=settler,
+            guardian=guardian,
+            challenge_window=challenge_window,
+            epoch_mint_cap=epoch_mint_cap,
             receipt_timeout=timeout,
         )
         path = deployment.save(out)

@@ -213,7 +213,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 ? abi.encodeWithSelector(ISettlement.EpochAlreadyCommitted.selector, id)
                 : abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, expected, id);
             vm.prank(settler);
-            try settlement.commitEpoch(id, root, bytes32(0), bytes32(0), count, credits, debits) {
+            try settlement.commitEpoch(id, root, bytes32(0), bytes32(0), count, credits, debits, keccak256(""), 0) {
                 revert("wrong epoch id accepted");
             } catch (bytes memory err) {
                 require(keccak256(err) == keccak256(want), "unexpected commit error");
@@ -223,7 +223,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         }
 
         vm.prank(settler);
-        settlement.commitEpoch(expected, root, bytes32(0), bytes32(0), count, credits, debits);
+        settlement.commitEpoch(expected, root, bytes32(0), bytes32(0), count, credits, debits, keccak256(""), 0);
         ghostCommits++;
         ghostCommitCount[expected]++;
         ghostRecordsRoot[expected] = root;
@@ -384,13 +384,13 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 err = e;
             }
         } else if (which == 3) {
-            try settlement.applyCredits(epochId, uint32(toSeed), entries) {
+            try settlement.applyCredits(epochId, uint32(toSeed), entries, new bytes32[](0)) {
                 succeeded = true;
             } catch (bytes memory e) {
                 err = e;
             }
         } else {
-            try settlement.applyPayments(epochId, uint32(toSeed), payments) {
+            try settlement.applyPayments(epochId, uint32(toSeed), payments, new bytes32[](0)) {
                 succeeded = true;
             } catch (bytes memory e) {
                 err = e;
@@ -406,7 +406,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         bytes32[] memory entries = new bytes32[](1);
         entries[0] = _pack(_actors[amountSeed % ACTORS], amountSeed % 3);
         vm.prank(settler);
-        try settlement.applyCredits(epochId, used, entries) {
+        try settlement.applyCredits(epochId, used, entries, new bytes32[](0)) {
             revert("credit chunk replay accepted");
         } catch (bytes memory err) {
             _expect(err, abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, epochId, used));
@@ -427,7 +427,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         bytes32[] memory entries = new bytes32[](1);
         entries[0] = _pack(_actors[amountSeed % ACTORS], amount);
         vm.prank(settler);
-        try settlement.applyCredits(epochId, chunkId, entries) {
+        try settlement.applyCredits(epochId, chunkId, entries, new bytes32[](0)) {
             revert("credits above the committed total accepted");
         } catch (bytes memory err) {
             _expect(err, want);
@@ -452,7 +452,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             entries[i] = _pack(receivers[i], amount);
         }
         vm.prank(settler);
-        settlement.applyCredits(epochId, chunkId, entries);
+        settlement.applyCredits(epochId, chunkId, entries, new bytes32[](0));
         _recordChunk(epochId, chunkId);
         ghostAppliedCredits[epochId] += sum;
         ghostCredited += sum;
@@ -469,7 +469,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
         payments[0] = _signed(who, _freshNonce(_actors[who], seed), uint64(clock), 1, 1);
         vm.prank(settler);
-        try settlement.applyPayments(epochId, used, payments) {
+        try settlement.applyPayments(epochId, used, payments, new bytes32[](0)) {
             revert("payment chunk replay accepted");
         } catch (bytes memory err) {
             _expect(err, abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, epochId, used));
@@ -486,7 +486,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
         payments[0] = _signed(who, nonce, uint64(clock + 1 days), maxPoints, amount);
         vm.prank(settler);
-        try settlement.applyPayments(epochId, chunkId, payments) {
+        try settlement.applyPayments(epochId, chunkId, payments, new bytes32[](0)) {
             revert("payment above the signed maximum accepted");
         } catch (bytes memory err) {
             _expect(
@@ -511,7 +511,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
             payments[0] = _signed(who, _freshNonce(user, seed), uint64(clock), amount, amount);
             vm.prank(settler);
-            try settlement.applyPayments(epochId, chunkId, payments) {
+            try settlement.applyPayments(epochId, chunkId, payments, new bytes32[](0)) {
                 revert("payments above the committed total accepted");
             } catch (bytes memory err) {
                 _expect(
@@ -613,7 +613,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         }
         vm.recordLogs();
         vm.prank(settler);
-        settlement.applyPayments(epochId, chunkId, payments);
+        settlement.applyPayments(epochId, chunkId, payments, new bytes32[](0));
         _checkOutcomes(epochId, payments, outcomes, vm.getRecordedLogs());
         _recordChunk(epochId, chunkId);
         _commitOutcomes(epochId, payments, outcomes);

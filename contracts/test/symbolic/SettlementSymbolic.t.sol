@@ -25,7 +25,7 @@ contract SettlementSymbolic is Test {
         vm.prank(ADMIN);
         token.grantRole(settlementRole, address(settlement));
         vm.prank(SETTLER);
-        settlement.commitEpoch(EPOCH, keccak256("records"), keccak256("credits"), keccak256("tariff"), 1, TOTAL, 0);
+        settlement.commitEpoch(EPOCH, keccak256("records"), keccak256("credits"), keccak256("tariff"), 1, TOTAL, 0, keccak256(""), 0);
     }
 
     function _one(bytes32 entry) internal pure returns (bytes32[] memory entries) {
@@ -35,7 +35,7 @@ contract SettlementSymbolic is Test {
 
     function _apply(uint32 chunkId, bytes32 entry) internal returns (bool applied) {
         vm.prank(SETTLER);
-        try settlement.applyCredits(EPOCH, chunkId, _one(entry)) {
+        try settlement.applyCredits(EPOCH, chunkId, _one(entry), new bytes32[](0)) {
             applied = true;
         } catch {
             applied = false;
@@ -72,7 +72,7 @@ contract SettlementSymbolic is Test {
     function check_onlyTheSettlerAppliesCredits(address caller, uint32 chunkId, bytes32 entry) public {
         vm.assume(caller != SETTLER);
         vm.prank(caller);
-        try settlement.applyCredits(EPOCH, chunkId, _one(entry)) {
+        try settlement.applyCredits(EPOCH, chunkId, _one(entry), new bytes32[](0)) {
             assert(false);
         } catch {}
         assert(token.totalSupply() == 0);
