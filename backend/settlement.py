@@ -382,7 +382,9 @@ class Settler:
                 step.tx_hash = step.block_hash = step.block_number = step.gas_used = None
                 step.updated_at = datetime.now(UTC)
             session.execute(
-                update(Epoch).where(Epoch.epoch_id == epoch_id).values(state="sealed", settled_at=None)
+                update(Epoch)
+                .where(Epoch.epoch_id == epoch_id)
+                .values(state="sealed", settled_at=None)
             )
         self.reopened_steps += len(steps)
         self.challenge_wait = None
@@ -593,7 +595,9 @@ class Settler:
             if error.error_name in _ALREADY_DONE:
                 return None
             if error.error_name == "ChallengeWindowOpen":
-                raise _ChallengeWindowOpen(step.epoch_id, self._appliable_at(step.epoch_id)) from None
+                raise _ChallengeWindowOpen(
+                    step.epoch_id, self._appliable_at(step.epoch_id)
+                ) from None
             raise
         return self._store_and_send(step, self.sender.sign(self.account, prepared))
 

@@ -54,9 +54,7 @@ def healthz(service: ServiceDep) -> JSONResponse:
         database, error = "error", f"{type(exc).__name__}: {exc}"
     worker = service.worker
     wait = (
-        worker.settler.challenge_wait
-        if worker is not None and worker.settler is not None
-        else None
+        worker.settler.challenge_wait if worker is not None and worker.settler is not None else None
     )
     settlement = SettlementHealthView(
         enabled=worker is not None,
