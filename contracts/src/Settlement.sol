@@ -203,7 +203,9 @@ contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
         onlyRole(SETTLER_ROLE)
     {
         StoredEpoch storage epoch = _claimChunk(epochId, chunkId, credits.length);
-        _checkPlanned(epoch, epochId, chunkId, planLeafHash(ChunkKind.Credit, _hashWords(credits)), proof);
+        _checkPlanned(
+            epoch, epochId, chunkId, planLeafHash(ChunkKind.Credit, keccak256(abi.encodePacked(credits))), proof
+        );
         uint256 amount = token.mintPacked(credits);
         uint256 applied = epoch.appliedCredits + amount;
         if (applied > epoch.totalCredits) {
@@ -235,11 +237,7 @@ contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
             words[2 * i] = _hashTypedDataV4(_hashAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
             words[2 * i + 1] = bytes32(uint256(p.amount));
         }
-        bytes32 entriesHash;
-        assembly ("memory-safe") {
-            entriesHash := keccak256(add(words, 0x20), mul(mload(words), 0x20))
-        }
-        _checkPlanned(epoch, epochId, chunkId, planLeafHash(ChunkKind.Debit, entriesHash), proof);
+        _checkPlanned(epoch, epochId, chunkId, planLeafHash(ChunkKind.Debit, keccak256(abi.encodePacked(words))), proof);
         uint256 burned;
         for (uint256 i = 0; i < n; ++i) {
             burned += _applyPayment(epochId, payments[i], words[2 * i]);
@@ -356,16 +354,6 @@ contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
     function _committed(uint64 epochId) private view returns (StoredEpoch storage epoch) {
         epoch = _epochs[epochId];
         if (epoch.committedAt == 0) revert UnknownEpoch(epochId);
-    }
-
-    /// @dev keccak256 over the packed words (their calldata bytes, without the length).
-    function _hashWords(bytes32[] calldata words) private pure returns (bytes32 result) {
-        assembly ("memory-safe") {
-            let ptr := mload(0x40)
-            let size := mul(words.length, 0x20)
-            calldatacopy(ptr, words.offset, size)
-            result := keccak256(ptr, size)
-        }
     }
 
     /// @dev Reverts unless `leafHash` is the plan's leaf `chunkId` (ChunkNotInPlan).

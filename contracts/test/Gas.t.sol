@@ -235,11 +235,15 @@ contract GasTest is Test {
     }
 
     function test_gas_applyPayments_100_freshNonceWord() public {
-        _applyPayments("applyPayments, 100 signed payments, nonce in a fresh bitmap word", C_FRESH_WORD, freshWordPayments, 500);
+        _applyPayments(
+            "applyPayments, 100 signed payments, nonce in a fresh bitmap word", C_FRESH_WORD, freshWordPayments, 500
+        );
     }
 
     function test_gas_applyPayments_100_usedNonceWord() public {
-        _applyPayments("applyPayments, 100 signed payments, nonce in a used bitmap word", C_USED_WORD, usedWordPayments, 500);
+        _applyPayments(
+            "applyPayments, 100 signed payments, nonce in a used bitmap word", C_USED_WORD, usedWordPayments, 500
+        );
     }
 
     function test_gas_applyPayments_100_skippedCanceled() public {
@@ -272,8 +276,9 @@ contract GasTest is Test {
         vm.revertToState(beforeRefusal);
 
         wallet.setMode(ERC1271Wallet.Mode.BurnGas);
-        uint256 used =
-            _applyPayments("applyPayments, 1 payment skipped: ERC-1271 wallet burns its gas", C_WALLET, walletPayment, 1000);
+        uint256 used = _applyPayments(
+            "applyPayments, 1 payment skipped: ERC-1271 wallet burns its gas", C_WALLET, walletPayment, 1000
+        );
         assertGe(used, settlement.WALLET_CHECK_GAS());
         console2.log("  over a wallet that refuses at once:", used - refused);
         // All a wallet can add is the gas it is allowed, plus the call's and the copy's overhead.

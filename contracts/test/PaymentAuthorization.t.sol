@@ -211,7 +211,9 @@ contract PaymentAuthorizationVectorsTest is Test {
             plan[0] = RFC9162.leaf(abi.encodePacked(uint8(0), keccak256(abi.encodePacked(credit))));
             plan[1] = RFC9162.leaf(abi.encodePacked(uint8(1), keccak256(abi.encodePacked(v.digest, uint256(amount)))));
             vm.startPrank(settler);
-            settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 1000, 1000, RFC9162.root(plan), 2);
+            settlement.commitEpoch(
+                1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 1000, 1000, RFC9162.root(plan), 2
+            );
             settlement.applyCredits(1, 0, credit, RFC9162.path(plan, 0));
 
             uint128 burned = v.deadline == 0 ? 0 : amount;

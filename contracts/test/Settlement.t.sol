@@ -340,7 +340,9 @@ contract SettlementTest is SettlementFixture {
     function test_CommitEpoch() public {
         vm.warp(1_800_000_000);
         vm.expectEmit(true, false, false, true, address(settlement));
-        emit EpochCommitted(1, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 10, 500, 200, EMPTY_PLAN, 0, uint64(block.timestamp));
+        emit EpochCommitted(
+            1, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 10, 500, 200, EMPTY_PLAN, 0, uint64(block.timestamp)
+        );
         _commit(1, 500, 200);
 
         assertEq(settlement.lastEpochId(), 1);
@@ -359,7 +361,17 @@ contract SettlementTest is SettlementFixture {
     function test_CommitEpoch_ExtremeValues() public {
         vm.expectEmit(true, false, false, true, address(settlement));
         emit EpochCommitted(
-            1, bytes32(0), bytes32(0), bytes32(0), type(uint64).max, type(uint128).max, type(uint128).max, EMPTY_PLAN, 0, uint64(block.timestamp));
+            1,
+            bytes32(0),
+            bytes32(0),
+            bytes32(0),
+            type(uint64).max,
+            type(uint128).max,
+            type(uint128).max,
+            EMPTY_PLAN,
+            0,
+            uint64(block.timestamp)
+        );
         vm.prank(settler);
         settlement.commitEpoch(1, 0, 0, 0, type(uint64).max, type(uint128).max, type(uint128).max, EMPTY_PLAN, 0);
         ISettlement.Epoch memory e = settlement.getEpoch(1);
@@ -373,10 +385,21 @@ contract SettlementTest is SettlementFixture {
             vm.warp(block.timestamp + 60);
             vm.expectEmit(true, false, false, true, address(settlement));
             emit EpochCommitted(
-                id, bytes32(uint256(id)), CREDITS_ROOT, TARIFF_HASH, id, id * 10, id, EMPTY_PLAN, 0, uint64(block.timestamp)
+                id,
+                bytes32(uint256(id)),
+                CREDITS_ROOT,
+                TARIFF_HASH,
+                id,
+                id * 10,
+                id,
+                EMPTY_PLAN,
+                0,
+                uint64(block.timestamp)
             );
             vm.prank(settler);
-            settlement.commitEpoch(id, bytes32(uint256(id)), CREDITS_ROOT, TARIFF_HASH, id, id * 10, id, keccak256(""), 0);
+            settlement.commitEpoch(
+                id, bytes32(uint256(id)), CREDITS_ROOT, TARIFF_HASH, id, id * 10, id, keccak256(""), 0
+            );
             assertEq(settlement.lastEpochId(), id);
         }
         for (uint64 id = 1; id <= 5; ++id) {
@@ -964,12 +987,27 @@ contract SettlementTest is SettlementFixture {
         vm.prank(settler);
         if (recordCount == 0) {
             vm.expectRevert(abi.encodeWithSelector(ISettlement.EmptyEpoch.selector, uint64(1)));
-            settlement.commitEpoch(1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits, EMPTY_PLAN, 0);
+            settlement.commitEpoch(
+                1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits, EMPTY_PLAN, 0
+            );
             return;
         }
         vm.expectEmit(true, false, false, true, address(settlement));
-        emit EpochCommitted(1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits, EMPTY_PLAN, 0, uint64(block.timestamp));
-        settlement.commitEpoch(1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits, EMPTY_PLAN, 0);
+        emit EpochCommitted(
+            1,
+            recordsRoot,
+            creditsRoot,
+            tariffHash,
+            recordCount,
+            totalCredits,
+            totalDebits,
+            EMPTY_PLAN,
+            0,
+            uint64(block.timestamp)
+        );
+        settlement.commitEpoch(
+            1, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits, EMPTY_PLAN, 0
+        );
         ISettlement.Epoch memory e = settlement.getEpoch(1);
         assertEq(e.recordsRoot, recordsRoot);
         assertEq(e.creditsRoot, creditsRoot);

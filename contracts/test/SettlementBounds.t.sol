@@ -74,7 +74,9 @@ contract SettlementBoundsTest is SettlementFixture {
 
     function test_PlanLeafHashIsTheDocumentedRule() public view {
         assertEq(settlement.planLeafHash(CREDIT, keccak256(abi.encodePacked(chunkA))), Plans.creditLeaf(chunkA));
-        assertEq(settlement.planLeafHash(DEBIT, keccak256("x")), RFC9162.leaf(abi.encodePacked(uint8(1), keccak256("x"))));
+        assertEq(
+            settlement.planLeafHash(DEBIT, keccak256("x")), RFC9162.leaf(abi.encodePacked(uint8(1), keccak256("x")))
+        );
     }
 
     function test_EveryPlannedChunkApplies() public {
@@ -173,7 +175,9 @@ contract SettlementBoundsTest is SettlementFixture {
         vm.prank(admin);
         settlement.setEpochMintCap(124);
         assertEq(settlement.epochMintCap(), 124);
-        vm.expectRevert(abi.encodeWithSelector(ISettlement.EpochMintCapExceeded.selector, uint64(1), uint128(125), uint128(124)));
+        vm.expectRevert(
+            abi.encodeWithSelector(ISettlement.EpochMintCapExceeded.selector, uint64(1), uint128(125), uint128(124))
+        );
         _commitPlanned(1);
         vm.prank(admin);
         settlement.setEpochMintCap(125);
@@ -250,7 +254,9 @@ contract SettlementBoundsTest is SettlementFixture {
         vm.prank(admin);
         settlement.setChallengeWindow(0);
         vm.expectRevert(
-            abi.encodeWithSelector(ISettlement.ChallengeWindowOpen.selector, uint64(1), uint64(block.timestamp + WINDOW))
+            abi.encodeWithSelector(
+                ISettlement.ChallengeWindowOpen.selector, uint64(1), uint64(block.timestamp + WINDOW)
+            )
         );
         _applyA(0, RFC9162.path(leaves, 0));
     }
@@ -358,11 +364,7 @@ contract SettlementBoundsTest is SettlementFixture {
 /// @dev Deploys a Settlement and reads its default window (a fresh deployment, not the
 /// fixture's, whose window the fixture set).
 contract SettlementDefaults {
-    function window(
-        PointsToken token,
-        address admin,
-        address settler
-    ) external returns (uint32) {
+    function window(PointsToken token, address admin, address settler) external returns (uint32) {
         return new Settlement(token, admin, settler).challengeWindow();
     }
 }

@@ -59,7 +59,14 @@ def test_deployment_file_is_written_and_loads_back_equal(chain_env: ChainEnv) ->
 def test_deployment_records_real_receipts_and_code(chain_env: ChainEnv) -> None:
     d, w3 = chain_env.deployment, chain_env.w3
     receipts = {step: w3.eth.get_transaction_receipt(h) for step, h in d.tx_hashes.items()}
-    assert list(receipts) == ["PointsToken", "StationRegistry", "Settlement", "grantSettlementRole"]
+    assert list(receipts) == [
+        "PointsToken", "StationRegistry", "Settlement", "grantSettlementRole",
+        "grantGuardianRole", "setChallengeWindow",  # the dev chain's bounds: admin guards, no window
+    ]  # fmt: skip
+    settlement = chain_env.chain.settlement.functions
+    assert settlement.hasRole(settlement.GUARDIAN_ROLE().call(), d.admin).call()
+    assert settlement.challengeWindow().call() == 0
+    assert settlement.epochMintCap().call() == 2**128 - 1  # none unless the deployer names one
     assert all(r["status"] == 1 for r in receipts.values())
     for name, address in d.addresses.items():
         assert receipts[name]["contractAddress"] == address

@@ -339,8 +339,7 @@ interface ISettlement is IPaymentAuthorizations {
     /// @param chunkId Id of the chunk, unused so far in this epoch.
     /// @param credits Packed entries `amount << 160 | account` (see PointsToken.mintPacked).
     /// @param proof Inclusion proof of the chunk's leaf at index `chunkId` in the plan.
-    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits, bytes32[] calldata proof)
-        external;
+    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits, bytes32[] calldata proof) external;
 
     /// @notice Settles one chunk of epoch `epochId`'s payments: burns points that users authorised
     /// with their own signatures, and skips the payments that cannot be charged.

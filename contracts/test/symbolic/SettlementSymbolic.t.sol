@@ -97,9 +97,7 @@ contract SettlementSymbolic is Test {
 
     /// @notice Whatever two chunks a stolen settler key sends, the points minted equal the
     /// applied credits and never exceed the plan's (7 + 9), below the committed total.
-    function check_mintsStayWithinThePlan(uint32 a, uint32 b, bytes32 first, bytes32 second, bool pa, bool pb)
-        public
-    {
+    function check_mintsStayWithinThePlan(uint32 a, uint32 b, bytes32 first, bytes32 second, bool pa, bool pb) public {
         _apply(a, first, pa);
         _apply(b, second, pb);
         uint128 applied = settlement.getEpoch(EPOCH).appliedCredits;
