@@ -61,7 +61,7 @@ def test_deployment_records_real_receipts_and_code(chain_env: ChainEnv) -> None:
     receipts = {step: w3.eth.get_transaction_receipt(h) for step, h in d.tx_hashes.items()}
     assert list(receipts) == [
         "PointsToken", "StationRegistry", "Settlement", "grantSettlementRole",
-        "grantGuardianRole", "setChallengeWindow",  # the dev chain's bounds: admin guards, no window
+        "grantGuardianRole", "setChallengeWindow",  # dev bounds: the admin guards, no window
     ]  # fmt: skip
     settlement = chain_env.chain.settlement.functions
     assert settlement.hasRole(settlement.GUARDIAN_ROLE().call(), d.admin).call()
