@@ -75,7 +75,8 @@ contract Settlement is ISettlement, AccessControl, PaymentAuthorizations {
 
     /// @inheritdoc ISettlement
     /// @dev No cap until the admin sets one: the right bound depends on the tariff's scale,
-    /// which this contract cannot know; gridpoints_chain.deploy always sets one.
+    /// which this contract cannot know (`scripts/deploy.py --epoch-mint-cap` sets it at
+    /// deployment; a production deployment should).
     uint128 public epochMintCap = type(uint128).max;
 
     /// @dev How an epoch is stored: the fields a chunk writes share slots that the commit has
