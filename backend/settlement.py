@@ -222,6 +222,41 @@ def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list
     return steps
 
 
+def epoch_plan(session: Session, epoch_id: int) -> SettlementPlan:
+    """The plan the commit of `epoch_id` names (gridpoints_protocol.plan): one leaf per chunk
+    step of its stored plan (`plan_steps`), from the epoch's credits and payments in order."""
+    steps = steps_of(session, epoch_id)
+    credits = pack_entries(
+        (u, c)
+        for u, c in session.execute(
+            select(EpochEntry.user_address, EpochEntry.credit)
+            .where(EpochEntry.epoch_id == epoch_id, EpochEntry.credit > 0)
+            .order_by(EpochEntry.ordinal)
+        ).all()
+    )
+    payments = [
+        (bytes(a), int(r))
+        for a, r in session.execute(
+            select(EpochPayment.authorization, EpochPayment.requested)
+            .where(EpochPayment.epoch_id == epoch_id)
+            .order_by(EpochPayment.ordinal)
+        ).all()
+    ]
+    leaves: list[bytes] = []
+    credits_used = payments_used = 0
+    for step in steps:
+        if step.kind == "credits":
+            leaves.append(
+                credit_chunk_leaf(credits[credits_used : credits_used + step.entry_count])
+            )
+            credits_used += step.entry_count
+        elif step.kind == "payments":
+            part = payments[payments_used : payments_used + step.entry_count]
+            leaves.append(payment_chunk_leaf(part))
+            payments_used += step.entry_count
+    return SettlementPlan(leaves)
+
+
 def _confirmed_blocks(*, final: bool) -> Select[int | None, bytes | None]:
     """(block number, block hash) of the confirmed steps that are (not) final."""
     return select(SettlementStep.block_number, SettlementStep.block_hash).where(
@@ -897,41 +932,12 @@ class Settler:
             )
 
     def _plan(self, epoch_id: int) -> SettlementPlan:
-        """The epoch's plan from its stored steps and entries (cached: the steps never change)."""
+        """The epoch's plan (cached: its stored steps never change)."""
         plan = self._plans.get(epoch_id)
-        if plan is not None:
-            return plan
-        with self.db.read() as session:
-            steps = steps_of(session, epoch_id)
-            credits = pack_entries(
-                (u, c)
-                for u, c in session.execute(
-                    select(EpochEntry.user_address, EpochEntry.credit)
-                    .where(EpochEntry.epoch_id == epoch_id, EpochEntry.credit > 0)
-                    .order_by(EpochEntry.ordinal)
-                ).all()
-            )
-            payments = [
-                (bytes(a), int(r))
-                for a, r in session.execute(
-                    select(EpochPayment.authorization, EpochPayment.requested)
-                    .where(EpochPayment.epoch_id == epoch_id)
-                    .order_by(EpochPayment.ordinal)
-                ).all()
-            ]
-            leaves: list[bytes] = []
-            credits_used = payments_used = 0
-            for step in steps:
-                if step.kind == "credits":
-                    chunk = credits[credits_used : credits_used + step.entry_count]
-                    credits_used += step.entry_count
-                    leaves.append(credit_chunk_leaf(chunk))
-                elif step.kind == "payments":
-                    part = payments[payments_used : payments_used + step.entry_count]
-                    payments_used += step.entry_count
-                    leaves.append(payment_chunk_leaf(part))
-        plan = SettlementPlan(leaves)
-        self._plans[epoch_id] = plan
+        if plan is None:
+            with self.db.read() as session:
+                plan = epoch_plan(session, epoch_id)
+            self._plans[epoch_id] = plan
         return plan
 
     def _receipt_of_effect(self, step: StepView) -> TxReceipt | None:
@@ -1075,6 +1081,7 @@ __all__ = [
     "SettlementConfig",
     "SettlementError",
     "Settler",
+    "epoch_plan",
     "plan_steps",
     "settlement_status",
     "steps_of",
