@@ -9,7 +9,7 @@ import { recordLeafHash, verifyInclusion } from "./merkle.js";
 const TOKEN_ABI = ["function balanceOf(address) view returns (uint256)"];
 const SETTLEMENT_ABI = [
   "function lastEpochId() view returns (uint64)",
-  "function getEpoch(uint64 epochId) view returns (tuple(bytes32 recordsRoot, bytes32 creditsRoot, bytes32 tariffHash, uint64 recordCount, uint64 committedAt, uint128 totalCredits, uint128 totalDebits, uint128 appliedCredits, uint128 appliedDebits))",
+  "function getEpoch(uint64 epochId) view returns (tuple(bytes32 recordsRoot, bytes32 creditsRoot, bytes32 tariffHash, uint64 recordCount, uint64 committedAt, uint128 totalCredits, uint128 totalDebits, uint128 appliedCredits, uint128 appliedDebits, bytes32 planRoot, uint32 chunkCount, uint64 appliableAt))",
 ];
 const RECORD_TYPES = {
   EnergyTransfer: [
