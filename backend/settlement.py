@@ -66,7 +66,12 @@ from backend.payments import payment_rows
 from gridpoints_chain.contracts import GridPointsChain, Payment, pack_entries, payment_tuple
 from gridpoints_chain.errors import ChainError, ContractRevertError
 from gridpoints_chain.transactions import SignedTx, TransactionAccount
-from gridpoints_protocol.plan import SettlementPlan, credit_chunk_leaf, payment_chunk_leaf
+from gridpoints_protocol.plan import (
+    SettlementPlan,
+    chunk_bounds,
+    credit_chunk_leaf,
+    payment_chunk_leaf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +183,8 @@ def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list
         .order_by(EpochEntry.ordinal)
     ).all()
     chunk_id = 0
-    size = config.credit_chunk_size
-    for start in range(0, len(credits), size):
-        chunk = credits[start : start + size]
+    for start, length in chunk_bounds(len(credits), config.credit_chunk_size):
+        chunk = credits[start : start + length]
         steps.append(
             SettlementStep(
                 epoch_id=epoch.epoch_id,
@@ -200,9 +204,8 @@ def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list
         .where(EpochPayment.epoch_id == epoch.epoch_id)
         .order_by(EpochPayment.ordinal)
     ).all()
-    size = config.payment_chunk_size
-    for start in range(0, len(payments), size):
-        chunk = payments[start : start + size]
+    for start, length in chunk_bounds(len(payments), config.payment_chunk_size):
+        chunk = payments[start : start + length]
         steps.append(
             SettlementStep(
                 epoch_id=epoch.epoch_id,
