@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     # Entries per settlement transaction: each credit costs ~30k gas, each payment ~40k; the
     # defaults stay far below a 30M block gas limit.
     credit_chunk_size: int = Field(default=200, ge=1, le=5_000)
-    payment_chunk_size: int = Field(default=50, ge=1, le=64)  # worst case: gas_report.py (f)
+    payment_chunk_size: int = Field(default=50, ge=1, le=63)  # worst case: gas_report.py (f)
     receipt_timeout_s: float = Field(default=120.0, gt=0)
     # /healthz reports `degraded` when the settler's balance for gas falls below this (wei):
     # settlement stops when it runs dry, so operators want to hear before.

@@ -30,6 +30,15 @@ is *missing* and nothing is sent blindly:
   chain in another block or sends it again.
 * **Confirmations.** A step is confirmed only once its block has ``confirmations`` blocks on
   top and is still canonical.
+* **Bounded on chain.** The commit names the root of the epoch's plan
+  (``gridpoints_protocol.plan``: one leaf per planned chunk, computed from the stored steps and
+  entries, so a resent commit names the same root) and each chunk goes with its inclusion
+  proof. The epoch's chunks apply only after the contract's challenge window: while it is
+  open the contract refuses them (ChallengeWindowOpen, at gas estimation, nothing is sent), the
+  worker notes until when (``challenge_wait``, for /healthz) and the next round tries again.
+  If the guardian voids the epoch in that window, the chain no longer holds it: its confirmed
+  steps are re-opened and the epoch committed again (with the same plan: a guardian that voids
+  an honest epoch only delays it).
 
 Crash points (``backend.faults``) sit exactly between persisting an intent, sending it,
 receiving its receipt and recording it, so the fault tests kill the real process there.
@@ -57,6 +66,12 @@ from backend.payments import payment_rows
 from gridpoints_chain.contracts import GridPointsChain, Payment, pack_entries, payment_tuple
 from gridpoints_chain.errors import ChainError, ContractRevertError
 from gridpoints_chain.transactions import SignedTx, TransactionAccount
+from gridpoints_protocol.plan import (
+    SettlementPlan,
+    chunk_bounds,
+    credit_chunk_leaf,
+    payment_chunk_leaf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +93,23 @@ _ALREADY_DONE = {"EpochAlreadyCommitted", "ChunkAlreadyApplied"}
 
 class SettlementError(RuntimeError):
     """Settlement cannot proceed without an operator (e.g. the chain holds another epoch n)."""
+
+
+class _ChallengeWindowOpen(Exception):
+    """The contract refuses the epoch's chunks until `appliable_at` (its challenge window)."""
+
+    def __init__(self, epoch_id: int, appliable_at: int) -> None:
+        super().__init__(f"epoch {epoch_id} applies from {appliable_at}")
+        self.epoch_id = epoch_id
+        self.appliable_at = appliable_at
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeWait:
+    """The worker waits for an epoch's challenge window to close (for /healthz)."""
+
+    epoch_id: int
+    appliable_at: datetime  # the block time from which the contract applies its chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +183,8 @@ def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list
         .order_by(EpochEntry.ordinal)
     ).all()
     chunk_id = 0
-    size = config.credit_chunk_size
-    for start in range(0, len(credits), size):
-        chunk = credits[start : start + size]
+    for start, length in chunk_bounds(len(credits), config.credit_chunk_size):
+        chunk = credits[start : start + length]
         steps.append(
             SettlementStep(
                 epoch_id=epoch.epoch_id,
@@ -173,9 +204,8 @@ def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list
         .where(EpochPayment.epoch_id == epoch.epoch_id)
         .order_by(EpochPayment.ordinal)
     ).all()
-    size = config.payment_chunk_size
-    for start in range(0, len(payments), size):
-        chunk = payments[start : start + size]
+    for start, length in chunk_bounds(len(payments), config.payment_chunk_size):
+        chunk = payments[start : start + length]
         steps.append(
             SettlementStep(
                 epoch_id=epoch.epoch_id,
@@ -193,6 +223,41 @@ def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list
     session.add_all(steps)
     session.flush()
     return steps
+
+
+def epoch_plan(session: Session, epoch_id: int) -> SettlementPlan:
+    """The plan the commit of `epoch_id` names (gridpoints_protocol.plan): one leaf per chunk
+    step of its stored plan (`plan_steps`), from the epoch's credits and payments in order."""
+    steps = steps_of(session, epoch_id)
+    credits = pack_entries(
+        (u, c)
+        for u, c in session.execute(
+            select(EpochEntry.user_address, EpochEntry.credit)
+            .where(EpochEntry.epoch_id == epoch_id, EpochEntry.credit > 0)
+            .order_by(EpochEntry.ordinal)
+        ).all()
+    )
+    payments = [
+        (bytes(a), int(r))
+        for a, r in session.execute(
+            select(EpochPayment.authorization, EpochPayment.requested)
+            .where(EpochPayment.epoch_id == epoch_id)
+            .order_by(EpochPayment.ordinal)
+        ).all()
+    ]
+    leaves: list[bytes] = []
+    credits_used = payments_used = 0
+    for step in steps:
+        if step.kind == "credits":
+            leaves.append(
+                credit_chunk_leaf(credits[credits_used : credits_used + step.entry_count])
+            )
+            credits_used += step.entry_count
+        elif step.kind == "payments":
+            part = payments[payments_used : payments_used + step.entry_count]
+            leaves.append(payment_chunk_leaf(part))
+            payments_used += step.entry_count
+    return SettlementPlan(leaves)
 
 
 def _confirmed_blocks(*, final: bool) -> Select[int | None, bytes | None]:
@@ -253,6 +318,10 @@ class Settler:
         # What reconciliations re-opened since this process started (for /healthz).
         self.reopened_steps = 0
         self.last_reconciliation: Reconciliation | None = None
+        # The epoch whose challenge window the worker waits for (None: not waiting).
+        self.challenge_wait: ChallengeWait | None = None
+        # Each epoch's plan, computed once from its stored steps (they never change).
+        self._plans: dict[int, SettlementPlan] = {}
 
     # -- public -----------------------------------------------------------------------------
 
@@ -290,14 +359,22 @@ class Settler:
             if epoch is None:
                 raise SettlementError(f"epoch {epoch_id} is not sealed")
             steps = [_view(s) for s in plan_steps(session, epoch, self.config)]
+        if steps[0].state == "confirmed" and self._voided(epoch_id):
+            return False  # re-opened: the next round commits it again
         for step in steps:
             if self.stop_event.is_set():
                 return False
             if step.state != "confirmed":
-                self._execute(step)
+                try:
+                    self._execute(step)
+                except _ChallengeWindowOpen as wait:
+                    self._note_wait(wait)
+                    return False
                 # A later step needs this one on chain (chunks need the commit).
                 if self._step_state(step) != "confirmed":
                     return False
+        if self.challenge_wait is not None and self.challenge_wait.epoch_id == epoch_id:
+            self.challenge_wait = None
         with self.db.write() as session:
             pending = session.scalar(
                 select(func.count())
@@ -312,6 +389,48 @@ class Settler:
                 epoch.state = "settled"
                 epoch.settled_at = datetime.now(UTC)
                 log.info("epoch %d settled", epoch_id)
+        self._plans.pop(epoch_id, None)
+        return True
+
+    def _note_wait(self, wait: _ChallengeWindowOpen) -> None:
+        at = datetime.fromtimestamp(wait.appliable_at, UTC)
+        if self.challenge_wait is None or self.challenge_wait.epoch_id != wait.epoch_id:
+            log.info(
+                "epoch %d is in its challenge window: its chunks apply from %s; waiting",
+                wait.epoch_id,
+                at.isoformat(timespec="seconds"),
+            )
+        self.challenge_wait = ChallengeWait(wait.epoch_id, at)
+
+    def _voided(self, epoch_id: int) -> bool:
+        """If the chain no longer holds epoch `epoch_id` although its commit step is confirmed
+        (the guardian voided it, which is possible only before any chunk applied), re-opens the
+        epoch's confirmed steps and returns True. A rewind below the commit is reconcile's."""
+        if self._last_epoch_id() >= epoch_id:
+            return False
+        with self.db.write() as session:
+            steps = session.scalars(
+                select(SettlementStep).where(
+                    SettlementStep.epoch_id == epoch_id, SettlementStep.state == "confirmed"
+                )
+            ).all()
+            for step in steps:
+                step.state = "planned"
+                step.final = False
+                step.tx_hash = step.block_hash = step.block_number = step.gas_used = None
+                step.updated_at = datetime.now(UTC)
+            session.execute(
+                update(Epoch)
+                .where(Epoch.epoch_id == epoch_id)
+                .values(state="sealed", settled_at=None)
+            )
+        self.reopened_steps += len(steps)
+        self.challenge_wait = None
+        log.warning(
+            "epoch %d is no longer committed on chain (voided by the guardian, or the chain "
+            "rewound below its commit); committing it again",
+            epoch_id,
+        )
         return True
 
     def request_reconcile(self) -> None:
@@ -513,6 +632,10 @@ class Settler:
         except ContractRevertError as error:
             if error.error_name in _ALREADY_DONE:
                 return None
+            if error.error_name == "ChallengeWindowOpen":
+                raise _ChallengeWindowOpen(
+                    step.epoch_id, self._appliable_at(step.epoch_id)
+                ) from None
             raise
         return self._store_and_send(step, self.sender.sign(self.account, prepared))
 
@@ -778,19 +901,47 @@ class Settler:
             self.chain.settlement.functions.isChunkApplied(step.epoch_id, step.chunk_id).call()
         )
 
+    def _appliable_at(self, epoch_id: int) -> int:
+        return int(self.chain.settlement.functions.getEpoch(epoch_id).call()[11])
+
     def _check_same_epoch(self, epoch_id: int) -> None:
         on_chain = self.chain.settlement.functions.getEpoch(epoch_id).call()
+        plan = self._plan(epoch_id)
         with self.db.read() as session:
             epoch = session.get(Epoch, epoch_id)
             assert epoch is not None
-            ours = (epoch.records_root, epoch.credits_root, epoch.tariff_hash, epoch.record_count)
-        theirs = (bytes(on_chain[0]), bytes(on_chain[1]), bytes(on_chain[2]), int(on_chain[3]))
+            ours = (
+                epoch.records_root,
+                epoch.credits_root,
+                epoch.tariff_hash,
+                epoch.record_count,
+                plan.root,
+                plan.chunk_count,
+            )
+        theirs = (
+            bytes(on_chain[0]),
+            bytes(on_chain[1]),
+            bytes(on_chain[2]),
+            int(on_chain[3]),
+            bytes(on_chain[9]),
+            int(on_chain[10]),
+        )
         if ours != theirs:
             raise SettlementError(
                 f"the chain holds a different epoch {epoch_id} (records root "
-                f"0x{theirs[0].hex()}, ours 0x{ours[0].hex()}): the database and the chain "
-                "disagree; settlement stops until an operator investigates"
+                f"0x{theirs[0].hex()}, plan root 0x{theirs[4].hex()}; ours 0x{ours[0].hex()}, "
+                f"0x{ours[4].hex()}): the database and the chain disagree; settlement stops "
+                "until an operator investigates (a guardian can void it in its challenge window)"
             )
+
+    def _plan(self, epoch_id: int) -> SettlementPlan:
+        """The epoch's plan (cached: its stored steps never change)."""
+        plan = self._plans.get(epoch_id)
+        if plan is None:
+            with self.db.read() as session:
+                plan = epoch_plan(session, epoch_id)
+            self._plans[epoch_id] = plan
+        return plan
 
     def _receipt_of_effect(self, step: StepView) -> TxReceipt | None:
         """The receipt of our attempt that put `step` on chain (None if none of ours did)."""
@@ -870,6 +1021,7 @@ class Settler:
             epoch = session.get(Epoch, step.epoch_id)
             assert epoch is not None
             if step.kind == "commit":
+                plan = self._plan(step.epoch_id)
                 return settlement.commitEpoch(
                     epoch.epoch_id,
                     epoch.records_root,
@@ -878,6 +1030,8 @@ class Settler:
                     epoch.record_count,
                     epoch.total_credits,
                     epoch.total_debits,
+                    plan.root,
+                    plan.chunk_count,
                 )
             assert step.chunk_id is not None
             if step.kind == "credits":
@@ -894,7 +1048,10 @@ class Settler:
                 if len(rows) != step.entry_count or sum(c for _, c in rows) != step.amount:
                     raise SettlementError(f"epoch {step.epoch_id}: credits chunk does not match")
                 return settlement.applyCredits(
-                    step.epoch_id, step.chunk_id, pack_entries((u, c) for u, c in rows)
+                    step.epoch_id,
+                    step.chunk_id,
+                    pack_entries((u, c) for u, c in rows),
+                    self._plan(step.epoch_id).proof(step.chunk_id),
                 )
             chunk = payment_rows(session, step.epoch_id, step.first_entry, step.entry_count)
             if len(chunk) != step.entry_count:
@@ -902,7 +1059,8 @@ class Settler:
             # Every planned payment is sent, also one the user cancelled meanwhile: the contract
             # skips what it cannot charge (PaymentSkipped), so each gets its outcome on chain.
             payments = [payment_tuple(Payment(signed, p.requested)) for p, signed in chunk]
-            return settlement.applyPayments(step.epoch_id, step.chunk_id, payments)
+            proof = self._plan(step.epoch_id).proof(step.chunk_id)
+            return settlement.applyPayments(step.epoch_id, step.chunk_id, payments, proof)
 
 
 def settlement_status(session: Session) -> dict[str, int]:
@@ -922,9 +1080,11 @@ def steps_of(session: Session, epoch_id: int) -> Sequence[SettlementStep]:
 
 
 __all__ = [
+    "ChallengeWait",
     "SettlementConfig",
     "SettlementError",
     "Settler",
+    "epoch_plan",
     "plan_steps",
     "settlement_status",
     "steps_of",

@@ -69,6 +69,9 @@ class ChainEpoch:
     applied_credits: int
     applied_debits: int
     commit_tx: bytes | None = None
+    plan_root: bytes = b""  # the root of the planned chunks the commit named
+    chunk_count: int = 0
+    appliable_at: int = 0  # the end of its challenge window (block time)
 
 
 @dataclass(slots=True)
@@ -179,6 +182,8 @@ class ChainFacts:
     # authorisation digest -> its first PaymentApplied, in chain order
     first_application: dict[bytes, PaymentEvent] = field(default_factory=dict)
     commit_txs: dict[int, bytes] = field(default_factory=dict)
+    # (epoch id, guardian, transaction) of every EpochVoided, in chain order
+    voided: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     # every transaction with a settlement event or a mint or burn, in chain order
     transactions: list[TransactionTally] = field(default_factory=list)
     minted: int = 0
@@ -260,6 +265,7 @@ def settlement_event_names(chain: GridPointsChain) -> dict[bytes, str]:
         _topic(events.PaymentApplied): "PaymentApplied",
         _topic(events.PaymentSkipped): "PaymentSkipped",
         _topic(events.AuthorizationCanceled): "AuthorizationCanceled",
+        _topic(events.EpochVoided): "EpochVoided",
     }
 
 
@@ -286,6 +292,9 @@ def read_chain(chain: GridPointsChain, *, block_range: int = DEFAULT_BLOCK_RANGE
             int(raw[6]),
             int(raw[7]),
             int(raw[8]),
+            plan_root=bytes(raw[9]),
+            chunk_count=int(raw[10]),
+            appliable_at=int(raw[11]),
         )
     facts = ChainFacts(head, last, epochs, stations)
     facts.block_time = int(w3.eth.get_block(head)["timestamp"])
@@ -438,6 +447,10 @@ def attribute_transaction(
         name = kinds[log.topics[0]]
         if name == "EpochCommitted":
             facts.commit_txs[int.from_bytes(log.topics[1], "big")] = tx_hash
+        elif name == "EpochVoided":
+            epoch_id = int.from_bytes(log.topics[1], "big")
+            facts.voided.append((epoch_id, log.topics[2][12:], tx_hash))
+            facts.commit_txs.pop(epoch_id, None)
         elif name == "AuthorizationCanceled":
             canceled = (log.topics[1][12:], int.from_bytes(log.topics[2], "big"))
             facts.canceled.add(canceled)

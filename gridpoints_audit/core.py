@@ -193,6 +193,7 @@ def audit(
     complete = lo <= 1 and hi >= facts.last_epoch_id
     held = source.epoch_ids()
     findings: list[Discrepancy] = transaction_findings(facts) + source.source_findings()
+    findings += voided_findings(facts)
     notes: list[str] = []
     unverified = unverified_skips_note(facts)
     if unverified is not None:
@@ -546,6 +547,24 @@ class _EpochContext:
                 f"the audit block {self.facts.block} (verified by their receipts)"
             )
         return out
+
+
+def voided_findings(facts: ChainFacts) -> list[Discrepancy]:
+    """Every EpochVoided: a commit the guardian refused in its challenge window. The epoch id
+    may have been committed again since (the honest epoch, audited as any other); the void
+    itself stays a finding: someone with the settler key committed an epoch the guardian
+    judged wrong, or the guardian voided an honest one."""
+    return [
+        Discrepancy(
+            Kind.EPOCH_VOIDED,
+            f"a commit of epoch {epoch_id} was voided by the guardian {as_hex(guardian)} in its "
+            "challenge window (none of its chunks applied)",
+            epoch_id=epoch_id,
+            tx_hash=as_hex(tx),
+            details={"guardian": as_hex(guardian)},
+        )
+        for epoch_id, guardian, tx in facts.voided
+    ]
 
 
 def _unpublished(ce: ChainEpoch, verdict: EpochVerdict, why: str) -> Discrepancy:

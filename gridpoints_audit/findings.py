@@ -62,6 +62,8 @@ class Kind(StrEnum):
     NONCE_PAID_TWICE = "nonce_paid_twice"
     BURN_MISMATCH = "burn_mismatch"
     CHUNK_AMOUNT_MISMATCH = "chunk_amount_mismatch"
+    PLAN_MISMATCH = "plan_mismatch"
+    EPOCH_VOIDED = "epoch_voided"
     # what the source says about itself
     SOURCE_CLAIM_MISMATCH = "source_claim_mismatch"
     TARIFF_VERSION_MISMATCH = "tariff_version_mismatch"

@@ -385,27 +385,53 @@ class GridPointsChain:
         record_count: int,
         total_credits: int,
         total_debits: int,
+        plan_root: bytes,
+        chunk_count: int,
     ) -> TxReceipt:
+        """Commits an epoch with the root of its planned chunks (gridpoints_protocol.plan)."""
         fn = self.settlement.functions.commitEpoch(
             epoch_id, records_root, credits_root, tariff_hash, record_count,
-            total_credits, total_debits,
+            total_credits, total_debits, plan_root, chunk_count,
         )  # fmt: skip
         return self.transact(settler, fn)
 
     def apply_credits(
-        self, settler: TransactionAccount, epoch_id: int, chunk_id: int, entries: Sequence[bytes]
+        self,
+        settler: TransactionAccount,
+        epoch_id: int,
+        chunk_id: int,
+        entries: Sequence[bytes],
+        proof: Sequence[bytes],
     ) -> TxReceipt:
-        fn = self.settlement.functions.applyCredits(epoch_id, chunk_id, list(entries))
+        """Mints one planned credit chunk; `proof` is its inclusion proof in the plan."""
+        fn = self.settlement.functions.applyCredits(epoch_id, chunk_id, list(entries), list(proof))
         return self.transact(settler, fn)
 
     def apply_payments(
-        self, settler: TransactionAccount, epoch_id: int, chunk_id: int, payments: Sequence[Payment]
+        self,
+        settler: TransactionAccount,
+        epoch_id: int,
+        chunk_id: int,
+        payments: Sequence[Payment],
+        proof: Sequence[bytes],
     ) -> TxReceipt:
-        """Settles one payment chunk: burns what each user authorised (see Payment)."""
+        """Settles one planned payment chunk: burns what each user authorised (see Payment)."""
         fn = self.settlement.functions.applyPayments(
-            epoch_id, chunk_id, [payment_tuple(p) for p in payments]
+            epoch_id, chunk_id, [payment_tuple(p) for p in payments], list(proof)
         )
         return self.transact(settler, fn)
+
+    def void_epoch(self, guardian: TransactionAccount, epoch_id: int) -> TxReceipt:
+        """The guardian voids the newest epoch during its challenge window."""
+        return self.transact(guardian, self.settlement.functions.voidEpoch(epoch_id))
+
+    def set_challenge_window(self, admin: TransactionAccount, seconds: int) -> TxReceipt:
+        """The admin sets the challenge window of epochs committed from now on."""
+        return self.transact(admin, self.settlement.functions.setChallengeWindow(seconds))
+
+    def set_epoch_mint_cap(self, admin: TransactionAccount, cap: int) -> TxReceipt:
+        """The admin sets the most one epoch may commit to mint."""
+        return self.transact(admin, self.settlement.functions.setEpochMintCap(cap))
 
     def cancel_authorization(self, user: TransactionAccount, nonce: int) -> TxReceipt:
         """The user voids one of its own authorisation nonces (sent from the user's wallet)."""

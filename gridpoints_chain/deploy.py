@@ -13,6 +13,8 @@ minter grant wait) defaults to `PRODUCTION_ADMIN_DELAY_S` (3 days) and, for a th
 deployed by a well-known dev key, to `DEV_ADMIN_DELAY_S` (60 s). The daily mint cap has no
 production default (it depends on the fleet's volume) and must be named; a dev deployment gets
 `DEV_DAILY_MINT_CAP`.
+When the deployer is the admin it also sets the settlement's bounds: the GUARDIAN_ROLE (which
+can void an epoch in its challenge window), the challenge window and the per-epoch mint cap.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def deploy(
     settler: str | None = None,
     admin_delay_s: int | None = None,
     daily_mint_cap: int | None = None,
+    guardian: str | None = None,
+    challenge_window: int | None = None,
+    epoch_mint_cap: int | None = None,
     artifacts: Mapping[str, ContractArtifact] | None = None,
     receipt_timeout: float = 120.0,
 ) -> Deployment:
@@ -68,6 +73,11 @@ def deploy(
     so that no role lands on a key whose secret is public, and the delay defaults to 3 days.
     The zero address is accepted for the registrar and the settler: the role is then left for
     the admin to grant later.
+
+    `guardian` (GUARDIAN_ROLE of the settlement; default: none), `challenge_window` (seconds;
+    default: the contract's, one hour) and `epoch_mint_cap` (points; default: none) are set by
+    the deployer as the settlement's admin, so only when the deployer is the admin; otherwise
+    the admin sets them (ValueError if given).
     """
     arts = dict(artifacts) if artifacts is not None else load_all()
     dev = is_dev_key(deployer)
@@ -103,6 +113,13 @@ def deploy(
     settler_address = to_checksum_address(settler)
     if admin_address == ZERO_ADDRESS:
         raise ValueError("the admin cannot be the zero address: nobody could grant roles")
+    if admin_address != deployer.address and any(
+        bound is not None for bound in (guardian, challenge_window, epoch_mint_cap)
+    ):
+        raise ValueError(
+            "the guardian, challenge window and mint cap are set by the settlement's admin: "
+            "with another admin than the deployer, the admin sets them after the deployment"
+        )
 
     sender = TxSender(
         w3, ErrorDecoder(a.abi for a in arts.values()), receipt_timeout=receipt_timeout
@@ -137,6 +154,18 @@ def deploy(
             "token names as its minter (the deployer sent another transaction meanwhile); "
             "deploy again from an idle account"
         )
+    settlement = w3.eth.contract(address=settlement_address, abi=arts["Settlement"].abi)
+    if guardian is not None:
+        call = settlement.functions.grantRole(
+            role_id("GUARDIAN_ROLE"), to_checksum_address(guardian)
+        )
+        record("grantGuardianRole", sender.transact(deployer, call))
+    if challenge_window is not None:
+        call = settlement.functions.setChallengeWindow(challenge_window)
+        record("setChallengeWindow", sender.transact(deployer, call))
+    if epoch_mint_cap is not None:
+        call = settlement.functions.setEpochMintCap(epoch_mint_cap)
+        record("setEpochMintCap", sender.transact(deployer, call))
 
     deployment = Deployment(
         chain_id=chain_id,

@@ -52,9 +52,16 @@ class DevDeployment:
 
 
 def deploy_dev_contracts(
-    rpc_url: str, *, deployment_file: Path | None = None, roles: DevRoles | None = None
+    rpc_url: str,
+    *,
+    deployment_file: Path | None = None,
+    roles: DevRoles | None = None,
+    challenge_window: int = 0,
 ) -> DevDeployment:
     """Deploys the three contracts on the node at `rpc_url` with the dev accounts' roles.
+
+    The admin is also the guardian, and the challenge window is `challenge_window` seconds
+    (none by default: a dev chain settles at once; tests of the window set one).
 
     With `deployment_file`, the deployment is saved there and the handles use the file as
     loaded back, the way every service reads it.
@@ -62,7 +69,12 @@ def deploy_dev_contracts(
     roles = roles if roles is not None else DevRoles.standard()
     w3 = connect(rpc_url)
     deployed = deploy(
-        w3, roles.admin, registrar=roles.registrar.address, settler=roles.settler.address
+        w3,
+        roles.admin,
+        registrar=roles.registrar.address,
+        settler=roles.settler.address,
+        guardian=roles.admin.address,
+        challenge_window=challenge_window,
     )
     deployment = deployed
     if deployment_file is not None:

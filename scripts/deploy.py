@@ -89,6 +89,17 @@ def main(
             "--key-env; size it above the busiest day)"
         ),
     ] = None,
+    guardian: Annotated[
+        str | None,
+        typer.Option(help="GUARDIAN_ROLE holder: can void an epoch in its challenge window"),
+    ] = None,
+    challenge_window: Annotated[
+        int | None,
+        typer.Option(help="seconds after its commit before an epoch applies (default: 3600)"),
+    ] = None,
+    epoch_mint_cap: Annotated[
+        int | None, typer.Option(help="the most one epoch may mint, in points (default: none)")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each receipt")] = 120.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the deployment as JSON")] = False,
 ) -> None:
@@ -103,6 +114,9 @@ def main(
             settler=settler,
             admin_delay_s=admin_delay,
             daily_mint_cap=daily_mint_cap,
+            guardian=guardian,
+            challenge_window=challenge_window,
+            epoch_mint_cap=epoch_mint_cap,
             receipt_timeout=timeout,
         )
         path = deployment.save(out)

@@ -48,6 +48,7 @@ from gridpoints_protocol.authorization import (
     SignedAuthorization,
     sign_authorization,
 )
+from gridpoints_protocol.plan import SettlementPlan, credit_chunk_leaf, payment_chunk_leaf
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -91,54 +92,22 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
         dev = deploy_dev_contracts(node.rpc_url)
         w3, deployment, chain = dev.w3, dev.deployment, dev.chain
         admin, settler = dev.roles.admin, dev.roles.settler
-
-        def commit(epoch_id: int) -> int:
-            receipt = chain.commit_epoch(
-                settler, epoch_id,
-                records_root=keccak(text=f"records {epoch_id}"),
-                credits_root=keccak(text=f"credits {epoch_id}"),
-                tariff_hash=keccak(text="tariff"),
-                record_count=1_000, total_credits=10**12, total_debits=10**12,
-            )  # fmt: skip
-            return int(receipt["gasUsed"])
-
-        def credits(chunk_id: int, addresses: list[ChecksumAddress]) -> int:
-            receipt = chain.apply_credits(settler, 1, chunk_id, _entries(addresses))
-            return int(receipt["gasUsed"])
-
-        rows.append(Measurement("commit_first", "commitEpoch", 0, "-", commit(1), "epoch 1"))
-        warmup = credits(0, _addresses("warm-up", 1))
-        rows.append(
-            Measurement(
-                "credits_first_chunk",
-                "applyCredits",
-                1,
-                "fresh",
-                warmup,
-                "1st chunk of epoch (a)",
-            )
-        )
-        holders = _addresses("holders", CHUNK + 1)
-        one, hundred = holders[:1], holders[1:]
-        for key, entries, kind, chunk_id, addresses in (
-            ("credits_1_fresh", 1, "fresh", 1, one),
-            ("credits_100_fresh", CHUNK, "fresh", 2, hundred),
-            ("credits_1_existing", 1, "existing", 3, one),
-            ("credits_100_existing", CHUNK, "existing", 4, hundred),
-        ):
-            rows.append(
-                Measurement(key, "applyCredits", entries, kind, credits(chunk_id, addresses))
-            )
-        rows.append(
-            Measurement("commit_later", "commitEpoch", 0, "-", commit(2), "epoch 2 and later")
-        )
-
-        # Payments: every payer holds points (credited here) and signs its own authorisations.
-        payers = _payers(CHUNK + 2)
-        warm, first, rest = payers[-1], payers[:1], payers[1 : CHUNK + 1]
-        chain.apply_credits(settler, 1, 5, _entries([p.address for p in payers]))
         domain = chain.settlement_domain
         deadline = int(w3.eth.get_block("latest")["timestamp"]) + 86_400
+
+        # Every chunk of epoch 1 is decided before its commit, which names their plan (the
+        # contract applies only planned chunks): credit chunks 0-6, payment chunks 10-18.
+        holders = _addresses("holders", CHUNK + 1)
+        one, hundred = holders[:1], holders[1:]
+        payers = _payers(CHUNK + 2)
+        warm, first, rest = payers[-1], payers[:1], payers[1 : CHUNK + 1]
+        # One payment by an ERC-1271 wallet (a test contract of contracts/test/utils), signed by
+        # its owner: refusing at once, then burning all the gas it is given.
+        owner = payers[0]
+        wallet_address, _ = chain.sender.deploy(
+            admin, load_artifact("ERC1271Wallet"), owner.address
+        )
+        wallet = w3.eth.contract(wallet_address, abi=load_artifact("ERC1271Wallet").abi)
 
         def authorization(user: str, nonce: int) -> PaymentAuthorization:
             return PaymentAuthorization(
@@ -149,10 +118,106 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
                 deadline=deadline,
             )
 
-        def send(chunk_id: int, signed: list[Payment], outcome: int | SkipReason) -> int:
+        def signed_by(accounts: list[LocalAccount], nonce: int) -> list[Payment]:
+            return [
+                Payment(sign_authorization(a, authorization(a.address, nonce), domain), 500)
+                for a in accounts
+            ]
+
+        def forged(accounts: list[LocalAccount], nonce: int) -> list[Payment]:
+            # Each authorisation signed by the next payer's key: the right digest, the wrong key.
+            signed = []
+            for i, account in enumerate(accounts):
+                a = authorization(account.address, nonce)
+                other = accounts[(i + 1) % len(accounts)]
+                signature = bytes(Account.unsafe_sign_hash(a.digest(domain), other.key).signature)
+                signed.append(Payment(SignedAuthorization(a, signature), 500))
+            return signed
+
+        def by_wallet(nonce: int) -> list[Payment]:
+            a = authorization(wallet_address, nonce)
+            signature = bytes(Account.unsafe_sign_hash(a.digest(domain), owner.key).signature)
+            return [Payment(SignedAuthorization(a, signature), 500)]
+
+        credit_chunks: dict[int, list[bytes]] = {
+            0: _entries(_addresses("warm-up", 1)),
+            1: _entries(one),
+            2: _entries(hundred),
+            3: _entries(one),
+            4: _entries(hundred),
+            5: _entries([p.address for p in payers]),
+            6: [pack_entry(wallet_address, 1_000)],
+        }
+        payment_chunks: dict[int, list[Payment]] = {
+            10: signed_by([warm], 0),
+            11: signed_by(first, 0),
+            12: signed_by(rest, 0),
+            13: signed_by(first, 1),
+            14: signed_by(rest, 1),
+            # The same 100 authorisations again: every nonce is used, every payment skipped.
+            15: signed_by(rest, 1),
+            16: forged(rest, 2),
+            # Each skip voids its nonce: every row gets a nonce in a fresh bitmap word of its
+            # own, so that both pay the same zero-to-nonzero store.
+            17: by_wallet(256),
+            18: by_wallet(512),
+        }
+        leaves = [keccak(text=f"gas-report:unplanned:{i}") for i in range(19)]
+        for chunk_id, entries in credit_chunks.items():
+            leaves[chunk_id] = credit_chunk_leaf(entries)
+        for chunk_id, payments in payment_chunks.items():
+            leaves[chunk_id] = payment_chunk_leaf(
+                [(p.authorization.digest(domain), p.amount) for p in payments]
+            )
+        plan = SettlementPlan(leaves)
+
+        def commit(epoch_id: int) -> int:
+            this = plan if epoch_id == 1 else SettlementPlan([])
+            receipt = chain.commit_epoch(
+                settler, epoch_id,
+                records_root=keccak(text=f"records {epoch_id}"),
+                credits_root=keccak(text=f"credits {epoch_id}"),
+                tariff_hash=keccak(text="tariff"),
+                record_count=1_000, total_credits=10**12, total_debits=10**12,
+                plan_root=this.root, chunk_count=this.chunk_count,
+            )  # fmt: skip
+            return int(receipt["gasUsed"])
+
+        def credits(chunk_id: int) -> int:
+            entries = credit_chunks[chunk_id]
+            receipt = chain.apply_credits(settler, 1, chunk_id, entries, plan.proof(chunk_id))
+            return int(receipt["gasUsed"])
+
+        rows.append(Measurement("commit_first", "commitEpoch", 0, "-", commit(1), "epoch 1"))
+        rows.append(
+            Measurement(
+                "credits_first_chunk",
+                "applyCredits",
+                1,
+                "fresh",
+                credits(0),
+                "1st chunk of epoch (a)",
+            )
+        )
+        for key, entries, kind, chunk_id in (
+            ("credits_1_fresh", 1, "fresh", 1),
+            ("credits_100_fresh", CHUNK, "fresh", 2),
+            ("credits_1_existing", 1, "existing", 3),
+            ("credits_100_existing", CHUNK, "existing", 4),
+        ):
+            rows.append(Measurement(key, "applyCredits", entries, kind, credits(chunk_id)))
+        rows.append(
+            Measurement("commit_later", "commitEpoch", 0, "-", commit(2), "epoch 2 and later")
+        )
+
+        # Payments: every payer holds points (credited here) and signs its own authorisations.
+        credits(5)
+
+        def send(chunk_id: int, outcome: int | SkipReason) -> int:
             """Applies the chunk; every payment must burn `outcome` points, or be skipped for
             `outcome` when it is a SkipReason."""
-            receipt = chain.apply_payments(settler, 1, chunk_id, signed)
+            signed = payment_chunks[chunk_id]
+            receipt = chain.apply_payments(settler, 1, chunk_id, signed, plan.proof(chunk_id))
             seen = [
                 e.burned if isinstance(e, PaymentApplied) else e.reason
                 for e in chain.payment_outcomes_in(receipt)
@@ -161,81 +226,43 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
                 raise SystemExit(f"unexpected outcomes in payment chunk {chunk_id}: {seen}")
             return int(receipt["gasUsed"])
 
-        def payments(chunk_id: int, accounts: list[LocalAccount], nonce: int) -> int:
-            signed = [
-                Payment(sign_authorization(a, authorization(a.address, nonce), domain), 500)
-                for a in accounts
-            ]
-            return send(chunk_id, signed, 500)
-
-        def forged(chunk_id: int, accounts: list[LocalAccount], nonce: int) -> int:
-            # Each authorisation signed by the next payer's key: the right digest, the wrong key.
-            signed = []
-            for i, account in enumerate(accounts):
-                a = authorization(account.address, nonce)
-                other = accounts[(i + 1) % len(accounts)]
-                signature = bytes(Account.unsafe_sign_hash(a.digest(domain), other.key).signature)
-                signed.append(Payment(SignedAuthorization(a, signature), 500))
-            return send(chunk_id, signed, SkipReason.INVALID_SIGNATURE)
-
-        warm_gas = payments(10, [warm], 0)
         rows.append(
             Measurement(
-                "payments_first_chunk", "applyPayments", 1, "existing", warm_gas,
+                "payments_first_chunk", "applyPayments", 1, "existing", send(10, 500),
                 "1st payment chunk of epoch (a)",
             )
         )  # fmt: skip
-        for key, accounts, nonce, chunk_id, note in (
-            ("payments_1_first", first, 0, 11, "first nonce of the user (c)"),
-            ("payments_100_first", rest, 0, 12, "first nonce of each user (c)"),
-            ("payments_1_later", first, 1, 13, "nonce in a used word (c)"),
-            ("payments_100_later", rest, 1, 14, "nonce in a used word (c)"),
+        for key, count, chunk_id, note in (
+            ("payments_1_first", 1, 11, "first nonce of the user (c)"),
+            ("payments_100_first", CHUNK, 12, "first nonce of each user (c)"),
+            ("payments_1_later", 1, 13, "nonce in a used word (c)"),
+            ("payments_100_later", CHUNK, 14, "nonce in a used word (c)"),
         ):
             rows.append(
-                Measurement(
-                    key, "applyPayments", len(accounts), "existing",
-                    payments(chunk_id, accounts, nonce), note,
-                )
-            )  # fmt: skip
-        # The same 100 authorisations again: every nonce is used, every payment skipped.
-        replayed = [
-            Payment(sign_authorization(a, authorization(a.address, 1), domain), 500) for a in rest
-        ]
+                Measurement(key, "applyPayments", count, "existing", send(chunk_id, 500), note)
+            )
         rows.append(
             Measurement(
                 "payments_100_skipped_used", "applyPayments", CHUNK, "existing",
-                send(15, replayed, SkipReason.AUTHORIZATION_USED), "skipped: nonce used (d)",
+                send(15, SkipReason.AUTHORIZATION_USED), "skipped: nonce used (d)",
             )
         )  # fmt: skip
         rows.append(
             Measurement(
                 "payments_100_skipped_invalid", "applyPayments", CHUNK, "existing",
-                forged(16, rest, 2), "skipped: wrong key (d)",
+                send(16, SkipReason.INVALID_SIGNATURE), "skipped: wrong key (d)",
             )
         )  # fmt: skip
-        # One payment by an ERC-1271 wallet (a test contract of contracts/test/utils), signed by
-        # its owner: refusing at once, then burning all the gas it is given.
-        owner = payers[0]
-        wallet_address, _ = chain.sender.deploy(
-            admin, load_artifact("ERC1271Wallet"), owner.address
-        )
-        wallet = w3.eth.contract(wallet_address, abi=load_artifact("ERC1271Wallet").abi)
-        chain.apply_credits(settler, 1, 6, [pack_entry(wallet_address, 1_000)])
-        # Each skip voids its nonce: every row gets a nonce in a fresh bitmap word of its own, so
-        # that both pay the same zero-to-nonzero store.
-        for key, mode, chunk_id, nonce, note in (
-            ("payments_1_wallet_refuses", 1, 17, 256, "skipped: wallet refuses (e)"),
-            ("payments_1_wallet_burns_gas", 4, 18, 512, "skipped: wallet burns its gas (e)"),
+        credits(6)
+        for key, mode, chunk_id, note in (
+            ("payments_1_wallet_refuses", 1, 17, "skipped: wallet refuses (e)"),
+            ("payments_1_wallet_burns_gas", 4, 18, "skipped: wallet burns its gas (e)"),
         ):
-            by_wallet = authorization(wallet_address, nonce)
-            digest = by_wallet.digest(domain)
-            signature = bytes(Account.unsafe_sign_hash(digest, owner.key).signature)
-            wallet_payment = [Payment(SignedAuthorization(by_wallet, signature), 500)]
             chain.transact(admin, wallet.functions.setMode(mode))
             rows.append(
                 Measurement(
                     key, "applyPayments", 1, "existing",
-                    send(chunk_id, wallet_payment, SkipReason.INVALID_SIGNATURE), note,
+                    send(chunk_id, SkipReason.INVALID_SIGNATURE), note,
                 )
             )  # fmt: skip
         info_wallet_check_gas = chain.wallet_check_gas

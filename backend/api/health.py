@@ -53,6 +53,9 @@ def healthz(service: ServiceDep) -> JSONResponse:
     except Exception as exc:  # any database failure is reported, not raised
         database, error = "error", f"{type(exc).__name__}: {exc}"
     worker = service.worker
+    wait = (
+        worker.settler.challenge_wait if worker is not None and worker.settler is not None else None
+    )
     settlement = SettlementHealthView(
         enabled=worker is not None,
         leader=worker.lock.held if worker is not None else None,
@@ -74,6 +77,8 @@ def healthz(service: ServiceDep) -> JSONResponse:
             if worker is not None and worker.settler is not None
             else None
         ),
+        challengeWaitEpoch=wait.epoch_id if wait is not None else None,
+        challengeWaitUntil=wait.appliable_at if wait is not None else None,
     )
     follower = service.follower
     assert follower is not None

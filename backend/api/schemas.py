@@ -256,6 +256,15 @@ class SettlementHealthView(BaseModel):
     reconciliation: ReconciliationView | None = Field(
         default=None, description="What reconciling with the chain re-opened (the leader's)."
     )
+    challengeWaitEpoch: int | None = Field(
+        default=None,
+        description="The epoch whose challenge window the worker waits for: the contract "
+        "applies its chunks only from `challengeWaitUntil` on (a guardian can void it until "
+        "then); null when not waiting.",
+    )
+    challengeWaitUntil: datetime | None = Field(
+        default=None, description="The block time from which that epoch's chunks apply."
+    )
 
 
 class HealthView(BaseModel):

@@ -32,6 +32,16 @@ import {ISettlement} from "./interfaces/ISettlement.sol";
 /// the user's (its nonce is then voided: never collectable later), or whose nonce is already
 /// used, is skipped rather than reverting its chunk, so that no single user can stop the
 /// settlement of everybody else (see `applyPayments`).
+///
+/// Bounded settler: a settler key (stolen, or a buggy worker) can apply only what its epoch's
+/// commit planned. The commit names a plan root, an RFC 9162 root over the epoch's planned
+/// chunks (leaf i = chunk id i: its kind and the hash of its entries, see `planLeafHash`), and
+/// each chunk applies only with its inclusion proof: the same entries under another chunk id,
+/// or other entries under a planned id, revert (ChunkNotInPlan), so no re-chunking can mint a
+/// credit twice. What a commit can mint is capped per epoch by the admin (`epochMintCap`), and
+/// nothing of an epoch applies during its challenge window (`challengeWindow` seconds after its
+/// commit), in which a GUARDIAN_ROLE holder can void it (`voidEpoch`); the settler then commits
+/// the id again with a correct plan.
 /// The EIP-712 domain is
 /// ("GridPoints Settlement", "1", chainId, this contract), so an authorisation is valid on
 /// exactly one deployment; station_signer/authorization.py is the off-chain definition.
@@ -46,17 +56,36 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
     bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
 
     /// @inheritdoc ISettlement
+    bytes32 public constant GUARDIAN_ROLE = keccak256("GUARDIAN_ROLE");
+
+    /// @notice The longest challenge window the admin can set: a week, so that an admin's typo
+    /// cannot freeze settlement for years.
+    uint32 public constant MAX_CHALLENGE_WINDOW = 7 days;
+
+    /// @inheritdoc ISettlement
     PointsToken public immutable token;
 
     /// @inheritdoc ISettlement
     uint64 public lastEpochId;
 
+    // Next to lastEpochId, in its slot: commitEpoch reads all three with one SLOAD.
+    /// @inheritdoc ISettlement
+    /// @dev One hour until the admin sets it: long enough for a watcher to notice an epoch it
+    /// did not expect; deployments set their own (gridpoints_chain.deploy).
+    uint32 public challengeWindow = 1 hours;
+
+    /// @inheritdoc ISettlement
+    /// @dev No cap until the admin sets one: the right bound depends on the tariff's scale,
+    /// which this contract cannot know (`scripts/deploy.py --epoch-mint-cap` sets it at
+    /// deployment; a production deployment should).
+    uint128 public epochMintCap = type(uint128).max;
+
     /// @dev How an epoch is stored: the fields a chunk writes share slots that the commit has
     /// already made non-zero, so no credit chunk pays for a zero-to-non-zero SSTORE (20,000 gas):
     /// slot 3 holds the record count, the commit time, the applied-chunk bits of chunk ids below
-    /// `LOW_CHUNKS` and the applied credits; slot 4 the two totals; slot 5 the applied debits
-    /// (first written by an epoch's first payment chunk). Chunk ids from `LOW_CHUNKS` up use
-    /// `_appliedChunks`.
+    /// `LOW_CHUNKS` and the applied credits; slot 4 the two totals; slot 5 the applied debits,
+    /// the plan's chunk count and the end of the challenge window; slot 6 the plan root. Chunk
+    /// ids from `LOW_CHUNKS` up use `_appliedChunks`.
     struct StoredEpoch {
         bytes32 recordsRoot;
         bytes32 creditsRoot;
@@ -68,6 +97,9 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
         uint128 totalCredits;
         uint128 totalDebits;
         uint128 appliedDebits;
+        uint32 chunkCount;
+        uint40 appliableAt;
+        bytes32 planRoot;
     }
 
     /// @dev Chunk ids below this are tracked in StoredEpoch.lowChunks.
@@ -97,7 +129,9 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
         bytes32 tariffHash,
         uint64 recordCount,
         uint128 totalCredits,
-        uint128 totalDebits
+        uint128 totalDebits,
+        bytes32 planRoot,
+        uint32 chunkCount
     ) external onlyRole(SETTLER_ROLE) {
         uint64 expected = lastEpochId + 1;
         if (epochId != expected) {
@@ -105,6 +139,10 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
             revert EpochOutOfOrder(expected, epochId);
         }
         if (recordCount == 0) revert EmptyEpoch(epochId);
+        uint128 cap = epochMintCap;
+        if (totalCredits > cap) revert EpochMintCapExceeded(epochId, totalCredits, cap);
+        // Reverts past the year 36812 rather than wrap.
+        uint40 appliableAt = SafeCast.toUint40(block.timestamp + challengeWindow);
 
         lastEpochId = epochId;
         _epochs[epochId] = StoredEpoch({
@@ -118,14 +156,62 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
             appliedCredits: 0,
             totalCredits: totalCredits,
             totalDebits: totalDebits,
-            appliedDebits: 0
+            appliedDebits: 0,
+            chunkCount: chunkCount,
+            appliableAt: appliableAt,
+            planRoot: planRoot
         });
-        emit EpochCommitted(epochId, recordsRoot, creditsRoot, tariffHash, recordCount, totalCredits, totalDebits);
+        emit EpochCommitted(
+            epochId,
+            recordsRoot,
+            creditsRoot,
+            tariffHash,
+            recordCount,
+            totalCredits,
+            totalDebits,
+            planRoot,
+            chunkCount,
+            appliableAt
+        );
     }
 
     /// @inheritdoc ISettlement
-    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits) external onlyRole(SETTLER_ROLE) {
+    function voidEpoch(uint64 epochId) external onlyRole(GUARDIAN_ROLE) {
+        // Only the newest: epochs are consecutive, and a later epoch was planned on top of it.
+        if (epochId != lastEpochId || epochId == 0) revert NotVoidable(epochId);
+        // No chunk of it can have applied: chunks wait for appliableAt, the void must come
+        // before. A validator's few seconds of leeway on block.timestamp only move the window's
+        // end by as much.
+        // forge-lint: disable-next-line(block-timestamp)
+        if (block.timestamp >= _epochs[epochId].appliableAt) revert NotVoidable(epochId);
+        lastEpochId = epochId - 1;
+        // Its low chunk bits live in the struct (all clear); no high chunk bit was ever set.
+        delete _epochs[epochId];
+        emit EpochVoided(epochId, msg.sender);
+    }
+
+    /// @inheritdoc ISettlement
+    function setChallengeWindow(uint32 window) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (window > MAX_CHALLENGE_WINDOW) revert ChallengeWindowTooLong(window);
+        emit ChallengeWindowSet(challengeWindow, window);
+        challengeWindow = window;
+    }
+
+    /// @inheritdoc ISettlement
+    function setEpochMintCap(uint128 cap) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        emit EpochMintCapSet(epochMintCap, cap);
+        epochMintCap = cap;
+    }
+
+    /// @inheritdoc ISettlement
+    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits, bytes32[] calldata proof)
+        external
+        onlyRole(SETTLER_ROLE)
+    {
         StoredEpoch storage epoch = _claimChunk(epochId, chunkId, credits.length);
+        _checkPlanned(
+            epoch, epochId, chunkId, planLeafHash(ChunkKind.Credit, keccak256(abi.encodePacked(credits))), proof
+        );
         uint256 amount = token.mintPacked(credits);
         uint256 applied = epoch.appliedCredits + amount;
         if (applied > epoch.totalCredits) {
@@ -138,7 +224,7 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
     }
 
     /// @inheritdoc ISettlement
-    function applyPayments(uint64 epochId, uint32 chunkId, Payment[] calldata payments)
+    function applyPayments(uint64 epochId, uint32 chunkId, Payment[] calldata payments, bytes32[] calldata proof)
         external
         onlyRole(SETTLER_ROLE)
     {
@@ -146,9 +232,21 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
         // A pause freezes settlement as a whole; the burns would revert anyway, but a chunk whose
         // payments all burn nothing must not use up authorisations while the token is frozen.
         if (token.paused()) revert Pausable.EnforcedPause();
+        // First the chunk against the plan (each payment's digest and amount), before any
+        // effect or any call to a wallet; the digests are kept for the second pass.
+        uint256 n = payments.length;
+        bytes32[] memory words = new bytes32[](2 * n);
+        for (uint256 i = 0; i < n; ++i) {
+            Payment calldata p = payments[i];
+            if (p.user == address(0)) revert PaymentFromZeroAddress(p.nonce);
+            if (p.amount > p.maxPoints) revert ExceedsAuthorizedMaximum(p.user, p.nonce, p.amount, p.maxPoints);
+            words[2 * i] = _hashTypedDataV4(_hashAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+            words[2 * i + 1] = bytes32(uint256(p.amount));
+        }
+        _checkPlanned(epoch, epochId, chunkId, planLeafHash(ChunkKind.Debit, keccak256(abi.encodePacked(words))), proof);
         uint256 burned;
-        for (uint256 i = 0; i < payments.length; ++i) {
-            burned += _applyPayment(epochId, payments[i]);
+        for (uint256 i = 0; i < n; ++i) {
+            burned += _applyPayment(epochId, payments[i], words[2 * i]);
         }
         uint256 applied = epoch.appliedDebits + burned;
         if (applied > epoch.totalDebits) {
@@ -172,7 +270,10 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
             totalCredits: e.totalCredits,
             totalDebits: e.totalDebits,
             appliedCredits: e.appliedCredits,
-            appliedDebits: e.appliedDebits
+            appliedDebits: e.appliedDebits,
+            planRoot: e.planRoot,
+            chunkCount: e.chunkCount,
+            appliableAt: e.appliableAt
         });
     }
 
@@ -206,18 +307,21 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
     }
 
     /// @inheritdoc ISettlement
+    function planLeafHash(ChunkKind kind, bytes32 entriesHash) public pure returns (bytes32) {
+        return MerkleLog.hashLeaf(abi.encodePacked(uint8(kind), entriesHash));
+    }
+
+    /// @inheritdoc ISettlement
     function recordLeafHash(bytes32 recordDigest, bytes calldata signature) public pure returns (bytes32) {
         return MerkleLog.hashLeaf(abi.encodePacked(recordDigest, signature));
     }
 
     /// @dev Checks one payment and applies or skips it (see applyPayments); returns the points
-    /// burned.
-    function _applyPayment(uint64 epochId, Payment calldata p) private returns (uint256 burned) {
+    /// burned. `digest` is the authorisation's EIP-712 digest (computed by the first pass, which
+    /// also checked the operator errors).
+    function _applyPayment(uint64 epochId, Payment calldata p, bytes32 digest) private returns (uint256 burned) {
         address user = p.user;
         uint256 nonce = p.nonce;
-        if (user == address(0)) revert PaymentFromZeroAddress(nonce);
-        if (p.amount > p.maxPoints) revert ExceedsAuthorizedMaximum(user, nonce, p.amount, p.maxPoints);
-        bytes32 digest = _hashTypedDataV4(_hashAuthorization(user, p.stationId, p.maxPoints, nonce, p.deadline));
         NonceWord storage nonceWord = _nonceWord(user, nonce);
         // The signature first: a skip says only what was checked before it, so nothing about the
         // user's nonce is reported for terms the user may never have signed.
@@ -258,9 +362,26 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
         if (epoch.committedAt == 0) revert UnknownEpoch(epochId);
     }
 
+    /// @dev Reverts unless `leafHash` is the plan's leaf `chunkId` (ChunkNotInPlan).
+    function _checkPlanned(
+        StoredEpoch storage epoch,
+        uint64 epochId,
+        uint32 chunkId,
+        bytes32 leafHash,
+        bytes32[] calldata proof
+    ) private view {
+        if (!MerkleLog.verifyInclusion(leafHash, chunkId, epoch.chunkCount, proof, epoch.planRoot)) {
+            revert ChunkNotInPlan(epochId, chunkId);
+        }
+    }
+
     function _claimChunk(uint64 epochId, uint32 chunkId, uint256 entries) private returns (StoredEpoch storage epoch) {
         epoch = _committed(epochId);
         if (entries == 0) revert EmptyChunk();
+        uint40 appliableAt = epoch.appliableAt;
+        // As in voidEpoch: a validator's leeway only moves the window's end by seconds.
+        // forge-lint: disable-next-line(block-timestamp)
+        if (block.timestamp < appliableAt) revert ChallengeWindowOpen(epochId, appliableAt);
         if (chunkId < LOW_CHUNKS) {
             // casting to uint24 is safe because chunkId < LOW_CHUNKS = 24
             // forge-lint: disable-next-line(unsafe-typecast)

@@ -9,6 +9,8 @@ import {Settlement} from "../src/Settlement.sol";
 import {Deploy} from "./utils/Deploy.sol";
 import {ISettlement} from "../src/interfaces/ISettlement.sol";
 import {ERC1271Wallet} from "./utils/ERC1271Wallet.sol";
+import {Plans} from "./utils/Plans.sol";
+import {RFC9162} from "./utils/RFC9162.sol";
 
 /// @title Gas measurements of the settlement hot paths
 /// @notice `forge test --match-contract Gas -vv` prints the gas of: committing one epoch;
@@ -26,6 +28,20 @@ import {ERC1271Wallet} from "./utils/ERC1271Wallet.sol";
 /// transaction. vm.startSnapshotGas is not used because it writes files under snapshots/.
 contract GasTest is Test {
     uint256 internal constant CHUNK = 100;
+    // The epoch's plan: 128 chunks (proofs of 7 hashes, as for an epoch of 25,600 credits in
+    // chunks of 200), fixed at the commit; each measured chunk has its own id in it.
+    uint256 internal constant PLAN_SIZE = 128;
+    uint32 internal constant C_EXISTING_SETUP = 0;
+    uint32 internal constant C_FRESH = 1;
+    uint32 internal constant C_EXISTING = 2;
+    uint32 internal constant C_FRESH_WORD = 3;
+    uint32 internal constant C_USED_WORD = 4;
+    uint32 internal constant C_CANCELED = 5;
+    uint32 internal constant C_FORGED = 6;
+    uint32 internal constant C_WALLET = 7;
+    uint32 internal constant C_PAYERS = 100;
+    uint32 internal constant C_WALLET_CREDIT = 101;
+    bytes32[] internal plan;
 
     PointsToken internal token;
     Settlement internal settlement;
@@ -52,8 +68,8 @@ contract GasTest is Test {
         token.executeRoleGrant(token.SETTLEMENT_ROLE(), minter);
         vm.stopPrank();
 
-        vm.prank(settler);
-        settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1000, type(uint128).max, 1e12);
+        vm.prank(admin);
+        settlement.setChallengeWindow(0);
 
         bytes32[] memory payerCredits = new bytes32[](CHUNK);
         for (uint256 i = 0; i < CHUNK; ++i) {
@@ -75,18 +91,47 @@ contract GasTest is Test {
             vm.prank(payer);
             settlement.cancelAuthorization(0);
         }
-        vm.prank(settler);
-        settlement.applyCredits(1, 0, existing);
-        vm.prank(settler);
-        settlement.applyCredits(1, 100, payerCredits);
-
         uint256 ownerKey = uint256(keccak256("gas wallet owner"));
         wallet = new ERC1271Wallet(vm.addr(ownerKey));
         walletPayment.push(_signed(ownerKey, address(wallet), 1, 500));
         bytes32[] memory walletCredit = new bytes32[](1);
         walletCredit[0] = _pack(address(wallet), 1000);
+
+        for (uint256 i = 0; i < PLAN_SIZE; ++i) {
+            plan.push(keccak256(abi.encode("another chunk", i)));
+        }
+        plan[C_EXISTING_SETUP] = Plans.creditLeaf(existing);
+        plan[C_FRESH] = Plans.creditLeaf(fresh);
+        plan[C_EXISTING] = Plans.creditLeaf(existing);
+        plan[C_FRESH_WORD] = _paymentLeaf(freshWordPayments);
+        plan[C_USED_WORD] = _paymentLeaf(usedWordPayments);
+        plan[C_CANCELED] = _paymentLeaf(canceledPayments);
+        plan[C_FORGED] = _paymentLeaf(forgedPayments);
+        plan[C_WALLET] = _paymentLeaf(walletPayment);
+        plan[C_PAYERS] = Plans.creditLeaf(payerCredits);
+        plan[C_WALLET_CREDIT] = Plans.creditLeaf(walletCredit);
         vm.prank(settler);
-        settlement.applyCredits(1, 101, walletCredit);
+        settlement.commitEpoch(
+            1, keccak256("r"), keccak256("c"), keccak256("t"), 1000, type(uint128).max, 1e12, RFC9162.root(plan), 128
+        );
+
+        vm.prank(settler);
+        settlement.applyCredits(1, C_EXISTING_SETUP, existing, RFC9162.path(plan, C_EXISTING_SETUP));
+        vm.prank(settler);
+        settlement.applyCredits(1, C_PAYERS, payerCredits, RFC9162.path(plan, C_PAYERS));
+        vm.prank(settler);
+        settlement.applyCredits(1, C_WALLET_CREDIT, walletCredit, RFC9162.path(plan, C_WALLET_CREDIT));
+    }
+
+    function _paymentLeaf(ISettlement.Payment[] memory payments) internal view returns (bytes32) {
+        bytes32[] memory digests = new bytes32[](payments.length);
+        uint128[] memory amounts = new uint128[](payments.length);
+        for (uint256 i = 0; i < payments.length; ++i) {
+            ISettlement.Payment memory p = payments[i];
+            digests[i] = settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline);
+            amounts[i] = p.amount;
+        }
+        return Plans.paymentLeaf(digests, amounts);
     }
 
     function _signed(uint256 key, address payer, uint256 nonce, uint128 amount)
@@ -127,9 +172,10 @@ contract GasTest is Test {
     }
 
     function _applyCredits(uint32 chunkId, bytes32[] memory entries) internal returns (uint256 used) {
+        bytes32[] memory proof = RFC9162.path(plan, chunkId);
         vm.prank(settler);
         uint256 before = gasleft();
-        settlement.applyCredits(1, chunkId, entries);
+        settlement.applyCredits(1, chunkId, entries, proof);
         used = before - gasleft();
     }
 
@@ -139,70 +185,79 @@ contract GasTest is Test {
         bytes32 t = keccak256("tariff 2");
         vm.prank(settler);
         uint256 before = gasleft();
-        settlement.commitEpoch(2, r, c, t, 5000, 123_456, 7_890);
+        settlement.commitEpoch(2, r, c, t, 5000, 123_456, 7_890, keccak256("plan 2"), 128);
         uint256 used = before - gasleft();
         assertEq(settlement.lastEpochId(), 2);
         _report(
-            "commitEpoch (one epoch)", used, abi.encodeCall(Settlement.commitEpoch, (2, r, c, t, 5000, 123_456, 7_890))
+            "commitEpoch (one epoch)",
+            used,
+            abi.encodeCall(Settlement.commitEpoch, (2, r, c, t, 5000, 123_456, 7_890, keccak256("plan 2"), 128))
         );
     }
 
     function test_gas_applyCredits_100FreshAddresses() public {
         bytes32[] memory entries = fresh;
-        uint256 used = _applyCredits(1, entries);
+        uint256 used = _applyCredits(C_FRESH, entries);
         assertEq(token.balanceOf(address(uint160(0x200000))), 1000);
         _report(
             "applyCredits, 100 credits to fresh addresses",
             used,
-            abi.encodeCall(Settlement.applyCredits, (1, 1, entries))
+            abi.encodeCall(Settlement.applyCredits, (1, C_FRESH, entries, RFC9162.path(plan, C_FRESH)))
         );
         console2.log("  per credit:", used / CHUNK);
     }
 
     function test_gas_applyCredits_100ExistingHolders() public {
         bytes32[] memory entries = existing;
-        uint256 used = _applyCredits(1, entries);
+        uint256 used = _applyCredits(C_EXISTING, entries);
         assertEq(token.balanceOf(address(uint160(0x100000))), 2000);
         _report(
             "applyCredits, 100 credits to existing holders",
             used,
-            abi.encodeCall(Settlement.applyCredits, (1, 1, entries))
+            abi.encodeCall(Settlement.applyCredits, (1, C_EXISTING, entries, RFC9162.path(plan, C_EXISTING)))
         );
         console2.log("  per credit:", used / CHUNK);
     }
 
-    function _applyPayments(string memory what, ISettlement.Payment[] memory payments, uint256 balanceAfter)
-        internal
-        returns (uint256 used)
-    {
+    function _applyPayments(
+        string memory what,
+        uint32 chunkId,
+        ISettlement.Payment[] memory payments,
+        uint256 balanceAfter
+    ) internal returns (uint256 used) {
+        bytes32[] memory proof = RFC9162.path(plan, chunkId);
         vm.prank(settler);
         uint256 before = gasleft();
-        settlement.applyPayments(1, 1, payments);
+        settlement.applyPayments(1, chunkId, payments, proof);
         used = before - gasleft();
         assertEq(token.balanceOf(payments[0].user), balanceAfter);
-        _report(what, used, abi.encodeCall(Settlement.applyPayments, (1, 1, payments)));
+        _report(what, used, abi.encodeCall(Settlement.applyPayments, (1, chunkId, payments, proof)));
         console2.log("  per payment:", used / payments.length);
     }
 
     function test_gas_applyPayments_100_freshNonceWord() public {
-        _applyPayments("applyPayments, 100 signed payments, nonce in a fresh bitmap word", freshWordPayments, 500);
+        _applyPayments(
+            "applyPayments, 100 signed payments, nonce in a fresh bitmap word", C_FRESH_WORD, freshWordPayments, 500
+        );
     }
 
     function test_gas_applyPayments_100_usedNonceWord() public {
-        _applyPayments("applyPayments, 100 signed payments, nonce in a used bitmap word", usedWordPayments, 500);
+        _applyPayments(
+            "applyPayments, 100 signed payments, nonce in a used bitmap word", C_USED_WORD, usedWordPayments, 500
+        );
     }
 
     function test_gas_applyPayments_100_skippedCanceled() public {
-        _applyPayments("applyPayments, 100 payments skipped: nonces canceled", canceledPayments, 1000);
+        _applyPayments("applyPayments, 100 payments skipped: nonces canceled", C_CANCELED, canceledPayments, 1000);
     }
 
     function test_gas_applyPayments_100_skippedForged() public {
-        _applyPayments("applyPayments, 100 payments skipped: not the payer's signature", forgedPayments, 1000);
+        _applyPayments("applyPayments, 100 payments skipped: not the payer's signature", C_FORGED, forgedPayments, 1000);
     }
 
     function test_gas_applyPayments_1_walletRefuses() public {
         wallet.setMode(ERC1271Wallet.Mode.RejectAll);
-        _applyPayments("applyPayments, 1 payment skipped: ERC-1271 wallet refuses", walletPayment, 1000);
+        _applyPayments("applyPayments, 1 payment skipped: ERC-1271 wallet refuses", C_WALLET, walletPayment, 1000);
     }
 
     /// @dev The most one payment can cost its chunk, whatever its user does: the wallet spends all
@@ -214,15 +269,17 @@ contract GasTest is Test {
         // mistook for the wallet's.
         uint256 beforeRefusal = vm.snapshotState();
         wallet.setMode(ERC1271Wallet.Mode.RejectAll);
+        bytes32[] memory proof = RFC9162.path(plan, C_WALLET);
         vm.prank(settler);
         uint256 start = gasleft();
-        settlement.applyPayments(1, 1, walletPayment);
+        settlement.applyPayments(1, C_WALLET, walletPayment, proof);
         uint256 refused = start - gasleft();
         vm.revertToState(beforeRefusal);
 
         wallet.setMode(ERC1271Wallet.Mode.BurnGas);
-        uint256 used =
-            _applyPayments("applyPayments, 1 payment skipped: ERC-1271 wallet burns its gas", walletPayment, 1000);
+        uint256 used = _applyPayments(
+            "applyPayments, 1 payment skipped: ERC-1271 wallet burns its gas", C_WALLET, walletPayment, 1000
+        );
         assertGe(used, settlement.WALLET_CHECK_GAS());
         console2.log("  over a wallet that refuses at once:", used - refused);
         // All a wallet can add is the gas it is allowed, plus the call's and the copy's overhead.

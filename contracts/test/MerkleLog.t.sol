@@ -170,7 +170,9 @@ contract MerkleLogTest is Test {
                 roots[epochs] = v.root;
                 sizes[epochs] = v.treeSize;
                 epochId = ++epochs;
-                settlement.commitEpoch(epochId, v.root, bytes32(0), bytes32(0), uint64(v.treeSize), 0, 0);
+                settlement.commitEpoch(
+                    epochId, v.root, bytes32(0), bytes32(0), uint64(v.treeSize), 0, 0, keccak256(""), 0
+                );
             }
             assertTrue(settlement.verifyLeaf(epochId, v.leafHash, v.index, v.path), "Settlement.verifyLeaf");
             // The same proof against any other epoch (another root or size) fails.

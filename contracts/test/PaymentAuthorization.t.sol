@@ -9,6 +9,7 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 
 import {PointsToken} from "../src/PointsToken.sol";
 import {Settlement} from "../src/Settlement.sol";
+import {RFC9162} from "./utils/RFC9162.sol";
 import {ISettlement} from "../src/interfaces/ISettlement.sol";
 
 /// @title The payment authorisation vectors, checked in Solidity
@@ -198,14 +199,22 @@ contract PaymentAuthorizationVectorsTest is Test {
             PointsToken token = new PointsToken(admin, 0, v.verifyingContract, type(uint96).max);
             deployCodeTo("Settlement.sol:Settlement", abi.encode(token, admin, uint48(0), settler), v.verifyingContract);
             Settlement settlement = Settlement(v.verifyingContract);
+            vm.prank(admin);
+            settlement.setChallengeWindow(0);
 
-            vm.startPrank(settler);
-            settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 1000, 1000);
             bytes32[] memory credit = new bytes32[](1);
             credit[0] = bytes32((uint256(1000) << 160) | uint256(uint160(v.user)));
-            settlement.applyCredits(1, 0, credit);
-
             uint128 amount = v.maxPoints < 700 ? v.maxPoints : 700;
+            // The plan: chunk 0 the credit, chunk 1 the payment (the vector's digest).
+            bytes32[] memory plan = new bytes32[](2);
+            plan[0] = RFC9162.leaf(abi.encodePacked(uint8(0), keccak256(abi.encodePacked(credit))));
+            plan[1] = RFC9162.leaf(abi.encodePacked(uint8(1), keccak256(abi.encodePacked(v.digest, uint256(amount)))));
+            vm.startPrank(settler);
+            settlement.commitEpoch(
+                1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 1000, 1000, RFC9162.root(plan), 2
+            );
+            settlement.applyCredits(1, 0, credit, RFC9162.path(plan, 0));
+
             uint128 burned = v.deadline == 0 ? 0 : amount;
             ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
             payments[0] = ISettlement.Payment({
@@ -219,7 +228,7 @@ contract PaymentAuthorizationVectorsTest is Test {
             });
             vm.expectEmit(true, true, true, true, address(settlement));
             _emitApplied(v, amount, burned);
-            settlement.applyPayments(1, 1, payments);
+            settlement.applyPayments(1, 1, payments, RFC9162.path(plan, 1));
             vm.stopPrank();
 
             assertEq(token.balanceOf(v.user), 1000 - burned, v.name);
@@ -243,8 +252,12 @@ contract PaymentAuthorizationVectorsTest is Test {
             PointsToken token = new PointsToken(admin, 0, v.verifyingContract, type(uint96).max);
             deployCodeTo("Settlement.sol:Settlement", abi.encode(token, admin, uint48(0), settler), v.verifyingContract);
             Settlement settlement = Settlement(v.verifyingContract);
+            vm.prank(admin);
+            settlement.setChallengeWindow(0);
+            // A plan of this one payment chunk (chunk 0): the vector's digest, 1 point.
+            bytes32 leaf = RFC9162.leaf(abi.encodePacked(uint8(1), keccak256(abi.encodePacked(v.digest, uint256(1)))));
             vm.startPrank(settler);
-            settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 0, 1000);
+            settlement.commitEpoch(1, keccak256("r"), keccak256("c"), keccak256("t"), 1, 0, 1000, leaf, 1);
             ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
             payments[0] = ISettlement.Payment({
                 user: v.user,
@@ -257,7 +270,7 @@ contract PaymentAuthorizationVectorsTest is Test {
             });
             vm.expectEmit(true, true, true, true, address(settlement));
             emit PaymentSkipped(1, v.user, v.digest, v.nonce, 1, ISettlement.SkipReason.InvalidSignature);
-            settlement.applyPayments(1, 1, payments);
+            settlement.applyPayments(1, 0, payments, new bytes32[](0));
             vm.stopPrank();
             assertTrue(settlement.isAuthorizationUsed(v.user, v.nonce), v.name);
             assertEq(settlement.getEpoch(1).appliedDebits, 0, v.name);

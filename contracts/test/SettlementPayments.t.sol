@@ -345,7 +345,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         for (uint256 i = 0; i < intruders.length; ++i) {
             vm.expectRevert(_unauthorized(intruders[i], role));
             vm.prank(intruders[i]);
-            settlement.applyPayments(1, 1, payments);
+            settlement.applyPayments(1, 1, payments, new bytes32[](0));
         }
         assertEq(token.balanceOf(alice), 50);
         assertFalse(settlement.isAuthorizationUsed(alice, payments[0].nonce));
@@ -862,7 +862,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         wallet.setMode(mode);
         vm.prank(settler);
         uint256 before = gasleft();
-        settlement.applyPayments(1, 1, chunk);
+        settlement.applyPayments(1, 1, chunk, _plannedPayments(1, 1, chunk));
         used = before - gasleft();
         assertEq(token.balanceOf(bob), 20, "bob's payment burns");
         vm.revertToState(snapshot);
@@ -898,7 +898,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         _expectSkip(1, chunk[0], INVALID);
         _expectPayment(1, chunk[1], 30);
         vm.prank(settler);
-        settlement.applyPayments{gas: refusing + cap + cap / 63 + 5_000}(1, 1, chunk);
+        settlement.applyPayments{gas: refusing + cap + cap / 63 + 5_000}(1, 1, chunk, _plannedPayments(1, 1, chunk));
         assertEq(token.balanceOf(address(wallet)), 50);
         assertEq(token.balanceOf(bob), 20);
     }
@@ -923,7 +923,7 @@ contract SettlementPaymentsTest is SettlementFixture {
             uint256 snapshot = vm.snapshotState();
             vm.recordLogs();
             vm.prank(settler);
-            try settlement.applyPayments{gas: gasLimit}(1, 1, chunk) {
+            try settlement.applyPayments{gas: gasLimit}(1, 1, chunk, _plannedPayments(1, 1, chunk)) {
                 (uint256 applied, uint256 skipped) = _outcomes(vm.getRecordedLogs());
                 assertEq(skipped, 0, "an honest wallet was skipped for lack of gas");
                 assertEq(applied, 1);
@@ -992,7 +992,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         uint256 snapshot = vm.snapshotState();
         vm.recordLogs();
         vm.prank(settler);
-        try settlement.applyPayments{gas: gasLimit}(1, 1, chunk) {
+        try settlement.applyPayments{gas: gasLimit}(1, 1, chunk, _plannedPayments(1, 1, chunk)) {
             (uint256 applied, uint256 skipped) = _outcomes(vm.getRecordedLogs());
             assertEq(skipped, 0, "an honest wallet was skipped for lack of gas");
             assertEq(applied, 1);
@@ -1200,7 +1200,8 @@ contract SettlementPaymentsTest is SettlementFixture {
         uint64 settledAt
     ) public {
         amount = uint128(bound(amount, 0, maxPoints));
-        settledAt = uint64(bound(settledAt, 1, type(uint64).max));
+        // From the commit on: a chunk cannot apply before its epoch's commit (challenge window).
+        settledAt = uint64(bound(settledAt, block.timestamp, type(uint64).max));
         _commit(1, type(uint128).max, type(uint128).max);
         if (balance > 0) _credit(1, 0, _entries1(alice, balance));
         ISettlement.Payment memory p = _sign(_auth(alice, maxPoints, 1, deadline, amount), aliceKey);

@@ -15,7 +15,13 @@ the Settlement contract: EpochCommitted of the epoch, or ChunkApplied of the epo
 with the step's kind and entries and, for credits, its amount (for payments, the
 PaymentApplied and PaymentSkipped events before it in the transaction request the step's
 amount). A step ``planned`` or ``sent`` claims no transaction: its txHash, blockNumber and
-gasUsed are not read."""
+gasUsed are not read.
+
+The plan the chain holds: the commit names the root of the planned chunks
+(``gridpoints_protocol.plan``) and the contract applies no chunk outside it. A claimed plan
+that covers the epoch gives the chunks the records imply (their entries recomputed, their
+sizes as claimed); its root must be the committed one (``plan_mismatch``): otherwise the chain
+holds chunks (possibly applied) that are not the settlement of these records."""
 
 from __future__ import annotations
 
@@ -25,8 +31,9 @@ from typing import Any
 
 from gridpoints_audit.chain_facts import ChainEpoch, ChainLookups, MinedTransaction
 from gridpoints_audit.findings import Discrepancy, Kind, as_hex, shown
-from gridpoints_chain.contracts import ChunkKind
+from gridpoints_chain.contracts import ChunkKind, pack_entries
 from gridpoints_protocol.accumulator import EpochSummary
+from gridpoints_protocol.plan import SettlementPlan, credit_chunk_leaf, payment_chunk_leaf
 
 STEP_STATES = ("planned", "sent", "confirmed")
 _CHUNK_KINDS = {"credits": ChunkKind.CREDIT, "payments": ChunkKind.DEBIT}
@@ -119,6 +126,9 @@ def step_findings(
         all_verified = all_verified and verified and not found
     coverage = plan.coverage_findings()
     verdict.findings += coverage
+    leaves = [leaf for leaf in plan.leaves if leaf is not None]
+    if summary is not None and not coverage and len(leaves) == len(steps) - 1:
+        verdict.findings += _plan_root_findings(chain_epoch, SettlementPlan(leaves))
     verdict.on_chain = all_verified and summary is not None and not coverage
     return verdict
 
@@ -134,6 +144,9 @@ class _Plan:
     credits_used: int = 0
     payments_used: int = 0
     in_payments: bool = False
+    # The leaf of each chunk taken so far, in chunk id order (None: the chunk ran past the
+    # epoch's entries)
+    leaves: list[bytes | None] = field(default_factory=list)
 
     def take(self, kind: str, entries: int) -> int | None:
         """The recomputed amount of the next chunk of `entries` of `kind` (None: the epoch has
@@ -141,10 +154,18 @@ class _Plan:
         if kind == "credits":
             chunk = self.credited[self.credits_used : self.credits_used + entries]
             self.credits_used += entries
-            return sum(c.credit for c in chunk) if len(chunk) == entries else None
-        chunk = self.payments[self.payments_used : self.payments_used + entries]
+            if len(chunk) != entries:
+                self.leaves.append(None)
+                return None
+            self.leaves.append(credit_chunk_leaf(pack_entries((c.user, c.credit) for c in chunk)))
+            return int(sum(c.credit for c in chunk))
+        debits = self.payments[self.payments_used : self.payments_used + entries]
         self.payments_used += entries
-        return sum(p.requested for p in chunk) if len(chunk) == entries else None
+        if len(debits) != entries:
+            self.leaves.append(None)
+            return None
+        self.leaves.append(payment_chunk_leaf([(p.authorization, p.requested) for p in debits]))
+        return int(sum(p.requested for p in debits))
 
     def coverage_findings(self) -> list[Discrepancy]:
         if not self.recomputed:
@@ -165,6 +186,25 @@ class _Plan:
                 "charges with points",
             )
         ]
+
+
+def _plan_root_findings(ce: ChainEpoch, plan: SettlementPlan) -> list[Discrepancy]:
+    """The committed plan against the one the records and the claimed chunk sizes give."""
+    if (plan.root, plan.chunk_count) == (ce.plan_root, ce.chunk_count):
+        return []
+    e = ce.epoch_id
+    return [
+        Discrepancy(
+            Kind.PLAN_MISMATCH,
+            f"epoch {e} was committed with the plan root {as_hex(ce.plan_root)} over "
+            f"{ce.chunk_count} chunks; its records and claimed chunks give "
+            f"{as_hex(plan.root)} over {plan.chunk_count}: the chain may apply chunks that are "
+            "not this epoch's settlement",
+            epoch_id=e,
+            expected={"planRoot": as_hex(plan.root), "chunkCount": plan.chunk_count},
+            found={"planRoot": as_hex(ce.plan_root), "chunkCount": ce.chunk_count},
+        )
+    ]
 
 
 def _step(

@@ -53,6 +53,7 @@ TARIFF_HASH = b"\x33" * 32
 ZERO = "0x" + "00" * 20
 STATION_B = b"\x5b" * 32
 DAY = 86_400
+EMPTY_PLAN = keccak256(b"")
 
 
 def _commit(
@@ -74,7 +75,7 @@ def _commit_fn(
     env: ChainEnv, epoch_id: int, credits: int = 10, record_count: int = 3
 ) -> ContractFunction:
     return env.chain.settlement.functions.commitEpoch(
-        epoch_id, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, record_count, credits, 0
+        epoch_id, RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, record_count, credits, 0, EMPTY_PLAN, 0
     )
 
 
@@ -181,10 +182,11 @@ def test_commit_epoch_stores_the_epoch_and_emits_the_event(chain_env: ChainEnv) 
     assert dict(event["args"]) == {
         "epochId": 1, "recordsRoot": RECORDS_ROOT, "creditsRoot": CREDITS_ROOT,
         "tariffHash": TARIFF_HASH, "recordCount": 9, "totalCredits": 100, "totalDebits": 0,
+        "planRoot": EMPTY_PLAN, "chunkCount": 0, "appliableAt": at,  # the dev chain: no window
     }  # fmt: skip
     assert c.settlement.functions.lastEpochId().call() == 1
     assert c.settlement.functions.getEpoch(1).call() == (
-        RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 9, at, 100, 0, 0, 0,
+        RECORDS_ROOT, CREDITS_ROOT, TARIFF_HASH, 9, at, 100, 0, 0, 0, EMPTY_PLAN, 0, at,
     )  # fmt: skip
 
 
@@ -611,7 +613,7 @@ def test_an_amount_above_the_signed_maximum_is_refused(chain_env: ChainEnv) -> N
     # Past the Python check, the contract refuses it on its own.
     raw = (*payment_tuple(Payment(signed, 30))[:5], 31, signed.signature)
     with reverts_with("ExceedsAuthorizedMaximum", alice.address, 5, 31, 30):
-        c.transact(settler, c.settlement.functions.applyPayments(1, 1, [raw]))
+        c.transact(settler, c.settlement.functions.applyPayments(1, 1, [raw], []))
     assert not c.is_authorization_used(alice.address, 5)
     assert _balance(chain_env, alice.address) == 100
 
@@ -722,9 +724,9 @@ def test_only_the_settler_may_commit_or_apply(chain_env: ChainEnv) -> None:
     payment = [payment_tuple(_pay(chain_env, a.users[0], 1, nonce=1))]
     for intruder in (a.admin, a.registrar, a.outsider, a.users[0]):
         with reverts_with("AccessControlUnauthorizedAccount", intruder.address, settler_role):
-            c.transact(intruder, c.settlement.functions.applyCredits(1, 0, entry))
+            c.transact(intruder, c.settlement.functions.applyCredits(1, 0, entry, []))
         with reverts_with("AccessControlUnauthorizedAccount", intruder.address, settler_role):
-            c.transact(intruder, c.settlement.functions.applyPayments(1, 0, payment))
+            c.transact(intruder, c.settlement.functions.applyPayments(1, 0, payment, []))
     assert _supply(chain_env) == 0
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import delete, insert, select, text, update
 from backend.db import Database
 from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record
 from backend.payments import payment_rows
+from backend.settlement import SettlementConfig, epoch_plan, plan_steps
 from gridpoints_audit.chain_facts import ChainFacts, RawLog, attribute_transaction
 from gridpoints_audit.checks.transactions import transaction_findings
 from gridpoints_audit.core import Auditor
@@ -541,14 +542,24 @@ def test_tariff_changed_after_anchoring_is_caught(harness: BackendHarness, tmp_p
 # ---- settlement in progress, and payments ---------------------------------------------------
 
 
-def commit_as_sealed(h: BackendHarness, epoch_id: int) -> None:
+def commit_as_sealed(
+    h: BackendHarness, epoch_id: int, credit_chunk_size: int | None = None
+) -> None:
     """Commits a sealed epoch exactly as the backend sealed it (what the worker's first step
     does), without applying any of its chunks."""
     db = Database(h.database_url)
     try:
-        with db.read() as session:
+        with db.write() as session:
             epoch = session.get(Epoch, epoch_id)
             assert epoch is not None
+            # The worker's plan (the harness's chunk sizes), as its commit names it.
+            sizes = credit_chunk_size or h.settings.credit_chunk_size, h.settings.payment_chunk_size
+            plan_steps(
+                session,
+                epoch,
+                SettlementConfig(credit_chunk_size=sizes[0], payment_chunk_size=sizes[1]),
+            )
+            plan = epoch_plan(session, epoch_id)
             h.env.chain.commit_epoch(
                 h.env.accounts.settler,
                 epoch_id,
@@ -558,6 +569,8 @@ def commit_as_sealed(h: BackendHarness, epoch_id: int) -> None:
                 record_count=epoch.record_count,
                 total_credits=epoch.total_credits,
                 total_debits=epoch.total_debits,
+                plan_root=plan.root,
+                chunk_count=plan.chunk_count,
             )
     finally:
         db.dispose()

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from backend.db import Database
 from backend.db.models import Epoch, SettlementAttempt
+from backend.settlement import SettlementConfig, epoch_plan, plan_steps
 from gridpoints_audit.chain_facts import LiveLookups, read_chain
 from gridpoints_audit.core import audit
 from gridpoints_audit.findings import Kind
@@ -27,13 +28,23 @@ from tests.support.backend import BackendHarness
 from tests.support.settlement import make_worker, random_traffic
 
 
-def commit_as_sealed(h: BackendHarness, epoch_id: int) -> None:
+def commit_as_sealed(
+    h: BackendHarness, epoch_id: int, credit_chunk_size: int | None = None
+) -> None:
     """Commits a sealed epoch exactly as the backend sealed it, applying none of its chunks."""
     db = Database(h.database_url)
     try:
-        with db.read() as session:
+        with db.write() as session:
             epoch = session.get(Epoch, epoch_id)
             assert epoch is not None
+            # The worker's plan (the harness's chunk sizes), as its commit names it.
+            sizes = credit_chunk_size or h.settings.credit_chunk_size, h.settings.payment_chunk_size
+            plan_steps(
+                session,
+                epoch,
+                SettlementConfig(credit_chunk_size=sizes[0], payment_chunk_size=sizes[1]),
+            )
+            plan = epoch_plan(session, epoch_id)
             h.env.chain.commit_epoch(
                 h.env.accounts.settler,
                 epoch_id,
@@ -43,6 +54,8 @@ def commit_as_sealed(h: BackendHarness, epoch_id: int) -> None:
                 record_count=epoch.record_count,
                 total_credits=epoch.total_credits,
                 total_debits=epoch.total_debits,
+                plan_root=plan.root,
+                chunk_count=plan.chunk_count,
             )
     finally:
         db.dispose()
@@ -120,7 +133,7 @@ def test_a_settlement_confirmed_after_the_audit_block_is_no_false_alarm(
     worker = make_worker(h, credit_chunk_size=2)
     try:
         assert worker.sealer.seal() is not None
-        commit_as_sealed(h, 1)
+        commit_as_sealed(h, 1, credit_chunk_size=2)
         facts = read_chain(env.chain)
         assert worker.run_round().settled == 1
     finally:

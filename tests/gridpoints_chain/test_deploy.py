@@ -64,8 +64,15 @@ def test_deployment_file_is_written_and_loads_back_equal(chain_env: ChainEnv) ->
 def test_deployment_records_real_receipts_and_code(chain_env: ChainEnv) -> None:
     d, w3 = chain_env.deployment, chain_env.w3
     receipts = {step: w3.eth.get_transaction_receipt(h) for step, h in d.tx_hashes.items()}
-    # No grant follows the three deployments: the token names the Settlement in its constructor.
-    assert list(receipts) == ["PointsToken", "StationRegistry", "Settlement"]
+    # No grant of the token's role follows the three deployments: the token names the Settlement
+    # in its constructor; then the dev bounds (the admin guards, no window).
+    assert list(receipts) == [
+        "PointsToken", "StationRegistry", "Settlement", "grantGuardianRole", "setChallengeWindow",
+    ]  # fmt: skip
+    settlement = chain_env.chain.settlement.functions
+    assert settlement.hasRole(settlement.GUARDIAN_ROLE().call(), d.admin).call()
+    assert settlement.challengeWindow().call() == 0
+    assert settlement.epochMintCap().call() == 2**128 - 1  # none unless the deployer names one
     assert all(r["status"] == 1 for r in receipts.values())
     for name, address in d.addresses.items():
         assert receipts[name]["contractAddress"] == address

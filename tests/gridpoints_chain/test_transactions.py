@@ -35,7 +35,7 @@ ROOT = b"\x11" * 32
 
 def commit_call(env: ChainEnv, epoch_id: int) -> ContractFunction:
     call: ContractFunction = env.chain.settlement.functions.commitEpoch(
-        epoch_id, ROOT, ROOT, ROOT, 1, 0, 0
+        epoch_id, ROOT, ROOT, ROOT, 1, 0, 0, ROOT, 0
     )
     return call
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.types import TxReceipt
 
 from gridpoints_chain.artifacts import (
     BUILD_COMMAND,
@@ -28,12 +29,15 @@ from gridpoints_chain.artifacts import (
     missing_artifacts,
     repo_root,
 )
-from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_chain.contracts import GridPointsChain, Payment
 from gridpoints_chain.deployment import Deployment
 from gridpoints_chain.errors import ContractRevertError
+from gridpoints_chain.transactions import TransactionAccount
 from gridpoints_chain.well_known_keys import dev_account
 from gridpoints_dev.anvil import AnvilNode
 from gridpoints_dev.chain import deploy_dev_contracts
+from gridpoints_protocol.eip712 import keccak256
+from gridpoints_protocol.plan import SettlementPlan, credit_chunk_leaf, payment_chunk_leaf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +72,7 @@ class ChainEnv:
     deployment: Deployment  # as loaded back from the deployment file
     deployment_path: Path
     deployed: Deployment  # as deploy() returned it, before the file round trip
-    chain: GridPointsChain
+    chain: PlanningChain
     accounts: ChainAccounts
 
     def rpc(self, method: str, *params: Any) -> Any:
@@ -134,6 +138,112 @@ def anvil_node(
         yield node
 
 
+class PlanningChain(GridPointsChain):
+    """GridPointsChain for tests that decide an epoch's chunks as they go (as the forge tests'
+    Plans.amend): each epoch's plan is kept here (leaf i = chunk i, filler leaves for ids no
+    chunk took); `commit_epoch` without a plan commits the plan known then, and
+    `apply_credits`/`apply_payments` without a proof add the chunk to the plan and, for an
+    epoch already committed, write the new plan root and chunk count into the contract's
+    storage (anvil_setStorageAt) before sending it with its proof. Tests of the plan check
+    itself pass their own plan and proofs, which go through unchanged."""
+
+    def __init__(self, w3: Web3, deployment: Deployment) -> None:
+        super().__init__(w3, deployment)
+        self.plans: dict[int, list[bytes]] = {}
+        self._records_roots: dict[int, bytes] = {}
+
+    def commit_epoch(  # type: ignore[override]
+        self,
+        settler: TransactionAccount,
+        epoch_id: int,
+        *,
+        records_root: bytes,
+        credits_root: bytes,
+        tariff_hash: bytes,
+        record_count: int,
+        total_credits: int,
+        total_debits: int,
+        plan_root: bytes | None = None,
+        chunk_count: int | None = None,
+    ) -> TxReceipt:
+        if plan_root is None:
+            plan = SettlementPlan(self.plans.setdefault(epoch_id, []))
+            plan_root, chunk_count = plan.root, plan.chunk_count
+        self._records_roots[epoch_id] = records_root
+        return super().commit_epoch(
+            settler,
+            epoch_id,
+            records_root=records_root,
+            credits_root=credits_root,
+            tariff_hash=tariff_hash,
+            record_count=record_count,
+            total_credits=total_credits,
+            total_debits=total_debits,
+            plan_root=plan_root,
+            chunk_count=chunk_count if chunk_count is not None else 0,
+        )
+
+    def apply_credits(  # type: ignore[override]
+        self,
+        settler: TransactionAccount,
+        epoch_id: int,
+        chunk_id: int,
+        entries: Sequence[bytes],
+        proof: Sequence[bytes] | None = None,
+    ) -> TxReceipt:
+        if proof is None:
+            proof = self.prove(epoch_id, chunk_id, credit_chunk_leaf(list(entries)))
+        return super().apply_credits(settler, epoch_id, chunk_id, entries, proof)
+
+    def apply_payments(  # type: ignore[override]
+        self,
+        settler: TransactionAccount,
+        epoch_id: int,
+        chunk_id: int,
+        payments: Sequence[Payment],
+        proof: Sequence[bytes] | None = None,
+    ) -> TxReceipt:
+        if proof is None:
+            proof = self.prove(epoch_id, chunk_id, self.payments_leaf(payments))
+        return super().apply_payments(settler, epoch_id, chunk_id, payments, proof)
+
+    def payments_leaf(self, payments: Sequence[Payment]) -> bytes:
+        domain = self.settlement_domain
+        return payment_chunk_leaf([(p.authorization.digest(domain), p.amount) for p in payments])
+
+    def prove(self, epoch_id: int, chunk_id: int, leaf: bytes) -> list[bytes]:
+        """Plans chunk `chunk_id` of `epoch_id` as `leaf` (amending a committed epoch's plan on
+        chain); returns its proof."""
+        leaves = self.plans.setdefault(epoch_id, [])
+        while len(leaves) <= chunk_id:
+            leaves.append(keccak256(f"unplanned {epoch_id} {len(leaves)}".encode()))
+        leaves[chunk_id] = leaf
+        plan = SettlementPlan(leaves)
+        self._amend(epoch_id, plan)
+        return plan.proof(chunk_id)
+
+    def _amend(self, epoch_id: int, plan: SettlementPlan) -> None:
+        records_root = self._records_roots.get(epoch_id)
+        if records_root is None:
+            return
+        address = self.settlement.address
+        for m in range(32):
+            base = int.from_bytes(keccak256(epoch_id.to_bytes(32, "big") + m.to_bytes(32, "big")))
+            if bytes(self.w3.eth.get_storage_at(address, base)) != records_root:
+                continue
+            if int.from_bytes(self.w3.eth.get_storage_at(address, base + 3)) == 0:
+                return  # not committed
+            word5 = int.from_bytes(self.w3.eth.get_storage_at(address, base + 5))
+            word5 = (word5 & ~(0xFFFFFFFF << 128)) | (plan.chunk_count << 128)
+            for slot, value in ((base + 6, plan.root), (base + 5, word5.to_bytes(32, "big"))):
+                reply = self.w3.provider.make_request(
+                    "anvil_setStorageAt",  # type: ignore[arg-type]
+                    [address, hex(slot), "0x" + value.hex()],
+                )
+                assert "error" not in reply, reply
+            return
+
+
 def deployed_chain_env(node: AnvilNode, directory: Path) -> ChainEnv:
     """The contracts deployed on `node` by the dev accounts (gridpoints_dev.chain), the
     deployment file in `directory` and loaded back from it."""
@@ -153,7 +263,7 @@ def deployed_chain_env(node: AnvilNode, directory: Path) -> ChainEnv:
         deployment=dev.deployment,
         deployment_path=dev.deployment_path,
         deployed=dev.deployed,
-        chain=dev.chain,
+        chain=PlanningChain(dev.w3, dev.deployment),
         accounts=accounts,
     )
 

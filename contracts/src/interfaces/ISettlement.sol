@@ -60,6 +60,9 @@ interface ISettlement is IPaymentAuthorizations {
         uint128 totalDebits; // the most the epoch's payments may burn (burns can fall short of it)
         uint128 appliedCredits; // points minted so far
         uint128 appliedDebits; // points burned by payments so far
+        bytes32 planRoot; // RFC 9162 root over the planned chunks' leaves, leaf i = chunk id i
+        uint32 chunkCount; // number of planned chunks (chunk ids 0 .. chunkCount - 1)
+        uint64 appliableAt; // block timestamp from which chunks apply (the challenge window's end)
     }
 
     /// @notice Epoch `epochId` was anchored.
@@ -70,6 +73,9 @@ interface ISettlement is IPaymentAuthorizations {
     /// @param recordCount Number of records in the epoch.
     /// @param totalCredits Points the epoch's credit chunks will mint.
     /// @param totalDebits The most the epoch's payment chunks may burn.
+    /// @param planRoot Merkle root over the epoch's planned chunks (see `planLeafHash`).
+    /// @param chunkCount Number of planned chunks.
+    /// @param appliableAt Block timestamp from which the epoch's chunks can apply.
     event EpochCommitted(
         uint64 indexed epochId,
         bytes32 recordsRoot,
@@ -77,8 +83,28 @@ interface ISettlement is IPaymentAuthorizations {
         bytes32 tariffHash,
         uint64 recordCount,
         uint128 totalCredits,
-        uint128 totalDebits
+        uint128 totalDebits,
+        bytes32 planRoot,
+        uint32 chunkCount,
+        uint64 appliableAt
     );
+
+    /// @notice The guardian voided epoch `epochId` in its challenge window: it is no longer
+    /// committed (`lastEpochId` is `epochId - 1` again) and none of its chunks was applied; the
+    /// settler can commit the id again, with another plan.
+    /// @param epochId Id of the voided epoch.
+    /// @param guardian The GUARDIAN_ROLE holder that voided it.
+    event EpochVoided(uint64 indexed epochId, address indexed guardian);
+
+    /// @notice The admin changed the challenge window of epochs committed from now on.
+    /// @param previous The window before, in seconds.
+    /// @param window The window now, in seconds.
+    event ChallengeWindowSet(uint32 previous, uint32 window);
+
+    /// @notice The admin changed the most one epoch may mint (its committed total credits).
+    /// @param previous The cap before.
+    /// @param cap The cap now.
+    event EpochMintCapSet(uint128 previous, uint128 cap);
 
     /// @notice A chunk of epoch `epochId` was applied: `entries` mints or payments, which minted or
     /// burned `amount` points in total.
@@ -183,6 +209,34 @@ interface ISettlement is IPaymentAuthorizations {
     /// @param committed The epoch's committed total of `kind`.
     error ExceedsCommittedTotal(uint64 epochId, ChunkKind kind, uint256 applied, uint256 committed);
 
+    /// @notice Chunk `chunkId` with these entries is not the planned chunk `chunkId` of epoch
+    /// `epochId`: the proof does not lead from its leaf to the committed plan root (another
+    /// content, another kind, or an id beyond the plan's chunk count).
+    /// @param epochId Id of the epoch.
+    /// @param chunkId The chunk id that was sent.
+    error ChunkNotInPlan(uint64 epochId, uint32 chunkId);
+
+    /// @notice Epoch `epochId` is still in its challenge window: its chunks apply from
+    /// `appliableAt` on.
+    /// @param epochId Id of the epoch.
+    /// @param appliableAt Block timestamp from which its chunks apply.
+    error ChallengeWindowOpen(uint64 epochId, uint64 appliableAt);
+
+    /// @notice Epoch `epochId` cannot be voided: it is not the newest committed epoch, or its
+    /// challenge window is over (its chunks may already apply).
+    /// @param epochId The id that was sent.
+    error NotVoidable(uint64 epochId);
+
+    /// @notice The epoch's committed total credits exceed the admin's per-epoch mint cap.
+    /// @param epochId The id that was sent.
+    /// @param totalCredits The total that was sent.
+    /// @param cap The current cap.
+    error EpochMintCapExceeded(uint64 epochId, uint128 totalCredits, uint128 cap);
+
+    /// @notice A challenge window above MAX_CHALLENGE_WINDOW.
+    /// @param window The window that was sent, in seconds.
+    error ChallengeWindowTooLong(uint32 window);
+
     /// @notice A payment names the zero address as its payer (nobody can sign for it).
     /// @param nonce The payment's nonce.
     error PaymentFromZeroAddress(uint256 nonce);
@@ -198,6 +252,49 @@ interface ISettlement is IPaymentAuthorizations {
     /// @return keccak256("SETTLER_ROLE").
     function SETTLER_ROLE() external view returns (bytes32);
 
+    /// @notice Role that can void the newest epoch during its challenge window (a key kept
+    /// apart from the settler's, e.g. the auditor's watch or a multisig).
+    /// @return keccak256("GUARDIAN_ROLE").
+    function GUARDIAN_ROLE() external view returns (bytes32);
+
+    /// @notice Seconds after its commit during which an epoch's chunks cannot apply and the
+    /// guardian can void it; fixed per epoch at its commit (`appliableAt`).
+    /// @return The window for epochs committed from now on.
+    function challengeWindow() external view returns (uint32);
+
+    /// @notice The most one epoch may commit to mint (`totalCredits`).
+    /// @return The cap.
+    function epochMintCap() external view returns (uint128);
+
+    /// @notice Sets the challenge window of epochs committed from now on.
+    /// @dev Only DEFAULT_ADMIN_ROLE. At most MAX_CHALLENGE_WINDOW. Emits ChallengeWindowSet.
+    /// @param window Seconds.
+    function setChallengeWindow(uint32 window) external;
+
+    /// @notice Sets the most one epoch may commit to mint; epochs already committed keep their
+    /// totals.
+    /// @dev Only DEFAULT_ADMIN_ROLE. Emits EpochMintCapSet.
+    /// @param cap Points.
+    function setEpochMintCap(uint128 cap) external;
+
+    /// @notice Voids epoch `epochId`, the newest committed one, during its challenge window.
+    /// @dev Only GUARDIAN_ROLE. Emits EpochVoided. `lastEpochId` goes back to `epochId - 1`, so
+    /// the settler can commit the id again (with a correct plan); none of its chunks can have
+    /// applied (they wait for the window's end). To void an older epoch still in its window,
+    /// void the newer ones first.
+    /// @param epochId The newest committed epoch, still in its challenge window.
+    function voidEpoch(uint64 epochId) external;
+
+    /// @notice The leaf hash of a planned chunk: MerkleLog.hashLeaf(kind || entriesHash), where
+    /// entriesHash is keccak256 over the chunk's packed credits (credits), or over
+    /// `authorization || amount` (32 + 32 bytes) per payment, in order (payments;
+    /// `authorization` is the payment's EIP-712 digest, which names the user and the signed
+    /// terms). gridpoints_protocol/plan.py is the off-chain definition.
+    /// @param kind Credit or Debit.
+    /// @param entriesHash keccak256 over the chunk's entries as above.
+    /// @return The leaf hash.
+    function planLeafHash(ChunkKind kind, bytes32 entriesHash) external pure returns (bytes32);
+
     /// @notice The token this contract mints and burns.
     /// @return The PointsToken, whose SETTLEMENT_ROLE this contract holds.
     function token() external view returns (PointsToken);
@@ -207,7 +304,10 @@ interface ISettlement is IPaymentAuthorizations {
     function lastEpochId() external view returns (uint64);
 
     /// @notice Anchors epoch `epochId`, which must be `lastEpochId + 1`.
-    /// @dev Only SETTLER_ROLE. Emits EpochCommitted.
+    /// @dev Only SETTLER_ROLE. Emits EpochCommitted. Reverts EpochMintCapExceeded when
+    /// `totalCredits` is above `epochMintCap`. The epoch's chunks apply from
+    /// `block.timestamp + challengeWindow` (its `appliableAt`) on; until then the guardian can
+    /// void it.
     /// @param epochId Id of the epoch, strictly consecutive from 1.
     /// @param recordsRoot Merkle root over the epoch's records.
     /// @param creditsRoot Merkle root over the epoch's per-user net deltas.
@@ -217,6 +317,9 @@ interface ISettlement is IPaymentAuthorizations {
     /// @param totalDebits The most the epoch's payment chunks may burn: the operator's valuation
     /// of its charges paid with points. What is burned can be less (balances run short,
     /// authorisations expire), never more.
+    /// @param planRoot RFC 9162 root over the leaves (`planLeafHash`) of the planned chunks,
+    /// leaf i being chunk id i: each chunk applies only with a proof into this root.
+    /// @param chunkCount Number of planned chunks (the plan tree's size).
     function commitEpoch(
         uint64 epochId,
         bytes32 recordsRoot,
@@ -224,15 +327,20 @@ interface ISettlement is IPaymentAuthorizations {
         bytes32 tariffHash,
         uint64 recordCount,
         uint128 totalCredits,
-        uint128 totalDebits
+        uint128 totalDebits,
+        bytes32 planRoot,
+        uint32 chunkCount
     ) external;
 
     /// @notice Mints one chunk of epoch `epochId`'s credits.
-    /// @dev Only SETTLER_ROLE. Emits ChunkApplied (Credit).
+    /// @dev Only SETTLER_ROLE. Emits ChunkApplied (Credit). The chunk must be the planned chunk
+    /// `chunkId` (ChunkNotInPlan otherwise: the same entries under another id, other entries,
+    /// or a payment chunk's leaf) and the epoch's challenge window over (ChallengeWindowOpen).
     /// @param epochId A committed epoch.
     /// @param chunkId Id of the chunk, unused so far in this epoch.
     /// @param credits Packed entries `amount << 160 | account` (see PointsToken.mintPacked).
-    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits) external;
+    /// @param proof Inclusion proof of the chunk's leaf at index `chunkId` in the plan.
+    function applyCredits(uint64 epochId, uint32 chunkId, bytes32[] calldata credits, bytes32[] calldata proof) external;
 
     /// @notice Settles one chunk of epoch `epochId`'s payments: burns points that users authorised
     /// with their own signatures, and skips the payments that cannot be charged.
@@ -289,8 +397,13 @@ interface ISettlement is IPaymentAuthorizations {
     /// that would burn nothing (EnforcedPause).
     /// @param epochId A committed epoch.
     /// @param chunkId Id of the chunk, unused so far in this epoch (shared with credit chunks).
+    /// As for credits, the chunk must be the planned chunk `chunkId` (the payments' digests and
+    /// amounts, see `planLeafHash`; ChunkNotInPlan otherwise) and the epoch's challenge window
+    /// over (ChallengeWindowOpen).
     /// @param payments The payments, at least one.
-    function applyPayments(uint64 epochId, uint32 chunkId, Payment[] calldata payments) external;
+    /// @param proof Inclusion proof of the chunk's leaf at index `chunkId` in the plan.
+    function applyPayments(uint64 epochId, uint32 chunkId, Payment[] calldata payments, bytes32[] calldata proof)
+        external;
 
     /// @notice What the chain holds for epoch `epochId`.
     /// @param epochId A committed epoch.

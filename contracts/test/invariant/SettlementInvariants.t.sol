@@ -19,6 +19,8 @@ import {ISettlement} from "../../src/interfaces/ISettlement.sol";
 import {BatchDelegate} from "../utils/BatchDelegate.sol";
 import {EcdsaAccountDelegate} from "../utils/EcdsaAccountDelegate.sol";
 import {ERC1271Wallet} from "../utils/ERC1271Wallet.sol";
+import {Plans} from "../utils/Plans.sol";
+import {RFC9162} from "../utils/RFC9162.sol";
 
 /// @dev The EIP-7702 cheatcode of the Forge binary (1.x), missing from the vendored forge-std
 /// 1.9.3 Vm.sol; the delegation it attaches is real.
@@ -93,6 +95,14 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     uint256 public ghostSuccessfulApplies;
     mapping(uint64 epochId => mapping(uint32 chunkId => bool)) public ghostChunkSet;
     mapping(uint64 epochId => uint32[]) internal _chunksOf;
+    // Each epoch's plan as the handler decided it so far (see Plans.amend), leaf i = chunk i.
+    mapping(uint64 epochId => bytes32[]) internal _plan;
+    // The entries of the last credit chunk that applied, and its epoch: re-chunked later.
+    bytes32[] internal _lastCredits;
+    uint64 internal _lastCreditsEpoch;
+    uint256 public rechunkRejected;
+    uint256 public capRejected;
+    uint128 public constant MINT_CAP = 1e12;
     uint64[] internal _pairEpoch;
     uint32[] internal _pairChunk;
 
@@ -214,7 +224,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 ? abi.encodeWithSelector(ISettlement.EpochAlreadyCommitted.selector, id)
                 : abi.encodeWithSelector(ISettlement.EpochOutOfOrder.selector, expected, id);
             vm.prank(settler);
-            try settlement.commitEpoch(id, root, bytes32(0), bytes32(0), count, credits, debits) {
+            try settlement.commitEpoch(id, root, bytes32(0), bytes32(0), count, credits, debits, keccak256(""), 0) {
                 revert("wrong epoch id accepted");
             } catch (bytes memory err) {
                 require(keccak256(err) == keccak256(want), "unexpected commit error");
@@ -223,8 +233,22 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             return;
         }
 
+        if (idSeed % 7 == 6) {
+            // A stolen settler key asks for more than the admin's cap.
+            uint128 above = uint128(bound(uint256(credits) + MINT_CAP, uint256(MINT_CAP) + 1, type(uint128).max));
+            vm.prank(settler);
+            try settlement.commitEpoch(expected, root, bytes32(0), bytes32(0), count, above, debits, keccak256(""), 0) {
+                revert("commit above the mint cap accepted");
+            } catch (bytes memory err) {
+                _expect(
+                    err, abi.encodeWithSelector(ISettlement.EpochMintCapExceeded.selector, expected, above, MINT_CAP)
+                );
+                capRejected++;
+            }
+            return;
+        }
         vm.prank(settler);
-        settlement.commitEpoch(expected, root, bytes32(0), bytes32(0), count, credits, debits);
+        settlement.commitEpoch(expected, root, bytes32(0), bytes32(0), count, credits, debits, keccak256(""), 0);
         ghostCommits++;
         ghostCommitCount[expected]++;
         ghostRecordsRoot[expected] = root;
@@ -236,7 +260,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         uint64 last = settlement.lastEpochId();
         if (last == 0) return;
         uint64 epochId = uint64(bound(epochSeed, 1, last));
-        if (mode % 4 == 0 && _chunksOf[epochId].length > 0) {
+        if (mode % 8 == 7 && _lastCredits.length > 0) {
+            _rechunk(chunkSeed);
+        } else if (mode % 4 == 0 && _chunksOf[epochId].length > 0) {
             _replayCredits(epochId, chunkSeed, amountSeed);
         } else if (mode % 4 == 1) {
             _creditsAboveTotal(epochId, _freshChunk(epochId, chunkSeed), amountSeed);
@@ -385,13 +411,13 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 err = e;
             }
         } else if (which == 3) {
-            try settlement.applyCredits(epochId, uint32(toSeed), entries) {
+            try settlement.applyCredits(epochId, uint32(toSeed), entries, new bytes32[](0)) {
                 succeeded = true;
             } catch (bytes memory e) {
                 err = e;
             }
         } else {
-            try settlement.applyPayments(epochId, uint32(toSeed), payments) {
+            try settlement.applyPayments(epochId, uint32(toSeed), payments, new bytes32[](0)) {
                 succeeded = true;
             } catch (bytes memory e) {
                 err = e;
@@ -407,12 +433,46 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         bytes32[] memory entries = new bytes32[](1);
         entries[0] = _pack(_actors[amountSeed % ACTORS], amountSeed % 3);
         vm.prank(settler);
-        try settlement.applyCredits(epochId, used, entries) {
+        try settlement.applyCredits(epochId, used, entries, new bytes32[](0)) {
             revert("credit chunk replay accepted");
         } catch (bytes memory err) {
             _expect(err, abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, epochId, used));
             replayRejected++;
         }
+    }
+
+    /// @dev The entries of the last applied credit chunk again, under a fresh id of its epoch
+    /// (with the proof of whatever that id's plan leaf is): never in the plan.
+    function _rechunk(uint256 chunkSeed) internal {
+        uint64 epochId = _lastCreditsEpoch;
+        uint32 chunkId = _freshChunk(epochId, chunkSeed);
+        bytes32[] memory proof =
+            chunkId < _plan[epochId].length ? RFC9162.path(_plan[epochId], chunkId) : new bytes32[](0);
+        vm.prank(settler);
+        try settlement.applyCredits(epochId, chunkId, _lastCredits, proof) {
+            revert("re-chunked credits accepted");
+        } catch (bytes memory err) {
+            _expect(err, abi.encodeWithSelector(ISettlement.ChunkNotInPlan.selector, epochId, chunkId));
+            rechunkRejected++;
+        }
+    }
+
+    /// @dev Plans chunk `chunkId` of `epochId` as `leaf` (amending the committed plan); returns
+    /// its proof.
+    function _prove(uint64 epochId, uint32 chunkId, bytes32 leaf) internal returns (bytes32[] memory) {
+        Plans.put(_plan[epochId], chunkId, leaf, epochId);
+        require(Plans.amend(address(settlement), epochId, ghostRecordsRoot[epochId], _plan[epochId]), "amend");
+        return RFC9162.path(_plan[epochId], chunkId);
+    }
+
+    function _paymentsLeaf(ISettlement.Payment[] memory payments) internal view returns (bytes32) {
+        bytes32[] memory digests = new bytes32[](payments.length);
+        uint128[] memory amounts = new uint128[](payments.length);
+        for (uint256 i = 0; i < payments.length; ++i) {
+            digests[i] = _digest(payments[i]);
+            amounts[i] = payments[i].amount;
+        }
+        return Plans.paymentLeaf(digests, amounts);
     }
 
     function _creditsAboveTotal(uint64 epochId, uint32 chunkId, uint256 amountSeed) internal {
@@ -427,8 +487,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         );
         bytes32[] memory entries = new bytes32[](1);
         entries[0] = _pack(_actors[amountSeed % ACTORS], amount);
+        bytes32[] memory proof = _prove(epochId, chunkId, Plans.creditLeaf(entries));
         vm.prank(settler);
-        try settlement.applyCredits(epochId, chunkId, entries) {
+        try settlement.applyCredits(epochId, chunkId, entries, proof) {
             revert("credits above the committed total accepted");
         } catch (bytes memory err) {
             _expect(err, want);
@@ -452,9 +513,12 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             amounts[i] = amount;
             entries[i] = _pack(receivers[i], amount);
         }
+        bytes32[] memory proof = _prove(epochId, chunkId, Plans.creditLeaf(entries));
         vm.prank(settler);
-        settlement.applyCredits(epochId, chunkId, entries);
+        settlement.applyCredits(epochId, chunkId, entries, proof);
         _recordChunk(epochId, chunkId);
+        _lastCredits = entries;
+        _lastCreditsEpoch = epochId;
         ghostAppliedCredits[epochId] += sum;
         ghostCredited += sum;
         for (uint256 i = 0; i < n; ++i) {
@@ -470,7 +534,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
         payments[0] = _signed(who, _freshNonce(_actors[who], seed), uint64(clock), 1, 1);
         vm.prank(settler);
-        try settlement.applyPayments(epochId, used, payments) {
+        try settlement.applyPayments(epochId, used, payments, new bytes32[](0)) {
             revert("payment chunk replay accepted");
         } catch (bytes memory err) {
             _expect(err, abi.encodeWithSelector(ISettlement.ChunkAlreadyApplied.selector, epochId, used));
@@ -487,7 +551,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
         ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
         payments[0] = _signed(who, nonce, uint64(clock + 1 days), maxPoints, amount);
         vm.prank(settler);
-        try settlement.applyPayments(epochId, chunkId, payments) {
+        try settlement.applyPayments(epochId, chunkId, payments, new bytes32[](0)) {
             revert("payment above the signed maximum accepted");
         } catch (bytes memory err) {
             _expect(
@@ -511,8 +575,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
             uint128 amount = uint128(left + 1);
             ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
             payments[0] = _signed(who, _freshNonce(user, seed), uint64(clock), amount, amount);
+            bytes32[] memory proof = _prove(epochId, chunkId, _paymentsLeaf(payments));
             vm.prank(settler);
-            try settlement.applyPayments(epochId, chunkId, payments) {
+            try settlement.applyPayments(epochId, chunkId, payments, proof) {
                 revert("payments above the committed total accepted");
             } catch (bytes memory err) {
                 _expect(
@@ -612,9 +677,10 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
                 if (late) ghostExpiredPayments++;
             }
         }
+        bytes32[] memory proof = _prove(epochId, chunkId, _paymentsLeaf(payments));
         vm.recordLogs();
         vm.prank(settler);
-        settlement.applyPayments(epochId, chunkId, payments);
+        settlement.applyPayments(epochId, chunkId, payments, proof);
         _checkOutcomes(epochId, payments, outcomes, vm.getRecordedLogs());
         _recordChunk(epochId, chunkId);
         _commitOutcomes(epochId, payments, outcomes);
@@ -823,8 +889,9 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     }
 
     function _freshChunk(uint64 epochId, uint256 seed) internal view returns (uint32 chunkId) {
-        // Mostly small ids (as the backend uses them), sometimes anywhere in the uint32 range.
-        chunkId = seed % 2 == 0 ? uint32((seed >> 1) % 600) : uint32(seed >> 1);
+        // Mostly small ids (as the backend uses them), sometimes up to 2,000 (a plan bounds the
+        // ids, and the handler builds its plans in full).
+        chunkId = seed % 2 == 0 ? uint32((seed >> 1) % 600) : uint32((seed >> 1) % 2000);
         while (ghostChunkSet[epochId][chunkId]) {
             unchecked {
                 ++chunkId;
@@ -864,6 +931,11 @@ contract SettlementInvariantsTest is StdInvariant, Test {
 
     function setUp() public {
         (token, settlement) = Deploy.tokenAndSettlement(admin, settler);
+        vm.startPrank(admin);
+        // The handler settles right after a commit (the window has its own tests), under a cap.
+        settlement.setChallengeWindow(0);
+        settlement.setEpochMintCap(1e12);
+        vm.stopPrank();
 
         handler = new SettlementHandler(token, settlement, admin, settler);
         bytes4[] memory selectors = new bytes4[](11);
@@ -981,6 +1053,17 @@ contract SettlementInvariantsTest is StdInvariant, Test {
         settlement.getEpoch(last + 1);
         vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownEpoch.selector, uint64(0)));
         settlement.getEpoch(0);
+    }
+
+    /// @notice No epoch commits more than the admin's cap (a stolen settler key's commits above
+    /// it were all refused), and no chunk applied outside its epoch's plan (re-chunked entries
+    /// were all refused: the handler reverts otherwise).
+    function invariant_EpochsWithinTheMintCapAndThePlan() public view {
+        uint64 last = settlement.lastEpochId();
+        for (uint64 id = 1; id <= last; ++id) {
+            assertLe(settlement.getEpoch(id).totalCredits, handler.MINT_CAP(), "an epoch above the cap");
+            assertLe(settlement.getEpoch(id).appliedCredits, handler.MINT_CAP(), "minted above the cap");
+        }
     }
 
     function invariant_NoChunkAppliedTwice() public view {
