@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from gridpoints_dev.ocpp_charger import SimulatedMeter, connected
+from gridpoints_dev.ocpp_charger import MeterReading, SimulatedMeter, connected
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
     SignedAuthorization,
@@ -43,7 +45,7 @@ from tests.station_signer.test_ocpp_gateway import (
     settle,
     wait_backend_records,
 )
-from tests.support.backend import BackendHarness
+from tests.support.backend import ZONE, BackendHarness
 from tests.support.chain import ChainEnv
 
 station = test_ocpp_gateway.station  # the fixture: a SoftHSM2 station, one charger
@@ -232,3 +234,83 @@ def test_a_foreign_authorisation_or_none_leaves_the_charge_recorded_unpaid(
             f"ocpp:{CHARGER}:{p.transaction_id}" for p in (foreign, unanswered)
         ]
     assert len(wait_backend_records(harness, station, 2)) == 2
+
+
+@pytest.mark.filterwarnings("ignore::gridpoints_signers.devkey.DevelopmentKeyWarning")
+def test_an_authorisation_pays_once_a_second_transaction_with_it_is_recorded_unpaid(
+    chain_env: ChainEnv, tmp_path: Path
+) -> None:
+    """The same signed authorisation collected for two transactions (one user's QR answer
+    relayed twice): the first record carries it, the second charge is recorded unpaid with
+    ``authorization_replayed`` (the store refuses an authorisation already on a record), and
+    deciding the first again after a crash finds it paid, without a second record."""
+    from gridpoints_signers import DevKeySigner
+    from station_signer.ocpp.decide import Recorded, decide
+    from station_signer.station import Station
+
+    key = DevKeySigner(secrets.token_bytes(32))
+    station_id = secrets.token_bytes(32)
+    store = StationStore(tmp_path / "station.sqlite")
+    store.initialise(
+        station_id, chain_env.deployment.chain_id, chain_env.deployment.registry_address
+    )
+    chain_env.chain.transact(
+        chain_env.accounts.registrar,
+        chain_env.chain.registry.functions.registerStation(
+            station_id, key.address, ZONE, 22_000, 0
+        ),
+    )
+    meter = SimulatedMeter("GP-SIM-PAY-ONCE")
+    chain_env.chain.register_meter(
+        chain_env.accounts.registrar, station_id, meter.serial, meter.public_key_der, 0
+    )
+    domain = chain_env.chain.settlement_domain
+    station = Station(store, key, settlement=domain)
+    user: LocalAccount = Account.create()
+    offer = ChargeOffer.new(station_id, 500, int(time.time()) + 3600, domain.chain_id)
+    authorization = PaymentAuthorization(
+        user=bytes.fromhex(user.address[2:]),
+        station_id=station_id,
+        max_points=500,
+        nonce=secrets.randbits(256),
+        deadline=offer.deadline,
+    )
+    signed = sign_authorization(user, authorization, domain)
+    begin = datetime.now(UTC) - timedelta(minutes=30)
+    outcomes = []
+    with GatewayState(tmp_path / STATE_FILE) as state:
+        for n in (1, 2):
+            records = [meter.sign("charge", [MeterReading("B", begin)])]
+            meter.flow("charge", Decimal("400"))
+            begin += timedelta(minutes=5)
+            records.append(meter.sign("charge", [MeterReading("E", begin)]))
+            begin += timedelta(minutes=1)
+            row = state.note_event(
+                CHARGER, f"tx-{n}", evse_id=1, id_token="TOKEN-PAY-ONCE",
+                ocmf=[(r, None) for r in records], ended=True,
+            )  # fmt: skip
+            state.add_offer(CHARGER, row.transaction_id, offer.to_json())
+            state.offer_registered(CHARGER, row.transaction_id)
+            state.authorization_collected(
+                CHARGER, row.transaction_id, authorization=signed.to_json()
+            )
+            payment = state.payment(CHARGER, row.transaction_id)
+            stored = state.ocmf_records(CHARGER, row.transaction_id)
+            outcomes.append(
+                decide(station, chain_env.chain, row, stored, user.address, {}, payment)
+            )
+        again = decide(
+            station, chain_env.chain, state.transaction(CHARGER, "tx-1"),
+            state.ocmf_records(CHARGER, "tx-1"), user.address, {},
+            state.payment(CHARGER, "tx-1"),
+        )  # fmt: skip
+    assert all(isinstance(o, Recorded) for o in [*outcomes, again])
+    first, second = outcomes
+    assert isinstance(first, Recorded) and isinstance(second, Recorded)
+    assert (first.sequence, first.payment) == (1, ("paid", None))
+    assert (second.sequence, second.payment) == (2, ("unpaid", "authorization_replayed"))
+    assert isinstance(again, Recorded) and (again.sequence, again.payment) == (1, ("paid", None))
+    rows = store.records()
+    assert len(rows) == 2 and rows[0].payment == signed.to_json() and rows[1].payment is None
+    assert rows[1].record["paymentAuthorization"] == "0x" + ZERO_BYTES32.hex()
+    store.close()
