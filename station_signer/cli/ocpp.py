@@ -138,6 +138,9 @@ def ocpp_gateway(
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
+    # httpx logs every request URL at INFO: with offers that is a poll of the relay every
+    # round, and the URL holds the offer's id (its relay slot). The gateway logs the outcomes.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     state = _state(directory)
     gateway = Gateway(
         state,
