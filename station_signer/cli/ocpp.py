@@ -19,6 +19,7 @@ from typing import Annotated, Final
 
 import typer
 
+from gridpoints_protocol.authorization import UINT128_MAX
 from station_signer.cli.common import (
     DEFAULT_DIR,
     DeploymentFileOption,
@@ -31,6 +32,7 @@ from station_signer.cli.common import (
 )
 from station_signer.cli.errors import CliError, handled
 from station_signer.config import StationConfig
+from station_signer.ocpp.pay import PaySettings, offer_of
 from station_signer.ocpp.state import STATE_FILE, GatewayState
 
 PASSWORD_ENV: Final = "GRIDPOINTS_CHARGER_PASSWORD"
@@ -78,6 +80,30 @@ def ocpp_gateway(
     tls_key: Annotated[
         Path | None, typer.Option(help="PEM private key of --tls-cert.", dir_okay=False)
     ] = None,
+    pay_max_points: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=UINT128_MAX,
+            help="Offer every charge session of a known idToken for payment with points, up "
+            "to this many points (needs --backend-url).",
+        ),
+    ] = None,
+    pay_valid_for: Annotated[
+        int,
+        typer.Option(
+            min=60,
+            help="Seconds from a charge's start to its offer's deadline: a payment not settled "
+            "on chain by then burns nothing.",
+        ),
+    ] = 86_400,
+    web_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GRIDPOINTS_WEB_URL",
+            help="The web app's address in offer links (default: <backend URL>/web/).",
+        ),
+    ] = None,
     pin_file: PinFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -96,9 +122,25 @@ def ocpp_gateway(
             context = server_tls(tls_cert, tls_key)
         except (OSError, ValueError) as exc:
             raise CliError("invalid_argument", f"--tls-cert/--tls-key: {exc}", 2) from None
+    pay_settings = None
+    if pay_max_points is not None:
+        if backend_url is None:
+            raise CliError("invalid_argument", "--pay-max-points needs --backend-url", 2)
+        config = StationConfig.load(directory)
+        pay_settings = PaySettings(
+            config.station_id,
+            config.domain.chain_id,
+            pay_max_points,
+            pay_valid_for,
+            backend_url,
+            _web_url(web_url, backend_url),
+        )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
+    # httpx logs every request URL at INFO: with offers that is a poll of the relay every
+    # round, and the URL holds the offer's id (its relay slot). The gateway logs the outcomes.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     state = _state(directory)
     gateway = Gateway(
         state,
@@ -107,6 +149,7 @@ def ocpp_gateway(
         port=port,
         retry_interval_s=retry_interval,
         ssl_context=context,
+        pay_settings=pay_settings,
     )
 
     def ready(bound: int) -> None:
@@ -123,6 +166,72 @@ def ocpp_gateway(
         pass
     finally:
         state.close()
+
+
+def _web_url(web_url: str | None, backend_url: str | None) -> str:
+    if web_url:
+        return web_url
+    if backend_url:
+        return backend_url.rstrip("/") + "/web/"
+    raise CliError("invalid_argument", "--web-url or --backend-url names the web app", 2)
+
+
+@ocpp_app.command("offer")
+@handled
+def offer(
+    transaction: Annotated[str, typer.Option(help="The transaction id the charger reported.")],
+    charger: Annotated[
+        str | None, typer.Option(help="The charger (needed when two have that transaction).")
+    ] = None,
+    web_url: Annotated[
+        str | None,
+        typer.Option(envvar="GRIDPOINTS_WEB_URL", help="The web app's address users open."),
+    ] = None,
+    backend_url: Annotated[
+        str | None,
+        typer.Option(envvar="GRIDPOINTS_BACKEND_URL", help="Backend base URL (<it>/web/)."),
+    ] = None,
+    directory: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
+    """The charge offer the gateway made for a transaction: its link and QR code for the
+    charger's display, and what became of it (registered, authorised, paid or unpaid)."""
+    from station_signer.offers import qr_text
+
+    with _state(directory) as state:
+        found = [
+            p
+            for p in state.payments()
+            if p.transaction_id == transaction and charger in (None, p.charger_id)
+        ]
+    if not found:
+        raise CliError("not_found", f"no charge offer for transaction {transaction}", 1)
+    if len(found) > 1:
+        raise CliError("invalid_argument", "several chargers have that transaction: --charger", 2)
+    (row,) = found
+    link = offer_of(row).link(_web_url(web_url, backend_url))
+    data: dict[str, object] = {
+        "charger": row.charger_id,
+        "transaction": row.transaction_id,
+        "link": link,
+    }
+    data.update(row.to_json())
+    status = row.outcome or (
+        "authorised" if row.authorization else "refused" if row.refused_code else "waiting"
+    )
+    lines = [
+        f"{row.charger_id} {row.transaction_id}: offer {data['offerId']} up to "
+        f"{data['maxPoints']} points, {status}"
+        + (
+            f" ({row.outcome_reason or row.refused_code})"
+            if row.outcome_reason or row.refused_code
+            else ""
+        ),
+        f"  {link}",
+    ]
+    if not as_json and row.waiting:
+        lines.append(qr_text(link))
+    emit(as_json, data, lines)
 
 
 @charger_app.command("add")

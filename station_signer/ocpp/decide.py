@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from cryptography.hazmat.primitives import serialization
@@ -30,12 +30,15 @@ from gridpoints_protocol.ocmf.session import (
     assemble,
     signing_time,
 )
-from station_signer.store import Evidence
+from gridpoints_protocol.record import Direction
+from station_signer.ocpp import pay
+from station_signer.payments import AuthorizationError
+from station_signer.store import Evidence, StoredRecord, StoreError
 from station_signer.transfer import Transfer
 
 if TYPE_CHECKING:
     from gridpoints_chain.contracts import GridPointsChain
-    from station_signer.ocpp.state import StoredOcmf, TransactionRow
+    from station_signer.ocpp.state import PaymentRow, StoredOcmf, TransactionRow
     from station_signer.station import Station
 
 EVIDENCE_KIND: Final = "ocmf"
@@ -47,6 +50,8 @@ class Recorded:
     sequence: int
     meter_serial: str | None
     last_page: int | None
+    # For a transaction with a charge offer: ("paid", None) or ("unpaid", reason).
+    payment: tuple[str, str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +153,11 @@ def decide(
     stored: list[StoredOcmf],
     wallet: str | None,
     last_page_of: dict[str, int | None],
+    payment: PaymentRow | None = None,
 ) -> Decision:
     """The decision on one ended transaction; records it when valid. ``last_page_of`` gives,
-    per meter serial, the highest PG an earlier recorded session used."""
+    per meter serial, the highest PG an earlier recorded session used. ``payment``: the
+    transaction's charge offer, with the user's authorisation if one was collected."""
     from gridpoints_chain.errors import ChainError
 
     done = station.store.record_for_source(row.source)
@@ -162,7 +169,20 @@ def decide(
         if evidence is not None and evidence.data.get("records"):
             serial = evidence.data.get("meterSerial")
             page = parse_record(evidence.data["records"][-1]).payload.pagination.number
-        return Recorded(done.sequence, serial, page)
+        paid_before: tuple[str, str | None] | None = None
+        if payment is not None:
+            # The payment was stored with the record, in one transaction: the record says.
+            paid_before = (
+                ("paid", None)
+                if done.payment is not None
+                else (
+                    "unpaid",
+                    pay.unpaid_reason(payment)
+                    if payment.authorization is None
+                    else "authorization_refused",
+                )
+            )
+        return Recorded(done.sequence, serial, page, paid_before)
     records: list[OcmfRecord] = []
     hints: list[bytes | None] = []
     for index, item in enumerate(stored):
@@ -200,5 +220,36 @@ def decide(
         end_time=outcome.end_time,
     )
     evidence = _evidence(row, [item.raw for item in stored], records, outcome)
-    stored_record = station.record(transfer, evidence)
-    return Recorded(stored_record.sequence, outcome.meter_serial, outcome.last_page)
+    paid: tuple[str, str | None] | None = None
+    if payment is not None:
+        stored_record, paid = _record_paid(station, transfer, evidence, payment)
+    else:
+        stored_record = station.record(transfer, evidence)
+    return Recorded(stored_record.sequence, outcome.meter_serial, outcome.last_page, paid)
+
+
+def _record_paid(
+    station: Station, transfer: Transfer, evidence: Evidence, payment: PaymentRow
+) -> tuple[StoredRecord, tuple[str, str | None]]:
+    """The record of a transaction with a charge offer: with the collected authorisation when
+    the station's own checks let it pay for this charge (its signer is the wallet bound to the
+    idToken, the station's, before its deadline, not already used), else unpaid with the
+    reason. The energy is recorded either way."""
+    signed = pay.authorization_of(payment)
+    if transfer.direction != Direction.CHARGE:
+        reason = pay.NOT_A_CHARGE
+    elif signed is None:
+        reason = pay.unpaid_reason(payment)
+    else:
+        try:
+            return station.record(replace(transfer, authorization=signed), evidence), (
+                "paid",
+                None,
+            )
+        except AuthorizationError as exc:
+            reason = exc.code
+        except StoreError as exc:
+            if exc.code != "authorization_replayed":
+                raise
+            reason = exc.code
+    return station.record(transfer, evidence), ("unpaid", reason)

@@ -11,6 +11,10 @@ ended transaction from its meter's OCMF records and signs a record for each vali
   to a wallet, else Unknown), TransactionEvent Started/Updated/Ended and MeterValues. The signed
   meter values they carry are written to ``ocpp.sqlite`` **before** the message is answered, so a
   charger never discards a reading the gateway could still lose.
+* **Paying with points** (`station_signer.ocpp.pay`, with ``pay``): a charge transaction of a
+  known idToken gets a charge offer, kept in ``ocpp.sqlite`` before the charger is answered; the
+  decision task registers it with the backend and collects the user's signed authorisation,
+  which the decision attaches to the record (or the charge is recorded unpaid, with a reason).
 * **Deciding** (a task; `station_signer.ocpp.decide` on one worker thread): each ended
   transaction becomes the station's record (signed, queued write-ahead, with its OCMF records as
   evidence) or a fault with its reason code (kept, never a record); transactions left ``ended``
@@ -54,8 +58,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from gridpoints_protocol.ocmf.session import Fault
+from station_signer.ocpp import pay
 from station_signer.ocpp.decide import Decision, Recorded, Retry, decide, decode_signed_data
-from station_signer.ocpp.state import GatewayState, TransactionRow, check_password
+from station_signer.ocpp.state import GatewayState, PaymentRow, TransactionRow, check_password
 
 if TYPE_CHECKING:
     from gridpoints_chain.contracts import GridPointsChain
@@ -152,6 +157,8 @@ class GatewayChargePoint(ChargePoint):  # type: ignore[misc]
             ocmf=_signed_values(meter_value),
             ended=ended,
         )
+        if row.status == "open":
+            self.gateway.offer_for(row)
         if ended:
             log.info("charger %s ended transaction %s", self.id, row.transaction_id)
             self.gateway.wake()
@@ -218,8 +225,10 @@ class Gateway:
         port: int = 9000,
         retry_interval_s: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
+        pay_settings: pay.PaySettings | None = None,
     ) -> None:
         self.state = state
+        self.pay = pay_settings
         self.ssl_context = ssl_context
         self._open_worker = open_worker
         self.host = host
@@ -243,12 +252,67 @@ class Gateway:
     def wake(self) -> None:
         self._wake.set()
 
+    # --- paying with points ----------------------------------------------------------------
+
+    def offer_for(self, row: TransactionRow) -> None:
+        """Makes and keeps the charge offer of an open charge transaction of a known idToken
+        (once; on the event loop, before the charger's message is answered). The backend hears
+        of it from the decision task."""
+        if self.pay is None or self.state.wallet_of_mac(row.token_mac) is None:
+            return
+        if self.state.payment(row.charger_id, row.transaction_id) is not None:
+            return
+        raw = [item.raw for item in self.state.ocmf_records(row.charger_id, row.transaction_id)]
+        if not pay.begins_a_charge(raw):
+            return
+        if self.state.add_offer(row.charger_id, row.transaction_id, self.pay.new_offer().to_json()):
+            log.info(
+                "charger %s transaction %s: charge offer made", row.charger_id, row.transaction_id
+            )
+            self.wake()
+
+    async def collect_payments(self) -> None:
+        """Registers the offers the backend does not have yet and collects what users signed."""
+        settings = self.pay
+        if settings is None:
+            return
+        for row in self.state.payments():
+            if not row.waiting:  # decided, collected, or refused: nothing more to ask
+                continue
+            await self._payment_step(settings, row)
+
+    async def _payment_step(self, settings: pay.PaySettings, row: PaymentRow) -> None:
+        offer = pay.offer_of(row)
+        where = (row.charger_id, row.transaction_id)
+        if not row.registered:
+            code = await self._on_worker(
+                lambda: pay.register(self._worker_open().station, settings.backend_url, offer)
+            )
+            if code is not None:
+                log.warning("charger %s transaction %s: offer not registered (%s)", *where, code)
+                return
+            self.state.offer_registered(*where)
+        collected = await self._on_worker(
+            lambda: pay.collect(self._worker_open().station, settings.backend_url, offer)
+        )
+        if collected.signed is not None:
+            self.state.authorization_collected(*where, authorization=collected.signed.to_json())
+            log.info("charger %s transaction %s: authorisation collected", *where)
+        elif collected.refused is not None:
+            self.state.authorization_collected(*where, refused=collected.refused)
+            log.warning(
+                "charger %s transaction %s: authorisation refused (%s)",
+                *where,
+                collected.refused[0],
+            )
+
     async def decide_pending(self) -> int:
         """Decides every ``ended`` transaction; returns how many stay undecided."""
         pending = 0
         for row in self.state.transactions("ended"):
             stored = self.state.ocmf_records(row.charger_id, row.transaction_id)
             wallet = self.state.wallet_of_mac(row.token_mac)
+            payment = self.state.payment(row.charger_id, row.transaction_id)
             serials = {self._serial(item.raw) for item in stored} - {None}
             last_pages = {s: self.state.last_page(s) for s in serials if s is not None}
 
@@ -257,12 +321,15 @@ class Gateway:
                 stored: Any = stored,
                 wallet: str | None = wallet,
                 last_pages: dict[str, int | None] = last_pages,
+                payment: PaymentRow | None = payment,
             ) -> Decision:
                 worker = self._worker_open()
                 problem = worker.chain_problem()
                 if problem is not None:
                     return Retry(problem)
-                return decide(worker.station, worker.chain, row, stored, wallet, last_pages)
+                return decide(
+                    worker.station, worker.chain, row, stored, wallet, last_pages, payment
+                )
 
             decision = await self._on_worker(run)
             self._apply(row, decision)
@@ -282,13 +349,17 @@ class Gateway:
     def _apply(self, row: TransactionRow, decision: Decision) -> None:
         if isinstance(decision, Recorded):
             self.state.mark_recorded(
-                row, decision.sequence, decision.meter_serial, decision.last_page
+                row, decision.sequence, decision.meter_serial, decision.last_page, decision.payment
             )
             log.info(
-                "charger %s transaction %s: record #%d",
+                "charger %s transaction %s: record #%d%s",
                 row.charger_id,
                 row.transaction_id,
                 decision.sequence,
+                ""
+                if decision.payment is None
+                else f", {decision.payment[0]}"
+                + (f" ({decision.payment[1]})" if decision.payment[1] else ""),
             )
         elif isinstance(decision, Fault):
             self.state.mark_faulted(
@@ -327,6 +398,8 @@ class Gateway:
     async def _decider(self) -> None:
         while True:
             try:
+                # Payments first: an ended charge is decided with what was collected last.
+                await self.collect_payments()
                 await self.decide_pending()
                 await self._sync()
             except Exception:  # keep serving: the next round tries again
@@ -449,11 +522,16 @@ def open_worker_for(
 
         from gridpoints_chain.contracts import GridPointsChain
         from gridpoints_chain.deployment import Deployment
+        from gridpoints_protocol.authorization import SettlementDomain
         from station_signer.errors import StationError
         from station_signer.station import open_station
 
         deployment = Deployment.load(deployment_file)
-        station = open_station(directory, pin=pin)
+        # The Settlement domain: a charge paid with points is checked against it.
+        settlement = SettlementDomain(
+            deployment.chain_id, bytes.fromhex(deployment.settlement_address[2:])
+        )
+        station = open_station(directory, pin=pin, settlement=settlement)
         if (deployment.chain_id, bytes.fromhex(deployment.registry_address[2:])) != (
             station.domain.chain_id,
             station.domain.verifying_contract,

@@ -14,6 +14,11 @@
   station's record ``record_sequence``) or ``faulted`` (``fault_reason``, never a record).
 * ``meter_pages``: the highest OCMF ``PG`` of each meter already used by a recorded session, to
   refuse a record replayed from an earlier session.
+* ``payments`` (schema 2): the charge offer the gateway made for a transaction (paying with
+  points, `station_signer.ocpp.pay`), written before the charger's Started is answered; when the
+  backend registered it; the user's signed authorisation once collected (or why what came back
+  was refused), written before the gateway acts on it; and the outcome: ``paid`` (the record
+  carries the authorisation) or ``unpaid`` with its reason.
 
 WAL and ``synchronous=FULL``, as the station's store. Used from one thread.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import sqlite3
 import time
@@ -29,12 +35,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from station_signer.errors import StationError
 
 STATE_FILE: Final = "ocpp.sqlite"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: payments
 # scrypt's cost: about 16 MiB and a few tens of ms per check, once per connection.
 _SCRYPT_N: Final = 2**14
 _SCRYPT_R: Final = 8
@@ -86,6 +92,20 @@ CREATE TABLE IF NOT EXISTS ocmf_records (
 CREATE TABLE IF NOT EXISTS meter_pages (
     meter_serial TEXT PRIMARY KEY,
     last_page INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS payments (
+    charger_id TEXT NOT NULL,
+    transaction_id TEXT NOT NULL,
+    offer TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    registered_at REAL,
+    authorization TEXT,
+    refused_code TEXT,
+    refused_message TEXT,
+    collected_at REAL,
+    outcome TEXT CHECK (outcome IN ('paid', 'unpaid')),
+    outcome_reason TEXT,
+    PRIMARY KEY (charger_id, transaction_id)
 );
 """
 
@@ -158,6 +178,58 @@ class StoredOcmf:
     public_key: str | None  # the charger's hint, as sent (base64 or hex), None if empty
 
 
+@dataclass(frozen=True, slots=True)
+class PaymentRow:
+    """A transaction's charge offer and what became of it (see the module docstring)."""
+
+    charger_id: str
+    transaction_id: str
+    offer: dict[str, Any]  # ChargeOffer.to_json()
+    registered: bool
+    authorization: dict[str, Any] | None  # SignedAuthorization.to_json(), checked on the offer
+    refused_code: str | None
+    refused_message: str | None
+    outcome: str | None
+    outcome_reason: str | None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the backend may still have something to collect for it."""
+        return self.outcome is None and self.authorization is None and self.refused_code is None
+
+    def to_json(self) -> dict[str, object]:
+        # No wallet: who paid is in the record (and the user's own business).
+        return {
+            "offerId": self.offer["offerId"],
+            "maxPoints": self.offer["maxPoints"],
+            "deadline": self.offer["deadline"],
+            "registered": self.registered,
+            "authorised": self.authorization is not None,
+            "refused": None
+            if self.refused_code is None
+            else {"code": self.refused_code, "message": self.refused_message},
+            "outcome": self.outcome,
+            "reason": self.outcome_reason,
+        }
+
+
+_PAY_COLUMNS: Final = (
+    "charger_id, transaction_id, offer, registered_at IS NOT NULL, authorization, refused_code,"
+    " refused_message, outcome, outcome_reason"
+)
+
+
+def _payment_row(row: tuple[Any, ...]) -> PaymentRow:
+    return PaymentRow(
+        row[0],
+        row[1],
+        json.loads(row[2]),
+        bool(row[3]),
+        None if row[4] is None else json.loads(row[4]),
+        *row[5:],
+    )
+
+
 _TX_COLUMNS: Final = (
     "charger_id, transaction_id, status, evse_id, token_mac, started_at, ended_at,"
     " record_sequence, fault_reason, fault_message, fault_record"
@@ -179,6 +251,9 @@ class GatewayState:
                         "INSERT INTO meta VALUES (1, ?, ?)",
                         (SCHEMA_VERSION, secrets.token_hex(32)),
                     )
+                elif row[0] < SCHEMA_VERSION:
+                    # 1 -> 2 only added the payments table (created above).
+                    db.execute("UPDATE meta SET schema_version = ?", (SCHEMA_VERSION,))
                 elif row[0] > SCHEMA_VERSION:
                     raise GatewayError(
                         f"{self.path} has schema version {row[0]}; this gateway reads up to "
@@ -385,9 +460,22 @@ class GatewayState:
         return None if row is None else int(row[0])
 
     def mark_recorded(
-        self, row: TransactionRow, sequence: int, meter_serial: str | None, last_page: int | None
+        self,
+        row: TransactionRow,
+        sequence: int,
+        meter_serial: str | None,
+        last_page: int | None,
+        payment: tuple[str, str | None] | None = None,
     ) -> None:
+        """The transaction is record ``sequence``; ``payment``: the outcome of its offer
+        (``paid``/``unpaid`` and the reason), in the same transaction."""
         with self._transaction() as db:
+            if payment is not None:
+                db.execute(
+                    "UPDATE payments SET outcome = ?, outcome_reason = ? WHERE charger_id = ?"
+                    " AND transaction_id = ?",
+                    (*payment, row.charger_id, row.transaction_id),
+                )
             db.execute(
                 "UPDATE transactions SET status = 'recorded', record_sequence = ?, decided_at = ?"
                 " WHERE charger_id = ? AND transaction_id = ?",
@@ -404,8 +492,75 @@ class GatewayState:
         self, row: TransactionRow, reason: str, message: str, record: int | None
     ) -> None:
         with self._transaction() as db:
+            # No record, nothing to pay: the user's authorisation is never used.
+            db.execute(
+                "UPDATE payments SET outcome = 'unpaid', outcome_reason = 'transaction_faulted'"
+                " WHERE charger_id = ? AND transaction_id = ?",
+                (row.charger_id, row.transaction_id),
+            )
             db.execute(
                 "UPDATE transactions SET status = 'faulted', fault_reason = ?, fault_message = ?,"
                 " fault_record = ?, decided_at = ? WHERE charger_id = ? AND transaction_id = ?",
                 (reason, message, record, time.time(), row.charger_id, row.transaction_id),
             )
+
+    # --- payments (charge offers) -----------------------------------------------------------
+
+    def add_offer(self, charger_id: str, transaction_id: str, offer: dict[str, Any]) -> bool:
+        """Keeps the transaction's charge offer (False if it already has one: kept as it was)."""
+        with self._transaction() as db:
+            return (
+                db.execute(
+                    "INSERT INTO payments (charger_id, transaction_id, offer, created_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (charger_id, transaction_id, json.dumps(offer), time.time()),
+                ).rowcount
+                == 1
+            )
+
+    def payment(self, charger_id: str, transaction_id: str) -> PaymentRow | None:
+        row = self._db.execute(
+            f"SELECT {_PAY_COLUMNS} FROM payments WHERE charger_id = ? AND transaction_id = ?",
+            (charger_id, transaction_id),
+        ).fetchone()
+        return None if row is None else _payment_row(row)
+
+    def payments(self) -> list[PaymentRow]:
+        """Every offer, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_PAY_COLUMNS} FROM payments ORDER BY created_at, charger_id, transaction_id"
+        ).fetchall()
+        return [_payment_row(r) for r in rows]
+
+    def offer_registered(self, charger_id: str, transaction_id: str) -> None:
+        self._db.execute(
+            "UPDATE payments SET registered_at = ? WHERE charger_id = ? AND transaction_id = ?"
+            " AND registered_at IS NULL",
+            (time.time(), charger_id, transaction_id),
+        )
+
+    def authorization_collected(
+        self,
+        charger_id: str,
+        transaction_id: str,
+        *,
+        authorization: dict[str, Any] | None = None,
+        refused: tuple[str, str] | None = None,
+    ) -> None:
+        """What the backend relayed for the offer: the authorisation (checked on the offer), or
+        the code and message of why it does not answer it. Kept once: the relay itself keeps
+        only the first answer to an offer."""
+        code, message = refused if refused is not None else (None, None)
+        self._db.execute(
+            "UPDATE payments SET authorization = ?, refused_code = ?, refused_message = ?,"
+            " collected_at = ? WHERE charger_id = ? AND transaction_id = ? AND outcome IS NULL"
+            " AND authorization IS NULL AND refused_code IS NULL",
+            (
+                None if authorization is None else json.dumps(authorization),
+                code,
+                message,
+                time.time(),
+                charger_id,
+                transaction_id,
+            ),
+        )
