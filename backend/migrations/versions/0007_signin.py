@@ -2,8 +2,8 @@
 relayed authorisation, indexed, so that GET /v1/me/authorizations finds a user's by index.
 Rows relayed before this revision keep NULL (they expire with their offer's deadline).
 
-Revision ID: 0010_signin
-Revises: 0009_siwe
+Revision ID: 0007_signin
+Revises: 0006_siwe
 Create Date: 2026-12-04
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_signin"
-down_revision = "0009_siwe"
+revision = "0007_signin"
+down_revision = "0006_siwe"
 branch_labels = None
 depends_on = None
 

@@ -1,8 +1,8 @@
 """Sign-in with Ethereum: the EIP-4361 challenges the backend issued (single use, expiring)
 and the sessions of signed-in wallets (the SHA-256 of each bearer token, never the token).
 
-Revision ID: 0009_siwe
-Revises: 0004_rewinds
+Revision ID: 0006_siwe
+Revises: 0005_web
 Create Date: 2026-12-04
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_siwe"
-down_revision = "0007_web"
+revision = "0006_siwe"
+down_revision = "0005_web"
 branch_labels = None
 depends_on = None
 

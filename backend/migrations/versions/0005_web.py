@@ -2,7 +2,7 @@
 payment authorisation relayed from a user's page to the station under the offer's random id,
 kept until the deadline (backend/offers.py).
 
-Revision ID: 0007_web
+Revision ID: 0005_web
 Revises: 0004_rewinds
 Create Date: 2026-12-04
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_web"
+revision = "0005_web"
 down_revision = "0004_rewinds"
 branch_labels = None
 depends_on = None
