@@ -486,7 +486,7 @@ class BundleSource:
 
     def station_evidence(self, stations: Iterable[bytes], after_log_index: int) -> StationEvidence:
         """From the station-evidence.json of the newest bundle, which must start its pending
-        records right after the committed log (`after_log_index`). A missing or unreadable one
+        records right after that bundle's log range. A missing or unreadable one
         is SourceMalformed (a finding): without it a withheld record would pass unseen."""
         newest = self._bundles[max(self._bundles)]
         path = newest.path / EVIDENCE_FILE
@@ -502,11 +502,15 @@ class BundleSource:
         exported = _unix(document.get("exportedAt"))
         if exported is None:
             raise SourceMalformed(f"{path} has no exportedAt time")
+        # The evidence continues the newest bundle's log range (whose claims are compared with
+        # the chain elsewhere); an epoch the chain committed without a bundle is its own finding.
+        first, count = newest.manifest.get("firstLogIndex"), newest.manifest.get("recordCount")
+        end = first + count - 1 if type(first) is int and type(count) is int else None
         after = document.get("afterLogIndex")
-        if after != after_log_index:
+        if end is None or after != end:
             raise SourceMalformed(
-                f"{path} lists the log after index {shown(after)}, the chain committed the log "
-                f"up to index {after_log_index}: it is not the evidence of the audited range"
+                f"{path} lists the log after index {shown(after)}, its bundle ends at index "
+                f"{shown(end)}: it is not the evidence of that bundle"
             )
         rejections, pending = document.get("rejections"), document.get("pending")
         if not isinstance(rejections, list) or not isinstance(pending, list):
@@ -523,7 +527,7 @@ class BundleSource:
                 raise SourceMalformed(f"a rejection of {path} has no reason: {shown(item)}")
             if station in wanted:
                 evidence.rejections.setdefault(station, {})[sequence] = (reason, when)
-        previous = after_log_index
+        previous = end
         for item in pending:
             station, sequence, when, _ = _evidence_item(item)
             index = item.get("logIndex")
