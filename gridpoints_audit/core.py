@@ -310,7 +310,7 @@ def _sequence_view(
     gaps_checked = evidence is not None
     if evidence is None:
         notes.append(
-            "sequence view: the source publishes no rejections or pending records (a bundle): "
+            "sequence view: the source publishes no rejections or pending records: "
             "sequence gaps are not checked, only the receipts given"
         )
         if not receipts:
