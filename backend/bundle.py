@@ -8,6 +8,12 @@
 * ``tariff.json`` — the canonical JSON of the tariff that valued the epoch, byte for byte (its
   keccak-256 is the anchored tariffHash);
 * ``README.txt`` — the format and how to verify it;
+* ``station-evidence.json`` — what the auditor's station-sequence view needs besides the epochs
+  (docs/AUDIT.md, check 13), as of the export: ``exportedAt``, the published rejections of
+  registered stations that name a sequence (``stationId``, ``id``, ``receivedAt``, ``sequence``,
+  ``reason``: fewer fields than ``GET /v1/stations/{id}/rejections`` serves) and the records of
+  the log after this epoch (``logIndex``, ``stationId``, ``sequence``, ``receivedAt``), i.e.
+  not committed yet;
 * ``manifest.json`` — format, epoch id, what the backend sealed (record count, roots, totals,
   tariff hash and version, counts, its position in the log, when it was sealed and settled),
   the deployment (chain id, contract addresses, deployment block), the settlement steps from
@@ -16,7 +22,8 @@
 The manifest is the operator's claim, not evidence: the auditor (gridpoints_audit) reads the
 records and the tariff, recomputes everything and compares it with the chain, and checks every
 claim the manifest makes against the chain or the recomputation (docs/AUDIT.md lists each);
-a field it could not check is not written (there is no export time: nothing could check it).
+a field it could not check is not written. The evidence file's export time is the "now" of the
+sequence view over bundles; the auditor bounds it by the newest commit and the audited block.
 
 This module reads the backend's database (the export is an operator tool); the auditor never
 does. The bundle is written to a temporary sibling directory and renamed into place, so a
@@ -31,16 +38,23 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backend.db.record_rows import stored_signed_record
 from backend.db.session import Database
 from backend.ledger import epoch_summary, step_summary
+from backend.queries import records_in_log
 from gridpoints_chain.deployment import Deployment
 from gridpoints_protocol.bundle_format import (
     BUNDLE_FILES,
     BUNDLE_FORMAT,
+    EVIDENCE_FILE,
+    EVIDENCE_FORMAT,
     MANIFEST_FILE,
     README_FILE,
     RECORDS_FILE,
@@ -74,6 +88,11 @@ records.jsonl  One JSON object per line, one line per record, in leaf order:
                  payment     only for a charge paid with points: the user's signed
                              PaymentAuthorization {{authorization, signature}}
 tariff.json    The tariff that valued the epoch, in canonical JSON, byte for byte.
+station-evidence.json
+               As of the export (exportedAt): the operator's rejections of registered
+               stations' records that name a sequence, with their reason, and the records
+               of the log after this epoch (pending). With them the auditor explains every
+               gap in a station's sequence; a gap they do not explain is a finding.
 manifest.json  What the operator says the epoch is (roots, totals, record count, tariff
                hash and version, counts, log position, state and times), the deployment
                (chain id, contract addresses, deployment block), the settlement steps with
@@ -210,11 +229,17 @@ def export_epoch(
                 },
                 "settlement": steps,
             }
+            evidence = _station_evidence(session, epoch.first_log_index + epoch.record_count - 1)
         canonical = tariff.canonical_bytes()
         (staging / TARIFF_FILE).write_bytes(canonical)
         readme = README_TEXT.format(format=BUNDLE_FORMAT).encode("ascii")
         (staging / README_FILE).write_bytes(readme)
-        for name, data in ((TARIFF_FILE, canonical), (README_FILE, readme)):
+        (staging / EVIDENCE_FILE).write_bytes(evidence)
+        for name, data in (
+            (TARIFF_FILE, canonical),
+            (README_FILE, readme),
+            (EVIDENCE_FILE, evidence),
+        ):
             files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         manifest["files"] = {name: files[name] for name in BUNDLE_FILES}
         (staging / MANIFEST_FILE).write_bytes(
@@ -227,3 +252,50 @@ def export_epoch(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(target, epoch_id, manifest["recordCount"], manifest["state"], manifest)
+
+
+def _station_evidence(session: Session, last_log_index: int) -> bytes:
+    """The station-evidence.json document: rejections naming a registered station and a
+    sequence (an unauthenticated submission can name any id: only registered ones can explain
+    a gap the auditor sees), and the log after `last_log_index`, in one read transaction."""
+    from backend.db.models import Rejection, Station
+
+    rejections = [
+        {
+            "stationId": "0x" + r.station_id.hex(),
+            "id": r.id,
+            "receivedAt": r.received_at.isoformat(),
+            "sequence": r.sequence,
+            "reason": r.reason,
+        }
+        for r in session.scalars(
+            select(Rejection)
+            .where(
+                Rejection.sequence.is_not(None),
+                Rejection.station_id.in_(select(Station.station_id)),
+            )
+            .order_by(Rejection.id)
+        )
+        if r.station_id is not None and r.sequence is not None
+    ]
+    pending: list[dict[str, Any]] = []
+    after = last_log_index
+    while rows := records_in_log(session, after_log_index=after, limit=_PAGE):
+        pending += (
+            {
+                "logIndex": row.log_index,
+                "stationId": "0x" + row.station_id.hex(),
+                "sequence": row.sequence,
+                "receivedAt": row.received_at.isoformat(),
+            }
+            for row in rows
+        )
+        after = rows[-1].log_index
+    document = {
+        "format": EVIDENCE_FORMAT,
+        "exportedAt": datetime.now(UTC).isoformat(),
+        "afterLogIndex": last_log_index,
+        "rejections": rejections,
+        "pending": pending,
+    }
+    return (json.dumps(document, indent=1, ensure_ascii=True) + "\n").encode("ascii")

@@ -310,17 +310,25 @@ def _sequence_view(
     gaps_checked = evidence is not None
     if evidence is None:
         notes.append(
-            "sequence view: the source publishes no rejections or pending records (a bundle): "
+            "sequence view: the source publishes no rejections or pending records: "
             "sequence gaps are not checked, only the receipts given"
         )
         if not receipts:
             return [], notes
         evidence = StationEvidence()
+    now = facts.block_time if audit_time is None else audit_time
+    if evidence.as_of is not None and audit_time is None:
+        # A snapshot (an export) is judged as of its time: a record pending then may be settled
+        # since. Its time is the operator's word, so it is bounded: not before the newest commit
+        # the audit read (a back-dated export would postpone every gap), not after the block.
+        newest = max((t for s in settled.by_station.values() for t in s.values()), default=0)
+        now = min(facts.block_time, max(evidence.as_of, newest))
+        notes.append(f"sequence view: judged as of the export's time {now} (station-evidence)")
     found, more = sequence_findings(
         settled,
         evidence,
         receipts,
-        audit_time=facts.block_time if audit_time is None else audit_time,
+        audit_time=now,
         max_merge_delay_s=delay,
     )
     if not gaps_checked:

@@ -35,6 +35,8 @@ from gridpoints_chain.deployment import Deployment
 from gridpoints_protocol.bundle_format import (
     BUNDLE_FILES,
     BUNDLE_FORMAT,
+    EVIDENCE_FILE,
+    EVIDENCE_FORMAT,
     MANIFEST_FILE,
     RECORDS_FILE,
     TARIFF_FILE,
@@ -335,6 +337,18 @@ class ApiSource:
         self._client.close()
 
 
+def _evidence_item(item: Any) -> tuple[bytes, int, int, Any]:
+    """(station, sequence, received at, reason) of a station-evidence.json entry."""
+    if not isinstance(item, Mapping):
+        raise SourceMalformed(f"a station-evidence entry is not an object: {shown(item)}")
+    station = _hex32(item.get("stationId"))
+    sequence = item.get("sequence")
+    when = _unix(item.get("receivedAt"))
+    if station is None or type(sequence) is not int or not 0 <= sequence < 2**64 or when is None:
+        raise SourceMalformed(f"a station-evidence entry is not readable: {shown(item)}")
+    return station, sequence, when, item.get("reason")
+
+
 def _hex32(value: Any) -> bytes | None:
     if not isinstance(value, str) or len(value) != 66 or not value.startswith("0x"):
         return None
@@ -470,8 +484,61 @@ class BundleSource:
             for directory, reason in self._unreadable
         ]
 
-    def station_evidence(self, stations: Iterable[bytes], after_log_index: int) -> None:
-        return None  # bundles carry no rejections and no uncommitted records
+    def station_evidence(self, stations: Iterable[bytes], after_log_index: int) -> StationEvidence:
+        """From the station-evidence.json of the newest bundle, which must start its pending
+        records right after that bundle's log range. A missing or unreadable one
+        is SourceMalformed (a finding): without it a withheld record would pass unseen."""
+        newest = self._bundles[max(self._bundles)]
+        path = newest.path / EVIDENCE_FILE
+        try:
+            data = _read_file_capped(path)
+        except OSError:
+            raise SourceMalformed(
+                f"the newest bundle ({newest.path}) has no readable {EVIDENCE_FILE}"
+            ) from None
+        document = parse_json(data, str(path))
+        if not isinstance(document, Mapping) or document.get("format") != EVIDENCE_FORMAT:
+            raise SourceMalformed(f"{path} is not a {EVIDENCE_FORMAT} document")
+        exported = _unix(document.get("exportedAt"))
+        if exported is None:
+            raise SourceMalformed(f"{path} has no exportedAt time")
+        # The evidence continues the newest bundle's log range (whose claims are compared with
+        # the chain elsewhere); an epoch the chain committed without a bundle is its own finding.
+        first, count = newest.manifest.get("firstLogIndex"), newest.manifest.get("recordCount")
+        end = first + count - 1 if type(first) is int and type(count) is int else None
+        after = document.get("afterLogIndex")
+        if end is None or after != end:
+            raise SourceMalformed(
+                f"{path} lists the log after index {shown(after)}, its bundle ends at index "
+                f"{shown(end)}: it is not the evidence of that bundle"
+            )
+        rejections, pending = document.get("rejections"), document.get("pending")
+        if not isinstance(rejections, list) or not isinstance(pending, list):
+            raise SourceMalformed(f"{path} has no lists of rejections and pending records")
+        if len(rejections) + len(pending) > MAX_EVIDENCE_ITEMS:
+            raise SourceMalformed(
+                f"{path}: more than {MAX_EVIDENCE_ITEMS} pending records and rejections"
+            )
+        wanted = set(stations)
+        evidence = StationEvidence(as_of=exported)
+        for item in rejections:
+            station, sequence, when, reason = _evidence_item(item)
+            if not isinstance(reason, str) or not reason:
+                raise SourceMalformed(f"a rejection of {path} has no reason: {shown(item)}")
+            if station in wanted:
+                evidence.rejections.setdefault(station, {})[sequence] = (reason, when)
+        previous = end
+        for item in pending:
+            station, sequence, when, _ = _evidence_item(item)
+            index = item.get("logIndex")
+            if type(index) is not int or index != previous + 1:
+                # The log is dense: a pending list with a hole hides what the hole held.
+                raise SourceMalformed(
+                    f"{path}: pending record logIndex {shown(index)}, expected {previous + 1}"
+                )
+            previous = index
+            evidence.pending.setdefault(station, {})[sequence] = when
+        return evidence
 
     def max_merge_delay_s(self) -> None:
         return None

@@ -9,8 +9,13 @@ MANIFEST_FILE = "manifest.json"
 RECORDS_FILE = "records.jsonl"
 TARIFF_FILE = "tariff.json"
 README_FILE = "README.txt"
+# What the sequence view needs besides the epochs (issue 16, item 3): the operator's published
+# rejections and the records of its log after this epoch, as of the export (its time). Only the
+# fields the auditor reads, no more than GET /v1/stations/{id}/rejections serves.
+EVIDENCE_FILE = "station-evidence.json"
+EVIDENCE_FORMAT = "gridpoints-station-evidence/1"
 # The files the manifest lists with their sha256 (the manifest cannot hash itself).
-BUNDLE_FILES = (RECORDS_FILE, TARIFF_FILE, README_FILE)
+BUNDLE_FILES = (RECORDS_FILE, TARIFF_FILE, README_FILE, EVIDENCE_FILE)
 
 # One user's own data, as `GET /v1/me/export` gives it to the signed-in wallet and
 # `gridpoints-audit user` checks it (docs/AUDIT.md, "A user's own check").

@@ -50,10 +50,12 @@ class SettledSequences:
 @dataclass(slots=True)
 class StationEvidence:
     """What the source publishes besides the epochs: rejections (station -> sequence -> (reason,
-    received at)) and pending records (station -> sequence -> received at, unix seconds)."""
+    received at)) and pending records (station -> sequence -> received at, unix seconds), and
+    when it was taken (`as_of`, an export's time; None for a live source)."""
 
     rejections: dict[bytes, dict[int, tuple[str, int]]] = field(default_factory=dict)
     pending: dict[bytes, dict[int, int]] = field(default_factory=dict)
+    as_of: int | None = None
 
 
 def sequence_findings(

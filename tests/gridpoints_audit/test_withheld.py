@@ -30,7 +30,8 @@ from backend.db import Database
 from backend.db.models import LogHead, Record
 from gridpoints_audit.core import Auditor
 from gridpoints_audit.findings import AuditReport, Kind
-from gridpoints_audit.sources import ApiSource, load_receipts
+from gridpoints_audit.sources import ApiSource, BundleSource, load_receipts
+from gridpoints_protocol.bundle_format import EVIDENCE_FILE
 from gridpoints_protocol.receipts import IngestReceipt
 from gridpoints_protocol.record import Direction
 from gridpoints_signers import DevKeySigner
@@ -39,7 +40,7 @@ from station_signer.station import Station
 from station_signer.store import RecordStatus, StationStore, StoreError
 from station_signer.sync import SyncClient, SyncError
 from station_signer.transfer import Transfer
-from tests.support.audit import run_audit_cli
+from tests.support.audit import export_all, run_audit_cli
 from tests.support.backend import (
     DATABASES,
     ZONE,
@@ -153,6 +154,14 @@ def audit(h: BackendHarness, **kwargs: Any) -> AuditReport:
     return Auditor(h.env.chain, ApiSource(h.url), **kwargs).run()
 
 
+def audit_bundles(h: BackendHarness, root: Path, **kwargs: Any) -> AuditReport:
+    """The bundles of every sealed epoch, exported now into `root`, audited as of a block mined
+    after the export (the sequence view is judged as of the export's time)."""
+    export_all(h, root)
+    h.env.rpc("evm_mine")
+    return Auditor(h.env.chain, BundleSource(root), **kwargs).run()
+
+
 def export_receipts(directory: Path, out: Path) -> Path:
     done = subprocess.run(
         [str(STATION_CLI), "receipts", "export", "--dir", str(directory)],
@@ -229,6 +238,19 @@ def test_a_withheld_discharge_is_caught_by_the_sequence_view_and_the_receipts(
     assert (gap.station_id, gap.sequence) == ("0x" + station.station_id.hex(), withheld)
     assert gap.details == {"first": withheld, "last": withheld, "count": 1}
 
+    # Over export bundles too: the station evidence the export writes leaves the hole unexplained.
+    by_bundle = audit_bundles(h, tmp_path / "bundles", max_merge_delay_s=0)
+    assert by_bundle.complete
+    assert by_bundle.kinds() == {Kind.SEQUENCE_GAP_UNEXPLAINED}, [
+        d.to_json() for d in by_bundle.discrepancies
+    ]
+    (gap,) = by_bundle.discrepancies
+    assert (gap.station_id, gap.sequence) == ("0x" + station.station_id.hex(), withheld)
+    # A bundle without its station evidence cannot hide the hole: it is a finding itself.
+    (tmp_path / "bundles" / "epoch-1" / EVIDENCE_FILE).unlink()
+    stripped = Auditor(h.env.chain, BundleSource(tmp_path / "bundles"), max_merge_delay_s=0).run()
+    assert Kind.SOURCE_MALFORMED in stripped.kinds() and not stripped.clean
+
     # The station's receipts, given to the auditor, name the missing record itself.
     exported = export_receipts(directory, tmp_path / "receipts.json")
     key = station.store.receipt_key()
@@ -287,6 +309,9 @@ def test_an_honest_run_with_rejected_and_pending_sequences_is_clean(
     checked = receipts_check(h, directory)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert json.loads(checked.stdout)["included"] == 3
+    # Over bundles, the exported rejection explains it the same way.
+    by_bundle = audit_bundles(h, tmp_path / "bundles", max_merge_delay_s=0)
+    assert by_bundle.clean and by_bundle.complete, [d.to_json() for d in by_bundle.discrepancies]
 
     # Records the operator holds but has not committed yet are pending, within their promise.
     pending = [discharge(station), discharge(station)]
@@ -307,6 +332,14 @@ def test_an_honest_run_with_rejected_and_pending_sequences_is_clean(
     assert sorted(d.sequence for d in overdue) == pending
     missing = late.of_kind(Kind.RECEIPTED_RECORD_MISSING)
     assert sorted(d.sequence for d in missing) == pending
+
+    # Over bundles exported now: the pending records are in the station evidence, within their
+    # promise (600 s) as of the export, and overdue when no delay at all is granted.
+    wait_past_deadlines(station.store)  # so that "overdue" below is certain, not by the clock
+    later = audit_bundles(h, tmp_path / "later", max_merge_delay_s=600)
+    assert later.clean and later.complete, [d.to_json() for d in later.discrepancies]
+    strict = Auditor(h.env.chain, BundleSource(tmp_path / "later"), max_merge_delay_s=0).run()
+    assert sorted(d.sequence for d in strict.of_kind(Kind.PENDING_RECORD_OVERDUE)) == pending
 
 
 def test_the_station_keeps_no_acknowledgement_without_the_pinned_keys_receipt(
