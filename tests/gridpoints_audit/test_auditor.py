@@ -737,10 +737,17 @@ def test_skips_are_checked_a_front_run_cancel_passes_a_swapped_signature_is_caug
 
     report = audit_api(h)
     assert not report.notes
-    assert report.kinds() == {Kind.PAYMENT_SKIP_UNJUSTIFIED}, [
+    # The chunk the operator sent carries the swapped signature, so it is not the chunk the
+    # published records plan: with the plan root bound on chain (issue 16 item 5) the operator
+    # had to commit a plan holding it, which the auditor's recomputed plan also exposes.
+    # It is reported only once the operator's API claims the epoch's settlement steps, which
+    # depends on when the backend records them (seen in CI under load, not on a quiet run):
+    # allowed here, and then it must be epoch 2's; this test is about the skip.
+    assert report.kinds() - {Kind.PLAN_MISMATCH} == {Kind.PAYMENT_SKIP_UNJUSTIFIED}, [
         d.to_json() for d in report.discrepancies
     ]
-    (finding,) = report.discrepancies
+    assert all(d.epoch_id == 2 for d in report.of_kind(Kind.PLAN_MISMATCH))
+    (finding,) = report.of_kind(Kind.PAYMENT_SKIP_UNJUSTIFIED)
     record = bodies[swapped.address]
     assert (finding.epoch_id, finding.user, finding.sequence) == (
         2, swapped.address, record["record"]["sequence"],

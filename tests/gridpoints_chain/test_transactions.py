@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +28,9 @@ from gridpoints_chain.transactions import (
     bumped_fee,
     gas_limit,
 )
+from gridpoints_dev.anvil import AnvilNode
 from gridpoints_signers import DevKeySigner
-from tests.support.chain import ChainEnv, reverts_with
+from tests.support.chain import ChainEnv, deployed_chain_env, reverts_with
 
 ROOT = b"\x11" * 32
 
@@ -255,7 +257,15 @@ def test_the_nonce_manager_follows_stored_intents_and_the_node(chain_env: ChainE
 # ---- replacements and receipts --------------------------------------------------------------
 
 
-def test_a_stuck_transaction_is_replaced_with_bumped_fees(chain_env: ChainEnv) -> None:
+def test_a_stuck_transaction_is_replaced_with_bumped_fees(tmp_path: Path) -> None:
+    # A node of its own: on the shared session node a block mined by anything else between the
+    # two broadcasts mines the original (seen twice in CI under load), and this test turns
+    # automining off, which nothing else may see.
+    with AnvilNode(log_path=tmp_path / "anvil.log") as node:
+        _replace_a_stuck_transaction(deployed_chain_env(node, tmp_path))
+
+
+def _replace_a_stuck_transaction(chain_env: ChainEnv) -> None:
     sender, settler = chain_env.chain.sender, chain_env.accounts.settler
     call = commit_call(chain_env, 1)
     chain_env.rpc("evm_setAutomine", False)
