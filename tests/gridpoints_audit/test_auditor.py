@@ -740,9 +740,11 @@ def test_skips_are_checked_a_front_run_cancel_passes_a_swapped_signature_is_caug
     # The chunk the operator sent carries the swapped signature, so it is not the chunk the
     # published records plan: with the plan root bound on chain (issue 16 item 5) the operator
     # had to commit a plan holding it, which the auditor's recomputed plan also exposes.
-    # It is reported only once the operator's API claims the epoch's settlement steps, which
-    # depends on when the backend records them (seen in CI under load, not on a quiet run):
-    # allowed here, and then it must be epoch 2's; this test is about the skip.
+    # A payment chunk's plan leaf binds the terms, not the signature, so the swapped signature
+    # alone changes no plan. But PlanningChain (tests/support/chain.py) keeps its plans across
+    # tests on the session node, so after another test used epoch 2 it amends the committed
+    # plan with stale leaves and plan_mismatch appears (the full suite in CI, not this file
+    # alone). Tolerated, for epoch 2 only, until that helper forgets its plans on rewind.
     assert report.kinds() - {Kind.PLAN_MISMATCH} == {Kind.PAYMENT_SKIP_UNJUSTIFIED}, [
         d.to_json() for d in report.discrepancies
     ]
