@@ -140,8 +140,9 @@ class Transfer:
     def from_json(cls, data: Any) -> Transfer:
         """Parses ``{"direction", "user", "energyWh", "startTime", "endTime"}`` plus optional
         ``paymentAuthorization``, ``meterBeforeWh``, ``meterEvidence`` and ``authorization`` (a
-        signed payment authorisation, ``{"authorization": {...}, "signature": "0x..."}``); unknown fields are
-        refused and every problem is reported (RecordValidationError naming the fields)."""
+        signed payment authorisation, ``{"authorization": {...}, "signature": "0x..."}``);
+        unknown fields are refused and every problem is reported (RecordValidationError naming
+        the fields)."""
         if not isinstance(data, Mapping):
             raise RecordValidationError(
                 [FieldError("", f"a transfer is a JSON object, got {type(data).__name__}")]
