@@ -37,7 +37,7 @@ from sqlalchemy.sql.elements import TypeCoerce
 from backend.db.models import Epoch, EpochEntry, EpochPayment, LogHead, Record, Station
 from backend.db.session import Database
 from backend.db.types import U64_OFFSET
-from backend.payments import payment_caps
+from backend.payments import payment_caps, payment_digests
 from gridpoints_protocol.accumulator import (
     EpochAccumulator,
     EpochSummary,
@@ -235,6 +235,7 @@ class EpochSealer:
                 plan.record_count,
                 payment_caps=payment_caps(session, plan.first_log_index, plan.record_count),
             )
+            digests = payment_digests(session, plan.first_log_index, plan.record_count)
         with self.db.write() as session:
             # The write lock orders sealers; a sealer that lost the race finds its epoch taken.
             current = plan_next_epoch(session, limit)
@@ -242,7 +243,7 @@ class EpochSealer:
                 raise SealingError(
                     f"epoch {plan.epoch_id} was sealed concurrently; run one sealer at a time"
                 )
-            epoch = _store(session, plan, summary, tariff, now)
+            epoch = _store(session, plan, summary, tariff, now, digests)
         log.info(
             "sealed epoch %d: log [%d, %d), %d credit entries, %d payments, credits %d, "
             "debits %d, records root 0x%s",
@@ -259,8 +260,15 @@ class EpochSealer:
 
 
 def _store(
-    session: Session, plan: SealPlan, summary: EpochSummary, tariff: Tariff, now: datetime
+    session: Session,
+    plan: SealPlan,
+    summary: EpochSummary,
+    tariff: Tariff,
+    now: datetime,
+    digests: Mapping[bytes, bytes],
 ) -> Epoch:
+    """Stores the sealed epoch; `digests` maps each paid record's link to its authorisation's
+    EIP-712 digest, under which the payment is planned and burned."""
     epoch = Epoch(
         epoch_id=plan.epoch_id,
         first_log_index=plan.first_log_index,
@@ -297,7 +305,7 @@ def _store(
             "ordinal": i,
             "log_index": p.log_index,
             "user_address": p.user,
-            "authorization": p.authorization,
+            "authorization": digests[p.authorization],
             "requested": p.requested,
             "burned": None,
         }

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import ChargeOfferRow, Station
 from backend.errors import BackendError
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.keys import StationHistory
 from gridpoints_protocol.offers import ChargeOffer, OfferError, SignedOffer, may_register
 from gridpoints_protocol.record import Domain
@@ -64,7 +64,7 @@ class Relayed:
     created: bool
 
 
-def _body(signed: SignedAuthorization) -> str:
+def _body(signed: PaymentOpening) -> str:
     return json.dumps(signed.to_json(), separators=(",", ":"), sort_keys=True)
 
 
@@ -161,7 +161,7 @@ def register(
 def relay(
     session: Session,
     offer_id: bytes,
-    signed: SignedAuthorization,
+    signed: PaymentOpening,
     *,
     domain: SettlementDomain,
     now: int,

@@ -1,6 +1,12 @@
-"""Stored payment authorisations: the row of an accepted record's authorisation, the authorised
-maxima for sealing and the signed authorisations of a settlement chunk. The rules that judge an
-authorisation are the protocol core's (gridpoints_protocol.payments).
+"""Stored payment openings: the row of an accepted record's payment (the user's signed
+authorisation and its salt), the authorised maxima for sealing and the signed authorisations of
+a settlement chunk. The rules that judge a payment are the protocol core's
+(gridpoints_protocol.payments).
+
+Private: a row names the wallet, its authorisation's digest (which PaymentApplied carries next
+to the wallet) and the record's station together. The public record carries only the salted
+link (``records.payment_authorization``), so nothing here is published; the openings go to the
+user's own views and to a named auditor's full bundle only.
 """
 
 from __future__ import annotations
@@ -12,41 +18,66 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.models import EpochPayment, PaymentAuthorizationRow
-from gridpoints_protocol.authorization import SignedAuthorization
+from backend.db.models import EpochPayment, PaymentAuthorizationRow, Record
+from gridpoints_protocol.authorization import PaymentOpening, SignedAuthorization
 
 MAX_BIGINT = 2**63 - 1
 
 
-def authorization_row(signed: SignedAuthorization, digest: bytes, log_index: int) -> dict[str, Any]:
-    """The payment_authorizations row of an accepted record's authorisation."""
-    a = signed.authorization
+def authorization_row(
+    opening: PaymentOpening, digest: bytes, log_index: int, station_id: bytes
+) -> dict[str, Any]:
+    """The payment_authorizations row of an accepted record's payment opening; `digest` is its
+    authorisation's EIP-712 digest, `station_id` the record's (the one the opening's charge
+    commitment opens to)."""
+    a = opening.authorization
     return {
         "digest": digest,
         "log_index": log_index,
         "user_address": a.user,
-        "station_id": a.station_id,
+        "station_id": station_id,
         "nonce": a.nonce.to_bytes(32, "big"),
         "deadline": a.deadline,
         "max_points_capped": min(a.max_points, MAX_BIGINT),
-        "signature": signed.signature,
-        "body": json.dumps(signed.to_json(), separators=(",", ":"), sort_keys=True),
+        "signature": opening.signed.signature,
+        "body": json.dumps(opening.to_json(), separators=(",", ":"), sort_keys=True),
     }
 
 
 # ---- sealing and settlement ---------------------------------------------------------------
 
 
+def _in_range(first_log_index: int, record_count: int) -> Any:
+    return (PaymentAuthorizationRow.log_index >= first_log_index) & (
+        PaymentAuthorizationRow.log_index < first_log_index + record_count
+    )
+
+
 def payment_caps(session: Session, first_log_index: int, record_count: int) -> Mapping[bytes, int]:
-    """Authorised maxima of the payments in a log range: authorisation digest -> max points."""
+    """Authorised maxima of the payments in a log range, keyed as the records commit to them:
+    the record's paymentAuthorization (the salted link) -> max points."""
     return dict(
         session.execute(
-            select(PaymentAuthorizationRow.digest, PaymentAuthorizationRow.max_points_capped).where(
-                PaymentAuthorizationRow.log_index >= first_log_index,
-                PaymentAuthorizationRow.log_index < first_log_index + record_count,
-            )
+            select(Record.payment_authorization, PaymentAuthorizationRow.max_points_capped)
+            .join(Record, Record.log_index == PaymentAuthorizationRow.log_index)
+            .where(_in_range(first_log_index, record_count))
         ).all()
     )
+
+
+def payment_digests(
+    session: Session, first_log_index: int, record_count: int
+) -> Mapping[bytes, bytes]:
+    """The record's paymentAuthorization (link) -> its authorisation's EIP-712 digest, for the
+    payments of a log range: the settlement burns under the digest."""
+    return {
+        bytes(link): bytes(digest)
+        for link, digest in session.execute(
+            select(Record.payment_authorization, PaymentAuthorizationRow.digest)
+            .join(Record, Record.log_index == PaymentAuthorizationRow.log_index)
+            .where(_in_range(first_log_index, record_count))
+        ).all()
+    }
 
 
 def payment_rows(
@@ -63,11 +94,12 @@ def payment_rows(
         .order_by(EpochPayment.ordinal)
         .limit(count)
     ).all()
-    return [(payment, SignedAuthorization.from_json(json.loads(body))) for payment, body in rows]
+    return [(payment, PaymentOpening.from_json(json.loads(body)).signed) for payment, body in rows]
 
 
 def authorizations_of(session: Session, log_indexes: list[int]) -> dict[int, dict[str, Any]]:
-    """Published form (SignedAuthorization JSON) of the authorisations of some records."""
+    """The private payment openings (PaymentOpening JSON) of some records: only for the user's
+    own views and a named auditor's full bundle, never for a public view."""
     rows = session.execute(
         select(PaymentAuthorizationRow.log_index, PaymentAuthorizationRow.body).where(
             PaymentAuthorizationRow.log_index.in_(log_indexes)

@@ -402,7 +402,7 @@ def _read_submitted_signatures(chain: GridPointsChain, facts: ChainFacts) -> Non
             for p in args["payments"]:  # web3 decodes each Payment struct to a mapping
                 digest = PaymentAuthorization(
                     user=bytes.fromhex(p["user"][2:]),
-                    station_id=bytes(p["stationId"]),
+                    charge_commitment=bytes(p["chargeCommitment"]),
                     max_points=p["maxPoints"],
                     nonce=p["nonce"],
                     deadline=p["deadline"],

@@ -148,11 +148,11 @@ class Payment:
 
 def payment_tuple(payment: Payment) -> tuple[Any, ...]:
     """`payment` as the ABI tuple of Settlement.Payment:
-    ``(user, stationId, maxPoints, nonce, deadline, amount, signature)``."""
+    ``(user, chargeCommitment, maxPoints, nonce, deadline, amount, signature)``."""
     a = payment.authorization.authorization
     return (
         to_checksum_address(a.user),
-        a.station_id,
+        a.charge_commitment,
         a.max_points,
         a.nonce,
         a.deadline,
@@ -166,7 +166,7 @@ class PaymentApplied:
     """A Settlement.PaymentApplied event: `user`'s authorisation whose EIP-712 digest is
     `authorization` was applied, its nonce `nonce` is now used up, and `burned` of `requested`
     points were burned from `user` (0 when it had expired or the user held nothing). The event
-    carries the signed terms (`station_id`, `max_points`, `deadline`), so the digest can be
+    carries the signed terms (`charge_commitment`, `max_points`, `deadline`), so the digest can be
     recomputed from the log alone (`terms`)."""
 
     epoch_id: int
@@ -176,7 +176,7 @@ class PaymentApplied:
     requested: int
     burned: int
     position: LogPosition
-    station_id: bytes
+    charge_commitment: bytes
     max_points: int
     deadline: int
 
@@ -186,7 +186,7 @@ class PaymentApplied:
         deployment's Settlement domain is `authorization`."""
         return PaymentAuthorization(
             user=bytes.fromhex(self.user[2:]),
-            station_id=self.station_id,
+            charge_commitment=self.charge_commitment,
             max_points=self.max_points,
             nonce=self.nonce,
             deadline=self.deadline,
@@ -453,7 +453,7 @@ class GridPointsChain:
         """The contract's own digest of `authorization` (Settlement.hashPaymentAuthorization)."""
         a = authorization
         fn = self.settlement.functions.hashPaymentAuthorization(
-            to_checksum_address(a.user), a.station_id, a.max_points, a.nonce, a.deadline
+            to_checksum_address(a.user), a.charge_commitment, a.max_points, a.nonce, a.deadline
         )
         return bytes(self.call(fn))
 
@@ -594,7 +594,7 @@ class GridPointsChain:
             requested=int(args["requested"]),
             burned=int(args["burned"]),
             position=position,
-            station_id=bytes(args["stationId"]),
+            charge_commitment=bytes(args["chargeCommitment"]),
             max_points=int(args["maxPoints"]),
             deadline=int(args["deadline"]),
         )

@@ -43,7 +43,9 @@ class PaymentDebit:
 
     log_index: int
     user: bytes
-    authorization: bytes  # the authorisation's EIP-712 digest, as the record commits to it
+    # The record's paymentAuthorization: the salted link to the authorisation's digest (the
+    # operator, holding the payment opening, maps it to the digest the chain burns under).
+    authorization: bytes
     requested: int
 
 
@@ -106,7 +108,8 @@ def record_share(
 class EpochAccumulator:
     """Folds an epoch's records, in log order, into its roots and totals. Pure.
 
-    ``payment_caps`` maps a payment authorisation digest to the authorised maximum in points;
+    ``payment_caps`` maps a record's paymentAuthorization (the salted link to the authorisation's
+    digest) to the authorised maximum in points;
     a charge record whose authorisation is not in it is paid otherwise (no debit).
     """
 

@@ -11,28 +11,43 @@ EIP-712 shape (fixed; changing it is a protocol change)::
 
     EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)
         name = "GridPoints Settlement", version = "1", verifyingContract = the Settlement contract
-    PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,
+    PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,
         uint64 deadline)
 
 What it means, in the words a wallet shows: *user* agrees that up to *maxPoints* of their points
-are burned to pay for charging at *stationId*, once (*nonce*), if settled no later than
-*deadline* (unix seconds, compared with the settling block's time). The domain names the
-Settlement contract and the chain, so an authorisation is valid on one deployment only.
+are burned to pay for the charge *chargeCommitment* commits to, once (*nonce*), if settled no
+later than *deadline* (unix seconds, compared with the settling block's time). The domain names
+the Settlement contract and the chain, so an authorisation is valid on one deployment only.
+
+*chargeCommitment* is ``keccak256("GridPoints.ChargeCommitment.v1" || stationId || salt)``
+(commitment.charge_commitment) with a fresh 32-byte salt the wallet side draws: the contract
+checks the user's signature over the digest and never learns the station, so settlement
+calldata and events carry the wallet but no station. The offer flow binds no more than the
+station, the maximum and the deadline (the offer id is only the relay slot), so the station is
+all the commitment needs to hide.
+
+The *payment opening* (:class:`PaymentOpening`: the signed authorisation and its salt) travels
+privately, from the wallet to the station (through the offer relay) and from the station to the
+backend with the record; the backend keeps it private and gives it only to the user and a named
+auditor. The salt opens both the charge commitment and the record's payment link (below); one
+salt serves both because the two hashes carry different domain tags, and both stay with the same
+holders.
 
 Rules every valid authorisation obeys (the dataclass enforces them on construction):
 
 * ``user`` is not the zero address (nobody holds its key; it cannot hold points) and
-  ``stationId`` is not zero (the StationRegistry never registers station id 0).
+  ``chargeCommitment`` is not zero (no salt and station hash to it).
 * ``maxPoints`` is at least 1 and fits uint128: an authorisation to pay nothing authorises nothing.
 * ``nonce`` is any uint256 the user has not used yet. Nonces are *unordered* (a bitmap per user
   on chain, as in Permit2): any unused number works, in any order. Small consecutive numbers are
   cheapest on chain (256 nonces share one storage word).
 * ``deadline`` fits uint64; 0 is valid but always expired.
 
-The charge record's ``paymentAuthorization`` field holds :meth:`PaymentAuthorization.digest`:
-the EIP-712 *digest*, not the struct hash, so that the record binds the chain and the
-Settlement contract as well as the authorisation's fields. ``PaymentApplied`` events carry the
-same 32 bytes, which is how an auditor joins a burn to its record.
+The charge record's ``paymentAuthorization`` field holds the *payment link*
+``keccak256("GridPoints.PaymentLink.v1" || digest || salt)`` (commitment.payment_link) of the
+EIP-712 *digest* (not the struct hash, so that the record binds the chain and the Settlement
+contract as well as the authorisation's fields). ``PaymentApplied`` events carry the digest;
+whoever holds the payment opening joins a burn to its record, nobody else can.
 
 Representation and parsing follow ``record.py``, with the same shared pieces (``eip712.py``: the
 JSON value parsers, the domain and the typed-data JSON; ``errors.py``: the error types):
@@ -51,7 +66,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from gridpoints_protocol.commitment import (
+    SALT_LENGTH,
+    ZERO_SALT,
+    charge_commitment,
+    payment_link,
+)
 from gridpoints_protocol.eip712 import (
+    HEX_64,
     HEX_130,
     ZERO_ADDRESS,
     Eip712Domain,
@@ -85,8 +107,10 @@ __all__ = [
     "PRIMARY_TYPE",
     "UINT128_MAX",
     "PaymentAuthorization",
+    "PaymentOpening",
     "SettlementDomain",
     "SignedAuthorization",
+    "authorization_for_charge",
     "parse_typed_data",
     "sign_authorization",
     "typed_data_types",
@@ -105,7 +129,7 @@ JS_SAFE_INTEGER_MAX: Final = 2**53 - 1
 # The order is the EIP-712 member order: it fixes the type string, the hash and the JSON.
 AUTHORIZATION_FIELDS: Final[tuple[StructMember, ...]] = (
     StructMember("user", "user", "address"),
-    StructMember("stationId", "station_id", "bytes32"),
+    StructMember("chargeCommitment", "charge_commitment", "bytes32"),
     StructMember("maxPoints", "max_points", "uint128"),
     StructMember("nonce", "nonce", "uint256"),
     StructMember("deadline", "deadline", "uint64"),
@@ -113,7 +137,7 @@ AUTHORIZATION_FIELDS: Final[tuple[StructMember, ...]] = (
 PAYMENT_AUTHORIZATION: Final = StructType(PRIMARY_TYPE, AUTHORIZATION_FIELDS)
 
 PAYMENT_AUTHORIZATION_TYPE: Final = (
-    "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,"
+    "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,"
     "uint64 deadline)"
 )
 # A real check, not an assert: it must also hold under python -O.
@@ -123,7 +147,7 @@ if PAYMENT_AUTHORIZATION.encode_type() != PAYMENT_AUTHORIZATION_TYPE:
 PAYMENT_AUTHORIZATION_TYPEHASH: Final = keccak256(PAYMENT_AUTHORIZATION_TYPE.encode("ascii"))
 
 # encodeData as one fixed 192-byte layout (6 words): typehash, user (left-padded 20 bytes),
-# stationId, maxPoints (uint128: 16 zero bytes, then 16 bytes), nonce (32 bytes), deadline
+# chargeCommitment, maxPoints (uint128: 16 zero bytes, then 16 bytes), nonce (32 bytes), deadline
 # (uint64). struct has no 128- or 256-bit integer codes, so those two go in as bytes.
 _STRUCT_LAYOUT: Final = struct.Struct(">32s12x20s32s16x16s32s24xQ")
 if _STRUCT_LAYOUT.size != 6 * 32:
@@ -131,6 +155,7 @@ if _STRUCT_LAYOUT.size != 6 * 32:
 
 _BITS: Final = {"uint64": 64, "uint128": 128, "uint256": 256}
 _SIGNED_KEYS: Final = frozenset(("authorization", "signature"))
+_OPENING_KEYS: Final = frozenset(("authorization", "signature", "salt"))
 
 
 # ---- the domain --------------------------------------------------------------------------------
@@ -181,8 +206,8 @@ def _errors(values: Mapping[str, Any]) -> list[FieldError]:
             )
     if "user" in values and values["user"] == ZERO_ADDRESS:
         errors.append(FieldError("user", "must not be the zero address (nobody can sign for it)"))
-    if "station_id" in values and values["station_id"] == ZERO_BYTES32:
-        errors.append(FieldError("stationId", "must not be zero (no station has id 0)"))
+    if "charge_commitment" in values and values["charge_commitment"] == ZERO_BYTES32:
+        errors.append(FieldError("chargeCommitment", "must not be zero (no charge hashes to 0)"))
     max_points = values.get("max_points")
     if max_points is not None and max_points == 0:
         errors.append(
@@ -205,7 +230,7 @@ class PaymentAuthorization:
     """
 
     user: bytes
-    station_id: bytes
+    charge_commitment: bytes
     max_points: int
     nonce: int
     deadline: int
@@ -263,11 +288,11 @@ class PaymentAuthorization:
         return authorization
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON wire form: camelCase keys, stationId as lowercase 0x-hex, user EIP-55,
+        """The JSON wire form: camelCase keys, chargeCommitment as lowercase 0x-hex, user EIP-55,
         integers as JSON integers."""
         return {
             "user": to_checksum_address(self.user),
-            "stationId": "0x" + self.station_id.hex(),
+            "chargeCommitment": "0x" + self.charge_commitment.hex(),
             "maxPoints": self.max_points,
             "nonce": self.nonce,
             "deadline": self.deadline,
@@ -291,7 +316,7 @@ class PaymentAuthorization:
             _STRUCT_LAYOUT.pack(
                 PAYMENT_AUTHORIZATION_TYPEHASH,
                 self.user,
-                self.station_id,
+                self.charge_commitment,
                 self.max_points.to_bytes(16, "big"),
                 self.nonce.to_bytes(32, "big"),
                 self.deadline,
@@ -299,7 +324,7 @@ class PaymentAuthorization:
         )
 
     def digest(self, domain: SettlementDomain) -> bytes:
-        """The 32 bytes the user signs, and the value of the record's ``paymentAuthorization``:
+        """The 32 bytes the user signs (and PaymentApplied carries):
         keccak256(0x1901 || domainSeparator || hashStruct)."""
         return domain.digest_of(self.struct_hash())
 
@@ -445,3 +470,87 @@ def sign_authorization(
     if result.signer_bytes(domain) != authorization.user:
         raise RuntimeError("the signature does not recover to the signing account")
     return result
+
+
+# ---- the payment opening -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentOpening:
+    """A signed authorisation with the salt that opens its ``chargeCommitment`` (to the station)
+    and the record's ``paymentAuthorization`` (to the digest). Private: it names the wallet and
+    the station together. JSON: ``{"authorization", "signature", "salt"}``.
+
+    Construction refuses the zero salt: with it, both commitments of a known station and a
+    known digest are public lookups.
+    """
+
+    signed: SignedAuthorization
+    salt: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.signed, SignedAuthorization):
+            raise RecordValidationError([FieldError("", "must hold a SignedAuthorization")])
+        if not isinstance(self.salt, bytes) or len(self.salt) != SALT_LENGTH:
+            raise RecordValidationError([FieldError("salt", "must be 32 bytes")])
+        if self.salt == ZERO_SALT:
+            raise RecordValidationError(
+                [FieldError("salt", "must not be zero (draw a fresh random salt)")]
+            )
+
+    @property
+    def authorization(self) -> PaymentAuthorization:
+        return self.signed.authorization
+
+    def opens_station(self, station_id: bytes) -> bool:
+        """Whether the authorisation's chargeCommitment is `station_id`'s under this salt."""
+        return charge_commitment(station_id, self.salt) == self.authorization.charge_commitment
+
+    def link(self, domain: SettlementDomain) -> bytes:
+        """The record's ``paymentAuthorization``: the salted link to the authorisation's digest."""
+        return payment_link(self.signed.digest(domain), self.salt)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.signed.to_json(), "salt": "0x" + self.salt.hex()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> PaymentOpening:
+        """Parses ``{"authorization", "signature", "salt"}`` strictly (RecordValidationError,
+        reason ``malformed``, every problem named)."""
+        if not isinstance(data, Mapping):
+            raise RecordValidationError(
+                [FieldError("", f"a payment must be a JSON object, got {type_name(data)}")],
+                REASON_MALFORMED,
+            )
+        errors: list[FieldError] = []
+        if data.keys() != _OPENING_KEYS:
+            errors += shape_errors(data, ["authorization", "signature", "salt"])
+        signed: SignedAuthorization | None = None
+        salt: bytes | None = None
+        try:
+            signed = SignedAuthorization.from_json(
+                {k: v for k, v in data.items() if k in _SIGNED_KEYS}
+            )
+        except RecordValidationError as exc:
+            errors += [e for e in exc.errors if e not in errors]
+        if "salt" in data:
+            try:
+                salt = parse_hex_fixed(data["salt"], SALT_LENGTH, HEX_64)
+            except ValueProblem as exc:
+                errors.append(FieldError("salt", str(exc)))
+            else:
+                if salt == ZERO_SALT:
+                    errors.append(FieldError("salt", "must not be zero"))
+        if errors:
+            raise RecordValidationError(errors, REASON_MALFORMED)
+        assert signed is not None and salt is not None
+        return cls(signed, salt)
+
+
+def authorization_for_charge(
+    user: bytes, station_id: bytes, salt: bytes, max_points: int, nonce: int, deadline: int
+) -> PaymentAuthorization:
+    """The authorisation of a charge at `station_id`, committed to under `salt`."""
+    return PaymentAuthorization(
+        user, charge_commitment(station_id, salt), max_points, nonce, deadline
+    )

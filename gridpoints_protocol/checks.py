@@ -72,7 +72,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.commitment import UserOpening, split_opening
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.errors import FieldError, RecordValidationError
@@ -161,8 +161,11 @@ class Verdict:
     digest: bytes | None = None
     signer: bytes | None = None
     problem: Problem | None = None
-    # The user's signed payment authorisation, when the record is paid with points.
-    payment: SignedAuthorization | None = None
+    # The private payment opening (signed authorisation and salt), when paid with points.
+    payment: PaymentOpening | None = None
+    # Its authorisation's EIP-712 digest under the verifier's Settlement domain (what the chain
+    # burns under; the record carries only the salted link to it).
+    payment_digest: bytes | None = None
     deferral: Deferral | None = None
     authenticated: bool = False
     # The verified opening of the record's user commitment (verify_json of an accepted record).
@@ -294,6 +297,9 @@ class RecordVerifier:
             verdict.digest,
             verdict.signer,
             payment=authorization,
+            payment_digest=None
+            if authorization is None
+            else authorization.signed.digest(self.settlement_domain),
             authenticated=True,
             opening=verdict.opening,
         )

@@ -33,6 +33,10 @@ from gridpoints_protocol.eip712 import (
 from gridpoints_protocol.errors import FieldError, RecordValidationError
 
 USER_COMMITMENT_TAG: Final = b"GridPoints.UserCommitment.v1"
+# Payments (authorization.py): the authorisation's chargeCommitment hides the station from the
+# chain, the record's paymentAuthorization hides the authorisation's digest from the public log.
+CHARGE_COMMITMENT_TAG: Final = b"GridPoints.ChargeCommitment.v1"
+PAYMENT_LINK_TAG: Final = b"GridPoints.PaymentLink.v1"
 SALT_LENGTH: Final = 32
 ZERO_SALT: Final = bytes(SALT_LENGTH)
 OPENING_KEY: Final = "opening"
@@ -48,6 +52,25 @@ def user_commitment(user: bytes, salt: bytes) -> bytes:
     if len(user) != 20 or len(salt) != SALT_LENGTH:
         raise ValueError("user must be 20 bytes and salt 32 bytes")
     return keccak256(USER_COMMITMENT_TAG + user + salt)
+
+
+def charge_commitment(station_id: bytes, salt: bytes) -> bytes:
+    """keccak256("GridPoints.ChargeCommitment.v1" || stationId (32) || salt (32)): what a
+    payment authorisation signs instead of the station, so that calldata and events of a
+    settlement never put a wallet next to a station."""
+    if len(station_id) != 32 or len(salt) != SALT_LENGTH:
+        raise ValueError("station id and salt must be 32 bytes each")
+    return keccak256(CHARGE_COMMITMENT_TAG + station_id + salt)
+
+
+def payment_link(digest: bytes, salt: bytes) -> bytes:
+    """keccak256("GridPoints.PaymentLink.v1" || authorisation digest (32) || salt (32)): the
+    value of a paid charge record's ``paymentAuthorization``. The digest itself appears in the
+    PaymentApplied event next to the wallet; the salted link does not, so the public record
+    (station, times) cannot be joined to the wallet's burn without the private opening."""
+    if len(digest) != 32 or len(salt) != SALT_LENGTH:
+        raise ValueError("digest and salt must be 32 bytes each")
+    return keccak256(PAYMENT_LINK_TAG + digest + salt)
 
 
 @dataclass(frozen=True, slots=True)

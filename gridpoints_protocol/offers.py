@@ -1,10 +1,12 @@
 """A charge offer: what a station asks a user to authorise before a charge paid with points.
 
 The station shows the offer as a link (or the same link as a QR code) to the web app's pay
-page; the user's wallet signs a `PaymentAuthorization` with exactly the offer's terms; the
-signed authorisation travels back to the station through the backend, under the offer's random
-id (the backend relays it, the station polls for it: the station only ever talks to the
-backend, as it does for its records, and the phone only to the server it opened).
+page; the user's wallet draws a fresh 32-byte salt and signs a `PaymentAuthorization` with
+exactly the offer's terms, its chargeCommitment the station's under that salt; the payment
+opening (signed authorisation and salt, `PaymentOpening`) travels back to the station through
+the backend, under the offer's random id (the backend relays it, the station polls for it: the
+station only ever talks to the backend, as it does for its records, and the phone only to the
+server it opened).
 
 The link is ``<web app URL>#/pay?<query>``: the terms sit in the URL *fragment*, which a browser
 never sends to any server, so neither the offer nor its id end up in a request log. The query
@@ -14,9 +16,9 @@ settled on chain by then burns nothing) and ``chainId`` (the deployment the stat
 to, so that a page of another deployment refuses the offer). The user's wallet chooses the
 nonce (any unused uint256: nonces are unordered).
 
-`ChargeOffer.check` is the station's rule for an authorisation that comes back: signed by its
-user for this deployment's Settlement contract, and with the offer's station, maximum and
-deadline unchanged.
+`ChargeOffer.check` is the station's rule for a payment opening that comes back: signed by its
+user for this deployment's Settlement contract, a charge commitment that opens to the offer's
+station under the opening's salt, and the offer's maximum and deadline unchanged.
 
 Before showing an offer the station *registers* it with the backend (`SignedOffer`): the offer's
 terms signed by the station's key as the EIP-712 struct ``ChargeOffer`` under the records'
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from gridpoints_protocol.authorization import UINT128_MAX, SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import UINT128_MAX, PaymentOpening, SettlementDomain
 from gridpoints_protocol.eip712 import HEX_130, ValueProblem, keccak256, parse_hex_fixed
 from gridpoints_protocol.errors import ProtocolError
 from gridpoints_protocol.keys import StationHistory
@@ -208,9 +210,10 @@ class ChargeOffer:
         except OfferError as exc:
             raise OfferError(str(exc), bad) from None
 
-    def check(self, signed: SignedAuthorization, domain: SettlementDomain) -> None:
-        """Whether `signed` answers this offer: else OfferError. The user may be anybody (the
+    def check(self, opening: PaymentOpening, domain: SettlementDomain) -> None:
+        """Whether `opening` answers this offer: else OfferError. The user may be anybody (the
         one who scanned the code); everything else is the offer's."""
+        signed = opening.signed
         a = signed.authorization
         if domain.chain_id != self.chain_id:
             raise OfferError(
@@ -223,10 +226,10 @@ class ChargeOffer:
                 f"on chain {domain.chain_id}",
                 "offer_bad_signature",
             )
-        if a.station_id != self.station_id:
+        if not opening.opens_station(self.station_id):
             raise OfferError(
-                f"the authorisation is for station 0x{a.station_id.hex()}, the offer for "
-                f"0x{self.station_id.hex()}",
+                "the authorisation's chargeCommitment does not open to the offer's station "
+                f"0x{self.station_id.hex()} under the payment's salt",
                 "offer_wrong_station",
             )
         if a.max_points != self.max_points:

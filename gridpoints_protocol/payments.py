@@ -2,15 +2,17 @@
 record, valued at sealing and burned at settlement only as far as the user allowed.
 
 A charge record that is paid with points carries, in its signed ``paymentAuthorization``
-field, the EIP-712 digest of the user's `PaymentAuthorization` (gridpoints_protocol.authorization)
-for this deployment's Settlement contract; the submission carries the signed authorisation
-itself next to the record (``"payment": {"authorization": {...}, "signature": "0x..."}``).
+field, the salted *payment link* to the EIP-712 digest of the user's `PaymentAuthorization`
+(gridpoints_protocol.authorization) for this deployment's Settlement contract; the submission
+carries the private payment opening next to the record (``"payment": {"authorization": {...},
+"signature": "0x...", "salt": "0x..."}``), which the backend stores privately.
 
-`check_payment` is pure (the ingest API and the auditor run it): the authorisation must be the
-one the record commits to, signed by its user, for the record's station, with a deadline not
-before the record's end, on a charge, and -- where the checker holds the opening of the record's
-user commitment (ingest, a full-bundle audit, the user) -- for the opening's user. The public
-audit holds no openings and skips only that last rule. The stateful rule — a nonce pays for one
+`check_payment` is pure (the ingest API, a full-bundle audit and the user's own check run it):
+the opening's salt must link the authorisation's digest to the record's paymentAuthorization,
+the authorisation must be signed by its user, for the opening of the record's user commitment,
+with a charge commitment that opens (under the same salt) to the record's station, a deadline
+not before the record's end, on a charge. The public audit holds no payment openings: it checks
+the payments' totals, not their attribution. The stateful rule — a nonce pays for one
 record only — is the database's unique (user, nonce) at ingest and the contract's nonce bitmap
 on chain.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.errors import ProtocolError, RecordValidationError
 from gridpoints_protocol.record import ZERO_BYTES32, Direction, EnergyTransfer
 from gridpoints_protocol.wire import RejectReason
@@ -64,18 +66,17 @@ def split_payment(item: Any) -> tuple[Any, Any]:
 
 def check_payment(
     record: EnergyTransfer, payment: Any, domain: SettlementDomain, user: bytes | None
-) -> SignedAuthorization | None:
-    """The record's signed authorisation (None when it is paid otherwise), or PaymentProblem.
+) -> PaymentOpening | None:
+    """The record's payment opening (None when it is paid otherwise), or PaymentProblem.
 
-    `user`: the wallet of the record's verified opening, which the authorisation's user must
-    equal; None when the caller holds no opening (the public audit)."""
+    `user`: the wallet of the record's verified user opening, which the authorisation's user
+    must equal; None only where no user opening is held."""
     commits = record.payment_authorization != ZERO_BYTES32
     if payment is None:
         if commits:
             raise PaymentProblem(
                 AUTHORIZATION_MISSING,
-                f"record commits to authorisation 0x{record.payment_authorization.hex()}; "
-                "send it as `payment`",
+                "the record commits to a payment authorisation; send its opening as `payment`",
             )
         return None
     if not commits:
@@ -83,16 +84,15 @@ def check_payment(
             AUTHORIZATION_UNEXPECTED, "`payment` given but the record's paymentAuthorization is 0"
         )
     try:
-        signed = SignedAuthorization.from_json(payment)
+        opening = PaymentOpening.from_json(payment)
     except RecordValidationError as exc:
         raise PaymentProblem(AUTHORIZATION_MALFORMED, f"payment: {exc.summary()}") from None
+    signed = opening.signed
     authorization = signed.authorization
-    digest = signed.digest(domain)
-    if digest != record.payment_authorization:
+    if opening.link(domain) != record.payment_authorization:
         raise PaymentProblem(
             AUTHORIZATION_MISMATCH,
-            f"the authorisation's digest is 0x{digest.hex()}, the record commits to "
-            f"0x{record.payment_authorization.hex()}",
+            "the authorisation's digest and salt do not hash to the record's paymentAuthorization",
         )
     if not signed.is_signed_by_user(domain):
         raise PaymentProblem(
@@ -108,14 +108,15 @@ def check_payment(
             f"authorised by {authorization.user_address}, which is not the record's user "
             "(the opening's)",
         )
-    if authorization.station_id != record.station_id:
+    if not opening.opens_station(record.station_id):
         raise PaymentProblem(
             AUTHORIZATION_WRONG_STATION,
-            f"the authorisation is for station 0x{authorization.station_id.hex()}",
+            "the authorisation's chargeCommitment does not open to the record's station under "
+            "the payment's salt",
         )
     if authorization.deadline < record.end_time:
         raise PaymentProblem(
             AUTHORIZATION_EXPIRED,
             f"deadline {authorization.deadline} is before the record's end {record.end_time}",
         )
-    return signed
+    return opening

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes tests/vectors/payment_authorization.json, the PaymentAuthorization test vectors.
 
-Each vector is ``{"name", "typedData", "digest", "signer", "signedByUser", "signature"}``:
+Each vector is ``{"name", "typedData", "digest", "signer", "signedByUser", "signature",
+"charge"}``:
 ``typedData`` is the eth_signTypedData_v4 JSON of an authorisation (from
 gridpoints_protocol.authorization), and ``digest`` and ``signature`` come from eth_account
 (``encode_typed_data`` and ``Account.sign_typed_data``), an implementation independent of ours, so
@@ -12,6 +13,11 @@ generator refuses to write if our hand-written digest or recovery disagrees with
 (tests/gridpoints_protocol/test_authorization.py) and forge
 (contracts/test/PaymentAuthorization.t.sol) both check every vector, and a test checks that the file
 is exactly what this script writes.
+
+``charge`` is ``{"stationId", "salt", "chargeCommitment", "paymentLink"}``: the station and the
+salt the authorisation's chargeCommitment opens to, and the payment link (the value a charge
+record paid with it carries) of the vector's digest under the same salt. The browser page and
+forge check that they compute both hashes the same way.
 
 Deterministic: no clock, no randomness; every "random" value is derived from keccak of a label.
 The wallet keys are development keys, keccak256("gridpoints-dev-wallet-key-<n>"): public by
@@ -33,6 +39,7 @@ from gridpoints_protocol.authorization import (
     SettlementDomain,
     SignedAuthorization,
 )
+from gridpoints_protocol.commitment import charge_commitment, payment_link
 from gridpoints_protocol.eip712 import UINT256_MAX, keccak256, parse_address
 from gridpoints_protocol.record import UINT64_MAX
 
@@ -77,18 +84,30 @@ STATION_B = _bytes("station-b", 32)
 STATION_C = _bytes("station-c", 32)
 
 
+def _salt(station_id: bytes, label: str = "") -> bytes:
+    """The charge salt of a vector (derived from its station, or a label: deterministic)."""
+    return _bytes("charge-salt-" + station_id.hex() + label, 32)
+
+
 def _auth(key_number: int = 1, **changes: Any) -> PaymentAuthorization:
     """Development wallet ``key_number`` authorises up to 500 points at station B, with
-    ``changes`` applied."""
+    ``changes`` applied (``station_id``: the station the charge commitment opens to)."""
+    station_id = changes.pop("station_id", STATION_B)
     fields: dict[str, Any] = {
         "user": dev_user(key_number),
-        "station_id": STATION_B,
+        "charge_commitment": charge_commitment(station_id, _salt(station_id)),
         "max_points": 500,
         "nonce": 1,
         "deadline": T0 + 86_400,
     }
     fields.update(changes)
-    return PaymentAuthorization(**fields)
+    authorization = PaymentAuthorization(**fields)
+    _STATIONS[authorization.charge_commitment] = (station_id, _salt(station_id))
+    return authorization
+
+
+# charge commitment -> (station id, salt) it opens to
+_STATIONS: dict[bytes, tuple[bytes, bytes]] = {}
 
 
 def cases() -> list[tuple[str, str, PaymentAuthorization, int]]:
@@ -140,8 +159,8 @@ def cases() -> list[tuple[str, str, PaymentAuthorization, int]]:
     for i in range(9):
         label = f"authorization-varied-{i}"
         key_number = 1 + i % 5
-        authorization = PaymentAuthorization(
-            user=dev_user(key_number),
+        authorization = _auth(
+            key_number,
             station_id=_bytes(label + "-station", 32),
             max_points=1 + _u(label + "-max", 24),
             nonce=_u(label + "-nonce", 8 if i % 3 == 0 else 256),
@@ -154,6 +173,18 @@ def cases() -> list[tuple[str, str, PaymentAuthorization, int]]:
 def _eth_account_digest(typed_data: dict[str, Any]) -> bytes:
     signable = encode_typed_data(full_message=typed_data)
     return keccak256(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def _charge(authorization: PaymentAuthorization, digest: bytes) -> dict[str, str]:
+    station_id, salt = _STATIONS[authorization.charge_commitment]
+    if charge_commitment(station_id, salt) != authorization.charge_commitment:
+        raise SystemExit("charge commitment mismatch: fix commitment.py first")
+    return {
+        "stationId": "0x" + station_id.hex(),
+        "salt": "0x" + salt.hex(),
+        "chargeCommitment": "0x" + authorization.charge_commitment.hex(),
+        "paymentLink": "0x" + payment_link(digest, salt).hex(),
+    }
 
 
 def build() -> list[dict[str, Any]]:
@@ -178,6 +209,7 @@ def build() -> list[dict[str, Any]]:
                 "signer": account.address,
                 "signedByUser": signed_authorization.is_signed_by_user(domain),
                 "signature": "0x" + signature.hex(),
+                "charge": _charge(authorization, digest),
             }
         )
     return vectors

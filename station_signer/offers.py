@@ -17,7 +17,7 @@ from typing import Final
 import httpx
 import segno
 
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.offers import ChargeOffer, OfferError, SignedOffer
 from gridpoints_protocol.record import Domain, SignatureError, recover_signer
@@ -98,7 +98,7 @@ def relay_url(backend_url: str, offer: ChargeOffer) -> str:
 
 def fetch_authorization(
     client: httpx.Client, backend_url: str, offer: ChargeOffer, domain: SettlementDomain
-) -> SignedAuthorization | None:
+) -> PaymentOpening | None:
     """The authorisation relayed for `offer`, checked against it; None while there is none."""
     try:
         response = client.get(relay_url(backend_url, offer))
@@ -118,7 +118,7 @@ def fetch_authorization(
         relayed = response.json().get("signed")
         if relayed is None:
             return None  # registered, not signed yet
-        signed = SignedAuthorization.from_json(relayed)
+        signed = PaymentOpening.from_json(relayed)
     except (ValueError, AttributeError, RecordValidationError) as exc:
         raise OfferWaitError(
             f"the relayed authorisation is malformed: {exc}", "offer_malformed"
@@ -139,7 +139,7 @@ def wait_for_authorization(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     poll_s: float = POLL_INTERVAL_S,
-) -> SignedAuthorization:
+) -> PaymentOpening:
     """Polls the backend until the user's authorisation for `offer` is there (OfferWaitError
     after `timeout_s`)."""
     end = clock() + timeout_s

@@ -1,12 +1,13 @@
-"""Charges paid with points at the station: the user's signed payment authorisation is checked
-(`check_authorization`) before the charge record commits to its digest (`transfer_payment`).
+"""Charges paid with points at the station: the payment opening (the user's signed authorisation
+and its salt) is checked (`check_authorization`) before the charge record commits to the salted
+link to its digest (`transfer_payment`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.record import (
     ZERO_BYTES32,
@@ -35,7 +36,7 @@ class AuthorizationError(StationError):
 
 
 def check_authorization(
-    signed: SignedAuthorization,
+    opening: PaymentOpening,
     settlement: SettlementDomain,
     *,
     station_id: bytes,
@@ -43,8 +44,8 @@ def check_authorization(
     direction: Direction,
     end_time: int,
 ) -> bytes:
-    """The authorisation's EIP-712 digest, once it may pay for this charge; else
-    AuthorizationError.
+    """The record's ``paymentAuthorization`` (the salted link to the authorisation's EIP-712
+    digest), once the authorisation may pay for this charge; else AuthorizationError.
 
     The checks are the ones the backend and the Settlement contract make later, made before a
     sequence is spent: a record committing to an authorisation they refuse could never be paid
@@ -52,13 +53,13 @@ def check_authorization(
     ERC-1271 approval can only be checked on chain, and is not accepted here). Whether the
     nonce is still unused is the chain's to say (the backend checks it).
     """
+    signed = opening.signed
     authorization = signed.authorization
     if direction != Direction.CHARGE:
         raise AuthorizationError(
             f"a payment authorisation pays for a charge; this record is a {direction.name.lower()}",
             "authorization_not_charge",
         )
-    digest = authorization.digest(settlement)
     try:
         signer = signed.signer_bytes(settlement)
     except SignatureError as exc:
@@ -79,10 +80,10 @@ def check_authorization(
             f"{to_checksum_address(user)}",
             "authorization_wrong_user",
         )
-    if authorization.station_id != station_id:
+    if not opening.opens_station(station_id):
         raise AuthorizationError(
-            f"the authorisation is for station 0x{authorization.station_id.hex()}, not for "
-            f"this station 0x{station_id.hex()}",
+            "the authorisation's chargeCommitment does not open to this station "
+            f"0x{station_id.hex()} under the payment's salt",
             "authorization_wrong_station",
         )
     if authorization.is_expired(end_time):
@@ -91,17 +92,17 @@ def check_authorization(
             f"time {end_time}",
             "authorization_expired",
         )
-    return digest
+    return opening.link(settlement)
 
 
 def transfer_payment(
     transfer: Transfer, settlement: SettlementDomain | None, *, station_id: bytes
 ) -> tuple[bytes, dict[str, Any] | None]:
-    """The ``paymentAuthorization`` of the record of ``transfer`` and the signed authorisation
-    (JSON) that goes with it (None for a charge paid otherwise), or AuthorizationError.
+    """The ``paymentAuthorization`` of the record of ``transfer`` and the payment opening (JSON)
+    that goes with it, privately (None for a charge paid otherwise), or AuthorizationError.
 
-    A transfer with an authorisation is checked with :func:`check_authorization`; a non-zero
-    ``payment_authorization`` must be that authorisation's digest, and is refused without one
+    A transfer with an opening is checked with :func:`check_authorization`; a non-zero
+    ``payment_authorization`` must be its link, and is refused without one
     (``authorization_missing``).
     """
     if transfer.authorization is None:
@@ -118,7 +119,7 @@ def transfer_payment(
             "(the deployment file)",
             "authorization_domain",
         )
-    digest = check_authorization(
+    link = check_authorization(
         transfer.authorization,
         settlement,
         station_id=station_id,
@@ -126,10 +127,10 @@ def transfer_payment(
         direction=transfer.direction,
         end_time=transfer.end_time,
     )
-    if transfer.payment_authorization not in (ZERO_BYTES32, digest):
+    if transfer.payment_authorization not in (ZERO_BYTES32, link):
         raise AuthorizationError(
-            f"paymentAuthorization 0x{transfer.payment_authorization.hex()} is not the digest "
-            f"0x{digest.hex()} of the authorisation given",
+            f"paymentAuthorization 0x{transfer.payment_authorization.hex()} is not the link "
+            f"0x{link.hex()} of the payment given",
             "authorization_mismatch",
         )
-    return digest, transfer.authorization.to_json()
+    return link, transfer.authorization.to_json()

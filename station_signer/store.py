@@ -28,10 +28,12 @@ or rejected. That table is sync bookkeeping, not record content, so it came with
 version: a file without it gets it on open, and an older station_signer ignores it (a deferral
 row counts only while its record is queued).
 
-A charge record paid with points carries the user's signed payment authorisation
-(``payment_json``, the ``SignedAuthorization`` JSON) in its row, so that it is sent with the
-record and survives a crash with it. The record's ``paymentAuthorization`` field is the
-authorisation's digest; a unique index on it keeps one authorisation from paying two records
+A charge record paid with points carries the payment opening (``payment_json``, the
+``PaymentOpening`` JSON: the user's signed authorisation and its salt) in its row, so that it
+is sent with the record and survives a crash with it. The record's ``paymentAuthorization``
+field is the salted link to the authorisation's digest; the salt is the one the signed
+chargeCommitment fixes, so the link is unique per authorisation, and a unique index on it keeps
+one authorisation from paying two records
 (a record the backend rejected no longer holds its authorisation: the user may use it again).
 
 Schema versions (``station.schema_version``; opening a file migrates it in place, inside one
@@ -206,7 +208,7 @@ class StoredRecord:
     receipt: dict[str, Any] | None = None
     reject_reason: str | None = None
     reject_message: str | None = None
-    # The SignedAuthorization JSON of a charge paid with points (None: paid otherwise).
+    # The PaymentOpening JSON of a charge paid with points (None: paid otherwise). Private.
     payment: dict[str, Any] | None = None
     # Set while the record is queued and the backend's last answer deferred it.
     deferral: Deferral | None = None

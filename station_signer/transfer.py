@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.eip712 import parse_address, to_checksum_address
 from gridpoints_protocol.errors import FieldError, RecordValidationError
 from gridpoints_protocol.record import (
@@ -115,10 +115,11 @@ class Transfer:
     last record of the same direction. A station whose meter also counted energy outside any
     record passes the real reading; it must not be below the stored register.
 
-    ``authorization`` is the user's signed payment authorisation of a charge paid with points;
-    the record's ``paymentAuthorization`` is then its digest (``payment_authorization`` may be
-    left zero, or must equal that digest). A non-zero ``payment_authorization`` without the
-    signed authorisation is refused when recording: the backend needs the authorisation itself.
+    ``authorization`` is the payment opening of a charge paid with points (the user's signed
+    authorisation and the salt its chargeCommitment opens to this station under); the record's
+    ``paymentAuthorization`` is then the salted link to its digest (``payment_authorization``
+    may be left zero, or must equal that link). A non-zero ``payment_authorization`` without
+    the opening is refused when recording: the backend needs the authorisation itself.
 
     ``user`` is the wallet; the signed record carries only a salted commitment to it (the
     station draws the salt, see :meth:`station_signer.station.Station.record`).
@@ -133,14 +134,14 @@ class Transfer:
     end_time: int
     payment_authorization: bytes = ZERO_BYTES32
     meter_before_wh: int | None = None
-    authorization: SignedAuthorization | None = None
+    authorization: PaymentOpening | None = None
     meter_evidence: bytes = ZERO_BYTES32
 
     @classmethod
     def from_json(cls, data: Any) -> Transfer:
         """Parses ``{"direction", "user", "energyWh", "startTime", "endTime"}`` plus optional
         ``paymentAuthorization``, ``meterBeforeWh``, ``meterEvidence`` and ``authorization`` (a
-        signed payment authorisation, ``{"authorization": {...}, "signature": "0x..."}``);
+        payment opening, ``{"authorization": {...}, "signature": "0x...", "salt": "0x..."}``);
         unknown fields are refused and every problem is reported (RecordValidationError naming
         the fields)."""
         if not isinstance(data, Mapping):
@@ -172,7 +173,7 @@ class Transfer:
                 errors.append(FieldError(name, str(exc)))
         if "authorization" in data:
             try:
-                values["authorization"] = SignedAuthorization.from_json(data["authorization"])
+                values["authorization"] = PaymentOpening.from_json(data["authorization"])
             except RecordValidationError as exc:
                 errors += exc.prefixed("authorization").errors
         if errors:

@@ -248,13 +248,10 @@ def get_epoch_records(
     with service.db.read() as session:
         epoch = _epoch(session, epoch_id)
         rows = epoch_records(session, epoch, offset, limit)
-        payments = authorizations_of(
-            session, [r.log_index for r in rows if r.payment_authorization != ZERO_BYTES32]
-        )
+        # Public: no payment openings (they would join the wallet's burn to this record).
         views = [
             EpochRecordView(
                 **record_view(r).model_dump(exclude={"payment"}),
-                payment=payments.get(r.log_index),
                 leafIndex=r.log_index - epoch.first_log_index,
             )
             for r in rows
@@ -343,13 +340,8 @@ def get_proof(
             recordsRoot="0x" + found.epoch.records_root.hex(),
             commitTxHash=_hex(found.commit_tx_hash),
             epochState=found.epoch.state,
-            record=record_view(found.record).model_copy(
-                update={
-                    "payment": authorizations_of(session, [found.record.log_index]).get(
-                        found.record.log_index
-                    )
-                }
-            ),
+            # Public (anyone may fetch a proof): the record without its payment opening.
+            record=record_view(found.record),
         )
 
 

@@ -17,7 +17,7 @@ from backend.api.deps import get_service
 from backend.api.errors import ApiError
 from backend.offers import OfferState, RelayRefused, offer_state, register, relay
 from backend.service import BackendService
-from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.offers import OfferError, SignedOffer, parse_offer_id
 
@@ -125,11 +125,17 @@ def post_offer(
 def post_offer_authorization(
     service: ServiceDep,
     offer_id: OfferIdPath,
-    payload: Annotated[Any, Body(description="SignedAuthorization JSON")],
+    payload: Annotated[
+        Any,
+        Body(
+            description="The payment opening: {authorization, signature, salt} (the salt opens "
+            "the authorisation's chargeCommitment to the offer's station)"
+        ),
+    ],
 ) -> JSONResponse:
     raw = _offer_id(offer_id)
     try:
-        signed = SignedAuthorization.from_json(payload)
+        signed = PaymentOpening.from_json(payload)
     except RecordValidationError as exc:
         raise ApiError(422, "authorization_malformed", exc.summary()) from None
     chain = service.chain

@@ -38,9 +38,11 @@ class StoredRecordView(BaseModel):
     signer: str = Field(description="Address recovered from the signature.")
     payment: dict[str, Any] | None = Field(
         default=None,
-        description="The user's signed PaymentAuthorization when the charge is paid with points "
-        "(`{authorization, signature}`; its EIP-712 digest is record.paymentAuthorization). "
-        "Given in epoch, proof and user views.",
+        description="The private payment opening when the charge is paid with points "
+        "(`{authorization, signature, salt}`: keccak256('GridPoints.PaymentLink.v1' || the "
+        "authorisation's EIP-712 digest || salt) is record.paymentAuthorization, and "
+        "keccak256('GridPoints.ChargeCommitment.v1' || stationId || salt) its chargeCommitment). "
+        "Only in the wallet's own views: it ties the wallet's burn on chain to the station.",
     )
 
 

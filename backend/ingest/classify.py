@@ -51,9 +51,10 @@ from typing import Any, TypeAlias
 
 from backend.db.record_rows import RecordColumns, record_columns
 from backend.payments import authorization_row
-from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.checks import Deferral, Problem, Verdict, lenient_identity
 from gridpoints_protocol.commitment import OPENING_KEY
+from gridpoints_protocol.payments import PAYMENT_KEY
 from gridpoints_protocol.receipts import IngestReceipt
 from gridpoints_protocol.wire import DeferReason, RejectReason
 
@@ -80,10 +81,11 @@ RejectionGate: TypeAlias = "Callable[[Candidate, Problem], Deferral | None]"
 def body_text(item: Any) -> str:
     """A submission item as stored with a rejection: compact JSON, keys in the sent order.
 
-    Without its ``opening``: rejection and equivocation bodies are public (GET
-    /v1/stations/{id}/rejections, .../equivocations), and the opening names the user."""
-    if isinstance(item, dict) and OPENING_KEY in item:
-        item = {k: v for k, v in item.items() if k != OPENING_KEY}
+    Without its ``opening`` and ``payment``: rejection and equivocation bodies are public (GET
+    /v1/stations/{id}/rejections, .../equivocations), and both openings name the user (the
+    payment opening also opens the charge commitment to the station)."""
+    if isinstance(item, dict) and (OPENING_KEY in item or PAYMENT_KEY in item):
+        item = {k: v for k, v in item.items() if k not in (OPENING_KEY, PAYMENT_KEY)}
     try:
         return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
     except RecursionError:
@@ -131,8 +133,10 @@ class Candidate:
     problem: Problem | None = None
     columns: RecordColumns | None = None
     item: Any = field(default=None, repr=False, compare=False)
-    # The user's signed payment authorisation of a verified record paid with points.
-    payment: SignedAuthorization | None = None
+    # The private payment opening of a verified record paid with points, and its
+    # authorisation's EIP-712 digest.
+    payment: PaymentOpening | None = None
+    payment_digest: bytes | None = None
     deferral: Deferral | None = None
     authenticated: bool = False
 
@@ -177,6 +181,7 @@ class Candidate:
             columns=record_columns(signed, verdict.digest, verdict.signer, verdict.opening),
             item=item,
             payment=verdict.payment,
+            payment_digest=verdict.payment_digest,
             authenticated=True,
         )
 
@@ -298,9 +303,9 @@ def classify(batch: Batch, candidate: Candidate) -> Outcome:
         batch.used_authorizations.add(key)
     outcome = _accept(batch, c)
     if payment is not None:
-        assert outcome.log_index is not None
+        assert outcome.log_index is not None and candidate.payment_digest is not None
         batch.payments.append(
-            authorization_row(payment, c.payment_authorization, outcome.log_index)
+            authorization_row(payment, candidate.payment_digest, outcome.log_index, c.station_id)
         )
     return outcome
 

@@ -18,7 +18,7 @@ import {IPaymentAuthorizations} from "./interfaces/IPaymentAuthorizations.sol";
 abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
     /// @inheritdoc IPaymentAuthorizations
     bytes32 public constant PAYMENT_AUTHORIZATION_TYPEHASH = keccak256(
-        "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)"
+        "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,uint64 deadline)"
     );
 
     /// @inheritdoc IPaymentAuthorizations
@@ -57,12 +57,12 @@ abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
     /// @inheritdoc IPaymentAuthorizations
     function hashPaymentAuthorization(
         address user,
-        bytes32 stationId,
+        bytes32 chargeCommitment,
         uint128 maxPoints,
         uint256 nonce,
         uint64 deadline
     ) external view virtual returns (bytes32 digest) {
-        return _hashTypedDataV4(_hashAuthorization(user, stationId, maxPoints, nonce, deadline));
+        return _hashTypedDataV4(_hashAuthorization(user, chargeCommitment, maxPoints, nonce, deadline));
     }
 
     /// @inheritdoc IPaymentAuthorizations
@@ -72,12 +72,14 @@ abstract contract PaymentAuthorizations is IPaymentAuthorizations, EIP712 {
 
     /// @dev EIP-712 hashStruct of a PaymentAuthorization; its digest under this contract's domain
     /// is `_hashTypedDataV4` of it.
-    function _hashAuthorization(address user, bytes32 stationId, uint128 maxPoints, uint256 nonce, uint64 deadline)
-        internal
-        pure
-        returns (bytes32)
-    {
-        return keccak256(abi.encode(PAYMENT_AUTHORIZATION_TYPEHASH, user, stationId, maxPoints, nonce, deadline));
+    function _hashAuthorization(
+        address user,
+        bytes32 chargeCommitment,
+        uint128 maxPoints,
+        uint256 nonce,
+        uint64 deadline
+    ) internal pure returns (bytes32) {
+        return keccak256(abi.encode(PAYMENT_AUTHORIZATION_TYPEHASH, user, chargeCommitment, maxPoints, nonce, deadline));
     }
 
     /// @dev The word of `user`'s bitmap of used nonces that holds `nonce`.

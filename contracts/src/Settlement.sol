@@ -44,7 +44,7 @@ import {ISettlement} from "./interfaces/ISettlement.sol";
 /// the id again with a correct plan.
 /// The EIP-712 domain is
 /// ("GridPoints Settlement", "1", chainId, this contract), so an authorisation is valid on
-/// exactly one deployment; station_signer/authorization.py is the off-chain definition.
+/// exactly one deployment; gridpoints_protocol/authorization.py is the off-chain definition.
 ///
 /// The external functions, events and errors are declared in ISettlement and, for the
 /// authorisations (checked, used up and canceled by PaymentAuthorizations), in
@@ -240,7 +240,8 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
             Payment calldata p = payments[i];
             if (p.user == address(0)) revert PaymentFromZeroAddress(p.nonce);
             if (p.amount > p.maxPoints) revert ExceedsAuthorizedMaximum(p.user, p.nonce, p.amount, p.maxPoints);
-            words[2 * i] = _hashTypedDataV4(_hashAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+            words[2 * i] =
+                _hashTypedDataV4(_hashAuthorization(p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline));
             words[2 * i + 1] = bytes32(uint256(p.amount));
         }
         _checkPlanned(epoch, epochId, chunkId, planLeafHash(ChunkKind.Debit, keccak256(abi.encodePacked(words))), proof);
@@ -354,7 +355,9 @@ contract Settlement is ISettlement, AccessControlDefaultAdminRules, PaymentAutho
         // casting to uint128 is safe because burned <= p.amount, a uint128
         // forge-lint: disable-next-line(unsafe-typecast)
         uint128 burned128 = uint128(burned);
-        emit PaymentApplied(epochId, p.user, digest, p.nonce, p.amount, burned128, p.stationId, p.maxPoints, p.deadline);
+        emit PaymentApplied(
+            epochId, p.user, digest, p.nonce, p.amount, burned128, p.chargeCommitment, p.maxPoints, p.deadline
+        );
     }
 
     function _committed(uint64 epochId) private view returns (StoredEpoch storage epoch) {

@@ -128,7 +128,8 @@ contract GasTest is Test {
         uint128[] memory amounts = new uint128[](payments.length);
         for (uint256 i = 0; i < payments.length; ++i) {
             ISettlement.Payment memory p = payments[i];
-            digests[i] = settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline);
+            digests[i] =
+                settlement.hashPaymentAuthorization(p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline);
             amounts[i] = p.amount;
         }
         return Plans.paymentLeaf(digests, amounts);
@@ -141,14 +142,15 @@ contract GasTest is Test {
     {
         p = ISettlement.Payment({
             user: payer,
-            stationId: keccak256("station"),
+            chargeCommitment: keccak256("station"),
             maxPoints: 1000,
             nonce: nonce,
             deadline: uint64(block.timestamp + 1 days),
             amount: amount,
             signature: ""
         });
-        bytes32 digest = settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline);
+        bytes32 digest =
+            settlement.hashPaymentAuthorization(p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline);
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
         p.signature = abi.encodePacked(r, s, v);
     }

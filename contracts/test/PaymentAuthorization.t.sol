@@ -25,7 +25,7 @@ contract PaymentAuthorizationVectorsTest is Test {
     uint256 internal constant MIN_VECTORS = 12;
 
     bytes32 internal constant AUTH_TYPEHASH = keccak256(
-        "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)"
+        "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,uint64 deadline)"
     );
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -37,7 +37,7 @@ contract PaymentAuthorizationVectorsTest is Test {
         uint256 nonce,
         uint128 requested,
         uint128 burned,
-        bytes32 stationId,
+        bytes32 chargeCommitment,
         uint128 maxPoints,
         uint64 deadline
     );
@@ -53,7 +53,7 @@ contract PaymentAuthorizationVectorsTest is Test {
     struct Vector {
         string name;
         address user;
-        bytes32 stationId;
+        bytes32 chargeCommitment;
         uint128 maxPoints;
         uint256 nonce;
         uint64 deadline;
@@ -88,7 +88,7 @@ contract PaymentAuthorizationVectorsTest is Test {
         string memory m = _path(i, ".typedData.message.");
         v.name = vm.parseJsonString(data, _path(i, ".name"));
         v.user = vm.parseJsonAddress(data, string.concat(m, "user"));
-        v.stationId = vm.parseJsonBytes32(data, string.concat(m, "stationId"));
+        v.chargeCommitment = vm.parseJsonBytes32(data, string.concat(m, "chargeCommitment"));
         uint256 maxPoints = vm.parseJsonUint(data, string.concat(m, "maxPoints"));
         require(maxPoints <= type(uint128).max, "maxPoints out of uint128 range");
         v.maxPoints = uint128(maxPoints);
@@ -110,7 +110,8 @@ contract PaymentAuthorizationVectorsTest is Test {
                 DOMAIN_TYPEHASH, keccak256("GridPoints Settlement"), keccak256("1"), v.chainId, v.verifyingContract
             )
         );
-        bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, v.user, v.stationId, v.maxPoints, v.nonce, v.deadline));
+        bytes32 structHash =
+            keccak256(abi.encode(AUTH_TYPEHASH, v.user, v.chargeCommitment, v.maxPoints, v.nonce, v.deadline));
         return MessageHashUtils.toTypedDataHash(separator, structHash);
     }
 
@@ -148,6 +149,27 @@ contract PaymentAuthorizationVectorsTest is Test {
         }
     }
 
+    /// @dev The charge commitment and the record's payment link are computed off chain only
+    /// (the contract never sees a station); this pins their preimages in a second language.
+    function test_vectorChargeCommitmentsAndLinks() public view {
+        uint256 n = _count();
+        for (uint256 i = 0; i < n; ++i) {
+            Vector memory v = _vector(i);
+            bytes32 stationId = vm.parseJsonBytes32(json, _path(i, ".charge.stationId"));
+            bytes32 salt = vm.parseJsonBytes32(json, _path(i, ".charge.salt"));
+            assertEq(
+                keccak256(abi.encodePacked("GridPoints.ChargeCommitment.v1", stationId, salt)),
+                v.chargeCommitment,
+                v.name
+            );
+            assertEq(
+                keccak256(abi.encodePacked("GridPoints.PaymentLink.v1", v.digest, salt)),
+                vm.parseJsonBytes32(json, _path(i, ".charge.paymentLink")),
+                v.name
+            );
+        }
+    }
+
     function test_vectorDigestsFromTheContract() public {
         PointsToken token = new PointsToken(admin, 0, address(0), type(uint96).max);
         Settlement template = new Settlement(token, admin, 0, settler);
@@ -163,7 +185,9 @@ contract PaymentAuthorizationVectorsTest is Test {
             vm.etch(v.verifyingContract, code);
             Settlement at = Settlement(v.verifyingContract);
             assertEq(
-                at.hashPaymentAuthorization(v.user, v.stationId, v.maxPoints, v.nonce, v.deadline), v.digest, v.name
+                at.hashPaymentAuthorization(v.user, v.chargeCommitment, v.maxPoints, v.nonce, v.deadline),
+                v.digest,
+                v.name
             );
             (, string memory name, string memory version, uint256 chainId, address verifying,,) = at.eip712Domain();
             assertEq(name, "GridPoints Settlement", v.name);
@@ -177,7 +201,7 @@ contract PaymentAuthorizationVectorsTest is Test {
 
     /// @dev The PaymentApplied vector `v` should give in epoch 1 (a helper: stack depth).
     function _emitApplied(Vector memory v, uint128 amount, uint128 burned) internal {
-        emit PaymentApplied(1, v.user, v.digest, v.nonce, amount, burned, v.stationId, v.maxPoints, v.deadline);
+        emit PaymentApplied(1, v.user, v.digest, v.nonce, amount, burned, v.chargeCommitment, v.maxPoints, v.deadline);
     }
 
     /// @dev Each vector signed by its own user is paid through a real Settlement deployed at the
@@ -219,7 +243,7 @@ contract PaymentAuthorizationVectorsTest is Test {
             ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
             payments[0] = ISettlement.Payment({
                 user: v.user,
-                stationId: v.stationId,
+                chargeCommitment: v.chargeCommitment,
                 maxPoints: v.maxPoints,
                 nonce: v.nonce,
                 deadline: v.deadline,
@@ -261,7 +285,7 @@ contract PaymentAuthorizationVectorsTest is Test {
             ISettlement.Payment[] memory payments = new ISettlement.Payment[](1);
             payments[0] = ISettlement.Payment({
                 user: v.user,
-                stationId: v.stationId,
+                chargeCommitment: v.chargeCommitment,
                 maxPoints: v.maxPoints,
                 nonce: v.nonce,
                 deadline: v.deadline,
@@ -282,7 +306,8 @@ contract PaymentAuthorizationVectorsTest is Test {
 
     /// @dev The `types` every vector hands to wallets spell exactly the type the contract hashes.
     function test_vectorTypesMatchTheContractsTypehash() public {
-        Settlement settlement = new Settlement(new PointsToken(admin, 0, address(0), type(uint96).max), admin, 0, settler);
+        Settlement settlement =
+            new Settlement(new PointsToken(admin, 0, address(0), type(uint96).max), admin, 0, settler);
         uint256 n = _count();
         for (uint256 i = 0; i < n; ++i) {
             string memory t = "PaymentAuthorization(";

@@ -42,7 +42,7 @@ abstract contract SettlementFixture is Test {
         uint256 nonce,
         uint128 requested,
         uint128 burned,
-        bytes32 stationId,
+        bytes32 chargeCommitment,
         uint128 maxPoints,
         uint64 deadline
     );
@@ -82,7 +82,7 @@ abstract contract SettlementFixture is Test {
     // Written out here rather than read from the contract, so that the tests check the
     // contract's hashing instead of reusing it.
     bytes32 internal constant AUTH_TYPEHASH = keccak256(
-        "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)"
+        "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,uint64 deadline)"
     );
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -223,7 +223,8 @@ abstract contract SettlementFixture is Test {
         bytes32 separator = keccak256(
             abi.encode(DOMAIN_TYPEHASH, keccak256("GridPoints Settlement"), keccak256("1"), block.chainid, target)
         );
-        bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        bytes32 structHash =
+            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline));
         return keccak256(abi.encodePacked("\x19\x01", separator, structHash));
     }
 
@@ -250,7 +251,7 @@ abstract contract SettlementFixture is Test {
     {
         p = ISettlement.Payment({
             user: user,
-            stationId: STATION,
+            chargeCommitment: STATION,
             maxPoints: maxPoints,
             nonce: nonce,
             deadline: deadline,

@@ -102,8 +102,8 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     /// @dev The PaymentApplied `p` should give (split out of _expectPayment: stack depth).
     function _emitApplied(uint64 epochId, ISettlement.Payment memory p, bytes32 digest, uint128 burned) internal {
-        (bytes32 stationId, uint128 maxPoints, uint64 deadline) = (p.stationId, p.maxPoints, p.deadline);
-        emit PaymentApplied(epochId, p.user, digest, p.nonce, p.amount, burned, stationId, maxPoints, deadline);
+        (bytes32 chargeCommitment, uint128 maxPoints, uint64 deadline) = (p.chargeCommitment, p.maxPoints, p.deadline);
+        emit PaymentApplied(epochId, p.user, digest, p.nonce, p.amount, burned, chargeCommitment, maxPoints, deadline);
     }
 
     function _expectSkip(uint64 epochId, ISettlement.Payment memory p, ISettlement.SkipReason reason) internal {
@@ -555,7 +555,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         _fund(50, 0, 100);
         for (uint256 which = 0; which < 5; ++which) {
             ISettlement.Payment memory p = _sign(_auth(alice, 30, 1, dayLater, 10), aliceKey);
-            if (which == 0) p.stationId = keccak256("station A");
+            if (which == 0) p.chargeCommitment = keccak256("station A");
             else if (which == 1) p.maxPoints = 31;
             else if (which == 2) p.nonce = 2;
             else if (which == 3) p.deadline = dayLater + 1;
@@ -585,7 +585,8 @@ contract SettlementPaymentsTest is SettlementFixture {
         bytes32 recordDomain = keccak256(
             abi.encode(DOMAIN_TYPEHASH, keccak256("GridPoints"), keccak256("1"), block.chainid, address(settlement))
         );
-        bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        bytes32 structHash =
+            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline));
         (uint8 v, bytes32 r, bytes32 s) =
             vm.sign(aliceKey, keccak256(abi.encodePacked("\x19\x01", recordDomain, structHash)));
         p.signature = abi.encodePacked(r, s, v);
@@ -1049,13 +1050,13 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertEq(token.balanceOf(alice), 90);
     }
 
-    /// @dev Issue 16 item 9: PaymentApplied carries the signed terms (stationId, maxPoints,
+    /// @dev Issue 16 item 9: PaymentApplied carries the signed terms (chargeCommitment, maxPoints,
     /// deadline with user and nonce), so anyone can recompute the authorisation digest from the
     /// log alone, without decoding the transaction's input.
     function test_PaymentApplied_CarriesTheSignedTerms() public {
         _fund(100, 0, 100);
         ISettlement.Payment memory a = _auth(alice, 77, 123_456, dayLater + 5, 40);
-        a.stationId = keccak256("station 9");
+        a.chargeCommitment = keccak256("station 9");
         a = _sign(a, aliceKey);
         vm.recordLogs();
         _pay(1, 1, _list1(a));
@@ -1063,13 +1064,19 @@ contract SettlementPaymentsTest is SettlementFixture {
         uint256 found;
         for (uint256 i = 0; i < logs.length; ++i) {
             if (logs[i].emitter != address(settlement) || logs[i].topics[0] != APPLIED_TOPIC) continue;
-            (uint256 nonce, uint128 requested, uint128 burned, bytes32 stationId, uint128 maxPoints, uint64 deadline) =
-                abi.decode(logs[i].data, (uint256, uint128, uint128, bytes32, uint128, uint64));
+            (
+                uint256 nonce,
+                uint128 requested,
+                uint128 burned,
+                bytes32 chargeCommitment,
+                uint128 maxPoints,
+                uint64 deadline
+            ) = abi.decode(logs[i].data, (uint256, uint128, uint128, bytes32, uint128, uint64));
             address user = address(uint160(uint256(logs[i].topics[2])));
             ISettlement.Payment memory terms = _auth(user, maxPoints, nonce, deadline, 0);
-            terms.stationId = stationId;
+            terms.chargeCommitment = chargeCommitment;
             assertEq(_digest(address(settlement), terms), logs[i].topics[3], "the terms hash to the digest");
-            assertEq(stationId, a.stationId);
+            assertEq(chargeCommitment, a.chargeCommitment);
             assertEq(maxPoints, 77);
             assertEq(deadline, dayLater + 5);
             assertEq(requested, 40);
@@ -1156,7 +1163,7 @@ contract SettlementPaymentsTest is SettlementFixture {
     function test_HashPaymentAuthorization() public view {
         ISettlement.Payment memory p = _auth(alice, 30, 7, dayLater, 0);
         assertEq(
-            settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline),
+            settlement.hashPaymentAuthorization(p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline),
             _digest(address(settlement), p)
         );
         assertEq(settlement.PAYMENT_AUTHORIZATION_TYPEHASH(), AUTH_TYPEHASH);
@@ -1182,7 +1189,7 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertTrue(settlement.DOMAIN_SEPARATOR() != expected);
         ISettlement.Payment memory p = _auth(alice, 30, 7, dayLater, 0);
         assertEq(
-            settlement.hashPaymentAuthorization(p.user, p.stationId, p.maxPoints, p.nonce, p.deadline),
+            settlement.hashPaymentAuthorization(p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline),
             _digest(address(settlement), p)
         );
     }
@@ -1245,13 +1252,13 @@ contract SettlementPaymentsTest is SettlementFixture {
         assertEq(token.balanceOf(alice), 1000);
     }
 
-    function testFuzz_AnyKeyPaysForItsOwnAddress(uint256 key, uint256 nonce, bytes32 stationId) public {
+    function testFuzz_AnyKeyPaysForItsOwnAddress(uint256 key, uint256 nonce, bytes32 chargeCommitment) public {
         key = bound(key, 1, SECP256K1_N - 1);
         address user = vm.addr(key);
         _commit(1, 100, 100);
         _credit(1, 0, _entries1(user, 100));
         ISettlement.Payment memory p = _auth(user, 40, nonce, dayLater, 40);
-        p.stationId = stationId;
+        p.chargeCommitment = chargeCommitment;
         _pay(1, 1, _list1(_sign(p, key)));
         assertEq(token.balanceOf(user), 60);
         assertTrue(settlement.isAuthorizationUsed(user, nonce));
@@ -1275,20 +1282,20 @@ contract SettlementPaymentsTest is SettlementFixture {
 
     function testFuzz_HashPaymentAuthorization(
         address user,
-        bytes32 stationId,
+        bytes32 chargeCommitment,
         uint128 maxPoints,
         uint256 nonce,
         uint64 deadline,
         uint8 which
     ) public view {
         ISettlement.Payment memory p = _auth(user, maxPoints, nonce, deadline, 0);
-        p.stationId = stationId;
-        bytes32 digest = settlement.hashPaymentAuthorization(user, stationId, maxPoints, nonce, deadline);
+        p.chargeCommitment = chargeCommitment;
+        bytes32 digest = settlement.hashPaymentAuthorization(user, chargeCommitment, maxPoints, nonce, deadline);
         assertEq(digest, _digest(address(settlement), p));
         // Every signed field changes the digest.
         which = which % 5;
         if (which == 0) p.user = address(~uint160(user));
-        else if (which == 1) p.stationId = ~stationId;
+        else if (which == 1) p.chargeCommitment = ~chargeCommitment;
         else if (which == 2) p.maxPoints = ~maxPoints;
         else if (which == 3) p.nonce = ~nonce;
         else p.deadline = ~deadline;

@@ -4,6 +4,7 @@ sending them to the backend with the station's own sync client."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,7 +19,12 @@ from gridpoints_dev.chain import register_station
 from gridpoints_dev.demo.errors import DemoError
 from gridpoints_dev.demo.plan import Session, StationSpec, Vehicle
 from gridpoints_dev.demo.progress import Reporter
-from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
+from gridpoints_protocol.authorization import (
+    PaymentOpening,
+    authorization_for_charge,
+    sign_authorization,
+)
+from gridpoints_protocol.commitment import SALT_LENGTH
 from gridpoints_signers.softhsm import SoftHsmToken
 from station_signer.config import STORE_FILE, Pkcs11KeyConfig
 from station_signer.station import Station, init_station
@@ -111,7 +117,8 @@ def sign_sessions(
     reporter: Reporter,
 ) -> int:
     """Each session measured and signed by its station's HSM key, in the order they end; a
-    paid one carries the PaymentAuthorization its vehicle's wallet signs. Returns the count."""
+    paid one carries the payment opening (PaymentAuthorization its vehicle's wallet signs, and
+    the charge salt). Returns the count."""
     domain = chain.settlement_domain
     ordered = sorted(sessions, key=lambda s: (s.end, s.station))
     nonces: dict[int, int] = defaultdict(int)
@@ -124,15 +131,20 @@ def sign_sessions(
             signed = None
             if session.pay_max_points is not None:
                 nonces[vehicle.index] += 1
-                authorization = PaymentAuthorization(
-                    user=bytes.fromhex(vehicle.address[2:]),
-                    station_id=live.spec.station_id,
-                    max_points=session.pay_max_points,
+                # The wallet's charge salt hides the station from the chain.
+                salt = secrets.token_bytes(SALT_LENGTH)
+                authorization = authorization_for_charge(
+                    bytes.fromhex(vehicle.address[2:]),
+                    live.spec.station_id,
+                    salt,
+                    session.pay_max_points,
                     # Unordered nonces: small numbers share one storage word on chain.
-                    nonce=nonces[vehicle.index],
-                    deadline=deadline,
+                    nonces[vehicle.index],
+                    deadline,
                 )
-                signed = sign_authorization(vehicle.account, authorization, domain)
+                signed = PaymentOpening(
+                    sign_authorization(vehicle.account, authorization, domain), salt
+                )
             live.station.record(
                 Transfer(
                     direction=session.direction,

@@ -15,11 +15,12 @@ import typer
 
 from gridpoints_protocol.authorization import (
     UINT128_MAX,
-    PaymentAuthorization,
+    PaymentOpening,
     SettlementDomain,
-    SignedAuthorization,
+    authorization_for_charge,
     sign_authorization,
 )
+from gridpoints_protocol.commitment import SALT_LENGTH
 from gridpoints_protocol.eip712 import UINT256_MAX, to_checksum_address
 from gridpoints_protocol.record import UINT64_MAX
 from station_signer.cli.accounts import account_from_file, account_from_secret
@@ -108,14 +109,16 @@ def _parse_deadline(value: str | None) -> int:
 
 
 def _authorization_view(
-    signed: SignedAuthorization, domain: SettlementDomain, out: Path | None
+    opening: PaymentOpening, station_id: bytes, domain: SettlementDomain, out: Path | None
 ) -> dict[str, Any]:
-    a = signed.authorization
+    a = opening.authorization
     return {
-        "signed": signed.to_json(),
-        "digest": "0x" + signed.digest(domain).hex(),
+        "signed": opening.to_json(),
+        "digest": "0x" + opening.signed.digest(domain).hex(),
+        "paymentLink": "0x" + opening.link(domain).hex(),
         "user": a.user_address,
-        "stationId": "0x" + a.station_id.hex(),
+        "stationId": "0x" + station_id.hex(),
+        "chargeCommitment": "0x" + a.charge_commitment.hex(),
         "maxPoints": a.max_points,
         "nonce": a.nonce,
         "deadline": a.deadline,
@@ -195,31 +198,35 @@ def authorize(
     chosen_nonce = _parse_nonce(nonce)
     chosen_deadline = _parse_deadline(deadline)
     account = _user_account(user_key_file, user_key_env)
-    authorization = PaymentAuthorization(
-        user=bytes.fromhex(account.address[2:]),
-        station_id=station_id,
-        max_points=max_points,
-        nonce=chosen_nonce,
-        deadline=chosen_deadline,
+    # The wallet side draws the charge salt: it hides the station from the chain.
+    salt = secrets.token_bytes(SALT_LENGTH)
+    authorization = authorization_for_charge(
+        bytes.fromhex(account.address[2:]),
+        station_id,
+        salt,
+        max_points,
+        chosen_nonce,
+        chosen_deadline,
     )
     domain = settlement_domain(loaded)
     typer.echo(
         "warning: development wallet key: a real user signs the authorisation in their own wallet",
         err=True,
     )
-    signed = sign_authorization(account, authorization, domain)
+    signed = PaymentOpening(sign_authorization(account, authorization, domain), salt)
     text = json.dumps(signed.to_json(), indent=2) + "\n"
     if out is not None:
         try:
             out.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise CliError("output_file", f"cannot write {out}: {exc.strerror}") from None
-    view = _authorization_view(signed, domain, out)
+    view = _authorization_view(signed, station_id, domain, out)
     lines = [
         f"authorised: {view['user']} pays up to {max_points} points for a charge at station "
         f"{view['stationId']}",
         f"  nonce {authorization.nonce}, deadline {authorization.deadline} ({view['deadlineIso']})",
-        f"  digest {view['digest']} (the record's paymentAuthorization)",
+        f"  digest {view['digest']}; the record's paymentAuthorization is its salted link "
+        f"{view['paymentLink']}",
         f"  domain: Settlement {view['settlement']} on chain {domain.chain_id}",
     ]
     if out is not None:

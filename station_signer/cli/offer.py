@@ -22,7 +22,7 @@ from typing import Annotated, Final
 
 import typer
 
-from gridpoints_protocol.authorization import UINT128_MAX, SignedAuthorization
+from gridpoints_protocol.authorization import UINT128_MAX, PaymentOpening
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.offers import ChargeOffer, OfferError
 from station_signer.cli.chain import load_deployment, settlement_domain
@@ -81,7 +81,7 @@ def _config(directory: Path) -> StationConfig:
 
 def _collect(
     backend_url: str, offer: ChargeOffer, deployment: Path, wait: float, out: Path | None
-) -> SignedAuthorization:
+) -> PaymentOpening:
     loaded = load_deployment(deployment)
     if loaded.chain_id != offer.chain_id:
         raise CliError(
@@ -103,7 +103,7 @@ def _collect(
     return signed
 
 
-def _signed_lines(signed: SignedAuthorization, out: Path | None) -> list[str]:
+def _signed_lines(signed: PaymentOpening, out: Path | None) -> list[str]:
     a = signed.authorization
     lines = [
         f"authorised by {to_checksum_address(a.user)}: up to {a.max_points} points, "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.errors import RecordValidationError
 from station_signer.cli.chain import settlement_domain
@@ -223,18 +223,19 @@ def record(
             paid = row.payment["authorization"]
             lines.append(
                 f"  paid with points: up to {paid['maxPoints']} authorised by {paid['user']} "
-                f"(authorisation {rec['paymentAuthorization']})"
+                f"(payment link {rec['paymentAuthorization']})"
             )
     emit(as_json, views if from_file is not None else views[0], lines)
 
 
-def _signed_authorization(path: str) -> SignedAuthorization:
+def _signed_authorization(path: str) -> PaymentOpening:
     data = read_json_argument(path, "authorisation")
     try:
-        return SignedAuthorization.from_json(data)
+        return PaymentOpening.from_json(data)
     except RecordValidationError as exc:
         raise CliError(
-            "authorization_malformed", f"{path} is not a signed payment authorisation: {exc}"
+            "authorization_malformed",
+            f"{path} is not a payment opening (signed authorisation and salt): {exc}",
         ) from None
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 import httpx
 
-from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.ocmf import OcmfParseError, parse_record
 from gridpoints_protocol.ocmf.session import direction_of
 from gridpoints_protocol.offers import ChargeOffer
@@ -112,7 +112,7 @@ def register(station: Station, backend_url: str, offer: ChargeOffer) -> str | No
 
 @dataclass(frozen=True, slots=True)
 class Collected:
-    signed: SignedAuthorization | None = None  # checked against the offer
+    signed: PaymentOpening | None = None  # checked against the offer
     refused: tuple[str, str] | None = None  # (code, message): the relayed answer does not fit
     transient: str | None = None  # nothing to keep: ask again later
 
@@ -131,10 +131,10 @@ def collect(station: Station, backend_url: str, offer: ChargeOffer) -> Collected
     return Collected(signed=signed)
 
 
-def authorization_of(row: PaymentRow | None) -> SignedAuthorization | None:
+def authorization_of(row: PaymentRow | None) -> PaymentOpening | None:
     if row is None or row.authorization is None:
         return None
-    return SignedAuthorization.from_json(row.authorization)
+    return PaymentOpening.from_json(row.authorization)
 
 
 def unpaid_reason(row: PaymentRow) -> str:

@@ -186,7 +186,7 @@ class PaymentRow:
     transaction_id: str
     offer: dict[str, Any]  # ChargeOffer.to_json()
     registered: bool
-    authorization: dict[str, Any] | None  # SignedAuthorization.to_json(), checked on the offer
+    authorization: dict[str, Any] | None  # PaymentOpening.to_json(), checked on the offer
     refused_code: str | None
     refused_message: str | None
     outcome: str | None

@@ -2,13 +2,16 @@
 pragma solidity 0.8.30;
 
 /// @title Payment authorisations signed by GridPoints users
-/// @notice A user allows one payment of at most `maxPoints` points at station `stationId` by
-/// signing the EIP-712 struct
-/// `PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)`
+/// @notice A user allows one payment of at most `maxPoints` points for the charge that
+/// `chargeCommitment` commits to by signing the EIP-712 struct
+/// `PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,uint64 deadline)`
 /// under the domain of the deployment that settles it, with its EOA key or through its ERC-1271
 /// contract wallet. Each authorisation is usable at most once: its `nonce` is any number of the
 /// user's choice, and a used or canceled nonce stays used (unordered nonces, one bitmap per user,
-/// as in Permit2). station_signer/authorization.py is the off-chain definition.
+/// as in Permit2). `chargeCommitment` is keccak256("GridPoints.ChargeCommitment.v1" || stationId ||
+/// salt) with a fresh 32-byte salt that stays off chain: the contract never learns the station,
+/// so no calldata or event puts a wallet next to a station. gridpoints_protocol/authorization.py
+/// is the off-chain definition.
 interface IPaymentAuthorizations {
     /// @notice `user` voided its authorisation nonce `nonce` before it was used.
     /// @param user The caller of cancelAuthorization.
@@ -30,7 +33,7 @@ interface IPaymentAuthorizations {
     error InsufficientGasForWalletCheck(address user, uint256 nonce);
 
     /// @notice keccak256 of the EIP-712 type string of a payment authorisation.
-    /// @return keccak256("PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)").
+    /// @return keccak256("PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,uint64 deadline)").
     function PAYMENT_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
 
     /// @notice The gas a user's ERC-1271 wallet is given (exactly) to judge one payment's
@@ -76,17 +79,17 @@ interface IPaymentAuthorizations {
     function authorizationBitmap(address user, uint256 wordPosition) external view returns (uint256);
 
     /// @notice The EIP-712 digest a user signs to authorise a payment on this deployment.
-    /// @dev keccak256(0x1901 || DOMAIN_SEPARATOR() || hashStruct(PaymentAuthorization)); the same
-    /// value a charge record carries in its `paymentAuthorization` field.
+    /// @dev keccak256(0x1901 || DOMAIN_SEPARATOR() || hashStruct(PaymentAuthorization)). A charge
+    /// record does not carry it: its `paymentAuthorization` field is a salted commitment to it.
     /// @param user The payer.
-    /// @param stationId The station where the user charges.
+    /// @param chargeCommitment Salted commitment to the station where the user charges.
     /// @param maxPoints The most the user agrees to pay.
     /// @param nonce The user's nonce for this authorisation.
     /// @param deadline Unix seconds after which the authorisation is void.
     /// @return digest The EIP-712 digest.
     function hashPaymentAuthorization(
         address user,
-        bytes32 stationId,
+        bytes32 chargeCommitment,
         uint128 maxPoints,
         uint256 nonce,
         uint64 deadline

@@ -41,7 +41,7 @@ interface ISettlement is IPaymentAuthorizations {
     /// whatever the user's ERC-1271 wallet accepts.
     struct Payment {
         address user; // the payer: the wallet that signed and whose points are burned
-        bytes32 stationId; // the station where the user charges (bound by the signature)
+        bytes32 chargeCommitment; // salted commitment to the charge's station (never the station)
         uint128 maxPoints; // the most the user agreed to pay
         uint256 nonce; // any unused number of the user's choice; each is usable once
         uint64 deadline; // unix seconds; the authorisation is void after it
@@ -117,13 +117,14 @@ interface ISettlement is IPaymentAuthorizations {
 
     /// @notice One payment of epoch `epochId` was applied: the operator requested `requested`
     /// points under `user`'s authorisation whose EIP-712 digest is `authorization` (the signed
-    /// terms `stationId`, `maxPoints`, `nonce`, `deadline`; `nonce` is now used up), and `burned`
-    /// points were burned from `user`.
+    /// terms `chargeCommitment`, `maxPoints`, `nonce`, `deadline`; `nonce` is now used up), and
+    /// `burned` points were burned from `user`.
     /// @dev `burned` is `min(requested, balance of user)` while the authorisation is valid, and 0
     /// when it had expired (block.timestamp > deadline); either way the nonce is used up.
-    /// `authorization` is the value the charge record commits to in its `paymentAuthorization`
-    /// field, which is how an auditor joins a burn to its record; the signed terms are in the
-    /// event so that anyone can check, from the logs alone, what the user agreed to (the digest
+    /// A charge record carries only a salted commitment to `authorization` (its
+    /// `paymentAuthorization` field), so whoever holds the record's private payment opening
+    /// (the user, the operator, a named auditor) joins a burn to its record, and nobody else;
+    /// the signed terms are in the event so that anyone can check, from the logs alone, what the user agreed to (the digest
     /// of `user` and the terms under this contract's domain is `authorization`); `nonce` lets
     /// it tell which payment used a nonce that a later payment finds used (PaymentSkipped with
     /// AuthorizationUsed). The terms come after `burned` so that the first three data words
@@ -134,7 +135,7 @@ interface ISettlement is IPaymentAuthorizations {
     /// @param nonce The authorisation's nonce, now used up.
     /// @param requested Points the operator requested.
     /// @param burned Points burned from `user`.
-    /// @param stationId The station the user authorised the payment for.
+    /// @param chargeCommitment Salted commitment to the station the user authorised the payment for.
     /// @param maxPoints The most the user authorised.
     /// @param deadline The authorisation's deadline (unix seconds).
     event PaymentApplied(
@@ -144,7 +145,7 @@ interface ISettlement is IPaymentAuthorizations {
         uint256 nonce,
         uint128 requested,
         uint128 burned,
-        bytes32 stationId,
+        bytes32 chargeCommitment,
         uint128 maxPoints,
         uint64 deadline
     );
@@ -288,7 +289,7 @@ interface ISettlement is IPaymentAuthorizations {
     /// @notice The leaf hash of a planned chunk: MerkleLog.hashLeaf(kind || entriesHash), where
     /// entriesHash is keccak256 over the chunk's packed credits (credits), or over
     /// `authorization || amount` (32 + 32 bytes) per payment, in order (payments;
-    /// `authorization` is the payment's EIP-712 digest, which names the user and the signed
+    /// `authorization` is the payment's EIP-712 digest, which binds the user and the signed
     /// terms). gridpoints_protocol/plan.py is the off-chain definition.
     /// @param kind Credit or Debit.
     /// @param entriesHash keccak256 over the chunk's entries as above.

@@ -59,7 +59,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     address public immutable settler;
 
     bytes32 internal constant AUTH_TYPEHASH = keccak256(
-        "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,uint64 deadline)"
+        "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,uint64 deadline)"
     );
     bytes32 internal immutable _domainSeparator;
     uint256 internal constant ACTORS = 6; // five EOAs, then the contract wallet
@@ -792,7 +792,7 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     {
         return ISettlement.Payment({
             user: user,
-            stationId: keccak256(abi.encode("station", nonce % 7)),
+            chargeCommitment: keccak256(abi.encode("station", nonce % 7)),
             maxPoints: maxPoints,
             nonce: nonce,
             deadline: deadline,
@@ -802,7 +802,8 @@ contract SettlementHandler is CommonBase, StdCheats, StdUtils {
     }
 
     function _digest(ISettlement.Payment memory p) internal view returns (bytes32) {
-        bytes32 structHash = keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.stationId, p.maxPoints, p.nonce, p.deadline));
+        bytes32 structHash =
+            keccak256(abi.encode(AUTH_TYPEHASH, p.user, p.chargeCommitment, p.maxPoints, p.nonce, p.deadline));
         return keccak256(abi.encodePacked("\x19\x01", _domainSeparator, structHash));
     }
 
