@@ -3,8 +3,9 @@
 ``gridpoints epoch export ID --out DIR`` writes (format ``gridpoints-epoch-bundle/1``):
 
 * ``records.jsonl`` — one JSON object per record, in leaf order: ``leafIndex``, ``logIndex``,
-  ``digest``, ``record`` (the EnergyTransfer wire form), ``signature`` and, for a charge paid
-  with points, ``payment`` (the user's signed PaymentAuthorization);
+  ``digest``, ``record`` (the EnergyTransfer wire form) and ``signature``; never a payment
+  opening (a paid record carries only the salted link to its authorisation's digest, which
+  PaymentApplied carries next to the wallet);
 * ``tariff.json`` — the canonical JSON of the tariff that valued the epoch, byte for byte (its
   keccak-256 is the anchored tariffHash);
 * ``README.txt`` — the format and how to verify it;
@@ -60,7 +61,6 @@ from gridpoints_protocol.bundle_format import (
     RECORDS_FILE,
     TARIFF_FILE,
 )
-from gridpoints_protocol.record import ZERO_BYTES32
 from gridpoints_protocol.tariff import TariffBook, TariffError
 
 _PAGE = 5_000
@@ -85,8 +85,6 @@ records.jsonl  One JSON object per line, one line per record, in leaf order:
                  digest      the record's EIP-712 digest (0x-hex)
                  record      the EnergyTransfer, JSON wire form (see gridpoints_protocol/record.py)
                  signature   the station's 65-byte signature r || s || v (0x-hex)
-                 payment     only for a charge paid with points: the user's signed
-                             PaymentAuthorization {{authorization, signature}}
 tariff.json    The tariff that valued the epoch, in canonical JSON, byte for byte.
 station-evidence.json
                As of the export (exportedAt): the operator's rejections of registered
@@ -168,7 +166,6 @@ def export_epoch(
     """Writes the bundle of epoch `epoch_id` to the new (or empty) directory `out`."""
     from backend.db.models import Epoch
     from backend.ledger import epoch_records
-    from backend.payments import authorizations_of
     from backend.settlement import steps_of
 
     target = Path(out)
@@ -195,10 +192,6 @@ def export_epoch(
                 written = 0
                 for offset in range(0, epoch.record_count, _PAGE):
                     rows = epoch_records(session, epoch, offset, _PAGE)
-                    paid = authorizations_of(
-                        session,
-                        [r.log_index for r in rows if r.payment_authorization != ZERO_BYTES32],
-                    )
                     for row in rows:
                         item: dict[str, Any] = {
                             "leafIndex": row.log_index - epoch.first_log_index,
@@ -206,8 +199,6 @@ def export_epoch(
                             "digest": "0x" + row.digest.hex(),
                             **stored_signed_record(row).to_json(),
                         }
-                        if row.log_index in paid:
-                            item["payment"] = paid[row.log_index]
                         writer.write(_line(item))
                         written += 1
                 handle.flush()

@@ -26,12 +26,14 @@ from gridpoints_protocol import record as rec
 from gridpoints_protocol.authorization import (
     UINT128_MAX,
     PaymentAuthorization,
+    PaymentOpening,
     SettlementDomain,
     SignedAuthorization,
+    authorization_for_charge,
     parse_typed_data,
     sign_authorization,
 )
-from gridpoints_protocol.commitment import user_commitment
+from gridpoints_protocol.commitment import charge_commitment, payment_link, user_commitment
 from gridpoints_protocol.eip712 import UINT256_MAX, keccak256, parse_address, to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import (
@@ -55,6 +57,8 @@ USER = bytes.fromhex(WALLET.address[2:])
 COMMITMENT = user_commitment(USER, b"\x5a" * 32)
 DOMAIN = SettlementDomain(31337, parse_address("0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"))
 STATION = keccak256(b"station B")
+SALT = keccak256(b"charge salt")
+CHARGE = charge_commitment(STATION, SALT)
 
 
 def eth_account_digest(typed_data: dict[str, Any]) -> bytes:
@@ -66,7 +70,7 @@ def eth_account_digest(typed_data: dict[str, Any]) -> bytes:
 def sample(**changes: Any) -> PaymentAuthorization:
     fields: dict[str, Any] = {
         "user": USER,
-        "station_id": STATION,
+        "charge_commitment": CHARGE,
         "max_points": 500,
         "nonce": 7,
         "deadline": 1_735_776_000,
@@ -127,7 +131,8 @@ def test_vectors_cover_the_edge_values() -> None:
     assert {1, UINT128_MAX} <= {int(m["maxPoints"]) for m in messages}
     assert {0, 255, 256, UINT256_MAX} <= {int(m["nonce"]) for m in messages}
     assert {0, UINT64_MAX} <= {int(m["deadline"]) for m in messages}
-    assert {"0x" + "00" * 31 + "01", "0x" + "ff" * 32} <= {m["stationId"] for m in messages}
+    stations = {v["charge"]["stationId"] for v in VECTORS}
+    assert {"0x" + "00" * 31 + "01", "0x" + "ff" * 32} <= stations
     users = {m["user"].lower() for m in messages}
     assert {"0x" + "00" * 19 + "01", "0x" + "ff" * 20} <= users
     assert {1, 31337, 2**32, UINT64_MAX, UINT256_MAX} <= {d["chainId"] for d in domains}
@@ -176,7 +181,7 @@ def test_vector(vector: dict[str, Any]) -> None:
 
 def test_type_hash_and_type_string() -> None:
     assert auth_mod.PAYMENT_AUTHORIZATION_TYPE == (
-        "PaymentAuthorization(address user,bytes32 stationId,uint128 maxPoints,uint256 nonce,"
+        "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,"
         "uint64 deadline)"
     )
     assert keccak256(auth_mod.PAYMENT_AUTHORIZATION_TYPE.encode()) == (
@@ -196,7 +201,7 @@ edgy_uint = lambda bits: st.one_of(  # noqa: E731 - a local strategy factory
 def authorizations(draw: st.DrawFn) -> PaymentAuthorization:
     return PaymentAuthorization(
         user=draw(nonzero_address),
-        station_id=draw(st.binary(min_size=32, max_size=32).filter(any)),
+        charge_commitment=draw(st.binary(min_size=32, max_size=32).filter(any)),
         max_points=draw(st.one_of(st.integers(1, UINT128_MAX), st.sampled_from([1, UINT128_MAX]))),
         nonce=draw(edgy_uint(256)),
         deadline=draw(edgy_uint(64)),
@@ -247,7 +252,7 @@ def test_signing_with_any_key_recovers_that_key(
     account = Account.from_key(key.to_bytes(32, "big"))
     mine = PaymentAuthorization(
         user=bytes.fromhex(account.address[2:]),
-        station_id=authorization.station_id,
+        charge_commitment=authorization.charge_commitment,
         max_points=authorization.max_points,
         nonce=authorization.nonce,
         deadline=authorization.deadline,
@@ -262,7 +267,7 @@ def test_every_field_and_the_domain_change_the_digest() -> None:
     base = sample()
     variants = [
         sample(user=b"\x01" * 20),
-        sample(station_id=b"\x01" * 32),
+        sample(charge_commitment=b"\x01" * 32),
         sample(max_points=501),
         sample(nonce=8),
         sample(deadline=base.deadline + 1),
@@ -318,7 +323,7 @@ def test_every_problem_is_listed_at_once() -> None:
     error = rejection(
         {
             "user": "0x" + "00" * 20,
-            "stationId": "0x12",
+            "chargeCommitment": "0x12",
             "maxPoints": 0,
             "nonce": -1,
             "deadline": 2**64,
@@ -326,7 +331,7 @@ def test_every_problem_is_listed_at_once() -> None:
         }
     )
     assert sorted(error.fields) == sorted(
-        ["extra", "user", "stationId", "maxPoints", "nonce", "deadline"]
+        ["extra", "user", "chargeCommitment", "maxPoints", "nonce", "deadline"]
     )
 
 
@@ -358,16 +363,18 @@ def test_integer_ranges() -> None:
     assert PaymentAuthorization.from_json(sample_json(nonce=0, deadline=0)).nonce == 0
 
 
-def test_zero_user_and_zero_station_are_refused() -> None:
+def test_zero_user_and_zero_charge_commitment_are_refused() -> None:
     assert_rejects(sample_json(user="0x" + "00" * 20), "user", "zero address")
-    assert_rejects(sample_json(stationId="0x" + "00" * 32), "stationId", "must not be zero")
+    assert_rejects(
+        sample_json(chargeCommitment="0x" + "00" * 32), "chargeCommitment", "must not be zero"
+    )
 
 
 def test_hex_fields() -> None:
-    assert_rejects(sample_json(stationId="0x" + "ab" * 31), "stationId", "32 bytes")
-    assert_rejects(sample_json(stationId="ab" * 32), "stationId", "start with 0x")
-    assert_rejects(sample_json(stationId="0x" + "zz" * 32), "stationId", "hex digits")
-    assert_rejects(sample_json(stationId=5), "stationId", "hex string")
+    assert_rejects(sample_json(chargeCommitment="0x" + "ab" * 31), "chargeCommitment", "32 bytes")
+    assert_rejects(sample_json(chargeCommitment="ab" * 32), "chargeCommitment", "start with 0x")
+    assert_rejects(sample_json(chargeCommitment="0x" + "zz" * 32), "chargeCommitment", "hex digits")
+    assert_rejects(sample_json(chargeCommitment=5), "chargeCommitment", "hex string")
     assert_rejects(sample_json(user="0x" + "ab" * 19), "user", "20 bytes")
     assert_rejects(sample_json(user=12), "user", "address string")
     checksummed = WALLET.address
@@ -387,12 +394,12 @@ def test_constructor_checks_types_and_values() -> None:
     with pytest.raises(RecordValidationError) as info:
         PaymentAuthorization(
             user="0x" + "11" * 20,  # type: ignore[arg-type]
-            station_id=b"\x01" * 31,
+            charge_commitment=b"\x01" * 31,
             max_points=True,
             nonce=1.5,  # type: ignore[arg-type]
             deadline=-1,
         )
-    assert info.value.fields == ["user", "stationId", "maxPoints", "nonce", "deadline"]
+    assert info.value.fields == ["user", "chargeCommitment", "maxPoints", "nonce", "deadline"]
     with pytest.raises(RecordValidationError) as info:
         sample(max_points=0, user=bytes(20))
     assert info.value.fields == ["user", "maxPoints"]
@@ -524,9 +531,11 @@ def test_non_canonical_signatures_are_refused() -> None:
 # ---- (e) the record binds the authorisation ----------------------------------------------------
 
 
-def test_the_record_commits_to_the_authorisation_digest() -> None:
-    """The station's record carries the authorisation's EIP-712 digest: changing any field of
-    the authorisation, the chain or the Settlement contract changes the record it belongs to."""
+def test_the_record_commits_to_the_authorisation_digest_through_a_salted_link() -> None:
+    """The station's record carries the salted link to the authorisation's EIP-712 digest:
+    changing any field of the authorisation, the chain, the Settlement contract or the salt
+    changes the record it belongs to, and the record never carries the digest itself (which
+    PaymentApplied puts next to the wallet on chain)."""
     registry = rec.Domain(31337, b"\x0e" * 20)
 
     def record_for(payment_authorization: bytes) -> EnergyTransfer:
@@ -537,13 +546,76 @@ def test_the_record_commits_to_the_authorisation_digest() -> None:
             payment_authorization=payment_authorization,
         )  # fmt: skip
 
-    base = record_for(sample().digest(DOMAIN)).digest(registry)
+    def link(authorization: PaymentAuthorization, domain: SettlementDomain = DOMAIN) -> bytes:
+        return payment_link(authorization.digest(domain), SALT)
+
+    opening = PaymentOpening(sign_authorization(WALLET, sample(), DOMAIN), SALT)
+    assert opening.link(DOMAIN) == link(sample()) != sample().digest(DOMAIN)
+    base = record_for(link(sample())).digest(registry)
     others = {
-        record_for(sample(max_points=501).digest(DOMAIN)).digest(registry),
-        record_for(sample().digest(SettlementDomain(1, DOMAIN.verifying_contract))).digest(
-            registry
-        ),
-        record_for(sample().digest(SettlementDomain(31337, b"\x02" * 20))).digest(registry),
-        record_for(sample().struct_hash()).digest(registry),  # the struct hash is not the field
+        record_for(link(sample(max_points=501))).digest(registry),
+        record_for(link(sample(), SettlementDomain(1, DOMAIN.verifying_contract))).digest(registry),
+        record_for(link(sample(), SettlementDomain(31337, b"\x02" * 20))).digest(registry),
+        record_for(payment_link(sample().digest(DOMAIN), b"\x01" * 32)).digest(registry),
+        record_for(sample().digest(DOMAIN)).digest(registry),  # the bare digest is not the field
     }
-    assert base not in others and len(others) == 4
+    assert base not in others and len(others) == 5
+
+
+# ---- (f) the charge commitment and the payment opening -----------------------------------------
+
+
+def test_charge_commitment_and_link_preimages() -> None:
+    """The exact preimages (the browser and forge compute them from the vectors too)."""
+    assert charge_commitment(STATION, SALT) == keccak256(
+        b"GridPoints.ChargeCommitment.v1" + STATION + SALT
+    )
+    digest = sample().digest(DOMAIN)
+    assert payment_link(digest, SALT) == keccak256(b"GridPoints.PaymentLink.v1" + digest + SALT)
+    # Domain-separated: the same 64 bytes under the two tags give different hashes.
+    assert charge_commitment(digest, SALT) != payment_link(digest, SALT)
+    for bad in ((b"\x01" * 31, SALT), (STATION, SALT[:31])):
+        with pytest.raises(ValueError):
+            charge_commitment(*bad)
+        with pytest.raises(ValueError):
+            payment_link(*bad)
+
+
+def test_vectors_carry_charge_commitments_and_links() -> None:
+    for vector in VECTORS:
+        charge = vector["charge"]
+        station, salt = bytes.fromhex(charge["stationId"][2:]), bytes.fromhex(charge["salt"][2:])
+        assert "0x" + charge_commitment(station, salt).hex() == charge["chargeCommitment"]
+        assert charge["chargeCommitment"] == vector["typedData"]["message"]["chargeCommitment"]
+        digest = bytes.fromhex(vector["digest"][2:])
+        assert "0x" + payment_link(digest, salt).hex() == charge["paymentLink"], vector["name"]
+
+
+def test_payment_opening_opens_the_station_and_round_trips() -> None:
+    opening = PaymentOpening(sign_authorization(WALLET, sample(), DOMAIN), SALT)
+    assert opening.opens_station(STATION)
+    assert not opening.opens_station(keccak256(b"station C"))
+    assert not PaymentOpening(opening.signed, b"\x01" * 32).opens_station(STATION)
+    wire = opening.to_json()
+    assert set(wire) == {"authorization", "signature", "salt"}
+    assert PaymentOpening.from_json(json.loads(json.dumps(wire))) == opening
+    assert authorization_for_charge(USER, STATION, SALT, 500, 7, 1_735_776_000) == sample()
+
+
+def test_payment_opening_parsing_is_strict() -> None:
+    wire = PaymentOpening(sign_authorization(WALLET, sample(), DOMAIN), SALT).to_json()
+    cases: list[tuple[Any, list[str]]] = [
+        ({k: v for k, v in wire.items() if k != "salt"}, ["salt"]),
+        ({**wire, "salt": "0x" + "00" * 32}, ["salt"]),
+        ({**wire, "salt": "0x12"}, ["salt"]),
+        ({**wire, "extra": 1}, ["extra"]),
+        ({**wire, "signature": "0x00"}, ["signature"]),
+        ([], [""]),
+    ]
+    for data, fields in cases:
+        with pytest.raises(RecordValidationError) as info:
+            PaymentOpening.from_json(data)
+        assert info.value.fields == fields, (data, info.value.errors)
+        assert info.value.reason == "malformed"
+    with pytest.raises(RecordValidationError):
+        PaymentOpening(sign_authorization(WALLET, sample(), DOMAIN), bytes(32))

@@ -13,10 +13,11 @@ from eth_account import Account
 
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
+    PaymentOpening,
     SettlementDomain,
-    SignedAuthorization,
     sign_authorization,
 )
+from gridpoints_protocol.commitment import charge_commitment
 from gridpoints_protocol.keys import KeyPeriod, StationHistory
 from gridpoints_protocol.offers import (
     ChargeOffer,
@@ -35,17 +36,21 @@ def offer() -> ChargeOffer:
     return ChargeOffer.new(STATION, 12, 1_900_000_000, 31337)
 
 
-def answer(o: ChargeOffer, **changes: object) -> SignedAuthorization:
+def answer(o: ChargeOffer, station_id: bytes | None = None, **changes: object) -> PaymentOpening:
+    """The wallet's answer: a fresh salt, the charge commitment to `station_id` (default the
+    offer's) under it, the offer's terms with `changes`."""
     wallet = Account.create()
+    salt = secrets.token_bytes(32)
     terms = {
         "user": bytes.fromhex(wallet.address[2:]),
-        "station_id": o.station_id,
+        "charge_commitment": charge_commitment(station_id or o.station_id, salt),
         "max_points": o.max_points,
         "nonce": secrets.randbits(256),
         "deadline": o.deadline,
         **changes,
     }
-    return sign_authorization(wallet, PaymentAuthorization(**terms), DOMAIN)  # type: ignore[arg-type]
+    signed = sign_authorization(wallet, PaymentAuthorization(**terms), DOMAIN)  # type: ignore[arg-type]
+    return PaymentOpening(signed, salt)
 
 
 def test_link_round_trip() -> None:
@@ -96,7 +101,13 @@ def test_an_authorisation_answers_the_offer_only_with_its_terms() -> None:
             o.check(signed, DOMAIN)
         assert raised.value.code == code
     good = answer(o)
-    forged = dataclasses.replace(good, signature=answer(o).signature)
+    # The right station under another salt than the one the commitment was made with.
+    with pytest.raises(OfferError) as raised:
+        o.check(dataclasses.replace(good, salt=secrets.token_bytes(32)), DOMAIN)
+    assert raised.value.code == "offer_wrong_station"
+    forged = dataclasses.replace(
+        good, signed=dataclasses.replace(good.signed, signature=answer(o).signed.signature)
+    )
     with pytest.raises(OfferError) as raised:
         o.check(forged, DOMAIN)
     assert raised.value.code == "offer_bad_signature"
