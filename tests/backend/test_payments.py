@@ -1,8 +1,9 @@
 """Earn here, spend there: a user pays for charging with points, by their own signature.
 
 A real uvicorn backend (SQLite and PostgreSQL), the session Anvil, stations registered on chain
-and a user wallet (eth_account) that signs EIP-712 PaymentAuthorizations. The worker seals and
-settles; the wallet balance is read from the token contract and compared with the tariff.
+and a user wallet (eth_account) that signs EIP-712 PaymentAuthorizations committing to the
+station under a fresh salt (the payment opening travels privately with the record). The worker
+seals and settles; the wallet balance is read from the token contract and compared with the tariff.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from gridpoints_protocol.authorization import (
-    PaymentAuthorization,
+    PaymentOpening,
     SettlementDomain,
     SignedAuthorization,
+    authorization_for_charge,
     sign_authorization,
 )
+from gridpoints_protocol.commitment import payment_link
 from gridpoints_protocol.record import EnergyTransfer
 from gridpoints_protocol.tariff import load_timezone, value_record
+from tests.support.auth import bearer, sign_in
 from tests.support.backend import ZONE, BackendHarness, DevStation, sign
 from tests.support.settlement import TARIFFS, make_worker
 
@@ -75,19 +79,25 @@ class Wallet:
         deadline: int | None = None,
         nonce: int | None = None,
         signer: LocalAccount | None = None,
-    ) -> SignedAuthorization:
-        authorization = PaymentAuthorization(
-            user=bytes.fromhex(self.address[2:]),
-            station_id=station.station_id,
-            max_points=max_points,
-            nonce=secrets.randbits(256) if nonce is None else nonce,
-            deadline=int(time.time()) + 86_400 if deadline is None else deadline,
+    ) -> PaymentOpening:
+        """The payment opening for a charge at `station`: a fresh salt, the authorisation
+        committing to the station under it."""
+        salt = secrets.token_bytes(32)
+        authorization = authorization_for_charge(
+            bytes.fromhex(self.address[2:]),
+            station.station_id,
+            salt,
+            max_points,
+            secrets.randbits(256) if nonce is None else nonce,
+            int(time.time()) + 86_400 if deadline is None else deadline,
         )
         if signer is None:
-            return sign_authorization(self.account, authorization, self.domain)
+            return PaymentOpening(
+                sign_authorization(self.account, authorization, self.domain), salt
+            )
         # Someone else's key: sign the same digest with it (as a forger would).
         sig = signer.unsafe_sign_hash(authorization.digest(self.domain)).signature
-        return SignedAuthorization(authorization, bytes(sig))
+        return PaymentOpening(SignedAuthorization(authorization, bytes(sig)), salt)
 
     def balance(self) -> int:
         return int(self.h.env.chain.token.functions.balanceOf(self.address).call())
@@ -105,7 +115,7 @@ def paid_charge(
     station: DevStation,
     wallet: Wallet,
     wh: int,
-    payment: SignedAuthorization | None,
+    payment: PaymentOpening | None,
     *,
     end_time: int = OFF_PEAK_END,
     commit_to: bytes | None = None,
@@ -116,11 +126,11 @@ def paid_charge(
     record = station.record(
         user=user or wallet.address, direction=direction, energy_wh=wh, end_time=end_time
     )
-    digest = commit_to
-    if digest is None and payment is not None:
-        digest = payment.digest(wallet.domain)
-    if digest is not None:
-        record = dataclasses.replace(record, payment_authorization=digest)
+    link = commit_to
+    if link is None and payment is not None:
+        link = payment.link(wallet.domain)
+    if link is not None:
+        record = dataclasses.replace(record, payment_authorization=link)
     body = sign(record, station.key, h.domain)
     if payment is not None:
         body["payment"] = payment.to_json()
@@ -138,7 +148,8 @@ def settle(h: BackendHarness) -> None:
 
 
 def history_item(h: BackendHarness, wallet: Wallet, record: EnergyTransfer) -> dict[str, Any]:
-    items = h.client.get(f"/v1/users/{wallet.address}").json()["history"]
+    headers = bearer(sign_in(h, wallet.account))
+    items = h.client.get(f"/v1/users/{wallet.address}", headers=headers).json()["history"]
     (item,) = [
         i
         for i in items
@@ -175,8 +186,22 @@ def test_earn_at_peak_here_pay_off_peak_there(harness: BackendHarness) -> None:
     events = h.env.chain.settlement.events.PaymentApplied().get_logs(from_block=0)
     mine = [e for e in events if e["args"]["user"] == wallet.address]
     assert [(bytes(e["args"]["authorization"]), e["args"]["burned"]) for e in mine] == [
-        (payment.digest(wallet.domain), price)
+        (payment.signed.digest(wallet.domain), price)
     ]
+    # ... and neither the event nor the calldata names the station: only the charge
+    # commitment, which the public record does not carry either.
+    (event,) = mine
+    assert bytes(event["args"]["chargeCommitment"]) == payment.authorization.charge_commitment
+    assert payment.authorization.charge_commitment != charge.station_id
+    tx = h.env.w3.eth.get_transaction(event["transactionHash"])
+    assert charge.station_id.hex() not in bytes(tx["input"]).hex()
+    # The public record carries the salted link, never the digest the event carries; public
+    # views carry no payment opening.
+    assert charge.payment_authorization == payment.link(wallet.domain)
+    assert charge.payment_authorization != payment.signed.digest(wallet.domain)
+    public = h.client.get("/v1/epochs/2/records").json()["records"]
+    assert all(r["payment"] is None for r in public)
+    assert payment.signed.digest(wallet.domain).hex() not in str(public)
     assert h.env.chain.is_authorization_used(wallet.address, payment.authorization.nonce)
 
 
@@ -312,6 +337,8 @@ def test_authorisation_for_another_station_is_refused(harness: BackendHarness) -
         ("unexpected", "authorization_unexpected"),
         ("malformed", "authorization_malformed"),
         ("mismatch", "authorization_mismatch"),
+        ("bare_digest", "authorization_mismatch"),
+        ("other_salt", "authorization_wrong_station"),
         ("forged", "authorization_bad_signature"),
         ("other_user", "authorization_wrong_user"),
         ("discharge", "authorization_not_charge"),
@@ -334,8 +361,22 @@ def test_bad_authorisations_are_refused_with_their_reason(
         _, body = paid_charge(h, b, wallet, 1_000, payment)
         body["payment"]["authorization"]["maxPoints"] = -1
     elif case == "mismatch":
+        # The link of another authorisation, or of this one's bare digest, or under another salt.
         other = wallet.authorize(b, max_points=500)
-        _, body = paid_charge(h, b, wallet, 1_000, payment, commit_to=other.digest(wallet.domain))
+        _, body = paid_charge(h, b, wallet, 1_000, payment, commit_to=other.link(wallet.domain))
+    elif case == "bare_digest":
+        # The digest itself (what PaymentApplied carries) is not the record's field.
+        digest = payment.signed.digest(wallet.domain)
+        _, body = paid_charge(h, b, wallet, 1_000, payment, commit_to=digest)
+    elif case == "other_salt":
+        # A salt of the station's choosing links fine but does not open the signed charge
+        # commitment to this station.
+        resalted = PaymentOpening(payment.signed, secrets.token_bytes(32))
+        _, body = paid_charge(h, b, wallet, 1_000, resalted)
+        assert (
+            body["record"]["paymentAuthorization"]
+            == "0x" + payment_link(payment.signed.digest(wallet.domain), resalted.salt).hex()
+        )
     elif case == "forged":
         forged = wallet.authorize(b, max_points=500, signer=Account.create())
         _, body = paid_charge(h, b, wallet, 1_000, forged)

@@ -181,8 +181,8 @@ def test_vector(vector: dict[str, Any]) -> None:
 
 def test_type_hash_and_type_string() -> None:
     assert auth_mod.PAYMENT_AUTHORIZATION_TYPE == (
-        "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,uint256 nonce,"
-        "uint64 deadline)"
+        "PaymentAuthorization(address user,bytes32 chargeCommitment,uint128 maxPoints,"
+        "uint256 nonce,uint64 deadline)"
     )
     assert keccak256(auth_mod.PAYMENT_AUTHORIZATION_TYPE.encode()) == (
         auth_mod.PAYMENT_AUTHORIZATION_TYPEHASH

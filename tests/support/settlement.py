@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import secrets
 import subprocess
 import sys
 import time
@@ -26,7 +25,6 @@ from backend.db import Database
 from backend.db.models import Epoch, EpochPayment, SettlementStep
 from backend.settings import TARIFFS_DIR
 from backend.worker import SealAndSettle, write_dev_key_file
-from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
 from gridpoints_protocol.record import EnergyTransfer
 from gridpoints_protocol.tariff import TariffBook, value_record
 from tests.support.backend import (
@@ -40,6 +38,7 @@ from tests.support.backend import (
     sign,
 )
 from tests.support.chain import ChainEnv
+from tests.support.payments import charge_payment
 
 TARIFFS = TariffBook.load(TARIFFS_DIR)
 GRIDPOINTS = str(Path(sys.executable).with_name("gridpoints"))
@@ -89,16 +88,15 @@ class Traffic:
     ) -> dict[str, Any]:
         """A charge paid with points under `wallet`'s signed authorisation."""
         domain = self.h.env.chain.settlement_domain
-        authorization = PaymentAuthorization(
-            user=bytes.fromhex(wallet.address[2:]),
-            station_id=station.station_id,
+        payment = charge_payment(
+            wallet,
+            station.station_id,
+            domain,
             max_points=max_points,
-            nonce=secrets.randbits(256),
             deadline=int(time.time()) + 86_400,
         )
-        payment = sign_authorization(wallet, authorization, domain)
         record = station.record(user=wallet.address, direction=1, **kwargs)
-        record = dataclasses.replace(record, payment_authorization=payment.digest(domain))
+        record = dataclasses.replace(record, payment_authorization=payment.link(domain))
         body = sign(record, station.key, self.h.domain)
         body["payment"] = payment.to_json()
         self.bodies.append(body)
