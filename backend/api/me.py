@@ -104,14 +104,21 @@ def get_my_records(
 
 class RelayedAuthorizationView(BaseModel):
     offerId: str
-    signed: dict[str, Any] = Field(description="The SignedAuthorization, as relayed.")
+    signed: dict[str, Any] = Field(
+        description="The payment opening {authorization, signature, salt}, as relayed."
+    )
     receivedAt: datetime
 
 
 class StoredAuthorizationView(BaseModel):
     logIndex: int = Field(description="The charge record that carries it.")
-    digest: str = Field(description="Its EIP-712 digest, which the record commits to.")
-    signed: dict[str, Any] = Field(description="The SignedAuthorization, as stored.")
+    digest: str = Field(
+        description="Its EIP-712 digest (what PaymentApplied carries); the record carries the "
+        "salted link keccak256('GridPoints.PaymentLink.v1' || digest || salt)."
+    )
+    signed: dict[str, Any] = Field(
+        description="The payment opening {authorization, signature, salt}, as stored."
+    )
 
 
 class MyAuthorizationsPage(BaseModel):

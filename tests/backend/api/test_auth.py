@@ -18,7 +18,7 @@ from eth_account.signers.local import LocalAccount
 
 from backend.db import Database
 from backend.db.models import AuthChallenge
-from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.offers import ChargeOffer
 from gridpoints_protocol.siwe import SiweMessage, format_time, parse_message
 from tests.support.auth import bearer, challenge, personal_sign, sign_in, wallet
@@ -30,6 +30,7 @@ from tests.support.backend import (
 )
 from tests.support.chain import ChainEnv
 from tests.support.offers import signed_offer
+from tests.support.payments import charge_payment
 from tests.support.settlement import Traffic
 
 PUBLIC_URL = "http://127.0.0.1:8000"  # the harness's default public origin (host:port setting)
@@ -288,14 +289,13 @@ def relay_for(h: BackendHarness, account: LocalAccount) -> tuple[ChargeOffer, di
     station = h.register_station()
     offer, registration = signed_offer(h, station.station_id, station.key)
     assert h.client.post("/v1/offers", json=registration).status_code == 201
-    authorization = PaymentAuthorization(
-        user=bytes.fromhex(account.address[2:]),
-        station_id=offer.station_id,
+    signed = charge_payment(
+        account,
+        offer.station_id,
+        h.env.chain.settlement_domain,
         max_points=offer.max_points,
-        nonce=secrets.randbits(256),
         deadline=offer.deadline,
-    )
-    signed = sign_authorization(account, authorization, h.env.chain.settlement_domain).to_json()
+    ).to_json()
     answer = h.client.post(f"/v1/offers/{offer.offer_hex}/authorization", json=signed)
     assert answer.status_code == 201, answer.text
     return offer, signed
@@ -322,7 +322,13 @@ def test_a_wallet_lists_only_its_own_authorisations_relayed_and_on_records(
     assert page["user"] == alice.address
     assert [(r["offerId"], r["signed"]) for r in page["relayed"]] == [(offer.offer_hex, relayed)]
     assert [s["signed"] for s in page["stored"]] == [b["payment"] for b in paid]
+    # The stored digest is the one the chain burns under; the record carries its salted link.
+    domain = h.env.chain.settlement_domain
+    openings = [PaymentOpening.from_json(s["signed"]) for s in page["stored"]]
     assert [s["digest"] for s in page["stored"]] == [
+        "0x" + o.signed.digest(domain).hex() for o in openings
+    ]
+    assert ["0x" + o.link(domain).hex() for o in openings] == [
         b["record"]["paymentAuthorization"] for b in paid
     ]
     assert page["nextAfterLogIndex"] is None

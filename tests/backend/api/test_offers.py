@@ -19,7 +19,6 @@ import pytest
 from eth_account import Account
 from sqlalchemy import create_engine, text
 
-from gridpoints_protocol.authorization import PaymentAuthorization, sign_authorization
 from gridpoints_protocol.offers import ChargeOffer
 from gridpoints_protocol.record import Domain
 from tests.support.backend import (
@@ -31,6 +30,7 @@ from tests.support.backend import (
 )
 from tests.support.chain import ChainEnv
 from tests.support.offers import signed_offer
+from tests.support.payments import charge_payment
 
 MAX_VALIDITY_S = 3_600
 MAX_OPEN = 3
@@ -76,10 +76,7 @@ def signed_for(h: BackendHarness, offer: ChargeOffer, **changes: Any) -> dict[st
         "deadline": offer.deadline,
         **changes,
     }
-    authorization = PaymentAuthorization(
-        user=bytes.fromhex(wallet.address[2:]), nonce=secrets.randbits(256), **terms
-    )
-    return sign_authorization(wallet, authorization, h.env.chain.settlement_domain).to_json()
+    return charge_payment(wallet, domain=h.env.chain.settlement_domain, **terms).to_json()
 
 
 def url(offer: str | ChargeOffer) -> str:

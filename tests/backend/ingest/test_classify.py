@@ -25,7 +25,11 @@ from backend.ingest.classify import (
     Register,
     classify,
 )
-from gridpoints_protocol.authorization import PaymentAuthorization, SignedAuthorization
+from gridpoints_protocol.authorization import (
+    PaymentAuthorization,
+    PaymentOpening,
+    SignedAuthorization,
+)
 from gridpoints_protocol.checks import Deferral, Problem
 from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.wire import DeferReason, RejectReason
@@ -62,6 +66,8 @@ def _columns(sequence: int, before: int, energy: int = 100, direction: int = 2) 
         station_id=STATION,
         sequence=sequence,
         user_address=USER,
+        user_salt=b"\x5a" * 32,
+        user_commitment=keccak256(b"commitment %d" % sequence),
         direction=direction,
         energy_wh=energy,
         meter_before_wh=before,
@@ -69,12 +75,13 @@ def _columns(sequence: int, before: int, energy: int = 100, direction: int = 2) 
         start_time=1_000,
         end_time=4_600,
         payment_authorization=bytes(32),
+        meter_evidence=bytes(32),
         signature=b"\x01" * 65,
         signer=b"\x0b" * 20,
     )
 
 
-def _verified(columns: RecordColumns, payment: SignedAuthorization | None = None) -> Candidate:
+def _verified(columns: RecordColumns, payment: PaymentOpening | None = None) -> Candidate:
     return Candidate(
         None,
         columns.station_id,
@@ -83,6 +90,7 @@ def _verified(columns: RecordColumns, payment: SignedAuthorization | None = None
         columns=columns,
         item={"record": {"sequence": columns.sequence}, "signature": "0x01"},
         payment=payment,
+        payment_digest=None if payment is None else b"\xd1" * 32,
         authenticated=True,
     )
 
@@ -200,9 +208,10 @@ def test_a_register_too_wide_to_load_asks_the_database_and_sees_this_batch() -> 
     assert calls == [(STATION, 2, 10**6), (STATION, 2, 10**6 + 1)]
 
 
-def _payment(nonce: int) -> SignedAuthorization:
-    authorization = PaymentAuthorization(USER, STATION, 1_000, nonce, 2**40)
-    return SignedAuthorization(authorization, b"\x02" * 65)
+def _payment(nonce: int) -> PaymentOpening:
+    # Classification stores what the verifier already checked: any commitment and salt do.
+    authorization = PaymentAuthorization(USER, b"\xc0" * 32, 1_000, nonce, 2**40)
+    return PaymentOpening(SignedAuthorization(authorization, b"\x02" * 65), b"\x5a" * 32)
 
 
 def test_an_authorisation_pays_for_one_record_only() -> None:
