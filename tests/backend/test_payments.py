@@ -25,6 +25,7 @@ from gridpoints_protocol.authorization import (
 )
 from gridpoints_protocol.record import EnergyTransfer
 from gridpoints_protocol.tariff import load_timezone, value_record
+from tests.support.auth import bearer, sign_in
 from tests.support.backend import ZONE, BackendHarness, DevStation, sign
 from tests.support.settlement import TARIFFS, make_worker
 
@@ -138,7 +139,9 @@ def settle(h: BackendHarness) -> None:
 
 
 def history_item(h: BackendHarness, wallet: Wallet, record: EnergyTransfer) -> dict[str, Any]:
-    items = h.client.get(f"/v1/users/{wallet.address}").json()["history"]
+    items = h.client.get(
+        f"/v1/users/{wallet.address}", headers=bearer(sign_in(h, wallet.account))
+    ).json()["history"]
     (item,) = [
         i
         for i in items

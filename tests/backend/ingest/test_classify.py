@@ -27,6 +27,7 @@ from backend.ingest.classify import (
 )
 from gridpoints_protocol.authorization import PaymentAuthorization, SignedAuthorization
 from gridpoints_protocol.checks import Deferral, Problem
+from gridpoints_protocol.commitment import user_commitment
 from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.wire import DeferReason, RejectReason
 
@@ -62,6 +63,8 @@ def _columns(sequence: int, before: int, energy: int = 100, direction: int = 2) 
         station_id=STATION,
         sequence=sequence,
         user_address=USER,
+        user_salt=b"\x5a" * 32,
+        user_commitment=user_commitment(USER, b"\x5a" * 32),
         direction=direction,
         energy_wh=energy,
         meter_before_wh=before,
@@ -69,6 +72,7 @@ def _columns(sequence: int, before: int, energy: int = 100, direction: int = 2) 
         start_time=1_000,
         end_time=4_600,
         payment_authorization=bytes(32),
+        meter_evidence=bytes(32),
         signature=b"\x01" * 65,
         signer=b"\x0b" * 20,
     )
