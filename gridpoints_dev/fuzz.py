@@ -49,6 +49,7 @@ from gridpoints_protocol.authorization import (
     SettlementDomain,
     SignedAuthorization,
 )
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import keccak256, to_checksum_address
 from gridpoints_protocol.record import SECP256K1_N, Direction, Domain, EnergyTransfer
 
@@ -189,6 +190,8 @@ class Generator:
         self.users = make_stations(seed.to_bytes(8, "big", signed=True), "user", 8)
         self.order = 0
         self.nonces: set[int] = set()
+        # The opening of every user commitment this run made, sent with its record.
+        self.openings: dict[bytes, UserOpening] = {}
         # Signed valid bodies already acknowledged-or-sent, for replays and equivocations.
         self.sent_valid: list[tuple[FuzzStation, EnergyTransfer, dict[str, Any]]] = []
         self.families: list[tuple[str, int, Callable[[], FuzzCase]]] = [
@@ -233,10 +236,16 @@ class Generator:
         end = self.t0 + sequence * self.slot_s
         if end >= self.target.end_before:
             raise RuntimeError("more records for one station than time slots: raise WINDOW_S")
+        # A salt from the run's generator keeps the stream deterministic per seed.
+        opening = UserOpening(
+            user if user is not None else rng.choice(self.users).address,
+            bytes(rng.getrandbits(8) for _ in range(31)) + b"\x01",
+        )
+        self.openings[opening.commitment] = opening
         return EnergyTransfer(
             station_id=state.station.station_id,
             sequence=sequence,
-            user=user if user is not None else rng.choice(self.users).address,
+            user_commitment=opening.commitment,
             direction=Direction(direction),
             energy_wh=energy,
             meter_before_wh=before,
@@ -248,7 +257,11 @@ class Generator:
 
     def _signed(self, station: FuzzStation, record: EnergyTransfer) -> dict[str, Any]:
         signature = station.sign(record.digest(self.target.domain))
-        return {"record": record.to_json(), "signature": "0x" + signature.hex()}
+        body: dict[str, Any] = {"record": record.to_json(), "signature": "0x" + signature.hex()}
+        opening = self.openings.get(record.user_commitment)
+        if opening is not None:
+            body["opening"] = opening.to_json()
+        return body
 
     def _nonce(self) -> int:
         """A nonce never drawn before in this run: small, 64-bit or 256-bit. Only the replay
@@ -445,7 +458,7 @@ class Generator:
         "endTime",
         "direction",
     )
-    _HEX_FIELDS: Final = ("stationId", "user", "paymentAuthorization")
+    _HEX_FIELDS: Final = ("stationId", "userCommitment", "paymentAuthorization", "meterEvidence")
 
     def _field_mutation_body(self) -> tuple[Any, Expect]:
         """A decoy's signed record with one field changed to another value after signing."""
@@ -933,7 +946,7 @@ class Generator:
             if rng.random() < 0.4:
                 wire[name] = str(wire[name])
         if rng.random() < 0.5:
-            wire["user"] = wire["user"].lower()
+            wire["userCommitment"] = "0x" + wire["userCommitment"][2:].upper()
         if rng.random() < 0.3:
             wire["stationId"] = "0x" + wire["stationId"][2:].upper()
         if rng.random() < 0.3:

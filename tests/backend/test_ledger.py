@@ -30,7 +30,7 @@ from backend.settlement import SettlementConfig, plan_steps
 from gridpoints_protocol import merkle
 from gridpoints_protocol.record import Direction, SignedRecord
 from gridpoints_protocol.tariff import value_record
-from tests.support.backend import ZONE, BackendHarness
+from tests.support.backend import ZONE, BackendHarness, opening_of
 from tests.support.settlement import TARIFFS, Traffic, make_worker
 
 GRIDPOINTS = Path(sys.executable).parent / "gridpoints"
@@ -127,11 +127,12 @@ class PostedEpoch:
             start_time=record.start_time,
             end_time=record.end_time,
         )
+        user = opening_of(record).user
         if record.direction == Direction.DISCHARGE:
-            self.credits[record.user] = self.credits.get(record.user, 0) + points
+            self.credits[user] = self.credits.get(user, 0) + points
         elif "payment" in body:
             assert points > PAYMENT_CAP, "the charge is too cheap for its cap to bind"
-            self.debits[record.user] = self.debits.get(record.user, 0) + PAYMENT_CAP
+            self.debits[user] = self.debits.get(user, 0) + PAYMENT_CAP
 
     @property
     def users(self) -> list[bytes]:

@@ -25,7 +25,7 @@ from gridpoints_dev.child_process import environment_without_settings
 from gridpoints_dev.serve import ServeProcess, gridpoints_command, upgrade_database
 from gridpoints_dev.tokens import ThrowawayTokens
 from gridpoints_protocol.receipts import IngestReceipt, ReceiptError
-from gridpoints_protocol.record import Domain, SignedRecord
+from gridpoints_protocol.record import Domain
 from tests.support.backend import (
     DATABASES,
     ZONE,
@@ -35,6 +35,7 @@ from tests.support.backend import (
     new_key,
     new_station_id,
     sign,
+    signed_of,
 )
 from tests.support.chain import ChainEnv
 
@@ -139,7 +140,7 @@ def test_receipts_are_signed_in_softhsm_and_verify_only_untouched(
     outcomes = [first.json(), *answered["outcomes"], again.json()]
     receipts = []
     for body, outcome in zip(bodies, outcomes, strict=True):
-        signed = SignedRecord.from_json(body)
+        signed = signed_of(body)
         receipt = IngestReceipt.from_json(outcome["receipt"]["signed"])
         receipt.verify(domain, created)
         entry = receipt.entry

@@ -23,13 +23,13 @@ from backend.settlement import Settler
 from backend.worker import write_dev_key_file
 from gridpoints_chain.errors import ChainError
 from gridpoints_protocol import merkle
-from gridpoints_protocol.record import SignedRecord
 from tests.support.backend import (
     DATABASES,
     BackendHarness,
     chain_checkpoint,
     fresh_database,
     running_backend,
+    signed_of,
 )
 from tests.support.chain import ChainEnv
 from tests.support.settlement import (
@@ -87,7 +87,7 @@ def test_epochs_tile_the_log_and_sealing_is_deterministic(harness: BackendHarnes
     # The records root is the RFC 9162 root of the records' leaves in log (= posting) order.
     leaves = []
     for body in traffic.bodies[:20]:
-        signed = SignedRecord.from_json(body)
+        signed = signed_of(body)
         leaves.append(merkle.record_leaf_hash(signed.digest(harness.domain), signed.signature))
     assert merkle.root(leaves) == epochs[0].records_root
 

@@ -37,10 +37,10 @@ from gridpoints_dev.chain import grant_token_role_after_delay
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.bundle_format import MANIFEST_FILE, RECORDS_FILE, TARIFF_FILE
-from gridpoints_protocol.record import EnergyTransfer, SignedRecord
+from gridpoints_protocol.record import EnergyTransfer
 from gridpoints_protocol.tariff import Tariff
 from tests.support.audit import export_all, settle
-from tests.support.backend import BackendHarness, sign
+from tests.support.backend import BackendHarness, sign, signed_of
 from tests.support.chain import delegate_with_eip7702, deploy_test_contract
 from tests.support.settlement import TARIFFS, Traffic, make_worker, random_traffic
 
@@ -314,7 +314,7 @@ def test_record_signed_by_a_revoked_key_is_caught(harness: BackendHarness) -> No
     # The backend refuses such a record at ingest; a dishonest operator writes it directly.
     record = station.record(user=user, direction=2, energy_wh=4_000, end_time=revoked_at + 60)
     body = sign(record, station.key, h.domain)
-    signed = SignedRecord.from_json(body)
+    signed = signed_of(body)
     assert h.post(body).json()["reason"] == "key_not_valid"
     db = Database(h.database_url)
     try:

@@ -17,9 +17,8 @@ from eth_account import Account
 
 from gridpoints_audit.findings import Kind
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
-from gridpoints_protocol.record import SignedRecord
 from tests.support.audit import append_to_log, audit_api, audit_bundle, export_all
-from tests.support.backend import BackendHarness, sign
+from tests.support.backend import BackendHarness, sign, signed_of
 from tests.support.settlement import make_worker, random_traffic
 
 NINETY_DAYS = 90 * 86_400
@@ -38,7 +37,7 @@ def test_a_record_ending_90_days_after_its_epochs_commit_is_caught(
     body = sign(record, station.key, h.domain)
     refused = h.post(body)
     assert refused.json()["reason"] == "end_in_future", refused.text
-    append_to_log(h, record, SignedRecord.from_json(body).signature, station.key.address)
+    append_to_log(h, record, signed_of(body).signature, station.key.address)
     worker = make_worker(h)
     try:
         assert worker.run_round(force_seal=True).settled == 1

@@ -248,6 +248,11 @@ def sign(record: EnergyTransfer, key: LocalAccount, domain: Domain) -> dict[str,
     return body
 
 
+def signed_of(body: dict[str, Any]) -> SignedRecord:
+    """The signed record of a submission body (without its opening and payment)."""
+    return SignedRecord.from_json({"record": body["record"], "signature": body["signature"]})
+
+
 def raw_body(record_json: dict[str, Any], signature: bytes) -> dict[str, Any]:
     body = {"record": record_json, "signature": "0x" + signature.hex()}
     try:

@@ -36,6 +36,7 @@ from tests.support.backend import (
     fresh_database,
     running_backend,
     sign,
+    user_of,
 )
 from tests.support.chain import ChainEnv
 from tests.support.payments import charge_payment
@@ -140,10 +141,10 @@ class Traffic:
                     end_time=record.end_time,
                 )
                 if record.direction == 2:
-                    balance[record.user_address] += points
+                    balance[user_of(record)] += points
                 elif "payment" in body and points:
                     cap = body["payment"]["authorization"]["maxPoints"]
-                    payments.append((record.user_address, min(points, int(cap))))
+                    payments.append((user_of(record), min(points, int(cap))))
             for user, requested in payments:
                 balance[user] -= min(requested, balance[user])
         return dict(balance)
@@ -162,7 +163,7 @@ class Traffic:
                 end_time=record.end_time,
             )
             if record.direction == 2:
-                credits[record.user_address] += points
+                credits[user_of(record)] += points
         return dict(credits)
 
 

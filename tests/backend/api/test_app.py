@@ -27,7 +27,7 @@ from tests.support.backend import (  # noqa: E402
 )
 
 MAX_BATCH = 5
-MAX_BODY = 4_096
+MAX_BODY = 6_144  # six submissions of about 760 bytes each (record, signature, opening)
 
 
 @pytest.fixture(scope="module", params=DATABASES)
@@ -76,7 +76,8 @@ def test_body_too_large_is_413_for_single_and_batch(small: BackendHarness) -> No
 def test_body_too_large_without_content_length(small: BackendHarness) -> None:
     def chunks() -> Iterator[bytes]:
         yield b"["
-        for _ in range(MAX_BODY // 100 + 5):
+        # 92 bytes each: more than MAX_BODY in all.
+        for _ in range(MAX_BODY // 90 + 5):
             yield b'{"record": {}, "signature": "' + b"0" * 60 + b'"},'
         yield b"{}]"
 
@@ -120,7 +121,9 @@ def test_request_level_errors_have_one_shape(small: BackendHarness) -> None:
     assert_error(c.get("/v1/records/0x1234"), 422, "invalid_parameter")
     assert_error(c.get(f"/v1/stations/0x{'00' * 32}"), 404, "not_found")
     assert_error(c.get("/v1/stations/nope"), 422, "invalid_parameter")
-    assert_error(c.get("/v1/users/0x1234/records"), 422, "invalid_parameter")
+    assert_error(c.get("/v1/users/0x1234"), 422, "invalid_parameter")
+    # A wallet's records are private now: the public per-wallet list is gone.
+    assert_error(c.get(f"/v1/users/0x{'5a' * 20}/records"), 404, "not_found")
     error = assert_error(c.get("/v1/records", params={"limit": 0}), 422, "invalid_parameter")
     assert error["details"]["errors"][0]["location"] == "query.limit"
     assert_error(
@@ -183,7 +186,7 @@ def test_healthz_and_domain(small: BackendHarness) -> None:
     domain = h.client.get("/v1/domain").json()
     assert domain == {
         "name": "GridPoints",
-        "version": "1",
+        "version": "2",
         "chainId": h.env.deployment.chain_id,
         "verifyingContract": h.env.deployment.registry_address,
     }

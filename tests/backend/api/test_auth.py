@@ -19,6 +19,7 @@ from eth_account.signers.local import LocalAccount
 from backend.db import Database
 from backend.db.models import AuthChallenge
 from gridpoints_protocol.authorization import PaymentOpening
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.offers import ChargeOffer
 from gridpoints_protocol.siwe import SiweMessage, format_time, parse_message
 from tests.support.auth import bearer, challenge, personal_sign, sign_in, wallet
@@ -72,15 +73,19 @@ def test_a_wallet_signs_in_and_reads_only_its_own_records(backend: BackendHarnes
     page = mine.json()
     assert page["user"] == alice.address
     assert len(page["records"]) == 3
-    assert {r["record"]["record"]["user"] for r in page["records"]} == {alice.address}
+    assert {r["opening"]["user"] for r in page["records"]} == {alice.address}
+    # Each record's opening opens its commitment.
+    for r in page["records"]:
+        opening = UserOpening.from_json(r["opening"])
+        assert "0x" + opening.commitment.hex() == r["record"]["record"]["userCommitment"]
     assert all(r["state"] == "pending" and r["proof"] is None for r in page["records"])
     # Bob's token gives Bob's records, never Alice's; no parameter names a user.
     theirs = h.client.get("/v1/me/records", headers=bearer(bob_token)).json()
-    assert {r["record"]["record"]["user"] for r in theirs["records"]} == {bob.address}
+    assert {r["opening"]["user"] for r in theirs["records"]} == {bob.address}
     assert len(theirs["records"]) == 2
     export = h.client.get("/v1/me/export", headers=bearer(bob_token)).json()
     assert export["user"] == bob.address
-    assert {r["record"]["user"] for r in export["pending"]} == {bob.address}
+    assert {r["opening"]["user"] for r in export["pending"]} == {bob.address}
     assert alice.address.lower()[2:] not in str(export).lower()
 
 
@@ -103,6 +108,13 @@ def test_without_a_valid_session_the_private_views_are_401_with_a_reason(
     assert out.status_code == 204, out.text
     after = h.client.get("/v1/me/records", headers=bearer(token))
     assert after.status_code == 401 and error_code(after) == "unknown_session"
+    # A wallet's history by address is that wallet's too: no session 401, another's 403.
+    mine = h.client.get(f"/v1/users/{account.address}", headers=bearer(sign_in(h, account)))
+    assert mine.status_code == 200, mine.text
+    anonymous = h.client.get(f"/v1/users/{account.address}")
+    assert anonymous.status_code == 401 and error_code(anonymous) == "missing_token"
+    other = h.client.get(f"/v1/users/{account.address}", headers=bearer(sign_in(h, wallet())))
+    assert other.status_code == 403 and error_code(other) == "not_your_wallet"
     again = h.client.delete("/v1/auth/session", headers=bearer(token))
     assert again.status_code == 401 and error_code(again) == "unknown_session"
 

@@ -17,13 +17,26 @@ from sqlalchemy import insert, select
 from backend.api.records import record_view
 from backend.db import Database
 from backend.db.models import Record, Station
-from backend.db.record_rows import record_columns, stored_record, stored_signed_record
+from backend.db.record_rows import (
+    record_columns,
+    stored_opening,
+    stored_record,
+    stored_signed_record,
+)
 from backend.migrations import upgrade
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import to_checksum_address
-from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord
+from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 
 pytest.register_assert_rewrite("backend_fixtures")
-from tests.support.backend import DATABASES, fresh_database, new_key, new_station_id, sign  # noqa: E402
+from tests.support.backend import (  # noqa: E402
+    DATABASES,
+    fresh_database,
+    new_key,
+    new_station_id,
+    sign,
+    signed_of,
+)
 
 DOMAIN = Domain(31337, bytes.fromhex("22" * 20))
 UINT64_MAX = 2**64 - 1
@@ -40,13 +53,15 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
             db.dispose()
 
 
+OPENING = UserOpening(bytes.fromhex("5a" * 20), b"\x01" * 32)
+
+
 def _records(station_id: bytes) -> list[EnergyTransfer]:
-    user = bytes.fromhex("5a" * 20)
     return [
         EnergyTransfer(
             station_id=station_id,
             sequence=1,
-            user=user,
+            user_commitment=OPENING.commitment,
             direction=Direction.DISCHARGE,
             energy_wh=0,
             meter_before_wh=0,
@@ -57,7 +72,7 @@ def _records(station_id: bytes) -> list[EnergyTransfer]:
         EnergyTransfer(
             station_id=station_id,
             sequence=UINT64_MAX,
-            user=user,
+            user_commitment=OPENING.commitment,
             direction=Direction.CHARGE,
             energy_wh=7,
             meter_before_wh=UINT64_MAX - 7,
@@ -65,6 +80,7 @@ def _records(station_id: bytes) -> list[EnergyTransfer]:
             start_time=UINT64_MAX - 1,
             end_time=UINT64_MAX,
             payment_authorization=b"\xab" * 32,
+            meter_evidence=b"\xcd" * 32,
         ),
     ]
 
@@ -85,8 +101,8 @@ def test_a_record_comes_back_as_stored(database: Database) -> None:
             )
         )
     now = datetime.now(UTC)
-    signed = [SignedRecord.from_json(sign(r, key, DOMAIN)) for r in _records(station_id)]
-    columns = [record_columns(s, s.digest(DOMAIN), signer) for s in signed]
+    signed = [signed_of(sign(r, key, DOMAIN)) for r in _records(station_id)]
+    columns = [record_columns(s, s.digest(DOMAIN), signer, OPENING) for s in signed]
     with database.write() as session:
         session.execute(insert(Record), [c.row(i, now) for i, c in enumerate(columns)])
     with database.read() as session:
@@ -96,7 +112,10 @@ def test_a_record_comes_back_as_stored(database: Database) -> None:
             assert stored_record(row) == original.record
             assert stored_signed_record(row) == original
             # Both directions compose to the identity.
-            assert record_columns(stored_signed_record(row), row.digest, row.signer) == column
+            assert stored_opening(row) == OPENING
+            assert (
+                record_columns(stored_signed_record(row), row.digest, row.signer, OPENING) == column
+            )
             view = record_view(row)
             assert (view.record, view.signature) == (
                 original.to_json()["record"],
@@ -104,3 +123,6 @@ def test_a_record_comes_back_as_stored(database: Database) -> None:
             )
             assert view.digest == "0x" + original.digest(DOMAIN).hex()
             assert view.signer == to_checksum_address(signer)
+            # The public view is the signed record: the commitment, not the wallet or salt.
+            public = view.model_dump_json().lower()
+            assert OPENING.user.hex() not in public and OPENING.salt.hex() not in public

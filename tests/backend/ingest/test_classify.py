@@ -31,6 +31,7 @@ from gridpoints_protocol.authorization import (
     SignedAuthorization,
 )
 from gridpoints_protocol.checks import Deferral, Problem
+from gridpoints_protocol.commitment import user_commitment
 from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.wire import DeferReason, RejectReason
 
@@ -67,7 +68,7 @@ def _columns(sequence: int, before: int, energy: int = 100, direction: int = 2) 
         sequence=sequence,
         user_address=USER,
         user_salt=b"\x5a" * 32,
-        user_commitment=keccak256(b"commitment %d" % sequence),
+        user_commitment=user_commitment(USER, b"\x5a" * 32),
         direction=direction,
         energy_wh=energy,
         meter_before_wh=before,

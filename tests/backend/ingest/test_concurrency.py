@@ -26,7 +26,7 @@ from backend.ingest.classify import Candidate
 from backend.ingest.transaction import Ingestor
 from backend.migrations import upgrade
 from gridpoints_protocol.checks import Verdict
-from gridpoints_protocol.record import Domain, EnergyTransfer, SignedRecord
+from gridpoints_protocol.record import Domain, EnergyTransfer
 
 pytest.register_assert_rewrite("backend_fixtures")
 from tests.support.backend import (  # noqa: E402
@@ -37,6 +37,7 @@ from tests.support.backend import (  # noqa: E402
     new_key,
     new_station_id,
     sign,
+    signed_of,
 )
 
 RACES = 20
@@ -187,7 +188,7 @@ def test_the_unique_index_stops_a_writer_that_bypasses_the_lock(tmp_path: Path) 
 
             def columns(record: EnergyTransfer) -> Candidate:
                 body = sign(record, key, domain)
-                signed = SignedRecord.from_json(body)
+                signed = signed_of(body)
                 verdict = Verdict(signed, record.digest(domain), bytes.fromhex(key.address[2:]))
                 return Candidate.of(body, verdict)
 

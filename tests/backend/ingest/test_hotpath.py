@@ -76,7 +76,9 @@ from tests.support.backend import (  # noqa: E402
     fresh_database,
     new_key,
     new_station_id,
+    opening_of,
     sign,
+    signed_of,
 )
 
 VECTORS = json.loads(
@@ -116,11 +118,11 @@ def _variants(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for value in odd_values:
             yield {**message, key: value}
     yield {**message, "extra": 1}
-    yield {**message, "user": message["user"].lower()}
-    yield {**message, "user": "0x" + message["user"][2:].upper()}
-    user = message["user"]
-    flipped = user[:2] + (user[2].swapcase() if user[2].isalpha() else user[2]) + user[3:]
-    yield {**message, "user": flipped}
+    yield {**message, "userCommitment": "0x" + message["userCommitment"][2:].upper()}
+    yield {**message, "meterEvidence": "0x" + "Ab" * 32}
+    # A version-1 record: the wallet instead of the commitment.
+    v1 = {k: v for k, v in message.items() if k not in ("userCommitment", "meterEvidence")}
+    yield {**v1, "user": "0x" + "5a" * 20}
     yield {**message, "meterAfterWh": message["meterAfterWh"] + 1}
     yield {**message, "endTime": message["startTime"] - 1}
     yield {**message, "stationId": message["stationId"].upper().replace("0X", "0x")}
@@ -306,9 +308,11 @@ def _station(db: Database) -> DevStation:
 def _candidate(record: EnergyTransfer, station: DevStation) -> Candidate:
     """A verified candidate, as the verifier would hand it over."""
     body = sign(record, station.key, DOMAIN)
-    signed = SignedRecord.from_json(body)
+    signed = signed_of(body)
     signer = bytes.fromhex(station.key.address[2:])
-    return Candidate.of(body, Verdict(signed, record.digest(DOMAIN), signer))
+    return Candidate.of(
+        body, Verdict(signed, record.digest(DOMAIN), signer, opening=opening_of(record))
+    )
 
 
 def _log(db: Database) -> list[tuple[int, bytes, int]]:
@@ -508,7 +512,7 @@ def test_a_deferred_candidate_stores_nothing_unless_it_is_a_duplicate(database: 
     def deferred(record: EnergyTransfer) -> Candidate:
         body = sign(record, station.key, DOMAIN)
         verdict = Verdict(
-            SignedRecord.from_json(body),
+            signed_of(body),
             record.digest(DOMAIN),
             bytes.fromhex(station.key.address[2:]),
             deferral=Deferral(DeferReason.REGISTRY_BEHIND, "not yet", 5),

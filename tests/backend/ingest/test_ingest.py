@@ -15,7 +15,14 @@ from backend.ingest.classify import UNAUTHENTICATED_BODY_BYTES
 from gridpoints_protocol.record import SECP256K1_N, Domain, EnergyTransfer
 
 pytest.register_assert_rewrite("backend_fixtures")
-from tests.support.backend import BackendHarness, DevStation, new_key, sign  # noqa: E402
+from tests.support.auth import bearer, sign_in  # noqa: E402
+from tests.support.backend import (  # noqa: E402
+    BackendHarness,
+    DevStation,
+    new_key,
+    raw_body,
+    sign,
+)
 
 # ---- helpers --------------------------------------------------------------------------------
 
@@ -79,7 +86,12 @@ def assert_not_stored_but_recorded(
 
 
 def with_signature(record_json: dict[str, Any], signature: bytes) -> dict[str, Any]:
-    return {"record": record_json, "signature": "0x" + signature.hex()}
+    return raw_body(record_json, signature)
+
+
+def without_opening(body: dict[str, Any]) -> dict[str, Any]:
+    """A submission as a (public) rejection keeps it: the opening names the user."""
+    return {k: v for k, v in body.items() if k != "opening"}
 
 
 def raw_signature(h: BackendHarness, station: DevStation, record: EnergyTransfer) -> bytes:
@@ -523,18 +535,20 @@ def test_out_of_order_records_with_gaps_tracked_per_station(backend: BackendHarn
     assert stored_sequences(h, station) == list(range(1, 9))
 
 
-def test_records_by_user_and_by_log_index(backend: BackendHarness) -> None:
+def test_records_by_the_signed_in_user_and_by_log_index(backend: BackendHarness) -> None:
     h = backend
     station = h.register_station()
-    user = new_key().address
+    account = new_key()
+    user = account.address
     accepted = [
         assert_accepted(h.post(h.signed(station, user=user, direction=d)))["receipt"]["logIndex"]
         for d in (1, 2, 1)
     ]
-    page = h.client.get(f"/v1/users/{user.lower()}/records").json()
+    token = bearer(sign_in(h, account))
+    page = h.client.get("/v1/me/records", headers=token).json()
     assert page["user"] == user
-    assert [r["logIndex"] for r in page["records"]] == accepted
-    assert all(r["record"]["user"] == user for r in page["records"])
+    assert [r["record"]["logIndex"] for r in page["records"]] == accepted
+    assert all(r["opening"]["user"] == user for r in page["records"])
 
     first = h.client.get("/v1/records", params={"afterLogIndex": accepted[0] - 1, "limit": 2})
     assert first.status_code == 200
@@ -543,8 +557,12 @@ def test_records_by_user_and_by_log_index(backend: BackendHarness) -> None:
     assert body["nextAfterLogIndex"] == accepted[0] + 1
     assert body["logSize"] >= accepted[-1] + 1
 
-    paged = h.client.get(f"/v1/users/{user}/records", params={"afterLogIndex": accepted[0]})
-    assert [r["logIndex"] for r in paged.json()["records"]] == accepted[1:]
+    paged = h.client.get(
+        "/v1/me/records", params={"afterLogIndex": accepted[0]}, headers=token
+    ).json()
+    assert [r["record"]["logIndex"] for r in paged["records"]] == accepted[1:]
+    # The public log publishes the commitments, never the wallet.
+    assert user.lower()[2:] not in first.text.lower()
 
 
 def test_a_batch_behaves_like_the_same_records_posted_one_by_one(backend: BackendHarness) -> None:
@@ -577,21 +595,24 @@ def test_a_batch_behaves_like_the_same_records_posted_one_by_one(backend: Backen
         stations = [h.register_station(wait=False) for _ in range(2)]
         h.wait_for_registry()
         end = int(time.time()) - 600
-        bodies = [
-            sign(
-                stations[i].record(
-                    sequence=seq,
-                    direction=d,
-                    meter_before_wh=before,
-                    energy_wh=wh,
-                    end_time=end,
-                    advance=False,
-                ),
-                stations[i].key,
-                h.domain,
-            )
-            for i, seq, d, before, wh in ops
-        ]
+        # One body per distinct op: "the same record again" is a resend of that body (a
+        # record signed anew would commit to the user under a fresh salt: another record).
+        signed: dict[tuple[int, int, int, int, int], dict[str, Any]] = {}
+        for i, seq, d, before, wh in ops:
+            if (i, seq, d, before, wh) not in signed:
+                signed[(i, seq, d, before, wh)] = sign(
+                    stations[i].record(
+                        sequence=seq,
+                        direction=d,
+                        meter_before_wh=before,
+                        energy_wh=wh,
+                        end_time=end,
+                        advance=False,
+                    ),
+                    stations[i].key,
+                    h.domain,
+                )
+        bodies = [signed[op] for op in ops]
         if post_each:
             results = [h.post(body).json() for body in bodies]
         else:
@@ -651,11 +672,13 @@ def test_unauthenticated_rejections_keep_a_bounded_prefix_of_the_body(
     malformed, key_not_valid = rejections(h, station)
     assert malformed["bodyTruncated"] is True
     assert len(malformed["body"].encode()) == UNAUTHENTICATED_BODY_BYTES
-    assert malformed["bodySize"] == len(json.dumps(padded, separators=(",", ":")).encode())
+    kept = without_opening(padded)
+    assert malformed["bodySize"] == len(json.dumps(kept, separators=(",", ":")).encode())
     assert malformed["body"].startswith('{"record":')
     # Small unauthenticated bodies fit the bound whole.
     assert key_not_valid["bodyTruncated"] is False
-    assert json.loads(key_not_valid["body"]) == stranger
+    assert json.loads(key_not_valid["body"]) == without_opening(stranger)
+    assert "opening" in stranger and "opening" not in key_not_valid["body"]
 
 
 def test_a_prefix_cut_inside_a_multibyte_character_stays_text(backend: BackendHarness) -> None:
@@ -686,5 +709,5 @@ def test_authenticated_rejections_keep_the_whole_body(backend: BackendHarness) -
     power, equivocation = rejections(h, station)
     for stored, sent in ((power, too_much), (equivocation, conflicting)):
         assert stored["bodyTruncated"] is False
-        assert json.loads(stored["body"]) == sent
+        assert json.loads(stored["body"]) == without_opening(sent)
         assert stored["bodySize"] == len(stored["body"].encode())
