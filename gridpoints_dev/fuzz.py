@@ -46,10 +46,11 @@ import httpx
 
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
+    PaymentOpening,
     SettlementDomain,
     SignedAuthorization,
 )
-from gridpoints_protocol.commitment import UserOpening
+from gridpoints_protocol.commitment import UserOpening, charge_commitment
 from gridpoints_protocol.eip712 import keccak256, to_checksum_address
 from gridpoints_protocol.record import SECP256K1_N, Direction, Domain, EnergyTransfer
 
@@ -274,11 +275,13 @@ class Generator:
 
     def _authorization(
         self, wallet: FuzzStation, station_id: bytes, end_time: int, **changes: Any
-    ) -> SignedAuthorization:
-        """Signed by `wallet`; `changes` override fields (a forgery when they change the user)."""
+    ) -> PaymentOpening:
+        """Signed by `wallet`, committing to `station_id` under a fresh salt; `changes` override
+        fields (a forgery when they change the user)."""
+        salt = self.rng.randbytes(32)
         values: dict[str, Any] = {
             "user": wallet.address,
-            "station_id": station_id,
+            "charge_commitment": charge_commitment(station_id, salt),
             "max_points": self.rng.randint(1, 10_000),
             "nonce": self._nonce(),
             "deadline": end_time + self.rng.randint(0, 10 * 86_400),
@@ -286,7 +289,7 @@ class Generator:
         values.update(changes)
         authorization = PaymentAuthorization(**values)
         digest = authorization.digest(self.target.settlement_domain)
-        return SignedAuthorization(authorization, wallet.sign(digest))
+        return PaymentOpening(SignedAuthorization(authorization, wallet.sign(digest)), salt)
 
     def valid_item(self, *, paid: bool | None = None) -> Item:
         """The next valid record of a random valid station (paid for with points, sometimes)."""
@@ -301,7 +304,7 @@ class Generator:
                 state,
                 direction=1,
                 user=user.address,
-                commit=payment.digest(self.target.settlement_domain),
+                commit=payment.link(self.target.settlement_domain),
             )
             body = self._signed(state.station, record)
             body["payment"] = payment.to_json()
@@ -569,9 +572,9 @@ class Generator:
             changes["user"] = rng.choice([u for u in self.users if u is not user]).address
         station_id = changes.pop("station", state.station.station_id)
         payment = self._authorization(user, station_id, end, **changes)
-        digest = payment.digest(self.target.settlement_domain)
+        link = payment.link(self.target.settlement_domain)
         direction = 2 if kind == 3 else 1  # a discharge cannot be paid
-        commit = keccak256(digest) if kind == 4 else digest  # commits to another authorisation
+        commit = keccak256(link) if kind == 4 else link  # commits to another authorisation
         # kind 2: the record's user is not the one the authorisation names
         record = self._record(state, direction=direction, user=user.address, commit=commit)
         body = self._signed(state.station, record)
@@ -585,7 +588,7 @@ class Generator:
             body["record"]["paymentAuthorization"] = "0x" + "00" * 32  # spoils the signature too
         elif kind == 7:  # signed by someone else
             other = rng.choice([u for u in self.users if u is not user])
-            sig = other.sign(payment.digest(self.target.settlement_domain))
+            sig = other.sign(payment.signed.digest(self.target.settlement_domain))
             body["payment"] = {**pay, "signature": "0x" + sig.hex()}
         elif kind == 8:  # out-of-range numbers in the authorisation
             auth = dict(pay["authorization"])
