@@ -30,7 +30,7 @@ from backend.db import Database
 from backend.settings import TARIFFS_DIR
 from backend.worker import SealAndSettle
 from gridpoints_protocol import merkle
-from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import keccak256, parse_address
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
@@ -495,18 +495,23 @@ def test_authorize_record_sync_and_spend_points_with_a_charge(
         "authorize", "--max-points", "40", "--user-key-env", "DEMO_WALLET_KEY",
         "--out", str(auth_file), env=env,
     )  # fmt: skip
-    signed = SignedAuthorization.from_json(json.loads(auth_file.read_text()))
+    signed = PaymentOpening.from_json(json.loads(auth_file.read_text()))
     assert view["signed"] == signed.to_json() and view["file"] == str(auth_file)
     assert (view["user"], view["stationId"], view["maxPoints"]) == (wallet.address, station_id, 40)
+    # The authorisation commits to this station under the file's salt; it never names it.
+    assert signed.opens_station(bytes.fromhex(station_id[2:]))
+    assert view["chargeCommitment"] == "0x" + signed.authorization.charge_commitment.hex()
+    assert view["paymentLink"] == "0x" + signed.link(chain_env.chain.settlement_domain).hex()
     contract_digest = chain_env.chain.hash_payment_authorization(signed.authorization)
     assert view["digest"] == "0x" + contract_digest.hex()
     assert view["settlement"] == chain_env.deployment.settlement_address
     assert abs(view["deadline"] - (int(time.time()) + 86_400)) < 120
-    assert signed.is_signed_by_user(chain_env.chain.settlement_domain)
+    assert signed.signed.is_signed_by_user(chain_env.chain.settlement_domain)
     # Without --out, stdout is the signed authorisation itself; the summary goes to stderr.
     piped = cli("authorize", "--max-points", "40", "--user-key-env", "DEMO_WALLET_KEY", env=env)
     assert piped.code == 0, piped.stderr
-    other = SignedAuthorization.from_json(json.loads(piped.stdout))
+    other = PaymentOpening.from_json(json.loads(piped.stdout))
+    assert other.salt != signed.salt  # a fresh charge salt each time
     assert other.authorization.nonce != signed.authorization.nonce  # random 256-bit nonces
     assert "development wallet key" in piped.stderr and "authorised:" in piped.stderr
 
@@ -523,13 +528,14 @@ def test_authorize_record_sync_and_spend_points_with_a_charge(
     earned = int(token.balanceOf(wallet.address).call())
     assert earned == points_of(2, 9_000, end) > 0
 
-    # record with --authorization: the record commits to the digest, the row carries it.
+    # record with --authorization: the record commits to the digest's salted link, the row
+    # carries the payment opening.
     signed_out = tmp_path / "signed.json"
     paid = cli.ok(
         *charge_args(wallet.address, end + 3_600, "--authorization", str(auth_file),
                      "--out", str(signed_out), energy_wh=6_000),
     )  # fmt: skip
-    assert paid["record"]["paymentAuthorization"] == view["digest"]
+    assert paid["record"]["paymentAuthorization"] == view["paymentLink"] != view["digest"]
     assert paid["payment"] == signed.to_json()
     assert json.loads(signed_out.read_text())["payment"] == signed.to_json()
     with StationStore(Path(cli.env["GRIDPOINTS_STATION_DIR"]) / STORE_FILE) as store:
@@ -546,7 +552,7 @@ def test_authorize_record_sync_and_spend_points_with_a_charge(
     )
     assert human.code == 1 and "[authorization_replayed]" in human.stderr
 
-    # sync: the backend accepts it and publishes the authorisation; settlement burns
+    # sync: the backend accepts it and shows the payment opening to the wallet; settlement burns
     # min(price, authorised maximum, balance).
     assert cli.ok("sync", "--backend-url", backend.url)["accepted"] == 1
     history = backend.client.get(
@@ -589,10 +595,10 @@ def test_refused_authorisations_each_have_their_code_and_record_nothing(
     tampered.write_text(json.dumps(data))
     malformed = tmp_path / "malformed.json"
     malformed.write_text(json.dumps({"authorization": {"user": wallet.address}, "signature": "0x"}))
-    digest = (
+    link = (
         "0x"
-        + SignedAuthorization.from_json(json.loads(good.read_text()))
-        .digest(chain_env.chain.settlement_domain)
+        + PaymentOpening.from_json(json.loads(good.read_text()))
+        .link(chain_env.chain.settlement_domain)
         .hex()
     )
 
@@ -611,7 +617,7 @@ def test_refused_authorisations_each_have_their_code_and_record_nothing(
         ("authorization_mismatch",
          paying(wallet.address, good, "--payment-authorization", "0x" + "11" * 32)),
         ("authorization_missing",
-         charge_args(wallet.address, end, "--payment-authorization", digest)),
+         charge_args(wallet.address, end, "--payment-authorization", link)),
     ]  # fmt: skip
     for code, args in cases:
         result = cli.fails(*args)

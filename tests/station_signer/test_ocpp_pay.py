@@ -20,11 +20,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from gridpoints_dev.ocpp_charger import MeterReading, SimulatedMeter, connected
-from gridpoints_protocol.authorization import (
-    PaymentAuthorization,
-    SignedAuthorization,
-    sign_authorization,
-)
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.offers import ChargeOffer
 from gridpoints_protocol.record import ZERO_BYTES32
 from station_signer.config import STORE_FILE
@@ -47,6 +43,7 @@ from tests.station_signer.test_ocpp_gateway import (
 )
 from tests.support.backend import ZONE, BackendHarness
 from tests.support.chain import ChainEnv
+from tests.support.payments import charge_payment
 
 station = test_ocpp_gateway.station  # the fixture: a SoftHSM2 station, one charger
 MAX_POINTS = 10**12  # the station setting: more than any test charge costs
@@ -82,19 +79,17 @@ def wait_offer(
         time.sleep(0.05)
 
 
-def sign_offer_answer(
-    harness: BackendHarness, wallet: LocalAccount, link: str
-) -> SignedAuthorization:
-    """What the pay page does: the offer's terms, the wallet's signature, posted to the relay."""
+def sign_offer_answer(harness: BackendHarness, wallet: LocalAccount, link: str) -> PaymentOpening:
+    """What the pay page does: the offer's terms committed under a fresh salt, the wallet's
+    signature, posted to the relay with the salt."""
     offer = ChargeOffer.from_link(link)
-    authorization = PaymentAuthorization(
-        user=bytes.fromhex(wallet.address[2:]),
-        station_id=offer.station_id,
+    signed = charge_payment(
+        wallet,
+        offer.station_id,
+        harness.env.chain.settlement_domain,
         max_points=offer.max_points,
-        nonce=secrets.randbits(256),
         deadline=offer.deadline,
     )
-    signed = sign_authorization(wallet, authorization, harness.env.chain.settlement_domain)
     posted = harness.client.post(
         f"/v1/offers/{offer.offer_hex}/authorization", json=signed.to_json()
     )
@@ -163,8 +158,8 @@ def test_a_charge_session_paid_with_points_is_recorded_paid_settled_and_burned_o
     records = station.store_records()
     assert [r.record["direction"] for r in records] == [2, 1]
     charge = records[1]
-    digest = signed.authorization.digest(harness.env.chain.settlement_domain)
-    assert charge.record["paymentAuthorization"] == "0x" + digest.hex()
+    link = signed.link(harness.env.chain.settlement_domain)
+    assert charge.record["paymentAuthorization"] == "0x" + link.hex()
     assert charge.payment == signed.to_json()
     energy = expected_energy(begin_wh, Decimal("1000.5"))
     assert charge.opening is not None
@@ -270,14 +265,7 @@ def test_an_authorisation_pays_once_a_second_transaction_with_it_is_recorded_unp
     station = Station(store, key, settlement=domain)
     user: LocalAccount = Account.create()
     offer = ChargeOffer.new(station_id, 500, int(time.time()) + 3600, domain.chain_id)
-    authorization = PaymentAuthorization(
-        user=bytes.fromhex(user.address[2:]),
-        station_id=station_id,
-        max_points=500,
-        nonce=secrets.randbits(256),
-        deadline=offer.deadline,
-    )
-    signed = sign_authorization(user, authorization, domain)
+    signed = charge_payment(user, station_id, domain, max_points=500, deadline=offer.deadline)
     begin = datetime.now(UTC) - timedelta(minutes=30)
     outcomes = []
     with GatewayState(tmp_path / STATE_FILE) as state:

@@ -30,12 +30,13 @@ from eth_account.messages import _hash_eip191_message, encode_typed_data
 from eth_account.signers.local import LocalAccount
 
 from gridpoints_protocol.authorization import (
-    PaymentAuthorization,
+    PaymentOpening,
     SettlementDomain,
     SignedAuthorization,
+    authorization_for_charge,
     sign_authorization,
 )
-from gridpoints_protocol.commitment import UserOpening, user_commitment
+from gridpoints_protocol.commitment import UserOpening, payment_link, user_commitment
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, recover_signer
@@ -396,20 +397,18 @@ def authorised(
     nonce: int = 7,
     deadline: int = END + 3_600,
     domain: SettlementDomain = SETTLEMENT,
-) -> tuple[LocalAccount, SignedAuthorization]:
-    """A user's wallet and its signed authorisation to pay at ``station_id`` (eth_account)."""
+) -> tuple[LocalAccount, PaymentOpening]:
+    """A user's wallet and its payment opening for a charge at ``station_id`` (eth_account; a
+    fresh salt)."""
     wallet = wallet or Account.create()
-    authorization = PaymentAuthorization(
-        user=parse_address(wallet.address),
-        station_id=station_id,
-        max_points=max_points,
-        nonce=nonce,
-        deadline=deadline,
+    salt = secrets.token_bytes(32)
+    authorization = authorization_for_charge(
+        parse_address(wallet.address), station_id, salt, max_points, nonce, deadline
     )
-    return wallet, sign_authorization(wallet, authorization, domain)
+    return wallet, PaymentOpening(sign_authorization(wallet, authorization, domain), salt)
 
 
-def charge(wallet: LocalAccount, signed: SignedAuthorization | None, **kwargs: Any) -> Transfer:
+def charge(wallet: LocalAccount, signed: PaymentOpening | None, **kwargs: Any) -> Transfer:
     return transfer(
         Direction.CHARGE, user=parse_address(wallet.address), authorization=signed, **kwargs
     )
@@ -426,11 +425,13 @@ def test_a_charge_paid_with_points_commits_to_the_authorisation_and_carries_it(
     station, station_id = paying_station(tmp_path)
     wallet, signed = authorised(station_id)
     row = station.record(charge(wallet, signed))
-    digest = signed.digest(SETTLEMENT)
-    # The record commits to the EIP-712 digest (as eth_account computes it, not only our code).
+    digest = signed.signed.digest(SETTLEMENT)
+    # The record commits to the salted link of the EIP-712 digest (as eth_account computes it,
+    # not only our code), never to the digest PaymentApplied carries.
     typed = encode_typed_data(full_message=signed.authorization.typed_data(SETTLEMENT))
     assert digest == _hash_eip191_message(typed)
-    assert row.record["paymentAuthorization"] == "0x" + digest.hex()
+    assert row.record["paymentAuthorization"] == "0x" + payment_link(digest, signed.salt).hex()
+    assert row.record["paymentAuthorization"] != "0x" + digest.hex()
     # The record commits to the wallet; the row keeps the opening and sends it along.
     assert "user" not in row.record and row.opening is not None
     opening = UserOpening.from_json(row.opening)
@@ -440,7 +441,7 @@ def test_a_charge_paid_with_points_commits_to_the_authorisation_and_carries_it(
     assert row.signature is not None
     assert recover_signer(row.digest, row.signature) == station.address
     assert EnergyTransfer.from_json(row.record).digest(DOMAIN) == row.digest
-    # The signed authorisation is stored with it and is the body's `payment`.
+    # The payment opening is stored with it and is the body's `payment`.
     assert row.payment == signed.to_json()
     body = station.store.queued()[0].signed_json()
     assert body == {
@@ -449,7 +450,7 @@ def test_a_charge_paid_with_points_commits_to_the_authorisation_and_carries_it(
         "opening": row.opening,
         "payment": signed.to_json(),
     }
-    assert SignedAuthorization.from_json(body["payment"]) == signed
+    assert PaymentOpening.from_json(body["payment"]) == signed
     # A charge paid otherwise has neither.
     plain = station.record(transfer(Direction.CHARGE))
     assert plain.payment is None and "payment" not in plain.signed_json()
@@ -463,6 +464,7 @@ def test_a_charge_paid_with_points_commits_to_the_authorisation_and_carries_it(
         "other_domain",
         "wrong_user",
         "wrong_station",
+        "wrong_station_salt",
         "expired",
         "not_charge",
         "missing",
@@ -479,8 +481,11 @@ def test_a_refused_authorisation_has_its_own_code_and_stores_nothing(
     expected = f"authorization_{case}"
     if case == "bad_signature":
         # Another key's signature over the same digest.
-        forged = bytes(other.unsafe_sign_hash(signed.digest(SETTLEMENT)).signature)
-        attempt = charge(wallet, SignedAuthorization(signed.authorization, forged))
+        forged = bytes(other.unsafe_sign_hash(signed.signed.digest(SETTLEMENT)).signature)
+        attempt = charge(
+            wallet,
+            PaymentOpening(SignedAuthorization(signed.authorization, forged), signed.salt),
+        )
     elif case == "other_domain":
         # The user's own signature, but for another deployment's Settlement contract.
         elsewhere = SettlementDomain(CHAIN_ID, parse_address("0x" + "42" * 20))
@@ -492,6 +497,10 @@ def test_a_refused_authorisation_has_its_own_code_and_stores_nothing(
     elif case == "wrong_station":
         _, elsewhere = authorised(secrets.token_bytes(32), wallet)
         attempt = charge(wallet, elsewhere)
+    elif case == "wrong_station_salt":
+        # This station's commitment, opened with a salt it was not made with.
+        attempt = charge(wallet, PaymentOpening(signed.signed, secrets.token_bytes(32)))
+        expected = "authorization_wrong_station"
     elif case == "expired":
         # Valid at the deadline itself; one second later the charge would outlive it.
         _, short = authorised(station_id, wallet, deadline=END - 1)
@@ -501,7 +510,7 @@ def test_a_refused_authorisation_has_its_own_code_and_stores_nothing(
             Direction.DISCHARGE, user=parse_address(wallet.address), authorization=signed
         )
     elif case == "missing":
-        attempt = charge(wallet, None, payment_authorization=signed.digest(SETTLEMENT))
+        attempt = charge(wallet, None, payment_authorization=signed.link(SETTLEMENT))
     elif case == "mismatch":
         attempt = charge(wallet, signed, payment_authorization=b"\x01" * 32)
     else:
@@ -520,7 +529,7 @@ def test_a_refused_authorisation_has_its_own_code_and_stores_nothing(
 
 def test_the_deadline_may_equal_the_end_time() -> None:
     _, signed = authorised(b"\x05" * 32, deadline=END)
-    digest = check_authorization(
+    link = check_authorization(
         signed,
         SETTLEMENT,
         station_id=b"\x05" * 32,
@@ -528,7 +537,7 @@ def test_the_deadline_may_equal_the_end_time() -> None:
         direction=Direction.CHARGE,
         end_time=END,
     )
-    assert digest == signed.digest(SETTLEMENT)
+    assert link == signed.link(SETTLEMENT)
 
 
 def test_an_authorisation_pays_one_record_unless_the_backend_rejected_it(tmp_path: Path) -> None:

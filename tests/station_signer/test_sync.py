@@ -34,12 +34,7 @@ import httpx
 import pytest
 from eth_account import Account
 
-from gridpoints_protocol.authorization import (
-    PaymentAuthorization,
-    SettlementDomain,
-    SignedAuthorization,
-    sign_authorization,
-)
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.record import Direction
 from gridpoints_signers import DevKeySigner
@@ -49,6 +44,7 @@ from station_signer.sync import DeferPolicy, RetryPolicy, SyncClient, SyncError
 from station_signer.transfer import Transfer
 from tests.support.auth import bearer, sign_in
 from tests.support.chain import ChainEnv
+from tests.support.payments import charge_payment
 
 pytest.register_assert_rewrite("backend_fixtures")
 from tests.support.backend import (  # noqa: E402
@@ -270,23 +266,16 @@ def test_a_charge_paid_with_points_goes_out_with_its_authorisation(
     backend: BackendHarness, tmp_path: Path
 ) -> None:
     """The body on the wire (captured by a real HTTP server in front of the real backend) is
-    {record, signature, payment} for the charge paid with points and {record, signature} for
-    the others; the backend accepts both and publishes the authorisation with the record."""
+    {record, signature, opening, payment} for the charge paid with points and {record, signature,
+    opening} for the others; the backend accepts both and shows the payment opening only in
+    the wallet's own view."""
     domain = backend.env.chain.settlement_domain
     station = new_station(backend.env, tmp_path, settlement=domain)
     backend.wait_for_registry()
     wallet = Account.create()
     end = int(time.time()) - 120
-    signed = sign_authorization(
-        wallet,
-        PaymentAuthorization(
-            user=parse_address(wallet.address),
-            station_id=station.station_id,
-            max_points=1_000,
-            nonce=secrets.randbits(256),
-            deadline=end + 86_400,
-        ),
-        domain,
+    signed = charge_payment(
+        wallet, station.station_id, domain, max_points=1_000, deadline=end + 86_400
     )
     user = parse_address(wallet.address)
     paid = station.record(
@@ -314,7 +303,7 @@ def test_a_charge_paid_with_points_goes_out_with_its_authorisation(
     # The opening is the wallet's and a fresh salt; the record itself names no wallet.
     assert paid.opening is not None and paid.opening["user"] == wallet.address
     assert wallet.address.lower() not in json.dumps([paid.record, plain.record]).lower()
-    assert paid.record["paymentAuthorization"] == "0x" + signed.digest(domain).hex()
+    assert paid.record["paymentAuthorization"] == "0x" + signed.link(domain).hex()
     # The wallet's own view (signed in) shows the authorisation with the record.
     history = backend.client.get(
         f"/v1/users/{wallet.address}", headers=bearer(sign_in(backend, wallet))
@@ -324,7 +313,7 @@ def test_a_charge_paid_with_points_goes_out_with_its_authorisation(
         "0x" + paid.digest.hex(): signed.to_json(),
         "0x" + plain.digest.hex(): None,
     }
-    assert SignedAuthorization.from_json(published["0x" + paid.digest.hex()]) == signed
+    assert PaymentOpening.from_json(published["0x" + paid.digest.hex()]) == signed
 
 
 def test_an_answer_lost_after_the_backend_stored_the_batch_is_resent_as_duplicate(
