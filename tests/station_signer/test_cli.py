@@ -656,7 +656,10 @@ def test_refused_authorisations_each_have_their_code_and_record_nothing(
     result = cli.fails("authorize", "--max-points", "0", "--user-key-env", "DEMO_WALLET_KEY",
                        env=env, code=2)  # fmt: skip
     assert "--max-points" in result.stderr
-    assert init["stationId"] in good.read_text()
+    # The default station is this one: the file commits to it (and never names it).
+    assert init["stationId"] not in good.read_text()
+    opening = PaymentOpening.from_json(json.loads(good.read_text()))
+    assert opening.opens_station(bytes.fromhex(init["stationId"][2:]))
 
 
 def test_proof_is_checked_against_the_chain_not_the_backend(
