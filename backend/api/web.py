@@ -35,6 +35,7 @@ STATIC: Final = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "merkle.js": "text/javascript; charset=utf-8",
+    "payments.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 

@@ -5,6 +5,7 @@
 // inclusion proofs are checked here, in the browser, against the root on chain.
 import { Contract, JsonRpcProvider, Signature, TypedDataEncoder, getAddress, hexlify, toUtf8Bytes, verifyTypedData } from "./vendor/ethers.js";
 import { recordLeafHash, verifyInclusion } from "./merkle.js";
+import { chargeCommitment, paymentLink, randomSalt } from "./payments.js";
 
 // The contracts' ABIs come from /web/config.json (compiled, contracts/out), and so does the payment
 // authorisation's EIP-712 definition (the protocol core's): the page holds no copy of either.
@@ -899,8 +900,10 @@ const localTime = (unix) =>
 // The station shows a link (or its QR code) to #/pay?offer=…&station=…&maxPoints=…&deadline=…
 // &chainId=… (gridpoints_protocol/offers.py; the terms sit in the fragment, which the browser
 // sends to no server). The user signs the PaymentAuthorization with exactly those terms in their
-// wallet (eth_signTypedData_v4, a fresh random nonce), and the page posts the signed
-// authorisation to this server under the offer's id, where the station polls for it.
+// wallet (eth_signTypedData_v4, a fresh random nonce), committing to the station under a fresh
+// random salt instead of naming it (chargeCommitment: the chain never sees a station next to the
+// wallet), and the page posts the payment opening (the signed authorisation and the salt) to this
+// server under the offer's id, where the station polls for it.
 
 const UINT128_MAX = (1n << 128n) - 1n;
 
@@ -1052,10 +1055,11 @@ async function signOffer(offer, status, button) {
   try {
     const pa = state.config.paymentAuthorization;
     const nonce = randomNonce();
+    const salt = randomSalt();
     // Integers above 2^53 - 1 travel as decimal strings: a wallet would round a JSON number.
     const message = {
       user: state.account,
-      stationId: offer.station,
+      chargeCommitment: chargeCommitment(offer.station, salt),
       maxPoints: offer.maxPoints.toString(),
       nonce: nonce.toString(),
       deadline: offer.deadline,
@@ -1067,10 +1071,10 @@ async function signOffer(offer, status, button) {
     if (!hexEq(verifyTypedData(pa.domain, types, message, raw), state.account)) {
       throw new Error("the wallet's signature is not this account's signature of these terms");
     }
-    const signed = { authorization: message, signature: Signature.from(raw).serialized };
+    const signed = { authorization: message, signature: Signature.from(raw).serialized, salt };
     // Kept in this browser before it is sent, so that it can be listed and cancelled even if
-    // sending fails.
-    remember(state.account, { ...signed, offer: offer.offer, signedAt: Math.floor(Date.now() / 1000) });
+    // sending fails (with the station it pays at: the authorisation only commits to it).
+    remember(state.account, { ...signed, offer: offer.offer, stationId: offer.station, signedAt: Math.floor(Date.now() / 1000) });
     status.replaceChildren(loading("Sending your signed authorisation to the station…"));
     await apiPost(`/v1/offers/${offer.offer}/authorization`, signed);
     status.replaceChildren(
@@ -1091,8 +1095,8 @@ async function signOffer(offer, status, button) {
 }
 
 // ---- payment authorisations: listed, cancelled on chain -------------------------------------
-// Listed from what this browser signed (localStorage: the signed authorisation is no secret, and
-// it lets the user cancel one the station never collected) merged with what the backend holds
+// Listed from what this browser signed (localStorage, on the user's own device: it lets the user
+// cancel one the station never collected, and remembers the station the salt commits to) merged with what the backend holds
 // for the signed-in user (GET /v1/me/authorizations: relayed to a station, or attached to a
 // record); their state is read from the Settlement contract (isAuthorizationUsed).
 
@@ -1132,14 +1136,16 @@ async function loadMyAuthorizations() {
 }
 
 async function authorizationsTable(user, history, held) {
-  // Keyed by the authorisation's EIP-712 digest, which the charge record commits to.
+  // Keyed by the authorisation's EIP-712 digest (what PaymentApplied carries); a charge record
+  // carries its salted link, paymentLink(digest, salt), which is checked here.
   const pa = state.config.paymentAuthorization;
   const { EIP712Domain: _domainType, ...types } = pa.types;
   const digestOf = (signed) => TypedDataEncoder.hash(pa.domain, types, signed.authorization).toLowerCase();
-  const known = new Map(); // digest -> {signed, item, sources}
+  const known = new Map(); // digest -> {signed, item, sources, stationId}
   const add = (key, signed, source, item = null) => {
-    const entry = known.get(key) || { signed, item: null, sources: [] };
+    const entry = known.get(key) || { signed, item: null, sources: [], stationId: null };
     entry.item ||= item;
+    entry.stationId ||= signed.stationId || (item ? item.record.record.stationId : null);
     if (!entry.sources.includes(source)) entry.sources.push(source);
     known.set(key, entry);
   };
@@ -1150,14 +1156,17 @@ async function authorizationsTable(user, history, held) {
   for (const item of history) {
     const payment = item.record.payment;
     if (!payment) continue;
-    add(item.record.record.paymentAuthorization.toLowerCase(), payment, "on a charge record", item);
+    const digest = digestOf(payment);
+    // Only an opening that links to the record's field is the record's payment.
+    if (!hexEq(paymentLink(digest, payment.salt), item.record.record.paymentAuthorization)) continue;
+    add(digest, payment, "on a charge record", item);
   }
   if (!known.size) {
     return el("p", { class: "muted", id: "authorizations-empty" }, "No payment authorisation: none signed in this browser, none held by the backend for you.");
   }
   const now = Math.floor(Date.now() / 1000);
   const rows = await Promise.all(
-    [...known.values()].map(async ({ signed, item, sources }) => {
+    [...known.values()].map(async ({ signed, item, sources, stationId }) => {
       const a = signed.authorization;
       const nonce = BigInt(a.nonce).toString();
       const used = await state.settlement.isAuthorizationUsed(user, BigInt(nonce));
@@ -1189,7 +1198,7 @@ async function authorizationsTable(user, history, held) {
       return el(
         "tr",
         { "data-nonce": nonce, "data-open": open ? "true" : "false", "data-sources": sources.join(",") },
-        el("td", { "data-label": "Station" }, hash(a.stationId, "station")),
+        el("td", { "data-label": "Station" }, stationId ? hash(stationId, "station") : "—"),
         el("td", { "data-label": "At most", class: "num" }, points(a.maxPoints)),
         el("td", { "data-label": "Valid until" }, when(a.deadline)),
         el("td", { "data-label": "Nonce" }, el("code", { title: nonce }, short(nonce, 8))),

@@ -43,7 +43,7 @@ from backend.api.web import content_security_policy
 from backend.auth import token_hash
 from backend.db import Database
 from backend.db.models import AuthSession
-from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.offers import ChargeOffer
 from station_signer.cli.main import app as station_cli
 from tests.support.backend import (
@@ -60,6 +60,7 @@ from tests.support.settlement import TARIFFS, Traffic, make_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "merkle.json"
+AUTHORIZATION_VECTORS = ROOT / "tests" / "vectors" / "payment_authorization.json"
 ARTIFACTS = Path(os.environ.get("GRIDPOINTS_WEB_ARTIFACTS", ROOT / "test-artifacts" / "web"))
 DOCS_IMG = os.environ.get("GRIDPOINTS_WEB_DOCS_IMG")
 DESKTOP = {"width": 1280, "height": 800}
@@ -73,6 +74,11 @@ WALLET_JS = Path(__file__).with_name("wallet.js").read_text()
 MERKLE_CHECK_JS = "\n".join(
     line
     for line in Path(__file__).with_name("merkle_check.js").read_text().splitlines()
+    if not line.startswith("//")
+)
+PAYMENTS_CHECK_JS = "\n".join(
+    line
+    for line in Path(__file__).with_name("payments_check.js").read_text().splitlines()
     if not line.startswith("//")
 )
 
@@ -299,6 +305,18 @@ def test_the_csp_names_only_the_origin_of_the_public_rpc_url() -> None:
 
 
 # ---- Merkle tree in JavaScript --------------------------------------------------------------
+
+
+def test_payments_js_agrees_with_the_authorization_vectors(
+    browsing: Browsing, web_env: WebEnv
+) -> None:
+    """The page's charge commitment and payment link are the protocol core's (and forge's)."""
+    page = browsing.page(wallet=None)
+    open_app(page, web_env, "#/explorer")
+    vectors = json.loads(AUTHORIZATION_VECTORS.read_text())
+    failures = page.evaluate(PAYMENTS_CHECK_JS, vectors)
+    assert failures["checked"] == len(vectors) > 0
+    assert failures["bad"] == []
 
 
 def test_merkle_js_agrees_with_the_shared_vectors(browsing: Browsing, web_env: WebEnv) -> None:
@@ -745,13 +763,15 @@ def test_pay_a_charge_by_signing_in_the_page(browsing: Browsing, web_env: WebEnv
         "--wait",
         "10",
     )
-    signed = SignedAuthorization.from_json(collected["signed"])
+    signed = PaymentOpening.from_json(collected["signed"])
     a = signed.authorization
     assert (a.user_address, a.max_points) == (web_env.user, max_points)
-    assert a.station_id == web_env.station.station_id and a.deadline == offer["deadline"]
+    # The page committed to the station under its fresh salt; the authorisation never names it.
+    assert signed.opens_station(web_env.station.station_id) and a.deadline == offer["deadline"]
+    assert web_env.station.hex_id[2:] not in json.dumps(signed.signed.to_json())
     domain = env.chain.settlement_domain
     record = web_env.station.record(user=web_env.user, direction=1, energy_wh=4_000)
-    record = dataclasses.replace(record, payment_authorization=signed.digest(domain))
+    record = dataclasses.replace(record, payment_authorization=signed.link(domain))
     body = sign(record, web_env.station.key, h.domain)
     body["payment"] = signed.to_json()
     h.advance_registry_past(record.end_time)
