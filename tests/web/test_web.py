@@ -46,6 +46,8 @@ from backend.db.models import AuthSession
 from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.offers import ChargeOffer
 from station_signer.cli.main import app as station_cli
+from tests.support.auth import bearer
+from tests.support.auth import sign_in as api_sign_in
 from tests.support.backend import (
     BackendHarness,
     DevStation,
@@ -779,7 +781,10 @@ def test_pay_a_charge_by_signing_in_the_page(browsing: Browsing, web_env: WebEnv
     assert response.status_code == 201, response.text
     assert web_env.worker.run_round(force_seal=True).sealed
     after = int(token.balanceOf(web_env.user).call())
-    history = h.client.get(f"/v1/users/{web_env.user}").json()["history"]
+    (account,) = [a for a in env.accounts.users if a.address == web_env.user]
+    history = h.client.get(
+        f"/v1/users/{web_env.user}", headers=bearer(api_sign_in(h, account))
+    ).json()["history"]
     charge = next(
         i for i in history if i["record"]["digest"] == "0x" + record.digest(h.domain).hex()
     )
