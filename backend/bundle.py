@@ -46,7 +46,7 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.record_rows import stored_signed_record
+from backend.db.record_rows import stored_opening, stored_signed_record
 from backend.db.session import Database
 from backend.ledger import epoch_summary, step_summary
 from backend.queries import records_in_log
@@ -57,10 +57,13 @@ from gridpoints_protocol.bundle_format import (
     EVIDENCE_FILE,
     EVIDENCE_FORMAT,
     MANIFEST_FILE,
+    OPENINGS_FILE,
+    OPENINGS_FORMAT,
     README_FILE,
     RECORDS_FILE,
     TARIFF_FILE,
 )
+from gridpoints_protocol.record import ZERO_BYTES32
 from gridpoints_protocol.tariff import TariffBook, TariffError
 
 _PAGE = 5_000
@@ -162,10 +165,13 @@ def export_epoch(
     *,
     deployment: Deployment,
     tariffs: TariffBook,
+    openings_for: str | None = None,
 ) -> ExportResult:
-    """Writes the bundle of epoch `epoch_id` to the new (or empty) directory `out`."""
+    """Writes the bundle of epoch `epoch_id` to the new (or empty) directory `out`; with
+    `openings_for` (the named auditor) also the private openings (OPENINGS_FILE)."""
     from backend.db.models import Epoch
     from backend.ledger import epoch_records
+    from backend.payments import authorizations_of
     from backend.settlement import steps_of
 
     target = Path(out)
@@ -187,11 +193,20 @@ def export_epoch(
                     f"which the tariff folder does not hold: {exc}"
                 ) from None
             files: dict[str, dict[str, Any]] = {}
+            openings: list[dict[str, Any]] = []
             with (staging / RECORDS_FILE).open("wb") as handle:
                 writer = _HashingWriter(handle)
                 written = 0
                 for offset in range(0, epoch.record_count, _PAGE):
                     rows = epoch_records(session, epoch, offset, _PAGE)
+                    paid = (
+                        {}
+                        if openings_for is None
+                        else authorizations_of(
+                            session,
+                            [r.log_index for r in rows if r.payment_authorization != ZERO_BYTES32],
+                        )
+                    )
                     for row in rows:
                         item: dict[str, Any] = {
                             "leafIndex": row.log_index - epoch.first_log_index,
@@ -199,6 +214,13 @@ def export_epoch(
                             "digest": "0x" + row.digest.hex(),
                             **stored_signed_record(row).to_json(),
                         }
+                        if openings_for is not None:
+                            # Private, for the named auditor: the user opening and, for a
+                            # paid charge, the payment opening (signed authorisation, salt).
+                            entry = {"logIndex": row.log_index, **stored_opening(row).to_json()}
+                            if row.log_index in paid:
+                                entry["payment"] = paid[row.log_index]
+                            openings.append(entry)
                         writer.write(_line(item))
                         written += 1
                 handle.flush()
@@ -226,6 +248,18 @@ def export_epoch(
         readme = README_TEXT.format(format=BUNDLE_FORMAT).encode("ascii")
         (staging / README_FILE).write_bytes(readme)
         (staging / EVIDENCE_FILE).write_bytes(evidence)
+        if openings_for is not None:
+            document = {
+                "format": OPENINGS_FORMAT,
+                "auditor": openings_for,
+                "epochId": epoch_id,
+                "note": "PRIVATE: links every record of the epoch to its user's wallet. For the "
+                "named auditor only; never publish it (the bundle without it is the public one).",
+                "openings": openings,
+            }
+            path = staging / OPENINGS_FILE
+            path.write_bytes((json.dumps(document, indent=1) + "\n").encode("ascii"))
+            path.chmod(0o600)
         for name, data in (
             (TARIFF_FILE, canonical),
             (README_FILE, readme),

@@ -25,6 +25,7 @@ from gridpoints_audit.chain_facts import (
 from gridpoints_audit.checks.anchors import (
     EpochRefold,
     anchored_totals_findings,
+    minted_sum_findings,
     records_root_findings,
 )
 from gridpoints_audit.checks.claims import (
@@ -429,20 +430,31 @@ class _EpochContext:
         out += found
         out += records_root_findings(ce, root)
         applied = ce.applied_credits >= ce.total_credits
+        attributed = summary if refold.attributed else None
         if summary is not None:
             verdict.total_credits = summary.total_credits
             verdict.total_debits = summary.total_debits
-            out += anchored_totals_findings(ce, summary)
-            movements = movement_findings(e, facts, summary, refold.refs, refold.payments)
+            out += anchored_totals_findings(ce, summary, attributed=refold.attributed)
+        if attributed is not None:
+            movements = movement_findings(e, facts, attributed, refold.refs, refold.payments)
             out += movements.findings
             applied = not movements.incomplete
             if movements.settling_note is not None:
                 verdict.notes.append(movements.settling_note)
                 verdict.status = "settling"
+        elif summary is not None:
+            # Public data: the records commit to their users, so which wallet a credit leaf
+            # belongs to is each user's to check (gridpoints-audit user), or a named auditor's
+            # with the openings. The sums are everyone's: the minted credit leaves of a fully
+            # applied epoch add up to the values of its records.
+            verdict.notes.append(
+                "attribution not checked: the records commit to their users (no openings)"
+            )
+            out += minted_sum_findings(ce, verdict.minted, summary)
         else:
             verdict.notes.append("valuation not checked: no verified tariff")
         if claims is not None:
-            out += self._claimed_settlement(ce, claims, tariff, summary, applied, verdict)
+            out += self._claimed_settlement(ce, claims, tariff, attributed, applied, verdict)
         return verdict, out, summary, True
 
     def _read_records(

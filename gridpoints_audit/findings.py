@@ -21,6 +21,9 @@ class Kind(StrEnum):
     KEY_NOT_VALID = "key_not_valid"
     ENERGY_EXCEEDS_MAX_POWER = "energy_exceeds_max_power"
     PAYMENT_INVALID = "payment_invalid"
+    # an opening (full bundle for a named auditor, or the user's export) that does not hash to
+    # the record's userCommitment
+    OPENING_MISMATCH = "opening_mismatch"
     RECORD_UNVALUABLE = "record_unvaluable"
     END_AFTER_COMMIT = "end_after_commit"
     RECORD_CLAIM_MISMATCH = "record_claim_mismatch"

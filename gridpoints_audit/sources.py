@@ -38,6 +38,8 @@ from gridpoints_protocol.bundle_format import (
     EVIDENCE_FILE,
     EVIDENCE_FORMAT,
     MANIFEST_FILE,
+    OPENINGS_FILE,
+    OPENINGS_FORMAT,
     RECORDS_FILE,
     TARIFF_FILE,
 )
@@ -378,6 +380,23 @@ def _read_capped(response: httpx.Response, path: str) -> bytes:
     return bytes(body)
 
 
+def _openings(path: Path) -> dict[Any, dict[str, Any]]:
+    """logIndex -> {user, salt} of a full bundle's openings.json (empty without one)."""
+    if not path.is_file():
+        return {}
+    document = parse_json(_read_file_capped(path), str(path))
+    if not isinstance(document, dict) or document.get("format") != OPENINGS_FORMAT:
+        raise SourceMalformed(f"{path} is not a {OPENINGS_FORMAT} document")
+    entries = document.get("openings")
+    if not isinstance(entries, list):
+        raise SourceMalformed(f"{path}: openings is not a list")
+    return {
+        e.get("logIndex"): {k: v for k, v in e.items() if k != "logIndex"}
+        for e in entries
+        if isinstance(e, dict)
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class _Bundle:
     path: Path
@@ -445,6 +464,7 @@ class BundleSource:
             handle = path.open("rb")
         except OSError as exc:
             raise RecordsUnavailable(f"{path}: {exc}") from None
+        openings = _openings(bundle.path / OPENINGS_FILE)
         with handle:
             number = 0
             while line := handle.readline(MAX_LINE_BYTES + 1):
@@ -454,7 +474,12 @@ class BundleSource:
                         f"{path} line {number} is longer than {MAX_LINE_BYTES} bytes"
                     )
                 if line.strip():
-                    yield parse_json(line, f"{path} line {number}")
+                    item = parse_json(line, f"{path} line {number}")
+                    if openings and isinstance(item, dict):
+                        opening = openings.get(item.get("logIndex"))
+                        if opening is not None:
+                            item["opening"] = opening
+                    yield item
 
     def tariff(self, epoch_id: int, tariff_hash: bytes) -> bytes | None:
         bundle = self._bundles.get(epoch_id)

@@ -39,6 +39,7 @@ from gridpoints_audit.chain_facts import ChainEpoch, ChainFacts, PaymentEvent
 from gridpoints_protocol.accumulator import record_share
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
 from gridpoints_protocol.bundle_format import USER_EXPORT_FORMAT
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import keccak256, to_checksum_address
 from gridpoints_protocol.errors import ProtocolError
 from gridpoints_protocol.merkle import credit_leaf_hash, record_leaf_hash, verify_inclusion
@@ -267,11 +268,10 @@ def check_user_export(
         report.pending += 1
         digest = _digest(signed.record, chain.records_domain)
         seen.add(digest)
-        if signed.record.user != wallet:
+        problem = _not_yours(body, signed.record, wallet)
+        if problem is not None:
             report.findings.append(
-                UserFinding(
-                    "record_not_yours", "a pending record names another user", digest=digest
-                )
+                UserFinding("record_not_yours", f"a pending record: {problem}", digest=digest)
             )
     for receipt in receipts:
         try:
@@ -279,8 +279,8 @@ def check_user_export(
         except ProtocolError as exc:
             report.notes.append(f"a receipt could not be read and was not compared: {exc}")
             continue
-        if held.record.user != wallet:
-            report.notes.append("a receipt for another wallet was not compared")
+        if _not_yours(receipt, held.record, wallet) is not None:
+            report.notes.append("a receipt without this wallet's opening was not compared")
             continue
         digest = _digest(held.record, chain.records_domain)
         if digest not in seen:
@@ -293,6 +293,23 @@ def check_user_export(
                 )
             )
     return report
+
+
+def _not_yours(body: Any, record: EnergyTransfer, wallet: bytes) -> str | None:
+    """Why `record` is not shown to be the wallet's (None: it is): its opening, published to
+    the user alone, must hash to the signed userCommitment and name this wallet."""
+    raw = body.get("opening") if isinstance(body, dict) else None
+    if raw is None:
+        return "it comes without its opening"
+    try:
+        opening = UserOpening.from_json(raw)
+    except ProtocolError as exc:
+        return f"its opening cannot be read ({exc})"
+    if not opening.opens(record.user_commitment):
+        return "its opening does not hash to its userCommitment"
+    if opening.user != wallet:
+        return f"its opening names another wallet ({opening.user_address})"
+    return None
 
 
 def _check_epoch(
@@ -365,10 +382,9 @@ def _check_epoch(
         digest_hex = "0x" + digest.hex()
         seen.add(digest_hex)
         report.records += 1
-        if record.user != wallet:
-            finding(
-                "record_not_yours", "the export lists a record of another user", digest=digest_hex
-            )
+        problem = _not_yours(body, record, wallet)
+        if problem is not None:
+            finding("record_not_yours", f"the export lists a record: {problem}", digest=digest_hex)
             continue
         leaf = record_leaf_hash(digest, signed.signature)
         try:

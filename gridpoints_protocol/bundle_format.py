@@ -16,6 +16,11 @@ EVIDENCE_FILE = "station-evidence.json"
 EVIDENCE_FORMAT = "gridpoints-station-evidence/1"
 # The files the manifest lists with their sha256 (the manifest cannot hash itself).
 BUNDLE_FILES = (RECORDS_FILE, TARIFF_FILE, README_FILE, EVIDENCE_FILE)
+# Only in a full bundle for a named auditor (`gridpoints epoch export --with-openings NAME`):
+# the private openings of the records' user commitments. Not in the manifest: without it the
+# directory is exactly the public bundle.
+OPENINGS_FILE = "openings.json"
+OPENINGS_FORMAT = "gridpoints-openings/1"
 
 # One user's own data, as `GET /v1/me/export` gives it to the signed-in wallet and
 # `gridpoints-audit user` checks it (docs/AUDIT.md, "A user's own check").

@@ -162,11 +162,21 @@ def epoch_export(
     deployment_file: Annotated[
         Path | None, typer.Option(help="Deployment file (default: GRIDPOINTS_DEPLOYMENT_FILE).")
     ] = None,
+    with_openings: Annotated[
+        str | None,
+        typer.Option(
+            "--with-openings",
+            metavar="AUDITOR",
+            help="Also write openings.json, the PRIVATE openings of the records' user "
+            "commitments, for the auditor named here (a regulator): never publish it.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write one epoch as a self-contained bundle that `gridpoints-audit --bundle` verifies.
 
-    The bundle holds records.jsonl, tariff.json, manifest.json and README.txt (docs/AUDIT.md).
+    The bundle holds records.jsonl, tariff.json, manifest.json and README.txt (docs/AUDIT.md);
+    with --with-openings also openings.json, with which the audit checks who was credited.
     """
     from backend.bundle import ExportError, export_epoch
     from gridpoints_protocol.tariff import TariffBook, TariffError
@@ -181,6 +191,7 @@ def epoch_export(
             out_dir,
             deployment=deployment,
             tariffs=TariffBook.load(settings.tariffs_dir),
+            openings_for=with_openings,
         )
     except (ExportError, TariffError, OSError) as exc:
         raise fail(str(exc)) from None

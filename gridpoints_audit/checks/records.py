@@ -13,6 +13,7 @@ from typing import Any
 from gridpoints_audit.findings import Discrepancy, Kind, RecordRef, as_hex
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
 from gridpoints_protocol.checks import Problem, RecordVerifier, ends_too_late
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.keys import KeyDirectory, StationHistory
@@ -32,6 +33,8 @@ class CheckedRecord:
     station: StationHistory | None  # None: not in the registry
     authorization: SignedAuthorization | None  # verified; None: unpaid or refused
     signer: bytes | None  # recovered from the signature; None: not recoverable
+    # The wallet of the record's verified opening; None on public data (no opening published).
+    user: bytes | None = None
 
 
 class RecordChecks:
@@ -115,10 +118,41 @@ class RecordChecks:
                 )
             )
 
+        # The opening, where the source has it (a full bundle for a named auditor): it must
+        # hash to the signed commitment, and then names the user the record credits.
+        user: bytes | None = None
+        opening_json = item.get("opening") if is_mapping else None
+        if opening_json is not None:
+            try:
+                opening: UserOpening | None = UserOpening.from_json(opening_json)
+            except RecordValidationError as exc:
+                opening = None
+                out.append(
+                    Discrepancy(
+                        Kind.OPENING_MISMATCH,
+                        f"{where}: its opening does not parse: {exc.summary()}",
+                        epoch_id=e,
+                        **ref.fields(),
+                    )
+                )
+            if opening is not None and not opening.opens(record.user_commitment):
+                out.append(
+                    Discrepancy(
+                        Kind.OPENING_MISMATCH,
+                        f"{where}: its opening does not hash to the record's userCommitment",
+                        epoch_id=e,
+                        **ref.fields(),
+                        expected=as_hex(record.user_commitment),
+                        found=as_hex(opening.commitment),
+                    )
+                )
+            elif opening is not None:
+                user = opening.user
+
         # Payment: the signed authorisation the record commits to.
         payment_json = item.get("payment") if is_mapping else None
         try:
-            authorization = check_payment(record, payment_json, self.settlement_domain)
+            authorization = check_payment(record, payment_json, self.settlement_domain, user)
         except PaymentProblem as exc:
             authorization = None
             out.append(
@@ -132,7 +166,9 @@ class RecordChecks:
                     details={"reason": str(exc.reason)},
                 )
             )
-        checked = CheckedRecord(signed, digest, ref, where, station, authorization, verdict.signer)
+        checked = CheckedRecord(
+            signed, digest, ref, where, station, authorization, verdict.signer, user
+        )
         return checked, out
 
 
