@@ -97,7 +97,7 @@ class PaymentEvent:
     # earlier payment, as (holder, amount) — its own burn when it is (user, burned).
     burn_transfer: tuple[bytes, int] | None = None
     # The signed terms the event states (PaymentApplied words 3-5).
-    station_id: bytes = bytes(32)
+    charge_commitment: bytes = bytes(32)
     max_points: int = 0
     deadline: int = 0
     # Whether (user, nonce) was used before it on chain (paid, canceled, or voided by a skip):
@@ -480,7 +480,7 @@ def attribute_transaction(
                 log.word(1),
                 log.word(2),
                 tx_hash,
-                station_id=log.data[96:128],
+                charge_commitment=log.data[96:128],
                 max_points=log.word(4),
                 deadline=log.word(5),
             )

@@ -26,7 +26,9 @@ from gridpoints_audit.checks.anchors import (
     EpochRefold,
     anchored_totals_findings,
     minted_sum_findings,
+    public_debit_findings,
     records_root_findings,
+    with_payment_digests,
 )
 from gridpoints_audit.checks.claims import (
     claim_findings,
@@ -431,12 +433,25 @@ class _EpochContext:
         out += records_root_findings(ce, root)
         applied = ce.applied_credits >= ce.total_credits
         attributed = summary if refold.attributed else None
+        if attributed is not None:
+            # The records commit to salted links; the chain plans and burns under the digests
+            # the payment openings open them to.
+            attributed = with_payment_digests(
+                attributed, refold.digest_of_link(self.records.settlement_domain)
+            )
         if summary is not None:
             verdict.total_credits = summary.total_credits
-            verdict.total_debits = summary.total_debits
+            # Without payment openings a record's debit (min(price, maxPoints)) is unknown.
+            verdict.total_debits = summary.total_debits if refold.attributed else None
             out += anchored_totals_findings(ce, summary, attributed=refold.attributed)
         if attributed is not None:
-            movements = movement_findings(e, facts, attributed, refold.refs, refold.payments)
+            movements = movement_findings(
+                e,
+                facts,
+                attributed,
+                refold.refs,
+                refold.signed_by_digest(self.records.settlement_domain),
+            )
             out += movements.findings
             applied = not movements.incomplete
             if movements.settling_note is not None:
@@ -451,6 +466,7 @@ class _EpochContext:
                 "attribution not checked: the records commit to their users (no openings)"
             )
             out += minted_sum_findings(ce, verdict.minted, summary)
+            out += public_debit_findings(ce, facts, refold.unopened_prices)
         else:
             verdict.notes.append("valuation not checked: no verified tariff")
         if claims is not None:

@@ -381,7 +381,8 @@ def _read_capped(response: httpx.Response, path: str) -> bytes:
 
 
 def _openings(path: Path) -> dict[Any, dict[str, Any]]:
-    """logIndex -> {user, salt} of a full bundle's openings.json (empty without one)."""
+    """logIndex -> {user, salt[, payment]} of a full bundle's openings.json (empty without
+    one)."""
     if not path.is_file():
         return {}
     document = parse_json(_read_file_capped(path), str(path))
@@ -478,7 +479,11 @@ class BundleSource:
                     if openings and isinstance(item, dict):
                         opening = openings.get(item.get("logIndex"))
                         if opening is not None:
-                            item["opening"] = opening
+                            # The payment opening of a paid charge travels in the same entry.
+                            payment = opening.get("payment")
+                            item["opening"] = {k: v for k, v in opening.items() if k != "payment"}
+                            if payment is not None:
+                                item["payment"] = payment
                     yield item
 
     def tariff(self, epoch_id: int, tariff_hash: bytes) -> bytes | None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from gridpoints_audit.chain_facts import ChainEpoch, ChainFacts, PaymentEvent
 from gridpoints_protocol.accumulator import record_share
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.bundle_format import USER_EXPORT_FORMAT
 from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import keccak256, to_checksum_address
@@ -410,21 +410,28 @@ def _check_epoch(
             )
             continue
         caps: dict[bytes, int] = {}
+        # The record's field is the salted link; the chain burns under the digest it opens to.
+        auth_digest: bytes | None = None
         payment = body.get("payment")
         if payment is not None:
             try:
-                signed_auth = SignedAuthorization.from_json(payment)
+                opening = PaymentOpening.from_json(payment)
             except ProtocolError as exc:
                 finding("record_malformed", f"a payment cannot be read: {exc}", digest=digest_hex)
                 continue
-            auth_digest = signed_auth.digest(chain.settlement_domain)
-            # Only the user's own signature for this record's commitment lets points be asked.
+            signed_auth = opening.signed
+            # Only the user's own signature, linked to this record and committing to its
+            # station, lets points be asked.
             if (
-                auth_digest == record.payment_authorization
+                opening.link(chain.settlement_domain) == record.payment_authorization
+                and opening.opens_station(record.station_id)
                 and signed_auth.is_signed_by_user(chain.settlement_domain)
                 and signed_auth.authorization.user == wallet
             ):
-                caps[auth_digest] = min(signed_auth.authorization.max_points, 2**128 - 1)
+                auth_digest = signed_auth.digest(chain.settlement_domain)
+                caps[record.payment_authorization] = min(
+                    signed_auth.authorization.max_points, 2**128 - 1
+                )
         share = record_share(
             tariff,
             zone=zone,
@@ -438,7 +445,8 @@ def _check_epoch(
         credit += share.credit
         if share.debit is not None:
             debit += share.debit
-            debit_of[record.payment_authorization] = share.debit
+            assert auth_digest is not None  # a debit needs the cap, which needs the opening
+            debit_of[auth_digest] = share.debit
 
     report.credited += credit
     report.debited += debit

@@ -6,12 +6,15 @@ own fold) with each station's zone from the registry and each verified authorisa
 
 from __future__ import annotations
 
-from gridpoints_audit.chain_facts import ChainEpoch
+import dataclasses
+
+from gridpoints_audit.chain_facts import ChainEpoch, ChainFacts
 from gridpoints_audit.checks.records import CheckedRecord
 from gridpoints_audit.findings import Discrepancy, Kind, RecordRef, as_hex
 from gridpoints_protocol.accumulator import EpochAccumulator, EpochSummary, SealingError
-from gridpoints_protocol.authorization import SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain, SignedAuthorization
 from gridpoints_protocol.merkle import RootBuilder, record_leaf_hash
+from gridpoints_protocol.record import ZERO_BYTES32, Direction
 from gridpoints_protocol.tariff import Tariff, ValuationError
 
 
@@ -20,12 +23,16 @@ class EpochRefold:
     accumulator (roots, totals, payments), without one into the records root alone."""
 
     def __init__(self, tariff: Tariff | None) -> None:
-        # authorisation digest -> authorised maximum, filled as the records come
+        # record's paymentAuthorization (the salted link) -> authorised maximum, filled as the
+        # records come with their payment openings
         self.caps: dict[bytes, int] = {}
         self.accumulator = EpochAccumulator(tariff, self.caps) if tariff is not None else None
         self.tree = RootBuilder() if self.accumulator is None else None
         self.refs: dict[int, RecordRef] = {}  # accumulator position -> record, when valued
-        self.payments: dict[bytes, SignedAuthorization] = {}  # the authorisations that count
+        self.payments: dict[bytes, PaymentOpening] = {}  # link -> the openings that count
+        # The prices of paid charges whose payment opening the source does not hold (public
+        # data): their debits are checked in sum against the chain (public_debit_findings).
+        self.unopened_prices: list[int] = []
         self.position = 0  # records folded so far
         # Every record's user is known (its opening verified): only then are the credits root
         # and the per-user movements checkable. Public data holds no openings.
@@ -35,9 +42,17 @@ class EpochRefold:
         """The record's verified authorisation counts (its user's maximum caps the debit)."""
         authorization = checked.authorization
         assert authorization is not None
-        digest = checked.signed.record.payment_authorization
-        self.caps[digest] = authorization.authorization.max_points
-        self.payments[digest] = authorization
+        link = checked.signed.record.payment_authorization
+        self.caps[link] = authorization.authorization.max_points
+        self.payments[link] = authorization
+
+    def signed_by_digest(self, domain: SettlementDomain) -> dict[bytes, SignedAuthorization]:
+        """The counting authorisations by their EIP-712 digest (what the chain's events name)."""
+        return {o.signed.digest(domain): o.signed for o in self.payments.values()}
+
+    def digest_of_link(self, domain: SettlementDomain) -> dict[bytes, bytes]:
+        """record's paymentAuthorization (link) -> the authorisation's digest it opens to."""
+        return {link: o.signed.digest(domain) for link, o in self.payments.items()}
 
     def add(self, epoch_id: int, checked: CheckedRecord) -> list[Discrepancy]:
         """Folds in the next record (a finding when the tariff cannot value it)."""
@@ -57,7 +72,7 @@ class EpochRefold:
             self.attributed = False
             user = record.user_commitment[:20]
         try:
-            self.accumulator.add(
+            points = self.accumulator.add(
                 log_index=position,
                 digest=checked.digest,
                 signature=signed.signature,
@@ -81,6 +96,14 @@ class EpochRefold:
                     found=getattr(exc, "reason", str(exc)),
                 )
             ]
+        if (
+            checked.authorization is None
+            and checked.user is None
+            and record.direction == Direction.CHARGE
+            and record.payment_authorization != ZERO_BYTES32
+            and points
+        ):
+            self.unopened_prices.append(points)
         return []
 
     def finish(self, epoch_id: int) -> tuple[EpochSummary | None, bytes | None, list[Discrepancy]]:
@@ -147,8 +170,8 @@ def minted_sum_findings(
 def anchored_totals_findings(
     chain_epoch: ChainEpoch, summary: EpochSummary, *, attributed: bool = True
 ) -> list[Discrepancy]:
-    """The recomputed credits root (only when every record's user is known: `attributed`) and
-    totals against the ones the epoch committed."""
+    """The recomputed credits root and totalDebits (only when every record's user and payment
+    is known: `attributed`) and totalCredits against the ones the epoch committed."""
     e, ce = chain_epoch.epoch_id, chain_epoch
     out = []
     for kind, label, mine, anchored in (
@@ -158,7 +181,9 @@ def anchored_totals_findings(
          ce.total_credits),
         (Kind.TOTAL_DEBITS_MISMATCH, "totalDebits", summary.total_debits, ce.total_debits),
     ):  # fmt: skip
-        if kind == Kind.CREDITS_ROOT_MISMATCH and not attributed:
+        if kind != Kind.TOTAL_CREDITS_MISMATCH and not attributed:
+            # Without openings: no credit leaves, and no debits (maxPoints is private); the
+            # debits are checked in sum (public_debit_findings).
             continue
         if mine != anchored:
             out.append(
@@ -172,3 +197,73 @@ def anchored_totals_findings(
                 )
             )
     return out
+
+
+def public_debit_findings(
+    chain_epoch: ChainEpoch, facts: ChainFacts, prices: list[int]
+) -> list[Discrepancy]:
+    """Without payment openings (public data), the epoch's debits checked in sum: `prices` are
+    the values of its paid charge records. Each payment asks at most its record's price
+    (min(price, maxPoints)), so the committed totalDebits is at most their sum; the chain's
+    payments (PaymentApplied and PaymentSkipped, each stating what it asked) are never more
+    than the paid records, and once there is one per paid record they ask exactly totalDebits
+    and can be matched to the records with each asking at most its record's price. Which
+    payment is whose record is the payer's to check (gridpoints-audit user) or a named
+    auditor's with the openings."""
+    ce, e = chain_epoch, chain_epoch.epoch_id
+    asked = [p.requested for p in facts.payments.get(e, [])]
+    asked += [s.requested for s in facts.skips.get(e, [])]
+    out: list[Discrepancy] = []
+
+    def finding(message: str, expected: object, found: object) -> None:
+        out.append(
+            Discrepancy(
+                Kind.TOTAL_DEBITS_MISMATCH,
+                f"epoch {e}: {message}",
+                epoch_id=e,
+                expected=expected,
+                found=found,
+            )
+        )
+
+    if ce.total_debits > sum(prices):
+        finding(
+            f"committed totalDebits {ce.total_debits} exceeds the {sum(prices)} points its "
+            f"{len(prices)} paid charge records are worth",
+            f"<= {sum(prices)}",
+            ce.total_debits,
+        )
+    if len(asked) > len(prices):
+        finding(
+            f"the chain settled {len(asked)} payments for {len(prices)} paid charge records",
+            len(prices),
+            len(asked),
+        )
+    elif len(asked) == len(prices):
+        if sum(asked) != ce.total_debits:
+            finding(
+                f"its payments asked {sum(asked)} points, it committed totalDebits "
+                f"{ce.total_debits}",
+                ce.total_debits,
+                sum(asked),
+            )
+        # Largest ask against largest price: if that pairing fails, every pairing does.
+        pairs = zip(sorted(asked, reverse=True), sorted(prices, reverse=True), strict=True)
+        if any(a > p for a, p in pairs):
+            finding(
+                "a payment asked more than any unmatched paid record's price allows",
+                "each payment <= its record's price",
+                sorted(asked, reverse=True),
+            )
+    return out
+
+
+def with_payment_digests(summary: EpochSummary, digests: dict[bytes, bytes]) -> EpochSummary:
+    """`summary` with each payment under its authorisation's EIP-712 digest instead of the
+    record's salted link (the chain's plan leaves and events name the digest)."""
+    return dataclasses.replace(
+        summary,
+        payments=tuple(
+            dataclasses.replace(p, authorization=digests[p.authorization]) for p in summary.payments
+        ),
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gridpoints_audit.findings import Discrepancy, Kind, RecordRef, as_hex
-from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.checks import Problem, RecordVerifier, ends_too_late
 from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import to_checksum_address
@@ -31,7 +31,7 @@ class CheckedRecord:
     ref: RecordRef
     where: str  # how messages name it
     station: StationHistory | None  # None: not in the registry
-    authorization: SignedAuthorization | None  # verified; None: unpaid or refused
+    authorization: PaymentOpening | None  # verified; None: unpaid, refused or not published
     signer: bytes | None  # recovered from the signature; None: not recoverable
     # The wallet of the record's verified opening; None on public data (no opening published).
     user: bytes | None = None
@@ -149,10 +149,17 @@ class RecordChecks:
             elif opening is not None:
                 user = opening.user
 
-        # Payment: the signed authorisation the record commits to.
+        # Payment: the opening of the salted link the record commits to. Public data holds no
+        # payment openings (they would join the wallet's burn to this station): without the
+        # record's user opening there is none to check, and the debits are checked in sum
+        # (anchors.public_debit_findings).
         payment_json = item.get("payment") if is_mapping else None
         try:
-            authorization = check_payment(record, payment_json, self.settlement_domain, user)
+            authorization = (
+                None
+                if payment_json is None and user is None
+                else check_payment(record, payment_json, self.settlement_domain, user)
+            )
         except PaymentProblem as exc:
             authorization = None
             out.append(
