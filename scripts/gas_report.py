@@ -112,7 +112,8 @@ def measure() -> tuple[dict[str, object], list[Measurement]]:
         def authorization(user: str, nonce: int) -> PaymentAuthorization:
             return PaymentAuthorization(
                 user=bytes.fromhex(user[2:]),
-                station_id=keccak(text="gas-report:station"),
+                # 32 bytes that look random, as a real charge commitment does (calldata gas).
+                charge_commitment=keccak(text="gas-report:charge"),
                 max_points=1_000,
                 nonce=nonce,
                 deadline=deadline,

@@ -35,8 +35,13 @@ from gridpoints_audit.sources import ApiSource, BundleSource
 from gridpoints_chain.contracts import Payment, SkipReason, pack_entries
 from gridpoints_dev.chain import grant_token_role_after_delay
 from gridpoints_protocol import merkle
-from gridpoints_protocol.authorization import SignedAuthorization
-from gridpoints_protocol.bundle_format import MANIFEST_FILE, RECORDS_FILE, TARIFF_FILE
+from gridpoints_protocol.authorization import PaymentOpening, SignedAuthorization
+from gridpoints_protocol.bundle_format import (
+    MANIFEST_FILE,
+    OPENINGS_FILE,
+    RECORDS_FILE,
+    TARIFF_FILE,
+)
 from gridpoints_protocol.record import EnergyTransfer
 from gridpoints_protocol.tariff import Tariff
 from tests.support.audit import export_all, settle
@@ -625,17 +630,36 @@ def test_payments_are_joined_to_their_records(harness: BackendHarness, tmp_path:
         worker.run_round(force_seal=True)
     finally:
         worker.db.dispose()
+    # Public data: no payment is joined to a record (the records carry salted links), yet the
+    # debits are checked in sum against the chain's payments, and clean.
     report = audit_api(h)
     assert report.clean, [d.to_json() for d in report.discrepancies]
-    assert report.epochs[1].burned > 0 and report.epochs[1].total_debits > report.epochs[1].burned
-    export_all(h, tmp_path)
-    assert audit_bundle(h, tmp_path).clean
-    # Without its authorisation the paid record is refused, and the burn has nothing behind it.
-    path = tmp_path / "epoch-2" / RECORDS_FILE
-    items = read_lines(path)
-    (item,) = [i for i in items if i["digest"] == digest_of(h, kept["record"])]
-    del item["payment"]
-    write_lines(path, items)
+    assert report.epochs[1].burned > 0 and report.epochs[1].total_debits is None
+    public = tmp_path / "public"
+    export_all(h, public)
+    assert audit_bundle(h, public).clean
+    published = (public / "epoch-2" / RECORDS_FILE).read_text()
+    assert "payment" not in published and wallet.address[2:].lower() not in published.lower()
+    for body in (kept, canceled):
+        digest = PaymentOpening.from_json(body["payment"]).signed.digest(
+            h.env.chain.settlement_domain
+        )
+        assert digest.hex() not in published  # only its salted link is
+    # The named auditor's full bundle joins every burn to its record.
+    export_all(h, tmp_path, openings_for="regulator")
+    full = audit_bundle(h, tmp_path)
+    assert full.clean, [d.to_json() for d in full.discrepancies]
+    assert full.epochs[1].total_debits is not None
+    assert full.epochs[1].total_debits > full.epochs[1].burned > 0
+    # Without its payment opening the paid record is refused, and the burn has nothing behind it.
+    path = tmp_path / "epoch-2" / OPENINGS_FILE
+    document = json.loads(path.read_text())
+    leaf = next(i for i in read_lines(tmp_path / "epoch-2" / RECORDS_FILE)
+                if i["digest"] == digest_of(h, kept["record"]))  # fmt: skip
+    item = leaf
+    (entry,) = [o for o in document["openings"] if o["logIndex"] == leaf["logIndex"]]
+    del entry["payment"]
+    path.write_text(json.dumps(document))
     report = audit_bundle(h, tmp_path)
     (refused,) = report.of_kind(Kind.PAYMENT_INVALID)
     assert refused.details == {"reason": "authorization_missing"}
