@@ -40,10 +40,12 @@ from gridpoints_protocol import merkle
 from gridpoints_protocol import record as rec
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
+    PaymentOpening,
     SettlementDomain,
     SignedAuthorization,
     sign_authorization,
 )
+from gridpoints_protocol.commitment import charge_commitment, user_commitment
 from gridpoints_protocol.eip712 import keccak256
 from tests.support.chain import ChainEnv, delegate_with_eip7702, deploy_test_contract, reverts_with
 
@@ -52,6 +54,9 @@ CREDITS_ROOT = b"\x22" * 32
 TARIFF_HASH = b"\x33" * 32
 ZERO = "0x" + "00" * 20
 STATION_B = b"\x5b" * 32
+SALT_B = b"\x5c" * 32
+# What an authorisation signs instead of station B (the contract never sees the station).
+CHARGE_B = charge_commitment(STATION_B, SALT_B)
 DAY = 86_400
 EMPTY_PLAN = keccak256(b"")
 
@@ -103,7 +108,7 @@ def _authorize(
     """`user`'s wallet signs: up to `max_points` points for a charge at station B, once."""
     authorization = PaymentAuthorization(
         user=bytes.fromhex(user.address[2:]),
-        station_id=STATION_B,
+        charge_commitment=CHARGE_B,
         max_points=max_points,
         nonce=nonce,
         deadline=env.latest_timestamp() + DAY if deadline is None else deadline,
@@ -485,7 +490,7 @@ def test_a_signature_that_is_not_the_users_is_skipped(chain_env: ChainEnv) -> No
     # payment, only the honest one burns.
     good = _authorize(chain_env, alice, 50, nonce=2)
     tampered = PaymentAuthorization(
-        user=authorization.user, station_id=b"\x5a" * 32, max_points=50, nonce=2,
+        user=authorization.user, charge_commitment=b"\x5a" * 32, max_points=50, nonce=2,
         deadline=authorization.deadline,
     )  # fmt: skip
     forged = Payment(SignedAuthorization(tampered, good.signature), 5)
@@ -555,7 +560,7 @@ def test_a_wallet_that_burns_its_gas_is_skipped_at_a_bounded_cost(chain_env: Cha
     _commit(chain_env, 1, credits=200, debits=1000)
     c.apply_credits(a.settler, 1, 0, pack_entries([(wallet_address, 100), (bob.address, 100)]))
     authorization = PaymentAuthorization(
-        user=bytes.fromhex(wallet_address[2:]), station_id=STATION_B, max_points=30, nonce=1,
+        user=bytes.fromhex(wallet_address[2:]), charge_commitment=CHARGE_B, max_points=30, nonce=1,
         deadline=chain_env.latest_timestamp() + DAY,
     )  # fmt: skip
     # The wallet's owner signs the digest; the wallet, not ecrecover, judges it.
@@ -650,7 +655,7 @@ def test_the_contract_digest_is_the_authorisation_digest(chain_env: ChainEnv) ->
     assert domain.verifying_contract == bytes.fromhex(c.deployment.settlement_address[2:])
     for nonce, max_points, deadline in ((0, 1, 0), (2**256 - 1, 2**128 - 1, 2**64 - 1), (5, 30, 7)):
         authorization = PaymentAuthorization(
-            user=bytes.fromhex(alice.address[2:]), station_id=STATION_B,
+            user=bytes.fromhex(alice.address[2:]), charge_commitment=CHARGE_B,
             max_points=max_points, nonce=nonce, deadline=deadline,
         )  # fmt: skip
         assert c.hash_payment_authorization(authorization) == authorization.digest(domain)
@@ -662,8 +667,9 @@ def test_the_contract_digest_is_the_authorisation_digest(chain_env: ChainEnv) ->
 
 
 def test_payment_events_are_read_back_by_epoch_user_and_authorisation(chain_env: ChainEnv) -> None:
-    """The auditor's join: a charge record carries the authorisation's digest, and the burn for
-    it is the PaymentApplied event with that digest."""
+    """The full auditor's join: a charge record carries the salted link to the authorisation's
+    digest; whoever holds the salt finds the burn as the PaymentApplied event with that digest,
+    which names the charge commitment and never the station."""
     c, settler, users = chain_env.chain, chain_env.accounts.settler, chain_env.accounts.users
     alice, bob = users[0], users[1]
     _fund(chain_env, [(alice, 100), (bob, 100)])
@@ -687,13 +693,18 @@ def test_payment_events_are_read_back_by_epoch_user_and_authorisation(chain_env:
     assert c.payment_events(block_range=1) == c.payment_events()  # one block per query
 
     domain = c.settlement_domain
+    opening = PaymentOpening(p3.authorization, SALT_B)
+    assert opening.opens_station(STATION_B)
     record = rec.EnergyTransfer(
-        station_id=STATION_B, sequence=1, user=bytes.fromhex(alice.address[2:]),
+        station_id=STATION_B, sequence=1,
+        user_commitment=user_commitment(bytes.fromhex(alice.address[2:]), b"\x01" * 32),
         direction=rec.Direction.CHARGE, energy_wh=7_500, meter_before_wh=0, meter_after_wh=7_500,
-        start_time=0, end_time=3_600, payment_authorization=p3.authorization.digest(domain),
+        start_time=0, end_time=3_600, payment_authorization=opening.link(domain),
     )  # fmt: skip
-    (burn,) = c.payment_events(authorization=record.payment_authorization)
+    assert c.payment_events(authorization=record.payment_authorization) == []  # the link
+    (burn,) = c.payment_events(authorization=opening.signed.digest(domain))
     assert (burn.epoch_id, burn.user, burn.requested, burn.burned) == (2, alice.address, 30, 30)
+    assert burn.charge_commitment == CHARGE_B != STATION_B
 
     # Skips are read back with the same filters, merged in chain order with the burns.
     receipt = c.apply_payments(settler, 2, 1, [p3, _pay(chain_env, bob, 5, nonce=2)])
@@ -704,7 +715,7 @@ def test_payment_events_are_read_back_by_epoch_user_and_authorisation(chain_env:
         ("PaymentApplied", bob.address, 5),
     ]
     assert outcomes[1:] == c.payment_outcomes_in(receipt)
-    (again,) = c.payment_outcomes(authorization=record.payment_authorization, skipped=True)[1:]
+    (again,) = c.payment_outcomes(authorization=opening.signed.digest(domain), skipped=True)[1:]
     assert isinstance(again, PaymentSkipped) and again.reason == SkipReason.AUTHORIZATION_USED
     assert c.payment_events(epoch_id=2) == [outcomes[0], outcomes[2]]  # burns only
 
