@@ -17,7 +17,7 @@ SETTLEMENT, TOKEN = b"\x5e" * 20, b"\x70" * 20
 APPLIED, SKIPPED, CANCELED = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
 KINDS = {APPLIED: "PaymentApplied", SKIPPED: "PaymentSkipped", CANCELED: "AuthorizationCanceled"}
 USER, NONCE, DIGEST = b"\xab" * 20, 7, b"\xcd" * 32
-STATION = b"\x5b" * 32
+CHARGE = b"\x5b" * 32  # the charge commitment (the event never names a station)
 
 
 def _word(value: int) -> bytes:
@@ -36,7 +36,7 @@ def _applied(block: int, burned: int = 0) -> RawLog:
     return RawLog(
         block, 0, bytes([block]) * 32, SETTLEMENT,
         (APPLIED, _word(3), bytes(12) + USER, DIGEST),
-        _word(NONCE) + _word(50) + _word(burned) + STATION + _word(60) + _word(1_800_000_000),
+        _word(NONCE) + _word(50) + _word(burned) + CHARGE + _word(60) + _word(1_800_000_000),
     )  # fmt: skip
 
 
@@ -51,8 +51,8 @@ def test_payment_applied_states_the_signed_terms() -> None:
     facts = _facts(_applied(1))
     (payment,) = facts.payments[3]
     assert (payment.nonce, payment.requested, payment.burned) == (NONCE, 50, 0)
-    assert (payment.station_id, payment.max_points, payment.deadline) == (
-        STATION, 60, 1_800_000_000,
+    assert (payment.charge_commitment, payment.max_points, payment.deadline) == (
+        CHARGE, 60, 1_800_000_000,
     )  # fmt: skip
     assert not payment.nonce_used_before
     assert transaction_findings(facts) == []
