@@ -95,8 +95,16 @@ def settle(h: BackendHarness, *, paid: float = 0.5, records: int = 45, seed: int
     return traffic
 
 
-def export_all(h: BackendHarness, root: Path, epochs: list[int] | None = None) -> Path:
-    """Exports the bundle of each sealed epoch (or of `epochs`) to root/epoch-N."""
+def export_all(
+    h: BackendHarness,
+    root: Path,
+    epochs: list[int] | None = None,
+    *,
+    openings_for: str | None = "test auditor",
+) -> Path:
+    """Exports the bundle of each sealed epoch (or of `epochs`) to root/epoch-N: by default
+    the full bundle for a named auditor (with openings.json, so the audit checks who was
+    credited, as before record format v2); `openings_for=None`: the public bundle."""
     db = Database(h.database_url)
     try:
         with db.read() as session:
@@ -108,6 +116,7 @@ def export_all(h: BackendHarness, root: Path, epochs: list[int] | None = None) -
                 root / f"epoch-{epoch_id}",
                 deployment=h.env.deployment,
                 tariffs=TARIFFS,
+                openings_for=openings_for,
             )
     finally:
         db.dispose()
