@@ -44,6 +44,7 @@ from gridpoints_protocol.authorization import (
     SignedAuthorization,
     sign_authorization,
 )
+from gridpoints_protocol.commitment import user_commitment
 from gridpoints_protocol.eip712 import keccak256
 from tests.support.chain import ChainEnv, delegate_with_eip7702, deploy_test_contract, reverts_with
 
@@ -688,7 +689,8 @@ def test_payment_events_are_read_back_by_epoch_user_and_authorisation(chain_env:
 
     domain = c.settlement_domain
     record = rec.EnergyTransfer(
-        station_id=STATION_B, sequence=1, user=bytes.fromhex(alice.address[2:]),
+        station_id=STATION_B, sequence=1,
+        user_commitment=user_commitment(bytes.fromhex(alice.address[2:]), b"\x33" * 32),
         direction=rec.Direction.CHARGE, energy_wh=7_500, meter_before_wh=0, meter_after_wh=7_500,
         start_time=0, end_time=3_600, payment_authorization=p3.authorization.digest(domain),
     )  # fmt: skip
