@@ -25,7 +25,6 @@ from gridpoints_audit.chain_facts import (
 from gridpoints_audit.checks.anchors import (
     EpochRefold,
     anchored_totals_findings,
-    minted_sum_findings,
     public_debit_findings,
     records_root_findings,
     with_payment_digests,
@@ -444,33 +443,39 @@ class _EpochContext:
             # Without payment openings a record's debit (min(price, maxPoints)) is unknown.
             verdict.total_debits = summary.total_debits if refold.attributed else None
             out += anchored_totals_findings(ce, summary, attributed=refold.attributed)
-        if attributed is not None:
             movements = movement_findings(
                 e,
                 facts,
-                attributed,
+                attributed if attributed is not None else summary,
                 refold.refs,
                 refold.signed_by_digest(self.records.settlement_domain),
+                attributed=refold.attributed,
             )
             out += movements.findings
             applied = not movements.incomplete
             if movements.settling_note is not None:
                 verdict.notes.append(movements.settling_note)
                 verdict.status = "settling"
-        elif summary is not None:
-            # Public data: the records commit to their users, so which wallet a credit leaf
-            # belongs to is each user's to check (gridpoints-audit user), or a named auditor's
-            # with the openings. The sums are everyone's: the minted credit leaves of a fully
-            # applied epoch add up to the values of its records.
-            verdict.notes.append(
-                "attribution not checked: the records commit to their users (no openings)"
-            )
-            out += minted_sum_findings(ce, verdict.minted, summary)
-            out += public_debit_findings(ce, facts, refold.unopened_prices)
+            if not refold.attributed:
+                # Public data: the records commit to their users, so which wallet a credit
+                # leaf belongs to is each user's to check (gridpoints-audit user), or a named
+                # auditor's with the openings; the sums are checked here.
+                verdict.notes.append(
+                    "attribution not checked: the records commit to their users (no openings)"
+                )
+                out += public_debit_findings(ce, facts, refold.unopened_prices)
         else:
             verdict.notes.append("valuation not checked: no verified tariff")
         if claims is not None:
-            out += self._claimed_settlement(ce, claims, tariff, attributed, applied, verdict)
+            out += self._claimed_settlement(
+                ce,
+                claims,
+                tariff,
+                attributed,
+                applied,
+                verdict,
+                unattributed=summary is not None and attributed is None,
+            )
         return verdict, out, summary, True
 
     def _read_records(
@@ -561,6 +566,8 @@ class _EpochContext:
         summary: EpochSummary | None,
         applied: bool,
         verdict: EpochVerdict,
+        *,
+        unattributed: bool = False,
     ) -> list[Discrepancy]:
         """What the source says about the epoch beyond its anchors: its position in the log,
         tariff version, counts, settlement steps, state and times."""
@@ -573,6 +580,7 @@ class _EpochContext:
             self.lookups,
             audit_block=self.facts.block,
             commit_tx=self.facts.commit_txs.get(ce.epoch_id),
+            unattributed=unattributed,
         )
         out += steps.findings
         out += state_findings(ce, claims, applied=applied, steps=steps)

@@ -116,6 +116,7 @@ def build_fixture(
     from gridpoints_chain.deployment import deployment_domain
     from gridpoints_dev.anvil import AnvilNode
     from gridpoints_dev.chain import deploy_dev_contracts, register_station
+    from gridpoints_protocol.commitment import UserOpening
     from gridpoints_protocol.eip712 import keccak256
     from gridpoints_protocol.record import Direction, EnergyTransfer
     from gridpoints_protocol.tariff import TariffBook
@@ -181,10 +182,11 @@ def build_fixture(
             start = registered_at + 60 + (sequence - 1) * step + rng.randint(0, step // 4)
             duration = rng.randint(step // 4, step // 2)
             energy = rng.randint(500, min(40_000, MAX_POWER_W * duration // 3_600))
+            opening = UserOpening(people[rng.randrange(users)], rng.randbytes(31) + b"\x01")
             record = EnergyTransfer(
                 station_id=ids[s],
                 sequence=sequence,
-                user=people[rng.randrange(users)],
+                user_commitment=opening.commitment,
                 direction=Direction.DISCHARGE if s % 2 else Direction.CHARGE,
                 energy_wh=energy,
                 meter_before_wh=meters[s],
@@ -202,13 +204,16 @@ def build_fixture(
                     digest,
                     record.station_id,
                     record.sequence - U64,
-                    record.user,
+                    opening.user,
+                    opening.salt,
+                    record.user_commitment,
                     int(record.direction),
                     record.energy_wh - U64,
                     record.meter_before_wh - U64,
                     record.meter_after_wh - U64,
                     record.start_time - U64,
                     record.end_time - U64,
+                    bytes(32),
                     bytes(32),
                     signature,
                     address,
@@ -259,9 +264,10 @@ def build_fixture(
 
 
 _INSERT = (
-    "INSERT INTO records (log_index, digest, station_id, sequence, user_address, direction, "
-    "energy_wh, meter_before_wh, meter_after_wh, start_time, end_time, payment_authorization, "
-    "signature, signer, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO records (log_index, digest, station_id, sequence, user_address, user_salt, "
+    "user_commitment, direction, energy_wh, meter_before_wh, meter_after_wh, start_time, "
+    "end_time, payment_authorization, meter_evidence, signature, signer, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 

@@ -76,6 +76,7 @@ from gridpoints_dev.child_process import environment_without_settings  # noqa: E
 from gridpoints_dev.databases import fresh_database, pg_conninfo  # noqa: E402
 from gridpoints_dev.serve import ServeProcess, upgrade_database  # noqa: E402
 from gridpoints_protocol.checks import RecordVerifier  # noqa: E402
+from gridpoints_protocol.commitment import UserOpening  # noqa: E402
 from gridpoints_protocol.eip712 import keccak256, to_checksum_address  # noqa: E402
 from gridpoints_protocol.keys import KeyDirectory, KeyPeriod, StationHistory  # noqa: E402
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord  # noqa: E402
@@ -137,15 +138,29 @@ def sign_digest(key: coincurve.PrivateKey, digest: bytes) -> bytes:
     return raw[:64] + bytes([27 + raw[64]])
 
 
+# The opening of every commitment make_record made: a station sends it with the record.
+OPENINGS: dict[bytes, UserOpening] = {}
+
+
+def with_opening(body: dict[str, Any], record: EnergyTransfer) -> dict[str, Any]:
+    body["opening"] = OPENINGS[record.user_commitment].to_json()
+    return body
+
+
 def make_record(
     station: BenchStation, sequence: int, base_time: int, users: list[bytes]
 ) -> EnergyTransfer:
     before = 1_000_000 + (sequence - 1) * ENERGY_WH
     start = base_time + (sequence - 1) * DURATION_S
+    opening = UserOpening(
+        users[(sequence * 7 + station.station_id[0]) % len(users)],
+        keccak256(b"bench-salt" + station.station_id + sequence.to_bytes(8, "big")),
+    )
+    OPENINGS[opening.commitment] = opening
     return EnergyTransfer(
         station_id=station.station_id,
         sequence=sequence,
-        user=users[(sequence * 7 + station.station_id[0]) % len(users)],
+        user_commitment=opening.commitment,
         direction=station.direction,
         energy_wh=ENERGY_WH,
         meter_before_wh=before,
@@ -157,7 +172,7 @@ def make_record(
 
 def signed_body(record: EnergyTransfer, key: coincurve.PrivateKey, domain: Domain) -> bytes:
     signature = sign_digest(key, record.digest(domain))
-    body = SignedRecord(record, signature).to_json()
+    body = with_opening(SignedRecord(record, signature).to_json(), record)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -220,7 +235,10 @@ def bare_limits(
         (s[:64] + bytes([s[64] - 27]), d) for s, d in zip(signatures, digests, strict=True)
     ]
     typed = [(r.typed_data(domain), s) for r, s in zip(records, signatures, strict=True)]
-    bodies = [SignedRecord(r, s).to_json() for r, s in zip(records, signatures, strict=True)]
+    bodies = [
+        with_opening(SignedRecord(r, s).to_json(), r)
+        for r, s in zip(records, signatures, strict=True)
+    ]
 
     # Every implementation must agree before its speed means anything.
     for (sig, digest), (data, signature), station_index in zip(

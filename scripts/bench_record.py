@@ -50,7 +50,7 @@ def make_records(n: int) -> list[EnergyTransfer]:
             EnergyTransfer(
                 station_id=keccak256(b"station" + seed[:2]),
                 sequence=1 + i,
-                user=seed[12:32],
+                user_commitment=keccak256(b"bench-commitment" + seed),
                 direction=Direction.CHARGE if i % 2 else Direction.DISCHARGE,
                 energy_wh=energy,
                 meter_before_wh=min(before, UINT64_MAX - energy),

@@ -46,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridpoints_dev.tokens import ThrowawayTokens
+from gridpoints_protocol.commitment import user_commitment
 from gridpoints_protocol.eip712 import keccak256, parse_address
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 from gridpoints_signers import (
@@ -66,6 +67,8 @@ TOKEN_LABEL = "gridpoints-bench"
 KEY_LABEL = "bench-station"
 DOMAIN = Domain(31337, parse_address("0x5FbDB2315678afecb367f032d93F642f64180aa3"))
 USER = bytes.fromhex("5a" * 20)
+# The record commits to the user under a salt (gridpoints_protocol.commitment).
+USER_COMMITMENT = user_commitment(USER, bytes.fromhex("33" * 32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,7 @@ def _record(i: int, station_id: bytes) -> EnergyTransfer:
     return EnergyTransfer(
         station_id=station_id,
         sequence=i + 1,
-        user=USER,
+        user_commitment=USER_COMMITMENT,
         direction=Direction.DISCHARGE,
         energy_wh=1_000 + i % 5_000,
         meter_before_wh=i * 10_000,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gridpoints_protocol import merkle
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import (
     Domain,
@@ -191,6 +192,17 @@ def check_proof(
             f"the stored digest 0x{row.digest.hex()} is not the stored record's digest "
             f"0x{digest.hex()} (the station's file was changed)"
         )
+    # The record commits to its user: the opening the station keeps must still open it, or
+    # the proven record is not provably the user's.
+    if row.opening is None:
+        problems.append("the station holds no opening of the record's userCommitment")
+    else:
+        try:
+            opens = UserOpening.from_json(row.opening).opens(record.user_commitment)
+        except RecordValidationError:
+            opens = False
+        if not opens:
+            problems.append("the stored opening does not hash to the record's userCommitment")
     differences = _record_differences(record, signature, digest, answer)
     epoch = anchors.epoch(answer.epoch_id)
     if epoch is None:

@@ -3,7 +3,7 @@
 // to the RPC URL the server names in /web/config.json, nothing else (the CSP enforces it).
 // Balances and epoch roots are read from the chain, never taken from the backend's word;
 // inclusion proofs are checked here, in the browser, against the root on chain.
-import { Contract, JsonRpcProvider, Signature, TypedDataEncoder, getAddress, hexlify, toUtf8Bytes, verifyTypedData } from "./vendor/ethers.js";
+import { Contract, JsonRpcProvider, Signature, TypedDataEncoder, concat, getAddress, getBytes, hexlify, keccak256, toUtf8Bytes, verifyTypedData } from "./vendor/ethers.js";
 import { recordLeafHash, verifyInclusion } from "./merkle.js";
 import { chargeCommitment, paymentLink, randomSalt } from "./payments.js";
 
@@ -13,7 +13,7 @@ const RECORD_TYPES = {
   EnergyTransfer: [
     { name: "stationId", type: "bytes32" },
     { name: "sequence", type: "uint64" },
-    { name: "user", type: "address" },
+    { name: "userCommitment", type: "bytes32" },
     { name: "direction", type: "uint8" },
     { name: "energyWh", type: "uint64" },
     { name: "meterBeforeWh", type: "uint64" },
@@ -21,8 +21,15 @@ const RECORD_TYPES = {
     { name: "startTime", type: "uint64" },
     { name: "endTime", type: "uint64" },
     { name: "paymentAuthorization", type: "bytes32" },
+    { name: "meterEvidence", type: "bytes32" },
   ],
 };
+// keccak256(tag || user || salt): the record commits to its user; the opening comes only with
+// the signed-in views (gridpoints_protocol/commitment.py).
+const USER_COMMITMENT_TAG = toUtf8Bytes("GridPoints.UserCommitment.v1");
+function userCommitment(opening) {
+  return keccak256(concat([USER_COMMITMENT_TAG, getBytes(opening.user), getBytes(opening.salt)]));
+}
 const DIRECTION = { 1: "Charge (grid to car)", 2: "Discharge (car to grid)" };
 
 const state = {
@@ -680,12 +687,16 @@ async function verifyRecord(item, verdict) {
     // records' domain).
     const domainOf = {
       name: "GridPoints",
-      version: "1",
+      version: "2",
       chainId: state.config.chainId,
       verifyingContract: state.config.contracts.StationRegistry,
     };
     const digest = TypedDataEncoder.hash(domainOf, RECORD_TYPES, r);
     if (!hexEq(digest, item.record.digest)) reasons.push("the record's digest is not the hash of its fields");
+    // The record is this wallet's: its opening hashes to the commitment the station signed.
+    if (!item.opening || !hexEq(userCommitment(item.opening), r.userCommitment) || !hexEq(item.opening.user, state.account)) {
+      reasons.push("the record's opening does not show it is this wallet's");
+    }
     const leaf = recordLeafHash(digest, item.record.signature);
     const onChain = await state.settlement.getEpoch(proof.epochId);
     const chainRoot = onChain.recordsRoot;

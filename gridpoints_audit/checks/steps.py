@@ -71,9 +71,12 @@ def step_findings(
     *,
     audit_block: int,
     commit_tx: bytes | None,
+    unattributed: bool = False,
 ) -> StepsVerdict:
     """The claimed steps (and the API's commitTxHash) of the epoch; `commit_tx` is the
-    transaction the chain shows committing it."""
+    transaction the chain shows committing it. `unattributed`: the epoch was valued (its
+    totals checked) but its users are not known (public data), so `summary` is None here and
+    the chunks' entries are not recomputed, yet confirmed steps still count as on chain."""
     e = chain_epoch.epoch_id
     verdict = StepsVerdict()
     claimed_commit = claims.get("commitTxHash")
@@ -129,7 +132,7 @@ def step_findings(
     leaves = [leaf for leaf in plan.leaves if leaf is not None]
     if summary is not None and not coverage and len(leaves) == len(steps) - 1:
         verdict.findings += _plan_root_findings(chain_epoch, SettlementPlan(leaves))
-    verdict.on_chain = all_verified and summary is not None and not coverage
+    verdict.on_chain = all_verified and (summary is not None or unattributed) and not coverage
     return verdict
 
 

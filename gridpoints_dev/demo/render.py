@@ -38,7 +38,9 @@ def explore_lines(summary: dict[str, Any]) -> list[str]:
     ocpp = [f"OCPP charger:  {station_cli} ocpp transactions --dir {charger[0]}"] if charger else []
     return [
         f"API docs:      {summary['docsUrl']}",
-        f"a wallet:      curl -s {api}/v1/users/{first} | python3 -m json.tool",
+        # A wallet's history is its own (sign in, /v1/me); its points are public on chain.
+        f"a wallet:      sign in at {api}/ as {first} (its records are private)",
+        f"the log:       curl -s '{api}/v1/records?limit=3' | python3 -m json.tool",
         f"epochs:        curl -s {api}/v1/epochs | python3 -m json.tool",
         f"epoch list:    GRIDPOINTS_DATABASE_URL={db} {gridpoints} epoch list",
         f"one epoch:     GRIDPOINTS_DATABASE_URL={db} {gridpoints} epoch show 1",

@@ -254,7 +254,7 @@ def meter_evidence(
                 **kept,
                 "logIndex": published["logIndex"],
                 "epochId": epoch_of.get(published["logIndex"]),
-                "user": published["record"]["user"],
+                "userCommitment": published["record"]["userCommitment"],
             }
         )
     return {

@@ -100,10 +100,11 @@ def export_all(
     root: Path,
     epochs: list[int] | None = None,
     *,
-    openings_for: str | None = None,
+    openings_for: str | None = "test auditor",
 ) -> Path:
-    """Exports the bundle of each sealed epoch (or of `epochs`) to root/epoch-N; with
-    `openings_for`, the full bundle with the private openings for that named auditor."""
+    """Exports the bundle of each sealed epoch (or of `epochs`) to root/epoch-N: by default
+    the full bundle for a named auditor (with openings.json, so the audit checks who was
+    credited, as before record format v2); `openings_for=None`: the public bundle."""
     db = Database(h.database_url)
     try:
         with db.read() as session:

@@ -102,6 +102,19 @@ class WebEnv:
         return self.h.url
 
 
+def own_history(h: BackendHarness, limit: int = 100) -> list[dict[str, Any]]:
+    """The test user's history, as only that wallet's own session may read it."""
+    account = h.env.accounts.users[0]
+    response = h.client.get(
+        f"/v1/users/{account.address}",
+        params={"limit": limit},
+        headers=bearer(api_sign_in(h, account)),
+    )
+    assert response.status_code == 200, response.text
+    history: list[dict[str, Any]] = response.json()["history"]
+    return history
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
@@ -394,7 +407,7 @@ def test_my_points_balance_history_and_proof(
     assert (first.locator("[data-label='commit tx']").get_attribute("title") or "").startswith("0x")
     # The tariff band(s) of each record, as the page works them out from the tariff document,
     # against Python's Tariff.band_at at the start and at every quarter hour inside the record.
-    history = web_env.h.client.get(f"/v1/users/{web_env.user}").json()["history"]
+    history = own_history(web_env.h)
     for item in history:
         r = item["record"]["record"]
         tariff = next(t for t in TARIFFS if t.version == item["tariffVersion"])
@@ -502,7 +515,7 @@ def test_a_second_wallet_signed_in_sees_only_its_own_records(
     assert pending.get_attribute("data-digest") == "0x" + record.digest(h.domain).hex()
     sync_api.expect(page.locator("#records-empty")).to_be_visible()
     # None of the first wallet's records is in the page.
-    theirs = h.client.get(f"/v1/users/{web_env.user}?limit=1000").json()["history"]
+    theirs = own_history(web_env.h, limit=1000)
     assert len(theirs) == web_env.settled_records + web_env.pending_records
     html = page.content().lower()
     assert all(item["record"]["digest"].lower() not in html for item in theirs)
@@ -781,10 +794,7 @@ def test_pay_a_charge_by_signing_in_the_page(browsing: Browsing, web_env: WebEnv
     assert response.status_code == 201, response.text
     assert web_env.worker.run_round(force_seal=True).sealed
     after = int(token.balanceOf(web_env.user).call())
-    (account,) = [a for a in env.accounts.users if a.address == web_env.user]
-    history = h.client.get(
-        f"/v1/users/{web_env.user}", headers=bearer(api_sign_in(h, account))
-    ).json()["history"]
+    history = own_history(h)
     charge = next(
         i for i in history if i["record"]["digest"] == "0x" + record.digest(h.domain).hex()
     )

@@ -63,6 +63,8 @@ def _record_row(
         "station_id": station_id,
         "sequence": sequence,
         "user_address": b"\x01" * 20,
+        "user_salt": b"\x04" * 32,
+        "user_commitment": b"\x05" * 32,
         "direction": 1,
         "energy_wh": 1,
         "meter_before_wh": 0,
@@ -70,6 +72,7 @@ def _record_row(
         "start_time": 0,
         "end_time": 1,
         "payment_authorization": bytes(32),
+        "meter_evidence": bytes(32),
         "signature": b"\x02" * 65,
         "signer": b"\x03" * 20,
         "received_at": NOW,
@@ -88,6 +91,38 @@ def test_migrations_create_exactly_the_models(db: Database) -> None:
     with db.read() as session:
         head = session.get(LogHead, 1)
         assert head is not None and head.next_log_index == 0
+
+
+def test_the_record_v2_migration_refuses_a_log_of_version_1_records(db: Database) -> None:
+    """Version-1 records (signed over the wallet) cannot become version-2 records: 0008
+    refuses a non-empty log rather than publish records whose signatures no longer verify."""
+    assert upgrade(db.engine, "0007_signin") == (None, "0007_signin")
+    v1 = {
+        k: v
+        for k, v in _record_row(b"\x09" * 32, 1, 0, b"\xaa" * 32).items()
+        if k not in ("user_salt", "user_commitment", "meter_evidence")
+    }
+    with db.write() as session:
+        session.execute(
+            text(
+                "INSERT INTO stations (station_id, zone, max_power_w, active_from,"
+                " registered_block, updated_block) VALUES (:s, 1, 1, 0, 1, 1)"
+            ),
+            {"s": b"\x09" * 32},
+        )
+        session.execute(
+            text(
+                "INSERT INTO records ("
+                + ", ".join(v1)
+                + ") VALUES ("
+                + ", ".join(":" + k for k in v1)
+                + ")"
+            ),
+            v1,
+        )
+    with pytest.raises(RuntimeError, match="version-1 records"):
+        upgrade(db.engine)
+    assert current_revision(db.engine) == "0007_signin"
 
 
 def test_an_unmigrated_database_is_refused_with_what_to_do(db: Database) -> None:
