@@ -2,14 +2,16 @@
 export bundle and an inclusion proof are scanned for the wallets of this test's users, and none
 is found. The per-epoch credit leaves (`/v1/epochs/{id}/credits`) are left out on purpose: they
 are the per-user mint of the epoch, which the chain shows anyway (the one thing the issue allows
-to stay public). Charges paid with points are left out too: their payment authorisation names
-its user (payment privacy, issue 14 item 2, is not done)."""
+to stay public). Charges paid with points are in: no public view carries a payment opening or
+an authorisation digest (the records carry salted links), and the settlement's calldata and
+payment events, which name the wallet, carry no station (only charge commitments)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.commitment import UserOpening
 from tests.support.audit import export_all
 from tests.support.backend import BackendHarness, opening_of, signed_of
@@ -20,7 +22,7 @@ def test_no_public_view_names_a_user_of_the_records(
     harness: BackendHarness, tmp_path: Path
 ) -> None:
     h = harness
-    traffic = random_traffic(h, stations=2, users=4, records=12, seed=1414, paid=0.0)
+    traffic = random_traffic(h, stations=2, users=4, records=12, seed=1414, paid=0.7)
     traffic.post_all()
     worker = make_worker(h, epoch_max_records=6)
     try:
@@ -31,6 +33,12 @@ def test_no_public_view_names_a_user_of_the_records(
     wallets = {opening_of(r).user.hex() for r in records}
     salts = {opening_of(r).salt.hex() for r in records}
     assert len(wallets) >= 2
+    domain = h.env.chain.settlement_domain
+    payments = [PaymentOpening.from_json(b["payment"]) for b in traffic.bodies if "payment" in b]
+    assert payments, "the traffic must hold charges paid with points"
+    salts |= {p.salt.hex() for p in payments}
+    digests = {p.signed.digest(domain).hex() for p in payments}
+    stations = {r.station_id.hex() for r in records}
 
     texts: dict[str, str] = {}
 
@@ -67,6 +75,25 @@ def test_no_public_view_names_a_user_of_the_records(
     leaks = {where: w for where, text in texts.items() for w in wallets if w in text.lower()}
     assert leaks == {}, leaks
     assert not any(s in everything for s in salts)
+    assert not any(d in everything for d in digests)  # PaymentApplied carries the digest
+
+    # On chain, the payments name the wallet but no station: neither the applyPayments
+    # calldata nor the PaymentApplied / PaymentSkipped events carry a station id.
+    settlement = h.env.chain.settlement
+    events = [
+        *settlement.events.PaymentApplied().get_logs(from_block=0),
+        *settlement.events.PaymentSkipped().get_logs(from_block=0),
+    ]
+    mine = [e for e in events if bytes(e["args"]["authorization"]).hex() in digests]
+    assert len(mine) == len(payments)
+    for event in mine:
+        tx = h.env.w3.eth.get_transaction(event["transactionHash"])
+        receipt = h.env.w3.eth.get_transaction_receipt(event["transactionHash"])
+        chain_text = bytes(tx["input"]).hex() + "".join(
+            bytes(log["data"]).hex() + "".join(bytes(t).hex() for t in log["topics"])
+            for log in receipt["logs"]
+        )
+        assert not any(sid in chain_text for sid in stations)
 
     # The full bundle for a named auditor holds them: the scan would see them there.
     full = export_all(h, tmp_path / "full", openings_for="regulator")
