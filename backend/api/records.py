@@ -33,7 +33,7 @@ from gridpoints_protocol.wire import (
     RecordOutcome,
     RejectReason,
     SignedRecordBatchIn,
-    SignedRecordIn,
+    SubmissionIn,
 )
 
 router = APIRouter(prefix="/v1", tags=["records"])
@@ -468,7 +468,7 @@ router.add_api_route(
     responses=SINGLE_RESPONSES,
     response_model=None,
     status_code=201,
-    openapi_extra=_ingest_doc(SignedRecordIn.model_json_schema()),
+    openapi_extra=_ingest_doc(SubmissionIn.model_json_schema()),
     route_class_override=DirectRoute,
 )
 router.add_api_route(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from pydantic import ValidationError
 
 from gridpoints_protocol.checks import (
     MAX_REGISTRY_RETRY_S,
@@ -22,6 +23,7 @@ from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.keys import NOTHING_DECIDED, KeyDirectory, KeyPeriod, StationHistory
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord
+from gridpoints_protocol.wire import SubmissionIn
 
 DOMAIN = Domain(31337, bytes.fromhex("e7f1725e7734ce288f8367e1bb143e90bb3f0512"))
 STATION = b"\x11" * 32
@@ -387,3 +389,13 @@ def test_the_directory_horizon_only_moves_forward_and_travels_with_its_stations(
     directory.replace({}, None)
     assert directory.snapshot().decided_before == HORIZON + 5 and len(directory) == 0
     assert before.station(LIVE) is not None and before.decided_before == HORIZON
+
+
+def test_the_submission_model_parses_the_opening_and_names_its_fields() -> None:
+    signed = _signed(_record())
+    body = SubmissionIn.of(signed, OPENING)
+    assert body == {**signed.to_json(), "opening": OPENING.to_json()}
+    assert SubmissionIn.model_validate(body).opening == OPENING.to_json()
+    with pytest.raises(ValidationError) as info:
+        SubmissionIn.model_validate({**body, "opening": {"user": OPENING.to_json()["user"]}})
+    assert ("opening", "salt") in [e["loc"] for e in info.value.errors()]
