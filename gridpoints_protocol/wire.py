@@ -397,7 +397,8 @@ class SubmissionIn(BaseModel):
     opening: Annotated[dict[str, str], WithJsonSchema(opening_json_schema())]
     payment: dict[str, Any] | None = Field(
         default=None,
-        description="the user's signed PaymentAuthorization, when paymentAuthorization is not 0",
+        description="the private payment opening {authorization, signature, salt} when "
+        "paymentAuthorization (the salted link to the authorisation's digest) is not 0",
     )
 
     @model_validator(mode="wrap")
