@@ -4,8 +4,9 @@ others).
 Everything is real: the backend runs under a real uvicorn server on a loopback port, in a thread of
 the test process, against the session Anvil of tests/support/chain.py and a freshly created database
 — a SQLite file in a temporary directory, or a uniquely named PostgreSQL database on 127.0.0.1:5432
-that is dropped afterwards. The `backend` fixture is parametrized over both, so every test that uses
-it runs once per database.
+that is dropped afterwards. The `backend` fixture is parametrized over both, so every test that
+uses it runs once per database. A database that starts migrated is a copy of one migrated once per
+test process (`MIGRATED_TEMPLATES`): running the migrations for each took about a second apiece.
 
 Stations are registered in the StationRegistry by real transactions from the registrar
 account and sign their records with development keys (eth_account, ``unsafe_sign_hash`` over the
@@ -21,10 +22,14 @@ Environment:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
+import shutil
 import socket
+import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -78,17 +83,103 @@ def _pg_admin_conninfo() -> tuple[str, Any]:
     return conninfo, url
 
 
+class _MigratedTemplates:
+    """One database per kind, migrated to head once per test process, that fresh databases
+    are copied from: a PostgreSQL ``CREATE DATABASE ... TEMPLATE`` takes a fraction of a second
+    where running every migration takes about a second, and the suite creates hundreds of
+    databases. Built lazily from the code under test (a new migration is in it), dropped when
+    the process exits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pg: str | None = None
+        self._sqlite: Path | None = None
+
+    def postgresql(self) -> str:
+        """The name of the migrated template database (nobody stays connected to it: PostgreSQL
+        copies a template only while it has no sessions)."""
+        with self._lock:
+            if self._pg is None:
+                from backend.db import Database
+                from backend.migrations import upgrade
+
+                conninfo, admin_url = _pg_admin_conninfo()
+                name = f"gridpoints_test_template_{uuid.uuid4().hex[:12]}"
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+                atexit.register(_drop_pg_database, name)
+                url = admin_url.set(drivername="postgresql+psycopg", database=name)
+                db = Database(url.render_as_string(hide_password=False))
+                try:
+                    upgrade(db.engine)
+                finally:
+                    db.dispose()
+                self._pg = name
+            return self._pg
+
+    def sqlite(self) -> Path:
+        with self._lock:
+            if self._sqlite is None:
+                from backend.db import Database
+                from backend.migrations import upgrade
+
+                directory = Path(tempfile.mkdtemp(prefix="gridpoints-test-template-"))
+                atexit.register(shutil.rmtree, directory, True)
+                path = directory / "template.sqlite"
+                db = Database(f"sqlite:///{path.as_posix()}")
+                try:
+                    upgrade(db.engine)
+                finally:
+                    db.dispose()
+                self._sqlite = path
+            return self._sqlite
+
+    def copy_sqlite(self, destination: Path) -> None:
+        """The template into `destination` through SQLite's backup API (a consistent copy,
+        whatever is still in the template's write-ahead log)."""
+        source = sqlite3.connect(self.sqlite())
+        try:
+            target = sqlite3.connect(destination)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+
+
+MIGRATED_TEMPLATES = _MigratedTemplates()
+
+
+def _drop_pg_database(name: str) -> None:
+    conninfo, _ = _pg_admin_conninfo()
+    with contextlib.suppress(psycopg.Error), psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _sqlite_path(database_url: str) -> Path | None:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
 @contextlib.contextmanager
-def fresh_database(kind: str, tmp_dir: Path) -> Iterator[str]:
-    """The URL of a new, empty database of `kind`; a PostgreSQL one is dropped afterwards."""
+def fresh_database(kind: str, tmp_dir: Path, *, migrated: bool = False) -> Iterator[str]:
+    """The URL of a new database of `kind`, empty or (`migrated`) at the head revision, copied
+    from the process's migrated template; a PostgreSQL one is dropped afterwards."""
     if kind == "sqlite":
-        yield f"sqlite:///{(tmp_dir / f'backend-{uuid.uuid4().hex[:8]}.sqlite').as_posix()}"
+        path = tmp_dir / f"backend-{uuid.uuid4().hex[:8]}.sqlite"
+        if migrated:
+            MIGRATED_TEMPLATES.copy_sqlite(path)
+        yield f"sqlite:///{path.as_posix()}"
         return
     conninfo, admin_url = _pg_admin_conninfo()
     name = f"gridpoints_test_{uuid.uuid4().hex[:12]}"
     try:
+        template = f' TEMPLATE "{MIGRATED_TEMPLATES.postgresql()}"' if migrated else ""
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"{template}')
     except psycopg.OperationalError as exc:
         pytest.fail(
             f"PostgreSQL at {admin_url.render_as_string(hide_password=True)} is not usable "
@@ -420,7 +511,11 @@ def running_backend(
     from backend.migrations import upgrade
 
     settings = backend_settings(env, database_url, **overrides)
-    if migrate:
+    sqlite_path = _sqlite_path(database_url)
+    if migrate and sqlite_path is not None and not sqlite_path.exists():
+        # Migrating a database that does not exist yet gives the template's schema exactly.
+        MIGRATED_TEMPLATES.copy_sqlite(sqlite_path)
+    elif migrate:
         db = Database(database_url)
         try:
             upgrade(db.engine)
@@ -448,8 +543,8 @@ def backend(
     tmp = tmp_path_factory.mktemp(f"backend-{kind}")
     with (
         chain_checkpoint(chain_session),
-        fresh_database(kind, tmp) as url,
-        running_backend(chain_session, url, kind) as harness,
+        fresh_database(kind, tmp, migrated=True) as url,
+        running_backend(chain_session, url, kind, migrate=False) as harness,
     ):
         yield harness
 

@@ -52,8 +52,8 @@ def harness(
     """A fresh backend and database per test, on a chain rewound after the test."""
     with (
         chain_checkpoint(chain_session),
-        fresh_database(request.param, tmp_path) as url,
-        running_backend(chain_session, url, request.param) as h,
+        fresh_database(request.param, tmp_path, migrated=True) as url,
+        running_backend(chain_session, url, request.param, migrate=False) as h,
     ):
         chain_session.chain.reset_nonces()
         yield h
