@@ -45,6 +45,13 @@ from gridpoints_protocol.keys import (
     station_id_bytes,
 )
 from gridpoints_protocol.ocmf import load_public_key
+from gridpoints_protocol.ocmf.meter_keys import (
+    METER_EVENT_KINDS,
+    MeterEvent,
+    MeterKeyRotated,
+    MeterRegistered,
+    MeterRevoked,
+)
 
 MAX_ENTRY_AMOUNT = 2**96 - 1
 _ADDRESS_BITS = 160
@@ -654,6 +661,70 @@ class GridPointsChain:
                 block_timestamp=timestamps.get(block),
             )
             events.append(_station_event(decoded["event"], decoded["args"], position))
+        return events
+
+    def meter_events(
+        self, *, from_block: int | None = None, to_block: int | str = "latest"
+    ) -> list[MeterEvent]:
+        """The registry's meter events (MeterRegistered, MeterKeyRotated, MeterRevoked) of every
+        station, in chain order."""
+        registry = self.registry
+        kinds = {
+            bytes(HexBytes(getattr(registry.events, name)().topic)): name
+            for name in METER_EVENT_KINDS
+        }
+        start = self.deployment.deployment_block if from_block is None else from_block
+        end = self.w3.eth.block_number if to_block == "latest" else int(to_block)
+        if end < start:
+            return []
+        logs = list(
+            self.w3.eth.get_logs(
+                {
+                    "address": registry.address,
+                    "fromBlock": start,
+                    "toBlock": end,
+                    "topics": [["0x" + t.hex() for t in kinds]],
+                }
+            )
+        )
+        logs.sort(key=lambda log: (log["blockNumber"], log["logIndex"]))
+        events: list[MeterEvent] = []
+        for log in logs:
+            name = kinds[bytes(log["topics"][0])]
+            args = getattr(registry.events, name)().process_log(log)["args"]
+            position = LogPosition(
+                block_number=log["blockNumber"],
+                log_index=log["logIndex"],
+                tx_hash=bytes(log["transactionHash"]),
+            )
+            sid, mid = bytes(args["stationId"]), bytes(args["meterId"])
+            event: MeterEvent
+            if name == "MeterRegistered":
+                event = MeterRegistered(
+                    sid,
+                    mid,
+                    str(args["serial"]),
+                    bytes(args["qx"]),
+                    bytes(args["qy"]),
+                    int(args["validFrom"]),
+                    position,
+                )
+            elif name == "MeterKeyRotated":
+                event = MeterKeyRotated(
+                    sid,
+                    mid,
+                    bytes(args["oldQx"]),
+                    bytes(args["oldQy"]),
+                    bytes(args["newQx"]),
+                    bytes(args["newQy"]),
+                    int(args["rotatedAt"]),
+                    position,
+                )
+            else:
+                event = MeterRevoked(
+                    sid, mid, bytes(args["qx"]), bytes(args["qy"]), int(args["revokedAt"]), position
+                )
+            events.append(event)
         return events
 
     def station_history(self, station_id: bytes | str, **kwargs: Any) -> StationHistory:
