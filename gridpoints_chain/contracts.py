@@ -26,7 +26,7 @@ from web3.types import LogReceipt, TxReceipt
 
 from gridpoints_chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
 from gridpoints_chain.deployment import Deployment
-from gridpoints_chain.errors import ChainError, ErrorDecoder
+from gridpoints_chain.errors import ChainError, ContractRevertError, ErrorDecoder
 from gridpoints_chain.transactions import TransactionAccount, TxSender
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
@@ -51,7 +51,9 @@ from gridpoints_protocol.ocmf.meter_keys import (
     MeterKeyRotated,
     MeterRegistered,
     MeterRevoked,
+    p256_der,
 )
+from gridpoints_protocol.ocmf.session import KeyState, MeterKey
 
 MAX_ENTRY_AMOUNT = 2**96 - 1
 _ADDRESS_BITS = 160
@@ -805,6 +807,24 @@ class GridPointsChain:
             self.registry.functions.meterKeyAt(station_id_bytes(station_id), meter, at)
         )
         return (bytes(qx), bytes(qy)) if found else None
+
+    def meter_key_state(self, station_id: bytes | str, serial: str, at: int) -> MeterKey:
+        """What StationRegistry says about meter ``serial`` of the station for a signature at
+        unix time ``at``, in the terms of the OCMF session rules (the gateway and the auditor
+        ask the chain this; the backend asks its mirror of the same events)."""
+        meter = meter_id(serial)
+        try:
+            registered = self.get_meter(station_id, meter)
+        except ContractRevertError as exc:
+            if exc.error_name == "UnknownMeter":
+                return MeterKey(KeyState.UNREGISTERED)
+            raise
+        if registered.revoked_at and at >= registered.revoked_at:
+            return MeterKey(KeyState.REVOKED)
+        key = self.meter_key_at(station_id, meter, at)
+        if key is None:
+            return MeterKey(KeyState.NOT_VALID)
+        return MeterKey(KeyState.VALID, p256_der(*key))
 
     def is_meter_key_valid_at(
         self,

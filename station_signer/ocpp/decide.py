@@ -18,11 +18,9 @@ from typing import TYPE_CHECKING, Final
 
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.ocmf import OcmfRecord, parse_record
-from gridpoints_protocol.ocmf.meter_keys import p256_der
 from gridpoints_protocol.ocmf.session import (
     Fault,
     FaultReason,
-    KeyState,
     MeterKey,
     Session,
     session_of,
@@ -88,22 +86,7 @@ def decode_public_key(text: str | None) -> bytes | None:
 
 def registry_key(chain: GridPointsChain, station_id: bytes, serial: str, at: int) -> MeterKey:
     """What StationRegistry says about meter ``serial`` of the station at unix time ``at``."""
-    from gridpoints_chain.contracts import meter_id
-    from gridpoints_chain.errors import ContractRevertError
-
-    meter = meter_id(serial)
-    try:
-        registered = chain.get_meter(station_id, meter)
-    except ContractRevertError as exc:
-        if exc.error_name == "UnknownMeter":
-            return MeterKey(KeyState.UNREGISTERED)
-        raise
-    if registered.revoked_at and at >= registered.revoked_at:
-        return MeterKey(KeyState.REVOKED)
-    key = chain.meter_key_at(station_id, meter, at)
-    if key is None:
-        return MeterKey(KeyState.NOT_VALID)
-    return MeterKey(KeyState.VALID, p256_der(*key))
+    return chain.meter_key_state(station_id, serial, at)
 
 
 def _evidence(
