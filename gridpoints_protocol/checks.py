@@ -53,7 +53,11 @@ outcome:
    horizon; otherwise, if E >= T, deferred ``registry_behind``; otherwise the registry's
    isKeyValidAt rule, rejected ``key_not_valid`` when it fails;
 5. energy against maximum power -- rejected ``energy_exceeds_max_power``;
-6. the payment authorisation, if any (`verify_json`, after everything above passed).
+6. the opening of the user commitment (`verify_json`): a missing or malformed opening is
+   ``malformed`` (with the parse failures of step 1); one that does not hash to the record's
+   ``userCommitment`` is ``opening_mismatch``, judged only on an authenticated record;
+7. the payment authorisation, if any (`verify_json`, after everything above passed), whose user
+   must be the opening's.
 
 Authenticity comes before content, so a content complaint is only ever made about a record the
 station really signed: `Verdict.authenticated` says the signature was verified against the
@@ -69,8 +73,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gridpoints_protocol.authorization import SettlementDomain, SignedAuthorization
+from gridpoints_protocol.commitment import UserOpening, split_opening
 from gridpoints_protocol.eip712 import to_checksum_address
-from gridpoints_protocol.errors import RecordValidationError
+from gridpoints_protocol.errors import FieldError, RecordValidationError
 from gridpoints_protocol.keys import StationHistory, key_valid_at
 from gridpoints_protocol.payments import PaymentProblem, check_payment, split_payment
 from gridpoints_protocol.record import (
@@ -160,10 +165,21 @@ class Verdict:
     payment: SignedAuthorization | None = None
     deferral: Deferral | None = None
     authenticated: bool = False
+    # The verified opening of the record's user commitment (verify_json of an accepted record).
+    opening: UserOpening | None = None
 
     @property
     def ok(self) -> bool:
         return self.problem is None and self.deferral is None
+
+
+def _malformed(exc: RecordValidationError) -> Problem:
+    return Problem(
+        # A lookup by value; mypy reads the call as the two-argument __new__.
+        RejectReason(exc.reason),  # type: ignore[call-arg]
+        exc.summary(),
+        {"fields": [{"field": e.field, "message": e.message} for e in exc.errors]},
+    )
 
 
 def domain_json(domain: Domain) -> dict[str, Any]:
@@ -202,25 +218,46 @@ class RecordVerifier:
     def verify_json(
         self, item: Any, *, now: int | None, claimed_domain: Domain | None = None
     ) -> Verdict:
-        """Parses one submitted JSON value (``{"record", "signature"}``, with ``"payment"``
-        when the record is paid with points) and verifies it."""
+        """Parses one submitted JSON value (``{"record", "signature", "opening"}``, with
+        ``"payment"`` when the record is paid with points) and verifies it."""
         item, payment = split_payment(item)
+        item, opening_json = split_opening(item)
         try:
             signed = SignedRecord.from_json(item)
         except RecordValidationError as exc:
-            return Verdict(
-                None,
-                problem=Problem(
-                    # A lookup by value; mypy reads the call as the two-argument __new__.
-                    RejectReason(exc.reason),  # type: ignore[call-arg]
-                    exc.summary(),
-                    {"fields": [{"field": e.field, "message": e.message} for e in exc.errors]},
-                ),
+            return Verdict(None, problem=_malformed(exc))
+        try:
+            opening = UserOpening.from_json(opening_json)
+        except RecordValidationError as exc:
+            problem = (
+                RecordValidationError(
+                    [FieldError("opening", "missing: every submission carries the opening")]
+                )
+                if opening_json is None
+                else exc.prefixed("opening")
             )
+            return Verdict(signed, signed.record.digest(self.domain), problem=_malformed(problem))
         verdict = self.verify(signed, now=now, claimed_domain=claimed_domain)
-        if not verdict.ok or (
-            payment is None and signed.record.payment_authorization == ZERO_BYTES32
-        ):
+        if not verdict.ok:
+            return verdict
+        if not opening.opens(signed.record.user_commitment):
+            # The record is authentic (the station signed the commitment) but the opening
+            # sent with it is not its opening: refused, or the private user column would
+            # credit someone the station never committed to.
+            return Verdict(
+                signed,
+                verdict.digest,
+                verdict.signer,
+                Problem(
+                    RejectReason.OPENING_MISMATCH,
+                    "the opening does not hash to the record's userCommitment",
+                ),
+                authenticated=True,
+            )
+        verdict = Verdict(
+            signed, verdict.digest, verdict.signer, authenticated=True, opening=opening
+        )
+        if payment is None and signed.record.payment_authorization == ZERO_BYTES32:
             return verdict
         return self.verify_payment(verdict, payment)
 
@@ -238,7 +275,12 @@ class RecordVerifier:
                 verdict.signed, verdict.digest, verdict.signer, problem, authenticated=True
             )
         try:
-            authorization = check_payment(verdict.signed.record, payment, self.settlement_domain)
+            authorization = check_payment(
+                verdict.signed.record,
+                payment,
+                self.settlement_domain,
+                None if verdict.opening is None else verdict.opening.user,
+            )
         except PaymentProblem as exc:
             return Verdict(
                 verdict.signed,
@@ -253,6 +295,7 @@ class RecordVerifier:
             verdict.signer,
             payment=authorization,
             authenticated=True,
+            opening=verdict.opening,
         )
 
     def verify(

@@ -7,8 +7,10 @@ for this deployment's Settlement contract; the submission carries the signed aut
 itself next to the record (``"payment": {"authorization": {...}, "signature": "0x..."}``).
 
 `check_payment` is pure (the ingest API and the auditor run it): the authorisation must be the
-one the record commits to, signed by its user, for the record's user and station, with a
-deadline not before the record's end, on a charge. The stateful rule — a nonce pays for one
+one the record commits to, signed by its user, for the record's station, with a deadline not
+before the record's end, on a charge, and -- where the checker holds the opening of the record's
+user commitment (ingest, a full-bundle audit, the user) -- for the opening's user. The public
+audit holds no openings and skips only that last rule. The stateful rule — a nonce pays for one
 record only — is the database's unique (user, nonce) at ingest and the contract's nonce bitmap
 on chain.
 
@@ -61,9 +63,12 @@ def split_payment(item: Any) -> tuple[Any, Any]:
 
 
 def check_payment(
-    record: EnergyTransfer, payment: Any, domain: SettlementDomain
+    record: EnergyTransfer, payment: Any, domain: SettlementDomain, user: bytes | None
 ) -> SignedAuthorization | None:
-    """The record's signed authorisation (None when it is paid otherwise), or PaymentProblem."""
+    """The record's signed authorisation (None when it is paid otherwise), or PaymentProblem.
+
+    `user`: the wallet of the record's verified opening, which the authorisation's user must
+    equal; None when the caller holds no opening (the public audit)."""
     commits = record.payment_authorization != ZERO_BYTES32
     if payment is None:
         if commits:
@@ -96,11 +101,12 @@ def check_payment(
         )
     if record.direction != Direction.CHARGE:
         raise PaymentProblem(AUTHORIZATION_NOT_CHARGE, "a discharge cannot be paid with points")
-    if authorization.user != record.user:
+    if user is not None and authorization.user != user:
+        # The record's user is private: the message names only the authorisation's own user.
         raise PaymentProblem(
             AUTHORIZATION_WRONG_USER,
-            f"authorised by {authorization.user_address}, the record's user is "
-            f"{record.user_address}",
+            f"authorised by {authorization.user_address}, which is not the record's user "
+            "(the opening's)",
         )
     if authorization.station_id != record.station_id:
         raise PaymentProblem(

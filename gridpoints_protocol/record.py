@@ -9,10 +9,16 @@ are tested on ``tests/vectors/energy_transfer.json`` (written by
 EIP-712 shape (fixed; changing it is a protocol change)::
 
     EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)
-        name = "GridPoints", version = "1", verifyingContract = the StationRegistry
-    EnergyTransfer(bytes32 stationId,uint64 sequence,address user,uint8 direction,
+        name = "GridPoints", version = "2", verifyingContract = the StationRegistry
+    EnergyTransfer(bytes32 stationId,uint64 sequence,bytes32 userCommitment,uint8 direction,
         uint64 energyWh,uint64 meterBeforeWh,uint64 meterAfterWh,uint64 startTime,
-        uint64 endTime,bytes32 paymentAuthorization)
+        uint64 endTime,bytes32 paymentAuthorization,bytes32 meterEvidence)
+
+Version "2" (this one) replaced version "1"'s ``address user`` by ``userCommitment`` (a salted
+commitment to the wallet, gridpoints_protocol/commitment.py: public data must not name who
+charged where and when) and added ``meterEvidence`` (the digest of the meter-signed readings the
+record was built from, gridpoints_protocol/ocmf/evidence.py; zero = no meter evidence). Both
+changes are one version step, so a v1 signature never verifies as v2.
 
 Rules every valid record obeys (the dataclass enforces them on construction, so an
 ``EnergyTransfer`` instance is always a valid record):
@@ -22,8 +28,8 @@ Rules every valid record obeys (the dataclass enforces them on construction, so 
 * ``sequence`` starts at 1 per station. 0 is invalid because 0 is the "nothing yet" value of
   station state (the station store's ``last_sequence`` and the backend's highest sequence start
   at 0), so a record with sequence 0 could never be told apart from "no record".
-* ``stationId`` is not zero (the StationRegistry refuses station id 0) and ``user`` is not the
-  zero address (points cannot be minted to it: one such record would make a settlement revert).
+* ``stationId`` is not zero (the StationRegistry refuses station id 0) and ``userCommitment``
+  is not zero (no opening hashes to zero; a zero commitment is an unset field).
 * ``meterAfterWh - meterBeforeWh == energyWh``: the register only counts up within a record and
   the claimed energy is exactly what the meter saw. A register wrap-around is not modelled (a
   uint64 of Wh does not wrap in practice).
@@ -31,8 +37,9 @@ Rules every valid record obeys (the dataclass enforces them on construction, so 
   the energy fits the duration is the backend's physics check (``energy_exceeds_max_power``),
   which knows the station's registered maximum power; a zero-energy, zero-duration record (an
   aborted session) is legitimate.
-* ``paymentAuthorization`` is zero when the user pays otherwise; the field is reserved now so
-  that the signed type never has to change when payment authorisations arrive.
+* ``paymentAuthorization`` is zero when the user pays otherwise.
+* ``meterEvidence`` is zero when the record carries no meter evidence (a station without a
+  signing meter); what a non-zero value commits to is gridpoints_protocol/ocmf/evidence.py's.
 
 Representation: every EIP-712 ``bytes32`` and ``address`` is ``bytes`` in Python (32 and 20
 bytes); text forms exist only in JSON. That keeps the hot path (parse, hash, recover) free of
@@ -60,12 +67,10 @@ import coincurve
 from gridpoints_protocol.eip712 import (
     EIP191_PREFIX,
     HEX_130,
-    ZERO_ADDRESS,
     Eip712Domain,
     StructMember,
     StructType,
     ValueProblem,
-    checksum_address_cached,
     int_text,
     keccak256,
     parse_hex_fixed,
@@ -88,14 +93,14 @@ ZERO_BYTES32: Final = bytes(32)
 SIGNATURE_LENGTH: Final = 65
 
 DOMAIN_NAME: Final = "GridPoints"
-DOMAIN_VERSION: Final = "1"
+DOMAIN_VERSION: Final = "2"
 PRIMARY_TYPE: Final = "EnergyTransfer"
 
 # The order is the EIP-712 member order: it fixes the type string, the hash and the JSON.
 RECORD_FIELDS: Final[tuple[StructMember, ...]] = (
     StructMember("stationId", "station_id", "bytes32"),
     StructMember("sequence", "sequence", "uint64"),
-    StructMember("user", "user", "address"),
+    StructMember("userCommitment", "user_commitment", "bytes32"),
     StructMember("direction", "direction", "uint8"),
     StructMember("energyWh", "energy_wh", "uint64"),
     StructMember("meterBeforeWh", "meter_before_wh", "uint64"),
@@ -103,13 +108,14 @@ RECORD_FIELDS: Final[tuple[StructMember, ...]] = (
     StructMember("startTime", "start_time", "uint64"),
     StructMember("endTime", "end_time", "uint64"),
     StructMember("paymentAuthorization", "payment_authorization", "bytes32"),
+    StructMember("meterEvidence", "meter_evidence", "bytes32"),
 )
 ENERGY_TRANSFER: Final = StructType(PRIMARY_TYPE, RECORD_FIELDS)
 
 ENERGY_TRANSFER_TYPE: Final = (
-    "EnergyTransfer(bytes32 stationId,uint64 sequence,address user,uint8 direction,"
+    "EnergyTransfer(bytes32 stationId,uint64 sequence,bytes32 userCommitment,uint8 direction,"
     "uint64 energyWh,uint64 meterBeforeWh,uint64 meterAfterWh,uint64 startTime,uint64 endTime,"
-    "bytes32 paymentAuthorization)"
+    "bytes32 paymentAuthorization,bytes32 meterEvidence)"
 )
 
 # The literal type string above is what auditors grep for; the table must agree with it.
@@ -119,11 +125,11 @@ if ENERGY_TRANSFER.encode_type() != ENERGY_TRANSFER_TYPE:
 
 ENERGY_TRANSFER_TYPEHASH: Final = keccak256(ENERGY_TRANSFER_TYPE.encode("ascii"))
 
-# encodeData of the struct as one fixed 352-byte layout (11 words): typehash, stationId,
-# sequence, user (left-padded 20 bytes), direction, five uint64s, paymentAuthorization. One
+# encodeData of the struct as one fixed 384-byte layout (12 words): typehash, stationId,
+# sequence, userCommitment, direction, five uint64s, paymentAuthorization, meterEvidence. One
 # struct.pack call is the fastest way to build it in CPython, and struct range-checks Q and B.
-_STRUCT_LAYOUT: Final = struct.Struct(">32s32s24xQ12x20s31xB24xQ24xQ24xQ24xQ24xQ32s")
-if _STRUCT_LAYOUT.size != 11 * 32:
+_STRUCT_LAYOUT: Final = struct.Struct(">32s32s24xQ32s31xB24xQ24xQ24xQ24xQ24xQ32s32s")
+if _STRUCT_LAYOUT.size != 12 * 32:
     raise ImportError("record.py: the encodeData layout has the wrong size")
 
 SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -201,11 +207,11 @@ def _semantic_errors(values: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         )
     if ok.get("station_id") and values["station_id"] == ZERO_BYTES32:
         errors.append(("stationId", "must not be zero (no station has id 0)", REASON_MALFORMED))
-    if ok.get("user") and values["user"] == ZERO_ADDRESS:
+    if ok.get("user_commitment") and values["user_commitment"] == ZERO_BYTES32:
         errors.append(
             (
-                "user",
-                "must not be the zero address (points cannot be minted to it)",
+                "userCommitment",
+                "must not be zero (the salted commitment to the user's wallet)",
                 REASON_MALFORMED,
             )
         )
@@ -260,7 +266,7 @@ class Direction(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Domain(Eip712Domain):
-    """The records' domain: name "GridPoints", version "1", chain id, StationRegistry."""
+    """The records' domain: name "GridPoints", version "2", chain id, StationRegistry."""
 
     NAME: ClassVar[str] = DOMAIN_NAME
     VERSION: ClassVar[str] = DOMAIN_VERSION
@@ -282,7 +288,7 @@ class EnergyTransfer:
 
     station_id: bytes
     sequence: int
-    user: bytes
+    user_commitment: bytes
     direction: Direction
     energy_wh: int
     meter_before_wh: int
@@ -290,6 +296,7 @@ class EnergyTransfer:
     start_time: int
     end_time: int
     payment_authorization: bytes = ZERO_BYTES32
+    meter_evidence: bytes = ZERO_BYTES32
 
     def __post_init__(self) -> None:
         errors: list[tuple[str, str, str]] = []
@@ -360,7 +367,7 @@ class EnergyTransfer:
         return {
             "stationId": "0x" + self.station_id.hex(),
             "sequence": self.sequence,
-            "user": to_checksum_address(self.user),
+            "userCommitment": "0x" + self.user_commitment.hex(),
             "direction": int(self.direction),
             "energyWh": self.energy_wh,
             "meterBeforeWh": self.meter_before_wh,
@@ -368,12 +375,8 @@ class EnergyTransfer:
             "startTime": self.start_time,
             "endTime": self.end_time,
             "paymentAuthorization": "0x" + self.payment_authorization.hex(),
+            "meterEvidence": "0x" + self.meter_evidence.hex(),
         }
-
-    @property
-    def user_address(self) -> str:
-        """The user's wallet address, EIP-55 checksummed."""
-        return to_checksum_address(self.user)
 
     # -- EIP-712 ---------------------------------------------------------------------------------
 
@@ -384,7 +387,7 @@ class EnergyTransfer:
                 ENERGY_TRANSFER_TYPEHASH,
                 self.station_id,
                 self.sequence,
-                self.user,
+                self.user_commitment,
                 self.direction,
                 self.energy_wh,
                 self.meter_before_wh,
@@ -392,6 +395,7 @@ class EnergyTransfer:
                 self.start_time,
                 self.end_time,
                 self.payment_authorization,
+                self.meter_evidence,
             )
         )
 
@@ -440,12 +444,9 @@ def _fast_record(data: Any) -> EnergyTransfer | None:
         return None
     station_id = _fast_hex(data["stationId"], 32)
     payment = _fast_hex(data["paymentAuthorization"], 32)
-    user_text = data["user"]
-    user = _fast_hex(user_text, 20)
-    if station_id is None or payment is None or user is None:
-        return None
-    body = user_text[2:]
-    if body != body.lower() and body != body.upper() and checksum_address_cached(user) != user_text:
+    commitment = _fast_hex(data["userCommitment"], 32)
+    evidence = _fast_hex(data["meterEvidence"], 32)
+    if station_id is None or payment is None or commitment is None or evidence is None:
         return None
     sequence = data["sequence"]
     direction = data["direction"]
@@ -467,14 +468,14 @@ def _fast_record(data: Any) -> EnergyTransfer | None:
         and after - before == energy
         and end >= start
         and station_id != ZERO_BYTES32
-        and user != ZERO_ADDRESS
+        and commitment != ZERO_BYTES32
     ):
         return None
     record = object.__new__(EnergyTransfer)
     setattr_ = object.__setattr__
     setattr_(record, "station_id", station_id)
     setattr_(record, "sequence", sequence)
-    setattr_(record, "user", user)
+    setattr_(record, "user_commitment", commitment)
     setattr_(record, "direction", _DIRECTIONS[direction])
     setattr_(record, "energy_wh", energy)
     setattr_(record, "meter_before_wh", before)
@@ -482,6 +483,7 @@ def _fast_record(data: Any) -> EnergyTransfer | None:
     setattr_(record, "start_time", start)
     setattr_(record, "end_time", end)
     setattr_(record, "payment_authorization", payment)
+    setattr_(record, "meter_evidence", evidence)
     return record
 
 

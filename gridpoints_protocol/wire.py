@@ -41,6 +41,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from gridpoints_protocol.commitment import REASON_OPENING_MISMATCH, UserOpening
 from gridpoints_protocol.errors import REASON_MALFORMED, RecordValidationError
 from gridpoints_protocol.record import (
     REASON_END_BEFORE_START,
@@ -137,7 +138,7 @@ class RejectReason(StrEnum):
     )
     AUTHORIZATION_WRONG_USER = (
         "authorization_wrong_user",
-        "The payment authorisation is for another user than the record's.",
+        "The payment authorisation is for another user than the record's (its opening's).",
     )
     AUTHORIZATION_WRONG_STATION = (
         "authorization_wrong_station",
@@ -155,6 +156,11 @@ class RejectReason(StrEnum):
         "authorization_replayed",
         "The payment authorisation (its user and nonce) already pays for another record; each "
         "authorisation pays once.",
+    )
+    OPENING_MISMATCH = (
+        REASON_OPENING_MISMATCH,
+        "The submission's `opening` (user, salt) does not hash to the record's userCommitment "
+        "(a missing or malformed opening is `malformed`).",
     )
 
     # Meter evidence (gridpoints_protocol.ocmf.evidence): a record whose meterEvidence is not
@@ -314,10 +320,11 @@ _FIELD_DOCS: dict[str, dict[str, Any]] = {
         "description": "bytes32 station id as registered in the StationRegistry; never zero",
     },
     "sequence": _uint_schema("per-station sequence number, starting at 1", minimum=1),
-    "user": {
+    "userCommitment": {
         "type": "string",
-        "pattern": "^0x[0-9a-fA-F]{40}$",
-        "description": "user's wallet address (EIP-55 checksummed, or all one case); not zero",
+        "pattern": "^0x[0-9a-fA-F]{64}$",
+        "description": "keccak256('GridPoints.UserCommitment.v1' || user || salt): the salted "
+        "commitment to the user's wallet (the opening travels in `opening`); not zero",
     },
     "direction": {
         "enum": [1, 2, "1", "2"],
@@ -333,7 +340,37 @@ _FIELD_DOCS: dict[str, dict[str, Any]] = {
         "pattern": "^0x[0-9a-fA-F]{64}$",
         "description": "bytes32 payment authorization; zero when the user pays otherwise",
     },
+    "meterEvidence": {
+        "type": "string",
+        "pattern": "^0x[0-9a-fA-F]{64}$",
+        "description": "bytes32 digest of the meter-signed readings the record was built from; "
+        "zero when the record carries no meter evidence",
+    },
 }
+
+
+def opening_json_schema() -> dict[str, Any]:
+    """JSON Schema of a user opening (documentation; commitment.py does the validating)."""
+    return {
+        "type": "object",
+        "title": "UserOpening",
+        "description": "The opening of the record's userCommitment. Private: the backend stores "
+        "it apart from the public record and never publishes it.",
+        "properties": {
+            "user": {
+                "type": "string",
+                "pattern": "^0x[0-9a-fA-F]{40}$",
+                "description": "the user's wallet (EIP-55 checksummed, or all one case); not zero",
+            },
+            "salt": {
+                "type": "string",
+                "pattern": "^0x[0-9a-fA-F]{64}$",
+                "description": "32 random bytes, fresh per record; not zero",
+            },
+        },
+        "required": ["user", "salt"],
+        "additionalProperties": False,
+    }
 
 
 def record_json_schema() -> dict[str, Any]:
@@ -425,11 +462,64 @@ class SignedRecordIn(BaseModel):
         return cls.model_validate(signed.to_json())
 
 
+class SubmissionIn(BaseModel):
+    """One record as a station submits it: the signed record and, privately, the opening of its
+    user commitment (plus ``payment`` when the record is paid with points). Documentation and
+    station-side construction; the backend parses submissions with the record parser and
+    `UserOpening.from_json` (gridpoints_protocol.checks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Submission")
+
+    record: Annotated[dict[str, Any], WithJsonSchema(record_json_schema())]
+    signature: Annotated[
+        str,
+        Field(
+            pattern="^0x[0-9a-fA-F]{130}$",
+            description="65 bytes r || s || v, v in {27, 28}, low s",
+        ),
+    ]
+    opening: Annotated[dict[str, str], WithJsonSchema(opening_json_schema())]
+    payment: dict[str, Any] | None = Field(
+        default=None,
+        description="the user's signed PaymentAuthorization, when paymentAuthorization is not 0",
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _delegate_to_parsers(
+        cls, data: Any, handler: ModelWrapValidatorHandler[SubmissionIn]
+    ) -> SubmissionIn:
+        if isinstance(data, SubmissionIn):
+            return data
+        if isinstance(data, dict):
+            rest = {k: v for k, v in data.items() if k not in ("opening", "payment")}
+            try:
+                signed = SignedRecord.from_json(rest)
+            except RecordValidationError as exc:
+                raise _to_pydantic_error(exc, data, cls.__name__) from None
+            try:
+                opening = UserOpening.from_json(data.get("opening"))
+            except RecordValidationError as exc:
+                raise _to_pydantic_error(exc.prefixed("opening"), data, cls.__name__) from None
+            return handler({**data, **signed.to_json(), "opening": opening.to_json()})
+        return handler(data)
+
+    @classmethod
+    def of(
+        cls, signed: SignedRecord, opening: UserOpening, payment: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The JSON body of one submission (station side)."""
+        body = {**signed.to_json(), "opening": opening.to_json()}
+        if payment is not None:
+            body["payment"] = payment
+        return body
+
+
 def _batch_schema() -> dict[str, Any]:
     return {
         "type": "array",
         "minItems": 1,
-        "items": SignedRecordIn.model_json_schema(),
+        "items": SubmissionIn.model_json_schema(),
         "description": "Signed records; each is answered on its own, in request order.",
     }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes tests/vectors/energy_transfer.json, the EnergyTransfer test vectors.
 
-Each vector is ``{"name", "typedData", "digest", "signer", "signature"}``: ``typedData`` is the
+Each vector is ``{"name", "typedData", "digest", "signer", "signature"}``, plus ``"opening"``
+(``{"user", "salt"}``, gridpoints_protocol.commitment) when the record's userCommitment was made
+from a known wallet and salt (a few vectors carry arbitrary commitments): ``typedData`` is the
 eth_signTypedData_v4 JSON of a record (from gridpoints_protocol.record), and ``digest`` and
 ``signature`` come from eth_account (``encode_typed_data`` and ``Account.sign_typed_data``), an
 implementation independent of ours, so the vectors pin the protocol rather than our code. The
@@ -23,6 +25,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import keccak256, parse_address
 from gridpoints_protocol.record import (
     UINT64_MAX,
@@ -66,6 +69,15 @@ STATION_A = _bytes("station-a", 32)
 STATION_B = _bytes("station-b", 32)
 USER_1 = _bytes("user-1", 20)
 USER_2 = _bytes("user-2", 20)
+OPENING_1 = UserOpening(USER_1, _bytes("salt-1", 32))
+OPENING_2 = UserOpening(USER_2, _bytes("salt-2", 32))
+# User 1 again with another salt: another commitment, unlinkable to OPENING_1's.
+OPENING_1_AGAIN = UserOpening(USER_1, _bytes("salt-1-again", 32))
+# The extremes of the opening's value ranges.
+OPENING_MIN = UserOpening((1).to_bytes(20), (1).to_bytes(32))
+OPENING_MAX = UserOpening(b"\xff" * 20, b"\xff" * 32)
+
+Case = tuple[str, str, EnergyTransfer, int, UserOpening | None]
 
 
 def _record(**changes: Any) -> EnergyTransfer:
@@ -73,7 +85,7 @@ def _record(**changes: Any) -> EnergyTransfer:
     fields: dict[str, Any] = {
         "station_id": STATION_A,
         "sequence": 1,
-        "user": USER_1,
+        "user_commitment": OPENING_1.commitment,
         "direction": CHARGE,
         "energy_wh": 7_500,
         "meter_before_wh": 1_000_000,
@@ -81,6 +93,7 @@ def _record(**changes: Any) -> EnergyTransfer:
         "start_time": T0,
         "end_time": T0 + 3_600,
         "payment_authorization": ZERO_BYTES32,
+        "meter_evidence": ZERO_BYTES32,
     }
     fields.update(changes)
     return EnergyTransfer(**fields)
@@ -90,8 +103,13 @@ def _energy(before: int, energy: int) -> dict[str, int]:
     return {"meter_before_wh": before, "meter_after_wh": before + energy, "energy_wh": energy}
 
 
-def cases() -> list[tuple[str, str, EnergyTransfer, int]]:
-    """(name, domain key, record, dev key number) of every vector, in file order."""
+def _opened(opening: UserOpening) -> dict[str, bytes]:
+    return {"user_commitment": opening.commitment}
+
+
+def cases() -> list[Case]:
+    """(name, domain key, record, dev key number, opening or None) of every vector, in file
+    order."""
     fixed: list[tuple[str, str, EnergyTransfer, int]] = [
         ("charge, sequence 1", "anvil", _record(), 1),
         (
@@ -156,21 +174,32 @@ def cases() -> list[tuple[str, str, EnergyTransfer, int]]:
         ),
         ("station id all ones", "anvil", _record(station_id=b"\xff" * 32), 3),
         ("station id 1", "anvil", _record(station_id=(1).to_bytes(32)), 3),
-        ("user 0x...01", "anvil", _record(user=(1).to_bytes(20)), 1),
-        ("user all ones", "chain-2^32", _record(user=b"\xff" * 20), 1),
-        ("user 2, station B", "anvil", _record(station_id=STATION_B, user=USER_2), 4),
+        ("user 0x...01, salt 0x...01", "anvil", _record(**_opened(OPENING_MIN)), 1),
+        ("user and salt all ones", "chain-2^32", _record(**_opened(OPENING_MAX)), 1),
+        ("user 2, station B", "anvil", _record(station_id=STATION_B, **_opened(OPENING_2)), 4),
+        ("user 1 again, another salt", "anvil", _record(sequence=2, **_opened(OPENING_1_AGAIN)), 1),
+        ("user commitment all ones", "mainnet", _record(user_commitment=b"\xff" * 32), 2),
+        ("user commitment 0x...01", "anvil", _record(user_commitment=(1).to_bytes(32)), 3),
+        ("meter evidence set", "anvil", _record(meter_evidence=_bytes("evidence-1", 32)), 1),
+        (
+            "meter evidence all ones, discharge",
+            "mainnet",
+            _record(direction=DISCHARGE, meter_evidence=b"\xff" * 32),
+            2,
+        ),
         (
             "every field at max",
             "chain-2^32",
             _record(
                 station_id=b"\xff" * 32,
                 sequence=UINT64_MAX,
-                user=b"\xff" * 20,
+                user_commitment=b"\xff" * 32,
                 direction=DISCHARGE,
                 **_energy(0, UINT64_MAX),
                 start_time=UINT64_MAX,
                 end_time=UINT64_MAX,
                 payment_authorization=b"\xff" * 32,
+                meter_evidence=b"\xff" * 32,
             ),
             4,
         ),
@@ -180,7 +209,7 @@ def cases() -> list[tuple[str, str, EnergyTransfer, int]]:
             _record(
                 station_id=(1).to_bytes(32),
                 sequence=1,
-                user=(1).to_bytes(20),
+                user_commitment=(1).to_bytes(32),
                 **_energy(0, 0),
                 start_time=0,
                 end_time=0,
@@ -190,16 +219,17 @@ def cases() -> list[tuple[str, str, EnergyTransfer, int]]:
     ]
     # Varied values of realistic magnitude, derived from labels.
     domain_keys = list(DOMAINS)
-    varied: list[tuple[str, str, EnergyTransfer, int]] = []
+    varied: list[Case] = []
     for i in range(13):
         label = f"varied-{i}"
         before = _u(label + "-meter", 40)
         energy = _u(label + "-energy", 20)
         start = T0 + _u(label + "-start", 25)
+        opening = UserOpening(_bytes(label + "-user", 20), _bytes(label + "-salt", 32))
         record = EnergyTransfer(
             station_id=_bytes(label + "-station", 32),
             sequence=1 + _u(label + "-sequence", 32),
-            user=_bytes(label + "-user", 20),
+            user_commitment=opening.commitment,
             direction=CHARGE if i % 2 == 0 else DISCHARGE,
             energy_wh=energy,
             meter_before_wh=before,
@@ -207,9 +237,18 @@ def cases() -> list[tuple[str, str, EnergyTransfer, int]]:
             start_time=start,
             end_time=start + _u(label + "-duration", 16),
             payment_authorization=_bytes(label + "-payment", 32) if i % 3 == 0 else ZERO_BYTES32,
+            meter_evidence=_bytes(label + "-evidence", 32) if i % 4 == 1 else ZERO_BYTES32,
         )
-        varied.append((f"varied {i}", domain_keys[i % len(domain_keys)], record, 1 + i % 5))
-    return fixed + varied
+        varied.append(
+            (f"varied {i}", domain_keys[i % len(domain_keys)], record, 1 + i % 5, opening)
+        )
+    known = {
+        o.commitment: o for o in (OPENING_1, OPENING_2, OPENING_1_AGAIN, OPENING_MIN, OPENING_MAX)
+    }
+    return [
+        (name, domain, record, key, known.get(record.user_commitment))
+        for name, domain, record, key in fixed
+    ] + varied
 
 
 def _eth_account_digest(typed_data: dict[str, Any]) -> bytes:
@@ -219,7 +258,7 @@ def _eth_account_digest(typed_data: dict[str, Any]) -> bytes:
 
 def build() -> list[dict[str, Any]]:
     vectors: list[dict[str, Any]] = []
-    for name, domain_key, record, key_number in cases():
+    for name, domain_key, record, key_number, opening in cases():
         domain = DOMAINS[domain_key]
         typed_data = record.typed_data(domain)
         account = Account.from_key(dev_key(key_number))
@@ -230,15 +269,16 @@ def build() -> list[dict[str, Any]]:
             raise SystemExit(f"digest mismatch in vector {name!r}: fix record.py first")
         if recover_signer(digest, bytes(signature)) != account.address:
             raise SystemExit(f"signer mismatch in vector {name!r}: fix record.py first")
-        vectors.append(
-            {
-                "name": name,
-                "typedData": typed_data,
-                "digest": "0x" + digest.hex(),
-                "signer": account.address,
-                "signature": "0x" + bytes(signature).hex(),
-            }
-        )
+        vector: dict[str, Any] = {
+            "name": name,
+            "typedData": typed_data,
+            "digest": "0x" + digest.hex(),
+            "signer": account.address,
+            "signature": "0x" + bytes(signature).hex(),
+        }
+        if opening is not None:
+            vector["opening"] = opening.to_json()
+        vectors.append(vector)
     return vectors
 
 

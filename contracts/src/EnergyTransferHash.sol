@@ -2,9 +2,11 @@
 pragma solidity 0.8.30;
 
 /// @title EIP-712 hashing of the GridPoints EnergyTransfer record
-/// @notice Port of station_signer/record.py, the single definition of the record: the same struct
-/// in the same member order, the same type string, the same domain
-/// (name "GridPoints", version "1", chainId, verifyingContract = the StationRegistry).
+/// @notice Port of gridpoints_protocol/record.py, the single definition of the record: the same
+/// struct in the same member order, the same type string, the same domain
+/// (name "GridPoints", version "2", chainId, verifyingContract = the StationRegistry).
+/// Version 2 carries a salted commitment to the user's wallet instead of the wallet
+/// (gridpoints_protocol/commitment.py) and the digest of the record's meter evidence.
 /// Both sides are tested on tests/vectors/energy_transfer.json, whose digests and signatures
 /// come from eth_account.
 /// @dev `check` mirrors the rules record.py enforces on every record, so an on-chain verifier
@@ -15,7 +17,7 @@ library EnergyTransferHash {
     struct EnergyTransfer {
         bytes32 stationId; // StationRegistry station id, never zero
         uint64 sequence; // per-station, starts at 1 (0 = "nothing yet")
-        address user; // the user's wallet, never zero
+        bytes32 userCommitment; // keccak256("GridPoints.UserCommitment.v1" || user || salt), never zero
         uint8 direction; // 1 = charge (station -> vehicle), 2 = discharge (vehicle -> station)
         uint64 energyWh; // == meterAfterWh - meterBeforeWh
         uint64 meterBeforeWh;
@@ -23,6 +25,7 @@ library EnergyTransferHash {
         uint64 startTime; // unix seconds
         uint64 endTime; // unix seconds, >= startTime
         bytes32 paymentAuthorization; // zero when the user pays otherwise
+        bytes32 meterEvidence; // digest of the meter-signed readings; zero = no meter evidence
     }
 
     /// @notice Direction code of a charge (energy from station to vehicle).
@@ -32,8 +35,9 @@ library EnergyTransferHash {
 
     /// @notice keccak256 of the EIP-712 type string of EnergyTransfer.
     bytes32 internal constant TYPEHASH = keccak256(
-        "EnergyTransfer(bytes32 stationId,uint64 sequence,address user,uint8 direction,uint64 energyWh,"
-        "uint64 meterBeforeWh,uint64 meterAfterWh,uint64 startTime,uint64 endTime,bytes32 paymentAuthorization)"
+        "EnergyTransfer(bytes32 stationId,uint64 sequence,bytes32 userCommitment,uint8 direction,uint64 energyWh,"
+        "uint64 meterBeforeWh,uint64 meterAfterWh,uint64 startTime,uint64 endTime,bytes32 paymentAuthorization,"
+        "bytes32 meterEvidence)"
     );
 
     /// @notice keccak256 of the EIP-712 domain type string.
@@ -43,8 +47,8 @@ library EnergyTransferHash {
     /// @notice keccak256 of the domain name, "GridPoints".
     bytes32 internal constant NAME_HASH = keccak256("GridPoints");
 
-    /// @notice keccak256 of the domain version, "1".
-    bytes32 internal constant VERSION_HASH = keccak256("1");
+    /// @notice keccak256 of the domain version, "2".
+    bytes32 internal constant VERSION_HASH = keccak256("2");
 
     /// @notice `direction` is neither 1 (charge) nor 2 (discharge).
     error InvalidDirection(uint8 direction);
@@ -52,8 +56,8 @@ library EnergyTransferHash {
     error ZeroSequence();
     /// @notice `stationId` is zero; the StationRegistry never registers it.
     error ZeroStationId();
-    /// @notice `user` is the zero address; points cannot be minted to it.
-    error ZeroUser();
+    /// @notice `userCommitment` is zero; no opening hashes to it.
+    error ZeroUserCommitment();
     /// @notice meterAfterWh - meterBeforeWh differs from energyWh (or the meter runs backwards).
     error MeterDeltaMismatch(uint64 meterBeforeWh, uint64 meterAfterWh, uint64 energyWh);
     /// @notice endTime is before startTime.
@@ -68,14 +72,15 @@ library EnergyTransferHash {
                 TYPEHASH,
                 t.stationId,
                 t.sequence,
-                t.user,
+                t.userCommitment,
                 t.direction,
                 t.energyWh,
                 t.meterBeforeWh,
                 t.meterAfterWh,
                 t.startTime,
                 t.endTime,
-                t.paymentAuthorization
+                t.paymentAuthorization,
+                t.meterEvidence
             )
         );
     }
@@ -112,15 +117,15 @@ library EnergyTransferHash {
         }
     }
 
-    /// @notice Reverts unless `t` obeys the record rules of station_signer/record.py.
-    /// @dev direction 1 or 2; sequence >= 1; stationId and user not zero;
+    /// @notice Reverts unless `t` obeys the record rules of gridpoints_protocol/record.py.
+    /// @dev direction 1 or 2; sequence >= 1; stationId and userCommitment not zero;
     /// meterAfterWh - meterBeforeWh == energyWh; endTime >= startTime.
     /// @param t The record.
     function check(EnergyTransfer memory t) internal pure {
         if (t.direction != CHARGE && t.direction != DISCHARGE) revert InvalidDirection(t.direction);
         if (t.sequence == 0) revert ZeroSequence();
         if (t.stationId == bytes32(0)) revert ZeroStationId();
-        if (t.user == address(0)) revert ZeroUser();
+        if (t.userCommitment == bytes32(0)) revert ZeroUserCommitment();
         if (t.meterAfterWh < t.meterBeforeWh || t.meterAfterWh - t.meterBeforeWh != t.energyWh) {
             revert MeterDeltaMismatch(t.meterBeforeWh, t.meterAfterWh, t.energyWh);
         }

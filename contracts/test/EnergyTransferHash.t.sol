@@ -46,7 +46,7 @@ contract EnergyTransferHashTest is Test {
         string memory m = _path(i, ".typedData.message.");
         t.stationId = vm.parseJsonBytes32(data, string.concat(m, "stationId"));
         t.sequence = _u64(data, string.concat(m, "sequence"));
-        t.user = vm.parseJsonAddress(data, string.concat(m, "user"));
+        t.userCommitment = vm.parseJsonBytes32(data, string.concat(m, "userCommitment"));
         uint256 direction = vm.parseJsonUint(data, string.concat(m, "direction"));
         require(direction <= type(uint8).max, "direction out of uint8 range");
         t.direction = uint8(direction);
@@ -56,6 +56,7 @@ contract EnergyTransferHashTest is Test {
         t.startTime = _u64(data, string.concat(m, "startTime"));
         t.endTime = _u64(data, string.concat(m, "endTime"));
         t.paymentAuthorization = vm.parseJsonBytes32(data, string.concat(m, "paymentAuthorization"));
+        t.meterEvidence = vm.parseJsonBytes32(data, string.concat(m, "meterEvidence"));
     }
 
     function _u64(string memory data, string memory key) internal pure returns (uint64) {
@@ -68,14 +69,15 @@ contract EnergyTransferHashTest is Test {
         t = EnergyTransferHash.EnergyTransfer({
             stationId: keccak256("station"),
             sequence: 1,
-            user: address(0xBEEF),
+            userCommitment: keccak256("user commitment"),
             direction: EnergyTransferHash.CHARGE,
             energyWh: 7500,
             meterBeforeWh: 1_000_000,
             meterAfterWh: 1_007_500,
             startTime: 1_735_689_600,
             endTime: 1_735_693_200,
-            paymentAuthorization: bytes32(0)
+            paymentAuthorization: bytes32(0),
+            meterEvidence: bytes32(0)
         });
     }
 
@@ -145,7 +147,7 @@ contract EnergyTransferHashTest is Test {
             EnergyTransferHash.TYPEHASH,
             keccak256(
                 bytes(
-                    "EnergyTransfer(bytes32 stationId,uint64 sequence,address user,uint8 direction,uint64 energyWh,uint64 meterBeforeWh,uint64 meterAfterWh,uint64 startTime,uint64 endTime,bytes32 paymentAuthorization)"
+                    "EnergyTransfer(bytes32 stationId,uint64 sequence,bytes32 userCommitment,uint8 direction,uint64 energyWh,uint64 meterBeforeWh,uint64 meterAfterWh,uint64 startTime,uint64 endTime,bytes32 paymentAuthorization,bytes32 meterEvidence)"
                 )
             )
         );
@@ -178,14 +180,14 @@ contract EnergyTransferHashTest is Test {
         this.checkExternal(t);
     }
 
-    function test_checkRejectsZeroStationAndUser() public {
+    function test_checkRejectsZeroStationAndUserCommitment() public {
         EnergyTransferHash.EnergyTransfer memory t = _valid();
         t.stationId = bytes32(0);
         vm.expectRevert(EnergyTransferHash.ZeroStationId.selector);
         this.checkExternal(t);
         t = _valid();
-        t.user = address(0);
-        vm.expectRevert(EnergyTransferHash.ZeroUser.selector);
+        t.userCommitment = bytes32(0);
+        vm.expectRevert(EnergyTransferHash.ZeroUserCommitment.selector);
         this.checkExternal(t);
     }
 
@@ -234,17 +236,18 @@ contract EnergyTransferHashTest is Test {
 
     function testFuzz_everyFieldChangesTheDigest(EnergyTransferHash.EnergyTransfer memory t, uint8 which) public pure {
         bytes32 before = EnergyTransferHash.hashStruct(t);
-        which = which % 10;
+        which = which % 11;
         if (which == 0) t.stationId = ~t.stationId;
         else if (which == 1) t.sequence = ~t.sequence;
-        else if (which == 2) t.user = address(~uint160(t.user));
+        else if (which == 2) t.userCommitment = ~t.userCommitment;
         else if (which == 3) t.direction = ~t.direction;
         else if (which == 4) t.energyWh = ~t.energyWh;
         else if (which == 5) t.meterBeforeWh = ~t.meterBeforeWh;
         else if (which == 6) t.meterAfterWh = ~t.meterAfterWh;
         else if (which == 7) t.startTime = ~t.startTime;
         else if (which == 8) t.endTime = ~t.endTime;
-        else t.paymentAuthorization = ~t.paymentAuthorization;
+        else if (which == 9) t.paymentAuthorization = ~t.paymentAuthorization;
+        else t.meterEvidence = ~t.meterEvidence;
         assertTrue(EnergyTransferHash.hashStruct(t) != before);
     }
 }

@@ -31,6 +31,7 @@ from gridpoints_protocol.authorization import (
     parse_typed_data,
     sign_authorization,
 )
+from gridpoints_protocol.commitment import user_commitment
 from gridpoints_protocol.eip712 import UINT256_MAX, keccak256, parse_address, to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import (
@@ -50,6 +51,8 @@ VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
 WALLET_KEY = keccak256(b"gridpoints-test-wallet-key")
 WALLET = Account.from_key(WALLET_KEY)
 USER = bytes.fromhex(WALLET.address[2:])
+# The record commits to the user (gridpoints_protocol.commitment), never names them.
+COMMITMENT = user_commitment(USER, b"\x5a" * 32)
 DOMAIN = SettlementDomain(31337, parse_address("0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"))
 STATION = keccak256(b"station B")
 
@@ -421,8 +424,8 @@ def test_typed_data_parsing_is_strict() -> None:
     assert parse_typed_data(typed) == (sample(), DOMAIN)
     # A record's typed data is another message.
     energy = EnergyTransfer(
-        station_id=STATION, sequence=1, user=USER, direction=Direction.CHARGE, energy_wh=1,
-        meter_before_wh=0, meter_after_wh=1, start_time=0, end_time=1,
+        station_id=STATION, sequence=1, user_commitment=COMMITMENT, direction=Direction.CHARGE,
+        energy_wh=1, meter_before_wh=0, meter_after_wh=1, start_time=0, end_time=1,
     )  # fmt: skip
     record_typed = energy.typed_data(rec.Domain(31337, DOMAIN.verifying_contract))
     with pytest.raises(RecordValidationError) as info:
@@ -528,9 +531,9 @@ def test_the_record_commits_to_the_authorisation_digest() -> None:
 
     def record_for(payment_authorization: bytes) -> EnergyTransfer:
         return EnergyTransfer(
-            station_id=STATION, sequence=9, user=USER, direction=Direction.CHARGE,
-            energy_wh=7_500, meter_before_wh=1_000_000, meter_after_wh=1_007_500,
-            start_time=1_735_689_600, end_time=1_735_693_200,
+            station_id=STATION, sequence=9, user_commitment=COMMITMENT,
+            direction=Direction.CHARGE, energy_wh=7_500, meter_before_wh=1_000_000,
+            meter_after_wh=1_007_500, start_time=1_735_689_600, end_time=1_735_693_200,
             payment_authorization=payment_authorization,
         )  # fmt: skip
 

@@ -18,6 +18,8 @@ from gridpoints_protocol.checks import (
     Verdict,
     lenient_identity,
 )
+from gridpoints_protocol.commitment import UserOpening
+from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.keys import NOTHING_DECIDED, KeyDirectory, KeyPeriod, StationHistory
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord
 
@@ -45,13 +47,14 @@ def _directory() -> KeyDirectory:
 
 
 VERIFIER = RecordVerifier(DOMAIN, _directory(), clock_skew_s=300)
+OPENING = UserOpening(b"\x22" * 20, b"\x33" * 32)
 
 
 def _record(**overrides: Any) -> EnergyTransfer:
     values: dict[str, Any] = {
         "station_id": STATION,
         "sequence": 1,
-        "user": b"\x22" * 20,
+        "user_commitment": OPENING.commitment,
         "direction": Direction.DISCHARGE,
         "energy_wh": 100,
         "meter_before_wh": 1_000,
@@ -103,6 +106,60 @@ def test_parse_failures_keep_the_parsers_reason() -> None:
     verdict = VERIFIER.verify_json(mismatch, now=NOW)
     assert verdict.signed is None and verdict.digest is None
     assert verdict.problem is not None and verdict.problem.details is not None
+
+
+def _submission(signed: SignedRecord, opening: Any) -> dict[str, Any]:
+    body = signed.to_json()
+    if opening is not None:
+        body["opening"] = opening
+    return body
+
+
+def test_a_submission_with_its_opening_passes_and_keeps_the_opening() -> None:
+    signed = _signed(_record())
+    verdict = VERIFIER.verify_json(_submission(signed, OPENING.to_json()), now=NOW)
+    assert _outcome(verdict) == "accepted"
+    assert verdict.opening == OPENING
+    assert verdict.digest == signed.record.digest(DOMAIN)
+
+
+def test_a_missing_or_malformed_opening_is_malformed_and_names_the_field() -> None:
+    signed = _signed(_record())
+    cases: list[tuple[Any, str]] = [
+        (None, "opening"),
+        ("0x22", "opening"),
+        ({"user": OPENING.to_json()["user"]}, "opening.salt"),
+        ({**OPENING.to_json(), "salt": "0x" + "00" * 32}, "opening.salt"),
+        ({**OPENING.to_json(), "salt": "0x1234"}, "opening.salt"),
+        ({**OPENING.to_json(), "user": "0x" + "00" * 20}, "opening.user"),
+        ({**OPENING.to_json(), "extra": 1}, "opening.extra"),
+    ]
+    for opening, field in cases:
+        verdict = VERIFIER.verify_json(_submission(signed, opening), now=NOW)
+        assert _reason(verdict) == "malformed", opening
+        assert verdict.problem is not None and verdict.problem.details is not None
+        fields = [f["field"] for f in verdict.problem.details["fields"]]
+        assert field in fields, (opening, fields)
+        # Attributable to its station and recognisable as a resubmission.
+        assert verdict.signed == signed and verdict.digest == signed.record.digest(DOMAIN)
+
+
+def test_an_opening_of_another_user_or_salt_is_opening_mismatch() -> None:
+    signed = _signed(_record())
+    for opening in (
+        UserOpening(b"\x23" * 20, OPENING.salt),
+        UserOpening(OPENING.user, b"\x34" * 32),
+    ):
+        verdict = VERIFIER.verify_json(_submission(signed, opening.to_json()), now=NOW)
+        assert _reason(verdict) == "opening_mismatch"
+        assert verdict.authenticated and verdict.opening is None
+
+
+def test_authenticity_is_judged_before_the_opening() -> None:
+    # A forged record with a wrong opening is a bad key, not an opening complaint.
+    forged = _signed(_record(), key=Account.from_key(keccak256(b"forger")))
+    wrong = UserOpening(b"\x23" * 20, OPENING.salt).to_json()
+    assert _reason(VERIFIER.verify_json(_submission(forged, wrong), now=NOW)) == "key_not_valid"
 
 
 def test_domain_comes_first_and_names_both_domains() -> None:

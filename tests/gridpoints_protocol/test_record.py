@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gridpoints_protocol import record as rec
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import keccak256, parse_address, to_checksum_address
 from gridpoints_protocol.errors import REASON_MALFORMED, RecordValidationError
 from gridpoints_protocol.record import (
@@ -68,7 +69,7 @@ def sample_record(**changes: Any) -> EnergyTransfer:
     fields: dict[str, Any] = {
         "station_id": keccak256(b"station"),
         "sequence": 7,
-        "user": keccak256(b"user")[:20],
+        "user_commitment": keccak256(b"user commitment"),
         "direction": Direction.DISCHARGE,
         "energy_wh": 5_000,
         "meter_before_wh": 10_000,
@@ -76,6 +77,7 @@ def sample_record(**changes: Any) -> EnergyTransfer:
         "start_time": 1_735_689_600,
         "end_time": 1_735_693_200,
         "payment_authorization": bytes(32),
+        "meter_evidence": keccak256(b"meter evidence"),
     }
     fields.update(changes)
     return EnergyTransfer(**fields)
@@ -134,13 +136,22 @@ def test_vectors_cover_the_required_cases() -> None:
     assert {0, UINT64_MAX} <= {m["meterBeforeWh"] for m in messages}
     assert {0, UINT64_MAX} <= {m["meterAfterWh"] for m in messages}
     assert any(int(m["paymentAuthorization"], 16) != 0 for m in messages)
+    assert any(int(m["meterEvidence"], 16) != 0 for m in messages)
+    assert any(int(m["meterEvidence"], 16) == 0 for m in messages)
+    assert {1, 2**256 - 1} <= {int(m["userCommitment"], 16) for m in messages}
     assert any(m["startTime"] == m["endTime"] for m in messages)
     assert {1, 31337, 2**32} <= {d["chainId"] for d in domains}
     assert len({d["verifyingContract"] for d in domains}) >= 3
     assert len({v["signer"] for v in VECTORS}) >= 3
     for v in VECTORS:
-        for address in (v["signer"], v["typedData"]["message"]["user"]):
-            assert address == to_checksum_address(bytes.fromhex(address[2:]))
+        assert v["signer"] == to_checksum_address(bytes.fromhex(v["signer"][2:]))
+    opened = [v for v in VECTORS if "opening" in v]
+    assert len(opened) >= 15
+    # One wallet under two salts: two unrelated commitments.
+    by_user: dict[str, set[str]] = {}
+    for v in opened:
+        by_user.setdefault(v["opening"]["user"], set()).add(v["opening"]["salt"])
+    assert any(len(salts) >= 2 for salts in by_user.values())
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
@@ -166,13 +177,22 @@ def test_vector(vector: dict[str, Any]) -> None:
     )
     assert signed.signer(domain) == signer
     assert signed.to_json() == {"record": typed_data["message"], "signature": vector["signature"]}
+    if "opening" in vector:
+        # The commitment is keccak256(tag || user || salt), computed independently here.
+        user = bytes.fromhex(vector["opening"]["user"][2:])
+        salt = bytes.fromhex(vector["opening"]["salt"][2:])
+        expected = keccak256(b"GridPoints.UserCommitment.v1" + user + salt)
+        assert record.user_commitment == expected
+        opening = UserOpening.from_json(vector["opening"])
+        assert opening.opens(record.user_commitment)
+        assert opening.to_json() == vector["opening"]
 
 
 def test_type_hash_and_type_string() -> None:
     assert rec.ENERGY_TRANSFER_TYPE == (
-        "EnergyTransfer(bytes32 stationId,uint64 sequence,address user,uint8 direction,"
+        "EnergyTransfer(bytes32 stationId,uint64 sequence,bytes32 userCommitment,uint8 direction,"
         "uint64 energyWh,uint64 meterBeforeWh,uint64 meterAfterWh,uint64 startTime,"
-        "uint64 endTime,bytes32 paymentAuthorization)"
+        "uint64 endTime,bytes32 paymentAuthorization,bytes32 meterEvidence)"
     )
     assert keccak256(rec.ENERGY_TRANSFER_TYPE.encode()) == rec.ENERGY_TRANSFER_TYPEHASH
 
@@ -189,7 +209,7 @@ def records(draw: st.DrawFn) -> EnergyTransfer:
     return EnergyTransfer(
         station_id=draw(st.binary(min_size=32, max_size=32).filter(any)),
         sequence=draw(st.integers(1, UINT64_MAX)),
-        user=draw(st.binary(min_size=20, max_size=20).filter(any)),
+        user_commitment=draw(st.binary(min_size=32, max_size=32).filter(any)),
         direction=draw(st.sampled_from(Direction)),
         energy_wh=energy,
         meter_before_wh=before,
@@ -197,6 +217,7 @@ def records(draw: st.DrawFn) -> EnergyTransfer:
         start_time=start,
         end_time=end,
         payment_authorization=draw(st.binary(min_size=32, max_size=32)),
+        meter_evidence=draw(st.binary(min_size=32, max_size=32)),
     )
 
 
@@ -223,8 +244,9 @@ def test_json_round_trip_is_identity(record: EnergyTransfer) -> None:
     # Decimal strings (JavaScript BigInt clients) parse to the same record; output stays integer.
     as_strings = {k: str(v) if isinstance(v, int) else v for k, v in wire.items()}
     assert EnergyTransfer.from_json(as_strings) == record
-    # Any case of the address parses to the same record.
-    assert EnergyTransfer.from_json({**wire, "user": wire["user"].lower()}) == record
+    # Any case of the hex parses to the same record.
+    upper = "0x" + wire["userCommitment"][2:].upper()
+    assert EnergyTransfer.from_json({**wire, "userCommitment": upper}) == record
 
 
 @settings(max_examples=100)
@@ -336,28 +358,33 @@ def test_bytes32_any_case_in_lowercase_out() -> None:
     assert parsed.to_json()["stationId"] == "0x" + keccak256(b"station").hex()
 
 
-@pytest.mark.parametrize("digits", [38, 39, 41, 42])
-def test_bad_address_length(digits: int) -> None:
-    assert_rejects(sample_json(user="0x" + "a" * digits), "user", f"got {digits} hex digits")
+@pytest.mark.parametrize("digits", [40, 62, 63, 65, 66])
+def test_bad_commitment_length(digits: int) -> None:
+    assert_rejects(
+        sample_json(userCommitment="0x" + "a" * digits), "userCommitment", f"got {digits} hex"
+    )
+    assert_rejects(
+        sample_json(meterEvidence="0x" + "a" * digits), "meterEvidence", f"got {digits} hex"
+    )
 
 
-def test_bad_checksum() -> None:
-    good = sample_record().to_json()["user"]
-    # Flip the case of one letter: still mixed case, now the wrong checksum.
-    i = next(i for i, c in enumerate(good[2:], 2) if c.isalpha())
-    bad = good[:i] + good[i].swapcase() + good[i + 1 :]
-    assert_rejects(sample_json(user=bad), "user", "EIP-55 checksum")
+def test_v1_user_field_is_refused() -> None:
+    # A version-1 record (an address `user`, no commitment, no evidence) is not a v2 record.
+    v1 = sample_json(userCommitment=None, meterEvidence=None)
+    v1["user"] = "0x" + "11" * 20
+    error = rejection(v1)
+    assert set(error.fields) == {"user", "userCommitment", "meterEvidence"}
 
 
-def test_address_all_lower_or_upper_accepted() -> None:
-    good = sample_record().to_json()["user"]
-    for spelling in (good.lower(), "0x" + good[2:].upper()):
-        assert EnergyTransfer.from_json(sample_json(user=spelling)).to_json()["user"] == good
-
-
-def test_zero_user_and_zero_station_refused() -> None:
-    assert_rejects(sample_json(user="0x" + "0" * 40), "user", "zero address")
+def test_zero_commitment_and_zero_station_refused() -> None:
+    assert_rejects(sample_json(userCommitment="0x" + "0" * 64), "userCommitment", "zero")
     assert_rejects(sample_json(stationId="0x" + "0" * 64), "stationId", "zero")
+
+
+def test_zero_meter_evidence_is_no_evidence() -> None:
+    record = EnergyTransfer.from_json(sample_json(meterEvidence="0x" + "0" * 64))
+    assert record.meter_evidence == bytes(32)
+    assert sample_record(meter_evidence=bytes(32)).digest(DOMAIN) != sample_record().digest(DOMAIN)
 
 
 def test_meter_delta_mismatch() -> None:
@@ -395,7 +422,7 @@ def test_every_error_is_reported() -> None:
             extra=True,
             stationId=None,
             sequence=0,
-            user="0x123",
+            userCommitment="0x123",
             direction=False,
             energyWh=-5,
             endTime=2**70,
@@ -405,7 +432,7 @@ def test_every_error_is_reported() -> None:
         "extra",
         "stationId",
         "sequence",
-        "user",
+        "userCommitment",
         "direction",
         "energyWh",
         "endTime",
@@ -427,8 +454,8 @@ def test_mixed_semantic_errors_are_malformed() -> None:
 
 def test_constructor_validates() -> None:
     with pytest.raises(RecordValidationError) as info:
-        sample_record(direction=0, sequence=0, user=b"\x01" * 19, energy_wh=True)
-    assert set(info.value.fields) == {"direction", "sequence", "user", "energyWh"}
+        sample_record(direction=0, sequence=0, user_commitment=b"\x01" * 19, energy_wh=True)
+    assert set(info.value.fields) == {"direction", "sequence", "userCommitment", "energyWh"}
     with pytest.raises(RecordValidationError):
         sample_record(station_id="0x" + "11" * 32)  # text is for JSON; the dataclass holds bytes
     assert sample_record(direction=1).direction is Direction.CHARGE
@@ -447,9 +474,9 @@ def test_signed_record_parsing() -> None:
 
     with pytest.raises(RecordValidationError) as info:
         SignedRecord.from_json(
-            {"record": sample_json(sequence=0, user=None), "signature": "0x11", "x": 1}
+            {"record": sample_json(sequence=0, userCommitment=None), "signature": "0x11", "x": 1}
         )
-    assert set(info.value.fields) == {"x", "record.sequence", "record.user", "signature"}
+    assert set(info.value.fields) == {"x", "record.sequence", "record.userCommitment", "signature"}
 
     with pytest.raises(RecordValidationError) as info:
         SignedRecord.from_json({"record": sample_json(energyWh=1), "signature": wire["signature"]})
@@ -464,7 +491,7 @@ def test_signed_record_parsing() -> None:
 def test_domain_parsing() -> None:
     assert Domain.from_json(DOMAIN.to_json()) == DOMAIN
     with pytest.raises(RecordValidationError) as info:
-        Domain.from_json({"name": "Other", "version": "2", "chainId": 0, "verifyingContract": 1})
+        Domain.from_json({"name": "Other", "version": "1", "chainId": 0, "verifyingContract": 1})
     assert set(info.value.fields) == {"name", "version", "verifyingContract"}
     with pytest.raises(RecordValidationError) as info:
         Domain(0, b"\x00" * 20)
@@ -578,7 +605,11 @@ def test_signed_record_in_round_trip() -> None:
 def test_signed_record_in_canonicalises() -> None:
     wire = _signed_wire()
     sloppy = {
-        "record": {**wire["record"], "user": wire["record"]["user"].lower(), "sequence": "7"},
+        "record": {
+            **wire["record"],
+            "userCommitment": wire["record"]["userCommitment"].upper().replace("0X", "0x"),
+            "sequence": "7",
+        },
         "signature": wire["signature"].upper().replace("0X", "0x"),
     }
     assert SignedRecordIn.model_validate(sloppy).model_dump() == wire
@@ -740,6 +771,7 @@ def test_reject_reasons() -> None:
         "authorization_expired",
         "authorization_not_charge",
         "authorization_replayed",
+        "opening_mismatch",
     ]
     for reason in RejectReason:
         assert reason.description and "\n" not in reason.description
