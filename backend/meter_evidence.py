@@ -21,7 +21,12 @@ from sqlalchemy.orm import Session
 from backend.db.models import MeterEvidenceRow
 from gridpoints_protocol.checks import Problem, Verdict
 from gridpoints_protocol.keys import KeyDirectory
-from gridpoints_protocol.ocmf.evidence import EvidenceError, MeterEvidence, check_evidence
+from gridpoints_protocol.ocmf.evidence import (
+    EVIDENCE_BUNDLE_FORMAT,
+    EvidenceError,
+    MeterEvidence,
+    check_evidence,
+)
 from gridpoints_protocol.ocmf.meter_keys import MeterDirectory, meter_key_at
 from gridpoints_protocol.ocmf.session import MeterKey
 from gridpoints_protocol.wire import RejectReason
@@ -100,3 +105,66 @@ def evidence_of(session: Session, log_indexes: Iterable[int]) -> dict[int, dict[
         )
     )
     return {int(index): json.loads(text) for index, text in rows}
+
+
+# ---- the evidence bundle for a named auditor ------------------------------------------------
+
+
+class EvidenceExportError(ValueError):
+    """The range cannot be exported (no such epochs)."""
+
+
+def export_evidence(
+    session: Session,
+    *,
+    auditor: str,
+    from_epoch: int,
+    to_epoch: int,
+    chain_id: int,
+    registry: str,
+    exported_at: str,
+) -> dict[str, Any]:
+    """The evidence bundle of sealed epochs ``from_epoch``..``to_epoch``: every record in them
+    that binds meter evidence, signed as published, with its OCMF records. Personal data (the
+    OCMF ``ID``): it goes to the auditor it names, not to the public bundles."""
+    from backend.db.models import Epoch, Record
+    from backend.db.record_rows import stored_signed_record
+
+    if not auditor.strip():
+        raise EvidenceExportError("the bundle names its auditor")
+    if to_epoch < from_epoch:
+        raise EvidenceExportError(f"epoch range {from_epoch}..{to_epoch} is empty")
+    first, last = session.get(Epoch, from_epoch), session.get(Epoch, to_epoch)
+    if first is None or last is None:
+        missing = from_epoch if first is None else to_epoch
+        raise EvidenceExportError(f"epoch {missing} is not sealed")
+    lo, hi = first.first_log_index, last.first_log_index + last.record_count - 1
+    rows = session.execute(
+        select(Record, MeterEvidenceRow.ocmf_json)
+        .join(MeterEvidenceRow, MeterEvidenceRow.log_index == Record.log_index)
+        .where(Record.log_index >= lo, Record.log_index <= hi)
+        .order_by(Record.log_index)
+    ).all()
+    records = [
+        {
+            "logIndex": row.log_index,
+            "digest": "0x" + row.digest.hex(),
+            **stored_signed_record(row).to_json(),
+            "evidence": json.loads(text),
+        }
+        for row, text in rows
+    ]
+    return {
+        "format": EVIDENCE_BUNDLE_FORMAT,
+        "auditor": auditor,
+        "exportedAt": exported_at,
+        "chainId": chain_id,
+        "registry": registry,
+        "range": {
+            "fromEpoch": from_epoch,
+            "toEpoch": to_epoch,
+            "fromLogIndex": lo,
+            "toLogIndex": hi,
+        },
+        "records": records,
+    }

@@ -63,6 +63,9 @@ TAG: Final = b"GridPoints.MeterEvidence.v1"
 MAX_EVIDENCE_RECORDS: Final = 64
 MAX_EVIDENCE_BYTES: Final = 128 * 1024
 EVIDENCE_KEY: Final = "ocmf"
+# The operator's export for a named auditor (`gridpoints evidence export`), which
+# `gridpoints-audit evidence` checks; docs/AUDIT.md describes it.
+EVIDENCE_BUNDLE_FORMAT: Final = "gridpoints-meter-evidence/1"
 
 
 class EvidenceReason(StrEnum):
