@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.ocmf import OcmfRecord, parse_record
+from gridpoints_protocol.ocmf.evidence import MeterEvidence
 from gridpoints_protocol.ocmf.session import (
     Fault,
     FaultReason,
@@ -178,6 +179,9 @@ def decide(
         start_time=outcome.start_time,
         end_time=outcome.end_time,
         meter_before_wh=outcome.meter_before_wh,
+        # The record binds the OCMF records it was built from, in the order judged; the same
+        # texts are kept as its evidence and sent with it (station_signer.meter_evidence).
+        meter_evidence=MeterEvidence(tuple(raw)).digest(),
     )
     records = [parse_record(text) for text in raw]  # parsed once already: cannot fail now
     evidence = _evidence(row, raw, records, outcome)
