@@ -18,8 +18,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from backend.db import Database
 from backend.bundle import export_epoch
+from backend.db import Database
 from backend.db.models import MeterEvidenceRow
 from backend.meter_evidence import export_evidence
 from gridpoints_audit.evidence_check import check_evidence_bundle
