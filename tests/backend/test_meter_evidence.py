@@ -347,3 +347,28 @@ def test_the_user_reads_their_own_evidence_and_a_named_auditor_verifies_it(
     assert [(f.code, f.log_index) for f in flagged.findings] == [
         ("meter_evidence_digest_mismatch", entry["logIndex"])
     ]
+
+
+def test_the_mirrored_meter_keys_answer_as_the_contract(backend: BackendHarness) -> None:
+    from gridpoints_protocol.ocmf.meter_keys import meter_key_at
+
+    h = backend
+    site = Metered(h)
+    chain, registrar = h.env.chain, h.env.accounts.registrar
+    mid = meter_id(site.meter.serial)
+    rotated = chain.rotate_meter_key(
+        registrar, site.station.station_id, mid, SimulatedMeter("X").public_key_der
+    )
+    rotated_at = int(h.env.w3.eth.get_block(rotated["blockNumber"])["timestamp"])
+    revoked = chain.revoke_meter(registrar, site.station.station_id, mid)
+    revoked_at = int(h.env.w3.eth.get_block(revoked["blockNumber"])["timestamp"])
+    h.wait_for_registry()
+    service = h.app.state.service
+    sid = site.station.station_id
+    for at in (0, rotated_at - 1, rotated_at, revoked_at - 1, revoked_at, revoked_at + 99):
+        mirrored = meter_key_at(
+            service.directory.station(sid), service.meters.meter(sid, site.meter.serial), at
+        )
+        assert mirrored == chain.meter_key_state(sid, site.meter.serial, at), at
+    unknown = meter_key_at(service.directory.station(sid), service.meters.meter(sid, "NOPE"), 5)
+    assert unknown == chain.meter_key_state(sid, "NOPE", 5)
