@@ -470,6 +470,14 @@ def evidence_check(
             help="The published deployment file (not the bundle's word for the contracts).",
         ),
     ] = Path("deployment.json"),
+    bundles: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--bundle",
+            help="Public epoch bundle directories of the range: every record in them that binds "
+            "meter evidence must be in the evidence bundle.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Re-verify a named auditor's meter-evidence bundle: every OCMF signature under the meter
@@ -481,6 +489,13 @@ def evidence_check(
 
     try:
         document = _read_json(bundle, "evidence bundle")
+        published: list[Any] = []
+        for directory in bundles or []:
+            try:
+                lines = (directory / "records.jsonl").read_text("utf-8").splitlines()
+                published.extend(json.loads(line) for line in lines if line.strip())
+            except (OSError, ValueError) as exc:
+                raise AuditError(f"bundle {directory} is not readable: {exc}") from None
         chain = open_chain(rpc_url, deployment)
 
         def meter_keys(station_id: bytes) -> KeyLookup:
@@ -496,6 +511,7 @@ def evidence_check(
                 chain.deployment.chain_id,
                 chain.deployment.registry_address,
                 meter_keys,
+                published,
             )
         except (ChainError, OSError) as exc:
             raise AuditError(f"the RPC node does not answer: {exc}") from None

@@ -11,7 +11,7 @@ stable code (docs/AUDIT.md, "Meter evidence").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,8 @@ BUNDLE_MALFORMED = "evidence_bundle_malformed"
 RECORD_MALFORMED = "record_malformed"
 DIGEST_MISMATCH = "digest_mismatch"
 WRONG_DEPLOYMENT = "evidence_bundle_wrong_deployment"
+# A published record of the range binds meter evidence the bundle does not list.
+UNLISTED = "meter_evidence_unlisted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +71,16 @@ ChainMeterKeys = Callable[[bytes], KeyLookup]
 
 
 def check_evidence_bundle(
-    bundle: Any, domain: Domain, chain_id: int, registry: str, meter_keys: ChainMeterKeys
+    bundle: Any,
+    domain: Domain,
+    chain_id: int,
+    registry: str,
+    meter_keys: ChainMeterKeys,
+    published: Iterable[Mapping[str, Any]] = (),
 ) -> EvidenceReport:
-    """The findings over one evidence bundle (`backend.meter_evidence.export_evidence`)."""
+    """The findings over one evidence bundle (`backend.meter_evidence.export_evidence`).
+    ``published``: the records of the public epoch bundles (records.jsonl lines); each one in
+    the bundle's log-index range whose ``meterEvidence`` is not zero must be listed."""
     if not isinstance(bundle, Mapping) or bundle.get("format") != EVIDENCE_BUNDLE_FORMAT:
         report = EvidenceReport(None, None)
         report.findings.append(
@@ -98,7 +107,38 @@ def check_evidence_bundle(
         finding = _check_entry(entry, domain, meter_keys, report)
         if finding is not None:
             report.findings.append(finding)
+    report.findings.extend(_unlisted(bundle, records, published))
     return report
+
+
+def _unlisted(
+    bundle: Mapping[str, Any], records: list[Any], published: Iterable[Mapping[str, Any]]
+) -> list[EvidenceFinding]:
+    span = bundle.get("range")
+    if not isinstance(span, Mapping):
+        return []
+    lo, hi = span.get("fromLogIndex"), span.get("toLogIndex")
+    listed = {e.get("digest") for e in records if isinstance(e, Mapping)}
+    found = []
+    for line in published:
+        index = line.get("logIndex")
+        record = line.get("record")
+        if not isinstance(index, int) or not isinstance(record, Mapping):
+            continue
+        if not (isinstance(lo, int) and isinstance(hi, int) and lo <= index <= hi):
+            continue
+        evidence = record.get("meterEvidence")
+        if evidence in (None, "0x" + "00" * 32) or line.get("digest") in listed:
+            continue
+        found.append(
+            EvidenceFinding(
+                UNLISTED,
+                f"the published record {line.get('digest')} binds meter evidence the bundle "
+                "does not list",
+                index,
+            )
+        )
+    return found
 
 
 def _check_entry(

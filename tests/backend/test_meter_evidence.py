@@ -8,7 +8,10 @@ named auditor's evidence bundle re-verifies against the chain (and flags a tampe
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -21,13 +24,10 @@ from sqlalchemy import select
 from backend.bundle import export_epoch
 from backend.db import Database
 from backend.db.models import MeterEvidenceRow
-from backend.meter_evidence import export_evidence
-from gridpoints_audit.evidence_check import check_evidence_bundle
 from gridpoints_chain.contracts import meter_id
 from gridpoints_dev.ocpp_charger import MeterReading, SimulatedMeter
 from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.ocmf.evidence import MeterEvidence
-from gridpoints_protocol.ocmf.session import KeyLookup, MeterKey
 from gridpoints_protocol.record import Direction, EnergyTransfer
 from tests.support.auth import bearer, sign_in, wallet
 from tests.support.backend import BackendHarness, DevStation, sign
@@ -268,10 +268,11 @@ def test_the_user_reads_their_own_evidence_and_a_named_auditor_verifies_it(
 ) -> None:
     h = backend
     site = Metered(h)
+    other = site.body(*site.session())  # another user's, to leave out of a bundle below
     owner = wallet()
     site.user = owner.address
     raws, record, opening = site.session()
-    assert reasons(h, [site.body(raws, record, opening)]) == ["accepted"]
+    assert reasons(h, [other, site.body(raws, record, opening)]) == ["accepted"] * 2
 
     mine = h.client.get("/v1/me/records", headers=bearer(sign_in(h, owner))).json()
     (item,) = [r for r in mine["records"] if r["record"]["meterEvidence"] != "0x" + "00" * 32]
@@ -289,15 +290,6 @@ def test_the_user_reads_their_own_evidence_and_a_named_auditor_verifies_it(
             from backend.db.models import Epoch
 
             epochs = sorted(session.scalars(select(Epoch.epoch_id)))
-            bundle = export_evidence(
-                session,
-                auditor="Prüfstelle Nord GmbH",
-                from_epoch=epochs[0],
-                to_epoch=epochs[-1],
-                chain_id=h.env.deployment.chain_id,
-                registry=h.env.deployment.registry_address,
-                exported_at="2026-12-04T10:00:00+00:00",
-            )
         # The public bundle of every epoch: the signed records, never their OCMF.
         for epoch_id in epochs:
             export_epoch(
@@ -309,44 +301,72 @@ def test_the_user_reads_their_own_evidence_and_a_named_auditor_verifies_it(
             )
     finally:
         db.dispose()
+    public_bundles = sorted(tmp_path.glob("epoch-*"))
     for path in tmp_path.glob("epoch-*/*"):
         text = path.read_text()
         assert "OCMF" not in text and ID_TOKEN not in text, path
-    records_jsonl = (tmp_path / f"epoch-{epochs[-1]}" / "records.jsonl").read_text()
-    assert "0x" + record.meter_evidence.hex() in records_jsonl or len(epochs) > 1
+    digest = "0x" + record.digest(h.domain).hex()
+    assert any(digest in (p / "records.jsonl").read_text() for p in public_bundles)
+
+    # The operator's export for a named auditor, and the auditor's check, as commands.
+    out = tmp_path / "evidence.json"
+    env = {"GRIDPOINTS_DEPLOYMENT_FILE": str(h.env.deployment_path)}
+    exported = command(
+        "gridpoints", "evidence", "export", "--auditor", "Prüfstelle Nord GmbH",
+        "--from-epoch", str(epochs[0]), "--to-epoch", str(epochs[-1]), "--out", str(out),
+        "--json", env={**env, "DATABASE_URL": h.database_url},
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    bundle = json.loads(out.read_text())
     assert bundle["auditor"] == "Prüfstelle Nord GmbH"
-    listed = {e["digest"] for e in bundle["records"]}
-    assert "0x" + record.digest(h.domain).hex() in listed
+    assert bundle["range"]["fromEpoch"] == epochs[0] and bundle["range"]["toEpoch"] == epochs[-1]
+    entry = next(e for e in bundle["records"] if e["digest"] == digest)
+    assert entry["evidence"] == {"ocmf": raws}
 
-    def chain_keys(station_id: bytes) -> KeyLookup:
-        def lookup(serial: str, at: int) -> MeterKey:
-            return h.env.chain.meter_key_state(station_id, serial, at)
+    def audit(path: Path) -> tuple[int, dict[str, Any]]:
+        done = command(
+            "gridpoints-audit", "evidence", str(path), "--rpc-url", h.env.anvil.rpc_url,
+            "--deployment", str(h.env.deployment_path), "--json",
+            *[a for p in public_bundles for a in ("--bundle", str(p))],
+        )  # fmt: skip
+        assert done.returncode in (0, 1), done.stderr
+        return done.returncode, json.loads(done.stdout)
 
-        return lookup
+    code, clean = audit(out)
+    assert code == 0 and clean["clean"], clean
+    assert clean["meterSignaturesChecked"] >= 2 * len(bundle["records"]) > 0
 
-    def audit(document: Any) -> Any:
-        return check_evidence_bundle(
-            document,
-            h.domain,
-            h.env.deployment.chain_id,
-            h.env.deployment.registry_address,
-            chain_keys,
-        )
-
-    clean = audit(bundle)
-    assert clean.clean, clean.findings
-    assert clean.meter_signatures_checked >= 2 * len(bundle["records"]) > 0
-
+    # One digit of a reading changed: the evidence no longer hashes to what the record binds.
     tampered = json.loads(json.dumps(bundle))
-    entry = next(
-        e for e in tampered["records"] if e["digest"] == "0x" + record.digest(h.domain).hex()
+    changed = next(e for e in tampered["records"] if e["digest"] == digest)
+    changed["evidence"]["ocmf"][1] = changed["evidence"]["ocmf"][1].replace('"RV":', '"RV":9', 1)
+    # And a record left out that the public bundles show binding evidence.
+    left_out = next(e for e in tampered["records"] if e["record"] == other["record"])
+    tampered["records"].remove(left_out)
+    (tmp_path / "tampered.json").write_text(json.dumps(tampered))
+    code, flagged = audit(tmp_path / "tampered.json")
+    assert code == 1
+    assert sorted((f["code"], f["logIndex"]) for f in flagged["findings"]) == sorted(
+        [
+            ("meter_evidence_digest_mismatch", entry["logIndex"]),
+            ("meter_evidence_unlisted", left_out["logIndex"]),
+        ]
     )
-    # One digit of a reading changed: the digest no longer matches, the auditor says so.
-    entry["evidence"]["ocmf"][1] = entry["evidence"]["ocmf"][1].replace('"RV":', '"RV":9', 1)
-    flagged = audit(tampered)
-    assert [(f.code, f.log_index) for f in flagged.findings] == [
-        ("meter_evidence_digest_mismatch", entry["logIndex"])
-    ]
+
+
+def command(name: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """An installed console script of this environment, as a subprocess."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPOINTS_")}
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / name), *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_the_mirrored_meter_keys_answer_as_the_contract(backend: BackendHarness) -> None:
