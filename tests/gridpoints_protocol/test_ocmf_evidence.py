@@ -64,9 +64,9 @@ def session(meter: SimulatedMeter, direction: Any = "discharge", **sign: Any) ->
     return [first, last]
 
 
-def honest(meter: SimulatedMeter, raws: list[str]) -> Rec:
-    """The record the gateway builds: the meter's register (floored) and reading times."""
-    del meter
+def honest(raws: list[str]) -> Rec:
+    """The record the gateway builds from `session`: the meter's export register (765432.1 Wh
+    -> 766666.66 Wh, floored) and the reading times."""
     evidence = MeterEvidence(tuple(raws))
     return Rec(Direction.DISCHARGE, 1234, 765_432, 766_666, START, END, evidence.digest())
 
@@ -119,7 +119,7 @@ def test_the_json_form_round_trips_and_is_bounded() -> None:
 def test_an_honest_record_and_its_evidence_hold() -> None:
     meter = SimulatedMeter("EV-3")
     raws = session(meter)
-    verdict = check_evidence(honest(meter, raws), MeterEvidence(tuple(raws)), keys_of(meter))
+    verdict = check_evidence(honest(raws), MeterEvidence(tuple(raws)), keys_of(meter))
     assert verdict.ok, verdict
     assert verdict.session is not None and verdict.session.meter_serial == "EV-3"
     # The record carries the meter's register, floored to whole Wh.
@@ -130,25 +130,25 @@ def test_base64_and_high_s_signatures_hold_like_hex_and_low_s() -> None:
     for sign in ({"encoding": "base64"}, {"high_s": True}, {"high_s": False}):
         meter = SimulatedMeter("EV-4")
         raws = session(meter, **sign)
-        verdict = check_evidence(honest(meter, raws), MeterEvidence(tuple(raws)), keys_of(meter))
+        verdict = check_evidence(honest(raws), MeterEvidence(tuple(raws)), keys_of(meter))
         assert verdict.ok, (sign, verdict)
 
 
 def test_zero_meter_evidence_needs_none_and_refuses_some() -> None:
     meter = SimulatedMeter("EV-5")
     raws = session(meter)
-    plain = replace(honest(meter, raws), meter_evidence=ZERO_BYTES32)
+    plain = replace(honest(raws), meter_evidence=ZERO_BYTES32)
     assert check_evidence(plain, None, keys_of(meter)).ok
     sent = check_evidence(plain, MeterEvidence(tuple(raws)), keys_of(meter))
     assert sent.reason == "meter_evidence_unexpected"
-    missing = check_evidence(honest(meter, raws), None, keys_of(meter))
+    missing = check_evidence(honest(raws), None, keys_of(meter))
     assert missing.reason == "meter_evidence_missing"
 
 
 def mismatch(field: str, value: Any) -> str | None:
     meter = SimulatedMeter("EV-6")
     raws = session(meter)
-    record = replace(honest(meter, raws), **{field: value})
+    record = replace(honest(raws), **{field: value})
     return check_evidence(record, MeterEvidence(tuple(raws)), keys_of(meter)).reason
 
 
@@ -165,7 +165,7 @@ def test_every_field_the_meter_signed_has_its_own_mismatch_code() -> None:
 def test_evidence_of_another_order_or_a_subset_does_not_match_the_digest() -> None:
     meter = SimulatedMeter("EV-7")
     raws = session(meter)
-    record = honest(meter, raws)
+    record = honest(raws)
     for other in (raws[::-1], raws[:1]):
         verdict = check_evidence(record, MeterEvidence(tuple(other)), keys_of(meter))
         assert verdict.reason == "meter_evidence_digest_mismatch"
@@ -174,9 +174,7 @@ def test_evidence_of_another_order_or_a_subset_does_not_match_the_digest() -> No
 def test_the_session_rules_apply_with_their_codes() -> None:
     meter = SimulatedMeter("EV-8")
     tampered = session(meter, tamper=True)
-    verdict = check_evidence(
-        honest(meter, tampered), MeterEvidence(tuple(tampered)), keys_of(meter)
-    )
+    verdict = check_evidence(honest(tampered), MeterEvidence(tuple(tampered)), keys_of(meter))
     assert (verdict.reason, verdict.record_index) == ("meter_signature_invalid", 0)
 
     meter = SimulatedMeter("EV-9")
@@ -190,27 +188,27 @@ def test_the_session_rules_apply_with_their_codes() -> None:
         ),
     }
     for code, lookup in cases.items():
-        got = check_evidence(honest(meter, raws), MeterEvidence(tuple(raws)), lookup)
+        got = check_evidence(honest(raws), MeterEvidence(tuple(raws)), lookup)
         assert got.reason == code
 
     meter = SimulatedMeter("EV-10")
     first = meter.sign("discharge", [MeterReading("B", T0)])
     meter.flow("discharge", Decimal("1234.56"))
     gap = meter.sign("discharge", [MeterReading("E", T0 + timedelta(minutes=30))], page=5)
-    got = check_evidence(honest(meter, [first, gap]), MeterEvidence((first, gap)), keys_of(meter))
+    got = check_evidence(honest([first, gap]), MeterEvidence((first, gap)), keys_of(meter))
     assert got.reason == "pagination_gap"
 
     meter = SimulatedMeter("EV-11")
-    raws = session(meter, **{})
+    raws = session(meter)
     unsynced = [
         meter.sign("discharge", [MeterReading("B", T0, clock="U")]),
         meter.sign("discharge", [MeterReading("E", T0 + timedelta(minutes=30))]),
     ]
-    got = check_evidence(honest(meter, unsynced), MeterEvidence(tuple(unsynced)), keys_of(meter))
+    got = check_evidence(honest(unsynced), MeterEvidence(tuple(unsynced)), keys_of(meter))
     assert got.reason == "clock_not_synchronised"
 
     broken = ["OCMF|{not json|{}", raws[1]]
-    record = replace(honest(meter, raws), meter_evidence=MeterEvidence(tuple(broken)).digest())
+    record = replace(honest(raws), meter_evidence=MeterEvidence(tuple(broken)).digest())
     assert check_evidence(record, MeterEvidence(tuple(broken)), keys_of(meter)).reason == (
         "ocmf_unparseable"
     )
