@@ -61,6 +61,7 @@ from backend.errors import BackendError
 from backend.metrics import Metrics
 from backend.settings import without_url_secrets
 from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_chain.meters import meter_events as read_meter_events
 from gridpoints_protocol.keys import (
     NOTHING_DECIDED,
     KeyDirectory,
@@ -569,7 +570,7 @@ class RegistryFollower:
             block = w3.eth.get_block(hi)
             block_hash, block_ts = bytes(block["hash"]), int(block["timestamp"])
             events = self.chain.station_events(from_block=lo, to_block=hi)
-            meter_events = self.chain.meter_events(from_block=lo, to_block=hi)
+            meter_events = read_meter_events(self.chain, from_block=lo, to_block=hi)
             with self.db.write() as session:
                 cursor = session.execute(
                     select(RegistryCursor).where(RegistryCursor.id == CURSOR_ID).with_for_update()

@@ -485,6 +485,7 @@ def evidence_check(
     direction, energy, readings and times are what the meter signed. Exit 0 clean, 1 findings,
     2 when the check cannot run."""
     from gridpoints_audit.evidence_check import check_evidence_bundle
+    from gridpoints_chain.meters import meter_key_state
     from gridpoints_protocol.ocmf.session import KeyLookup, MeterKey
 
     try:
@@ -500,7 +501,7 @@ def evidence_check(
 
         def meter_keys(station_id: bytes) -> KeyLookup:
             def lookup(serial: str, at: int) -> MeterKey:
-                return chain.meter_key_state(station_id, serial, at)
+                return meter_key_state(chain, station_id, serial, at)
 
             return lookup
 

@@ -26,7 +26,7 @@ from web3.types import LogReceipt, TxReceipt
 
 from gridpoints_chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
 from gridpoints_chain.deployment import Deployment
-from gridpoints_chain.errors import ChainError, ContractRevertError, ErrorDecoder
+from gridpoints_chain.errors import ChainError, ErrorDecoder
 from gridpoints_chain.transactions import TransactionAccount, TxSender
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
@@ -45,15 +45,6 @@ from gridpoints_protocol.keys import (
     station_id_bytes,
 )
 from gridpoints_protocol.ocmf import load_public_key
-from gridpoints_protocol.ocmf.meter_keys import (
-    METER_EVENT_KINDS,
-    MeterEvent,
-    MeterKeyRotated,
-    MeterRegistered,
-    MeterRevoked,
-    p256_der,
-)
-from gridpoints_protocol.ocmf.session import KeyState, MeterKey
 
 MAX_ENTRY_AMOUNT = 2**96 - 1
 _ADDRESS_BITS = 160
@@ -665,70 +656,6 @@ class GridPointsChain:
             events.append(_station_event(decoded["event"], decoded["args"], position))
         return events
 
-    def meter_events(
-        self, *, from_block: int | None = None, to_block: int | str = "latest"
-    ) -> list[MeterEvent]:
-        """The registry's meter events (MeterRegistered, MeterKeyRotated, MeterRevoked) of every
-        station, in chain order."""
-        registry = self.registry
-        kinds = {
-            bytes(HexBytes(getattr(registry.events, name)().topic)): name
-            for name in METER_EVENT_KINDS
-        }
-        start = self.deployment.deployment_block if from_block is None else from_block
-        end = self.w3.eth.block_number if to_block == "latest" else int(to_block)
-        if end < start:
-            return []
-        logs = list(
-            self.w3.eth.get_logs(
-                {
-                    "address": registry.address,
-                    "fromBlock": start,
-                    "toBlock": end,
-                    "topics": [["0x" + t.hex() for t in kinds]],
-                }
-            )
-        )
-        logs.sort(key=lambda log: (log["blockNumber"], log["logIndex"]))
-        events: list[MeterEvent] = []
-        for log in logs:
-            name = kinds[bytes(log["topics"][0])]
-            args = getattr(registry.events, name)().process_log(log)["args"]
-            position = LogPosition(
-                block_number=log["blockNumber"],
-                log_index=log["logIndex"],
-                tx_hash=bytes(log["transactionHash"]),
-            )
-            sid, mid = bytes(args["stationId"]), bytes(args["meterId"])
-            event: MeterEvent
-            if name == "MeterRegistered":
-                event = MeterRegistered(
-                    sid,
-                    mid,
-                    str(args["serial"]),
-                    bytes(args["qx"]),
-                    bytes(args["qy"]),
-                    int(args["validFrom"]),
-                    position,
-                )
-            elif name == "MeterKeyRotated":
-                event = MeterKeyRotated(
-                    sid,
-                    mid,
-                    bytes(args["oldQx"]),
-                    bytes(args["oldQy"]),
-                    bytes(args["newQx"]),
-                    bytes(args["newQy"]),
-                    int(args["rotatedAt"]),
-                    position,
-                )
-            else:
-                event = MeterRevoked(
-                    sid, mid, bytes(args["qx"]), bytes(args["qy"]), int(args["revokedAt"]), position
-                )
-            events.append(event)
-        return events
-
     def station_history(self, station_id: bytes | str, **kwargs: Any) -> StationHistory:
         """One station's state and key history, rebuilt from its events."""
         events = self.station_events(station_id, **kwargs)
@@ -807,24 +734,6 @@ class GridPointsChain:
             self.registry.functions.meterKeyAt(station_id_bytes(station_id), meter, at)
         )
         return (bytes(qx), bytes(qy)) if found else None
-
-    def meter_key_state(self, station_id: bytes | str, serial: str, at: int) -> MeterKey:
-        """What StationRegistry says about meter ``serial`` of the station for a signature at
-        unix time ``at``, in the terms of the OCMF session rules (the gateway and the auditor
-        ask the chain this; the backend asks its mirror of the same events)."""
-        meter = meter_id(serial)
-        try:
-            registered = self.get_meter(station_id, meter)
-        except ContractRevertError as exc:
-            if exc.error_name == "UnknownMeter":
-                return MeterKey(KeyState.UNREGISTERED)
-            raise
-        if registered.revoked_at and at >= registered.revoked_at:
-            return MeterKey(KeyState.REVOKED)
-        key = self.meter_key_at(station_id, meter, at)
-        if key is None:
-            return MeterKey(KeyState.NOT_VALID)
-        return MeterKey(KeyState.VALID, p256_der(*key))
 
     def is_meter_key_valid_at(
         self,

@@ -87,7 +87,9 @@ def decode_public_key(text: str | None) -> bytes | None:
 
 def registry_key(chain: GridPointsChain, station_id: bytes, serial: str, at: int) -> MeterKey:
     """What StationRegistry says about meter ``serial`` of the station at unix time ``at``."""
-    return chain.meter_key_state(station_id, serial, at)
+    from gridpoints_chain.meters import meter_key_state
+
+    return meter_key_state(chain, station_id, serial, at)
 
 
 def _evidence(

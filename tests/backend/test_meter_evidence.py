@@ -25,6 +25,7 @@ from backend.bundle import export_epoch
 from backend.db import Database
 from backend.db.models import MeterEvidenceRow
 from gridpoints_chain.contracts import meter_id
+from gridpoints_chain.meters import meter_key_state
 from gridpoints_dev.ocpp_charger import MeterReading, SimulatedMeter
 from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.ocmf.evidence import MeterEvidence
@@ -389,6 +390,6 @@ def test_the_mirrored_meter_keys_answer_as_the_contract(backend: BackendHarness)
         mirrored = meter_key_at(
             service.directory.station(sid), service.meters.meter(sid, site.meter.serial), at
         )
-        assert mirrored == chain.meter_key_state(sid, site.meter.serial, at), at
+        assert mirrored == meter_key_state(chain, sid, site.meter.serial, at), at
     unknown = meter_key_at(service.directory.station(sid), service.meters.meter(sid, "NOPE"), 5)
-    assert unknown == chain.meter_key_state(sid, "NOPE", 5)
+    assert unknown == meter_key_state(chain, sid, "NOPE", 5)
