@@ -27,7 +27,7 @@ from backend.db.models import (
     Record,
     SettlementStep,
 )
-from backend.db.record_rows import stored_signed_record
+from backend.db.record_rows import stored_opening, stored_signed_record
 from backend.epochs import epoch_of_log_index
 from backend.ledger import HistoryItem, TreeCache, commit_tx_hash, user_history
 from backend.meter_evidence import evidence_of
@@ -196,6 +196,8 @@ def _record_json(row: Record, payment: dict[str, Any] | None) -> dict[str, Any]:
         "logIndex": row.log_index,
         "digest": "0x" + row.digest.hex(),
         **stored_signed_record(row).to_json(),
+        # The user's own export: the opening that ties the record's commitment to them.
+        "opening": stored_opening(row).to_json(),
     }
     if payment is not None:
         body["payment"] = payment

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gridpoints_protocol.authorization import SettlementDomain
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import parse_address, to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import (
@@ -51,7 +52,14 @@ from station_signer.config import (
 )
 from station_signer.errors import SigningFailedError, StationError
 from station_signer.payments import transfer_payment
-from station_signer.store import Evidence, StationState, StationStore, StoredRecord, StoreError
+from station_signer.store import (
+    Evidence,
+    StationState,
+    StationStore,
+    StoredRecord,
+    StoreError,
+    fresh_salt,
+)
 from station_signer.transfer import Transfer
 
 if TYPE_CHECKING:
@@ -131,6 +139,9 @@ class Station:
         payment_authorization, payment = transfer_payment(
             transfer, self.settlement, station_id=self.station_id
         )
+        # A fresh salt per record: the record commits to the user without naming them, and two
+        # records of one user are unlinkable (gridpoints_protocol.commitment).
+        opening = UserOpening(transfer.user, fresh_salt())
 
         def build(sequence: int, state: StationState) -> EnergyTransfer:
             before = (
@@ -141,7 +152,7 @@ class Station:
             return EnergyTransfer(
                 station_id=state.station_id,
                 sequence=sequence,
-                user=transfer.user,
+                user_commitment=opening.commitment,
                 direction=transfer.direction,
                 energy_wh=transfer.energy_wh,
                 meter_before_wh=before,
@@ -149,9 +160,10 @@ class Station:
                 start_time=transfer.start_time,
                 end_time=transfer.end_time,
                 payment_authorization=payment_authorization,
+                meter_evidence=transfer.meter_evidence,
             )
 
-        reserved = self.store.reserve(build, payment, evidence)
+        reserved = self.store.reserve(build, payment, evidence, opening)
         try:
             signature = self._sign(reserved.digest)
         except Exception as exc:

@@ -48,6 +48,15 @@ write transaction, and a file of a newer version is refused with ``newer_store``
    ``records.receipt_json``; with a pinned key, the sync stores a receipt only once its
    signature (gridpoints_protocol.receipts) verifies, so the file holds evidence the operator
    signed.
+5. ``records.opening_json``: the opening (``{"user", "salt"}``, gridpoints_protocol.commitment)
+   of a version-2 record's userCommitment, drawn and stored in the reserving transaction and
+   sent with every submission. The record format changed with it (EIP-712 domain version "2":
+   no wallet in the record), so the upgrade rebuilds every record the backend has not
+   acknowledged yet: a ``reserved`` or ``queued`` version-1 row becomes the version-2 record
+   of the same sequence and measurement (a fresh salt, no meter evidence), its digest is
+   recomputed and it goes back to ``reserved``, so that opening the station signs it again
+   (:meth:`station_signer.station.Station.recover`). Acknowledged and rejected version-1 rows
+   stay as they were: they are history, signed under the old format, and are never sent again.
 
 The store knows the record type (:mod:`gridpoints_protocol.record`) so that the invariants a station
 must keep are checked in the one transaction that could break them: the record is built for
@@ -57,6 +66,7 @@ the sequence being reserved, belongs to this station, and does not run its meter
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -66,10 +76,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
+from gridpoints_protocol.commitment import SALT_LENGTH, UserOpening
+from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
 from station_signer.errors import StationSignerError
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 # SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter
 # gets there: 2^63 Wh is about 10^9 TWh).
 MAX_STORED_INT: Final = 2**63 - 1
@@ -100,7 +112,8 @@ CREATE TABLE IF NOT EXISTS records (
     receipt_json TEXT,
     reject_reason TEXT,
     reject_message TEXT,
-    payment_json TEXT
+    payment_json TEXT,
+    opening_json TEXT
 );
 CREATE TABLE IF NOT EXISTS deferrals (
     record_sequence INTEGER PRIMARY KEY REFERENCES records (sequence),
@@ -197,13 +210,18 @@ class StoredRecord:
     payment: dict[str, Any] | None = None
     # Set while the record is queued and the backend's last answer deferred it.
     deferral: Deferral | None = None
+    # The opening of the record's userCommitment, ``{"user", "salt"}`` (None only on history
+    # rows of the version-1 record format).
+    opening: dict[str, str] | None = None
 
     def signed_json(self) -> dict[str, Any]:
-        """The wire body, only for signed rows: ``{"record", "signature"}``, plus ``"payment"``
-        (the signed payment authorisation) when the record commits to one."""
+        """The wire body, only for signed rows: ``{"record", "signature", "opening"}``, plus
+        ``"payment"`` (the signed payment authorisation) when the record commits to one."""
         if self.signature is None:
             raise StoreError(f"sequence {self.sequence} has no signature yet", "not_signed")
         body: dict[str, Any] = {"record": self.record, "signature": "0x" + self.signature.hex()}
+        if self.opening is not None:
+            body["opening"] = self.opening
         if self.payment is not None:
             body["payment"] = self.payment
         return body
@@ -252,6 +270,12 @@ class StationState:
 
 # Builds the record for a reserved sequence from the state inside the reserving transaction.
 RecordBuilder = Callable[[int, StationState], EnergyTransfer]
+
+
+def fresh_salt() -> bytes:
+    """A fresh salt for a record's user commitment: 32 bytes from the OS's CSPRNG, so that two
+    records of one user cannot be linked and the wallet cannot be guessed from the commitment."""
+    return secrets.token_bytes(SALT_LENGTH)
 
 
 def _check_storable(name: str, value: int) -> None:
@@ -305,8 +329,11 @@ class StationStore:
                 f"station_signer reads up to {SCHEMA_VERSION}",
                 "newer_store",
             )
-        current = "payment_json" in self._record_columns() and "receipt_key" in (
-            self._station_columns()
+        columns = self._record_columns()
+        current = (
+            "payment_json" in columns
+            and "opening_json" in columns
+            and "receipt_key" in self._station_columns()
         )
         if current and version in (None, SCHEMA_VERSION):
             return
@@ -317,10 +344,44 @@ class StationStore:
                 db.execute("ALTER TABLE records ADD COLUMN payment_json TEXT")
             if "receipt_key" not in self._station_columns():
                 db.execute("ALTER TABLE station ADD COLUMN receipt_key TEXT")
+            if "opening_json" not in self._record_columns():
+                db.execute("ALTER TABLE records ADD COLUMN opening_json TEXT")
+                self._upgrade_unsent_records(db)
             db.execute(
                 "UPDATE station SET schema_version = ? WHERE schema_version < ?",
                 (SCHEMA_VERSION, SCHEMA_VERSION),
             )
+
+    def _upgrade_unsent_records(self, db: sqlite3.Connection) -> None:
+        """Schema 5: every version-1 record not acknowledged yet becomes the version-2 record
+        of the same sequence (see the module docstring), to be signed again."""
+        station = db.execute("SELECT chain_id, registry FROM station").fetchone()
+        if station is None:
+            return
+        domain = Domain(int(station[0]), bytes.fromhex(station[1][2:]))
+        rows = db.execute(
+            "SELECT sequence, record_json FROM records WHERE status IN ('reserved', 'queued')"
+        ).fetchall()
+        for sequence, text in rows:
+            old = json.loads(text)
+            if "user" not in old:
+                continue
+            opening = UserOpening(parse_address(old["user"]), fresh_salt())
+            fields = {k: v for k, v in old.items() if k != "user"}
+            fields["userCommitment"] = "0x" + opening.commitment.hex()
+            fields["meterEvidence"] = "0x" + ZERO_BYTES32.hex()
+            record = EnergyTransfer.from_json(fields)
+            db.execute(
+                "UPDATE records SET record_json = ?, digest = ?, opening_json = ?,"
+                " status = 'reserved', signature = NULL, signed_at = NULL WHERE sequence = ?",
+                (
+                    json.dumps(record.to_json()),
+                    "0x" + record.digest(domain).hex(),
+                    json.dumps(opening.to_json()),
+                    sequence,
+                ),
+            )
+            db.execute("DELETE FROM deferrals WHERE record_sequence = ?", (sequence,))
 
     def _record_columns(self) -> set[str]:
         return {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
@@ -448,8 +509,13 @@ class StationStore:
         build: RecordBuilder,
         payment: dict[str, Any] | None = None,
         evidence: Evidence | None = None,
+        opening: UserOpening | None = None,
     ) -> StoredRecord:
         """Step 1: durably binds the next sequence to the record ``build`` makes for it.
+
+        ``opening`` is the opening of the record's userCommitment; it is stored in the same row
+        and sent with the record (a record whose commitment it does not open is refused,
+        ``wrong_record``: the backend would reject it with ``opening_mismatch`` forever).
 
         ``payment`` is the signed payment authorisation (its JSON) the record commits to; it is
         stored in the same row and sent with the record. A record that commits to no
@@ -497,19 +563,25 @@ class StationStore:
                     "paymentAuthorization commits to it (it is zero)",
                     "wrong_record",
                 )
+            if opening is not None and not opening.opens(record.user_commitment):
+                raise StoreError(
+                    "the opening does not open the record's userCommitment", "wrong_record"
+                )
             digest = record.digest(state.domain)
             record_json = record.to_json()
             payment_json = None if payment is None else json.dumps(payment)
+            opening_wire = None if opening is None else opening.to_json()
             try:
                 db.execute(
                     "INSERT INTO records (sequence, status, record_json, digest, created_at,"
-                    " payment_json) VALUES (?, 'reserved', ?, ?, ?, ?)",
+                    " payment_json, opening_json) VALUES (?, 'reserved', ?, ?, ?, ?, ?)",
                     (
                         sequence,
                         json.dumps(record_json),
                         "0x" + digest.hex(),
                         time.time(),
                         payment_json,
+                        None if opening_wire is None else json.dumps(opening_wire),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -536,7 +608,13 @@ class StationStore:
                 (sequence + 1, record.meter_after_wh),
             )
         return StoredRecord(
-            sequence, RecordStatus.RESERVED, record_json, digest, None, payment=payment
+            sequence,
+            RecordStatus.RESERVED,
+            record_json,
+            digest,
+            None,
+            payment=payment,
+            opening=opening_wire,
         )
 
     def record_for_source(self, source: str) -> StoredRecord | None:
@@ -705,7 +783,7 @@ class StationStore:
             "SELECT r.sequence, r.status, r.record_json, r.digest, r.signature, r.receipt_json,"
             " r.reject_reason, r.reject_message, r.payment_json, d.reason, d.message,"
             " d.retry_after, d.retry_at, d.deferred_count, d.first_deferred_at,"
-            " d.last_deferred_at FROM records r LEFT JOIN deferrals d"
+            " d.last_deferred_at, r.opening_json FROM records r LEFT JOIN deferrals d"
             f" ON d.record_sequence = r.sequence AND r.status = 'queued' {where}",
             params,
         ).fetchall()
@@ -721,6 +799,7 @@ class StationStore:
                 reject_message=row[7],
                 payment=json.loads(row[8]) if row[8] else None,
                 deferral=None if row[9] is None else Deferral(*row[9:16]),
+                opening=json.loads(row[16]) if row[16] else None,
             )
             for row in rows
         ]

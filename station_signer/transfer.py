@@ -34,6 +34,7 @@ _TRANSFER_FIELDS: Final = (
     "paymentAuthorization",
     "meterBeforeWh",
     "authorization",
+    "meterEvidence",
 )
 _REQUIRED_TRANSFER_FIELDS: Final = ("direction", "user", "energyWh", "startTime", "endTime")
 _HEX32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -118,6 +119,11 @@ class Transfer:
     the record's ``paymentAuthorization`` is then its digest (``payment_authorization`` may be
     left zero, or must equal that digest). A non-zero ``payment_authorization`` without the
     signed authorisation is refused when recording: the backend needs the authorisation itself.
+
+    ``user`` is the wallet; the signed record carries only a salted commitment to it (the
+    station draws the salt, see :meth:`station_signer.station.Station.record`).
+    ``meter_evidence`` is the digest of the meter-signed readings the transfer was measured
+    from (gridpoints_protocol/ocmf/evidence.py), zero for a station without a signing meter.
     """
 
     direction: Direction
@@ -128,13 +134,15 @@ class Transfer:
     payment_authorization: bytes = ZERO_BYTES32
     meter_before_wh: int | None = None
     authorization: SignedAuthorization | None = None
+    meter_evidence: bytes = ZERO_BYTES32
 
     @classmethod
     def from_json(cls, data: Any) -> Transfer:
         """Parses ``{"direction", "user", "energyWh", "startTime", "endTime"}`` plus optional
-        ``paymentAuthorization``, ``meterBeforeWh`` and ``authorization`` (a signed payment
-        authorisation, ``{"authorization": {...}, "signature": "0x..."}``); unknown fields are
-        refused and every problem is reported (RecordValidationError naming the fields)."""
+        ``paymentAuthorization``, ``meterBeforeWh``, ``meterEvidence`` and ``authorization`` (a
+        signed payment authorisation, ``{"authorization": {...}, "signature": "0x..."}``);
+        unknown fields are refused and every problem is reported (RecordValidationError naming
+        the fields)."""
         if not isinstance(data, Mapping):
             raise RecordValidationError(
                 [FieldError("", f"a transfer is a JSON object, got {type(data).__name__}")]
@@ -153,6 +161,7 @@ class Transfer:
                 lambda v: parse_bytes32(v, "paymentAuthorization"),
             ),
             "meterBeforeWh": ("meter_before_wh", lambda v: _parse_uint(v, "meterBeforeWh")),
+            "meterEvidence": ("meter_evidence", lambda v: parse_bytes32(v, "meterEvidence")),
         }
         for name, (attribute, parse) in parsers.items():
             if name not in data:
@@ -183,4 +192,6 @@ class Transfer:
             data["meterBeforeWh"] = self.meter_before_wh
         if self.authorization is not None:
             data["authorization"] = self.authorization.to_json()
+        if self.meter_evidence != ZERO_BYTES32:
+            data["meterEvidence"] = "0x" + self.meter_evidence.hex()
         return data

@@ -4,20 +4,23 @@ an auditor, a station or a wallet uses to check the backend instead of trusting 
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.api.auth import bearer_token, refused
 from backend.api.deps import get_service, parse_address_param, parse_hex32
 from backend.api.errors import ApiError
 from backend.api.records import MAX_INDEX, NOT_FOUND, Limit, record_view
 from backend.api.schemas import StoredRecordView
+from backend.auth import AuthRefused, session_user
 from backend.db.models import Epoch
+from backend.db.record_rows import stored_opening
 from backend.ledger import (
     HistoryItem,
     RecordProof,
@@ -143,6 +146,11 @@ class HistoryItemView(BaseModel):
     requested: int | None = Field(description="Points asked with the user's authorisation.")
     debited: int | None = Field(description="Points burned on chain for it, once settled.")
     toPayOtherwise: int | None = Field(description="Price not covered by points.")
+    opening: dict[str, str] = Field(
+        description="The opening {user, salt} of record.userCommitment: the wallet's own "
+        "views only (keccak256('GridPoints.UserCommitment.v1' || user || salt) is the "
+        "commitment)."
+    )
 
 
 View = TypeVar("View", bound=HistoryItemView)
@@ -154,6 +162,7 @@ def history_item_view(
     """A history item as the API shows it, as `view` (a subclass adds its fields: `extra`)."""
     return view(
         record=record_view(item.record).model_copy(update={"payment": payment}),
+        opening=stored_opening(item.record).to_json(),
         epochId=item.epoch_id,
         state=item.state,
         tariffVersion=item.tariff_version,
@@ -347,19 +356,37 @@ def get_proof(
 # ---- users ----------------------------------------------------------------------------------
 
 
+def _only_the_owner(service: BackendService, request: Request, user: bytes) -> None:
+    """A user's history is theirs: the request must carry a session of that very wallet."""
+    try:
+        with service.db.read() as session:
+            signed_in = session_user(session, bearer_token(request), datetime.now(UTC))
+    except AuthRefused as exc:
+        raise refused(exc) from None
+    if signed_in != user:
+        raise ApiError(
+            403, "not_your_wallet", "a wallet's history is shown only to that wallet's session"
+        )
+
+
 @router.get(
     "/users/{address}",
     tags=["users"],
     summary="A user's balance (from the chain) and history with points per record",
+    description="Only for the wallet itself (`Authorization: Bearer <token>` of a session of "
+    "this wallet, POST /v1/auth/session): its records say where and when it charged, so they "
+    "are not public (401 without a session, 403 `not_your_wallet` for another wallet's).",
     response_model=UserView,
 )
 def get_user(
     service: ServiceDep,
+    request: Request,
     address: Annotated[str, Path(description="The user's wallet address")],
     after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1, le=MAX_INDEX)] = -1,
     limit: Limit = 100,
 ) -> UserView:
     user = parse_address_param(address, "address")
+    _only_the_owner(service, request, user)
     checksum = to_checksum_address(user)
     balance: int | None = None
     balance_error = None

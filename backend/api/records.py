@@ -14,14 +14,14 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from backend.api.deps import get_service, parse_address_param, parse_hex32
+from backend.api.deps import get_service, parse_hex32
 from backend.api.errors import ApiError, AsciiJSONResponse
 from backend.api.ratelimit import charge_records
-from backend.api.schemas import LogPage, StoredRecordView, UserRecordsPage
+from backend.api.schemas import LogPage, StoredRecordView
 from backend.db.models import Record
 from backend.db.record_rows import stored_signed_record
 from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Outcome
-from backend.queries import log_size, record_by_digest, records_by_user, records_in_log
+from backend.queries import log_size, record_by_digest, records_in_log
 from backend.service import BackendService
 from gridpoints_protocol.eip712 import parse_address, to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
@@ -578,26 +578,3 @@ def get_record(
         if row is None:
             raise ApiError(404, "not_found", f"no record with digest {digest}")
         return record_view(row)
-
-
-@router.get(
-    "/users/{address}/records",
-    summary="A user's records",
-    response_model=UserRecordsPage,
-    tags=["users"],
-)
-def user_records(
-    service: ServiceDep,
-    address: Annotated[str, Path(description="The user's wallet address")],
-    after_log_index: Annotated[int, Query(alias="afterLogIndex", ge=-1, le=MAX_INDEX)] = -1,
-    limit: Limit = 100,
-) -> UserRecordsPage:
-    user = parse_address_param(address, "address")
-    with service.db.read() as session:
-        rows = records_by_user(session, user, after_log_index=after_log_index, limit=limit)
-        views = [record_view(r) for r in rows]
-    return UserRecordsPage(
-        user=to_checksum_address(user),
-        records=views,
-        nextAfterLogIndex=views[-1].logIndex if len(views) == limit else None,
-    )

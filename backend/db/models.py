@@ -183,7 +183,11 @@ class Record(Base):
     digest: Mapped[bytes] = mapped_column(LargeBinary(32))
     station_id: Mapped[bytes] = mapped_column(LargeBinary(32), ForeignKey("stations.station_id"))
     sequence: Mapped[int] = mapped_column(U64())
+    # Private: the opening of user_commitment (wallet and salt), for credits, payments and
+    # /v1/me. Never published: the public record carries only user_commitment.
     user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
+    user_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    user_commitment: Mapped[bytes] = mapped_column(LargeBinary(32))
     direction: Mapped[int] = mapped_column(SmallInteger)
     energy_wh: Mapped[int] = mapped_column(U64())
     meter_before_wh: Mapped[int] = mapped_column(U64())
@@ -191,6 +195,7 @@ class Record(Base):
     start_time: Mapped[int] = mapped_column(U64())
     end_time: Mapped[int] = mapped_column(U64())
     payment_authorization: Mapped[bytes] = mapped_column(LargeBinary(32))
+    meter_evidence: Mapped[bytes] = mapped_column(LargeBinary(32))
     signature: Mapped[bytes] = mapped_column(LargeBinary(65))
     signer: Mapped[bytes] = mapped_column(LargeBinary(20))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())

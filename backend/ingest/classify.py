@@ -54,6 +54,7 @@ from backend.meter_evidence import VerifiedEvidence
 from backend.payments import authorization_row
 from gridpoints_protocol.authorization import SignedAuthorization
 from gridpoints_protocol.checks import Deferral, Problem, Verdict, lenient_identity
+from gridpoints_protocol.commitment import OPENING_KEY
 from gridpoints_protocol.receipts import IngestReceipt
 from gridpoints_protocol.wire import DeferReason, RejectReason
 
@@ -78,7 +79,12 @@ RejectionGate: TypeAlias = "Callable[[Candidate, Problem], Deferral | None]"
 
 
 def body_text(item: Any) -> str:
-    """A submission item as stored with a rejection: compact JSON, keys in the sent order."""
+    """A submission item as stored with a rejection: compact JSON, keys in the sent order.
+
+    Without its ``opening``: rejection and equivocation bodies are public (GET
+    /v1/stations/{id}/rejections, .../equivocations), and the opening names the user."""
+    if isinstance(item, dict) and OPENING_KEY in item:
+        item = {k: v for k, v in item.items() if k != OPENING_KEY}
     try:
         return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
     except RecursionError:
@@ -166,12 +172,13 @@ class Candidate:
             # Never stored: no body needed.
             return cls(None, r.station_id, r.sequence, verdict.digest, deferral=verdict.deferral)
         assert verdict.digest is not None and verdict.signer is not None
+        assert verdict.opening is not None  # verify_json accepts only with a verified opening
         return cls(
             None,
             r.station_id,
             r.sequence,
             verdict.digest,
-            columns=record_columns(signed, verdict.digest, verdict.signer),
+            columns=record_columns(signed, verdict.digest, verdict.signer, verdict.opening),
             item=item,
             payment=verdict.payment,
             authenticated=True,

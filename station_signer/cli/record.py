@@ -108,6 +108,8 @@ def _record_view(row: StoredRecord) -> dict[str, Any]:
         view["rejectMessage"] = row.reject_message
     if row.payment is not None:
         view["payment"] = row.payment
+    if row.opening is not None:
+        view["opening"] = row.opening
     return view
 
 
@@ -211,8 +213,9 @@ def record(
     for row in rows:
         rec = row.record
         kind = "charge" if rec["direction"] == 1 else "discharge"
+        user = row.opening["user"] if row.opening is not None else "(no opening)"
         lines.append(
-            f"queued record #{row.sequence}: {kind} {rec['energyWh']} Wh for {rec['user']} "
+            f"queued record #{row.sequence}: {kind} {rec['energyWh']} Wh for {user} "
             f"(meter {rec['meterBeforeWh']} -> {rec['meterAfterWh']} Wh)"
         )
         lines.append(f"  digest 0x{row.digest.hex()}")

@@ -8,8 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from gridpoints_protocol.commitment import UserOpening, split_opening
 from gridpoints_protocol.eip712 import parse_address, to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
+from gridpoints_protocol.payments import split_payment
 from gridpoints_protocol.record import (
     Domain,
     SignatureError,
@@ -34,8 +36,9 @@ app = typer.Typer()
 
 def _verify_items(data: Any) -> list[tuple[SignedRecord, Domain | None, str | None]]:
     """(signed record, domain or None, claimed signer or None) for each object:
-    {record, signature} or {typedData, signature[, digest, signer, name]} (the vector form of
-    tests/vectors/energy_transfer.json)."""
+    {record, signature[, opening, payment]} (a submission, as `record --out` writes it) or
+    {typedData, signature[, digest, signer, name, opening]} (the vector form of
+    tests/vectors/energy_transfer.json). An opening must open the record's userCommitment."""
     items = data if isinstance(data, list) else [data]
     if not items:
         raise CliError("invalid_record", "the file holds an empty list")
@@ -44,7 +47,14 @@ def _verify_items(data: Any) -> list[tuple[SignedRecord, Domain | None, str | No
         where = f"[{index}] " if isinstance(data, list) else ""
         try:
             if isinstance(item, dict) and "typedData" in item:
-                unknown = set(item) - {"typedData", "signature", "digest", "signer", "name"}
+                unknown = set(item) - {
+                    "typedData",
+                    "signature",
+                    "digest",
+                    "signer",
+                    "name",
+                    "opening",
+                }
                 if unknown:
                     raise CliError("invalid_record", f"{where}unknown field(s) {sorted(unknown)}")
                 rec, domain = parse_typed_data(item["typedData"])
@@ -63,12 +73,32 @@ def _verify_items(data: Any) -> list[tuple[SignedRecord, Domain | None, str | No
                         claimed = to_checksum_address(parse_address(claimed))
                     except ValueError as exc:
                         raise CliError("invalid_record", f"{where}signer: {exc}") from None
+                _check_opening(item, signed, where)
                 parsed.append((signed, domain, claimed))
             else:
-                parsed.append((SignedRecord.from_json(item), None, None))
+                rest, _ = split_payment(item)
+                rest, _ = split_opening(rest)
+                signed = SignedRecord.from_json(rest)
+                _check_opening(item, signed, where)
+                parsed.append((signed, None, None))
         except RecordValidationError as exc:
             raise CliError("invalid_record", f"{where}{exc}") from None
     return parsed
+
+
+def _check_opening(item: Any, signed: SignedRecord, where: str) -> None:
+    if not isinstance(item, dict) or "opening" not in item:
+        return
+    try:
+        opening = UserOpening.from_json(item["opening"])
+    except RecordValidationError as exc:
+        raise CliError("invalid_record", f"{where}{exc.prefixed('opening')}") from None
+    if not opening.opens(signed.record.user_commitment):
+        raise CliError(
+            "opening_mismatch",
+            f"{where}the opening does not hash to the record's userCommitment",
+            EXIT_MISMATCH,
+        )
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -30,11 +31,13 @@ from backend.settings import TARIFFS_DIR
 from backend.worker import SealAndSettle
 from gridpoints_protocol import merkle
 from gridpoints_protocol.authorization import SignedAuthorization
-from gridpoints_protocol.eip712 import parse_address
+from gridpoints_protocol.commitment import UserOpening
+from gridpoints_protocol.eip712 import keccak256, parse_address
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 from gridpoints_protocol.tariff import TariffBook, value_record
 from station_signer.config import STORE_FILE
 from station_signer.store import StationState, StationStore
+from tests.support.auth import bearer, sign_in
 from tests.support.chain import ChainEnv
 
 pytest.register_assert_rewrite("backend_fixtures", "settlement_fixtures")
@@ -259,10 +262,27 @@ def test_init_register_record_status_sync_verify_with_softhsm2(
     assert verified["valid"] and [r["signer"] for r in verified["records"]] == [address] * 2
     stranger = cli.fails("verify", str(signed_file), "--address", USER, "--json", code=4)
     assert stranger.json()["valid"] is False
-    edited = signed[1] | {"record": signed[1]["record"] | {"user": OTHER_USER}}
+    # The written file carries each record's opening, and verify checks it too.
+    assert all(
+        UserOpening.from_json(item["opening"]).opens(
+            bytes.fromhex(item["record"]["userCommitment"][2:])
+        )
+        for item in signed
+    )
+    other_commitment = "0x" + keccak256(bytes.fromhex(OTHER_USER[2:])).hex()
+    edited = {k: v for k, v in signed[1].items() if k != "opening"} | {
+        "record": signed[1]["record"] | {"userCommitment": other_commitment}
+    }
     (tmp_path / "edited.json").write_text(json.dumps(edited))
     bad = cli.fails("verify", str(tmp_path / "edited.json"), code=4)
     assert bad.stdout.startswith("BAD record #3: signed by 0x")
+    # An opening of another wallet does not open the signed commitment.
+    foreign = signed[1] | {
+        "opening": UserOpening(bytes.fromhex(OTHER_USER[2:]), b"\x01" * 32).to_json()
+    }
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    wrong = cli.fails("verify", str(tmp_path / "foreign.json"), code=4)
+    assert "[opening_mismatch]" in wrong.stderr
 
 
 def test_offline_registrar_rejections_and_progress_with_a_dev_key(
@@ -325,15 +345,16 @@ def test_offline_registrar_rejections_and_progress_with_a_dev_key(
     # A crash after reserving record #4 (stored, unsigned). sync without the key still sends
     # what is signed and says why #4 waits; with the key it signs #4 first and sends it.
     with StationStore(Path(cli.env["GRIDPOINTS_STATION_DIR"]) / STORE_FILE) as store:
+        opening = UserOpening(parse_address(USER), secrets.token_bytes(32))
 
         def build(sequence: int, state: StationState) -> EnergyTransfer:
             before = state.meter_wh(Direction.DISCHARGE)
             return EnergyTransfer(
-                state.station_id, sequence, parse_address(USER), Direction.DISCHARGE,
+                state.station_id, sequence, opening.commitment, Direction.DISCHARGE,
                 100, before, before + 100, end - 600, end,
             )  # fmt: skip
 
-        assert store.reserve(build).sequence == 4
+        assert store.reserve(build, opening=opening).sequence == 4
     waiting = cli("sync", "--backend-url", backend.url)
     assert waiting.code == 0, waiting.stderr
     assert "warning: reserved records stay unsigned" in waiting.stderr
@@ -516,8 +537,10 @@ def test_authorize_record_sync_and_spend_points_with_a_charge(
         assert queued.signed_json() == {
             "record": paid["record"],
             "signature": paid["signature"],
+            "opening": paid["opening"],
             "payment": signed.to_json(),
         }
+    assert paid["opening"]["user"] == wallet.address
     human = cli(
         *charge_args(wallet.address, end + 3_600, "--authorization", str(auth_file)), env={}
     )
@@ -526,7 +549,9 @@ def test_authorize_record_sync_and_spend_points_with_a_charge(
     # sync: the backend accepts it and publishes the authorisation; settlement burns
     # min(price, authorised maximum, balance).
     assert cli.ok("sync", "--backend-url", backend.url)["accepted"] == 1
-    history = backend.client.get(f"/v1/users/{wallet.address}").json()["history"]
+    history = backend.client.get(
+        f"/v1/users/{wallet.address}", headers=bearer(sign_in(backend, wallet))
+    ).json()["history"]
     published = {h["record"]["record"]["sequence"]: h["record"].get("payment") for h in history}
     assert published == {1: None, 2: signed.to_json()}
     settle(backend)

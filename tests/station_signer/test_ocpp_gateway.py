@@ -500,7 +500,7 @@ def test_every_fault_has_its_reason_and_never_becomes_a_record(
             assert evidence is not None and evidence.kind == "ocmf"
             assert evidence.data["begin"].startswith("OCMF|")
             assert record.record["direction"] == 2
-            assert record.record["user"] == wallet
+            assert record.opening is not None and record.opening["user"] == wallet
     # The faults are listed, with their codes, by the command; no idToken anywhere in them.
     listed = station.cli("ocpp", "faults")["transactions"]
     assert sorted(t["fault"]["reason"] for t in listed) == sorted(
@@ -564,7 +564,9 @@ def test_a_v2g_session_becomes_a_record_sealed_and_minted_on_chain(
     record = published["record"]
     energy = expected_energy(begin_wh, Decimal("4321.987"))
     start = int(plan.begin_at.timestamp())
-    assert (record["direction"], record["energyWh"], record["user"]) == (2, energy, wallet)
+    assert (record["direction"], record["energyWh"]) == (2, energy)
+    # Public: the commitment, never the wallet.
+    assert "user" not in record and wallet.lower() not in json.dumps(published).lower()
     assert (record["startTime"], record["endTime"]) == (start, start + plan.minutes * 60)
     # The meter's records (with the user's identification) stay at the station.
     assert "OCMF" not in json.dumps(published) and ID_TOKEN not in json.dumps(published)

@@ -167,7 +167,8 @@ def test_a_charge_session_paid_with_points_is_recorded_paid_settled_and_burned_o
     assert charge.record["paymentAuthorization"] == "0x" + digest.hex()
     assert charge.payment == signed.to_json()
     energy = expected_energy(begin_wh, Decimal("1000.5"))
-    assert (charge.record["user"], charge.record["energyWh"]) == (user.address, energy)
+    assert charge.opening is not None
+    assert (charge.opening["user"], charge.record["energyWh"]) == (user.address, energy)
 
     published = wait_backend_records(harness, station, 2)
     assert len(published) == 2
@@ -226,7 +227,8 @@ def test_a_foreign_authorisation_or_none_leaves_the_charge_recorded_unpaid(
     records = station.store_records()
     assert len(records) == 2
     for record in records:
-        assert record.record["user"] == user.address and record.record["direction"] == 1
+        assert record.opening is not None and record.opening["user"] == user.address
+        assert record.record["direction"] == 1
         assert record.record["paymentAuthorization"] == "0x" + ZERO_BYTES32.hex()
         assert record.payment is None
     with StationStore(station.directory / STORE_FILE) as store:

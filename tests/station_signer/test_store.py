@@ -35,6 +35,7 @@ from gridpoints_protocol.authorization import (
     SignedAuthorization,
     sign_authorization,
 )
+from gridpoints_protocol.commitment import UserOpening, user_commitment
 from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, recover_signer
@@ -57,6 +58,7 @@ CHAIN_ID = 31337
 REGISTRY = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 DOMAIN = Domain(CHAIN_ID, parse_address(REGISTRY))
 USER = bytes.fromhex("5a" * 20)
+COMMITMENT = user_commitment(USER, b"\x33" * 32)
 
 pytestmark = pytest.mark.filterwarnings("ignore::gridpoints_signers.devkey.DevelopmentKeyWarning")
 
@@ -88,7 +90,7 @@ def builder(station_id: bytes, energy_wh: int = 500) -> Any:
         return EnergyTransfer(
             station_id=station_id,
             sequence=sequence,
-            user=USER,
+            user_commitment=COMMITMENT,
             direction=Direction.CHARGE,
             energy_wh=energy_wh,
             meter_before_wh=before,
@@ -213,7 +215,7 @@ def test_recovery_refuses_content_that_no_longer_matches_its_digest(tmp_path: Pa
     store.close()
     with sqlite3.connect(path) as db:  # disk corruption or tampering, made by hand
         stored = json.loads(db.execute("SELECT record_json FROM records").fetchone()[0])
-        stored["user"] = "0x" + "77" * 20
+        stored["userCommitment"] = "0x" + "77" * 32
         db.execute("UPDATE records SET record_json = ?", (json.dumps(stored),))
     with StationStore(path) as reopened, pytest.raises(StoreError) as info:
         Station(reopened, DevKeySigner(secrets.token_bytes(32)))
@@ -314,6 +316,34 @@ def test_concurrent_writers_never_share_a_sequence(tmp_path: Path) -> None:
         assert check.state().meter_charge_wh == 360
 
 
+def test_every_record_commits_to_its_user_under_a_fresh_salt(tmp_path: Path) -> None:
+    store, _ = new_store(tmp_path / "s.sqlite")
+    station = Station(store, DevKeySigner(secrets.token_bytes(32)))
+    rows = [station.record(transfer()) for _ in range(3)]
+    openings = [UserOpening.from_json(r.opening) for r in rows if r.opening is not None]
+    assert len(openings) == 3 and all(o.user == USER for o in openings)
+    for row, opening in zip(rows, openings, strict=True):
+        assert row.record["userCommitment"] == "0x" + opening.commitment.hex()
+        assert "0x" + USER.hex() not in json.dumps(row.record).lower()
+    # Two records of one user: unrelated salts and commitments, nothing to link them by.
+    assert len({o.salt for o in openings}) == 3
+    assert len({r.record["userCommitment"] for r in rows}) == 3
+    # Meter evidence travels from the transfer into the signed record.
+    evidence = b"\x42" * 32
+    with_evidence = station.record(transfer(meter_evidence=evidence))
+    assert with_evidence.record["meterEvidence"] == "0x" + evidence.hex()
+    assert rows[0].record["meterEvidence"] == "0x" + "00" * 32
+
+
+def test_the_store_refuses_an_opening_of_another_commitment(tmp_path: Path) -> None:
+    store, station_id = new_store(tmp_path / "s.sqlite")
+    with pytest.raises(StoreError) as info:
+        store.reserve(builder(station_id), opening=UserOpening(USER, b"\x34" * 32))
+    assert info.value.code == "wrong_record" and store.records() == []
+    row = store.reserve(builder(station_id), opening=UserOpening(USER, b"\x33" * 32))
+    assert row.opening == UserOpening(USER, b"\x33" * 32).to_json()
+
+
 # ---- transfer input ------------------------------------------------------------------------
 
 
@@ -401,7 +431,11 @@ def test_a_charge_paid_with_points_commits_to_the_authorisation_and_carries_it(
     typed = encode_typed_data(full_message=signed.authorization.typed_data(SETTLEMENT))
     assert digest == _hash_eip191_message(typed)
     assert row.record["paymentAuthorization"] == "0x" + digest.hex()
-    assert row.record["user"] == wallet.address
+    # The record commits to the wallet; the row keeps the opening and sends it along.
+    assert "user" not in row.record and row.opening is not None
+    opening = UserOpening.from_json(row.opening)
+    assert opening.user_address == wallet.address
+    assert "0x" + opening.commitment.hex() == row.record["userCommitment"]
     # ... and the station's signature covers that record.
     assert row.signature is not None
     assert recover_signer(row.digest, row.signature) == station.address
@@ -412,6 +446,7 @@ def test_a_charge_paid_with_points_commits_to_the_authorisation_and_carries_it(
     assert body == {
         "record": row.record,
         "signature": "0x" + row.signature.hex(),
+        "opening": row.opening,
         "payment": signed.to_json(),
     }
     assert SignedAuthorization.from_json(body["payment"]) == signed
@@ -567,6 +602,58 @@ CREATE INDEX IF NOT EXISTS records_by_status ON records (status, sequence);
 """
 
 
+# The version-1 record type (EIP-712 domain version "1"), which named the user's wallet: the
+# records of version-1 files are of this type, hashed here by eth_account.
+V1_TYPES = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+        {"name": "verifyingContract", "type": "address"},
+    ],
+    "EnergyTransfer": [
+        {"name": "stationId", "type": "bytes32"},
+        {"name": "sequence", "type": "uint64"},
+        {"name": "user", "type": "address"},
+        {"name": "direction", "type": "uint8"},
+        {"name": "energyWh", "type": "uint64"},
+        {"name": "meterBeforeWh", "type": "uint64"},
+        {"name": "meterAfterWh", "type": "uint64"},
+        {"name": "startTime", "type": "uint64"},
+        {"name": "endTime", "type": "uint64"},
+        {"name": "paymentAuthorization", "type": "bytes32"},
+    ],
+}
+
+
+def v1_record(station_id: bytes, sequence: int) -> tuple[dict[str, Any], bytes]:
+    """A version-1 record (its JSON, which names the wallet) and its version-1 digest."""
+    message = {
+        "stationId": "0x" + station_id.hex(),
+        "sequence": sequence,
+        "user": "0x" + USER.hex(),
+        "direction": int(Direction.DISCHARGE),
+        "energyWh": 1_000,
+        "meterBeforeWh": (sequence - 1) * 1_000,
+        "meterAfterWh": sequence * 1_000,
+        "startTime": END - 3_600,
+        "endTime": END,
+        "paymentAuthorization": "0x" + "00" * 32,
+    }
+    typed = {
+        "types": V1_TYPES,
+        "primaryType": "EnergyTransfer",
+        "domain": {
+            "name": "GridPoints",
+            "version": "1",
+            "chainId": CHAIN_ID,
+            "verifyingContract": REGISTRY,
+        },
+        "message": message,
+    }
+    return message, _hash_eip191_message(encode_typed_data(full_message=typed))
+
+
 def version_1_station(path: Path, key: DevKeySigner) -> tuple[bytes, list[dict[str, Any]]]:
     """A version-1 station file with one acknowledged, one queued and one reserved record,
     written with the version-1 schema and statements."""
@@ -580,22 +667,18 @@ def version_1_station(path: Path, key: DevKeySigner) -> tuple[bytes, list[dict[s
             ("0x" + station_id.hex(), CHAIN_ID, REGISTRY.lower(), 3_000),
         )
         for sequence, status in ((1, "acknowledged"), (2, "queued"), (3, "reserved")):
-            record = EnergyTransfer(
-                station_id, sequence, USER, Direction.DISCHARGE, 1_000,
-                (sequence - 1) * 1_000, sequence * 1_000, END - 3_600, END,
-            )  # fmt: skip
-            digest = record.digest(DOMAIN)
+            record, digest = v1_record(station_id, sequence)
             signature = None if status == "reserved" else "0x" + key.sign_digest(digest).hex()
             receipt = '{"logIndex": 0}' if status == "acknowledged" else None
             db.execute(
                 "INSERT INTO records (sequence, status, record_json, digest, signature,"
                 " created_at, receipt_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    sequence, status, json.dumps(record.to_json()), "0x" + digest.hex(),
+                    sequence, status, json.dumps(record), "0x" + digest.hex(),
                     signature, time.time(), receipt,
                 ),
             )  # fmt: skip
-            rows.append({"sequence": sequence, "status": status, "record": record.to_json()})
+            rows.append({"sequence": sequence, "status": status, "record": record})
     return station_id, rows
 
 
@@ -604,17 +687,30 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     key = DevKeySigner(secrets.token_bytes(32))
     station_id, before = version_1_station(path, key)
     with StationStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 5
         # Version 3's evidence table is there (empty: old records were built from nothing kept).
         assert store.record_for_source("ocpp:CP:tx") is None and store.evidence(1) is None
-        # Everything the version-1 file held is still there, unchanged, without payments.
         rows = store.records()
-        assert [(r.sequence, r.status.value, r.record) for r in rows] == [
-            (b["sequence"], b["status"], b["record"]) for b in before
-        ]
         assert all(r.payment is None for r in rows)
-        assert store.get(2).signed_json().keys() == {"record", "signature"}
+        # The acknowledged record is history: unchanged, version 1, no opening.
+        assert (rows[0].status.value, rows[0].record, rows[0].opening) == (
+            "acknowledged",
+            before[0]["record"],
+            None,
+        )
         assert store.get(1).receipt == {"logIndex": 0}
+        # Version 5: the queued and the reserved version-1 records became the version-2
+        # records of the same sequence and measurement, to be signed again.
+        for row, old in zip(rows[1:], before[1:], strict=True):
+            assert row.status == RecordStatus.RESERVED and row.signature is None
+            record = EnergyTransfer.from_json(row.record)
+            assert record.sequence == old["sequence"] and record.digest(DOMAIN) == row.digest
+            assert row.opening is not None
+            opening = UserOpening.from_json(row.opening)
+            assert opening.user == USER and opening.opens(record.user_commitment)
+            same = {k: v for k, v in old["record"].items() if k != "user"}
+            assert {k: row.record[k] for k in same} == same
+        assert rows[1].opening != rows[2].opening  # a fresh salt each
         state = store.state()
         assert (state.station_id, state.next_sequence, state.meter_discharge_wh) == (
             station_id,
@@ -624,7 +720,8 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
         # The station works on the migrated file: recovery signs the reserved row, and a
         # charge paid with points goes in with its authorisation.
         station = Station(store, key, settlement=SETTLEMENT)
-        assert [r.sequence for r in station.recovered] == [3]
+        assert [r.sequence for r in station.recovered] == [2, 3]
+        assert store.get(2).signed_json().keys() == {"record", "signature", "opening"}
         wallet, signed = authorised(station_id)
         paid = station.record(charge(wallet, signed))
         assert paid.sequence == 4 and store.get(4).payment == signed.to_json()
@@ -634,15 +731,16 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(records)")]
         indexes = {row[1] for row in db.execute("PRAGMA index_list(records)")}
-        assert db.execute("SELECT schema_version FROM station").fetchone() == (4,)
+        assert db.execute("SELECT schema_version FROM station").fetchone() == (5,)
         station_columns = [row[1] for row in db.execute("PRAGMA table_info(station)")]
-    assert columns[-1] == "payment_json" and columns.count("payment_json") == 1
+    assert columns[-2:] == ["payment_json", "opening_json"]
+    assert columns.count("payment_json") == 1 and columns.count("opening_json") == 1
     assert {"records_by_status", "records_by_payment"} <= indexes
     # Version 4: the pinned receipt key, none yet.
     assert station_columns[-1] == "receipt_key" and station_columns.count("receipt_key") == 1
     # Opening again migrates nothing and changes nothing.
     with StationStore(path) as again:
-        assert again.schema_version == 4 and len(again.records()) == 4
+        assert again.schema_version == 5 and len(again.records()) == 4
         assert again.receipt_key() is None
 
 
@@ -662,7 +760,7 @@ def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(
         try:
             barrier.wait()
             with StationStore(path) as store:
-                assert store.schema_version == 4
+                assert store.schema_version == 5
         except BaseException as exc:
             errors.append(exc)
 
@@ -675,7 +773,7 @@ def test_two_processes_opening_a_version_1_file_at_once_migrate_it_once(
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(records)")]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert columns.count("payment_json") == 1
+    assert columns.count("payment_json") == 1 and columns.count("opening_json") == 1
 
 
 def test_a_file_that_cannot_use_wal_is_refused_at_once() -> None:

@@ -47,6 +47,7 @@ from station_signer.station import Station
 from station_signer.store import RecordStatus, StationStore
 from station_signer.sync import DeferPolicy, RetryPolicy, SyncClient, SyncError
 from station_signer.transfer import Transfer
+from tests.support.auth import bearer, sign_in
 from tests.support.chain import ChainEnv
 
 pytest.register_assert_rewrite("backend_fixtures")
@@ -301,13 +302,23 @@ def test_a_charge_paid_with_points_goes_out_with_its_authorisation(
         {
             "record": paid.record,
             "signature": "0x" + paid.signature.hex(),
+            "opening": paid.opening,
             "payment": signed.to_json(),
         },
-        {"record": plain.record, "signature": "0x" + plain.signature.hex()},
+        {
+            "record": plain.record,
+            "signature": "0x" + plain.signature.hex(),
+            "opening": plain.opening,
+        },
     ]
+    # The opening is the wallet's and a fresh salt; the record itself names no wallet.
+    assert paid.opening is not None and paid.opening["user"] == wallet.address
+    assert wallet.address.lower() not in json.dumps([paid.record, plain.record]).lower()
     assert paid.record["paymentAuthorization"] == "0x" + signed.digest(domain).hex()
-    # The backend's public view of the user publishes the authorisation with the record.
-    history = backend.client.get(f"/v1/users/{wallet.address}").json()["history"]
+    # The wallet's own view (signed in) shows the authorisation with the record.
+    history = backend.client.get(
+        f"/v1/users/{wallet.address}", headers=bearer(sign_in(backend, wallet))
+    ).json()["history"]
     published = {item["record"]["digest"]: item["record"].get("payment") for item in history}
     assert published == {
         "0x" + paid.digest.hex(): signed.to_json(),

@@ -26,7 +26,7 @@ from gridpoints_audit.findings import AuditReport
 from gridpoints_audit.sources import ApiSource, BundleSource
 from gridpoints_protocol.checks import DEFAULT_CLOCK_SKEW_S
 from gridpoints_protocol.record import EnergyTransfer
-from tests.support.backend import BackendHarness
+from tests.support.backend import BackendHarness, opening_of
 from tests.support.settlement import TARIFFS, Traffic, make_worker, random_traffic
 
 AUDIT_CLI = Path(sys.executable).parent / "gridpoints-audit"
@@ -129,7 +129,10 @@ def append_to_log(h: BackendHarness, record: EnergyTransfer, signature: bytes, s
                     digest=record.digest(h.domain),
                     station_id=record.station_id,
                     sequence=record.sequence,
-                    user_address=record.user,
+                    user_address=opening_of(record).user,
+                    user_salt=opening_of(record).salt,
+                    user_commitment=record.user_commitment,
+                    meter_evidence=record.meter_evidence,
                     direction=int(record.direction),
                     energy_wh=record.energy_wh,
                     meter_before_wh=record.meter_before_wh,

@@ -43,6 +43,7 @@ from sqlalchemy.engine import make_url
 
 from backend.settings import Settings
 from gridpoints_dev.chain import register_station
+from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer, SignedRecord
 from tests.support.chain import ChainEnv
 
@@ -194,10 +195,14 @@ class DevStation:
         seq = self.next_sequence if sequence is None else sequence
         before = self.meters[direction] if meter_before_wh is None else meter_before_wh
         end = int(time.time()) - 60 if end_time is None else end_time
+        opening = UserOpening(
+            bytes.fromhex((user or USER).removeprefix("0x")), secrets.token_bytes(32)
+        )
+        OPENINGS[opening.commitment] = opening
         record = EnergyTransfer(
             station_id=self.station_id,
             sequence=seq,
-            user=bytes.fromhex((user or USER).removeprefix("0x")),
+            user_commitment=opening.commitment,
             direction=Direction(direction),
             energy_wh=energy_wh,
             meter_before_wh=before,
@@ -217,15 +222,42 @@ def new_key() -> LocalAccount:
 
 USER = "0x" + "5a" * 20
 
+# The opening of every user commitment a DevStation made in this process (a station keeps its
+# openings likewise), so that a test can send, and check, a record's opening by its commitment.
+OPENINGS: dict[bytes, UserOpening] = {}
+
+
+def opening_of(record: EnergyTransfer) -> UserOpening:
+    """The opening of `record`'s user commitment (made by DevStation.record)."""
+    return OPENINGS[record.user_commitment]
+
+
+def user_of(record: EnergyTransfer) -> str:
+    """The checksummed wallet `record` commits to."""
+    return opening_of(record).user_address
+
 
 def sign(record: EnergyTransfer, key: LocalAccount, domain: Domain) -> dict[str, Any]:
-    """The wire body of `record` signed by `key` for `domain` (eth_account, dev key)."""
+    """The wire body of `record` signed by `key` for `domain` (eth_account, dev key), with the
+    opening of its user commitment when this process made it."""
     signature = bytes(key.unsafe_sign_hash(record.digest(domain)).signature)
-    return SignedRecord(record, signature).to_json()
+    body = SignedRecord(record, signature).to_json()
+    opening = OPENINGS.get(record.user_commitment)
+    if opening is not None:
+        body["opening"] = opening.to_json()
+    return body
 
 
 def raw_body(record_json: dict[str, Any], signature: bytes) -> dict[str, Any]:
-    return {"record": record_json, "signature": "0x" + signature.hex()}
+    body = {"record": record_json, "signature": "0x" + signature.hex()}
+    try:
+        commitment = bytes.fromhex(str(record_json["userCommitment"])[2:])
+    except (KeyError, ValueError, TypeError):
+        return body
+    opening = OPENINGS.get(commitment)
+    if opening is not None:
+        body["opening"] = opening.to_json()
+    return body
 
 
 # ---- the harness ----------------------------------------------------------------------------
