@@ -2,7 +2,7 @@
 (never published: the payloads may identify the user).
 
 Revision ID: 0009_meter_evidence
-Revises: 0007_signin
+Revises: 0008_record_v2
 Create Date: 2026-12-04
 """
 
@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_meter_evidence"
-# The record-format migration (0008) comes before this one once both branches are merged.
-down_revision = "0007_signin"
+down_revision = "0008_record_v2"
 branch_labels = None
 depends_on = None
 
