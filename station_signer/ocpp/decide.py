@@ -99,7 +99,7 @@ def _evidence(
     (they may carry the user's identification, ``ID``: never published)."""
 
     def holding(reading: object) -> list[int]:
-        return [i for i, r in enumerate(records) if any(x is reading for x in r.payload.readings)]
+        return [i for i, r in enumerate(records) if any(x == reading for x in r.payload.readings)]
 
     begin, end = holding(session.begin)[0], holding(session.end)[-1]
     return Evidence(
@@ -185,7 +185,8 @@ def decide(
         # texts are kept as its evidence and sent with it (station_signer.meter_evidence).
         meter_evidence=MeterEvidence(tuple(raw)).digest(),
     )
-    records = [parse_record(text) for text in raw]  # parsed once already: cannot fail now
+    # Parsed once already (cannot fail now); readings are compared by value below.
+    records = [parse_record(text) for text in raw]
     evidence = _evidence(row, raw, records, outcome)
     paid: tuple[str, str | None] | None = None
     try:
