@@ -61,6 +61,7 @@ from backend.errors import BackendError
 from backend.metrics import Metrics
 from backend.settings import without_url_secrets
 from gridpoints_chain.contracts import GridPointsChain
+from gridpoints_chain.meters import meter_events as read_meter_events
 from gridpoints_protocol.keys import (
     NOTHING_DECIDED,
     KeyDirectory,
@@ -71,6 +72,13 @@ from gridpoints_protocol.keys import (
     StationKeyRotated,
     StationRegistered,
     StationRevoked,
+)
+from gridpoints_protocol.ocmf.meter_keys import (
+    METER_EVENT_KINDS,
+    MeterDirectory,
+    MeterEvent,
+    MeterHistory,
+    histories,
 )
 
 log = logging.getLogger(__name__)
@@ -148,7 +156,58 @@ def load_histories(
 # ---- applying events to the mirror ----------------------------------------------------------
 
 
-def _event_args(event: StationEvent) -> dict[str, Any]:
+def load_meters(session: Session) -> dict[tuple[bytes, bytes], MeterHistory]:
+    """Every meter's key history, replayed from the mirrored meter events (chain order)."""
+    rows = session.scalars(
+        select(RegistryEvent)
+        .where(RegistryEvent.kind.in_(list(METER_EVENT_KINDS)))
+        .order_by(RegistryEvent.block_number, RegistryEvent.log_index)
+    )
+    return histories([_stored_meter_event(row) for row in rows])
+
+
+def apply_meter_events(session: Session, events: Sequence[MeterEvent]) -> None:
+    """Stores meter events (chain order) in the mirror inside the caller's transaction; the
+    meters' histories are replayed from them (`load_meters`), so a rewind that deletes events
+    (`roll_back_mirror`) takes their keys away with them."""
+    known = load_meters(session)
+    for event in events:
+        key = (event.station_id, event.meter_id)
+        history = known.get(key)
+        if history is None:
+            if not isinstance(event, METER_EVENT_KINDS["MeterRegistered"]):
+                raise RegistryMirrorError(
+                    f"{type(event).__name__} for unknown meter 0x{event.meter_id.hex()} at "
+                    f"block {event.position.block_number}"
+                )
+            known[key] = MeterHistory.from_events([event])
+        else:
+            history.apply(event)
+        session.add(
+            RegistryEvent(
+                block_number=event.position.block_number,
+                log_index=event.position.log_index,
+                tx_hash=event.position.tx_hash,
+                kind=type(event).__name__,
+                station_id=event.station_id,
+                args=_event_args(event),
+            )
+        )
+    session.flush()
+
+
+def _stored_meter_event(row: RegistryEvent) -> MeterEvent:
+    """The inverse of `_event_args` for a meter event: every field but the serial and the
+    times is bytes."""
+    position = LogPosition(row.block_number, row.log_index, row.tx_hash)
+    args: dict[str, Any] = {
+        k: (bytes.fromhex(v[2:]) if isinstance(v, str) and k != "serial" else v)
+        for k, v in row.args.items()
+    }
+    return METER_EVENT_KINDS[row.kind](station_id=row.station_id, position=position, **args)
+
+
+def _event_args(event: StationEvent | MeterEvent) -> dict[str, Any]:
     args = {k: v for k, v in asdict(event).items() if k not in ("position", "station_id")}
     return {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in args.items()}
 
@@ -268,6 +327,7 @@ def roll_back_mirror(session: Session, fork_block: int) -> int:
     for row in session.scalars(
         select(RegistryEvent)
         .where(RegistryEvent.station_id.in_(affected))
+        .where(RegistryEvent.kind.in_(list(_EVENT_KINDS)))
         .order_by(RegistryEvent.block_number, RegistryEvent.log_index)
     ):
         remaining.setdefault(row.station_id, []).append(_stored_event(row))
@@ -370,6 +430,7 @@ class RegistryFollower:
         block_range: int = 2_000,
         poll_interval: float = 2.0,
         directory: KeyDirectory | None = None,
+        meters: MeterDirectory | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -384,6 +445,8 @@ class RegistryFollower:
         self.block_range = block_range
         self.poll_interval = poll_interval
         self.directory = directory if directory is not None else KeyDirectory()
+        # The stations' meter keys (StationRegistry meter events), for OCMF meter evidence.
+        self.meters = meters if meters is not None else MeterDirectory()
         self.metrics = metrics
         self._clock = clock
         self._last_block: int | None = None
@@ -472,6 +535,7 @@ class RegistryFollower:
                 session,
                 as_of=(cursor.last_block, NOTHING_DECIDED if decided is None else decided),
             )
+            self.meters.replace(load_meters(session))
 
     def sync_once(self) -> int:
         """Applies every confirmed event not applied yet; returns how many were applied.
@@ -506,6 +570,7 @@ class RegistryFollower:
             block = w3.eth.get_block(hi)
             block_hash, block_ts = bytes(block["hash"]), int(block["timestamp"])
             events = self.chain.station_events(from_block=lo, to_block=hi)
+            meter_events = read_meter_events(self.chain, from_block=lo, to_block=hi)
             with self.db.write() as session:
                 cursor = session.execute(
                     select(RegistryCursor).where(RegistryCursor.id == CURSOR_ID).with_for_update()
@@ -516,6 +581,7 @@ class RegistryFollower:
                     last, last_ts = cursor.last_block, cursor.last_block_timestamp
                     continue
                 apply_events(session, events)
+                apply_meter_events(session, meter_events)
                 cursor.last_block = hi
                 cursor.last_block_hash = block_hash
                 cursor.last_block_timestamp = block_ts
@@ -531,7 +597,7 @@ class RegistryFollower:
                     event.station_id.hex(),
                     event.position.block_number,
                 )
-            applied += len(events)
+            applied += len(events) + len(meter_events)
             last, last_ts = hi, block_ts
         if last_ts is None and last >= 0:
             # A cursor that has applied no range yet (or one written before the timestamp was
@@ -555,6 +621,7 @@ class RegistryFollower:
         with self.db.read() as session:
             if newest_event(session) != self.directory.version:
                 load_directory(self.directory, session)
+                self.meters.replace(load_meters(session))
 
     def _block_hash(self, number: int) -> bytes | None:
         """The canonical block `number`'s hash; None when the chain is shorter."""
@@ -621,6 +688,7 @@ class RegistryFollower:
                 session,
                 as_of=(fork, NOTHING_DECIDED if fork_ts is None else fork_ts),
             )
+            self.meters.replace(load_meters(session))
         return fork, fork_ts
 
     def _note_reorgs(self, cursor: RegistryCursor) -> None:

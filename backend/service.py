@@ -7,6 +7,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from backend.ingest.classify import Candidate, Outcome
 from backend.ingest.group_commit import GroupCommitter
 from backend.ingest.transaction import Ingestor
 from backend.ledger import TreeCache
+from backend.meter_evidence import EvidenceChecker, split_evidence
 from backend.metrics import Metrics
 from backend.migrations import check_schema
 from backend.queries import log_size
@@ -37,6 +39,7 @@ from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_chain.deployment import Deployment, deployment_domain
 from gridpoints_protocol.checks import Deferral, Problem, RecordVerifier
 from gridpoints_protocol.keys import NOTHING_DECIDED, KeyDirectory
+from gridpoints_protocol.ocmf.meter_keys import MeterDirectory
 from gridpoints_protocol.record import Domain
 from gridpoints_protocol.tariff import TariffBook, TariffError
 from gridpoints_protocol.wire import DeferReason, RejectReason
@@ -64,6 +67,8 @@ class BackendService:
         self.chain: GridPointsChain | None = None
         # Nothing is decided until the follower says up to which block it has applied events.
         self.directory = KeyDirectory(decided_before=NOTHING_DECIDED)
+        self.meters = MeterDirectory()
+        self.evidence = EvidenceChecker(self.directory, self.meters)
         self.follower: RegistryFollower | None = None
         self.verifier: RecordVerifier | None = None
         # The claimed-station rate limit on stored rejections (backend.ratelimit).
@@ -130,6 +135,7 @@ class BackendService:
             block_range=settings.registry_block_range,
             poll_interval=settings.registry_poll_interval_s,
             directory=self.directory,
+            meters=self.meters,
             metrics=self.metrics,
         )
         self.follower.open()
@@ -225,10 +231,16 @@ class BackendService:
         # One instant per request: the clock-skew check and the receipts agree.
         received_at = datetime.now(UTC)
         now = int(received_at.timestamp())
-        candidates = [
-            Candidate.of(item, verifier.verify_json(item, now=now, claimed_domain=claimed_domain))
-            for item in items
-        ]
+        candidates = []
+        for submitted in items:
+            # The OCMF evidence is judged beside the record and never reaches a rejection body.
+            item, evidence = split_evidence(submitted)
+            verdict = verifier.verify_json(item, now=now, claimed_domain=claimed_domain)
+            verdict, verified = self.evidence.check(verdict, evidence)
+            candidate = Candidate.of(item, verdict)
+            if verified is not None:
+                candidate = replace(candidate, evidence=verified)
+            candidates.append(candidate)
         return candidates, received_at
 
     def _admit_rejection(self, candidate: Candidate, problem: Problem) -> Deferral | None:

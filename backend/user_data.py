@@ -30,6 +30,7 @@ from backend.db.models import (
 from backend.db.record_rows import stored_opening, stored_signed_record
 from backend.epochs import epoch_of_log_index
 from backend.ledger import HistoryItem, TreeCache, commit_tx_hash, user_history
+from backend.meter_evidence import evidence_of
 from backend.payments import authorizations_of
 from gridpoints_chain.deployment import Deployment
 from gridpoints_protocol.bundle_format import USER_EXPORT_FORMAT
@@ -83,6 +84,8 @@ class MyRecord:
     item: HistoryItem
     payment: dict[str, Any] | None
     proof: InclusionProof | None
+    # The record's meter evidence ({"ocmf": [...]}), the user's own: never published.
+    evidence: dict[str, Any] | None = None
 
 
 def my_records(
@@ -104,11 +107,13 @@ def my_records(
         session,
         [i.record.log_index for i in items if i.record.payment_authorization != ZERO_BYTES32],
     )
+    evidence = evidence_of(session, [i.record.log_index for i in items])
     out = []
     for item in items:
         epoch = None if item.epoch_id is None else session.get(Epoch, item.epoch_id)
         proof = None if epoch is None else inclusion_proof(session, trees, epoch, item.record)
-        out.append(MyRecord(item, payments.get(item.record.log_index), proof))
+        index = item.record.log_index
+        out.append(MyRecord(item, payments.get(index), proof, evidence.get(index)))
     return out
 
 

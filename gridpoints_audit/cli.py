@@ -449,3 +449,88 @@ def _print_user_report(report: UserReport) -> None:
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("evidence")
+def evidence_check(
+    bundle: Annotated[
+        Path, typer.Argument(help="The meter-evidence bundle `gridpoints evidence export` wrote.")
+    ],
+    rpc_url: Annotated[
+        str,
+        typer.Option(
+            "--rpc-url", "--rpc", envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL."
+        ),
+    ] = "http://127.0.0.1:8545",
+    deployment: Annotated[
+        Path,
+        typer.Option(
+            "--deployment",
+            envvar="GRIDPOINTS_DEPLOYMENT_FILE",
+            help="The published deployment file (not the bundle's word for the contracts).",
+        ),
+    ] = Path("deployment.json"),
+    bundles: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--bundle",
+            help="Public epoch bundle directories of the range: every record in them that binds "
+            "meter evidence must be in the evidence bundle.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Re-verify a named auditor's meter-evidence bundle: every OCMF signature under the meter
+    key StationRegistry held at its time (read from the chain here), and that each record's
+    direction, energy, readings and times are what the meter signed. Exit 0 clean, 1 findings,
+    2 when the check cannot run."""
+    from gridpoints_audit.evidence_check import check_evidence_bundle
+    from gridpoints_chain.meters import meter_key_state
+    from gridpoints_protocol.ocmf.session import KeyLookup, MeterKey
+
+    try:
+        document = _read_json(bundle, "evidence bundle")
+        published: list[Any] = []
+        for directory in bundles or []:
+            try:
+                lines = (directory / "records.jsonl").read_text("utf-8").splitlines()
+                published.extend(json.loads(line) for line in lines if line.strip())
+            except (OSError, ValueError) as exc:
+                raise AuditError(f"bundle {directory} is not readable: {exc}") from None
+        chain = open_chain(rpc_url, deployment)
+
+        def meter_keys(station_id: bytes) -> KeyLookup:
+            def lookup(serial: str, at: int) -> MeterKey:
+                return meter_key_state(chain, station_id, serial, at)
+
+            return lookup
+
+        try:
+            report = check_evidence_bundle(
+                document,
+                deployment_domain(chain.deployment),
+                chain.deployment.chain_id,
+                chain.deployment.registry_address,
+                meter_keys,
+                published,
+            )
+        except (ChainError, OSError) as exc:
+            raise AuditError(f"the RPC node does not answer: {exc}") from None
+    except AuditError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        out.print(
+            f"meter evidence for {report.auditor}, range {report.range}: "
+            f"{report.records_checked} records, {report.meter_signatures_checked} meter "
+            f"signatures verified, {len(report.findings)} findings",
+            highlight=False,
+        )
+        for finding in report.findings[:SHOWN]:
+            out.print(
+                f"  [red]{finding.code}[/] log index {finding.log_index}: {finding.message}",
+                highlight=False,
+            )
+    raise typer.Exit(EXIT_CLEAN if report.clean else EXIT_DISCREPANCIES)

@@ -163,6 +163,90 @@ class RejectReason(StrEnum):
         "(a missing or malformed opening is `malformed`).",
     )
 
+    # Meter evidence (gridpoints_protocol.ocmf.evidence): a record whose meterEvidence is not
+    # zero is checked against the OCMF records sent in the submission's `evidence`.
+    METER_EVIDENCE_MALFORMED = (
+        "meter_evidence_malformed",
+        '`evidence` is not {"ocmf": ["OCMF|...", ...]} within the bounds (records, bytes).',
+    )
+    METER_EVIDENCE_MISSING = (
+        "meter_evidence_missing",
+        "The record binds meter evidence (meterEvidence is not zero) but the submission carries "
+        "no `evidence`.",
+    )
+    METER_EVIDENCE_UNEXPECTED = (
+        "meter_evidence_unexpected",
+        "The submission carries `evidence` but the record's meterEvidence is zero.",
+    )
+    METER_EVIDENCE_DIGEST_MISMATCH = (
+        "meter_evidence_digest_mismatch",
+        "The OCMF records sent do not hash to the record's meterEvidence.",
+    )
+    METER_DIRECTION_MISMATCH = (
+        "meter_direction_mismatch",
+        "The record's direction is not the meter register's (import = charge, export = discharge).",
+    )
+    METER_ENERGY_MISMATCH = (
+        "meter_energy_mismatch",
+        "energyWh is not the whole Wh the meter's register crossed between its begin and end "
+        "readings.",
+    )
+    METER_READING_MISMATCH = (
+        "meter_reading_mismatch",
+        "meterBeforeWh / meterAfterWh are not the meter's begin / end readings in whole Wh.",
+    )
+    METER_TIME_MISMATCH = (
+        "meter_time_mismatch",
+        "startTime / endTime are not the meter's begin / end reading times (unix seconds).",
+    )
+    OCMF_UNPARSEABLE = ("ocmf_unparseable", "An OCMF record of the evidence does not parse.")
+    METER_SERIAL_MISSING = ("meter_serial_missing", "An OCMF record names no meter (MS).")
+    METER_KEY_UNREGISTERED = (
+        "meter_key_unregistered",
+        "The meter is not registered for the record's station in the StationRegistry.",
+    )
+    METER_KEY_REVOKED = (
+        "meter_key_revoked",
+        "The meter was revoked at or before the time an OCMF record was signed.",
+    )
+    METER_KEY_NOT_VALID = (
+        "meter_key_not_valid",
+        "The meter has no registered key valid at the time an OCMF record was signed.",
+    )
+    METER_KEY_MISMATCH = (
+        "meter_key_mismatch",
+        "The public key sent with an OCMF record is not the meter's registered key.",
+    )
+    METER_SIGNATURE_REFUSED = (
+        "meter_signature_refused",
+        "An OCMF record is signed with an algorithm other than ECDSA-secp256r1-SHA256.",
+    )
+    METER_SIGNATURE_INVALID = (
+        "meter_signature_invalid",
+        "An OCMF signature does not verify under the meter's registered key (a tampered "
+        "reading, or another key signed).",
+    )
+    METER_SERIAL_CHANGED = ("meter_serial_changed", "The OCMF records come from two meters.")
+    PAGINATION_REPLAY = ("pagination_replay", "An OCMF record's PG is not above the previous.")
+    PAGINATION_GAP = ("pagination_gap", "An OCMF record's PG skips a number.")
+    METER_STATUS_NOT_OK = ("meter_status_not_ok", "A reading's meter status ST is not G.")
+    CLOCK_NOT_SYNCHRONISED = (
+        "clock_not_synchronised",
+        "A reading's clock status is U or I (S or R is needed to tariff).",
+    )
+    NO_BEGIN_READING = ("no_begin_reading", "The OCMF records hold no begin reading (TX=B).")
+    NO_END_READING = ("no_end_reading", "The OCMF records hold no end reading.")
+    READING_ORDER = (
+        "reading_order",
+        "The readings are out of order (begin not first, readings after the end, time going back).",
+    )
+    REGISTER_CHANGED = ("register_changed", "Begin and end readings are on different registers.")
+    REGISTER_NOT_ENERGY = (
+        "register_not_energy",
+        "The register is not an import or export active-energy register in Wh or kWh.",
+    )
+    NO_SIGNED_READINGS = ("no_signed_readings", "The evidence holds no OCMF record.")
+
     @classmethod
     def describe(cls) -> dict[str, str]:
         """Code -> one-line description, in declaration order (for the OpenAPI docs)."""

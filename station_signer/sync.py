@@ -58,6 +58,7 @@ from pydantic import ValidationError
 from gridpoints_protocol.record import Domain
 from gridpoints_protocol.wire import BatchResponse, RecordOutcome
 from station_signer.errors import StationSignerError
+from station_signer.meter_evidence import submission
 from station_signer.receipts import ReceiptCheckError, check_receipt, signed_receipt
 from station_signer.store import StationStore, StoredRecord
 
@@ -289,7 +290,8 @@ class SyncClient:
         headers: dict[str, str],
         report: SyncReport,
     ) -> None:
-        body = [r.signed_json() for r in batch]
+        # A record that binds meter evidence goes out with it (station_signer.meter_evidence).
+        body = [submission(store, r) for r in batch]
         last_problem = "no attempt made"
         last_retry_after: float | None = None
         for attempt in range(self._retry.attempts):

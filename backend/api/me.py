@@ -56,6 +56,11 @@ class ProofOfRecord(BaseModel):
 
 class MyRecordView(HistoryItemView):
     proof: ProofOfRecord | None = Field(description="Null while the record is pending.")
+    meterEvidence: dict[str, list[str]] | None = Field(
+        default=None,
+        description='The OCMF records the record\'s meterEvidence binds ({"ocmf": [...]}), '
+        "as the meter signed them; null when the record binds none. Yours only: never public.",
+    )
 
 
 class MyRecordsPage(BaseModel):
@@ -92,6 +97,7 @@ def get_my_records(
                 mine.payment,
                 MyRecordView,
                 proof=None if mine.proof is None else ProofOfRecord(**mine.proof.to_json()),
+                meterEvidence=mine.evidence,
             )
             for mine in found
         ]

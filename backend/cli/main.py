@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from backend.cli import db, epochs, receipt_key, serve, settle, settler, stations
+from backend.cli import db, epochs, evidence, receipt_key, serve, settle, settler, stations
 
 app = typer.Typer(
     name="gridpoints",
@@ -21,5 +21,6 @@ app.add_typer(stations.app)
 app.add_typer(settle.app)
 app.add_typer(db.app, name="db")
 app.add_typer(epochs.app, name="epoch")
+app.add_typer(evidence.app, name="evidence")
 app.add_typer(settler.app, name="settler")
 app.add_typer(receipt_key.app, name="receipt-key")

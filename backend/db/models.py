@@ -201,6 +201,25 @@ class Record(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class MeterEvidenceRow(Base):
+    """The OCMF records an accepted record's ``meterEvidence`` binds, verified at ingest.
+
+    Private: the payloads may carry the user's identification (``ID``: an RFID UID, a contract
+    id), so no public endpoint or public bundle reads this table; the user reads their own
+    (/v1/me/records) and the operator exports it for a named auditor. Bounded per record by
+    gridpoints_protocol.ocmf.evidence (records and bytes), and only records whose station
+    signature and meter evidence both verified have a row."""
+
+    __tablename__ = "meter_evidence"
+
+    log_index: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("records.log_index"), primary_key=True, autoincrement=False
+    )
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    meter_serial: Mapped[str] = mapped_column(String(255))
+    ocmf_json: Mapped[str] = mapped_column(Text)
+
+
 # ---- ingest bookkeeping ---------------------------------------------------------------------
 
 

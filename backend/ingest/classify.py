@@ -50,6 +50,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from backend.db.record_rows import RecordColumns, record_columns
+from backend.meter_evidence import VerifiedEvidence
 from backend.payments import authorization_row
 from gridpoints_protocol.authorization import PaymentOpening
 from gridpoints_protocol.checks import Deferral, Problem, Verdict, lenient_identity
@@ -139,6 +140,9 @@ class Candidate:
     payment_digest: bytes | None = None
     deferral: Deferral | None = None
     authenticated: bool = False
+    # The verified meter evidence of a record that binds some (backend.meter_evidence), stored
+    # privately with the record when it is accepted.
+    evidence: VerifiedEvidence | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.problem is not None) + (self.columns is not None) + (
@@ -256,6 +260,8 @@ class Batch:
     # Evidence rows with the position of their rejection in `rejections`.
     equivocations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     payments: list[dict[str, Any]] = field(default_factory=list)
+    # Private meter evidence rows of accepted records (table meter_evidence).
+    meter_evidence: list[dict[str, Any]] = field(default_factory=list)
     # Asked before a rejection is stored: None lets it be stored, a Deferral answers the
     # candidate with it instead (the claimed station's rate limit, backend.ratelimit).
     admit_rejection: RejectionGate | None = None
@@ -302,6 +308,15 @@ def classify(batch: Batch, candidate: Candidate) -> Outcome:
             return _reject(batch, candidate, problem)
         batch.used_authorizations.add(key)
     outcome = _accept(batch, c)
+    if candidate.evidence is not None:
+        batch.meter_evidence.append(
+            {
+                "log_index": outcome.log_index,
+                "digest": candidate.evidence.digest,
+                "meter_serial": candidate.evidence.meter_serial,
+                "ocmf_json": candidate.evidence.ocmf_json,
+            }
+        )
     if payment is not None:
         assert outcome.log_index is not None and candidate.payment_digest is not None
         batch.payments.append(

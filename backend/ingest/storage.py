@@ -41,6 +41,7 @@ from sqlalchemy.sql.selectable import TextualSelect
 from backend.db.models import (
     Equivocation,
     LogHead,
+    MeterEvidenceRow,
     PaymentAuthorizationRow,
     Record,
     Rejection,
@@ -200,6 +201,7 @@ _USED_AUTHORIZATIONS = select(_authorizations.c.user_address, _authorizations.c.
     )
 )
 _INSERT_AUTHORIZATIONS = insert(_authorizations)
+_INSERT_METER_EVIDENCE = insert(cast(Table, MeterEvidenceRow.__table__))
 _INSERT_PROGRESS = insert(_progress)
 _UPDATE_PROGRESS = (
     update(_progress)
@@ -419,6 +421,8 @@ def write(conn: Connection, batch: Batch) -> None:
         _INSERT_RECORDS.run(conn, batch.records)
     if batch.payments:
         conn.execute(_INSERT_AUTHORIZATIONS, batch.payments)
+    if batch.meter_evidence:
+        conn.execute(_INSERT_METER_EVIDENCE, batch.meter_evidence)
     new_progress, changed_progress = [], []
     for station_id, p in batch.progress.items():
         if p.stored:

@@ -11,8 +11,9 @@ signing the begin, middle and end readings in OCMF at the planned (past) times; 
 judges the transaction, signs the record with the station's HSM key and queues it, and the
 demo syncs that queue like every other station's.
 
-The meter evidence is counted from the station's store (table ``evidence``): it is kept at
-the station with the record; the record format does not bind it yet.
+Each such record binds its OCMF records (its ``meterEvidence``); the summary counts the public
+log's records that carry it and matches each with the OCMF the station kept (table
+``evidence``), which also went, privately, to the backend.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from gridpoints_dev.ocpp_charger import (
     meter_value,
 )
 from gridpoints_protocol.eip712 import keccak256
+from gridpoints_protocol.ocmf.evidence import MeterEvidence
 from gridpoints_protocol.record import Direction
 from station_signer.ocpp.decide import EVIDENCE_KIND
 from station_signer.ocpp.state import STATE_FILE, GatewayState
@@ -48,8 +50,8 @@ from station_signer.ocpp.state import STATE_FILE, GatewayState
 CHARGER_ID: Final = "DEMO-CP-1"
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 EVIDENCE_NOTE: Final = (
-    "meter-signed OCMF readings kept at the station with the record (station.sqlite, table "
-    "evidence); the record format does not bind them yet"
+    "each record's signed meterEvidence binds its meter-signed OCMF readings, which the backend "
+    "verified and keeps privately (they are not in the public log)"
 )
 
 
@@ -211,6 +213,8 @@ class ChargerSite:
                     "meterBeginWh": kept.data.get("beginWh"),
                     "meterEndWh": kept.data.get("endWh"),
                     "ocmfRecords": len(kept.data.get("records") or []),
+                    "meterEvidence": "0x"
+                    + MeterEvidence(tuple(kept.data["records"])).digest().hex(),
                 }
             )
         return found

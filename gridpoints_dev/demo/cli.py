@@ -34,10 +34,9 @@ What it does, with real parts only:
    chain;
 6. runs the independent auditor (``gridpoints-audit``) against the chain and the public API;
 7. prints the summary: energy by direction, points earned and spent, the top balances read from
-   the token contract, which records were built from meter-signed OCMF readings (counted from
-   the OCPP station's store: that evidence is kept at the station, the record format does not
-   bind it yet), the epochs with their roots and transactions, the audit verdict, and how to
-   explore further.
+   the token contract, which records carry meter evidence (their signed ``meterEvidence`` in
+   the public log, matched with the OCMF the OCPP station kept), the epochs with their roots
+   and transactions, the audit verdict, and how to explore further.
 
 Everything it started (Anvil, the backend, the OCPP gateway, the temporary directory) is stopped
 or removed when it exits: at the end, on an error, on Ctrl-C or SIGTERM. Progress goes to

@@ -77,6 +77,7 @@ def meter_table(evidence: dict[str, Any]) -> Table:
     for column in ("log index", "epoch", "sequence", "direction", "Wh", "meter Wh (begin → end)"):
         table.add_column(column, justify="left" if column == "direction" else "right")
     table.add_column("OCMF records", justify="right")
+    table.add_column("meterEvidence")
     for item in evidence["items"]:
         table.add_row(
             str(item["logIndex"]),
@@ -86,6 +87,7 @@ def meter_table(evidence: dict[str, Any]) -> Table:
             str(item["energyWh"]),
             f"{item['meterBeginWh']} → {item['meterEndWh']}",
             str(item["ocmfRecords"]),
+            item["meterEvidence"][:18] + "…",
         )
     return table
 

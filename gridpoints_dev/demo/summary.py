@@ -1,8 +1,8 @@
 """The summary of a finished run, one JSON-ready document: what the stations recorded (from the
 backend's public log), what the token contract minted and burned and the balances it holds,
 every epoch as the backend and the chain record it, the audit's verdict, and which records
-were built from meter-signed OCMF readings (from the OCPP station's own store: that evidence is
-kept at the station, not published).
+carry meter evidence (their signed ``meterEvidence`` field in the public log, matched with the
+OCMF readings the OCPP station kept: those are not published).
 
 Nothing here is taken from the demo's own bookkeeping when the chain or the API can say it.
 """
@@ -29,6 +29,9 @@ from gridpoints_dev.demo.processes import SETTLER_KEY_LABEL, SETTLER_TOKEN
 from gridpoints_dev.demo.stations import LiveStation
 from gridpoints_protocol.tariff import Tariff, TariffBook, value_record
 from station_signer.proofs import ChainAnchors
+
+# A record without meter evidence (a station without a signing meter).
+ZERO_EVIDENCE = "0x" + "00" * 32
 
 TOP_BALANCES = 10
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -222,40 +225,43 @@ def station_rows(
 def meter_evidence(
     run: FinishedRun, records: list[dict[str, Any]], epochs: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
-    """Which records of the backend's log were built from meter-signed OCMF readings: the OCPP
-    station's records with ``ocmf`` evidence in its store, each found in the public log (by
-    station and sequence) and in its settled epoch."""
+    """Which records of the backend's public log carry meter evidence: those whose signed
+    ``meterEvidence`` is not zero, each matched with the OCMF records the OCPP station kept for
+    it (their digest must be the record's field) and placed in its epoch."""
     site = run.charger
     if site is None:
         return None
     station_id = site.live.spec.hex_id
-    log = {
-        int(item["record"]["sequence"]): item
-        for item in records
-        if item["record"]["stationId"] == station_id
-    }
     epoch_of = {
         index: e["epochId"]
         for e in epochs
         for index in range(e["firstLogIndex"], e["firstLogIndex"] + e["recordCount"])
     }
+    kept_by_sequence = {kept["sequence"]: kept for kept in site.evidence()}
     items = []
-    for kept in site.evidence():
-        published = log.get(kept["sequence"])
-        if published is None:
+    for item in records:
+        record = item["record"]
+        if record.get("meterEvidence", ZERO_EVIDENCE) == ZERO_EVIDENCE:
+            continue
+        kept = kept_by_sequence.pop(int(record["sequence"]), None)
+        if record["stationId"] != station_id or kept is None:
             raise DemoError(
-                f"{site.live.spec.name}'s record #{kept['sequence']} (meter evidence) is not in "
-                "the backend's log"
+                f"log index {item['logIndex']} binds meter evidence its station did not keep"
             )
-        if int(published["record"]["energyWh"]) != kept["energyWh"]:
-            raise DemoError(f"record #{kept['sequence']}: the log's energy is not the station's")
+        if kept["meterEvidence"] != record["meterEvidence"]:
+            raise DemoError(f"record #{record['sequence']}: the kept OCMF is not what it binds")
         items.append(
             {
                 **kept,
-                "logIndex": published["logIndex"],
-                "epochId": epoch_of.get(published["logIndex"]),
-                "userCommitment": published["record"]["userCommitment"],
+                "logIndex": item["logIndex"],
+                "epochId": epoch_of.get(item["logIndex"]),
+                "userCommitment": record["userCommitment"],
             }
+        )
+    if kept_by_sequence:
+        raise DemoError(
+            f"{site.live.spec.name}'s records {sorted(kept_by_sequence)} were built from meter "
+            "readings but the log shows no meter evidence for them"
         )
     return {
         "station": site.live.spec.name,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -41,9 +41,11 @@ from typing import Final
 
 from gridpoints_protocol.ocmf.parse import (
     ClockStatus,
+    OcmfParseError,
     OcmfRecord,
     Reading,
     TransactionType,
+    parse_record,
 )
 from gridpoints_protocol.ocmf.verify import P256_ONLY, AlgorithmPolicy, Status, load_public_key
 from gridpoints_protocol.ocmf.verify import verify as verify_signature
@@ -74,6 +76,9 @@ class FaultReason(StrEnum):
     METER_BACKWARDS = "meter_backwards"  # the end reading is below the begin reading
     NO_SIGNED_READINGS = "no_signed_readings"  # the transaction carried no OCMF record
     ID_TOKEN_UNKNOWN = "id_token_unknown"  # no wallet mapped to the transaction's idToken
+    # The station's register of the direction is already above the meter's begin reading: a
+    # second signing meter on one station (a record carries its meter's register).
+    REGISTER_BEHIND = "meter_register_behind"
 
 
 class KeyState(StrEnum):
@@ -116,6 +121,19 @@ class Session:
     end_time: int  # unix seconds (floor) of the end reading
     first_page: int  # PG numbers of the first and last record
     last_page: int
+
+    @property
+    def meter_before_wh(self) -> int:
+        """The record's ``meterBeforeWh``: the meter's register at the begin reading in whole
+        Wh (floor). A record built from a session carries the meter's own register, so the
+        backend's register-continuity check also refuses a session recorded twice."""
+        return int(self.begin_wh.to_integral_value(ROUND_FLOOR))
+
+    @property
+    def meter_after_wh(self) -> int:
+        """The record's ``meterAfterWh``: the register at the end reading in whole Wh (floor);
+        ``meter_after_wh - meter_before_wh == energy_wh``."""
+        return int(self.end_wh.to_integral_value(ROUND_FLOOR))
 
 
 END_TYPES: Final = frozenset(
@@ -167,6 +185,62 @@ def same_key(a_der: bytes, b_der: bytes) -> bool:
     except ValueError:
         return False
     return a.curve.name == b.curve.name and a.public_numbers() == b.public_numbers()
+
+
+# The registry's answer for meter ``serial`` at unix time ``at`` (`signing_time`). The gateway
+# asks the chain, the backend its mirror of the chain's events, the auditor the chain itself;
+# the rules applied to the answers are the ones below, in one place.
+KeyLookup = Callable[[str, int], MeterKey]
+
+
+def parse_records(raw: Sequence[str | bytes]) -> list[OcmfRecord] | Fault:
+    """The records as parsed, or the ``ocmf_unparseable`` fault of the first that is not."""
+    records: list[OcmfRecord] = []
+    for index, text in enumerate(raw):
+        try:
+            records.append(parse_record(text))
+        except OcmfParseError as exc:
+            return Fault(FaultReason.UNPARSEABLE, f"{exc.reason.value}: {exc.message}", index)
+    return records
+
+
+def look_up_keys(records: Sequence[OcmfRecord], lookup: KeyLookup) -> list[MeterKey]:
+    """The registry's answer for each record at its `signing_time` (a record without ``MS``
+    gets ``unregistered``: `check_record` reports it as ``meter_serial_missing`` first)."""
+    return [
+        lookup(record.payload.meter_serial, signing_time(record))
+        if record.payload.meter_serial
+        else MeterKey(KeyState.UNREGISTERED)
+        for record in records
+    ]
+
+
+def session_of(
+    raw: Sequence[str | bytes],
+    lookup: KeyLookup,
+    hints: Sequence[bytes | None] | None = None,
+    *,
+    last_page: int | Callable[[str], int | None] | None = None,
+    policy: AlgorithmPolicy = P256_ONLY,
+) -> Session | Fault:
+    """The session the OCMF texts ``raw`` prove, or the first fault: parse, look the keys up,
+    `assemble`. The gateway (judging a transaction) and the backend and the auditor (checking a
+    record's meter evidence) all come here. ``last_page`` may be a function of the first
+    record's meter serial. Exceptions of ``lookup`` (an unreachable chain) propagate."""
+    records = parse_records(raw)
+    if isinstance(records, Fault):
+        return records
+    keys = look_up_keys(records, lookup)
+    if callable(last_page):
+        serial = records[0].payload.meter_serial if records else None
+        last_page = None if serial is None else last_page(serial)
+    return assemble(
+        records,
+        keys,
+        [None] * len(records) if hints is None else hints,
+        last_page=last_page,
+        policy=policy,
+    )
 
 
 def check_record(

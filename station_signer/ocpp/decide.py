@@ -16,19 +16,15 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from gridpoints_protocol.eip712 import parse_address
-from gridpoints_protocol.ocmf import OcmfParseError, OcmfRecord, parse_record
+from gridpoints_protocol.ocmf import OcmfRecord, parse_record
+from gridpoints_protocol.ocmf.evidence import MeterEvidence
 from gridpoints_protocol.ocmf.session import (
     Fault,
     FaultReason,
-    KeyState,
     MeterKey,
     Session,
-    assemble,
-    signing_time,
+    session_of,
 )
 from gridpoints_protocol.record import Direction
 from station_signer.ocpp import pay
@@ -89,33 +85,11 @@ def decode_public_key(text: str | None) -> bytes | None:
         return text.encode()
 
 
-def _der(qx: bytes, qy: bytes) -> bytes:
-    key = ec.EllipticCurvePublicNumbers(
-        int.from_bytes(qx, "big"), int.from_bytes(qy, "big"), ec.SECP256R1()
-    ).public_key()
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def registry_key(chain: GridPointsChain, station_id: bytes, serial: str, at: int) -> MeterKey:
     """What StationRegistry says about meter ``serial`` of the station at unix time ``at``."""
-    from gridpoints_chain.contracts import meter_id
-    from gridpoints_chain.errors import ContractRevertError
+    from gridpoints_chain.meters import meter_key_state
 
-    meter = meter_id(serial)
-    try:
-        registered = chain.get_meter(station_id, meter)
-    except ContractRevertError as exc:
-        if exc.error_name == "UnknownMeter":
-            return MeterKey(KeyState.UNREGISTERED)
-        raise
-    if registered.revoked_at and at >= registered.revoked_at:
-        return MeterKey(KeyState.REVOKED)
-    key = chain.meter_key_at(station_id, meter, at)
-    if key is None:
-        return MeterKey(KeyState.NOT_VALID)
-    return MeterKey(KeyState.VALID, _der(*key))
+    return meter_key_state(chain, station_id, serial, at)
 
 
 def _evidence(
@@ -125,7 +99,7 @@ def _evidence(
     (they may carry the user's identification, ``ID``: never published)."""
 
     def holding(reading: object) -> list[int]:
-        return [i for i, r in enumerate(records) if any(x is reading for x in r.payload.readings)]
+        return [i for i, r in enumerate(records) if any(x == reading for x in r.payload.readings)]
 
     begin, end = holding(session.begin)[0], holding(session.end)[-1]
     return Evidence(
@@ -183,29 +157,17 @@ def decide(
                 )
             )
         return Recorded(done.sequence, serial, page, paid_before)
-    records: list[OcmfRecord] = []
-    hints: list[bytes | None] = []
-    for index, item in enumerate(stored):
-        try:
-            records.append(parse_record(item.raw))
-        except OcmfParseError as exc:
-            return Fault(FaultReason.UNPARSEABLE, f"{exc.reason.value}: {exc.message}", index)
-        hints.append(decode_public_key(item.public_key))
-    keys: list[MeterKey] = []
+    raw = [item.raw for item in stored]
+    hints = [decode_public_key(item.public_key) for item in stored]
     try:
-        for record in records:
-            serial = record.payload.meter_serial
-            keys.append(
-                registry_key(chain, station.station_id, serial, signing_time(record))
-                if serial
-                else MeterKey(KeyState.UNREGISTERED)
-            )
+        outcome = session_of(
+            raw,
+            lambda serial, at: registry_key(chain, station.station_id, serial, at),
+            hints,
+            last_page=last_page_of.get,
+        )
     except (ChainError, OSError) as exc:  # OSError: requests' connection errors and timeouts
         return Retry(f"the registry could not be read: {type(exc).__name__}")
-    serial = records[0].payload.meter_serial if records else None
-    outcome = assemble(
-        records, keys, hints, last_page=None if serial is None else last_page_of.get(serial)
-    )
     if isinstance(outcome, Fault):
         return outcome
     if wallet is None:
@@ -218,13 +180,24 @@ def decide(
         energy_wh=outcome.energy_wh,
         start_time=outcome.start_time,
         end_time=outcome.end_time,
+        meter_before_wh=outcome.meter_before_wh,
+        # The record binds the OCMF records it was built from, in the order judged; the same
+        # texts are kept as its evidence and sent with it (station_signer.meter_evidence).
+        meter_evidence=MeterEvidence(tuple(raw)).digest(),
     )
-    evidence = _evidence(row, [item.raw for item in stored], records, outcome)
+    # Parsed once already (cannot fail now); readings are compared by value below.
+    records = [parse_record(text) for text in raw]
+    evidence = _evidence(row, raw, records, outcome)
     paid: tuple[str, str | None] | None = None
-    if payment is not None:
-        stored_record, paid = _record_paid(station, transfer, evidence, payment)
-    else:
-        stored_record = station.record(transfer, evidence)
+    try:
+        if payment is not None:
+            stored_record, paid = _record_paid(station, transfer, evidence, payment)
+        else:
+            stored_record = station.record(transfer, evidence)
+    except StoreError as exc:
+        if exc.code != "meter_backwards":
+            raise
+        return Fault(FaultReason.REGISTER_BEHIND, str(exc))
     return Recorded(stored_record.sequence, outcome.meter_serial, outcome.last_page, paid)
 
 

@@ -189,3 +189,45 @@ def test_the_backend_follows_on_after_a_rewind_and_health_keeps_reporting_it(
             assert registry["lastReorgForkBlock"] is not None
             response = h.post(h.signed(arrived))
             assert response.json()["status"] == "accepted", response.text
+
+
+def test_a_rewind_takes_rewound_meter_events_away_with_their_keys(
+    fresh_db: tuple[Database, ChainEnv],
+) -> None:
+    from gridpoints_chain.contracts import meter_id
+    from gridpoints_dev.ocpp_charger import SimulatedMeter
+    from gridpoints_protocol.ocmf.meter_keys import meter_key_at
+    from gridpoints_protocol.ocmf.session import KeyState
+
+    db, env = fresh_db
+    follower = RegistryFollower(db, GridPointsChain(env.w3, env.deployment))
+    follower.open()
+    sid, _ = _register(env)
+    kept, lost = SimulatedMeter("GP-RW-KEPT"), SimulatedMeter("GP-RW-LOST")
+    env.chain.register_meter(env.accounts.registrar, sid, kept.serial, kept.public_key_der, 0)
+    follower.sync_once()
+    snapshot = env.rpc("evm_snapshot")
+    env.chain.register_meter(env.accounts.registrar, sid, lost.serial, lost.public_key_der, 0)
+    env.chain.revoke_meter(env.accounts.registrar, sid, meter_id(kept.serial))
+    env.rpc("evm_mine")
+    follower.sync_once()
+    now = env.latest_timestamp()
+    station = follower.directory.station(sid)
+    assert meter_key_at(station, follower.meters.meter(sid, kept.serial), now).state is (
+        KeyState.REVOKED
+    )
+    assert meter_key_at(station, follower.meters.meter(sid, lost.serial), now).state is (
+        KeyState.VALID
+    )
+
+    assert env.rpc("evm_revert", snapshot) is True
+    env.chain.reset_nonces()
+    env.rpc("evm_mine")
+    follower.sync_once()
+    station = follower.directory.station(sid)
+    assert follower.meters.meter(sid, lost.serial) is None
+    # The revocation was rewound away: the kept meter's key is valid again.
+    assert meter_key_at(station, follower.meters.meter(sid, kept.serial), now).public_key_der == (
+        kept.public_key_der
+    )
+    assert _mirrored_kinds(db, sid) == ["StationRegistered", "MeterRegistered"]

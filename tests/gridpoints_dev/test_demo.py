@@ -111,7 +111,7 @@ def check_meter_evidence(summary: dict[str, Any], w3: Web3) -> None:
     assert evidence["records"] == evidence["sessionsRun"] == 2
     assert summary["records"]["withMeterEvidence"] == 2
     assert evidence["recordsWithout"] == summary["records"]["total"] - 2
-    assert "does not bind" in evidence["note"]
+    assert "binds" in evidence["note"]
     (charger,) = [s for s in summary["stations"] if s["ocpp"]]
     assert charger["records"] == charger["meterEvidence"] == 2
     assert sorted(i["direction"] for i in evidence["items"]) == ["charge", "discharge"]
@@ -122,6 +122,8 @@ def check_meter_evidence(summary: dict[str, Any], w3: Web3) -> None:
         assert item["epochId"] in settled and item["epochId"] in audited_ok
         assert item["ocmfRecords"] == 3  # begin, periodic, end: each signed by the meter
         assert item["energyWh"] > 0
+        # Counted from the record's own signed field, which binds the OCMF the station kept.
+        assert item["meterEvidence"].startswith("0x") and int(item["meterEvidence"], 16) != 0
     # The meter key on chain for the charger's station is the meter's own.
     registry = w3.eth.contract(
         address=summary["contracts"]["StationRegistry"], abi=load_all()["StationRegistry"].abi

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account import Account
 from websockets.exceptions import InvalidStatus
 
+from backend.db import Database
+from backend.db.models import MeterEvidenceRow
 from backend.settings import TARIFFS_DIR
 from gridpoints_chain.contracts import meter_id
 from gridpoints_dev.ocpp_charger import (
@@ -39,6 +41,7 @@ from gridpoints_dev.ocpp_charger import (
     meter_value,
     new_transaction_id,
 )
+from gridpoints_protocol.ocmf.evidence import MeterEvidence
 from gridpoints_protocol.ocmf.session import FaultReason
 from gridpoints_protocol.record import Direction
 from gridpoints_protocol.tariff import TariffBook, value_record
@@ -568,8 +571,26 @@ def test_a_v2g_session_becomes_a_record_sealed_and_minted_on_chain(
     # Public: the commitment, never the wallet.
     assert "user" not in record and wallet.lower() not in json.dumps(published).lower()
     assert (record["startTime"], record["endTime"]) == (start, start + plan.minutes * 60)
-    # The meter's records (with the user's identification) stay at the station.
-    assert "OCMF" not in json.dumps(published) and ID_TOKEN not in json.dumps(published)
+    # The record carries the meter's own register (floored) and binds the OCMF records it
+    # was built from; the backend verified them and keeps them privately.
+    assert (record["meterBeforeWh"], record["meterAfterWh"]) == (
+        int(begin_wh // 1),
+        int((begin_wh + Decimal("4321.987")) // 1),
+    )
+    with StationStore(station.directory / STORE_FILE) as store:
+        kept = store.evidence(1)
+    assert kept is not None and len(kept.data["records"]) == 3  # begin, middle, end
+    evidence = MeterEvidence(tuple(kept.data["records"]))
+    assert record["meterEvidence"] == "0x" + evidence.digest().hex()
+    db = Database(harness.database_url)
+    try:
+        with db.read() as session:
+            row = session.get(MeterEvidenceRow, published["logIndex"])
+            assert row is not None and json.loads(row.ocmf_json) == evidence.to_json()
+    finally:
+        db.dispose()
+    # Published: the digest only; the meter's records (with the user's identification) are not.
+    assert "OCMF|" not in json.dumps(published) and ID_TOKEN not in json.dumps(published)
 
     settle(harness)
     minted = int(chain_env.chain.token.functions.balanceOf(wallet).call())
