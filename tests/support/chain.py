@@ -88,6 +88,15 @@ class ChainEnv:
         """The next mined block (the next transaction, under automine) gets `timestamp`."""
         self.rpc("evm_setNextBlockTimestamp", timestamp)
 
+    def _settle_pool(self, timeout_s: float = 10.0) -> None:
+        """Waits (bounded) until Anvil has mined what its pool holds. Under automine a
+        transaction is mined shortly *after* eth_sendRawTransaction answers; one a test sent
+        without waiting could otherwise be mined after evm_revert, onto the rewound chain, and
+        outlive the rewind for every later test on the session node (seen in CI under load)."""
+        deadline = time.monotonic() + timeout_s
+        while _count(self.rpc("txpool_status")["pending"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def revert(self, snapshot: Any) -> bool:
         """evm_revert, and the chain's clock back in step with real time.
 
@@ -96,6 +105,7 @@ class ChainEnv:
         behind the wall clock, which no real chain does (and the backend judges a record only
         once it has applied a block later than the record's end).
         """
+        self._settle_pool()
         reverted = self.rpc("evm_revert", snapshot)
         now = int(time.time())
         if self.latest_timestamp() < now:
@@ -331,3 +341,8 @@ def deploy_test_contract(env: ChainEnv, name: str, *args: object) -> str:
     """Deploys a contract of contracts/test/utils (built by forge with the tests)."""
     address, _ = env.chain.sender.deploy(env.accounts.admin, load_artifact(name), *args)
     return address
+
+
+def _count(value: str | int) -> int:
+    """A JSON-RPC quantity (Anvil answers txpool_status in hex)."""
+    return int(value, 16) if isinstance(value, str) else int(value)

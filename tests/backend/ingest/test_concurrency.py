@@ -36,6 +36,7 @@ from tests.support.backend import (  # noqa: E402
     fresh_database,
     new_key,
     new_station_id,
+    opening_of,
     sign,
     signed_of,
 )
@@ -189,7 +190,12 @@ def test_the_unique_index_stops_a_writer_that_bypasses_the_lock(tmp_path: Path) 
             def columns(record: EnergyTransfer) -> Candidate:
                 body = sign(record, key, domain)
                 signed = signed_of(body)
-                verdict = Verdict(signed, record.digest(domain), bytes.fromhex(key.address[2:]))
+                verdict = Verdict(
+                    signed,
+                    record.digest(domain),
+                    bytes.fromhex(key.address[2:]),
+                    opening=opening_of(record),
+                )
                 return Candidate.of(body, verdict)
 
             theirs_row = columns(theirs).columns
