@@ -7,7 +7,7 @@ Everything runs for real and is started (and stopped) here: an Anvil node with t
 and the fuzzer's stations registered, then per database (a SQLite file; a PostgreSQL database
 created on the server of --postgres-url and dropped afterwards) ``gridpoints db upgrade`` and
 ``gridpoints serve`` on a free loopback port, with the rate limits off so that every case
-reaches the handlers. The generators live in gridpoints_dev/fuzz.py (the test suite runs a
+reaches the handlers. The generators live in gridpoints_dev/fuzz/ (the test suite runs a
 short version of the same stream: tests/backend/api/test_fuzz_api.py).
 
 Prints, per database: cases, answers by status, 5xx, valid records lost, invalid records

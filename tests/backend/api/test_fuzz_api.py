@@ -1,4 +1,4 @@
-"""The short version of scripts/fuzz_api.py: the same generators (gridpoints_dev/fuzz.py) against
+"""The short version of scripts/fuzz_api.py: the same generators (gridpoints_dev/fuzz/) against
 the live test backend, on SQLite and PostgreSQL, with a fixed seed.
 
 About 400 cases per database — schemathesis over the live OpenAPI, then our own record, batch,
@@ -12,6 +12,8 @@ pass for a backend that does nothing wrong.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -44,6 +46,8 @@ OWN_FAMILIES = {
     "field_mutation",
     "type_confusion",
     "payment_hostile",
+    "opening_hostile",
+    "evidence_hostile",
     "impostor",
     "equivocation",
     "unicode_tricks",
@@ -58,8 +62,9 @@ OWN_FAMILIES = {
 }
 
 
-def fuzz_target(h: BackendHarness) -> FuzzTarget:
-    tag = f"test-fuzz-{h.database_kind}".encode()
+def fuzz_target(h: BackendHarness, label: str = "run") -> FuzzTarget:
+    """Fresh stations under `label` (registrations may outlive a test on the session's chain)."""
+    tag = f"test-fuzz-{label}-{h.database_kind}".encode()
     stations, decoys = make_stations(tag, "station", 6), make_stations(tag, "decoy", 3)
     for station in stations + decoys:
         h.register_station(
@@ -96,6 +101,37 @@ def test_hostile_input_loses_no_valid_record_and_never_fails(backend: BackendHar
     assert report.valid_sent >= 200 and report.log_size >= report.valid_sent, summary
     assert report.statuses[201] > 0 and report.statuses[200] > 0, summary
     assert report.statuses[400] > 0 and report.statuses[422] > 0, summary
+
+
+def reasons_of(backend: BackendHarness, make: Any, count: int) -> Counter[str]:
+    """Sends `count` bodies of one hostile family one by one; the reasons they were refused
+    for (a body that was accepted counts as "ACCEPTED")."""
+    reasons: Counter[str] = Counter()
+    with httpx.Client(base_url=backend.url, timeout=30) as client:
+        for _ in range(count):
+            body, expect = make()
+            assert expect is Expect.INVALID
+            answer = client.post("/v1/records", content=json.dumps(body))
+            assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+            data = answer.json()
+            reasons[data.get("reason") or data.get("error", {}).get("code", "?")] += 1
+    return reasons
+
+
+def test_hostile_openings_and_evidence_are_refused_for_their_own_reasons(
+    backend: BackendHarness,
+) -> None:
+    generator = Generator(fuzz_target(backend, "reasons"), DEFAULT_SEED, 200)
+    openings = reasons_of(backend, generator._opening_hostile_body, 60)
+    evidence = reasons_of(backend, generator._evidence_hostile_body, 60)
+    # A wrong wallet or salt is the opening's own reason; a missing or misshapen opening is a
+    # malformed submission; nothing is accepted.
+    assert openings["opening_mismatch"] >= 10 and openings["malformed"] >= 10, openings
+    assert set(openings) <= {"opening_mismatch", "malformed"}, openings
+    assert evidence["meter_evidence_unexpected"] > 0, evidence
+    assert evidence["meter_evidence_missing"] > 0, evidence
+    assert evidence["meter_evidence_malformed"] > 0, evidence
+    assert "ACCEPTED" not in evidence, evidence
 
 
 # ---- the judge, without a server ---------------------------------------------------------------
