@@ -36,29 +36,8 @@ chargeCommitment fixes, so the link is unique per authorisation, and a unique in
 one authorisation from paying two records
 (a record the backend rejected no longer holds its authorisation: the user may use it again).
 
-Schema versions (``station.schema_version``; opening a file migrates it in place, inside one
-write transaction, and a file of a newer version is refused with ``newer_store``):
-
-1. the station row and the records table;
-2. ``records.payment_json`` and the unique index ``records_by_payment``;
-3. the table ``evidence``: what a record was built from, stored in the reserving transaction
-   (for a record of the OCPP gateway, the meter's OCMF begin and end records), under a unique
-   ``source`` (``ocpp:<charger>:<transaction>``), so that one source can never become two
-   records, also when the process building it is killed and restarts.
-4. ``station.receipt_key``: the operator's receipt key this station pinned (``gridpoints-station
-   receipts pin``). Every acknowledged record keeps the backend's receipt in
-   ``records.receipt_json``; with a pinned key, the sync stores a receipt only once its
-   signature (gridpoints_protocol.receipts) verifies, so the file holds evidence the operator
-   signed.
-5. ``records.opening_json``: the opening (``{"user", "salt"}``, gridpoints_protocol.commitment)
-   of a version-2 record's userCommitment, drawn and stored in the reserving transaction and
-   sent with every submission. The record format changed with it (EIP-712 domain version "2":
-   no wallet in the record), so the upgrade rebuilds every record the backend has not
-   acknowledged yet: a ``reserved`` or ``queued`` version-1 row becomes the version-2 record
-   of the same sequence and measurement (a fresh salt, no meter evidence), its digest is
-   recomputed and it goes back to ``reserved``, so that opening the station signs it again
-   (:meth:`station_signer.station.Station.recover`). Acknowledged and rejected version-1 rows
-   stay as they were: they are history, signed under the old format, and are never sent again.
+The file's schema and its versions, and how an older file is upgraded in place, are in
+:mod:`station_signer.store_schema`.
 
 The store knows the record type (:mod:`gridpoints_protocol.record`) so that the invariants a station
 must keep are checked in the one transaction that could break them: the record is built for
@@ -79,69 +58,21 @@ from pathlib import Path
 from typing import Any, Final
 
 from gridpoints_protocol.commitment import SALT_LENGTH, UserOpening
-from gridpoints_protocol.eip712 import parse_address
 from gridpoints_protocol.record import ZERO_BYTES32, Direction, Domain, EnergyTransfer
 from station_signer.errors import StationSignerError
+from station_signer.store_schema import (
+    INDEXES,
+    PAYMENT_INDEX,
+    SCHEMA,
+    SCHEMA_VERSION,
+    is_current,
+    read_schema_version,
+    upgrade,
+)
 
-SCHEMA_VERSION: Final = 5
 # SQLite integers are signed 64-bit; a register above this cannot be stored (and no real meter
 # gets there: 2^63 Wh is about 10^9 TWh).
 MAX_STORED_INT: Final = 2**63 - 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS station (
-    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
-    schema_version INTEGER NOT NULL,
-    station_id TEXT NOT NULL,
-    chain_id INTEGER NOT NULL,
-    registry TEXT NOT NULL,
-    next_sequence INTEGER NOT NULL CHECK (next_sequence >= 1),
-    meter_charge_wh INTEGER NOT NULL DEFAULT 0,
-    meter_discharge_wh INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    last_sync_at REAL,
-    receipt_key TEXT
-);
-CREATE TABLE IF NOT EXISTS records (
-    sequence INTEGER PRIMARY KEY,
-    status TEXT NOT NULL CHECK (status IN ('reserved', 'queued', 'acknowledged', 'rejected')),
-    record_json TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    signature TEXT,
-    created_at REAL NOT NULL,
-    signed_at REAL,
-    acknowledged_at REAL,
-    receipt_json TEXT,
-    reject_reason TEXT,
-    reject_message TEXT,
-    payment_json TEXT,
-    opening_json TEXT
-);
-CREATE TABLE IF NOT EXISTS deferrals (
-    record_sequence INTEGER PRIMARY KEY REFERENCES records (sequence),
-    reason TEXT NOT NULL,
-    message TEXT NOT NULL,
-    retry_after REAL NOT NULL,
-    retry_at REAL NOT NULL,
-    deferred_count INTEGER NOT NULL CHECK (deferred_count >= 1),
-    first_deferred_at REAL NOT NULL,
-    last_deferred_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS evidence (
-    record_sequence INTEGER PRIMARY KEY REFERENCES records (sequence),
-    source TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    evidence_json TEXT NOT NULL
-);
-"""
-# After the migration: the payment index names a column that version-1 files do not have yet.
-_INDEXES = """
-CREATE INDEX IF NOT EXISTS records_by_status ON records (status, sequence);
-CREATE UNIQUE INDEX IF NOT EXISTS records_by_payment
-    ON records (json_extract(record_json, '$.paymentAuthorization'))
-    WHERE payment_json IS NOT NULL AND status != 'rejected';
-"""
-_PAYMENT_INDEX: Final = "records_by_payment"
 # How long an opener waits for another process holding the file (SQLite locks).
 _BUSY_TIMEOUT_S: Final = 30.0
 
@@ -294,9 +225,9 @@ class StationStore:
         try:
             self._use_wal()
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
             self._migrate()
-            self._db.executescript(_INDEXES)
+            self._db.executescript(INDEXES)
         except BaseException:
             self._db.close()
             raise
@@ -324,81 +255,24 @@ class StationStore:
 
     def _migrate(self) -> None:
         """Brings a file of an older schema version to :data:`SCHEMA_VERSION`, in place."""
-        version = self._schema_version()
+        version = read_schema_version(self._db)
         if version is not None and version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has store schema version {version}; this version of "
                 f"station_signer reads up to {SCHEMA_VERSION}",
                 "newer_store",
             )
-        columns = self._record_columns()
-        current = (
-            "payment_json" in columns
-            and "opening_json" in columns
-            and "receipt_key" in self._station_columns()
-        )
-        if current and version in (None, SCHEMA_VERSION):
+        if is_current(self._db, version):
             return
         # Under the write lock, and checked again inside it: two processes may open an old
         # file at the same moment, and only one of them may alter it.
         with self._transaction() as db:
-            if "payment_json" not in self._record_columns():
-                db.execute("ALTER TABLE records ADD COLUMN payment_json TEXT")
-            if "receipt_key" not in self._station_columns():
-                db.execute("ALTER TABLE station ADD COLUMN receipt_key TEXT")
-            if "opening_json" not in self._record_columns():
-                db.execute("ALTER TABLE records ADD COLUMN opening_json TEXT")
-                self._upgrade_unsent_records(db)
-            db.execute(
-                "UPDATE station SET schema_version = ? WHERE schema_version < ?",
-                (SCHEMA_VERSION, SCHEMA_VERSION),
-            )
-
-    def _upgrade_unsent_records(self, db: sqlite3.Connection) -> None:
-        """Schema 5: every version-1 record not acknowledged yet becomes the version-2 record
-        of the same sequence (see the module docstring), to be signed again."""
-        station = db.execute("SELECT chain_id, registry FROM station").fetchone()
-        if station is None:
-            return
-        domain = Domain(int(station[0]), bytes.fromhex(station[1][2:]))
-        rows = db.execute(
-            "SELECT sequence, record_json FROM records WHERE status IN ('reserved', 'queued')"
-        ).fetchall()
-        for sequence, text in rows:
-            old = json.loads(text)
-            if "user" not in old:
-                continue
-            opening = UserOpening(parse_address(old["user"]), fresh_salt())
-            fields = {k: v for k, v in old.items() if k != "user"}
-            fields["userCommitment"] = "0x" + opening.commitment.hex()
-            fields["meterEvidence"] = "0x" + ZERO_BYTES32.hex()
-            record = EnergyTransfer.from_json(fields)
-            db.execute(
-                "UPDATE records SET record_json = ?, digest = ?, opening_json = ?,"
-                " status = 'reserved', signature = NULL, signed_at = NULL WHERE sequence = ?",
-                (
-                    json.dumps(record.to_json()),
-                    "0x" + record.digest(domain).hex(),
-                    json.dumps(opening.to_json()),
-                    sequence,
-                ),
-            )
-            db.execute("DELETE FROM deferrals WHERE record_sequence = ?", (sequence,))
-
-    def _record_columns(self) -> set[str]:
-        return {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
-
-    def _station_columns(self) -> set[str]:
-        return {row[1] for row in self._db.execute("PRAGMA table_info(station)")}
-
-    def _schema_version(self) -> int | None:
-        row = self._db.execute("SELECT schema_version FROM station").fetchone()
-        return None if row is None else int(row[0])
+            upgrade(db, fresh_salt)
 
     @property
     def schema_version(self) -> int | None:
         """The file's schema version (None before ``initialise``)."""
-        return self._schema_version()
+        return read_schema_version(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -587,7 +461,7 @@ class StationStore:
                     ),
                 )
             except sqlite3.IntegrityError as exc:
-                if _PAYMENT_INDEX not in str(exc):
+                if PAYMENT_INDEX not in str(exc):
                     raise
                 raise StoreError(
                     f"payment authorisation {record_json['paymentAuthorization']} already "

@@ -46,12 +46,12 @@ from station_signer.errors import SigningFailedError, StationError
 from station_signer.payments import AuthorizationError, check_authorization
 from station_signer.station import Station, init_station, open_signer
 from station_signer.store import (
-    SCHEMA_VERSION,
     RecordStatus,
     StationState,
     StationStore,
     StoreError,
 )
+from station_signer.store_schema import SCHEMA_VERSION
 from station_signer.transfer import Transfer, parse_time
 
 ROOT = Path(__file__).resolve().parents[2]
