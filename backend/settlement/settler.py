@@ -1,61 +1,14 @@
-"""Settlement: each sealed epoch goes on chain exactly once — commit, then its chunks.
-
-The Settlement contract refuses a second commit of an epoch and a second application of a
-chunk, so a duplicate transaction can never double-mint. What the worker adds is that nothing
-is *missing* and nothing is sent blindly:
-
-* **Plan.** When an epoch's settlement starts, its steps are written down once: step 0 commits
-  the epoch, then one step per chunk of credits (mints) and per chunk of payments (burns), with
-  fixed chunk ids. The plan never changes, so a restarted worker resumes the same chunks.
-* **Intent before send.** A step's transaction is prepared and signed by the chain layer's
-  transaction pipeline (``gridpoints_chain.transactions``: gas margin, fees, the one nonce
-  manager), then stored (``settlement_attempts``: nonce, hash, raw bytes) in a committed
-  database transaction, and only then handed back to the pipeline to broadcast. After a crash
-  the worker knows every transaction it may have sent.
-* **The chain is the truth.** Before sending anything for a step the worker asks the contract
-  whether the step's effect is already there (``lastEpochId``/``getEpoch``,
-  ``isChunkApplied``). If it is, the step is confirmed from the receipt of the attempt that did
-  it; if not, a stored attempt whose nonce is still next is re-broadcast byte for byte, and
-  otherwise a new attempt is signed with the account's current nonce.
-* **Reconcile from the fork point.** A confirmed step stays under watch until it is *final*:
-  its block canonical at or below the chain's finalized block (the node's ``finalized`` tag,
-  or ``finality_blocks`` below the head). Every round checks one block, the *tip*: the highest
-  block of a confirmed step, verified with every other confirmed step's block. Since a block's
-  hash commits to its ancestors, the tip still canonical means every confirmed step still is,
-  however many blocks came since. If it is not (a reorg, an ``evm_revert``, a node restored
-  from an older state), and on start-up and after every error, a full reconciliation checks
-  the newest final step's block (walking down the final ones while the chain lacks them) and
-  every step that is not final, and re-opens each step whose block the chain no longer has:
-  it goes back to ``planned`` with its epoch back to ``sealed``, and the worker finds it on
-  chain in another block or sends it again.
-* **Confirmations.** A step is confirmed only once its block has ``confirmations`` blocks on
-  top and is still canonical.
-* **Bounded on chain.** The commit names the root of the epoch's plan
-  (``gridpoints_protocol.plan``: one leaf per planned chunk, computed from the stored steps and
-  entries, so a resent commit names the same root) and each chunk goes with its inclusion
-  proof. The epoch's chunks apply only after the contract's challenge window: while it is
-  open the contract refuses them (ChallengeWindowOpen, at gas estimation, nothing is sent), the
-  worker notes until when (``challenge_wait``, for /healthz) and the next round tries again.
-  If the guardian voids the epoch in that window, the chain no longer holds it: its confirmed
-  steps are re-opened and the epoch committed again (with the same plan: a guardian that voids
-  an honest epoch only delays it).
-
-Crash points (``backend.faults``) sit exactly between persisting an intent, sending it,
-receiving its receipt and recording it, so the fault tests kill the real process there.
-"""
-
-from __future__ import annotations
+"""The settlement worker: drives each sealed epoch's planned steps onto the chain, confirms
+them, and reconciles with the chain from the fork point (see the package docstring)."""
 
 import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Row, Select, func, select, update
-from sqlalchemy.orm import Session
 from web3.contract.contract import ContractFunction
-from web3.exceptions import BlockNotFound, Web3Exception
+from web3.exceptions import Web3Exception
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -63,36 +16,20 @@ from backend.db.models import Epoch, EpochEntry, EpochPayment, SettlementAttempt
 from backend.db.session import Database
 from backend.faults import crash_point
 from backend.payments import payment_rows
+from backend.settlement.chain_view import Block, ChainView, SettlementError
+from backend.settlement.plan import SettlementConfig, StepView, plan_steps, step_view
 from gridpoints_chain.contracts import GridPointsChain, Payment, pack_entries, payment_tuple
 from gridpoints_chain.errors import ChainError, ContractRevertError
 from gridpoints_chain.transactions import SignedTx, TransactionAccount
-from gridpoints_protocol.plan import (
-    SettlementPlan,
-    chunk_bounds,
-    credit_chunk_leaf,
-    payment_chunk_leaf,
-)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)
 
 # Finality depth when neither the node (no ``finalized`` block tag) nor the settings say: two
 # epochs of 32 slots, which is when Ethereum finalizes (and what Anvil reports as finalized).
 FALLBACK_FINALITY_BLOCKS = 64
 
-# Blocks per eth_getLogs query when searching for a step's event (below common RPC caps).
-EVENT_SEARCH_WINDOW = 2_000
-
-
-def _topic_uint(value: int) -> str:
-    return "0x" + value.to_bytes(32, "big").hex()
-
-
 # Reverts that mean "the chain already has this step" (a race with our own earlier attempt).
 _ALREADY_DONE = {"EpochAlreadyCommitted", "ChunkAlreadyApplied"}
-
-
-class SettlementError(RuntimeError):
-    """Settlement cannot proceed without an operator (e.g. the chain holds another epoch n)."""
 
 
 class _ChallengeWindowOpen(Exception):
@@ -113,151 +50,12 @@ class ChallengeWait:
 
 
 @dataclass(frozen=True, slots=True)
-class SettlementConfig:
-    confirmations: int = 0
-    credit_chunk_size: int = 200
-    payment_chunk_size: int = 50
-    receipt_timeout_s: float = 60.0
-    poll_interval_s: float = 0.25
-    # Blocks below the head from which a step is final; None: the node's `finalized` block.
-    finality_blocks: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Reconciliation:
     """A reconciliation that found confirmed steps the chain no longer holds."""
 
     at: datetime
     reopened: tuple[tuple[int, int], ...]  # (epoch id, step) of each re-opened step
     lost_from_block: int  # the lowest block of a re-opened step: the chain forked below it
-
-
-@dataclass(frozen=True, slots=True)
-class _Block:
-    number: int
-    hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StepView:
-    """A step as the worker handles it, detached from the session."""
-
-    epoch_id: int
-    step: int
-    kind: str
-    chunk_id: int | None
-    first_entry: int
-    entry_count: int
-    amount: int
-    state: str
-
-
-def plan_steps(session: Session, epoch: Epoch, config: SettlementConfig) -> list[SettlementStep]:
-    """Writes the settlement plan of `epoch` (idempotent: an existing plan is returned)."""
-    existing = list(
-        session.scalars(
-            select(SettlementStep)
-            .where(SettlementStep.epoch_id == epoch.epoch_id)
-            .order_by(SettlementStep.step)
-        )
-    )
-    if existing:
-        return existing
-    now = datetime.now(UTC)
-    steps = [
-        SettlementStep(
-            epoch_id=epoch.epoch_id,
-            step=0,
-            kind="commit",
-            chunk_id=None,
-            first_entry=0,
-            entry_count=0,
-            amount=0,
-            state="planned",
-            updated_at=now,
-        )
-    ]
-    credits = session.execute(
-        select(EpochEntry.ordinal, EpochEntry.credit)
-        .where(EpochEntry.epoch_id == epoch.epoch_id, EpochEntry.credit > 0)
-        .order_by(EpochEntry.ordinal)
-    ).all()
-    chunk_id = 0
-    for start, length in chunk_bounds(len(credits), config.credit_chunk_size):
-        chunk = credits[start : start + length]
-        steps.append(
-            SettlementStep(
-                epoch_id=epoch.epoch_id,
-                step=len(steps),
-                kind="credits",
-                chunk_id=chunk_id,
-                first_entry=chunk[0][0],
-                entry_count=len(chunk),
-                amount=sum(c for _, c in chunk),
-                state="planned",
-                updated_at=now,
-            )
-        )
-        chunk_id += 1
-    payments = session.execute(
-        select(EpochPayment.ordinal, EpochPayment.requested)
-        .where(EpochPayment.epoch_id == epoch.epoch_id)
-        .order_by(EpochPayment.ordinal)
-    ).all()
-    for start, length in chunk_bounds(len(payments), config.payment_chunk_size):
-        chunk = payments[start : start + length]
-        steps.append(
-            SettlementStep(
-                epoch_id=epoch.epoch_id,
-                step=len(steps),
-                kind="payments",
-                chunk_id=chunk_id,
-                first_entry=chunk[0][0],
-                entry_count=len(chunk),
-                amount=sum(r for _, r in chunk),
-                state="planned",
-                updated_at=now,
-            )
-        )
-        chunk_id += 1
-    session.add_all(steps)
-    session.flush()
-    return steps
-
-
-def epoch_plan(session: Session, epoch_id: int) -> SettlementPlan:
-    """The plan the commit of `epoch_id` names (gridpoints_protocol.plan): one leaf per chunk
-    step of its stored plan (`plan_steps`), from the epoch's credits and payments in order."""
-    steps = steps_of(session, epoch_id)
-    credits = pack_entries(
-        (u, c)
-        for u, c in session.execute(
-            select(EpochEntry.user_address, EpochEntry.credit)
-            .where(EpochEntry.epoch_id == epoch_id, EpochEntry.credit > 0)
-            .order_by(EpochEntry.ordinal)
-        ).all()
-    )
-    payments = [
-        (bytes(a), int(r))
-        for a, r in session.execute(
-            select(EpochPayment.authorization, EpochPayment.requested)
-            .where(EpochPayment.epoch_id == epoch_id)
-            .order_by(EpochPayment.ordinal)
-        ).all()
-    ]
-    leaves: list[bytes] = []
-    credits_used = payments_used = 0
-    for step in steps:
-        if step.kind == "credits":
-            leaves.append(
-                credit_chunk_leaf(credits[credits_used : credits_used + step.entry_count])
-            )
-            credits_used += step.entry_count
-        elif step.kind == "payments":
-            part = payments[payments_used : payments_used + step.entry_count]
-            leaves.append(payment_chunk_leaf(part))
-            payments_used += step.entry_count
-    return SettlementPlan(leaves)
 
 
 def _confirmed_blocks(*, final: bool) -> Select[int | None, bytes | None]:
@@ -269,23 +67,10 @@ def _confirmed_blocks(*, final: bool) -> Select[int | None, bytes | None]:
     )
 
 
-def _block_of(row: Row[int | None, bytes | None] | None) -> _Block | None:
+def _block_of(row: Row[int | None, bytes | None] | None) -> Block | None:
     if row is None or row[0] is None or row[1] is None:
         return None
-    return _Block(int(row[0]), bytes(row[1]))
-
-
-def _view(step: SettlementStep) -> StepView:
-    return StepView(
-        step.epoch_id,
-        step.step,
-        step.kind,
-        step.chunk_id,
-        step.first_entry,
-        step.entry_count,
-        step.amount,
-        step.state,
-    )
+    return Block(int(row[0]), bytes(row[1]))
 
 
 class Settler:
@@ -313,15 +98,15 @@ class Settler:
         self._reconciled = False
         # The highest block of a confirmed step, verified with all the others (None: no
         # confirmed step); only meaningful while `_reconciled`.
-        self._tip: _Block | None = None
+        self._tip: Block | None = None
         self._wallet_check_gas: int | None = None
         # What reconciliations re-opened since this process started (for /healthz).
         self.reopened_steps = 0
         self.last_reconciliation: Reconciliation | None = None
         # The epoch whose challenge window the worker waits for (None: not waiting).
         self.challenge_wait: ChallengeWait | None = None
-        # Each epoch's plan, computed once from its stored steps (they never change).
-        self._plans: dict[int, SettlementPlan] = {}
+        # What the chain has (and each epoch's plan, computed once).
+        self.view = ChainView(db, chain)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -358,7 +143,7 @@ class Settler:
             epoch = session.get(Epoch, epoch_id)
             if epoch is None:
                 raise SettlementError(f"epoch {epoch_id} is not sealed")
-            steps = [_view(s) for s in plan_steps(session, epoch, self.config)]
+            steps = [step_view(s) for s in plan_steps(session, epoch, self.config)]
         if steps[0].state == "confirmed" and self._voided(epoch_id):
             return False  # re-opened: the next round commits it again
         for step in steps:
@@ -389,7 +174,7 @@ class Settler:
                 epoch.state = "settled"
                 epoch.settled_at = datetime.now(UTC)
                 log.info("epoch %d settled", epoch_id)
-        self._plans.pop(epoch_id, None)
+        self.view.forget_plan(epoch_id)
         return True
 
     def _note_wait(self, wait: _ChallengeWindowOpen) -> None:
@@ -406,7 +191,7 @@ class Settler:
         """If the chain no longer holds epoch `epoch_id` although its commit step is confirmed
         (the guardian voided it, which is possible only before any chunk applied), re-opens the
         epoch's confirmed steps and returns True. A rewind below the commit is reconcile's."""
-        if self._last_epoch_id() >= epoch_id:
+        if self.view.last_epoch_id() >= epoch_id:
             return False
         with self.db.write() as session:
             steps = session.scalars(
@@ -459,10 +244,10 @@ class Settler:
         # Oldest first, so that the tip is checked last: a rewind that happens during the
         # checks and reaches below an earlier block also takes the tip, and the next round
         # sees that.
-        lost: set[_Block] = set()
-        tip: _Block | None = None
+        lost: set[Block] = set()
+        tip: Block | None = None
         for block in sorted(blocks, key=lambda b: b.number):
-            if self._canonical(block):
+            if self.view.canonical(block):
                 tip = block
             else:
                 lost.add(block)
@@ -490,11 +275,11 @@ class Settler:
         self._reconciled = True
         self._mark_final()
 
-    def _lost_final_blocks(self, below: int) -> tuple[set[_Block], _Block | None]:
+    def _lost_final_blocks(self, below: int) -> tuple[set[Block], Block | None]:
         """The blocks of final steps under `below` the chain no longer has, newest first until
         one it has (returned second, None if none): the final steps below it are its
         ancestors."""
-        lost: set[_Block] = set()
+        lost: set[Block] = set()
         upper = below
         while True:
             with self.db.read() as session:
@@ -508,18 +293,18 @@ class Settler:
                 )
             if block is None:
                 return lost, None
-            if self._canonical(block):
+            if self.view.canonical(block):
                 return lost, block
             lost.add(block)
             upper = block.number
 
-    def _reopen(self, lost: set[_Block]) -> list[tuple[int, int]]:
+    def _reopen(self, lost: set[Block]) -> list[tuple[int, int]]:
         """Puts every confirmed step in a `lost` block back to planned (its epoch to sealed);
         returns their (epoch id, step)."""
         if not lost:
             return []
         reopened: list[tuple[int, int]] = []
-        last_on_chain = self._last_epoch_id()
+        last_on_chain = self.view.last_epoch_id()
         with self.db.write() as session:
             steps = session.scalars(
                 select(SettlementStep)
@@ -530,7 +315,7 @@ class Settler:
                 .order_by(SettlementStep.epoch_id, SettlementStep.step)
             ).all()
             for step in steps:
-                if self._is_on_chain(_view(step), last_on_chain):
+                if self.view.is_on_chain(step_view(step), last_on_chain):
                     # Re-included in another block: confirmed again from its new receipt.
                     log.warning("settlement step %d/%d moved blocks", step.epoch_id, step.step)
                 else:
@@ -593,8 +378,8 @@ class Settler:
         """Drives one step until it is confirmed, the chain moves under it, or stop."""
         label = f"epoch {step.epoch_id} step {step.step} ({step.kind})"
         while not self.stop_event.is_set():
-            if self._is_on_chain(step, self._last_epoch_id()):
-                receipt = self._receipt_of_effect(step)
+            if self.view.is_on_chain(step, self.view.last_epoch_id()):
+                receipt = self.view.receipt_of_effect(step)
                 if receipt is None:
                     # On chain, but its receipt cannot be read now (a lagging RPC node): never
                     # confirm blind; the next round looks again.
@@ -634,7 +419,7 @@ class Settler:
                 return None
             if error.error_name == "ChallengeWindowOpen":
                 raise _ChallengeWindowOpen(
-                    step.epoch_id, self._appliable_at(step.epoch_id)
+                    step.epoch_id, self.view.appliable_at(step.epoch_id)
                 ) from None
             raise
         return self._store_and_send(step, self.sender.sign(self.account, prepared))
@@ -816,8 +601,8 @@ class Settler:
         if not self._tip_canonical():
             self._reconciled = False  # the next round reconciles from the fork point
             return
-        mined_in = _Block(block, bytes(receipt["blockHash"]))
-        if not self._canonical(mined_in):
+        mined_in = Block(block, bytes(receipt["blockHash"]))
+        if not self.view.canonical(mined_in):
             return  # reorged away while waiting: the next round re-checks the chain
         burned = self._burned(step, receipt) if step.kind == "payments" else None
         with self.db.write() as session:
@@ -883,135 +668,9 @@ class Settler:
             f"{step.epoch_id} step {step.step} ({step.kind}) reverted"
         )
 
-    # -- what the chain has -----------------------------------------------------------------
-
-    def _last_epoch_id(self) -> int:
-        return int(self.chain.settlement.functions.lastEpochId().call())
-
-    def _is_on_chain(self, step: StepView, last_epoch_id: int) -> bool:
-        if step.kind == "commit":
-            if step.epoch_id > last_epoch_id:
-                return False
-            self._check_same_epoch(step.epoch_id)
-            return True
-        if step.epoch_id > last_epoch_id:
-            return False
-        assert step.chunk_id is not None
-        return bool(
-            self.chain.settlement.functions.isChunkApplied(step.epoch_id, step.chunk_id).call()
-        )
-
-    def _appliable_at(self, epoch_id: int) -> int:
-        return int(self.chain.settlement.functions.getEpoch(epoch_id).call()[11])
-
-    def _check_same_epoch(self, epoch_id: int) -> None:
-        on_chain = self.chain.settlement.functions.getEpoch(epoch_id).call()
-        plan = self._plan(epoch_id)
-        with self.db.read() as session:
-            epoch = session.get(Epoch, epoch_id)
-            assert epoch is not None
-            ours = (
-                epoch.records_root,
-                epoch.credits_root,
-                epoch.tariff_hash,
-                epoch.record_count,
-                plan.root,
-                plan.chunk_count,
-            )
-        theirs = (
-            bytes(on_chain[0]),
-            bytes(on_chain[1]),
-            bytes(on_chain[2]),
-            int(on_chain[3]),
-            bytes(on_chain[9]),
-            int(on_chain[10]),
-        )
-        if ours != theirs:
-            raise SettlementError(
-                f"the chain holds a different epoch {epoch_id} (records root "
-                f"0x{theirs[0].hex()}, plan root 0x{theirs[4].hex()}; ours 0x{ours[0].hex()}, "
-                f"0x{ours[4].hex()}): the database and the chain disagree; settlement stops "
-                "until an operator investigates (a guardian can void it in its challenge window)"
-            )
-
-    def _plan(self, epoch_id: int) -> SettlementPlan:
-        """The epoch's plan (cached: its stored steps never change)."""
-        plan = self._plans.get(epoch_id)
-        if plan is None:
-            with self.db.read() as session:
-                plan = epoch_plan(session, epoch_id)
-            self._plans[epoch_id] = plan
-        return plan
-
-    def _receipt_of_effect(self, step: StepView) -> TxReceipt | None:
-        """The receipt of our attempt that put `step` on chain (None if none of ours did)."""
-        with self.db.read() as session:
-            hashes = list(
-                session.scalars(
-                    select(SettlementAttempt.tx_hash)
-                    .where(
-                        SettlementAttempt.epoch_id == step.epoch_id,
-                        SettlementAttempt.step == step.step,
-                    )
-                    .order_by(SettlementAttempt.id.desc())
-                )
-            )
-        for tx_hash in hashes:
-            receipt = self.sender.receipt(tx_hash)
-            if receipt is not None and receipt["status"] == 1:
-                return receipt
-        # None of the stored attempts has a readable receipt (a lagging node, or a database
-        # restored without the attempt): find the transaction by the contract's own event.
-        effect_hash = self._effect_transaction(step)
-        if effect_hash is not None:
-            receipt = self.sender.receipt(effect_hash)
-            if receipt is not None and receipt["status"] == 1:
-                return receipt
-        log.warning(
-            "epoch %d step %d is on chain but its transaction's receipt cannot be read yet",
-            step.epoch_id,
-            step.step,
-        )
-        return None
-
-    def _effect_transaction(self, step: StepView) -> bytes | None:
-        """The transaction whose EpochCommitted / ChunkApplied event is this step's effect,
-        searched backwards from the head in windows public RPC nodes accept."""
-        events = self.chain.settlement.events
-        if step.kind == "commit":
-            topics = [events.EpochCommitted().topic, _topic_uint(step.epoch_id)]
-        else:
-            assert step.chunk_id is not None
-            topics = [
-                events.ChunkApplied().topic,
-                _topic_uint(step.epoch_id),
-                _topic_uint(step.chunk_id),
-            ]
-        address = self.chain.settlement.address
-        low = self.chain.deployment.deployment_block
-        high = int(self.w3.eth.block_number)
-        while high >= low:
-            start = max(low, high - EVENT_SEARCH_WINDOW + 1)
-            logs = self.w3.eth.get_logs(
-                {"address": address, "fromBlock": start, "toBlock": high, "topics": topics}
-            )
-            if logs:
-                return bytes(logs[-1]["transactionHash"])
-            high = start - 1
-        return None
-
-    def _canonical(self, block: _Block) -> bool:
-        """Whether the chain's block `block.number` is `block` (False when the chain is
-        shorter)."""
-        try:
-            found = self.w3.eth.get_block(block.number)
-        except BlockNotFound:
-            return False
-        return bytes(found["hash"]) == block.hash
-
     def _tip_canonical(self) -> bool:
         """The per-round check: one block, whose hash vouches for every confirmed step's."""
-        return self._tip is None or self._canonical(self._tip)
+        return self._tip is None or self.view.canonical(self._tip)
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -1021,7 +680,7 @@ class Settler:
             epoch = session.get(Epoch, step.epoch_id)
             assert epoch is not None
             if step.kind == "commit":
-                plan = self._plan(step.epoch_id)
+                plan = self.view.plan(step.epoch_id)
                 return settlement.commitEpoch(
                     epoch.epoch_id,
                     epoch.records_root,
@@ -1051,7 +710,7 @@ class Settler:
                     step.epoch_id,
                     step.chunk_id,
                     pack_entries((u, c) for u, c in rows),
-                    self._plan(step.epoch_id).proof(step.chunk_id),
+                    self.view.plan(step.epoch_id).proof(step.chunk_id),
                 )
             chunk = payment_rows(session, step.epoch_id, step.first_entry, step.entry_count)
             if len(chunk) != step.entry_count:
@@ -1059,33 +718,5 @@ class Settler:
             # Every planned payment is sent, also one the user cancelled meanwhile: the contract
             # skips what it cannot charge (PaymentSkipped), so each gets its outcome on chain.
             payments = [payment_tuple(Payment(signed, p.requested)) for p, signed in chunk]
-            proof = self._plan(step.epoch_id).proof(step.chunk_id)
+            proof = self.view.plan(step.epoch_id).proof(step.chunk_id)
             return settlement.applyPayments(step.epoch_id, step.chunk_id, payments, proof)
-
-
-def settlement_status(session: Session) -> dict[str, int]:
-    """Counts of epochs by state (for /healthz and the CLI)."""
-    return {
-        state: int(count)
-        for state, count in session.execute(select(Epoch.state, func.count()).group_by(Epoch.state))
-    }
-
-
-def steps_of(session: Session, epoch_id: int) -> Sequence[SettlementStep]:
-    return session.scalars(
-        select(SettlementStep)
-        .where(SettlementStep.epoch_id == epoch_id)
-        .order_by(SettlementStep.step)
-    ).all()
-
-
-__all__ = [
-    "ChallengeWait",
-    "SettlementConfig",
-    "SettlementError",
-    "Settler",
-    "epoch_plan",
-    "plan_steps",
-    "settlement_status",
-    "steps_of",
-]
