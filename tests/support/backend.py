@@ -492,7 +492,7 @@ def backend_settings(env: ChainEnv, database_url: str, **overrides: Any) -> Sett
 @contextlib.contextmanager
 def chain_checkpoint(env: ChainEnv) -> Iterator[None]:
     """Reverts whatever the block does to the chain (registrations, blocks) afterwards."""
-    snapshot = env.rpc("evm_snapshot")
+    snapshot = env.snapshot()
     try:
         yield
     finally:

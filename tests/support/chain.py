@@ -97,6 +97,13 @@ class ChainEnv:
         while _count(self.rpc("txpool_status")["pending"]) and time.monotonic() < deadline:
             time.sleep(0.02)
 
+    def snapshot(self) -> Any:
+        """evm_snapshot, remembering the test chain's epoch plans with it (`revert` restores
+        them: a plan amended after the snapshot must not outlive the rewind)."""
+        snapshot = self.rpc("evm_snapshot")
+        self.chain.save_plans(snapshot)
+        return snapshot
+
     def revert(self, snapshot: Any) -> bool:
         """evm_revert, and the chain's clock back in step with real time.
 
@@ -107,6 +114,7 @@ class ChainEnv:
         """
         self._settle_pool()
         reverted = self.rpc("evm_revert", snapshot)
+        self.chain.restore_plans(snapshot)
         now = int(time.time())
         if self.latest_timestamp() < now:
             # The clock set to now and a block mined at once: later blocks follow real time,
@@ -161,6 +169,23 @@ class PlanningChain(GridPointsChain):
         super().__init__(w3, deployment)
         self.plans: dict[int, list[bytes]] = {}
         self._records_roots: dict[int, bytes] = {}
+        # What `plans` and the committed records roots were at each snapshot (ChainEnv.snapshot).
+        self._saved: dict[Any, tuple[dict[int, list[bytes]], dict[int, bytes]]] = {}
+
+    def save_plans(self, snapshot: Any) -> None:
+        self._saved[snapshot] = (
+            {epoch: list(leaves) for epoch, leaves in self.plans.items()},
+            dict(self._records_roots),
+        )
+
+    def restore_plans(self, snapshot: Any) -> None:
+        """Back to the plans saved with `snapshot` (none saved: a snapshot taken directly
+        through RPC, whose plans the test manages itself)."""
+        saved = self._saved.pop(snapshot, None)
+        if saved is not None:
+            plans, roots = saved
+            self.plans = {epoch: list(leaves) for epoch, leaves in plans.items()}
+            self._records_roots = dict(roots)
 
     def commit_epoch(  # type: ignore[override]
         self,
@@ -287,7 +312,7 @@ def chain_session(anvil_node: AnvilNode, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture
 def chain_env(chain_session: ChainEnv) -> Iterator[ChainEnv]:
     """The session chain, rewound to the fresh deployment after the test."""
-    snapshot = chain_session.rpc("evm_snapshot")
+    snapshot = chain_session.snapshot()
     try:
         yield chain_session
     finally:
