@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
 
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
@@ -27,6 +25,7 @@ from web3.types import LogReceipt, TxReceipt
 from gridpoints_chain.artifacts import CONTRACT_NAMES, ContractArtifact, load_all
 from gridpoints_chain.deployment import Deployment
 from gridpoints_chain.errors import ChainError, ErrorDecoder
+from gridpoints_chain.meter_abi import Meter, MeterKeyPeriod, p256_key, p256_signature
 from gridpoints_chain.transactions import TransactionAccount, TxSender
 from gridpoints_protocol.authorization import (
     PaymentAuthorization,
@@ -44,7 +43,6 @@ from gridpoints_protocol.keys import (
     is_valid_address,
     station_id_bytes,
 )
-from gridpoints_protocol.ocmf import load_public_key
 
 MAX_ENTRY_AMOUNT = 2**96 - 1
 _ADDRESS_BITS = 160
@@ -232,64 +230,6 @@ class PaymentSkipped:
 
 # Exactly one per payment of a chunk.
 PaymentOutcome: TypeAlias = PaymentApplied | PaymentSkipped
-
-
-# ---- meter keys (P-256) -------------------------------------------------------------------
-
-# The order of P-256's base point: a signature's s and n - s verify alike.
-P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-def meter_id(serial: str) -> bytes:
-    """StationRegistry's id of the meter with serial `serial` (OCMF ``MS``): keccak256 of its
-    UTF-8 bytes, as registerMeter computes it."""
-    if not isinstance(serial, str) or not serial:
-        raise ValueError("a meter serial is a non-empty string")
-    return keccak(serial.encode("utf-8"))
-
-
-def p256_public_key(public_key_der: bytes) -> tuple[bytes, bytes]:
-    """``(qx, qy)``, 32 bytes each, of a P-256 key given as a DER SubjectPublicKeyInfo (the form
-    OCMF tools and OCPP's ``publicKey`` carry); ValueError for another curve or no key."""
-    key = load_public_key(public_key_der)
-    if not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError(f"not a P-256 key (curve {key.curve.name})")
-    numbers = key.public_numbers()
-    return numbers.x.to_bytes(32, "big"), numbers.y.to_bytes(32, "big")
-
-
-def p256_signature(signature_der: bytes) -> tuple[bytes, bytes]:
-    """``(r, s)``, 32 bytes each, of a DER ECDSA signature (OCMF's ``SD``, as bytes); s is kept
-    as written, high or low (verifyMeterSignature accepts both)."""
-    try:
-        r, s = decode_dss_signature(signature_der)
-    except ValueError as exc:
-        raise ValueError(f"not a DER ECDSA signature: {exc}") from None
-    if not (0 < r < P256_N and 0 < s < P256_N):
-        raise ValueError("r and s must be in [1, n) of P-256")
-    return r.to_bytes(32, "big"), s.to_bytes(32, "big")
-
-
-@dataclass(frozen=True, slots=True)
-class MeterKeyPeriod:
-    """StationRegistry.MeterKeyPeriod: a meter's P-256 key and the signing times
-    ``[valid_from, valid_until)`` it covers (`valid_until` 0 while the key is current)."""
-
-    qx: bytes
-    qy: bytes
-    valid_from: int
-    valid_until: int
-
-
-@dataclass(frozen=True, slots=True)
-class Meter:
-    """StationRegistry.Meter: a meter's current key, when its period began, and when the meter
-    was revoked (0 while it is not)."""
-
-    qx: bytes
-    qy: bytes
-    valid_from: int
-    revoked_at: int
 
 
 def connect(rpc_url: str, *, timeout: float = 30.0) -> Web3:
@@ -687,7 +627,7 @@ class GridPointsChain:
     ) -> TxReceipt:
         """Registers meter `serial` of a live station with its P-256 key (DER SPKI or
         ``(qx, qy)``), valid from `valid_from`; its id is `meter_id(serial)`."""
-        qx, qy = _p256_key(public_key)
+        qx, qy = p256_key(public_key)
         fn = self.registry.functions.registerMeter(
             station_id_bytes(station_id), serial, qx, qy, valid_from
         )
@@ -701,7 +641,7 @@ class GridPointsChain:
         public_key: bytes | tuple[bytes, bytes],
     ) -> TxReceipt:
         """Replaces the meter's key from the block's timestamp on (`meter`: `meter_id(serial)`)."""
-        qx, qy = _p256_key(public_key)
+        qx, qy = p256_key(public_key)
         fn = self.registry.functions.rotateMeterKey(station_id_bytes(station_id), meter, qx, qy)
         return self.transact(registrar, fn)
 
@@ -744,7 +684,7 @@ class GridPointsChain:
     ) -> bool:
         """Whether `public_key` (DER SPKI or ``(qx, qy)``) was the meter's registered key at
         `at`: a key a charger sends (OCPP ``publicKey``) is only a hint until this holds."""
-        qx, qy = _p256_key(public_key)
+        qx, qy = p256_key(public_key)
         fn = self.registry.functions.isMeterKeyValidAt(
             station_id_bytes(station_id), meter, qx, qy, at
         )
@@ -766,15 +706,6 @@ class GridPointsChain:
             station_id_bytes(station_id), meter, payload, r, s, at
         )
         return bool(self.call(fn))
-
-
-def _p256_key(public_key: bytes | tuple[bytes, bytes]) -> tuple[bytes, bytes]:
-    if isinstance(public_key, bytes):
-        return p256_public_key(public_key)
-    qx, qy = public_key
-    if len(qx) != 32 or len(qy) != 32:
-        raise ValueError("P-256 coordinates are 32 bytes each")
-    return qx, qy
 
 
 def _station_event(name: str, args: Mapping[str, Any], position: LogPosition) -> StationEvent:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from hexbytes import HexBytes
 
-from gridpoints_chain.contracts import GridPointsChain, meter_id
+from gridpoints_chain.contracts import GridPointsChain
 from gridpoints_chain.errors import ContractRevertError
+from gridpoints_chain.meter_abi import meter_id
 from gridpoints_protocol.keys import LogPosition
 from gridpoints_protocol.ocmf.meter_keys import (
     METER_EVENT_KINDS,

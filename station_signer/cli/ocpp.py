@@ -358,7 +358,7 @@ def meter_register(
 ) -> None:
     """Register a meter of this station with its public key (REGISTRAR_ROLE needed). The key
     comes from the meter's label or its maker's register, never from the charger."""
-    from gridpoints_chain.contracts import meter_id, p256_public_key
+    from gridpoints_chain.meter_abi import meter_id, p256_public_key
     from station_signer.cli.chain import open_chain
     from station_signer.cli.common import station_deployment
     from station_signer.cli.identity import _registrar_account

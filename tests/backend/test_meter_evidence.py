@@ -24,7 +24,7 @@ from sqlalchemy import select
 from backend.bundle import export_epoch
 from backend.db import Database
 from backend.db.models import MeterEvidenceRow
-from gridpoints_chain.contracts import meter_id
+from gridpoints_chain.meter_abi import meter_id
 from gridpoints_chain.meters import meter_key_state
 from gridpoints_dev.ocpp_charger import MeterReading, SimulatedMeter
 from gridpoints_protocol.commitment import UserOpening

@@ -194,7 +194,7 @@ def test_the_backend_follows_on_after_a_rewind_and_health_keeps_reporting_it(
 def test_a_rewind_takes_rewound_meter_events_away_with_their_keys(
     fresh_db: tuple[Database, ChainEnv],
 ) -> None:
-    from gridpoints_chain.contracts import meter_id
+    from gridpoints_chain.meter_abi import meter_id
     from gridpoints_dev.ocpp_charger import SimulatedMeter
     from gridpoints_protocol.ocmf.meter_keys import meter_key_at
     from gridpoints_protocol.ocmf.session import KeyState

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from web3.logs import DISCARD
 
-from gridpoints_chain.contracts import (
+from gridpoints_chain.meter_abi import (
     P256_N,
     Meter,
     MeterKeyPeriod,

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from web3 import Web3
 
 from gridpoints_chain.artifacts import load_all
-from gridpoints_chain.contracts import meter_id
+from gridpoints_chain.meter_abi import meter_id
 from station_signer.config import STORE_FILE
 from station_signer.ocpp.state import STATE_FILE, GatewayState
 from station_signer.store import RecordStatus, StationStore

@@ -32,7 +32,7 @@ from websockets.exceptions import InvalidStatus
 from backend.db import Database
 from backend.db.models import MeterEvidenceRow
 from backend.settings import TARIFFS_DIR
-from gridpoints_chain.contracts import meter_id
+from gridpoints_chain.meter_abi import meter_id
 from gridpoints_dev.ocpp_charger import (
     MeterReading,
     SimulatedCharger,
