@@ -111,6 +111,7 @@ class RecordPool:
             raise ValueError("a pool needs jobs >= 2 (one is the auditing process)")
         self.workers = jobs - 1
         self.chunk_records = chunk_records
+        self.chunks_sent = 0
         # fork: the workers start in milliseconds, with everything imported
         self._pool: Pool | None = multiprocessing.get_context("fork").Pool(self.workers)
 
@@ -135,6 +136,7 @@ class RecordPool:
                 if digest is not None and isinstance(signed, SignedRecord)
             ]
             chunk.result = pool.apply_async(_recover_chunk, (pairs,))
+            self.chunks_sent += 1
             pending.append(chunk)
             chunk = _Chunk([], [], [])
 
