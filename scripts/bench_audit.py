@@ -3,7 +3,7 @@
 recovery rate measured in the same run (issue 12 §2: target >= 0.5 x bare recovery).
 
     .venv/bin/python scripts/bench_audit.py [--records 100000] [--stations 20] [--users 500]
-        [--epochs 5] [--repeat 3] [--json] [--profile FILE]
+        [--epochs 5] [--repeat 3] [--jobs N] [--no-single] [--json] [--profile FILE]
 
 The fixtures (built once per invocation in a temporary directory, reused by every repeat,
 removed at the end; never in the repository):
@@ -28,19 +28,23 @@ removed at the end; never in the repository):
   through the real settlement path, and ``backend.bundle.export_epoch`` writes one bundle per
   epoch. The auditor therefore checks real chain data: registry events, commits, mints.
 
-Measured, each the median of ``--repeat`` runs:
+Measured, each the median of ``--repeat`` runs, for ``--jobs N`` (default: the CPU count;
+the audit's processes in all: N - 1 workers recover the signatures, gridpoints_audit/parallel.py)
+and, unless ``--no-single``, for ``--jobs 1`` too (the one-process path), the two alternating
+within each repeat so that a change of the machine's load hits both alike:
 
-* the audit in-process: ``Auditor(open_chain(...), BundleSource(dir)).run()``, the
+* the audit in-process: ``Auditor(open_chain(...), BundleSource(dir), jobs=N).run()``, the
   ``gridpoints-audit`` entry point without the command line, run in a fresh child process per
   repeat (so its peak RSS is the audit's own): wall time, records/s, CPU time per record
-  (process time), peak RSS (``resource.getrusage``), and how much of the wall time was spent
-  reading the chain's events;
-* the command line ``gridpoints-audit --bundle DIR --json`` as its own process (wall time),
+  (the process's and its workers', which it waits for), peak RSS (``resource.getrusage``, the
+  auditing process), and how much of the wall time was spent reading the chain's events;
+* the command line ``gridpoints-audit --bundle DIR --json --jobs N`` as its own process (wall time),
   and its startup alone (``gridpoints-audit --help``), noted separately;
 * in the same run, single-threaded, in the audit's own child process right after the audit
   (so both see the same load on a busy machine): the bare recovery rate,
   ``coincurve.PublicKey.from_signature_and_message`` on the records' precomputed digests, per
-  second of wall time and of CPU time; the ratio audit / bare is taken per run, on both.
+  second of wall time and of CPU time; the ratio audit / bare is taken per run, on both. The
+  bare rate is always one core's: the ratio of ``--jobs 2`` is not divided by two.
 
 ``--profile FILE`` also writes a cProfile of one in-process audit to FILE (read it with
 ``python -m pstats FILE`` or ``--profile-top``).
