@@ -23,8 +23,8 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult, Pool
 from typing import Any
 
 from gridpoints_audit.checks.listing import published_leaf
@@ -93,13 +93,13 @@ class _Chunk:
     items: list[Any]
     parsed: list[SignedRecord | RecordValidationError]
     digests: list[bytes | None]
-    result: AsyncResult[list[bytes | str]] | None = None
+    result: Future[list[bytes | str]] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def ready(self) -> bool:
-        return self.result is not None and self.result.ready()
+        return self.result is not None and self.result.done()
 
 
 class RecordPool:
@@ -112,8 +112,12 @@ class RecordPool:
         self.workers = jobs - 1
         self.chunk_records = chunk_records
         self.chunks_sent = 0
-        # fork: the workers start in milliseconds, with everything imported
-        self._pool: Pool | None = multiprocessing.get_context("fork").Pool(self.workers)
+        # fork: the workers start in milliseconds, with everything imported. An executor, not
+        # multiprocessing.Pool: a worker that dies (killed, out of memory) fails the audit with
+        # BrokenProcessPool instead of leaving it waiting for a result that never comes.
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("fork")
+        )
 
     def stream(
         self, records: RecordChecks, place: EpochPlace, items: Iterable[Any], limit: int
@@ -135,7 +139,7 @@ class RecordPool:
                 for digest, signed in zip(chunk.digests, chunk.parsed, strict=True)
                 if digest is not None and isinstance(signed, SignedRecord)
             ]
-            chunk.result = pool.apply_async(_recover_chunk, (pairs,))
+            chunk.result = pool.submit(_recover_chunk, pairs)
             self.chunks_sent += 1
             pending.append(chunk)
             chunk = _Chunk([], [], [])
@@ -143,7 +147,7 @@ class RecordPool:
         def take() -> Iterator[Checked]:
             done = pending.popleft()
             assert done.result is not None
-            signers = iter(done.result.get())
+            signers = iter(done.result.result())
             for item, signed, digest in zip(done.items, done.parsed, done.digests, strict=True):
                 recovered = None if digest is None else (digest, next(signers))
                 yield check_record(records, place, item, signed, recovered)
@@ -182,8 +186,7 @@ class RecordPool:
         """Stops the workers and waits for them (their CPU time is then the parent's
         children's, for whoever measures it)."""
         if self._pool is not None:
-            self._pool.close()
-            self._pool.join()
+            self._pool.shutdown(wait=True)
             self._pool = None
 
 
