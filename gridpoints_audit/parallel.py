@@ -37,7 +37,7 @@ from gridpoints_protocol.record import SignedRecord
 
 PARALLEL_FROM_RECORDS = 5_000  # smaller audits check on one core
 CHUNK_RECORDS = 500  # records per task: ~50 KB each way, tens of ms of work
-_IN_FLIGHT_PER_JOB = 2  # chunks queued per worker: keeps every worker busy, memory bounded
+_IN_FLIGHT_PER_WORKER = 2  # chunks queued per worker: keeps every worker busy, memory bounded
 
 # One record, as the epoch's fold takes it: the leaf it claims, the record if it parsed, and
 # the findings about it on its own (in the order the sequential checks make them).
@@ -128,7 +128,7 @@ class RecordPool:
         pool = self._pool
         domain = records.domain
         pending: deque[_Chunk] = deque()
-        window = self.workers * _IN_FLIGHT_PER_JOB
+        window = self.workers * _IN_FLIGHT_PER_WORKER
         chunk = _Chunk([], [], [])
         beyond: list[Any] = []
 
