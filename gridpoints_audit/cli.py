@@ -34,6 +34,7 @@ from rich.table import Table
 from gridpoints_audit.chain_facts import DEFAULT_BLOCK_RANGE, open_chain, read_chain
 from gridpoints_audit.core import Auditor
 from gridpoints_audit.findings import AuditError, AuditReport
+from gridpoints_audit.parallel import PARALLEL_FROM_RECORDS
 from gridpoints_audit.sources import ApiSource, BundleSource, RecordSource, load_receipts
 from gridpoints_audit.user_check import UserReport, check_user_export, user_chain_facts
 from gridpoints_chain.deployment import deployment_domain
@@ -256,6 +257,16 @@ def audit(
             "what the API publishes in /v1/info, else 3600).",
         ),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Processes in all (default: the CPU count; 1: all in this one): the others "
+            f"recover the records' signatures, from {PARALLEL_FROM_RECORDS:,} records on. The "
+            "report is the same.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Audit every epoch the chain committed (or --from-epoch/--to-epoch) against the chain.
@@ -294,6 +305,7 @@ def audit(
             progress=bar if show else None,
             receipts=station_receipts,
             max_merge_delay_s=max_merge_delay_s,
+            jobs=jobs,
         )
         if show:
             with bar.progress:

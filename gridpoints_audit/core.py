@@ -37,10 +37,9 @@ from gridpoints_audit.checks.claims import (
     time_findings,
 )
 from gridpoints_audit.checks.history import AuditedHistory
-from gridpoints_audit.checks.listing import PublishedList, published_leaf
+from gridpoints_audit.checks.listing import PublishedList
 from gridpoints_audit.checks.movements import movement_findings
-from gridpoints_audit.checks.record_claims import record_claim_findings
-from gridpoints_audit.checks.records import RecordChecks
+from gridpoints_audit.checks.records import CheckedRecord, RecordChecks
 from gridpoints_audit.checks.roles import role_findings
 from gridpoints_audit.checks.sequences import (
     SettledSequences,
@@ -62,6 +61,13 @@ from gridpoints_audit.findings import (
     RecordsUnavailable,
     SourceMalformed,
     as_hex,
+)
+from gridpoints_audit.parallel import (
+    PARALLEL_FROM_RECORDS,
+    EpochPlace,
+    RecordPool,
+    checked_records,
+    default_jobs,
 )
 from gridpoints_audit.sources import RecordSource
 from gridpoints_chain.contracts import GridPointsChain
@@ -111,6 +117,8 @@ class Auditor:
         receipts: Sequence[IngestReceipt] = (),
         max_merge_delay_s: int | None = None,
         audit_time: int | None = None,
+        jobs: int | None = None,
+        parallel_from: int = PARALLEL_FROM_RECORDS,
     ) -> None:
         self.chain = chain
         self.source = source
@@ -120,6 +128,8 @@ class Auditor:
         self.receipts = receipts
         self.max_merge_delay_s = max_merge_delay_s
         self.audit_time = audit_time
+        self.jobs = default_jobs() if jobs is None else jobs
+        self.parallel_from = parallel_from
 
     def run(self, *, from_epoch: int | None = None, to_epoch: int | None = None) -> AuditReport:
         """Audits every epoch the chain committed (or only [from_epoch, to_epoch]: then the
@@ -162,6 +172,8 @@ class Auditor:
             receipts=self.receipts,
             max_merge_delay_s=self.max_merge_delay_s,
             audit_time=self.audit_time,
+            jobs=self.jobs,
+            parallel_from=self.parallel_from,
         )
 
 
@@ -180,6 +192,8 @@ def audit(
     receipts: Sequence[IngestReceipt] = (),
     max_merge_delay_s: int | None = None,
     audit_time: int | None = None,
+    jobs: int = 1,
+    parallel_from: int = PARALLEL_FROM_RECORDS,
 ) -> AuditReport:
     """Audits epochs `first_epoch`..`last_epoch` of `source` against `facts` (read at one
     block by `read_chain`) and the token as a whole; `lookups` answers what the source's
@@ -188,7 +202,9 @@ def audit(
     this call (the chain reading). The sequence view (checks/sequences.py) runs on a complete
     audit: `receipts` are station receipts already verified against the pinned receipt key,
     `max_merge_delay_s` the promise (default: what the source publishes, else the protocol's
-    default), `audit_time` the "now" of deadlines (default: the audit block's timestamp)."""
+    default), `audit_time` the "now" of deadlines (default: the audit block's timestamp).
+    With `jobs` > 1 and at least `parallel_from` records to read, each record's own checks run
+    in `jobs` worker processes (parallel.py); the report is the same."""
     started = time.perf_counter() if started is None else started
     progress = progress or _NoProgress()
     lo, hi = first_epoch, last_epoch
@@ -212,23 +228,22 @@ def audit(
         facts.stations,
         clock_skew_s=clock_skew_s,
     )
-    context = _EpochContext(
-        facts, source, deployment, records, AuditedHistory(), lookups, progress, clock_skew_s
-    )
     audited = [facts.epochs[e] for e in range(lo, hi + 1) if e in facts.epochs]
-    progress.begin(sum(e.record_count for e in audited))
-    verdicts: list[EpochVerdict] = []
-    summaries: dict[int, EpochSummary | None] = {}
-    unpublished: set[int] = set()
-    record_total = 0
-    for chain_epoch in audited:
-        verdict, epoch_findings, summary, published = context.audit_epoch(chain_epoch)
-        verdicts.append(verdict)
-        findings.extend(epoch_findings)
-        summaries[chain_epoch.epoch_id] = summary
-        if not published:
-            unpublished.add(chain_epoch.epoch_id)
-        record_total += verdict.records_seen
+    to_read = sum(e.record_count for e in audited)
+    pool = RecordPool(jobs) if jobs > 1 and to_read >= parallel_from else None
+    try:
+        context = _EpochContext(
+            facts, source, deployment, records, AuditedHistory(), lookups, progress, clock_skew_s
+        )
+        context.pool = pool
+        progress.begin(to_read)
+        verdicts, findings_of_epochs, summaries, unpublished, record_total = _audit_epochs(
+            context, audited
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+    findings.extend(findings_of_epochs)
     findings.extend(context.history.meter_findings())
     if complete:
         found, seq_notes = _sequence_view(
@@ -274,6 +289,27 @@ def audit(
         complete=complete,
         roles=roles,
     )
+
+
+def _audit_epochs(
+    context: _EpochContext, audited: list[ChainEpoch]
+) -> tuple[list[EpochVerdict], list[Discrepancy], dict[int, EpochSummary | None], set[int], int]:
+    """Each audited epoch in order: verdicts, findings, recomputed summaries, the epochs the
+    source does not publish, and how many records were read."""
+    verdicts: list[EpochVerdict] = []
+    findings: list[Discrepancy] = []
+    summaries: dict[int, EpochSummary | None] = {}
+    unpublished: set[int] = set()
+    record_total = 0
+    for chain_epoch in audited:
+        verdict, epoch_findings, summary, published = context.audit_epoch(chain_epoch)
+        verdicts.append(verdict)
+        findings.extend(epoch_findings)
+        summaries[chain_epoch.epoch_id] = summary
+        if not published:
+            unpublished.add(chain_epoch.epoch_id)
+        record_total += verdict.records_seen
+    return verdicts, findings, summaries, unpublished, record_total
 
 
 def _sequence_view(
@@ -373,6 +409,8 @@ class _EpochContext:
     first_log_index: dict[int, int] = field(init=False)
     # every audited record's station and sequence, for the sequence view
     settled: SettledSequences = field(default_factory=SettledSequences)
+    # worker processes for the records' own checks; None: checked in this process
+    pool: RecordPool | None = None
 
     def __post_init__(self) -> None:
         self.first_log_index = {}
@@ -487,7 +525,14 @@ class _EpochContext:
         out: list[Discrepancy] = []
         read_all = False
         try:
-            for item in self.source.records(e, ce.record_count):
+            place = EpochPlace(e, ce.committed_at, self.first_log_index[e], self.clock_skew_s)
+            items = self.source.records(e, ce.record_count)
+            # One beyond the anchored count is checked (and is a finding), the next one only
+            # says the source lists more: nothing further is read.
+            checked_items = checked_records(
+                self.records, self.pool, place, items, limit=ce.record_count + 1
+            )
+            for leaf, checked, found in checked_items:
                 if listing.published > ce.record_count:
                     out.append(
                         Discrepancy(
@@ -500,9 +545,10 @@ class _EpochContext:
                         )
                     )
                     break
-                leaf = published_leaf(item)
                 out += listing.place(leaf)
-                out += self._check_record(ce, item, leaf, refold)
+                out += found
+                if checked is not None:  # it parsed: it has a leaf
+                    out += self._fold_record(ce, checked, refold)
                 if listing.published % _PROGRESS_EVERY == 0:
                     self.progress.advance(e, _PROGRESS_EVERY)
             read_all = True
@@ -529,22 +575,13 @@ class _EpochContext:
             out += listing.complete()
         return out
 
-    def _check_record(
-        self, ce: ChainEpoch, item: Any, leaf: int | None, refold: EpochRefold
+    def _fold_record(
+        self, ce: ChainEpoch, checked: CheckedRecord, refold: EpochRefold
     ) -> list[Discrepancy]:
-        """Checks one published record, against the history too, and folds it in."""
+        """A record checked on its own (parallel.check_record), now against the records
+        before it (history, payment nonces) and folded into its epoch, in published order."""
         e = ce.epoch_id
-        checked, out = self.records.check(e, item, leaf, ce.committed_at)
-        if checked is None:
-            return out  # does not parse: it has no leaf
-        out += record_claim_findings(
-            e,
-            item,
-            checked,
-            first_log_index=self.first_log_index[e],
-            committed_at=ce.committed_at,
-            clock_skew_s=self.clock_skew_s,
-        )
+        out: list[Discrepancy] = []
         reused = self.history.admit_payment(e, checked)
         if reused is not None:
             out.append(reused)

@@ -96,6 +96,27 @@ DEFAULT_CLOCK_SKEW_S = 300
 MAX_REGISTRY_RETRY_S = 300
 
 
+# A record's digest under a domain and what its signature recovers to: the signer's 20 bytes,
+# or why it recovers to nobody (the SignatureError's text). Computed ahead by
+# `recover_record`, e.g. in another process of the same program (the auditor's workers).
+Recovered = tuple[bytes, bytes | str]
+
+
+def recover_record(signed: SignedRecord, domain: Domain) -> Recovered:
+    """The part of `RecordVerifier.verify` that needs nothing but the record and the domain,
+    and most of its time: the digest and the signature's recovery."""
+    digest = signed.record.digest(domain)
+    return digest, recover_digest_signer(digest, signed.signature)
+
+
+def recover_digest_signer(digest: bytes, signature: bytes) -> bytes | str:
+    """The signer's 20 bytes, or why the signature recovers to nobody."""
+    try:
+        return recover_signer_bytes(digest, signature)
+    except SignatureError as exc:
+        return str(exc)
+
+
 def ends_too_late(end_time: int, reference_time: int, clock_skew_s: int) -> bool:
     """The one end-time rule: a record cannot have ended more than `clock_skew_s` seconds after
     `reference_time`. Ingest judges it against the backend's clock when the record arrives (and
@@ -305,12 +326,18 @@ class RecordVerifier:
         )
 
     def verify(
-        self, signed: SignedRecord, *, now: int | None, claimed_domain: Domain | None = None
+        self,
+        signed: SignedRecord,
+        *,
+        now: int | None,
+        claimed_domain: Domain | None = None,
+        recovered: Recovered | None = None,
     ) -> Verdict:
         """Checks a parsed signed record. `now` (unix seconds) judges ``end_in_future``;
-        `claimed_domain` is the domain the submitter says it signed for, if it said."""
+        `claimed_domain` is the domain the submitter says it signed for, if it said;
+        `recovered`: `recover_record(signed, self.domain)` if already computed (by the
+        caller's own code: it is not checked again)."""
         record = signed.record
-        digest = record.digest(self.domain)
         if claimed_domain is not None and (
             claimed_domain.chain_id != self.domain.chain_id
             or claimed_domain.verifying_contract != self.domain.verifying_contract
@@ -327,12 +354,16 @@ class RecordVerifier:
                     {"claimed": claimed, "expected": expected},
                 ),
             )
-        try:
-            signer = recover_signer_bytes(digest, signed.signature)
-        except SignatureError as exc:
+        if recovered is None:
+            recovered = recover_record(signed, self.domain)
+        digest, signer_or_error = recovered
+        if isinstance(signer_or_error, str):
             return Verdict(
-                signed, digest, problem=Problem(RejectReason.BAD_SIGNATURE, f"signature: {exc}")
+                signed,
+                digest,
+                problem=Problem(RejectReason.BAD_SIGNATURE, f"signature: {signer_or_error}"),
             )
+        signer = signer_or_error
 
         end = record.end_time
         if now is not None and ends_too_late(end, now, self.clock_skew_s):

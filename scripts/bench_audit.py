@@ -3,7 +3,7 @@
 recovery rate measured in the same run (issue 12 §2: target >= 0.5 x bare recovery).
 
     .venv/bin/python scripts/bench_audit.py [--records 100000] [--stations 20] [--users 500]
-        [--epochs 5] [--repeat 3] [--json] [--profile FILE]
+        [--epochs 5] [--repeat 3] [--jobs N] [--no-single] [--json] [--profile FILE]
 
 The fixtures (built once per invocation in a temporary directory, reused by every repeat,
 removed at the end; never in the repository):
@@ -28,19 +28,23 @@ removed at the end; never in the repository):
   through the real settlement path, and ``backend.bundle.export_epoch`` writes one bundle per
   epoch. The auditor therefore checks real chain data: registry events, commits, mints.
 
-Measured, each the median of ``--repeat`` runs:
+Measured, each the median of ``--repeat`` runs, for ``--jobs N`` (default: the CPU count;
+the audit's processes in all: N - 1 workers recover the signatures, gridpoints_audit/parallel.py)
+and, unless ``--no-single``, for ``--jobs 1`` too (the one-process path), the two alternating
+within each repeat so that a change of the machine's load hits both alike:
 
-* the audit in-process: ``Auditor(open_chain(...), BundleSource(dir)).run()``, the
+* the audit in-process: ``Auditor(open_chain(...), BundleSource(dir), jobs=N).run()``, the
   ``gridpoints-audit`` entry point without the command line, run in a fresh child process per
   repeat (so its peak RSS is the audit's own): wall time, records/s, CPU time per record
-  (process time), peak RSS (``resource.getrusage``), and how much of the wall time was spent
-  reading the chain's events;
-* the command line ``gridpoints-audit --bundle DIR --json`` as its own process (wall time),
+  (the process's and its workers', which it waits for), peak RSS (``VmHWM``, the auditing
+  process), and how much of the wall time was spent reading the chain's events;
+* the command line ``gridpoints-audit --bundle DIR --json --jobs N`` as its own process (wall time),
   and its startup alone (``gridpoints-audit --help``), noted separately;
 * in the same run, single-threaded, in the audit's own child process right after the audit
   (so both see the same load on a busy machine): the bare recovery rate,
   ``coincurve.PublicKey.from_signature_and_message`` on the records' precomputed digests, per
-  second of wall time and of CPU time; the ratio audit / bare is taken per run, on both.
+  second of wall time and of CPU time; the ratio audit / bare is taken per run, on both. The
+  bare rate is always one core's: the ratio of ``--jobs 2`` is not divided by two.
 
 ``--profile FILE`` also writes a cProfile of one in-process audit to FILE (read it with
 ``python -m pstats FILE`` or ``--profile-top``).
@@ -285,10 +289,27 @@ def bare_recovery(pairs: list[tuple[bytes, bytes]]) -> tuple[float, float]:
     return len(pairs) / wall, len(pairs) / cpu
 
 
-def audit_child(rpc_url: str, deployment: str, bundles: str, profile: str | None) -> None:
-    """Child process: one in-process audit, then the bare recovery rate right after it in the
-    same process (on a busy machine the two then see the same load); prints the figures as
-    JSON."""
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ``getrusage(RUSAGE_SELF).ru_maxrss``: on Linux that
+    keeps the parent's peak across fork and exec (the benchmark's, with all the fixtures)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def audit_child(
+    rpc_url: str, deployment: str, bundles: str, profile: str | None, jobs: int
+) -> None:
+    """Child process: one in-process audit with `jobs` processes, then the bare recovery rate
+    right after it in the same process (on a busy machine the two then see the same load);
+    prints the figures as JSON. The audit's CPU time includes its worker processes' (they are
+    waited for when the audit ends)."""
     from gridpoints_audit.chain_facts import open_chain, read_chain
     from gridpoints_audit.core import Auditor
     from gridpoints_audit.sources import BundleSource
@@ -304,21 +325,24 @@ def audit_child(rpc_url: str, deployment: str, bundles: str, profile: str | None
 
         profiler = cProfile.Profile()
         profiler.enable()
-    wall, cpu = time.perf_counter(), time.process_time()
-    report = Auditor(chain, BundleSource(bundles)).run()
+    wall, cpu, workers = time.perf_counter(), time.process_time(), _children_cpu()
+    report = Auditor(chain, BundleSource(bundles), jobs=jobs).run()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    workers = _children_cpu() - workers
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(profile)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the pairs
+    peak_rss_mb = _peak_rss_mb()  # before the pairs
     blob = (Path(bundles).parent / PAIRS_FILE).read_bytes()
     pairs = [(blob[i : i + 65], blob[i + 65 : i + 97]) for i in range(0, len(blob), 97)]
     bare_wall, bare_cpu = bare_recovery(pairs)
     print(
         json.dumps(
             {
+                "jobs": jobs,
                 "wallSeconds": wall,
-                "cpuSeconds": cpu,
+                "cpuSeconds": cpu + workers,
+                "workerCpuSeconds": workers,
                 "chainSeconds": chain_s,
                 "records": report.records,
                 "clean": report.clean if hasattr(report, "clean") else None,
@@ -332,9 +356,9 @@ def audit_child(rpc_url: str, deployment: str, bundles: str, profile: str | None
     )
 
 
-def run_child(fx: Fixture, profile: Path | None = None) -> dict[str, Any]:
+def run_child(fx: Fixture, jobs: int, profile: Path | None = None) -> dict[str, Any]:
     args = [sys.executable, __file__, "--audit-child", fx.rpc_url, str(fx.deployment_file)]
-    args += [str(fx.bundles), str(profile) if profile else ""]
+    args += [str(fx.bundles), str(profile) if profile else "", str(jobs)]
     out = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=_clean_env())
     if out.returncode != 0:
         raise SystemExit(f"audit child failed:\n{out.stderr[-4000:]}")
@@ -348,8 +372,9 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def run_cli(fx: Fixture) -> tuple[float, int]:
+def run_cli(fx: Fixture, jobs: int) -> tuple[float, int]:
     command = [str(AUDIT_CLI), "--rpc-url", fx.rpc_url, "--deployment", str(fx.deployment_file)]
+    command += ["--jobs", str(jobs)]
     started = time.perf_counter()
     out = subprocess.run(
         [*command, "--bundle", str(fx.bundles), "--json"],
@@ -377,8 +402,16 @@ def main(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     profile: Annotated[Path | None, typer.Option(help="cProfile of one audit to FILE")] = None,
     profile_top: Annotated[int, typer.Option(help="print the top N of --profile")] = 25,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="audit processes (default: the CPU count)")
+    ] = None,
+    single: Annotated[
+        bool, typer.Option(help="also audit with --jobs 1 in each repeat, for comparison")
+    ] = True,
 ) -> None:
     """Builds the fixtures once, then audits them --repeat times."""
+    jobs = jobs or os.cpu_count() or 1
+    variants = [jobs, 1] if single and jobs != 1 else [jobs]
     root = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     node = None
     try:
@@ -387,60 +420,35 @@ def main(
             root, records=records, stations=stations, users=users, epochs=epochs, seed=seed
         )
         build_s = time.perf_counter() - started
-        runs: list[dict[str, Any]] = []
+        by_jobs: dict[int, list[dict[str, Any]]] = {j: [] for j in variants}
         with Progress(console=err, transient=True) as progress:
-            task = progress.add_task("auditing", total=repeat)
+            task = progress.add_task("auditing", total=repeat * len(variants))
             for _ in range(repeat):
-                child = run_child(fx)
-                child["cliSeconds"], child["cliExit"] = run_cli(fx)
-                child["cliStartupSeconds"] = cli_startup()
-                runs.append(child)
-                progress.advance(task)
+                # The variants alternate, so a change of the machine's load hits both alike.
+                for j in variants:
+                    child = run_child(fx, j)
+                    child["cliSeconds"], child["cliExit"] = run_cli(fx, j)
+                    child["cliStartupSeconds"] = cli_startup()
+                    by_jobs[j].append(child)
+                    progress.advance(task)
         if profile is not None:
-            run_child(fx, profile)
-
-        def med(key: str) -> float:
-            return statistics.median(float(r[key]) for r in runs)
-
-        audited = runs[0]["records"]
-        wall, cpu, bare = med("wallSeconds"), med("cpuSeconds"), med("bareRecoveryPerSecond")
-        rate = audited / wall
-        ratios = sorted(r["records"] / r["wallSeconds"] / r["bareRecoveryPerSecond"] for r in runs)
-        cpu_ratios = sorted(
-            r["records"] / r["cpuSeconds"] / r["bareRecoveryPerCpuSecond"] for r in runs
-        )
-        result = {
-            "records": audited,
-            "stations": stations,
-            "users": users,
-            "epochs": epochs,
-            "repeat": repeat,
-            "fixtureSeconds": build_s,
-            "auditSeconds": wall,
-            "auditRecordsPerSecond": rate,
-            "bareRecoveryPerSecond": bare,
-            "ratioToBare": statistics.median(ratios),
-            "ratioToBareRuns": ratios,
-            "cpuRatioToBare": statistics.median(cpu_ratios),
-            "bareRecoveryPerCpuSecond": med("bareRecoveryPerCpuSecond"),
-            "cpuMicrosecondsPerRecord": cpu / audited * 1e6,
-            "chainReadSeconds": med("chainSeconds"),
-            "peakRssMb": med("peakRssMb"),
-            "cliSeconds": med("cliSeconds"),
-            "cliRecordsPerSecond": audited / med("cliSeconds"),
-            "cliStartupSeconds": med("cliStartupSeconds"),
-            "discrepancies": [r["discrepancies"] for r in runs],
-            "cliExit": [r["cliExit"] for r in runs],
-            "runs": runs,
-        }
+            run_child(fx, jobs, profile)
+        results = [
+            _summary(by_jobs[j], j, stations=stations, users=users, epochs=epochs, repeat=repeat)
+            for j in variants
+        ]
+        for result in results:
+            result["fixtureSeconds"] = build_s
         if as_json:
-            print(json.dumps(result, indent=2))
+            print(json.dumps(results if len(results) > 1 else results[0], indent=2))
         else:
-            _print(result)
+            for result in results:
+                _print(result)
         if profile is not None and not as_json:
             import pstats
 
             pstats.Stats(str(profile)).sort_stats("tottime").print_stats(profile_top)
+        runs = [r for j in variants for r in by_jobs[j]]
         if any(r["discrepancies"] for r in runs) or any(r["cliExit"] for r in runs):
             raise SystemExit("the audit of the honest fixtures was not clean")
     finally:
@@ -449,15 +457,61 @@ def main(
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _summary(
+    runs: list[dict[str, Any]], jobs: int, *, stations: int, users: int, epochs: int, repeat: int
+) -> dict[str, Any]:
+    """The medians of one variant's runs; the ratios are taken per run."""
+
+    def med(key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs)
+
+    audited = runs[0]["records"]
+    wall, cpu, bare = med("wallSeconds"), med("cpuSeconds"), med("bareRecoveryPerSecond")
+    rate = audited / wall
+    ratios = sorted(r["records"] / r["wallSeconds"] / r["bareRecoveryPerSecond"] for r in runs)
+    cpu_ratios = sorted(
+        r["records"] / r["cpuSeconds"] / r["bareRecoveryPerCpuSecond"] for r in runs
+    )
+    return {
+        "jobs": jobs,
+        "records": audited,
+        "stations": stations,
+        "users": users,
+        "epochs": epochs,
+        "repeat": repeat,
+        "auditSeconds": wall,
+        "auditRecordsPerSecond": rate,
+        "bareRecoveryPerSecond": bare,
+        "ratioToBare": statistics.median(ratios),
+        "ratioToBareRuns": ratios,
+        "cpuRatioToBare": statistics.median(cpu_ratios),
+        "bareRecoveryPerCpuSecond": med("bareRecoveryPerCpuSecond"),
+        "cpuMicrosecondsPerRecord": cpu / audited * 1e6,
+        "workerCpuSeconds": med("workerCpuSeconds"),
+        "chainReadSeconds": med("chainSeconds"),
+        "peakRssMb": med("peakRssMb"),
+        "cliSeconds": med("cliSeconds"),
+        "cliRecordsPerSecond": audited / med("cliSeconds"),
+        "cliStartupSeconds": med("cliStartupSeconds"),
+        "discrepancies": [r["discrepancies"] for r in runs],
+        "cliExit": [r["cliExit"] for r in runs],
+        "runs": runs,
+    }
+
+
 def _print(r: dict[str, Any]) -> None:
-    title = f"gridpoints-audit over {r['records']:,} records (medians of {r['repeat']})"
+    title = (
+        f"gridpoints-audit --jobs {r['jobs']} over {r['records']:,} records "
+        f"(medians of {r['repeat']})"
+    )
     table = Table(title=title)
     table.add_column("what")
     table.add_column("figure", justify="right")
     table.add_row("audit, in-process (bundles + chain)", f"{r['auditSeconds']:.2f} s")
     table.add_row("  records/s", f"{r['auditRecordsPerSecond']:,.0f}")
     table.add_row("  of which reading the chain's events", f"{r['chainReadSeconds']:.2f} s")
-    table.add_row("  CPU per record", f"{r['cpuMicrosecondsPerRecord']:.1f} µs")
+    table.add_row("  CPU per record (all processes)", f"{r['cpuMicrosecondsPerRecord']:.1f} µs")
+    table.add_row("  of which in worker processes", f"{r['workerCpuSeconds']:.2f} s")
     table.add_row("  peak RSS", f"{r['peakRssMb']:.0f} MB")
     table.add_row("bare recovery (coincurve, 1 thread)", f"{r['bareRecoveryPerSecond']:,.0f} /s")
     table.add_row("ratio audit / bare, wall (target >= 0.5)", f"{r['ratioToBare']:.2f}")
@@ -471,7 +525,7 @@ def _print(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--audit-child":
-        audit_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] or None)
+    if len(sys.argv) == 7 and sys.argv[1] == "--audit-child":
+        audit_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] or None, int(sys.argv[6]))
     else:
         app()

@@ -12,7 +12,7 @@ from typing import Any
 
 from gridpoints_audit.findings import Discrepancy, Kind, RecordRef, as_hex
 from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
-from gridpoints_protocol.checks import Problem, RecordVerifier, ends_too_late
+from gridpoints_protocol.checks import Problem, RecordVerifier, Recovered, ends_too_late
 from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
@@ -37,6 +37,17 @@ class CheckedRecord:
     user: bytes | None = None
 
 
+def parse(item: Any) -> SignedRecord | RecordValidationError:
+    """The signed record of a published entry (its record and signature; the entry carries
+    more, checked elsewhere), or why it does not parse."""
+    if type(item) is dict or isinstance(item, Mapping):
+        item = {"record": item.get("record"), "signature": item.get("signature")}
+    try:
+        return SignedRecord.from_json(item)
+    except RecordValidationError as exc:
+        return exc
+
+
 class RecordChecks:
     """The checks of one record on its own, for one deployment and its registry history."""
 
@@ -57,20 +68,23 @@ class RecordChecks:
         )
 
     def check(
-        self, epoch_id: int, item: Any, leaf: int | None, committed_at: int
+        self,
+        epoch_id: int,
+        item: Any,
+        leaf: int | None,
+        committed_at: int,
+        parsed: SignedRecord | RecordValidationError | None = None,
+        recovered: Recovered | None = None,
     ) -> tuple[CheckedRecord | None, list[Discrepancy]]:
         """The record published as `item` at `leaf` of the epoch committed at `committed_at`
-        (block timestamp); None when it does not even parse (then it has no leaf)."""
+        (block timestamp); None when it does not even parse (then it has no leaf).
+        `parsed`: `parse(item)` and `recovered` its digest and signer (`recover_record`), if
+        already computed."""
         e = epoch_id
         is_mapping = type(item) is dict or isinstance(item, Mapping)
-        body = (
-            {"record": item.get("record"), "signature": item.get("signature")}
-            if is_mapping
-            else item
-        )
-        try:
-            signed = SignedRecord.from_json(body)
-        except RecordValidationError as exc:
+        signed = parse(item) if parsed is None else parsed
+        if isinstance(signed, RecordValidationError):
+            exc = signed  # it does not parse
             return None, [
                 Discrepancy(
                     Kind.RECORD_MALFORMED,
@@ -83,7 +97,7 @@ class RecordChecks:
             ]
         out: list[Discrepancy] = []
         record = signed.record
-        verdict = self.verifier.verify(signed, now=None)
+        verdict = self.verifier.verify(signed, now=None, recovered=recovered)
         digest = verdict.digest if verdict.digest is not None else record.digest(self.domain)
         ref = RecordRef(record.station_id, record.sequence, digest, leaf)
         where = f"record {record.sequence} of station 0x{record.station_id.hex()} (epoch {e})"
