@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,6 +19,10 @@ from backend.ingest.classify import Candidate, Outcome
 from backend.ingest.transaction import Ingestor
 
 log = logging.getLogger(__name__)
+
+# Applied to a committed group's candidates and outcomes before its callers are answered (the
+# receipt signature: `backend.receipts.ReceiptIssuer.issue`); returns the outcomes to deliver.
+AfterCommit = Callable[[Sequence[Candidate], list[Outcome]], list[Outcome]]
 
 
 @dataclass(slots=True)
@@ -65,14 +69,26 @@ class GroupCommitter:
     group's receipts carry the latest `received_at` of its members, which is never earlier than
     the instant any member's end time was checked against. Should a group's transaction fail,
     each member is retried alone, so an error reaches only the request that causes it.
+
+    `after_commit`, when set, runs once per committed transaction on the whole group's outcomes
+    before anyone is answered: the receipt key signs one Merkle tree per transaction, not one
+    per request (a PKCS#11 signature costs more than verifying and storing a record). An error
+    there reaches every member of the group; their records stay committed (a retry is answered
+    as a duplicate, with a receipt).
     """
 
     def __init__(
-        self, ingestor: Ingestor, *, max_records: int = 2_000, idle_s: float = 5.0
+        self,
+        ingestor: Ingestor,
+        *,
+        max_records: int = 2_000,
+        idle_s: float = 5.0,
+        after_commit: AfterCommit | None = None,
     ) -> None:
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
         self.ingestor = ingestor
+        self.after_commit = after_commit
         self.max_records = max_records
         self.idle_s = idle_s
         self._cond = threading.Condition()
@@ -156,6 +172,12 @@ class GroupCommitter:
                     exc_info=True,
                 )
             else:
+                try:
+                    outcomes = self._after_commit(candidates, outcomes)
+                except Exception as exc:
+                    for waiter in group:
+                        waiter.error = exc
+                    return
                 at = 0
                 for waiter in group:
                     waiter.outcomes = outcomes[at : at + len(waiter.candidates)]
@@ -163,9 +185,14 @@ class GroupCommitter:
                 return
         for waiter in group:
             try:
-                waiter.outcomes = self.ingestor.ingest(waiter.candidates, waiter.received_at)
+                outcomes = self.ingestor.ingest(waiter.candidates, waiter.received_at)
+                waiter.outcomes = self._after_commit(waiter.candidates, outcomes)
             except Exception as exc:
                 waiter.error = exc
+
+    def _after_commit(self, candidates: Sequence[Candidate], outcomes: list[Outcome]) -> list[Outcome]:
+        after = self.after_commit
+        return outcomes if after is None else after(candidates, outcomes)
 
     @staticmethod
     def _deliver(group: list[_Waiter]) -> None:
