@@ -217,7 +217,9 @@ class BackendService:
         candidates, received_at = self._candidates(items, claimed_domain)
         return self._counted(await self.committer.ingest_async(candidates, received_at))
 
-    def _sign_receipts(self, candidates: Sequence[Candidate], outcomes: list[Outcome]) -> list[Outcome]:
+    def _sign_receipts(
+        self, candidates: Sequence[Candidate], outcomes: list[Outcome]
+    ) -> list[Outcome]:
         """The committer's `after_commit`: one receipt signature per committed transaction
         (in the committer's thread, never on the event loop)."""
         receipts = self.receipts

@@ -820,8 +820,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"{s['repeat']} runs (min-max in brackets)"
     )
     print(f"client: {s['client']}")
-    print(f"receipt key: {s['receipt_key']} (the server signs a receipt for every accepted record)"
-          if s["receipt_key"] != "none" else "receipt key: none (no receipts signed)")
+    print(
+        f"receipt key: {s['receipt_key']} (the server signs a receipt for every accepted record)"
+        if s["receipt_key"] != "none"
+        else "receipt key: none (no receipts signed)"
+    )
     print()
     print("in-process, one thread:")
     rows = [

@@ -70,11 +70,14 @@ class GroupCommitter:
     the instant any member's end time was checked against. Should a group's transaction fail,
     each member is retried alone, so an error reaches only the request that causes it.
 
-    `after_commit`, when set, runs once per committed transaction on the whole group's outcomes
-    before anyone is answered: the receipt key signs one Merkle tree per transaction, not one
-    per request (a PKCS#11 signature costs more than verifying and storing a record). An error
-    there reaches every member of the group; their records stay committed (a retry is answered
-    as a duplicate, with a receipt).
+    `after_commit`, when set, runs on committed outcomes before anyone is answered: the receipt
+    key signs one Merkle tree over them (a PKCS#11 signature costs more than verifying and
+    storing a record). It runs in a second thread, the finisher, so that the next transaction
+    does not wait for it: the finisher takes every group committed since its last call, in
+    commit order, and calls `after_commit` once for all of them. One signature thus covers
+    one transaction when the signer keeps up, and several when it does not. An error there
+    reaches every caller of that call; their records stay committed (a retry is answered as a
+    duplicate, with a receipt).
     """
 
     def __init__(
@@ -94,6 +97,10 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._queue: deque[_Waiter] = deque()
         self._thread: threading.Thread | None = None
+        # Committed groups waiting for `after_commit` (see `_finish`).
+        self._finish_cond = threading.Condition()
+        self._finishing: deque[_Waiter] = deque()
+        self._finisher: threading.Thread | None = None
 
     def ingest(self, candidates: Sequence[Candidate], received_at: datetime) -> list[Outcome]:
         """One outcome per candidate, in order, committed in a transaction shared with other
@@ -158,7 +165,10 @@ class GroupCommitter:
                         self._thread.start()
                 raise
             finally:
-                self._deliver(group)
+                if self.after_commit is None:
+                    self._deliver(group)
+                else:
+                    self._finish(group)
 
     def _run(self, group: list[_Waiter]) -> None:
         if len(group) > 1:
@@ -172,12 +182,6 @@ class GroupCommitter:
                     exc_info=True,
                 )
             else:
-                try:
-                    outcomes = self._after_commit(candidates, outcomes)
-                except Exception as exc:
-                    for waiter in group:
-                        waiter.error = exc
-                    return
                 at = 0
                 for waiter in group:
                     waiter.outcomes = outcomes[at : at + len(waiter.candidates)]
@@ -185,14 +189,60 @@ class GroupCommitter:
                 return
         for waiter in group:
             try:
-                outcomes = self.ingestor.ingest(waiter.candidates, waiter.received_at)
-                waiter.outcomes = self._after_commit(waiter.candidates, outcomes)
+                waiter.outcomes = self.ingestor.ingest(waiter.candidates, waiter.received_at)
             except Exception as exc:
                 waiter.error = exc
 
-    def _after_commit(self, candidates: Sequence[Candidate], outcomes: list[Outcome]) -> list[Outcome]:
+    def _finish(self, group: list[_Waiter]) -> None:
+        """Hands a committed group to the finisher thread (started on demand, like `_serve`)."""
+        with self._finish_cond:
+            self._finishing.extend(group)
+            if self._finisher is None:
+                self._finisher = threading.Thread(
+                    target=self._finish_loop, name="gridpoints-group-finish", daemon=True
+                )
+                self._finisher.start()
+            else:
+                self._finish_cond.notify()
+
+    def _finish_loop(self) -> None:
         after = self.after_commit
-        return outcomes if after is None else after(candidates, outcomes)
+        assert after is not None
+        while True:
+            with self._finish_cond:
+                if not self._finishing:
+                    self._finish_cond.wait(self.idle_s)
+                    if not self._finishing:
+                        self._finisher = None
+                        return
+                waiters = list(self._finishing)
+                self._finishing.clear()
+            try:
+                committed = [w for w in waiters if w.outcomes is not None]
+                if committed:
+                    candidates = [c for w in committed for c in w.candidates]
+                    outcomes = [o for w in committed for o in w.outcomes or ()]
+                    try:
+                        finished = after(candidates, outcomes)
+                    except Exception as exc:
+                        for waiter in committed:
+                            waiter.outcomes, waiter.error = None, exc
+                    else:
+                        at = 0
+                        for waiter in committed:
+                            waiter.outcomes = finished[at : at + len(waiter.candidates)]
+                            at += len(waiter.candidates)
+            except BaseException:  # not an error of `after` (those reach the callers)
+                with self._finish_cond:  # the next group starts a fresh finisher
+                    self._finisher = None
+                    if self._finishing:
+                        self._finisher = threading.Thread(
+                            target=self._finish_loop, name="gridpoints-group-finish", daemon=True
+                        )
+                        self._finisher.start()
+                raise
+            finally:
+                self._deliver(waiters)
 
     @staticmethod
     def _deliver(group: list[_Waiter]) -> None:
