@@ -1,9 +1,11 @@
 """The operator's signed ingest receipts (format and verification: gridpoints_protocol/receipts.py).
 
-Every accepted or duplicate outcome of one request gets a receipt; the request's receipts are
-signed together, once (a Merkle tree of their entries), so the receipt key's HSM costs one
-signature per request, not per record. The key is a `Signer`: a secp256k1 key inside a PKCS#11
-token (``GRIDPOINTS_RECEIPT_PKCS11_*``, the production choice) or a development key file
+Every accepted or duplicate outcome gets a receipt; the receipts of one or more ingest
+transactions (each one request, or several concurrent ones that the group committer stored
+together; see `GroupCommitter`'s finisher) are signed together, once (a Merkle tree of their
+entries), so the receipt key's HSM costs one signature per transaction or fewer, not one per
+record nor per request. The key is a `Signer`: a secp256k1 key inside a PKCS#11 token
+(``GRIDPOINTS_RECEIPT_PKCS11_*``, the production choice) or a development key file
 (``GRIDPOINTS_RECEIPT_KEY_FILE``, an encrypted keystore; every signature warns). Without either,
 the backend signs no receipts (a warning at start-up; ``/v1/info`` says ``receiptKey: null``).
 """
@@ -75,7 +77,8 @@ def load_receipt_signer(settings: Settings, *, create: bool = False) -> Signer |
 
 
 class ReceiptIssuer:
-    """Signs the receipts of one request's outcomes with the receipt key."""
+    """Signs the receipts of committed outcomes (one or more transactions') with the receipt
+    key, under one signature."""
 
     def __init__(self, signer: Signer, domain: Domain, max_merge_delay_s: int) -> None:
         self.signer = signer

@@ -11,7 +11,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from web3 import Web3
 
 from backend.db.session import Database
@@ -81,8 +80,9 @@ class BackendService:
         self.ingestor = Ingestor(
             self.db, admit_rejection=None if self.station_limits is None else self._admit_rejection
         )
-        # Concurrent requests share ingest transactions (see GroupCommitter).
-        self.committer = GroupCommitter(self.ingestor)
+        # Concurrent requests share ingest transactions (see GroupCommitter), and the receipts
+        # of one transaction share one signature (`_sign_receipts`).
+        self.committer = GroupCommitter(self.ingestor, after_commit=self._sign_receipts)
         try:
             self.tariffs = TariffBook.load(settings.tariffs_dir)
         except TariffError as exc:
@@ -207,8 +207,7 @@ class BackendService:
     ) -> list[Outcome]:
         """Verifies and stores submitted JSON values; one outcome each, in order."""
         candidates, received_at = self._candidates(items, claimed_domain)
-        outcomes = self._counted(self.committer.ingest(candidates, received_at))
-        return outcomes if self.receipts is None else self.receipts.issue(candidates, outcomes)
+        return self._counted(self.committer.ingest(candidates, received_at))
 
     async def submit_async(
         self, items: Sequence[Any], *, claimed_domain: Domain | None = None
@@ -216,11 +215,15 @@ class BackendService:
         """`submit` on the event loop: verifies in place (one record's checks cost less than a
         hop to a worker thread) and awaits the group commit without holding a thread."""
         candidates, received_at = self._candidates(items, claimed_domain)
-        outcomes = self._counted(await self.committer.ingest_async(candidates, received_at))
-        if self.receipts is None:
-            return outcomes
-        # An HSM signature takes a fraction of a millisecond: off the event loop.
-        return await run_in_threadpool(self.receipts.issue, candidates, outcomes)
+        return self._counted(await self.committer.ingest_async(candidates, received_at))
+
+    def _sign_receipts(
+        self, candidates: Sequence[Candidate], outcomes: list[Outcome]
+    ) -> list[Outcome]:
+        """The committer's `after_commit`: one receipt signature per committed transaction
+        (in the committer's thread, never on the event loop)."""
+        receipts = self.receipts
+        return outcomes if receipts is None else receipts.issue(candidates, outcomes)
 
     def _candidates(
         self, items: Sequence[Any], claimed_domain: Domain | None

@@ -24,18 +24,20 @@ fixed-layout hash is one rule that every room can recompute without a typed-data
               || receivedAt (uint64) || sealedBy (uint64)
 
 * receipt leaf = RFC 9162 leaf hash of the entry, ``keccak256(0x00 || entry)``;
-* one signature per response: the leaves of the response's receipts, in order, form an
-  RFC 9162 tree (``merkle.py``, the tree of the records root), and the receipt key signs::
+* one signature per ingest transaction (one request, or several concurrent requests stored
+  together): the leaves of its receipts, in order, form an RFC 9162 tree (``merkle.py``, the
+  tree of the records root), and the receipt key signs::
 
       signed digest = keccak256("GridPoints ingest receipts v1" || 0x00
                                 || records' EIP-712 domain separator || root || size (uint64))
 
   Each receipt carries its ``index``, the tree ``size``, the audit ``path`` and the signature,
-  so it verifies alone. Signing a whole batch once keeps the HSM off the ingest hot path
-  (one signature per request, not per record). The tag starts with ASCII "G", so the signed
-  preimage can never be an EIP-191/EIP-712 message (0x19...) or an Ethereum transaction, and
-  the records' domain separator (chain id and StationRegistry) ties a receipt to one
-  deployment.
+  so it verifies alone. Signing a whole transaction once keeps the HSM off the ingest hot
+  path (one signature per transaction, not per record). The path's hashes are other records'
+  leaves: one-way hashes of entries, nothing of those records can be read from them. The tag
+  starts with ASCII "G", so the signed preimage can never be an EIP-191/EIP-712 message
+  (0x19...) or an Ethereum transaction, and the records' domain separator (chain id and
+  StationRegistry) ties a receipt to one deployment.
 
 Signatures are 65-byte ``r || s || v``, low-s, v in {27, 28}, by a secp256k1 key (the
 project's `Signer`: a PKCS#11 token or a development key file); the key's address is what a

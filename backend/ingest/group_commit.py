@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,6 +19,10 @@ from backend.ingest.classify import Candidate, Outcome
 from backend.ingest.transaction import Ingestor
 
 log = logging.getLogger(__name__)
+
+# Applied to a committed group's candidates and outcomes before its callers are answered (the
+# receipt signature: `backend.receipts.ReceiptIssuer.issue`); returns the outcomes to deliver.
+AfterCommit = Callable[[Sequence[Candidate], list[Outcome]], list[Outcome]]
 
 
 @dataclass(slots=True)
@@ -65,19 +69,38 @@ class GroupCommitter:
     group's receipts carry the latest `received_at` of its members, which is never earlier than
     the instant any member's end time was checked against. Should a group's transaction fail,
     each member is retried alone, so an error reaches only the request that causes it.
+
+    `after_commit`, when set, runs on committed outcomes before anyone is answered: the receipt
+    key signs one Merkle tree over them (a PKCS#11 signature costs more than verifying and
+    storing a record). It runs in a second thread, the finisher, so that the next transaction
+    does not wait for it: the finisher takes every group committed since its last call, in
+    commit order, and calls `after_commit` once for all of them. One signature thus covers
+    one transaction when the signer keeps up, and several when it does not. An error there
+    reaches every caller of that call; their records stay committed (a retry is answered as a
+    duplicate, with a receipt).
     """
 
     def __init__(
-        self, ingestor: Ingestor, *, max_records: int = 2_000, idle_s: float = 5.0
+        self,
+        ingestor: Ingestor,
+        *,
+        max_records: int = 2_000,
+        idle_s: float = 5.0,
+        after_commit: AfterCommit | None = None,
     ) -> None:
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
         self.ingestor = ingestor
+        self.after_commit = after_commit
         self.max_records = max_records
         self.idle_s = idle_s
         self._cond = threading.Condition()
         self._queue: deque[_Waiter] = deque()
         self._thread: threading.Thread | None = None
+        # Committed groups waiting for `after_commit` (see `_finish`).
+        self._finish_cond = threading.Condition()
+        self._finishing: deque[_Waiter] = deque()
+        self._finisher: threading.Thread | None = None
 
     def ingest(self, candidates: Sequence[Candidate], received_at: datetime) -> list[Outcome]:
         """One outcome per candidate, in order, committed in a transaction shared with other
@@ -142,7 +165,10 @@ class GroupCommitter:
                         self._thread.start()
                 raise
             finally:
-                self._deliver(group)
+                if self.after_commit is None:
+                    self._deliver(group)
+                else:
+                    self._finish(group)
 
     def _run(self, group: list[_Waiter]) -> None:
         if len(group) > 1:
@@ -166,6 +192,57 @@ class GroupCommitter:
                 waiter.outcomes = self.ingestor.ingest(waiter.candidates, waiter.received_at)
             except Exception as exc:
                 waiter.error = exc
+
+    def _finish(self, group: list[_Waiter]) -> None:
+        """Hands a committed group to the finisher thread (started on demand, like `_serve`)."""
+        with self._finish_cond:
+            self._finishing.extend(group)
+            if self._finisher is None:
+                self._finisher = threading.Thread(
+                    target=self._finish_loop, name="gridpoints-group-finish", daemon=True
+                )
+                self._finisher.start()
+            else:
+                self._finish_cond.notify()
+
+    def _finish_loop(self) -> None:
+        after = self.after_commit
+        assert after is not None
+        while True:
+            with self._finish_cond:
+                if not self._finishing:
+                    self._finish_cond.wait(self.idle_s)
+                    if not self._finishing:
+                        self._finisher = None
+                        return
+                waiters = list(self._finishing)
+                self._finishing.clear()
+            try:
+                committed = [w for w in waiters if w.outcomes is not None]
+                if committed:
+                    candidates = [c for w in committed for c in w.candidates]
+                    outcomes = [o for w in committed for o in w.outcomes or ()]
+                    try:
+                        finished = after(candidates, outcomes)
+                    except Exception as exc:
+                        for waiter in committed:
+                            waiter.outcomes, waiter.error = None, exc
+                    else:
+                        at = 0
+                        for waiter in committed:
+                            waiter.outcomes = finished[at : at + len(waiter.candidates)]
+                            at += len(waiter.candidates)
+            except BaseException:  # not an error of `after` (those reach the callers)
+                with self._finish_cond:  # the next group starts a fresh finisher
+                    self._finisher = None
+                    if self._finishing:
+                        self._finisher = threading.Thread(
+                            target=self._finish_loop, name="gridpoints-group-finish", daemon=True
+                        )
+                        self._finisher.start()
+                raise
+            finally:
+                self._deliver(waiters)
 
     @staticmethod
     def _deliver(group: list[_Waiter]) -> None:
