@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import and_, exists, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import Exists
 
 from backend.db.models import Epoch, OpeningErasure, Record, SettlementStep
 from gridpoints_protocol.record import ZERO_BYTES32
@@ -52,7 +54,7 @@ class ErasureResult:
         return sum(self.kept.values())
 
 
-def _settled_epoch_of(log_index: object) -> object:
+def _settled_epoch_of(log_index: ColumnElement[int] | InstrumentedAttribute[int]) -> Exists:
     """The condition: the record at `log_index` lies in a settled epoch all of whose settlement
     steps are final (at or below the chain's finalized block)."""
     return exists(

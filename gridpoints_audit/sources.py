@@ -520,7 +520,12 @@ class BundleSource:
 
     def erased_openings(self, epoch_id: int) -> int:
         bundle = self._bundles.get(epoch_id)
-        return 0 if bundle is None else len(_erased(bundle.path / OPENINGS_FILE))
+        if bundle is None:
+            return 0
+        try:
+            return len(_erased(bundle.path / OPENINGS_FILE))
+        except SourceMalformed:
+            return 0  # reading the records reported it (source_malformed)
 
     def tariff(self, epoch_id: int, tariff_hash: bytes) -> bytes | None:
         bundle = self._bundles.get(epoch_id)

@@ -221,7 +221,5 @@ def delete_my_openings(
     through_epoch: Annotated[int | None, Query(alias="throughEpoch", ge=1, le=MAX_INDEX)] = None,
 ) -> ErasureView:
     with service.db.write() as session:
-        result = erase_openings(
-            session, user, through_epoch=through_epoch, now=datetime.now(UTC)
-        )
+        result = erase_openings(session, user, through_epoch=through_epoch, now=datetime.now(UTC))
     return ErasureView(erased=result.erased, kept=result.kept_count, keptReasons=result.kept)

@@ -8,15 +8,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from alembic import command
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from backend.db import Database
 from backend.db.models import Record
 from backend.erasure import ERASED_ADDRESS, ERASED_SALT
-from backend.migrations import current_revision, head_revision, upgrade
-from backend.migrations import alembic_config
-from alembic import command
+from backend.migrations import alembic_config, current_revision, head_revision, upgrade
 from tests.backend.db.test_storage import _record_row, _station
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
