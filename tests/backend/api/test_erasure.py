@@ -16,6 +16,7 @@ from backend.db.models import OpeningErasure, Record
 from backend.erasure import ERASED_ADDRESS, ERASED_SALT
 from backend.worker import SealAndSettle
 from gridpoints_audit.findings import Kind
+from tests.backend.test_cli import gridpoints
 from tests.support.audit import audit_api, audit_bundle, export_all
 from tests.support.auth import bearer, sign_in, wallet
 from tests.support.backend import BackendHarness, opening_of, signed_of
@@ -131,3 +132,29 @@ def test_erasure_removes_the_openings_of_settled_records_and_every_check_stays_c
     path.write_text(json.dumps({**openings, "erased": ["0x01"]}))
     malformed = audit_bundle(h, full_root)
     assert Kind.SOURCE_MALFORMED in malformed.kinds()
+
+
+def test_the_operator_erases_on_a_request_received_otherwise(harness: BackendHarness) -> None:
+    """``gridpoints user erase``: the same erasure from the command line, confirmed with --yes;
+    the wallet is not echoed."""
+    h = harness
+    carol = wallet()
+    station = h.register_station()
+    traffic = Traffic(h)
+    traffic.add(station, user=carol.address, direction=2)
+    worker = make_worker(h, finality_blocks=0)
+    try:
+        _settle(worker, traffic)
+    finally:
+        worker.db.dispose()
+    args = ["user", "erase", "--address", carol.address.lower(), "--json"]
+    unconfirmed = gridpoints(*args, database_url=h.database_url)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr + unconfirmed.stdout
+    bad = gridpoints("user", "erase", "--address", "0x12", "--yes", database_url=h.database_url)
+    assert bad.returncode == 2
+    done = gridpoints(*args, "--yes", database_url=h.database_url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"erased": 1, "kept": 0, "keptReasons": {}}
+    assert carol.address.lower()[2:] not in (done.stdout + done.stderr).lower()
+    token = sign_in(h, carol)
+    assert h.client.get("/v1/me/records", headers=bearer(token)).json()["records"] == []
