@@ -65,7 +65,6 @@ class RecordColumns:
             "signature": self.signature,
             "signer": self.signer,
             "received_at": received_at,
-            "opening_erased_at": None,  # set only by an erasure (backend/erasure.py)
         }
 
 
