@@ -194,6 +194,7 @@ def export_epoch(
                 ) from None
             files: dict[str, dict[str, Any]] = {}
             openings: list[dict[str, Any]] = []
+            erased: list[int] = []  # log indexes whose openings were erased
             with (staging / RECORDS_FILE).open("wb") as handle:
                 writer = _HashingWriter(handle)
                 written = 0
@@ -214,10 +215,15 @@ def export_epoch(
                             "digest": "0x" + row.digest.hex(),
                             **stored_signed_record(row).to_json(),
                         }
-                        if openings_for is not None:
+                        opening = None if openings_for is None else stored_opening(row)
+                        if openings_for is not None and opening is None:
+                            # Erased at the user's request: the auditor checks this epoch's
+                            # attribution in sum, as on public data (opening_erased).
+                            erased.append(row.log_index)
+                        elif opening is not None:
                             # Private, for the named auditor: the user opening and, for a
                             # paid charge, the payment opening (signed authorisation, salt).
-                            entry = {"logIndex": row.log_index, **stored_opening(row).to_json()}
+                            entry = {"logIndex": row.log_index, **opening.to_json()}
                             if row.log_index in paid:
                                 entry["payment"] = paid[row.log_index]
                             openings.append(entry)
@@ -256,6 +262,7 @@ def export_epoch(
                 "note": "PRIVATE: links every record of the epoch to its user's wallet. For the "
                 "named auditor only; never publish it (the bundle without it is the public one).",
                 "openings": openings,
+                "erased": erased,
             }
             path = staging / OPENINGS_FILE
             path.write_bytes((json.dumps(document, indent=1) + "\n").encode("ascii"))

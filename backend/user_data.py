@@ -192,12 +192,15 @@ def my_authorizations(
 
 
 def _record_json(row: Record, payment: dict[str, Any] | None) -> dict[str, Any]:
+    opening = stored_opening(row)
+    # The user's rows only: an erased row belongs to no wallet any more (backend/erasure.py).
+    assert opening is not None
     body: dict[str, Any] = {
         "logIndex": row.log_index,
         "digest": "0x" + row.digest.hex(),
         **stored_signed_record(row).to_json(),
         # The user's own export: the opening that ties the record's commitment to them.
-        "opening": stored_opening(row).to_json(),
+        "opening": opening.to_json(),
     }
     if payment is not None:
         body["payment"] = payment

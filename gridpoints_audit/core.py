@@ -494,6 +494,12 @@ class _EpochContext:
             if movements.settling_note is not None:
                 verdict.notes.append(movements.settling_note)
                 verdict.status = "settling"
+            erased = self.source.erased_openings(e)
+            if erased:
+                verdict.notes.append(
+                    f"opening_erased: {erased} record(s) of this epoch had their openings erased "
+                    "at their users' request; the epoch is checked as public data (in sum)"
+                )
             if not refold.attributed:
                 # Public data: the records commit to their users, so which wallet a credit
                 # leaf belongs to is each user's to check (gridpoints-audit user), or a named

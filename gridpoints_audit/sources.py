@@ -125,6 +125,11 @@ class RecordSource(Protocol):
         """The maximum merge delay the operator publishes (None: not published)."""
         ...
 
+    def erased_openings(self, epoch_id: int) -> int:
+        """How many of the epoch's records a full bundle's openings.json says had their
+        openings erased at their users' request (0 for public data: it holds none)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -262,6 +267,9 @@ class ApiSource:
         value = info.get("maxMergeDelayS") if isinstance(info, Mapping) else None
         return value if type(value) is int and 0 <= value < 2**63 else None
 
+    def erased_openings(self, epoch_id: int) -> int:
+        return 0  # the API is public data: no openings, so none erased
+
     def station_evidence(self, stations: Iterable[bytes], after_log_index: int) -> StationEvidence:
         evidence = StationEvidence()
         budget = [MAX_EVIDENCE_ITEMS]
@@ -380,14 +388,35 @@ def _read_capped(response: httpx.Response, path: str) -> bytes:
     return bytes(body)
 
 
-def _openings(path: Path) -> dict[Any, dict[str, Any]]:
-    """logIndex -> {user, salt[, payment]} of a full bundle's openings.json (empty without
-    one)."""
+def _openings_document(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
-        return {}
+        return None
     document = parse_json(_read_file_capped(path), str(path))
     if not isinstance(document, dict) or document.get("format") != OPENINGS_FORMAT:
         raise SourceMalformed(f"{path} is not a {OPENINGS_FORMAT} document")
+    return document
+
+
+def _erased(path: Path) -> set[int]:
+    """The log indexes a full bundle's openings.json lists as erased at their users' request
+    (their records have no opening there; empty without the file)."""
+    document = _openings_document(path)
+    if document is None:
+        return set()
+    erased = document.get("erased", [])
+    if not isinstance(erased, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in erased
+    ):
+        raise SourceMalformed(f"{path}: erased is not a list of log indexes")
+    return set(erased)
+
+
+def _openings(path: Path) -> dict[Any, dict[str, Any]]:
+    """logIndex -> {user, salt[, payment]} of a full bundle's openings.json (empty without
+    one)."""
+    document = _openings_document(path)
+    if document is None:
+        return {}
     entries = document.get("openings")
     if not isinstance(entries, list):
         raise SourceMalformed(f"{path}: openings is not a list")
@@ -465,7 +494,10 @@ class BundleSource:
             handle = path.open("rb")
         except OSError as exc:
             raise RecordsUnavailable(f"{path}: {exc}") from None
-        openings = _openings(bundle.path / OPENINGS_FILE)
+        # An epoch some of whose openings were erased is checked as public data (in sum): a
+        # partial attribution would check neither the credits root nor the sums.
+        erased = _erased(bundle.path / OPENINGS_FILE)
+        openings = {} if erased else _openings(bundle.path / OPENINGS_FILE)
         with handle:
             number = 0
             while line := handle.readline(MAX_LINE_BYTES + 1):
@@ -485,6 +517,15 @@ class BundleSource:
                             if payment is not None:
                                 item["payment"] = payment
                     yield item
+
+    def erased_openings(self, epoch_id: int) -> int:
+        bundle = self._bundles.get(epoch_id)
+        if bundle is None:
+            return 0
+        try:
+            return len(_erased(bundle.path / OPENINGS_FILE))
+        except SourceMalformed:
+            return 0  # reading the records reported it (source_malformed)
 
     def tariff(self, epoch_id: int, tariff_hash: bytes) -> bytes | None:
         bundle = self._bundles.get(epoch_id)

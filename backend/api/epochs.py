@@ -160,9 +160,12 @@ def history_item_view(
     item: HistoryItem, payment: dict[str, Any] | None, view: type[View], **extra: Any
 ) -> View:
     """A history item as the API shows it, as `view` (a subclass adds its fields: `extra`)."""
+    opening = stored_opening(item.record)
+    # A wallet's history holds only its rows: an erased row belongs to no wallet any more.
+    assert opening is not None
     return view(
         record=record_view(item.record).model_copy(update={"payment": payment}),
-        opening=stored_opening(item.record).to_json(),
+        opening=opening.to_json(),
         epochId=item.epoch_id,
         state=item.state,
         tariffVersion=item.tariff_version,

@@ -17,6 +17,7 @@ from backend.api.epochs import HistoryItemView, history_item_view
 from backend.api.errors import ApiError
 from backend.api.records import MAX_INDEX, Limit
 from backend.auth import AuthRefused, session_user
+from backend.erasure import erase_openings
 from backend.service import BackendService
 from backend.user_data import my_authorizations, my_records, user_export
 from gridpoints_protocol.eip712 import to_checksum_address
@@ -191,3 +192,34 @@ def get_my_export(service: ServiceDep, user: UserDep) -> dict[str, Any]:
         raise ApiError(503, "unavailable", "the backend is starting or stopping")
     with service.db.read() as session:
         return user_export(session, service.tariffs, service.trees, deployment, user)
+
+
+class ErasureView(BaseModel):
+    erased: int = Field(description="Records whose opening (wallet, salt) was erased now.")
+    kept: int = Field(description="Records asked for whose opening is kept (see keptReasons).")
+    keptReasons: dict[str, int] = Field(
+        description="Why, with counts: epoch_not_settled (the epoch is not settled and final "
+        "on chain yet: its opening is still needed to settle it), paid_charge (a charge paid "
+        "with points: its payment opening guards the authorisation against replay)."
+    )
+
+
+@router.delete(
+    "/openings",
+    summary="Erase the signed-in wallet's openings of records in settled epochs",
+    description="Overwrites the private opening (wallet, salt) of the wallet's records whose "
+    "epochs are settled and final on chain (through epoch `throughEpoch` if given). The public "
+    "records, roots and mints stay as they are, so every public check still passes; the erased "
+    "records no longer appear under /v1/me (nothing ties them to the wallet any more). "
+    "Idempotent. README, 'How erasure works'.",
+    response_model=ErasureView,
+    responses=UNAUTHENTICATED,
+)
+def delete_my_openings(
+    service: ServiceDep,
+    user: UserDep,
+    through_epoch: Annotated[int | None, Query(alias="throughEpoch", ge=1, le=MAX_INDEX)] = None,
+) -> ErasureView:
+    with service.db.write() as session:
+        result = erase_openings(session, user, through_epoch=through_epoch, now=datetime.now(UTC))
+    return ErasureView(erased=result.erased, kept=result.kept_count, keptReasons=result.kept)

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import typer
 
-from backend.cli import db, epochs, evidence, receipt_key, serve, settle, settler, stations
+from backend.cli import (
+    db,
+    epochs,
+    evidence,
+    receipt_key,
+    serve,
+    settle,
+    settler,
+    stations,
+    users,
+)
 
 app = typer.Typer(
     name="gridpoints",
@@ -24,3 +34,4 @@ app.add_typer(epochs.app, name="epoch")
 app.add_typer(evidence.app, name="evidence")
 app.add_typer(settler.app, name="settler")
 app.add_typer(receipt_key.app, name="receipt-key")
+app.add_typer(users.app, name="user")

@@ -184,7 +184,9 @@ class Record(Base):
     station_id: Mapped[bytes] = mapped_column(LargeBinary(32), ForeignKey("stations.station_id"))
     sequence: Mapped[int] = mapped_column(U64())
     # Private: the opening of user_commitment (wallet and salt), for credits, payments and
-    # /v1/me. Never published: the public record carries only user_commitment.
+    # /v1/me. Never published: the public record carries only user_commitment. Erased at the
+    # user's request once the epoch is settled (backend/erasure.py): both are then overwritten
+    # with zero bytes and `opening_erased_at` is set (the one UPDATE the log's triggers allow).
     user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
     user_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
     user_commitment: Mapped[bytes] = mapped_column(LargeBinary(32))
@@ -199,6 +201,19 @@ class Record(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary(65))
     signer: Mapped[bytes] = mapped_column(LargeBinary(20))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    opening_erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OpeningErasure(Base):
+    """That an erasure happened (how many records, through which epoch), for accountability,
+    without the wallet: a row naming it would re-link what the erasure removed."""
+
+    __tablename__ = "opening_erasures"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    record_count: Mapped[int] = mapped_column(Integer)
+    through_epoch: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class MeterEvidenceRow(Base):

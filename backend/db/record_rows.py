@@ -117,6 +117,9 @@ def stored_signed_record(row: Record) -> SignedRecord:
     return SignedRecord(stored_record(row), row.signature)
 
 
-def stored_opening(row: Record) -> UserOpening:
-    """The private opening of a row's user commitment (for the user and a named auditor only)."""
+def stored_opening(row: Record) -> UserOpening | None:
+    """The private opening of a row's user commitment (for the user and a named auditor only);
+    None once erased at the user's request (backend/erasure.py)."""
+    if row.opening_erased_at is not None:
+        return None
     return UserOpening(row.user_address, row.user_salt)

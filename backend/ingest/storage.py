@@ -159,17 +159,19 @@ class _BulkInsert:
     exactly as SQLAlchemy would) in one tight loop, and hands the rows to the driver.
     """
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, omit: tuple[str, ...] = ()) -> None:
         self.table = table
+        # Columns an insert never sets (they stay NULL), e.g. a record's erasure marker.
+        self.columns = [c for c in table.columns if c.key not in omit]
         self._compiled: dict[str, tuple[str, list[str], list[Any], bool]] = {}
 
     def _prepare(self, dialect: Dialect) -> tuple[str, list[str], list[Any], bool]:
         prepared = self._compiled.get(dialect.name)
         if prepared is None:
-            keys = [c.key for c in self.table.columns]
+            keys = [c.key for c in self.columns]
             compiled = insert(self.table).compile(dialect=dialect, column_keys=keys)
             processors = [
-                c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.table.columns
+                c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.columns
             ]
             positional = bool(compiled.positional)
             if positional:
@@ -193,7 +195,7 @@ class _BulkInsert:
         conn.exec_driver_sql(sql, params)
 
 
-_INSERT_RECORDS = _BulkInsert(_records)
+_INSERT_RECORDS = _BulkInsert(_records, omit=("opening_erased_at",))  # backend/erasure.py
 _authorizations = cast(Table, PaymentAuthorizationRow.__table__)
 _USED_AUTHORIZATIONS = select(_authorizations.c.user_address, _authorizations.c.nonce).where(
     tuple_(_authorizations.c.user_address, _authorizations.c.nonce).in_(
