@@ -11,10 +11,11 @@ What is kept, and why (README "How erasure works"):
 
 * records in epochs that are not settled and final: the opening is still needed to settle them
   (``epoch_not_settled``);
-* paid charges (``paid_charge``): their payment opening is also the backend's record of which
-  (wallet, nonce) already paid, which refuses a replayed authorisation at ingest and keeps the
-  epoch's payments consistent with the chain's burns; erasing it needs a replay guard that holds
-  no record link, not built yet;
+* nothing of a paid charge's payment but what the chain shows anyway: its rows no longer point
+  at the record (``payment_authorizations.log_index`` and ``epoch_payments.log_index`` NULL,
+  migration 0011), the authorisation row forgets the record's station and the link's salt (its
+  body keeps the signed authorisation only), and (user, nonce) stays, so that a
+  replayed authorisation is still refused at ingest;
 * the epoch's credit leaf (wallet, points) and its mint: public on chain anyway;
 * the meter evidence (OCMF) of the record: meter-signed, so it cannot be partly redacted
   without breaking its signature, and it names no wallet; once the opening is gone it is tied to
@@ -26,6 +27,7 @@ epoch) without the wallet: naming it would re-link what was erased.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -34,13 +36,21 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Exists
 
-from backend.db.models import Epoch, OpeningErasure, Record, SettlementStep
+from backend.db.models import (
+    Epoch,
+    EpochPayment,
+    OpeningErasure,
+    PaymentAuthorizationRow,
+    Record,
+    SettlementStep,
+)
+from backend.payments import SIGNED_AUTHORIZATION_KEYS
 from gridpoints_protocol.record import ZERO_BYTES32
 
 ERASED_ADDRESS = bytes(20)
 ERASED_SALT = bytes(32)
+ERASED_STATION = bytes(32)
 EPOCH_NOT_SETTLED = "epoch_not_settled"
-PAID_CHARGE = "paid_charge"
 _UPDATE_BATCH = 500
 
 
@@ -92,16 +102,19 @@ def erase_openings(
         if epoch is not None:
             limit = epoch.first_log_index + epoch.record_count
     erase: list[int] = []
+    paid: list[int] = []
     kept: dict[str, int] = {}
     for log_index, link, settled in rows:
         if limit is not None and log_index >= limit:
             continue  # not asked for
         if not settled:
             kept[EPOCH_NOT_SETTLED] = kept.get(EPOCH_NOT_SETTLED, 0) + 1
-        elif bytes(link) != ZERO_BYTES32:
-            kept[PAID_CHARGE] = kept.get(PAID_CHARGE, 0) + 1
-        else:
-            erase.append(int(log_index))
+            continue
+        erase.append(int(log_index))
+        if bytes(link) != ZERO_BYTES32:
+            paid.append(int(log_index))
+    for start in range(0, len(paid), _UPDATE_BATCH):
+        _unlink_payments(session, paid[start : start + _UPDATE_BATCH])
     for start in range(0, len(erase), _UPDATE_BATCH):
         session.execute(
             update(Record)
@@ -120,3 +133,30 @@ def erase_openings(
             )
         )
     return ErasureResult(len(erase), kept)
+
+
+def _unlink_payments(session: Session, log_indexes: list[int]) -> None:
+    """Cuts a paid charge's payment rows loose from its record: no log index, no station, a
+    stored opening without its salt. The signed authorisation and (user, nonce) stay: the chain
+    shows them with the wallet anyway, and ingest refuses a replay by them."""
+    rows = session.execute(
+        select(PaymentAuthorizationRow.digest, PaymentAuthorizationRow.body).where(
+            PaymentAuthorizationRow.log_index.in_(log_indexes)
+        )
+    ).all()
+    for digest, body in rows:
+        # The signed authorisation without the salt that linked it to the record.
+        opening = json.loads(body)
+        signed = {key: opening[key] for key in SIGNED_AUTHORIZATION_KEYS}
+        session.execute(
+            update(PaymentAuthorizationRow)
+            .where(PaymentAuthorizationRow.digest == digest)
+            .values(
+                log_index=None,
+                station_id=ERASED_STATION,
+                body=json.dumps(signed, separators=(",", ":"), sort_keys=True),
+            )
+        )
+    session.execute(
+        update(EpochPayment).where(EpochPayment.log_index.in_(log_indexes)).values(log_index=None)
+    )

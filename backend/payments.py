@@ -22,6 +22,8 @@ from backend.db.models import EpochPayment, PaymentAuthorizationRow, Record
 from gridpoints_protocol.authorization import PaymentOpening, SignedAuthorization
 
 MAX_BIGINT = 2**63 - 1
+# The keys of a stored payment opening that make up the signed authorisation (the rest: salt).
+SIGNED_AUTHORIZATION_KEYS = ("authorization", "signature")
 
 
 def authorization_row(
@@ -94,7 +96,14 @@ def payment_rows(
         .order_by(EpochPayment.ordinal)
         .limit(count)
     ).all()
-    return [(payment, PaymentOpening.from_json(json.loads(body)).signed) for payment, body in rows]
+    return [(payment, stored_authorization(body)) for payment, body in rows]
+
+
+def stored_authorization(body: str) -> SignedAuthorization:
+    """The signed authorisation of a stored row: a payment opening as ingest stored it, or the
+    signed authorisation alone once erasure dropped the salt (backend/erasure.py)."""
+    data = json.loads(body)
+    return SignedAuthorization.from_json({key: data[key] for key in SIGNED_AUTHORIZATION_KEYS})
 
 
 def authorizations_of(session: Session, log_indexes: list[int]) -> dict[int, dict[str, Any]]:
@@ -105,4 +114,4 @@ def authorizations_of(session: Session, log_indexes: list[int]) -> dict[int, dic
             PaymentAuthorizationRow.log_index.in_(log_indexes)
         )
     ).all()
-    return {int(i): json.loads(body) for i, body in rows}
+    return {int(i): json.loads(body) for i, body in rows if i is not None}

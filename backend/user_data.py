@@ -168,6 +168,7 @@ def my_authorizations(
             .order_by(PaymentAuthorizationRow.log_index)
             .limit(limit)
         ).all()
+        if log_index is not None  # never: NULL (an erased link) is not > after_log_index
     ]
     relayed: list[RelayedAuthorization] = []
     if after_log_index < 0:

@@ -199,8 +199,7 @@ class ErasureView(BaseModel):
     kept: int = Field(description="Records asked for whose opening is kept (see keptReasons).")
     keptReasons: dict[str, int] = Field(
         description="Why, with counts: epoch_not_settled (the epoch is not settled and final "
-        "on chain yet: its opening is still needed to settle it), paid_charge (a charge paid "
-        "with points: its payment opening guards the authorisation against replay)."
+        "on chain yet: its opening is still needed to settle it)."
     )
 
 

@@ -331,7 +331,10 @@ class PaymentAuthorizationRow(Base):
     __table_args__ = (UniqueConstraint("user_address", "nonce"), UniqueConstraint("log_index"))
 
     digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    log_index: Mapped[int] = mapped_column(BigInteger, ForeignKey("records.log_index"))
+    # NULL once the user had the record's openings erased (backend/erasure.py).
+    log_index: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("records.log_index"), nullable=True
+    )
     user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
     station_id: Mapped[bytes] = mapped_column(LargeBinary(32))
     nonce: Mapped[bytes] = mapped_column(LargeBinary(32))  # uint256, big-endian
@@ -425,7 +428,10 @@ class EpochPayment(Base):
         BigInteger, ForeignKey("epochs.epoch_id"), primary_key=True
     )
     ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)  # position, in log order
-    log_index: Mapped[int] = mapped_column(BigInteger, ForeignKey("records.log_index"))
+    # NULL once the user had the record's openings erased (backend/erasure.py).
+    log_index: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("records.log_index"), nullable=True
+    )
     user_address: Mapped[bytes] = mapped_column(LargeBinary(20))
     authorization: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     requested: Mapped[int] = mapped_column(BigInteger)
