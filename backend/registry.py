@@ -183,16 +183,7 @@ def apply_meter_events(session: Session, events: Sequence[MeterEvent]) -> None:
             known[key] = MeterHistory.from_events([event])
         else:
             history.apply(event)
-        session.add(
-            RegistryEvent(
-                block_number=event.position.block_number,
-                log_index=event.position.log_index,
-                tx_hash=event.position.tx_hash,
-                kind=type(event).__name__,
-                station_id=event.station_id,
-                args=_event_args(event),
-            )
-        )
+        session.add(_event_row(event))
     session.flush()
 
 
@@ -205,6 +196,18 @@ def _stored_meter_event(row: RegistryEvent) -> MeterEvent:
         for k, v in row.args.items()
     }
     return METER_EVENT_KINDS[row.kind](station_id=row.station_id, position=position, **args)
+
+
+def _event_row(event: StationEvent | MeterEvent) -> RegistryEvent:
+    """The registry_events row of a station or meter event (read back by the replay on start)."""
+    return RegistryEvent(
+        block_number=event.position.block_number,
+        log_index=event.position.log_index,
+        tx_hash=event.position.tx_hash,
+        kind=type(event).__name__,
+        station_id=event.station_id,
+        args=_event_args(event),
+    )
 
 
 def _event_args(event: StationEvent | MeterEvent) -> dict[str, Any]:
@@ -221,16 +224,7 @@ def apply_events(session: Session, events: Sequence[StationEvent]) -> None:
     touched_block: dict[bytes, int] = {}
     registered_block: dict[bytes, int] = {}
     for event in events:
-        session.add(
-            RegistryEvent(
-                block_number=event.position.block_number,
-                log_index=event.position.log_index,
-                tx_hash=event.position.tx_hash,
-                kind=type(event).__name__,
-                station_id=event.station_id,
-                args=_event_args(event),
-            )
-        )
+        session.add(_event_row(event))
         sid = event.station_id
         if isinstance(event, StationRegistered):
             if sid in histories:

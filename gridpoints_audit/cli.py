@@ -55,6 +55,18 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+# The chain every command reads (the same option and variable on each).
+DEFAULT_RPC_URL = "http://127.0.0.1:8545"
+RpcUrlOption = Annotated[
+    str,
+    typer.Option(
+        "--rpc-url",
+        "--rpc",
+        envvar="GRIDPOINTS_RPC_URL",
+        help="Ethereum JSON-RPC URL of the chain.",
+    ),
+]
+
 
 class _Bar:
     """Rich progress on stderr (stdout stays clean for --json)."""
@@ -190,12 +202,7 @@ def _print_report(report: AuditReport) -> None:
 @app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
-    rpc_url: Annotated[
-        str,
-        typer.Option(
-            "--rpc-url", envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL of the chain."
-        ),
-    ] = "http://127.0.0.1:8545",
+    rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployment: Annotated[
         Path,
         typer.Option(
@@ -352,12 +359,7 @@ def user_check(
     export: Annotated[
         Path, typer.Argument(help="The JSON document GET /v1/me/export gave the signed-in wallet.")
     ],
-    rpc_url: Annotated[
-        str,
-        typer.Option(
-            "--rpc-url", "--rpc", envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL."
-        ),
-    ] = "http://127.0.0.1:8545",
+    rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployment: Annotated[
         Path,
         typer.Option(
@@ -459,21 +461,12 @@ def _print_user_report(report: UserReport) -> None:
         )
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command("evidence")
 def evidence_check(
     bundle: Annotated[
         Path, typer.Argument(help="The meter-evidence bundle `gridpoints evidence export` wrote.")
     ],
-    rpc_url: Annotated[
-        str,
-        typer.Option(
-            "--rpc-url", "--rpc", envvar="GRIDPOINTS_RPC_URL", help="Ethereum JSON-RPC URL."
-        ),
-    ] = "http://127.0.0.1:8545",
+    rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployment: Annotated[
         Path,
         typer.Option(
@@ -546,3 +539,7 @@ def evidence_check(
                 highlight=False,
             )
     raise typer.Exit(EXIT_CLEAN if report.clean else EXIT_DISCREPANCIES)
+
+
+if __name__ == "__main__":
+    app()

@@ -23,7 +23,6 @@ from backend.db.record_rows import (
     stored_record,
     stored_signed_record,
 )
-from backend.migrations import upgrade
 from gridpoints_protocol.commitment import UserOpening
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
@@ -31,12 +30,12 @@ from gridpoints_protocol.record import Direction, Domain, EnergyTransfer
 pytest.register_assert_rewrite("backend_fixtures")
 from tests.support.backend import (  # noqa: E402
     DATABASES,
-    fresh_database,
     new_key,
     new_station_id,
     sign,
     signed_of,
 )
+from tests.support.ingest_db import migrated_database  # noqa: E402
 
 DOMAIN = Domain(31337, bytes.fromhex("22" * 20))
 UINT64_MAX = 2**64 - 1
@@ -44,13 +43,9 @@ UINT64_MAX = 2**64 - 1
 
 @pytest.fixture(params=DATABASES)
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with fresh_database(request.param, tmp_path) as url:
-        db = Database(url, busy_timeout_ms=2_000)
-        try:
-            upgrade(db.engine)
-            yield db
-        finally:
-            db.dispose()
+    """A fresh migrated database, once per kind."""
+    with migrated_database(request.param, tmp_path) as db:
+        yield db
 
 
 OPENING = UserOpening(bytes.fromhex("5a" * 20), b"\x01" * 32)

@@ -17,29 +17,22 @@ from pathlib import Path
 
 import coincurve
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from backend.db import Database
-from backend.db.models import Record, Station
+from backend.db.models import Record
 from backend.ingest.classify import ACCEPTED, DUPLICATE, Candidate, Outcome
 from backend.ingest.group_commit import GroupCommitter
 from backend.ingest.transaction import Ingestor
-from backend.migrations import upgrade
 from backend.receipts import ReceiptIssuer
-from gridpoints_protocol.checks import Verdict
 from gridpoints_protocol.record import Domain, EnergyTransfer
 from gridpoints_signers import DevKeySigner
 from gridpoints_signers.devkey import DevelopmentKeyWarning
 from tests.support.backend import (
     DATABASES,
     DevStation,
-    fresh_database,
-    new_key,
-    new_station_id,
-    opening_of,
-    sign,
-    signed_of,
 )
+from tests.support.ingest_db import migrated_database, mirrored_station, verified_candidate
 
 DOMAIN = Domain(31337, bytes.fromhex("33" * 20))
 MERGE_DELAY_S = 600
@@ -47,39 +40,17 @@ MERGE_DELAY_S = 600
 
 @pytest.fixture(params=DATABASES)
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with fresh_database(request.param, tmp_path) as url:
-        db = Database(url, busy_timeout_ms=2_000)
-        try:
-            upgrade(db.engine)
-            yield db
-        finally:
-            db.dispose()
+    """A fresh migrated database, once per kind."""
+    with migrated_database(request.param, tmp_path) as db:
+        yield db
 
 
 def _station(db: Database) -> DevStation:
-    station = DevStation(new_station_id(), new_key())
-    with db.write() as session:
-        session.execute(
-            insert(Station).values(
-                station_id=station.station_id,
-                zone=1,
-                max_power_w=22_000,
-                active_from=0,
-                revoked_at=None,
-                registered_block=1,
-                updated_block=1,
-            )
-        )
-    return station
+    return mirrored_station(db)
 
 
 def _candidate(record: EnergyTransfer, station: DevStation) -> Candidate:
-    body = sign(record, station.key, DOMAIN)
-    signer = bytes.fromhex(station.key.address[2:])
-    return Candidate.of(
-        body,
-        Verdict(signed_of(body), record.digest(DOMAIN), signer, opening=opening_of(record)),
-    )
+    return verified_candidate(record, station, DOMAIN)
 
 
 class _GatedIssuer:

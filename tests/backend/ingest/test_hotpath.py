@@ -52,7 +52,7 @@ import gridpoints_protocol.eip712 as eip712
 import gridpoints_protocol.record as rec
 from backend.api.records import batch_json, outcome_json, to_wire
 from backend.db import Database
-from backend.db.models import Record, Rejection, Station
+from backend.db.models import Record, Rejection
 from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Candidate, Outcome
 from backend.ingest.group_commit import GroupCommitter
 from backend.ingest.storage import _INSERT_RECORDS, is_unique_violation
@@ -76,9 +76,13 @@ from tests.support.backend import (  # noqa: E402
     fresh_database,
     new_key,
     new_station_id,
-    opening_of,
     sign,
     signed_of,
+)
+from tests.support.ingest_db import (  # noqa: E402
+    migrated_database,
+    mirrored_station,
+    verified_candidate,
 )
 
 VECTORS = json.loads(
@@ -278,41 +282,17 @@ def test_outcome_json_is_the_wire_model_dump() -> None:
 
 @pytest.fixture(params=DATABASES)
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated fresh database with a few stations (as the registry mirror would hold)."""
-    with fresh_database(request.param, tmp_path) as url:
-        db = Database(url, busy_timeout_ms=2_000)
-        try:
-            upgrade(db.engine)
-            yield db
-        finally:
-            db.dispose()
+    """A fresh migrated database, once per kind."""
+    with migrated_database(request.param, tmp_path) as db:
+        yield db
 
 
 def _station(db: Database) -> DevStation:
-    station = DevStation(new_station_id(), new_key())
-    with db.write() as session:
-        session.execute(
-            insert(Station).values(
-                station_id=station.station_id,
-                zone=1,
-                max_power_w=22_000,
-                active_from=0,
-                revoked_at=None,
-                registered_block=1,
-                updated_block=1,
-            )
-        )
-    return station
+    return mirrored_station(db)
 
 
 def _candidate(record: EnergyTransfer, station: DevStation) -> Candidate:
-    """A verified candidate, as the verifier would hand it over."""
-    body = sign(record, station.key, DOMAIN)
-    signed = signed_of(body)
-    signer = bytes.fromhex(station.key.address[2:])
-    return Candidate.of(
-        body, Verdict(signed, record.digest(DOMAIN), signer, opening=opening_of(record))
-    )
+    return verified_candidate(record, station, DOMAIN)
 
 
 def _log(db: Database) -> list[tuple[int, bytes, int]]:
