@@ -718,9 +718,9 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                     pg,
                 )
 
-                measured: dict[str, list[RunResult]] = {"single": [], "batch": []}
+                measured: dict[str, list[RunResult]] = {mode: [] for mode in args.modes}
                 for rep in range(args.repeat):
-                    for mode in ("single", "batch"):
+                    for mode in args.modes:
                         chunk = chunks[1 + 2 * rep + (0 if mode == "single" else 1)]
                         if mode == "single":
                             jobs = single_jobs(chunk, servers, args.clients, args.client_processes)
@@ -783,8 +783,8 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                     f"  record log: {log_size:,} records (expected {expected:,} if every "
                     "record was accepted)"
                 )
-                results[-1]["log_size"] = results[-2]["log_size"] = log_size
-                results[-1]["log_size_expected"] = results[-2]["log_size_expected"] = expected
+                for row in results[-len(measured) :]:
+                    row["log_size"], row["log_size_expected"] = log_size, expected
     return {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -916,6 +916,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma list of replica counts to measure: independent `gridpoints serve` processes "
         "on one PostgreSQL database, connections spread over their ports (SQLite: 1 only)",
     )
+    parser.add_argument(
+        "--modes", default="single,batch", help="comma list of single, batch: what to measure"
+    )
     parser.add_argument("--clients", type=int, default=32, help="connections posting singles")
     parser.add_argument(
         "--client-processes", type=int, default=2, help="processes the single connections use"
@@ -938,6 +941,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     if not args.databases or set(args.databases) - {"sqlite", "postgresql"}:
         parser.error("--databases: comma list of sqlite, postgresql")
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or set(args.modes) - {"single", "batch"}:
+        parser.error("--modes: comma list of single, batch")
     args.workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
     if not args.workers or min(args.workers) < 1:
         parser.error("--workers: comma list of positive integers")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -43,6 +45,7 @@ def serve(
 ) -> None:
     """Serve the ingest API (uvicorn). Refuses to start on an un-migrated database."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from backend.api import create_app
 
@@ -82,7 +85,7 @@ def serve(
             os.environ[f"GRIDPOINTS_{name.upper()}"] = str(value)
     # One /metrics for the whole server, whichever worker a scrape reaches (backend.metrics).
     with multiprocess_directory():
-        uvicorn.run(
+        config = uvicorn.Config(
             "backend.cli.serve:worker_app",
             factory=True,
             workers=workers,
@@ -91,6 +94,63 @@ def serve(
             log_level=settings.log_level,
             log_config=log_config(settings.log_level),
         )
+        listener = balanced_listener(config.host, config.port) or config.bind_socket()
+        with contextlib.suppress(KeyboardInterrupt), listener:
+            Multiprocess(config, sockets=[listener]).run()
+
+
+class _PerWorkerListener(socket.socket):
+    """The parent's placeholder for the workers' listening sockets: bound with SO_REUSEPORT
+    (which reserves the port and fails at once if it is taken) but never listening, and
+    pickled into each worker (uvicorn spawns them) as a new socket bound to the same address.
+
+    Why: uvicorn's workers otherwise share one listening socket, and whichever worker wakes
+    first accepts every connection waiting. A few long-lived keep-alive connections (stations
+    batching, a load balancer's pool) then mostly land on one worker while the others idle:
+    measured with 8 connections posting batches, one of two workers got 90% of them and two
+    workers ingested no faster than one. With one listening socket per worker in a
+    SO_REUSEPORT group, the kernel spreads new connections over the workers by a hash of the
+    connection's addresses. A worker that uvicorn restarts gets a socket of its own likewise.
+    """
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        host, port = self.getsockname()[:2]
+        return (_reuse_port_socket, (self.family, host, port))
+
+
+def _reuse_port_socket(
+    family: socket.AddressFamily, host: str, port: int, kind: type[socket.socket] = socket.socket
+) -> socket.socket:
+    sock = kind(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def balanced_listener(host: str, port: int) -> socket.socket | None:
+    """The parent's `_PerWorkerListener` for `host`:`port`, or None where the kernel does not
+    balance a SO_REUSEPORT group (only Linux does; elsewhere the workers share one socket).
+    Exits like uvicorn (code 3, the reason logged) when the address cannot be bound."""
+    if sys.platform != "linux" or not hasattr(socket, "SO_REUSEPORT"):
+        return None
+    from uvicorn.config import STARTUP_FAILURE, logger
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = _reuse_port_socket(family, host, port, _PerWorkerListener)
+    except OSError as exc:
+        logger.error(exc)
+        sys.exit(STARTUP_FAILURE)
+    bound_port = listener.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    logger.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, bound_port)
+    return listener
 
 
 # The loggers of the packages a serving process runs: uvicorn's log level and configuration

@@ -25,12 +25,14 @@ Real databases (a SQLite file, a fresh PostgreSQL database) and a real uvicorn; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import fcntl
 import json
 import os
 import random
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -655,6 +657,21 @@ def test_serve_with_two_workers_keeps_one_dense_log(
                     for pid in (task / "children").read_text().split()
                 ]
                 assert len(children) >= 2  # the two workers (and maybe a resource tracker)
+                workers = [
+                    int(pid)
+                    for pid in children
+                    if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+                ]
+                assert len(workers) == 2
+                # Each worker listens on a socket of its own (a SO_REUSEPORT group), not on one
+                # shared socket whose first waking worker accepts every waiting connection.
+                listening = {pid: _sockets_of(pid, _tcp_sockets(port, LISTEN)) for pid in workers}
+                assert all(len(held) == 1 for held in listening.values()), listening
+                assert len(set().union(*listening.values())) == 2, listening
+                # Connections are spread over both: none waits in a socket nobody accepts from
+                # (the parent's placeholder never listens), neither worker takes nearly all.
+                per_worker = _connections_per_worker(workers, port, CONNECTIONS)
+                assert min(per_worker.values()) >= CONNECTIONS // 8, per_worker
 
                 # Every scrape, whichever worker answers it, counts the whole server.
                 for _ in range(8):
@@ -677,6 +694,62 @@ def test_serve_with_two_workers_keeps_one_dense_log(
                 except subprocess.TimeoutExpired:
                     os.killpg(server.pid, 9)
                     server.wait()
+
+
+# Connections opened at once to `serve --workers 2`. The kernel puts each on a worker by a hash
+# of its addresses: the chance that either worker gets fewer than an eighth of 64 is below
+# 1 in 10^10.
+CONNECTIONS = 64
+
+
+def _connections_per_worker(workers: list[int], port: int, count: int) -> dict[int, int]:
+    """Opens `count` keep-alive connections to `port` at once, has each answered once, and
+    returns how many of them each of the `workers` processes holds."""
+    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.sendall(request)
+        for sock in sockets:
+            assert sock.recv(65_536).startswith(b"HTTP/1.1 200"), "healthz did not answer"
+        ours = {sock.getsockname()[1] for sock in sockets}
+        inodes = _tcp_sockets(port, ESTABLISHED, remote_ports=ours)
+        assert len(inodes) == count, f"{len(inodes)} of {count} connections found"
+        held = {pid: len(_sockets_of(pid, inodes)) for pid in workers}
+        assert sum(held.values()) == count, held
+        return held
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+LISTEN, ESTABLISHED = "0A", "01"  # TCP states as /proc/net/tcp writes them
+
+
+def _tcp_sockets(port: int, state: str, remote_ports: set[int] | None = None) -> set[str]:
+    """The inodes (as "socket:[N]") of this host's TCP sockets on local port `port` in `state`,
+    and with one of `remote_ports` when given."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+            if int(local, 16) != port or fields[3] != state:
+                continue
+            if remote_ports is None or int(remote, 16) in remote_ports:
+                found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def _sockets_of(pid: int, inodes: set[str]) -> set[str]:
+    """Which of `inodes` process `pid` holds open."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed since listed
+            link = os.readlink(fd)
+            if link in inodes:
+                held.add(link)
+    return held
 
 
 def test_metrics_directory_of_serve_workers(
