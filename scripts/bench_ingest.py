@@ -21,7 +21,7 @@ Measured, each the median of ``--repeat`` runs (every run posts ``--records`` re
 before, so every one of them must come back ``accepted``):
 
 * (a) single-record ``POST /v1/records`` from ``--clients`` concurrent connections: accepted
-  requests/s (target >= 1,500/s);
+  requests/s (target >= 0.12 x the bare recovery rate);
 * (b) ``POST /v1/records/batch`` of ``--batch-size`` records from ``--batch-clients``
   concurrent connections: accepted records/s (target >= 0.5 x the bare recovery rate);
 * in the same run, single-threaded and in-process: the bare secp256k1 public-key recovery
@@ -92,7 +92,8 @@ ZONE = 7
 MAX_POWER_W = 22_000
 DURATION_S = 600
 ENERGY_WH = 1_000  # 6 kW over 10 minutes: well inside MAX_POWER_W
-SINGLE_TARGET = 1_500
+# Issue 12's targets, as ratios to the bare recovery rate of the same run.
+SINGLE_TARGET_RATIO = 0.12
 BATCH_TARGET_RATIO = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -862,11 +863,9 @@ def print_table(report: dict[str, Any]) -> None:
     print("-" * len(header))
     for r in report["runs"]:
         rate = r["rate"]
-        if r["mode"] == "single":
-            target, met = f">= {SINGLE_TARGET:,} req/s", rate["median"] >= SINGLE_TARGET
-        else:
-            goal = BATCH_TARGET_RATIO * bare_rate
-            target, met = f">= {goal:,.0f} rec/s", rate["median"] >= goal
+        ratio = SINGLE_TARGET_RATIO if r["mode"] == "single" else BATCH_TARGET_RATIO
+        goal = ratio * bare_rate
+        target, met = f">= {goal:,.0f} /s", rate["median"] >= goal
         mode = r["mode"] if r["mode"] == "single" else f"b{r['batch_size']}"
         spread = f"[{rate['min']:,.0f}-{rate['max']:,.0f}]"
         db_cpu = "-" if r["db_cpu_us_per_record"] is None else f"{r['db_cpu_us_per_record']:.0f}"
