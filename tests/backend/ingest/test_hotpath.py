@@ -30,6 +30,7 @@ import copy
 import fcntl
 import json
 import os
+import pickle
 import random
 import secrets
 import socket
@@ -40,6 +41,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import gridpoints_protocol.eip712 as eip712
 import gridpoints_protocol.record as rec
 from backend.api.records import batch_json, outcome_json, to_wire
+from backend.cli.serve import balanced_listener
 from backend.db import Database
 from backend.db.models import Record, Rejection
 from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Candidate, Outcome
@@ -750,6 +753,30 @@ def _sockets_of(pid: int, inodes: set[str]) -> set[str]:
             if link in inodes:
                 held.add(link)
     return held
+
+
+def test_each_unpickled_worker_listener_is_a_new_socket_on_the_port() -> None:
+    """What uvicorn's supervisor does for every worker it starts or restarts (pickling its
+    sockets into the new process) gives that worker a socket of its own in the SO_REUSEPORT
+    group; the parent's placeholder reserves the port but never takes a connection."""
+    placeholder = balanced_listener("127.0.0.1", 0)
+    assert placeholder is not None
+    with placeholder:
+        port = placeholder.getsockname()[1]
+        pickled = bytes(ForkingPickler.dumps(placeholder))
+        first, second = pickle.loads(pickled), pickle.loads(pickled)
+        with first, second:
+            assert type(first) is socket.socket and type(second) is socket.socket
+            assert first.fileno() != second.fileno() != placeholder.fileno()
+            assert first.getsockname()[1] == second.getsockname()[1] == port
+            first.listen()
+            second.listen()
+            assert _tcp_sockets(port, LISTEN) == {
+                f"socket:[{os.fstat(s.fileno()).st_ino}]" for s in (first, second)
+            }
+            # Another program cannot take the port while the server holds it.
+            with pytest.raises(OSError), socket.socket() as intruder:
+                intruder.bind(("127.0.0.1", port))
 
 
 def test_metrics_directory_of_serve_workers(
