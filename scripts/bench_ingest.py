@@ -438,6 +438,9 @@ class RunResult:
     db_cpu_s: float | None
     box_busy: float
     samples: list[str] = field(default_factory=list)
+    # Each server process's share of the servers' CPU time, largest first (processes under 1 %
+    # left out): how evenly the kernel spread the connections over the workers.
+    server_cpu_split: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -516,15 +519,22 @@ def run_load(
         samples += r["samples"]
     seconds = max(r["t1"] for r in results) - min(r["t0"] for r in results)
     busy = (box1[0] - box0[0]) / max(1, box1[1] - box0[1])
+    per_process = [server1.get(p, 0.0) - v for p, v in server0.items()]
+    server_cpu = sum(per_process)
+    split = sorted(
+        (c / server_cpu for c in per_process if server_cpu > 0 and c >= 0.01 * server_cpu),
+        reverse=True,
+    )
     return RunResult(
         accepted=counts.get("accepted", 0),
         counts=dict(counts),
         seconds=seconds,
         client_cpu_s=sum(r["cpu"] for r in results),
-        server_cpu_s=sum(server1.get(p, 0.0) - v for p, v in server0.items()),
+        server_cpu_s=server_cpu,
         db_cpu_s=sum(v - db0.get(p, 0.0) for p, v in db1.items()) if pg else None,
         box_busy=busy,
         samples=samples[:3],
+        server_cpu_split=split,
     )
 
 
@@ -733,7 +743,8 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                         say(
                             f"  {mode:<6} run {rep + 1}/{args.repeat}: {result.rate:>9,.0f} "
                             f"accepted/s ({result.accepted:,} in {result.seconds:.2f} s, "
-                            f"box {result.box_busy:.0%} busy)"
+                            f"box {result.box_busy:.0%} busy, server CPU by process "
+                            f"{'/'.join(f'{share:.0%}' for share in result.server_cpu_split)})"
                             + (f"  NOT ACCEPTED: {bad} {result.samples}" if bad else "")
                         )
                 log_size = servers[0].get("/healthz")["logSize"]
@@ -754,6 +765,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                             "records_per_run": records_per_run,
                             "rate": summarise([r.rate for r in runs]),
                             "rates": [r.rate for r in runs],
+                            "server_cpu_splits": [r.server_cpu_split for r in runs],
                             "not_accepted": sum(
                                 v for r in runs for k, v in r.counts.items() if k != "accepted"
                             ),
