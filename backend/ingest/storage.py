@@ -10,11 +10,14 @@ checks can need (same digests, same (station, sequence), the stored records of e
 around the request's sequences, station progress, the gaps the sequences fall into, the payment
 authorisations already used) are read in bulk; the records are then classified in memory, and
 the results written with one multi-row INSERT (or one executemany) per table. The statements are
-built once, at import, and run on the transaction's Core connection: building and compiling a
-SQLAlchemy statement per request, or going through the ORM, costs more than the database's own
-work for a small request. The register and gap reads cover many (station, direction) groups in
-one UNION ALL each. A register whose sequences in the request span more than `_WINDOW` falls back
-to two indexed queries per record (`stored_neighbours`).
+built once, at import. The ones every transaction runs (the log head, the reads, the record and
+progress writes) run on the driver's cursor of the transaction's connection (`_rows`,
+`_driver_cursor`), the rarer ones on its Core connection: building and compiling a SQLAlchemy
+statement per request, going through the ORM, or even SQLAlchemy's execution of a compiled
+statement costs more than the database's own work for a small request. The register and gap
+reads cover many (station, direction) groups in one UNION ALL each. A register whose sequences
+in the request span more than `_WINDOW` falls back to two indexed queries per record
+(`stored_neighbours`).
 """
 
 from __future__ import annotations
