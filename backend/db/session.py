@@ -56,7 +56,9 @@ def create_db_engine(
     url: str | URL, *, busy_timeout_ms: int = 30_000, pool_size: int = 10, echo: bool = False
 ) -> Engine:
     parsed = normalize_url(url)
-    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    # hide_parameters: a database error's message would otherwise carry the statement's
+    # values (a record's wallet and salt among them) into the logs.
+    kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         database = parsed.database

@@ -133,6 +133,7 @@ def _driver_cursor(conn: Connection, statement: str, params: Any) -> Iterator[An
             params,
             exc,
             dialect.loaded_dbapi.Error,
+            hide_parameters=True,  # as the engine does (backend.db.session)
             connection_invalidated=gone,
             dialect=dialect,
         ) from exc

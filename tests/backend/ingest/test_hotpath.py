@@ -49,7 +49,7 @@ import httpx
 import pytest
 from Crypto.Hash import keccak as pycryptodome_keccak
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import gridpoints_protocol.eip712 as eip712
@@ -81,6 +81,7 @@ from tests.support.backend import (  # noqa: E402
     fresh_database,
     new_key,
     new_station_id,
+    opening_of,
     sign,
     signed_of,
 )
@@ -294,6 +295,31 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 
 def _station(db: Database) -> DevStation:
     return mirrored_station(db)
+
+
+def test_a_conflict_on_the_driver_cursor_is_an_integrity_error_without_values(
+    database: Database,
+) -> None:
+    """The ingest transaction's statements run on the driver's cursor; its errors still reach
+    `Ingestor` as SQLAlchemy's (a uniqueness conflict is retried), and name no stored value."""
+    station = _station(database)
+    record = station.record()
+    candidate = _candidate(record, station)
+    assert candidate.columns is not None
+    row = candidate.columns.row(log_index=0, received_at=datetime.now(UTC))
+    with database.write() as session:
+        _INSERT_RECORDS.run(session.connection(), [row])
+    with pytest.raises(IntegrityError) as caught, database.write() as session:
+        _INSERT_RECORDS.run(session.connection(), [{**row, "log_index": 1}])
+    assert is_unique_violation(caught.value)
+    message = str(caught.value)
+    opening = opening_of(record)
+    for value in (opening.salt, opening.user, record.user_commitment):
+        assert value.hex() not in message.lower()
+    assert "hidden due to hide_parameters" in message
+    # The failed transaction left nothing behind and the connection serves the next one.
+    with database.read() as session:
+        assert session.scalar(select(func.count()).select_from(Record)) == 1
 
 
 def _candidate(record: EnergyTransfer, station: DevStation) -> Candidate:
