@@ -115,6 +115,17 @@ def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         return rows
 
 
+def _execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> None:
+    """Hand-written SQL that returns no rows, on the driver's cursor (as `_rows`); `many`: once
+    per parameter set of the list `params`."""
+    statement = _driver_sql(conn.dialect.name, sql)
+    with _driver_cursor(conn, statement, params) as cursor:
+        if many:
+            cursor.executemany(statement, params)
+        else:
+            cursor.execute(statement, params)
+
+
 @contextmanager
 def _driver_cursor(conn: Connection, statement: str, params: Any) -> Iterator[Any]:
     """A cursor of the driver's connection under the transaction, closed at the end; a driver
@@ -142,9 +153,19 @@ def _driver_cursor(conn: Connection, statement: str, params: Any) -> Iterator[An
             cursor.close()
 
 
-def _result_processor(column: Any, dialect: Dialect) -> Any:
-    """What SQLAlchemy applies to `column`'s values read through the driver (None: nothing)."""
-    return column.type.dialect_impl(dialect).result_processor(dialect, None)
+_processor_cache: dict[tuple[bool, str, str], Any] = {}
+
+
+def _processor(column: Any, dialect: Dialect, *, bind: bool) -> Any:
+    """What SQLAlchemy applies to `column`'s values on the way to the driver (`bind`) or from
+    it (None: nothing); looked up once per column and database."""
+    key = (bind, dialect.name, f"{column.table.name}.{column.key}")
+    if key not in _processor_cache:
+        impl = column.type.dialect_impl(dialect)
+        _processor_cache[key] = (
+            impl.bind_processor(dialect) if bind else impl.result_processor(dialect, None)
+        )
+    return _processor_cache[key]
 
 
 # ---- statements, built once ---------------------------------------------------------------------
@@ -338,10 +359,7 @@ def lock_log_head(conn: Connection) -> int:
 
 
 def set_log_head(conn: Connection, head: int) -> None:
-    statement = _driver_sql(conn.dialect.name, _SET_HEAD)
-    params = {"head": head}
-    with _driver_cursor(conn, statement, params) as cursor:
-        cursor.execute(statement, params)
+    _execute(conn, _SET_HEAD, {"head": head})
 
 
 # ---- reads --------------------------------------------------------------------------------------
@@ -372,7 +390,7 @@ def stored_neighbours(
 def load(conn: Connection, batch: Batch, candidates: Sequence[Candidate]) -> None:
     """Reads into `batch` every stored row the classification of `candidates` can need."""
     dialect = conn.dialect
-    read_time = _result_processor(_records.c.received_at, dialect)
+    read_time = _processor(_records.c.received_at, dialect, bind=False)
     verified = [c.columns for c in candidates if c.columns is not None]
     wanted_digests = {c.digest for c in candidates if c.digest is not None}
     wanted_pairs = {(c.station_id, c.sequence) for c in verified}
@@ -419,7 +437,7 @@ def load(conn: Connection, batch: Batch, candidates: Sequence[Candidate]) -> Non
     windows = {key: (min(seqs), max(seqs)) for key, seqs in groups.items()}
     _load_registers(conn, batch, windows)
 
-    readers = [_result_processor(_progress.c[name], dialect) for name in _PROGRESS_COLUMNS]
+    readers = [_processor(_progress.c[name], dialect, bind=False) for name in _PROGRESS_COLUMNS]
     for chunk in _chunks(list(by_station)):
         ids = _padded(chunk)
         progress_rows = _rows(
@@ -504,11 +522,10 @@ def _load_registers(
 def _update_progress(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """`_UPDATE_PROGRESS` for every row, on the driver's cursor, each value bound as its
     column's type binds it."""
-    dialect = conn.dialect
     writers = {
-        name: _progress.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        name: _processor(_progress.c[name], conn.dialect, bind=True)
         for name in _PROGRESS_COLUMNS
-        if name != "station_id"
+        if name != "station_id"  # bound as `b_station_id`: bytes as they are
     }
     params = [
         {
@@ -517,9 +534,7 @@ def _update_progress(conn: Connection, rows: list[dict[str, Any]]) -> None:
         }
         for row in rows
     ]
-    statement = _driver_sql(dialect.name, _UPDATE_PROGRESS)
-    with _driver_cursor(conn, statement, params) as cursor:
-        cursor.executemany(statement, params)
+    _execute(conn, _UPDATE_PROGRESS, params, many=True)
 
 
 def write(conn: Connection, batch: Batch) -> None:
