@@ -23,6 +23,7 @@ from backend.api.errors import (
     install_error_handlers,
     rate_limited,
 )
+from backend.api.fastpath import GridPointsAPI
 from backend.api.health import router as health_router
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.me import router as me_router
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.service = None
             await run_in_threadpool(service.stop)
 
-    app = FastAPI(
+    app = GridPointsAPI(
         title="GridPoints backend",
         version=API_VERSION,
         description=_description(settings),
@@ -128,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             BucketPolicy(settings.siwe_challenge_burst, settings.siwe_challenge_per_s),
             max_sources=settings.rate_limit_max_sources,
         )
-    app.include_router(records_router, responses=PARAMETER_ERROR)
+    app.include_short(records_router, responses=PARAMETER_ERROR)
     app.include_router(stations_router, responses=PARAMETER_ERROR)
     app.include_router(epochs_router, responses=PARAMETER_ERROR)
     app.include_router(auth_router)

@@ -7,6 +7,7 @@ are reached with small requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -347,3 +348,110 @@ def test_the_chain_id_header_is_ascii_decimal_only(
     assert_error(answer, 400, "invalid_domain_header")
     own = str(h.domain.chain_id)
     assert h.post(h.signed(station), headers={"GridPoints-Chain-Id": own}).status_code == 201
+
+
+# ---- the ingest routes' short stack (backend/api/fastpath.py) ------------------------------
+
+
+def _asgi_responses(app: Any, requests: list[httpx.Request]) -> list[httpx.Response]:
+    """`requests` sent one after the other to the ASGI callable `app`, in this process."""
+
+    async def send_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://backend") as client:
+            responses = []
+            for request in requests:
+                response = await client.send(request)
+                await response.aread()
+                responses.append(response)
+            return responses
+
+    return asyncio.run(send_all())
+
+
+def _stacks(h: BackendHarness) -> tuple[Any, Any]:
+    """(the app as uvicorn calls it, the full framework stack alone) of the running backend."""
+    from backend.api.fastpath import _Dispatch
+
+    assert h.client.get("/healthz").status_code == 200  # the stack is built on first use
+    dispatch = h.app.middleware_stack
+    assert isinstance(dispatch, _Dispatch)
+
+    async def full(scope: Any, receive: Any, send: Any) -> None:
+        scope["app"] = h.app  # what Starlette's __call__ sets before the stack runs
+        await dispatch.full(scope, receive, send)
+
+    return h.app, full
+
+
+def test_the_short_stack_answers_exactly_as_the_full_stack(small: BackendHarness) -> None:
+    h = small
+    station = h.register_station()
+    stored = h.signed(station)
+    assert h.post(stored).status_code == 201
+    bad_signature = h.signed(station)
+    bad_signature["signature"] = "0x" + "11" * 65
+    json_headers = {"content-type": "application/json"}
+
+    def requests() -> list[httpx.Request]:
+        def post(path: str, **kwargs: Any) -> httpx.Request:
+            return httpx.Request("POST", "http://backend" + path, **kwargs)
+
+        return [
+            post("/v1/records", json=stored),  # duplicate, 200
+            post("/v1/records", json=bad_signature),  # rejected, 422
+            post(
+                "/v1/records",
+                content=b'{"record": {"stationId": "\\ud800"}, "signature": "0x"}',
+                headers=json_headers,
+            ),
+            post("/v1/records", content=b"{not json", headers=json_headers),  # 400
+            post("/v1/records", json=stored, headers={"GridPoints-Chain-Id": "x"}),  # 400
+            post("/v1/records", json={"padding": "x" * MAX_BODY}),  # 413
+            post("/v1/records/batch", json=[stored, bad_signature]),  # 200, two outcomes
+            post("/v1/records/batch", json=[]),  # 422 empty_batch
+            post("/v1/records/batch", json=[stored] * (MAX_BATCH + 1)),  # 422 batch_too_long
+            post("/v1/records/batch", json={"record": {}}),  # 422 invalid_batch
+        ]
+
+    short, full = _stacks(h)
+    by_short = _asgi_responses(short, requests())
+    by_full = _asgi_responses(full, requests())
+    statuses = [r.status_code for r in by_short]
+    assert statuses == [200, 422, 422, 400, 400, 413, 200, 422, 422, 422]
+    for one, other in zip(by_short, by_full, strict=True):
+        assert one.status_code == other.status_code
+        assert one.content == other.content
+        assert sorted(one.headers.multi_items()) == sorted(other.headers.multi_items())
+
+
+def test_only_ingest_posts_take_the_short_stack(small: BackendHarness) -> None:
+    """With the full stack replaced by one that always answers 599, the two ingest POSTs are
+    still answered by their endpoints, and every other request reaches the full stack."""
+    h = small
+    short, _full = _stacks(h)
+    dispatch = h.app.middleware_stack
+
+    async def unreachable(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 599, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    station = h.register_station()
+    saved = dispatch.full
+    dispatch.full = unreachable
+    try:
+        responses = _asgi_responses(
+            short,
+            [
+                httpx.Request("POST", "http://backend/v1/records", json=h.signed(station)),
+                httpx.Request("POST", "http://backend/v1/records/batch", json=[h.signed(station)]),
+                httpx.Request("GET", "http://backend/v1/records"),
+                httpx.Request("POST", "http://backend/v1/records/", json=h.signed(station)),
+                httpx.Request("PUT", "http://backend/v1/records", json=h.signed(station)),
+                httpx.Request("GET", "http://backend/healthz"),
+            ],
+        )
+    finally:
+        dispatch.full = saved
+    assert [r.status_code for r in responses] == [201, 200, 599, 599, 599, 599]
+    assert responses[1].json()["accepted"] == 1
