@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
+    LargeBinary,
     Table,
     bindparam,
     delete,
@@ -48,7 +49,7 @@ from backend.db.models import (
     StationGap,
     StationProgress,
 )
-from backend.db.types import U64_OFFSET
+from backend.db.types import U64_OFFSET, UTCDateTime
 from backend.ingest.classify import Batch, Candidate, Neighbour, Progress, Register
 
 # SQLite's extended result codes of a uniqueness conflict (sqlite3.Error.sqlite_errorname).
@@ -245,6 +246,27 @@ def _progress_sql(size: int) -> str:
     return statement
 
 
+def _bind_processor(column: Any, dialect: Dialect) -> Any:
+    """`_processor(column, dialect, bind=True)`, except for binary columns: both drivers take
+    bytes as they are (a BLOB, a bytea), and the type's processor would only wrap each value in
+    the driver's Binary."""
+    if isinstance(column.type, LargeBinary):
+        return None
+    return _processor(column, dialect, bind=True)
+
+
+def _once_per_value(process: Any) -> Any:
+    """`process` remembering its result per value (for one statement's rows)."""
+    done: dict[Any, Any] = {}
+
+    def convert(value: Any) -> Any:
+        if value not in done:
+            done[value] = process(value)
+        return done[value]
+
+    return convert
+
+
 class _BulkInsert:
     """A multi-row INSERT of every column of a table, run as the DBAPI's executemany.
 
@@ -259,15 +281,14 @@ class _BulkInsert:
         # Columns an insert never sets (they stay NULL), e.g. a record's erasure marker.
         self.columns = [c for c in table.columns if c.key not in omit]
         self._compiled: dict[str, tuple[str, list[str], list[Any], bool]] = {}
+        self._times = {c.key for c in self.columns if isinstance(c.type, UTCDateTime)}
 
     def _prepare(self, dialect: Dialect) -> tuple[str, list[str], list[Any], bool]:
         prepared = self._compiled.get(dialect.name)
         if prepared is None:
             keys = [c.key for c in self.columns]
             compiled = insert(self.table).compile(dialect=dialect, column_keys=keys)
-            processors = [
-                c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.columns
-            ]
+            processors = [_bind_processor(c, dialect) for c in self.columns]
             positional = bool(compiled.positional)
             if positional:
                 # Bind names in statement order; each is a column key here.
@@ -280,7 +301,12 @@ class _BulkInsert:
 
     def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         sql, keys, processors, positional = self._prepare(conn.dialect)
-        pairs = list(zip(keys, processors, strict=True))
+        # The rows of one transaction share their time stamps (its receipt time, a station's
+        # first and last sighting): each distinct one is converted once.
+        pairs = [
+            (k, _once_per_value(p) if k in self._times and p is not None else p)
+            for k, p in zip(keys, processors, strict=True)
+        ]
         if positional:
             params: list[Any] = [
                 tuple(row[k] if p is None else p(row[k]) for k, p in pairs) for row in rows
