@@ -4,16 +4,19 @@ A single-record POST costs the server about 0.9 ms of CPU, and the framework's l
 the socket and the handler (OpenTelemetry hooks, FastAPI's own body limit, the exception
 middleware, the exit-stack middleware, the router's matching of every route) took about a
 tenth of it in py-spy profiles of the running server. `GridPointsAPI` therefore sends a POST
-to the path of a `DirectRoute` (the two ingest routes) down a shorter stack built from the same
-parts:
+to the path of a `DirectRoute` of a router it included with `include_short` (the two ingest
+routes) down a shorter stack built from the same parts:
 
     ServerErrorMiddleware (the app's 500 handler) -> the app's own middleware (the address rate
     limit, the body-size limit), in the same order -> the route's endpoint, whose exceptions go
     to the app's exception handlers exactly as the exception middleware would send them.
 
 Everything else, and these paths under a ``root_path`` or with another method, takes the full
-stack. The routes stay declared on the app, so the OpenAPI document does not change, and a
-request answered either way gets the same response (a test compares the two).
+stack. FastAPI's OpenTelemetry hooks are among the layers skipped: nothing here configures
+OpenTelemetry, and an operator who does would not see the two ingest routes there (their
+request counters and latency histograms are in ``/metrics``). The routes stay declared on the
+app, so the OpenAPI document does not change, and a request answered either way gets the same
+response (a test compares the two).
 """
 
 from __future__ import annotations
