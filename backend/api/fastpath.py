@@ -12,11 +12,12 @@ routes) down a shorter stack built from the same parts:
     to the app's exception handlers exactly as the exception middleware would send them.
 
 Everything else, and these paths under a ``root_path`` or with another method, takes the full
-stack. FastAPI's OpenTelemetry hooks are among the layers skipped: nothing here configures
-OpenTelemetry, and an operator who does would not see the two ingest routes there (their
-request counters and latency histograms are in ``/metrics``). The routes stay declared on the
-app, so the OpenAPI document does not change, and a request answered either way gets the same
-response (a test compares the two).
+stack, and so does every request when FastAPI's own ``max_body_size`` is set. FastAPI's
+OpenTelemetry middleware is among the layers skipped: nothing here configures OpenTelemetry,
+and with it configured the ingest POSTs would be traced without their route and exception
+events (their request counters and latency histograms are in ``/metrics``). The routes stay
+declared on the app, so the OpenAPI document does not change, and a request answered either
+way gets the same response (a test compares the two).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ class GridPointsAPI(FastAPI):
 
     def include_short(self, router: APIRouter, **kwargs: Any) -> None:
         """`include_router(router, **kwargs)`, and the router's `DirectRoute` POSTs take the
-        short stack. No prefix: the short stack is found by the router's own paths."""
-        if "prefix" in kwargs:
-            raise TypeError("include_short takes no prefix")
+        short stack. No prefix: the short stack is found by the router's own paths; no
+        ``max_body_size``: FastAPI's own body limit is one of the layers the short stack skips
+        (the app's `BodySizeLimitMiddleware` limits the ingest bodies)."""
+        if "prefix" in kwargs or "max_body_size" in kwargs:
+            raise TypeError("include_short takes no prefix and no max_body_size")
         self.include_router(router, **kwargs)
         for route in router.routes:
             if isinstance(route, DirectRoute) and route.methods == {"POST"}:
@@ -58,6 +61,9 @@ class GridPointsAPI(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         full = super().build_middleware_stack()
+        if self.max_body_size is not None:
+            # FastAPI's own body limit is set: every request takes the stack that enforces it.
+            return full
         error_handler = None
         handlers: dict[type[Exception], Handler] = {}
         for key, value in self.exception_handlers.items():
@@ -79,6 +85,9 @@ class _Dispatch:
 
     def __init__(self, full: ASGIApp, short: dict[str, ASGIApp]) -> None:
         self.full = full
+        # Middleware that inspects the stack below it follows `.app` (FastAPI looks for an
+        # OpenTelemetry middleware this way).
+        self.app = full
         self.short = short
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -357,7 +357,9 @@ def _asgi_responses(app: Any, requests: list[httpx.Request]) -> list[httpx.Respo
     """`requests` sent one after the other to the ASGI callable `app`, in this process."""
 
     async def send_all() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
+        # An unexpected error is answered 500 and then raised on to the server, as uvicorn
+        # expects; here the answer is what is compared.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://backend") as client:
             responses = []
             for request in requests:
@@ -367,6 +369,13 @@ def _asgi_responses(app: Any, requests: list[httpx.Request]) -> list[httpx.Respo
             return responses
 
     return asyncio.run(send_all())
+
+
+async def _chunks_over_the_limit() -> AsyncIterator[bytes]:
+    yield b"["
+    for _ in range(MAX_BODY // 90 + 5):
+        yield b'{"record": {}, "signature": "' + b"0" * 60 + b'"},'
+    yield b"{}]"
 
 
 def _stacks(h: BackendHarness) -> tuple[Any, Any]:
@@ -408,6 +417,8 @@ def test_the_short_stack_answers_exactly_as_the_full_stack(small: BackendHarness
             post("/v1/records", content=b"{not json", headers=json_headers),  # 400
             post("/v1/records", json=stored, headers={"GridPoints-Chain-Id": "x"}),  # 400
             post("/v1/records", json={"padding": "x" * MAX_BODY}),  # 413
+            # 413 without a Content-Length: raised while the endpoint reads the body.
+            post("/v1/records/batch", content=_chunks_over_the_limit(), headers=json_headers),
             post("/v1/records/batch", json=[stored, bad_signature]),  # 200, two outcomes
             post("/v1/records/batch", json=[]),  # 422 empty_batch
             post("/v1/records/batch", json=[stored] * (MAX_BATCH + 1)),  # 422 batch_too_long
@@ -418,11 +429,67 @@ def test_the_short_stack_answers_exactly_as_the_full_stack(small: BackendHarness
     by_short = _asgi_responses(short, requests())
     by_full = _asgi_responses(full, requests())
     statuses = [r.status_code for r in by_short]
-    assert statuses == [200, 422, 422, 400, 400, 413, 200, 422, 422, 422]
+    assert statuses == [200, 422, 422, 400, 400, 413, 413, 200, 422, 422, 422]
+    _assert_same(by_short, by_full)
+
+
+def _assert_same(by_short: list[httpx.Response], by_full: list[httpx.Response]) -> None:
     for one, other in zip(by_short, by_full, strict=True):
         assert one.status_code == other.status_code
         assert one.content == other.content
         assert sorted(one.headers.multi_items()) == sorted(other.headers.multi_items())
+
+
+def test_the_short_stack_fails_exactly_as_the_full_stack(
+    small: BackendHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend not started (503 unavailable) and an unexpected error (500 internal_error)."""
+    h = small
+    station = h.register_station()
+    body = h.signed(station)
+    short, full = _stacks(h)
+
+    def requests() -> list[httpx.Request]:
+        return [
+            httpx.Request("POST", "http://backend/v1/records", json=body),
+            httpx.Request("POST", "http://backend/v1/records/batch", json=[body]),
+        ]
+
+    service = h.app.state.service
+    h.app.state.service = None
+    try:
+        by_short = _asgi_responses(short, requests())
+        by_full = _asgi_responses(full, requests())
+    finally:
+        h.app.state.service = service
+    assert [r.status_code for r in by_short] == [503, 503]
+    assert by_short[0].json()["error"]["code"] == "unavailable"
+    _assert_same(by_short, by_full)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("injected: the ingest path failed")
+
+    monkeypatch.setattr(service, "submit_async", broken)
+    monkeypatch.setattr(service, "submit", broken)
+    by_short, by_full = _asgi_responses(short, requests()), _asgi_responses(full, requests())
+    assert [r.status_code for r in by_short] == [500, 500]
+    assert by_short[0].json()["error"]["code"] == "internal_error"
+    _assert_same(by_short, by_full)
+
+
+def test_the_short_stack_steps_aside_for_fastapis_own_body_limit() -> None:
+    from backend.api.fastpath import GridPointsAPI, _Dispatch
+    from backend.api.records import router
+
+    app = GridPointsAPI()
+    app.include_short(router)
+    assert isinstance(app.build_middleware_stack(), _Dispatch)
+    limited = GridPointsAPI(max_body_size=1_024)
+    limited.include_short(router)
+    assert not isinstance(limited.build_middleware_stack(), _Dispatch)
+    for kwargs in ({"prefix": "/v2"}, {"max_body_size": 1_024}):
+        with pytest.raises(TypeError):
+            app.include_short(router, **kwargs)
 
 
 def test_only_ingest_posts_take_the_short_stack(small: BackendHarness) -> None:
