@@ -76,6 +76,7 @@ from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.commitment import UserOpening, split_opening
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.errors import FieldError, RecordValidationError
+from gridpoints_protocol.fastcheck import check_submission
 from gridpoints_protocol.keys import StationHistory, key_valid_at
 from gridpoints_protocol.payments import PaymentProblem, check_payment, split_payment
 from gridpoints_protocol.record import (
@@ -244,6 +245,20 @@ class RecordVerifier:
     ) -> Verdict:
         """Parses one submitted JSON value (``{"record", "signature", "opening"}``, with
         ``"payment"`` when the record is paid with points) and verifies it."""
+        fast = None if check_submission is None else check_submission(item, self.domain.separator)
+        if fast is not None:
+            # The C fast path read a submission in canonical form (fastcheck.py): the same
+            # objects the parsers below would build, the digest and, unless the signature
+            # needs the Python path's judgement, its signer.
+            signed, opening, digest, signer, opens = fast
+            recovered: Recovered = (
+                digest,
+                signer if signer is not None else recover_digest_signer(digest, signed.signature),
+            )
+            verdict = self.verify(
+                signed, now=now, claimed_domain=claimed_domain, recovered=recovered
+            )
+            return self._opened(verdict, opening, opens, None)
         item, payment = split_payment(item)
         item, opening_json = split_opening(item)
         try:
@@ -262,9 +277,16 @@ class RecordVerifier:
             )
             return Verdict(signed, signed.record.digest(self.domain), problem=_malformed(problem))
         verdict = self.verify(signed, now=now, claimed_domain=claimed_domain)
+        return self._opened(verdict, opening, opening.opens(signed.record.user_commitment), payment)
+
+    def _opened(self, verdict: Verdict, opening: UserOpening, opens: bool, payment: Any) -> Verdict:
+        """The opening and payment checks (6 and 7) of a record whose own checks gave
+        `verdict`; `opens`: whether `opening` hashes to the record's userCommitment."""
         if not verdict.ok:
             return verdict
-        if not opening.opens(signed.record.user_commitment):
+        signed = verdict.signed
+        assert signed is not None
+        if not opens:
             # The record is authentic (the station signed the commitment) but the opening
             # sent with it is not its opening: refused, or the private user column would
             # credit someone the station never committed to.

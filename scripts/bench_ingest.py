@@ -280,12 +280,31 @@ def bare_limits(
     def verify(body: dict[str, Any]) -> object:
         return verifier.verify_json(body, now=now)
 
+    # The same library called from C with no Python per signature (the record check's fast
+    # path, gridpoints_protocol/_speedups.c, recovers this way): the floor under the floor.
+    try:
+        from gridpoints_protocol import _speedups
+    except ImportError:
+        _speedups = None
+    signed_digests = list(zip(digests, signatures, strict=True))
+    if _speedups is not None:
+        for (digest, signature), station_index in zip(signed_digests[:50], range(50), strict=True):
+            expected = stations[station_index % len(stations)]
+            assert _speedups.recover_address(digest, signature) == expected.address
+
     bare_rate, bare_runs = median_rate(bare, recoverable, repeat)
+    native_rate, native_runs = (
+        (0.0, [0.0])
+        if _speedups is None
+        else median_rate(lambda pair: _speedups.recover_address(*pair), signed_digests, repeat)
+    )
     naive_rate, naive_runs = median_rate(naive, typed[: max(50, samples // 10)], repeat)
     verify_rate, verify_runs = median_rate(verify, bodies, repeat)
     return {
         "coincurve_recover_per_s": bare_rate,
         "coincurve_recover_runs": bare_runs,
+        "c_recover_per_s": native_rate,
+        "c_recover_runs": native_runs,
         "eth_account_typed_recover_per_s": naive_rate,
         "eth_account_typed_recover_runs": naive_runs,
         "verifier_per_s": verify_rate,
@@ -843,6 +862,11 @@ def print_table(report: dict[str, Any]) -> None:
     rows = [
         ("bare secp256k1 recovery (coincurve)", bare_rate, "coincurve_recover_runs"),
         (
+            "the same libsecp256k1 recovery called from C (no Python per signature)",
+            bare["c_recover_per_s"],
+            "c_recover_runs",
+        ),
+        (
             "naive eth_account typed data (encode_typed_data + recover_message)",
             bare["eth_account_typed_recover_per_s"],
             "eth_account_typed_recover_runs",
@@ -863,6 +887,11 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"  bare / naive = {bare_rate / bare['eth_account_typed_recover_per_s']:.1f}x; "
         f"bare / verifier = {bare_rate / bare['verifier_per_s']:.2f}x"
+        + (
+            f"; verifier = {bare['verifier_per_s'] / bare['c_recover_per_s']:.2f} x the C floor"
+            if bare["c_recover_per_s"]
+            else ""
+        )
     )
     print()
     header = (
