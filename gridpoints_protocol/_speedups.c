@@ -321,16 +321,38 @@ static PyObject *get(PyObject *dict, int name) {
     return PyDict_GetItemWithError(dict, names[name]); /* borrowed; NULL when absent */
 }
 
+/* An exact dict of `size` entries whose keys are all exact str. Only then can a lookup run no
+ * Python code (an exact str compares and hashes in C), so that nothing can change or free the
+ * dicts while they are read. */
+static int plain_dict(PyObject *value, Py_ssize_t size) {
+    Py_ssize_t position = 0;
+    PyObject *key, *ignored;
+    if (value == NULL || !PyDict_CheckExact(value) || PyDict_GET_SIZE(value) != size) return 0;
+    while (PyDict_Next(value, &position, &key, &ignored))
+        if (!PyUnicode_CheckExact(key)) return 0;
+    return 1;
+}
+
+static int read_parts(PyObject *item, PyObject *record, PyObject *opening, submission *out);
+
 /* 1: `item` is a submission in canonical form, read into `out`; 0: it is not; -1: error. */
 static int read_submission(PyObject *item, submission *out) {
     PyObject *record, *opening;
-    if (!PyDict_CheckExact(item) || PyDict_GET_SIZE(item) != 3) return 0;
+    int read;
+    if (!plain_dict(item, 3)) return 0;
     record = get(item, K_RECORD);
     opening = get(item, K_OPENING);
-    if (record == NULL || opening == NULL || !PyDict_CheckExact(record) ||
-        PyDict_GET_SIZE(record) != 11 || !PyDict_CheckExact(opening) ||
-        PyDict_GET_SIZE(opening) != 2)
-        return PyErr_Occurred() ? -1 : 0;
+    if (!plain_dict(record, 11) || !plain_dict(opening, 2)) return PyErr_Occurred() ? -1 : 0;
+    /* Held while read (belt and braces: with plain dicts nothing can drop them). */
+    Py_INCREF(record);
+    Py_INCREF(opening);
+    read = read_parts(item, record, opening, out);
+    Py_DECREF(record);
+    Py_DECREF(opening);
+    return read;
+}
+
+static int read_parts(PyObject *item, PyObject *record, PyObject *opening, submission *out) {
     if (!read_hex(get(item, K_SIGNATURE), out->signature, 65) ||
         !read_hex(get(record, K_STATION_ID), out->station_id, 32) ||
         !read_hex(get(record, K_USER_COMMITMENT), out->user_commitment, 32) ||
@@ -557,14 +579,19 @@ static PyObject *speedups_recover_address(PyObject *module, PyObject *args) {
     unsigned char address[20];
     int ok;
     (void)module;
+    unsigned char digest_copy[32], signature_copy[65];
     if (!PyArg_ParseTuple(args, "y*y*:recover_address", &digest, &signature)) return NULL;
-    ok = digest.len == 32 && signature.len == 65 &&
-         is_canonical((const unsigned char *)signature.buf) &&
-         recover_address((const unsigned char *)digest.buf,
-                         (const unsigned char *)signature.buf, address);
+    ok = digest.len == 32 && signature.len == 65;
+    if (ok) {
+        /* Copies: another thread may change a mutable buffer once the lock is released. */
+        memcpy(digest_copy, digest.buf, 32);
+        memcpy(signature_copy, signature.buf, 65);
+    }
     PyBuffer_Release(&digest);
     PyBuffer_Release(&signature);
-    if (!ok) Py_RETURN_NONE;
+    if (!ok || !is_canonical(signature_copy) ||
+        !recover_address(digest_copy, signature_copy, address))
+        Py_RETURN_NONE;
     return bytes_of(address, 20);
 }
 

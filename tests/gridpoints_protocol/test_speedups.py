@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import coincurve
 import pytest
@@ -323,3 +323,43 @@ def test_generated_values_get_the_same_verdict(
     fields = sorted(target)
     target[fields[field_choice % len(fields)]] = value
     _assert_same(item)
+
+
+class _MeddlingKey(str):
+    """A key whose comparison changes the submission while it is being read (found in review:
+    the C path held borrowed references across lookups that could run this code)."""
+
+    holder: ClassVar[dict[str, Any]] = {}
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        if type(self.holder.get("record")) is dict:
+            self.holder["record"] = None
+        return str.__eq__(self, other)
+
+
+@pytest.mark.parametrize("where", ["top", "record"])
+def test_keys_that_are_not_plain_str_leave_the_submission_to_the_python_path(where: str) -> None:
+    item = _submission(5)
+    if where == "top":
+        item[_MeddlingKey("opening")] = item.pop("opening")
+    else:
+        item["record"][_MeddlingKey("stationId")] = item["record"].pop("stationId")
+    _MeddlingKey.holder = item
+    assert fastcheck.check_submission(item, DOMAIN.separator) is None
+    assert type(item["record"]) is dict  # nothing ran that could change it
+
+
+def test_recovery_copies_a_mutable_signature_before_checking_it() -> None:
+    from gridpoints_protocol import _speedups
+
+    key = KEYS[0]
+    digest = keccak256(b"mutable")
+    signature = bytearray(_sign(digest, key))
+    assert _speedups.recover_address(bytearray(digest), signature) == _address(key)
+
+
+def test_a_fast_path_that_disagrees_with_the_python_path_is_not_used() -> None:
+    assert fastcheck._probe(fastcheck.check_submission)  # type: ignore[arg-type]
+    assert not fastcheck._probe(lambda item, separator: None)
