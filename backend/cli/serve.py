@@ -48,6 +48,7 @@ def serve(
     from uvicorn.supervisors import Multiprocess
 
     from backend.api import create_app
+    from backend.cli.corked_http import CorkedHttpToolsProtocol
 
     overrides: dict[str, Any] = {
         "host": host,
@@ -74,6 +75,7 @@ def serve(
                 served,
                 host=settings.host,
                 port=settings.port,
+                http=CorkedHttpToolsProtocol,
                 log_level=settings.log_level,
                 log_config=log_config(settings.log_level),
             )
@@ -91,6 +93,7 @@ def serve(
             workers=workers,
             host=settings.host,
             port=settings.port,
+            http=CorkedHttpToolsProtocol,
             log_level=settings.log_level,
             log_config=log_config(settings.log_level),
         )

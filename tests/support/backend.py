@@ -46,6 +46,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlalchemy.engine import make_url
 
+from backend.cli.corked_http import CorkedHttpToolsProtocol
 from backend.settings import Settings
 from gridpoints_dev.chain import register_station
 from gridpoints_protocol.commitment import UserOpening
@@ -205,8 +206,15 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.host, self.port = self.sock.getsockname()[:2]
+        # The protocol `gridpoints serve` runs (backend/cli/corked_http.py), so that every HTTP
+        # test goes through it.
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=5
+            app,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            http=CorkedHttpToolsProtocol,
         )
         self.server = uvicorn.Server(config)
         self.exit_code: int | str | None = None
