@@ -595,7 +595,47 @@ static PyObject *speedups_recover_address(PyObject *module, PyObject *args) {
     return bytes_of(address, 20);
 }
 
+/* json.loads' object_pairs_hook: the pairs as a dict, or ValueError when a key repeats. */
+static PyObject *speedups_object_without_duplicates(PyObject *module, PyObject *pairs) {
+    PyObject *result;
+    (void)module;
+    if (!PyList_CheckExact(pairs)) {
+        PyErr_SetString(PyExc_TypeError, "object_without_duplicates takes a list of pairs");
+        return NULL;
+    }
+    result = PyDict_New();
+    if (result == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        int present;
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(result);
+            PyErr_SetString(PyExc_TypeError, "object_without_duplicates takes (key, value) pairs");
+            return NULL;
+        }
+        Py_INCREF(pair); /* a key's own __eq__ could change the list */
+        present = PyDict_Contains(result, PyTuple_GET_ITEM(pair, 0));
+        if (present == 0) {
+            present = PyDict_SetItem(result, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+        } else if (present == 1) {
+            /* Two values for one field: which one was signed is ambiguous. */
+            PyErr_Format(PyExc_ValueError, "key %R appears twice in one object",
+                         PyTuple_GET_ITEM(pair, 0));
+            present = -1;
+        }
+        Py_DECREF(pair);
+        if (present < 0) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
+    {"object_without_duplicates", speedups_object_without_duplicates, METH_O,
+     "object_without_duplicates(pairs) -> dict; ValueError when a key appears twice (a "
+     "json.loads object_pairs_hook)."},
     {"check_submission", speedups_check_submission, METH_VARARGS,
      "check_submission(item, separator) -> (SignedRecord, UserOpening, digest, signer | None, "
      "opens) for a submission in canonical form, else None."},

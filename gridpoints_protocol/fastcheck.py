@@ -13,6 +13,11 @@ message) to `record.recover_signer_bytes`.
 compiler) or fails its probes here; the pure-Python path then does all the work, slower.
 `RecordVerifier.verify_json` is the only caller; tests/gridpoints_protocol/test_speedups.py runs
 both paths on valid, mutated and hostile submissions and requires identical verdicts.
+
+`object_without_duplicates` is the ``object_pairs_hook`` with which the ingest API parses
+bodies (a JSON object with a key twice is refused: which value was signed would be ambiguous):
+the extension's when built, else the same rule in Python. Called by the JSON parser for every
+object, three per submitted record, it cost more in Python than the rest of the parse.
 """
 
 from __future__ import annotations
@@ -108,4 +113,25 @@ def _probe(check: Callable[[Any, bytes], FastResult | None]) -> bool:
     return True
 
 
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                # Two values for one field: which one was signed is ambiguous.
+                raise ValueError(f"key {key!r} appears twice in one object")
+            seen.add(key)
+    return result
+
+
+def _object_hook() -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    try:
+        from gridpoints_protocol._speedups import object_without_duplicates
+    except ImportError:
+        return _object_without_duplicates
+    return object_without_duplicates
+
+
 check_submission: Final = _bind()
+object_without_duplicates: Final = _object_hook()

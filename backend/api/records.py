@@ -25,6 +25,7 @@ from backend.queries import log_size, record_by_digest, records_in_log
 from backend.service import BackendService
 from gridpoints_protocol.eip712 import parse_address, to_checksum_address
 from gridpoints_protocol.errors import RecordValidationError
+from gridpoints_protocol.fastcheck import object_without_duplicates
 from gridpoints_protocol.record import Domain
 from gridpoints_protocol.wire import (
     BatchResponse,
@@ -227,23 +228,11 @@ def _ingest_doc(schema: dict[str, Any]) -> dict[str, Any]:
 # ---- parsing --------------------------------------------------------------------------------
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _value in pairs:
-            if key in seen:
-                # Two values for one field: which one was signed is ambiguous.
-                raise ValueError(f"key {key!r} appears twice in one object")
-            seen.add(key)
-    return result
-
-
 def parse_json_body(body: bytes) -> Any:
     """The body's JSON value. Only UTF-8 without a byte-order mark is JSON (RFC 8259 §8.1):
     ``json.loads`` on bytes would also take UTF-16/32 and a BOM, so the bytes are decoded here."""
     try:
-        return json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        return json.loads(body.decode("utf-8"), object_pairs_hook=object_without_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 

@@ -363,3 +363,30 @@ def test_recovery_copies_a_mutable_signature_before_checking_it() -> None:
 def test_a_fast_path_that_disagrees_with_the_python_path_is_not_used() -> None:
     assert fastcheck._probe(fastcheck.check_submission)  # type: ignore[arg-type]
     assert not fastcheck._probe(lambda item, separator: None)
+
+
+@pytest.mark.parametrize(
+    ("text", "duplicated"),
+    [
+        ('{"a": 1, "b": {"c": [1, {"d": 2}]}}', False),
+        ('{"a": 1, "a": 1}', True),
+        ('{"x": {"a": 1, "b": 2, "a": 3}}', True),
+        ('[{"\\u00e9": 1, "\\u00e9": 2}]', True),
+        ('{"": 0, "": 0}', True),
+        ("{}", False),
+    ],
+)
+def test_the_duplicate_key_hook_agrees_with_the_python_rule(text: str, duplicated: bool) -> None:
+    import json
+
+    from gridpoints_protocol import _speedups
+
+    assert fastcheck.object_without_duplicates is _speedups.object_without_duplicates
+    outcomes = []
+    for hook in (_speedups.object_without_duplicates, fastcheck._object_without_duplicates):
+        try:
+            outcomes.append(("ok", json.loads(text, object_pairs_hook=hook)))
+        except ValueError as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0][0] == "error") == duplicated
