@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from backend.errors import BackendError
@@ -122,7 +121,7 @@ class ReceiptIssuer:
         receipts: list[IngestReceipt] = sign_receipts(entries, self.domain, self._sign)
         signed = list(outcomes)
         for position, receipt in zip(owners, receipts, strict=True):
-            signed[position] = replace(outcomes[position], signed_receipt=receipt)
+            signed[position] = outcomes[position].with_receipt(receipt)
         return signed
 
 

@@ -147,8 +147,18 @@ class IngestReceipt:
                 f"the receipt is signed by {signer}, not by the receipt key {receipt_key}"
             )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, hexes: dict[bytes, str] | None = None) -> dict[str, Any]:
+        """The JSON form. `hexes`: a cache of hex texts shared by the receipts of one tree
+        (their paths share nodes and all carry one signature), or None."""
         e = self.entry
+        if hexes is None:
+            path = ["0x" + p.hex() for p in self.path]
+            signature = "0x" + self.signature.hex()
+        else:
+            path = [hexes.get(p) or hexes.setdefault(p, "0x" + p.hex()) for p in self.path]
+            signature = hexes.get(self.signature) or hexes.setdefault(
+                self.signature, "0x" + self.signature.hex()
+            )
         return {
             "version": RECEIPT_VERSION,
             "recordDigest": "0x" + e.record_digest.hex(),
@@ -158,8 +168,8 @@ class IngestReceipt:
             "sealedBy": e.sealed_by,
             "index": self.index,
             "size": self.size,
-            "path": ["0x" + p.hex() for p in self.path],
-            "signature": "0x" + self.signature.hex(),
+            "path": path,
+            "signature": signature,
         }
 
     @classmethod

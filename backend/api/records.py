@@ -319,19 +319,22 @@ def to_wire(outcome: Outcome) -> RecordOutcome:
     return RecordOutcome.rejected(outcome.problem.reason, outcome.problem.message, outcome.digest)
 
 
-def outcome_json(outcome: Outcome, times: dict[datetime, str]) -> dict[str, Any]:
+def outcome_json(
+    outcome: Outcome, times: dict[datetime, str], hexes: dict[bytes, str] | None = None
+) -> dict[str, Any]:
     """``to_wire(outcome).model_dump(mode="json", by_alias=True)``, built directly.
 
     The hot path of the ingest endpoints: validating a model per record and dumping it costs
     more than verifying the record's signature. `times` caches the ISO text of receipt times
-    (one per transaction). The result is the same dict, key for key and in the same order
-    (a test compares the two for every kind of outcome).
+    (one per transaction), `hexes` the hex texts of receipt signatures and proof nodes (shared
+    by the receipts of one tree). The result is the same dict, key for key and in the same
+    order (a test compares the two for every kind of outcome).
     """
     if outcome.status == ACCEPTED or outcome.status == DUPLICATE:
         digest, log_index, received_at = outcome.digest, outcome.log_index, outcome.received_at
         assert digest is not None and log_index is not None and received_at is not None
         signed = outcome.signed_receipt
-        signed_json = None if signed is None else signed.to_json()
+        signed_json = None if signed is None else signed.to_json(hexes)
         when = times.get(received_at)
         if when is None:
             # Receipt's serializer, verbatim.
@@ -495,11 +498,12 @@ def batch_json(outcomes: list[Outcome]) -> dict[str, Any]:
     """``BatchResponse.from_outcomes([to_wire(o) ...]).model_dump(mode="json", by_alias=True)``,
     built directly (see `outcome_json`)."""
     times: dict[datetime, str] = {}
+    hexes: dict[bytes, str] = {}
     counts = {ACCEPTED: 0, DUPLICATE: 0, REJECTED: 0, DEFERRED: 0}
     rendered = []
     for outcome in outcomes:
         counts[outcome.status] += 1
-        rendered.append(outcome_json(outcome, times))
+        rendered.append(outcome_json(outcome, times, hexes))
     return {
         "outcomes": rendered,
         "accepted": counts[ACCEPTED],

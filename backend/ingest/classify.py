@@ -202,6 +202,19 @@ class Outcome:
     # when the backend has a receipt key.
     signed_receipt: IngestReceipt | None = None
 
+    def with_receipt(self, receipt: IngestReceipt) -> Outcome:
+        """This outcome with `receipt` (``dataclasses.replace``, at a third of its cost: one
+        per receipted record)."""
+        return Outcome(
+            self.status,
+            self.digest,
+            self.log_index,
+            self.received_at,
+            self.problem,
+            self.deferral,
+            receipt,
+        )
+
     @property
     def reason(self) -> RejectReason | DeferReason | None:
         if self.problem is not None:

@@ -164,3 +164,41 @@ def test_receipts_are_signed_in_softhsm_and_verify_only_untouched(
     later = replace(receipts[0], entry=replace(receipts[0].entry, sealed_by=2**40))
     with pytest.raises(ReceiptError):
         later.verify(domain, created)
+
+
+def test_with_receipt_is_replace_and_keeps_every_field() -> None:
+    """`Outcome.with_receipt` builds the outcome field by field (for speed): it must stay the
+    same as ``dataclasses.replace``, also when Outcome gains a field."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from backend.ingest.classify import Outcome
+    from gridpoints_protocol.checks import Deferral, Problem
+    from gridpoints_protocol.receipts import IngestReceipt, ReceiptEntry
+    from gridpoints_protocol.wire import DeferReason, RejectReason
+
+    assert [f.name for f in dataclasses.fields(Outcome)] == [
+        "status",
+        "digest",
+        "log_index",
+        "received_at",
+        "problem",
+        "deferral",
+        "signed_receipt",
+    ]
+    outcome = Outcome(
+        "accepted",
+        b"\x01" * 32,
+        7,
+        datetime.now(UTC),
+        Problem(RejectReason.MALFORMED, "m"),
+        Deferral(DeferReason.END_IN_FUTURE, "d", 3),
+    )
+    receipt = IngestReceipt(
+        ReceiptEntry(b"\x01" * 32, b"\x02" * 32, 5, 1_700_000_000, 1_700_000_060),
+        0,
+        1,
+        (),
+        b"\x03" * 65,
+    )
+    assert outcome.with_receipt(receipt) == dataclasses.replace(outcome, signed_receipt=receipt)

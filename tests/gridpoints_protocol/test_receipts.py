@@ -49,9 +49,12 @@ def test_every_receipt_of_a_batch_verifies_alone(size: int) -> None:
     key = _key()
     receipts = sign_receipts(_entries(size), DOMAIN, _sign(key))
     assert len(receipts) == size and len({r.signature for r in receipts}) == 1
+    hexes: dict[bytes, str] = {}
     for receipt in receipts:
         parsed = IngestReceipt.from_json(receipt.to_json())
         assert parsed == receipt
+        # The shared cache of hex texts (one response's receipts) changes nothing.
+        assert receipt.to_json(hexes) == receipt.to_json()
         parsed.verify(DOMAIN, key.address)
         assert parsed.signer(DOMAIN) == key.address
 

@@ -45,6 +45,7 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
+import coincurve
 import httpx
 import pytest
 from Crypto.Hash import keccak as pycryptodome_keccak
@@ -69,6 +70,7 @@ from gridpoints_protocol.checks import Deferral, Problem, Verdict
 from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.errors import RecordValidationError
 from gridpoints_protocol.keys import KeyPeriod, StationHistory, key_valid_at
+from gridpoints_protocol.receipts import ReceiptEntry, sign_receipts
 from gridpoints_protocol.record import Domain, EnergyTransfer, SignedRecord
 from gridpoints_protocol.wire import BatchResponse, DeferReason, RejectReason
 from tests.support.chain import ChainEnv
@@ -271,6 +273,23 @@ def test_outcome_json_is_the_wire_model_dump() -> None:
         Outcome(DEFERRED, digest, deferral=Deferral(r, f"not yet: {r}", 1 + i))
         for i, r in enumerate(DeferReason)
     ]
+    # Receipted outcomes of one tree, rendered with one shared cache of hex texts.
+    key = coincurve.PrivateKey(secrets.token_bytes(32))
+    entries = [
+        ReceiptEntry(digest, b"\x05" * 32, n, 1_700_000_000, 1_700_000_060) for n in (1, 2, 3)
+    ]
+    receipts = sign_receipts(
+        entries, Domain(1, b"\x07" * 20), lambda d: key.sign_recoverable(d, hasher=None)
+    )
+    receipted = [
+        Outcome(ACCEPTED, digest, n, received[0]).with_receipt(r) for n, r in enumerate(receipts)
+    ]
+    hexes: dict[bytes, str] = {}
+    for outcome in receipted:
+        assert outcome_json(outcome, {}, hexes) == to_wire(outcome).model_dump(
+            mode="json", by_alias=True
+        )
+    outcomes += receipted
     for outcome in outcomes:
         assert outcome_json(outcome, {}) == to_wire(outcome).model_dump(mode="json", by_alias=True)
         # Same keys in the same order, so the JSON text is the same too.
