@@ -61,6 +61,7 @@ class BackendService:
             settings.effective_database_url,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             pool_size=settings.db_pool_size,
+            sqlite_cache_mib=settings.sqlite_cache_mib,
         )
         self.deployment: Deployment | None = None
         self.chain: GridPointsChain | None = None

@@ -189,6 +189,14 @@ def test_sqlite_pragmas_and_postgresql_driver(db: Database) -> None:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            # 16 MiB (negative: in KiB), the default of GRIDPOINTS_SQLITE_CACHE_MIB.
+            assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -16 * 1024
+        other = Database(db.url, sqlite_cache_mib=3)
+        try:
+            with other.engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -3 * 1024
+        finally:
+            other.dispose()
     else:
         assert db.engine.url.drivername == "postgresql+psycopg"
 
