@@ -236,10 +236,12 @@ class BackendService:
         received_at = datetime.now(UTC)
         now = int(received_at.timestamp())
         candidates = []
-        for submitted in items:
-            # The OCMF evidence is judged beside the record and never reaches a rejection body.
-            item, evidence = split_evidence(submitted)
-            verdict = verifier.verify_json(item, now=now, claimed_domain=claimed_domain)
+        # The OCMF evidence is judged beside the record and never reaches a rejection body.
+        split = [split_evidence(submitted) for submitted in items]
+        verdicts = verifier.verify_json_many(
+            [item for item, _ in split], now=now, claimed_domain=claimed_domain
+        )
+        for (item, evidence), verdict in zip(split, verdicts, strict=True):
             verdict, verified = self.evidence.check(verdict, evidence)
             candidate = Candidate.of(item, verdict)
             if verified is not None:

@@ -173,24 +173,31 @@ static int is_canonical(const unsigned char signature[65]) {
 }
 
 /* The 20-byte address that made a canonical `signature` over `digest`; 0 when none (or when no
- * library is bound). Runs without the interpreter lock. */
-static int recover_address(const unsigned char digest[32], const unsigned char signature[65],
-                           unsigned char address[20]) {
+ * library is bound). Touches no Python object: callers run it without the interpreter lock. */
+static int recover_unlocked(const unsigned char digest[32], const unsigned char signature[65],
+                            unsigned char address[20]) {
     recoverable_signature parsed;
     public_key key;
     unsigned char point[65], hashed[32];
     size_t point_length = sizeof point;
-    int ok = 0;
     if (secp_recover == NULL) return 0;
-    Py_BEGIN_ALLOW_THREADS
     if (secp_parse_compact(secp_context, &parsed, signature, signature[64] - 27) &&
         secp_recover(secp_context, &key, &parsed, digest) &&
         secp_serialize(secp_context, point, &point_length, &key, secp_uncompressed_flag) &&
         point_length == 65 && point[0] == 0x04) {
         keccak256(point + 1, 64, hashed);
         memcpy(address, hashed + 12, 20);
-        ok = 1;
+        return 1;
     }
+    return 0;
+}
+
+/* recover_unlocked with the interpreter lock released around it. */
+static int recover_address(const unsigned char digest[32], const unsigned char signature[65],
+                           unsigned char address[20]) {
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = recover_unlocked(digest, signature, address);
     Py_END_ALLOW_THREADS
     return ok;
 }
@@ -315,6 +322,10 @@ typedef struct {
     unsigned char meter_evidence[32], signature[65], user[20], salt[32];
     uint64_t sequence, energy_wh, meter_before_wh, meter_after_wh, start_time, end_time;
     uint64_t direction;
+    /* What check_one works out: the digest, whether the opening opens the commitment, whether
+     * the signature is canonical, and (once recovered) the signer. */
+    unsigned char digest[32], address[20];
+    int opens, canonical, recovered;
 } submission;
 
 static PyObject *get(PyObject *dict, int name) {
@@ -423,87 +434,62 @@ static PyObject *bytes_of(const unsigned char *data, Py_ssize_t size) {
     return PyBytes_FromStringAndSize((const char *)data, size);
 }
 
-static PyObject *speedups_check_submission(PyObject *module, PyObject *args) {
-    PyObject *item;
-    Py_buffer separator;
-    submission s;
-    unsigned char digest[32], address[20], commitment_input[64 + 20 + 32], commitment[32];
-    int read, recovered, opens;
+/* Reads `item` into `s` and works out its digest and opening (1), or says it is not a
+ * submission in canonical form (0) or fails (-1). The signer is left to the caller. */
+static int check_one(PyObject *item, const unsigned char separator[32], submission *s) {
+    unsigned char commitment_input[64 + 20 + 32], commitment[32];
+    int read = read_submission(item, s);
+    if (read <= 0) return read;
+    record_digest(s, separator, s->digest);
+    memcpy(commitment_input, commitment_tag, (size_t)commitment_tag_length);
+    memcpy(commitment_input + commitment_tag_length, s->user, 20);
+    memcpy(commitment_input + commitment_tag_length + 20, s->salt, 32);
+    keccak256(commitment_input, (size_t)commitment_tag_length + 52, commitment);
+    s->opens = memcmp(commitment, s->user_commitment, 32) == 0;
+    s->canonical = is_canonical(s->signature);
+    s->recovered = 0;
+    return 1;
+}
+
+/* (SignedRecord, UserOpening, digest, signer or None, opens) of a checked submission. */
+static PyObject *result_of(const submission *s) {
+    static const int record_attributes[11] = {
+        A_STATION_ID, A_SEQUENCE, A_USER_COMMITMENT, A_DIRECTION, A_ENERGY_WH,
+        A_METER_BEFORE_WH, A_METER_AFTER_WH, A_START_TIME, A_END_TIME,
+        A_PAYMENT_AUTHORIZATION, A_METER_EVIDENCE};
+    static const int signed_attributes[2] = {A_RECORD, A_SIGNATURE};
+    static const int opening_attributes[2] = {A_USER, A_SALT};
     PyObject *values[11] = {NULL};
     PyObject *pair[2] = {NULL, NULL};
-    PyObject *record = NULL, *signed_record = NULL, *opening = NULL, *result = NULL;
-    (void)module;
-    if (!PyArg_ParseTuple(args, "Oy*:check_submission", &item, &separator)) return NULL;
-    if (separator.len != 32) {
-        PyBuffer_Release(&separator);
-        PyErr_SetString(PyExc_ValueError, "the domain separator must be 32 bytes");
-        return NULL;
-    }
-    if (energy_transfer_type == NULL) {
-        PyBuffer_Release(&separator);
-        PyErr_SetString(PyExc_RuntimeError, "check_submission called before configure");
-        return NULL;
-    }
-    read = read_submission(item, &s);
-    if (read <= 0) {
-        PyBuffer_Release(&separator);
-        if (read < 0) return NULL;
-        Py_RETURN_NONE;
-    }
-    record_digest(&s, (const unsigned char *)separator.buf, digest);
-    PyBuffer_Release(&separator);
-
-    memcpy(commitment_input, commitment_tag, (size_t)commitment_tag_length);
-    memcpy(commitment_input + commitment_tag_length, s.user, 20);
-    memcpy(commitment_input + commitment_tag_length + 20, s.salt, 32);
-    keccak256(commitment_input, (size_t)commitment_tag_length + 52, commitment);
-    opens = memcmp(commitment, s.user_commitment, 32) == 0;
-
-    recovered = is_canonical(s.signature) && recover_address(digest, s.signature, address);
-
-    {
-        static const int record_attributes[11] = {
-            A_STATION_ID, A_SEQUENCE, A_USER_COMMITMENT, A_DIRECTION, A_ENERGY_WH,
-            A_METER_BEFORE_WH, A_METER_AFTER_WH, A_START_TIME, A_END_TIME,
-            A_PAYMENT_AUTHORIZATION, A_METER_EVIDENCE};
-        static const int signed_attributes[2] = {A_RECORD, A_SIGNATURE};
-        static const int opening_attributes[2] = {A_USER, A_SALT};
-        values[0] = bytes_of(s.station_id, 32);
-        values[1] = PyLong_FromUnsignedLongLong(s.sequence);
-        values[2] = bytes_of(s.user_commitment, 32);
-        values[3] = Py_NewRef(direction_members[s.direction]);
-        values[4] = PyLong_FromUnsignedLongLong(s.energy_wh);
-        values[5] = PyLong_FromUnsignedLongLong(s.meter_before_wh);
-        values[6] = PyLong_FromUnsignedLongLong(s.meter_after_wh);
-        values[7] = PyLong_FromUnsignedLongLong(s.start_time);
-        values[8] = PyLong_FromUnsignedLongLong(s.end_time);
-        values[9] = bytes_of(s.payment_authorization, 32);
-        values[10] = bytes_of(s.meter_evidence, 32);
-        record = build(energy_transfer_type, record_attributes, values, 11);
-        if (record == NULL) goto done;
-        pair[0] = Py_NewRef(record);
-        pair[1] = bytes_of(s.signature, 65);
-        signed_record = build(signed_record_type, signed_attributes, pair, 2);
-        if (signed_record == NULL) goto done;
-        Py_CLEAR(pair[0]);
-        Py_CLEAR(pair[1]);
-        pair[0] = bytes_of(s.user, 20);
-        pair[1] = bytes_of(s.salt, 32);
-        opening = build(user_opening_type, opening_attributes, pair, 2);
-        if (opening == NULL) goto done;
-    }
-    result = Py_BuildValue("(OOy#" "O" "O)", signed_record, opening, (const char *)digest,
-                           (Py_ssize_t)32, Py_None, opens ? Py_True : Py_False);
-    if (result != NULL && recovered) {
-        PyObject *signer = bytes_of(address, 20);
-        if (signer == NULL) {
-            Py_CLEAR(result);
-        } else {
-            PyObject *previous = PyTuple_GET_ITEM(result, 3);
-            PyTuple_SET_ITEM(result, 3, signer);
-            Py_DECREF(previous);
-        }
-    }
+    PyObject *record = NULL, *signed_record = NULL, *opening = NULL, *signer = NULL;
+    PyObject *result = NULL;
+    values[0] = bytes_of(s->station_id, 32);
+    values[1] = PyLong_FromUnsignedLongLong(s->sequence);
+    values[2] = bytes_of(s->user_commitment, 32);
+    values[3] = Py_NewRef(direction_members[s->direction]);
+    values[4] = PyLong_FromUnsignedLongLong(s->energy_wh);
+    values[5] = PyLong_FromUnsignedLongLong(s->meter_before_wh);
+    values[6] = PyLong_FromUnsignedLongLong(s->meter_after_wh);
+    values[7] = PyLong_FromUnsignedLongLong(s->start_time);
+    values[8] = PyLong_FromUnsignedLongLong(s->end_time);
+    values[9] = bytes_of(s->payment_authorization, 32);
+    values[10] = bytes_of(s->meter_evidence, 32);
+    record = build(energy_transfer_type, record_attributes, values, 11);
+    if (record == NULL) goto done;
+    pair[0] = Py_NewRef(record);
+    pair[1] = bytes_of(s->signature, 65);
+    signed_record = build(signed_record_type, signed_attributes, pair, 2);
+    if (signed_record == NULL) goto done;
+    Py_CLEAR(pair[0]);
+    Py_CLEAR(pair[1]);
+    pair[0] = bytes_of(s->user, 20);
+    pair[1] = bytes_of(s->salt, 32);
+    opening = build(user_opening_type, opening_attributes, pair, 2);
+    if (opening == NULL) goto done;
+    signer = s->recovered ? bytes_of(s->address, 20) : Py_NewRef(Py_None);
+    if (signer == NULL) goto done;
+    result = Py_BuildValue("(OOy#OO)", signed_record, opening, (const char *)s->digest,
+                           (Py_ssize_t)32, signer, s->opens ? Py_True : Py_False);
 done:
     for (int i = 0; i < 11; i++) Py_XDECREF(values[i]);
     Py_XDECREF(pair[0]);
@@ -511,7 +497,90 @@ done:
     Py_XDECREF(record);
     Py_XDECREF(signed_record);
     Py_XDECREF(opening);
+    Py_XDECREF(signer);
     return result;
+}
+
+/* The separator argument (32 bytes, copied) and that configure ran; 0 with an exception. */
+static int ready(Py_buffer *separator, unsigned char out[32]) {
+    int ok = separator->len == 32;
+    if (ok) memcpy(out, separator->buf, 32);
+    PyBuffer_Release(separator);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "the domain separator must be 32 bytes");
+        return 0;
+    }
+    if (energy_transfer_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "called before configure");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *speedups_check_submission(PyObject *module, PyObject *args) {
+    PyObject *item;
+    Py_buffer separator_buffer;
+    unsigned char separator[32];
+    submission s;
+    int read;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "Oy*:check_submission", &item, &separator_buffer)) return NULL;
+    if (!ready(&separator_buffer, separator)) return NULL;
+    read = check_one(item, separator, &s);
+    if (read < 0) return NULL;
+    if (read == 0) Py_RETURN_NONE;
+    s.recovered = s.canonical && recover_address(s.digest, s.signature, s.address);
+    return result_of(&s);
+}
+
+/* check_submission over a list, the signatures recovered in one stretch without the lock: a
+ * batch's threads then take turns at the interpreter lock once per batch, not per record. */
+static PyObject *speedups_check_submissions(PyObject *module, PyObject *args) {
+    PyObject *items, *snapshot = NULL, *results = NULL;
+    Py_buffer separator_buffer;
+    unsigned char separator[32];
+    submission *checked = NULL;
+    char *state = NULL; /* per item: 1 read and checked, 0 not canonical */
+    Py_ssize_t count;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "Oy*:check_submissions", &items, &separator_buffer)) return NULL;
+    if (!ready(&separator_buffer, separator)) return NULL;
+    /* A tuple of the items holds each of them for the whole call. */
+    snapshot = PySequence_Tuple(items);
+    if (snapshot == NULL) return NULL;
+    count = PyTuple_GET_SIZE(snapshot);
+    checked = PyMem_Calloc((size_t)(count > 0 ? count : 1), sizeof(submission));
+    state = PyMem_Calloc((size_t)(count > 0 ? count : 1), 1);
+    if (checked == NULL || state == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int read = check_one(PyTuple_GET_ITEM(snapshot, i), separator, &checked[i]);
+        if (read < 0) goto done;
+        state[i] = (char)read;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (state[i] && checked[i].canonical)
+            checked[i].recovered =
+                recover_unlocked(checked[i].digest, checked[i].signature, checked[i].address);
+    Py_END_ALLOW_THREADS
+    results = PyList_New(count);
+    if (results == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *result = state[i] ? result_of(&checked[i]) : Py_NewRef(Py_None);
+        if (result == NULL) {
+            Py_CLEAR(results);
+            goto done;
+        }
+        PyList_SET_ITEM(results, i, result);
+    }
+done:
+    PyMem_Free(checked);
+    PyMem_Free(state);
+    Py_DECREF(snapshot);
+    return results;
 }
 
 /* ---- set-up ------------------------------------------------------------------------------- */
@@ -636,6 +705,9 @@ static PyMethodDef speedups_methods[] = {
     {"object_without_duplicates", speedups_object_without_duplicates, METH_O,
      "object_without_duplicates(pairs) -> dict; ValueError when a key appears twice (a "
      "json.loads object_pairs_hook)."},
+    {"check_submissions", speedups_check_submissions, METH_VARARGS,
+     "check_submissions(items, separator) -> [check_submission(item, separator) for item in "
+     "items], the signatures recovered in one stretch without the interpreter lock."},
     {"check_submission", speedups_check_submission, METH_VARARGS,
      "check_submission(item, separator) -> (SignedRecord, UserOpening, digest, signer | None, "
      "opens) for a submission in canonical form, else None."},

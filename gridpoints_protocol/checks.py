@@ -68,7 +68,7 @@ complete chain history) decides every end time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,7 +76,7 @@ from gridpoints_protocol.authorization import PaymentOpening, SettlementDomain
 from gridpoints_protocol.commitment import UserOpening, split_opening
 from gridpoints_protocol.eip712 import to_checksum_address
 from gridpoints_protocol.errors import FieldError, RecordValidationError
-from gridpoints_protocol.fastcheck import check_submission
+from gridpoints_protocol.fastcheck import FastResult, check_submission, check_submissions
 from gridpoints_protocol.keys import StationHistory, key_valid_at
 from gridpoints_protocol.payments import PaymentProblem, check_payment, split_payment
 from gridpoints_protocol.record import (
@@ -247,18 +247,45 @@ class RecordVerifier:
         ``"payment"`` when the record is paid with points) and verifies it."""
         fast = None if check_submission is None else check_submission(item, self.domain.separator)
         if fast is not None:
-            # The C fast path read a submission in canonical form (fastcheck.py): the same
-            # objects the parsers below would build, the digest and, unless the signature
-            # needs the Python path's judgement, its signer.
-            signed, opening, digest, signer, opens = fast
-            recovered: Recovered = (
-                digest,
-                signer if signer is not None else recover_digest_signer(digest, signed.signature),
+            return self._verify_fast(fast, now, claimed_domain)
+        return self._verify_json_parsing(item, now, claimed_domain)
+
+    def verify_json_many(
+        self, items: Sequence[Any], *, now: int | None, claimed_domain: Domain | None = None
+    ) -> list[Verdict]:
+        """`verify_json` of each item, in order (a batch: the C fast path recovers every
+        signature in one stretch without the interpreter lock)."""
+        if check_submissions is None:
+            return [
+                self.verify_json(item, now=now, claimed_domain=claimed_domain) for item in items
+            ]
+        return [
+            self._verify_json_parsing(item, now, claimed_domain)
+            if fast is None
+            else self._verify_fast(fast, now, claimed_domain)
+            for item, fast in zip(
+                items, check_submissions(items, self.domain.separator), strict=True
             )
-            verdict = self.verify(
-                signed, now=now, claimed_domain=claimed_domain, recovered=recovered
-            )
-            return self._opened(verdict, opening, opens, None)
+        ]
+
+    def _verify_fast(
+        self, fast: FastResult, now: int | None, claimed_domain: Domain | None
+    ) -> Verdict:
+        """The verdict of a submission the C fast path read in canonical form (fastcheck.py):
+        the same objects the parsers would build, the digest and, unless the signature needs
+        the Python path's judgement, its signer."""
+        signed, opening, digest, signer, opens = fast
+        recovered: Recovered = (
+            digest,
+            signer if signer is not None else recover_digest_signer(digest, signed.signature),
+        )
+        verdict = self.verify(signed, now=now, claimed_domain=claimed_domain, recovered=recovered)
+        return self._opened(verdict, opening, opens, None)
+
+    def _verify_json_parsing(
+        self, item: Any, now: int | None, claimed_domain: Domain | None
+    ) -> Verdict:
+        """`verify_json` on the Python path: parse, then verify."""
         item, payment = split_payment(item)
         item, opening_json = split_opening(item)
         try:

@@ -11,8 +11,11 @@ message) to `record.recover_signer_bytes`.
 
 `check_submission` is None when the extension is not built (a source checkout without a C
 compiler) or fails its probes here; the pure-Python path then does all the work, slower.
-`RecordVerifier.verify_json` is the only caller; tests/gridpoints_protocol/test_speedups.py runs
-both paths on valid, mutated and hostile submissions and requires identical verdicts.
+`check_submissions(items, separator)` does the same for a list (a batch), with every recovery
+in one stretch without the interpreter lock: a batch then hands the lock over once, not once
+per record. `RecordVerifier.verify_json` and `verify_json_many` are the only callers;
+tests/gridpoints_protocol/test_speedups.py runs both paths on valid, mutated and hostile
+submissions and requires identical verdicts.
 
 `object_without_duplicates` is the ``object_pairs_hook`` with which the ingest API parses
 bodies (a JSON object with a key twice is refused: which value was signed would be ambiguous):
@@ -22,7 +25,7 @@ object, three per submitted record, it cost more in Python than the rest of the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import coincurve
@@ -77,7 +80,9 @@ def _bind() -> Callable[[Any, bytes], FastResult | None] | None:
         )
         # The library's functions are reached by address, through coincurve's private
         # bindings: use them only if what they give agrees with the Python path.
-        if _probe(_speedups.check_submission):
+        if _probe(_speedups.check_submission) and _probe(
+            lambda item, separator: _speedups.check_submissions([item], separator)[0]
+        ):
             check: Callable[[Any, bytes], FastResult | None] = _speedups.check_submission
             return check
     except Exception:  # any failure of the fast path's set-up: keep the Python path
@@ -125,6 +130,12 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _check_submissions() -> Callable[[Sequence[Any], bytes], list[FastResult | None]]:
+    from gridpoints_protocol._speedups import check_submissions
+
+    return check_submissions
+
+
 def _object_hook() -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
     try:
         from gridpoints_protocol._speedups import object_without_duplicates
@@ -134,4 +145,9 @@ def _object_hook() -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
 
 
 check_submission: Final = _bind()
+# `check_submission` over a list, the signatures recovered in one stretch without the
+# interpreter lock (None exactly when `check_submission` is None).
+check_submissions: Final[Callable[[Sequence[Any], bytes], list[FastResult | None]] | None] = (
+    None if check_submission is None else _check_submissions()
+)
 object_without_duplicates: Final = _object_hook()

@@ -390,3 +390,46 @@ def test_the_duplicate_key_hook_agrees_with_the_python_rule(text: str, duplicate
             outcomes.append(("error", str(exc)))
     assert outcomes[0] == outcomes[1]
     assert (outcomes[0][0] == "error") == duplicated
+
+
+def test_a_batch_gets_the_verdicts_its_items_get_alone() -> None:
+    """`verify_json_many` (every recovery in one stretch without the interpreter lock) gives,
+    item for item, what `verify_json` gives with and without the fast path: valid, hostile and
+    failing submissions mixed in one list."""
+    items = [_submission(index) for index in range(40)] + [item for _, item in _mutations()]
+    random.Random(9).shuffle(items)
+    many = VERIFIER.verify_json_many(copy.deepcopy(items), now=NOW)
+    assert len(many) == len(items)
+    for item, verdict in zip(items, many, strict=True):
+        fast, slow = _both(item)
+        assert verdict == fast == slow
+    assert sum(v.ok for v in many) >= 40
+    assert VERIFIER.verify_json_many([], now=NOW) == []
+
+
+def test_the_batch_call_is_the_single_call_over_a_list() -> None:
+    from gridpoints_protocol import _speedups
+
+    items = [_submission(index) for index in range(10)] + [None, [], {"record": 1}]
+    assert _speedups.check_submissions(items, DOMAIN.separator) == [
+        _speedups.check_submission(item, DOMAIN.separator) for item in items
+    ]
+    assert _speedups.check_submissions(tuple(items), DOMAIN.separator) == (
+        _speedups.check_submissions(items, DOMAIN.separator)
+    )
+    with pytest.raises(ValueError, match="32 bytes"):
+        _speedups.check_submissions(items, b"short")
+    with pytest.raises(TypeError):
+        _speedups.check_submissions(5, DOMAIN.separator)
+
+
+def test_a_batch_without_the_fast_path_gets_the_same_verdicts() -> None:
+    items = [_submission(index) for index in range(5)] + [_submission(5, user_case="lower")]
+    fast = VERIFIER.verify_json_many(copy.deepcopy(items), now=NOW)
+    saved = checks.check_submissions, checks.check_submission
+    checks.check_submissions, checks.check_submission = None, None
+    try:
+        slow = VERIFIER.verify_json_many(copy.deepcopy(items), now=NOW)
+    finally:
+        checks.check_submissions, checks.check_submission = saved
+    assert fast == slow and all(v.ok for v in fast)
