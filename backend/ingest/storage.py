@@ -86,34 +86,38 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
 
 # A `:name` parameter of hand-written SQL (not a PostgreSQL `::type` cast).
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
-# The driver's text of a statement and, for sqlite3, the parameter names in order of appearance.
-_driver_sql_cache: dict[tuple[str, str], tuple[str, tuple[str, ...] | None]] = {}
+# A parameter of SQLAlchemy's compiled statements for psycopg.
+_PYFORMAT_PARAMETER = re.compile(r"%\((\w+)\)s")
+# The driver's text of a statement and its parameter names in order of appearance.
+_driver_sql_cache: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
 
 
-def _driver_sql(dialect: str, sql: str) -> tuple[str, tuple[str, ...] | None]:
-    """`sql` with its `:name` parameters in the driver's style, and the names a positional
-    style needs in order (else None).
+def _driver_sql(dialect: str, sql: str) -> tuple[str, tuple[str, ...]]:
+    """`sql` with its `:name` parameters made positional in the driver's style (``?`` for
+    sqlite3, ``$1, $2, ...`` for psycopg's raw cursor), and the names in that order.
 
-    psycopg takes ``%(name)s``. sqlite3 takes ``:name`` too, but binds a mapping by asking
-    SQLite for each parameter's name, a linear search of the statement's names: quadratic in
-    their number, and the transaction's reads carry up to 800 (a native profile of the ingest
-    transaction had 8 % of its time in ``sqlite3VListNumToName``). So SQLite gets ``?`` and a
-    tuple in the names' order.
+    Positional, because binding by name costs both drivers more than the statement's work:
+    sqlite3 asks SQLite for each parameter's name, a linear search of the statement's names
+    (quadratic in their number, and the transaction's reads carry up to 800: a native profile
+    had 8 % of the transaction in ``sqlite3VListNumToName``); psycopg rewrites ``%(name)s``
+    into PostgreSQL's ``$n`` for every execution of a statement longer than its cache takes
+    (21 % of the transaction's client side in ``_split_query``).
     """
     key = (dialect, sql)
     cached = _driver_sql_cache.get(key)
     if cached is None:
+        names = tuple(_NAMED_PARAMETER.findall(sql))
         if dialect == "sqlite":
-            names = tuple(_NAMED_PARAMETER.findall(sql))
-            cached = (_NAMED_PARAMETER.sub("?", sql), names)
+            text_ = _NAMED_PARAMETER.sub("?", sql)
         else:
-            cached = (_NAMED_PARAMETER.sub(r"%(\1)s", sql), None)
-        _driver_sql_cache[key] = cached
+            numbers = iter(range(1, len(names) + 1))
+            text_ = _NAMED_PARAMETER.sub(lambda _: f"${next(numbers)}", sql)
+        cached = _driver_sql_cache[key] = (text_, names)
     return cached
 
 
-def _in_order(params: dict[str, Any], names: tuple[str, ...] | None) -> Any:
-    return params if names is None else tuple([params[name] for name in names])
+def _in_order(params: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple([params[name] for name in names])
 
 
 def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
@@ -149,7 +153,14 @@ def _driver_cursor(conn: Connection, statement: str, params: Any) -> Iterator[An
     error leaves it as SQLAlchemy's wrapper would (`sqlalchemy.exc.IntegrityError` for a
     uniqueness conflict, which `Ingestor` retries), the connection invalidated if it is gone."""
     dialect = conn.dialect
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    driver_connection: Any = conn.connection.driver_connection
+    if dialect.name == "postgresql":
+        from psycopg import RawCursor
+
+        # PostgreSQL's own $n placeholders, passed through as they are (see _driver_sql).
+        cursor: Any = RawCursor(driver_connection)
+    else:
+        cursor = driver_connection.cursor()
     try:
         yield cursor
     except dialect.loaded_dbapi.Error as exc:
@@ -296,39 +307,38 @@ class _BulkInsert:
         self.table = table
         # Columns an insert never sets (they stay NULL), e.g. a record's erasure marker.
         self.columns = [c for c in table.columns if c.key not in omit]
-        self._compiled: dict[str, tuple[str, list[str], list[Any], bool]] = {}
+        self._compiled: dict[str, tuple[str, list[str], list[Any]]] = {}
         self._times = {c.key for c in self.columns if isinstance(c.type, UTCDateTime)}
 
-    def _prepare(self, dialect: Dialect) -> tuple[str, list[str], list[Any], bool]:
+    def _prepare(self, dialect: Dialect) -> tuple[str, list[str], list[Any]]:
         prepared = self._compiled.get(dialect.name)
         if prepared is None:
             keys = [c.key for c in self.columns]
             compiled = insert(self.table).compile(dialect=dialect, column_keys=keys)
             processors = [_bind_processor(c, dialect) for c in self.columns]
-            positional = bool(compiled.positional)
-            if positional:
+            by_key = dict(zip(keys, processors, strict=True))
+            if compiled.positional:
                 # Bind names in statement order; each is a column key here.
-                order = list(compiled.positiontup or [])
-                by_key = dict(zip(keys, processors, strict=True))
-                keys, processors = order, [by_key[k] for k in order]
-            prepared = (compiled.string, keys, processors, positional)
+                sql, order = compiled.string, list(compiled.positiontup or [])
+            else:
+                # psycopg's %(name)s, rewritten to the raw cursor's $n (see _driver_sql).
+                order = _PYFORMAT_PARAMETER.findall(compiled.string)
+                numbers = iter(range(1, len(order) + 1))
+                sql = _PYFORMAT_PARAMETER.sub(lambda _: f"${next(numbers)}", compiled.string)
+            keys, processors = order, [by_key[k] for k in order]
+            prepared = (sql, keys, processors)
             self._compiled[dialect.name] = prepared
         return prepared
 
     def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        sql, keys, processors, positional = self._prepare(conn.dialect)
+        sql, keys, processors = self._prepare(conn.dialect)
         # The rows of one transaction share their time stamps (its receipt time, a station's
         # first and last sighting): each distinct one is converted once.
         pairs = [
             (k, _once_per_value(p) if k in self._times and p is not None else p)
             for k, p in zip(keys, processors, strict=True)
         ]
-        if positional:
-            params: list[Any] = [
-                tuple(row[k] if p is None else p(row[k]) for k, p in pairs) for row in rows
-            ]
-        else:
-            params = [{k: row[k] if p is None else p(row[k]) for k, p in pairs} for row in rows]
+        params = [tuple([row[k] if p is None else p(row[k]) for k, p in pairs]) for row in rows]
         with _driver_cursor(conn, sql, params) as cursor:
             cursor.executemany(sql, params)
 
