@@ -98,8 +98,9 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
-    # SQLite's page cache per pooled connection, allocated as used (backend/db/session.py).
-    sqlite_cache_mib: int = Field(default=16, ge=1, le=4_096)
+    # SQLite's page cache per pooled connection, allocated as used (backend/db/session.py);
+    # at most (pool size + SQLAlchemy's 10 overflow connections) x this per serving process.
+    sqlite_cache_mib: int = Field(default=16, ge=1, le=1_024)
 
     # -- ingest limits ----------------------------------------------------------------------
     max_batch: int = Field(default=1_000, ge=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -141,3 +142,88 @@ def test_a_live_server_answers_keep_alive_requests_through_the_cork() -> None:
             assert client.get("/after-head").text == "GET /after-head"
     finally:
         server.stop()
+
+
+def test_a_client_that_half_closes_after_its_request_gets_its_response() -> None:
+    """Found in review: the response waited in the cork while asyncio closed the transport on
+    the client's end of stream, and was dropped (0 of 50 answered; uvicorn alone: 50)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = ServerThread(app).start()
+    try:
+        for _ in range(20):
+            with socket.create_connection((server.host, server.port), timeout=10) as client:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                client.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := client.recv(4096):
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 200") and received.endswith(b"ok")
+    finally:
+        server.stop()
+
+
+def test_a_streaming_producer_is_still_paused_by_a_client_that_does_not_read() -> None:
+    """Found in review: a producer whose only awaits are its sends never saw the transport's
+    backpressure, because the cork held everything until the end of the loop's iteration
+    (64 of 64 MiB buffered; uvicorn alone stops it after a few). The cork now writes through
+    at its high-water mark."""
+    chunk, chunks = 1 << 20, 64
+    sent = [0]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        length = str(chunk * chunks).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+        )
+        payload = b"x" * chunk
+        for _ in range(chunks):
+            await send({"type": "http.response.body", "body": payload, "more_body": True})
+            sent[0] += 1
+        await send({"type": "http.response.body", "body": b""})
+
+    server = ServerThread(app).start()
+    try:
+        with socket.create_connection((server.host, server.port), timeout=30) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Wait until the producer stops making progress (the client reads nothing).
+            last, steady_since = -1, time.monotonic()
+            while time.monotonic() - steady_since < 0.5:
+                if sent[0] != last:
+                    last, steady_since = sent[0], time.monotonic()
+                time.sleep(0.05)
+            assert sent[0] < chunks // 4
+            received = 0
+            while received < chunk * chunks:
+                data = client.recv(1 << 20)
+                assert data
+                received += len(data)
+        assert sent[0] == chunks
+    finally:
+        server.stop()
+
+
+def test_write_eof_writelines_and_abort_keep_the_cork_consistent() -> None:
+    async def scenario() -> tuple[list[bytes], bytes, int]:
+        corked, writes, peer = await _pair()
+        corked.writelines([b"a", bytearray(b"b")])
+        pending = corked.get_write_buffer_size()
+        corked.write_eof()  # flushes first, then ends our side of the stream
+        received = await _read_all(peer, 1 << 20)
+        corked.write(b"dropped")
+        corked.abort()
+        await asyncio.sleep(0)
+        peer.close()
+        return writes, received, pending
+
+    writes, received, pending = asyncio.run(scenario())
+    assert writes == [b"ab"] and received == b"ab" and pending == 2
