@@ -126,8 +126,8 @@ def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
     For the statements every ingest transaction runs: through `Connection.execute`, each cost
     about 80 µs of SQLAlchemy's statement machinery around some 25 µs of database work, and a
     transaction of a few records runs half a dozen of them while it holds the log head. The
-    parameters are ints, bytes and datetimes, which both drivers take as they are; the columns come back
-    as the driver reads them (the callers convert, as the column types would).
+    parameters are ints, bytes and datetimes, which both drivers take as they are; the columns
+    come back as the driver reads them (the callers convert, as the column types would).
     """
     statement, names = _driver_sql(conn.dialect.name, sql)
     with _driver_cursor(conn, statement, params) as cursor:
