@@ -31,10 +31,11 @@ from typing import Any, Final
 import coincurve
 
 from gridpoints_protocol.commitment import USER_COMMITMENT_TAG, UserOpening
-from gridpoints_protocol.eip712 import EIP191_PREFIX, keccak256
+from gridpoints_protocol.eip712 import keccak256
 from gridpoints_protocol.record import (
     ENERGY_TRANSFER_TYPEHASH,
     Direction,
+    Domain,
     EnergyTransfer,
     SignedRecord,
     recover_signer_bytes,
@@ -94,7 +95,7 @@ def _probe(check: Callable[[Any, bytes], FastResult | None]) -> bool:
     """Whether `check` gives what the Python parsers, hash and recovery give, on a few
     submissions signed here."""
     key = coincurve.PrivateKey(bytes(range(1, 33)))
-    separator = keccak256(b"fastcheck probe")
+    domain = Domain(1, keccak256(b"fastcheck probe")[:20])
     for index in range(3):
         opening = UserOpening(keccak256(bytes((index,)))[:20], keccak256(b"salt")[:32])
         record = EnergyTransfer(
@@ -108,12 +109,12 @@ def _probe(check: Callable[[Any, bytes], FastResult | None]) -> bool:
             start_time=1_700_000_000,
             end_time=1_700_000_600,
         )
-        digest = keccak256(EIP191_PREFIX + separator + record.struct_hash())
+        digest = record.digest(domain)
         raw = key.sign_recoverable(digest, hasher=None)
         signed = SignedRecord(record, raw[:64] + bytes((raw[64] + 27,)))
         item = signed.to_json() | {"opening": opening.to_json()}
         expected = (signed, opening, digest, recover_signer_bytes(digest, signed.signature), True)
-        if check(item, separator) != expected:
+        if check(item, domain.separator) != expected:
             return False
     return True
 

@@ -145,7 +145,10 @@ def test_recovery_agrees_with_the_python_path() -> None:
 
     rng = random.Random(4)
     for _ in range(200):
-        key = coincurve.PrivateKey(bytes(rng.randrange(0, 3)) + rng.randbytes(32))
+        zeros = rng.randrange(0, 3)  # secrets with leading zero bytes too
+        secret = bytes(zeros) + rng.randbytes(32 - zeros)
+        assert len(secret) == 32
+        key = coincurve.PrivateKey(secret)
         digest = rng.randbytes(32)
         signature = _sign(digest, key)
         assert _speedups.recover_address(digest, signature) == _address(key)
