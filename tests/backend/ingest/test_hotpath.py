@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
@@ -58,10 +58,10 @@ import gridpoints_protocol.record as rec
 from backend.api.records import batch_json, outcome_json, to_wire
 from backend.cli.serve import balanced_listener
 from backend.db import Database
-from backend.db.models import Record, Rejection
+from backend.db.models import Record, Rejection, StationGap, StationProgress
 from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Candidate, Outcome
 from backend.ingest.group_commit import GroupCommitter
-from backend.ingest.storage import _INSERT_RECORDS, is_unique_violation
+from backend.ingest.storage import _INSERT_RECORDS, _UPDATE_ROWS, is_unique_violation
 from backend.ingest.transaction import Ingestor
 from backend.metrics import MULTIPROC_ENV, multiprocess_directory
 from backend.migrations import upgrade
@@ -381,6 +381,62 @@ def test_bulk_insert_stores_what_sqlalchemy_stores(database: Database) -> None:
     # ... and read back as what was written.
     for row, stored in zip(rows, typed, strict=True):
         assert {k: getattr(stored, k) for k in row} == row
+
+
+def test_progress_of_many_stations_is_written_in_one_transaction(database: Database) -> None:
+    """The progress of more stations than one UPDATE statement takes (`_UPDATE_ROWS`) is
+    written whole: inserted by the first transaction, updated by the second (gaps included)."""
+    count = _UPDATE_ROWS + 3
+    stations = [_station(database) for _ in range(count)]
+    first, second = [], []
+    for i, station in enumerate(stations):
+        start = station.meters[2]
+        first.append(station.record(sequence=1))
+        if i % 2:  # 1 and 3 first, then 2 fills the gap
+            first.append(station.record(sequence=3, meter_before_wh=start + 2_000))
+            second.append(station.record(sequence=2, meter_before_wh=start + 1_000, advance=False))
+        else:
+            second.append(station.record(sequence=2))
+    ingestor = Ingestor(database)
+    t1 = datetime.now(UTC).replace(microsecond=0)
+    t2 = t1 + timedelta(seconds=1)
+
+    def progress() -> dict[bytes, tuple[int, int, int, int, datetime, datetime]]:
+        with database.read() as session:
+            rows = session.scalars(select(StationProgress)).all()
+        return {
+            r.station_id: (
+                r.record_count,
+                r.last_sequence,
+                r.missing_count,
+                r.gap_count,
+                r.first_seen_at,
+                r.last_seen_at,
+            )
+            for r in rows
+        }
+
+    outcomes = ingestor.ingest([_candidate(r, s) for r, s in _owners(first, stations)], t1)
+    assert {o.status for o in outcomes} == {ACCEPTED}
+    assert progress() == {
+        s.station_id: (2, 3, 1, 1, t1, t1) if i % 2 else (1, 1, 0, 0, t1, t1)
+        for i, s in enumerate(stations)
+    }
+    outcomes = ingestor.ingest([_candidate(r, s) for r, s in _owners(second, stations)], t2)
+    assert {o.status for o in outcomes} == {ACCEPTED}
+    assert progress() == {
+        s.station_id: (3, 3, 0, 0, t1, t2) if i % 2 else (2, 2, 0, 0, t1, t2)
+        for i, s in enumerate(stations)
+    }
+    with database.read() as session:
+        assert session.scalar(select(func.count()).select_from(StationGap)) == 0
+
+
+def _owners(
+    records: list[EnergyTransfer], stations: list[DevStation]
+) -> list[tuple[EnergyTransfer, DevStation]]:
+    by_id = {s.station_id: s for s in stations}
+    return [(r, by_id[r.station_id]) for r in records]
 
 
 def test_group_commit_behaves_like_one_request_after_the_other(database: Database) -> None:
