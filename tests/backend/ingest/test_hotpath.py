@@ -47,6 +47,7 @@ from typing import Any
 
 import coincurve
 import httpx
+import psycopg
 import pytest
 from Crypto.Hash import keccak as pycryptodome_keccak
 from prometheus_client.parser import text_string_to_metric_families
@@ -59,9 +60,16 @@ from backend.api.records import batch_json, outcome_json, to_wire
 from backend.cli.serve import balanced_listener
 from backend.db import Database
 from backend.db.models import Record, Rejection, StationGap, StationProgress
+from backend.db.types import U64_OFFSET
 from backend.ingest.classify import ACCEPTED, DEFERRED, DUPLICATE, REJECTED, Candidate, Outcome
 from backend.ingest.group_commit import GroupCommitter
-from backend.ingest.storage import _INSERT_RECORDS, _UPDATE_ROWS, is_unique_violation
+from backend.ingest.storage import (
+    _INSERT_RECORDS,
+    _KNOWN_POSTGRESQL,
+    _UPDATE_ROWS,
+    _known_rows,
+    is_unique_violation,
+)
 from backend.ingest.transaction import Ingestor
 from backend.metrics import MULTIPROC_ENV, multiprocess_directory
 from backend.migrations import upgrade
@@ -437,6 +445,53 @@ def _owners(
 ) -> list[tuple[EnergyTransfer, DevStation]]:
     by_id = {s.station_id: s for s in stations}
     return [(r, by_id[r.station_id]) for r in records]
+
+
+@pytest.mark.skipif("postgresql" not in DATABASES, reason="GRIDPOINTS_TEST_DATABASES excludes it")
+def test_postgresql_finds_known_records_by_index_on_a_log_that_grew(tmp_path: Path) -> None:
+    """The lookup of stored (station, sequence) pairs is never a prepared statement, whose
+    generic plan, made while the log was young, scanned the whole log; and its plan probes the
+    unique index even for 1,000 pairs on a log that grew since (no ANALYZE in between)."""
+    with migrated_database("postgresql", tmp_path) as db:
+        station = _station(db)
+        ingestor = Ingestor(db)
+        for _ in range(8):  # past psycopg's threshold for preparing a statement (5)
+            outcomes = ingestor.ingest([_candidate(station.record(), station)], datetime.now(UTC))
+            assert outcomes[0].status == ACCEPTED
+        template = _candidate(station.record(sequence=10**6), station).columns
+        assert template is not None
+        now = datetime.now(UTC)
+        rows = [
+            {
+                **template.row(log_index=8 + i, received_at=now),
+                "sequence": 10**6 + i,
+                "digest": keccak256(i.to_bytes(8, "big")),
+            }
+            for i in range(20_000)
+        ]
+        with db.write() as session:
+            _INSERT_RECORDS.run(session.connection(), rows)
+        with db.write() as session:
+            conn = session.connection()
+            driver: Any = conn.connection.driver_connection
+            prepared = [
+                row[0] for row in driver.execute("SELECT statement FROM pg_prepared_statements")
+            ]
+            assert prepared, "the ingest transactions prepared none of their statements"
+            assert not [p for p in prepared if "FROM records" in p and "digest" in p]
+            pairs = [(station.station_id, 10**6 + 2 * i) for i in range(1_000)]
+            with psycopg.RawCursor(driver) as cursor:
+                cursor.execute(
+                    "EXPLAIN " + _KNOWN_POSTGRESQL,
+                    [[s for s, _ in pairs], [q - U64_OFFSET for _, q in pairs]],
+                    prepare=False,
+                )
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan on records" not in plan, plan
+            assert "Index Scan using uq_records_station_id_sequence" in plan, plan
+            # And the lookup itself finds exactly the stored ones among them.
+            found = _known_rows(conn, [*pairs[:10], (station.station_id, 5 * 10**6)])
+            assert sorted(int(r[2]) + U64_OFFSET for r in found) == [q for _, q in pairs[:10]]
 
 
 def test_group_commit_behaves_like_one_request_after_the_other(database: Database) -> None:
