@@ -12,10 +12,12 @@ garbage-collector settings). The candidates are built as the verifier hands them
 signatures are random bytes, which the transaction never checks.
 
 Printed per ``--every`` records: the log size, the median CPU time of the ingesting thread per
-record over the transactions since the last line, the median wall time of one transaction and
-(SQLite) the database file with its write-ahead log. The bare limit measured in the same run:
-one secp256k1 public-key recovery (coincurve), so that the transaction reads as a number of
-recoveries per record (the end-to-end targets are ratios to it).
+record over the transactions since the last line, (PostgreSQL on this machine) the CPU time of
+the database's server processes per record over the same transactions, the median wall time of
+one transaction and (SQLite) the database file with its write-ahead log. The bare limit
+measured in the same run: one secp256k1 public-key recovery (coincurve), so that the
+transaction reads as a number of recoveries per record (the end-to-end targets are ratios to
+it).
 
 Usage:
   .venv/bin/python scripts/bench_txn.py [--databases sqlite,postgresql] [--records 100000]
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import coincurve
+from sqlalchemy import text
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -132,6 +135,25 @@ def sqlite_bytes(url: str) -> int | None:
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
+def server_cpu_s(db: Database) -> float | None:
+    """CPU seconds used so far by the PostgreSQL server processes serving `db`'s database, read
+    from /proc (None: SQLite, or a server this machine cannot see into)."""
+    if db.dialect != "postgresql":
+        return None
+    with db.read() as session:
+        pids = session.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        ).scalars()
+        total = 0.0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def measure(kind: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with fresh_database(kind, tmp, args.postgres_url, prefix="bench_txn") as url:
@@ -145,6 +167,7 @@ def measure(kind: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, An
             cpu: list[float] = []
             wall: list[float] = []
             done = 0
+            since, server_since = 0, server_cpu_s(db)
             while done < args.records:
                 size = min(args.batch, args.records - done)
                 candidates = [stations.candidate((done + i) % args.stations) for i in range(size)]
@@ -156,13 +179,20 @@ def measure(kind: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, An
                     raise SystemExit(f"{kind}: a record was not accepted: {outcomes[0]}")
                 done += size
                 if done % args.every == 0 or done == args.records:
+                    server_now = server_cpu_s(db)
                     row = {
                         "database": kind,
                         "log_size": done,
                         "txn_cpu_us_per_record": statistics.median(cpu),
+                        "server_cpu_us_per_record": (
+                            None
+                            if server_now is None or server_since is None
+                            else (server_now - server_since) / (done - since) * 1e6
+                        ),
                         "txn_wall_ms": statistics.median(wall),
                         "database_bytes": sqlite_bytes(url),
                     }
+                    since, server_since = done, server_now
                     rows.append(row)
                     if not args.json:
                         print_row(row, args.bare_us)
@@ -175,9 +205,12 @@ def measure(kind: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, An
 def print_row(row: dict[str, Any], bare_us: float) -> None:
     size = row["database_bytes"]
     on_disk = "" if size is None else f"{size / 2**20:8.1f} MiB"
+    server = row["server_cpu_us_per_record"]
+    in_server = "-" if server is None else f"{server:.1f}"
     print(
         f"{row['database']:<11}{row['log_size']:>10,}{row['txn_cpu_us_per_record']:>12.1f}"
-        f"{row['txn_cpu_us_per_record'] / bare_us:>11.2f}{row['txn_wall_ms']:>12.1f}{on_disk:>14}",
+        f"{row['txn_cpu_us_per_record'] / bare_us:>11.2f}{in_server:>13}"
+        f"{row['txn_wall_ms']:>12.1f}{on_disk:>14}",
         flush=True,
     )
 
@@ -206,7 +239,7 @@ def main() -> int:
         print(f"transactions of {args.batch:,} records, {args.stations} stations")
         print(
             f"{'database':<11}{'log size':>10}{'CPU µs/rec':>12}{'x recovery':>11}"
-            f"{'ms per txn':>12}{'on disk':>14}"
+            f"{'db µs/rec':>13}{'ms per txn':>12}{'on disk':>14}"
         )
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-txn-") as tmp:
