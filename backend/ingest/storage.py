@@ -354,7 +354,12 @@ class _BulkInsert:
 
     def _copy_sql(self, keys: list[str]) -> str:
         columns = ", ".join(self.table.c[key].name for key in keys)
-        return f"COPY {self.table.name} ({columns}) FROM STDIN"
+        return f"COPY {self.table.name} ({columns}) FROM STDIN (FORMAT BINARY)"
+
+    def _copy_types(self, dialect: Dialect, keys: list[str]) -> list[str]:
+        """The columns' PostgreSQL types, by the names psycopg knows them by (a binary COPY
+        sends every value in its column's own binary form)."""
+        return [self.table.c[key].type.compile(dialect=dialect).lower() for key in keys]
 
     def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         sql, keys, processors = self._prepare(conn.dialect)
@@ -369,8 +374,12 @@ class _BulkInsert:
             if conn.dialect.name == "postgresql":
                 # COPY: one statement for all rows, instead of a Bind and Execute per row
                 # (bench_txn.py: 15-20 % less CPU in the ingesting process, ~15 % shorter
-                # transactions). A uniqueness conflict fails it as it fails the INSERT.
+                # transactions), in binary: no hex or decimal text to write and parse (1,000-
+                # record transactions: about 1 µs per record less on each side, 17 -> 16 and
+                # 28 -> 26.5 µs in alternating runs). A uniqueness conflict fails it as it fails
+                # the INSERT.
                 with cursor.copy(self._copy_sql(keys)) as copy:
+                    copy.set_types(self._copy_types(conn.dialect, keys))
                     for values in params:
                         copy.write_row(values)
             else:
