@@ -136,28 +136,15 @@ def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
         return rows
 
 
-def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> None:
-    """Hand-written SQL that returns no rows, on the driver's cursor (as `_rows`)."""
+def _execute(conn: Connection, sql: str, params: Any, *, many: bool = False) -> None:
+    """Hand-written SQL that returns no rows, on the driver's cursor (as `_rows`); `many`: once
+    per parameter set of the list `params`."""
     statement, names = _driver_sql(conn.dialect.name, sql)
     with _driver_cursor(conn, statement, params) as cursor:
-        cursor.execute(statement, _in_order(params, names))
-
-
-def _execute_positional(conn: Connection, statement: str, params: list[Any]) -> None:
-    """A statement already in the driver's positional form, on the driver's cursor."""
-    with _driver_cursor(conn, statement, params) as cursor:
-        cursor.execute(statement, params)
-
-
-def _runs(count: int, most: int) -> Iterator[tuple[int, int]]:
-    """(start, size) slices covering `count` items, each size a power of two up to `most`, so
-    that a statement whose text depends on its number of rows comes in a few shapes (which
-    sqlite3's statement cache and psycopg's prepared statements reuse)."""
-    start = 0
-    while start < count:
-        size = min(most, 1 << ((count - start).bit_length() - 1))
-        yield start, size
-        start += size
+        if many:
+            cursor.executemany(statement, [_in_order(p, names) for p in params])
+        else:
+            cursor.execute(statement, _in_order(params, names))
 
 
 @contextmanager
@@ -330,6 +317,7 @@ class _BulkInsert:
         # Columns an insert never sets (they stay NULL), e.g. a record's erasure marker.
         self.columns = [c for c in table.columns if c.key not in omit]
         self._compiled: dict[str, tuple[str, list[str], list[Any]]] = {}
+        self._types: dict[str, list[str]] = {}
         self._times = {c.key for c in self.columns if isinstance(c.type, UTCDateTime)}
 
     def _prepare(self, dialect: Dialect) -> tuple[str, list[str], list[Any]]:
@@ -358,8 +346,12 @@ class _BulkInsert:
 
     def _copy_types(self, dialect: Dialect, keys: list[str]) -> list[str]:
         """The columns' PostgreSQL types, by the names psycopg knows them by (a binary COPY
-        sends every value in its column's own binary form)."""
-        return [self.table.c[key].type.compile(dialect=dialect).lower() for key in keys]
+        sends every value in its column's own binary form); compiled once per dialect."""
+        types = self._types.get(dialect.name)
+        if types is None:
+            types = [self.table.c[key].type.compile(dialect=dialect).lower() for key in keys]
+            self._types[dialect.name] = types
+        return types
 
     def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         sql, keys, processors = self._prepare(conn.dialect)
@@ -396,49 +388,11 @@ _USED_AUTHORIZATIONS = select(_authorizations.c.user_address, _authorizations.c.
 _INSERT_AUTHORIZATIONS = insert(_authorizations)
 _INSERT_METER_EVIDENCE = insert(cast(Table, MeterEvidenceRow.__table__))
 _INSERT_PROGRESS = _BulkInsert(_progress)
-# Stations per progress UPDATE: 7 parameters each, below SQLite's smallest limit (999).
-_UPDATE_ROWS = 128
-_update_progress_cache: dict[tuple[str, int], str] = {}
-
-
-def _update_progress_sql(dialect: Dialect, rows: int) -> str:
-    """The progress of `rows` stations in one UPDATE ... FROM (VALUES ...), positional in the
-    driver's style; each row's values are the station id, then `_PROGRESS_COLUMNS[1:]`.
-
-    One statement instead of one per station: a 1,000-record batch of 200 stations ran 200
-    UPDATEs (bench_txn.py on PostgreSQL: 19 -> 17 ms of the ingesting process's CPU per
-    1,000-record transaction).
-    """
-    key = (dialect.name, rows)
-    statement = _update_progress_cache.get(key)
-    if statement is None:
-        columns = _PROGRESS_COLUMNS
-        width = len(columns)
-        if dialect.name == "sqlite":
-            value_rows = [f"({', '.join('?' * width)})"] * rows
-            # SQLite names a VALUES list's columns column1, column2, ...
-            source = (
-                "(SELECT "
-                + ", ".join(f"column{i} AS {name}" for i, name in enumerate(columns, 1))
-                + f" FROM (VALUES {', '.join(value_rows)})) AS v"
-            )
-        else:
-            # PostgreSQL cannot infer a VALUES list's types from parameters: each is cast to
-            # its column's type (U64's is the bigint it is stored shifted into).
-            types = [_progress.c[name].type.compile(dialect=dialect) for name in columns]
-            value_rows = [
-                "(" + ", ".join(f"${r * width + i + 1}::{t}" for i, t in enumerate(types)) + ")"
-                for r in range(rows)
-            ]
-            source = f"(VALUES {', '.join(value_rows)}) AS v({', '.join(columns)})"
-        assignments = ", ".join(f"{name} = v.{name}" for name in columns[1:])
-        statement = _update_progress_cache[key] = (
-            f"UPDATE station_progress SET {assignments} FROM {source} "
-            "WHERE station_progress.station_id = v.station_id"
-        )
-    return statement
-
-
+_UPDATE_PROGRESS = (
+    "UPDATE station_progress SET record_count = :record_count, last_sequence = :last_sequence, "
+    "missing_count = :missing_count, gap_count = :gap_count, first_seen_at = :first_seen_at, "
+    "last_seen_at = :last_seen_at WHERE station_id = :b_station_id"
+)
 _DELETE_GAP = delete(_gaps).where(
     _gaps.c.station_id == bindparam("b_station_id"),
     _gaps.c.first_sequence == bindparam("b_first_sequence"),
@@ -680,26 +634,21 @@ def _load_registers(
 
 
 def _update_progress(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """The progress of every row's station (`_update_progress_sql`), on the driver's cursor,
-    each value bound as its column's type binds it."""
+    """`_UPDATE_PROGRESS` for every row, on the driver's cursor, each value bound as its
+    column's type binds it."""
     writers = {
         name: _processor(_progress.c[name], conn.dialect, bind=True)
         for name in _PROGRESS_COLUMNS
         if name != "station_id"  # bound as `b_station_id`: bytes as they are
     }
-    names = ("b_station_id", *_PROGRESS_COLUMNS[1:])
-    values = [
-        row[name] if (write := writers.get(name)) is None else write(row[name])
+    params = [
+        {
+            name: value if (write := writers.get(name)) is None else write(value)
+            for name, value in row.items()
+        }
         for row in rows
-        for name in names
     ]
-    width = len(names)
-    for start, size in _runs(len(rows), _UPDATE_ROWS):
-        _execute_positional(
-            conn,
-            _update_progress_sql(conn.dialect, size),
-            values[start * width : (start + size) * width],
-        )
+    _execute(conn, _UPDATE_PROGRESS, params, many=True)
 
 
 def write(conn: Connection, batch: Batch) -> None:

@@ -66,7 +66,6 @@ from backend.ingest.group_commit import GroupCommitter
 from backend.ingest.storage import (
     _INSERT_RECORDS,
     _KNOWN_POSTGRESQL,
-    _UPDATE_ROWS,
     _known_rows,
     is_unique_violation,
 )
@@ -392,17 +391,17 @@ def test_bulk_insert_stores_what_sqlalchemy_stores(database: Database) -> None:
 
 
 def test_progress_of_many_stations_is_written_in_one_transaction(database: Database) -> None:
-    """The progress of more stations than one UPDATE statement takes (`_UPDATE_ROWS`) is
-    written whole: inserted by the first transaction, updated by the second (gaps included)."""
-    count = _UPDATE_ROWS + 3
+    """The progress of many stations in one transaction is written whole: inserted by the
+    first transaction, updated by the second (gaps included), every column its own value."""
+    count = 131
     stations = [_station(database) for _ in range(count)]
     first, second = [], []
     for i, station in enumerate(stations):
         start = station.meters[2]
         first.append(station.record(sequence=1))
-        if i % 2:  # 1 and 3 first, then 2 fills the gap
-            first.append(station.record(sequence=3, meter_before_wh=start + 2_000))
-            second.append(station.record(sequence=2, meter_before_wh=start + 1_000, advance=False))
+        if i % 2:  # 1 and 4 first, then 6: gaps 2-3 and 5
+            first.append(station.record(sequence=4, meter_before_wh=start + 3_000))
+            second.append(station.record(sequence=6, meter_before_wh=start + 5_000))
         else:
             second.append(station.record(sequence=2))
     ingestor = Ingestor(database)
@@ -427,17 +426,17 @@ def test_progress_of_many_stations_is_written_in_one_transaction(database: Datab
     outcomes = ingestor.ingest([_candidate(r, s) for r, s in _owners(first, stations)], t1)
     assert {o.status for o in outcomes} == {ACCEPTED}
     assert progress() == {
-        s.station_id: (2, 3, 1, 1, t1, t1) if i % 2 else (1, 1, 0, 0, t1, t1)
+        s.station_id: (2, 4, 2, 1, t1, t1) if i % 2 else (1, 1, 0, 0, t1, t1)
         for i, s in enumerate(stations)
     }
     outcomes = ingestor.ingest([_candidate(r, s) for r, s in _owners(second, stations)], t2)
     assert {o.status for o in outcomes} == {ACCEPTED}
     assert progress() == {
-        s.station_id: (3, 3, 0, 0, t1, t2) if i % 2 else (2, 2, 0, 0, t1, t2)
+        s.station_id: (3, 6, 3, 2, t1, t2) if i % 2 else (2, 2, 0, 0, t1, t2)
         for i, s in enumerate(stations)
     }
     with database.read() as session:
-        assert session.scalar(select(func.count()).select_from(StationGap)) == 0
+        assert session.scalar(select(func.count()).select_from(StationGap)) == count // 2 * 2
 
 
 def _owners(
