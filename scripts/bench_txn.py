@@ -142,7 +142,10 @@ def server_cpu_s(db: Database) -> float | None:
         return None
     with db.read() as session:
         pids = session.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend'"
+            )
         ).scalars()
         total = 0.0
         for pid in pids:

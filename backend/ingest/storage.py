@@ -219,7 +219,7 @@ _SET_HEAD = "UPDATE log_head SET next_log_index = :head WHERE id = 1"
 #   construction (as a plain join of the arrays, 1,000 pairs were planned as a hash join over a
 #   sequential scan of the whole log). The statement is planned at every execution, never
 #   prepared (`_known_rows`): a prepared statement's generic plan outlives the young table it
-#   was made on. psycopg prepares a statement on its fifth execution, and a server that started
+#   was made on. psycopg prepares a statement once it has run five times, and a server that started
 #   on an empty log kept a sequential scan of the log for the former `(station_id, sequence) IN
 #   (...)` list (an 8-pair lookup took 1.6 ms at 8,000 records, 6 ms at 20,000, and more as the
 #   log grew, until an ANALYZE made PostgreSQL plan again). The arrays keep the text, and so
