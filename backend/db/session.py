@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 
 try:
     import fcntl
@@ -168,9 +168,8 @@ class Database:
         )
         self.url = self.engine.url
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
-        self._writer = sessionmaker(
-            self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
-        )
+        self._write_engine = self.engine.execution_options(**{WRITE_OPTION: True})
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
         self._writer_lock: _WriterLock | None = None
         if self.engine.dialect.name == "sqlite" and fcntl is not None:
             database = self.engine.url.database
@@ -204,6 +203,24 @@ class Database:
             return
         with self._writer_lock.held(), self._writer() as session, session.begin():
             yield session
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """`write` on a Core connection instead of an ORM session, for the ingest transaction.
+
+        The connection is checked out of the pool before the writer lock is taken and returned
+        after it is released, so that the lock (on SQLite, every process's writers queue on it)
+        is held from BEGIN IMMEDIATE to COMMIT only: with an ORM session, its set-up, the
+        session's own commit bookkeeping and the pool's check-in ran under the lock, about a
+        fifth of a small ingest transaction (py-spy of `scripts/bench_txn.py`).
+        """
+        with self._write_engine.connect() as conn:
+            if self._writer_lock is None:
+                with conn.begin():
+                    yield conn
+                return
+            with self._writer_lock.held(), conn.begin():
+                yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

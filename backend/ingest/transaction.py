@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from backend.db.session import Database
 from backend.ingest import storage
@@ -52,8 +51,8 @@ class Ingestor:
         """One outcome per candidate, in order; everything committed in one transaction."""
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                with self.db.write() as session:
-                    outcomes, size = self._ingest(session, candidates, received_at)
+                with self.db.write_connection() as conn:
+                    outcomes, size = self._ingest(conn, candidates, received_at)
                 self.log_size = size
                 return outcomes
             except IntegrityError as exc:
@@ -67,10 +66,9 @@ class Ingestor:
         raise AssertionError("unreachable")
 
     def _ingest(
-        self, session: Session, candidates: Sequence[Candidate], received_at: datetime
+        self, conn: Connection, candidates: Sequence[Candidate], received_at: datetime
     ) -> tuple[list[Outcome], int]:
         """One attempt: (the outcomes, the log size after it)."""
-        conn = session.connection()
         start = storage.lock_log_head(conn)
         batch = Batch(
             received_at=received_at,
