@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.db.chunks import in_chunks
 from backend.db.models import MeterEvidenceRow
 from gridpoints_protocol.checks import Problem, Verdict
 from gridpoints_protocol.keys import KeyDirectory
@@ -96,15 +97,15 @@ class EvidenceChecker:
 def evidence_of(session: Session, log_indexes: Iterable[int]) -> dict[int, dict[str, Any]]:
     """The stored meter evidence (``{"ocmf": [...]}``) of those records that have some. Private:
     for the record's own user and the operator's auditor exports only."""
-    indexes = list(log_indexes)
-    if not indexes:
-        return {}
-    rows = session.execute(
-        select(MeterEvidenceRow.log_index, MeterEvidenceRow.ocmf_json).where(
-            MeterEvidenceRow.log_index.in_(indexes)
+    found: dict[int, dict[str, Any]] = {}
+    for chunk in in_chunks(log_indexes):
+        rows = session.execute(
+            select(MeterEvidenceRow.log_index, MeterEvidenceRow.ocmf_json).where(
+                MeterEvidenceRow.log_index.in_(chunk)
+            )
         )
-    )
-    return {int(index): json.loads(text) for index, text in rows}
+        found.update((int(index), json.loads(text)) for index, text in rows)
+    return found
 
 
 # ---- the evidence bundle for a named auditor ------------------------------------------------

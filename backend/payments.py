@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.db.chunks import in_chunks
 from backend.db.models import EpochPayment, PaymentAuthorizationRow, Record
 from gridpoints_protocol.authorization import PaymentOpening, SignedAuthorization
 
@@ -109,9 +110,12 @@ def stored_authorization(body: str) -> SignedAuthorization:
 def authorizations_of(session: Session, log_indexes: list[int]) -> dict[int, dict[str, Any]]:
     """The private payment openings (PaymentOpening JSON) of some records: only for the user's
     own views and a named auditor's full bundle, never for a public view."""
-    rows = session.execute(
-        select(PaymentAuthorizationRow.log_index, PaymentAuthorizationRow.body).where(
-            PaymentAuthorizationRow.log_index.in_(log_indexes)
+    found: dict[int, dict[str, Any]] = {}
+    for chunk in in_chunks(log_indexes):  # a user's whole history can be long
+        rows = session.execute(
+            select(PaymentAuthorizationRow.log_index, PaymentAuthorizationRow.body).where(
+                PaymentAuthorizationRow.log_index.in_(chunk)
+            )
         )
-    ).all()
-    return {int(i): json.loads(body) for i, body in rows if i is not None}
+        found.update((int(i), json.loads(body)) for i, body in rows if i is not None)
+    return found

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from eth_utils.address import to_checksum_address
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import (
@@ -125,18 +125,16 @@ def station_statuses(session: Session) -> list[StationStatus]:
     stations = list(
         session.scalars(select(Station).order_by(Station.registered_block, Station.station_id))
     )
-    ids = [s.station_id for s in stations]
-    keys = _keys(session, ids)
-    progress = {
-        p.station_id: p
-        for p in session.scalars(select(StationProgress).where(StationProgress.station_id.in_(ids)))
-    }
-    rejections = _rejection_counts(session, ids)
+    # Every registered station: the other tables are read whole (or against the stations
+    # table), never with a list of every station id, which would outgrow the databases' limit
+    # of bound parameters per statement (backend/db/chunks.py) as the registry grows.
+    registered = select(Station.station_id)
+    keys = _keys(session, registered)
+    progress = {p.station_id: p for p in session.scalars(select(StationProgress))}
+    rejections = _rejection_counts(session, registered)
     equivocations = dict(
         session.execute(
-            select(Equivocation.station_id, func.count())
-            .where(Equivocation.station_id.in_(ids))
-            .group_by(Equivocation.station_id)
+            select(Equivocation.station_id, func.count()).group_by(Equivocation.station_id)
         ).all()
     )
     result = []
@@ -168,7 +166,7 @@ def _fill_progress(status: StationStatus, progress: StationProgress) -> None:
     status.missing_count = progress.missing_count
 
 
-def _keys(session: Session, station_ids: list[bytes]) -> dict[bytes, list[KeyInfo]]:
+def _keys(session: Session, station_ids: list[bytes] | Select[bytes]) -> dict[bytes, list[KeyInfo]]:
     keys: dict[bytes, list[KeyInfo]] = {}
     rows = session.scalars(
         select(StationKey)
@@ -182,7 +180,9 @@ def _keys(session: Session, station_ids: list[bytes]) -> dict[bytes, list[KeyInf
     return keys
 
 
-def _rejection_counts(session: Session, station_ids: list[bytes]) -> dict[bytes, dict[str, int]]:
+def _rejection_counts(
+    session: Session, station_ids: list[bytes] | Select[bytes]
+) -> dict[bytes, dict[str, int]]:
     counts: dict[bytes, dict[str, int]] = {}
     rows = session.execute(
         select(Rejection.station_id, Rejection.reason, func.count())

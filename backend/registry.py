@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from web3.exceptions import BlockNotFound
 
+from backend.db.chunks import in_chunks
 from backend.db.models import (
     Record,
     RegistryCheckpoint,
@@ -130,12 +131,16 @@ def load_histories(
     """StationHistory objects (without their event list) from the mirror tables."""
     station_query = select(Station)
     key_query = select(StationKey).order_by(StationKey.station_id, StationKey.ordinal)
-    if station_ids is not None:
-        ids = list(station_ids)
-        station_query = station_query.where(Station.station_id.in_(ids))
-        key_query = key_query.where(StationKey.station_id.in_(ids))
+    if station_ids is None:
+        stations = list(session.scalars(station_query))
+        keys = list(session.scalars(key_query))
+    else:
+        stations, keys = [], []
+        for chunk in in_chunks(station_ids):
+            stations += session.scalars(station_query.where(Station.station_id.in_(chunk)))
+            keys += session.scalars(key_query.where(StationKey.station_id.in_(chunk)))
     histories: dict[bytes, StationHistory] = {}
-    for station in session.scalars(station_query):
+    for station in stations:
         histories[station.station_id] = StationHistory(
             station_id=station.station_id,
             zone=station.zone,
@@ -144,7 +149,7 @@ def load_histories(
             keys=[],
             revoked_at=station.revoked_at,
         )
-    for key in session.scalars(key_query):
+    for key in keys:
         histories[key.station_id].keys.append(
             KeyPeriod(to_checksum_address(key.signer), key.valid_from, key.valid_until or 0)
         )
@@ -240,14 +245,13 @@ def apply_events(session: Session, events: Sequence[StationEvent]) -> None:
             histories[sid].apply(event)
         touched_block[sid] = event.position.block_number
 
-    existing_keys: dict[tuple[bytes, int], StationKey] = {
-        (k.station_id, k.ordinal): k
-        for k in session.scalars(select(StationKey).where(StationKey.station_id.in_(affected)))
-    }
-    existing_stations = {
-        s.station_id: s
-        for s in session.scalars(select(Station).where(Station.station_id.in_(affected)))
-    }
+    existing_keys: dict[tuple[bytes, int], StationKey] = {}
+    existing_stations: dict[bytes, Station] = {}
+    for chunk in in_chunks(affected):
+        for k in session.scalars(select(StationKey).where(StationKey.station_id.in_(chunk))):
+            existing_keys[(k.station_id, k.ordinal)] = k
+        for s in session.scalars(select(Station).where(Station.station_id.in_(chunk))):
+            existing_stations[s.station_id] = s
     for sid, history in histories.items():
         if sid not in touched_block:
             continue
@@ -318,14 +322,16 @@ def roll_back_mirror(session: Session, fork_block: int) -> int:
     affected = set(removed)
     session.execute(delete(RegistryEvent).where(RegistryEvent.block_number > fork_block))
     remaining: dict[bytes, list[StationEvent]] = {}
-    for row in session.scalars(
-        select(RegistryEvent)
-        .where(RegistryEvent.station_id.in_(affected))
-        .where(RegistryEvent.kind.in_(list(_EVENT_KINDS)))
-        .order_by(RegistryEvent.block_number, RegistryEvent.log_index)
-    ):
-        remaining.setdefault(row.station_id, []).append(_stored_event(row))
-    session.execute(delete(StationKey).where(StationKey.station_id.in_(affected)))
+    for chunk in in_chunks(affected):
+        # Each station's events in chain order (a station's events all fall in one chunk).
+        for row in session.scalars(
+            select(RegistryEvent)
+            .where(RegistryEvent.station_id.in_(chunk))
+            .where(RegistryEvent.kind.in_(list(_EVENT_KINDS)))
+            .order_by(RegistryEvent.block_number, RegistryEvent.log_index)
+        ):
+            remaining.setdefault(row.station_id, []).append(_stored_event(row))
+        session.execute(delete(StationKey).where(StationKey.station_id.in_(chunk)))
     for sid in affected:
         station = session.get(Station, sid)
         if station is None:

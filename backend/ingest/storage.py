@@ -236,6 +236,11 @@ _KNOWN_POSTGRESQL = (
     "LIMIT 1) AS r"
 )
 _known_cache: dict[int, str] = {}
+# Pairs per SQLite lookup: two parameters each, padded to a power of two (`_padded`), so at most
+# 512 parameters, under the 999 per statement that SQLite allows before 3.32 (Ubuntu 20.04's
+# 3.31, RHEL 8's 3.26); 400 pairs became 1,024 parameters, and a batch of more than 256 new
+# records failed there with "too many SQL variables".
+_SQLITE_PAIRS = 256
 
 
 def _known_sqlite(pairs: int) -> str:
@@ -498,7 +503,7 @@ def _known_rows(conn: Connection, pairs: list[tuple[bytes, int]]) -> list[Any]:
             found: list[Any] = cursor.fetchall()
             return found
     rows: list[Any] = []
-    for chunk in _chunks(pairs):
+    for chunk in _chunks(pairs, _SQLITE_PAIRS):
         chunk = _padded(chunk)
         params: dict[str, Any] = {}
         for i, (station_id, sequence) in enumerate(chunk):

@@ -34,6 +34,7 @@ import pickle
 import random
 import secrets
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -51,7 +52,7 @@ import psycopg
 import pytest
 from Crypto.Hash import keccak as pycryptodome_keccak
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import gridpoints_protocol.eip712 as eip712
@@ -444,6 +445,38 @@ def _owners(
 ) -> list[tuple[EnergyTransfer, DevStation]]:
     by_id = {s.station_id: s for s in stations}
     return [(r, by_id[r.station_id]) for r in records]
+
+
+@pytest.mark.skipif("sqlite" not in DATABASES, reason="GRIDPOINTS_TEST_DATABASES excludes it")
+def test_a_long_batch_stays_within_old_sqlite_parameter_limits(tmp_path: Path) -> None:
+    """SQLite before 3.32 takes at most 999 parameters per statement: every statement of a
+    1,000-record transaction, new and then duplicate, stays within that (the connections here
+    are limited to 999 for real, as such a library would be)."""
+    with fresh_database("sqlite", tmp_path) as url:
+        db = Database(url)
+
+        @event.listens_for(db.engine, "connect")
+        def _old_limit(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+        try:
+            upgrade(db.engine)
+            with db.engine.connect() as connection:
+                limit = connection.connection.driver_connection.getlimit(  # type: ignore[union-attr]
+                    sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+                )
+            assert limit == 999
+            stations = [_station(db) for _ in range(3)]
+            records = [s.record() for _ in range(333) for s in stations] + [stations[0].record()]
+            candidates = [_candidate(r, s) for r, s in _owners(records, stations)]
+            ingestor = Ingestor(db)
+            first = ingestor.ingest(candidates, datetime.now(UTC))
+            assert [o.status for o in first] == [ACCEPTED] * 1_000
+            again = ingestor.ingest(candidates, datetime.now(UTC))
+            assert [o.status for o in again] == [DUPLICATE] * 1_000
+            assert [o.log_index for o in again] == [o.log_index for o in first]
+        finally:
+            db.dispose()
 
 
 @pytest.mark.skipif("postgresql" not in DATABASES, reason="GRIDPOINTS_TEST_DATABASES excludes it")

@@ -1,0 +1,107 @@
+"""Statements whose lists grow with the registry stay within every database's limit of bound
+parameters per statement (backend/db/chunks.py).
+
+The oldest limit is SQLite's before 3.32: 999. The SQLite connections here are limited to
+exactly that for real (``sqlite3.Connection.setlimit``), as such a library would be, and hold a
+registry larger than it: applying its events in one block range, listing its stations, rolling
+the mirror back over all of them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_utils.address import to_checksum_address
+from sqlalchemy import event, func, select
+
+from backend.db import Database
+from backend.db.chunks import IN_CHUNK, in_chunks
+from backend.db.models import Station, StationKey
+from backend.meter_evidence import evidence_of
+from backend.migrations import upgrade
+from backend.payments import authorizations_of
+from backend.queries import station_statuses
+from backend.registry import apply_events, load_histories, roll_back_mirror
+from gridpoints_dev.databases import fresh_database
+from gridpoints_protocol.keys import LogPosition, StationRegistered
+
+SQLITE_BEFORE_3_32 = 999
+STATIONS = 1_200  # more than twice the chunk, more than the limit
+
+
+@pytest.fixture
+def limited_sqlite(tmp_path: Path) -> Iterator[Database]:
+    with fresh_database("sqlite", tmp_path) as url:
+        db = Database(url)
+
+        @event.listens_for(db.engine, "connect")
+        def _old_limit(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, SQLITE_BEFORE_3_32)
+
+        try:
+            upgrade(db.engine)
+            with db.engine.connect() as connection:
+                driver: Any = connection.connection.driver_connection
+                assert driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) == 999
+            yield db
+        finally:
+            db.dispose()
+
+
+def _registrations(count: int, block: int) -> list[StationRegistered]:
+    return [
+        StationRegistered(
+            station_id=secrets.token_bytes(32),
+            signer=to_checksum_address(secrets.token_bytes(20)),
+            zone=1,
+            max_power_w=22_000,
+            active_from=0,
+            position=LogPosition(block, i, secrets.token_bytes(32)),
+        )
+        for i in range(count)
+    ]
+
+
+def test_in_chunks_slices_in_order() -> None:
+    assert list(in_chunks([])) == []
+    assert list(in_chunks(range(5), 2)) == [[0, 1], [2, 3], [4]]
+    assert [len(c) for c in in_chunks(range(IN_CHUNK * 2 + 1))] == [IN_CHUNK, IN_CHUNK, 1]
+    assert IN_CHUNK * 2 <= SQLITE_BEFORE_3_32 + 1  # a slice and a few more parameters fit
+
+
+def test_a_registry_larger_than_the_parameter_limit(limited_sqlite: Database) -> None:
+    db = limited_sqlite
+    events = _registrations(STATIONS, block=10)
+    ids = [e.station_id for e in events]
+    with db.write() as session:
+        apply_events(session, events)  # one block range registering them all
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Station)) == STATIONS
+        assert session.scalar(select(func.count()).select_from(StationKey)) == STATIONS
+        histories = load_histories(session, ids)
+        assert set(histories) == set(ids)
+        assert {h.keys[0].signer for h in histories.values()} == {e.signer for e in events}
+        statuses = station_statuses(session)
+    assert [s.station_id for s in statuses] == sorted(ids)  # registration block, then id
+    assert all(s.registered and len(s.keys) == 1 for s in statuses)
+
+    # A rewind to before their block takes every one of them away again.
+    with db.write() as session:
+        assert roll_back_mirror(session, fork_block=9) == STATIONS
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(StationKey)) == 0
+        assert load_histories(session, ids) == {}
+        assert station_statuses(session) == []
+
+
+def test_private_lookups_over_a_long_history(limited_sqlite: Database) -> None:
+    """A user's export asks for the payments and meter evidence of every record of theirs."""
+    many = list(range(STATIONS))
+    with limited_sqlite.read() as session:
+        assert authorizations_of(session, many) == {}
+        assert evidence_of(session, many) == {}
