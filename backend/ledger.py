@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.db.chunks import in_chunks
 from backend.db.models import Epoch, EpochEntry, EpochPayment, Record, SettlementStep, Station
 from backend.epochs import epoch_of_log_index
 from gridpoints_protocol.merkle import MerkleTree, record_leaf_hash
@@ -221,19 +222,17 @@ def user_history(
     ).all()
     if not rows:
         return []
-    zones = dict(
-        session.execute(
-            select(Station.station_id, Station.zone).where(
-                Station.station_id.in_({r.station_id for r in rows})
-            )
-        ).all()
-    )
-    payments = {
-        p.log_index: p
-        for p in session.scalars(
-            select(EpochPayment).where(EpochPayment.log_index.in_([r.log_index for r in rows]))
-        )
-    }
+    # A page holds up to 1,000 records: its lists go in slices (backend/db/chunks.py).
+    zones: dict[bytes, int] = {}
+    for ids in in_chunks({r.station_id for r in rows}):
+        for station_id, zone in session.execute(
+            select(Station.station_id, Station.zone).where(Station.station_id.in_(ids))
+        ):
+            zones[station_id] = zone
+    payments: dict[int | None, EpochPayment] = {}
+    for indexes in in_chunks([r.log_index for r in rows]):
+        for p in session.scalars(select(EpochPayment).where(EpochPayment.log_index.in_(indexes))):
+            payments[p.log_index] = p
     epochs: dict[int, Epoch | None] = {}
     items = []
     for row in rows:

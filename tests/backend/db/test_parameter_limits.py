@@ -3,15 +3,19 @@ parameters per statement (backend/db/chunks.py).
 
 The oldest limit is SQLite's before 3.32: 999. The SQLite connections here are limited to
 exactly that for real (``sqlite3.Connection.setlimit``), as such a library would be, and hold a
-registry larger than it: applying its events in one block range, listing its stations, rolling
-the mirror back over all of them.
+registry larger than it (applying its events in one block range, listing its stations, rolling
+the mirror back over all of them), a user's longest page of history, and the private lookups of
+a user's export. The ingest transaction's own lookups are held to it in
+tests/backend/ingest/test_hotpath.py.
 """
 
 from __future__ import annotations
 
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +26,25 @@ from sqlalchemy import event, func, select
 from backend.db import Database
 from backend.db.chunks import IN_CHUNK, in_chunks
 from backend.db.models import Station, StationKey
+from backend.ingest.classify import ACCEPTED
+from backend.ingest.transaction import Ingestor
+from backend.ledger import user_history
 from backend.meter_evidence import evidence_of
 from backend.migrations import upgrade
 from backend.payments import authorizations_of
 from backend.queries import station_statuses
 from backend.registry import apply_events, load_histories, roll_back_mirror
+from backend.settings import TARIFFS_DIR
 from gridpoints_dev.databases import fresh_database
 from gridpoints_protocol.keys import LogPosition, StationRegistered
+from gridpoints_protocol.record import Domain
+from gridpoints_protocol.tariff import TariffBook
+from tests.support.backend import USER
+from tests.support.ingest_db import mirrored_station, verified_candidate
 
 SQLITE_BEFORE_3_32 = 999
 STATIONS = 1_200  # more than twice the chunk, more than the limit
+DOMAIN = Domain(31337, bytes.fromhex("22" * 20))
 
 
 @pytest.fixture
@@ -105,3 +118,24 @@ def test_private_lookups_over_a_long_history(limited_sqlite: Database) -> None:
     with limited_sqlite.read() as session:
         assert authorizations_of(session, many) == {}
         assert evidence_of(session, many) == {}
+
+
+def test_a_full_page_of_a_users_records(limited_sqlite: Database) -> None:
+    """The largest page of a user's history (1,000 records, here from 1,000 stations) is read
+    with every statement under the limit."""
+    db = limited_sqlite
+    stations = [mirrored_station(db) for _ in range(1_000)]
+    candidates = [verified_candidate(s.record(), s, DOMAIN) for s in stations]
+    outcomes = Ingestor(db).ingest(candidates, datetime.now(UTC))
+    assert {o.status for o in outcomes} == {ACCEPTED}
+    with db.read() as session:
+        page = user_history(
+            session,
+            TariffBook.load(TARIFFS_DIR),
+            bytes.fromhex(USER[2:]),
+            after_log_index=-1,
+            limit=1_000,
+            now=int(time.time()),
+        )
+    assert [item.record.log_index for item in page] == list(range(1_000))
+    assert {item.record.station_id for item in page} == {s.station_id for s in stations}
