@@ -25,8 +25,8 @@ from sqlalchemy import event, func, select
 
 from backend.db import Database
 from backend.db.chunks import IN_CHUNK, in_chunks
-from backend.db.models import Station, StationKey
-from backend.ingest.classify import ACCEPTED
+from backend.db.models import Rejection, Station, StationKey
+from backend.ingest.classify import ACCEPTED, REJECTED, Candidate
 from backend.ingest.transaction import Ingestor
 from backend.ledger import user_history
 from backend.meter_evidence import evidence_of
@@ -36,10 +36,12 @@ from backend.queries import station_statuses
 from backend.registry import apply_events, load_histories, roll_back_mirror
 from backend.settings import TARIFFS_DIR
 from gridpoints_dev.databases import fresh_database
+from gridpoints_protocol.checks import Problem, Verdict
 from gridpoints_protocol.keys import LogPosition, StationRegistered
-from gridpoints_protocol.record import Domain
+from gridpoints_protocol.record import Domain, EnergyTransfer
 from gridpoints_protocol.tariff import TariffBook
-from tests.support.backend import USER
+from gridpoints_protocol.wire import RejectReason
+from tests.support.backend import USER, sign, signed_of
 from tests.support.ingest_db import mirrored_station, verified_candidate
 
 SQLITE_BEFORE_3_32 = 999
@@ -139,3 +141,21 @@ def test_a_full_page_of_a_users_records(limited_sqlite: Database) -> None:
         )
     assert [item.record.log_index for item in page] == list(range(1_000))
     assert {item.record.station_id for item in page} == {s.station_id for s in stations}
+
+
+def test_a_batch_of_rejections(limited_sqlite: Database) -> None:
+    """1,000 rejections in one transaction are stored, each its own row (SQLAlchemy's multi-row
+    INSERT ... RETURNING of the rejections splits by the parameter limit)."""
+    db = limited_sqlite
+    station = mirrored_station(db)
+
+    def rejected(record: EnergyTransfer) -> Candidate:
+        body = sign(record, station.key, DOMAIN)
+        problem = Problem(RejectReason.KEY_NOT_VALID, "not the station's key")
+        return Candidate.of(body, Verdict(signed_of(body), record.digest(DOMAIN), problem=problem))
+
+    candidates = [rejected(station.record()) for _ in range(1_000)]
+    outcomes = Ingestor(db).ingest(candidates, datetime.now(UTC))
+    assert [(o.status, o.reason) for o in outcomes] == [(REJECTED, "key_not_valid")] * 1_000
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Rejection)) == 1_000
