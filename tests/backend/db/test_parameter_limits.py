@@ -1,5 +1,5 @@
-"""Statements whose lists grow with the registry stay within every database's limit of bound
-parameters per statement (backend/db/chunks.py).
+"""Statements whose lists grow with the data (the registry, a user's history, a batch) stay
+within every database's limit of bound parameters per statement (backend/db/chunks.py).
 
 The oldest limit is SQLite's before 3.32: 999. The SQLite connections here are limited to
 exactly that for real (``sqlite3.Connection.setlimit``), as such a library would be, and hold a
