@@ -66,6 +66,10 @@ from typing import Any
 
 import coincurve
 
+# Imported here, not in the forked client processes: an import in a child forked while another
+# thread of this process held the import lock can hang there for good (seen once).
+import uvloop
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -437,8 +441,6 @@ def _client_process(
     host: str, jobs: list[tuple[int, list[bytes]]], batch: bool, barrier: Any, queue: Any
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent cleans up; just go
-    import uvloop
-
     try:
         result = uvloop.run(_client(host, jobs, batch, barrier))
     except BaseException as exc:

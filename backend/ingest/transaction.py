@@ -20,7 +20,7 @@ violation would fail the same way every time, so it is raised at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import NamedTuple
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 3
 
+# What one transaction ingests: its candidates and the instant they count as received.
+Gathered = tuple[Sequence[Candidate], datetime]
+
 
 class Ingestor:
     """Classifies and stores candidates, one transaction per call; see the module docstring."""
@@ -49,12 +52,31 @@ class Ingestor:
 
     def ingest(self, candidates: Sequence[Candidate], received_at: datetime) -> list[Outcome]:
         """One outcome per candidate, in order; everything committed in one transaction."""
+        return self.ingest_gathered(lambda: (candidates, received_at))[1]
+
+    def ingest_gathered(
+        self, gather: Callable[[], Gathered]
+    ) -> tuple[Sequence[Candidate], list[Outcome]]:
+        """`ingest` of what `gather` returns: (those candidates, their outcomes).
+
+        `gather` is called once, as soon as the transaction holds the log head lock (a retry
+        reuses what it returned). A group committer gathers its group then, not before it waits
+        for the lock: while another process's transaction holds the lock, the requests that
+        arrive join the group instead of waiting for the next transaction.
+        """
+        gathered: list[Gathered] = []
+
+        def once() -> Gathered:
+            if not gathered:
+                gathered.append(gather())
+            return gathered[0]
+
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 with self.db.write_connection() as conn:
-                    outcomes, size = self._ingest(conn, candidates, received_at)
+                    outcomes, size = self._ingest(conn, once)
                 self.log_size = size
-                return outcomes
+                return gathered[0][0], outcomes
             except IntegrityError as exc:
                 if attempt == _MAX_ATTEMPTS or not storage.is_unique_violation(exc):
                     raise
@@ -66,10 +88,11 @@ class Ingestor:
         raise AssertionError("unreachable")
 
     def _ingest(
-        self, conn: Connection, candidates: Sequence[Candidate], received_at: datetime
+        self, conn: Connection, gather: Callable[[], Gathered]
     ) -> tuple[list[Outcome], int]:
         """One attempt: (the outcomes, the log size after it)."""
         start = storage.lock_log_head(conn)
+        candidates, received_at = gather()
         batch = Batch(
             received_at=received_at,
             next_log_index=start,

@@ -69,6 +69,7 @@ from backend.ingest.storage import (
     _KNOWN_POSTGRESQL,
     _known_rows,
     is_unique_violation,
+    lock_log_head,
 )
 from backend.ingest.transaction import Ingestor
 from backend.metrics import MULTIPROC_ENV, multiprocess_directory
@@ -571,8 +572,8 @@ def test_group_commit_behaves_like_one_request_after_the_other(database: Databas
 
 
 class _GatedIngestor(Ingestor):
-    """Holds its first transaction until the test has queued more requests behind it, so that
-    those are committed as one group."""
+    """Holds its first transaction, before it takes the lock, until the test has queued more
+    requests behind it; counts the candidates of every transaction it runs."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db)
@@ -580,12 +581,20 @@ class _GatedIngestor(Ingestor):
         self.gate = threading.Event()
         self.calls: list[int] = []
 
-    def ingest(self, candidates: Any, received_at: datetime) -> list[Outcome]:
+    def ingest_gathered(self, gather: Any) -> Any:
         if not self.entered.is_set():
             self.entered.set()
             self.gate.wait(30)
+        candidates, outcomes = super().ingest_gathered(gather)
         self.calls.append(len(candidates))
-        return super().ingest(candidates, received_at)
+        return candidates, outcomes
+
+    def _ingest(self, conn: Any, gather: Any) -> Any:
+        try:
+            return super()._ingest(conn, gather)
+        except Exception:
+            self.calls.append(len(gather()[0]))
+            raise
 
 
 def test_a_failing_request_fails_alone(database: Database) -> None:
@@ -606,7 +615,7 @@ def test_a_failing_request_fails_alone(database: Database) -> None:
         futures.append(pool.submit(committer.ingest, [bad], datetime.now(UTC)))
         futures.append(pool.submit(committer.ingest, [later[1]], datetime.now(UTC)))
         deadline = time.monotonic() + 10
-        while len(committer._queue) < 3 and time.monotonic() < deadline:
+        while len(committer._queue) < 4 and time.monotonic() < deadline:
             time.sleep(0.001)
         ingestor.gate.set()
         assert head.result(30)[0].status == ACCEPTED
@@ -614,9 +623,81 @@ def test_a_failing_request_fails_alone(database: Database) -> None:
         with pytest.raises(IntegrityError):
             futures[1].result(30)
         assert futures[2].result(30)[0].status == ACCEPTED
-    # One transaction for the first, one failed group of three, then the three alone.
-    assert ingestor.calls[:2] == [1, 3] and sorted(ingestor.calls[2:]) == [1, 1, 1]
+    # All four gathered into one transaction once it held the lock; it failed; each alone.
+    assert ingestor.calls == [4, 1, 1, 1, 1]
     assert [i for i, _, _ in _log(database)] == [0, 1, 2]
+
+
+def test_requests_that_arrive_while_the_lock_is_held_elsewhere_join_the_group(
+    database: Database,
+) -> None:
+    """The group is gathered when its transaction holds the log head lock, not before it asks
+    for it: while another writer (another worker or replica: here a second `Database` on the
+    same database, a real lock) holds the lock, later requests join the waiting transaction."""
+    station = _station(database)
+    ingestor = _GatedIngestor(database)
+    ingestor.entered.set()  # no gate: the lock held elsewhere is what holds the transaction
+    committer = GroupCommitter(ingestor)
+    other = Database(database.url)
+    try:
+        with ThreadPoolExecutor(3) as pool, contextlib.ExitStack() as held:
+            conn = held.enter_context(other.write_connection())
+            assert lock_log_head(conn) == 0  # the other writer holds the lock
+
+            def submit() -> Any:
+                candidate = _candidate(station.record(), station)
+                return pool.submit(committer.ingest, [candidate], datetime.now(UTC))
+
+            futures = [submit()]
+            deadline = time.monotonic() + 10
+            while committer._thread is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.2)  # the committer is waiting for the lock with one request queued
+            assert ingestor.calls == []
+            futures += [submit(), submit()]
+            while len(committer._queue) < 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert len(committer._queue) == 3
+            held.close()  # the other writer commits (it wrote nothing)
+            statuses = [f.result(30)[0].status for f in futures]
+    finally:
+        other.dispose()
+    assert statuses == [ACCEPTED] * 3
+    assert ingestor.calls == [3]  # one transaction for all three
+    assert [i for i, _, _ in _log(database)] == [0, 1, 2]
+
+
+def test_a_group_that_cannot_reach_its_database_answers_every_caller() -> None:
+    """A transaction that fails before it holds the lock (the database unreachable: a port
+    that refuses connections) has gathered nothing; every queued caller still gets the error."""
+    station = DevStation(new_station_id(), new_key())
+
+    async def submit_three(committer: GroupCommitter, ingestor: _GatedIngestor) -> list[Any]:
+        def task() -> asyncio.Task[list[Outcome]]:
+            candidate = _candidate(station.record(), station)
+            return asyncio.create_task(committer.ingest_async([candidate], datetime.now(UTC)))
+
+        tasks = [task()]
+        assert await asyncio.to_thread(ingestor.entered.wait, 30)
+        tasks += [task(), task()]
+        deadline = time.monotonic() + 10
+        while len(committer._queue) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        ingestor.gate.set()
+        # A bounded wait: should a caller never be answered, this fails instead of hanging.
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+    with socket.socket() as refusing:  # bound, never listening: connections are refused
+        refusing.bind(("127.0.0.1", 0))
+        port = refusing.getsockname()[1]
+        db = Database(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none?connect_timeout=5")
+        ingestor = _GatedIngestor(db)
+        try:
+            answers = asyncio.run(submit_three(GroupCommitter(ingestor), ingestor))
+        finally:
+            db.dispose()
+    assert [type(a) for a in answers] == [OperationalError] * 3
+    assert ingestor.calls == []  # no transaction got as far as the lock
 
 
 def _integrity_error(db: Database, row: dict[str, Any]) -> IntegrityError:
