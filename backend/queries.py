@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from eth_utils.address import to_checksum_address
 from sqlalchemy import Select, func, select
@@ -166,7 +167,7 @@ def _fill_progress(status: StationStatus, progress: StationProgress) -> None:
     status.missing_count = progress.missing_count
 
 
-def _keys(session: Session, station_ids: list[bytes] | Select[bytes]) -> dict[bytes, list[KeyInfo]]:
+def _keys(session: Session, station_ids: list[bytes] | Select[Any]) -> dict[bytes, list[KeyInfo]]:
     keys: dict[bytes, list[KeyInfo]] = {}
     rows = session.scalars(
         select(StationKey)
@@ -181,7 +182,7 @@ def _keys(session: Session, station_ids: list[bytes] | Select[bytes]) -> dict[by
 
 
 def _rejection_counts(
-    session: Session, station_ids: list[bytes] | Select[bytes]
+    session: Session, station_ids: list[bytes] | Select[Any]
 ) -> dict[bytes, dict[str, int]]:
     counts: dict[bytes, dict[str, int]] = {}
     rows = session.execute(

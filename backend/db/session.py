@@ -212,7 +212,9 @@ class Database:
         after it is released, so that the lock (on SQLite, every process's writers queue on it)
         is held from BEGIN IMMEDIATE to COMMIT only: with an ORM session, its set-up, the
         session's own commit bookkeeping and the pool's check-in ran under the lock, about a
-        fifth of a small ingest transaction (py-spy of `scripts/bench_txn.py`).
+        fifth of a small ingest transaction (py-spy of `scripts/bench_txn.py`). `write` takes
+        the two the other way round; that cannot deadlock while each process has one ingest
+        writer (the group committer) and a pool larger than its writers.
         """
         with self._write_engine.connect() as conn:
             if self._writer_lock is None:

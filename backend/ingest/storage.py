@@ -237,9 +237,9 @@ _KNOWN_POSTGRESQL = (
 )
 _known_cache: dict[int, str] = {}
 # Pairs per SQLite lookup: two parameters each, padded to a power of two (`_padded`), so at most
-# 512 parameters, under the 999 per statement that SQLite allows before 3.32 (Ubuntu 20.04's
-# 3.31, RHEL 8's 3.26); 400 pairs became 1,024 parameters, and a batch of more than 256 new
-# records failed there with "too many SQL variables".
+# 512 parameters, under the 999 per statement of a SQLite library built with its pre-3.32
+# default (see backend/db/chunks.py); 400 pairs became 1,024 parameters, and a batch of more
+# than 256 new records failed there with "too many SQL variables".
 _SQLITE_PAIRS = 256
 
 

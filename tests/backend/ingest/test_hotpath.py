@@ -449,10 +449,11 @@ def _owners(
 
 
 @pytest.mark.skipif("sqlite" not in DATABASES, reason="GRIDPOINTS_TEST_DATABASES excludes it")
-def test_a_long_batch_stays_within_old_sqlite_parameter_limits(tmp_path: Path) -> None:
-    """SQLite before 3.32 takes at most 999 parameters per statement: every statement of a
-    1,000-record transaction, new and then duplicate, stays within that (the connections here
-    are limited to 999 for real, as such a library would be)."""
+def test_a_long_batch_stays_within_sqlites_lowest_parameter_limit(tmp_path: Path) -> None:
+    """A SQLite library built with the pre-3.32 default takes at most 999 parameters per
+    statement (backend/db/chunks.py): every statement of a 1,000-record transaction, new and
+    then duplicate, stays within that (the connections here are limited to 999 for real, as
+    such a library would be)."""
     with fresh_database("sqlite", tmp_path) as url:
         db = Database(url)
 
