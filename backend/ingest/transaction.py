@@ -12,7 +12,8 @@ all the same: should an insert ever hit it (a writer that bypasses this module, 
 path without the lock), the whole request is retried from scratch and the conflicting row is then
 seen and classified, never inserted twice.
 
-Only uniqueness conflicts are retried (identified by SQLSTATE 23505 on PostgreSQL and the
+A transaction whose connection turns out to be gone is retried on a new one. Otherwise only
+uniqueness conflicts are retried (identified by SQLSTATE 23505 on PostgreSQL and the
 extended result codes SQLITE_CONSTRAINT_UNIQUE / _PRIMARYKEY on SQLite): a foreign-key or check
 violation would fail the same way every time, so it is raised at once.
 """
@@ -26,7 +27,7 @@ from functools import partial
 from typing import NamedTuple
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from backend.db.session import Database
 from backend.ingest import storage
@@ -84,6 +85,17 @@ class Ingestor:
                     "ingest transaction hit a uniqueness conflict (attempt %d), retrying: %s",
                     attempt,
                     exc.orig,
+                )
+            except DBAPIError as exc:
+                if attempt == _MAX_ATTEMPTS or not exc.connection_invalidated:
+                    raise
+                # The connection was gone (its pool does not ping, see `Database`). Nothing of
+                # this attempt was committed, or, if the connection went during COMMIT, all of
+                # it was: the retry then finds its records stored and answers duplicates.
+                self.db.discard_ingest_connections()
+                log.warning(
+                    "ingest transaction lost its database connection (attempt %d), retrying",
+                    attempt,
                 )
         raise AssertionError("unreachable")
 

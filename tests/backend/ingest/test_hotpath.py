@@ -505,8 +505,7 @@ def test_postgresql_finds_known_records_by_index_on_a_log_that_grew(tmp_path: Pa
         ]
         with db.write() as session:
             _INSERT_RECORDS.run(session.connection(), rows)
-        with db.write() as session:
-            conn = session.connection()
+        with db.write_connection() as conn:  # one of the ingest transactions' connections
             driver: Any = conn.connection.driver_connection
             prepared = [
                 row[0] for row in driver.execute("SELECT statement FROM pg_prepared_statements")
@@ -745,6 +744,30 @@ class _CountingIngestor(Ingestor):
     def _ingest(self, *args: Any) -> Any:
         self.attempts += 1
         return super()._ingest(*args)
+
+
+@pytest.mark.skipif("postgresql" not in DATABASES, reason="PostgreSQL deselected")
+def test_a_transaction_whose_connection_is_gone_is_retried_on_a_new_one(tmp_path: Path) -> None:
+    """The ingest pool does not ping at checkout; when the server has dropped its connections
+    (here for real: `pg_terminate_backend`), the transaction fails on a dead one and is retried
+    on a fresh connection, and the caller sees its record accepted."""
+    with migrated_database("postgresql", tmp_path) as db:
+        station = _station(db)
+        ingestor = _CountingIngestor(db)
+        (first,) = ingestor.ingest([_candidate(station.record(), station)], datetime.now(UTC))
+        assert first.status == ACCEPTED and ingestor.attempts == 1
+        with db.engine.connect() as admin:
+            dropped = admin.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert dropped >= 1  # the ingest connection, idle in its pool
+        (second,) = ingestor.ingest([_candidate(station.record(), station)], datetime.now(UTC))
+        assert second.status == ACCEPTED
+        assert ingestor.attempts == 3  # one on the dead connection, one on a new one
+        assert [i for i, _, _ in _log(db)] == [0, 1]
 
 
 def test_a_foreign_key_failure_is_not_retried(database: Database) -> None:
