@@ -177,11 +177,13 @@ class Database:
         # their own that does not ping at checkout: the ping was one more round trip per
         # transaction (a tenth of the group committer's time in py-spy); `Ingestor` retries a
         # transaction whose connection turns out to be gone instead (`discard_ingest_connections`).
+        # Its pool may open up to 4 connections (2 + 2 overflow) besides `pool_size`'s; the
+        # service's one group committer holds one at a time.
+        self._ingest_pool: Engine | None = None
         self._ingest_engine = self._write_engine
         if self.engine.dialect.name == "postgresql":
-            self._ingest_engine = create_db_engine(
-                url, pool_size=2, echo=echo, pre_ping=False
-            ).execution_options(**{WRITE_OPTION: True})
+            self._ingest_pool = create_db_engine(url, pool_size=2, echo=echo, pre_ping=False)
+            self._ingest_engine = self._ingest_pool.execution_options(**{WRITE_OPTION: True})
         self._writer_lock: _WriterLock | None = None
         if self.engine.dialect.name == "sqlite" and fcntl is not None:
             database = self.engine.url.database
@@ -238,11 +240,15 @@ class Database:
 
     def discard_ingest_connections(self) -> None:
         """Closes the idle connections of `write_connection`'s pool: after one of them was found
-        gone (the server restarted, say), the others are likely gone too."""
-        self._ingest_engine.engine.dispose()
+        gone (the server restarted, say), the others are likely gone too. On SQLite, whose
+        ingest transaction shares the main pool, nothing: the pool drops an invalidated
+        connection itself."""
+        if self._ingest_pool is not None:
+            self._ingest_pool.dispose()
 
     def dispose(self) -> None:
         self.engine.dispose()
-        self._ingest_engine.engine.dispose()
+        if self._ingest_pool is not None:
+            self._ingest_pool.dispose()
         if self._writer_lock is not None:
             self._writer_lock.close()

@@ -73,7 +73,9 @@ class GroupCommitter:
     `Ingestor.ingest` classifies candidates in order, each seeing those accepted before it. The
     group's receipts carry the latest `received_at` of its members, which is never earlier than
     the instant any member's end time was checked against. Should a group's transaction fail,
-    each member is retried alone, so an error reaches only the request that causes it.
+    each member is retried alone, so an error reaches only the request that causes it; one that
+    fails before it holds the lock (nothing of any member tried: the database unreachable, say)
+    gives its error to every member of the group at once.
 
     `after_commit`, when set, runs on committed outcomes before anyone is answered: the receipt
     key signs one Merkle tree over them (a PKCS#11 signature costs more than verifying and
@@ -154,6 +156,8 @@ class GroupCommitter:
             try:
                 self._run(group)
             except BaseException as exc:  # not an ingest error (those are per waiter)
+                if not group:  # raised before the group was gathered: it is answered all the same
+                    self._take(group)
                 for waiter in group:
                     if waiter.outcomes is None and waiter.error is None:
                         waiter.error = exc
@@ -197,17 +201,21 @@ class GroupCommitter:
         except Exception as exc:
             if not group:
                 # It failed before it held the lock (the database is unreachable, say): nothing
-                # was gathered or tried; each member is tried alone below.
+                # of any member was tried, so the error is no member's own. Every member of the
+                # group it would have had gets it at once, rather than each trying alone and,
+                # during an outage, waiting out the connect timeout in turn.
                 self._take(group)
-            elif len(group) == 1:
+                for waiter in group:
+                    waiter.error = exc
+                return
+            if len(group) == 1:
                 group[0].error = exc
                 return
-            else:
-                log.warning(
-                    "a group of %d ingest requests failed together; retrying them one by one",
-                    len(group),
-                    exc_info=True,
-                )
+            log.warning(
+                "a group of %d ingest requests failed together; retrying them one by one",
+                len(group),
+                exc_info=True,
+            )
         else:
             at = 0
             for waiter in group:

@@ -91,7 +91,10 @@ class Ingestor:
                     raise
                 # The connection was gone (its pool does not ping, see `Database`). Nothing of
                 # this attempt was committed, or, if the connection went during COMMIT, all of
-                # it was: the retry then finds its records stored and answers duplicates.
+                # it was: the retry then finds its records stored and answers duplicates, as
+                # for a client that resends after a lost answer. Rejections have no natural key
+                # and are stored again then, and count again against the rejection rate limit,
+                # as for that client too: a rejection row is one refused submission attempt.
                 self.db.discard_ingest_connections()
                 log.warning(
                     "ingest transaction lost its database connection (attempt %d), retrying",

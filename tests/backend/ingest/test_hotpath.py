@@ -573,28 +573,30 @@ def test_group_commit_behaves_like_one_request_after_the_other(database: Databas
 
 class _GatedIngestor(Ingestor):
     """Holds its first transaction, before it takes the lock, until the test has queued more
-    requests behind it; counts the candidates of every transaction it runs."""
+    requests behind it; counts the transactions it is asked for (`attempts`) and the candidates
+    of every attempt that got as far as gathering them (`calls`)."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.attempts = 0
         self.calls: list[int] = []
 
     def ingest_gathered(self, gather: Any) -> Any:
+        self.attempts += 1
         if not self.entered.is_set():
             self.entered.set()
             self.gate.wait(30)
-        candidates, outcomes = super().ingest_gathered(gather)
-        self.calls.append(len(candidates))
-        return candidates, outcomes
+        return super().ingest_gathered(gather)
 
     def _ingest(self, conn: Any, gather: Any) -> Any:
-        try:
-            return super()._ingest(conn, gather)
-        except Exception:
-            self.calls.append(len(gather()[0]))
-            raise
+        def counted() -> Any:
+            gathered = gather()
+            self.calls.append(len(gathered[0]))
+            return gathered
+
+        return super()._ingest(conn, counted)
 
 
 def test_a_failing_request_fails_alone(database: Database) -> None:
@@ -610,7 +612,7 @@ def test_a_failing_request_fails_alone(database: Database) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         head = pool.submit(committer.ingest, [first], datetime.now(UTC))
-        assert ingestor.entered.wait(30)  # the first request's transaction is under way
+        assert ingestor.entered.wait(30)  # the first transaction is held before the lock
         futures = [pool.submit(committer.ingest, [c], datetime.now(UTC)) for c in later[:1]]
         futures.append(pool.submit(committer.ingest, [bad], datetime.now(UTC)))
         futures.append(pool.submit(committer.ingest, [later[1]], datetime.now(UTC)))
@@ -698,6 +700,52 @@ def test_a_group_that_cannot_reach_its_database_answers_every_caller() -> None:
             db.dispose()
     assert [type(a) for a in answers] == [OperationalError] * 3
     assert ingestor.calls == []  # no transaction got as far as the lock
+    # One transaction tried for the whole group, its error given to all three: none of them
+    # tries alone and waits out the connect timeout again (during an outage, one per request).
+    assert ingestor.attempts == 1
+
+
+class _Abort(BaseException):
+    """Not an ingest error: what a `KeyboardInterrupt` or `SystemExit` in the committer is."""
+
+
+class _AbortingIngestor(_GatedIngestor):
+    def ingest_gathered(self, gather: Any) -> Any:
+        if self.attempts == 0:
+            self.attempts += 1
+            self.entered.set()
+            self.gate.wait(30)
+            raise _Abort("before the group was gathered")
+        return super().ingest_gathered(gather)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_committer_stopped_before_it_gathers_answers_its_group(database: Database) -> None:
+    """A `BaseException` in the committer thread before its transaction gathered the group
+    ends the thread (it is re-raised there, by design), and the group it would have had gets
+    that error; requests queued after it are served by a new thread."""
+    station = _station(database)
+    ingestor = _AbortingIngestor(database)
+    committer = GroupCommitter(ingestor, max_records=3)
+    with ThreadPoolExecutor(4) as pool:
+
+        def submit() -> Any:
+            candidate = _candidate(station.record(), station)
+            return pool.submit(committer.ingest, [candidate], datetime.now(UTC))
+
+        futures = [submit()]
+        assert ingestor.entered.wait(30)
+        futures += [submit(), submit(), submit()]
+        deadline = time.monotonic() + 10
+        while len(committer._queue) < 4 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        ingestor.gate.set()
+        for future in futures[:3]:
+            with pytest.raises(_Abort):
+                future.result(30)
+        assert futures[3].result(30)[0].status == ACCEPTED
+    assert ingestor.calls == [1]
+    assert [i for i, _, _ in _log(database)] == [0]
 
 
 def _integrity_error(db: Database, row: dict[str, Any]) -> IntegrityError:
