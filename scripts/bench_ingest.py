@@ -20,8 +20,12 @@ What runs, all for real and all started (and stopped) by this script:
 Measured, each the median of ``--repeat`` runs (every run posts ``--records`` records not seen
 before, so every one of them must come back ``accepted``):
 
-* (a) single-record ``POST /v1/records`` from ``--clients`` concurrent connections: accepted
-  requests/s (target >= 0.12 x the bare recovery rate);
+* (a) single-record ``POST /v1/records`` from ``--clients`` concurrent connections (by default
+  one per station, as a fleet where every station keeps its own connection and waits for each
+  receipt before it sends its next record): accepted requests/s (target >= 0.12 x the bare
+  recovery rate). Throughput at the CPU limit needs enough requests in flight to keep the
+  cores busy: a closed loop of 32 connections on two workers leaves each worker about half
+  idle (the README's Benchmarks give both);
 * (b) ``POST /v1/records/batch`` of ``--batch-size`` records from ``--batch-clients``
   concurrent connections: accepted records/s (target >= 0.5 x the bare recovery rate);
 * in the same run, single-threaded and in-process: the bare secp256k1 public-key recovery
@@ -31,7 +35,9 @@ before, so every one of them must come back ``accepted``):
   and power checks).
 
 Next to every rate: the CPU time per record of the server processes, of the client processes
-and (PostgreSQL) of the database's backend processes, and how busy the whole machine was.
+and (PostgreSQL) of the database's backend processes, how busy the whole machine was, and the
+latency of a request as the client saw it (median and 99th percentile, from writing the request
+to reading the whole answer).
 Other work on the machine makes the figures noisy; that is why every figure is a median.
 
 Usage:
@@ -384,10 +390,12 @@ async def _connection(
     writer: asyncio.StreamWriter,
     requests: list[bytes],
     batch: bool,
-) -> tuple[Counter[str], list[str]]:
+) -> tuple[Counter[str], list[str], list[float]]:
     counts: Counter[str] = Counter()
     samples: list[str] = []
+    latencies: list[float] = []
     for request in requests:
+        sent = time.perf_counter()
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -395,6 +403,7 @@ async def _connection(
         at = lower.index(b"content-length:") + 15
         length = int(lower[at : lower.index(b"\r\n", at)])
         body = await reader.readexactly(length)
+        latencies.append(time.perf_counter() - sent)
         if batch and status == 200:
             result = json.loads(body)
             for outcome in ("accepted", "duplicate", "rejected"):
@@ -411,7 +420,7 @@ async def _connection(
         if b"connection: close" in lower:
             break
     writer.close()
-    return counts, samples
+    return counts, samples, latencies
 
 
 async def _client(
@@ -431,10 +440,19 @@ async def _client(
     t1, cpu1 = time.monotonic(), time.process_time()
     counts: Counter[str] = Counter()
     samples: list[str] = []
-    for c, s in results:
+    latencies: list[float] = []
+    for c, s, lat in results:
         counts.update(c)
         samples += s
-    return {"t0": t0, "t1": t1, "cpu": cpu1 - cpu0, "counts": dict(counts), "samples": samples[:3]}
+        latencies += lat
+    return {
+        "t0": t0,
+        "t1": t1,
+        "cpu": cpu1 - cpu0,
+        "counts": dict(counts),
+        "samples": samples[:3],
+        "latencies": latencies,
+    }
 
 
 def _client_process(
@@ -462,10 +480,19 @@ class RunResult:
     # Each server process's share of the servers' CPU time, largest first (processes under 1 %
     # left out): how evenly the kernel spread the connections over the workers.
     server_cpu_split: list[float] = field(default_factory=list)
+    # Seconds from writing each request to reading its whole answer, as the clients saw them.
+    latencies: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return self.accepted / self.seconds
+
+    def latency_ms(self, quantile: float) -> float:
+        """The `quantile` of the request latencies, in ms (nearest rank)."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return 1e3 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
 
 def knows_every_station(server: ServeProcess, stations: int) -> bool:
@@ -556,6 +583,7 @@ def run_load(
         box_busy=busy,
         samples=samples[:3],
         server_cpu_split=split,
+        latencies=[x for r in results for x in r["latencies"]],
     )
 
 
@@ -803,6 +831,8 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                                 1e6 * (r.db_cpu_s or 0.0) / max(1, r.accepted) for r in runs
                             ),
                             "box_busy": statistics.median(r.box_busy for r in runs),
+                            "latency_p50_ms": statistics.median(r.latency_ms(0.5) for r in runs),
+                            "latency_p99_ms": statistics.median(r.latency_ms(0.99) for r in runs),
                             "cpu_ceiling": statistics.median(
                                 (os.cpu_count() or 1)
                                 * r.accepted
@@ -899,7 +929,8 @@ def print_table(report: dict[str, Any]) -> None:
     header = (
         f"{'database':<10} {'repl':>4} {'workers':>7} {'mode':<7} {'conns':>5} {'accepted/s':>11} "
         f"{'[min-max]':>17} {'x bare':>6} {'target':>14} {'met':>3} {'srv µs/rec':>10} "
-        f"{'cli µs/rec':>10} {'db µs/rec':>9} {'box busy':>8} {'CPU ceiling':>11}"
+        f"{'cli µs/rec':>10} {'db µs/rec':>9} {'box busy':>8} {'CPU ceiling':>11} "
+        f"{'p50/p99 ms':>12}"
     )
     print("end to end (real uvicorn over loopback):")
     print(header)
@@ -918,7 +949,8 @@ def print_table(report: dict[str, Any]) -> None:
             f"{rate['median']:>11,.0f} {spread:>17} "
             f"{r['ratio_to_bare_recovery']:>6.2f} {target:>14} {'yes' if met else 'NO':>3} "
             f"{r['server_cpu_us_per_record']:>10.0f} {r['client_cpu_us_per_record']:>10.0f} "
-            f"{db_cpu:>9} {r['box_busy']:>8.0%} {r['cpu_ceiling']:>11,.0f}"
+            f"{db_cpu:>9} {r['box_busy']:>8.0%} {r['cpu_ceiling']:>11,.0f} "
+            f"{r['latency_p50_ms']:>5.1f}/{r['latency_p99_ms']:<6.1f}"
         )
         if r["not_accepted"]:
             print(f"    !! {r['not_accepted']} records not accepted")
@@ -930,7 +962,9 @@ def print_table(report: dict[str, Any]) -> None:
         "generator processes and (PostgreSQL) the database's backend processes; box busy: all "
         "cores, including other work on the machine; CPU ceiling: the rate at which those three "
         f"would keep all {m['cpu_count']} cores busy with nothing else running "
-        "(cores / their CPU seconds per record), what this machine can do on this path."
+        "(cores / their CPU seconds per record), what this machine can do on this path; "
+        "p50/p99 ms: a request's latency as the client saw it, from writing it to reading the "
+        "whole answer (median and 99th percentile)."
     )
 
 
@@ -961,7 +995,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--modes", default="single,batch", help="comma list of single, batch: what to measure"
     )
-    parser.add_argument("--clients", type=int, default=32, help="connections posting singles")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help="connections posting singles (default: one per station, --stations)",
+    )
     parser.add_argument(
         "--client-processes", type=int, default=2, help="processes the single connections use"
     )
@@ -992,6 +1031,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.replicas = [int(r) for r in str(args.replicas).split(",") if r.strip()]
     if not args.replicas or min(args.replicas) < 1:
         parser.error("--replicas: comma list of positive integers")
+    if args.clients is None:
+        args.clients = args.stations
     for name in (
         "records",
         "stations",
