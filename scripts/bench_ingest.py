@@ -218,16 +218,23 @@ def make_chunks(
 # ---- the bare limits (in-process, one thread) -------------------------------------------------
 
 
-def median_rate(
-    fn: Callable[[Any], object], items: Sequence[Any], repeat: int
-) -> tuple[float, list[float]]:
-    rates = []
+def interleaved_rates(
+    timed: dict[str, tuple[Callable[[Any], object], Sequence[Any]]], repeat: int
+) -> dict[str, tuple[float, list[float]]]:
+    """Per name: (median rate, every run's rate) of calling its function on each of its items.
+
+    The functions take turns, one run of each per round, `repeat` rounds: a machine whose
+    speed drifts during the measurement (other jobs, clock changes) then moves every figure
+    alike, and their ratios stay comparable; measured one after the other, a drift between the
+    first and the last figure would show up as a difference between them."""
+    runs: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(repeat):
-        started = time.perf_counter()
-        for item in items:
-            fn(item)
-        rates.append(len(items) / (time.perf_counter() - started))
-    return statistics.median(rates), rates
+        for name, (fn, items) in timed.items():
+            started = time.perf_counter()
+            for item in items:
+                fn(item)
+            runs[name].append(len(items) / (time.perf_counter() - started))
+    return {name: (statistics.median(rates), rates) for name, rates in runs.items()}
 
 
 def bare_limits(
@@ -302,14 +309,18 @@ def bare_limits(
             expected = stations[station_index % len(stations)]
             assert _speedups.recover_address(digest, signature) == expected.address
 
-    bare_rate, bare_runs = median_rate(bare, recoverable, repeat)
-    native_rate, native_runs = (
-        (0.0, [0.0])
-        if _speedups is None
-        else median_rate(lambda pair: _speedups.recover_address(*pair), signed_digests, repeat)
-    )
-    naive_rate, naive_runs = median_rate(naive, typed[: max(50, samples // 10)], repeat)
-    verify_rate, verify_runs = median_rate(verify, bodies, repeat)
+    timed: dict[str, tuple[Callable[[Any], object], Sequence[Any]]] = {
+        "bare": (bare, recoverable),
+        "naive": (naive, typed[: max(50, samples // 10)]),
+        "verify": (verify, bodies),
+    }
+    if _speedups is not None:
+        timed["native"] = (lambda pair: _speedups.recover_address(*pair), signed_digests)
+    rates = interleaved_rates(timed, repeat)
+    bare_rate, bare_runs = rates["bare"]
+    native_rate, native_runs = rates.get("native", (0.0, [0.0]))
+    naive_rate, naive_runs = rates["naive"]
+    verify_rate, verify_runs = rates["verify"]
     return {
         "coincurve_recover_per_s": bare_rate,
         "coincurve_recover_runs": bare_runs,
@@ -667,8 +678,11 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
     say(f"  {len(stations)} stations registered in {time.perf_counter() - started:.1f} s")
     domain = Domain(deployment.chain_id, bytes.fromhex(deployment.registry_address[2:]))
 
-    say(f"bare limits: {args.bare_samples} signatures, {args.repeat} runs each ...")
-    bare = bare_limits(stations, domain, args.bare_samples, args.repeat)
+    # At least 5 rounds: the in-process figures take a second or two, and their medians then
+    # stand on more than three short runs.
+    rounds = max(5, args.repeat)
+    say(f"bare limits: {args.bare_samples} signatures, {rounds} interleaved rounds ...")
+    bare = bare_limits(stations, domain, args.bare_samples, rounds)
     bare_rate = bare["coincurve_recover_per_s"]
 
     warmup_rounds = max(1, -(-200 // args.stations))
