@@ -678,9 +678,9 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
     say(f"  {len(stations)} stations registered in {time.perf_counter() - started:.1f} s")
     domain = Domain(deployment.chain_id, bytes.fromhex(deployment.registry_address[2:]))
 
-    # At least 5 rounds: the in-process figures take a second or two, and their medians then
-    # stand on more than three short runs.
-    rounds = max(5, args.repeat)
+    # At least 5 rounds by default: the in-process figures take a second or two, and their
+    # medians then stand on more than three short runs.
+    rounds = args.bare_rounds or max(5, args.repeat)
     say(f"bare limits: {args.bare_samples} signatures, {rounds} interleaved rounds ...")
     bare = bare_limits(stations, domain, args.bare_samples, rounds)
     bare_rate = bare["coincurve_recover_per_s"]
@@ -1010,6 +1010,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--modes", default="single,batch", help="comma list of single, batch: what to measure"
     )
     parser.add_argument(
+        "--bare-rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds of the in-process figures (default: --repeat, at least 5)",
+    )
+    parser.add_argument(
         "--clients",
         type=int,
         default=None,
@@ -1047,6 +1053,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--replicas: comma list of positive integers")
     if args.clients is None:
         args.clients = args.stations
+    if args.bare_rounds is not None and args.bare_rounds < 1:
+        parser.error("--bare-rounds must be >= 1")
     for name in (
         "records",
         "stations",
