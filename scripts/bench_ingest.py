@@ -18,7 +18,8 @@ What runs, all for real and all started (and stopped) by this script:
   costs next to what the server costs (on a 2-core box they share the cores).
 
 Measured, each the median of ``--repeat`` runs (every run posts ``--records`` records not seen
-before, so every one of them must come back ``accepted``):
+before, so every one of them must come back ``accepted``; the in-process figures: of
+``--bare-rounds`` interleaved rounds, by default ``--repeat`` and at least 5):
 
 * (a) single-record ``POST /v1/records`` from ``--clients`` concurrent connections (by default
   one per station, as a fleet where every station keeps its own connection and waits for each
@@ -54,6 +55,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -228,8 +230,12 @@ def interleaved_rates(
     alike, and their ratios stay comparable; measured one after the other, a drift between the
     first and the last figure would show up as a difference between them."""
     runs: dict[str, list[float]] = {name: [] for name in timed}
-    for _ in range(repeat):
-        for name, (fn, items) in timed.items():
+    names = list(timed)
+    for round_number in range(repeat):
+        # A different one first in each round: none always runs right after the same other.
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, items = timed[name]
             started = time.perf_counter()
             for item in items:
                 fn(item)
@@ -503,7 +509,7 @@ class RunResult:
         ordered = sorted(self.latencies)
         if not ordered:
             return float("nan")
-        return 1e3 * ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+        return 1e3 * ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
 
 
 def knows_every_station(server: ServeProcess, stations: int) -> bool:
@@ -874,6 +880,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
             "records_per_run": records_per_run,
             "stations": len(stations),
             "repeat": args.repeat,
+            "bare_rounds": rounds,
             "clients": args.clients,
             "client_processes": args.client_processes,
             "batch_size": args.batch_size,
@@ -895,7 +902,8 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"GridPoints ingest benchmark - {m['cpu_count']} cores, Python {m['python']}, "
         f"{s['stations']} stations, {s['records_per_run']:,} records per run, medians of "
-        f"{s['repeat']} runs (min-max in brackets)"
+        f"{s['repeat']} runs (min-max in brackets; in-process figures: "
+        f"{s.get('bare_rounds', s['repeat'])} interleaved rounds)"
     )
     print(f"client: {s['client']}")
     print(

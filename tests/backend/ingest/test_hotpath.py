@@ -685,6 +685,7 @@ def test_a_group_that_cannot_reach_its_database_answers_every_caller() -> None:
         deadline = time.monotonic() + 10
         while len(committer._queue) < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
+        assert len(committer._queue) == 3  # all three queued behind the held transaction
         ingestor.gate.set()
         # A bounded wait: should a caller never be answered, this fails instead of hanging.
         return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
@@ -723,7 +724,9 @@ class _AbortingIngestor(_GatedIngestor):
 def test_a_committer_stopped_before_it_gathers_answers_its_group(database: Database) -> None:
     """A `BaseException` in the committer thread before its transaction gathered the group
     ends the thread (it is re-raised there, by design), and the group it would have had gets
-    that error; requests queued after it are served by a new thread."""
+    that error; requests queued after it are served by a new thread. (Before, the group stayed
+    queued for the next thread: one that raised every time restarted threads in a loop and
+    answered nobody.)"""
     station = _station(database)
     ingestor = _AbortingIngestor(database)
     committer = GroupCommitter(ingestor, max_records=3)
@@ -739,6 +742,7 @@ def test_a_committer_stopped_before_it_gathers_answers_its_group(database: Datab
         deadline = time.monotonic() + 10
         while len(committer._queue) < 4 and time.monotonic() < deadline:
             time.sleep(0.001)
+        assert len(committer._queue) == 4
         ingestor.gate.set()
         for future in futures[:3]:
             with pytest.raises(_Abort):
